@@ -1,0 +1,102 @@
+"""llmproxy: one Proxy object for LLM services, built from plugins.
+
+>>> from llmproxy import Proxy, LLMBudget
+>>> proxy = Proxy.from_env(budgets=[LLMBudget(max_tokens=100_000)])   # doctest: +SKIP
+>>> proxy.chat("Hello", model="openai/gpt-5.4-mini").text                # doctest: +SKIP
+"""
+
+from llmproxy.budget.base import Claim, ClaimUsage, Ledger, Reservation
+from llmproxy.budget.policy import BudgetPolicy, CallScope, LLMBudget, RequestsPerMinute
+from llmproxy.config import ProxyConfig, RetryConfig, load_config
+from llmproxy.errors import (
+    BudgetExceeded,
+    ConfigError,
+    InvalidRequest,
+    LLMProxyError,
+    MissingCredentials,
+    PluginError,
+    ProviderAuthError,
+    ProviderBadRequest,
+    ProviderConnectionError,
+    ProviderError,
+    ProviderRateLimited,
+    ProviderResponseError,
+    ProviderTimeout,
+    ProviderUnavailable,
+    RateLimited,
+    StoreError,
+    StreamInterrupted,
+)
+from llmproxy.history.base import HistoryRecord, HistoryStore, SessionInfo
+from llmproxy.history.handler import LLMMessageHandler
+from llmproxy.hookspecs import hookimpl, hookspec
+from llmproxy.provider import Provider
+from llmproxy.proxy import AsyncChatStream, ChatStream, Proxy
+from llmproxy.registry import ProviderSettings
+from llmproxy.secret import Secret
+from llmproxy.types import (
+    CallEvent,
+    ChatRequest,
+    ChatResponse,
+    Chunk,
+    Completion,
+    Message,
+    StreamEvent,
+    ToolCall,
+    Usage,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncChatStream",
+    "BudgetExceeded",
+    "BudgetPolicy",
+    "CallEvent",
+    "CallScope",
+    "ChatRequest",
+    "ChatResponse",
+    "ChatStream",
+    "Chunk",
+    "Claim",
+    "ClaimUsage",
+    "Completion",
+    "ConfigError",
+    "HistoryRecord",
+    "HistoryStore",
+    "InvalidRequest",
+    "LLMBudget",
+    "LLMMessageHandler",
+    "LLMProxyError",
+    "Ledger",
+    "Message",
+    "MissingCredentials",
+    "PluginError",
+    "Provider",
+    "ProviderAuthError",
+    "ProviderBadRequest",
+    "ProviderConnectionError",
+    "ProviderError",
+    "ProviderRateLimited",
+    "ProviderResponseError",
+    "ProviderSettings",
+    "ProviderTimeout",
+    "ProviderUnavailable",
+    "Proxy",
+    "ProxyConfig",
+    "RateLimited",
+    "RequestsPerMinute",
+    "Reservation",
+    "RetryConfig",
+    "Secret",
+    "SessionInfo",
+    "StoreError",
+    "StreamEvent",
+    "StreamInterrupted",
+    "ToolCall",
+    "Usage",
+    "__version__",
+    "hookimpl",
+    "hookspec",
+    "load_config",
+]

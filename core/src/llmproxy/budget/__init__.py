@@ -1,0 +1,1 @@
+"""Budgets: policies name the limits, ledgers count atomically (reserve, then settle)."""

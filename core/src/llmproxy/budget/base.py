@@ -1,0 +1,111 @@
+"""The ledger protocol: atomic reserve-then-settle accounting shared by every budget policy."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal, Protocol, runtime_checkable
+
+from attrs import frozen
+
+Unit = Literal["tokens", "requests"]
+
+
+@frozen
+class Claim:
+    """One limit a call is counted against.
+
+    ``key`` is the ledger key (the policy's name plus the scope value, e.g.
+    ``team-a|user:alice``); ``policy`` and ``scope`` are for messages; ``window`` is a rolling
+    window in seconds, or None for an all-time total.
+    """
+
+    key: str
+    policy: str
+    scope: str
+    limit: float
+    unit: Unit = "tokens"
+    window: float | None = None
+
+
+@frozen
+class Reservation:
+    """What a successful reserve holds until it is settled or released or its lease expires.
+
+    ``output_tokens`` is the output cap granted: the most the call may produce and still fit
+    every token claim. ``amounts`` is what was held per claim, in claim order.
+    """
+
+    id: str
+    claims: tuple[Claim, ...]
+    amounts: tuple[float, ...]
+    output_tokens: int
+    input_tokens: int
+    expires_at: float
+
+
+@frozen
+class ClaimUsage:
+    """The state of one claim: settled use (in its window), reserved in flight, and the limit."""
+
+    claim: Claim
+    used: float
+    reserved: float
+    resets_at: float | None = None
+
+    @property
+    def remaining(self) -> float:
+        """What is left: limit minus used minus reserved, never negative."""
+        return max(self.claim.limit - self.used - self.reserved, 0.0)
+
+
+@runtime_checkable
+class Ledger(Protocol):
+    """Atomic accounting for budgets and rate limits. Every method has an async twin.
+
+    :meth:`reserve` is all-or-none across its claims: it raises
+    :class:`~llmproxy.errors.RateLimited` when a ``requests`` claim is full and
+    :class:`~llmproxy.errors.BudgetExceeded` when a ``tokens`` claim cannot hold the input plus
+    at least ``min_output_tokens``; otherwise it holds ``input_tokens`` plus the granted output
+    cap (at most ``max_output_tokens``) on every token claim and one request on every request
+    claim. :meth:`settle` replaces the hold with what was really used, exactly once.
+    """
+
+    def reserve(
+        self,
+        claims: Sequence[Claim],
+        *,
+        input_tokens: int,
+        max_output_tokens: int,
+        min_output_tokens: int = 1,
+        lease: float = 600.0,
+    ) -> Reservation:
+        """Hold room on every claim atomically or raise; see the class docstring."""
+        ...
+
+    def settle(self, reservation: Reservation, *, tokens: int, requests: int = 1) -> None:
+        """Record ``tokens`` and ``requests`` really used and drop the hold."""
+        ...
+
+    def usage(self, claims: Sequence[Claim]) -> list[ClaimUsage]:
+        """Return the state of each claim."""
+        ...
+
+    def close(self) -> None:
+        """Release connections."""
+        ...
+
+    async def areserve(
+        self,
+        claims: Sequence[Claim],
+        *,
+        input_tokens: int,
+        max_output_tokens: int,
+        min_output_tokens: int = 1,
+        lease: float = 600.0,
+    ) -> Reservation:
+        """Async :meth:`reserve`."""
+        ...
+
+    async def asettle(self, reservation: Reservation, *, tokens: int, requests: int = 1) -> None:
+        """Async :meth:`settle`."""
+        ...

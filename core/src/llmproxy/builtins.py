@@ -1,0 +1,60 @@
+"""The built-in plugin: memory and SQLite history stores and ledgers, and the core policies.
+
+Registered like any other plugin (it is listed in ``DEFAULT_PLUGINS``), so ``llmproxy
+plugins`` shows it and third-party plugins can replace a scheme.
+"""
+
+from __future__ import annotations
+
+from llmproxy import env
+from llmproxy.budget.base import Ledger
+from llmproxy.budget.policy import LLMBudget, RequestsPerMinute
+from llmproxy.hookspecs import hookimpl
+from llmproxy.history.base import HistoryStore
+from llmproxy.registry import RegisterHistoryStore, RegisterLedger, RegisterPolicy
+from llmproxy.urls import sqlite_path
+
+
+def _memory_store(url: str) -> HistoryStore:
+    from llmproxy.history.memory import MemoryHistoryStore
+
+    return MemoryHistoryStore()
+
+
+def _sqlite_store(url: str) -> HistoryStore:
+    from llmproxy.history.sqlite import SQLiteHistoryStore
+
+    return SQLiteHistoryStore(sqlite_path(url, env.data_dir() / "history.db"))
+
+
+def _memory_ledger(url: str) -> Ledger:
+    from llmproxy.budget.memory import MemoryLedger
+
+    return MemoryLedger()
+
+
+def _sqlite_ledger(url: str) -> Ledger:
+    from llmproxy.budget.sqlite import SQLiteLedger
+
+    return SQLiteLedger(sqlite_path(url, env.data_dir() / "ledger.db"))
+
+
+@hookimpl
+def register_history_stores(register: RegisterHistoryStore) -> None:
+    """Register ``memory://`` and ``sqlite:///path`` history stores."""
+    register("memory", _memory_store)
+    register("sqlite", _sqlite_store)
+
+
+@hookimpl
+def register_ledgers(register: RegisterLedger) -> None:
+    """Register ``memory://`` and ``sqlite:///path`` ledgers."""
+    register("memory", _memory_ledger)
+    register("sqlite", _sqlite_ledger)
+
+
+@hookimpl
+def register_budget_policies(register: RegisterPolicy) -> None:
+    """Register the ``tokens`` and ``requests_per_minute`` policy kinds."""
+    register("tokens", LLMBudget)
+    register("requests_per_minute", RequestsPerMinute)

@@ -1,0 +1,164 @@
+"""Configuration: attrs classes that cattrs builds from a dict, a TOML file and the environment.
+
+Precedence, lowest first: defaults, the TOML file (``LLMPROXY_CONFIG`` or an explicit path),
+environment variables (see :mod:`llmproxy.env`), then what is passed in code. An unknown key or a
+wrong type raises :class:`~llmproxy.errors.ConfigError` naming the key path, e.g.
+``retry.max_attempts: expected int, got 'three'``.
+
+Example ``llmproxy.toml``::
+
+    default_model = "openai/gpt-5.4-mini"
+    history_url = "sqlite:///var/lib/app/history.db"
+
+    [aliases]
+    fast = "openai/gpt-5.4-nano"
+
+    [retry]
+    max_attempts = 4
+
+    [providers.openai]
+    base_url = "https://api.openai.com/v1"
+
+    [[budgets]]
+    kind = "tokens"
+    max_tokens = 1_000_000
+    scope = "user"
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+import cattrs
+from attrs import field, frozen
+
+from llmproxy import env as envvars
+from llmproxy.errors import ConfigError
+
+DEFAULT_MODEL = "openai/gpt-5.4-mini"
+
+
+def _positive(_i: object, a: attrs.Attribute[Any], v: float | None) -> None:
+    if v is not None and v <= 0:
+        raise ConfigError(f"{a.name} must be greater than 0, got {v}", path=a.name)
+
+
+def _not_negative(_i: object, a: attrs.Attribute[Any], v: float | None) -> None:
+    if v is not None and v < 0:
+        raise ConfigError(f"{a.name} must not be negative, got {v}", path=a.name)
+
+
+@frozen
+class RetryConfig:
+    """How the Proxy retries a failed attempt (429, 5xx, timeouts, dropped connections).
+
+    Delays grow by ``multiplier`` from ``initial_backoff`` up to ``max_backoff``, with up to
+    ``jitter`` (a fraction) taken off at random; a ``retry-after`` from the service is honoured
+    when longer. No attempt starts once ``deadline`` seconds have passed since the call began.
+    """
+
+    max_attempts: int = field(default=3, validator=_positive)
+    initial_backoff: float = field(default=0.5, validator=_not_negative)
+    max_backoff: float = field(default=20.0, validator=_not_negative)
+    multiplier: float = field(default=2.0, validator=_positive)
+    jitter: float = field(default=0.5, validator=_not_negative)
+    deadline: float | None = field(default=120.0, validator=_positive)
+
+
+@frozen
+class ProxyConfig:
+    """Everything a :class:`~llmproxy.Proxy` is configured with.
+
+    ``providers`` maps a provider name to its table (``api_key``, ``base_url``, ``timeout`` and
+    provider-specific keys); ``budgets`` is a list of budget policy tables, each with a ``kind``
+    registered by a plugin (``tokens``, ``requests_per_minute``), built once plugins are loaded.
+    ``history_url``/``ledger_url`` choose the stores by URL; None means the embedded SQLite
+    files in the data dir. ``history_limit`` caps how many past messages are sent as context.
+    ``default_max_output_tokens`` caps a call's output when the call sets no cap and a token
+    budget applies.
+    """
+
+    default_model: str = DEFAULT_MODEL
+    aliases: dict[str, str] = attrs.Factory(dict)
+    history_url: str | None = None
+    ledger_url: str | None = None
+    use_history: bool = True
+    history_limit: int = field(default=100, validator=_positive)
+    default_max_output_tokens: int = field(default=4096, validator=_positive)
+    reservation_lease: float = field(default=600.0, validator=_positive)
+    retry: RetryConfig = attrs.Factory(RetryConfig)
+    providers: dict[str, dict[str, Any]] = attrs.Factory(dict)
+    budgets: list[dict[str, Any]] = attrs.Factory(list)
+
+
+converter = cattrs.Converter(forbid_extra_keys=True)
+
+
+def _type_name(tp: object) -> str:
+    return getattr(tp, "__name__", None) or str(tp)
+
+
+def structure(data: Mapping[str, Any], cls: type[Any], *, where: str = "configuration") -> Any:
+    """Build ``cls`` from ``data`` with cattrs, turning every failure into one ConfigError."""
+    try:
+        return converter.structure(dict(data), cls)
+    except ConfigError:
+        raise
+    except cattrs.BaseValidationError as exc:
+        problems = cattrs.transform_error(exc, path="$")
+        if len(problems) == 1:
+            message = problems[0]
+        else:
+            message = "; ".join(problems)
+        path = problems[0].rsplit(" @ ", 1)[-1] if problems else None
+        raise ConfigError(f"invalid {where}: {message}", path=path) from None
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"invalid {where}: {exc}") from None
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(dict(out[key]), value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """Read a TOML configuration file, with a ConfigError naming the file on failure."""
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file {path} does not exist", path=str(path)) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"configuration file {path} is not valid TOML: {exc}", path=str(path)) from None
+
+
+def load_config(
+    data: Mapping[str, Any] | None = None,
+    *,
+    path: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> ProxyConfig:
+    """Build a :class:`ProxyConfig` from a TOML file, the environment and ``data``, in that order.
+
+    ``environ`` defaults to no environment at all; pass ``os.environ`` to read it (as
+    :meth:`llmproxy.Proxy.from_env` does). ``path`` defaults to ``LLMPROXY_CONFIG`` when set.
+    """
+    env = environ or {}
+    merged: dict[str, Any] = {}
+    file_path = path or env.get(envvars.CONFIG)
+    if file_path:
+        merged = _merge(merged, read_toml(file_path))
+    merged = _merge(merged, envvars.config_overrides(env))
+    if data:
+        merged = _merge(merged, data)
+    config: ProxyConfig = structure(merged, ProxyConfig)
+    return config

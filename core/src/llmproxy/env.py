@@ -1,0 +1,91 @@
+"""The environment variables the core reads, in one place.
+
+==============================  =================================================================
+Variable                        Meaning
+==============================  =================================================================
+``LLMPROXY_CONFIG``             Path of a TOML configuration file (see ``llmproxy.config``).
+``LLMPROXY_DEFAULT_MODEL``      Model used when a call names none (``openai/gpt-5.4-mini``).
+``LLMPROXY_HISTORY_URL``        History store: ``memory://``, ``sqlite:///path.db`` (default:
+                                ``history.db`` in the data dir); plugins add schemes.
+``LLMPROXY_LEDGER_URL``         Budget ledger: ``memory://``, ``sqlite:///path.db`` (default:
+                                ``ledger.db`` in the data dir); plugins add schemes.
+``LLMPROXY_DATA_DIR``           Where the embedded SQLite files live (default: the user data
+                                dir, e.g. ``~/.local/share/llmproxy``).
+``LLMPROXY_PLUGINS``            Comma list of plugin (entry point or distribution) names to load;
+                                set but empty loads none. Unset: all installed plugins.
+``LLMPROXY_MAX_TOKENS``         A global token budget (``LLMBudget(max_tokens=...)``) for
+                                ``Proxy.from_env`` and the CLI.
+``LLMPROXY_REQUESTS_PER_MINUTE`` A global requests-per-minute limit for ``Proxy.from_env``.
+``XDG_DATA_HOME``, ``APPDATA``  Read to find the user data dir when ``LLMPROXY_DATA_DIR`` is unset.
+==============================  =================================================================
+
+Provider variables (``OPENAI_API_KEY``...) are read by each provider plugin's own ``env.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from llmproxy.errors import ConfigError
+
+CONFIG = "LLMPROXY_CONFIG"
+DEFAULT_MODEL = "LLMPROXY_DEFAULT_MODEL"
+HISTORY_URL = "LLMPROXY_HISTORY_URL"
+LEDGER_URL = "LLMPROXY_LEDGER_URL"
+DATA_DIR = "LLMPROXY_DATA_DIR"
+PLUGINS = "LLMPROXY_PLUGINS"
+MAX_TOKENS = "LLMPROXY_MAX_TOKENS"
+REQUESTS_PER_MINUTE = "LLMPROXY_REQUESTS_PER_MINUTE"
+
+
+def data_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """Return the directory for the embedded SQLite files (not created here)."""
+    env = os.environ if environ is None else environ
+    explicit = env.get(DATA_DIR)
+    if explicit:
+        return Path(explicit).expanduser()
+    if sys.platform == "win32":
+        base = env.get("LOCALAPPDATA") or env.get("APPDATA") or str(Path.home() / "AppData" / "Local")
+        return Path(base) / "llmproxy"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Application Support" / "llmproxy"
+    xdg = env.get("XDG_DATA_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".local" / "share") / "llmproxy"
+
+
+def _int(environ: Mapping[str, str], name: str) -> int | None:
+    raw = environ.get(name)
+    if raw is None or raw.strip() == "":
+        return None
+    try:
+        value = int(raw.replace("_", ""))
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}", path=name) from None
+    if value < 0:
+        raise ConfigError(f"{name} must not be negative, got {value}", path=name)
+    return value
+
+
+def config_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Return the configuration keys set by environment variables, as a config dict."""
+    out: dict[str, Any] = {}
+    if environ.get(DEFAULT_MODEL):
+        out["default_model"] = environ[DEFAULT_MODEL]
+    if environ.get(HISTORY_URL):
+        out["history_url"] = environ[HISTORY_URL]
+    if environ.get(LEDGER_URL):
+        out["ledger_url"] = environ[LEDGER_URL]
+    budgets: list[dict[str, Any]] = []
+    max_tokens = _int(environ, MAX_TOKENS)
+    if max_tokens is not None:
+        budgets.append({"kind": "tokens", "max_tokens": max_tokens})
+    rpm = _int(environ, REQUESTS_PER_MINUTE)
+    if rpm is not None:
+        budgets.append({"kind": "requests_per_minute", "limit": rpm})
+    if budgets:
+        out["budgets"] = budgets
+    return out

@@ -1,0 +1,196 @@
+"""One exception tree for everything llmproxy raises.
+
+Every error says what happened, to which thing, and what to do. API keys never appear in a
+message: provider errors are passed through :func:`llmproxy.secret.redact` before they are built.
+
+``LLMProxyError``
+    ``ConfigError`` (``MissingCredentials``), ``InvalidRequest``, ``PluginError``,
+    ``BudgetExceeded``, ``RateLimited``, ``StoreError``, ``ProviderError`` (``ProviderAuthError``,
+    ``ProviderBadRequest``, ``ProviderRateLimited``, ``ProviderUnavailable``, ``ProviderTimeout``,
+    ``ProviderConnectionError``, ``ProviderResponseError``, ``StreamInterrupted``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class LLMProxyError(Exception):
+    """Base class of every error llmproxy raises on purpose."""
+
+
+class ConfigError(LLMProxyError, ValueError):
+    """A configuration value is missing, unknown or of the wrong type.
+
+    ``path`` names the offending key (``$.retry.max_attempts``) when there is one.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class MissingCredentials(ConfigError):
+    """A provider has no API key; ``variables`` lists the environment variables that would supply one."""
+
+    def __init__(self, provider: str, variables: Sequence[str]) -> None:
+        names = " or ".join(variables)
+        super().__init__(f"no API key for provider '{provider}': set {names}")
+        self.provider = provider
+        self.variables = tuple(variables)
+
+
+class InvalidRequest(LLMProxyError, ValueError):
+    """A call's arguments are wrong; ``field`` names the argument to fix.
+
+    Raised before any upstream call or budget reservation.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class PluginError(LLMProxyError):
+    """A plugin failed to load or registered something invalid; ``plugin`` names it."""
+
+    def __init__(self, message: str, *, plugin: str | None = None) -> None:
+        super().__init__(message)
+        self.plugin = plugin
+
+
+class BudgetExceeded(LLMProxyError):
+    """A budget has no room left for the call; raised before any upstream call.
+
+    ``policy`` is the budget's name, ``scope`` the key it was counted under (``user:alice``),
+    ``limit``, ``used`` (settled), ``reserved`` (held by calls in flight), ``remaining`` and
+    ``requested`` (what this call needed at the least), in the budget's unit.
+    """
+
+    def __init__(
+        self,
+        *,
+        policy: str,
+        scope: str,
+        limit: float,
+        used: float,
+        reserved: float,
+        requested: float,
+        unit: str = "tokens",
+        resets_at: float | None = None,
+    ) -> None:
+        remaining = max(limit - used - reserved, 0)
+        message = (
+            f"budget '{policy}' ({scope}) has {remaining:g} {unit} left of {limit:g}"
+            f" ({used:g} used, {reserved:g} reserved by calls in flight);"
+            f" this call needs at least {requested:g}"
+        )
+        super().__init__(message)
+        self.policy = policy
+        self.scope = scope
+        self.limit = limit
+        self.used = used
+        self.reserved = reserved
+        self.remaining = remaining
+        self.requested = requested
+        self.unit = unit
+        self.resets_at = resets_at
+
+
+class RateLimited(LLMProxyError):
+    """A rate limit of ours is reached; ``retry_after`` says in how many seconds a slot frees."""
+
+    def __init__(self, *, policy: str, scope: str, limit: float, window: float, retry_after: float) -> None:
+        super().__init__(
+            f"rate limit '{policy}' ({scope}) allows {limit:g} requests per {window:g}s;"
+            f" retry after {retry_after:.2f}s"
+        )
+        self.policy = policy
+        self.scope = scope
+        self.limit = limit
+        self.window = window
+        self.retry_after = retry_after
+
+
+class StoreError(LLMProxyError):
+    """A history store or ledger could not be reached or answered wrongly."""
+
+
+class ProviderError(LLMProxyError):
+    """An upstream LLM service failed.
+
+    ``provider`` and ``model`` name the call, ``status`` is the HTTP status when there was one,
+    ``retry_after`` the seconds the service asked us to wait, and ``retryable`` whether trying
+    again (or another model) may succeed.
+    """
+
+    retryable: bool = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str,
+        model: str | None = None,
+        status: int | None = None,
+        retry_after: float | None = None,
+        retryable: bool | None = None,
+    ) -> None:
+        where = f"{provider}/{model}" if model else provider
+        status_part = f" (HTTP {status})" if status is not None else ""
+        super().__init__(f"{where}{status_part}: {message}")
+        self.provider = provider
+        self.model = model
+        self.status = status
+        self.retry_after = retry_after
+        self.detail = message
+        if retryable is not None:
+            self.retryable = retryable
+
+
+class ProviderAuthError(ProviderError):
+    """The service refused the credentials (401/403): check the API key."""
+
+
+class ProviderBadRequest(ProviderError):
+    """The service rejected the request (400/404/422): not retried, not a fallback trigger."""
+
+
+class ProviderRateLimited(ProviderError):
+    """The service answered 429; ``retry_after`` carries its hint."""
+
+    retryable = True
+
+
+class ProviderUnavailable(ProviderError):
+    """The service failed on its side (5xx)."""
+
+    retryable = True
+
+
+class ProviderTimeout(ProviderError):
+    """The service did not answer in time."""
+
+    retryable = True
+
+
+class ProviderConnectionError(ProviderError):
+    """The service could not be reached."""
+
+    retryable = True
+
+
+class ProviderResponseError(ProviderError):
+    """The service answered with something that is not a valid response (malformed JSON)."""
+
+    retryable = True
+
+
+class StreamInterrupted(ProviderError):
+    """A stream broke after part of the answer had arrived.
+
+    What arrived was delivered, written to history marked interrupted, and counted against the
+    budget; the call is not retried because the caller has already seen part of the answer.
+    """
+
+    retryable = False

@@ -1,0 +1,1 @@
+"""History: the store protocol, memory and SQLite stores, and the seed's LLMMessageHandler."""

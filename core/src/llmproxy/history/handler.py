@@ -1,0 +1,81 @@
+"""The seed's ``LLMMessageHandler``: the simple face a user subclasses to keep history elsewhere."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from llmproxy.history.base import HistoryRecord, SessionInfo
+
+
+class LLMMessageHandler:
+    """Subclass and override :meth:`push_message` to store messages anywhere.
+
+    Pass an instance as ``Proxy(message_handler=...)`` or ``OpenAIService(config,
+    message_handler=...)``. Every message of an exchange is pushed once the reply ends (the
+    user's message, then the assistant's). Override :meth:`get_messages` too for the Proxy to
+    send earlier messages of a session as context.
+
+    >>> class Printer(LLMMessageHandler):
+    ...     def push_message(self, message):
+    ...         print(message.role, message.content)
+    """
+
+    def push_message(self, message: HistoryRecord) -> None:
+        """Store one message (a :class:`HistoryRecord`: role, content, session_id, model...)."""
+        raise NotImplementedError("subclass LLMMessageHandler and override push_message(message)")
+
+    def get_messages(self, session_id: str, limit: int | None = None) -> list[HistoryRecord]:
+        """Return the last ``limit`` messages of a session, oldest first (default: none kept)."""
+        return []
+
+    async def apush_message(self, message: HistoryRecord) -> None:
+        """Async :meth:`push_message`; by default calls it."""
+        self.push_message(message)
+
+    async def aget_messages(self, session_id: str, limit: int | None = None) -> list[HistoryRecord]:
+        """Async :meth:`get_messages`; by default calls it."""
+        return self.get_messages(session_id, limit)
+
+
+class HandlerStore:
+    """Adapts an :class:`LLMMessageHandler` to the :class:`~llmproxy.history.base.HistoryStore` protocol."""
+
+    def __init__(self, handler: LLMMessageHandler) -> None:
+        self.handler = handler
+
+    def load(self, session_id: str, limit: int | None = None) -> list[HistoryRecord]:
+        """Ask the handler for the session's messages."""
+        return self.handler.get_messages(session_id, limit)
+
+    def append(self, records: Sequence[HistoryRecord]) -> None:
+        """Push every record to the handler, in order."""
+        for record in records:
+            self.handler.push_message(record)
+
+    def sessions(self) -> list[SessionInfo]:
+        """A handler cannot list sessions: return none."""
+        return []
+
+    def delete(self, session_id: str) -> int:
+        """A handler cannot delete: return 0."""
+        return 0
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+    async def aload(self, session_id: str, limit: int | None = None) -> list[HistoryRecord]:
+        """Async :meth:`load`."""
+        return await self.handler.aget_messages(session_id, limit)
+
+    async def aappend(self, records: Sequence[HistoryRecord]) -> None:
+        """Async :meth:`append`."""
+        for record in records:
+            await self.handler.apush_message(record)
+
+    async def asessions(self) -> list[SessionInfo]:
+        """Async :meth:`sessions`."""
+        return []
+
+    async def adelete(self, session_id: str) -> int:
+        """Async :meth:`delete`."""
+        return 0

@@ -1,0 +1,97 @@
+"""The hooks a plugin may implement, grouped by when they are called.
+
+Registration hooks run once, when the plugin manager is built: each receives a ``register``
+function and calls it for every thing it adds (the host validates and stores in one place).
+Observer hooks run once per call, and only when some plugin implements them. Per-request work
+never goes through pluggy: providers, stores, ledgers and policies are plain objects.
+
+A plugin module writes::
+
+    import llmproxy
+
+    @llmproxy.hookimpl
+    def register_providers(register):
+        register("myprovider", MyProvider.from_settings)
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from llmproxy.registry import (
+        RegisterHistoryStore,
+        RegisterLedger,
+        RegisterPolicy,
+        RegisterProvider,
+        RegisterTool,
+    )
+    from llmproxy.types import CallEvent
+
+PROJECT = "llmproxy"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+# -- registration: called once, at discovery -------------------------------------------------
+
+
+@hookspec
+def register_providers(register: RegisterProvider) -> None:
+    """Register provider factories: ``register(name, factory, *, env=(), description="")``.
+
+    ``factory(settings)`` receives a :class:`~llmproxy.registry.ProviderSettings` and returns a
+    :class:`~llmproxy.provider.Provider`; it is called lazily, the first time a model of that
+    provider is used.
+    """
+
+
+@hookspec
+def register_history_stores(register: RegisterHistoryStore) -> None:
+    """Register history stores by URL scheme: ``register(scheme, factory)``.
+
+    ``factory(url)`` receives the full URL (``sqlite:///path``) and returns a
+    :class:`~llmproxy.history.base.HistoryStore`.
+    """
+
+
+@hookspec
+def register_ledgers(register: RegisterLedger) -> None:
+    """Register budget ledgers by URL scheme: ``register(scheme, factory)``.
+
+    ``factory(url)`` returns a :class:`~llmproxy.budget.base.Ledger`.
+    """
+
+
+@hookspec
+def register_budget_policies(register: RegisterPolicy) -> None:
+    """Register budget policy kinds: ``register(kind, policy_class)``.
+
+    The kind is the name configuration files use (``tokens``, ``requests_per_minute``); the
+    class is built from the remaining keys of the configuration entry.
+    """
+
+
+@hookspec
+def register_tools(register: RegisterTool) -> None:
+    """Register tools the model may call: ``register(tool)`` with a :class:`~llmproxy.tools.Tool`."""
+
+
+# -- per-call hooks: called only when implemented -----------------------------------------------
+
+
+@hookspec(firstresult=True)
+def before_tool_call(tool_name: str, arguments: dict[str, Any], session_id: str | None) -> bool | None:
+    """Veto a tool call: return False to block it (stops at the first non-None result)."""
+
+
+@hookspec
+def on_response(event: CallEvent) -> None:
+    """Observe a finished call (one event per call, streams included)."""
+
+
+@hookspec
+def on_error(event: CallEvent) -> None:
+    """Observe a failed call; ``event.error`` holds the exception."""

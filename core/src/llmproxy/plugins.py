@@ -1,0 +1,190 @@
+"""Plugin discovery: the built-ins, then every ``llmproxy`` entry point, once per process.
+
+``LLMPROXY_PLUGINS`` limits which installed plugins load: a comma list of entry-point or
+distribution names; set but empty, it loads none (the built-ins always load). A plugin that
+fails to import, or whose registration hook raises, is reported as a :class:`PluginError`
+naming it, and the others still load.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import importlib_metadata
+import pluggy
+from attrs import frozen
+
+from llmproxy import hookspecs
+from llmproxy.errors import PluginError
+from llmproxy.registry import Registry
+
+ENTRY_POINT_GROUP = "llmproxy"
+DEFAULT_PLUGINS: tuple[str, ...] = ("llmproxy.builtins",)
+
+
+@frozen
+class PluginInfo:
+    """One plugin as ``llmproxy plugins`` shows it."""
+
+    name: str
+    distribution: str | None
+    version: str | None
+    registers: tuple[str, ...]
+    error: str | None = None
+
+
+def make_plugin_manager() -> pluggy.PluginManager:
+    """Return a plugin manager with llmproxy's hookspecs and nothing registered."""
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    return pm
+
+
+def _selected(environ: Mapping[str, str]) -> set[str] | None:
+    raw = environ.get("LLMPROXY_PLUGINS")
+    if raw is None:
+        return None
+    return {part.strip() for part in raw.split(",") if part.strip()}
+
+
+class Plugins:
+    """The loaded plugins: the pluggy manager, what they registered, and what failed.
+
+    Build one with :meth:`load` (cached per ``LLMPROXY_PLUGINS`` value) or directly, passing
+    ``extra`` plugin objects (a module or class with hook implementations) to test a plugin
+    without installing it.
+    """
+
+    def __init__(
+        self,
+        *,
+        environ: Mapping[str, str] | None = None,
+        entry_points: bool = True,
+        extra: Iterable[object] = (),
+        defaults: Iterable[str] = DEFAULT_PLUGINS,
+    ) -> None:
+        import os
+
+        env = os.environ if environ is None else environ
+        self.pm = make_plugin_manager()
+        self.registry = Registry()
+        self.errors: list[PluginError] = []
+        self._dists: dict[str, tuple[str | None, str | None]] = {}
+        for module_name in defaults:
+            module = __import__(module_name, fromlist=["_"])
+            self.pm.register(module, name=module_name)
+            self._dists[module_name] = ("llmproxy", _version("llmproxy"))
+        if entry_points:
+            self._load_entry_points(_selected(env))
+        for index, plugin in enumerate(extra):
+            name = getattr(plugin, "__name__", None) or f"extra-{index}"
+            self.pm.register(plugin, name=name)
+        self.pm.check_pending()
+        self._collect()
+
+    def _load_entry_points(self, selected: set[str] | None) -> None:
+        for ep in importlib_metadata.entry_points(group=ENTRY_POINT_GROUP):
+            dist = ep.dist
+            dist_name = dist.name if dist is not None else None
+            if selected is not None and ep.name not in selected and dist_name not in selected:
+                continue
+            if self.pm.get_plugin(ep.name) is not None:
+                continue
+            self._dists[ep.name] = (dist_name, dist.version if dist is not None else None)
+            try:
+                plugin = ep.load()
+            except Exception as exc:  # any import failure must name the plugin, not kill the host
+                self.errors.append(
+                    PluginError(
+                        f"plugin '{ep.name}' ({dist_name or 'unknown distribution'}) failed to"
+                        f" import: {type(exc).__name__}: {exc}",
+                        plugin=ep.name,
+                    )
+                )
+                continue
+            self.pm.register(plugin, name=ep.name)
+
+    def _collect(self) -> None:
+        reg = self.registry
+        hooks: list[tuple[str, Callable[[str], Any]]] = [
+            ("register_providers", reg.provider_register),
+            ("register_history_stores", reg.store_register),
+            ("register_ledgers", reg.ledger_register),
+            ("register_budget_policies", reg.policy_register),
+            ("register_tools", reg.tool_register),
+        ]
+        for hook_name, make_register in hooks:
+            caller: pluggy.HookCaller = getattr(self.pm.hook, hook_name)
+            for impl in caller.get_hookimpls():
+                plugin_name = impl.plugin_name
+                try:
+                    impl.function(register=make_register(plugin_name))
+                except PluginError as exc:
+                    self.errors.append(exc)
+                except Exception as exc:
+                    self.errors.append(
+                        PluginError(
+                            f"plugin '{plugin_name}' failed in {hook_name}: {type(exc).__name__}: {exc}",
+                            plugin=plugin_name,
+                        )
+                    )
+        self.observes = bool(
+            self.pm.hook.on_response.get_hookimpls() or self.pm.hook.on_error.get_hookimpls()
+        )
+
+    def error_for(self, plugin: str) -> PluginError | None:
+        """Return the load error of a plugin, if it failed."""
+        for error in self.errors:
+            if error.plugin == plugin:
+                return error
+        return None
+
+    def infos(self) -> list[PluginInfo]:
+        """Describe every plugin, loaded or failed, for ``llmproxy plugins``."""
+        infos: list[PluginInfo] = []
+        for name, plugin in self.pm.list_name_plugin():
+            if plugin is None:
+                continue
+            dist, version = self._dists.get(name, (None, None))
+            infos.append(
+                PluginInfo(name, dist, version, tuple(self.registry.registered_by.get(name, ())))
+            )
+        for error in self.errors:
+            if error.plugin is not None and self.pm.get_plugin(error.plugin) is None:
+                dist, version = self._dists.get(error.plugin, (None, None))
+                infos.append(PluginInfo(error.plugin, dist, version, (), str(error)))
+            elif error.plugin is not None:
+                infos = [
+                    PluginInfo(i.name, i.distribution, i.version, i.registers, str(error))
+                    if i.name == error.plugin
+                    else i
+                    for i in infos
+                ]
+        return infos
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib_metadata.version(dist)
+    except importlib_metadata.PackageNotFoundError:
+        return None
+
+
+_cache: dict[str | None, Plugins] = {}
+_cache_lock = threading.Lock()
+
+
+def load_plugins(environ: Mapping[str, str] | None = None) -> Plugins:
+    """Return the process-wide :class:`Plugins` for this ``LLMPROXY_PLUGINS`` value, loading once."""
+    import os
+
+    env = os.environ if environ is None else environ
+    key = env.get("LLMPROXY_PLUGINS")
+    with _cache_lock:
+        plugins = _cache.get(key)
+        if plugins is None:
+            plugins = _cache[key] = Plugins(environ=env)
+        return plugins
+

@@ -1,0 +1,1023 @@
+"""The Proxy: one object an app uses for every LLM call.
+
+The request flow (see DESIGN): resolve the model to a provider, load the session's history,
+reserve budget (the output cap sent upstream is what the budget allows), call the provider with
+retries, settle with the real usage, write the exchange to history, notify observers. The
+decisions live in :class:`_Call` and :class:`_StreamState`; ``chat``/``achat`` and the two
+stream classes are thin sync and async shells around them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+from llmproxy.budget.base import Claim, ClaimUsage, Ledger, Reservation
+from llmproxy.budget.policy import BudgetPolicy, CallScope
+from llmproxy.config import ProxyConfig, load_config, structure
+from llmproxy.errors import (
+    ConfigError,
+    InvalidRequest,
+    LLMProxyError,
+    PluginError,
+    ProviderError,
+    StreamInterrupted,
+)
+from llmproxy.history.base import HistoryRecord, HistoryStore
+from llmproxy.history.handler import HandlerStore, LLMMessageHandler
+from llmproxy.plugins import Plugins, load_plugins
+from llmproxy.provider import Provider
+from llmproxy.registry import ProviderSettings
+from llmproxy.retry import next_delay
+from llmproxy.secret import Secret, redact
+from llmproxy.types import (
+    CallEvent,
+    ChatRequest,
+    ChatResponse,
+    Chunk,
+    Completion,
+    Message,
+    StreamEvent,
+    ToolCall,
+    Usage,
+)
+from llmproxy.urls import scheme_of
+
+log = logging.getLogger("llmproxy")
+
+Prompt = str | Message | Sequence[Message | Mapping[str, Any]]
+Observer = Callable[[CallEvent], None]
+
+_COMMON_PROVIDER_KEYS = frozenset(("api_key", "base_url", "timeout"))
+
+
+def _as_messages(prompt: Prompt) -> list[Message]:
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise InvalidRequest("prompt is empty: pass the text to send", field="prompt")
+        return [Message("user", prompt)]
+    if isinstance(prompt, Message):
+        return [prompt]
+    if isinstance(prompt, Mapping) or not isinstance(prompt, Sequence):
+        raise InvalidRequest(
+            "prompt must be a string, a Message, or a list of messages"
+            f" ({{'role': ..., 'content': ...}} dicts or Message objects); got {type(prompt).__name__}",
+            field="prompt",
+        )
+    if not prompt:
+        raise InvalidRequest("prompt is an empty list: pass at least one message", field="prompt")
+    out: list[Message] = []
+    for index, item in enumerate(prompt):
+        if isinstance(item, Message):
+            out.append(item)
+        elif isinstance(item, Mapping):
+            unknown = set(item) - {"role", "content", "name", "tool_call_id", "tool_calls", "reasoning"}
+            if unknown:
+                raise InvalidRequest(
+                    f"prompt[{index}] has unknown keys {sorted(unknown)}", field=f"prompt[{index}]"
+                )
+            if "role" not in item:
+                raise InvalidRequest(f"prompt[{index}] has no 'role'", field=f"prompt[{index}].role")
+            calls = tuple(
+                c if isinstance(c, ToolCall) else ToolCall(**c) for c in item.get("tool_calls", ())
+            )
+            try:
+                out.append(
+                    Message(
+                        item["role"],
+                        item.get("content") or "",
+                        name=item.get("name"),
+                        tool_calls=calls,
+                        tool_call_id=item.get("tool_call_id"),
+                        reasoning=item.get("reasoning"),
+                    )
+                )
+            except InvalidRequest as exc:
+                raise InvalidRequest(f"prompt[{index}]: {exc}", field=f"prompt[{index}].{exc.field}") from None
+        else:
+            raise InvalidRequest(
+                f"prompt[{index}] must be a Message or a dict, got {type(item).__name__}",
+                field=f"prompt[{index}]",
+            )
+    if all(m.role == "system" for m in out):
+        raise InvalidRequest("prompt has only system messages: add a user message", field="prompt")
+    return out
+
+
+class _Call:
+    """The state and decisions of one call, shared by the sync and async shells."""
+
+    __slots__ = (
+        "attempts",
+        "claims",
+        "history",
+        "input_estimate",
+        "max_output_tokens",
+        "model",
+        "new_messages",
+        "provider",
+        "provider_name",
+        "proxy",
+        "request",
+        "reservation",
+        "scope",
+        "session_id",
+        "settled",
+        "started",
+        "started_at",
+        "system",
+        "temperature",
+        "extra",
+        "use_history",
+        "user",
+    )
+
+    def __init__(
+        self,
+        proxy: Proxy,
+        prompt: Prompt,
+        model: str | None,
+        system: str | None,
+        session_id: str | None,
+        user: str | None,
+        max_output_tokens: int | None,
+        temperature: float | None,
+        use_history: bool | None,
+        extra: dict[str, Any],
+    ) -> None:
+        self.started = time.perf_counter()
+        self.started_at = time.time()
+        self.proxy = proxy
+        self.new_messages = _as_messages(prompt)
+        if system is not None and not isinstance(system, str):
+            raise InvalidRequest("system must be a string", field="system")
+        if session_id is not None and (not isinstance(session_id, str) or not session_id):
+            raise InvalidRequest("session_id must be a non-empty string", field="session_id")
+        if user is not None and not isinstance(user, str):
+            raise InvalidRequest("user must be a string", field="user")
+        if max_output_tokens is not None and (
+            isinstance(max_output_tokens, bool) or not isinstance(max_output_tokens, int) or max_output_tokens < 1
+        ):
+            raise InvalidRequest(
+                f"max_output_tokens must be a whole number of at least 1, got {max_output_tokens!r}",
+                field="max_output_tokens",
+            )
+        if temperature is not None and (isinstance(temperature, bool) or not isinstance(temperature, (int, float))):
+            raise InvalidRequest("temperature must be a number", field="temperature")
+        self.system = system
+        self.session_id = session_id
+        self.user = user
+        self.max_output_tokens = max_output_tokens
+        self.temperature = temperature
+        self.extra = extra
+        self.provider_name, self.model, self.provider = proxy._resolve(model)
+        self.use_history = (proxy.config.use_history if use_history is None else use_history) and (
+            session_id is not None
+        )
+        self.history: list[Message] = []
+        self.scope = CallScope(f"{self.provider_name}/{self.model}", self.provider_name, user, session_id)
+        self.claims: list[Claim] = [p.claim(self.scope) for p in proxy.policies]
+        self.claims = [c for c in self.claims if c is not None]
+        self.reservation: Reservation | None = None
+        self.input_estimate = 0
+        self.attempts = 0
+        self.settled = False
+        self.request: ChatRequest | None = None
+
+    # -- planning --------------------------------------------------------------------------------
+
+    def set_history(self, records: list[HistoryRecord]) -> None:
+        self.history = [r.message for r in records]
+
+    def messages(self) -> tuple[Message, ...]:
+        head = [Message("system", self.system)] if self.system else []
+        return (*head, *self.history, *self.new_messages)
+
+    def reserve_args(self) -> dict[str, Any] | None:
+        """Return the ledger.reserve arguments, or None when no policy applies."""
+        if not self.claims:
+            return None
+        token_claims = any(c.unit == "tokens" for c in self.claims)
+        cap = self._cap(token_claims)
+        if token_claims:
+            self.input_estimate = self.provider.count_tokens(self.messages(), self.model)
+        return {
+            "input_tokens": self.input_estimate,
+            "max_output_tokens": cap or 0,
+            "min_output_tokens": 1 if token_claims else 0,
+            "lease": self.proxy.config.reservation_lease,
+        }
+
+    def _cap(self, budgeted: bool) -> int | None:
+        cap = self.max_output_tokens
+        if cap is None and budgeted:
+            cap = self.proxy.config.default_max_output_tokens
+        model_limit = self.provider.max_output_tokens(self.model)
+        if cap is not None and model_limit is not None and model_limit < cap:
+            cap = model_limit
+        return cap
+
+    def build_request(self) -> ChatRequest:
+        if self.reservation is not None and any(c.unit == "tokens" for c in self.claims):
+            cap: int | None = self.reservation.output_tokens
+        else:
+            cap = self._cap(False)
+        self.request = ChatRequest(
+            self.messages(),
+            self.model,
+            self.provider_name,
+            cap,
+            self.temperature,
+            self.extra,
+            self.session_id,
+            self.user,
+        )
+        return self.request
+
+    # -- outcomes --------------------------------------------------------------------------------
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def estimate_usage(self, text: str) -> Usage:
+        """Count a reply that arrived without usage: the input estimate plus the text's tokens."""
+        input_tokens = self.input_estimate or self.provider.count_tokens(self.messages(), self.model)
+        return Usage(input_tokens, self.provider.count_text_tokens(text, self.model), estimated=True)
+
+    def response(self, completion: Completion, usage: Usage) -> ChatResponse:
+        return ChatResponse(
+            completion.message.content,
+            completion.message,
+            usage,
+            completion.model or self.model,
+            self.provider_name,
+            completion.finish_reason,
+            self.elapsed(),
+            self.session_id,
+            completion.id,
+        )
+
+    def records(self, reply: Message, usage: Usage, model: str) -> list[HistoryRecord] | None:
+        if not self.use_history or self.session_id is None:
+            return None
+        now = time.time()
+        sid = self.session_id
+        out: list[HistoryRecord] = []
+        first = True
+        for m in self.new_messages:
+            if m.role == "system":
+                continue
+            out.append(
+                HistoryRecord(sid, m, model, self.provider_name, now, usage.input_tokens if first else 0, 0, self.user)
+            )
+            first = False
+        out.append(HistoryRecord(sid, reply, model, self.provider_name, now, 0, usage.output_tokens, self.user))
+        return out
+
+    def settle_args(self, usage: Usage | None) -> dict[str, int] | None:
+        if self.reservation is None or self.settled:
+            return None
+        self.settled = True
+        return {"tokens": usage.total_tokens if usage is not None else 0, "requests": self.attempts}
+
+    def event(self, usage: Usage, outcome: str, error: BaseException | None, streamed: bool, model: str) -> CallEvent:
+        return CallEvent(
+            model,
+            self.provider_name,
+            usage,
+            self.elapsed(),
+            self.session_id,
+            self.user,
+            outcome,
+            error,
+            self.attempts,
+            streamed,
+            self.started_at,
+        )
+
+
+class _StreamState:
+    """What a stream has delivered so far; turns provider chunks into stream events."""
+
+    __slots__ = ("delivered", "finish_reason", "id", "model", "reasoning", "received", "text", "tool_calls", "usage")
+
+    def __init__(self) -> None:
+        self.text: list[str] = []
+        self.reasoning: list[str] = []
+        self.usage: Usage | None = None
+        self.finish_reason: str | None = None
+        self.model: str | None = None
+        self.id: str | None = None
+        self.tool_calls: list[ToolCall] = []
+        self.received = False
+        self.delivered = False
+
+    def feed(self, chunk: Chunk) -> StreamEvent | None:
+        self.received = True
+        if chunk.usage is not None:
+            self.usage = chunk.usage
+        if chunk.finish_reason is not None:
+            self.finish_reason = chunk.finish_reason
+        if chunk.model is not None:
+            self.model = chunk.model
+        if chunk.id is not None:
+            self.id = chunk.id
+        if chunk.tool_calls:
+            self.tool_calls.extend(chunk.tool_calls)
+        if chunk.text or chunk.reasoning:
+            if chunk.text:
+                self.text.append(chunk.text)
+            if chunk.reasoning:
+                self.reasoning.append(chunk.reasoning)
+            self.delivered = True
+            return StreamEvent(chunk.text, chunk.reasoning)
+        return None
+
+    def message(self, interrupted: bool) -> Message:
+        return Message(
+            "assistant",
+            "".join(self.text),
+            tool_calls=tuple(self.tool_calls),
+            reasoning="".join(self.reasoning) or None,
+            interrupted=interrupted,
+        )
+
+    def completion(self, call: _Call, interrupted: bool) -> tuple[Completion, Usage]:
+        message = self.message(interrupted)
+        usage = self.usage
+        if usage is None:
+            usage = call.estimate_usage(message.content) if self.received else Usage()
+        return Completion(message, usage, self.model or call.model, self.finish_reason, self.id), usage
+
+
+class Proxy:
+    """One object for every LLM call: budgets, rate limits, history, retries, observers.
+
+    >>> proxy = Proxy.from_env(budgets=[LLMBudget(max_tokens=100_000)])   # doctest: +SKIP
+    >>> proxy.chat("Hello", model="openai/gpt-5.4-mini", session_id="s1").text  # doctest: +SKIP
+
+    ``config`` is a :class:`~llmproxy.config.ProxyConfig` or a dict of its keys. ``budgets`` adds
+    policies (``LLMBudget``, ``RequestsPerMinute``...) to those configured. ``history`` and
+    ``ledger`` are store objects or URLs and win over the configuration; ``message_handler``
+    (the seed's :class:`~llmproxy.LLMMessageHandler`) wins over ``history``. ``providers`` maps a
+    provider name to a ready provider object, bypassing its plugin. ``observers`` are called with
+    the one :class:`~llmproxy.types.CallEvent` of every call. ``environ`` is what providers read
+    their keys from (``os.environ`` by default).
+    """
+
+    def __init__(
+        self,
+        config: ProxyConfig | Mapping[str, Any] | None = None,
+        *,
+        budgets: Iterable[BudgetPolicy] = (),
+        history: HistoryStore | str | None = None,
+        ledger: Ledger | str | None = None,
+        message_handler: LLMMessageHandler | None = None,
+        providers: Mapping[str, Provider] | None = None,
+        plugins: Plugins | None = None,
+        observers: Iterable[Observer] = (),
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        self.environ: Mapping[str, str] = os.environ if environ is None else environ
+        if config is None:
+            config = ProxyConfig()
+        elif not isinstance(config, ProxyConfig):
+            config = load_config(config)
+        self.config: ProxyConfig = config
+        self.plugins = plugins if plugins is not None else load_plugins(self.environ)
+        self._providers: dict[str, Provider] = dict(providers or {})
+        self._lock = threading.Lock()
+        policies = list(self._configured_policies())
+        for policy in budgets:
+            if not callable(getattr(policy, "claim", None)):
+                raise ConfigError(
+                    f"budgets must hold budget policies such as LLMBudget(max_tokens=...); got {policy!r}",
+                    path="budgets",
+                )
+            policies.append(policy)
+        self.policies: list[BudgetPolicy] = policies
+        if message_handler is not None:
+            if not isinstance(message_handler, LLMMessageHandler):
+                raise ConfigError(
+                    "message_handler must subclass llmproxy.LLMMessageHandler", path="message_handler"
+                )
+            history = HandlerStore(message_handler)
+        self._history: HistoryStore | None = history if not isinstance(history, str) and history is not None else None
+        self._history_url = history if isinstance(history, str) else config.history_url
+        self._ledger: Ledger | None = ledger if not isinstance(ledger, str) and ledger is not None else None
+        self._ledger_url = ledger if isinstance(ledger, str) else config.ledger_url
+        if self._history is None and self._history_url:
+            self._check_scheme(self._history_url, self.plugins.registry.history_stores, "history")
+        if self._ledger is None and self._ledger_url:
+            self._check_scheme(self._ledger_url, self.plugins.registry.ledgers, "ledger")
+        self._observers = list(observers)
+        self._notify_on = bool(self._observers) or self.plugins.observes
+
+    @classmethod
+    def from_env(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        *,
+        config: Mapping[str, Any] | None = None,
+        config_path: str | None = None,
+        **kwargs: Any,
+    ) -> Proxy:
+        """Build a Proxy from ``LLMPROXY_*`` variables, ``LLMPROXY_CONFIG`` and keyword arguments.
+
+        ``config`` holds configuration keys that win over the file and the environment; other
+        keyword arguments are those of :class:`Proxy`.
+        """
+        env = os.environ if environ is None else environ
+        return cls(load_config(config, path=config_path, environ=env), environ=env, **kwargs)
+
+    # -- wiring ----------------------------------------------------------------------------------
+
+    def _configured_policies(self) -> Iterator[BudgetPolicy]:
+        kinds = self.plugins.registry.policies
+        for index, entry in enumerate(self.config.budgets):
+            data = dict(entry)
+            kind = data.pop("kind", "tokens")
+            cls = kinds.get(kind)
+            if cls is None:
+                raise ConfigError(
+                    f"budgets[{index}].kind {kind!r} is not a registered policy kind;"
+                    f" known: {', '.join(sorted(kinds))}",
+                    path=f"$.budgets[{index}].kind",
+                )
+            yield structure(data, cls, where=f"budgets[{index}] ({kind})")
+
+    @staticmethod
+    def _check_scheme(url: str, known: Mapping[str, Any], what: str) -> None:
+        scheme = scheme_of(url, what=what)
+        if scheme not in known:
+            raise ConfigError(
+                f"{what} URL scheme '{scheme}://' is not provided by any installed plugin;"
+                f" known: {', '.join(s + '://' for s in sorted(known))}",
+                path=f"{what}_url",
+            )
+
+    @property
+    def history(self) -> HistoryStore:
+        """The history store, opened on first use (embedded SQLite unless configured)."""
+        store = self._history
+        if store is None:
+            with self._lock:
+                if self._history is None:
+                    url = self._history_url or "sqlite://"
+                    factory = self.plugins.registry.history_stores[scheme_of(url, what="history")]
+                    self._history = factory(url)
+                store = self._history
+        return store
+
+    @property
+    def ledger(self) -> Ledger:
+        """The budget ledger, opened on first use (embedded SQLite unless configured)."""
+        ledger = self._ledger
+        if ledger is None:
+            with self._lock:
+                if self._ledger is None:
+                    url = self._ledger_url or "sqlite://"
+                    factory = self.plugins.registry.ledgers[scheme_of(url, what="ledger")]
+                    self._ledger = factory(url)
+                ledger = self._ledger
+        return ledger
+
+    def _resolve(self, model: str | None) -> tuple[str, str, Provider]:
+        name = model or self.config.default_model
+        if not isinstance(name, str):
+            raise InvalidRequest(f"model must be a string such as 'openai/gpt-5.4-mini', got {name!r}", field="model")
+        name = self.config.aliases.get(name, name)
+        provider_name, sep, model_name = name.partition("/")
+        if not sep:
+            provider_name, model_name = self.config.default_model.partition("/")[0], name
+        if not model_name:
+            raise InvalidRequest(f"model {name!r} names no model after the provider", field="model")
+        provider = self._providers.get(provider_name)
+        if provider is None:
+            provider = self._make_provider(provider_name, name)
+        return provider_name, model_name, provider
+
+    def _make_provider(self, provider_name: str, model: str) -> Provider:
+        with self._lock:
+            provider = self._providers.get(provider_name)
+            if provider is not None:
+                return provider
+            entry = self.plugins.registry.providers.get(provider_name)
+            if entry is None:
+                failed = self.plugins.error_for(provider_name)
+                if failed is not None:
+                    raise PluginError(
+                        f"model '{model}' needs provider '{provider_name}', whose plugin failed to load: {failed}",
+                        plugin=provider_name,
+                    )
+                known = ", ".join(sorted({*self.plugins.registry.providers, *self._providers})) or "none"
+                raise InvalidRequest(
+                    f"model '{model}' names provider '{provider_name}', which no installed plugin"
+                    f" provides (installed: {known}); install llmproxy-{provider_name} or check"
+                    " LLMPROXY_PLUGINS",
+                    field="model",
+                )
+            table = dict(self.config.providers.get(provider_name, {}))
+            api_key = table.get("api_key")
+            timeout = table.get("timeout")
+            settings = ProviderSettings(
+                provider_name,
+                Secret(api_key) if isinstance(api_key, str) and api_key else None,
+                table.get("base_url"),
+                float(timeout) if timeout is not None else None,
+                {k: v for k, v in table.items() if k not in _COMMON_PROVIDER_KEYS},
+                self.environ,
+            )
+            provider = entry.factory(settings)
+            self._providers[provider_name] = provider
+            return provider
+
+    def provider(self, name: str) -> Provider:
+        """Return the provider registered under ``name``, creating it on first use."""
+        return self._resolve(f"{name}/-")[2]
+
+    # -- sync calls --------------------------------------------------------------------------------
+
+    def chat(
+        self,
+        prompt: Prompt,
+        *,
+        model: str | None = None,
+        system: str | None = None,
+        session_id: str | None = None,
+        user: str | None = None,
+        max_output_tokens: int | None = None,
+        temperature: float | None = None,
+        use_history: bool | None = None,
+        **extra: Any,
+    ) -> ChatResponse:
+        """Send ``prompt`` and return the whole answer.
+
+        ``prompt`` is a string, a :class:`~llmproxy.types.Message` or a list of messages;
+        ``model`` is ``provider/model`` or an alias (default: ``config.default_model``);
+        with a ``session_id`` the session's history is sent as context and the exchange stored.
+        Other keyword arguments go to the provider untouched (``top_p=...``, ``extra_body=...``).
+
+        Raises :class:`~llmproxy.errors.BudgetExceeded` or :class:`~llmproxy.errors.RateLimited`
+        before any upstream call when a policy has no room, and a
+        :class:`~llmproxy.errors.ProviderError` subclass when the service fails after retries.
+        """
+        call = _Call(self, prompt, model, system, session_id, user, max_output_tokens, temperature, use_history, extra)
+        if call.use_history:
+            call.set_history(self.history.load(call.session_id or "", self.config.history_limit))
+        args = call.reserve_args()
+        if args is not None:
+            call.reservation = self.ledger.reserve(call.claims, **args)
+        try:
+            request = call.build_request()
+            completion = self._attempts(call, request)
+            usage = completion.usage or call.estimate_usage(completion.message.content)
+        except BaseException as exc:
+            self._failed(call, exc)
+            raise
+        settle = call.settle_args(usage)
+        if settle is not None and call.reservation is not None:
+            self.ledger.settle(call.reservation, **settle)
+        response = call.response(completion, usage)
+        records = call.records(completion.message, usage, response.model)
+        if records:
+            self.history.append(records)
+        if self._notify_on:
+            self._notify(call.event(usage, "ok", None, False, response.model))
+        return response
+
+    def _attempts(self, call: _Call, request: ChatRequest) -> Completion:
+        while True:
+            call.attempts += 1
+            try:
+                return call.provider.chat(request)
+            except ProviderError as exc:
+                delay = next_delay(exc, call.attempts, call.elapsed(), self.config.retry)
+                if delay is None:
+                    raise
+                log.info("retrying %s/%s in %.2fs after: %s", call.provider_name, call.model, delay, exc)
+                time.sleep(delay)
+
+    def _failed(self, call: _Call, exc: BaseException) -> None:
+        settle = call.settle_args(None)
+        if settle is not None and call.reservation is not None:
+            try:
+                self.ledger.settle(call.reservation, **settle)
+            except LLMProxyError:
+                log.exception("could not release the reservation of a failed call")
+        if self._notify_on:
+            self._notify(call.event(Usage(), "error", exc, False, call.model))
+
+    def stream(
+        self,
+        prompt: Prompt,
+        *,
+        model: str | None = None,
+        system: str | None = None,
+        session_id: str | None = None,
+        user: str | None = None,
+        max_output_tokens: int | None = None,
+        temperature: float | None = None,
+        use_history: bool | None = None,
+        **extra: Any,
+    ) -> ChatStream:
+        """Send ``prompt`` and iterate over the answer as it arrives (arguments as :meth:`chat`).
+
+        Returns a :class:`ChatStream` of :class:`~llmproxy.types.StreamEvent`; the last event has
+        ``done=True`` with usage and the whole response. Closing the stream early (``break``
+        inside ``with proxy.stream(...) as s``) stores what arrived, marked interrupted, and
+        settles the budget with what was used.
+        """
+        call = _Call(self, prompt, model, system, session_id, user, max_output_tokens, temperature, use_history, extra)
+        if call.use_history:
+            call.set_history(self.history.load(call.session_id or "", self.config.history_limit))
+        args = call.reserve_args()
+        if args is not None:
+            call.reservation = self.ledger.reserve(call.claims, **args)
+        return ChatStream(self, call, call.build_request())
+
+    # -- async calls -------------------------------------------------------------------------------
+
+    async def achat(
+        self,
+        prompt: Prompt,
+        *,
+        model: str | None = None,
+        system: str | None = None,
+        session_id: str | None = None,
+        user: str | None = None,
+        max_output_tokens: int | None = None,
+        temperature: float | None = None,
+        use_history: bool | None = None,
+        **extra: Any,
+    ) -> ChatResponse:
+        """Async :meth:`chat`."""
+        call = _Call(self, prompt, model, system, session_id, user, max_output_tokens, temperature, use_history, extra)
+        if call.use_history:
+            call.set_history(await self.history.aload(call.session_id or "", self.config.history_limit))
+        args = call.reserve_args()
+        if args is not None:
+            call.reservation = await self.ledger.areserve(call.claims, **args)
+        try:
+            request = call.build_request()
+            completion = await self._aattempts(call, request)
+            usage = completion.usage or call.estimate_usage(completion.message.content)
+        except BaseException as exc:
+            await self._afailed(call, exc)
+            raise
+        settle = call.settle_args(usage)
+        if settle is not None and call.reservation is not None:
+            await self.ledger.asettle(call.reservation, **settle)
+        response = call.response(completion, usage)
+        records = call.records(completion.message, usage, response.model)
+        if records:
+            await self.history.aappend(records)
+        if self._notify_on:
+            self._notify(call.event(usage, "ok", None, False, response.model))
+        return response
+
+    async def _aattempts(self, call: _Call, request: ChatRequest) -> Completion:
+        while True:
+            call.attempts += 1
+            try:
+                return await call.provider.achat(request)
+            except ProviderError as exc:
+                delay = next_delay(exc, call.attempts, call.elapsed(), self.config.retry)
+                if delay is None:
+                    raise
+                log.info("retrying %s/%s in %.2fs after: %s", call.provider_name, call.model, delay, exc)
+                await asyncio.sleep(delay)
+
+    async def _afailed(self, call: _Call, exc: BaseException) -> None:
+        settle = call.settle_args(None)
+        if settle is not None and call.reservation is not None:
+            try:
+                await self.ledger.asettle(call.reservation, **settle)
+            except LLMProxyError:
+                log.exception("could not release the reservation of a failed call")
+        if self._notify_on:
+            self._notify(call.event(Usage(), "error", exc, False, call.model))
+
+    def astream(
+        self,
+        prompt: Prompt,
+        *,
+        model: str | None = None,
+        system: str | None = None,
+        session_id: str | None = None,
+        user: str | None = None,
+        max_output_tokens: int | None = None,
+        temperature: float | None = None,
+        use_history: bool | None = None,
+        **extra: Any,
+    ) -> AsyncChatStream:
+        """Async :meth:`stream`: ``async for ev in proxy.astream(...)``.
+
+        Arguments are checked at once; history is loaded and budget reserved when iteration
+        starts, so :class:`~llmproxy.errors.BudgetExceeded` is raised by the first ``anext``.
+        ``async with proxy.astream(...) as s`` closes the stream on exit.
+        """
+        call = _Call(self, prompt, model, system, session_id, user, max_output_tokens, temperature, use_history, extra)
+        return AsyncChatStream(self, call, None)
+
+    # -- observers and state -------------------------------------------------------------------------
+
+    def _notify(self, event: CallEvent) -> None:
+        for observer in self._observers:
+            try:
+                observer(event)
+            except Exception:
+                log.exception("observer %r failed", observer)
+        if self.plugins.observes:
+            hook = self.plugins.pm.hook.on_error if event.error is not None else self.plugins.pm.hook.on_response
+            try:
+                hook(event=event)
+            except Exception:
+                log.exception("an on_response/on_error plugin hook failed")
+
+    def usage(self) -> list[ClaimUsage]:
+        """Return used / reserved / limit of every configured policy's global claim."""
+        scope = CallScope("-", "-")
+        claims = [c for c in (p.claim(scope) for p in self.policies) if c is not None]
+        return self.ledger.usage(claims) if claims else []
+
+    def close(self) -> None:
+        """Close providers and stores this Proxy opened."""
+        for provider in self._providers.values():
+            provider.close()
+        if self._history is not None:
+            self._history.close()
+        if self._ledger is not None:
+            self._ledger.close()
+
+    def __enter__(self) -> Proxy:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Proxy(default_model={self.config.default_model!r}, policies={[p.name for p in self.policies]!r})"
+
+
+class _StreamBase:
+    """The bookkeeping both stream shells share: how a stream ends, in each of its ways."""
+
+    def __init__(self, proxy: Proxy, call: _Call, request: ChatRequest | None) -> None:
+        self._proxy = proxy
+        self._call = call
+        self._request = request
+        self._state = _StreamState()
+        self._done = False
+        self.response: ChatResponse | None = None
+        """The whole response, once the stream has ended (also when it was interrupted)."""
+
+    def _retry_delay(self, exc: BaseException) -> float | None:
+        if self._state.delivered:
+            return None
+        return next_delay(exc, self._call.attempts, self._call.elapsed(), self._proxy.config.retry)
+
+    def _end(self, interrupted: bool, error: BaseException | None) -> tuple[StreamEvent | None, dict[str, int] | None, list[HistoryRecord] | None]:
+        """Mark the stream ended; return the final event and what to settle and store."""
+        self._done = True
+        call = self._call
+        if not self._state.received and error is not None:
+            # Nothing arrived: the call failed as a whole, like a failed chat() call.
+            settle = call.settle_args(None)
+            if self._proxy._notify_on:
+                self._proxy._notify(call.event(Usage(), "error", error, True, call.model))
+            return None, settle, None
+        completion, usage = self._state.completion(call, interrupted)
+        response = call.response(completion, usage)
+        self.response = response
+        settle = call.settle_args(usage)
+        records = call.records(completion.message, usage, response.model)
+        if self._proxy._notify_on:
+            outcome = "interrupted" if interrupted else "ok"
+            self._proxy._notify(call.event(usage, outcome, error, True, response.model))
+        final = None if interrupted else StreamEvent("", "", True, usage, completion.finish_reason, response)
+        return final, settle, records
+
+    def _interrupted_error(self, exc: BaseException) -> BaseException:
+        if self._state.delivered and isinstance(exc, ProviderError):
+            return StreamInterrupted(
+                f"stream broke after part of the answer arrived: {exc.detail}",
+                provider=exc.provider,
+                model=exc.model,
+                status=exc.status,
+            )
+        return exc
+
+
+class ChatStream(_StreamBase):
+    """A streamed answer: iterate for :class:`~llmproxy.types.StreamEvent`; use as a context manager.
+
+    Retries happen only before any text has been delivered. A stream that breaks afterwards
+    raises :class:`~llmproxy.errors.StreamInterrupted` once what arrived is stored and counted.
+    """
+
+    def __init__(self, proxy: Proxy, call: _Call, request: ChatRequest) -> None:
+        super().__init__(proxy, call, request)
+        self._sync_request = request
+        self._it: Iterator[Chunk] | None = None
+
+    def __iter__(self) -> ChatStream:
+        return self
+
+    def __next__(self) -> StreamEvent:
+        if self._done:
+            raise StopIteration
+        call = self._call
+        while True:
+            if self._it is None:
+                call.attempts += 1
+                self._it = iter(call.provider.stream(self._sync_request))
+            try:
+                chunk = next(self._it)
+            except StopIteration:
+                final = self._finish(False, None)
+                assert final is not None
+                return final
+            except BaseException as exc:
+                delay = self._retry_delay(exc)
+                if delay is not None:
+                    self._close_iterator()
+                    time.sleep(delay)
+                    continue
+                error = self._interrupted_error(exc)
+                self._finish(True, error)
+                if error is exc:
+                    raise
+                raise error from exc
+            event = self._state.feed(chunk)
+            if event is not None:
+                return event
+
+    def _close_iterator(self) -> None:
+        it, self._it = self._it, None
+        close = getattr(it, "close", None)
+        if close is not None:
+            try:
+                close()
+            except Exception:
+                log.debug("closing a provider stream failed", exc_info=True)
+
+    def _finish(self, interrupted: bool, error: BaseException | None) -> StreamEvent | None:
+        final, settle, records = self._end(interrupted, error)
+        proxy, call = self._proxy, self._call
+        if settle is not None and call.reservation is not None:
+            proxy.ledger.settle(call.reservation, **settle)
+        if records:
+            proxy.history.append(records)
+        return final
+
+    def close(self) -> None:
+        """Stop reading: close the connection, store what arrived (interrupted), settle the budget."""
+        if self._done:
+            return
+        self._close_iterator()
+        if not self._state.received:
+            self._done = True
+            settle = self._call.settle_args(None)
+            if settle is not None and self._call.reservation is not None:
+                self._proxy.ledger.settle(self._call.reservation, **settle)
+            return
+        self._finish(True, None)
+
+    def text(self) -> str:
+        """Read the stream to its end and return the whole answer."""
+        return "".join(event.text for event in self)
+
+    def __enter__(self) -> ChatStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if not getattr(self, "_done", True):
+            try:
+                self.close()
+            except Exception:
+                log.debug("finalising an abandoned stream failed", exc_info=True)
+
+
+class AsyncChatStream(_StreamBase):
+    """Async :class:`ChatStream`: ``async for`` over it; ``async with`` closes it."""
+
+    def __init__(self, proxy: Proxy, call: _Call, request: ChatRequest | None) -> None:
+        super().__init__(proxy, call, request)
+        self._it: AsyncIterator[Chunk] | None = None
+
+    async def _prepare(self) -> ChatRequest:
+        call, proxy = self._call, self._proxy
+        if call.use_history:
+            call.set_history(await proxy.history.aload(call.session_id or "", proxy.config.history_limit))
+        args = call.reserve_args()
+        if args is not None:
+            call.reservation = await proxy.ledger.areserve(call.claims, **args)
+        self._request = call.build_request()
+        return self._request
+
+    def __aiter__(self) -> AsyncChatStream:
+        return self
+
+    async def __anext__(self) -> StreamEvent:
+        if self._done:
+            raise StopAsyncIteration
+        call = self._call
+        request = self._request
+        if request is None:
+            try:
+                request = await self._prepare()
+            except BaseException:
+                self._done = True
+                raise
+        while True:
+            if self._it is None:
+                call.attempts += 1
+                self._it = aiter(call.provider.astream(request))
+            try:
+                chunk = await anext(self._it)
+            except StopAsyncIteration:
+                final = await self._finish(False, None)
+                assert final is not None
+                return final
+            except BaseException as exc:
+                delay = self._retry_delay(exc)
+                if delay is not None:
+                    await self._close_iterator()
+                    await asyncio.sleep(delay)
+                    continue
+                error = self._interrupted_error(exc)
+                await self._close_iterator()
+                await self._finish(True, error)
+                if error is exc:
+                    raise
+                raise error from exc
+            event = self._state.feed(chunk)
+            if event is not None:
+                return event
+
+    async def _close_iterator(self) -> None:
+        it, self._it = self._it, None
+        aclose = getattr(it, "aclose", None)
+        if aclose is not None:
+            try:
+                await aclose()
+            except Exception:
+                log.debug("closing a provider stream failed", exc_info=True)
+
+    async def _finish(self, interrupted: bool, error: BaseException | None) -> StreamEvent | None:
+        final, settle, records = self._end(interrupted, error)
+        proxy, call = self._proxy, self._call
+        if settle is not None and call.reservation is not None:
+            await proxy.ledger.asettle(call.reservation, **settle)
+        if records:
+            await proxy.history.aappend(records)
+        return final
+
+    async def aclose(self) -> None:
+        """Stop reading: close the connection, store what arrived (interrupted), settle the budget."""
+        if self._done:
+            return
+        await self._close_iterator()
+        if not self._state.received:
+            self._done = True
+            settle = self._call.settle_args(None)
+            if settle is not None and self._call.reservation is not None:
+                await self._proxy.ledger.asettle(self._call.reservation, **settle)
+            return
+        await self._finish(True, None)
+
+    async def text(self) -> str:
+        """Read the stream to its end and return the whole answer."""
+        return "".join([event.text async for event in self])
+
+    async def __aenter__(self) -> AsyncChatStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def __del__(self) -> None:
+        # Abandoned without aclose(): settle and store synchronously (every store has sync twins).
+        if getattr(self, "_done", True):
+            return
+        self._done = True
+        try:
+            final, settle, records = self._end(True, None) if self._state.received else (None, self._call.settle_args(None), None)
+            if settle is not None and self._call.reservation is not None:
+                self._proxy.ledger.settle(self._call.reservation, **settle)
+            if records:
+                self._proxy.history.append(records)
+        except Exception:
+            log.debug("finalising an abandoned stream failed", exc_info=True)
+
+
+__all__ = ["AsyncChatStream", "ChatStream", "Proxy", "redact"]

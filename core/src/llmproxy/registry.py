@@ -1,0 +1,178 @@
+"""What plugins register, validated and kept in one place."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+import attrs
+from attrs import frozen
+
+from llmproxy.budget.base import Ledger
+from llmproxy.errors import PluginError
+from llmproxy.history.base import HistoryStore
+from llmproxy.provider import Provider
+from llmproxy.secret import Secret
+
+_NAME = re.compile(r"^[a-z][a-z0-9_.-]*$")
+
+
+@frozen
+class ProviderSettings:
+    """What a provider factory receives: its configuration and the environment to read.
+
+    ``options`` holds the keys of the provider's ``[providers.NAME]`` configuration table other
+    than the common ones; ``environ`` is the mapping the Proxy was built from (``os.environ`` by
+    default), so tests never need to touch the real environment.
+    """
+
+    name: str
+    api_key: Secret | None = None
+    base_url: str | None = None
+    timeout: float | None = None
+    options: Mapping[str, Any] = attrs.Factory(dict)
+    environ: Mapping[str, str] = attrs.Factory(dict)
+
+
+ProviderFactory = Callable[[ProviderSettings], Provider]
+StoreFactory = Callable[[str], HistoryStore]
+LedgerFactory = Callable[[str], Ledger]
+
+
+class RegisterProvider(Protocol):
+    """The ``register`` function passed to ``register_providers``."""
+
+    def __call__(
+        self, name: str, factory: ProviderFactory, *, description: str = "", env: tuple[str, ...] = ()
+    ) -> None:
+        """Register a provider factory under ``name`` (the prefix of ``name/model``)."""
+
+
+class RegisterHistoryStore(Protocol):
+    """The ``register`` function passed to ``register_history_stores``."""
+
+    def __call__(self, scheme: str, factory: StoreFactory) -> None:
+        """Register a history store factory for a URL scheme."""
+
+
+class RegisterLedger(Protocol):
+    """The ``register`` function passed to ``register_ledgers``."""
+
+    def __call__(self, scheme: str, factory: LedgerFactory) -> None:
+        """Register a ledger factory for a URL scheme."""
+
+
+class RegisterPolicy(Protocol):
+    """The ``register`` function passed to ``register_budget_policies``."""
+
+    def __call__(self, kind: str, policy_class: type[Any]) -> None:
+        """Register a budget policy class under the kind configuration files use."""
+
+
+class RegisterTool(Protocol):
+    """The ``register`` function passed to ``register_tools``."""
+
+    def __call__(self, tool: Any) -> None:
+        """Register a tool."""
+
+
+@frozen
+class ProviderEntry:
+    """A registered provider: its factory, the plugin that registered it, and its env variables."""
+
+    name: str
+    factory: ProviderFactory
+    plugin: str
+    description: str = ""
+    env: tuple[str, ...] = ()
+
+
+@attrs.define
+class Registry:
+    """Everything the loaded plugins registered, by kind.
+
+    ``registered_by`` maps a plugin name to the things it registered, for ``llmproxy plugins``.
+    """
+
+    providers: dict[str, ProviderEntry] = attrs.Factory(dict)
+    history_stores: dict[str, StoreFactory] = attrs.Factory(dict)
+    ledgers: dict[str, LedgerFactory] = attrs.Factory(dict)
+    policies: dict[str, type[Any]] = attrs.Factory(dict)
+    tools: dict[str, Any] = attrs.Factory(dict)
+    registered_by: dict[str, list[str]] = attrs.Factory(dict)
+
+    def _note(self, plugin: str, what: str) -> None:
+        self.registered_by.setdefault(plugin, []).append(what)
+
+    def provider_register(self, plugin: str) -> RegisterProvider:
+        """Return the ``register`` function handed to one plugin's ``register_providers``."""
+
+        def register(
+            name: str, factory: ProviderFactory, *, description: str = "", env: tuple[str, ...] = ()
+        ) -> None:
+            _check_name(plugin, "provider", name)
+            if not callable(factory):
+                raise PluginError(f"plugin '{plugin}' registered provider '{name}' with a non-callable factory", plugin=plugin)
+            if name in self.providers:
+                other = self.providers[name].plugin
+                raise PluginError(
+                    f"provider '{name}' is registered by both '{other}' and '{plugin}';"
+                    " block one with LLMPROXY_PLUGINS",
+                    plugin=plugin,
+                )
+            self.providers[name] = ProviderEntry(name, factory, plugin, description, tuple(env))
+            self._note(plugin, f"provider {name}")
+
+        return register
+
+    def store_register(self, plugin: str) -> RegisterHistoryStore:
+        """Return the ``register`` function handed to one plugin's ``register_history_stores``."""
+
+        def register(scheme: str, factory: StoreFactory) -> None:
+            _check_name(plugin, "history store scheme", scheme)
+            self.history_stores[scheme] = factory
+            self._note(plugin, f"history store {scheme}://")
+
+        return register
+
+    def ledger_register(self, plugin: str) -> RegisterLedger:
+        """Return the ``register`` function handed to one plugin's ``register_ledgers``."""
+
+        def register(scheme: str, factory: LedgerFactory) -> None:
+            _check_name(plugin, "ledger scheme", scheme)
+            self.ledgers[scheme] = factory
+            self._note(plugin, f"ledger {scheme}://")
+
+        return register
+
+    def policy_register(self, plugin: str) -> RegisterPolicy:
+        """Return the ``register`` function handed to one plugin's ``register_budget_policies``."""
+
+        def register(kind: str, policy_class: type[Any]) -> None:
+            _check_name(plugin, "budget policy kind", kind)
+            self.policies[kind] = policy_class
+            self._note(plugin, f"budget policy {kind}")
+
+        return register
+
+    def tool_register(self, plugin: str) -> RegisterTool:
+        """Return the ``register`` function handed to one plugin's ``register_tools``."""
+
+        def register(tool: Any) -> None:
+            name = getattr(tool, "name", None)
+            if not isinstance(name, str) or not name:
+                raise PluginError(f"plugin '{plugin}' registered a tool without a name", plugin=plugin)
+            self.tools[name] = tool
+            self._note(plugin, f"tool {name}")
+
+        return register
+
+
+def _check_name(plugin: str, kind: str, name: object) -> None:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise PluginError(
+            f"plugin '{plugin}' registered {kind} {name!r}: names are lower-case letters, digits,"
+            " '_', '.', '-', starting with a letter",
+            plugin=plugin,
+        )

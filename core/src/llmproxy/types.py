@@ -1,0 +1,204 @@
+"""The values that flow through a call: messages, requests, responses, usage, stream events.
+
+All are frozen attrs classes; use :func:`attrs.evolve` for a changed copy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import attrs
+from attrs import field, frozen
+
+from llmproxy.errors import InvalidRequest
+
+Role = Literal["system", "user", "assistant", "tool"]
+ROLES: frozenset[str] = frozenset(("system", "user", "assistant", "tool"))
+
+
+def _check_role(_instance: object, _attribute: object, value: str) -> None:
+    if value not in ROLES:
+        raise InvalidRequest(
+            f"message role must be one of system, user, assistant, tool; got {value!r}",
+            field="role",
+        )
+
+
+def _check_content(_instance: object, _attribute: object, value: object) -> None:
+    if not isinstance(value, str):
+        raise InvalidRequest(
+            f"message content must be a string, got {type(value).__name__}", field="content"
+        )
+
+
+@frozen
+class ToolCall:
+    """A tool call the model asked for: ``arguments`` is the JSON text the model produced."""
+
+    id: str
+    name: str
+    arguments: str = "{}"
+
+
+@frozen
+class Message:
+    """One chat message.
+
+    ``reasoning`` holds a model's reasoning text where the provider returns it (never mixed into
+    ``content``); ``tool_calls`` the calls an assistant message asks for; ``tool_call_id`` the
+    call a ``tool`` message answers. ``interrupted`` marks an assistant message cut short by a
+    broken or abandoned stream.
+
+    >>> Message("user", "Hello")
+    Message(role='user', content='Hello', name=None, tool_calls=(), tool_call_id=None, reasoning=None, interrupted=False)
+    """
+
+    role: Role = field(validator=_check_role)
+    content: str = field(default="", validator=_check_content)
+    name: str | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+    reasoning: str | None = None
+    interrupted: bool = False
+
+
+@frozen
+class Usage:
+    """Tokens a call used, by kind, and its cost in USD when the model is priced.
+
+    ``cached_input_tokens`` and ``reasoning_tokens`` are parts of ``input_tokens`` and
+    ``output_tokens`` respectively, as providers report them. ``estimated`` is true when the
+    provider sent no usage (a broken stream) and the numbers were counted from what arrived.
+    """
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_input_tokens: int = 0
+    reasoning_tokens: int = 0
+    cost: float | None = None
+    estimated: bool = False
+
+    @property
+    def total_tokens(self) -> int:
+        """Input plus output tokens."""
+        return self.input_tokens + self.output_tokens
+
+    def __add__(self, other: Usage) -> Usage:
+        cost = None if self.cost is None and other.cost is None else (self.cost or 0) + (other.cost or 0)
+        return Usage(
+            self.input_tokens + other.input_tokens,
+            self.output_tokens + other.output_tokens,
+            self.cached_input_tokens + other.cached_input_tokens,
+            self.reasoning_tokens + other.reasoning_tokens,
+            cost,
+            self.estimated or other.estimated,
+        )
+
+
+@frozen
+class ChatRequest:
+    """What a provider is asked to do: the full message list and the resolved settings.
+
+    ``model`` is the provider's own model name (``gpt-5.4-mini``), ``provider`` the registered
+    provider name (``openai``). ``max_output_tokens`` is the cap the budget allows; providers
+    must send it upstream. ``extra`` carries provider-specific parameters through untouched.
+    """
+
+    messages: tuple[Message, ...]
+    model: str
+    provider: str
+    max_output_tokens: int | None = None
+    temperature: float | None = None
+    extra: Mapping[str, Any] = attrs.Factory(dict)
+    session_id: str | None = None
+    user: str | None = None
+
+
+@frozen
+class ChatResponse:
+    """The answer to a call.
+
+    ``text`` is the answer, ``message`` the assistant message as stored in history, ``usage`` the
+    tokens used (all attempts), ``model`` the model that answered (after fallbacks),
+    ``provider`` its provider, ``finish_reason`` why it stopped (``stop``, ``length``,
+    ``tool_calls``...), ``latency`` the seconds from the call to its end.
+    """
+
+    text: str
+    message: Message
+    usage: Usage
+    model: str
+    provider: str
+    finish_reason: str | None = None
+    latency: float = 0.0
+    session_id: str | None = None
+    id: str | None = None
+
+    @property
+    def reasoning(self) -> str | None:
+        """The model's reasoning text, when the provider returned it."""
+        return self.message.reasoning
+
+    def __str__(self) -> str:
+        return self.text
+
+
+@frozen
+class StreamEvent:
+    """One piece of a streamed answer.
+
+    ``text`` is a delta of the answer and ``reasoning`` a delta of reasoning text. The last event
+    has ``done=True`` and carries ``usage``, ``finish_reason`` and the whole ``response``.
+    """
+
+    text: str = ""
+    reasoning: str = ""
+    done: bool = False
+    usage: Usage | None = None
+    finish_reason: str | None = None
+    response: ChatResponse | None = None
+
+
+@frozen
+class Completion:
+    """What a provider returns for one non-streamed attempt (the Proxy builds the ChatResponse)."""
+
+    message: Message
+    usage: Usage | None
+    model: str
+    finish_reason: str | None = None
+    id: str | None = None
+
+
+@frozen
+class Chunk:
+    """What a provider yields while streaming: deltas, then usage and finish reason when known."""
+
+    text: str = ""
+    reasoning: str = ""
+    usage: Usage | None = None
+    finish_reason: str | None = None
+    model: str | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
+    id: str | None = None
+
+
+@frozen
+class CallEvent:
+    """The one observer event of a call, sent to ``on_response`` or ``on_error`` hooks.
+
+    ``outcome`` is ``ok``, ``error`` or ``interrupted``; ``error`` the exception on failure.
+    """
+
+    model: str
+    provider: str
+    usage: Usage
+    latency: float
+    session_id: str | None
+    user: str | None
+    outcome: str = "ok"
+    error: BaseException | None = None
+    attempts: int = 1
+    streamed: bool = False
+    started_at: float = 0.0

@@ -1,0 +1,56 @@
+"""The environment variables the OpenAI plugin reads, in one place.
+
+===========================================  ========================================================
+Variable                                     Meaning
+===========================================  ========================================================
+``OPENAI_API_KEY``                           The API key.
+``LLM_PROXY_OPEN_AI_DEFAULT_OPEN_API_KEY``   The seed library's name for the key; read when
+                                             ``OPENAI_API_KEY`` is unset.
+``OPENAI_BASE_URL``                          Another endpoint (an Azure/OpenAI-compatible gateway,
+                                             or a local fake server in tests).
+``OPENAI_ORG_ID``                            Organization header, when set.
+``OPENAI_PROJECT_ID``                        Project header, when set.
+``LLMPROXY_OPENAI_TIMEOUT``                  Seconds before one attempt times out (default 600).
+===========================================  ========================================================
+
+A key or base URL given in code or in the ``[providers.openai]`` configuration table wins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from llmproxy.errors import ConfigError
+
+API_KEY = "OPENAI_API_KEY"
+SEED_API_KEY = "LLM_PROXY_OPEN_AI_DEFAULT_OPEN_API_KEY"
+BASE_URL = "OPENAI_BASE_URL"
+ORG_ID = "OPENAI_ORG_ID"
+PROJECT_ID = "OPENAI_PROJECT_ID"
+TIMEOUT = "LLMPROXY_OPENAI_TIMEOUT"
+
+KEY_VARIABLES = (API_KEY, SEED_API_KEY)
+
+
+def api_key(environ: Mapping[str, str]) -> str | None:
+    """Return the API key from ``OPENAI_API_KEY`` or the seed's variable, or None."""
+    return environ.get(API_KEY) or environ.get(SEED_API_KEY) or None
+
+
+def base_url(environ: Mapping[str, str]) -> str | None:
+    """Return ``OPENAI_BASE_URL`` when set."""
+    return environ.get(BASE_URL) or None
+
+
+def timeout(environ: Mapping[str, str]) -> float | None:
+    """Return ``LLMPROXY_OPENAI_TIMEOUT`` in seconds when set."""
+    raw = environ.get(TIMEOUT)
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{TIMEOUT} must be a number of seconds, got {raw!r}", path=TIMEOUT) from None
+    if value <= 0:
+        raise ConfigError(f"{TIMEOUT} must be greater than 0, got {raw!r}", path=TIMEOUT)
+    return value

@@ -1,0 +1,392 @@
+"""The OpenAI provider: Chat Completions through the official ``openai`` SDK, sync and async.
+
+The SDK makes the request (auth, headers, timeouts, error types); the provider reads the raw
+JSON body and the raw SSE lines itself instead of letting the SDK build its response models,
+which is most of the SDK's own cost per call. The SDK's retries are off: the Proxy owns retries,
+so every attempt is seen and budgeted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from typing import Any
+
+import httpx2
+import openai
+from llmproxy.errors import (
+    MissingCredentials,
+    ProviderAuthError,
+    ProviderBadRequest,
+    ProviderConnectionError,
+    ProviderError,
+    ProviderRateLimited,
+    ProviderResponseError,
+    ProviderTimeout,
+    ProviderUnavailable,
+)
+from llmproxy.registry import ProviderSettings
+from llmproxy.secret import Secret, redact
+from llmproxy.types import ChatRequest, Chunk, Completion, Message, ToolCall, Usage
+
+from llmproxy_openai import env, models, tokenizer
+
+DEFAULT_TIMEOUT = 600.0
+
+
+def message_to_wire(m: Message) -> dict[str, Any]:
+    """Return the Chat Completions form of a message."""
+    out: dict[str, Any] = {"role": m.role, "content": m.content}
+    if m.name:
+        out["name"] = m.name
+    if m.tool_calls:
+        out["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in m.tool_calls
+        ]
+        if not m.content:
+            out["content"] = None
+    if m.tool_call_id is not None:
+        out["tool_call_id"] = m.tool_call_id
+    return out
+
+
+def usage_from_wire(u: Mapping[str, Any] | None) -> Usage | None:
+    """Map a Chat Completions ``usage`` object (and DeepSeek's cache fields) onto :class:`Usage`."""
+    if not u:
+        return None
+    prompt = u.get("prompt_tokens") or 0
+    completion = u.get("completion_tokens") or 0
+    details = u.get("prompt_tokens_details") or {}
+    cached = details.get("cached_tokens") or u.get("prompt_cache_hit_tokens") or 0
+    out_details = u.get("completion_tokens_details") or {}
+    reasoning = out_details.get("reasoning_tokens") or 0
+    return Usage(int(prompt), int(completion), int(cached), int(reasoning))
+
+
+def retry_after(headers: Mapping[str, str]) -> float | None:
+    """Read ``retry-after-ms`` / ``retry-after`` (seconds or an HTTP date) from response headers."""
+    raw_ms = headers.get("retry-after-ms")
+    if raw_ms:
+        try:
+            return max(float(raw_ms) / 1000.0, 0.0)
+        except ValueError:
+            pass
+    raw = headers.get("retry-after")
+    if not raw:
+        return None
+    try:
+        return max(float(raw), 0.0)
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(raw) if raw else None
+        if parsed is None:
+            return None
+        return max(parsed.timestamp() - time.time(), 0.0)
+
+
+class OpenAIProvider:
+    """Chat Completions against OpenAI or any OpenAI-compatible endpoint.
+
+    >>> provider = OpenAIProvider(api_key="sk-...", base_url="http://127.0.0.1:8000/v1")  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        *,
+        api_key: str | Secret,
+        base_url: str | None = None,
+        timeout: float | None = None,
+        organization: str | None = None,
+        project: str | None = None,
+        name: str = "openai",
+        default_headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self.name = name
+        self._api_key = api_key if isinstance(api_key, Secret) else Secret(api_key)
+        self.base_url = base_url
+        self.timeout = timeout or DEFAULT_TIMEOUT
+        self._client_args: dict[str, Any] = {
+            "base_url": base_url,
+            "timeout": self.timeout,
+            "max_retries": 0,
+            "organization": organization,
+            "project": project,
+            "default_headers": dict(default_headers) if default_headers else None,
+        }
+        self._client: openai.OpenAI | None = None
+        self._aclient: openai.AsyncOpenAI | None = None
+        self._aloop: asyncio.AbstractEventLoop | None = None
+
+    @classmethod
+    def from_settings(cls, settings: ProviderSettings) -> OpenAIProvider:
+        """Build the provider from configuration, falling back on the environment (see ``env.py``)."""
+        environ = settings.environ
+        key = settings.api_key.get() if settings.api_key else env.api_key(environ)
+        if not key:
+            raise MissingCredentials(settings.name, env.KEY_VARIABLES)
+        options = settings.options
+        return cls(
+            api_key=key,
+            base_url=settings.base_url or env.base_url(environ),
+            timeout=settings.timeout or env.timeout(environ),
+            organization=options.get("organization") or environ.get(env.ORG_ID),
+            project=options.get("project") or environ.get(env.PROJECT_ID),
+            name=settings.name,
+        )
+
+    def __repr__(self) -> str:
+        return f"OpenAIProvider(name={self.name!r}, base_url={self.base_url!r})"
+
+    # -- clients -------------------------------------------------------------------------------------
+
+    @property
+    def client(self) -> openai.OpenAI:
+        """The sync SDK client, made on first use."""
+        if self._client is None:
+            self._client = openai.OpenAI(api_key=self._api_key.get(), **self._client_args)
+        return self._client
+
+    @property
+    def aclient(self) -> openai.AsyncOpenAI:
+        """The async SDK client of the running event loop (its connections belong to that loop)."""
+        loop = asyncio.get_running_loop()
+        if self._aclient is None or self._aloop is not loop:
+            self._aclient = openai.AsyncOpenAI(api_key=self._api_key.get(), **self._client_args)
+            self._aloop = loop
+        return self._aclient
+
+    # -- requests ---------------------------------------------------------------------------------------
+
+    def params(self, request: ChatRequest) -> dict[str, Any]:
+        """Return the keyword arguments of ``chat.completions.create`` for a request."""
+        params: dict[str, Any] = {
+            "model": request.model,
+            "messages": [message_to_wire(m) for m in request.messages],
+        }
+        if request.max_output_tokens is not None:
+            params["max_completion_tokens"] = request.max_output_tokens
+        if request.temperature is not None:
+            params["temperature"] = request.temperature
+        if request.extra:
+            params.update(request.extra)
+        return params
+
+    def _completion(self, body: bytes, model: str) -> Completion:
+        try:
+            data = json.loads(body)
+            choice = data["choices"][0]
+            wire = choice["message"]
+            calls = tuple(
+                ToolCall(c["id"], c["function"]["name"], c["function"].get("arguments") or "{}")
+                for c in wire.get("tool_calls") or ()
+            )
+            message = Message(
+                "assistant",
+                wire.get("content") or "",
+                tool_calls=calls,
+                reasoning=wire.get("reasoning_content") or None,
+            )
+            return Completion(
+                message, usage_from_wire(data.get("usage")), data.get("model") or model, choice.get("finish_reason"), data.get("id")
+            )
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            raise ProviderResponseError(
+                f"the response is not a valid chat completion ({type(exc).__name__}: {exc})",
+                provider=self.name,
+                model=model,
+            ) from None
+
+    def chat(self, request: ChatRequest) -> Completion:
+        """Make one non-streamed attempt."""
+        try:
+            raw = self.client.chat.completions.with_raw_response.create(**self.params(request))
+            body = raw.http_response.content
+        except (openai.OpenAIError, httpx2.HTTPError) as exc:
+            raise self.map_error(exc, request.model) from None
+        return self._completion(body, request.model)
+
+    async def achat(self, request: ChatRequest) -> Completion:
+        """Async :meth:`chat`."""
+        try:
+            raw = await self.aclient.chat.completions.with_raw_response.create(**self.params(request))
+            body = raw.http_response.content
+        except (openai.OpenAIError, httpx2.HTTPError) as exc:
+            raise self.map_error(exc, request.model) from None
+        return self._completion(body, request.model)
+
+    def _stream_params(self, request: ChatRequest) -> dict[str, Any]:
+        params = self.params(request)
+        params["stream"] = True
+        options = dict(params.get("stream_options") or {})
+        options["include_usage"] = True
+        params["stream_options"] = options
+        return params
+
+    def stream(self, request: ChatRequest) -> Iterator[Chunk]:
+        """Make one streamed attempt, asking for usage in the last chunk."""
+        try:
+            raw = self.client.chat.completions.with_raw_response.create(**self._stream_params(request))
+        except (openai.OpenAIError, httpx2.HTTPError) as exc:
+            raise self.map_error(exc, request.model) from None
+        response = raw.http_response
+        reader = _SSEReader(self, request.model)
+        try:
+            for line in response.iter_lines():
+                chunk = reader.line(line)
+                if chunk is not None:
+                    yield chunk
+                if reader.done:
+                    return
+        except httpx2.HTTPError as exc:
+            raise self.map_error(exc, request.model) from None
+        finally:
+            response.close()
+        reader.check_complete()
+
+    async def astream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
+        """Async :meth:`stream`."""
+        try:
+            raw = await self.aclient.chat.completions.with_raw_response.create(**self._stream_params(request))
+        except (openai.OpenAIError, httpx2.HTTPError) as exc:
+            raise self.map_error(exc, request.model) from None
+        response = raw.http_response
+        reader = _SSEReader(self, request.model)
+        try:
+            async for line in response.aiter_lines():
+                chunk = reader.line(line)
+                if chunk is not None:
+                    yield chunk
+                if reader.done:
+                    return
+        except httpx2.HTTPError as exc:
+            raise self.map_error(exc, request.model) from None
+        finally:
+            await response.aclose()
+        reader.check_complete()
+
+    # -- errors -------------------------------------------------------------------------------------------
+
+    def map_error(self, exc: BaseException, model: str) -> ProviderError:
+        """Map an SDK or transport error onto the core tree, with status, retry_after, and no secret."""
+        key = self._api_key
+        if isinstance(exc, openai.APIStatusError):
+            status = exc.status_code
+            message = redact(_status_message(exc), key)
+            after = retry_after(exc.response.headers)
+            cls: type[ProviderError]
+            if status in (401, 403):
+                cls = ProviderAuthError
+            elif status == 429:
+                cls = ProviderRateLimited
+            elif status == 408:
+                cls = ProviderTimeout
+            elif status == 409 or status >= 500:
+                cls = ProviderUnavailable
+            else:
+                cls = ProviderBadRequest
+            return cls(message, provider=self.name, model=model, status=status, retry_after=after)
+        if isinstance(exc, (openai.APITimeoutError, httpx2.TimeoutException)):
+            return ProviderTimeout("the request timed out", provider=self.name, model=model)
+        if isinstance(exc, (openai.APIConnectionError, httpx2.TransportError)):
+            cause = exc.__cause__ or exc
+            return ProviderConnectionError(
+                redact(f"connection failed: {type(cause).__name__}: {cause}", key), provider=self.name, model=model
+            )
+        return ProviderError(redact(f"{type(exc).__name__}: {exc}", key), provider=self.name, model=model)
+
+    # -- estimates and limits ----------------------------------------------------------------------------
+
+    def count_tokens(self, messages: Sequence[Message], model: str) -> int:
+        """Count input tokens exactly with the bundled tokenizer (upper bound for unknown models)."""
+        return tokenizer.count_messages(messages, model)
+
+    def count_text_tokens(self, text: str, model: str) -> int:
+        """Count the tokens of output text."""
+        return tokenizer.count_text(text, model)
+
+    def max_output_tokens(self, model: str) -> int | None:
+        """Return the model's own output limit, None when unknown."""
+        return models.output_limit(model)
+
+    def close(self) -> None:
+        """Close the SDK clients' connections."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        self._aclient = None
+
+
+def _status_message(exc: openai.APIStatusError) -> str:
+    body = exc.body
+    if isinstance(body, Mapping):
+        error = body.get("error", body)
+        if isinstance(error, Mapping) and isinstance(error.get("message"), str):
+            return str(error["message"])
+    return exc.message
+
+
+class _SSEReader:
+    """Turns Chat Completions SSE lines into chunks, gathering streamed tool calls."""
+
+    __slots__ = ("calls", "done", "finished", "model", "provider")
+
+    def __init__(self, provider: OpenAIProvider, model: str) -> None:
+        self.provider = provider
+        self.model = model
+        self.done = False
+        self.finished = False
+        self.calls: dict[int, list[str]] = {}
+
+    def line(self, line: str) -> Chunk | None:
+        if not line.startswith("data:"):
+            return None
+        payload = line[5:].strip()
+        if payload == "[DONE]":
+            self.done = True
+            return None
+        try:
+            data = json.loads(payload)
+        except ValueError:
+            raise ProviderResponseError(
+                "the stream sent an event that is not JSON", provider=self.provider.name, model=self.model
+            ) from None
+        if not isinstance(data, dict):
+            raise ProviderResponseError("the stream sent a non-object event", provider=self.provider.name, model=self.model)
+        error = data.get("error")
+        if error:
+            message = error.get("message", str(error)) if isinstance(error, dict) else str(error)
+            raise ProviderUnavailable(
+                redact(f"the stream reported an error: {message}", self.provider._api_key),
+                provider=self.provider.name,
+                model=self.model,
+            )
+        text = reasoning = ""
+        finish = None
+        calls: tuple[ToolCall, ...] = ()
+        choices = data.get("choices")
+        if choices:
+            choice = choices[0]
+            delta = choice.get("delta") or {}
+            text = delta.get("content") or ""
+            reasoning = delta.get("reasoning_content") or ""
+            for part in delta.get("tool_calls") or ():
+                entry = self.calls.setdefault(int(part.get("index", 0)), ["", "", ""])
+                entry[0] = part.get("id") or entry[0]
+                function = part.get("function") or {}
+                entry[1] += function.get("name") or ""
+                entry[2] += function.get("arguments") or ""
+            finish = choice.get("finish_reason")
+            if finish is not None:
+                self.finished = True
+                if self.calls:
+                    calls = tuple(ToolCall(i, n, a or "{}") for _, (i, n, a) in sorted(self.calls.items()))
+        return Chunk(text, reasoning, usage_from_wire(data.get("usage")), finish, data.get("model"), calls, data.get("id"))
+
+    def check_complete(self) -> None:
+        if not self.done and not self.finished:
+            raise ProviderConnectionError(
+                "the stream ended before the answer was complete", provider=self.provider.name, model=self.model
+            )
