@@ -34,6 +34,7 @@ from typing import Any
 
 import attrs
 import cattrs
+from cattrs.v import format_exception
 from attrs import field, frozen
 
 from llmproxy import env as envvars
@@ -102,6 +103,13 @@ def _type_name(tp: object) -> str:
     return getattr(tp, "__name__", None) or str(tp)
 
 
+def _format_exception(exc: BaseException, type_: type[Any] | None) -> str:
+    # Our validators already say what is wrong and what to do; keep their words.
+    if isinstance(exc, ConfigError):
+        return str(exc)
+    return format_exception(exc, type_)
+
+
 def structure(data: Mapping[str, Any], cls: type[Any], *, where: str = "configuration") -> Any:
     """Build ``cls`` from ``data`` with cattrs, turning every failure into one ConfigError."""
     try:
@@ -109,7 +117,7 @@ def structure(data: Mapping[str, Any], cls: type[Any], *, where: str = "configur
     except ConfigError:
         raise
     except cattrs.BaseValidationError as exc:
-        problems = cattrs.transform_error(exc, path="$")
+        problems = cattrs.transform_error(exc, path="$", format_exception=_format_exception)
         if len(problems) == 1:
             message = problems[0]
         else:

@@ -1,0 +1,191 @@
+"""The ``llmproxy`` command: chat, plugins, history and usage from the terminal.
+
+Every error llmproxy raises on purpose is printed as one line on stderr (exit status 1; 2 for
+configuration problems such as a missing API key), never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import sys
+from collections.abc import Sequence
+from typing import TextIO
+
+from llmproxy.errors import ConfigError, LLMProxyError
+from llmproxy.plugins import load_plugins
+from llmproxy.proxy import Proxy
+from llmproxy.types import Usage
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llmproxy", description="One proxy for LLM services.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    chat = sub.add_parser("chat", help="send a prompt and print the answer as it arrives")
+    chat.add_argument("prompt", nargs="?", help="the prompt; read from stdin when omitted or '-'")
+    chat.add_argument("-m", "--model", help="provider/model or an alias (default: LLMPROXY_DEFAULT_MODEL)")
+    chat.add_argument("-s", "--system", help="a system prompt")
+    chat.add_argument("--session", help="continue (or start) a conversation kept in the history store")
+    chat.add_argument("--no-stream", action="store_true", help="wait for the whole answer")
+    chat.add_argument("--usage", action="store_true", help="print the tokens used (on stderr)")
+    chat.add_argument("--max-output-tokens", type=int, help="cap the answer's length in tokens")
+    chat.add_argument("--temperature", type=float)
+
+    sub.add_parser("plugins", help="list discovered plugins and what they register")
+
+    history = sub.add_parser("history", help="list, show or delete stored conversations")
+    hsub = history.add_subparsers(dest="action", required=True)
+    hsub.add_parser("list", help="list sessions, most recent first")
+    show = hsub.add_parser("show", help="print a session's messages")
+    show.add_argument("session")
+    show.add_argument("-n", "--last", type=int, help="only the last N messages")
+    delete = hsub.add_parser("delete", help="delete a session")
+    delete.add_argument("session")
+
+    sub.add_parser("usage", help="show used / limit / remaining of each configured budget")
+    return parser
+
+
+def _usage_line(usage: Usage) -> str:
+    parts = [f"input {usage.input_tokens}", f"output {usage.output_tokens}"]
+    if usage.cached_input_tokens:
+        parts.append(f"cached input {usage.cached_input_tokens}")
+    if usage.reasoning_tokens:
+        parts.append(f"reasoning {usage.reasoning_tokens}")
+    parts.append(f"total {usage.total_tokens}")
+    if usage.cost is not None:
+        parts.append(f"cost ${usage.cost:.6f}")
+    return "tokens: " + ", ".join(parts) + (" (estimated)" if usage.estimated else "")
+
+
+def _read_prompt(arg: str | None, stdin: TextIO) -> str:
+    if arg is not None and arg != "-":
+        return arg
+    if stdin.isatty():
+        raise ConfigError("no prompt: pass it as an argument (llmproxy chat \"Hello\") or on stdin")
+    return stdin.read()
+
+
+def _chat(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    proxy = Proxy.from_env()
+    prompt = _read_prompt(args.prompt, sys.stdin)
+    kwargs = {
+        "model": args.model,
+        "system": args.system,
+        "session_id": args.session,
+        "max_output_tokens": args.max_output_tokens,
+        "temperature": args.temperature,
+    }
+    try:
+        if args.no_stream:
+            response = proxy.chat(prompt, **kwargs)
+            out.write(response.text + "\n")
+            usage = response.usage
+        else:
+            usage = Usage()
+            with proxy.stream(prompt, **kwargs) as stream:
+                for event in stream:
+                    if event.text:
+                        out.write(event.text)
+                        out.flush()
+                    if event.done and event.usage is not None:
+                        usage = event.usage
+            out.write("\n")
+        if args.usage:
+            err.write(_usage_line(usage) + "\n")
+    finally:
+        proxy.close()
+    return 0
+
+
+def _plugins(out: TextIO) -> int:
+    plugins = load_plugins()
+    for info in plugins.infos():
+        dist = f"{info.distribution} {info.version or ''}".strip() if info.distribution else "(not installed)"
+        out.write(f"{info.name}  [{dist}]\n")
+        for thing in info.registers:
+            out.write(f"    {thing}\n")
+        if info.error:
+            out.write(f"    ERROR: {info.error}\n")
+    return 0
+
+
+def _when(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _history(args: argparse.Namespace, out: TextIO) -> int:
+    proxy = Proxy.from_env()
+    try:
+        store = proxy.history
+        if args.action == "list":
+            sessions = store.sessions()
+            if not sessions:
+                out.write("no stored sessions\n")
+            for s in sessions:
+                out.write(f"{s.session_id}\t{s.message_count} messages\tlast {_when(s.updated_at)}\n")
+        elif args.action == "show":
+            records = store.load(args.session, args.last)
+            if not records:
+                raise ConfigError(f"no session named {args.session!r} in the history store")
+            for r in records:
+                mark = " (interrupted)" if r.message.interrupted else ""
+                model = f" {r.provider}/{r.model}" if r.model else ""
+                out.write(f"[{_when(r.created_at)}] {r.role}{model}{mark}:\n{r.content}\n\n")
+        else:
+            count = store.delete(args.session)
+            out.write(f"deleted {count} messages of session {args.session!r}\n")
+    finally:
+        proxy.close()
+    return 0
+
+
+def _usage(out: TextIO) -> int:
+    proxy = Proxy.from_env()
+    try:
+        rows = proxy.usage()
+        if not rows:
+            out.write("no budgets configured (set LLMPROXY_MAX_TOKENS or budgets in LLMPROXY_CONFIG)\n")
+        for row in rows:
+            c = row.claim
+            resets = f", resets {_when(row.resets_at)}" if row.resets_at else ""
+            out.write(
+                f"{c.policy} ({c.scope}): used {row.used:g} / limit {c.limit:g} {c.unit},"
+                f" reserved {row.reserved:g}, remaining {row.remaining:g}{resets}\n"
+            )
+    finally:
+        proxy.close()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``llmproxy`` command; return its exit status."""
+    args = _parser().parse_args(argv)
+    out, err = sys.stdout, sys.stderr
+    try:
+        if args.command == "chat":
+            return _chat(args, out, err)
+        if args.command == "plugins":
+            return _plugins(out)
+        if args.command == "history":
+            return _history(args, out)
+        return _usage(out)
+    except ConfigError as exc:
+        err.write(f"llmproxy: {exc}\n")
+        return 2
+    except LLMProxyError as exc:
+        err.write(f"llmproxy: {exc}\n")
+        return 1
+    except KeyboardInterrupt:
+        err.write("\n")
+        return 130
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

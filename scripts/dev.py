@@ -1,0 +1,88 @@
+#!/usr/bin/env python3
+"""Set up and check the llmproxy workspace with nothing but Python 3.11+ and pip.
+
+    python3 scripts/dev.py install   # .venv with core + every plugin (editable) + test tools
+    python3 scripts/dev.py test      # install, start what tests need, ruff, mypy --strict, pytest
+
+Extra arguments after `test` go to pytest (python3 scripts/dev.py test -k budget).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV = ROOT / ".venv"
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+PY = BIN / ("python.exe" if os.name == "nt" else "python")
+TEST_TOOLS = [
+    "pytest>=8",
+    "pytest-asyncio>=0.24",
+    "hypothesis>=6.100",
+    "mypy>=1.11",
+    "ruff>=0.6",
+]
+
+
+def run(*cmd: str | Path, check: bool = True) -> int:
+    print("+", " ".join(str(c) for c in cmd), flush=True)
+    return subprocess.run([str(c) for c in cmd], cwd=ROOT, check=check).returncode
+
+
+def members() -> list[Path]:
+    plugins = sorted(p.parent for p in (ROOT / "plugins").glob("*/pyproject.toml"))
+    return [ROOT / "core", *plugins]
+
+
+def install() -> None:
+    if sys.version_info < (3, 11):
+        sys.exit(f"llmproxy needs Python 3.11 or newer; this is {sys.version.split()[0]}")
+    if not PY.exists():
+        print(f"+ creating {VENV}", flush=True)
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    editable: list[str | Path] = []
+    for member in members():
+        editable += ["-e", member]
+    run(PY, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *editable, *TEST_TOOLS)
+
+
+def test(pytest_args: list[str]) -> int:
+    install()
+    env_note = "CI" if os.environ.get("CI") else "local"
+    print(f"+ running checks ({env_note})", flush=True)
+    src = [str(m / "src") for m in members()]
+    steps = [
+        [BIN / "ruff", "check", "."],
+        [BIN / "mypy", *src],
+    ]
+    for step in steps:
+        code = run(*step, check=False)
+        if code != 0:
+            print(f"FAILED: {' '.join(str(s) for s in step)}", flush=True)
+            return code
+    code = run(PY, "-m", "pytest", *pytest_args, check=False)
+    if code == 5:
+        print("FAILED: pytest collected no tests", flush=True)
+        return 1
+    return code
+
+
+def main() -> int:
+    args = sys.argv[1:]
+    if not args or args[0] not in {"install", "test"}:
+        print(__doc__)
+        return 2
+    if args[0] == "install":
+        install()
+        print(f"installed; the command is {BIN / 'llmproxy'}")
+        return 0
+    return test(args[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
