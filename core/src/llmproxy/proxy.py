@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+from llmproxy import env as envvars
 from llmproxy.budget.base import Claim, ClaimUsage, Ledger, Reservation
 from llmproxy.budget.policy import BudgetPolicy, CallScope
 from llmproxy.config import ProxyConfig, load_config, structure
@@ -107,6 +108,11 @@ def _as_messages(prompt: Prompt) -> list[Message]:
     if all(m.role == "system" for m in out):
         raise InvalidRequest("prompt has only system messages: add a user message", field="prompt")
     return out
+
+
+def _default_url(environ: Mapping[str, str], filename: str) -> str:
+    """The embedded store's URL: a SQLite file in the data dir of this Proxy's environment."""
+    return "sqlite:///" + str((envvars.data_dir(environ) / filename).absolute())
 
 
 class _Call:
@@ -468,7 +474,7 @@ class Proxy:
         if store is None:
             with self._lock:
                 if self._history is None:
-                    url = self._history_url or "sqlite://"
+                    url = self._history_url or _default_url(self.environ, "history.db")
                     factory = self.plugins.registry.history_stores[scheme_of(url, what="history")]
                     self._history = factory(url)
                 store = self._history
@@ -481,7 +487,7 @@ class Proxy:
         if ledger is None:
             with self._lock:
                 if self._ledger is None:
-                    url = self._ledger_url or "sqlite://"
+                    url = self._ledger_url or _default_url(self.environ, "ledger.db")
                     factory = self.plugins.registry.ledgers[scheme_of(url, what="ledger")]
                     self._ledger = factory(url)
                 ledger = self._ledger
