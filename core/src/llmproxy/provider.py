@@ -52,5 +52,9 @@ class Provider(Protocol):
         ...
 
     def close(self) -> None:
-        """Release connections."""
+        """Release sync connections."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release all connections, async ones included (called from the event loop they use)."""
         ...

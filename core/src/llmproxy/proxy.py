@@ -761,6 +761,18 @@ class Proxy:
         if self._ledger is not None:
             self._ledger.close()
 
+    async def aclose(self) -> None:
+        """Close providers (their async connections too) and stores; call it inside the event loop."""
+        for provider in self._providers.values():
+            await provider.aclose()
+        self.close()
+
+    async def __aenter__(self) -> Proxy:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
     def __enter__(self) -> Proxy:
         return self
 

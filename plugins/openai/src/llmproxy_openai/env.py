@@ -50,7 +50,9 @@ def timeout(environ: Mapping[str, str]) -> float | None:
     try:
         value = float(raw)
     except ValueError:
-        raise ConfigError(f"{TIMEOUT} must be a number of seconds, got {raw!r}", path=TIMEOUT) from None
+        raise ConfigError(
+            f"{TIMEOUT} must be a number of seconds, got {raw!r}", path=TIMEOUT
+        ) from None
     if value <= 0:
         raise ConfigError(f"{TIMEOUT} must be greater than 0, got {raw!r}", path=TIMEOUT)
     return value

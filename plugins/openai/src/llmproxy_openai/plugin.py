@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import llmproxy
 from llmproxy.registry import RegisterProvider
-
 from llmproxy_openai import env
 from llmproxy_openai.provider import OpenAIProvider
 

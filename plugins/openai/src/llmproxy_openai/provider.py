@@ -9,6 +9,7 @@ so every attempt is seen and budgeted.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import email.utils
 import json
 import time
@@ -17,6 +18,7 @@ from typing import Any
 
 import httpx2
 import openai
+
 from llmproxy.errors import (
     MissingCredentials,
     ProviderAuthError,
@@ -31,7 +33,6 @@ from llmproxy.errors import (
 from llmproxy.registry import ProviderSettings
 from llmproxy.secret import Secret, redact
 from llmproxy.types import ChatRequest, Chunk, Completion, Message, ToolCall, Usage
-
 from llmproxy_openai import env, models, tokenizer
 
 DEFAULT_TIMEOUT = 600.0
@@ -81,10 +82,14 @@ def retry_after(headers: Mapping[str, str]) -> float | None:
     try:
         return max(float(raw), 0.0)
     except ValueError:
-        parsed = email.utils.parsedate_to_datetime(raw) if raw else None
-        if parsed is None:
-            return None
-        return max(parsed.timestamp() - time.time(), 0.0)
+        pass
+    try:
+        parsed = email.utils.parsedate_to_datetime(raw)
+    except (ValueError, TypeError, IndexError):
+        return None
+    if parsed.tzinfo is None:  # "-0000" parses naive but means UTC, not local time
+        parsed = parsed.replace(tzinfo=datetime.UTC)
+    return max(parsed.timestamp() - time.time(), 0.0)
 
 
 class OpenAIProvider:
@@ -190,7 +195,11 @@ class OpenAIProvider:
                 reasoning=wire.get("reasoning_content") or None,
             )
             return Completion(
-                message, usage_from_wire(data.get("usage")), data.get("model") or model, choice.get("finish_reason"), data.get("id")
+                message,
+                usage_from_wire(data.get("usage")),
+                data.get("model") or model,
+                choice.get("finish_reason"),
+                data.get("id"),
             )
         except (ValueError, KeyError, IndexError, TypeError) as exc:
             raise ProviderResponseError(
@@ -211,7 +220,9 @@ class OpenAIProvider:
     async def achat(self, request: ChatRequest) -> Completion:
         """Async :meth:`chat`."""
         try:
-            raw = await self.aclient.chat.completions.with_raw_response.create(**self.params(request))
+            raw = await self.aclient.chat.completions.with_raw_response.create(
+                **self.params(request)
+            )
             body = raw.http_response.content
         except (openai.OpenAIError, httpx2.HTTPError) as exc:
             raise self.map_error(exc, request.model) from None
@@ -228,7 +239,9 @@ class OpenAIProvider:
     def stream(self, request: ChatRequest) -> Iterator[Chunk]:
         """Make one streamed attempt, asking for usage in the last chunk."""
         try:
-            raw = self.client.chat.completions.with_raw_response.create(**self._stream_params(request))
+            raw = self.client.chat.completions.with_raw_response.create(
+                **self._stream_params(request)
+            )
         except (openai.OpenAIError, httpx2.HTTPError) as exc:
             raise self.map_error(exc, request.model) from None
         response = raw.http_response
@@ -249,7 +262,9 @@ class OpenAIProvider:
     async def astream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
         """Async :meth:`stream`."""
         try:
-            raw = await self.aclient.chat.completions.with_raw_response.create(**self._stream_params(request))
+            raw = await self.aclient.chat.completions.with_raw_response.create(
+                **self._stream_params(request)
+            )
         except (openai.OpenAIError, httpx2.HTTPError) as exc:
             raise self.map_error(exc, request.model) from None
         response = raw.http_response
@@ -293,9 +308,13 @@ class OpenAIProvider:
         if isinstance(exc, (openai.APIConnectionError, httpx2.TransportError)):
             cause = exc.__cause__ or exc
             return ProviderConnectionError(
-                redact(f"connection failed: {type(cause).__name__}: {cause}", key), provider=self.name, model=model
+                redact(f"connection failed: {type(cause).__name__}: {cause}", key),
+                provider=self.name,
+                model=model,
             )
-        return ProviderError(redact(f"{type(exc).__name__}: {exc}", key), provider=self.name, model=model)
+        return ProviderError(
+            redact(f"{type(exc).__name__}: {exc}", key), provider=self.name, model=model
+        )
 
     # -- estimates and limits ----------------------------------------------------------------------------
 
@@ -312,11 +331,17 @@ class OpenAIProvider:
         return models.output_limit(model)
 
     def close(self) -> None:
-        """Close the SDK clients' connections."""
+        """Close the sync SDK client's connections (async ones: :meth:`aclose`)."""
         if self._client is not None:
             self._client.close()
             self._client = None
-        self._aclient = None
+
+    async def aclose(self) -> None:
+        """Close both SDK clients; call it from the event loop the async client was used on."""
+        self.close()
+        client, self._aclient, self._aloop = self._aclient, None, None
+        if client is not None:
+            await client.close()
 
 
 def _status_message(exc: openai.APIStatusError) -> str:
@@ -351,10 +376,14 @@ class _SSEReader:
             data = json.loads(payload)
         except ValueError:
             raise ProviderResponseError(
-                "the stream sent an event that is not JSON", provider=self.provider.name, model=self.model
+                "the stream sent an event that is not JSON",
+                provider=self.provider.name,
+                model=self.model,
             ) from None
         if not isinstance(data, dict):
-            raise ProviderResponseError("the stream sent a non-object event", provider=self.provider.name, model=self.model)
+            raise ProviderResponseError(
+                "the stream sent a non-object event", provider=self.provider.name, model=self.model
+            )
         error = data.get("error")
         if error:
             message = error.get("message", str(error)) if isinstance(error, dict) else str(error)
@@ -382,11 +411,23 @@ class _SSEReader:
             if finish is not None:
                 self.finished = True
                 if self.calls:
-                    calls = tuple(ToolCall(i, n, a or "{}") for _, (i, n, a) in sorted(self.calls.items()))
-        return Chunk(text, reasoning, usage_from_wire(data.get("usage")), finish, data.get("model"), calls, data.get("id"))
+                    calls = tuple(
+                        ToolCall(i, n, a or "{}") for _, (i, n, a) in sorted(self.calls.items())
+                    )
+        return Chunk(
+            text,
+            reasoning,
+            usage_from_wire(data.get("usage")),
+            finish,
+            data.get("model"),
+            calls,
+            data.get("id"),
+        )
 
     def check_complete(self) -> None:
         if not self.done and not self.finished:
             raise ProviderConnectionError(
-                "the stream ended before the answer was complete", provider=self.provider.name, model=self.model
+                "the stream ended before the answer was complete",
+                provider=self.provider.name,
+                model=self.model,
             )

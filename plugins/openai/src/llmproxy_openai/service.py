@@ -18,11 +18,11 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 import attrs
+
 from llmproxy import LLMBudget, LLMMessageHandler, Proxy
 from llmproxy.config import load_config
 from llmproxy.errors import ConfigError, MissingCredentials
 from llmproxy.types import ChatResponse
-
 from llmproxy_openai import env, models
 from llmproxy_openai.provider import OpenAIProvider
 
@@ -85,7 +85,9 @@ class OpenAIService:
     def _kwargs(self) -> dict[str, Any]:
         c = self.config
         if not c.enable:
-            raise ConfigError("this OpenAIService is disabled (OpenAILLMConfig.enable=False)", path="enable")
+            raise ConfigError(
+                "this OpenAIService is disabled (OpenAILLMConfig.enable=False)", path="enable"
+            )
         return {
             "model": f"openai/{c.model}",
             "system": c.system,
@@ -119,3 +121,7 @@ class OpenAIService:
     def close(self) -> None:
         """Close connections and stores."""
         self.proxy.close()
+
+    async def aclose(self) -> None:
+        """Close connections (async ones too) and stores; call it inside the event loop."""
+        await self.proxy.aclose()

@@ -14,7 +14,6 @@ from typing import Any
 
 from llmproxy.tokens import messages_upper_bound, text_upper_bound
 from llmproxy.types import Message
-
 from llmproxy_openai.models import encoding_name
 
 _encodings: dict[str, Any] = {}

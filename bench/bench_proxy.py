@@ -1,0 +1,218 @@
+"""Proxy vs the raw openai SDK on the same fake upstream, in one run.
+
+The fake upstream runs in its own process (so it does not share the client's GIL). Raw and
+proxy calls alternate in rounds so that drift in the machine's speed hits both alike.
+
+    .venv/bin/python bench/bench_proxy.py            # full run
+    .venv/bin/python bench/bench_proxy.py --quick    # a smaller run, for a smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import openai
+from llmproxy import LLMBudget, Proxy, RequestsPerMinute
+
+KEY = "sk-bench-0000000000000000"
+MODEL = "gpt-5.4-mini"
+MESSAGES = [{"role": "user", "content": "Say hello to the benchmark, please."}]
+
+
+def start_upstream() -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llmproxy.testing.fake_openai", "--port", "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline().strip()  # the server prints its base URL first
+    if not line.startswith("http"):
+        proc.kill()
+        raise SystemExit(f"fake upstream did not start: {line!r}")
+    return proc, line
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def make_proxy(base_url: str, stores: str, tmp: Path) -> Proxy:
+    if stores == "memory":
+        history, ledger = "memory://", "memory://"
+    else:
+        history, ledger = f"sqlite:///{tmp}/history.db", f"sqlite:///{tmp}/ledger.db"
+    return Proxy(
+        {"history_url": history, "ledger_url": ledger},
+        budgets=[LLMBudget(max_tokens=10**12), RequestsPerMinute(limit=10**9)],
+        environ={"OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": base_url},
+    )
+
+
+class Runner:
+    def __init__(self, base_url: str, stores: str, tmp: Path) -> None:
+        self.raw = openai.OpenAI(api_key=KEY, base_url=base_url, max_retries=0)
+        self.araw: openai.AsyncOpenAI | None = None
+        self.base_url = base_url
+        self.proxy = make_proxy(base_url, stores, tmp)
+        self.n = 0
+
+    def session(self) -> str:
+        self.n += 1
+        return f"bench-{self.n}"
+
+    # sync
+    def raw_chat(self) -> None:
+        self.raw.chat.completions.create(model=MODEL, messages=MESSAGES)  # type: ignore[arg-type]
+
+    def proxy_chat(self) -> None:
+        self.proxy.chat(MESSAGES[0]["content"], model=f"openai/{MODEL}", session_id=self.session())
+
+    # async
+    async def araw_chat(self) -> None:
+        assert self.araw is not None
+        await self.araw.chat.completions.create(model=MODEL, messages=MESSAGES)  # type: ignore[arg-type]
+
+    async def aproxy_chat(self) -> None:
+        await self.proxy.achat(MESSAGES[0]["content"], model=f"openai/{MODEL}", session_id=self.session())
+
+    # streams: (total, time to first chunk)
+    def raw_stream(self) -> float:
+        t0 = time.perf_counter()
+        first = 0.0
+        stream = self.raw.chat.completions.create(
+            model=MODEL, messages=MESSAGES, stream=True, stream_options={"include_usage": True}  # type: ignore[arg-type]
+        )
+        for chunk in stream:
+            if not first and chunk.choices and chunk.choices[0].delta.content:
+                first = time.perf_counter() - t0
+        return first
+
+    def proxy_stream(self) -> float:
+        t0 = time.perf_counter()
+        first = 0.0
+        for event in self.proxy.stream(MESSAGES[0]["content"], model=f"openai/{MODEL}", session_id=self.session()):
+            if not first and event.text:
+                first = time.perf_counter() - t0
+        return first
+
+
+def timed(fn: Callable[[], Any], n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def timed_stream(fn: Callable[[], float], n: int) -> tuple[list[float], list[float]]:
+    totals, firsts = [], []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        firsts.append(fn())
+        totals.append(time.perf_counter() - t0)
+    return totals, firsts
+
+
+async def atimed(fn: Callable[[], Awaitable[Any]], n: int, concurrency: int) -> list[float]:
+    out: list[float] = []
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one() -> None:
+        async with sem:
+            t0 = time.perf_counter()
+            await fn()
+            out.append(time.perf_counter() - t0)
+
+    await asyncio.gather(*(one() for _ in range(n)))
+    return out
+
+
+def report(name: str, raw: list[float], proxy: list[float]) -> str:
+    r50, p50 = statistics.median(raw), statistics.median(proxy)
+    return (
+        f"{name:<28} raw p50 {r50 * 1e3:7.3f} ms  p95 {pct(raw, 0.95) * 1e3:7.3f} ms | "
+        f"proxy p50 {p50 * 1e3:7.3f} ms  p95 {pct(proxy, 0.95) * 1e3:7.3f} ms | ratio {p50 / r50:5.3f}"
+    )
+
+
+def run(stores: str, base_url: str, rounds: int, per_round: int) -> list[str]:
+    with tempfile.TemporaryDirectory() as tmp:
+        r = Runner(base_url, stores, Path(tmp))
+        # warm-up: imports, connections, tokenizer tables
+        timed(r.raw_chat, 50)
+        timed(r.proxy_chat, 50)
+        timed_stream(r.raw_stream, 20)
+        timed_stream(r.proxy_stream, 20)
+        results: dict[str, list[float]] = {k: [] for k in (
+            "raw", "proxy", "araw", "aproxy", "araw32", "aproxy32", "sraw", "sproxy", "fraw", "fproxy")}
+        for _ in range(rounds):
+            results["raw"] += timed(r.raw_chat, per_round)
+            results["proxy"] += timed(r.proxy_chat, per_round)
+            t, f = timed_stream(r.raw_stream, per_round // 2)
+            results["sraw"] += t
+            results["fraw"] += f
+            t, f = timed_stream(r.proxy_stream, per_round // 2)
+            results["sproxy"] += t
+            results["fproxy"] += f
+
+        async def async_part() -> None:
+            r.araw = openai.AsyncOpenAI(api_key=KEY, base_url=base_url, max_retries=0)
+            await atimed(r.araw_chat, 50, 1)
+            await atimed(r.aproxy_chat, 50, 1)
+            for _ in range(rounds):
+                results["araw"] += await atimed(r.araw_chat, per_round, 1)
+                results["aproxy"] += await atimed(r.aproxy_chat, per_round, 1)
+                results["araw32"] += await atimed(r.araw_chat, per_round * 2, 32)
+                results["aproxy32"] += await atimed(r.aproxy_chat, per_round * 2, 32)
+            await r.araw.close()
+            await r.proxy.aclose()
+
+        asyncio.run(async_part())
+        r.proxy.close()
+        r.raw.close()
+    return [
+        f"-- {stores} stores (history + token budget + rpm limit on every proxy call) --",
+        report("sync chat", results["raw"], results["proxy"]),
+        report("async chat", results["araw"], results["aproxy"]),
+        report("async chat, 32 concurrent", results["araw32"], results["aproxy32"]),
+        report("stream total", results["sraw"], results["sproxy"]),
+        report("stream first chunk", results["fraw"], results["fproxy"]),
+    ]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer calls (a smoke test, not for figures)")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--per-round", type=int, default=400)
+    parser.add_argument("--stores", choices=["memory", "sqlite", "both"], default="both")
+    args = parser.parse_args()
+    rounds, per_round = (1, 40) if args.quick else (args.rounds, args.per_round)
+    proc, base_url = start_upstream()
+    try:
+        print(f"python {sys.version.split()[0]}, openai {openai.__version__}, cpus {os.cpu_count()},"
+              f" {rounds} rounds x {per_round} calls per scenario and side")
+        for stores in (["memory", "sqlite"] if args.stores == "both" else [args.stores]):
+            for line in run(stores, base_url, rounds, per_round):
+                print(line, flush=True)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,731 @@
+r"""A fake OpenAI-compatible upstream (chat completions and models) for tests.
+
+``FakeOpenAI`` serves ``POST /v1/chat/completions`` (JSON and SSE streaming)
+and ``GET /v1/models`` in OpenAI's wire shapes on ``127.0.0.1``. Point a real
+client at :attr:`FakeOpenAI.base_url`::
+
+    with FakeOpenAI(api_key="sk-test") as server:
+        client = OpenAI(base_url=server.base_url, api_key="sk-test", max_retries=0)
+        server.enqueue(Fault.status(429, retry_after=0.05))
+        ...
+
+Default reply: ``"Echo: " + <text of the last user message>``; configurable
+with ``reply=`` (a string, or a callable receiving the decoded request body
+and returning a string or a :class:`Reply`).
+
+Token counting rule (deterministic, so tests can predict usage):
+
+* ``count_tokens(text) = max(1, len(text.split()))`` (whitespace-split words).
+* ``prompt_tokens = 3 + sum(count_tokens(message_text(m)) + 3 for m in messages)``
+  where ``message_text`` is the string content, or the ``text`` parts of a
+  list content joined with spaces, or ``""`` (so an empty message counts 1).
+* ``completion_tokens = max(1, words(reasoning) + words(content))`` counted
+  after truncation; tool calls add nothing.
+  ``completion_tokens_details.reasoning_tokens = words(reasoning)``;
+  ``prompt_tokens_details.cached_tokens = 0``;
+  ``total_tokens = prompt_tokens + completion_tokens``.
+* ``max_completion_tokens`` (or, if absent, legacy ``max_tokens``) = N: if the
+  reply has more than N words (reasoning words first, then content words), it
+  is cut to its first N words and ``finish_reason`` is ``"length"``; otherwise
+  ``"stop"`` (``"tool_calls"`` when the reply has tool calls).
+
+Streaming splits text into pieces with ``re.findall(r"\s*\S+|\s+", text)``
+(each word with its leading whitespace), one SSE chunk per piece, so the
+concatenated deltas reproduce the text exactly.
+
+Scripted :class:`Fault` / :class:`Reply` items (see :meth:`FakeServer.enqueue`)
+are consumed FIFO, one per authenticated request to chat completions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import json
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeAlias
+
+from ._http import FakeServer, Fault, RecordedRequest, Reply, ResponseWriter
+
+__all__ = [
+    "DEFAULT_MODELS",
+    "FakeOpenAI",
+    "Fault",
+    "RecordedRequest",
+    "Reply",
+    "ReplyFunction",
+    "count_tokens",
+    "mask_api_key",
+    "message_text",
+    "prompt_tokens",
+    "split_words",
+]
+
+ReplyFunction: TypeAlias = Callable[[dict[str, Any]], "str | Reply"]
+
+DEFAULT_MODELS: tuple[str, ...] = ("gpt-4o-mini", "gpt-4o", "gpt-4.1-mini", "o4-mini")
+
+_WORD_RE = re.compile(r"\s*\S+|\s+")
+_MODEL_CREATED = 1_700_000_000
+_FINGERPRINT = "fp_fake"
+_KEYS_URL = "https://platform.openai.com/account/api-keys"
+_NO_KEY_MESSAGE = (
+    "You didn't provide an API key. You need to provide your API key in an Authorization "
+    "header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY), or as the password "
+    "field (with blank username) if you're accessing the API from your browser and are "
+    "prompted for a username and password. You can obtain an API key from "
+    f"{_KEYS_URL}."
+)
+_BAD_JSON_MESSAGE = (
+    "We could not parse the JSON body of your request. (HINT: This likely means you aren't "
+    "using your HTTP library correctly. The OpenAI API expects a JSON payload, but what was "
+    "sent was not valid JSON.)"
+)
+# status -> (default message, error type, error code)
+_ERROR_DEFAULTS: dict[int, tuple[str, str, str | None]] = {
+    400: ("Invalid request.", "invalid_request_error", None),
+    401: ("Incorrect API key provided.", "invalid_request_error", "invalid_api_key"),
+    403: ("You are not allowed to access this resource.", "invalid_request_error", None),
+    404: (
+        "The model does not exist or you do not have access to it.",
+        "invalid_request_error",
+        "model_not_found",
+    ),
+    408: ("Request timed out.", "timeout", None),
+    409: ("Conflict.", "invalid_request_error", None),
+    422: ("Unprocessable entity.", "invalid_request_error", None),
+    429: ("Rate limit reached for requests.", "requests", "rate_limit_exceeded"),
+    500: (
+        "The server had an error while processing your request. Sorry about that!",
+        "server_error",
+        None,
+    ),
+    502: ("Bad gateway.", "server_error", None),
+    503: (
+        "The engine is currently overloaded, please try again later.",
+        "server_error",
+        None,
+    ),
+    504: ("Gateway timeout.", "server_error", None),
+}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def split_words(text: str) -> list[str]:
+    """Split text into streaming pieces: each word with its leading whitespace.
+
+    Args:
+        text: Any text.
+
+    Returns:
+        Pieces whose concatenation is exactly ``text`` (trailing whitespace
+        forms a last piece of its own).
+
+    """
+    return _WORD_RE.findall(text)
+
+
+def _word_count(text: str | None) -> int:
+    return len(text.split()) if text else 0
+
+
+def count_tokens(text: str | None) -> int:
+    """Count "tokens" the way the fake does: whitespace-split words, at least 1.
+
+    Args:
+        text: Text to count (``None`` counts as empty).
+
+    Returns:
+        ``max(1, len(text.split()))``.
+
+    """
+    return max(1, _word_count(text))
+
+
+def message_text(message: Mapping[str, Any]) -> str:
+    """Return the text of a chat message as the fake sees it.
+
+    Args:
+        message: One element of the request's ``messages``.
+
+    Returns:
+        The string content; for list content the ``text`` of its text parts
+        joined with single spaces; otherwise ``""``.
+
+    """
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = [
+            part["text"]
+            for part in content
+            if isinstance(part, Mapping) and isinstance(part.get("text"), str)
+        ]
+        return " ".join(texts)
+    return ""
+
+
+def prompt_tokens(messages: Sequence[Mapping[str, Any]]) -> int:
+    """Compute ``usage.prompt_tokens`` for a request's messages.
+
+    Args:
+        messages: The request's ``messages``.
+
+    Returns:
+        ``3 + sum(count_tokens(message_text(m)) + 3 for m in messages)``.
+
+    """
+    return 3 + sum(count_tokens(message_text(m)) + 3 for m in messages)
+
+
+def mask_api_key(key: str) -> str:
+    """Mask an API key like the 401 error message does.
+
+    Args:
+        key: The key the client sent.
+
+    Returns:
+        The first 4 characters, ``"****"`` and the last 4 characters; keys of
+        8 characters or fewer become just ``"****"``.
+
+    """
+    if len(key) <= 8:
+        return "****"
+    return f"{key[:4]}****{key[-4:]}"
+
+
+def _format_seconds(value: float) -> str:
+    text = f"{value:.6f}".rstrip("0").rstrip(".")
+    return text or "0"
+
+
+def _default_text(body: Mapping[str, Any]) -> str:
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        for message in reversed(messages):
+            if isinstance(message, Mapping) and message.get("role") == "user":
+                return "Echo: " + message_text(message)
+    return "Echo: "
+
+
+def _merge_usage(usage: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    for key, value in overrides.items():
+        current = usage.get(key)
+        if isinstance(value, Mapping) and isinstance(current, dict):
+            current.update(value)
+        else:
+            usage[key] = value
+    if "total_tokens" not in overrides:
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+    return usage
+
+
+class _BadRequest(Exception):
+    def __init__(self, message: str, param: str | None, code: str | None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+
+
+@dataclasses.dataclass(slots=True)
+class _Completion:
+    """A fully resolved answer to one chat request."""
+
+    reasoning_pieces: list[str]
+    content_pieces: list[str]
+    content: str | None
+    reasoning: str | None
+    tool_calls: list[dict[str, Any]]
+    finish_reason: str
+    usage: dict[str, Any]
+    chunk_delay: float
+
+
+# --------------------------------------------------------------------------- server
+
+
+class FakeOpenAI(FakeServer):
+    """Fake OpenAI upstream: chat completions (JSON and SSE) and the models list.
+
+    Attributes:
+        reply: Default reply: ``None`` (echo the last user message), a fixed
+            string, or a callable ``(request_body) -> str | Reply``.
+        api_key: If set, every request must carry ``Authorization: Bearer
+            <api_key>``; otherwise it gets OpenAI's 401 error.
+        models: Model ids listed by ``GET /v1/models``.
+
+    """
+
+    def __init__(
+        self,
+        *,
+        reply: str | ReplyFunction | None = None,
+        api_key: str | None = None,
+        models: Sequence[str] = DEFAULT_MODELS,
+        port: int = 0,
+    ) -> None:
+        super().__init__(port=port)
+        self.reply = reply
+        self.api_key = api_key
+        self.models: tuple[str, ...] = tuple(models)
+        self._ids = itertools.count(1)
+        self.add_route("POST", "/v1/chat/completions", self._chat_completions)
+        self.add_route("GET", "/v1/models", self._list_models)
+
+    @property
+    def base_url(self) -> str:
+        """The client base URL, ``"http://127.0.0.1:PORT/v1"``."""
+        return f"{self.url}/v1"
+
+    # -- errors and auth ---------------------------------------------------------
+
+    def _request_id(self) -> str:
+        return f"req_{next(self._ids):032x}"
+
+    def send_error(self, response: ResponseWriter, status: int, message: str) -> None:
+        """Send an error in OpenAI's shape (type from the status, ``code`` null).
+
+        Used for routing errors such as unknown paths (404) and wrong methods (405).
+
+        Args:
+            response: Writer for the response.
+            status: HTTP status code.
+            message: Error message.
+
+        """
+        _, error_type, _ = self._error_defaults(status)
+        self._send_openai_error(response, status, message, error_type, None)
+
+    @staticmethod
+    def _error_defaults(status: int) -> tuple[str, str, str | None]:
+        defaults = _ERROR_DEFAULTS.get(status)
+        if defaults is not None:
+            return defaults
+        error_type = "server_error" if status >= 500 else "invalid_request_error"
+        return f"Error {status}.", error_type, None
+
+    def _send_openai_error(
+        self,
+        response: ResponseWriter,
+        status: int,
+        message: str,
+        error_type: str,
+        code: str | None,
+        param: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        all_headers = {"x-request-id": self._request_id()}
+        if headers:
+            all_headers.update(headers)
+        body = {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+        response.send_json(status, body, all_headers)
+
+    async def dispatch(self, request: RecordedRequest, response: ResponseWriter) -> None:
+        """Check the bearer key (when configured), then route the request.
+
+        Args:
+            request: The recorded request.
+            response: Writer for the response.
+
+        """
+        expected = self.api_key
+        if expected is not None:
+            auth = request.headers.get("authorization", "")
+            scheme, _, sent = auth.partition(" ")
+            sent = sent.strip()
+            if scheme.lower() != "bearer" or not sent:
+                self._send_openai_error(
+                    response, 401, _NO_KEY_MESSAGE, "invalid_request_error", None
+                )
+                return
+            if sent != expected:
+                message = (
+                    f"Incorrect API key provided: {mask_api_key(sent)}. "
+                    f"You can find your API key at {_KEYS_URL}."
+                )
+                self._send_openai_error(
+                    response, 401, message, "invalid_request_error", "invalid_api_key"
+                )
+                return
+        await super().dispatch(request, response)
+
+    # -- endpoints ---------------------------------------------------------------------
+
+    async def _list_models(self, request: RecordedRequest, response: ResponseWriter) -> None:
+        data = [
+            {"id": model, "object": "model", "created": _MODEL_CREATED, "owned_by": "openai"}
+            for model in self.models
+        ]
+        response.send_json(
+            200, {"object": "list", "data": data}, {"x-request-id": self._request_id()}
+        )
+
+    async def _chat_completions(self, request: RecordedRequest, response: ResponseWriter) -> None:
+        try:
+            decoded = json.loads(request.body)
+        except ValueError:
+            decoded = None
+        body: dict[str, Any] | None = decoded if isinstance(decoded, dict) else None
+        stream = body is not None and body.get("stream") is True
+        item = self.next_scripted()
+
+        pre_delay = 0.0
+        if isinstance(item, Fault):
+            pre_delay = item.seconds
+        elif isinstance(item, Reply):
+            pre_delay = item.delay
+        if pre_delay > 0:
+            await asyncio.sleep(pre_delay)
+
+        if isinstance(item, Fault):
+            if item.kind == "status":
+                self._send_fault_status(response, item)
+                return
+            if item.kind == "drop_after" and not stream:
+                await response.abort()
+                return
+            if item.kind == "malformed" and not stream:
+                response.send(
+                    200,
+                    b'{"id": "chatcmpl-malformed", "object": "chat.completion", "choices": [{',
+                    {"content-type": "application/json", "x-request-id": self._request_id()},
+                )
+                return
+
+        if body is None:
+            self._send_openai_error(response, 400, _BAD_JSON_MESSAGE, "invalid_request_error", None)
+            return
+        try:
+            model = self._validate(body)
+            completion = self._complete(body, item if isinstance(item, Reply) else None)
+        except _BadRequest as exc:
+            self._send_openai_error(
+                response, 400, exc.message, "invalid_request_error", exc.code, exc.param
+            )
+            return
+
+        completion_id = f"chatcmpl-fake{next(self._ids):025d}"
+        created = int(time.time())
+        if not stream:
+            response.send_json(
+                200,
+                self._completion_body(completion_id, created, model, completion),
+                {"x-request-id": self._request_id()},
+            )
+            return
+
+        options = body.get("stream_options")
+        include_usage = isinstance(options, dict) and options.get("include_usage") is True
+        drop_after = item.chunks if isinstance(item, Fault) and item.kind == "drop_after" else None
+        malformed = isinstance(item, Fault) and item.kind == "malformed"
+        await self._stream(
+            response,
+            completion_id,
+            created,
+            model,
+            completion,
+            include_usage=include_usage,
+            drop_after=drop_after,
+            malformed=malformed,
+        )
+
+    # -- chat internals ----------------------------------------------------------------
+
+    def _send_fault_status(self, response: ResponseWriter, fault: Fault) -> None:
+        status = fault.status_code
+        default_message, error_type, code = self._error_defaults(status)
+        message = fault.message
+        if message is None:
+            message = default_message
+            if status == 429 and fault.retry_after is not None:
+                message += f" Please try again in {round(fault.retry_after * 1000)}ms."
+        headers: dict[str, str] = {}
+        if fault.retry_after is not None:
+            headers["retry-after"] = _format_seconds(fault.retry_after)
+            headers["retry-after-ms"] = _format_seconds(fault.retry_after * 1000)
+        headers.update(fault.headers)
+        self._send_openai_error(
+            response,
+            status,
+            message,
+            fault.error_type if fault.error_type is not None else error_type,
+            fault.error_code if fault.error_code is not None else code,
+            headers=headers,
+        )
+
+    @staticmethod
+    def _validate(body: Mapping[str, Any]) -> str:
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise _BadRequest(
+                "Missing required parameter: 'model'.", "model", "missing_required_parameter"
+            )
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise _BadRequest(
+                "Missing required parameter: 'messages'.", "messages", "missing_required_parameter"
+            )
+        if not all(isinstance(m, dict) for m in messages):
+            raise _BadRequest(
+                "Invalid type for 'messages': expected an array of objects.",
+                "messages",
+                "invalid_type",
+            )
+        return model
+
+    def _resolve_reply(self, body: dict[str, Any], scripted: Reply | None) -> Reply:
+        if scripted is not None and (scripted.text is not None or scripted.tool_calls):
+            return scripted
+        default = self.reply
+        if default is None:
+            resolved = Reply(text=_default_text(body))
+        elif isinstance(default, str):
+            resolved = Reply(text=default)
+        else:
+            produced = default(body)
+            resolved = Reply(text=produced) if isinstance(produced, str) else produced
+        if scripted is None:
+            return resolved
+        return dataclasses.replace(scripted, text=resolved.text)
+
+    @staticmethod
+    def _limit(body: Mapping[str, Any]) -> int | None:
+        for name in ("max_completion_tokens", "max_tokens"):
+            value = body.get(name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise _BadRequest(
+                    f"Invalid type for '{name}': expected an integer.", name, "invalid_type"
+                )
+            if value < 1:
+                raise _BadRequest(
+                    f"Invalid '{name}': integer below minimum value. Expected a value >= 1, "
+                    f"but got {value} instead.",
+                    name,
+                    "integer_below_min_value",
+                )
+            return value
+        return None
+
+    def _tool_calls(self, raw: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        calls: list[dict[str, Any]] = []
+        for entry in raw:
+            function = entry.get("function")
+            if isinstance(function, Mapping):
+                name = function.get("name", "")
+                arguments = function.get("arguments", "")
+            else:
+                name = entry.get("name", "")
+                arguments = entry.get("arguments", "")
+            if not isinstance(arguments, str):
+                arguments = json.dumps(arguments)
+            call_id = entry.get("id") or f"call_fake{next(self._ids):020d}"
+            calls.append(
+                {
+                    "id": call_id,
+                    "type": "function",
+                    "function": {"name": name, "arguments": arguments},
+                }
+            )
+        return calls
+
+    def _complete(self, body: dict[str, Any], scripted: Reply | None) -> _Completion:
+        limit = self._limit(body)
+        reply = self._resolve_reply(body, scripted)
+        reasoning_pieces = split_words(reply.reasoning) if reply.reasoning else []
+        content_pieces = split_words(reply.text) if reply.text else []
+        reasoning_words = _word_count(reply.reasoning)
+        content_words = _word_count(reply.text)
+        truncated = limit is not None and reasoning_words + content_words > limit
+        if truncated and limit is not None:
+            reasoning_pieces = reasoning_pieces[:limit]
+            reasoning_words = min(reasoning_words, limit)
+            content_words = limit - reasoning_words
+            content_pieces = content_pieces[:content_words]
+        tool_calls = self._tool_calls(reply.tool_calls)
+        if reply.text is None and tool_calls:
+            content: str | None = None
+        else:
+            content = "".join(content_pieces)
+        reasoning = "".join(reasoning_pieces) if reply.reasoning is not None else None
+        if reply.finish_reason is not None:
+            finish_reason = reply.finish_reason
+        elif truncated:
+            finish_reason = "length"
+        elif tool_calls:
+            finish_reason = "tool_calls"
+        else:
+            finish_reason = "stop"
+        prompt = prompt_tokens(body["messages"])
+        completion = max(1, reasoning_words + content_words)
+        usage: dict[str, Any] = {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+            "completion_tokens_details": {
+                "reasoning_tokens": reasoning_words,
+                "audio_tokens": 0,
+                "accepted_prediction_tokens": 0,
+                "rejected_prediction_tokens": 0,
+            },
+        }
+        if reply.usage:
+            _merge_usage(usage, reply.usage)
+        return _Completion(
+            reasoning_pieces=reasoning_pieces,
+            content_pieces=content_pieces,
+            content=content,
+            reasoning=reasoning,
+            tool_calls=tool_calls,
+            finish_reason=finish_reason,
+            usage=usage,
+            chunk_delay=reply.chunk_delay,
+        )
+
+    @staticmethod
+    def _completion_body(
+        completion_id: str, created: int, model: str, completion: _Completion
+    ) -> dict[str, Any]:
+        message: dict[str, Any] = {
+            "role": "assistant",
+            "content": completion.content,
+            "refusal": None,
+            "annotations": [],
+        }
+        if completion.reasoning is not None:
+            message["reasoning_content"] = completion.reasoning
+        if completion.tool_calls:
+            message["tool_calls"] = completion.tool_calls
+        return {
+            "id": completion_id,
+            "object": "chat.completion",
+            "created": created,
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": message,
+                    "logprobs": None,
+                    "finish_reason": completion.finish_reason,
+                }
+            ],
+            "usage": completion.usage,
+            "service_tier": "default",
+            "system_fingerprint": _FINGERPRINT,
+        }
+
+    async def _stream(
+        self,
+        response: ResponseWriter,
+        completion_id: str,
+        created: int,
+        model: str,
+        completion: _Completion,
+        *,
+        include_usage: bool,
+        drop_after: int | None,
+        malformed: bool,
+    ) -> None:
+        def event(choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> bytes:
+            chunk: dict[str, Any] = {
+                "id": completion_id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "service_tier": "default",
+                "system_fingerprint": _FINGERPRINT,
+                "choices": choices,
+            }
+            if include_usage:
+                chunk["usage"] = usage
+            data = json.dumps(chunk, separators=(",", ":"))
+            return b"data: " + data.encode() + b"\n\n"
+
+        def delta(fields: dict[str, Any], finish_reason: str | None = None) -> bytes:
+            return event(
+                [{"index": 0, "delta": fields, "logprobs": None, "finish_reason": finish_reason}]
+            )
+
+        deltas: list[dict[str, Any]] = [
+            {"reasoning_content": p} for p in completion.reasoning_pieces
+        ]
+        deltas += [{"content": p} for p in completion.content_pieces]
+        deltas += [
+            {"tool_calls": [{"index": i, **call}]} for i, call in enumerate(completion.tool_calls)
+        ]
+
+        response.start_stream(
+            200,
+            {
+                "content-type": "text/event-stream",
+                "cache-control": "no-cache",
+                "x-request-id": self._request_id(),
+            },
+        )
+        pause = completion.chunk_delay
+        response.write(delta({"role": "assistant", "content": "", "refusal": None}))
+        if malformed:
+            response.write(b'data: {"id": "' + completion_id.encode() + b'", "choices": [{\n\n')
+            response.write(b"data: [DONE]\n\n")
+            response.end()
+            return
+        for index, fields in enumerate(deltas):
+            if drop_after is not None and index >= drop_after:
+                break
+            if pause > 0:
+                await asyncio.sleep(pause)
+            response.write(delta(fields))
+            await response.drain()
+        if drop_after is not None:
+            await response.abort()
+            return
+        if pause > 0:
+            await asyncio.sleep(pause)
+        response.write(delta({}, completion.finish_reason))
+        if include_usage:
+            response.write(event([], completion.usage))
+        response.write(b"data: [DONE]\n\n")
+        response.end()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Serve a fake OpenAI upstream until interrupted: ``python -m llmproxy.testing.fake_openai``.
+
+    Prints the base URL first, so ``OPENAI_BASE_URL`` can be set from it, e.g. to try
+    ``llmproxy chat`` with no network or key::
+
+        python -m llmproxy.testing.fake_openai --port 8765 &
+        OPENAI_BASE_URL=http://127.0.0.1:8765/v1 OPENAI_API_KEY=sk-local llmproxy chat "Hello"
+    """
+    import argparse
+    import signal
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m llmproxy.testing.fake_openai")
+    parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: any free one)")
+    parser.add_argument("--reply", help="a fixed reply (default: echo the last user message)")
+    args = parser.parse_args(argv)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with FakeOpenAI(port=args.port, reply=args.reply) as server:
+        sys.stdout.write(server.base_url + "\n")
+        sys.stdout.flush()
+        try:
+            stop.wait()
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
