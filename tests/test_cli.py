@@ -1,0 +1,114 @@
+"""The llmproxy command, run as a real process against the fake upstream."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from llmproxy.testing.fake_openai import FakeOpenAI
+from llmproxy.testing._http import Reply
+
+from tests.conftest import API_KEY, chat_requests
+
+LLMPROXY = str(Path(sys.executable).with_name("llmproxy"))
+
+
+def run(args: list[str], env: dict[str, str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI", "LLM_PROXY", "LLMPROXY"))}
+    return subprocess.run(
+        [LLMPROXY, *args], env={**base, **env}, input=stdin, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_chat_streams_the_answer(env: dict[str, str], upstream: FakeOpenAI) -> None:
+    result = run(["chat", "Hello"], env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "Echo: Hello\n"
+    assert chat_requests(upstream)[0]["stream"] is True
+
+
+def test_chat_no_stream_model_system_usage(env: dict[str, str], upstream: FakeOpenAI) -> None:
+    result = run(["chat", "Hi", "--no-stream", "-m", "openai/gpt-4.1-mini", "--system", "be nice", "--usage"], env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "Echo: Hi\n"
+    assert "tokens: input 12, output 2, total 14" in result.stderr
+    body = chat_requests(upstream)[0]
+    assert body["model"] == "gpt-4.1-mini" and "stream" not in body
+    assert body["messages"][0] == {"role": "system", "content": "be nice"}
+
+
+def test_session_continues_across_runs(env: dict[str, str], upstream: FakeOpenAI) -> None:
+    assert run(["chat", "my name is Ada", "--session", "s1"], env).returncode == 0
+    assert run(["chat", "what is my name?", "--session", "s1"], env).returncode == 0
+    second = chat_requests(upstream)[1]["messages"]
+    assert [m["content"] for m in second] == ["my name is Ada", "Echo: my name is Ada", "what is my name?"]
+    listed = run(["history", "list"], env)
+    assert "s1\t4 messages" in listed.stdout
+    shown = run(["history", "show", "s1"], env)
+    assert "Echo: my name is Ada" in shown.stdout
+    deleted = run(["history", "delete", "s1"], env)
+    assert "deleted 4 messages" in deleted.stdout
+    assert "no stored sessions" in run(["history", "list"], env).stdout
+
+
+def test_prompt_from_stdin(env: dict[str, str]) -> None:
+    result = run(["chat", "--no-stream"], env, stdin="from stdin")
+    assert result.stdout == "Echo: from stdin\n"
+
+
+@pytest.mark.parametrize("extra", [{}, {"OPENAI_API_KEY": ""}])
+def test_missing_key_is_one_clear_line(env: dict[str, str], extra: dict[str, str]) -> None:
+    env = {k: v for k, v in env.items() if k != "OPENAI_API_KEY"} | extra
+    result = run(["chat", "Hello"], env)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "OPENAI_API_KEY" in lines[0] and "LLM_PROXY_OPEN_AI_DEFAULT_OPEN_API_KEY" in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_seed_key_variable_works(env: dict[str, str]) -> None:
+    env = {k: v for k, v in env.items() if k != "OPENAI_API_KEY"}
+    env["LLM_PROXY_OPEN_AI_DEFAULT_OPEN_API_KEY"] = API_KEY
+    assert run(["chat", "Hello", "--no-stream"], env).stdout == "Echo: Hello\n"
+
+
+def test_errors_are_one_line_and_never_show_the_key(env: dict[str, str], upstream: FakeOpenAI) -> None:
+    wrong = "sk-wrong-0123456789abcdefWXYZ"
+    result = run(["chat", "Hello"], {**env, "OPENAI_API_KEY": wrong})
+    assert result.returncode == 1
+    assert "HTTP 401" in result.stderr and "Traceback" not in result.stderr
+    for text in (result.stdout, result.stderr):
+        assert wrong not in text and wrong[:8] not in text and wrong[-4:] not in text
+
+
+def test_budget_from_env_and_usage_command(env: dict[str, str], upstream: FakeOpenAI) -> None:
+    env = {**env, "LLMPROXY_MAX_TOKENS": "1000"}
+    assert run(["chat", "Hello", "--no-stream"], env).returncode == 0
+    usage = run(["usage"], env)
+    assert "tokens-1000-global (global): used 9 / limit 1000 tokens" in usage.stdout
+    tiny = run(["chat", "Hello there, this will not fit"], {**env, "LLMPROXY_MAX_TOKENS": "5"})
+    assert tiny.returncode == 1 and "budget 'tokens-5-global'" in tiny.stderr
+
+
+def test_plugins_command_lists_distributions(env: dict[str, str]) -> None:
+    result = run(["plugins"], env)
+    assert "openai  [llmproxy-openai 0.1.0]" in result.stdout
+    assert "provider openai" in result.stdout
+    assert "history store sqlite://" in result.stdout
+
+
+def test_interrupted_stream_in_cli_is_stored(env: dict[str, str], upstream: FakeOpenAI) -> None:
+    upstream.enqueue(Reply(text="a b c d e f"))
+    from llmproxy.testing._http import Fault
+
+    upstream.enqueue(Fault.drop_after(2))
+    run(["chat", "warm", "--no-stream"], env)
+    result = run(["chat", "go", "--session", "s"], env)
+    assert result.returncode == 1 and "stream broke" in result.stderr
+    shown = run(["history", "show", "s"], env)
+    assert "(interrupted)" in shown.stdout

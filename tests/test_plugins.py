@@ -1,0 +1,147 @@
+"""Plugin discovery: entry points from outside the repo, LLMPROXY_PLUGINS, failures named."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from llmproxy import PluginError, Proxy
+from llmproxy.plugins import Plugins
+from llmproxy.registry import RegisterProvider
+
+
+def _install_dist(site: Path, dist: str, module: str, source: str, entry_name: str) -> None:
+    """Lay out an installed distribution (dist-info with an llmproxy entry point) on a path."""
+    (site / f"{module}.py").write_text(textwrap.dedent(source))
+    info = site / f"{dist.replace('-', '_')}-0.3.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.3.0\n")
+    (info / "entry_points.txt").write_text(f"[llmproxy]\n{entry_name} = {module}\n")
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[Path]:
+    sys.path.insert(0, str(tmp_path))
+    try:
+        yield tmp_path
+    finally:
+        sys.path.remove(str(tmp_path))
+        for name in [m for m in sys.modules if m.startswith("thirdparty_")]:
+            del sys.modules[name]
+
+
+GOOD = """
+    import llmproxy
+    from llmproxy.types import Completion, Message, Usage
+
+    class EchoProvider:
+        name = "echo3p"
+        def chat(self, request):
+            return Completion(Message("assistant", "3p: " + request.messages[-1].content), Usage(1, 1), request.model)
+        async def achat(self, request):
+            return self.chat(request)
+        def stream(self, request):
+            raise NotImplementedError
+        def astream(self, request):
+            raise NotImplementedError
+        def count_tokens(self, messages, model):
+            return 1
+        def count_text_tokens(self, text, model):
+            return 1
+        def max_output_tokens(self, model):
+            return None
+        def close(self):
+            pass
+        async def aclose(self):
+            pass
+
+    @llmproxy.hookimpl
+    def register_providers(register):
+        register("echo3p", lambda settings: EchoProvider(), description="third-party echo")
+"""
+
+BROKEN = """
+    raise ImportError("this plugin is broken on purpose")
+"""
+
+
+def test_third_party_provider_discovered_through_its_entry_point(site: Path) -> None:
+    _install_dist(site, "thirdparty-echo", "thirdparty_echo", GOOD, "echo3p")
+    plugins = Plugins(environ={})
+    assert "echo3p" in plugins.registry.providers
+    info = next(i for i in plugins.infos() if i.name == "echo3p")
+    assert (info.distribution, info.version) == ("thirdparty-echo", "0.3.0")
+    assert info.registers == ("provider echo3p",)
+    proxy = Proxy({"history_url": "memory://"}, plugins=plugins, environ={})
+    assert proxy.chat("hi", model="echo3p/any").text == "3p: hi"
+
+
+def test_broken_plugin_is_named_and_does_not_hide_others(site: Path) -> None:
+    _install_dist(site, "thirdparty-broken", "thirdparty_broken", BROKEN, "broken3p")
+    _install_dist(site, "thirdparty-echo", "thirdparty_echo", GOOD, "echo3p")
+    plugins = Plugins(environ={})
+    assert "echo3p" in plugins.registry.providers
+    assert "openai" in plugins.registry.providers
+    [error] = [e for e in plugins.errors if e.plugin == "broken3p"]
+    assert "broken3p" in str(error) and "thirdparty-broken" in str(error) and "broken on purpose" in str(error)
+    info = next(i for i in plugins.infos() if i.name == "broken3p")
+    assert info.error is not None
+    proxy = Proxy({"history_url": "memory://"}, plugins=plugins, environ={})
+    with pytest.raises(PluginError, match="broken3p"):
+        proxy.chat("hi", model="broken3p/model")
+
+
+def test_llmproxy_plugins_limits_what_loads(site: Path) -> None:
+    _install_dist(site, "thirdparty-echo", "thirdparty_echo", GOOD, "echo3p")
+    only = Plugins(environ={"LLMPROXY_PLUGINS": "thirdparty-echo"})
+    assert set(only.registry.providers) == {"echo3p"}
+    by_entry_name = Plugins(environ={"LLMPROXY_PLUGINS": "openai, echo3p"})
+    assert set(by_entry_name.registry.providers) == {"openai", "echo3p"}
+    none = Plugins(environ={"LLMPROXY_PLUGINS": ""})
+    assert none.registry.providers == {}
+    assert "sqlite" in none.registry.history_stores  # built-ins always load
+
+
+def test_plugin_registered_in_code_without_installing() -> None:
+    class Plugin:
+        @staticmethod
+        @__import__("llmproxy").hookimpl
+        def register_providers(register: RegisterProvider) -> None:
+            register("inline", lambda settings: None)  # type: ignore[arg-type,return-value]
+
+    plugins = Plugins(environ={"LLMPROXY_PLUGINS": ""}, extra=[Plugin])
+    assert plugins.registry.providers["inline"].plugin == "Plugin"
+
+
+def test_bad_registration_is_a_plugin_error() -> None:
+    class Bad:
+        @staticmethod
+        @__import__("llmproxy").hookimpl
+        def register_providers(register: RegisterProvider) -> None:
+            register("Bad Name!", lambda settings: None)  # type: ignore[arg-type,return-value]
+
+    plugins = Plugins(environ={"LLMPROXY_PLUGINS": ""}, extra=[Bad])
+    assert any("Bad Name!" in str(e) and e.plugin == "Bad" for e in plugins.errors)
+
+
+def test_misspelled_hook_is_caught() -> None:
+    class Typo:
+        @staticmethod
+        @__import__("llmproxy").hookimpl
+        def register_provider(register: RegisterProvider) -> None:  # missing 's'
+            pass
+
+    with pytest.raises(Exception, match="register_provider"):
+        Plugins(environ={"LLMPROXY_PLUGINS": ""}, extra=[Typo])
+
+
+def test_unknown_store_scheme_is_a_config_error() -> None:
+    from llmproxy import ConfigError
+
+    with pytest.raises(ConfigError, match="nosuch://"):
+        Proxy({"history_url": "nosuch://x"}, environ={})
+    with pytest.raises(ConfigError, match="no scheme"):
+        Proxy({"ledger_url": "just-a-path"}, environ={})
