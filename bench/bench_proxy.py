@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import openai
+
 from llmproxy import LLMBudget, Proxy, RequestsPerMinute
 
 KEY = "sk-bench-0000000000000000"
@@ -85,14 +86,19 @@ class Runner:
         await self.araw.chat.completions.create(model=MODEL, messages=MESSAGES)  # type: ignore[arg-type]
 
     async def aproxy_chat(self) -> None:
-        await self.proxy.achat(MESSAGES[0]["content"], model=f"openai/{MODEL}", session_id=self.session())
+        await self.proxy.achat(
+            MESSAGES[0]["content"], model=f"openai/{MODEL}", session_id=self.session()
+        )
 
     # streams: (total, time to first chunk)
     def raw_stream(self) -> float:
         t0 = time.perf_counter()
         first = 0.0
         stream = self.raw.chat.completions.create(
-            model=MODEL, messages=MESSAGES, stream=True, stream_options={"include_usage": True}  # type: ignore[arg-type]
+            model=MODEL,
+            messages=MESSAGES,
+            stream=True,
+            stream_options={"include_usage": True},  # type: ignore[arg-type]
         )
         for chunk in stream:
             if not first and chunk.choices and chunk.choices[0].delta.content:
@@ -102,7 +108,9 @@ class Runner:
     def proxy_stream(self) -> float:
         t0 = time.perf_counter()
         first = 0.0
-        for event in self.proxy.stream(MESSAGES[0]["content"], model=f"openai/{MODEL}", session_id=self.session()):
+        for event in self.proxy.stream(
+            MESSAGES[0]["content"], model=f"openai/{MODEL}", session_id=self.session()
+        ):
             if not first and event.text:
                 first = time.perf_counter() - t0
         return first
@@ -144,7 +152,8 @@ def report(name: str, raw: list[float], proxy: list[float]) -> str:
     r50, p50 = statistics.median(raw), statistics.median(proxy)
     return (
         f"{name:<28} raw p50 {r50 * 1e3:7.3f} ms  p95 {pct(raw, 0.95) * 1e3:7.3f} ms | "
-        f"proxy p50 {p50 * 1e3:7.3f} ms  p95 {pct(proxy, 0.95) * 1e3:7.3f} ms | ratio {p50 / r50:5.3f}"
+        f"proxy p50 {p50 * 1e3:7.3f} ms  p95 {pct(proxy, 0.95) * 1e3:7.3f} ms | "
+        f"ratio {p50 / r50:5.3f}"
     )
 
 
@@ -156,8 +165,21 @@ def run(stores: str, base_url: str, rounds: int, per_round: int) -> list[str]:
         timed(r.proxy_chat, 50)
         timed_stream(r.raw_stream, 20)
         timed_stream(r.proxy_stream, 20)
-        results: dict[str, list[float]] = {k: [] for k in (
-            "raw", "proxy", "araw", "aproxy", "araw32", "aproxy32", "sraw", "sproxy", "fraw", "fproxy")}
+        results: dict[str, list[float]] = {
+            k: []
+            for k in (
+                "raw",
+                "proxy",
+                "araw",
+                "aproxy",
+                "araw32",
+                "aproxy32",
+                "sraw",
+                "sproxy",
+                "fraw",
+                "fproxy",
+            )
+        }
         for _ in range(rounds):
             results["raw"] += timed(r.raw_chat, per_round)
             results["proxy"] += timed(r.proxy_chat, per_round)
@@ -194,8 +216,12 @@ def run(stores: str, base_url: str, rounds: int, per_round: int) -> list[str]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="fewer calls (a smoke test, not for figures)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer calls (a smoke test, not for figures)"
+    )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--per-round", type=int, default=400)
     parser.add_argument("--stores", choices=["memory", "sqlite", "both"], default="both")
@@ -203,9 +229,11 @@ def main() -> int:
     rounds, per_round = (1, 40) if args.quick else (args.rounds, args.per_round)
     proc, base_url = start_upstream()
     try:
-        print(f"python {sys.version.split()[0]}, openai {openai.__version__}, cpus {os.cpu_count()},"
-              f" {rounds} rounds x {per_round} calls per scenario and side")
-        for stores in (["memory", "sqlite"] if args.stores == "both" else [args.stores]):
+        print(
+            f"python {sys.version.split()[0]}, openai {openai.__version__}, cpus {os.cpu_count()},"
+            f" {rounds} rounds x {per_round} calls per scenario and side"
+        )
+        for stores in ["memory", "sqlite"] if args.stores == "both" else [args.stores]:
             for line in run(stores, base_url, rounds, per_round):
                 print(line, flush=True)
     finally:

@@ -10,7 +10,6 @@ Extra arguments after `test` go to pytest (python3 scripts/dev.py test -k budget
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import venv
@@ -40,7 +39,7 @@ def members() -> list[Path]:
 
 
 def install() -> None:
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 -- the script may run under an older python3
         sys.exit(f"llmproxy needs Python 3.11 or newer; this is {sys.version.split()[0]}")
     if not PY.exists():
         print(f"+ creating {VENV}", flush=True)
@@ -48,7 +47,9 @@ def install() -> None:
     editable: list[str | Path] = []
     for member in members():
         editable += ["-e", member]
-    run(PY, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *editable, *TEST_TOOLS)
+    run(
+        PY, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *editable, *TEST_TOOLS
+    )
 
 
 def test(pytest_args: list[str]) -> int:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from llmproxy import Proxy
 from llmproxy.testing.fake_openai import FakeOpenAI
 

@@ -8,18 +8,27 @@ import sys
 from pathlib import Path
 
 import pytest
-from llmproxy.testing.fake_openai import FakeOpenAI
-from llmproxy.testing._http import Reply
 
+from llmproxy.testing._http import Reply
+from llmproxy.testing.fake_openai import FakeOpenAI
 from tests.conftest import API_KEY, chat_requests
 
 LLMPROXY = str(Path(sys.executable).with_name("llmproxy"))
 
 
-def run(args: list[str], env: dict[str, str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI", "LLM_PROXY", "LLMPROXY"))}
+def run(
+    args: list[str], env: dict[str, str], stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    base = {
+        k: v for k, v in os.environ.items() if not k.startswith(("OPENAI", "LLM_PROXY", "LLMPROXY"))
+    }
     return subprocess.run(
-        [LLMPROXY, *args], env={**base, **env}, input=stdin, capture_output=True, text=True, timeout=60
+        [LLMPROXY, *args],
+        env={**base, **env},
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
@@ -31,7 +40,19 @@ def test_chat_streams_the_answer(env: dict[str, str], upstream: FakeOpenAI) -> N
 
 
 def test_chat_no_stream_model_system_usage(env: dict[str, str], upstream: FakeOpenAI) -> None:
-    result = run(["chat", "Hi", "--no-stream", "-m", "openai/gpt-4.1-mini", "--system", "be nice", "--usage"], env)
+    result = run(
+        [
+            "chat",
+            "Hi",
+            "--no-stream",
+            "-m",
+            "openai/gpt-4.1-mini",
+            "--system",
+            "be nice",
+            "--usage",
+        ],
+        env,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout == "Echo: Hi\n"
     assert "tokens: input 12, output 2, total 14" in result.stderr
@@ -44,7 +65,11 @@ def test_session_continues_across_runs(env: dict[str, str], upstream: FakeOpenAI
     assert run(["chat", "my name is Ada", "--session", "s1"], env).returncode == 0
     assert run(["chat", "what is my name?", "--session", "s1"], env).returncode == 0
     second = chat_requests(upstream)[1]["messages"]
-    assert [m["content"] for m in second] == ["my name is Ada", "Echo: my name is Ada", "what is my name?"]
+    assert [m["content"] for m in second] == [
+        "my name is Ada",
+        "Echo: my name is Ada",
+        "what is my name?",
+    ]
     listed = run(["history", "list"], env)
     assert "s1\t4 messages" in listed.stdout
     shown = run(["history", "show", "s1"], env)
@@ -77,7 +102,9 @@ def test_seed_key_variable_works(env: dict[str, str]) -> None:
     assert run(["chat", "Hello", "--no-stream"], env).stdout == "Echo: Hello\n"
 
 
-def test_errors_are_one_line_and_never_show_the_key(env: dict[str, str], upstream: FakeOpenAI) -> None:
+def test_errors_are_one_line_and_never_show_the_key(
+    env: dict[str, str], upstream: FakeOpenAI
+) -> None:
     wrong = "sk-wrong-0123456789abcdefWXYZ"
     result = run(["chat", "Hello"], {**env, "OPENAI_API_KEY": wrong})
     assert result.returncode == 1

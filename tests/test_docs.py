@@ -32,7 +32,9 @@ def _distributions() -> list[Path]:
 
 
 def test_versions_move_in_lockstep_and_plugins_pin_the_core() -> None:
-    core_version = tomllib.loads((ROOT / "core" / "pyproject.toml").read_text())["project"]["version"]
+    core_version = tomllib.loads((ROOT / "core" / "pyproject.toml").read_text())["project"][
+        "version"
+    ]
     assert llmproxy.__version__ == core_version
     assert llmproxy_openai.__version__ == core_version
     for dist in _distributions()[1:]:
@@ -44,7 +46,9 @@ def test_versions_move_in_lockstep_and_plugins_pin_the_core() -> None:
 def test_each_distribution_has_readme_env_and_typed_marker() -> None:
     for dist in _distributions():
         assert (dist / "README.md").is_file(), dist
-        packages = [p for p in (dist / "src").iterdir() if p.is_dir() and not p.name.endswith(".egg-info")]
+        packages = [
+            p for p in (dist / "src").iterdir() if p.is_dir() and not p.name.endswith(".egg-info")
+        ]
         for package in packages:
             assert (package / "env.py").is_file(), package
             assert (package / "py.typed").is_file(), package
@@ -63,7 +67,9 @@ def test_environment_variables_read_are_documented() -> None:
                     continue
                 used = set(pattern.findall(source.read_text()))
                 missing = used - documented
-                assert not missing, f"{source} uses {sorted(missing)}, not listed in {package / 'env.py'}"
+                assert not missing, (
+                    f"{source} uses {sorted(missing)}, not listed in {package / 'env.py'}"
+                )
 
 
 def test_core_depends_on_no_provider_sdk_or_redis() -> None:

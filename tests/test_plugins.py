@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from llmproxy import PluginError, Proxy
 from llmproxy.plugins import Plugins
 from llmproxy.registry import RegisterProvider
@@ -40,7 +41,8 @@ GOOD = """
     class EchoProvider:
         name = "echo3p"
         def chat(self, request):
-            return Completion(Message("assistant", "3p: " + request.messages[-1].content), Usage(1, 1), request.model)
+            text = "3p: " + request.messages[-1].content
+            return Completion(Message("assistant", text), Usage(1, 1), request.model)
         async def achat(self, request):
             return self.chat(request)
         def stream(self, request):
@@ -86,7 +88,11 @@ def test_broken_plugin_is_named_and_does_not_hide_others(site: Path) -> None:
     assert "echo3p" in plugins.registry.providers
     assert "openai" in plugins.registry.providers
     [error] = [e for e in plugins.errors if e.plugin == "broken3p"]
-    assert "broken3p" in str(error) and "thirdparty-broken" in str(error) and "broken on purpose" in str(error)
+    assert (
+        "broken3p" in str(error)
+        and "thirdparty-broken" in str(error)
+        and "broken on purpose" in str(error)
+    )
     info = next(i for i in plugins.infos() if i.name == "broken3p")
     assert info.error is not None
     proxy = Proxy({"history_url": "memory://"}, plugins=plugins, environ={})

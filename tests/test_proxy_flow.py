@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 from collections.abc import Callable
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from llmproxy import (
     BudgetExceeded,
     CallEvent,
@@ -30,7 +32,6 @@ from llmproxy import (
 from llmproxy.history.base import HistoryRecord
 from llmproxy.testing._http import Fault, Reply
 from llmproxy.testing.fake_openai import FakeOpenAI
-
 from tests.conftest import API_KEY, chat_requests
 
 MakeProxy = Callable[..., Proxy]
@@ -55,7 +56,11 @@ def test_chat_returns_text_usage_and_model(make_proxy: MakeProxy, upstream: Fake
 def test_system_prompt_messages_and_extras(make_proxy: MakeProxy, upstream: FakeOpenAI) -> None:
     proxy = make_proxy()
     proxy.chat(
-        [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, Message("user", "c")],
+        [
+            {"role": "user", "content": "a"},
+            {"role": "assistant", "content": "b"},
+            Message("user", "c"),
+        ],
         system="be brief",
         temperature=0.2,
         max_output_tokens=50,
@@ -70,7 +75,9 @@ def test_system_prompt_messages_and_extras(make_proxy: MakeProxy, upstream: Fake
 
 
 def test_default_model_and_aliases(make_proxy: MakeProxy, upstream: FakeOpenAI) -> None:
-    proxy = make_proxy({"default_model": "openai/gpt-4.1-mini", "aliases": {"fast": "openai/gpt-5.4-nano"}})
+    proxy = make_proxy(
+        {"default_model": "openai/gpt-4.1-mini", "aliases": {"fast": "openai/gpt-5.4-nano"}}
+    )
     proxy.chat("x")
     proxy.chat("x", model="fast")
     proxy.chat("x", model="gpt-5.4")  # a bare name goes to the default model's provider
@@ -125,19 +132,23 @@ def test_negative_budget_is_a_config_error() -> None:
 
 
 def test_unknown_provider_error_lists_installed(make_proxy: MakeProxy) -> None:
-    with pytest.raises(InvalidRequest, match="installed: .*openai"):
+    with pytest.raises(InvalidRequest, match=r"installed: .*openai"):
         make_proxy().chat("x", model="nosuch/m")
 
 
 # -- budgets --------------------------------------------------------------------------------------
 
 
-def test_budget_caps_output_and_settles_real_usage(make_proxy: MakeProxy, upstream: FakeOpenAI) -> None:
+def test_budget_caps_output_and_settles_real_usage(
+    make_proxy: MakeProxy, upstream: FakeOpenAI
+) -> None:
     budget = LLMBudget(max_tokens=200)
     proxy = make_proxy(budgets=[budget])
     call = proxy.chat("Hello there", max_output_tokens=1000)
     body = chat_requests(upstream)[0]
-    estimate = proxy.provider("openai").count_tokens([Message("user", "Hello there")], "gpt-5.4-mini")
+    estimate = proxy.provider("openai").count_tokens(
+        [Message("user", "Hello there")], "gpt-5.4-mini"
+    )
     # The cap sent upstream is what the budget has left after the input estimate.
     assert body["max_completion_tokens"] == 200 - estimate
     [usage] = proxy.usage()
@@ -178,7 +189,12 @@ def test_per_user_budgets_are_separate(make_proxy: MakeProxy) -> None:
 
 
 def test_budgets_from_config_and_env(env: dict[str, str], upstream: FakeOpenAI) -> None:
-    env = {**env, "LLMPROXY_MAX_TOKENS": "20", "LLMPROXY_HISTORY_URL": "memory://", "LLMPROXY_LEDGER_URL": "memory://"}
+    env = {
+        **env,
+        "LLMPROXY_MAX_TOKENS": "20",
+        "LLMPROXY_HISTORY_URL": "memory://",
+        "LLMPROXY_LEDGER_URL": "memory://",
+    }
     proxy = Proxy.from_env(env)
     assert [p.name for p in proxy.policies] == ["tokens-20-global"]
     with pytest.raises(BudgetExceeded):
@@ -196,11 +212,17 @@ def test_requests_per_minute(make_proxy: MakeProxy, upstream: FakeOpenAI) -> Non
     assert len(chat_requests(upstream)) == 2
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     prompts=st.lists(
-        st.tuples(st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=40).filter(str.strip),
-                  st.integers(1, 60)),
+        st.tuples(
+            st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=40).filter(
+                str.strip
+            ),
+            st.integers(1, 60),
+        ),
         min_size=1,
         max_size=6,
     )
@@ -208,10 +230,8 @@ def test_requests_per_minute(make_proxy: MakeProxy, upstream: FakeOpenAI) -> Non
 def test_budget_never_goes_negative(make_proxy: MakeProxy, prompts: list[tuple[str, int]]) -> None:
     proxy = make_proxy(budgets=[LLMBudget(max_tokens=120)])
     for prompt, cap in prompts:
-        try:
+        with contextlib.suppress(BudgetExceeded):
             proxy.chat(prompt, max_output_tokens=cap)
-        except BudgetExceeded:
-            pass
         [usage] = proxy.usage()
         assert usage.reserved == 0
         assert usage.used <= 120
@@ -223,7 +243,10 @@ def test_budget_never_goes_negative(make_proxy: MakeProxy, prompts: list[tuple[s
 
 def test_retry_after_429_then_success(make_proxy: MakeProxy, upstream: FakeOpenAI) -> None:
     events: list[CallEvent] = []
-    proxy = make_proxy(budgets=[LLMBudget(max_tokens=10_000), RequestsPerMinute(limit=100)], observers=[events.append])
+    proxy = make_proxy(
+        budgets=[LLMBudget(max_tokens=10_000), RequestsPerMinute(limit=100)],
+        observers=[events.append],
+    )
     upstream.enqueue(Fault.status(429, retry_after=0.02))
     r = proxy.chat("hi")
     assert r.text == "Echo: hi"
@@ -300,7 +323,9 @@ def test_session_history_is_sent_and_stored(make_proxy: MakeProxy, upstream: Fak
     assert [r.content for r in proxy.history.load("s2")] == ["other", "Echo: other"]
 
 
-def test_use_history_false_neither_reads_nor_writes(make_proxy: MakeProxy, upstream: FakeOpenAI) -> None:
+def test_use_history_false_neither_reads_nor_writes(
+    make_proxy: MakeProxy, upstream: FakeOpenAI
+) -> None:
     proxy = make_proxy()
     proxy.chat("first", session_id="s")
     proxy.chat("second", session_id="s", use_history=False)
@@ -331,13 +356,19 @@ def test_message_handler_receives_each_message(make_proxy: MakeProxy) -> None:
     ]
 
 
-def test_embedded_sqlite_default_keeps_history_across_proxies(env: dict[str, str], upstream: FakeOpenAI) -> None:
+def test_embedded_sqlite_default_keeps_history_across_proxies(
+    env: dict[str, str], upstream: FakeOpenAI
+) -> None:
     first = Proxy(environ=env)
     first.chat("remember me", session_id="s")
     first.close()
     second = Proxy(environ=env)
     second.chat("again", session_id="s")
-    assert [m["content"] for m in chat_requests(upstream)[1]["messages"]] == ["remember me", "Echo: remember me", "again"]
+    assert [m["content"] for m in chat_requests(upstream)[1]["messages"]] == [
+        "remember me",
+        "Echo: remember me",
+        "again",
+    ]
     second.close()
 
 
@@ -373,16 +404,18 @@ def test_stream_retries_before_first_chunk(make_proxy: MakeProxy, upstream: Fake
     assert len(chat_requests(upstream)) == 2
 
 
-def test_broken_stream_is_stored_interrupted_and_counted(make_proxy: MakeProxy, upstream: FakeOpenAI) -> None:
+def test_broken_stream_is_stored_interrupted_and_counted(
+    make_proxy: MakeProxy, upstream: FakeOpenAI
+) -> None:
     events: list[CallEvent] = []
     proxy = make_proxy(budgets=[LLMBudget(max_tokens=1000)], observers=[events.append])
     upstream.enqueue(Reply(text="one two three four five six"))
     upstream.enqueue(Fault.drop_after(2))
     received: list[str] = []
     proxy.chat("warm up")
+    stream = proxy.stream("go", session_id="s")
     with pytest.raises(StreamInterrupted):
-        for event in proxy.stream("go", session_id="s"):
-            received.append(event.text)
+        received.extend(event.text for event in stream)
     assert "".join(received) == "Echo: go"[: len("".join(received))] and received
     stored = proxy.history.load("s")
     assert [r.role for r in stored] == ["user", "assistant"]
@@ -394,7 +427,9 @@ def test_broken_stream_is_stored_interrupted_and_counted(make_proxy: MakeProxy, 
     assert len(chat_requests(upstream)) == 2  # not retried once text was delivered
 
 
-def test_abandoned_stream_is_stored_interrupted(make_proxy: MakeProxy, upstream: FakeOpenAI) -> None:
+def test_abandoned_stream_is_stored_interrupted(
+    make_proxy: MakeProxy, upstream: FakeOpenAI
+) -> None:
     proxy = make_proxy(budgets=[LLMBudget(max_tokens=1000)])
     upstream.enqueue(Reply(text="alpha beta gamma delta", chunk_delay=0.01))
     with proxy.stream("go", session_id="s") as stream:
@@ -436,7 +471,9 @@ async def test_async_stream_budget_exceeded(make_proxy: MakeProxy, upstream: Fak
     assert upstream.requests == []
 
 
-async def test_concurrent_async_calls_share_one_budget(make_proxy: MakeProxy, upstream: FakeOpenAI) -> None:
+async def test_concurrent_async_calls_share_one_budget(
+    make_proxy: MakeProxy, upstream: FakeOpenAI
+) -> None:
     proxy = make_proxy(budgets=[LLMBudget(max_tokens=400)])
     results = await asyncio.gather(
         *(proxy.achat(f"call {i}", max_output_tokens=20) for i in range(32)), return_exceptions=True
@@ -449,7 +486,7 @@ async def test_concurrent_async_calls_share_one_budget(make_proxy: MakeProxy, up
     assert usage.used <= 400 and usage.reserved == 0
 
 
-# -- observers and secrets ---------------------------------------------------------------------------
+# -- observers and secrets ---------------------------------------------------------------
 
 
 def test_one_event_per_call(make_proxy: MakeProxy) -> None:
@@ -459,13 +496,22 @@ def test_one_event_per_call(make_proxy: MakeProxy) -> None:
     list(proxy.stream("b"))
     assert len(events) == 2
     e = events[0]
-    assert (e.model, e.provider, e.session_id, e.user, e.outcome) == ("gpt-5.4-mini", "openai", "s", "u", "ok")
+    assert (e.model, e.provider, e.session_id, e.user, e.outcome) == (
+        "gpt-5.4-mini",
+        "openai",
+        "s",
+        "u",
+        "ok",
+    )
     assert e.usage.total_tokens > 0 and e.latency > 0 and e.error is None
     assert events[1].streamed
 
 
 def test_api_key_never_leaks(
-    make_proxy: MakeProxy, upstream: FakeOpenAI, env: dict[str, str], caplog: pytest.LogCaptureFixture
+    make_proxy: MakeProxy,
+    upstream: FakeOpenAI,
+    env: dict[str, str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
     proxy = make_proxy()
@@ -493,7 +539,10 @@ def test_api_key_never_leaks(
 
 def test_provider_key_from_config_table(upstream: FakeOpenAI, tmp_path: Any) -> None:
     proxy = Proxy(
-        {"providers": {"openai": {"api_key": API_KEY, "base_url": upstream.base_url}}, "history_url": "memory://"},
+        {
+            "providers": {"openai": {"api_key": API_KEY, "base_url": upstream.base_url}},
+            "history_url": "memory://",
+        },
         environ={"LLMPROXY_DATA_DIR": str(tmp_path)},
     )
     assert proxy.chat("x").text == "Echo: x"

@@ -9,8 +9,8 @@ from __future__ import annotations
 from llmproxy import env
 from llmproxy.budget.base import Ledger
 from llmproxy.budget.policy import LLMBudget, RequestsPerMinute
-from llmproxy.hookspecs import hookimpl
 from llmproxy.history.base import HistoryStore
+from llmproxy.hookspecs import hookimpl
 from llmproxy.registry import RegisterHistoryStore, RegisterLedger, RegisterPolicy
 from llmproxy.urls import sqlite_path
 

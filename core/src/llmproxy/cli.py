@@ -25,9 +25,13 @@ def _parser() -> argparse.ArgumentParser:
 
     chat = sub.add_parser("chat", help="send a prompt and print the answer as it arrives")
     chat.add_argument("prompt", nargs="?", help="the prompt; read from stdin when omitted or '-'")
-    chat.add_argument("-m", "--model", help="provider/model or an alias (default: LLMPROXY_DEFAULT_MODEL)")
+    chat.add_argument(
+        "-m", "--model", help="provider/model or an alias (default: LLMPROXY_DEFAULT_MODEL)"
+    )
     chat.add_argument("-s", "--system", help="a system prompt")
-    chat.add_argument("--session", help="continue (or start) a conversation kept in the history store")
+    chat.add_argument(
+        "--session", help="continue (or start) a conversation kept in the history store"
+    )
     chat.add_argument("--no-stream", action="store_true", help="wait for the whole answer")
     chat.add_argument("--usage", action="store_true", help="print the tokens used (on stderr)")
     chat.add_argument("--max-output-tokens", type=int, help="cap the answer's length in tokens")
@@ -64,7 +68,7 @@ def _read_prompt(arg: str | None, stdin: TextIO) -> str:
     if arg is not None and arg != "-":
         return arg
     if stdin.isatty():
-        raise ConfigError("no prompt: pass it as an argument (llmproxy chat \"Hello\") or on stdin")
+        raise ConfigError('no prompt: pass it as an argument (llmproxy chat "Hello") or on stdin')
     return stdin.read()
 
 
@@ -103,7 +107,11 @@ def _chat(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 def _plugins(out: TextIO) -> int:
     plugins = load_plugins()
     for info in plugins.infos():
-        dist = f"{info.distribution} {info.version or ''}".strip() if info.distribution else "(not installed)"
+        dist = (
+            f"{info.distribution} {info.version or ''}".strip()
+            if info.distribution
+            else "(not installed)"
+        )
         out.write(f"{info.name}  [{dist}]\n")
         for thing in info.registers:
             out.write(f"    {thing}\n")
@@ -125,7 +133,9 @@ def _history(args: argparse.Namespace, out: TextIO) -> int:
             if not sessions:
                 out.write("no stored sessions\n")
             for s in sessions:
-                out.write(f"{s.session_id}\t{s.message_count} messages\tlast {_when(s.updated_at)}\n")
+                out.write(
+                    f"{s.session_id}\t{s.message_count} messages\tlast {_when(s.updated_at)}\n"
+                )
         elif args.action == "show":
             records = store.load(args.session, args.last)
             if not records:
@@ -147,7 +157,9 @@ def _usage(out: TextIO) -> int:
     try:
         rows = proxy.usage()
         if not rows:
-            out.write("no budgets configured (set LLMPROXY_MAX_TOKENS or budgets in LLMPROXY_CONFIG)\n")
+            out.write(
+                "no budgets configured (set LLMPROXY_MAX_TOKENS or budgets in LLMPROXY_CONFIG)\n"
+            )
         for row in rows:
             c = row.claim
             resets = f", resets {_when(row.resets_at)}" if row.resets_at else ""

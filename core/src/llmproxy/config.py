@@ -34,8 +34,8 @@ from typing import Any
 
 import attrs
 import cattrs
-from cattrs.v import format_exception
 from attrs import field, frozen
+from cattrs.v import format_exception
 
 from llmproxy import env as envvars
 from llmproxy.errors import ConfigError
@@ -118,10 +118,7 @@ def structure(data: Mapping[str, Any], cls: type[Any], *, where: str = "configur
         raise
     except cattrs.BaseValidationError as exc:
         problems = cattrs.transform_error(exc, path="$", format_exception=_format_exception)
-        if len(problems) == 1:
-            message = problems[0]
-        else:
-            message = "; ".join(problems)
+        message = "; ".join(problems)
         path = problems[0].rsplit(" @ ", 1)[-1] if problems else None
         raise ConfigError(f"invalid {where}: {message}", path=path) from None
     except (TypeError, ValueError) as exc:
@@ -146,7 +143,9 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise ConfigError(f"configuration file {path} does not exist", path=str(path)) from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"configuration file {path} is not valid TOML: {exc}", path=str(path)) from None
+        raise ConfigError(
+            f"configuration file {path} is not valid TOML: {exc}", path=str(path)
+        ) from None
 
 
 def load_config(

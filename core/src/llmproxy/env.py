@@ -49,7 +49,9 @@ def data_dir(environ: Mapping[str, str] | None = None) -> Path:
     if explicit:
         return Path(explicit).expanduser()
     if sys.platform == "win32":
-        base = env.get("LOCALAPPDATA") or env.get("APPDATA") or str(Path.home() / "AppData" / "Local")
+        base = (
+            env.get("LOCALAPPDATA") or env.get("APPDATA") or str(Path.home() / "AppData" / "Local")
+        )
         return Path(base) / "llmproxy"
     if sys.platform == "darwin":
         return Path.home() / "Library" / "Application Support" / "llmproxy"

@@ -31,7 +31,7 @@ class ConfigError(LLMProxyError, ValueError):
 
 
 class MissingCredentials(ConfigError):
-    """A provider has no API key; ``variables`` lists the environment variables that would supply one."""
+    """A provider has no API key; ``variables`` names the variables that would supply one."""
 
     def __init__(self, provider: str, variables: Sequence[str]) -> None:
         names = " or ".join(variables)
@@ -100,7 +100,9 @@ class BudgetExceeded(LLMProxyError):
 class RateLimited(LLMProxyError):
     """A rate limit of ours is reached; ``retry_after`` says in how many seconds a slot frees."""
 
-    def __init__(self, *, policy: str, scope: str, limit: float, window: float, retry_after: float) -> None:
+    def __init__(
+        self, *, policy: str, scope: str, limit: float, window: float, retry_after: float
+    ) -> None:
         super().__init__(
             f"rate limit '{policy}' ({scope}) allows {limit:g} requests per {window:g}s;"
             f" retry after {retry_after:.2f}s"

@@ -76,14 +76,16 @@ def register_budget_policies(register: RegisterPolicy) -> None:
 
 @hookspec
 def register_tools(register: RegisterTool) -> None:
-    """Register tools the model may call: ``register(tool)`` with a :class:`~llmproxy.tools.Tool`."""
+    """Register tools the model may call: ``register(tool)`` with a ``llmproxy.tools.Tool``."""
 
 
 # -- per-call hooks: called only when implemented -----------------------------------------------
 
 
 @hookspec(firstresult=True)
-def before_tool_call(tool_name: str, arguments: dict[str, Any], session_id: str | None) -> bool | None:
+def before_tool_call(
+    tool_name: str, arguments: dict[str, Any], session_id: str | None
+) -> bool | None:
     """Veto a tool call: return False to block it (stops at the first non-None result)."""
 
 

@@ -126,7 +126,8 @@ class Plugins:
                 except Exception as exc:
                     self.errors.append(
                         PluginError(
-                            f"plugin '{plugin_name}' failed in {hook_name}: {type(exc).__name__}: {exc}",
+                            f"plugin '{plugin_name}' failed in {hook_name}:"
+                            f" {type(exc).__name__}: {exc}",
                             plugin=plugin_name,
                         )
                     )
@@ -177,7 +178,7 @@ _cache_lock = threading.Lock()
 
 
 def load_plugins(environ: Mapping[str, str] | None = None) -> Plugins:
-    """Return the process-wide :class:`Plugins` for this ``LLMPROXY_PLUGINS`` value, loading once."""
+    """Return the process-wide :class:`Plugins` for this ``LLMPROXY_PLUGINS`` value."""
     import os
 
     env = os.environ if environ is None else environ
@@ -187,4 +188,3 @@ def load_plugins(environ: Mapping[str, str] | None = None) -> Plugins:
         if plugins is None:
             plugins = _cache[key] = Plugins(environ=env)
         return plugins
-

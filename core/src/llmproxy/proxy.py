@@ -67,7 +67,8 @@ def _as_messages(prompt: Prompt) -> list[Message]:
     if isinstance(prompt, Mapping) or not isinstance(prompt, Sequence):
         raise InvalidRequest(
             "prompt must be a string, a Message, or a list of messages"
-            f" ({{'role': ..., 'content': ...}} dicts or Message objects); got {type(prompt).__name__}",
+            f" ({{'role': ..., 'content': ...}} dicts or Message objects);"
+            f" got {type(prompt).__name__}",
             field="prompt",
         )
     if not prompt:
@@ -77,13 +78,22 @@ def _as_messages(prompt: Prompt) -> list[Message]:
         if isinstance(item, Message):
             out.append(item)
         elif isinstance(item, Mapping):
-            unknown = set(item) - {"role", "content", "name", "tool_call_id", "tool_calls", "reasoning"}
+            unknown = set(item) - {
+                "role",
+                "content",
+                "name",
+                "tool_call_id",
+                "tool_calls",
+                "reasoning",
+            }
             if unknown:
                 raise InvalidRequest(
                     f"prompt[{index}] has unknown keys {sorted(unknown)}", field=f"prompt[{index}]"
                 )
             if "role" not in item:
-                raise InvalidRequest(f"prompt[{index}] has no 'role'", field=f"prompt[{index}].role")
+                raise InvalidRequest(
+                    f"prompt[{index}] has no 'role'", field=f"prompt[{index}].role"
+                )
             calls = tuple(
                 c if isinstance(c, ToolCall) else ToolCall(**c) for c in item.get("tool_calls", ())
             )
@@ -99,7 +109,9 @@ def _as_messages(prompt: Prompt) -> list[Message]:
                     )
                 )
             except InvalidRequest as exc:
-                raise InvalidRequest(f"prompt[{index}]: {exc}", field=f"prompt[{index}].{exc.field}") from None
+                raise InvalidRequest(
+                    f"prompt[{index}]: {exc}", field=f"prompt[{index}].{exc.field}"
+                ) from None
         else:
             raise InvalidRequest(
                 f"prompt[{index}] must be a Message or a dict, got {type(item).__name__}",
@@ -121,6 +133,7 @@ class _Call:
     __slots__ = (
         "attempts",
         "claims",
+        "extra",
         "history",
         "input_estimate",
         "max_output_tokens",
@@ -138,7 +151,6 @@ class _Call:
         "started_at",
         "system",
         "temperature",
-        "extra",
         "use_history",
         "user",
     )
@@ -167,13 +179,18 @@ class _Call:
         if user is not None and not isinstance(user, str):
             raise InvalidRequest("user must be a string", field="user")
         if max_output_tokens is not None and (
-            isinstance(max_output_tokens, bool) or not isinstance(max_output_tokens, int) or max_output_tokens < 1
+            isinstance(max_output_tokens, bool)
+            or not isinstance(max_output_tokens, int)
+            or max_output_tokens < 1
         ):
             raise InvalidRequest(
-                f"max_output_tokens must be a whole number of at least 1, got {max_output_tokens!r}",
+                "max_output_tokens must be a whole number of at least 1,"
+                f" got {max_output_tokens!r}",
                 field="max_output_tokens",
             )
-        if temperature is not None and (isinstance(temperature, bool) or not isinstance(temperature, (int, float))):
+        if temperature is not None and (
+            isinstance(temperature, bool) or not isinstance(temperature, (int, float))
+        ):
             raise InvalidRequest("temperature must be a number", field="temperature")
         self.system = system
         self.session_id = session_id
@@ -186,9 +203,15 @@ class _Call:
             session_id is not None
         )
         self.history: list[Message] = []
-        self.scope = CallScope(f"{self.provider_name}/{self.model}", self.provider_name, user, session_id)
-        self.claims: list[Claim] = [p.claim(self.scope) for p in proxy.policies]
-        self.claims = [c for c in self.claims if c is not None]
+        self.scope = CallScope(
+            f"{self.provider_name}/{self.model}", self.provider_name, user, session_id
+        )
+        claims: list[Claim] = []
+        for policy in proxy.policies:
+            claim = policy.claim(self.scope)
+            if claim is not None:
+                claims.append(claim)
+        self.claims = claims
         self.reservation: Reservation | None = None
         self.input_estimate = 0
         self.attempts = 0
@@ -252,8 +275,12 @@ class _Call:
 
     def estimate_usage(self, text: str) -> Usage:
         """Count a reply that arrived without usage: the input estimate plus the text's tokens."""
-        input_tokens = self.input_estimate or self.provider.count_tokens(self.messages(), self.model)
-        return Usage(input_tokens, self.provider.count_text_tokens(text, self.model), estimated=True)
+        input_tokens = self.input_estimate or self.provider.count_tokens(
+            self.messages(), self.model
+        )
+        return Usage(
+            input_tokens, self.provider.count_text_tokens(text, self.model), estimated=True
+        )
 
     def response(self, completion: Completion, usage: Usage) -> ChatResponse:
         return ChatResponse(
@@ -279,10 +306,23 @@ class _Call:
             if m.role == "system":
                 continue
             out.append(
-                HistoryRecord(sid, m, model, self.provider_name, now, usage.input_tokens if first else 0, 0, self.user)
+                HistoryRecord(
+                    sid,
+                    m,
+                    model,
+                    self.provider_name,
+                    now,
+                    usage.input_tokens if first else 0,
+                    0,
+                    self.user,
+                )
             )
             first = False
-        out.append(HistoryRecord(sid, reply, model, self.provider_name, now, 0, usage.output_tokens, self.user))
+        out.append(
+            HistoryRecord(
+                sid, reply, model, self.provider_name, now, 0, usage.output_tokens, self.user
+            )
+        )
         return out
 
     def settle_args(self, usage: Usage | None) -> dict[str, int] | None:
@@ -291,7 +331,9 @@ class _Call:
         self.settled = True
         return {"tokens": usage.total_tokens if usage is not None else 0, "requests": self.attempts}
 
-    def event(self, usage: Usage, outcome: str, error: BaseException | None, streamed: bool, model: str) -> CallEvent:
+    def event(
+        self, usage: Usage, outcome: str, error: BaseException | None, streamed: bool, model: str
+    ) -> CallEvent:
         return CallEvent(
             model,
             self.provider_name,
@@ -310,7 +352,17 @@ class _Call:
 class _StreamState:
     """What a stream has delivered so far; turns provider chunks into stream events."""
 
-    __slots__ = ("delivered", "finish_reason", "id", "model", "reasoning", "received", "text", "tool_calls", "usage")
+    __slots__ = (
+        "delivered",
+        "finish_reason",
+        "id",
+        "model",
+        "reasoning",
+        "received",
+        "text",
+        "tool_calls",
+        "usage",
+    )
 
     def __init__(self) -> None:
         self.text: list[str] = []
@@ -358,7 +410,9 @@ class _StreamState:
         usage = self.usage
         if usage is None:
             usage = call.estimate_usage(message.content) if self.received else Usage()
-        return Completion(message, usage, self.model or call.model, self.finish_reason, self.id), usage
+        return Completion(
+            message, usage, self.model or call.model, self.finish_reason, self.id
+        ), usage
 
 
 class Proxy:
@@ -402,7 +456,8 @@ class Proxy:
         for policy in budgets:
             if not callable(getattr(policy, "claim", None)):
                 raise ConfigError(
-                    f"budgets must hold budget policies such as LLMBudget(max_tokens=...); got {policy!r}",
+                    "budgets must hold budget policies such as LLMBudget(max_tokens=...);"
+                    f" got {policy!r}",
                     path="budgets",
                 )
             policies.append(policy)
@@ -410,12 +465,17 @@ class Proxy:
         if message_handler is not None:
             if not isinstance(message_handler, LLMMessageHandler):
                 raise ConfigError(
-                    "message_handler must subclass llmproxy.LLMMessageHandler", path="message_handler"
+                    "message_handler must subclass llmproxy.LLMMessageHandler",
+                    path="message_handler",
                 )
             history = HandlerStore(message_handler)
-        self._history: HistoryStore | None = history if not isinstance(history, str) and history is not None else None
+        self._history: HistoryStore | None = (
+            history if not isinstance(history, str) and history is not None else None
+        )
         self._history_url = history if isinstance(history, str) else config.history_url
-        self._ledger: Ledger | None = ledger if not isinstance(ledger, str) and ledger is not None else None
+        self._ledger: Ledger | None = (
+            ledger if not isinstance(ledger, str) and ledger is not None else None
+        )
         self._ledger_url = ledger if isinstance(ledger, str) else config.ledger_url
         if self._history is None and self._history_url:
             self._check_scheme(self._history_url, self.plugins.registry.history_stores, "history")
@@ -496,7 +556,9 @@ class Proxy:
     def _resolve(self, model: str | None) -> tuple[str, str, Provider]:
         name = model or self.config.default_model
         if not isinstance(name, str):
-            raise InvalidRequest(f"model must be a string such as 'openai/gpt-5.4-mini', got {name!r}", field="model")
+            raise InvalidRequest(
+                f"model must be a string such as 'openai/gpt-5.4-mini', got {name!r}", field="model"
+            )
         name = self.config.aliases.get(name, name)
         provider_name, sep, model_name = name.partition("/")
         if not sep:
@@ -518,10 +580,14 @@ class Proxy:
                 failed = self.plugins.error_for(provider_name)
                 if failed is not None:
                     raise PluginError(
-                        f"model '{model}' needs provider '{provider_name}', whose plugin failed to load: {failed}",
+                        f"model '{model}' needs provider '{provider_name}',"
+                        f" whose plugin failed to load: {failed}",
                         plugin=provider_name,
                     )
-                known = ", ".join(sorted({*self.plugins.registry.providers, *self._providers})) or "none"
+                known = (
+                    ", ".join(sorted({*self.plugins.registry.providers, *self._providers}))
+                    or "none"
+                )
                 raise InvalidRequest(
                     f"model '{model}' names provider '{provider_name}', which no installed plugin"
                     f" provides (installed: {known}); install llmproxy-{provider_name} or check"
@@ -573,7 +639,18 @@ class Proxy:
         before any upstream call when a policy has no room, and a
         :class:`~llmproxy.errors.ProviderError` subclass when the service fails after retries.
         """
-        call = _Call(self, prompt, model, system, session_id, user, max_output_tokens, temperature, use_history, extra)
+        call = _Call(
+            self,
+            prompt,
+            model,
+            system,
+            session_id,
+            user,
+            max_output_tokens,
+            temperature,
+            use_history,
+            extra,
+        )
         if call.use_history:
             call.set_history(self.history.load(call.session_id or "", self.config.history_limit))
         args = call.reserve_args()
@@ -606,7 +683,9 @@ class Proxy:
                 delay = next_delay(exc, call.attempts, call.elapsed(), self.config.retry)
                 if delay is None:
                     raise
-                log.info("retrying %s/%s in %.2fs after: %s", call.provider_name, call.model, delay, exc)
+                log.info(
+                    "retrying %s/%s in %.2fs after: %s", call.provider_name, call.model, delay, exc
+                )
                 time.sleep(delay)
 
     def _failed(self, call: _Call, exc: BaseException) -> None:
@@ -639,7 +718,18 @@ class Proxy:
         inside ``with proxy.stream(...) as s``) stores what arrived, marked interrupted, and
         settles the budget with what was used.
         """
-        call = _Call(self, prompt, model, system, session_id, user, max_output_tokens, temperature, use_history, extra)
+        call = _Call(
+            self,
+            prompt,
+            model,
+            system,
+            session_id,
+            user,
+            max_output_tokens,
+            temperature,
+            use_history,
+            extra,
+        )
         if call.use_history:
             call.set_history(self.history.load(call.session_id or "", self.config.history_limit))
         args = call.reserve_args()
@@ -663,9 +753,22 @@ class Proxy:
         **extra: Any,
     ) -> ChatResponse:
         """Async :meth:`chat`."""
-        call = _Call(self, prompt, model, system, session_id, user, max_output_tokens, temperature, use_history, extra)
+        call = _Call(
+            self,
+            prompt,
+            model,
+            system,
+            session_id,
+            user,
+            max_output_tokens,
+            temperature,
+            use_history,
+            extra,
+        )
         if call.use_history:
-            call.set_history(await self.history.aload(call.session_id or "", self.config.history_limit))
+            call.set_history(
+                await self.history.aload(call.session_id or "", self.config.history_limit)
+            )
         args = call.reserve_args()
         if args is not None:
             call.reservation = await self.ledger.areserve(call.claims, **args)
@@ -696,7 +799,9 @@ class Proxy:
                 delay = next_delay(exc, call.attempts, call.elapsed(), self.config.retry)
                 if delay is None:
                     raise
-                log.info("retrying %s/%s in %.2fs after: %s", call.provider_name, call.model, delay, exc)
+                log.info(
+                    "retrying %s/%s in %.2fs after: %s", call.provider_name, call.model, delay, exc
+                )
                 await asyncio.sleep(delay)
 
     async def _afailed(self, call: _Call, exc: BaseException) -> None:
@@ -728,10 +833,21 @@ class Proxy:
         starts, so :class:`~llmproxy.errors.BudgetExceeded` is raised by the first ``anext``.
         ``async with proxy.astream(...) as s`` closes the stream on exit.
         """
-        call = _Call(self, prompt, model, system, session_id, user, max_output_tokens, temperature, use_history, extra)
+        call = _Call(
+            self,
+            prompt,
+            model,
+            system,
+            session_id,
+            user,
+            max_output_tokens,
+            temperature,
+            use_history,
+            extra,
+        )
         return AsyncChatStream(self, call, None)
 
-    # -- observers and state -------------------------------------------------------------------------
+    # -- observers and state ---------------------------------------------------------------
 
     def _notify(self, event: CallEvent) -> None:
         for observer in self._observers:
@@ -740,7 +856,11 @@ class Proxy:
             except Exception:
                 log.exception("observer %r failed", observer)
         if self.plugins.observes:
-            hook = self.plugins.pm.hook.on_error if event.error is not None else self.plugins.pm.hook.on_response
+            hook = (
+                self.plugins.pm.hook.on_error
+                if event.error is not None
+                else self.plugins.pm.hook.on_response
+            )
             try:
                 hook(event=event)
             except Exception:
@@ -762,7 +882,7 @@ class Proxy:
             self._ledger.close()
 
     async def aclose(self) -> None:
-        """Close providers (their async connections too) and stores; call it inside the event loop."""
+        """Close providers (async connections too) and stores; call it inside the event loop."""
         for provider in self._providers.values():
             await provider.aclose()
         self.close()
@@ -780,7 +900,8 @@ class Proxy:
         self.close()
 
     def __repr__(self) -> str:
-        return f"Proxy(default_model={self.config.default_model!r}, policies={[p.name for p in self.policies]!r})"
+        names = [p.name for p in self.policies]
+        return f"Proxy(default_model={self.config.default_model!r}, policies={names!r})"
 
 
 class _StreamBase:
@@ -800,7 +921,9 @@ class _StreamBase:
             return None
         return next_delay(exc, self._call.attempts, self._call.elapsed(), self._proxy.config.retry)
 
-    def _end(self, interrupted: bool, error: BaseException | None) -> tuple[StreamEvent | None, dict[str, int] | None, list[HistoryRecord] | None]:
+    def _end(
+        self, interrupted: bool, error: BaseException | None
+    ) -> tuple[StreamEvent | None, dict[str, int] | None, list[HistoryRecord] | None]:
         """Mark the stream ended; return the final event and what to settle and store."""
         self._done = True
         call = self._call
@@ -818,7 +941,11 @@ class _StreamBase:
         if self._proxy._notify_on:
             outcome = "interrupted" if interrupted else "ok"
             self._proxy._notify(call.event(usage, outcome, error, True, response.model))
-        final = None if interrupted else StreamEvent("", "", True, usage, completion.finish_reason, response)
+        final = (
+            None
+            if interrupted
+            else StreamEvent("", "", True, usage, completion.finish_reason, response)
+        )
         return final, settle, records
 
     def _interrupted_error(self, exc: BaseException) -> BaseException:
@@ -833,7 +960,7 @@ class _StreamBase:
 
 
 class ChatStream(_StreamBase):
-    """A streamed answer: iterate for :class:`~llmproxy.types.StreamEvent`; use as a context manager.
+    """A streamed answer: iterate for :class:`~llmproxy.types.StreamEvent`s; a context manager.
 
     Retries happen only before any text has been delivered. A stream that breaks afterwards
     raises :class:`~llmproxy.errors.StreamInterrupted` once what arrived is stored and counted.
@@ -895,7 +1022,7 @@ class ChatStream(_StreamBase):
         return final
 
     def close(self) -> None:
-        """Stop reading: close the connection, store what arrived (interrupted), settle the budget."""
+        """Stop reading: close the connection, store what arrived (interrupted), settle."""
         if self._done:
             return
         self._close_iterator()
@@ -935,7 +1062,9 @@ class AsyncChatStream(_StreamBase):
     async def _prepare(self) -> ChatRequest:
         call, proxy = self._call, self._proxy
         if call.use_history:
-            call.set_history(await proxy.history.aload(call.session_id or "", proxy.config.history_limit))
+            call.set_history(
+                await proxy.history.aload(call.session_id or "", proxy.config.history_limit)
+            )
         args = call.reserve_args()
         if args is not None:
             call.reservation = await proxy.ledger.areserve(call.claims, **args)
@@ -1001,7 +1130,7 @@ class AsyncChatStream(_StreamBase):
         return final
 
     async def aclose(self) -> None:
-        """Stop reading: close the connection, store what arrived (interrupted), settle the budget."""
+        """Stop reading: close the connection, store what arrived (interrupted), settle."""
         if self._done:
             return
         await self._close_iterator()
@@ -1029,7 +1158,11 @@ class AsyncChatStream(_StreamBase):
             return
         self._done = True
         try:
-            final, settle, records = self._end(True, None) if self._state.received else (None, self._call.settle_args(None), None)
+            _final, settle, records = (
+                self._end(True, None)
+                if self._state.received
+                else (None, self._call.settle_args(None), None)
+            )
             if settle is not None and self._call.reservation is not None:
                 self._proxy.ledger.settle(self._call.reservation, **settle)
             if records:

@@ -44,7 +44,12 @@ class RegisterProvider(Protocol):
     """The ``register`` function passed to ``register_providers``."""
 
     def __call__(
-        self, name: str, factory: ProviderFactory, *, description: str = "", env: tuple[str, ...] = ()
+        self,
+        name: str,
+        factory: ProviderFactory,
+        *,
+        description: str = "",
+        env: tuple[str, ...] = (),
     ) -> None:
         """Register a provider factory under ``name`` (the prefix of ``name/model``)."""
 
@@ -113,7 +118,10 @@ class Registry:
         ) -> None:
             _check_name(plugin, "provider", name)
             if not callable(factory):
-                raise PluginError(f"plugin '{plugin}' registered provider '{name}' with a non-callable factory", plugin=plugin)
+                raise PluginError(
+                    f"plugin '{plugin}' registered provider '{name}' with a non-callable factory",
+                    plugin=plugin,
+                )
             if name in self.providers:
                 other = self.providers[name].plugin
                 raise PluginError(
@@ -162,7 +170,9 @@ class Registry:
         def register(tool: Any) -> None:
             name = getattr(tool, "name", None)
             if not isinstance(name, str) or not name:
-                raise PluginError(f"plugin '{plugin}' registered a tool without a name", plugin=plugin)
+                raise PluginError(
+                    f"plugin '{plugin}' registered a tool without a name", plugin=plugin
+                )
             self.tools[name] = tool
             self._note(plugin, f"tool {name}")
 

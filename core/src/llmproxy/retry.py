@@ -7,7 +7,7 @@ import random
 from llmproxy.config import RetryConfig
 from llmproxy.errors import ProviderError
 
-_random = random.Random()
+_random = random.Random()  # noqa: S311 -- jitter, not cryptography
 
 
 def backoff(attempt: int, config: RetryConfig, retry_after: float | None = None) -> float:
@@ -24,7 +24,9 @@ def backoff(attempt: int, config: RetryConfig, retry_after: float | None = None)
     return delay
 
 
-def next_delay(error: BaseException, attempt: int, elapsed: float, config: RetryConfig) -> float | None:
+def next_delay(
+    error: BaseException, attempt: int, elapsed: float, config: RetryConfig
+) -> float | None:
     """Return how long to wait before retrying after ``error``, or None to give up.
 
     Gives up on errors that are not retryable, after ``max_attempts``, and when the wait would

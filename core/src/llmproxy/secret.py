@@ -5,7 +5,11 @@ from __future__ import annotations
 import re
 from typing import Final
 
-_KEY_PATTERN: Final = re.compile(r"\b(?:sk-[A-Za-z0-9_*-]{6,}|AIza[A-Za-z0-9_*-]{12,})")
+# Key shapes, and any word holding a run of 4+ asterisks: the masked form a service echoes back
+# ("gw-0****QRST") still shows part of the key, whatever the key's shape.
+_KEY_PATTERN: Final = re.compile(
+    r"\b(?:sk-[A-Za-z0-9_*-]{6,}|AIza[A-Za-z0-9_*-]{12,})|[A-Za-z0-9_-]*\*{4,}[A-Za-z0-9_-]*"
+)
 
 
 class Secret:
@@ -44,6 +48,8 @@ def redact(text: str, *secrets: Secret | str | None) -> str:
 
     >>> redact("Incorrect API key provided: sk-abcd****wxyz", "sk-abcdefwxyz")
     'Incorrect API key provided: ***'
+    >>> redact("Incorrect API key provided: gw-0****QRST.")
+    'Incorrect API key provided: ***.'
     """
     for secret in secrets:
         value = secret.get() if isinstance(secret, Secret) else secret

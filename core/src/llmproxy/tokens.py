@@ -30,5 +30,9 @@ def messages_upper_bound(messages: Sequence[Message]) -> int:
         if m.name:
             total += text_upper_bound(m.name) + 1
         for call in m.tool_calls:
-            total += PER_MESSAGE_OVERHEAD + text_upper_bound(call.name) + text_upper_bound(call.arguments)
+            total += (
+                PER_MESSAGE_OVERHEAD
+                + text_upper_bound(call.name)
+                + text_upper_bound(call.arguments)
+            )
     return total

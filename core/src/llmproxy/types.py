@@ -50,8 +50,9 @@ class Message:
     call a ``tool`` message answers. ``interrupted`` marks an assistant message cut short by a
     broken or abandoned stream.
 
-    >>> Message("user", "Hello")
-    Message(role='user', content='Hello', name=None, tool_calls=(), tool_call_id=None, reasoning=None, interrupted=False)
+    >>> m = Message("user", "Hello")
+    >>> m.role, m.content, m.interrupted
+    ('user', 'Hello', False)
     """
 
     role: Role = field(validator=_check_role)
@@ -85,7 +86,11 @@ class Usage:
         return self.input_tokens + self.output_tokens
 
     def __add__(self, other: Usage) -> Usage:
-        cost = None if self.cost is None and other.cost is None else (self.cost or 0) + (other.cost or 0)
+        cost = (
+            None
+            if self.cost is None and other.cost is None
+            else (self.cost or 0) + (other.cost or 0)
+        )
         return Usage(
             self.input_tokens + other.input_tokens,
             self.output_tokens + other.output_tokens,

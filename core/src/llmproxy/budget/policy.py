@@ -47,14 +47,17 @@ class CallScope:
 class BudgetPolicy(Protocol):
     """A limit a call may be counted against."""
 
-    name: str
+    @property
+    def name(self) -> str:
+        """The policy's name (read-only, so frozen policy classes satisfy the protocol)."""
+        ...
 
     def claim(self, scope: CallScope) -> Claim | None:
         """Return the claim this call makes on the policy, or None when it does not apply."""
         ...
 
 
-def _not_negative(_i: object, a: Any, v: float) -> None:
+def _not_negative(_i: object, a: Any, v: Any) -> None:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise ConfigError(f"{a.name} must be a number, got {v!r}", path=a.name)
     if v < 0:
@@ -96,7 +99,7 @@ class LLMBudget:
 
 @frozen
 class RequestsPerMinute:
-    """At most ``limit`` requests (attempts, retries included) in any rolling 60 seconds, per scope."""
+    """At most ``limit`` requests (retries included) in any rolling 60 seconds, per scope."""
 
     limit: int = field(validator=_not_negative)
     name: str = field(default="")

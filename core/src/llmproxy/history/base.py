@@ -40,7 +40,7 @@ class HistoryRecord:
 
 @frozen
 class SessionInfo:
-    """A stored session: its id, how many messages it holds, and when it was first and last written."""
+    """A stored session: its id, its message count, and when it was first and last written."""
 
     session_id: str
     message_count: int

@@ -38,7 +38,7 @@ class LLMMessageHandler:
 
 
 class HandlerStore:
-    """Adapts an :class:`LLMMessageHandler` to the :class:`~llmproxy.history.base.HistoryStore` protocol."""
+    """Adapts an :class:`LLMMessageHandler` to the ``HistoryStore`` protocol."""
 
     def __init__(self, handler: LLMMessageHandler) -> None:
         self.handler = handler

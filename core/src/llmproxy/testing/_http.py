@@ -684,7 +684,10 @@ class FakeServer:
                 try:
                     server = loop.run_until_complete(
                         loop.create_server(
-                            lambda: _Connection(self, loop), self.host, self._bind_port, backlog=1024
+                            lambda: _Connection(self, loop),
+                            self.host,
+                            self._bind_port,
+                            backlog=1024,
                         )
                     )
                 except BaseException as exc:

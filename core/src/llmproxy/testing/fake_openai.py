@@ -40,6 +40,7 @@ are consumed FIFO, one per authenticated request to chat completions.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -712,7 +713,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     import sys
 
     parser = argparse.ArgumentParser(prog="python -m llmproxy.testing.fake_openai")
-    parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: any free one)")
+    parser.add_argument(
+        "--port", type=int, default=0, help="port on 127.0.0.1 (default: any free one)"
+    )
     parser.add_argument("--reply", help="a fixed reply (default: echo the last user message)")
     args = parser.parse_args(argv)
     stop = threading.Event()
@@ -720,10 +723,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with FakeOpenAI(port=args.port, reply=args.reply) as server:
         sys.stdout.write(server.base_url + "\n")
         sys.stdout.flush()
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             stop.wait()
-        except KeyboardInterrupt:
-            pass
     return 0
 
 

@@ -1,8 +1,8 @@
 """The environment variables the OpenAI plugin reads, in one place.
 
-===========================================  ========================================================
+===========================================  =======================================================
 Variable                                     Meaning
-===========================================  ========================================================
+===========================================  =======================================================
 ``OPENAI_API_KEY``                           The API key.
 ``LLM_PROXY_OPEN_AI_DEFAULT_OPEN_API_KEY``   The seed library's name for the key; read when
                                              ``OPENAI_API_KEY`` is unset.
@@ -11,7 +11,7 @@ Variable                                     Meaning
 ``OPENAI_ORG_ID``                            Organization header, when set.
 ``OPENAI_PROJECT_ID``                        Project header, when set.
 ``LLMPROXY_OPENAI_TIMEOUT``                  Seconds before one attempt times out (default 600).
-===========================================  ========================================================
+===========================================  =======================================================
 
 A key or base URL given in code or in the ``[providers.openai]`` configuration table wins.
 """

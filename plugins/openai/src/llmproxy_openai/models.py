@@ -49,10 +49,8 @@ def output_limit(model: str) -> int | None:
 def encoding_name(model: str) -> str | None:
     """Return the tokenizer of a model (``o200k_base``/``cl100k_base``), or None when unknown."""
     name = base_model(model)
-    if (
-        name == "gpt-4"
-        or (name.startswith(_CL100K_PREFIXES)
-        and not name.startswith(("gpt-4o", "gpt-4.")))
+    if name == "gpt-4" or (
+        name.startswith(_CL100K_PREFIXES) and not name.startswith(("gpt-4o", "gpt-4."))
     ):
         return "cl100k_base"
     if name.startswith(_O200K_PREFIXES):

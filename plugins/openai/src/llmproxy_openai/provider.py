@@ -95,7 +95,7 @@ def retry_after(headers: Mapping[str, str]) -> float | None:
 class OpenAIProvider:
     """Chat Completions against OpenAI or any OpenAI-compatible endpoint.
 
-    >>> provider = OpenAIProvider(api_key="sk-...", base_url="http://127.0.0.1:8000/v1")  # doctest: +SKIP
+    >>> OpenAIProvider(api_key="sk-...", base_url="http://127.0.0.1:8000/v1")  # doctest: +SKIP
     """
 
     def __init__(
@@ -127,7 +127,7 @@ class OpenAIProvider:
 
     @classmethod
     def from_settings(cls, settings: ProviderSettings) -> OpenAIProvider:
-        """Build the provider from configuration, falling back on the environment (see ``env.py``)."""
+        """Build the provider from configuration, else from the environment (see ``env.py``)."""
         environ = settings.environ
         key = settings.api_key.get() if settings.api_key else env.api_key(environ)
         if not key:
@@ -145,7 +145,7 @@ class OpenAIProvider:
     def __repr__(self) -> str:
         return f"OpenAIProvider(name={self.name!r}, base_url={self.base_url!r})"
 
-    # -- clients -------------------------------------------------------------------------------------
+    # -- clients -----------------------------------------------------------------------------------
 
     @property
     def client(self) -> openai.OpenAI:
@@ -163,7 +163,7 @@ class OpenAIProvider:
             self._aloop = loop
         return self._aclient
 
-    # -- requests ---------------------------------------------------------------------------------------
+    # -- requests ----------------------------------------------------------------------------------
 
     def params(self, request: ChatRequest) -> dict[str, Any]:
         """Return the keyword arguments of ``chat.completions.create`` for a request."""
@@ -282,10 +282,10 @@ class OpenAIProvider:
             await response.aclose()
         reader.check_complete()
 
-    # -- errors -------------------------------------------------------------------------------------------
+    # -- errors ------------------------------------------------------------------------------------
 
     def map_error(self, exc: BaseException, model: str) -> ProviderError:
-        """Map an SDK or transport error onto the core tree, with status, retry_after, and no secret."""
+        """Map an SDK or transport error onto the core tree: status, retry_after, no secret."""
         key = self._api_key
         if isinstance(exc, openai.APIStatusError):
             status = exc.status_code
@@ -316,10 +316,10 @@ class OpenAIProvider:
             redact(f"{type(exc).__name__}: {exc}", key), provider=self.name, model=model
         )
 
-    # -- estimates and limits ----------------------------------------------------------------------------
+    # -- estimates and limits ----------------------------------------------------------------------
 
     def count_tokens(self, messages: Sequence[Message], model: str) -> int:
-        """Count input tokens exactly with the bundled tokenizer (upper bound for unknown models)."""
+        """Count input tokens exactly with the bundled tokenizer (upper bound if model unknown)."""
         return tokenizer.count_messages(messages, model)
 
     def count_text_tokens(self, text: str, model: str) -> int:
@@ -406,7 +406,7 @@ class _SSEReader:
                 entry[0] = part.get("id") or entry[0]
                 function = part.get("function") or {}
                 entry[1] += function.get("name") or ""
-                entry[2] += function.get("arguments") or ""
+                entry[2] = function.get("arguments") or ""
             finish = choice.get("finish_reason")
             if finish is not None:
                 self.finished = True

@@ -30,7 +30,7 @@ def _encoding(name: str) -> Any:
         with _lock:
             enc = _encodings.get(name)
             if enc is None:
-                import bpe_openai
+                import bpe_openai  # type: ignore[import-untyped]
 
                 enc = _encodings[name] = bpe_openai.get_encoding(name)
     return enc
