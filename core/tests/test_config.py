@@ -1,0 +1,97 @@
+"""Configuration from dicts, TOML and the environment, with errors that name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from llmproxy import ConfigError, LLMBudget, Proxy, RequestsPerMinute
+from llmproxy.config import ProxyConfig, RetryConfig, load_config
+
+
+def test_defaults() -> None:
+    config = load_config()
+    assert config == ProxyConfig()
+    assert config.default_model == "openai/gpt-5.4-mini"
+    assert config.retry == RetryConfig()
+
+
+def test_unknown_key_names_its_path() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config({"retry": {"max_attempts": 3, "bogus": 1}})
+    assert "bogus" in str(info.value)
+    assert "$.retry" in str(info.value)
+
+
+def test_wrong_type_names_key_and_expected_type() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config({"retry": {"max_attempts": "three"}})
+    message = str(info.value)
+    assert "$.retry.max_attempts" in message and "int" in message
+
+
+def test_validator_message_is_kept() -> None:
+    with pytest.raises(ConfigError, match="max_attempts must be greater than 0"):
+        load_config({"retry": {"max_attempts": 0}})
+
+
+def test_toml_then_env_then_code(tmp_path: Path) -> None:
+    path = tmp_path / "llmproxy.toml"
+    path.write_text(
+        'default_model = "openai/from-file"\n'
+        'history_url = "sqlite:///file.db"\n'
+        "[retry]\nmax_attempts = 7\n"
+        '[aliases]\nfast = "openai/gpt-5.4-nano"\n'
+        '[[budgets]]\nkind = "tokens"\nmax_tokens = 500\nscope = "user"\n'
+    )
+    env = {"LLMPROXY_CONFIG": str(path), "LLMPROXY_DEFAULT_MODEL": "openai/from-env"}
+    config = load_config({"history_url": "memory://"}, environ=env)
+    assert config.default_model == "openai/from-env"  # env beats the file
+    assert config.history_url == "memory://"  # code beats both
+    assert config.retry.max_attempts == 7
+    assert config.aliases == {"fast": "openai/gpt-5.4-nano"}
+    proxy = Proxy(config, environ={})
+    assert proxy.policies == [LLMBudget(max_tokens=500, scope="user")]
+
+
+def test_bad_toml_and_missing_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("default_model = \n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(path=bad)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(path=tmp_path / "none.toml")
+
+
+def test_env_budgets_and_bad_numbers() -> None:
+    config = load_config(
+        environ={"LLMPROXY_MAX_TOKENS": "1_000", "LLMPROXY_REQUESTS_PER_MINUTE": "30"}
+    )
+    proxy = Proxy(config, environ={})
+    assert proxy.policies == [LLMBudget(max_tokens=1000), RequestsPerMinute(limit=30)]
+    with pytest.raises(ConfigError, match="LLMPROXY_MAX_TOKENS must be a whole number"):
+        load_config(environ={"LLMPROXY_MAX_TOKENS": "lots"})
+    with pytest.raises(ConfigError, match="must not be negative"):
+        load_config(environ={"LLMPROXY_MAX_TOKENS": "-1"})
+
+
+def test_unknown_budget_kind_and_bad_policy_fields() -> None:
+    with pytest.raises(ConfigError, match=r"budgets\[0\].kind 'dollars'"):
+        Proxy({"budgets": [{"kind": "dollars", "limit": 5}]}, environ={})
+    with pytest.raises(ConfigError, match="scope must be one of"):
+        Proxy({"budgets": [{"kind": "tokens", "max_tokens": 5, "scope": "planet"}]}, environ={})
+    with pytest.raises(ConfigError, match="extra fields"):
+        Proxy({"budgets": [{"kind": "tokens", "max_tokens": 5, "color": "red"}]}, environ={})
+
+
+def test_budget_names_default_from_kind_limit_scope() -> None:
+    assert LLMBudget(max_tokens=10).name == "tokens-10-global"
+    assert LLMBudget(max_tokens=10, scope="user").name == "tokens-10-user"
+    assert LLMBudget(max_tokens=10, name="team-a").name == "team-a"
+    assert RequestsPerMinute(limit=5).name == "rpm-5-global"
+
+
+def test_budgets_must_be_policies() -> None:
+    with pytest.raises(ConfigError, match="budgets must hold budget policies"):
+        Proxy(environ={}, budgets=[1000])  # type: ignore[list-item]
