@@ -10,6 +10,7 @@ Extra arguments after `test` go to pytest (python3 scripts/dev.py test -k budget
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -52,8 +53,27 @@ def install() -> None:
     )
 
 
+def ensure_redis_server() -> None:
+    """Install Debian's redis-server when absent; the Redis tests start their own on loopback."""
+    if shutil.which("redis-server"):
+        return
+    apt = shutil.which("apt-get")
+    if apt is None or not hasattr(os, "geteuid") or os.geteuid() != 0:
+        sys.exit("the Redis tests need redis-server: apt-get install redis-server (Debian)")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    print("+ apt-get install redis-server", flush=True)
+    subprocess.run([apt, "update", "-qq"], check=True, env=env, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [apt, "install", "-y", "-qq", "redis-server"],
+        check=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
+
+
 def test(pytest_args: list[str]) -> int:
     install()
+    ensure_redis_server()
     env_note = "CI" if os.environ.get("CI") else "local"
     print(f"+ running checks ({env_note})", flush=True)
     src = [str(m / "src") for m in members()]
