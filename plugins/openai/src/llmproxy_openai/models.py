@@ -26,7 +26,7 @@ _OUTPUT_LIMITS: tuple[tuple[str, int], ...] = (
 )
 _BY_LENGTH = sorted(_OUTPUT_LIMITS, key=lambda item: -len(item[0]))
 
-_CL100K_PREFIXES = ("gpt-4-", "gpt-3.5")
+_CL100K_PREFIXES = ("gpt-4-", "gpt-3.5", "gpt-35")  # gpt-35-*: Azure deployment names
 _O200K_PREFIXES = ("gpt-", "o1", "o3", "o4", "chatgpt-", "codex-")
 
 

@@ -371,6 +371,10 @@ class _SSEReader:
         payload = line[5:].strip()
         if payload == "[DONE]":
             self.done = True
+            if self.calls and not self.finished:
+                # Some gateways end with [DONE] and no finish_reason: still deliver the calls.
+                self.finished = True
+                return Chunk(tool_calls=self._tool_calls(), finish_reason="tool_calls")
             return None
         try:
             data = json.loads(payload)
@@ -406,14 +410,12 @@ class _SSEReader:
                 entry[0] = part.get("id") or entry[0]
                 function = part.get("function") or {}
                 entry[1] += function.get("name") or ""
-                entry[2] = function.get("arguments") or ""
+                entry[2] += function.get("arguments") or ""
             finish = choice.get("finish_reason")
             if finish is not None:
                 self.finished = True
                 if self.calls:
-                    calls = tuple(
-                        ToolCall(i, n, a or "{}") for _, (i, n, a) in sorted(self.calls.items())
-                    )
+                    calls = self._tool_calls()
         return Chunk(
             text,
             reasoning,
@@ -423,6 +425,9 @@ class _SSEReader:
             calls,
             data.get("id"),
         )
+
+    def _tool_calls(self) -> tuple[ToolCall, ...]:
+        return tuple(ToolCall(i, n, a or "{}") for _, (i, n, a) in sorted(self.calls.items()))
 
     def check_complete(self) -> None:
         if not self.done and not self.finished:
