@@ -547,3 +547,21 @@ def test_provider_key_from_config_table(upstream: FakeOpenAI, tmp_path: Any) -> 
     )
     assert proxy.chat("x").text == "Echo: x"
     proxy.close()
+
+
+def test_usage_carries_cost_for_priced_models(make_proxy: MakeProxy, upstream: FakeOpenAI) -> None:
+    proxy = make_proxy()
+    upstream.enqueue(
+        Reply(
+            text="ok",
+            usage={
+                "prompt_tokens": 1000,
+                "completion_tokens": 100,
+                "prompt_tokens_details": {"cached_tokens": 400},
+            },
+        )
+    )
+    r = proxy.chat("x", model="openai/gpt-5.4-mini")
+    # 600 uncached x 0.75 + 400 cached x 0.075 + 100 output x 4.50, per million
+    assert r.usage.cost == pytest.approx((600 * 0.75 + 400 * 0.075 + 100 * 4.5) / 1e6)
+    assert proxy.chat("x", model="openai/unpriced-model").usage.cost is None

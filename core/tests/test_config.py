@@ -95,3 +95,23 @@ def test_budget_names_default_from_kind_limit_scope() -> None:
 def test_budgets_must_be_policies() -> None:
     with pytest.raises(ConfigError, match="budgets must hold budget policies"):
         Proxy(environ={}, budgets=[1000])  # type: ignore[list-item]
+
+
+def test_prices_from_plugins_and_config_overrides() -> None:
+    from llmproxy.pricing import Price
+    from llmproxy.types import Usage
+
+    proxy = Proxy(environ={})
+    assert proxy.prices.get("openai", "gpt-5.4-mini") == Price(0.75, 4.50, 0.075, "2026-06")
+    # dated snapshots match their family; a longer pattern beats a shorter one
+    assert proxy.prices.get("openai", "gpt-5.4-mini-2026-03-17") == Price(
+        0.75, 4.50, 0.075, "2026-06"
+    )
+    assert proxy.prices.get("openai", "gpt-5.4-2026-03-05") == Price(2.50, 15.00, 0.25, "2026-06")
+    assert proxy.prices.get("openai", "a-model-released-tomorrow") is None
+    custom = Proxy({"prices": {"openai/gpt-5.4-mini": {"input": 1.0, "output": 2.0}}}, environ={})
+    price = custom.prices.get("openai", "gpt-5.4-mini")
+    assert price is not None
+    assert price.cost(Usage(1_000_000, 500_000, 200_000)) == 2.0
+    with pytest.raises(ConfigError, match="non-negative"):
+        Proxy({"prices": {"openai/x": {"input": -1.0, "output": 2.0}}}, environ={})

@@ -39,6 +39,7 @@ from cattrs.v import format_exception
 
 from llmproxy import env as envvars
 from llmproxy.errors import ConfigError
+from llmproxy.pricing import Price
 
 DEFAULT_MODEL = "openai/gpt-5.4-mini"
 
@@ -79,6 +80,8 @@ class ProxyConfig:
     registered by a plugin (``tokens``, ``requests_per_minute``), built once plugins are loaded.
     ``history_url``/``ledger_url`` choose the stores by URL; None means the embedded SQLite
     files in the data dir. ``history_limit`` caps how many past messages are sent as context.
+    ``prices`` overrides the plugins' price table: ``{"openai/gpt-5.4-mini": {"input": 0.25,
+    "output": 2.0, "cached_input": 0.025}}`` in USD per million tokens.
     ``default_max_output_tokens`` caps a call's output when the call sets no cap and a token
     budget applies.
     """
@@ -94,6 +97,7 @@ class ProxyConfig:
     retry: RetryConfig = attrs.Factory(RetryConfig)
     providers: dict[str, dict[str, Any]] = attrs.Factory(dict)
     budgets: list[dict[str, Any]] = attrs.Factory(list)
+    prices: dict[str, Price] = attrs.Factory(dict)
 
 
 converter = cattrs.Converter(forbid_extra_keys=True)

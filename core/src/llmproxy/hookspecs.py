@@ -25,6 +25,7 @@ if TYPE_CHECKING:
         RegisterHistoryStore,
         RegisterLedger,
         RegisterPolicy,
+        RegisterPrice,
         RegisterProvider,
         RegisterTool,
     )
@@ -71,6 +72,15 @@ def register_budget_policies(register: RegisterPolicy) -> None:
 
     The kind is the name configuration files use (``tokens``, ``requests_per_minute``); the
     class is built from the remaining keys of the configuration entry.
+    """
+
+
+@hookspec
+def register_prices(register: RegisterPrice) -> None:
+    """Register default model prices: ``register(name, price)``.
+
+    ``name`` is ``provider/model`` or a ``provider/prefix*`` pattern; ``price`` a
+    :class:`~llmproxy.pricing.Price` in USD per million tokens, with its ``as_of`` date.
     """
 
 

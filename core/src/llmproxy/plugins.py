@@ -114,6 +114,7 @@ class Plugins:
             ("register_ledgers", reg.ledger_register),
             ("register_budget_policies", reg.policy_register),
             ("register_tools", reg.tool_register),
+            ("register_prices", reg.price_register),
         ]
         for hook_name, make_register in hooks:
             caller: pluggy.HookCaller = getattr(self.pm.hook, hook_name)

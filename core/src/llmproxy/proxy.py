@@ -17,6 +17,8 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+import attrs
+
 from llmproxy import env as envvars
 from llmproxy.budget.base import Claim, ClaimUsage, Ledger, Reservation
 from llmproxy.budget.policy import BudgetPolicy, CallScope
@@ -282,6 +284,13 @@ class _Call:
             input_tokens, self.provider.count_text_tokens(text, self.model), estimated=True
         )
 
+    def priced(self, usage: Usage) -> Usage:
+        """Return ``usage`` with its USD cost, when the model is priced."""
+        price = self.proxy.prices.get(self.provider_name, self.model)
+        if price is None:
+            return usage
+        return attrs.evolve(usage, cost=price.cost(usage))
+
     def response(self, completion: Completion, usage: Usage) -> ChatResponse:
         return ChatResponse(
             completion.message.content,
@@ -410,6 +419,7 @@ class _StreamState:
         usage = self.usage
         if usage is None:
             usage = call.estimate_usage(message.content) if self.received else Usage()
+        usage = call.priced(usage)
         return Completion(
             message, usage, self.model or call.model, self.finish_reason, self.id
         ), usage
@@ -481,6 +491,7 @@ class Proxy:
             self._check_scheme(self._history_url, self.plugins.registry.history_stores, "history")
         if self._ledger is None and self._ledger_url:
             self._check_scheme(self._ledger_url, self.plugins.registry.ledgers, "ledger")
+        self.prices = self.plugins.registry.prices.merged(config.prices)
         self._observers = list(observers)
         self._notify_on = bool(self._observers) or self.plugins.observes
 
@@ -659,7 +670,7 @@ class Proxy:
         try:
             request = call.build_request()
             completion = self._attempts(call, request)
-            usage = completion.usage or call.estimate_usage(completion.message.content)
+            usage = call.priced(completion.usage or call.estimate_usage(completion.message.content))
         except BaseException as exc:
             self._failed(call, exc)
             raise
@@ -775,7 +786,7 @@ class Proxy:
         try:
             request = call.build_request()
             completion = await self._aattempts(call, request)
-            usage = completion.usage or call.estimate_usage(completion.message.content)
+            usage = call.priced(completion.usage or call.estimate_usage(completion.message.content))
         except BaseException as exc:
             await self._afailed(call, exc)
             raise

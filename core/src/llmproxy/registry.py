@@ -12,6 +12,7 @@ from attrs import frozen
 from llmproxy.budget.base import Ledger
 from llmproxy.errors import PluginError
 from llmproxy.history.base import HistoryStore
+from llmproxy.pricing import Price, PriceTable
 from llmproxy.provider import Provider
 from llmproxy.secret import Secret
 
@@ -75,6 +76,13 @@ class RegisterPolicy(Protocol):
         """Register a budget policy class under the kind configuration files use."""
 
 
+class RegisterPrice(Protocol):
+    """The ``register`` function passed to ``register_prices``."""
+
+    def __call__(self, name: str, price: Price) -> None:
+        """Register the price of ``provider/model`` or a ``provider/prefix*`` pattern."""
+
+
 class RegisterTool(Protocol):
     """The ``register`` function passed to ``register_tools``."""
 
@@ -105,6 +113,7 @@ class Registry:
     ledgers: dict[str, LedgerFactory] = attrs.Factory(dict)
     policies: dict[str, type[Any]] = attrs.Factory(dict)
     tools: dict[str, Any] = attrs.Factory(dict)
+    prices: PriceTable = attrs.Factory(PriceTable)
     registered_by: dict[str, list[str]] = attrs.Factory(dict)
 
     def _note(self, plugin: str, what: str) -> None:
@@ -161,6 +170,20 @@ class Registry:
             _check_name(plugin, "budget policy kind", kind)
             self.policies[kind] = policy_class
             self._note(plugin, f"budget policy {kind}")
+
+        return register
+
+    def price_register(self, plugin: str) -> RegisterPrice:
+        """Return the ``register`` function handed to one plugin's ``register_prices``."""
+
+        def register(name: str, price: Price) -> None:
+            if not isinstance(price, Price):
+                raise PluginError(
+                    f"plugin '{plugin}' registered price {name!r} that is not a Price",
+                    plugin=plugin,
+                )
+            self.prices.set(name, price)
+            self._note(plugin, f"price {name}")
 
         return register
 

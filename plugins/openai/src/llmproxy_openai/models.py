@@ -56,3 +56,24 @@ def encoding_name(model: str) -> str | None:
     if name.startswith(_O200K_PREFIXES):
         return "o200k_base"
     return None
+
+
+#: Standard (non-batch, under 270K context) prices in USD per 1M tokens:
+#: (input, cached input, output, as of). Snapshots match their family through the ``*`` patterns.
+PRICES: dict[str, tuple[float, float, float, str]] = {
+    "gpt-5.5*": (5.00, 0.50, 30.00, "2026-06"),
+    "gpt-5.4*": (2.50, 0.25, 15.00, "2026-06"),
+    "gpt-5.4-mini*": (0.75, 0.075, 4.50, "2026-06"),
+    "gpt-5.4-nano*": (0.20, 0.02, 1.25, "2026-06"),
+    "gpt-5.2*": (1.75, 0.175, 14.00, "2026-04"),
+    "gpt-5.1*": (1.25, 0.125, 10.00, "2026-04"),
+    "gpt-5": (1.25, 0.125, 10.00, "2025-08"),
+    "gpt-5-2025-08-07": (1.25, 0.125, 10.00, "2025-08"),
+    "gpt-5-mini*": (0.25, 0.025, 2.00, "2025-08"),
+    "gpt-5-nano*": (0.05, 0.005, 0.40, "2025-08"),
+    "gpt-4.1*": (2.00, 0.50, 8.00, "2025-04"),
+    "gpt-4.1-mini*": (0.40, 0.10, 1.60, "2025-04"),
+    "gpt-4.1-nano*": (0.10, 0.025, 0.40, "2025-04"),
+    "gpt-4o*": (2.50, 1.25, 10.00, "2024-11"),
+    "gpt-4o-mini*": (0.15, 0.075, 0.60, "2024-07"),
+}

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import llmproxy
-from llmproxy.registry import RegisterProvider
-from llmproxy_openai import env
+from llmproxy.pricing import Price
+from llmproxy.registry import RegisterPrice, RegisterProvider
+from llmproxy_openai import env, models
 from llmproxy_openai.provider import OpenAIProvider
 
 
@@ -17,3 +18,10 @@ def register_providers(register: RegisterProvider) -> None:
         description="OpenAI Chat Completions (official openai SDK)",
         env=(env.API_KEY, env.SEED_API_KEY, env.BASE_URL),
     )
+
+
+@llmproxy.hookimpl
+def register_prices(register: RegisterPrice) -> None:
+    """Register OpenAI's published prices (see ``models.PRICES`` for their dates)."""
+    for name, (input_price, cached, output, as_of) in models.PRICES.items():
+        register(f"openai/{name}", Price(input_price, output, cached, as_of))

@@ -1,0 +1,95 @@
+"""Prices of models, in USD per million tokens, and the cost of a call's usage.
+
+Provider plugins register default prices through the ``register_prices`` hook (each with the
+date the figures were taken from the provider's price page); the configuration's ``prices``
+table overrides them. A name ending in ``*`` matches every model that starts with it, so dated
+snapshots (``gpt-5.4-mini-2026-03-17``) share their family's price; an exact name wins over a
+pattern, and a longer pattern over a shorter one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from attrs import field, frozen
+
+from llmproxy.errors import ConfigError
+from llmproxy.types import Usage
+
+
+def _price(_i: object, a: object, v: Any) -> None:
+    if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0):
+        name = getattr(a, "name", "price")
+        raise ConfigError(f"{name} must be a non-negative number of USD per 1M tokens", path=name)
+
+
+@frozen
+class Price:
+    """USD per million tokens: input, cached input (default: the input price) and output.
+
+    >>> Price(input=0.25, output=2.0, cached_input=0.025).cost(Usage(1_000_000, 0, 400_000))
+    0.16
+    """
+
+    input: float = field(validator=_price)
+    output: float = field(validator=_price)
+    cached_input: float | None = field(default=None, validator=_price)
+    as_of: str = ""
+
+    def cost(self, usage: Usage) -> float:
+        """Return the USD cost of ``usage``; cached input tokens are billed at the cached price."""
+        cached = min(usage.cached_input_tokens, usage.input_tokens)
+        cached_price = self.input if self.cached_input is None else self.cached_input
+        total = (
+            (usage.input_tokens - cached) * self.input
+            + cached * cached_price
+            + usage.output_tokens * self.output
+        )
+        return round(total / 1_000_000, 10)
+
+
+class PriceTable:
+    """Prices by ``provider/model`` name or ``provider/prefix*`` pattern."""
+
+    def __init__(self, prices: Mapping[str, Price] | None = None) -> None:
+        self._exact: dict[str, Price] = {}
+        self._patterns: list[tuple[str, Price]] = []
+        for name, price in (prices or {}).items():
+            self.set(name, price)
+
+    def set(self, name: str, price: Price) -> None:
+        """Add or replace the price of a model name or ``prefix*`` pattern."""
+        if "/" not in name:
+            raise ConfigError(f"price name {name!r} must be provider/model", path=f"prices.{name}")
+        if name.endswith("*"):
+            prefix = name[:-1]
+            self._patterns = [(p, v) for p, v in self._patterns if p != prefix]
+            self._patterns.append((prefix, price))
+            self._patterns.sort(key=lambda item: -len(item[0]))
+        else:
+            self._exact[name] = price
+
+    def get(self, provider: str, model: str) -> Price | None:
+        """Return the price of ``provider/model``, or None when it is not priced."""
+        name = f"{provider}/{model}"
+        price = self._exact.get(name)
+        if price is not None:
+            return price
+        for prefix, pattern_price in self._patterns:
+            if name.startswith(prefix):
+                return pattern_price
+        return None
+
+    def merged(self, overrides: Mapping[str, Price]) -> PriceTable:
+        """Return a copy of this table with ``overrides`` set on top."""
+        table = PriceTable()
+        table._exact = dict(self._exact)
+        table._patterns = list(self._patterns)
+        for name, price in overrides.items():
+            table.set(name, price)
+        return table
+
+    def names(self) -> list[str]:
+        """Every priced name and pattern, sorted."""
+        return sorted([*self._exact, *(p + "*" for p, _ in self._patterns)])
