@@ -1,0 +1,307 @@
+"""A ledger in one SQLite file: budgets and rate limits shared by every process that opens it.
+
+Each :meth:`SQLiteLedger.reserve` and :meth:`SQLiteLedger.settle` is one ``BEGIN IMMEDIATE``
+transaction, so checks and holds are atomic across threads and processes. The file is in WAL
+mode with ``synchronous=NORMAL`` (see :mod:`llmproxy.history.sqlite`, whose connection handling
+it shares; a ledger and a history store may use the same file).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from functools import lru_cache
+from typing import Any, Final
+
+from llmproxy.budget.base import Claim, ClaimUsage, Reservation
+from llmproxy.budget.memory import (
+    SETTLED_GRACE,
+    admit,
+    amount_settled,
+    check_arguments,
+    check_settle,
+)
+from llmproxy.history.sqlite import _Database
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS ledger_keys (
+    key TEXT PRIMARY KEY NOT NULL,
+    used REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS ledger_events (
+    key TEXT NOT NULL,
+    ts REAL NOT NULL,
+    reservation TEXT NOT NULL,
+    amount REAL NOT NULL,
+    PRIMARY KEY (key, ts, reservation)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS ledger_holds (
+    key TEXT NOT NULL,
+    reservation TEXT NOT NULL,
+    amount REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    PRIMARY KEY (key, reservation)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS ledger_settled (
+    reservation TEXT PRIMARY KEY NOT NULL
+) WITHOUT ROWID;
+"""
+"""The tables, each one b-tree (a commit's cost grows with the pages it dirties).
+
+``ledger_keys.used`` is a key's all-time total, or for a windowed key the sum of its rows in
+``ledger_events`` (kept equal by every settle), so reading a window's use costs a lookup plus
+the few events that left it since the key was last settled, however many are in it.
+``ledger_events`` is clustered on ``(key, ts)``; ``ledger_holds`` (calls in flight, small) on
+``key``; ``ledger_settled`` holds ids of settled reservations, which start with their lease's
+end so that the oldest sort first and are pruned by a range delete.
+"""
+
+# ?1 key, ?2 now (holds live while expires_at > now), ?3 window start (events count while
+# ts > ?3; the ones at or before it have left the window but may not be deleted yet).
+_TOTAL_STATE: Final = (
+    "SELECT (SELECT used FROM ledger_keys WHERE key = ?1),"
+    " (SELECT total(amount) FROM ledger_holds WHERE key = ?1 AND expires_at > ?2)"
+)
+_WINDOW_STATE: Final = (
+    "SELECT coalesce((SELECT used FROM ledger_keys WHERE key = ?1), 0.0)"
+    " - (SELECT total(amount) FROM ledger_events WHERE key = ?1 AND ts <= ?3),"
+    " (SELECT total(amount) FROM ledger_holds WHERE key = ?1 AND expires_at > ?2)"
+)
+_OLDEST: Final = "SELECT min(ts) FROM ledger_events WHERE key = ? AND ts > ?"
+_EVENTS: Final = "SELECT ts, amount FROM ledger_events WHERE key = ? AND ts > ? ORDER BY ts"
+_PRUNE_HOLDS: Final = "DELETE FROM ledger_holds WHERE expires_at <= ?"
+_MARK_SETTLED: Final = "INSERT OR IGNORE INTO ledger_settled (reservation) VALUES (?)"
+_DROP_HOLD: Final = "DELETE FROM ledger_holds WHERE key = ? AND reservation = ?"
+_ADD_USED: Final = (
+    "INSERT INTO ledger_keys (key, used) VALUES (?, ?)"
+    " ON CONFLICT (key) DO UPDATE SET used = used + excluded.used"
+)
+_LEFT_WINDOW: Final = "SELECT count(*), total(amount) FROM ledger_events WHERE key = ? AND ts <= ?"
+_PRUNE_EVENTS: Final = "DELETE FROM ledger_events WHERE key = ? AND ts <= ?"
+_ADD_EVENT: Final = "INSERT INTO ledger_events (key, ts, reservation, amount) VALUES (?, ?, ?, ?)"
+_PRUNE_SETTLED: Final = "DELETE FROM ledger_settled WHERE reservation < ?"
+_PRUNE_EVERY: Final = 64
+"""Expired holds and old settled ids are deleted on every 64th reserve or settle of a process
+(every read ignores them meanwhile), to keep the usual transaction down to the pages it needs."""
+
+
+@lru_cache(maxsize=32)
+def _insert_holds_sql(rows: int) -> str:
+    values = ", ".join(["(?, ?, ?, ?)"] * rows)
+    return f"INSERT INTO ledger_holds (key, reservation, amount, expires_at) VALUES {values}"  # noqa: S608
+
+
+def _stamp(seconds: float) -> str:
+    """Twelve hex digits of milliseconds, so that ids sort by the time they start with."""
+    return format(min(max(int(seconds * 1000), 0), 0xFFFF_FFFF_FFFF), "012x")
+
+
+class SQLiteLedger:
+    """A :class:`~llmproxy.budget.base.Ledger` in an SQLite file, atomic across processes.
+
+    Same semantics as :class:`~llmproxy.budget.memory.MemoryLedger` (they share
+    :func:`~llmproxy.budget.memory.admit`). ``clock`` gives the time in seconds and must agree
+    between the processes sharing the file (the wall clock does); ``timeout`` is how long a call
+    waits for another process's transaction. Failures raise
+    :class:`~llmproxy.errors.StoreError` naming the file and what to do. A key must always be
+    claimed with the same unit and window.
+
+    Expired holds are ignored by every read and deleted now and then by :meth:`reserve`;
+    events that left their window are deleted when their key is next settled. Settling a
+    reservation again is a no-op until :data:`~llmproxy.budget.memory.SETTLED_GRACE` seconds
+    after its lease's end, when its id is forgotten.
+
+    The async methods run the sync ones inline: a reserve or settle costs tens of
+    microseconds, less than a hop to a thread, unless another process holds the write lock
+    (up to ``timeout``).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        clock: Callable[[], float] = time.time,
+        timeout: float = 5.0,
+    ) -> None:
+        self._clock = clock
+        self._db = _Database(path, timeout=timeout, kind="ledger", schema=_SCHEMA)
+        self._reserves = 0
+        self._settles = 0
+
+    @property
+    def path(self) -> str:
+        """The database file."""
+        return self._db.path
+
+    def reserve(
+        self,
+        claims: Sequence[Claim],
+        *,
+        input_tokens: int,
+        max_output_tokens: int,
+        min_output_tokens: int = 1,
+        lease: float = 600.0,
+    ) -> Reservation:
+        """Hold room on every claim atomically or raise (see the Ledger protocol)."""
+        claims = check_arguments(claims, input_tokens, max_output_tokens, min_output_tokens, lease)
+        suffix = uuid.uuid4().hex[:20]
+        db = self._db
+        with db.lock:
+            try:
+                conn = db.connection()
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    now = self._clock()
+                    self._reserves += 1
+                    if self._reserves % _PRUNE_EVERY == 1:
+                        conn.execute(_PRUNE_HOLDS, (now,))
+                    used: list[float] = []
+                    reserved: list[float] = []
+                    for claim in claims:
+                        if claim.window is None:
+                            row = conn.execute(_TOTAL_STATE, (claim.key, now)).fetchone()
+                        else:
+                            row = conn.execute(
+                                _WINDOW_STATE, (claim.key, now, now - claim.window)
+                            ).fetchone()
+                        used.append(row[0] or 0.0)
+                        reserved.append(row[1])
+                    grant, amounts = admit(
+                        claims,
+                        used,
+                        reserved,
+                        lambda index: self._events(conn, claims[index], now),
+                        now=now,
+                        input_tokens=input_tokens,
+                        max_output_tokens=max_output_tokens,
+                        min_output_tokens=min_output_tokens,
+                    )
+                    expires_at = now + lease
+                    reservation_id = _stamp(expires_at) + suffix
+                    if claims:
+                        params: list[Any] = []
+                        for claim, amount in zip(claims, amounts, strict=True):
+                            params += (claim.key, reservation_id, amount, expires_at)
+                        conn.execute(_insert_holds_sql(len(claims)), params)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise db.error(exc) from exc
+        return Reservation(reservation_id, tuple(claims), amounts, grant, input_tokens, expires_at)
+
+    def settle(self, reservation: Reservation, *, tokens: int, requests: int = 1) -> None:
+        """Record ``tokens`` and ``requests`` really used and drop the hold; a repeat is a no-op."""
+        check_settle(tokens, requests)
+        reservation_id = reservation.id
+        db = self._db
+        with db.lock:
+            try:
+                conn = db.connection()
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    if not conn.execute(_MARK_SETTLED, (reservation_id,)).rowcount:
+                        conn.execute("ROLLBACK")
+                        return
+                    now = self._clock()
+                    conn.executemany(
+                        _DROP_HOLD, [(claim.key, reservation_id) for claim in reservation.claims]
+                    )
+                    for claim in reservation.claims:
+                        amount = amount_settled(claim, tokens, requests)
+                        if claim.window is None:
+                            if amount:
+                                conn.execute(_ADD_USED, (claim.key, amount))
+                            continue
+                        # Delete what left the window and keep ledger_keys.used equal to the
+                        # sum of the key's events.
+                        start = now - claim.window
+                        left, left_amount = conn.execute(
+                            _LEFT_WINDOW, (claim.key, start)
+                        ).fetchone()
+                        if left:
+                            conn.execute(_PRUNE_EVENTS, (claim.key, start))
+                        if amount:
+                            conn.execute(_ADD_EVENT, (claim.key, now, reservation_id, amount))
+                        if amount or left:
+                            conn.execute(_ADD_USED, (claim.key, amount - left_amount))
+                    self._settles += 1
+                    if self._settles % _PRUNE_EVERY == 1:
+                        conn.execute(_PRUNE_SETTLED, (_stamp(now - SETTLED_GRACE),))
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise db.error(exc) from exc
+
+    def usage(self, claims: Sequence[Claim]) -> list[ClaimUsage]:
+        """Return the state of each claim, read in one snapshot."""
+        result: list[ClaimUsage] = []
+        db = self._db
+        with db.lock:
+            try:
+                conn = db.connection()
+                conn.execute("BEGIN")
+                try:
+                    now = self._clock()
+                    for claim in claims:
+                        resets_at = None
+                        if claim.window is None:
+                            used, reserved = conn.execute(_TOTAL_STATE, (claim.key, now)).fetchone()
+                        else:
+                            start = now - claim.window
+                            used, reserved = conn.execute(
+                                _WINDOW_STATE, (claim.key, now, start)
+                            ).fetchone()
+                            (oldest,) = conn.execute(_OLDEST, (claim.key, start)).fetchone()
+                            if oldest is not None:
+                                resets_at = oldest + claim.window
+                        result.append(ClaimUsage(claim, used or 0.0, reserved, resets_at))
+                finally:
+                    conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise db.error(exc) from exc
+        return result
+
+    def close(self) -> None:
+        """Close the connection; later calls raise StoreError."""
+        self._db.close()
+
+    async def areserve(
+        self,
+        claims: Sequence[Claim],
+        *,
+        input_tokens: int,
+        max_output_tokens: int,
+        min_output_tokens: int = 1,
+        lease: float = 600.0,
+    ) -> Reservation:
+        """Async :meth:`reserve` (runs inline; see the class docstring)."""
+        return self.reserve(
+            claims,
+            input_tokens=input_tokens,
+            max_output_tokens=max_output_tokens,
+            min_output_tokens=min_output_tokens,
+            lease=lease,
+        )
+
+    async def asettle(self, reservation: Reservation, *, tokens: int, requests: int = 1) -> None:
+        """Async :meth:`settle` (runs inline; see the class docstring)."""
+        self.settle(reservation, tokens=tokens, requests=requests)
+
+    async def ausage(self, claims: Sequence[Claim]) -> list[ClaimUsage]:
+        """Async :meth:`usage` (runs inline; see the class docstring)."""
+        return self.usage(claims)
+
+    @staticmethod
+    def _events(conn: sqlite3.Connection, claim: Claim, now: float) -> list[tuple[float, float]]:
+        if claim.window is None:
+            return []
+        return conn.execute(_EVENTS, (claim.key, now - claim.window)).fetchall()

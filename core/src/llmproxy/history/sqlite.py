@@ -1,0 +1,389 @@
+"""The embedded default history store: one SQLite file shared by threads and processes.
+
+The file is in WAL mode with ``synchronous=NORMAL``: readers never block the writer, a commit
+costs no fsync (a power loss may drop the last few commits, never corrupt the file), and
+several processes may use the same file at once. WAL needs a local disk: do not put the file
+on a network share.
+
+The helpers :class:`_Database` and :data:`SCHEMA_VERSION` are also used by
+:mod:`llmproxy.budget.sqlite`, so a history store and a ledger may share one file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import weakref
+from collections.abc import Sequence
+from functools import lru_cache
+from typing import Any, Final
+
+from llmproxy.errors import InvalidRequest, LLMProxyError, StoreError
+from llmproxy.history.base import HistoryRecord, SessionInfo
+from llmproxy.types import Message, ToolCall
+
+SCHEMA_VERSION: Final = 1
+"""The version of llmproxy's SQLite schema, kept in ``PRAGMA user_version``."""
+
+_OPEN: weakref.WeakSet[_Database] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # A connection must not cross a fork (SQLite's locks are per process), and a lock held by
+    # another thread at fork time would stay held forever. Give every database in the child a
+    # new lock and let it open a new connection on first use. The inherited connection is kept
+    # (never used, never closed) because closing it could disturb the parent's file locks.
+    for database in list(_OPEN):
+        database.lock = threading.Lock()
+        if database.conn is not None:
+            database.abandoned.append(database.conn)
+            database.conn = None
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class _Database:
+    """One SQLite connection shared by threads under :attr:`lock`; reopened in a forked child.
+
+    Callers hold :attr:`lock`, take :meth:`connection` and map ``sqlite3.Error`` with
+    :meth:`error`. The connection is in autocommit mode: a single statement is its own
+    transaction and callers open ``BEGIN IMMEDIATE`` themselves for several.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, timeout: float, kind: str, schema: str
+    ) -> None:
+        self.path = os.fspath(path)
+        self.timeout = timeout
+        self.kind = kind
+        self.lock = threading.Lock()
+        self.conn: sqlite3.Connection | None = None
+        self.abandoned: list[sqlite3.Connection] = []
+        self.closed = False
+        self._schema = schema
+        self.conn = self._open()
+        _OPEN.add(self)
+
+    def connection(self) -> sqlite3.Connection:
+        """Return the connection, opening a new one in a forked child; the caller holds the lock."""
+        conn = self.conn
+        if conn is None:
+            if self.closed:
+                raise StoreError(f"{self.kind} {self.path} is closed; create a new one to use it")
+            conn = self.conn = self._open()
+        return conn
+
+    def error(self, exc: BaseException) -> StoreError:
+        """Build the StoreError for a failure: the file, what happened and what to do."""
+        text = str(exc) or type(exc).__name__
+        lower = text.lower()
+        if "locked" in lower or "busy" in lower:
+            hint = (
+                f"another connection kept the file locked for more than {self.timeout:g}s;"
+                " retry, or open the store with a larger timeout"
+            )
+        elif "closed" in lower:
+            hint = "the store was closed; create a new one"
+        elif "not a database" in lower or "malformed" in lower or "corrupt" in lower:
+            hint = "the file is not a usable SQLite database; move it aside or use another path"
+        elif "full" in lower:
+            hint = "the disk is full; free some space"
+        elif "readonly" in lower or "read-only" in lower or "permission" in lower:
+            hint = "make the file and its directory writable by this process"
+        elif "unable to open" in lower or "i/o" in lower or "no such file" in lower:
+            hint = (
+                "check that the directory exists and is writable, and that the file is on a"
+                " local disk (WAL mode does not work on network shares)"
+            )
+        else:
+            hint = "check that the file is a writable SQLite database on a local disk"
+        return StoreError(f"{self.kind} {self.path}: {text}; {hint}")
+
+    def close(self) -> None:
+        """Close the connection; later calls raise StoreError."""
+        with self.lock:
+            self.closed = True
+            conn, self.conn = self.conn, None
+            if conn is not None:
+                try:
+                    conn.close()
+                except sqlite3.Error as exc:
+                    raise self.error(exc) from exc
+
+    def _open(self) -> sqlite3.Connection:
+        in_memory = self.path == ":memory:" or self.path.startswith("file:")
+        if not in_memory:
+            try:
+                os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+            except OSError as exc:
+                raise StoreError(
+                    f"{self.kind} {self.path}: cannot create its directory ({exc});"
+                    " choose a path in a writable directory"
+                ) from exc
+        try:
+            conn = sqlite3.connect(
+                self.path,
+                timeout=self.timeout,
+                isolation_level=None,
+                check_same_thread=False,
+                uri=self.path.startswith("file:"),
+            )
+        except sqlite3.Error as exc:
+            raise self.error(exc) from exc
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            (version,) = conn.execute("PRAGMA user_version").fetchone()
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.kind} {self.path}: the file has schema version {version} but this"
+                    f" llmproxy knows version {SCHEMA_VERSION};"
+                    " upgrade llmproxy or use another path"
+                )
+            # Idempotent, and run on every open so that a history store and a ledger can share
+            # one file: each creates its own tables whatever the other did first.
+            conn.executescript(
+                f"BEGIN IMMEDIATE; {self._schema} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+            )
+        except sqlite3.Error as exc:
+            conn.close()
+            raise self.error(exc) from exc
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+
+# ``id`` is the rowid: a new row gets the largest id plus one, so ids follow append order
+# within every session (even after deletes). AUTOINCREMENT would add a write per append.
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS history (
+    id INTEGER PRIMARY KEY,
+    session_id TEXT NOT NULL,
+    role TEXT NOT NULL,
+    content TEXT NOT NULL,
+    name TEXT,
+    tool_calls TEXT,
+    tool_call_id TEXT,
+    reasoning TEXT,
+    interrupted INTEGER NOT NULL DEFAULT 0,
+    model TEXT,
+    provider TEXT,
+    created_at REAL NOT NULL,
+    input_tokens INTEGER NOT NULL DEFAULT 0,
+    output_tokens INTEGER NOT NULL DEFAULT 0,
+    user TEXT
+);
+CREATE INDEX IF NOT EXISTS history_session ON history (session_id, id);
+"""
+
+_COLUMNS: Final = (
+    "role, content, name, tool_calls, tool_call_id, reasoning, interrupted,"
+    " model, provider, created_at, input_tokens, output_tokens, user"
+)
+_INSERT_ONE: Final = "(" + ", ".join("?" * 14) + ")"
+# SQL is built from the constants above only; values are always bound parameters.
+_LOAD_ALL: Final = f"SELECT {_COLUMNS} FROM history WHERE session_id = ? ORDER BY id"  # noqa: S608
+_LOAD_LAST: Final = f"SELECT {_COLUMNS} FROM history WHERE session_id = ? ORDER BY id DESC LIMIT ?"  # noqa: S608
+_SESSIONS: Final = (
+    "SELECT session_id, count(*), min(created_at), max(created_at) FROM history"
+    " GROUP BY session_id ORDER BY max(created_at) DESC, max(id) DESC"
+)
+_DELETE: Final = "DELETE FROM history WHERE session_id = ?"
+_MULTI_ROW_MAX: Final = 64
+"""Appends of up to this many records are one multi-row INSERT (one statement, one round trip)."""
+
+
+@lru_cache(maxsize=_MULTI_ROW_MAX)
+def _insert_sql(rows: int) -> str:
+    values = ", ".join([_INSERT_ONE] * rows)
+    return f"INSERT INTO history (session_id, {_COLUMNS}) VALUES {values}"  # noqa: S608
+
+
+def _tool_calls_json(calls: tuple[ToolCall, ...]) -> str | None:
+    if not calls:
+        return None
+    return json.dumps(
+        [{"id": call.id, "name": call.name, "arguments": call.arguments} for call in calls],
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+
+
+def _row_values(record: HistoryRecord) -> tuple[Any, ...]:
+    message = record.message
+    return (
+        record.session_id,
+        message.role,
+        message.content,
+        message.name,
+        _tool_calls_json(message.tool_calls),
+        message.tool_call_id,
+        message.reasoning,
+        1 if message.interrupted else 0,
+        record.model,
+        record.provider,
+        record.created_at,
+        record.input_tokens,
+        record.output_tokens,
+        record.user,
+    )
+
+
+def _records(session_id: str, rows: list[Any]) -> list[HistoryRecord]:
+    records = []
+    for (
+        role,
+        content,
+        name,
+        tool_calls,
+        tool_call_id,
+        reasoning,
+        interrupted,
+        model,
+        provider,
+        created_at,
+        input_tokens,
+        output_tokens,
+        user,
+    ) in rows:
+        calls = (
+            tuple(ToolCall(c["id"], c["name"], c["arguments"]) for c in json.loads(tool_calls))
+            if tool_calls
+            else ()
+        )
+        message = Message(role, content, name, calls, tool_call_id, reasoning, bool(interrupted))
+        records.append(
+            HistoryRecord(
+                session_id,
+                message,
+                model,
+                provider,
+                created_at,
+                input_tokens,
+                output_tokens,
+                user,
+            )
+        )
+    return records
+
+
+class SQLiteHistoryStore:
+    """History in one SQLite file, created with its directory on first use.
+
+    Safe for several threads (one connection under a lock) and several processes (SQLite's
+    file locks; ``timeout`` is how long a writer waits for another before failing). Every
+    failure is raised as :class:`~llmproxy.errors.StoreError` naming the file and what to do.
+
+    The async methods run the sync ones inline on the event loop rather than in a thread: a
+    load or append is a few tens of microseconds, well below the cost of a thread hop. The
+    exception is write contention from another process, when a call may wait up to
+    ``timeout`` seconds; WAL mode keeps that rare because readers never block writers.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, timeout: float = 5.0) -> None:
+        self._db = _Database(path, timeout=timeout, kind="history store", schema=_SCHEMA)
+
+    @property
+    def path(self) -> str:
+        """The database file."""
+        return self._db.path
+
+    def load(self, session_id: str, limit: int | None = None) -> list[HistoryRecord]:
+        """Return the last ``limit`` records of a session (all when None), oldest first."""
+        if limit is not None and limit <= 0:
+            if limit < 0:
+                raise InvalidRequest(
+                    f"history limit must be >= 0 or None, got {limit}", field="limit"
+                )
+            return []
+        db = self._db
+        with db.lock:
+            try:
+                conn = db.connection()
+                if limit is None:
+                    rows = conn.execute(_LOAD_ALL, (session_id,)).fetchall()
+                else:
+                    rows = conn.execute(_LOAD_LAST, (session_id, limit)).fetchall()
+            except sqlite3.Error as exc:
+                raise db.error(exc) from exc
+        if limit is not None:
+            rows.reverse()
+        try:
+            return _records(session_id, rows)
+        except (ValueError, TypeError, KeyError, LLMProxyError) as exc:
+            raise StoreError(
+                f"history store {db.path}: session {session_id!r} holds a malformed row ({exc});"
+                " the file was written by something other than llmproxy: delete the session"
+            ) from exc
+
+    def append(self, records: Sequence[HistoryRecord]) -> None:
+        """Append records atomically (one statement for up to 64 records, else one transaction)."""
+        if not records:
+            return
+        db = self._db
+        try:
+            if len(records) <= _MULTI_ROW_MAX:
+                params: list[Any] = []
+                for record in records:
+                    params.extend(_row_values(record))
+                sql = _insert_sql(len(records))
+                with db.lock:
+                    db.connection().execute(sql, params)
+            else:
+                rows = [_row_values(record) for record in records]
+                sql = _insert_sql(1)
+                with db.lock:
+                    conn = db.connection()
+                    conn.execute("BEGIN IMMEDIATE")
+                    try:
+                        conn.executemany(sql, rows)
+                        conn.execute("COMMIT")
+                    except BaseException:
+                        if conn.in_transaction:
+                            conn.execute("ROLLBACK")
+                        raise
+        except sqlite3.Error as exc:
+            raise db.error(exc) from exc
+
+    def sessions(self) -> list[SessionInfo]:
+        """List stored sessions, most recently updated first."""
+        db = self._db
+        with db.lock:
+            try:
+                rows = db.connection().execute(_SESSIONS).fetchall()
+            except sqlite3.Error as exc:
+                raise db.error(exc) from exc
+        return [SessionInfo(sid, count, first, last) for sid, count, first, last in rows]
+
+    def delete(self, session_id: str) -> int:
+        """Delete a session; return how many messages were removed."""
+        db = self._db
+        with db.lock:
+            try:
+                return db.connection().execute(_DELETE, (session_id,)).rowcount
+            except sqlite3.Error as exc:
+                raise db.error(exc) from exc
+
+    def close(self) -> None:
+        """Close the connection; the store is not used afterwards."""
+        self._db.close()
+
+    async def aload(self, session_id: str, limit: int | None = None) -> list[HistoryRecord]:
+        """Async :meth:`load` (runs inline; see the class docstring)."""
+        return self.load(session_id, limit)
+
+    async def aappend(self, records: Sequence[HistoryRecord]) -> None:
+        """Async :meth:`append` (runs inline; see the class docstring)."""
+        self.append(records)
+
+    async def asessions(self) -> list[SessionInfo]:
+        """Async :meth:`sessions` (runs inline; see the class docstring)."""
+        return self.sessions()
+
+    async def adelete(self, session_id: str) -> int:
+        """Async :meth:`delete` (runs inline; see the class docstring)."""
+        return self.delete(session_id)
