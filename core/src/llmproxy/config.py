@@ -82,6 +82,7 @@ class ProxyConfig:
     files in the data dir. ``history_limit`` caps how many past messages are sent as context.
     ``prices`` overrides the plugins' price table: ``{"openai/gpt-5.4-mini": {"input": 0.25,
     "output": 2.0, "cached_input": 0.025}}`` in USD per million tokens.
+    ``fallbacks`` maps a model to the models tried in turn when it fails with a retryable error.
     ``default_max_output_tokens`` caps a call's output when the call sets no cap and a token
     budget applies.
     """
@@ -98,6 +99,7 @@ class ProxyConfig:
     providers: dict[str, dict[str, Any]] = attrs.Factory(dict)
     budgets: list[dict[str, Any]] = attrs.Factory(list)
     prices: dict[str, Price] = attrs.Factory(dict)
+    fallbacks: dict[str, list[str]] = attrs.Factory(dict)
 
 
 converter = cattrs.Converter(forbid_extra_keys=True)

@@ -136,6 +136,7 @@ class _Call:
         "attempts",
         "claims",
         "extra",
+        "fallbacks",
         "history",
         "input_estimate",
         "max_output_tokens",
@@ -153,6 +154,7 @@ class _Call:
         "started_at",
         "system",
         "temperature",
+        "total_attempts",
         "use_history",
         "user",
     )
@@ -169,6 +171,7 @@ class _Call:
         temperature: float | None,
         use_history: bool | None,
         extra: dict[str, Any],
+        fallbacks: Sequence[str] | None = None,
     ) -> None:
         self.started = time.perf_counter()
         self.started_at = time.time()
@@ -200,16 +203,22 @@ class _Call:
         self.max_output_tokens = max_output_tokens
         self.temperature = temperature
         self.extra = extra
-        self.provider_name, self.model, self.provider = proxy._resolve(model)
+        self.fallbacks = proxy._fallbacks_for(model, fallbacks)
+        self.total_attempts = 0
+        self._target(proxy._resolve(model))
         self.use_history = (proxy.config.use_history if use_history is None else use_history) and (
             session_id is not None
         )
         self.history: list[Message] = []
+
+    def _target(self, resolved: tuple[str, str, Provider]) -> None:
+        """Aim the call at one model: its provider, the claims its policies make, a fresh count."""
+        self.provider_name, self.model, self.provider = resolved
         self.scope = CallScope(
-            f"{self.provider_name}/{self.model}", self.provider_name, user, session_id
+            f"{self.provider_name}/{self.model}", self.provider_name, self.user, self.session_id
         )
         claims: list[Claim] = []
-        for policy in proxy.policies:
+        for policy in self.proxy.policies:
             claim = policy.claim(self.scope)
             if claim is not None:
                 claims.append(claim)
@@ -219,6 +228,33 @@ class _Call:
         self.attempts = 0
         self.settled = False
         self.request: ChatRequest | None = None
+
+    def advance(self, error: BaseException) -> bool:
+        """After ``error`` on this model (retries spent), aim at the next fallback model.
+
+        Only retryable failures (429, 5xx, timeouts, connection errors) fall back; a fallback
+        whose provider cannot be set up (no key) is skipped. Returns False when none is left.
+        The caller must have settled this model's reservation first.
+        """
+        if not isinstance(error, ProviderError) or not error.retryable:
+            return False
+        while self.fallbacks:
+            name = self.fallbacks.pop(0)
+            try:
+                resolved = self.proxy._resolve(name)
+            except LLMProxyError as exc:
+                log.warning("skipping fallback %s: %s", name, exc)
+                continue
+            log.warning(
+                "falling back from %s/%s to %s after: %s",
+                self.provider_name,
+                self.model,
+                name,
+                error,
+            )
+            self._target(resolved)
+            return True
+        return False
 
     # -- planning --------------------------------------------------------------------------------
 
@@ -352,7 +388,7 @@ class _Call:
             self.user,
             outcome,
             error,
-            self.attempts,
+            self.total_attempts,
             streamed,
             self.started_at,
         )
@@ -437,7 +473,10 @@ class Proxy:
     (the seed's :class:`~llmproxy.LLMMessageHandler`) wins over ``history``. ``providers`` maps a
     provider name to a ready provider object, bypassing its plugin. ``observers`` are called with
     the one :class:`~llmproxy.types.CallEvent` of every call. ``environ`` is what providers read
-    their keys from (``os.environ`` by default).
+    their keys from (``os.environ`` by default). ``fallbacks`` maps a model to the models tried
+    in turn when it fails with a retryable error after its retries (429, 5xx, timeout,
+    connection); a call's own ``fallbacks=[...]`` wins. Each model's reservation is settled
+    before the next is tried, and the response names the model that answered.
     """
 
     def __init__(
@@ -452,6 +491,7 @@ class Proxy:
         plugins: Plugins | None = None,
         observers: Iterable[Observer] = (),
         environ: Mapping[str, str] | None = None,
+        fallbacks: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         self.environ: Mapping[str, str] = os.environ if environ is None else environ
         if config is None:
@@ -492,6 +532,15 @@ class Proxy:
         if self._ledger is None and self._ledger_url:
             self._check_scheme(self._ledger_url, self.plugins.registry.ledgers, "ledger")
         self.prices = self.plugins.registry.prices.merged(config.prices)
+        self.fallbacks: dict[str, list[str]] = {}
+        tables: list[Mapping[str, Any]] = [config.fallbacks, fallbacks or {}]
+        for table in tables:
+            for name, chain in table.items():
+                if isinstance(chain, str) or not all(isinstance(m, str) for m in chain):
+                    raise ConfigError(
+                        f"fallbacks[{name!r}] must be a list of model names", path="fallbacks"
+                    )
+                self.fallbacks[name] = list(chain)
         self._observers = list(observers)
         self._notify_on = bool(self._observers) or self.plugins.observes
 
@@ -563,6 +612,20 @@ class Proxy:
                     self._ledger = factory(url)
                 ledger = self._ledger
         return ledger
+
+    def _fallbacks_for(self, model: str | None, per_call: Sequence[str] | None) -> list[str]:
+        """The models to try, in order, when ``model`` fails with a retryable error."""
+        if per_call is not None:
+            if isinstance(per_call, str):
+                raise InvalidRequest("fallbacks must be a list of model names", field="fallbacks")
+            return list(per_call)
+        if not self.fallbacks:
+            return []
+        name = model or self.config.default_model
+        chain = self.fallbacks.get(name)
+        if chain is None:
+            chain = self.fallbacks.get(self.config.aliases.get(name, name), [])
+        return list(chain)
 
     def _resolve(self, model: str | None) -> tuple[str, str, Provider]:
         name = model or self.config.default_model
@@ -637,6 +700,7 @@ class Proxy:
         max_output_tokens: int | None = None,
         temperature: float | None = None,
         use_history: bool | None = None,
+        fallbacks: Sequence[str] | None = None,
         **extra: Any,
     ) -> ChatResponse:
         """Send ``prompt`` and return the whole answer.
@@ -661,19 +725,28 @@ class Proxy:
             temperature,
             use_history,
             extra,
+            fallbacks,
         )
         if call.use_history:
             call.set_history(self.history.load(call.session_id or "", self.config.history_limit))
-        args = call.reserve_args()
-        if args is not None:
-            call.reservation = self.ledger.reserve(call.claims, **args)
-        try:
-            request = call.build_request()
-            completion = self._attempts(call, request)
-            usage = call.priced(completion.usage or call.estimate_usage(completion.message.content))
-        except BaseException as exc:
-            self._failed(call, exc)
-            raise
+        while True:
+            args = call.reserve_args()
+            if args is not None:
+                call.reservation = self.ledger.reserve(call.claims, **args)
+            try:
+                request = call.build_request()
+                completion = self._attempts(call, request)
+                usage = call.priced(
+                    completion.usage or call.estimate_usage(completion.message.content)
+                )
+                break
+            except BaseException as exc:
+                self._release(call)
+                if call.advance(exc):
+                    continue
+                if self._notify_on:
+                    self._notify(call.event(Usage(), "error", exc, False, call.model))
+                raise
         settle = call.settle_args(usage)
         if settle is not None and call.reservation is not None:
             self.ledger.settle(call.reservation, **settle)
@@ -688,6 +761,7 @@ class Proxy:
     def _attempts(self, call: _Call, request: ChatRequest) -> Completion:
         while True:
             call.attempts += 1
+            call.total_attempts += 1
             try:
                 return call.provider.chat(request)
             except ProviderError as exc:
@@ -699,15 +773,14 @@ class Proxy:
                 )
                 time.sleep(delay)
 
-    def _failed(self, call: _Call, exc: BaseException) -> None:
+    def _release(self, call: _Call) -> None:
+        """Settle a failed model's reservation: no tokens, its attempts as requests."""
         settle = call.settle_args(None)
         if settle is not None and call.reservation is not None:
             try:
                 self.ledger.settle(call.reservation, **settle)
             except LLMProxyError:
                 log.exception("could not release the reservation of a failed call")
-        if self._notify_on:
-            self._notify(call.event(Usage(), "error", exc, False, call.model))
 
     def stream(
         self,
@@ -720,6 +793,7 @@ class Proxy:
         max_output_tokens: int | None = None,
         temperature: float | None = None,
         use_history: bool | None = None,
+        fallbacks: Sequence[str] | None = None,
         **extra: Any,
     ) -> ChatStream:
         """Send ``prompt`` and iterate over the answer as it arrives (arguments as :meth:`chat`).
@@ -740,6 +814,7 @@ class Proxy:
             temperature,
             use_history,
             extra,
+            fallbacks,
         )
         if call.use_history:
             call.set_history(self.history.load(call.session_id or "", self.config.history_limit))
@@ -761,6 +836,7 @@ class Proxy:
         max_output_tokens: int | None = None,
         temperature: float | None = None,
         use_history: bool | None = None,
+        fallbacks: Sequence[str] | None = None,
         **extra: Any,
     ) -> ChatResponse:
         """Async :meth:`chat`."""
@@ -775,21 +851,30 @@ class Proxy:
             temperature,
             use_history,
             extra,
+            fallbacks,
         )
         if call.use_history:
             call.set_history(
                 await self.history.aload(call.session_id or "", self.config.history_limit)
             )
-        args = call.reserve_args()
-        if args is not None:
-            call.reservation = await self.ledger.areserve(call.claims, **args)
-        try:
-            request = call.build_request()
-            completion = await self._aattempts(call, request)
-            usage = call.priced(completion.usage or call.estimate_usage(completion.message.content))
-        except BaseException as exc:
-            await self._afailed(call, exc)
-            raise
+        while True:
+            args = call.reserve_args()
+            if args is not None:
+                call.reservation = await self.ledger.areserve(call.claims, **args)
+            try:
+                request = call.build_request()
+                completion = await self._aattempts(call, request)
+                usage = call.priced(
+                    completion.usage or call.estimate_usage(completion.message.content)
+                )
+                break
+            except BaseException as exc:
+                await self._arelease(call)
+                if call.advance(exc):
+                    continue
+                if self._notify_on:
+                    self._notify(call.event(Usage(), "error", exc, False, call.model))
+                raise
         settle = call.settle_args(usage)
         if settle is not None and call.reservation is not None:
             await self.ledger.asettle(call.reservation, **settle)
@@ -804,6 +889,7 @@ class Proxy:
     async def _aattempts(self, call: _Call, request: ChatRequest) -> Completion:
         while True:
             call.attempts += 1
+            call.total_attempts += 1
             try:
                 return await call.provider.achat(request)
             except ProviderError as exc:
@@ -815,15 +901,14 @@ class Proxy:
                 )
                 await asyncio.sleep(delay)
 
-    async def _afailed(self, call: _Call, exc: BaseException) -> None:
+    async def _arelease(self, call: _Call) -> None:
+        """Async :meth:`_release`."""
         settle = call.settle_args(None)
         if settle is not None and call.reservation is not None:
             try:
                 await self.ledger.asettle(call.reservation, **settle)
             except LLMProxyError:
                 log.exception("could not release the reservation of a failed call")
-        if self._notify_on:
-            self._notify(call.event(Usage(), "error", exc, False, call.model))
 
     def astream(
         self,
@@ -836,6 +921,7 @@ class Proxy:
         max_output_tokens: int | None = None,
         temperature: float | None = None,
         use_history: bool | None = None,
+        fallbacks: Sequence[str] | None = None,
         **extra: Any,
     ) -> AsyncChatStream:
         """Async :meth:`stream`: ``async for ev in proxy.astream(...)``.
@@ -855,6 +941,7 @@ class Proxy:
             temperature,
             use_history,
             extra,
+            fallbacks,
         )
         return AsyncChatStream(self, call, None)
 
@@ -938,8 +1025,8 @@ class _StreamBase:
         """Mark the stream ended; return the final event and what to settle and store."""
         self._done = True
         call = self._call
-        if not self._state.received and error is not None:
-            # Nothing arrived: the call failed as a whole, like a failed chat() call.
+        if not self._state.delivered and error is not None:
+            # No text arrived: the call failed as a whole, like a failed chat() call.
             settle = call.settle_args(None)
             if self._proxy._notify_on:
                 self._proxy._notify(call.event(Usage(), "error", error, True, call.model))
@@ -992,6 +1079,7 @@ class ChatStream(_StreamBase):
         while True:
             if self._it is None:
                 call.attempts += 1
+                call.total_attempts += 1
                 self._it = iter(call.provider.stream(self._sync_request))
             try:
                 chunk = next(self._it)
@@ -1003,7 +1091,10 @@ class ChatStream(_StreamBase):
                 delay = self._retry_delay(exc)
                 if delay is not None:
                     self._close_iterator()
+                    self._state = _StreamState()
                     time.sleep(delay)
+                    continue
+                if not self._state.delivered and self._fallback(exc):
                     continue
                 error = self._interrupted_error(exc)
                 self._finish(True, error)
@@ -1013,6 +1104,26 @@ class ChatStream(_StreamBase):
             event = self._state.feed(chunk)
             if event is not None:
                 return event
+
+    def _fallback(self, exc: BaseException) -> bool:
+        """Before any text: release this model's hold and move to the next fallback, if any."""
+        call, proxy = self._call, self._proxy
+        self._close_iterator()
+        settle = call.settle_args(None)
+        if settle is not None and call.reservation is not None:
+            proxy.ledger.settle(call.reservation, **settle)
+        if not call.advance(exc):
+            return False
+        self._state = _StreamState()
+        args = call.reserve_args()
+        if args is not None:
+            try:
+                call.reservation = proxy.ledger.reserve(call.claims, **args)
+            except BaseException:
+                self._done = True
+                raise
+        self._sync_request = call.build_request()
+        return True
 
     def _close_iterator(self) -> None:
         it, self._it = self._it, None
@@ -1099,6 +1210,7 @@ class AsyncChatStream(_StreamBase):
         while True:
             if self._it is None:
                 call.attempts += 1
+                call.total_attempts += 1
                 self._it = aiter(call.provider.astream(request))
             try:
                 chunk = await anext(self._it)
@@ -1110,7 +1222,12 @@ class AsyncChatStream(_StreamBase):
                 delay = self._retry_delay(exc)
                 if delay is not None:
                     await self._close_iterator()
+                    self._state = _StreamState()
                     await asyncio.sleep(delay)
+                    continue
+                if not self._state.delivered and await self._fallback(exc):
+                    request = self._request
+                    assert request is not None
                     continue
                 error = self._interrupted_error(exc)
                 await self._close_iterator()
@@ -1121,6 +1238,26 @@ class AsyncChatStream(_StreamBase):
             event = self._state.feed(chunk)
             if event is not None:
                 return event
+
+    async def _fallback(self, exc: BaseException) -> bool:
+        """Async :meth:`ChatStream._fallback`."""
+        call, proxy = self._call, self._proxy
+        await self._close_iterator()
+        settle = call.settle_args(None)
+        if settle is not None and call.reservation is not None:
+            await proxy.ledger.asettle(call.reservation, **settle)
+        if not call.advance(exc):
+            return False
+        self._state = _StreamState()
+        args = call.reserve_args()
+        if args is not None:
+            try:
+                call.reservation = await proxy.ledger.areserve(call.claims, **args)
+            except BaseException:
+                self._done = True
+                raise
+        self._request = call.build_request()
+        return True
 
     async def _close_iterator(self) -> None:
         it, self._it = self._it, None
