@@ -6,6 +6,8 @@ plugins`` shows it and third-party plugins can replace a scheme.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from llmproxy import env
 from llmproxy.budget.base import Ledger
 from llmproxy.budget.policy import LLMBudget, RequestsPerMinute
@@ -15,28 +17,28 @@ from llmproxy.registry import RegisterHistoryStore, RegisterLedger, RegisterPoli
 from llmproxy.urls import sqlite_path
 
 
-def _memory_store(url: str) -> HistoryStore:
+def _memory_store(url: str, environ: Mapping[str, str]) -> HistoryStore:
     from llmproxy.history.memory import MemoryHistoryStore
 
     return MemoryHistoryStore()
 
 
-def _sqlite_store(url: str) -> HistoryStore:
+def _sqlite_store(url: str, environ: Mapping[str, str]) -> HistoryStore:
     from llmproxy.history.sqlite import SQLiteHistoryStore
 
-    return SQLiteHistoryStore(sqlite_path(url, env.data_dir() / "history.db"))
+    return SQLiteHistoryStore(sqlite_path(url, env.data_dir(environ) / "history.db"))
 
 
-def _memory_ledger(url: str) -> Ledger:
+def _memory_ledger(url: str, environ: Mapping[str, str]) -> Ledger:
     from llmproxy.budget.memory import MemoryLedger
 
     return MemoryLedger()
 
 
-def _sqlite_ledger(url: str) -> Ledger:
+def _sqlite_ledger(url: str, environ: Mapping[str, str]) -> Ledger:
     from llmproxy.budget.sqlite import SQLiteLedger
 
-    return SQLiteLedger(sqlite_path(url, env.data_dir() / "ledger.db"))
+    return SQLiteLedger(sqlite_path(url, env.data_dir(environ) / "ledger.db"))
 
 
 @hookimpl

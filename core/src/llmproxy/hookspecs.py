@@ -53,7 +53,8 @@ def register_providers(register: RegisterProvider) -> None:
 def register_history_stores(register: RegisterHistoryStore) -> None:
     """Register history stores by URL scheme: ``register(scheme, factory)``.
 
-    ``factory(url)`` receives the full URL (``sqlite:///path``) and returns a
+    ``factory(url, environ)`` receives the full URL (``sqlite:///path``) and the
+    environment mapping the Proxy reads, and returns a
     :class:`~llmproxy.history.base.HistoryStore`.
     """
 
@@ -62,7 +63,7 @@ def register_history_stores(register: RegisterHistoryStore) -> None:
 def register_ledgers(register: RegisterLedger) -> None:
     """Register budget ledgers by URL scheme: ``register(scheme, factory)``.
 
-    ``factory(url)`` returns a :class:`~llmproxy.budget.base.Ledger`.
+    ``factory(url, environ)`` returns a :class:`~llmproxy.budget.base.Ledger`.
     """
 
 

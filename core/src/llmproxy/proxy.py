@@ -596,7 +596,7 @@ class Proxy:
                 if self._history is None:
                     url = self._history_url or _default_url(self.environ, "history.db")
                     factory = self.plugins.registry.history_stores[scheme_of(url, what="history")]
-                    self._history = factory(url)
+                    self._history = factory(url, self.environ)
                 store = self._history
         return store
 
@@ -609,7 +609,7 @@ class Proxy:
                 if self._ledger is None:
                     url = self._ledger_url or _default_url(self.environ, "ledger.db")
                     factory = self.plugins.registry.ledgers[scheme_of(url, what="ledger")]
-                    self._ledger = factory(url)
+                    self._ledger = factory(url, self.environ)
                 ledger = self._ledger
         return ledger
 

@@ -37,8 +37,8 @@ class ProviderSettings:
 
 
 ProviderFactory = Callable[[ProviderSettings], Provider]
-StoreFactory = Callable[[str], HistoryStore]
-LedgerFactory = Callable[[str], Ledger]
+StoreFactory = Callable[[str, Mapping[str, str]], HistoryStore]
+LedgerFactory = Callable[[str, Mapping[str, str]], Ledger]
 
 
 class RegisterProvider(Protocol):
