@@ -6,7 +6,14 @@
 """
 
 from llmproxy.budget.base import Claim, ClaimUsage, Ledger, Reservation
-from llmproxy.budget.policy import BudgetPolicy, CallScope, LLMBudget, RequestsPerMinute
+from llmproxy.budget.policy import (
+    BudgetPolicy,
+    CallScope,
+    CostBudget,
+    LLMBudget,
+    RequestsPerMinute,
+    TokensPerMinute,
+)
 from llmproxy.config import ProxyConfig, RetryConfig, load_config
 from llmproxy.errors import (
     BudgetExceeded,
@@ -62,6 +69,7 @@ __all__ = [
     "ClaimUsage",
     "Completion",
     "ConfigError",
+    "CostBudget",
     "HistoryRecord",
     "HistoryStore",
     "InvalidRequest",
@@ -93,6 +101,7 @@ __all__ = [
     "StoreError",
     "StreamEvent",
     "StreamInterrupted",
+    "TokensPerMinute",
     "ToolCall",
     "Usage",
     "__version__",

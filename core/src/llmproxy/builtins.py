@@ -10,7 +10,7 @@ from collections.abc import Mapping
 
 from llmproxy import env
 from llmproxy.budget.base import Ledger
-from llmproxy.budget.policy import LLMBudget, RequestsPerMinute
+from llmproxy.budget.policy import CostBudget, LLMBudget, RequestsPerMinute, TokensPerMinute
 from llmproxy.history.base import HistoryStore
 from llmproxy.hookspecs import hookimpl
 from llmproxy.registry import RegisterHistoryStore, RegisterLedger, RegisterPolicy
@@ -57,6 +57,8 @@ def register_ledgers(register: RegisterLedger) -> None:
 
 @hookimpl
 def register_budget_policies(register: RegisterPolicy) -> None:
-    """Register the ``tokens`` and ``requests_per_minute`` policy kinds."""
+    """Register the policy kinds: tokens, cost, requests_per_minute, tokens_per_minute."""
     register("tokens", LLMBudget)
+    register("cost", CostBudget)
     register("requests_per_minute", RequestsPerMinute)
+    register("tokens_per_minute", TokensPerMinute)

@@ -48,7 +48,12 @@ def _parser() -> argparse.ArgumentParser:
     delete = hsub.add_parser("delete", help="delete a session")
     delete.add_argument("session")
 
-    sub.add_parser("usage", help="show used / limit / remaining of each configured budget")
+    usage = sub.add_parser("usage", help="show used / limit / remaining / resets-at per budget")
+    usage.add_argument("-m", "--model", help="provider/model the budgets are shown for")
+    usage.add_argument("--user")
+    usage.add_argument("--session")
+    usage.add_argument("--key", help="a key id (for key-scoped budgets)")
+    usage.add_argument("--tag", action="append", default=[], metavar="NAME=VALUE")
     return parser
 
 
@@ -152,10 +157,18 @@ def _history(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-def _usage(out: TextIO) -> int:
+def _usage(args: argparse.Namespace, out: TextIO) -> int:
+    tags: dict[str, str] = {}
+    for tag in args.tag:
+        name, sep, value = tag.partition("=")
+        if not sep:
+            raise ConfigError(f"--tag takes NAME=VALUE, got {tag!r}")
+        tags[name] = value
     proxy = Proxy.from_env()
     try:
-        rows = proxy.usage()
+        rows = proxy.usage(
+            model=args.model, user=args.user, session_id=args.session, key=args.key, tags=tags
+        )
         if not rows:
             out.write(
                 "no budgets configured (set LLMPROXY_MAX_TOKENS or budgets in LLMPROXY_CONFIG)\n"
@@ -183,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _plugins(out)
         if args.command == "history":
             return _history(args, out)
-        return _usage(out)
+        return _usage(args, out)
     except ConfigError as exc:
         err.write(f"llmproxy: {exc}\n")
         return 2

@@ -28,7 +28,7 @@ Example ``llmproxy.toml``::
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +83,10 @@ class ProxyConfig:
     ``prices`` overrides the plugins' price table: ``{"openai/gpt-5.4-mini": {"input": 0.25,
     "output": 2.0, "cached_input": 0.025}}`` in USD per million tokens.
     ``fallbacks`` maps a model to the models tried in turn when it fails with a retryable error.
+    ``on_limit`` is ``raise`` (RateLimited at once) or ``wait`` (sleep ``retry_after`` and try
+    again); ``limit_wait`` bounds, in seconds, how long a call waits for a rate limit or for
+    budget held by calls in flight to be released. ``reservation_lease`` is how long a
+    reservation of a process that died blocks its budget.
     ``default_max_output_tokens`` caps a call's output when the call sets no cap and a token
     budget applies.
     """
@@ -95,6 +99,8 @@ class ProxyConfig:
     history_limit: int = field(default=100, validator=_positive)
     default_max_output_tokens: int = field(default=4096, validator=_positive)
     reservation_lease: float = field(default=600.0, validator=_positive)
+    on_limit: str = field(default="raise", validator=attrs.validators.in_(("raise", "wait")))
+    limit_wait: float = field(default=30.0, validator=_not_negative)
     retry: RetryConfig = attrs.Factory(RetryConfig)
     providers: dict[str, dict[str, Any]] = attrs.Factory(dict)
     budgets: list[dict[str, Any]] = attrs.Factory(list)
@@ -103,6 +109,25 @@ class ProxyConfig:
 
 
 converter = cattrs.Converter(forbid_extra_keys=True)
+
+
+def _str_or_number(value: Any, _type: Any) -> str | float:
+    # The policy's own validator says what the value may be; this only refuses wrong types.
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise TypeError(f"expected a string or a number, got {type(value).__name__}")
+    return value
+
+
+def _str_or_strings(value: Any, _type: Any) -> str | tuple[str, ...]:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise TypeError(f"expected a string or a list of strings, got {value!r}")
+
+
+converter.register_structure_hook_func(lambda t: t == (str | float), _str_or_number)
+converter.register_structure_hook_func(lambda t: t == (str | Sequence[str]), _str_or_strings)
 
 
 def _type_name(tp: object) -> str:

@@ -20,15 +20,17 @@ from typing import Any
 import attrs
 
 from llmproxy import env as envvars
-from llmproxy.budget.base import Claim, ClaimUsage, Ledger, Reservation
+from llmproxy.budget.base import Claim, ClaimUsage, Ledger, Rates, Reservation
 from llmproxy.budget.policy import BudgetPolicy, CallScope
 from llmproxy.config import ProxyConfig, load_config, structure
 from llmproxy.errors import (
+    BudgetExceeded,
     ConfigError,
     InvalidRequest,
     LLMProxyError,
     PluginError,
     ProviderError,
+    RateLimited,
     StreamInterrupted,
 )
 from llmproxy.history.base import HistoryRecord, HistoryStore
@@ -139,6 +141,7 @@ class _Call:
         "fallbacks",
         "history",
         "input_estimate",
+        "key",
         "max_output_tokens",
         "model",
         "new_messages",
@@ -153,6 +156,7 @@ class _Call:
         "started",
         "started_at",
         "system",
+        "tags",
         "temperature",
         "total_attempts",
         "use_history",
@@ -172,6 +176,8 @@ class _Call:
         use_history: bool | None,
         extra: dict[str, Any],
         fallbacks: Sequence[str] | None = None,
+        key: str | None = None,
+        tags: Mapping[str, str] | None = None,
     ) -> None:
         self.started = time.perf_counter()
         self.started_at = time.time()
@@ -203,6 +209,14 @@ class _Call:
         self.max_output_tokens = max_output_tokens
         self.temperature = temperature
         self.extra = extra
+        if key is not None and not isinstance(key, str):
+            raise InvalidRequest("key must be a string (a key id, never a secret)", field="key")
+        if tags is not None and not (
+            isinstance(tags, Mapping) and all(isinstance(v, str) for v in tags.values())
+        ):
+            raise InvalidRequest("tags must map names to strings", field="tags")
+        self.key = key
+        self.tags: Mapping[str, str] = tags or {}
         self.fallbacks = proxy._fallbacks_for(model, fallbacks)
         self.total_attempts = 0
         self._target(proxy._resolve(model))
@@ -215,7 +229,12 @@ class _Call:
         """Aim the call at one model: its provider, the claims its policies make, a fresh count."""
         self.provider_name, self.model, self.provider = resolved
         self.scope = CallScope(
-            f"{self.provider_name}/{self.model}", self.provider_name, self.user, self.session_id
+            f"{self.provider_name}/{self.model}",
+            self.provider_name,
+            self.user,
+            self.session_id,
+            self.key,
+            self.tags,
         )
         claims: list[Claim] = []
         for policy in self.proxy.policies:
@@ -269,16 +288,29 @@ class _Call:
         """Return the ledger.reserve arguments, or None when no policy applies."""
         if not self.claims:
             return None
-        token_claims = any(c.unit == "tokens" for c in self.claims)
+        token_claims = any(c.unit != "requests" for c in self.claims)
         cap = self._cap(token_claims)
         if token_claims:
             self.input_estimate = self.provider.count_tokens(self.messages(), self.model)
-        return {
+        args: dict[str, Any] = {
             "input_tokens": self.input_estimate,
             "max_output_tokens": cap or 0,
             "min_output_tokens": 1 if token_claims else 0,
             "lease": self.proxy.config.reservation_lease,
         }
+        usd = next((c for c in self.claims if c.unit == "usd"), None)
+        if usd is not None:
+            price = self.proxy.prices.get(self.provider_name, self.model)
+            if price is None:
+                raise ConfigError(
+                    f"model '{self.provider_name}/{self.model}' has no price, so cost budget"
+                    f" '{usd.policy}' cannot count it: add it to the prices table"
+                    f' (prices."{self.provider_name}/{self.model}" = {{input = ..., output = ...}},'
+                    " USD per 1M tokens)",
+                    path="prices",
+                )
+            args["rates"] = Rates(price.input / 1_000_000, price.output / 1_000_000)
+        return args
 
     def _cap(self, budgeted: bool) -> int | None:
         cap = self.max_output_tokens
@@ -370,11 +402,17 @@ class _Call:
         )
         return out
 
-    def settle_args(self, usage: Usage | None) -> dict[str, int] | None:
+    def settle_args(self, usage: Usage | None) -> dict[str, Any] | None:
         if self.reservation is None or self.settled:
             return None
         self.settled = True
-        return {"tokens": usage.total_tokens if usage is not None else 0, "requests": self.attempts}
+        args: dict[str, Any] = {
+            "tokens": usage.total_tokens if usage is not None else 0,
+            "requests": self.attempts,
+        }
+        if any(c.unit == "usd" for c in self.claims):
+            args["cost"] = (usage.cost or 0.0) if usage is not None else 0.0
+        return args
 
     def event(
         self, usage: Usage, outcome: str, error: BaseException | None, streamed: bool, model: str
@@ -392,6 +430,35 @@ class _Call:
             streamed,
             self.started_at,
         )
+
+
+class _LimitWaiter:
+    """Decides whether a refused reservation is worth waiting for, and how long to sleep.
+
+    Busy is not spent: a BudgetExceeded that only happened because calls in flight hold part
+    of the budget (what is settled plus what this call needs still fits the limit) is waited
+    out, polling with a growing interval, since those calls will settle and release. A
+    RateLimited is waited out for its ``retry_after`` when ``on_limit="wait"``. Both stop at
+    the ``limit_wait`` deadline and re-raise.
+    """
+
+    __slots__ = ("config", "deadline", "poll")
+
+    def __init__(self, config: ProxyConfig) -> None:
+        self.config = config
+        self.deadline = time.monotonic() + config.limit_wait
+        self.poll = 0.002
+
+    def delay(self, exc: BudgetExceeded | RateLimited) -> float | None:
+        left = self.deadline - time.monotonic()
+        if isinstance(exc, RateLimited):
+            if self.config.on_limit != "wait" or exc.retry_after > left:
+                return None
+            return exc.retry_after
+        if exc.reserved <= 0 or exc.used + exc.requested > exc.limit or left <= 0:
+            return None
+        delay, self.poll = min(self.poll, left), min(self.poll * 2, 0.1)
+        return delay
 
 
 class _StreamState:
@@ -701,6 +768,8 @@ class Proxy:
         temperature: float | None = None,
         use_history: bool | None = None,
         fallbacks: Sequence[str] | None = None,
+        key: str | None = None,
+        tags: Mapping[str, str] | None = None,
         **extra: Any,
     ) -> ChatResponse:
         """Send ``prompt`` and return the whole answer.
@@ -708,6 +777,8 @@ class Proxy:
         ``prompt`` is a string, a :class:`~llmproxy.types.Message` or a list of messages;
         ``model`` is ``provider/model`` or an alias (default: ``config.default_model``);
         with a ``session_id`` the session's history is sent as context and the exchange stored.
+        ``fallbacks=[...]`` replaces the configured fallback chain for this call; ``key`` (a key
+        id, never a secret) and ``tags`` are what ``key`` and ``tag:NAME`` budget scopes count by.
         Other keyword arguments go to the provider untouched (``top_p=...``, ``extra_body=...``).
 
         Raises :class:`~llmproxy.errors.BudgetExceeded` or :class:`~llmproxy.errors.RateLimited`
@@ -726,13 +797,15 @@ class Proxy:
             use_history,
             extra,
             fallbacks,
+            key,
+            tags,
         )
         if call.use_history:
             call.set_history(self.history.load(call.session_id or "", self.config.history_limit))
         while True:
             args = call.reserve_args()
             if args is not None:
-                call.reservation = self.ledger.reserve(call.claims, **args)
+                call.reservation = self._reserve(call, args)
             try:
                 request = call.build_request()
                 completion = self._attempts(call, request)
@@ -773,6 +846,33 @@ class Proxy:
                 )
                 time.sleep(delay)
 
+    def _reserve(self, call: _Call, args: dict[str, Any]) -> Reservation:
+        """Reserve, waiting (up to ``limit_wait``) for budget held by calls in flight.
+
+        Rate limits are waited for too when ``on_limit="wait"``.
+        """
+        waiter = _LimitWaiter(self.config)
+        while True:
+            try:
+                return self.ledger.reserve(call.claims, **args)
+            except (BudgetExceeded, RateLimited) as exc:
+                delay = waiter.delay(exc)
+                if delay is None:
+                    raise
+                time.sleep(delay)
+
+    async def _areserve(self, call: _Call, args: dict[str, Any]) -> Reservation:
+        """Async :meth:`_reserve`."""
+        waiter = _LimitWaiter(self.config)
+        while True:
+            try:
+                return await self.ledger.areserve(call.claims, **args)
+            except (BudgetExceeded, RateLimited) as exc:
+                delay = waiter.delay(exc)
+                if delay is None:
+                    raise
+                await asyncio.sleep(delay)
+
     def _release(self, call: _Call) -> None:
         """Settle a failed model's reservation: no tokens, its attempts as requests."""
         settle = call.settle_args(None)
@@ -794,6 +894,8 @@ class Proxy:
         temperature: float | None = None,
         use_history: bool | None = None,
         fallbacks: Sequence[str] | None = None,
+        key: str | None = None,
+        tags: Mapping[str, str] | None = None,
         **extra: Any,
     ) -> ChatStream:
         """Send ``prompt`` and iterate over the answer as it arrives (arguments as :meth:`chat`).
@@ -815,12 +917,14 @@ class Proxy:
             use_history,
             extra,
             fallbacks,
+            key,
+            tags,
         )
         if call.use_history:
             call.set_history(self.history.load(call.session_id or "", self.config.history_limit))
         args = call.reserve_args()
         if args is not None:
-            call.reservation = self.ledger.reserve(call.claims, **args)
+            call.reservation = self._reserve(call, args)
         return ChatStream(self, call, call.build_request())
 
     # -- async calls -------------------------------------------------------------------------------
@@ -837,6 +941,8 @@ class Proxy:
         temperature: float | None = None,
         use_history: bool | None = None,
         fallbacks: Sequence[str] | None = None,
+        key: str | None = None,
+        tags: Mapping[str, str] | None = None,
         **extra: Any,
     ) -> ChatResponse:
         """Async :meth:`chat`."""
@@ -852,6 +958,8 @@ class Proxy:
             use_history,
             extra,
             fallbacks,
+            key,
+            tags,
         )
         if call.use_history:
             call.set_history(
@@ -860,7 +968,7 @@ class Proxy:
         while True:
             args = call.reserve_args()
             if args is not None:
-                call.reservation = await self.ledger.areserve(call.claims, **args)
+                call.reservation = await self._areserve(call, args)
             try:
                 request = call.build_request()
                 completion = await self._aattempts(call, request)
@@ -922,6 +1030,8 @@ class Proxy:
         temperature: float | None = None,
         use_history: bool | None = None,
         fallbacks: Sequence[str] | None = None,
+        key: str | None = None,
+        tags: Mapping[str, str] | None = None,
         **extra: Any,
     ) -> AsyncChatStream:
         """Async :meth:`stream`: ``async for ev in proxy.astream(...)``.
@@ -942,6 +1052,8 @@ class Proxy:
             use_history,
             extra,
             fallbacks,
+            key,
+            tags,
         )
         return AsyncChatStream(self, call, None)
 
@@ -964,9 +1076,24 @@ class Proxy:
             except Exception:
                 log.exception("an on_response/on_error plugin hook failed")
 
-    def usage(self) -> list[ClaimUsage]:
-        """Return used / reserved / limit of every configured policy's global claim."""
-        scope = CallScope("-", "-")
+    def usage(
+        self,
+        *,
+        model: str | None = None,
+        user: str | None = None,
+        session_id: str | None = None,
+        key: str | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> list[ClaimUsage]:
+        """Return used / reserved / limit / resets-at of every policy, for one scope.
+
+        ``proxy.usage(user="alice")`` shows the budgets a call by alice counts against (global
+        ones included); ``model`` is ``provider/model`` (default: the default model).
+        """
+        name = model or self.config.default_model
+        name = self.config.aliases.get(name, name)
+        provider, _, _ = name.partition("/")
+        scope = CallScope(name, provider, user, session_id, key, tags or {})
         claims = [c for c in (p.claim(scope) for p in self.policies) if c is not None]
         return self.ledger.usage(claims) if claims else []
 
@@ -1118,7 +1245,7 @@ class ChatStream(_StreamBase):
         args = call.reserve_args()
         if args is not None:
             try:
-                call.reservation = proxy.ledger.reserve(call.claims, **args)
+                call.reservation = proxy._reserve(call, args)
             except BaseException:
                 self._done = True
                 raise
@@ -1189,7 +1316,7 @@ class AsyncChatStream(_StreamBase):
             )
         args = call.reserve_args()
         if args is not None:
-            call.reservation = await proxy.ledger.areserve(call.claims, **args)
+            call.reservation = await proxy._areserve(call, args)
         self._request = call.build_request()
         return self._request
 
@@ -1252,7 +1379,7 @@ class AsyncChatStream(_StreamBase):
         args = call.reserve_args()
         if args is not None:
             try:
-                call.reservation = await proxy.ledger.areserve(call.claims, **args)
+                call.reservation = await proxy._areserve(call, args)
             except BaseException:
                 self._done = True
                 raise

@@ -7,7 +7,8 @@ from typing import Literal, Protocol, runtime_checkable
 
 from attrs import frozen
 
-Unit = Literal["tokens", "requests"]
+Unit = Literal["tokens", "requests", "usd"]
+Period = Literal["day", "month"]
 
 
 @frozen
@@ -15,8 +16,13 @@ class Claim:
     """One limit a call is counted against.
 
     ``key`` is the ledger key (the policy's name plus the scope value, e.g.
-    ``team-a|user:alice``); ``policy`` and ``scope`` are for messages; ``window`` is a rolling
-    window in seconds, or None for an all-time total.
+    ``team-a|user:alice``); ``policy`` and ``scope`` are for messages. ``unit`` is what is
+    counted: ``tokens`` (input plus output), ``requests`` (attempts) or ``usd`` (cost, from the
+    :class:`Rates` given to reserve and the real cost given to settle).
+
+    The window: ``window`` is a rolling window in seconds; ``period`` a calendar period
+    (``day`` resets at midnight, ``month`` on the 1st) in the IANA time zone ``tz``, counted by
+    the ledger's own clock (:meth:`Ledger.now`); neither means an all-time total.
     """
 
     key: str
@@ -25,6 +31,20 @@ class Claim:
     limit: float
     unit: Unit = "tokens"
     window: float | None = None
+    period: Period | None = None
+    tz: str = "UTC"
+
+
+@frozen
+class Rates:
+    """How tokens turn into USD for ``usd`` claims: the price of one input and one output token.
+
+    The input rate is the uncached price (a safe upper bound before the call); the real cost,
+    cached tokens included, is given to settle.
+    """
+
+    input: float
+    output: float
 
 
 @frozen
@@ -66,8 +86,10 @@ class Ledger(Protocol):
     :class:`~llmproxy.errors.RateLimited` when a ``requests`` claim is full and
     :class:`~llmproxy.errors.BudgetExceeded` when a ``tokens`` claim cannot hold the input plus
     at least ``min_output_tokens``; otherwise it holds ``input_tokens`` plus the granted output
-    cap (at most ``max_output_tokens``) on every token claim and one request on every request
-    claim. :meth:`settle` replaces the hold with what was really used, exactly once.
+    cap (at most ``max_output_tokens``) on every token claim, one request on every request
+    claim, and ``input_tokens * rates.input + cap * rates.output`` on every ``usd`` claim (the
+    cap is lowered so that every usd claim fits too; a usd claim without ``rates`` is an
+    InvalidRequest). :meth:`settle` replaces the hold with what was really used, exactly once.
     """
 
     def reserve(
@@ -78,12 +100,19 @@ class Ledger(Protocol):
         max_output_tokens: int,
         min_output_tokens: int = 1,
         lease: float = 600.0,
+        rates: Rates | None = None,
     ) -> Reservation:
         """Hold room on every claim atomically or raise; see the class docstring."""
         ...
 
-    def settle(self, reservation: Reservation, *, tokens: int, requests: int = 1) -> None:
-        """Record ``tokens`` and ``requests`` really used and drop the hold."""
+    def settle(
+        self, reservation: Reservation, *, tokens: int, requests: int = 1, cost: float = 0.0
+    ) -> None:
+        """Record ``tokens``, ``requests`` and ``cost`` (USD) really used and drop the hold."""
+        ...
+
+    def now(self) -> float:
+        """The ledger's clock (Unix seconds) that windows and periods are counted by."""
         ...
 
     def usage(self, claims: Sequence[Claim]) -> list[ClaimUsage]:
@@ -102,10 +131,17 @@ class Ledger(Protocol):
         max_output_tokens: int,
         min_output_tokens: int = 1,
         lease: float = 600.0,
+        rates: Rates | None = None,
     ) -> Reservation:
         """Async :meth:`reserve`."""
         ...
 
-    async def asettle(self, reservation: Reservation, *, tokens: int, requests: int = 1) -> None:
+    async def asettle(
+        self, reservation: Reservation, *, tokens: int, requests: int = 1, cost: float = 0.0
+    ) -> None:
         """Async :meth:`settle`."""
+        ...
+
+    async def ausage(self, claims: Sequence[Claim]) -> list[ClaimUsage]:
+        """Async :meth:`usage`."""
         ...

@@ -1,21 +1,29 @@
-"""Budget policies: what a call is counted against, and under which key.
+"""Budget policies: what a call is counted against, under which key, over which window.
 
-A policy turns a call's scope (model, provider, user, session) into a
+A policy turns a call's scope (model, provider, user, session, key, tags) into a
 :class:`~llmproxy.budget.base.Claim`, or None when it does not apply. The ledger does the
 counting; policies only name the limit.
+
+Scopes: ``global``, ``user``, ``session``, ``model``, ``provider``, ``key`` (the caller's key
+id, e.g. a gateway key) and ``tag:NAME`` (the call's ``tags[NAME]``); a list combines them
+(``["user", "model"]``: one budget per user and model). Windows: ``total`` (all time), ``day``
+or ``month`` (calendar, in the time zone ``tz``: a monthly budget resets on the 1st), or a
+number of seconds (rolling).
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal, Protocol, runtime_checkable
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, Protocol, runtime_checkable
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import attrs
 from attrs import field, frozen
 
-from llmproxy.budget.base import Claim
+from llmproxy.budget.base import Claim, Period, Unit
 from llmproxy.errors import ConfigError
 
-Scope = Literal["global", "user", "session", "model", "provider"]
-SCOPES: frozenset[str] = frozenset(("global", "user", "session", "model", "provider"))
+SCOPES: frozenset[str] = frozenset(("global", "user", "session", "model", "provider", "key"))
 
 
 @frozen
@@ -26,9 +34,11 @@ class CallScope:
     provider: str
     user: str | None = None
     session_id: str | None = None
+    key: str | None = None
+    tags: Mapping[str, str] = attrs.Factory(dict)
 
     def value(self, scope: str) -> str:
-        """Return the ledger key part for ``scope`` (``user:alice``; ``user:-`` when no user)."""
+        """Return the ledger key part for one scope (``user:alice``; ``user:-`` when no user)."""
         if scope == "global":
             return "global"
         raw: str | None
@@ -38,8 +48,12 @@ class CallScope:
             raw = self.session_id
         elif scope == "model":
             raw = self.model
-        else:
+        elif scope == "provider":
             raw = self.provider
+        elif scope == "key":
+            raw = self.key
+        else:
+            raw = self.tags.get(scope[4:])
         return f"{scope}:{raw if raw is not None else '-'}"
 
 
@@ -49,7 +63,7 @@ class BudgetPolicy(Protocol):
 
     @property
     def name(self) -> str:
-        """The policy's name (read-only, so frozen policy classes satisfy the protocol)."""
+        """The policy's name: processes sharing a ledger and a name share the budget."""
         ...
 
     def claim(self, scope: CallScope) -> Claim | None:
@@ -64,52 +78,184 @@ def _not_negative(_i: object, a: Any, v: Any) -> None:
         raise ConfigError(f"{a.name} must not be negative, got {v}", path=a.name)
 
 
-def _scope(_i: object, a: Any, v: str) -> None:
-    if v not in SCOPES:
+def _scope_parts(value: str | Sequence[str]) -> tuple[str, ...]:
+    parts = (value,) if isinstance(value, str) else tuple(value)
+    if not parts:
+        raise ConfigError("scope must name at least one scope", path="scope")
+    for part in parts:
+        if not isinstance(part, str) or not (
+            part in SCOPES or (part.startswith("tag:") and len(part) > 4)
+        ):
+            raise ConfigError(
+                f"scope must be one of {', '.join(sorted(SCOPES))} or tag:NAME (or a list of"
+                f" them); got {part!r}",
+                path="scope",
+            )
+    return parts
+
+
+def _scope(_i: object, _a: Any, v: str | Sequence[str]) -> None:
+    _scope_parts(v)
+
+
+def _window(_i: object, a: Any, v: str | float) -> None:
+    if isinstance(v, str):
+        if v not in ("total", "day", "month"):
+            raise ConfigError(
+                f"window must be 'total', 'day', 'month' or a number of seconds; got {v!r}",
+                path="window",
+            )
+    elif isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
+        raise ConfigError(f"window must be a positive number of seconds, got {v!r}", path="window")
+
+
+def _tz(_i: object, _a: Any, v: str) -> None:
+    try:
+        ZoneInfo(v)
+    except (ZoneInfoNotFoundError, ValueError):
         raise ConfigError(
-            f"{a.name} must be one of {', '.join(sorted(SCOPES))}; got {v!r}", path=a.name
+            f"tz {v!r} is not a known IANA time zone (such as 'UTC' or 'Asia/Ho_Chi_Minh');"
+            " on systems without zone data, pip install tzdata",
+            path="tz",
+        ) from None
+
+
+def _scope_text(scope: str | Sequence[str]) -> str:
+    return "+".join(_scope_parts(scope))
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def _default_name(kind: str, limit: float, scope: str | Sequence[str], window: str | float) -> str:
+    name = f"{kind}-{_num(limit)}-{_scope_text(scope)}"
+    if window == "total":
+        return name
+    return f"{name}-{window}" if isinstance(window, str) else f"{name}-{_num(window)}s"
+
+
+@frozen(kw_only=True)
+class _Policy:
+    """What every limit shares: a name, a scope and a window."""
+
+    name: str = field(default="")
+    scope: str | Sequence[str] = field(default="global", validator=_scope)
+    window: str | float = field(default="total", validator=_window)
+    tz: str = field(default="UTC", validator=_tz)
+
+    _unit: ClassVar[Unit] = "tokens"
+
+    def _limit(self) -> float:
+        raise NotImplementedError
+
+    def claim(self, scope: CallScope) -> Claim:
+        """Count the call under this policy's scope and window."""
+        parts = _scope_parts(self.scope)
+        value = ",".join(scope.value(p) for p in parts)
+        window: float | None = None
+        period: Period | None = None
+        if self.window == "day":
+            period = "day"
+        elif self.window == "month":
+            period = "month"
+        elif not isinstance(self.window, str):
+            window = float(self.window)
+        return Claim(
+            f"{self.name}|{value}",
+            self.name,
+            value,
+            self._limit(),
+            self._unit,
+            window,
+            period,
+            self.tz,
         )
 
 
-@frozen
-class LLMBudget:
-    """A token budget (the seed's ``LLMBudget(max_tokens=...)``), all-time, per scope.
+def _frozen_scope(value: str | Sequence[str]) -> str | tuple[str, ...]:
+    return value if isinstance(value, str) else tuple(value)
 
-    Input plus output tokens of every call in the scope count against ``max_tokens``. Processes
-    that give the same ``name`` on a shared ledger share one budget; the default name is
-    derived from the limit and scope.
+
+@frozen(kw_only=True)
+class LLMBudget(_Policy):
+    """A token budget (the seed's ``LLMBudget(max_tokens=...)``): input plus output tokens.
+
+    Processes that give the same ``name`` on a shared ledger share one budget; the default name
+    is derived from the limit, scope and window.
 
     >>> LLMBudget(max_tokens=1000).name
     'tokens-1000-global'
+    >>> LLMBudget(max_tokens=5_000_000, scope="user", window="month", tz="Asia/Ho_Chi_Minh").name
+    'tokens-5000000-user-month'
     """
 
     max_tokens: int = field(validator=_not_negative)
-    name: str = field(default="")
-    scope: str = field(default="global", validator=_scope)
+    scope: str | Sequence[str] = field(default="global", validator=_scope, converter=_frozen_scope)
 
     def __attrs_post_init__(self) -> None:
         if not self.name:
-            object.__setattr__(self, "name", f"tokens-{self.max_tokens}-{self.scope}")
+            object.__setattr__(
+                self, "name", _default_name("tokens", self.max_tokens, self.scope, self.window)
+            )
 
-    def claim(self, scope: CallScope) -> Claim:
-        """Count the call under this budget's scope."""
-        value = scope.value(self.scope)
-        return Claim(f"{self.name}|{value}", self.name, value, self.max_tokens, "tokens", None)
+    def _limit(self) -> float:
+        return self.max_tokens
 
 
-@frozen
-class RequestsPerMinute:
+@frozen(kw_only=True)
+class CostBudget(_Policy):
+    """A budget in USD, counted from the price table (see :mod:`llmproxy.pricing`).
+
+    A call to a model with no price under a cost budget is refused with a ConfigError before
+    any upstream call, never let through for free.
+
+    >>> CostBudget(max_usd=50, scope="user", window="month").name
+    'usd-50-user-month'
+    """
+
+    max_usd: float = field(validator=_not_negative)
+    scope: str | Sequence[str] = field(default="global", validator=_scope, converter=_frozen_scope)
+    _unit: ClassVar[Unit] = "usd"
+
+    def __attrs_post_init__(self) -> None:
+        if not self.name:
+            object.__setattr__(
+                self, "name", _default_name("usd", self.max_usd, self.scope, self.window)
+            )
+
+    def _limit(self) -> float:
+        return self.max_usd
+
+
+@frozen(kw_only=True)
+class RequestsPerMinute(_Policy):
     """At most ``limit`` requests (retries included) in any rolling 60 seconds, per scope."""
 
     limit: int = field(validator=_not_negative)
-    name: str = field(default="")
-    scope: str = field(default="global", validator=_scope)
+    scope: str | Sequence[str] = field(default="global", validator=_scope, converter=_frozen_scope)
+    window: str | float = field(default=60.0, validator=_window)
+    _unit: ClassVar[Unit] = "requests"
 
     def __attrs_post_init__(self) -> None:
         if not self.name:
-            object.__setattr__(self, "name", f"rpm-{self.limit}-{self.scope}")
+            object.__setattr__(self, "name", f"rpm-{self.limit}-{_scope_text(self.scope)}")
 
-    def claim(self, scope: CallScope) -> Claim:
-        """Count the call under this limit's scope."""
-        value = scope.value(self.scope)
-        return Claim(f"{self.name}|{value}", self.name, value, self.limit, "requests", 60.0)
+    def _limit(self) -> float:
+        return self.limit
+
+
+@frozen(kw_only=True)
+class TokensPerMinute(_Policy):
+    """At most ``limit`` tokens (input plus output) in any rolling 60 seconds, per scope."""
+
+    limit: int = field(validator=_not_negative)
+    scope: str | Sequence[str] = field(default="global", validator=_scope, converter=_frozen_scope)
+    window: str | float = field(default=60.0, validator=_window)
+
+    def __attrs_post_init__(self) -> None:
+        if not self.name:
+            object.__setattr__(self, "name", f"tpm-{self.limit}-{_scope_text(self.scope)}")
+
+    def _limit(self) -> float:
+        return self.limit
