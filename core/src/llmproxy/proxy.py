@@ -654,31 +654,30 @@ class Proxy:
                 path=f"{what}_url",
             )
 
+    def _open(self, what: str, url: str | None, factories: Mapping[str, Any], filename: str) -> Any:
+        """Open a store by URL; no URL means the embedded SQLite file in the data dir."""
+        url = url or _default_url(self.environ, filename)
+        return factories[scheme_of(url, what=what)](url, self.environ)
+
     @property
     def history(self) -> HistoryStore:
         """The history store, opened on first use (embedded SQLite unless configured)."""
-        store = self._history
-        if store is None:
+        if self._history is None:
             with self._lock:
                 if self._history is None:
-                    url = self._history_url or _default_url(self.environ, "history.db")
-                    factory = self.plugins.registry.history_stores[scheme_of(url, what="history")]
-                    self._history = factory(url, self.environ)
-                store = self._history
-        return store
+                    stores = self.plugins.registry.history_stores
+                    self._history = self._open("history", self._history_url, stores, "history.db")
+        return self._history
 
     @property
     def ledger(self) -> Ledger:
         """The budget ledger, opened on first use (embedded SQLite unless configured)."""
-        ledger = self._ledger
-        if ledger is None:
+        if self._ledger is None:
             with self._lock:
                 if self._ledger is None:
-                    url = self._ledger_url or _default_url(self.environ, "ledger.db")
-                    factory = self.plugins.registry.ledgers[scheme_of(url, what="ledger")]
-                    self._ledger = factory(url, self.environ)
-                ledger = self._ledger
-        return ledger
+                    ledgers = self.plugins.registry.ledgers
+                    self._ledger = self._open("ledger", self._ledger_url, ledgers, "ledger.db")
+        return self._ledger
 
     def _fallbacks_for(self, model: str | None, per_call: Sequence[str] | None) -> list[str]:
         """The models to try, in order, when ``model`` fails with a retryable error."""
@@ -752,7 +751,7 @@ class Proxy:
 
     def provider(self, name: str) -> Provider:
         """Return the provider registered under ``name``, creating it on first use."""
-        return self._resolve(f"{name}/-")[2]
+        return self._providers.get(name) or self._make_provider(name, name)
 
     # -- sync calls --------------------------------------------------------------------------------
 
