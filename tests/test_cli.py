@@ -143,7 +143,9 @@ def test_interrupted_stream_in_cli_is_stored(env: dict[str, str], upstream: Fake
 
 def test_usage_by_scope(env: dict[str, str], tmp_path: Path) -> None:
     config = tmp_path / "llmproxy.toml"
-    config.write_text('[[budgets]]\nkind = "tokens"\nmax_tokens = 500\nscope = "user"\nwindow = "month"\n')
+    config.write_text(
+        '[[budgets]]\nkind = "tokens"\nmax_tokens = 500\nscope = "user"\nwindow = "month"\n'
+    )
     env = {**env, "LLMPROXY_CONFIG": str(config)}
     from llmproxy import Proxy
 
@@ -151,6 +153,8 @@ def test_usage_by_scope(env: dict[str, str], tmp_path: Path) -> None:
     proxy.chat("Hello", user="ada")
     proxy.close()
     shown = run(["usage", "--user", "ada"], env)
-    assert "(user:ada): used 9 / limit 500 tokens, reserved 0, remaining 491, resets " in shown.stdout
+    assert (
+        "(user:ada): used 9 / limit 500 tokens, reserved 0, remaining 491, resets " in shown.stdout
+    )
     other = run(["usage", "--user", "bob"], env)
     assert "(user:bob): used 0 / limit 500 tokens" in other.stdout

@@ -1109,6 +1109,10 @@ class Proxy:
         """Close providers (async connections too) and stores; call it inside the event loop."""
         for provider in self._providers.values():
             await provider.aclose()
+        for store in (self._history, self._ledger):
+            aclose = getattr(store, "aclose", None)
+            if aclose is not None:
+                await aclose()
         self.close()
 
     async def __aenter__(self) -> Proxy:

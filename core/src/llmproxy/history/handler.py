@@ -24,6 +24,14 @@ class LLMMessageHandler:
         """Store one message (a :class:`HistoryRecord`: role, content, session_id, model...)."""
         raise NotImplementedError("subclass LLMMessageHandler and override push_message(message)")
 
+    def push_messages(self, messages: Sequence[HistoryRecord]) -> None:
+        """Store the messages of one exchange; override to write them in one step.
+
+        The default pushes each in turn with :meth:`push_message`.
+        """
+        for message in messages:
+            self.push_message(message)
+
     def get_messages(self, session_id: str, limit: int | None = None) -> list[HistoryRecord]:
         """Return the last ``limit`` messages of a session, oldest first (default: none kept)."""
         return []
@@ -31,6 +39,11 @@ class LLMMessageHandler:
     async def apush_message(self, message: HistoryRecord) -> None:
         """Async :meth:`push_message`; by default calls it."""
         self.push_message(message)
+
+    async def apush_messages(self, messages: Sequence[HistoryRecord]) -> None:
+        """Async :meth:`push_messages`; by default pushes each with :meth:`apush_message`."""
+        for message in messages:
+            await self.apush_message(message)
 
     async def aget_messages(self, session_id: str, limit: int | None = None) -> list[HistoryRecord]:
         """Async :meth:`get_messages`; by default calls it."""
@@ -48,9 +61,8 @@ class HandlerStore:
         return self.handler.get_messages(session_id, limit)
 
     def append(self, records: Sequence[HistoryRecord]) -> None:
-        """Push every record to the handler, in order."""
-        for record in records:
-            self.handler.push_message(record)
+        """Push the exchange's records to the handler, in order."""
+        self.handler.push_messages(records)
 
     def sessions(self) -> list[SessionInfo]:
         """A handler cannot list sessions: return none."""
@@ -69,8 +81,7 @@ class HandlerStore:
 
     async def aappend(self, records: Sequence[HistoryRecord]) -> None:
         """Async :meth:`append`."""
-        for record in records:
-            await self.handler.apush_message(record)
+        await self.handler.apush_messages(records)
 
     async def asessions(self) -> list[SessionInfo]:
         """Async :meth:`sessions`."""

@@ -1,0 +1,21 @@
+"""llmproxy-redis-history: keep llmproxy's history in Redis, in the seed library's layout.
+
+>>> from llmproxy_redis_history import RedisHistoryStore, LLMMessageHandlerImpl
+>>> store = RedisHistoryStore("redis://localhost:6379/0?ttl=86400")   # doctest: +SKIP
+>>> handler = LLMMessageHandlerImpl()  # the seed variables    # doctest: +SKIP
+"""
+
+from llmproxy_redis_history.env import RedisSettings, settings_from_url
+from llmproxy_redis_history.handler import LLMMessageHandlerImpl
+from llmproxy_redis_history.store import RedisHistoryStore, RedisUnavailable
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LLMMessageHandlerImpl",
+    "RedisHistoryStore",
+    "RedisSettings",
+    "RedisUnavailable",
+    "__version__",
+    "settings_from_url",
+]

@@ -1,0 +1,107 @@
+"""The Lua scripts the store runs; each touches one session's keys (one slot on a cluster).
+
+Message hashes are reached through the keys listed in the session's list, which share the
+session's hash tag, so on a cluster they are in the same slot as the declared keys. The seed's
+key list and the session index are only passed (``KEYS[3]``/``KEYS[4]``) on a single Redis.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Final
+
+LOAD: Final = """
+-- KEYS[1]: the session's list of message keys. ARGV[1]: how many newest messages (-1: all).
+-- Returns {PTTL of the oldest message returned (-1: none or no TTL), JSON of the HGETALL of
+-- each, oldest first}: one string to parse instead of thousands of RESP items.
+local limit = tonumber(ARGV[1])
+local keys
+if limit < 0 then
+  keys = redis.call('LRANGE', KEYS[1], 0, -1)
+else
+  keys = redis.call('LRANGE', KEYS[1], -limit, -1)
+end
+local out = {}
+local first_ttl = -1
+for _, key in ipairs(keys) do
+  local fields = redis.call('HGETALL', key)
+  if #fields > 0 then
+    if #out == 0 then first_ttl = redis.call('PTTL', key) end
+    out[#out + 1] = fields
+  end
+end
+if #out == 0 then return {first_ttl, '[]'} end
+return {first_ttl, cjson.encode(out)}
+"""
+
+PRUNE: Final = """
+-- KEYS[1]: the session's list, KEYS[2]: its meta hash, KEYS[3] (optional): the seed's key list.
+-- ARGV[1]: the per-session cap (0: none); ARGV[2]: how many of the oldest keys of KEYS[3] to
+-- check, dropping those that expired.
+-- Drops expired messages at the head of the session, then the oldest beyond the cap (their
+-- hashes too), and the same keys from the seed's list. Returns the keys removed.
+local removed = {}
+while true do
+  local head = redis.call('LINDEX', KEYS[1], 0)
+  if not head or redis.call('EXISTS', head) == 1 then break end
+  redis.call('LPOP', KEYS[1])
+  removed[#removed + 1] = head
+end
+local cap = tonumber(ARGV[1])
+if cap > 0 then
+  local excess = redis.call('LLEN', KEYS[1]) - cap
+  if excess > 0 then
+    local old = redis.call('LRANGE', KEYS[1], 0, excess - 1)
+    redis.call('LTRIM', KEYS[1], excess, -1)
+    for _, key in ipairs(old) do
+      redis.call('DEL', key)
+      removed[#removed + 1] = key
+    end
+  end
+end
+if #removed > 0 then
+  local head = redis.call('LINDEX', KEYS[1], 0)
+  if head then
+    local created = redis.call('HGET', head, 'created_at')
+    if created then redis.call('HSET', KEYS[2], 'created_at', created) end
+  end
+  if KEYS[3] then
+    for _, key in ipairs(removed) do redis.call('LREM', KEYS[3], 1, key) end
+  end
+end
+local scan = tonumber(ARGV[2])
+if KEYS[3] and scan > 0 then
+  for _, key in ipairs(redis.call('LRANGE', KEYS[3], 0, scan - 1)) do
+    if redis.call('EXISTS', key) == 0 then redis.call('LREM', KEYS[3], 1, key) end
+  end
+end
+return removed
+"""
+
+DELETE: Final = """
+-- KEYS[1]: the session's list, KEYS[2]: its meta hash, KEYS[3] (optional): the session index,
+-- KEYS[4] (optional): the seed's key list. ARGV[1]: the session's tag; ARGV[2]: a mark key to
+-- set and delete (tells other processes' caches), or ''.
+-- Returns {how many message hashes were deleted, the message keys}.
+local keys = redis.call('LRANGE', KEYS[1], 0, -1)
+local count = 0
+for _, key in ipairs(keys) do count = count + redis.call('DEL', key) end
+redis.call('DEL', KEYS[1], KEYS[2])
+if KEYS[3] then redis.call('ZREM', KEYS[3], ARGV[1]) end
+if KEYS[4] then
+  for _, key in ipairs(keys) do redis.call('LREM', KEYS[4], 1, key) end
+end
+if ARGV[2] ~= '' then
+  redis.call('SET', ARGV[2], '1')
+  redis.call('DEL', ARGV[2])
+end
+return {count, keys}
+"""
+
+
+def sha1(script: str) -> str:
+    """The SHA1 Redis names a script by (for ``EVALSHA``)."""
+    return hashlib.sha1(script.encode(), usedforsecurity=False).hexdigest()
+
+
+SHAS: Final = {LOAD: sha1(LOAD), PRUNE: sha1(PRUNE), DELETE: sha1(DELETE)}
