@@ -14,7 +14,7 @@ import email.utils
 import json
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx2
 import openai
@@ -96,7 +96,13 @@ class OpenAIProvider:
     """Chat Completions against OpenAI or any OpenAI-compatible endpoint.
 
     >>> OpenAIProvider(api_key="sk-...", base_url="http://127.0.0.1:8000/v1")  # doctest: +SKIP
+
+    Subclasses for OpenAI-compatible services override :attr:`output_limit_param` (the request
+    field that caps the output) and :meth:`wire_message` (how a message is sent).
     """
+
+    #: The request field that carries ``request.max_output_tokens``.
+    output_limit_param: ClassVar[str] = "max_completion_tokens"
 
     def __init__(
         self,
@@ -143,7 +149,7 @@ class OpenAIProvider:
         )
 
     def __repr__(self) -> str:
-        return f"OpenAIProvider(name={self.name!r}, base_url={self.base_url!r})"
+        return f"{type(self).__name__}(name={self.name!r}, base_url={self.base_url!r})"
 
     # -- clients -----------------------------------------------------------------------------------
 
@@ -165,14 +171,19 @@ class OpenAIProvider:
 
     # -- requests ----------------------------------------------------------------------------------
 
+    def wire_message(self, m: Message) -> dict[str, Any]:
+        """Return the wire form of one message (:func:`message_to_wire`; subclasses extend it)."""
+        return message_to_wire(m)
+
     def params(self, request: ChatRequest) -> dict[str, Any]:
         """Return the keyword arguments of ``chat.completions.create`` for a request."""
+        wire = self.wire_message
         params: dict[str, Any] = {
             "model": request.model,
-            "messages": [message_to_wire(m) for m in request.messages],
+            "messages": [wire(m) for m in request.messages],
         }
         if request.max_output_tokens is not None:
-            params["max_completion_tokens"] = request.max_output_tokens
+            params[self.output_limit_param] = request.max_output_tokens
         if request.temperature is not None:
             params["temperature"] = request.temperature
         if request.extra:

@@ -1,0 +1,120 @@
+"""The DeepSeek provider: DeepSeek's OpenAI-compatible API through the official ``openai`` SDK.
+
+It is the OpenAI provider (raw responses, the SDK's retries off, errors mapped onto the core
+tree) with DeepSeek's differences:
+
+- The output cap goes out as ``max_tokens`` (DeepSeek's field; it covers reasoning too).
+- Thinking mode is DeepSeek's default: ``reasoning_content`` (in messages and in stream deltas)
+  becomes ``Message.reasoning`` / ``Chunk.reasoning``, never part of the answer. Turn thinking
+  off per call with ``extra_body={"thinking": {"type": "disabled"}}``.
+- After an assistant turn with tool calls DeepSeek requires that turn's ``reasoning_content``
+  on every later request (else 400), so assistant messages that carry tool calls are sent with
+  their stored ``Message.reasoning`` (an empty string when none was kept, e.g. a turn answered
+  by another provider). Reasoning of other turns is not sent: DeepSeek ignores it.
+- Usage: ``prompt_cache_hit_tokens`` become ``cached_input_tokens`` (billed at the cache-hit
+  price) and ``completion_tokens_details.reasoning_tokens`` become ``reasoning_tokens``.
+- Token estimates: no DeepSeek tokenizer is bundled (nothing may be downloaded at run time), so
+  input is bounded by UTF-8 bytes. DeepSeek's tokenizer is byte-level BPE, which never makes
+  more tokens than bytes, so the bound is never below DeepSeek's count; budgets reserve from it
+  and the settle step corrects it with the real usage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+from llmproxy.errors import MissingCredentials
+from llmproxy.registry import ProviderSettings
+from llmproxy.secret import Secret
+from llmproxy.tokens import PER_MESSAGE_OVERHEAD, messages_upper_bound, text_upper_bound
+from llmproxy.types import Message
+from llmproxy_deepseek import env, models
+from llmproxy_openai.provider import OpenAIProvider, message_to_wire
+
+
+def deepseek_message(m: Message) -> dict[str, Any]:
+    """Return DeepSeek's wire form of a message: OpenAI's, plus reasoning where DeepSeek needs it.
+
+    >>> from llmproxy.types import ToolCall
+    >>> deepseek_message(Message("assistant", tool_calls=(ToolCall("c1", "f"),), reasoning="r"))[
+    ...     "reasoning_content"]
+    'r'
+    """
+    out = message_to_wire(m)
+    if m.role == "assistant" and m.tool_calls:
+        out["reasoning_content"] = m.reasoning or ""
+    return out
+
+
+def count_messages(messages: Sequence[Message]) -> int:
+    """Return an upper bound on the input tokens DeepSeek counts for ``messages``.
+
+    The core's byte bound, plus what this provider sends beyond it: the reasoning passed back
+    on tool-call turns and the ids that tie tool results to their calls.
+    """
+    total = messages_upper_bound(messages)
+    for m in messages:
+        if m.role == "assistant" and m.tool_calls:
+            total += PER_MESSAGE_OVERHEAD + text_upper_bound(m.reasoning or "")
+            total += sum(text_upper_bound(c.id) for c in m.tool_calls)
+        if m.tool_call_id:
+            total += text_upper_bound(m.tool_call_id)
+    return total
+
+
+class DeepSeekProvider(OpenAIProvider):
+    """Chat completions against DeepSeek (or a DeepSeek-compatible endpoint).
+
+    >>> DeepSeekProvider(api_key="sk-...")  # doctest: +SKIP
+    DeepSeekProvider(name='deepseek', base_url='https://api.deepseek.com')
+    """
+
+    output_limit_param: ClassVar[str] = "max_tokens"
+
+    def __init__(
+        self,
+        *,
+        api_key: str | Secret,
+        base_url: str | None = None,
+        timeout: float | None = None,
+        name: str = "deepseek",
+        default_headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(
+            api_key=api_key,
+            base_url=base_url or env.DEFAULT_BASE_URL,
+            timeout=timeout,
+            name=name,
+            default_headers=default_headers,
+        )
+
+    @classmethod
+    def from_settings(cls, settings: ProviderSettings) -> DeepSeekProvider:
+        """Build the provider from configuration, else from the environment (see ``env.py``)."""
+        environ = settings.environ
+        key = settings.api_key.get() if settings.api_key else env.api_key(environ)
+        if not key:
+            raise MissingCredentials(settings.name, env.KEY_VARIABLES)
+        return cls(
+            api_key=key,
+            base_url=settings.base_url or env.base_url(environ),
+            timeout=settings.timeout or env.timeout(environ),
+            name=settings.name,
+        )
+
+    def wire_message(self, m: Message) -> dict[str, Any]:
+        """Return DeepSeek's wire form of a message (see :func:`deepseek_message`)."""
+        return deepseek_message(m)
+
+    def count_tokens(self, messages: Sequence[Message], model: str) -> int:
+        """Return an upper bound on the input tokens (see :func:`count_messages`)."""
+        return count_messages(messages)
+
+    def count_text_tokens(self, text: str, model: str) -> int:
+        """Return an upper bound on the tokens of output text: its UTF-8 byte count."""
+        return text_upper_bound(text)
+
+    def max_output_tokens(self, model: str) -> int | None:
+        """Return the model's own output limit, None when unknown."""
+        return models.output_limit(model)
