@@ -42,6 +42,36 @@ class ToolCall:
 
 
 @frozen
+class Citation:
+    """A source an answer cites: a file (file search) or a URL, and where in the text it is cited.
+
+    ``start``/``end`` are character offsets into the answer when the provider gives them.
+    """
+
+    type: str
+    text: str | None = None
+    file_id: str | None = None
+    filename: str | None = None
+    url: str | None = None
+    start: int | None = None
+    end: int | None = None
+
+
+@frozen
+class HostedOutput:
+    """What a hosted tool (run by the provider: file search, code interpreter) produced.
+
+    ``type`` is the provider's item type (``file_search_call``, ``code_interpreter_call``);
+    ``data`` holds its fields as the provider sent them (queries, results, code, logs, files).
+    """
+
+    type: str
+    id: str | None = None
+    status: str | None = None
+    data: Mapping[str, Any] = attrs.Factory(dict)
+
+
+@frozen
 class Message:
     """One chat message.
 
@@ -62,6 +92,8 @@ class Message:
     tool_call_id: str | None = None
     reasoning: str | None = None
     interrupted: bool = False
+    citations: tuple[Citation, ...] = ()
+    hosted_outputs: tuple[HostedOutput, ...] = ()
 
 
 @frozen
@@ -108,6 +140,9 @@ class ChatRequest:
     ``model`` is the provider's own model name (``gpt-5.4-mini``), ``provider`` the registered
     provider name (``openai``). ``max_output_tokens`` is the cap the budget allows; providers
     must send it upstream. ``extra`` carries provider-specific parameters through untouched.
+    ``tools`` are the tools offered to the model (:class:`llmproxy.tools.Tool` function tools,
+    whose Python function the Proxy runs, and :class:`llmproxy.tools.HostedTool` tools the
+    provider runs); ``tool_choice`` is ``auto``, ``none``, ``required`` or a tool name.
     """
 
     messages: tuple[Message, ...]
@@ -118,6 +153,8 @@ class ChatRequest:
     extra: Mapping[str, Any] = attrs.Factory(dict)
     session_id: str | None = None
     user: str | None = None
+    tools: tuple[Any, ...] = ()
+    tool_choice: str | None = None
 
 
 @frozen

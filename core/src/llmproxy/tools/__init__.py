@@ -1,22 +1,27 @@
-"""Tools the model may call: a name, a JSON-schema description and the Python function to run."""
+"""Tools the model may call.
+
+:class:`Tool` is a function tool: its name, description and JSON schema are sent to the model,
+and its Python function (sync or async) runs locally in the Proxy's tool-call loop.
+:class:`HostedTool` is a tool the provider runs itself (OpenAI's file search, code interpreter).
+
+>>> @tool
+... def get_weather(location: str, unit: str = "celsius") -> str:
+...     '''Get today's weather.
+...
+...     Args:
+...         location: The place to get the weather for.
+...         unit: celsius or fahrenheit.
+...     '''
+...     return f"Sunny in {location}"
+>>> get_weather.parameters["required"]
+['location']
+>>> get_weather.run('{"location": "Hanoi"}').output
+'Sunny in Hanoi'
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any
+from llmproxy.tools.base import HostedTool, Tool, ToolResult, tool
+from llmproxy.tools.schema import schema_from_function, validate
 
-import attrs
-from attrs import frozen
-
-
-@frozen
-class Tool:
-    """A function tool: what is sent to the model (name, description, JSON schema) and what runs.
-
-    Plugins register tools through the ``register_tools`` hook.
-    """
-
-    name: str
-    description: str
-    parameters: Mapping[str, Any] = attrs.Factory(lambda: {"type": "object", "properties": {}})
-    function: Callable[..., Any] | None = attrs.field(default=None, eq=False, repr=False)
+__all__ = ["HostedTool", "Tool", "ToolResult", "schema_from_function", "tool", "validate"]

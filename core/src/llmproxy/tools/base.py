@@ -1,0 +1,240 @@
+"""Function tools (run locally by the Proxy) and hosted tools (run by the provider)."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import json
+from collections.abc import Callable, Mapping
+from typing import Any, overload
+
+import attrs
+from attrs import field, frozen
+
+from llmproxy.errors import ConfigError
+from llmproxy.tools.schema import parse_docstring, schema_from_function, validate
+
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+
+
+def _check_name(_i: object, _a: object, value: str) -> None:
+    if not value or len(value) > 64 or not set(value) <= _NAME_CHARS:
+        raise ConfigError(
+            f"tool name {value!r} must be 1-64 letters, digits, '_' or '-'", path="tools.name"
+        )
+
+
+@frozen
+class ToolResult:
+    """The outcome of one tool call: the text sent back to the model, and whether it failed."""
+
+    call_id: str
+    name: str
+    output: str
+    error: bool = False
+
+
+@frozen
+class Tool:
+    """A function tool: what the model sees (name, description, JSON schema) and what runs.
+
+    Build one with :func:`tool` / :meth:`from_function` (schema from type hints and the
+    docstring) or directly with a ``parameters`` schema. Arguments from the model are checked
+    against the schema before the function runs; a failure, an exception or a timeout becomes
+    an error output sent back to the model instead of breaking the loop.
+    """
+
+    name: str = field(validator=_check_name)
+    description: str = ""
+    parameters: Mapping[str, Any] = attrs.Factory(
+        lambda: {"type": "object", "properties": {}, "additionalProperties": False}
+    )
+    function: Callable[..., Any] | None = field(default=None, eq=False, repr=False)
+    timeout: float | None = 60.0
+    strict: bool = False
+
+    @classmethod
+    def from_function(
+        cls,
+        function: Callable[..., Any],
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        parameters: Mapping[str, Any] | None = None,
+        timeout: float | None = 60.0,
+        strict: bool = False,
+    ) -> Tool:
+        """Make a tool of ``function``; the schema comes from its hints unless ``parameters``."""
+        if not callable(function):
+            raise ConfigError(f"tool function must be callable, got {function!r}", path="tools")
+        if parameters is None:
+            derived_description, schema = schema_from_function(function)
+        else:
+            derived_description, schema = parse_docstring(function.__doc__)[0], dict(parameters)
+        return cls(
+            name or function.__name__,
+            description if description is not None else derived_description,
+            schema,
+            function,
+            timeout,
+            strict,
+        )
+
+    @property
+    def is_async(self) -> bool:
+        """Whether the function is a coroutine function."""
+        return inspect.iscoroutinefunction(self.function)
+
+    def check(self, call_id: str, arguments: str) -> dict[str, Any] | ToolResult:
+        """Parse and validate the model's arguments; a ToolResult (an error output) on failure."""
+        if self.function is None:
+            return ToolResult(
+                call_id, self.name, f"tool {self.name!r} has no function to run", True
+            )
+        try:
+            args = json.loads(arguments or "{}")
+        except ValueError as exc:
+            return ToolResult(call_id, self.name, f"arguments are not valid JSON: {exc}", True)
+        if not isinstance(args, dict):
+            return ToolResult(call_id, self.name, "arguments must be a JSON object", True)
+        problem = validate(args, self.parameters)
+        if problem is not None:
+            return ToolResult(call_id, self.name, f"invalid arguments: {problem}", True)
+        return args
+
+    def _result(self, call_id: str, value: Any) -> ToolResult:
+        if isinstance(value, str):
+            return ToolResult(call_id, self.name, value)
+        try:
+            return ToolResult(
+                call_id, self.name, json.dumps(value, ensure_ascii=False, default=str)
+            )
+        except (TypeError, ValueError):
+            return ToolResult(call_id, self.name, str(value))
+
+    def _failure(self, call_id: str, exc: BaseException) -> ToolResult:
+        if isinstance(exc, TimeoutError):
+            return ToolResult(call_id, self.name, f"tool timed out after {self.timeout}s", True)
+        return ToolResult(call_id, self.name, f"tool failed: {type(exc).__name__}: {exc}", True)
+
+    def run(self, arguments: str, call_id: str = "") -> ToolResult:
+        """Run the tool from synchronous code (an async function runs in a fresh event loop)."""
+        args = self.check(call_id, arguments)
+        if isinstance(args, ToolResult):
+            return args
+        assert self.function is not None
+        try:
+            if self.is_async:
+                return self._result(call_id, asyncio.run(self._call_async(args)))
+            if self.timeout is None:
+                return self._result(call_id, self.function(**args))
+            return self._result(call_id, _run_with_timeout(self.function, args, self.timeout))
+        except Exception as exc:
+            return self._failure(call_id, exc)
+
+    async def arun(self, arguments: str, call_id: str = "") -> ToolResult:
+        """Run the tool from async code (a sync function runs in a worker thread)."""
+        args = self.check(call_id, arguments)
+        if isinstance(args, ToolResult):
+            return args
+        assert self.function is not None
+        try:
+            if self.is_async:
+                return self._result(call_id, await self._call_async(args))
+            call = functools.partial(self.function, **args)
+            return self._result(
+                call_id, await asyncio.wait_for(asyncio.to_thread(call), self.timeout)
+            )
+        except Exception as exc:
+            return self._failure(call_id, exc)
+
+    async def _call_async(self, args: dict[str, Any]) -> Any:
+        assert self.function is not None
+        return await asyncio.wait_for(self.function(**args), self.timeout)
+
+    def wire(self) -> dict[str, Any]:
+        """The tool as OpenAI-style function JSON: type, name, description, parameters."""
+        return {
+            "type": "function",
+            "name": self.name,
+            "description": self.description,
+            "parameters": dict(self.parameters),
+            "strict": self.strict,
+        }
+
+
+def _run_with_timeout(function: Callable[..., Any], args: dict[str, Any], timeout: float) -> Any:
+    """Run a sync function in a worker thread and stop waiting after ``timeout`` seconds.
+
+    Python cannot kill a thread: a function that overruns keeps running in the background, but
+    the loop goes on with a timeout error for the model.
+    """
+    import concurrent.futures
+
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    try:
+        future = pool.submit(function, **args)
+        return future.result(timeout=timeout)
+    except concurrent.futures.TimeoutError:
+        raise TimeoutError from None
+    finally:
+        pool.shutdown(wait=False)
+
+
+@frozen
+class HostedTool:
+    """A tool the provider runs itself: file search, code interpreter, web search.
+
+    ``HostedTool("file_search", {"vector_store_ids": [...]})`` or
+    ``HostedTool("code_interpreter", {"container": {"type": "auto"}})``. ``config`` is sent as
+    the tool's other fields; its outputs come back on the message's ``hosted_outputs`` and
+    its citations on ``citations``.
+    """
+
+    type: str
+    config: Mapping[str, Any] = attrs.Factory(dict)
+
+    def wire(self) -> dict[str, Any]:
+        """The tool as the provider's JSON: ``{"type": ..., **config}``."""
+        return {"type": self.type, **self.config}
+
+
+@overload
+def tool(function: Callable[..., Any], /) -> Tool: ...
+
+
+@overload
+def tool(
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    parameters: Mapping[str, Any] | None = None,
+    timeout: float | None = 60.0,
+    strict: bool = False,
+) -> Callable[[Callable[..., Any]], Tool]: ...
+
+
+def tool(
+    function: Callable[..., Any] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    parameters: Mapping[str, Any] | None = None,
+    timeout: float | None = 60.0,
+    strict: bool = False,
+) -> Tool | Callable[[Callable[..., Any]], Tool]:
+    """Make a function (sync or async) a :class:`Tool`: ``@tool`` or ``@tool(name=...)``."""
+
+    def make(fn: Callable[..., Any]) -> Tool:
+        return Tool.from_function(
+            fn,
+            name=name,
+            description=description,
+            parameters=parameters,
+            timeout=timeout,
+            strict=strict,
+        )
+
+    return make(function) if function is not None else make

@@ -1,0 +1,218 @@
+"""JSON schemas from Python signatures, and a validator for the arguments a model sends.
+
+The validator covers the JSON-schema subset function tools use: ``type`` (one or a list),
+``properties``, ``required``, ``additionalProperties``, ``items``, ``enum``, ``const``,
+``minimum``/``maximum``, ``minLength``/``maxLength``, ``minItems``/``maxItems`` and
+``anyOf``/``oneOf``. It reports the first problem with the path to it (``$.location``).
+"""
+
+from __future__ import annotations
+
+import enum
+import inspect
+import re
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+_JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "integer": (int,),
+    "number": (int, float),
+    "boolean": (bool,),
+    "array": (list, tuple),
+    "object": (dict,),
+    "null": (type(None),),
+}
+
+
+def _type_schema(tp: Any) -> dict[str, Any]:
+    """Return the JSON schema of a Python annotation."""
+    if tp is Any or tp is inspect.Parameter.empty:
+        return {}
+    origin = get_origin(tp)
+    args = get_args(tp)
+    if origin is typing.Annotated:
+        schema = _type_schema(args[0])
+        for extra in args[1:]:
+            if isinstance(extra, str):
+                schema["description"] = extra
+        return schema
+    if origin in (Union, types.UnionType):
+        non_null = [a for a in args if a is not type(None)]
+        if len(non_null) == 1 and len(args) == 2:
+            inner = _type_schema(non_null[0])
+            if "type" in inner and isinstance(inner["type"], str):
+                inner["type"] = [inner["type"], "null"]
+                return inner
+            return {"anyOf": [inner, {"type": "null"}]}
+        return {"anyOf": [_type_schema(a) for a in args]}
+    if origin is Literal:
+        values = list(args)
+        kinds = {type(v) for v in values}
+        literal: dict[str, Any] = {"enum": values}
+        if len(kinds) == 1:
+            literal.update(_type_schema(kinds.pop()))
+        return literal
+    if inspect.isclass(tp) and issubclass(tp, enum.Enum):
+        return {"enum": [m.value for m in tp]}
+    if tp is bool:
+        return {"type": "boolean"}
+    if tp is int:
+        return {"type": "integer"}
+    if tp is float:
+        return {"type": "number"}
+    if tp is str:
+        return {"type": "string"}
+    if tp is type(None):
+        return {"type": "null"}
+    if origin in (list, tuple, set, frozenset, Sequence) or tp in (list, tuple, set, frozenset):
+        array: dict[str, Any] = {"type": "array"}
+        if args:
+            array["items"] = _type_schema(args[0])
+        return array
+    if origin in (dict, Mapping) or tp in (dict,):
+        obj: dict[str, Any] = {"type": "object"}
+        if len(args) == 2:
+            obj["additionalProperties"] = _type_schema(args[1])
+        return obj
+    if typing.is_typeddict(tp):
+        hints = get_type_hints(tp, include_extras=True)
+        required = sorted(getattr(tp, "__required_keys__", hints))
+        return {
+            "type": "object",
+            "properties": {k: _type_schema(v) for k, v in hints.items()},
+            "required": required,
+            "additionalProperties": False,
+        }
+    raise TypeError(
+        f"cannot derive a JSON schema for {tp!r}: annotate with str, int, float, bool, Literal,"
+        " an Enum, list[...], dict[str, ...], a TypedDict, or pass parameters= explicitly"
+    )
+
+
+_ARG_SECTION = re.compile(r"^\s*(Args|Arguments|Parameters)\s*:?\s*$")
+_SECTION = re.compile(r"^\s*[A-Z][A-Za-z ]*:\s*$")
+_ARG_LINE = re.compile(r"^\s*\*{0,2}(\w+)\s*(?:\([^)]*\))?\s*:\s*(.*)$")
+
+
+def parse_docstring(doc: str | None) -> tuple[str, dict[str, str]]:
+    """Split a Google-style docstring into its description and per-argument descriptions."""
+    if not doc:
+        return "", {}
+    summary: list[str] = []
+    params: dict[str, str] = {}
+    current: str | None = None
+    arg_indent: int | None = None
+    in_args = False
+    for line in inspect.cleandoc(doc).splitlines():
+        indent = len(line) - len(line.lstrip())
+        if _ARG_SECTION.match(line):
+            in_args, current, arg_indent = True, None, None
+            continue
+        if in_args and indent == 0 and _SECTION.match(line):
+            in_args = False
+            continue
+        if not in_args:
+            summary.append(line)
+            continue
+        match = _ARG_LINE.match(line)
+        if match and (arg_indent is None or indent <= arg_indent):
+            arg_indent = indent
+            current = match.group(1)
+            params[current] = match.group(2).strip()
+        elif current is not None and line.strip():
+            params[current] = f"{params[current]} {line.strip()}".strip()
+    return "\n".join(summary).strip(), params
+
+
+def schema_from_function(fn: Callable[..., Any]) -> tuple[str, dict[str, Any]]:
+    """Return ``(description, parameters schema)`` for a function, from its hints and docstring."""
+    description, docs = parse_docstring(fn.__doc__)
+    hints = get_type_hints(fn, include_extras=True)
+    properties: dict[str, Any] = {}
+    required: list[str] = []
+    for name, param in inspect.signature(fn).parameters.items():
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        if param.kind is param.POSITIONAL_ONLY:
+            raise TypeError(f"tool function {fn.__name__} has positional-only parameter {name!r}")
+        schema = _type_schema(hints.get(name, Any))
+        if name in docs and "description" not in schema:
+            schema["description"] = docs[name]
+        if param.default is param.empty:
+            required.append(name)
+        elif param.default is not None and isinstance(param.default, (str, int, float, bool)):
+            schema["default"] = param.default
+        properties[name] = schema
+    return description, {
+        "type": "object",
+        "properties": properties,
+        "required": required,
+        "additionalProperties": False,
+    }
+
+
+def _is_type(value: Any, name: str) -> bool:
+    if name in ("integer", "number") and isinstance(value, bool):
+        return False
+    if name == "integer" and isinstance(value, float):
+        return value.is_integer()
+    return isinstance(value, _JSON_TYPES.get(name, (object,)))
+
+
+def validate(value: Any, schema: Mapping[str, Any], path: str = "$") -> str | None:
+    """Return the first way ``value`` breaks ``schema`` (with its path), or None when it fits."""
+    if "anyOf" in schema or "oneOf" in schema:
+        options = schema.get("anyOf") or schema.get("oneOf") or []
+        if not any(validate(value, option, path) is None for option in options):
+            return f"{path}: {value!r} matches none of the allowed forms"
+    expected = schema.get("type")
+    if expected is not None:
+        names = [expected] if isinstance(expected, str) else list(expected)
+        if not any(_is_type(value, n) for n in names):
+            return f"{path}: expected {' or '.join(names)}, got {type(value).__name__} {value!r}"
+    if "enum" in schema and value not in schema["enum"]:
+        return f"{path}: {value!r} is not one of {schema['enum']!r}"
+    if "const" in schema and value != schema["const"]:
+        return f"{path}: expected {schema['const']!r}"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if "minimum" in schema and value < schema["minimum"]:
+            return f"{path}: {value} is less than {schema['minimum']}"
+        if "maximum" in schema and value > schema["maximum"]:
+            return f"{path}: {value} is more than {schema['maximum']}"
+    if isinstance(value, str):
+        if "minLength" in schema and len(value) < schema["minLength"]:
+            return f"{path}: shorter than {schema['minLength']} characters"
+        if "maxLength" in schema and len(value) > schema["maxLength"]:
+            return f"{path}: longer than {schema['maxLength']} characters"
+    if isinstance(value, (list, tuple)):
+        if "minItems" in schema and len(value) < schema["minItems"]:
+            return f"{path}: fewer than {schema['minItems']} items"
+        if "maxItems" in schema and len(value) > schema["maxItems"]:
+            return f"{path}: more than {schema['maxItems']} items"
+        items = schema.get("items")
+        if isinstance(items, Mapping):
+            for index, item in enumerate(value):
+                problem = validate(item, items, f"{path}[{index}]")
+                if problem:
+                    return problem
+    if isinstance(value, dict):
+        properties: Mapping[str, Any] = schema.get("properties", {})
+        for name in schema.get("required", ()):
+            if name not in value:
+                return f"{path}: missing required property {name!r}"
+        extra = schema.get("additionalProperties", True)
+        for name, item in value.items():
+            if name in properties:
+                problem = validate(item, properties[name], f"{path}.{name}")
+            elif extra is False:
+                return f"{path}: unexpected property {name!r}"
+            elif isinstance(extra, Mapping):
+                problem = validate(item, extra, f"{path}.{name}")
+            else:
+                problem = None
+            if problem:
+                return problem
+    return None
