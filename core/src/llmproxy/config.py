@@ -97,6 +97,7 @@ class ProxyConfig:
     ledger_url: str | None = None
     use_history: bool = True
     history_limit: int = field(default=100, validator=_positive)
+    max_tool_rounds: int = field(default=8, validator=_not_negative)
     default_max_output_tokens: int = field(default=4096, validator=_positive)
     reservation_lease: float = field(default=600.0, validator=_positive)
     on_limit: str = field(default="raise", validator=attrs.validators.in_(("raise", "wait")))

@@ -114,6 +114,17 @@ class RateLimited(LLMProxyError):
         self.retry_after = retry_after
 
 
+class ToolLoopError(LLMProxyError):
+    """The model kept asking for tools past ``max_tool_rounds``; ``rounds`` is that limit.
+
+    Every round's usage was settled against the budgets before this is raised.
+    """
+
+    def __init__(self, message: str, *, rounds: int) -> None:
+        super().__init__(message)
+        self.rounds = rounds
+
+
 class StoreError(LLMProxyError):
     """A history store or ledger could not be reached or answered wrongly."""
 

@@ -10,6 +10,7 @@ stream classes are thin sync and async shells around them.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import threading
@@ -32,6 +33,7 @@ from llmproxy.errors import (
     ProviderError,
     RateLimited,
     StreamInterrupted,
+    ToolLoopError,
 )
 from llmproxy.history.base import HistoryRecord, HistoryStore
 from llmproxy.history.handler import HandlerStore, LLMMessageHandler
@@ -40,6 +42,7 @@ from llmproxy.provider import Provider
 from llmproxy.registry import ProviderSettings
 from llmproxy.retry import next_delay
 from llmproxy.secret import Secret, redact
+from llmproxy.tools import HostedTool, Tool, ToolResult
 from llmproxy.types import (
     CallEvent,
     ChatRequest,
@@ -139,10 +142,12 @@ class _Call:
         "claims",
         "extra",
         "fallbacks",
+        "function_tools",
         "history",
         "input_estimate",
         "key",
         "max_output_tokens",
+        "max_tool_rounds",
         "model",
         "new_messages",
         "provider",
@@ -150,14 +155,19 @@ class _Call:
         "proxy",
         "request",
         "reservation",
+        "rounds",
         "scope",
         "session_id",
         "settled",
+        "spent",
         "started",
         "started_at",
+        "steps",
         "system",
         "tags",
         "temperature",
+        "tool_choice",
+        "tools",
         "total_attempts",
         "use_history",
         "user",
@@ -178,6 +188,9 @@ class _Call:
         fallbacks: Sequence[str] | None = None,
         key: str | None = None,
         tags: Mapping[str, str] | None = None,
+        tools: Sequence[Tool | HostedTool | str | Callable[..., Any]] | None = None,
+        tool_choice: str | None = None,
+        max_tool_rounds: int | None = None,
     ) -> None:
         self.started = time.perf_counter()
         self.started_at = time.time()
@@ -217,6 +230,22 @@ class _Call:
             raise InvalidRequest("tags must map names to strings", field="tags")
         self.key = key
         self.tags: Mapping[str, str] = tags or {}
+        self.tools = proxy._resolve_tools(tools)
+        self.function_tools = {t.name: t for t in self.tools if isinstance(t, Tool)}
+        if tool_choice is not None and not isinstance(tool_choice, str):
+            raise InvalidRequest(
+                "tool_choice must be auto, none, required or a tool name", field="tool_choice"
+            )
+        self.tool_choice = tool_choice
+        rounds = proxy.config.max_tool_rounds if max_tool_rounds is None else max_tool_rounds
+        if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
+            raise InvalidRequest(
+                "max_tool_rounds must be a whole number >= 0", field="max_tool_rounds"
+            )
+        self.max_tool_rounds = rounds
+        self.rounds = 0
+        self.spent = Usage()
+        self.steps: list[Message] = []
         self.fallbacks = proxy._fallbacks_for(model, fallbacks)
         self.total_attempts = 0
         self._target(proxy._resolve(model))
@@ -335,8 +364,66 @@ class _Call:
             self.extra,
             self.session_id,
             self.user,
+            self.tools,
+            self.tool_choice,
         )
         return self.request
+
+    # -- tool rounds -----------------------------------------------------------------------------
+
+    def wants_tools(self, message: Message) -> bool:
+        """Whether the model asked for tool calls the Proxy should run and answer."""
+        return bool(self.function_tools) and bool(message.tool_calls)
+
+    def tool_round(self, assistant: Message) -> list[ToolCall]:
+        """Start a tool round for ``assistant``'s calls; raise when ``max_tool_rounds`` is spent."""
+        self.rounds += 1
+        if self.rounds > self.max_tool_rounds:
+            raise ToolLoopError(
+                f"the model asked for tools in more than {self.max_tool_rounds} rounds;"
+                " raise max_tool_rounds or check the tools' answers",
+                rounds=self.max_tool_rounds,
+            )
+        return list(assistant.tool_calls)
+
+    def add_tool_results(self, assistant: Message, results: Sequence[ToolResult]) -> None:
+        """Add a round's messages (the calls and their outputs) and get ready for the next round."""
+        outputs = [Message("tool", r.output, name=r.name, tool_call_id=r.call_id) for r in results]
+        self.new_messages.extend([assistant, *outputs])
+        self.steps.extend([assistant, *outputs])
+        self.reservation = None
+        self.settled = False
+        self.attempts = 0
+        self.request = None
+
+    def veto(self, name: str, arguments: str) -> bool:
+        """Ask ``before_tool_call`` plugins whether a call may run (False from any blocks it)."""
+        hook = self.proxy.plugins.pm.hook.before_tool_call
+        if not hook.get_hookimpls():
+            return True
+        try:
+            args = json.loads(arguments or "{}")
+        except ValueError:
+            args = {}
+        answer = hook(
+            tool_name=name,
+            arguments=args if isinstance(args, dict) else {},
+            session_id=self.session_id,
+        )
+        return answer is not False
+
+    def blocked_or_unknown(self, call: ToolCall) -> ToolResult | None:
+        """The error output for a call that must not run (unknown tool or vetoed), else None."""
+        if call.name not in self.function_tools:
+            known = ", ".join(sorted(self.function_tools))
+            return ToolResult(
+                call.id, call.name, f"unknown tool {call.name!r}; available: {known}", True
+            )
+        if not self.veto(call.name, call.arguments):
+            return ToolResult(
+                call.id, call.name, f"tool call {call.name!r} was blocked by policy", True
+            )
+        return None
 
     # -- outcomes --------------------------------------------------------------------------------
 
@@ -370,6 +457,7 @@ class _Call:
             self.elapsed(),
             self.session_id,
             completion.id,
+            tuple(self.steps),
         )
 
     def records(self, reply: Message, usage: Usage, model: str) -> list[HistoryRecord] | None:
@@ -679,6 +767,41 @@ class Proxy:
                     self._ledger = self._open("ledger", self._ledger_url, ledgers, "ledger.db")
         return self._ledger
 
+    def _resolve_tools(
+        self, tools: Sequence[Tool | HostedTool | str | Callable[..., Any]] | None
+    ) -> tuple[Tool | HostedTool, ...]:
+        """Turn a call's ``tools`` into tool objects: names of plugin tools, callables, tools."""
+        if not tools:
+            return ()
+        if isinstance(tools, (str, Tool, HostedTool)) or callable(tools):
+            raise InvalidRequest("tools must be a list", field="tools")
+        out: list[Tool | HostedTool] = []
+        for index, item in enumerate(tools):
+            if isinstance(item, (Tool, HostedTool)):
+                out.append(item)
+            elif isinstance(item, str):
+                registered = self.plugins.registry.tools.get(item)
+                if registered is None:
+                    known = ", ".join(sorted(self.plugins.registry.tools)) or "none"
+                    raise InvalidRequest(
+                        f"tools[{index}] names {item!r}, which no plugin registers"
+                        f" (registered: {known})",
+                        field=f"tools[{index}]",
+                    )
+                out.append(registered)
+            elif callable(item):
+                out.append(Tool.from_function(item))
+            else:
+                raise InvalidRequest(
+                    f"tools[{index}] must be a Tool, a HostedTool, a function or a registered"
+                    f" tool's name; got {type(item).__name__}",
+                    field=f"tools[{index}]",
+                )
+        names = [t.name for t in out if isinstance(t, Tool)]
+        if len(names) != len(set(names)):
+            raise InvalidRequest(f"tool names must be unique, got {names}", field="tools")
+        return tuple(out)
+
     def _fallbacks_for(self, model: str | None, per_call: Sequence[str] | None) -> list[str]:
         """The models to try, in order, when ``model`` fails with a retryable error."""
         if per_call is not None:
@@ -769,6 +892,9 @@ class Proxy:
         fallbacks: Sequence[str] | None = None,
         key: str | None = None,
         tags: Mapping[str, str] | None = None,
+        tools: Sequence[Tool | HostedTool | str | Callable[..., Any]] | None = None,
+        tool_choice: str | None = None,
+        max_tool_rounds: int | None = None,
         **extra: Any,
     ) -> ChatResponse:
         """Send ``prompt`` and return the whole answer.
@@ -798,9 +924,33 @@ class Proxy:
             fallbacks,
             key,
             tags,
+            tools,
+            tool_choice,
+            max_tool_rounds,
         )
         if call.use_history:
             call.set_history(self.history.load(call.session_id or "", self.config.history_limit))
+        try:
+            while True:
+                completion = self._round(call)
+                if not call.wants_tools(completion.message):
+                    break
+                calls = call.tool_round(completion.message)
+                call.add_tool_results(completion.message, [self._run_tool(call, c) for c in calls])
+        except BaseException as exc:
+            if self._notify_on:
+                self._notify(call.event(call.spent, "error", exc, False, call.model))
+            raise
+        response = call.response(completion, call.spent)
+        records = call.records(completion.message, call.spent, response.model)
+        if records:
+            self.history.append(records)
+        if self._notify_on:
+            self._notify(call.event(call.spent, "ok", None, False, response.model))
+        return response
+
+    def _round(self, call: _Call) -> Completion:
+        """One model turn: reserve, call with retries and fallbacks, settle; add to call.spent."""
         while True:
             args = call.reserve_args()
             if args is not None:
@@ -816,19 +966,18 @@ class Proxy:
                 self._release(call)
                 if call.advance(exc):
                     continue
-                if self._notify_on:
-                    self._notify(call.event(Usage(), "error", exc, False, call.model))
                 raise
         settle = call.settle_args(usage)
         if settle is not None and call.reservation is not None:
             self.ledger.settle(call.reservation, **settle)
-        response = call.response(completion, usage)
-        records = call.records(completion.message, usage, response.model)
-        if records:
-            self.history.append(records)
-        if self._notify_on:
-            self._notify(call.event(usage, "ok", None, False, response.model))
-        return response
+        call.spent = call.spent + usage
+        return completion
+
+    def _run_tool(self, call: _Call, tool_call: ToolCall) -> ToolResult:
+        refused = call.blocked_or_unknown(tool_call)
+        if refused is not None:
+            return refused
+        return call.function_tools[tool_call.name].run(tool_call.arguments, tool_call.id)
 
     def _attempts(self, call: _Call, request: ChatRequest) -> Completion:
         while True:
@@ -895,6 +1044,9 @@ class Proxy:
         fallbacks: Sequence[str] | None = None,
         key: str | None = None,
         tags: Mapping[str, str] | None = None,
+        tools: Sequence[Tool | HostedTool | str | Callable[..., Any]] | None = None,
+        tool_choice: str | None = None,
+        max_tool_rounds: int | None = None,
         **extra: Any,
     ) -> ChatStream:
         """Send ``prompt`` and iterate over the answer as it arrives (arguments as :meth:`chat`).
@@ -918,6 +1070,9 @@ class Proxy:
             fallbacks,
             key,
             tags,
+            tools,
+            tool_choice,
+            max_tool_rounds,
         )
         if call.use_history:
             call.set_history(self.history.load(call.session_id or "", self.config.history_limit))
@@ -942,6 +1097,9 @@ class Proxy:
         fallbacks: Sequence[str] | None = None,
         key: str | None = None,
         tags: Mapping[str, str] | None = None,
+        tools: Sequence[Tool | HostedTool | str | Callable[..., Any]] | None = None,
+        tool_choice: str | None = None,
+        max_tool_rounds: int | None = None,
         **extra: Any,
     ) -> ChatResponse:
         """Async :meth:`chat`."""
@@ -959,11 +1117,36 @@ class Proxy:
             fallbacks,
             key,
             tags,
+            tools,
+            tool_choice,
+            max_tool_rounds,
         )
         if call.use_history:
             call.set_history(
                 await self.history.aload(call.session_id or "", self.config.history_limit)
             )
+        try:
+            while True:
+                completion = await self._around(call)
+                if not call.wants_tools(completion.message):
+                    break
+                calls = call.tool_round(completion.message)
+                results = await asyncio.gather(*(self._arun_tool(call, c) for c in calls))
+                call.add_tool_results(completion.message, results)
+        except BaseException as exc:
+            if self._notify_on:
+                self._notify(call.event(call.spent, "error", exc, False, call.model))
+            raise
+        response = call.response(completion, call.spent)
+        records = call.records(completion.message, call.spent, response.model)
+        if records:
+            await self.history.aappend(records)
+        if self._notify_on:
+            self._notify(call.event(call.spent, "ok", None, False, response.model))
+        return response
+
+    async def _around(self, call: _Call) -> Completion:
+        """Async :meth:`_round`."""
         while True:
             args = call.reserve_args()
             if args is not None:
@@ -979,19 +1162,18 @@ class Proxy:
                 await self._arelease(call)
                 if call.advance(exc):
                     continue
-                if self._notify_on:
-                    self._notify(call.event(Usage(), "error", exc, False, call.model))
                 raise
         settle = call.settle_args(usage)
         if settle is not None and call.reservation is not None:
             await self.ledger.asettle(call.reservation, **settle)
-        response = call.response(completion, usage)
-        records = call.records(completion.message, usage, response.model)
-        if records:
-            await self.history.aappend(records)
-        if self._notify_on:
-            self._notify(call.event(usage, "ok", None, False, response.model))
-        return response
+        call.spent = call.spent + usage
+        return completion
+
+    async def _arun_tool(self, call: _Call, tool_call: ToolCall) -> ToolResult:
+        refused = call.blocked_or_unknown(tool_call)
+        if refused is not None:
+            return refused
+        return await call.function_tools[tool_call.name].arun(tool_call.arguments, tool_call.id)
 
     async def _aattempts(self, call: _Call, request: ChatRequest) -> Completion:
         while True:
@@ -1031,6 +1213,9 @@ class Proxy:
         fallbacks: Sequence[str] | None = None,
         key: str | None = None,
         tags: Mapping[str, str] | None = None,
+        tools: Sequence[Tool | HostedTool | str | Callable[..., Any]] | None = None,
+        tool_choice: str | None = None,
+        max_tool_rounds: int | None = None,
         **extra: Any,
     ) -> AsyncChatStream:
         """Async :meth:`stream`: ``async for ev in proxy.astream(...)``.
@@ -1053,6 +1238,9 @@ class Proxy:
             fallbacks,
             key,
             tags,
+            tools,
+            tool_choice,
+            max_tool_rounds,
         )
         return AsyncChatStream(self, call, None)
 
@@ -1151,30 +1339,41 @@ class _StreamBase:
 
     def _end(
         self, interrupted: bool, error: BaseException | None
-    ) -> tuple[StreamEvent | None, dict[str, int] | None, list[HistoryRecord] | None]:
+    ) -> tuple[StreamEvent | None, dict[str, Any] | None, list[HistoryRecord] | None]:
         """Mark the stream ended; return the final event and what to settle and store."""
         self._done = True
         call = self._call
-        if not self._state.delivered and error is not None:
-            # No text arrived: the call failed as a whole, like a failed chat() call.
+        if (not self._state.delivered and error is not None) or isinstance(error, ToolLoopError):
+            # No text arrived (or the tool loop ran away): the call failed as a whole.
             settle = call.settle_args(None)
             if self._proxy._notify_on:
-                self._proxy._notify(call.event(Usage(), "error", error, True, call.model))
+                self._proxy._notify(call.event(call.spent, "error", error, True, call.model))
             return None, settle, None
         completion, usage = self._state.completion(call, interrupted)
-        response = call.response(completion, usage)
+        total = call.spent + usage
+        response = call.response(completion, total)
         self.response = response
         settle = call.settle_args(usage)
-        records = call.records(completion.message, usage, response.model)
+        records = call.records(completion.message, total, response.model)
         if self._proxy._notify_on:
             outcome = "interrupted" if interrupted else "ok"
-            self._proxy._notify(call.event(usage, outcome, error, True, response.model))
+            self._proxy._notify(call.event(total, outcome, error, True, response.model))
         final = (
             None
             if interrupted
-            else StreamEvent("", "", True, usage, completion.finish_reason, response)
+            else StreamEvent("", "", True, total, completion.finish_reason, response)
         )
         return final, settle, records
+
+    def _round_done(self) -> tuple[Message, dict[str, Any] | None] | None:
+        """At the end of a round that asked for tools: its message and what to settle."""
+        call = self._call
+        if not call.function_tools or not self._state.tool_calls:
+            return None
+        completion, usage = self._state.completion(call, False)
+        settle = call.settle_args(usage)
+        call.spent = call.spent + usage
+        return completion.message, settle
 
     def _interrupted_error(self, exc: BaseException) -> BaseException:
         if self._state.delivered and isinstance(exc, ProviderError):
@@ -1214,6 +1413,8 @@ class ChatStream(_StreamBase):
             try:
                 chunk = next(self._it)
             except StopIteration:
+                if self._tool_round():
+                    continue
                 final = self._finish(False, None)
                 assert final is not None
                 return final
@@ -1234,6 +1435,33 @@ class ChatStream(_StreamBase):
             event = self._state.feed(chunk)
             if event is not None:
                 return event
+
+    def _tool_round(self) -> bool:
+        """If the round asked for tools: settle it, run them, start the next round."""
+        done = self._round_done()
+        if done is None:
+            return False
+        assistant, settle = done
+        call, proxy = self._call, self._proxy
+        self._it = None
+        if settle is not None and call.reservation is not None:
+            proxy.ledger.settle(call.reservation, **settle)
+        try:
+            calls = call.tool_round(assistant)
+        except ToolLoopError as exc:
+            self._finish(True, exc)
+            raise
+        call.add_tool_results(assistant, [proxy._run_tool(call, c) for c in calls])
+        self._state = _StreamState()
+        args = call.reserve_args()
+        if args is not None:
+            try:
+                call.reservation = proxy._reserve(call, args)
+            except BaseException:
+                self._done = True
+                raise
+        self._sync_request = call.build_request()
+        return True
 
     def _fallback(self, exc: BaseException) -> bool:
         """Before any text: release this model's hold and move to the next fallback, if any."""
@@ -1345,6 +1573,10 @@ class AsyncChatStream(_StreamBase):
             try:
                 chunk = await anext(self._it)
             except StopAsyncIteration:
+                if await self._tool_round():
+                    request = self._request
+                    assert request is not None
+                    continue
                 final = await self._finish(False, None)
                 assert final is not None
                 return final
@@ -1368,6 +1600,34 @@ class AsyncChatStream(_StreamBase):
             event = self._state.feed(chunk)
             if event is not None:
                 return event
+
+    async def _tool_round(self) -> bool:
+        """Async :meth:`ChatStream._tool_round` (the round's calls run concurrently)."""
+        done = self._round_done()
+        if done is None:
+            return False
+        assistant, settle = done
+        call, proxy = self._call, self._proxy
+        self._it = None
+        if settle is not None and call.reservation is not None:
+            await proxy.ledger.asettle(call.reservation, **settle)
+        try:
+            calls = call.tool_round(assistant)
+        except ToolLoopError as exc:
+            await self._finish(True, exc)
+            raise
+        results = await asyncio.gather(*(proxy._arun_tool(call, c) for c in calls))
+        call.add_tool_results(assistant, results)
+        self._state = _StreamState()
+        args = call.reserve_args()
+        if args is not None:
+            try:
+                call.reservation = await proxy._areserve(call, args)
+            except BaseException:
+                self._done = True
+                raise
+        self._request = call.build_request()
+        return True
 
     async def _fallback(self, exc: BaseException) -> bool:
         """Async :meth:`ChatStream._fallback`."""

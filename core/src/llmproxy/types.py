@@ -164,7 +164,8 @@ class ChatResponse:
     ``text`` is the answer, ``message`` the assistant message as stored in history, ``usage`` the
     tokens used (all attempts), ``model`` the model that answered (after fallbacks),
     ``provider`` its provider, ``finish_reason`` why it stopped (``stop``, ``length``,
-    ``tool_calls``...), ``latency`` the seconds from the call to its end.
+    ``tool_calls``...), ``latency`` the seconds from the call to its end. ``steps`` holds the
+    tool rounds the Proxy ran (each assistant message with its calls, then the tool outputs).
     """
 
     text: str
@@ -176,6 +177,7 @@ class ChatResponse:
     latency: float = 0.0
     session_id: str | None = None
     id: str | None = None
+    steps: tuple[Message, ...] = ()
 
     @property
     def reasoning(self) -> str | None:
