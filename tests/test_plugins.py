@@ -151,3 +151,36 @@ def test_unknown_store_scheme_is_a_config_error() -> None:
         Proxy({"history_url": "nosuch://x"}, environ={})
     with pytest.raises(ConfigError, match="no scheme"):
         Proxy({"ledger_url": "just-a-path"}, environ={})
+
+
+def test_plugin_commands_extend_the_cli(capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from llmproxy.registry import RegisterCommand
+
+    class Greeter:
+        @staticmethod
+        @__import__("llmproxy").hookimpl
+        def register_commands(register: RegisterCommand) -> None:
+            def configure(parser: argparse.ArgumentParser) -> None:
+                parser.add_argument("name")
+
+            def run(args: argparse.Namespace) -> int:
+                print(f"hello {args.name}")
+                return 3
+
+            register("greet", "say hello", configure, run)
+            register("chat", "clash", configure, run)
+
+    plugins = Plugins(environ={"LLMPROXY_PLUGINS": ""}, extra=[Greeter])
+    assert "greet" in plugins.registry.commands
+    assert any("'chat'" in str(e) for e in plugins.errors)
+    from llmproxy import cli
+    from llmproxy import plugins as plugin_module
+
+    plugin_module._cache[None] = plugins
+    try:
+        assert cli.main(["greet", "Ada"]) == 3
+    finally:
+        plugin_module._cache.clear()
+    assert capsys.readouterr().out == "hello Ada\n"

@@ -38,6 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--temperature", type=float)
 
     sub.add_parser("plugins", help="list discovered plugins and what they register")
+    for command in load_plugins().registry.commands.values():
+        command.configure(sub.add_parser(command.name, help=command.help))
 
     history = sub.add_parser("history", help="list, show or delete stored conversations")
     hsub = history.add_subparsers(dest="action", required=True)
@@ -196,7 +198,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _plugins(out)
         if args.command == "history":
             return _history(args, out)
-        return _usage(args, out)
+        if args.command == "usage":
+            return _usage(args, out)
+        return load_plugins().registry.commands[args.command].run(args)
     except ConfigError as exc:
         err.write(f"llmproxy: {exc}\n")
         return 2

@@ -22,6 +22,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from llmproxy.registry import (
+        RegisterCommand,
         RegisterHistoryStore,
         RegisterLedger,
         RegisterPolicy,
@@ -88,6 +89,16 @@ def register_prices(register: RegisterPrice) -> None:
 @hookspec
 def register_tools(register: RegisterTool) -> None:
     """Register tools the model may call: ``register(tool)`` with a ``llmproxy.tools.Tool``."""
+
+
+@hookspec
+def register_commands(register: RegisterCommand) -> None:
+    """Add subcommands to the ``llmproxy`` command: ``register(name, help, configure, run)``.
+
+    ``configure(parser)`` adds the subcommand's arguments to its ``argparse`` parser;
+    ``run(args)`` runs it and returns the exit status. Errors llmproxy raises on purpose are
+    printed as one line, like the built-in commands'.
+    """
 
 
 # -- per-call hooks: called only when implemented -----------------------------------------------

@@ -115,6 +115,7 @@ class Plugins:
             ("register_budget_policies", reg.policy_register),
             ("register_tools", reg.tool_register),
             ("register_prices", reg.price_register),
+            ("register_commands", reg.command_register),
         ]
         for hook_name, make_register in hooks:
             caller: pluggy.HookCaller = getattr(self.pm.hook, hook_name)

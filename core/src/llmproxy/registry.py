@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import re
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
@@ -16,6 +17,7 @@ from llmproxy.pricing import Price, PriceTable
 from llmproxy.provider import Provider
 from llmproxy.secret import Secret
 
+BUILTIN_COMMANDS = frozenset(("chat", "plugins", "history", "usage"))
 _NAME = re.compile(r"^[a-z][a-z0-9_.-]*$")
 
 
@@ -83,6 +85,30 @@ class RegisterPrice(Protocol):
         """Register the price of ``provider/model`` or a ``provider/prefix*`` pattern."""
 
 
+@frozen
+class Command:
+    """A subcommand a plugin adds to the ``llmproxy`` command."""
+
+    name: str
+    help: str
+    configure: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+    plugin: str
+
+
+class RegisterCommand(Protocol):
+    """The ``register`` function passed to ``register_commands``."""
+
+    def __call__(
+        self,
+        name: str,
+        help: str,
+        configure: Callable[[argparse.ArgumentParser], None],
+        run: Callable[[argparse.Namespace], int],
+    ) -> None:
+        """Register a subcommand of ``llmproxy``."""
+
+
 class RegisterTool(Protocol):
     """The ``register`` function passed to ``register_tools``."""
 
@@ -114,6 +140,7 @@ class Registry:
     policies: dict[str, type[Any]] = attrs.Factory(dict)
     tools: dict[str, Any] = attrs.Factory(dict)
     prices: PriceTable = attrs.Factory(PriceTable)
+    commands: dict[str, Command] = attrs.Factory(dict)
     registered_by: dict[str, list[str]] = attrs.Factory(dict)
 
     def _note(self, plugin: str, what: str) -> None:
@@ -184,6 +211,25 @@ class Registry:
                 )
             self.prices.set(name, price)
             self._note(plugin, f"price {name}")
+
+        return register
+
+    def command_register(self, plugin: str) -> RegisterCommand:
+        """Return the ``register`` function handed to one plugin's ``register_commands``."""
+
+        def register(
+            name: str,
+            help: str,
+            configure: Callable[[argparse.ArgumentParser], None],
+            run: Callable[[argparse.Namespace], int],
+        ) -> None:
+            _check_name(plugin, "command", name)
+            if name in self.commands or name in BUILTIN_COMMANDS:
+                raise PluginError(
+                    f"plugin '{plugin}' registered command {name!r}, which exists", plugin=plugin
+                )
+            self.commands[name] = Command(name, help, configure, run, plugin)
+            self._note(plugin, f"command {name}")
 
         return register
 
