@@ -517,6 +517,8 @@ class _Call:
             self.total_attempts,
             streamed,
             self.started_at,
+            self.key,
+            self.tags,
         )
 
 

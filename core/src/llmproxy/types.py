@@ -217,7 +217,11 @@ class Completion:
 
 @frozen
 class Chunk:
-    """What a provider yields while streaming: deltas, then usage and finish reason when known."""
+    """What a provider yields while streaming: deltas, then usage and finish reason when known.
+
+    ``tool_calls``, ``citations`` and ``hosted_outputs`` arrive whole (usually on the last
+    chunk); the Proxy gathers them onto the streamed answer's message.
+    """
 
     text: str = ""
     reasoning: str = ""
@@ -226,6 +230,8 @@ class Chunk:
     model: str | None = None
     tool_calls: tuple[ToolCall, ...] = ()
     id: str | None = None
+    citations: tuple[Citation, ...] = ()
+    hosted_outputs: tuple[HostedOutput, ...] = ()
 
 
 @frozen
@@ -246,3 +252,5 @@ class CallEvent:
     attempts: int = 1
     streamed: bool = False
     started_at: float = 0.0
+    key: str | None = None
+    tags: Mapping[str, str] = attrs.Factory(dict)
