@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from llmproxy.budget.base import Claim
 from llmproxy.budget.memory import MemoryLedger
@@ -43,13 +44,26 @@ class TestSQLiteHistoryStore(HistoryStoreContract):
         store.close()
 
 
+# The built-in ledgers are fast: let the state machine look harder than the contract's default.
+_THOROUGH = settings(
+    max_examples=150,
+    stateful_step_count=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+
 class TestMemoryLedger(LedgerContract):
+    state_machine_settings = _THOROUGH
+
     @pytest.fixture
     def ledger(self, clock: FakeClock) -> MemoryLedger:
         return MemoryLedger(clock=clock)
 
 
 class TestSQLiteLedger(LedgerContract):
+    state_machine_settings = _THOROUGH
+
     @pytest.fixture
     def ledger(self, clock: FakeClock, tmp_path: Path) -> Iterator[SQLiteLedger]:
         ledger = SQLiteLedger(tmp_path / "ledger.db", clock=clock)

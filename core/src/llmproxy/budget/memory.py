@@ -1,7 +1,14 @@
 """A ledger kept in this process's memory, and the admission rule every ledger shares.
 
 :func:`admit` is the one place that decides a reservation from the state of its claims, so the
-in-memory and the SQLite ledger grant and refuse identically.
+in-memory and the SQLite ledger grant and refuse identically (the Redis ledger's Lua script
+follows it step by step).
+
+Units inside a ledger: tokens and requests are counted as they are; ``usd`` claims are counted
+in whole nano-dollars (:data:`USD_SCALE`), so that sums of many small costs stay exact and every
+ledger agrees to the last unit. A hold is rounded up to the next nano-dollar, a limit down and
+a settled cost to the nearest. Amounts given to and read from a ledger (limits, reservations,
+:class:`~llmproxy.budget.base.ClaimUsage`, errors) are in dollars.
 """
 
 from __future__ import annotations
@@ -15,14 +22,53 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Final
 
-from llmproxy.budget.base import Claim, ClaimUsage, Reservation
+from llmproxy.budget import periods
+from llmproxy.budget.base import Claim, ClaimUsage, Rates, Reservation
 from llmproxy.errors import BudgetExceeded, InvalidRequest, RateLimited
 
 SETTLED_GRACE: Final = 3600.0
 """Seconds after a reservation's lease ends during which settling it again is still known to
 be a repeat (a no-op); later its id is forgotten."""
 
+USD_SCALE: Final = 1e9
+"""Ledgers count ``usd`` claims in nano-dollars: one dollar is this many units."""
+
+USD_SLACK: Final = 1e-6
+"""Float error (in nano-dollars) forgiven when a hold or limit is rounded to whole units: a
+computed ``2999.9999999999995`` is 3000, not 3001."""
+
+_UNITS: Final = frozenset(("tokens", "requests", "usd"))
+
 _EventsOf = Callable[[int], Sequence[tuple[float, float]]]
+
+
+def usd_limit(dollars: float) -> float:
+    """A usd claim's limit in whole nano-dollars, rounded down (never above the limit)."""
+    units = dollars * USD_SCALE
+    return float(math.floor(units + USD_SLACK)) if math.isfinite(units) else units
+
+
+def usd_hold(input_tokens: int, output_tokens: int, rate_in: float, rate_out: float) -> float:
+    """Nano-dollars held for a call: ``rate_in``/``rate_out`` are nano-dollars per token.
+
+    Rounded up, so a hold is never less than the call may cost. The Redis ledger's script
+    computes exactly this expression, in this order.
+    """
+    return float(math.ceil(input_tokens * rate_in + output_tokens * rate_out - USD_SLACK))
+
+
+def usd_rate(dollars_per_token: float) -> float:
+    """A rate in nano-dollars per token, rounded to 1e-6 of a unit to drop float noise.
+
+    ``1e-6 * USD_SCALE`` is ``1000.0000000000001`` in floats; rounded, holds and grants come out
+    exact for every price given in whole fractions of a nano-dollar.
+    """
+    return round(dollars_per_token * USD_SCALE, 6)
+
+
+def usd_units(cost: float) -> float:
+    """A settled cost (dollars) in nano-dollars, rounded to the nearest unit."""
+    return float(round(cost * USD_SCALE))
 
 
 def check_arguments(
@@ -31,11 +77,13 @@ def check_arguments(
     max_output_tokens: int,
     min_output_tokens: int,
     lease: float,
+    rates: Rates | None = None,
 ) -> Sequence[Claim]:
     """Return the claims to reserve, or raise InvalidRequest for arguments no ledger can honour.
 
     A claim listed twice (two identical policies) is counted once; one key claimed with two
-    different limits, units or windows is refused.
+    different limits, units or windows is refused. A ``usd`` claim needs ``rates``; a claim has
+    a rolling ``window`` or a calendar ``period``, not both; ``tz`` must name a time zone.
     """
     if input_tokens < 0:
         raise InvalidRequest(f"input_tokens must be >= 0, got {input_tokens}", field="input_tokens")
@@ -49,6 +97,16 @@ def check_arguments(
         raise InvalidRequest(
             f"lease must be a positive number of seconds, got {lease}", field="lease"
         )
+    if rates is not None and not (
+        0 <= rates.input < math.inf and 0 <= rates.output < math.inf  # also refuses NaN
+    ):
+        raise InvalidRequest(
+            f"rates must be finite USD amounts per token >= 0, got {rates}", field="rates"
+        )
+    for claim in claims:
+        unit = claim.unit
+        if (unit != "tokens" and unit != "requests") or claim.period is not None:
+            _check_claim(claim, rates)
     if len(claims) < 2 or len({claim.key for claim in claims}) == len(claims):
         return claims
     unique: dict[str, Claim] = {}
@@ -63,19 +121,55 @@ def check_arguments(
     return tuple(unique.values())
 
 
-def check_settle(tokens: int, requests: int) -> None:
-    """Raise InvalidRequest for negative settle amounts."""
+def _check_claim(claim: Claim, rates: Rates | None) -> None:
+    """Check what only usd and calendar claims can get wrong."""
+    name = f"{claim.policy!r} ({claim.scope})"
+    if claim.unit not in _UNITS:
+        raise InvalidRequest(
+            f"claim {name} has unit {claim.unit!r}: use tokens, requests or usd", field="claims"
+        )
+    if claim.unit == "usd" and rates is None:
+        raise InvalidRequest(
+            f"claim {name} counts usd but no rates were given: pass"
+            " rates=Rates(input=..., output=...) in USD per token (the model's price)",
+            field="rates",
+        )
+    if claim.period is not None:
+        if claim.window is not None:
+            raise InvalidRequest(
+                f"claim {name} has both a rolling window and a calendar period; give one",
+                field="claims",
+            )
+        if claim.period not in periods.PERIODS:
+            raise InvalidRequest(
+                f"claim {name} has period {claim.period!r}: use 'day' or 'month'", field="claims"
+            )
+        try:
+            periods.zone(claim.tz)
+        except ValueError as exc:
+            raise InvalidRequest(f"claim {name}: {exc}", field="claims") from None
+
+
+def check_settle(tokens: int, requests: int, cost: float = 0.0) -> None:
+    """Raise InvalidRequest for negative (or not finite) settle amounts."""
     if tokens < 0 or requests < 0:
         raise InvalidRequest(
             f"settled amounts must be >= 0, got tokens={tokens} requests={requests}",
             field="tokens" if tokens < 0 else "requests",
         )
+    if not 0 <= cost < math.inf:
+        raise InvalidRequest(f"cost must be a finite USD amount >= 0, got {cost}", field="cost")
 
 
-def _retry_after(
+def retry_after(
     events: Sequence[tuple[float, float]], needed: float, window: float, now: float
 ) -> float:
-    """Seconds until enough settled events leave the window to free ``needed`` requests."""
+    """Seconds until a full request window has room again.
+
+    ``events`` are the window's settled ``(timestamp, amount)`` events oldest first and
+    ``needed`` how many requests must leave it; when events cannot free enough (calls in flight
+    hold the rest), one second, or the window if shorter.
+    """
     freed = 0.0
     for timestamp, amount in events:
         freed += amount
@@ -83,6 +177,19 @@ def _retry_after(
             return max(timestamp + window - now, 0.001)
     # Calls in flight hold the rest; a slot frees when one is released or its event ages out.
     return min(1.0, window)
+
+
+def resets_at(claim: Claim, now: float, events: Sequence[tuple[float, float]]) -> float | None:
+    """When a claim's count next drops, or None for an all-time claim or an empty window.
+
+    That is the end of its calendar period, or when its oldest event (``events`` oldest first)
+    leaves its window.
+    """
+    if claim.period is not None:
+        return periods.span(claim.period, claim.tz, now).end
+    if claim.window is not None and events:
+        return events[0][0] + claim.window
+    return None
 
 
 def admit(
@@ -95,15 +202,22 @@ def admit(
     input_tokens: int,
     max_output_tokens: int,
     min_output_tokens: int,
-) -> tuple[int, tuple[float, ...]]:
+    rates: Rates | None = None,
+) -> tuple[int, tuple[float, ...], tuple[float, ...]]:
     """Decide a reservation: return the output grant and the amount held per claim, or raise.
 
-    ``used`` and ``reserved`` are each claim's settled use (in its window) and held amount;
-    ``events_of(i)`` returns claim ``i``'s in-window ``(timestamp, amount)`` events oldest first
-    and is called only to explain a refusal. Request claims are checked first (a windowed one
-    raises RateLimited, an all-time one BudgetExceeded in ``requests``); then the grant is
-    ``max_output_tokens`` capped by the room of the tightest token claim, and BudgetExceeded
-    names that claim when the grant is below ``min_output_tokens``.
+    ``used`` and ``reserved`` are each claim's settled use (in its window or current period)
+    and held amount, in ledger units (nano-dollars for usd claims); ``events_of(i)`` returns
+    claim ``i``'s in-window ``(timestamp, amount)`` events oldest first and is called only to
+    explain a refusal. Request claims are checked first (a windowed one raises RateLimited,
+    an all-time or calendar one BudgetExceeded in ``requests``); then the grant is
+    ``max_output_tokens`` capped by the room of the tightest token or usd claim (for a usd
+    claim: ``(room - input_tokens * rates.input) / rates.output`` tokens, floored, then lowered
+    until the rounded-up hold fits), and BudgetExceeded names that claim when the grant is
+    below ``min_output_tokens``.
+
+    Returns ``(grant, held, amounts)``: ``held`` in ledger units (what the ledger adds to its
+    reserved counts), ``amounts`` in the claims' units (for the Reservation).
     """
     for index, claim in enumerate(claims):
         if claim.unit == "requests" and used[index] + reserved[index] + 1 > claim.limit:
@@ -116,6 +230,7 @@ def admit(
                     reserved=reserved[index],
                     requested=1,
                     unit="requests",
+                    resets_at=resets_at(claim, now, ()),
                 )
             needed = used[index] + reserved[index] + 1 - claim.limit
             raise RateLimited(
@@ -123,24 +238,65 @@ def admit(
                 scope=claim.scope,
                 limit=claim.limit,
                 window=claim.window,
-                retry_after=_retry_after(events_of(index), needed, claim.window, now),
+                retry_after=retry_after(events_of(index), needed, claim.window, now),
             )
     grant = max_output_tokens
     tightest = -1
     tightest_room = math.inf
+    dollars = False
+    rate_in = rate_out = 0.0
+    if rates is not None:
+        rate_in, rate_out = usd_rate(rates.input), usd_rate(rates.output)
     for index, claim in enumerate(claims):
-        if claim.unit == "tokens":
+        unit = claim.unit
+        if unit == "tokens":
             room = claim.limit - used[index] - reserved[index] - input_tokens
-            if room < tightest_room:
-                tightest, tightest_room = index, room
+        elif unit == "usd":
+            dollars = True
+            left = usd_limit(claim.limit) - used[index] - reserved[index]
+            if rate_out > 0:
+                room = (left - input_tokens * rate_in) / rate_out
+            elif usd_hold(input_tokens, 0, rate_in, rate_out) <= left:
+                room = math.inf
+            else:
+                room = -math.inf
+        else:
+            continue
+        if room < tightest_room:
+            tightest, tightest_room = index, room
     if tightest_room < grant:
-        grant = math.floor(tightest_room)
+        grant = math.floor(tightest_room) if tightest_room > -math.inf else -1
+    if dollars and grant >= min_output_tokens:
+        # The room was computed in floats and the hold is rounded up: lower the grant until
+        # every usd hold fits (one step at most in practice; four before giving up).
+        for index, claim in enumerate(claims):
+            if claim.unit != "usd":
+                continue
+            left = usd_limit(claim.limit) - used[index] - reserved[index]
+            for _ in range(4):
+                if usd_hold(input_tokens, grant, rate_in, rate_out) <= left:
+                    break
+                grant -= 1
+            else:
+                grant = -1
+            if grant < min_output_tokens:
+                tightest = index
+                break
     if grant < min_output_tokens:
         claim = claims[tightest]
-        resets_at = None
-        if claim.window is not None:
-            events = events_of(tightest)
-            resets_at = events[0][0] + claim.window if events else None
+        events = events_of(tightest) if claim.window is not None else ()
+        if claim.unit == "usd":
+            assert rates is not None  # check_arguments refuses usd claims without rates
+            raise BudgetExceeded(
+                policy=claim.policy,
+                scope=claim.scope,
+                limit=claim.limit,
+                used=used[tightest] / USD_SCALE,
+                reserved=reserved[tightest] / USD_SCALE,
+                requested=input_tokens * rates.input + min_output_tokens * rates.output,
+                unit="usd",
+                resets_at=resets_at(claim, now, events),
+            )
         raise BudgetExceeded(
             policy=claim.policy,
             scope=claim.scope,
@@ -149,15 +305,32 @@ def admit(
             reserved=reserved[tightest],
             requested=input_tokens + min_output_tokens,
             unit="tokens",
-            resets_at=resets_at,
+            resets_at=resets_at(claim, now, events),
         )
-    held = float(input_tokens + grant)
-    return grant, tuple(held if claim.unit == "tokens" else 1.0 for claim in claims)
+    held_tokens = float(input_tokens + grant)
+    if not dollars:
+        held = tuple(held_tokens if claim.unit == "tokens" else 1.0 for claim in claims)
+        return grant, held, held
+    cost = usd_hold(input_tokens, grant, rate_in, rate_out)
+    held = tuple(
+        held_tokens if claim.unit == "tokens" else cost if claim.unit == "usd" else 1.0
+        for claim in claims
+    )
+    amounts = tuple(
+        cost / USD_SCALE if claim.unit == "usd" else amount
+        for claim, amount in zip(claims, held, strict=True)
+    )
+    return grant, held, amounts
 
 
-def amount_settled(claim: Claim, tokens: int, requests: int) -> int:
-    """What a settle records on ``claim``: tokens on token claims, requests on request claims."""
-    return tokens if claim.unit == "tokens" else requests
+def amount_settled(claim: Claim, tokens: int, requests: int, cost: float = 0.0) -> float:
+    """What a settle records on ``claim``, in ledger units: tokens, requests or nano-dollars."""
+    unit = claim.unit
+    if unit == "tokens":
+        return tokens
+    if unit == "requests":
+        return requests
+    return usd_units(cost)
 
 
 class _Window:
@@ -186,11 +359,13 @@ class MemoryLedger:
     or a server-backed ledger. ``clock`` gives the time in seconds (tests pass a fake one).
 
     Semantics shared with every llmproxy ledger: a ``requests`` claim with a window raises
-    :class:`~llmproxy.errors.RateLimited`, one without a window is an all-time request budget
-    and raises :class:`~llmproxy.errors.BudgetExceeded` in ``requests``; a windowed event counts
-    while ``timestamp > now - window``; a reservation is dropped once ``now >= expires_at``;
-    settling an expired reservation still records what it used; settling twice is a no-op.
-    The async methods run the sync ones inline (microseconds of work).
+    :class:`~llmproxy.errors.RateLimited`, one without a window is a request budget (all-time
+    or per calendar period) and raises :class:`~llmproxy.errors.BudgetExceeded` in
+    ``requests``; a windowed event counts while ``timestamp > now - window``; a calendar claim
+    counts what was settled in the current period (see :mod:`llmproxy.budget.periods`), and a
+    settle counts in the period it happens in; a reservation is dropped once
+    ``now >= expires_at``; settling an expired reservation still records what it used;
+    settling twice is a no-op. The async methods run the sync ones inline (microseconds).
     """
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
@@ -198,11 +373,16 @@ class MemoryLedger:
         self._lock = threading.Lock()
         self._totals: dict[str, float] = {}
         self._windows: dict[str, _Window] = {}
+        self._periods: dict[str, tuple[str, float]] = {}
         self._reserved: dict[str, float] = {}
-        self._active: dict[str, Reservation] = {}
+        self._active: dict[str, tuple[Reservation, tuple[float, ...]]] = {}
         self._expiry: list[tuple[float, str]] = []
         self._settled: dict[str, float] = {}
         self._settled_expiry: list[tuple[float, str]] = []
+
+    def now(self) -> float:
+        """The ledger's clock."""
+        return self._clock()
 
     def reserve(
         self,
@@ -212,16 +392,19 @@ class MemoryLedger:
         max_output_tokens: int,
         min_output_tokens: int = 1,
         lease: float = 600.0,
+        rates: Rates | None = None,
     ) -> Reservation:
         """Hold room on every claim atomically or raise (see the Ledger protocol)."""
-        claims = check_arguments(claims, input_tokens, max_output_tokens, min_output_tokens, lease)
+        claims = check_arguments(
+            claims, input_tokens, max_output_tokens, min_output_tokens, lease, rates
+        )
         reservation_id = uuid.uuid4().hex
         with self._lock:
             now = self._clock()
             self._expire(now)
             used = [self._used(claim, now) for claim in claims]
             reserved = [self._reserved.get(claim.key, 0.0) for claim in claims]
-            grant, amounts = admit(
+            grant, held, amounts = admit(
                 claims,
                 used,
                 reserved,
@@ -230,40 +413,50 @@ class MemoryLedger:
                 input_tokens=input_tokens,
                 max_output_tokens=max_output_tokens,
                 min_output_tokens=min_output_tokens,
+                rates=rates,
             )
             reservation = Reservation(
                 reservation_id, tuple(claims), amounts, grant, input_tokens, now + lease
             )
-            for claim, amount in zip(claims, amounts, strict=True):
+            for claim, amount in zip(claims, held, strict=True):
                 self._reserved[claim.key] = self._reserved.get(claim.key, 0.0) + amount
-            self._active[reservation_id] = reservation
+            self._active[reservation_id] = (reservation, held)
             heapq.heappush(self._expiry, (reservation.expires_at, reservation_id))
         return reservation
 
-    def settle(self, reservation: Reservation, *, tokens: int, requests: int = 1) -> None:
-        """Record ``tokens`` and ``requests`` really used and drop the hold; a repeat is a no-op."""
-        check_settle(tokens, requests)
+    def settle(
+        self, reservation: Reservation, *, tokens: int, requests: int = 1, cost: float = 0.0
+    ) -> None:
+        """Record ``tokens``, ``requests`` and ``cost`` and drop the hold; a repeat is a no-op."""
+        check_settle(tokens, requests, cost)
         with self._lock:
             now = self._clock()
             reservation_id = reservation.id
             if reservation_id in self._settled:
                 return
-            held = self._active.pop(reservation_id, None)
-            if held is not None:
-                self._release(held)
+            active = self._active.pop(reservation_id, None)
+            if active is not None:
+                self._release(*active)
             for claim in reservation.claims:
-                amount = amount_settled(claim, tokens, requests)
+                amount = amount_settled(claim, tokens, requests, cost)
                 if not amount:
                     continue
-                if claim.window is None:
-                    self._totals[claim.key] = self._totals.get(claim.key, 0.0) + amount
-                else:
+                if claim.window is not None:
                     window = self._windows.get(claim.key)
                     if window is None:
                         window = self._windows[claim.key] = _Window()
                     window.prune(now, claim.window)
                     window.events.append((now, float(amount)))
                     window.total += amount
+                elif claim.period is not None:
+                    period = periods.span(claim.period, claim.tz, now).id
+                    stored = self._periods.get(claim.key)
+                    if stored is not None and stored[0] >= period:
+                        self._periods[claim.key] = (stored[0], stored[1] + amount)
+                    else:
+                        self._periods[claim.key] = (period, float(amount))
+                else:
+                    self._totals[claim.key] = self._totals.get(claim.key, 0.0) + amount
             keep_until = max(now, reservation.expires_at) + SETTLED_GRACE
             self._settled[reservation_id] = keep_until
             settled_expiry = self._settled_expiry
@@ -272,21 +465,19 @@ class MemoryLedger:
                 del self._settled[heapq.heappop(settled_expiry)[1]]
 
     def usage(self, claims: Sequence[Claim]) -> list[ClaimUsage]:
-        """Return the state of each claim; ``resets_at`` is when a window's oldest event leaves."""
+        """Return the state of each claim; ``resets_at`` is when its count next drops."""
         with self._lock:
             now = self._clock()
             self._expire(now)
             result = []
             for claim in claims:
                 used = self._used(claim, now)
-                resets_at = None
-                if claim.window is not None:
-                    window = self._windows.get(claim.key)
-                    if window is not None and window.events:
-                        resets_at = window.events[0][0] + claim.window
-                result.append(
-                    ClaimUsage(claim, used, self._reserved.get(claim.key, 0.0), resets_at)
-                )
+                reserved = self._reserved.get(claim.key, 0.0)
+                window = self._windows.get(claim.key) if claim.window is not None else None
+                reset = resets_at(claim, now, window.events if window is not None else ())
+                if claim.unit == "usd":
+                    used, reserved = used / USD_SCALE, reserved / USD_SCALE
+                result.append(ClaimUsage(claim, used, reserved, reset))
             return result
 
     def close(self) -> None:
@@ -300,6 +491,7 @@ class MemoryLedger:
         max_output_tokens: int,
         min_output_tokens: int = 1,
         lease: float = 600.0,
+        rates: Rates | None = None,
     ) -> Reservation:
         """Async :meth:`reserve` (runs inline)."""
         return self.reserve(
@@ -308,11 +500,14 @@ class MemoryLedger:
             max_output_tokens=max_output_tokens,
             min_output_tokens=min_output_tokens,
             lease=lease,
+            rates=rates,
         )
 
-    async def asettle(self, reservation: Reservation, *, tokens: int, requests: int = 1) -> None:
+    async def asettle(
+        self, reservation: Reservation, *, tokens: int, requests: int = 1, cost: float = 0.0
+    ) -> None:
         """Async :meth:`settle` (runs inline)."""
-        self.settle(reservation, tokens=tokens, requests=requests)
+        self.settle(reservation, tokens=tokens, requests=requests, cost=cost)
 
     async def ausage(self, claims: Sequence[Claim]) -> list[ClaimUsage]:
         """Async :meth:`usage` (runs inline)."""
@@ -321,13 +516,18 @@ class MemoryLedger:
     # Helpers; the caller holds the lock.
 
     def _used(self, claim: Claim, now: float) -> float:
-        if claim.window is None:
-            return self._totals.get(claim.key, 0.0)
-        window = self._windows.get(claim.key)
-        if window is None:
-            return 0.0
-        window.prune(now, claim.window)
-        return window.total
+        if claim.window is not None:
+            window = self._windows.get(claim.key)
+            if window is None:
+                return 0.0
+            window.prune(now, claim.window)
+            return window.total
+        if claim.period is not None:
+            stored = self._periods.get(claim.key)
+            if stored is None or stored[0] < periods.span(claim.period, claim.tz, now).id:
+                return 0.0
+            return stored[1]
+        return self._totals.get(claim.key, 0.0)
 
     def _events(self, claim: Claim) -> list[tuple[float, float]]:
         # Called after _used (or prune) for the same key at the same time: the deque is current.
@@ -337,13 +537,13 @@ class MemoryLedger:
     def _expire(self, now: float) -> None:
         expiry = self._expiry
         while expiry and expiry[0][0] <= now:
-            held = self._active.pop(heapq.heappop(expiry)[1], None)
-            if held is not None:
-                self._release(held)
+            active = self._active.pop(heapq.heappop(expiry)[1], None)
+            if active is not None:
+                self._release(*active)
 
-    def _release(self, held: Reservation) -> None:
+    def _release(self, reservation: Reservation, held: tuple[float, ...]) -> None:
         reserved = self._reserved
-        for claim, amount in zip(held.claims, held.amounts, strict=True):
+        for claim, amount in zip(reservation.claims, held, strict=True):
             left = reserved.get(claim.key, 0.0) - amount
             if left > 0:
                 reserved[claim.key] = left

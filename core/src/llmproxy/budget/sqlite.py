@@ -16,13 +16,16 @@ from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any, Final
 
-from llmproxy.budget.base import Claim, ClaimUsage, Reservation
+from llmproxy.budget import periods
+from llmproxy.budget.base import Claim, ClaimUsage, Rates, Reservation
 from llmproxy.budget.memory import (
     SETTLED_GRACE,
+    USD_SCALE,
     admit,
     amount_settled,
     check_arguments,
     check_settle,
+    resets_at,
 )
 from llmproxy.history.sqlite import _Database
 
@@ -48,6 +51,11 @@ CREATE TABLE IF NOT EXISTS ledger_holds (
 CREATE TABLE IF NOT EXISTS ledger_settled (
     reservation TEXT PRIMARY KEY NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS ledger_periods (
+    key TEXT PRIMARY KEY NOT NULL,
+    period TEXT NOT NULL,
+    used REAL NOT NULL
+) WITHOUT ROWID;
 """
 """The tables, each one b-tree (a commit's cost grows with the pages it dirties).
 
@@ -56,7 +64,11 @@ CREATE TABLE IF NOT EXISTS ledger_settled (
 the few events that left it since the key was last settled, however many are in it.
 ``ledger_events`` is clustered on ``(key, ts)``; ``ledger_holds`` (calls in flight, small) on
 ``key``; ``ledger_settled`` holds ids of settled reservations, which start with their lease's
-end so that the oldest sort first and are pruned by a range delete.
+end so that the oldest sort first and are pruned by a range delete. ``ledger_periods`` holds
+a calendar key's total in its latest period (one row per key, whatever the number of periods):
+a row of an earlier period than the current one counts as nothing and is replaced by the next
+settle. Amounts are in ledger units (nano-dollars for usd claims: whole numbers, so sums are
+exact).
 """
 
 # ?1 key, ?2 now (holds live while expires_at > now), ?3 window start (events count while
@@ -70,6 +82,11 @@ _WINDOW_STATE: Final = (
     " - (SELECT total(amount) FROM ledger_events WHERE key = ?1 AND ts <= ?3),"
     " (SELECT total(amount) FROM ledger_holds WHERE key = ?1 AND expires_at > ?2)"
 )
+# ?1 key, ?2 now, ?3 the current period's id (a row of an older period counts as nothing).
+_PERIOD_STATE: Final = (
+    "SELECT (SELECT used FROM ledger_periods WHERE key = ?1 AND period >= ?3),"
+    " (SELECT total(amount) FROM ledger_holds WHERE key = ?1 AND expires_at > ?2)"
+)
 _OLDEST: Final = "SELECT min(ts) FROM ledger_events WHERE key = ? AND ts > ?"
 _EVENTS: Final = "SELECT ts, amount FROM ledger_events WHERE key = ? AND ts > ? ORDER BY ts"
 _PRUNE_HOLDS: Final = "DELETE FROM ledger_holds WHERE expires_at <= ?"
@@ -78,6 +95,14 @@ _DROP_HOLD: Final = "DELETE FROM ledger_holds WHERE key = ? AND reservation = ?"
 _ADD_USED: Final = (
     "INSERT INTO ledger_keys (key, used) VALUES (?, ?)"
     " ON CONFLICT (key) DO UPDATE SET used = used + excluded.used"
+)
+# A settle counts in the period it happens in; a row already in a later period (a clock that
+# stepped back) keeps counting there, so periods never go back.
+_ADD_PERIOD: Final = (
+    "INSERT INTO ledger_periods (key, period, used) VALUES (?1, ?2, ?3)"
+    " ON CONFLICT (key) DO UPDATE SET"
+    " used = CASE WHEN period >= excluded.period THEN used + excluded.used ELSE excluded.used END,"
+    " period = max(period, excluded.period)"
 )
 _LEFT_WINDOW: Final = "SELECT count(*), total(amount) FROM ledger_events WHERE key = ? AND ts <= ?"
 _PRUNE_EVENTS: Final = "DELETE FROM ledger_events WHERE key = ? AND ts <= ?"
@@ -107,7 +132,7 @@ class SQLiteLedger:
     between the processes sharing the file (the wall clock does); ``timeout`` is how long a call
     waits for another process's transaction. Failures raise
     :class:`~llmproxy.errors.StoreError` naming the file and what to do. A key must always be
-    claimed with the same unit and window.
+    claimed with the same unit, window, period and time zone.
 
     Expired holds are ignored by every read and deleted now and then by :meth:`reserve`;
     events that left their window are deleted when their key is next settled. Settling a
@@ -136,6 +161,10 @@ class SQLiteLedger:
         """The database file."""
         return self._db.path
 
+    def now(self) -> float:
+        """The ledger's clock."""
+        return self._clock()
+
     def reserve(
         self,
         claims: Sequence[Claim],
@@ -144,9 +173,12 @@ class SQLiteLedger:
         max_output_tokens: int,
         min_output_tokens: int = 1,
         lease: float = 600.0,
+        rates: Rates | None = None,
     ) -> Reservation:
         """Hold room on every claim atomically or raise (see the Ledger protocol)."""
-        claims = check_arguments(claims, input_tokens, max_output_tokens, min_output_tokens, lease)
+        claims = check_arguments(
+            claims, input_tokens, max_output_tokens, min_output_tokens, lease, rates
+        )
         suffix = uuid.uuid4().hex[:20]
         db = self._db
         with db.lock:
@@ -161,15 +193,10 @@ class SQLiteLedger:
                     used: list[float] = []
                     reserved: list[float] = []
                     for claim in claims:
-                        if claim.window is None:
-                            row = conn.execute(_TOTAL_STATE, (claim.key, now)).fetchone()
-                        else:
-                            row = conn.execute(
-                                _WINDOW_STATE, (claim.key, now, now - claim.window)
-                            ).fetchone()
+                        row = conn.execute(*self._state(claim, now)).fetchone()
                         used.append(row[0] or 0.0)
                         reserved.append(row[1])
-                    grant, amounts = admit(
+                    grant, held, amounts = admit(
                         claims,
                         used,
                         reserved,
@@ -178,12 +205,13 @@ class SQLiteLedger:
                         input_tokens=input_tokens,
                         max_output_tokens=max_output_tokens,
                         min_output_tokens=min_output_tokens,
+                        rates=rates,
                     )
                     expires_at = now + lease
                     reservation_id = _stamp(expires_at) + suffix
                     if claims:
                         params: list[Any] = []
-                        for claim, amount in zip(claims, amounts, strict=True):
+                        for claim, amount in zip(claims, held, strict=True):
                             params += (claim.key, reservation_id, amount, expires_at)
                         conn.execute(_insert_holds_sql(len(claims)), params)
                     conn.execute("COMMIT")
@@ -195,9 +223,11 @@ class SQLiteLedger:
                 raise db.error(exc) from exc
         return Reservation(reservation_id, tuple(claims), amounts, grant, input_tokens, expires_at)
 
-    def settle(self, reservation: Reservation, *, tokens: int, requests: int = 1) -> None:
-        """Record ``tokens`` and ``requests`` really used and drop the hold; a repeat is a no-op."""
-        check_settle(tokens, requests)
+    def settle(
+        self, reservation: Reservation, *, tokens: int, requests: int = 1, cost: float = 0.0
+    ) -> None:
+        """Record ``tokens``, ``requests`` and ``cost`` and drop the hold; a repeat is a no-op."""
+        check_settle(tokens, requests, cost)
         reservation_id = reservation.id
         db = self._db
         with db.lock:
@@ -213,10 +243,15 @@ class SQLiteLedger:
                         _DROP_HOLD, [(claim.key, reservation_id) for claim in reservation.claims]
                     )
                     for claim in reservation.claims:
-                        amount = amount_settled(claim, tokens, requests)
+                        amount = amount_settled(claim, tokens, requests, cost)
                         if claim.window is None:
-                            if amount:
+                            if not amount:
+                                continue
+                            if claim.period is None:
                                 conn.execute(_ADD_USED, (claim.key, amount))
+                            else:
+                                period = periods.span(claim.period, claim.tz, now).id
+                                conn.execute(_ADD_PERIOD, (claim.key, period, amount))
                             continue
                         # Delete what left the window and keep ledger_keys.used equal to the
                         # sum of the key's events.
@@ -252,18 +287,20 @@ class SQLiteLedger:
                 try:
                     now = self._clock()
                     for claim in claims:
-                        resets_at = None
-                        if claim.window is None:
-                            used, reserved = conn.execute(_TOTAL_STATE, (claim.key, now)).fetchone()
-                        else:
-                            start = now - claim.window
-                            used, reserved = conn.execute(
-                                _WINDOW_STATE, (claim.key, now, start)
+                        used, reserved = conn.execute(*self._state(claim, now)).fetchone()
+                        used = used or 0.0
+                        oldest: list[tuple[float, float]] = []
+                        if claim.window is not None:
+                            (first,) = conn.execute(
+                                _OLDEST, (claim.key, now - claim.window)
                             ).fetchone()
-                            (oldest,) = conn.execute(_OLDEST, (claim.key, start)).fetchone()
-                            if oldest is not None:
-                                resets_at = oldest + claim.window
-                        result.append(ClaimUsage(claim, used or 0.0, reserved, resets_at))
+                            if first is not None:
+                                oldest.append((first, 0.0))
+                        if claim.unit == "usd":
+                            used, reserved = used / USD_SCALE, reserved / USD_SCALE
+                        result.append(
+                            ClaimUsage(claim, used, reserved, resets_at(claim, now, oldest))
+                        )
                 finally:
                     conn.execute("COMMIT")
             except sqlite3.Error as exc:
@@ -282,6 +319,7 @@ class SQLiteLedger:
         max_output_tokens: int,
         min_output_tokens: int = 1,
         lease: float = 600.0,
+        rates: Rates | None = None,
     ) -> Reservation:
         """Async :meth:`reserve` (runs inline; see the class docstring)."""
         return self.reserve(
@@ -290,15 +328,27 @@ class SQLiteLedger:
             max_output_tokens=max_output_tokens,
             min_output_tokens=min_output_tokens,
             lease=lease,
+            rates=rates,
         )
 
-    async def asettle(self, reservation: Reservation, *, tokens: int, requests: int = 1) -> None:
+    async def asettle(
+        self, reservation: Reservation, *, tokens: int, requests: int = 1, cost: float = 0.0
+    ) -> None:
         """Async :meth:`settle` (runs inline; see the class docstring)."""
-        self.settle(reservation, tokens=tokens, requests=requests)
+        self.settle(reservation, tokens=tokens, requests=requests, cost=cost)
 
     async def ausage(self, claims: Sequence[Claim]) -> list[ClaimUsage]:
         """Async :meth:`usage` (runs inline; see the class docstring)."""
         return self.usage(claims)
+
+    @staticmethod
+    def _state(claim: Claim, now: float) -> tuple[str, tuple[Any, ...]]:
+        """The query and parameters reading a claim's (used, reserved) in ledger units."""
+        if claim.window is not None:
+            return _WINDOW_STATE, (claim.key, now, now - claim.window)
+        if claim.period is not None:
+            return _PERIOD_STATE, (claim.key, now, periods.span(claim.period, claim.tz, now).id)
+        return _TOTAL_STATE, (claim.key, now)
 
     @staticmethod
     def _events(conn: sqlite3.Connection, claim: Claim, now: float) -> list[tuple[float, float]]:

@@ -26,10 +26,14 @@ test's ``clock``. The contracts need ``pytest``, ``pytest-asyncio`` and ``hypoth
 
 from __future__ import annotations
 
+import math
 import threading
 import uuid
 from collections.abc import Sequence
+from datetime import date, datetime, timedelta
+from fractions import Fraction
 from typing import ClassVar
+from zoneinfo import ZoneInfo
 
 import attrs
 import pytest
@@ -43,8 +47,8 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from llmproxy.budget.base import Claim, Ledger, Reservation, Unit
-from llmproxy.errors import BudgetExceeded, RateLimited
+from llmproxy.budget.base import Claim, Ledger, Period, Rates, Reservation, Unit
+from llmproxy.errors import BudgetExceeded, InvalidRequest, RateLimited
 from llmproxy.history.base import HistoryRecord, HistoryStore, SessionInfo
 from llmproxy.types import ROLES, Message, Role, ToolCall
 
@@ -334,9 +338,21 @@ class HistoryStoreContract:
 
 # --- ledger -------------------------------------------------------------------------------
 
+_NANO = 1_000_000_000
+"""Ledgers count usd in nano-dollars; USD figures in these tests are whole nano-dollars, so a
+correct ledger's dollars convert back to the model's integers exactly."""
 
-def _claim(name: str, limit: float, unit: Unit = "tokens", window: float | None = None) -> Claim:
-    return Claim(_unique(name), name, f"scope:{name}", limit, unit, window)
+
+def _claim(
+    name: str,
+    limit: float,
+    unit: Unit = "tokens",
+    window: float | None = None,
+    *,
+    period: Period | None = None,
+    tz: str = "UTC",
+) -> Claim:
+    return Claim(_unique(name), name, f"scope:{name}", limit, unit, window, period, tz)
 
 
 def _used(ledger: Ledger, claim: Claim) -> tuple[float, float]:
@@ -344,46 +360,94 @@ def _used(ledger: Ledger, claim: Claim) -> tuple[float, float]:
     return state.used, state.reserved
 
 
+def _nano(dollars: float) -> int:
+    return round(dollars * _NANO)
+
+
+def _at(tz: str, year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> float:
+    """Unix seconds of a local time in ``tz``."""
+    return datetime(year, month, day, hour, minute, tzinfo=ZoneInfo(tz)).timestamp()
+
+
+def _period_id(claim: Claim, now: float) -> str:
+    local = datetime.fromtimestamp(now, ZoneInfo(claim.tz))
+    return f"{local:%Y-%m-%d}" if claim.period == "day" else f"{local:%Y-%m}"
+
+
+def _period_end(claim: Claim, now: float) -> float:
+    local = datetime.fromtimestamp(now, ZoneInfo(claim.tz)).date()
+    if claim.period == "day":
+        following = local + timedelta(days=1)
+    else:
+        following = date(local.year + local.month // 12, local.month % 12 + 1, 1)
+    return datetime(
+        following.year, following.month, following.day, tzinfo=ZoneInfo(claim.tz)
+    ).timestamp()
+
+
 class _LedgerModel:
-    """What a correct ledger holds, computed the obvious way, for the state machine."""
+    """What a correct ledger holds, computed the obvious way, for the state machine.
+
+    Amounts are in ledger units: tokens, requests, or whole nano-dollars for usd claims.
+    """
 
     def __init__(self) -> None:
-        self.totals: dict[str, float] = {}
-        self.events: dict[str, list[tuple[float, float]]] = {}
+        self.totals: dict[str, int] = {}
+        self.events: dict[str, list[tuple[float, int]]] = {}
+        self.periods: dict[str, tuple[str, int]] = {}
         self.holds: dict[str, Reservation] = {}
 
-    def used(self, claim: Claim, now: float) -> float:
-        if claim.window is None:
-            return self.totals.get(claim.key, 0.0)
-        start = now - claim.window
-        return sum(amount for ts, amount in self.events.get(claim.key, ()) if ts > start)
+    def used(self, claim: Claim, now: float) -> int:
+        if claim.window is not None:
+            start = now - claim.window
+            return sum(amount for ts, amount in self.events.get(claim.key, ()) if ts > start)
+        if claim.period is not None:
+            period, used = self.periods.get(claim.key, ("", 0))
+            return used if period == _period_id(claim, now) else 0
+        return self.totals.get(claim.key, 0)
 
-    def reserved(self, claim: Claim, now: float) -> float:
+    def reserved(self, claim: Claim, now: float) -> int:
         return sum(
-            amount
+            _nano(amount) if c.unit == "usd" else int(amount)
             for held in self.holds.values()
             if held.expires_at > now
             for c, amount in zip(held.claims, held.amounts, strict=True)
             if c.key == claim.key
         )
 
-    def settle(self, reservation: Reservation, tokens: int, requests: int, now: float) -> None:
+    def settle(
+        self, reservation: Reservation, tokens: int, requests: int, cost: int, now: float
+    ) -> None:
         self.holds.pop(reservation.id, None)
         for claim in reservation.claims:
-            amount = tokens if claim.unit == "tokens" else requests
+            amount = {"tokens": tokens, "requests": requests, "usd": cost}[claim.unit]
             if not amount:
                 continue
-            if claim.window is None:
-                self.totals[claim.key] = self.totals.get(claim.key, 0.0) + amount
+            if claim.window is not None:
+                self.events.setdefault(claim.key, []).append((now, amount))
+            elif claim.period is not None:
+                period = _period_id(claim, now)
+                stored, used = self.periods.get(claim.key, ("", 0))
+                self.periods[claim.key] = (period, (used if stored == period else 0) + amount)
             else:
-                self.events.setdefault(claim.key, []).append((now, float(amount)))
+                self.totals[claim.key] = self.totals.get(claim.key, 0) + amount
 
 
 class LedgerContract:
     """Tests every :class:`~llmproxy.budget.base.Ledger` must pass.
 
     Subclass under a ``Test`` name and provide a ``ledger`` fixture that takes the ``clock``
-    fixture defined here and builds a new ledger with ``clock=clock``.
+    fixture defined here and builds a new ledger with ``clock=clock``: windows, leases and
+    calendar periods must all be counted by that clock (tests set it to chosen dates, forward
+    and, between state machine runs, back).
+
+    Covered: grants and refusals of token, request and usd claims (holds of
+    ``input * rate + output * rate``, the output cap lowered to the dollars left, the real cost
+    recorded by settle), rolling windows, calendar days and months in non-UTC zones (a day
+    resets at local midnight, a month on the 1st: January 31 to February 1, February 28 or 29
+    to March 1), ``resets_at``, leases, repeated and late settles, all-or-none, threads, and a
+    state machine comparing the ledger with a model. USD figures are whole nano-dollars and
+    compared as such (a ledger may round holds up to a nano-dollar, never more).
     """
 
     state_machine_settings: ClassVar[settings] = settings(
@@ -660,6 +724,280 @@ class LedgerContract:
         assert token_state.reserved == rate_state.reserved == 0
         assert len(settled) < threads * cycles
 
+    # -- the clock, and usage's async twin ----------------------------------------------------
+
+    def test_now_is_the_ledger_clock(self, ledger: Ledger, clock: FakeClock) -> None:
+        """now() is the clock windows, leases and periods are counted by."""
+        assert ledger.now() == clock.now
+        clock.advance(12.5)
+        assert ledger.now() == clock.now
+        reservation = ledger.reserve([_claim("now", 10)], input_tokens=1, max_output_tokens=1)
+        assert reservation.expires_at == ledger.now() + 600.0
+
+    @pytest.mark.asyncio
+    async def test_ausage(self, ledger: Ledger) -> None:
+        """ausage() answers what usage() does."""
+        tokens, rate = _claim("tokens", 100), _claim("rate", 5, "requests", window=60.0)
+        ledger.settle(
+            ledger.reserve([tokens, rate], input_tokens=10, max_output_tokens=10), tokens=15
+        )
+        ledger.reserve([tokens, rate], input_tokens=5, max_output_tokens=5)
+        assert await ledger.ausage([tokens, rate]) == ledger.usage([tokens, rate])
+        assert [(s.used, s.reserved) for s in await ledger.ausage([tokens, rate])] == [
+            (15, 10),
+            (1, 1),
+        ]
+
+    # -- usd claims ----------------------------------------------------------------------------
+
+    def test_usd_grant_is_capped_by_dollars(self, ledger: Ledger) -> None:
+        """A usd claim holds input*rate + output*rate and lowers the grant to what fits."""
+        claim = _claim("dollars", 0.01, "usd")
+        rates = Rates(input=0.000001, output=0.000004)
+        reservation = ledger.reserve(
+            [claim], input_tokens=1000, max_output_tokens=5000, rates=rates
+        )
+        assert reservation.output_tokens == 2250  # (0.01 - 1000 * 1e-6) / 4e-6
+        assert _nano(reservation.amounts[0]) == _nano(0.01)
+        (state,) = ledger.usage([claim])
+        assert (state.used, _nano(state.reserved), _nano(state.remaining)) == (0, _nano(0.01), 0)
+        ledger.settle(reservation, tokens=0, requests=0)
+        small = ledger.reserve([claim], input_tokens=100, max_output_tokens=50, rates=rates)
+        assert small.output_tokens == 50
+        assert _nano(small.amounts[0]) == 100 * 1000 + 50 * 4000
+
+    def test_usd_grant_floors_to_whole_tokens(self, ledger: Ledger) -> None:
+        """Room for 2.5 more output tokens grants 2, and the hold never passes the limit."""
+        claim = _claim("floor", 0.00001, "usd")  # 10_000 nano-dollars
+        rates = Rates(input=0.000001, output=0.000002)
+        reservation = ledger.reserve([claim], input_tokens=5, max_output_tokens=100, rates=rates)
+        assert reservation.output_tokens == 2  # (10_000 - 5_000) / 2_000 = 2.5
+        assert _nano(reservation.amounts[0]) == 9_000
+        (state,) = ledger.usage([claim])
+        assert _nano(state.used) + _nano(state.reserved) <= _nano(claim.limit)
+
+    def test_usd_budget_exceeded(self, ledger: Ledger) -> None:
+        """BudgetExceeded in usd names the claim, dollars used, reserved and requested."""
+        claim = _claim("spend", 0.001, "usd")
+        rates = Rates(input=0.000001, output=0.000002)
+        done = ledger.reserve([claim], input_tokens=100, max_output_tokens=100, rates=rates)
+        ledger.settle(done, tokens=200, cost=0.0003)
+        ledger.reserve([claim], input_tokens=100, max_output_tokens=100, rates=rates)
+        with pytest.raises(BudgetExceeded) as caught:
+            ledger.reserve(
+                [claim], input_tokens=400, max_output_tokens=100, min_output_tokens=10, rates=rates
+            )
+        error = caught.value
+        assert (error.policy, error.scope, error.unit) == ("spend", "scope:spend", "usd")
+        assert error.limit == 0.001
+        assert (_nano(error.used), _nano(error.reserved)) == (300_000, 300_000)
+        assert _nano(error.requested) == 400 * 1000 + 10 * 2000
+        assert error.resets_at is None
+        assert [_nano(x) for x in _used(ledger, claim)] == [300_000, 300_000]
+
+    def test_usd_settle_records_the_real_cost(self, ledger: Ledger) -> None:
+        """Settle records cost on usd claims, tokens on token claims; a repeat is a no-op."""
+        dollars, tokens = _claim("cost", 1.0, "usd"), _claim("tokens", 10_000)
+        rates = Rates(input=0.000003, output=0.000015)
+        reservation = ledger.reserve(
+            [dollars, tokens], input_tokens=1000, max_output_tokens=500, rates=rates
+        )
+        assert reservation.output_tokens == 500
+        assert [_nano(reservation.amounts[0]), reservation.amounts[1]] == [10_500_000, 1500]
+        ledger.settle(reservation, tokens=1200, cost=0.0042)
+        ledger.settle(reservation, tokens=1200, cost=0.0042)
+        state_dollars, state_tokens = ledger.usage([dollars, tokens])
+        assert (_nano(state_dollars.used), state_dollars.reserved) == (4_200_000, 0)
+        assert (state_tokens.used, state_tokens.reserved) == (1200, 0)
+        other = ledger.reserve([dollars], input_tokens=1, max_output_tokens=1, rates=rates)
+        ledger.settle(other, tokens=2, cost=0.000018)
+        assert _nano(ledger.usage([dollars])[0].used) == 4_218_000
+
+    def test_usd_with_free_output(self, ledger: Ledger) -> None:
+        """With an output rate of 0 only the input is priced: the grant is max_output_tokens."""
+        claim = _claim("free-out", 0.0001, "usd")
+        rates = Rates(input=0.000001, output=0.0)
+        reservation = ledger.reserve([claim], input_tokens=60, max_output_tokens=999, rates=rates)
+        assert reservation.output_tokens == 999
+        assert _nano(reservation.amounts[0]) == 60_000
+        with pytest.raises(BudgetExceeded) as caught:
+            ledger.reserve([claim], input_tokens=41, max_output_tokens=1, rates=rates)
+        assert caught.value.unit == "usd"
+        assert ledger.reserve([claim], input_tokens=40, max_output_tokens=1, rates=rates)
+
+    def test_tightest_of_tokens_and_dollars(self, ledger: Ledger) -> None:
+        """The grant follows whichever of the token and usd claims has least room."""
+        tokens, dollars = _claim("tokens", 1000), _claim("dollars", 0.0005, "usd")
+        rates = Rates(input=0.000001, output=0.000001)
+        reservation = ledger.reserve(
+            [tokens, dollars], input_tokens=100, max_output_tokens=2000, rates=rates
+        )
+        assert reservation.output_tokens == 400  # dollars: 500 tokens' worth, 100 of input
+        assert [reservation.amounts[0], _nano(reservation.amounts[1])] == [500, 500_000]
+        ledger.settle(reservation, tokens=0, requests=0)
+        assert (
+            ledger.reserve(
+                [tokens, dollars], input_tokens=700, max_output_tokens=2000, rates=Rates(0.0, 1e-7)
+            ).output_tokens
+            == 300
+        )
+        with pytest.raises(BudgetExceeded) as caught:
+            ledger.reserve([tokens, dollars], input_tokens=10, max_output_tokens=20, rates=rates)
+        assert (caught.value.policy, caught.value.unit) == ("tokens", "tokens")
+
+    def test_usd_without_rates_is_refused(self, ledger: Ledger) -> None:
+        """A usd claim without rates is an InvalidRequest naming the claim; nothing is held."""
+        tokens, dollars = _claim("tokens", 1000), _claim("priced", 1.0, "usd")
+        with pytest.raises(InvalidRequest, match="priced") as caught:
+            ledger.reserve([tokens, dollars], input_tokens=10, max_output_tokens=10)
+        assert caught.value.field == "rates"
+        assert _used(ledger, tokens) == (0, 0)
+
+    def test_invalid_claims_and_amounts(self, ledger: Ledger) -> None:
+        """Bad rates, costs, periods and zones are InvalidRequest before anything is held."""
+        tokens = _claim("tokens", 1000)
+        with pytest.raises(InvalidRequest):
+            ledger.reserve(
+                [_claim("neg", 1.0, "usd")],
+                input_tokens=1,
+                max_output_tokens=1,
+                rates=Rates(-1e-6, 1e-6),
+            )
+        with pytest.raises(InvalidRequest, match="both"):
+            ledger.reserve(
+                [tokens, _claim("both", 10, window=60.0, period="day")],
+                input_tokens=1,
+                max_output_tokens=1,
+            )
+        with pytest.raises(InvalidRequest, match="Mars/Olympus"):
+            ledger.reserve(
+                [_claim("zone", 10, period="day", tz="Mars/Olympus")],
+                input_tokens=1,
+                max_output_tokens=1,
+            )
+        with pytest.raises(InvalidRequest):
+            ledger.reserve(
+                [_claim("week", 10, period="week")],  # type: ignore[arg-type]
+                input_tokens=1,
+                max_output_tokens=1,
+            )
+        reservation = ledger.reserve([tokens], input_tokens=1, max_output_tokens=1)
+        for cost in (-0.01, float("nan"), float("inf")):
+            with pytest.raises(InvalidRequest):
+                ledger.settle(reservation, tokens=1, cost=cost)
+        assert _used(ledger, tokens) == (0, 2)
+
+    # -- calendar periods ----------------------------------------------------------------------
+
+    def test_day_resets_at_local_midnight(self, ledger: Ledger, clock: FakeClock) -> None:
+        """A day budget in Asia/Ho_Chi_Minh (UTC+7) resets at local midnight, not UTC's."""
+        tz = "Asia/Ho_Chi_Minh"
+        claim = _claim("daily", 100, period="day", tz=tz)
+        clock.now = _at(tz, 2024, 3, 10, 6, 59)  # 23:59 UTC on March 9
+        ledger.settle(ledger.reserve([claim], input_tokens=50, max_output_tokens=50), tokens=100)
+        midnight = _at(tz, 2024, 3, 11)
+        (state,) = ledger.usage([claim])
+        assert (state.used, state.reserved, state.resets_at) == (100, 0, midnight)
+        clock.advance(120)  # past UTC midnight: still March 10 in Ho Chi Minh City
+        with pytest.raises(BudgetExceeded) as caught:
+            ledger.reserve([claim], input_tokens=1, max_output_tokens=1)
+        assert caught.value.resets_at == midnight
+        clock.now = midnight - 0.25
+        assert _used(ledger, claim) == (100, 0)
+        clock.now = midnight
+        (state,) = ledger.usage([claim])
+        assert (state.used, state.resets_at) == (0, _at(tz, 2024, 3, 12))
+        assert ledger.reserve([claim], input_tokens=50, max_output_tokens=50).output_tokens == 50
+
+    def test_month_resets_on_the_first(self, ledger: Ledger, clock: FakeClock) -> None:
+        """A month budget resets at local midnight on the 1st: not after 30 days."""
+        tz = "Asia/Ho_Chi_Minh"
+        claim = _claim("monthly", 1000, period="month", tz=tz)
+        clock.now = _at(tz, 2024, 1, 1, 0, 1)
+        ledger.settle(
+            ledger.reserve([claim], input_tokens=300, max_output_tokens=0, min_output_tokens=0),
+            tokens=300,
+        )
+        clock.now = _at(tz, 2024, 1, 31, 23, 59)  # 30 days later, still January
+        (state,) = ledger.usage([claim])
+        assert (state.used, state.resets_at) == (300, _at(tz, 2024, 2, 1))
+        ledger.settle(
+            ledger.reserve([claim], input_tokens=700, max_output_tokens=0, min_output_tokens=0),
+            tokens=700,
+        )
+        with pytest.raises(BudgetExceeded) as caught:
+            ledger.reserve([claim], input_tokens=1, max_output_tokens=0, min_output_tokens=0)
+        assert caught.value.resets_at == _at(tz, 2024, 2, 1)
+        clock.now = _at(tz, 2024, 2, 1)
+        (state,) = ledger.usage([claim])
+        assert (state.used, state.resets_at) == (0, _at(tz, 2024, 3, 1))
+
+    @pytest.mark.parametrize(
+        ("year", "last_day"), [(2023, 28), (2024, 29)], ids=["february-28", "february-29"]
+    )
+    def test_month_resets_after_february(
+        self, ledger: Ledger, clock: FakeClock, year: int, last_day: int
+    ) -> None:
+        """February's budget lasts to its last day, 28th or 29th, and resets on March 1."""
+        tz = "America/New_York"
+        claim = _claim("february", 0.001, "usd", period="month", tz=tz)
+        rates = Rates(input=0.000001, output=0.000001)
+        clock.now = _at(tz, year, 2, 28, 12)
+        reservation = ledger.reserve([claim], input_tokens=400, max_output_tokens=600, rates=rates)
+        ledger.settle(reservation, tokens=1000, cost=0.001)
+        clock.now = _at(tz, year, 2, last_day, 23, 59)
+        (state,) = ledger.usage([claim])
+        assert (_nano(state.used), state.resets_at) == (1_000_000, _at(tz, year, 3, 1))
+        with pytest.raises(BudgetExceeded) as caught:
+            ledger.reserve([claim], input_tokens=1, max_output_tokens=1, rates=rates)
+        assert (caught.value.unit, caught.value.resets_at) == ("usd", _at(tz, year, 3, 1))
+        clock.now = _at(tz, year, 3, 1)
+        (state,) = ledger.usage([claim])
+        assert (state.used, state.resets_at) == (0, _at(tz, year, 4, 1))
+
+    def test_period_settles_count_when_they_happen(self, ledger: Ledger, clock: FakeClock) -> None:
+        """A hold made before midnight still holds after it and is settled into the new day."""
+        tz = "Europe/Berlin"
+        claim = _claim("day", 100, period="day", tz=tz)
+        clock.now = _at(tz, 2024, 7, 1, 23, 59)
+        ledger.settle(ledger.reserve([claim], input_tokens=20, max_output_tokens=20), tokens=40)
+        held = ledger.reserve([claim], input_tokens=30, max_output_tokens=30, lease=600)
+        assert _used(ledger, claim) == (40, 60)
+        clock.now = _at(tz, 2024, 7, 2, 0, 1)
+        assert _used(ledger, claim) == (0, 60)
+        ledger.settle(held, tokens=45)
+        assert _used(ledger, claim) == (45, 0)
+        clock.now = _at(tz, 2024, 7, 3, 0, 0)
+        assert _used(ledger, claim) == (0, 0)
+
+    def test_period_request_budget(self, ledger: Ledger, clock: FakeClock) -> None:
+        """A request claim with a period is a budget: BudgetExceeded in requests, with resets_at."""
+        tz = "UTC"
+        calls = _claim("calls", 2, "requests", period="day", tz=tz)
+        clock.now = _at(tz, 2024, 5, 5, 10)
+        for _ in range(2):
+            ledger.settle(ledger.reserve([calls], input_tokens=1, max_output_tokens=1), tokens=2)
+        with pytest.raises(BudgetExceeded) as caught:
+            ledger.reserve([calls], input_tokens=1, max_output_tokens=1)
+        assert (caught.value.unit, caught.value.resets_at) == ("requests", _at(tz, 2024, 5, 6))
+        clock.now = _at(tz, 2024, 5, 6)
+        assert ledger.reserve([calls], input_tokens=1, max_output_tokens=1)
+
+    def test_resets_at_of_each_kind(self, ledger: Ledger, clock: FakeClock) -> None:
+        """resets_at: None all-time, the oldest event's exit for a window, the next period start."""
+        clock.now = _at("UTC", 2024, 12, 31, 18)
+        total, window = _claim("total", 100), _claim("window", 100, window=60.0)
+        day = _claim("day", 100, period="day", tz="Asia/Ho_Chi_Minh")
+        month = _claim("month", 100, period="month", tz="America/Los_Angeles")
+        expected = [None, None, _at("UTC", 2025, 1, 1, 17), _at("UTC", 2025, 1, 1, 8)]
+        assert [s.resets_at for s in ledger.usage([total, window, day, month])] == expected
+        ledger.settle(
+            ledger.reserve([total, window, day, month], input_tokens=1, max_output_tokens=1),
+            tokens=2,
+        )
+        expected[1] = clock.now + 60
+        assert [s.resets_at for s in ledger.usage([total, window, day, month])] == expected
+
     def test_random_operations_never_overspend(self, ledger: Ledger, clock: FakeClock) -> None:
         """Random reserve, settle, release and clock moves keep every claim within its limit.
 
@@ -672,24 +1010,54 @@ class LedgerContract:
         run_state_machine_as_test(machine, settings=self.state_machine_settings)
 
 
+_MACHINE_RATES = (Rates(0.000001, 0.000002), Rates(0.000002, 0.000001), Rates(0.000001, 0.0))
+"""Prices the state machine reserves with: whole nano-dollars per token."""
+
+
 def _ledger_machine(ledger: Ledger, clock: FakeClock) -> type[RuleBasedStateMachine]:
     """Build the state machine class bound to one ledger and clock (fresh keys per run)."""
+    start = clock.now
 
     class LedgerMachine(RuleBasedStateMachine):
         def __init__(self) -> None:
             super().__init__()
+            # Every run starts at the same time (runs use fresh keys), so that a replayed run
+            # meets the same period boundaries.
+            clock.now = start
             self.claims = [
                 _claim("total", 600),
                 _claim("window", 400, window=20.0),
                 _claim("rpm", 3, "requests", window=15.0),
                 _claim("calls", 1_000_000, "requests"),
+                _claim("dollars", 0.0012, "usd"),
+                _claim("daily", 500, period="day", tz="Asia/Ho_Chi_Minh"),
+                _claim("monthly", 0.0009, "usd", period="month", tz="America/New_York"),
+                _claim("hourly-usd", 0.0007, "usd", window=25.0),
             ]
             self.model = _LedgerModel()
             self.live: list[Reservation] = []
             self.expired: list[Reservation] = []
 
+        def _room(self, claim: Claim, input_tokens: int, rates: Rates | None) -> Fraction | float:
+            """Output tokens the claim has room for (unfloored), as the ledger must see it."""
+            now = clock.now
+            left = self.model.used(claim, now) + self.model.reserved(claim, now)
+            if claim.unit == "tokens":
+                return Fraction(claim.limit) - left - input_tokens
+            assert rates is not None
+            rate_in, rate_out = _nano(rates.input), _nano(rates.output)
+            room = _nano(claim.limit) - left - input_tokens * rate_in
+            if rate_out:
+                return Fraction(room, rate_out)
+            return math.inf if room >= 0 else -math.inf
+
         def _expected(
-            self, claims: Sequence[Claim], input_tokens: int, most: int, least: int
+            self,
+            claims: Sequence[Claim],
+            input_tokens: int,
+            most: int,
+            least: int,
+            rates: Rates | None,
         ) -> tuple[str, set[str], int]:
             now = clock.now
             model = self.model
@@ -702,12 +1070,15 @@ def _ledger_machine(ledger: Ledger, clock: FakeClock) -> type[RuleBasedStateMach
             if full:
                 return "rate", full, 0
             rooms = {
-                c.policy: c.limit - model.used(c, now) - model.reserved(c, now) - input_tokens
+                c.policy: self._room(c, input_tokens, rates)
                 for c in claims
-                if c.unit == "tokens"
+                if c.unit in ("tokens", "usd")
             }
-            tightest = min(rooms.values(), default=float("inf"))
-            grant = most if tightest >= most else int(tightest // 1)
+            tightest = min(rooms.values(), default=math.inf)
+            if tightest >= most:
+                grant = most
+            else:
+                grant = math.floor(tightest) if tightest != -math.inf else -1
             if grant < least:
                 return "budget", {p for p, room in rooms.items() if room == tightest}, 0
             return "ok", set(), grant
@@ -718,7 +1089,7 @@ def _ledger_machine(ledger: Ledger, clock: FakeClock) -> type[RuleBasedStateMach
             outcome: str,
             policies: set[str],
             claims: Sequence[Claim],
-            requested: int,
+            requested: tuple[int, float],
             now: float,
         ) -> None:
             assert outcome != "ok", f"refused ({refusal}) but the model grants"
@@ -731,24 +1102,41 @@ def _ledger_machine(ledger: Ledger, clock: FakeClock) -> type[RuleBasedStateMach
                 assert refusal.unit == "requests"
                 return
             claim = next(c for c in claims if c.policy == refusal.policy)
-            assert refusal.unit == "tokens"
-            assert refusal.used == self.model.used(claim, now)
-            assert refusal.reserved == self.model.reserved(claim, now)
-            assert refusal.requested == requested
+            assert refusal.unit == claim.unit
+            used, reserved = self.model.used(claim, now), self.model.reserved(claim, now)
+            if claim.unit == "usd":
+                assert (_nano(refusal.used), _nano(refusal.reserved)) == (used, reserved)
+                assert refusal.requested == pytest.approx(requested[1], rel=1e-9)
+            else:
+                assert (refusal.used, refusal.reserved) == (used, reserved)
+                assert refusal.requested == requested[0]
+            if claim.period is not None:
+                assert refusal.resets_at == _period_end(claim, now)
 
         @rule(
-            chosen=st.sets(st.integers(0, 3), min_size=1),
+            chosen=st.sets(st.integers(0, 7), min_size=1),
             input_tokens=st.integers(0, 150),
             least=st.integers(0, 40),
             extra=st.integers(0, 150),
             lease=st.sampled_from([5.0, 10.0, 30.0]),
+            rates=st.sampled_from(_MACHINE_RATES),
         )
         def reserve(
-            self, chosen: set[int], input_tokens: int, least: int, extra: int, lease: float
+            self,
+            chosen: set[int],
+            input_tokens: int,
+            least: int,
+            extra: int,
+            lease: float,
+            rates: Rates,
         ) -> None:
             claims = [self.claims[i] for i in sorted(chosen)]
             now = clock.now
-            outcome, policies, grant = self._expected(claims, input_tokens, least + extra, least)
+            priced = any(c.unit == "usd" for c in claims)
+            given = rates if priced or input_tokens % 2 else None  # rates are optional otherwise
+            outcome, policies, grant = self._expected(
+                claims, input_tokens, least + extra, least, given
+            )
             refusal: RateLimited | BudgetExceeded | None = None
             try:
                 reservation = ledger.reserve(
@@ -757,19 +1145,28 @@ def _ledger_machine(ledger: Ledger, clock: FakeClock) -> type[RuleBasedStateMach
                     max_output_tokens=least + extra,
                     min_output_tokens=least,
                     lease=lease,
+                    rates=given,
                 )
             except (RateLimited, BudgetExceeded) as exc:
                 refusal = exc
             if refusal is not None:
-                self._check_refusal(refusal, outcome, policies, claims, input_tokens + least, now)
+                requested = (
+                    input_tokens + least,
+                    input_tokens * rates.input + least * rates.output,
+                )
+                self._check_refusal(refusal, outcome, policies, claims, requested, now)
                 return
             assert outcome == "ok", f"granted {reservation.output_tokens} but expected {outcome}"
             assert reservation.output_tokens == grant
             assert reservation.input_tokens == input_tokens
             assert reservation.expires_at == now + lease
-            assert reservation.amounts == tuple(
-                input_tokens + grant if c.unit == "tokens" else 1 for c in claims
-            )
+            cost = input_tokens * _nano(rates.input) + grant * _nano(rates.output)
+            assert [
+                _nano(amount) if c.unit == "usd" else amount
+                for c, amount in zip(claims, reservation.amounts, strict=True)
+            ] == [
+                {"tokens": input_tokens + grant, "requests": 1, "usd": cost}[c.unit] for c in claims
+            ]
             self.model.holds[reservation.id] = reservation
             self.live.append(reservation)
 
@@ -780,18 +1177,24 @@ def _ledger_machine(ledger: Ledger, clock: FakeClock) -> type[RuleBasedStateMach
             held = int(reservation.input_tokens + reservation.output_tokens)
             tokens = data.draw(st.integers(0, held))
             requests = data.draw(st.integers(0, 1))
-            ledger.settle(reservation, tokens=tokens, requests=requests)
-            self.model.settle(reservation, tokens, requests, clock.now)
+            dollars = [
+                _nano(amount)
+                for c, amount in zip(reservation.claims, reservation.amounts, strict=True)
+                if c.unit == "usd"
+            ]
+            cost = data.draw(st.integers(0, dollars[0] if dollars else 10_000))
+            ledger.settle(reservation, tokens=tokens, requests=requests, cost=cost / _NANO)
+            self.model.settle(reservation, tokens, requests, cost, clock.now)
             self.live.remove(reservation)
-            if data.draw(st.booleans()):
-                ledger.settle(reservation, tokens=held, requests=1)  # a repeat changes nothing
+            if data.draw(st.booleans()):  # a repeat changes nothing
+                ledger.settle(reservation, tokens=held, requests=1, cost=cost / _NANO + 0.001)
 
         @precondition(lambda self: bool(self.live))
         @rule(data=st.data())
         def release(self, data: st.DataObject) -> None:
             reservation = data.draw(st.sampled_from(self.live))
             ledger.settle(reservation, tokens=0, requests=0)
-            self.model.settle(reservation, 0, 0, clock.now)
+            self.model.settle(reservation, 0, 0, 0, clock.now)
             self.live.remove(reservation)
 
         @precondition(lambda self: bool(self.expired))
@@ -799,16 +1202,27 @@ def _ledger_machine(ledger: Ledger, clock: FakeClock) -> type[RuleBasedStateMach
         def release_expired(self, data: st.DataObject) -> None:
             reservation = data.draw(st.sampled_from(self.expired))
             ledger.settle(reservation, tokens=0, requests=0)
-            self.model.settle(reservation, 0, 0, clock.now)
+            self.model.settle(reservation, 0, 0, 0, clock.now)
             self.expired.remove(reservation)
 
-        @rule(seconds=st.sampled_from([0.25, 1.0, 2.5, 5.0, 7.75, 10.0, 15.0, 30.0]))
-        def advance(self, seconds: float) -> None:
-            clock.advance(seconds)
+        def _moved(self) -> None:
             now = clock.now
             for reservation in [r for r in self.live if r.expires_at <= now]:
                 self.live.remove(reservation)
                 self.expired.append(reservation)
+
+        @rule(seconds=st.sampled_from([0.25, 1.0, 2.5, 5.0, 7.75, 10.0, 15.0, 30.0]))
+        def advance(self, seconds: float) -> None:
+            clock.advance(seconds)
+            self._moved()
+
+        @rule(which=st.sampled_from([5, 6]), offset=st.sampled_from([-2.0, -0.25, 0.0, 0.25, 3.0]))
+        def advance_to_period_end(self, which: int, offset: float) -> None:
+            """Jump to just before, at or after the end of the daily or monthly period."""
+            target = _period_end(self.claims[which], clock.now) + offset
+            if target > clock.now:
+                clock.now = target
+                self._moved()
 
         @invariant()
         def within_limits(self) -> None:
@@ -816,8 +1230,17 @@ def _ledger_machine(ledger: Ledger, clock: FakeClock) -> type[RuleBasedStateMach
             for state in ledger.usage(self.claims):
                 claim = state.claim
                 expected = (self.model.used(claim, now), self.model.reserved(claim, now))
-                assert (state.used, state.reserved) == expected, claim.policy
-                assert state.used + state.reserved <= claim.limit, claim.policy
+                counted: tuple[float, float]
+                if claim.unit == "usd":
+                    counted = (_nano(state.used), _nano(state.reserved))
+                    limit = float(_nano(claim.limit))
+                else:
+                    counted = (state.used, state.reserved)
+                    limit = claim.limit
+                assert counted == expected, claim.policy
+                assert counted[0] + counted[1] <= limit, claim.policy
                 assert state.remaining >= 0
+                if claim.period is not None:
+                    assert state.resets_at == _period_end(claim, now), claim.policy
 
     return LedgerMachine

@@ -1,0 +1,163 @@
+"""A call's budget overhead per ledger: reserve + settle latency, and Redis round trips.
+
+Each ledger gets the same claims a Proxy makes for a call under three policies (an all-time
+token budget, a requests-per-minute limit and a monthly USD budget in a time zone), with
+budgets large enough never to refuse. Rounds alternate between the ledgers so that drift in
+the machine's speed hits them alike. Redis runs on loopback (a redis-server this script starts
+and stops); its round trips per call are counted on the server, from its MONITOR stream (the
+commands client connections sent, not those the scripts ran); the script exits non-zero when
+they are off the target of 2 (one reserve, one settle).
+
+    .venv/bin/python bench/bench_budget.py            # full run
+    .venv/bin/python bench/bench_budget.py --quick    # a smaller run, for a smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from llmproxy.budget.base import Claim, Ledger, Rates
+from llmproxy.budget.memory import MemoryLedger
+from llmproxy.budget.sqlite import SQLiteLedger
+from llmproxy.testing.redis_server import RedisServer
+from llmproxy_redis_budget import RedisLedger
+
+RATES = Rates(input=0.00000015, output=0.0000006)  # $0.15 / $0.60 per million tokens
+
+
+def claims(count: int) -> list[Claim]:
+    every = [
+        Claim("tokens|global", "tokens", "global", 1e15),
+        Claim("rpm|user:bench", "rpm", "user:bench", 1e12, "requests", 60.0),
+        Claim("usd|global", "usd", "global", 1e6, "usd", period="month", tz="Asia/Ho_Chi_Minh"),
+    ]
+    return every[:count]
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def one_call(ledger: Ledger, chosen: list[Claim]) -> None:
+    reservation = ledger.reserve(chosen, input_tokens=120, max_output_tokens=300, rates=RATES)
+    ledger.settle(reservation, tokens=250, cost=0.0001)
+
+
+async def one_acall(ledger: Ledger, chosen: list[Claim]) -> None:
+    reservation = await ledger.areserve(
+        chosen, input_tokens=120, max_output_tokens=300, rates=RATES
+    )
+    await ledger.asettle(reservation, tokens=250, cost=0.0001)
+
+
+def timed(ledger: Ledger, chosen: list[Claim], calls: int) -> list[float]:
+    samples = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        one_call(ledger, chosen)
+        samples.append(time.perf_counter() - start)
+    return samples
+
+
+async def atimed(ledger: Ledger, chosen: list[Claim], calls: int) -> list[float]:
+    samples = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        await one_acall(ledger, chosen)
+        samples.append(time.perf_counter() - start)
+    return samples
+
+
+def round_trips(server: RedisServer, action: Callable[[], object]) -> list[str]:
+    """Commands client connections sent while ``action`` ran (script-internal ones excluded)."""
+    watcher = redis.Redis.from_url(server.url, decode_responses=True)
+    sentinel = f"bench-{uuid.uuid4().hex}"
+    sent: list[str] = []
+    with watcher.monitor() as monitor:
+        action()
+        server.command("ECHO", sentinel)
+        while True:
+            line = monitor.next_command()
+            if sentinel in line["command"]:
+                break
+            if line["client_type"] != "lua":
+                sent.append(line["command"].split(" ", 1)[0].upper())
+    watcher.close()
+    return sent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer calls, for a smoke test")
+    options = parser.parse_args()
+    rounds, per_round = (5, 200) if options.quick else (20, 500)
+
+    with RedisServer() as server, tempfile.TemporaryDirectory() as tmp:
+        ledgers: dict[str, Any] = {
+            "memory": MemoryLedger(),
+            "sqlite": SQLiteLedger(Path(tmp) / "ledger.db"),
+            "redis": RedisLedger(server.url, environ={}),
+        }
+        loop = asyncio.new_event_loop()
+        results: dict[tuple[str, int, str], list[float]] = {}
+        for count in (2, 3):
+            chosen = claims(count)
+            for ledger in ledgers.values():  # warm up: connections, scripts, caches
+                for _ in range(50):
+                    one_call(ledger, chosen)
+                    loop.run_until_complete(one_acall(ledger, chosen))
+            for _ in range(rounds):
+                for name, ledger in ledgers.items():
+                    results.setdefault((name, count, "sync"), []).extend(
+                        timed(ledger, chosen, per_round)
+                    )
+                    results.setdefault((name, count, "async"), []).extend(
+                        loop.run_until_complete(atimed(ledger, chosen, per_round))
+                    )
+
+        redis_ledger = ledgers["redis"]
+        calls = 20
+        sync_sent = round_trips(
+            server, lambda: [one_call(redis_ledger, claims(3)) for _ in range(calls)]
+        )
+        async_sent = round_trips(
+            server,
+            lambda: [
+                loop.run_until_complete(one_acall(redis_ledger, claims(3))) for _ in range(calls)
+            ],
+        )
+        evalsha = server.info("commandstats")["cmdstat_evalsha"]
+        server_us = float(evalsha.split("usec_per_call=")[1].split(",")[0])
+        loop.run_until_complete(redis_ledger.aclose())
+        loop.close()
+        for ledger in ledgers.values():
+            ledger.close()
+
+    print("reserve + settle of one call")
+    print(f"{'ledger':<8} {'claims':>6} {'mode':<6} {'median':>9} {'p95':>9}")
+    for (name, count, mode), samples in results.items():
+        median, p95 = statistics.median(samples) * 1e6, pct(samples, 0.95) * 1e6
+        print(f"{name:<8} {count:>6} {mode:<6} {median:>7.1f}us {p95:>7.1f}us")
+    print(f"redis server time per script (EVALSHA, all runs): {server_us:.1f}us")
+    on_target = True
+    for mode, sent in (("sync", sync_sent), ("async", async_sent)):
+        kinds = sorted(set(sent))
+        print(f"redis round trips per call ({mode}, 3 claims): {len(sent) / calls:g} ({kinds})")
+        on_target = on_target and sent == ["EVALSHA"] * (2 * calls)
+    if not on_target:
+        raise SystemExit("Redis round trips are off the target of 2 per call")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,804 @@
+"""RedisLedger: budgets and rate limits shared by every process and machine using one Redis.
+
+One EVALSHA reserves across all of a call's claims and one settles (see
+:mod:`llmproxy_redis_budget.scripts`). The decisions live in plain methods that build a
+script's arguments and read its reply; the sync and async methods are thin shells that only
+differ in how they send a request (``redis.Redis`` or ``redis.asyncio.Redis``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import math
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Generator, Mapping, Sequence
+from typing import Any, Final, Literal
+from urllib.parse import urlencode
+
+import attrs
+import redis
+import redis.asyncio
+from redis.backoff import NoBackoff
+from redis.exceptions import (
+    ClusterError,
+    MaxConnectionsError,
+    NoScriptError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+)
+
+from llmproxy.budget import periods
+from llmproxy.budget.base import Claim, ClaimUsage, Rates, Reservation
+from llmproxy.budget.memory import (
+    SETTLED_GRACE,
+    USD_SCALE,
+    MemoryLedger,
+    amount_settled,
+    check_arguments,
+    check_settle,
+    resets_at,
+    retry_after,
+    usd_limit,
+    usd_rate,
+)
+from llmproxy.errors import BudgetExceeded, ConfigError, RateLimited, StoreError
+from llmproxy_redis_budget import scripts
+from llmproxy_redis_budget.breaker import CircuitBreaker
+from llmproxy_redis_budget.env import LedgerSettings, settings_from_url
+
+log = logging.getLogger("llmproxy_redis_budget")
+
+LOCAL_PREFIX: Final = "local:"
+"""Ids of reservations made by the local fallback ledger (``fail=open`` while Redis is down)."""
+
+_UNIT_CODES: Final = {"tokens": "t", "requests": "r", "usd": "u"}
+_Script = Literal["reserve", "settle", "usage"]
+_SOURCES: Final[dict[_Script, str]] = {
+    "reserve": scripts.RESERVE,
+    "settle": scripts.SETTLE,
+    "usage": scripts.USAGE,
+}
+_SHAS: Final = {
+    name: hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+    for name, source in _SOURCES.items()
+}
+_Request = tuple[_Script, list[str], list[str]]
+_Steps = Generator[_Request, list[Any], Any]
+
+
+@attrs.frozen
+class _ClaimPlan:
+    """What never changes about a claim in a script call: its keys and fixed fields."""
+
+    keys: tuple[str, ...]
+    unit: str
+    limit: str
+    window: str
+
+
+class _Down(Exception):
+    """Redis could not be used for this call (unreachable, timed out, or the breaker is open)."""
+
+
+_OUTAGES: Final = (
+    ClusterError,  # cluster down, master down, try again, slot not covered
+    MaxConnectionsError,
+    OutOfMemoryError,
+    ReadOnlyError,  # a replica after a failover
+    RedisClusterException,
+)
+
+
+def _is_outage(exc: RedisError) -> bool:
+    """Whether a failure means Redis cannot serve us now (not that it found our call wrong).
+
+    Connection errors and timeouts are; so are a full, read-only, busy or partial server. Any
+    other error answer (a script error, WRONGTYPE, NOPERM) is not: those are raised as they are,
+    whatever ``fail`` says.
+    """
+    if not isinstance(exc, ResponseError) or isinstance(exc, _OUTAGES):
+        return True
+    return str(exc).startswith(("BUSY", "LOADING", "MASTERDOWN", "NOREPLICAS"))
+
+
+def _fmt(value: float) -> str:
+    """A float as Lua reads it back exactly (Lua's tonumber knows no 'inf')."""
+    value = float(value)
+    if value in (math.inf, -math.inf):
+        return "1e999" if value > 0 else "-1e999"
+    return repr(value)
+
+
+def _int(value: float) -> str:
+    return str(round(value))
+
+
+def _drop_async_client(client: Any) -> None:
+    """Shut an async client's sockets without awaiting (its event loop may be gone or busy)."""
+    pool = getattr(client, "connection_pool", None)
+    connections = [
+        *getattr(pool, "_available_connections", ()),
+        *getattr(pool, "_in_use_connections", ()),
+    ]
+    for connection in connections:
+        close = getattr(connection, "_close", None)  # what redis-py's own __del__ calls
+        if close is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: GC takes the socket
+                close()
+
+
+class RedisLedger:
+    """A :class:`~llmproxy.budget.base.Ledger` in Redis, atomic across processes and machines.
+
+    Same semantics as :class:`~llmproxy.budget.memory.MemoryLedger` and
+    :class:`~llmproxy.budget.sqlite.SQLiteLedger` (the Lua script follows
+    :func:`~llmproxy.budget.memory.admit` step by step). ``url`` is a ``redis://`` or
+    ``rediss://`` URL with options as query parameters (see :mod:`llmproxy_redis_budget.env`);
+    None or a bare ``redis://`` reads the connection from ``environ``. Keyword options win over
+    the URL's.
+
+    Time: windows, leases and periods are counted by the Redis server's clock (``TIME`` inside
+    the scripts), so machines whose clocks disagree still agree on every window.
+    :meth:`now` estimates the server's time from this machine's ``local_clock`` and the offset
+    learned from the last reply. ``clock`` replaces the server's clock with one of yours,
+    passed to every script (tests drive a fake one this way); keys then get no expiry times,
+    since Redis would expire them by its own clock.
+
+    Failures: a call that cannot reach Redis within ``socket_timeout`` counts as a failure;
+    ``breaker_failures`` in a row open a circuit breaker for ``breaker_cooldown`` seconds,
+    during which calls do not try Redis; then one call probes. With ``fail="closed"`` (the
+    default) such calls raise :class:`~llmproxy.errors.StoreError` naming the URL (without its
+    password); with ``fail="open"`` they go on, counted in a local
+    :class:`~llmproxy.budget.memory.MemoryLedger` that enforces the same limits for this
+    process only, and a warning is logged when Redis goes away and comes back. What was
+    counted locally is not copied to Redis afterwards.
+
+    Thread-safe; the async methods use ``redis.asyncio`` with one client per event loop. Close
+    with :meth:`close`, or ``await`` :meth:`aclose` inside the loop that used the async
+    methods.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        environ: Mapping[str, str] | None = None,
+        clock: Callable[[], float] | None = None,
+        local_clock: Callable[[], float] = time.time,
+        prefix: str | None = None,
+        fail: Literal["closed", "open"] | None = None,
+        socket_timeout: float | None = None,
+        connect_timeout: float | None = None,
+        breaker_failures: int | None = None,
+        breaker_cooldown: float | None = None,
+        cluster: bool | None = None,
+    ) -> None:
+        settings = settings_from_url(url, os.environ if environ is None else environ)
+        overrides = {
+            "prefix": prefix,
+            "fail": fail,
+            "socket_timeout": socket_timeout,
+            "connect_timeout": connect_timeout,
+            "breaker_failures": breaker_failures,
+            "breaker_cooldown": breaker_cooldown,
+            "cluster": cluster,
+        }
+        given = {name: value for name, value in overrides.items() if value is not None}
+        if given:
+            # Validate keyword options exactly like URL ones.
+            merged = {
+                **{k: str(getattr(settings, k)) for k in overrides},
+                **{k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in given.items()},
+            }
+            settings = settings_from_url(
+                settings.url + ("&" if "?" in settings.url else "?") + urlencode(merged), {}
+            )
+        self.settings: LedgerSettings = settings
+        self._clock = clock
+        self._local_clock = local_clock
+        self._offset: float | None = None
+        self._tag = "{llmproxy-budget:" + settings.prefix + "}"
+        self._plans: dict[Claim, _ClaimPlan] = {}
+        self._breaker = CircuitBreaker(
+            failures=settings.breaker_failures, cooldown=settings.breaker_cooldown
+        )
+        self._fallback = MemoryLedger(clock=clock or local_clock)
+        self._outage = False
+        self._lock = threading.Lock()
+        self._closed = False
+        self._aclients: dict[asyncio.AbstractEventLoop, Any] = {}
+        try:
+            self._client: Any = self._make_client(asynchronous=False)
+            pool = getattr(self._client, "connection_pool", None)
+            if pool is not None:  # build (not open) a connection: bad options fail here, now
+                pool.connection_class(**pool.connection_kwargs)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(
+                f"redis ledger URL {settings.safe_url!r} has an option redis-py refuses: {exc}",
+                path="url",
+            ) from None
+
+    def __repr__(self) -> str:
+        return f"<RedisLedger {self.settings.safe_url} prefix={self.settings.prefix!r}>"
+
+    @property
+    def breaker(self) -> CircuitBreaker:
+        """The circuit breaker guarding calls to Redis."""
+        return self._breaker
+
+    @property
+    def fallback(self) -> MemoryLedger:
+        """The local ledger used while Redis is down with ``fail="open"``."""
+        return self._fallback
+
+    def key(self, kind: Literal["u", "h", "e", "s"], name: str) -> str:
+        """The Redis key of a claim key or of a settled reservation id.
+
+        ``u`` totals and reserved sum, ``h`` holds, ``e`` window events (claim keys); ``s`` the
+        marker of a settled reservation (ids). See :mod:`llmproxy_redis_budget.scripts`.
+
+        >>> RedisLedger("redis://localhost/0?prefix=app").key("u", "tokens|global")
+        '{llmproxy-budget:app}:u:tokens|global'
+        """
+        return f"{self._tag}:{kind}:{name}"
+
+    # -- clients ---------------------------------------------------------------------------------
+
+    def _make_client(self, *, asynchronous: bool) -> Any:
+        settings = self.settings
+        kwargs: dict[str, Any] = {
+            "decode_responses": True,
+            "socket_timeout": settings.socket_timeout,
+            "socket_connect_timeout": settings.connect_timeout,
+        }
+        if asynchronous:
+            from redis.asyncio.retry import Retry as AsyncRetry
+
+            kwargs["retry"] = AsyncRetry(NoBackoff(), 0)
+            if settings.cluster:
+                return redis.asyncio.RedisCluster.from_url(settings.url, **kwargs)
+            return redis.asyncio.Redis.from_url(settings.url, **kwargs)
+        from redis.retry import Retry
+
+        kwargs["retry"] = Retry(NoBackoff(), 0)
+        if settings.cluster:
+            return redis.RedisCluster.from_url(settings.url, **kwargs)
+        return redis.Redis.from_url(settings.url, **kwargs)
+
+    def _aclient(self) -> Any:
+        loop = asyncio.get_running_loop()
+        client = self._aclients.get(loop)
+        if client is None:
+            with self._lock:
+                self._check_open()
+                client = self._aclients.get(loop)
+                if client is None:
+                    for old in [old for old in self._aclients if old.is_closed()]:
+                        _drop_async_client(self._aclients.pop(old))
+                    client = self._aclients[loop] = self._make_client(asynchronous=True)
+        return client
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError(f"{self!r} is closed; create a new RedisLedger to use it")
+
+    # -- sending one script call: the only I/O -------------------------------------------------
+
+    def _send(self, request: _Request) -> list[Any]:
+        self._check_open()
+        name, keys, args = request
+        client = self._client
+        try:
+            try:
+                reply = client.evalsha(_SHAS[name], len(keys), *keys, *args)
+            except NoScriptError:  # a new or restarted server: load the script once
+                client.script_load(_SOURCES[name])
+                reply = client.evalsha(_SHAS[name], len(keys), *keys, *args)
+        except RedisError as exc:
+            raise self._failure(exc) from exc
+        except BaseException:
+            self._breaker.abandon()
+            raise
+        self._succeeded(reply)
+        return list(reply)
+
+    async def _asend(self, request: _Request) -> list[Any]:
+        self._check_open()
+        name, keys, args = request
+        client = self._aclient()
+        try:
+            try:
+                reply = await client.evalsha(_SHAS[name], len(keys), *keys, *args)
+            except NoScriptError:
+                await client.script_load(_SOURCES[name])
+                reply = await client.evalsha(_SHAS[name], len(keys), *keys, *args)
+        except RedisError as exc:
+            raise self._failure(exc) from exc
+        except BaseException:
+            self._breaker.abandon()
+            raise
+        self._succeeded(reply)
+        return list(reply)
+
+    def _succeeded(self, reply: Any) -> None:
+        if self._breaker.success() or self._outage:
+            self._outage = False
+            log.warning("Redis ledger at %s answers again", self.settings.safe_url)
+        if self._clock is None and reply and len(reply) > 1:
+            with contextlib.suppress(TypeError, ValueError):
+                self._offset = float(reply[1]) - self._local_clock()
+
+    def _failure(self, exc: RedisError) -> Exception:
+        """The exception a failed call raises: _Down for an outage, else a StoreError."""
+        if not _is_outage(exc):
+            self._succeeded(None)  # it answered: it is up
+            return StoreError(
+                f"Redis ledger at {self.settings.safe_url} answered with an error: {exc};"
+                f" check that nothing else writes keys under {self._tag} and that the user may"
+                " run scripts"
+            )
+        self._failed(exc)
+        return _Down(str(exc) or type(exc).__name__)
+
+    def _failed(self, exc: BaseException) -> None:
+        opened = self._breaker.failure()
+        if opened:
+            log.warning(
+                "Redis ledger at %s failed %d times in a row (%s); not trying it for %gs (%s)",
+                self.settings.safe_url,
+                self._breaker.failures,
+                exc,
+                self._breaker.cooldown,
+                "counting locally" if self.settings.fail == "open" else "calls fail",
+            )
+        elif not self._outage:
+            log.warning("Redis ledger at %s failed: %s", self.settings.safe_url, exc)
+        self._outage = True
+
+    def _run(self, steps: _Steps) -> Any:
+        if not self._breaker.allow():
+            steps.close()
+            raise _Down("the circuit breaker is open")
+        try:
+            request = next(steps)
+            while True:
+                request = steps.send(self._send(request))
+        except StopIteration as done:
+            return done.value
+        finally:
+            steps.close()
+
+    async def _arun(self, steps: _Steps) -> Any:
+        if not self._breaker.allow():
+            steps.close()
+            raise _Down("the circuit breaker is open")
+        try:
+            request = next(steps)
+            while True:
+                request = steps.send(await self._asend(request))
+        except StopIteration as done:
+            return done.value
+        finally:
+            steps.close()
+
+    def _unavailable(self, down: _Down) -> StoreError:
+        retry = self._breaker.retry_in()
+        when = f"; not retried for {retry:.1f}s" if retry else ""
+        return StoreError(
+            f"Redis ledger at {self.settings.safe_url} is unavailable ({down}){when}: budgets"
+            " cannot be checked. Start or reach Redis, or set fail=open on the ledger URL to"
+            " go on with per-process limits while it is down"
+        )
+
+    # -- time --------------------------------------------------------------------------------
+
+    def now(self) -> float:
+        """The ledger's clock: the injected one, or this machine's estimate of the server's.
+
+        The estimate is the local clock plus the offset learned from the last script reply;
+        before any reply it asks the server for its ``TIME`` once.
+        """
+        if self._clock is not None:
+            return self._clock()
+        if self._offset is None and self._breaker.allow():
+            try:
+                seconds, micros = self._client.time()
+            except RedisError as exc:
+                self._failed(exc)
+            else:
+                self._breaker.success()
+                self._offset = seconds + micros / 1_000_000 - self._local_clock()
+        return self._local_clock() + (self._offset or 0.0)
+
+    def _estimate(self) -> float:
+        if self._clock is not None:
+            return self._clock()
+        return self._local_clock() + (self._offset or 0.0)
+
+    def _time_args(self, estimate: float) -> tuple[str, str]:
+        """The script's ``now`` argument ('-' = the server's TIME) and the TTL flag."""
+        if self._clock is not None:
+            return _fmt(estimate), "-"
+        return "-", "1"
+
+    # -- arguments -------------------------------------------------------------------------------
+
+    def _plan(self, claim: Claim) -> _ClaimPlan:
+        plan = self._plans.get(claim)
+        if plan is None:
+            if len(self._plans) >= 4096:
+                self._plans.clear()
+            key = claim.key
+            keys: tuple[str, ...] = (self.key("u", key), self.key("h", key))
+            if claim.window is not None:
+                keys += (self.key("e", key),)
+            limit = usd_limit(claim.limit) if claim.unit == "usd" else claim.limit
+            plan = self._plans[claim] = _ClaimPlan(
+                keys,
+                _UNIT_CODES[claim.unit],
+                _fmt(limit),
+                "-" if claim.window is None else _fmt(claim.window),
+            )
+        return plan
+
+    @staticmethod
+    def _period_fields(claim: Claim, estimate: float) -> str:
+        """A calendar claim's candidate periods, as script fields (with a leading space)."""
+        if claim.period is None:
+            return ""
+        around = periods.neighbours(claim.period, claim.tz, estimate)
+        return (
+            f" {_fmt(around.previous.start)} {_fmt(around.current.start)}"
+            f" {_fmt(around.current.end)} {_fmt(around.next.end)}"
+            f" {around.previous.id.replace('-', '')} {around.current.id.replace('-', '')}"
+            f" {around.next.id.replace('-', '')}"
+        )
+
+    # -- the operations, as steps (requests out, replies in) ---------------------------------------
+
+    def _reserve_steps(
+        self,
+        claims: Sequence[Claim],
+        input_tokens: int,
+        max_output_tokens: int,
+        min_output_tokens: int,
+        lease: float,
+        rates: Rates | None,
+    ) -> _Steps:
+        reservation_id = uuid.uuid4().hex
+        rate_in = rate_out = "0"
+        if rates is not None:
+            rate_in, rate_out = _fmt(usd_rate(rates.input)), _fmt(usd_rate(rates.output))
+        estimate = self._estimate()
+        for _ in range(2):
+            now, ttl = self._time_args(estimate)
+            keys: list[str] = []
+            args = [
+                f"{now} {reservation_id} {input_tokens} {max_output_tokens} {min_output_tokens}"
+                f" {_fmt(lease)} {rate_in} {rate_out} {ttl}"
+            ]
+            for claim in claims:
+                plan = self._plan(claim)
+                keys += plan.keys
+                args.append(
+                    f"{plan.unit} {plan.limit} {plan.window}" + self._period_fields(claim, estimate)
+                )
+            reply = yield ("reserve", keys, args)
+            status, server_now = reply[0], float(reply[1])
+            if status == "clock":
+                estimate = server_now
+                continue
+            if status == "ok":
+                grant = int(reply[2])
+                amounts = tuple(
+                    int(held) / USD_SCALE if claim.unit == "usd" else float(held)
+                    for claim, held in zip(claims, reply[3:], strict=True)
+                )
+                return Reservation(
+                    reservation_id,
+                    tuple(claims),
+                    amounts,
+                    grant,
+                    input_tokens,
+                    server_now + lease,
+                )
+            self._refuse(reply, claims, input_tokens, min_output_tokens, rates)
+        raise StoreError(  # pragma: no cover - the second try uses the server's own time
+            f"Redis ledger at {self.settings.safe_url}: the server's clock moved by more than a"
+            " calendar period during one reserve"
+        )
+
+    @staticmethod
+    def _refuse(
+        reply: list[Any],
+        claims: Sequence[Claim],
+        input_tokens: int,
+        min_output_tokens: int,
+        rates: Rates | None,
+    ) -> None:
+        """Raise the error a ``refuse`` reply stands for (the same one admit would raise)."""
+        now, kind, index = float(reply[1]), reply[2], int(reply[3]) - 1
+        used, reserved = float(reply[4]), float(reply[5])
+        events = [(float(reply[i]), float(reply[i + 1])) for i in range(6, len(reply), 2)]
+        claim = claims[index]
+        if kind == "rate":
+            assert claim.window is not None
+            raise RateLimited(
+                policy=claim.policy,
+                scope=claim.scope,
+                limit=claim.limit,
+                window=claim.window,
+                retry_after=retry_after(
+                    events, used + reserved + 1 - claim.limit, claim.window, now
+                ),
+            )
+        if claim.unit == "usd":
+            assert rates is not None
+            used, reserved = used / USD_SCALE, reserved / USD_SCALE
+            requested = input_tokens * rates.input + min_output_tokens * rates.output
+        elif claim.unit == "requests":
+            requested = 1
+        else:
+            requested = input_tokens + min_output_tokens
+        raise BudgetExceeded(
+            policy=claim.policy,
+            scope=claim.scope,
+            limit=claim.limit,
+            used=used,
+            reserved=reserved,
+            requested=requested,
+            unit=claim.unit,
+            resets_at=resets_at(claim, now, events),
+        )
+
+    def _settle_steps(
+        self, reservation: Reservation, tokens: int, requests: int, cost: float
+    ) -> _Steps:
+        estimate = self._estimate()
+        for _ in range(2):
+            now, ttl = self._time_args(estimate)
+            keys = [self.key("s", reservation.id)]
+            args = [
+                f"{now} {reservation.id} {_fmt(reservation.expires_at)} {ttl} {_fmt(SETTLED_GRACE)}"
+            ]
+            for claim, held in zip(reservation.claims, reservation.amounts, strict=True):
+                plan = self._plan(claim)
+                keys += plan.keys
+                held_units = _int(held * USD_SCALE if claim.unit == "usd" else held)
+                settled = _int(amount_settled(claim, tokens, requests, cost))
+                args.append(
+                    f"{plan.window} {held_units} {settled}" + self._period_fields(claim, estimate)
+                )
+            reply = yield ("settle", keys, args)
+            if reply[0] != "clock":
+                return None
+            estimate = float(reply[1])
+        raise StoreError(  # pragma: no cover
+            f"Redis ledger at {self.settings.safe_url}: the server's clock moved by more than a"
+            " calendar period during one settle"
+        )
+
+    def _usage_steps(self, claims: Sequence[Claim]) -> _Steps:
+        estimate = self._estimate()
+        for _ in range(2):
+            now_arg, _ttl = self._time_args(estimate)
+            keys: list[str] = []
+            args = [now_arg]
+            for claim in claims:
+                plan = self._plan(claim)
+                keys += plan.keys
+                args.append(plan.window + self._period_fields(claim, estimate))
+            reply = yield ("usage", keys, args)
+            now = float(reply[1])
+            if reply[0] == "clock":
+                estimate = now
+                continue
+            result = []
+            for index, claim in enumerate(claims):
+                used, reserved, oldest = reply[2 + 3 * index : 5 + 3 * index]
+                used_value, reserved_value = float(used), float(reserved)
+                if claim.unit == "usd":
+                    used_value, reserved_value = used_value / USD_SCALE, reserved_value / USD_SCALE
+                events = [(float(oldest), 0.0)] if oldest else []
+                result.append(
+                    ClaimUsage(claim, used_value, reserved_value, resets_at(claim, now, events))
+                )
+            return result
+        raise StoreError(  # pragma: no cover
+            f"Redis ledger at {self.settings.safe_url}: the server's clock moved by more than a"
+            " calendar period during one read"
+        )
+
+    # -- fail-open fallbacks ---------------------------------------------------------------------
+
+    def _local_reserve(
+        self,
+        down: _Down,
+        claims: Sequence[Claim],
+        input_tokens: int,
+        max_output_tokens: int,
+        min_output_tokens: int,
+        lease: float,
+        rates: Rates | None,
+    ) -> Reservation:
+        if self.settings.fail == "closed":
+            raise self._unavailable(down) from down.__cause__
+        log.debug("Redis ledger down (%s): reserving locally", down)
+        reservation = self._fallback.reserve(
+            claims,
+            input_tokens=input_tokens,
+            max_output_tokens=max_output_tokens,
+            min_output_tokens=min_output_tokens,
+            lease=lease,
+            rates=rates,
+        )
+        return attrs.evolve(reservation, id=LOCAL_PREFIX + reservation.id)
+
+    def _local_settle(
+        self, down: _Down, reservation: Reservation, tokens: int, requests: int, cost: float
+    ) -> None:
+        if self.settings.fail == "closed":
+            raise self._unavailable(down) from down.__cause__
+        # Recorded locally, so this process keeps counting what it spends while Redis is away.
+        log.debug("Redis ledger down (%s): settling %s locally", down, reservation.id)
+        self._fallback.settle(reservation, tokens=tokens, requests=requests, cost=cost)
+
+    def _local_usage(self, down: _Down, claims: Sequence[Claim]) -> list[ClaimUsage]:
+        if self.settings.fail == "closed":
+            raise self._unavailable(down) from down.__cause__
+        return self._fallback.usage(claims)
+
+    @staticmethod
+    def _unlocal(reservation: Reservation) -> Reservation:
+        return attrs.evolve(reservation, id=reservation.id[len(LOCAL_PREFIX) :])
+
+    def _empty(self, input_tokens: int, max_output_tokens: int, lease: float) -> Reservation:
+        return Reservation(
+            uuid.uuid4().hex, (), (), max_output_tokens, input_tokens, self._estimate() + lease
+        )
+
+    # -- the Ledger protocol -----------------------------------------------------------------------
+
+    def reserve(
+        self,
+        claims: Sequence[Claim],
+        *,
+        input_tokens: int,
+        max_output_tokens: int,
+        min_output_tokens: int = 1,
+        lease: float = 600.0,
+        rates: Rates | None = None,
+    ) -> Reservation:
+        """Hold room on every claim atomically, in one round trip, or raise.
+
+        See the Ledger protocol; raises StoreError when Redis is unavailable and
+        ``fail="closed"``.
+        """
+        claims = check_arguments(
+            claims, input_tokens, max_output_tokens, min_output_tokens, lease, rates
+        )
+        if not claims:
+            return self._empty(input_tokens, max_output_tokens, lease)
+        steps = self._reserve_steps(
+            claims, input_tokens, max_output_tokens, min_output_tokens, lease, rates
+        )
+        try:
+            result: Reservation = self._run(steps)
+        except _Down as down:
+            return self._local_reserve(
+                down, claims, input_tokens, max_output_tokens, min_output_tokens, lease, rates
+            )
+        return result
+
+    def settle(
+        self, reservation: Reservation, *, tokens: int, requests: int = 1, cost: float = 0.0
+    ) -> None:
+        """Record what was used and drop the hold, in one round trip; a repeat is a no-op."""
+        check_settle(tokens, requests, cost)
+        if reservation.id.startswith(LOCAL_PREFIX):
+            self._fallback.settle(
+                self._unlocal(reservation), tokens=tokens, requests=requests, cost=cost
+            )
+            return
+        if not reservation.claims:
+            return
+        try:
+            self._run(self._settle_steps(reservation, tokens, requests, cost))
+        except _Down as down:
+            self._local_settle(down, reservation, tokens, requests, cost)
+
+    def usage(self, claims: Sequence[Claim]) -> list[ClaimUsage]:
+        """Return the state of each claim, read in one round trip (nothing is written)."""
+        if not claims:
+            return []
+        try:
+            result: list[ClaimUsage] = self._run(self._usage_steps(claims))
+        except _Down as down:
+            return self._local_usage(down, claims)
+        return result
+
+    async def areserve(
+        self,
+        claims: Sequence[Claim],
+        *,
+        input_tokens: int,
+        max_output_tokens: int,
+        min_output_tokens: int = 1,
+        lease: float = 600.0,
+        rates: Rates | None = None,
+    ) -> Reservation:
+        """Async :meth:`reserve` (``redis.asyncio``, one round trip)."""
+        claims = check_arguments(
+            claims, input_tokens, max_output_tokens, min_output_tokens, lease, rates
+        )
+        if not claims:
+            return self._empty(input_tokens, max_output_tokens, lease)
+        steps = self._reserve_steps(
+            claims, input_tokens, max_output_tokens, min_output_tokens, lease, rates
+        )
+        try:
+            result: Reservation = await self._arun(steps)
+        except _Down as down:
+            return self._local_reserve(
+                down, claims, input_tokens, max_output_tokens, min_output_tokens, lease, rates
+            )
+        return result
+
+    async def asettle(
+        self, reservation: Reservation, *, tokens: int, requests: int = 1, cost: float = 0.0
+    ) -> None:
+        """Async :meth:`settle` (``redis.asyncio``, one round trip)."""
+        check_settle(tokens, requests, cost)
+        if reservation.id.startswith(LOCAL_PREFIX):
+            self._fallback.settle(
+                self._unlocal(reservation), tokens=tokens, requests=requests, cost=cost
+            )
+            return
+        if not reservation.claims:
+            return
+        try:
+            await self._arun(self._settle_steps(reservation, tokens, requests, cost))
+        except _Down as down:
+            self._local_settle(down, reservation, tokens, requests, cost)
+
+    async def ausage(self, claims: Sequence[Claim]) -> list[ClaimUsage]:
+        """Async :meth:`usage`."""
+        if not claims:
+            return []
+        try:
+            result: list[ClaimUsage] = await self._arun(self._usage_steps(claims))
+        except _Down as down:
+            return self._local_usage(down, claims)
+        return result
+
+    def close(self) -> None:
+        """Close every connection; the ledger is not used afterwards.
+
+        Async connections are shut without awaiting; inside a running loop prefer
+        ``await ledger.aclose()``.
+        """
+        with self._lock:
+            self._closed = True
+            aclients = list(self._aclients.values())
+            self._aclients.clear()
+        self._client.close()
+        for client in aclients:
+            _drop_async_client(client)
+
+    async def aclose(self) -> None:
+        """Close the connections, awaiting those of the running loop."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            mine = self._aclients.pop(loop, None)
+        if mine is not None:
+            await mine.aclose()
+        self.close()

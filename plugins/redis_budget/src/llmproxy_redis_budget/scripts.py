@@ -1,0 +1,378 @@
+"""The Lua scripts of the Redis ledger: one EVALSHA reserves, one settles, one reads usage.
+
+Each script runs atomically in Redis: a reserve checks every claim and then holds on all of
+them or on none, with no other client in between. The admission rule is
+:func:`llmproxy.budget.memory.admit`, step by step and in the same float arithmetic, so a Redis
+ledger grants and refuses exactly as the memory and SQLite ledgers do.
+
+Keys (all under one hash tag ``T``, so that a script's keys share a Redis Cluster slot), per
+claim key ``K``:
+
+``{T}:u:K``  hash: ``u`` the settled total (all-time, in the window, or in period ``p``) and
+             ``r`` the sum of the live holds' amounts
+``{T}:h:K``  sorted set of holds: member ``reservation-id:amount``, score its expiry time
+``{T}:e:K``  (windowed claims) sorted set of settled events: ``reservation-id:amount`` at the
+             settle time; events at or before ``now - window`` are deleted, and taken off
+             ``u``, when the key is next used
+``{T}:s:ID`` a settled reservation's marker, so that settling twice is a no-op
+
+Amounts are whole numbers (tokens, requests, nano-dollars), so every sum is exact. Time is the
+server's ``TIME`` unless the caller passes ``now`` (a test's fake clock). With the server's
+time, keys expire by themselves once nothing in them counts any more: a hold set after its
+last lease, a window's keys after their last event leaves the window (or their last hold's
+lease ends, if later), a period's after the period ends (idem); all-time totals are kept.
+Expiry times are rounded up to the second, so a busy key's moves once a second. A hold set
+that expired whole leaves its sum behind in ``u``; the scripts read that as nothing held.
+
+Arguments are packed, to keep a call's arguments few (encoding them is most of the client's
+work): ``ARGV[1]`` is a header of space-separated fields and ``ARGV[1 + i]`` describes claim
+``i``; ``-`` stands for "none". Claims pass 2 keys (``u``, ``h``), or 3 with a window (``e``).
+
+A calendar claim is sent with three candidate periods (the one the client thinks it is, the
+one before and the one after, with their bounds: previous start, start, end, next end,
+previous id, id, next id); the script picks the one containing the server's time, so a
+boundary is exact on the server's clock. When none does (the client's estimate of the
+server's clock is off by more than a period) it answers ``clock`` and writes nothing; the
+client asks again with the server's time. Replies start with a status and the server's time
+(a decimal string); amounts in replies are integers.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+_COMMON: Final = r"""
+-- Numbers given to redis.call are sent as '%.17g' (exact); a Lua number returned becomes an
+-- integer reply. Only member strings and the time in replies are formatted here.
+local function int(x) return string.format('%d', x) end
+local function split(s)
+  local t = {}
+  for field in string.gmatch(s, '%S+') do t[#t + 1] = field end
+  return t
+end
+-- The time as a number and as the decimal string it was read from (for the reply).
+local function clock(given)
+  if given ~= '-' then return tonumber(given), given end
+  local t = redis.call('TIME')
+  local text = t[1] .. '.' .. string.rep('0', 6 - #t[2]) .. t[2]
+  return tonumber(text), text
+end
+local function amount_of(member) return tonumber(string.match(member, ':(%d+)$')) end
+
+-- Read claim i's fields from ARGV[1 + i] and its keys from KEYS[k..]: returns the fields, the
+-- keys (u, h, and e or nil), the next claim's first key, and where its period fields start
+-- (nil without a period). The window is field window_at; periods start at period_at.
+local function claim(i, k, window_at, period_at)
+  local f = split(ARGV[1 + i])
+  local e, next_k, period = nil, k + 2, nil
+  if f[window_at] ~= '-' then e, next_k = KEYS[k + 2], k + 3 end
+  if #f >= period_at then period = period_at end
+  return f, KEYS[k], KEYS[k + 1], e, next_k, period
+end
+
+-- The period containing now among the three candidates at f[b..b+6], and its end; nil when
+-- none contains it.
+local function pick(f, b, now)
+  local first, start, stop, last = tonumber(f[b]), tonumber(f[b + 1]), tonumber(f[b + 2]),
+    tonumber(f[b + 3])
+  if now < first or now >= last then return nil end
+  if now < start then return f[b + 4], start end
+  if now < stop then return f[b + 5], stop end
+  return f[b + 6], last
+end
+
+-- A period's total counts while its period is the current one (or a later one: a clock that
+-- stepped back does not reopen an earlier period).
+local function in_period(stored, pid)
+  return stored and tonumber(stored) >= tonumber(pid)
+end
+"""
+
+_WRITES: Final = r"""
+-- Drop a key's expired holds (expires_at <= now); return what its live holds hold. A hold set
+-- that expired whole (its TTL is its last lease) leaves r behind: nothing is held then.
+local function held(u, h, r, now)
+  local total = tonumber(r or '0')
+  if total == 0 then return 0 end
+  local gone = redis.call('ZRANGEBYSCORE', h, '-inf', now)
+  if #gone > 0 then
+    for _, member in ipairs(gone) do total = total - amount_of(member) end
+    redis.call('ZREMRANGEBYSCORE', h, '-inf', now)
+  elseif redis.call('EXISTS', h) == 0 then
+    total = 0
+  else
+    return total
+  end
+  if total > 0 then redis.call('HSET', u, 'r', total) else
+    redis.call('HDEL', u, 'r')
+    total = 0
+  end
+  return total
+end
+
+-- Drop a window's events at or before now - window and take them off u; return u.
+local function window_used(u, e, used, now, window)
+  used = tonumber(used or '0')
+  local start = now - window
+  local gone = redis.call('ZRANGEBYSCORE', e, '-inf', start)
+  if #gone > 0 then
+    for _, member in ipairs(gone) do used = used - amount_of(member) end
+    redis.call('ZREMRANGEBYSCORE', e, '-inf', start)
+    if used > 0 then redis.call('HSET', u, 'u', used) else
+      redis.call('HDEL', u, 'u')
+      used = 0
+    end
+  end
+  return used
+end
+
+-- Let key live at least until `at` (Unix seconds), never shorter than it already would. The
+-- time is rounded up to the next second, so that a busy key's expiry moves once a second, not
+-- on every call (keys live up to a second longer than they must).
+local function keep_until(key, at)
+  local ms = math.ceil(at) * 1000
+  if redis.call('PEXPIRETIME', key) < ms then redis.call('PEXPIREAT', key, ms) end
+end
+"""
+
+RESERVE: Final = (
+    _COMMON
+    + _WRITES
+    + r"""
+local head = split(ARGV[1])
+local now, now_text = clock(head[1])
+local id = head[2]
+local input, most, least = tonumber(head[3]), tonumber(head[4]), tonumber(head[5])
+local lease, rate_in, rate_out = tonumber(head[6]), tonumber(head[7]), tonumber(head[8])
+local ttl = head[9] == '1'
+local n = #ARGV - 1
+local units, limits, windows, periods, used, reserved = {}, {}, {}, {}, {}, {}
+local us, hs, es = {}, {}, {}
+
+local k = 1
+for i = 1, n do
+  local f, u, h, e, next_k, period = claim(i, k, 3, 4)
+  k = next_k
+  units[i], limits[i], us[i], hs[i], es[i] = f[1], tonumber(f[2]), u, h, e
+  if e then windows[i] = tonumber(f[3]) end
+  if period then
+    periods[i] = pick(f, period, now)
+    if not periods[i] then return {'clock', now_text} end
+  end
+end
+for i = 1, n do
+  local stored = redis.call('HMGET', us[i], 'u', 'r', 'p')
+  reserved[i] = held(us[i], hs[i], stored[2], now)
+  if windows[i] then
+    used[i] = window_used(us[i], es[i], stored[1], now, windows[i])
+  elseif periods[i] and not in_period(stored[3], periods[i]) then
+    used[i] = 0
+  else
+    used[i] = tonumber(stored[1] or '0')
+  end
+end
+
+-- A refusal: what the client needs to build the error. Events (oldest first) explain a
+-- windowed claim: all of them for a rate limit, the oldest for a budget.
+local function refuse(kind, i)
+  local reply = {'refuse', now_text, kind, i, used[i], reserved[i]}
+  if windows[i] then
+    local after = '(' .. string.format('%.17g', now - windows[i])
+    local events
+    if kind == 'rate' then
+      events = redis.call('ZRANGEBYSCORE', es[i], after, '+inf', 'WITHSCORES')
+    else
+      events = redis.call('ZRANGEBYSCORE', es[i], after, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+    end
+    for j = 1, #events, 2 do
+      reply[#reply + 1] = events[j + 1]
+      reply[#reply + 1] = amount_of(events[j])
+    end
+  end
+  return reply
+end
+
+for i = 1, n do
+  if units[i] == 'r' and used[i] + reserved[i] + 1 > limits[i] then
+    if windows[i] then return refuse('rate', i) end
+    return refuse('budget', i)
+  end
+end
+
+-- (+ 0 turns a -0 from ceil into 0: redis.call would send "-0", which is no integer)
+local function usd_hold(grant)
+  return math.ceil(input * rate_in + grant * rate_out - 0.000001) + 0
+end
+local grant, tightest, tightest_room, dollars = most, 0, math.huge, false
+for i = 1, n do
+  local room = nil
+  if units[i] == 't' then
+    room = limits[i] - used[i] - reserved[i] - input
+  elseif units[i] == 'u' then
+    dollars = true
+    local left = limits[i] - used[i] - reserved[i]
+    if rate_out > 0 then
+      room = (left - input * rate_in) / rate_out
+    elseif usd_hold(0) <= left then
+      room = math.huge
+    else
+      room = -math.huge
+    end
+  end
+  if room and room < tightest_room then tightest, tightest_room = i, room end
+end
+if tightest_room < grant then
+  if tightest_room > -math.huge then grant = math.floor(tightest_room) else grant = -1 end
+end
+if dollars and grant >= least then
+  -- the room was a float and the hold is rounded up: lower the grant until every hold fits
+  for i = 1, n do
+    if units[i] == 'u' then
+      local left = limits[i] - used[i] - reserved[i]
+      local fits = false
+      for _ = 1, 4 do
+        if usd_hold(grant) <= left then
+          fits = true
+          break
+        end
+        grant = grant - 1
+      end
+      if not fits then grant = -1 end
+      if grant < least then
+        tightest = i
+        break
+      end
+    end
+  end
+end
+if grant < least then return refuse('budget', tightest) end
+
+local expires = now + lease
+local reply = {'ok', now_text, grant}
+for i = 1, n do
+  local amount
+  if units[i] == 't' then amount = input + grant
+  elseif units[i] == 'r' then amount = 1
+  else amount = usd_hold(grant) end
+  redis.call('ZADD', hs[i], expires, id .. ':' .. int(amount))
+  redis.call('HINCRBY', us[i], 'r', amount)
+  if ttl then
+    keep_until(hs[i], expires)
+    if windows[i] or periods[i] then keep_until(us[i], expires) end
+  end
+  reply[#reply + 1] = amount
+end
+return reply
+"""
+)
+"""Reserve. ``ARGV[1]``: now, reservation id, input tokens, max and min output tokens, lease,
+the two rates (nano-dollars per token), ttl flag. Per claim: unit (``t``, ``r``, ``u``), limit
+(ledger units), window, then the period candidates if any."""
+
+SETTLE: Final = (
+    _COMMON
+    + _WRITES
+    + r"""
+local head = split(ARGV[1])
+local now, now_text = clock(head[1])
+local id = head[2]
+local ttl = head[4] == '1'
+local n = #ARGV - 1
+local claims = {}
+local k = 2
+for i = 1, n do
+  local f, u, h, e, next_k, period = claim(i, k, 1, 4)
+  k = next_k
+  local c = {f = f, u = u, h = h, e = e}
+  if period then
+    c.period, c.reset = pick(f, period, now)
+    if not c.period then return {'clock', now_text} end
+  end
+  claims[i] = c
+end
+local keep = math.max(tonumber(head[3]), now) + tonumber(head[5]) - now
+if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', math.ceil(keep * 1000)) then
+  return {'repeat', now_text}
+end
+for i = 1, n do
+  local c = claims[i]
+  local u, held_amount, amount = c.u, c.f[2], c.f[3]
+  if redis.call('ZREM', c.h, id .. ':' .. held_amount) == 1 then
+    if redis.call('HINCRBY', u, 'r', 0 - tonumber(held_amount)) <= 0 then
+      redis.call('HDEL', u, 'r')
+    end
+  end
+  if tonumber(amount) > 0 then
+    if c.e then
+      local window = tonumber(c.f[1])
+      window_used(u, c.e, redis.call('HGET', u, 'u'), now, window)
+      redis.call('ZADD', c.e, now, id .. ':' .. amount)
+      redis.call('HINCRBY', u, 'u', amount)
+      if ttl then
+        keep_until(u, now + window)
+        keep_until(c.e, now + window)
+      end
+    elseif c.period then
+      local stored = redis.call('HGET', u, 'p')
+      if in_period(stored, c.period) then
+        redis.call('HINCRBY', u, 'u', amount)
+      else
+        redis.call('HSET', u, 'p', c.period, 'u', amount)
+      end
+      if ttl then keep_until(u, c.reset) end
+    else
+      redis.call('HINCRBY', u, 'u', amount)
+    end
+  end
+end
+return {'ok', now_text}
+"""
+)
+"""Settle. ``KEYS[1]``: the settled marker. ``ARGV[1]``: now, reservation id, its expiry, ttl
+flag, seconds to remember it after its lease. Per claim: window, amount held, amount settled,
+then the period candidates if any."""
+
+USAGE: Final = (
+    _COMMON
+    + r"""
+local now, now_text = clock(ARGV[1])
+local n = #ARGV - 1
+local reply = {'ok', now_text}
+local k = 1
+for i = 1, n do
+  local f, u, h, e, next_k, period = claim(i, k, 1, 2)
+  k = next_k
+  local pid = nil
+  if period then
+    pid = pick(f, period, now)
+    if not pid then return {'clock', now_text} end
+  end
+  local stored = redis.call('HMGET', u, 'u', 'r', 'p')
+  local reserved = tonumber(stored[2] or '0')
+  if reserved ~= 0 then
+    if redis.call('EXISTS', h) == 0 then reserved = 0 end  -- expired whole: see held()
+    for _, member in ipairs(redis.call('ZRANGEBYSCORE', h, '-inf', now)) do
+      reserved = reserved - amount_of(member)
+    end
+  end
+  local used, oldest = tonumber(stored[1] or '0'), ''
+  if e then
+    local start = now - tonumber(f[1])
+    for _, member in ipairs(redis.call('ZRANGEBYSCORE', e, '-inf', start)) do
+      used = used - amount_of(member)
+    end
+    local after = '(' .. string.format('%.17g', start)
+    local first = redis.call('ZRANGEBYSCORE', e, after, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+    if #first > 0 then oldest = first[2] end
+  elseif pid and not in_period(stored[3], pid) then
+    used = 0
+  end
+  reply[#reply + 1] = used
+  reply[#reply + 1] = reserved
+  reply[#reply + 1] = oldest
+end
+return reply
+"""
+)
+"""Read each claim's used, reserved and oldest in-window event, writing nothing. ``ARGV[1]``:
+now. Per claim: window, then the period candidates if any."""
