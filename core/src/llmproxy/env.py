@@ -17,6 +17,11 @@ Variable                        Meaning
                                 ``Proxy.from_env`` and the CLI.
 ``LLMPROXY_REQUESTS_PER_MINUTE`` A global requests-per-minute limit for ``Proxy.from_env``.
 ``XDG_DATA_HOME``, ``APPDATA``  Read to find the user data dir when ``LLMPROXY_DATA_DIR`` is unset.
+``LLMPROXY_REDIS_URL``          Where Redis is, for the Redis plugins (``llmproxy.redis_url``
+                                resolves it); wins over the seed's variables below.
+``LLM_PROXY_OPEN_AI_IOREDIS_HOST``       The seed library's Redis host (default ``localhost``).
+``LLM_PROXY_OPEN_AI_IOREDIS_PORT``       The seed's Redis port (default ``6379``).
+``LLM_PROXY_OPEN_AI_IOREDIS_DB_INDEX``   The seed's Redis database index (default ``0``).
 ==============================  =================================================================
 
 Provider variables (``OPENAI_API_KEY``...) are read by each provider plugin's own ``env.py``.

@@ -45,23 +45,22 @@ plugins read too, only the ledger options, ``ssl_*``, ``client_name``, ``protoco
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Literal, cast
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from attrs import frozen
 
+from llmproxy import redis_url
 from llmproxy.errors import ConfigError
 
-REDIS_URL = "LLMPROXY_REDIS_URL"
-SEED_HOST = "LLM_PROXY_OPEN_AI_IOREDIS_HOST"
-SEED_PORT = "LLM_PROXY_OPEN_AI_IOREDIS_PORT"
-SEED_DB_INDEX = "LLM_PROXY_OPEN_AI_IOREDIS_DB_INDEX"
+REDIS_URL = redis_url.REDIS_URL  # "LLMPROXY_REDIS_URL"
+SEED_HOST = redis_url.SEED_HOST  # "LLM_PROXY_OPEN_AI_IOREDIS_HOST"
+SEED_PORT = redis_url.SEED_PORT  # "LLM_PROXY_OPEN_AI_IOREDIS_PORT"
+SEED_DB_INDEX = redis_url.SEED_DB_INDEX  # "LLM_PROXY_OPEN_AI_IOREDIS_DB_INDEX"
 
 VARIABLES = (REDIS_URL, SEED_HOST, SEED_PORT, SEED_DB_INDEX)
 SCHEMES = ("redis", "rediss")
-DEFAULT_URL = "redis://localhost:6379/0"
+DEFAULT_URL = redis_url.DEFAULT_URL
 DEFAULT_PREFIX = "llmproxy"
 
 Fail = Literal["closed", "open"]
@@ -77,7 +76,6 @@ _OPTIONS = frozenset(
         "cluster",
     }
 )
-_SHARED_PASSTHROUGH = frozenset({"client_name", "protocol", "health_check_interval"})
 
 
 @frozen
@@ -100,84 +98,7 @@ class LedgerSettings:
     @property
     def safe_url(self) -> str:
         """The connection URL without its password, for messages and logs."""
-        return redact(self.url)
-
-
-def redact(url: str) -> str:
-    """Return ``url`` with its password (if any) replaced by ``***``."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    port = f":{parts.port}" if parts.port else ""
-    netloc = f"{parts.username or ''}:***@{host}{port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-
-
-def _split(url: str, what: str) -> tuple[str, dict[str, str], dict[str, str]]:
-    """Split a redis URL into (base without query, ledger options, other query parameters)."""
-    parts = urlsplit(url)
-    if parts.scheme.lower() not in SCHEMES:
-        raise ConfigError(
-            f"{what} {redact(url)!r} must start with redis:// or rediss:// (TLS)", path=what
-        )
-    options: dict[str, str] = {}
-    rest: dict[str, str] = {}
-    for key, value in parse_qsl(parts.query, keep_blank_values=True):
-        (options if key in _OPTIONS else rest)[key] = value
-    return urlunsplit((parts.scheme.lower(), parts.netloc, parts.path, "", "")), options, rest
-
-
-def _seed_url(environ: Mapping[str, str]) -> str | None:
-    host = environ.get(SEED_HOST, "").strip()
-    port = environ.get(SEED_PORT, "").strip()
-    db = environ.get(SEED_DB_INDEX, "").strip()
-    if not (host or port or db):
-        return None
-    for name, value in ((SEED_PORT, port), (SEED_DB_INDEX, db)):
-        if value and not value.isdigit():
-            raise ConfigError(f"{name} must be a whole number, got {value!r}", path=name)
-    host = host or "localhost"
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"  # an IPv6 address
-    return f"redis://{host}:{port or 6379}/{db or 0}"
-
-
-def _number(options: Mapping[str, str], name: str, default: float) -> float:
-    raw = options.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise ConfigError(
-            f"redis ledger option {name} must be a number of seconds > 0, got {raw!r}", path=name
-        )
-    return value
-
-
-def _count(options: Mapping[str, str], name: str, default: int) -> int:
-    raw = options.get(name, "").strip()
-    if not raw:
-        return default
-    if not raw.isdigit() or int(raw) < 1:
-        raise ConfigError(
-            f"redis ledger option {name} must be a whole number >= 1, got {raw!r}", path=name
-        )
-    return int(raw)
-
-
-def _flag(options: Mapping[str, str], name: str) -> bool:
-    raw = options.get(name, "").strip().lower()
-    if raw in ("", "0", "false", "no", "off"):
-        return False
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    raise ConfigError(f"redis ledger option {name} must be true or false, got {raw!r}", path=name)
+        return redis_url.redact(self.url)
 
 
 def settings_from_url(url: str | None, environ: Mapping[str, str]) -> LedgerSettings:
@@ -188,28 +109,7 @@ def settings_from_url(url: str | None, environ: Mapping[str, str]) -> LedgerSett
     >>> settings_from_url("redis://", {"LLM_PROXY_OPEN_AI_IOREDIS_HOST": "r1"}).url
     'redis://r1:6379/0'
     """
-    base: str | None = None
-    options: dict[str, str] = {}
-    passthrough: dict[str, str] = {}
-    if url:
-        own_base, options, passthrough = _split(url, "ledger URL")
-        if urlsplit(own_base).netloc:
-            base = own_base
-    if base is None:
-        env_url = environ.get(REDIS_URL, "").strip()
-        if env_url:
-            env_base, env_options, env_rest = _split(env_url, REDIS_URL)
-            if urlsplit(env_base).netloc:
-                base = env_base
-            options = {**env_options, **options}
-            shared = {
-                key: value
-                for key, value in env_rest.items()
-                if key in _SHARED_PASSTHROUGH or key.startswith("ssl_")
-            }
-            passthrough = {**shared, **passthrough}
-        if base is None:
-            base = _seed_url(environ) or DEFAULT_URL
+    connection, options = redis_url.resolve(url, environ, _OPTIONS, "ledger URL")
     prefix = options.get("prefix", "").strip() or DEFAULT_PREFIX
     if "{" in prefix or "}" in prefix:
         raise ConfigError(
@@ -223,12 +123,12 @@ def settings_from_url(url: str | None, environ: Mapping[str, str]) -> LedgerSett
             f"redis ledger option fail must be 'closed' or 'open', got {fail!r}", path="fail"
         )
     return LedgerSettings(
-        url=base + (f"?{urlencode(passthrough)}" if passthrough else ""),
+        url=connection,
         prefix=prefix,
         fail=cast(Fail, fail),
-        socket_timeout=_number(options, "socket_timeout", 0.5),
-        connect_timeout=_number(options, "connect_timeout", 1.0),
-        breaker_failures=_count(options, "breaker_failures", 3),
-        breaker_cooldown=_number(options, "breaker_cooldown", 5.0),
-        cluster=_flag(options, "cluster"),
+        socket_timeout=redis_url.seconds(options, "socket_timeout", 0.5),
+        connect_timeout=redis_url.seconds(options, "connect_timeout", 1.0),
+        breaker_failures=redis_url.count(options, "breaker_failures", 3),
+        breaker_cooldown=redis_url.seconds(options, "breaker_cooldown", 5.0),
+        cluster=redis_url.flag(options, "cluster", False),
     )

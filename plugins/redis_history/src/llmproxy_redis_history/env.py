@@ -45,19 +45,18 @@ Other query parameters (``ssl_cert_reqs``, ``ssl_ca_certs``, ``client_name``...)
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Literal, cast
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from attrs import frozen
 
+from llmproxy import redis_url
 from llmproxy.errors import ConfigError
 
-REDIS_URL = "LLMPROXY_REDIS_URL"
-SEED_HOST = "LLM_PROXY_OPEN_AI_IOREDIS_HOST"
-SEED_PORT = "LLM_PROXY_OPEN_AI_IOREDIS_PORT"
-SEED_DB_INDEX = "LLM_PROXY_OPEN_AI_IOREDIS_DB_INDEX"
+REDIS_URL = redis_url.REDIS_URL  # "LLMPROXY_REDIS_URL"
+SEED_HOST = redis_url.SEED_HOST  # "LLM_PROXY_OPEN_AI_IOREDIS_HOST"
+SEED_PORT = redis_url.SEED_PORT  # "LLM_PROXY_OPEN_AI_IOREDIS_PORT"
+SEED_DB_INDEX = redis_url.SEED_DB_INDEX  # "LLM_PROXY_OPEN_AI_IOREDIS_DB_INDEX"
 SEED_KEY_PREFIX = "LLM_PROXY_OPEN_AI_IOREDIS_KEY_PREFIX"
 
 DEFAULT_PREFIX = "llm_proxy"
@@ -90,20 +89,7 @@ class RedisSettings:
     @property
     def safe_url(self) -> str:
         """The connection URL with any password replaced by ``***``, for messages."""
-        return redact(self.url)
-
-
-def redact(url: str) -> str:
-    """Return ``url`` with its password (if any) replaced by ``***``."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+        return redis_url.redact(self.url)
 
 
 _OPTIONS = frozenset(
@@ -123,76 +109,6 @@ _OPTIONS = frozenset(
 )
 
 
-def _split(url: str, what: str) -> tuple[str, dict[str, str], dict[str, str]]:
-    """Return (url without query, store options, pass-through query) of a redis URL."""
-    parts = urlsplit(url)
-    if parts.scheme.lower() not in SCHEMES:
-        raise ConfigError(
-            f"{what} {redact(url)!r} must start with redis:// or rediss:// (TLS)", path=what
-        )
-    ours: dict[str, str] = {}
-    rest: dict[str, str] = {}
-    for key, value in parse_qsl(parts.query, keep_blank_values=True):
-        (ours if key in _OPTIONS else rest)[key] = value
-    base = urlunsplit((parts.scheme.lower(), parts.netloc, parts.path, "", ""))
-    return base, ours, rest
-
-
-def _seed_url(environ: Mapping[str, str]) -> str | None:
-    host = environ.get(SEED_HOST, "").strip()
-    port = environ.get(SEED_PORT, "").strip()
-    db = environ.get(SEED_DB_INDEX, "").strip()
-    if not (host or port or db):
-        return None
-    for name, value in ((SEED_PORT, port), (SEED_DB_INDEX, db)):
-        if value and not value.isdigit():
-            raise ConfigError(f"{name} must be a whole number, got {value!r}", path=name)
-    host = host or "localhost"
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"
-    return f"redis://{quote(host, safe='[]:')}:{port or 6379}/{db or 0}"
-
-
-def _float(options: Mapping[str, str], name: str, default: float | None) -> float | None:
-    raw = options.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"redis option {name} must be a number, got {raw!r}", path=name) from None
-    if not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"redis option {name} must be greater than 0, got {raw!r}", path=name)
-    return value
-
-
-def _int(options: Mapping[str, str], name: str, default: int | None) -> int | None:
-    raw = options.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(
-            f"redis option {name} must be a whole number, got {raw!r}", path=name
-        ) from None
-    if value < 1:
-        raise ConfigError(f"redis option {name} must be at least 1, got {raw!r}", path=name)
-    return value
-
-
-def _bool(options: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = options.get(name)
-    if raw is None or raw == "":
-        return default
-    lowered = raw.strip().lower()
-    if lowered in {"1", "true", "yes", "on"}:
-        return True
-    if lowered in {"0", "false", "no", "off"}:
-        return False
-    raise ConfigError(f"redis option {name} must be true or false, got {raw!r}", path=name)
-
-
 def settings_from_url(url: str | None, environ: Mapping[str, str]) -> RedisSettings:
     """Resolve a store URL (``None`` or a bare ``redis://`` means the environment) to settings.
 
@@ -200,23 +116,7 @@ def settings_from_url(url: str | None, environ: Mapping[str, str]) -> RedisSetti
     ``LLM_PROXY_OPEN_AI_IOREDIS_*`` variables, else ``localhost:6379/0``. Options: the URL's
     query, then ``LLMPROXY_REDIS_URL``'s, then the seed's prefix variable, then the defaults.
     """
-    options: dict[str, str] = {}
-    passthrough: dict[str, str] = {}
-    base: str | None = None
-    if url:
-        own_base, own_options, own_rest = _split(url, "history URL")
-        if urlsplit(own_base).netloc:
-            base = own_base
-        options, passthrough = own_options, own_rest
-    if base is None:
-        env_url = environ.get(REDIS_URL, "").strip()
-        if env_url:
-            env_base, env_options, env_rest = _split(env_url, REDIS_URL)
-            base = env_base if urlsplit(env_base).netloc else None
-            options = {**env_options, **options}
-            passthrough = {**env_rest, **passthrough}
-        if base is None:
-            base = _seed_url(environ) or "redis://localhost:6379/0"
+    connection_url, options = redis_url.resolve(url, environ, _OPTIONS, "history URL")
     prefix = options.get("prefix") or environ.get(SEED_KEY_PREFIX, "").strip() or DEFAULT_PREFIX
     on_unavailable = options.get("on_unavailable", "raise").strip().lower() or "raise"
     if on_unavailable not in ("raise", "skip"):
@@ -224,18 +124,17 @@ def settings_from_url(url: str | None, environ: Mapping[str, str]) -> RedisSetti
             f"redis option on_unavailable must be 'raise' or 'skip', got {on_unavailable!r}",
             path="on_unavailable",
         )
-    connection_url = base + (f"?{urlencode(passthrough)}" if passthrough else "")
     return RedisSettings(
         url=connection_url,
         prefix=prefix,
-        ttl=_float(options, "ttl", None),
-        max_messages=_int(options, "max_messages", None),
+        ttl=redis_url.seconds(options, "ttl", 0.0) or None,
+        max_messages=redis_url.count(options, "max_messages", 0) or None,
         on_unavailable=cast(OnUnavailable, on_unavailable),
-        socket_timeout=_float(options, "socket_timeout", 2.0) or 2.0,
-        connect_timeout=_float(options, "connect_timeout", 2.0) or 2.0,
-        cache=_bool(options, "cache", True),
-        cache_sessions=_int(options, "cache_sessions", 1024) or 1024,
-        cache_messages=_int(options, "cache_messages", 1000) or 1000,
-        key_list=_bool(options, "key_list", True),
-        cluster=_bool(options, "cluster", False),
+        socket_timeout=redis_url.seconds(options, "socket_timeout", 2.0),
+        connect_timeout=redis_url.seconds(options, "connect_timeout", 2.0),
+        cache=redis_url.flag(options, "cache", True),
+        cache_sessions=redis_url.count(options, "cache_sessions", 1024),
+        cache_messages=redis_url.count(options, "cache_messages", 1000),
+        key_list=redis_url.flag(options, "key_list", True),
+        cluster=redis_url.flag(options, "cluster", False),
     )
