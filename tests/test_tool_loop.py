@@ -222,3 +222,19 @@ def test_plain_callables_and_bad_tools(make_proxy: MakeProxy, upstream: FakeOpen
     assert info.value.field == "tools[0]"
     with pytest.raises(InvalidRequest):
         proxy.chat("x", tools=[add, add])
+
+
+def test_tool_definitions_count_into_the_reservation(
+    make_proxy: MakeProxy, upstream: FakeOpenAI
+) -> None:
+    proxy = make_proxy(budgets=[LLMBudget(max_tokens=2000)])
+    proxy.chat("Weather?", tools=[get_weather])
+    provider = proxy.provider("openai")
+    from llmproxy import Message
+
+    messages = provider.count_tokens([Message("user", "Weather?")], "gpt-5.4-mini")
+    definitions = provider.count_text_tokens(
+        json.dumps(get_weather.wire(), separators=(",", ":")), "gpt-5.4-mini"
+    )
+    assert definitions > 20
+    assert chat_requests(upstream)[0]["max_completion_tokens"] == 2000 - messages - definitions

@@ -88,7 +88,12 @@ def register_prices(register: RegisterPrice) -> None:
 
 @hookspec
 def register_tools(register: RegisterTool) -> None:
-    """Register tools the model may call: ``register(tool)`` with a ``llmproxy.tools.Tool``."""
+    """Register tools the model may call: ``register(tool)`` with a ``llmproxy.tools.Tool``.
+
+    A plain function is made a tool from its type hints and docstring. Calls offer a registered
+    tool by its name (``proxy.chat(..., tools=["name"])``); one name from two plugins is a
+    PluginError.
+    """
 
 
 @hookspec

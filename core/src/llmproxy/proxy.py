@@ -48,7 +48,9 @@ from llmproxy.types import (
     ChatRequest,
     ChatResponse,
     Chunk,
+    Citation,
     Completion,
+    HostedOutput,
     Message,
     StreamEvent,
     ToolCall,
@@ -321,6 +323,13 @@ class _Call:
         cap = self._cap(token_claims)
         if token_claims:
             self.input_estimate = self.provider.count_tokens(self.messages(), self.model)
+            if self.tools:
+                # Tool definitions are input too; providers render them more tersely than JSON.
+                count = self.provider.count_text_tokens
+                self.input_estimate += sum(
+                    count(json.dumps(t.wire(), separators=(",", ":")), self.model)
+                    for t in self.tools
+                )
         args: dict[str, Any] = {
             "input_tokens": self.input_estimate,
             "max_output_tokens": cap or 0,
@@ -555,8 +564,10 @@ class _StreamState:
     """What a stream has delivered so far; turns provider chunks into stream events."""
 
     __slots__ = (
+        "citations",
         "delivered",
         "finish_reason",
+        "hosted_outputs",
         "id",
         "model",
         "reasoning",
@@ -574,6 +585,8 @@ class _StreamState:
         self.model: str | None = None
         self.id: str | None = None
         self.tool_calls: list[ToolCall] = []
+        self.citations: list[Citation] = []
+        self.hosted_outputs: list[HostedOutput] = []
         self.received = False
         self.delivered = False
 
@@ -589,6 +602,10 @@ class _StreamState:
             self.id = chunk.id
         if chunk.tool_calls:
             self.tool_calls.extend(chunk.tool_calls)
+        if chunk.citations:
+            self.citations.extend(chunk.citations)
+        if chunk.hosted_outputs:
+            self.hosted_outputs.extend(chunk.hosted_outputs)
         if chunk.text or chunk.reasoning:
             if chunk.text:
                 self.text.append(chunk.text)
@@ -604,6 +621,8 @@ class _StreamState:
             "".join(self.text),
             tool_calls=tuple(self.tool_calls),
             reasoning="".join(self.reasoning) or None,
+            citations=tuple(self.citations),
+            hosted_outputs=tuple(self.hosted_outputs),
             interrupted=interrupted,
         )
 

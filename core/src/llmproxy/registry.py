@@ -11,11 +11,12 @@ import attrs
 from attrs import frozen
 
 from llmproxy.budget.base import Ledger
-from llmproxy.errors import PluginError
+from llmproxy.errors import ConfigError, PluginError
 from llmproxy.history.base import HistoryStore
 from llmproxy.pricing import Price, PriceTable
 from llmproxy.provider import Provider
 from llmproxy.secret import Secret
+from llmproxy.tools import Tool
 
 BUILTIN_COMMANDS = frozenset(("chat", "plugins", "history", "usage"))
 _NAME = re.compile(r"^[a-z][a-z0-9_.-]*$")
@@ -113,7 +114,7 @@ class RegisterTool(Protocol):
     """The ``register`` function passed to ``register_tools``."""
 
     def __call__(self, tool: Any) -> None:
-        """Register a tool."""
+        """Register a :class:`~llmproxy.tools.Tool` (or a function, made one by its hints)."""
 
 
 @frozen
@@ -139,6 +140,7 @@ class Registry:
     ledgers: dict[str, LedgerFactory] = attrs.Factory(dict)
     policies: dict[str, type[Any]] = attrs.Factory(dict)
     tools: dict[str, Any] = attrs.Factory(dict)
+    _tool_owners: dict[str, str] = attrs.Factory(dict)
     prices: PriceTable = attrs.Factory(PriceTable)
     commands: dict[str, Command] = attrs.Factory(dict)
     registered_by: dict[str, list[str]] = attrs.Factory(dict)
@@ -237,11 +239,29 @@ class Registry:
         """Return the ``register`` function handed to one plugin's ``register_tools``."""
 
         def register(tool: Any) -> None:
-            name = getattr(tool, "name", None)
-            if not isinstance(name, str) or not name:
+            if not isinstance(tool, Tool):
+                if not callable(tool):
+                    raise PluginError(
+                        f"plugin '{plugin}' registered {tool!r}, which is neither a"
+                        " llmproxy.tools.Tool nor a function",
+                        plugin=plugin,
+                    )
+                try:
+                    tool = Tool.from_function(tool)
+                except ConfigError as exc:
+                    raise PluginError(
+                        f"plugin '{plugin}' registered a tool that is not valid: {exc}",
+                        plugin=plugin,
+                    ) from None
+            name = tool.name
+            owner = self._tool_owners.get(name)
+            if owner is not None and owner != plugin:
                 raise PluginError(
-                    f"plugin '{plugin}' registered a tool without a name", plugin=plugin
+                    f"tool '{name}' is registered by both '{owner}' and '{plugin}';"
+                    " block one with LLMPROXY_PLUGINS",
+                    plugin=plugin,
                 )
+            self._tool_owners[name] = plugin
             self.tools[name] = tool
             self._note(plugin, f"tool {name}")
 

@@ -28,6 +28,7 @@ from llmproxy.secret import Secret
 from llmproxy.testing._http import FakeServer, RecordedRequest, ResponseWriter
 from llmproxy.testing.fake_gemini import SKIP_SIGNATURE, FakeGemini, Fault, Reply
 from llmproxy.tokens import messages_upper_bound
+from llmproxy.tools import Tool
 from llmproxy.types import ChatRequest, Message, ToolCall, Usage
 from llmproxy_gemini import convert, env, models
 from llmproxy_gemini.provider import GeminiProvider, count_messages
@@ -330,8 +331,29 @@ async def test_history_from_elsewhere_gets_the_documented_placeholder_signature(
     }
 
 
-async def test_openai_style_tools_and_tool_choice_are_translated(
+async def test_function_tools_and_tool_choice_are_translated(
     make_proxy: Callable[..., Proxy], server: FakeGemini
+) -> None:
+    parameters = {"type": "object", "properties": {"city": {"type": "string"}}}
+    weather = Tool("get_weather", "Weather of a city.", parameters)
+    make_proxy().chat("Weather?", model=NAME, tools=[weather], tool_choice="required")
+    body = generate_bodies(server)[-1]
+    assert body["tools"] == [
+        {
+            "functionDeclarations": [
+                {
+                    "name": "get_weather",
+                    "description": "Weather of a city.",
+                    "parameters_json_schema": parameters,
+                }
+            ]
+        }
+    ]
+    assert body["toolConfig"] == {"functionCallingConfig": {"mode": "ANY"}}
+
+
+async def test_openai_style_tools_in_extra_are_still_translated(
+    provider: GeminiProvider, server: FakeGemini
 ) -> None:
     tools = [
         {
@@ -343,19 +365,16 @@ async def test_openai_style_tools_and_tool_choice_are_translated(
             },
         }
     ]
-    make_proxy().chat("Weather?", model=NAME, tools=tools, tool_choice="required")
+    request = ChatRequest(
+        (Message("user", "Weather?"),),
+        MODEL,
+        "gemini",
+        extra={"tools": tools, "tool_choice": "required"},
+    )
+    provider.chat(request)
     body = generate_bodies(server)[-1]
-    assert body["tools"] == [
-        {
-            "functionDeclarations": [
-                {
-                    "name": "get_weather",
-                    "description": "Weather of a city.",
-                    "parameters_json_schema": tools[0]["function"]["parameters"],
-                }
-            ]
-        }
-    ]
+    [declaration] = body["tools"][0]["functionDeclarations"]
+    assert declaration["parameters_json_schema"] == tools[0]["function"]["parameters"]
     assert body["toolConfig"] == {"functionCallingConfig": {"mode": "ANY"}}
 
 

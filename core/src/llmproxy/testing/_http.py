@@ -235,9 +235,20 @@ class Reply:
             and completion tokens unless given explicitly.
         tool_calls: Tool calls, either in the provider's wire shape or the
             short form ``{"name": ..., "arguments": str_or_json_value}``
-            (optionally with ``"id"``).
+            (optionally with ``"id"``). Several make parallel calls.
         delay: Seconds to wait before answering.
         chunk_delay: Seconds to wait between streamed chunks.
+        hosted_outputs: Output items of hosted tools the answer reports before
+            its text, in the Responses API's shape (``{"type":
+            "file_search_call", "queries": [...], "results": [...]}``,
+            ``{"type": "code_interpreter_call", "code": ..., "outputs": [...]}``);
+            the server fills in ``id``, ``status`` and other required fields.
+            Only the Responses API endpoint sends them.
+        citations: Annotations of the answer's text in the Responses API's
+            shape (``{"type": "file_citation", "file_id": ..., "filename":
+            ...}``, ``{"type": "url_citation", "url": ..., "title": ...}``);
+            missing offsets are filled in (the end of the text). Only the
+            Responses API endpoint sends them.
 
     """
 
@@ -248,10 +259,14 @@ class Reply:
     tool_calls: Sequence[Mapping[str, Any]] = field(default=())
     delay: float = 0.0
     chunk_delay: float = 0.0
+    hosted_outputs: Sequence[Mapping[str, Any]] = field(default=())
+    citations: Sequence[Mapping[str, Any]] = field(default=())
 
     def __post_init__(self) -> None:
-        """Freeze ``tool_calls`` into a tuple."""
+        """Freeze the sequences into tuples."""
         object.__setattr__(self, "tool_calls", tuple(self.tool_calls))
+        object.__setattr__(self, "hosted_outputs", tuple(self.hosted_outputs))
+        object.__setattr__(self, "citations", tuple(self.citations))
 
 
 Scripted: TypeAlias = Fault | Reply

@@ -35,7 +35,7 @@ import dataclasses
 import json
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeAlias
+from typing import Any, ClassVar, TypeAlias
 
 from ._http import Fault, RecordedRequest, Reply, ResponseWriter
 from .fake_openai import (
@@ -101,6 +101,9 @@ class FakeDeepSeek(FakeOpenAI):
         prefix_cache: Count leading messages shared with an earlier request as cache hits.
 
     """
+
+    #: DeepSeek has no Responses API.
+    responses_api: ClassVar[bool] = False
 
     def __init__(
         self,

@@ -27,6 +27,8 @@ Behaviour, as the real API does it:
   ``Reply.tool_calls`` as ``functionCall`` parts (short form ``{"name", "arguments"}``; a string
   of arguments is parsed as JSON). ``finishReason`` is ``STOP``, ``MAX_TOKENS`` when cut, or
   ``Reply.finish_reason`` (a Gemini name such as ``SAFETY``).
+* **Function responses**: a model turn with function calls must be followed by a turn with as
+  many function responses (parallel calls are answered together), else 400 as the real API.
 * **Thought signatures** (Gemini 3): the first ``functionCall`` part of an answer carries a
   ``thoughtSignature`` the server issued. With ``require_signatures`` (the default) a later
   request whose model content has function calls must send back, on its first ``functionCall``
@@ -456,6 +458,7 @@ class FakeGemini(FakeServer):
                 )
             if role == "model" and self.require_signatures:
                 self._check_signature(index, parts)
+        self._check_function_responses(contents)
         config = _field(body, "generationConfig", "generation_config") or {}
         limit = _field(config, "maxOutputTokens", "max_output_tokens")
         if limit is not None and (
@@ -465,6 +468,28 @@ class FakeGemini(FakeServer):
                 "* GenerateContentRequest.generation_config.max_output_tokens: "
                 "max_output_tokens must be positive."
             )
+
+    @staticmethod
+    def _check_function_responses(contents: Sequence[Mapping[str, Any]]) -> None:
+        """A turn of function calls must be answered by as many function responses, next."""
+
+        def count(content: Mapping[str, Any], camel: str, snake: str) -> int:
+            return sum(
+                1
+                for p in content.get("parts") or ()
+                if isinstance(p, Mapping) and isinstance(_field(p, camel, snake), Mapping)
+            )
+
+        for index, content in enumerate(contents[:-1]):
+            calls = count(content, "functionCall", "function_call")
+            if not calls:
+                continue
+            answers = count(contents[index + 1], "functionResponse", "function_response")
+            if answers != calls:
+                raise _BadRequest(
+                    "Please ensure that the number of function response parts is equal to the"
+                    " number of function call parts of the function call turn."
+                )
 
     def _check_signature(self, index: int, parts: Sequence[Any]) -> None:
         for position, part in enumerate(parts):

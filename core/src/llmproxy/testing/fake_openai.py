@@ -1,8 +1,8 @@
-r"""A fake OpenAI-compatible upstream (chat completions and models) for tests.
+r"""A fake OpenAI-compatible upstream (chat completions, responses, models) for tests.
 
-``FakeOpenAI`` serves ``POST /v1/chat/completions`` (JSON and SSE streaming)
-and ``GET /v1/models`` in OpenAI's wire shapes on ``127.0.0.1``. Point a real
-client at :attr:`FakeOpenAI.base_url`::
+``FakeOpenAI`` serves ``POST /v1/chat/completions`` and ``POST /v1/responses``
+(JSON and SSE streaming) and ``GET /v1/models`` in OpenAI's wire shapes on
+``127.0.0.1``. Point a real client at :attr:`FakeOpenAI.base_url`::
 
     with FakeOpenAI(api_key="sk-test") as server:
         client = OpenAI(base_url=server.base_url, api_key="sk-test", max_retries=0)
@@ -31,10 +31,25 @@ Token counting rule (deterministic, so tests can predict usage):
 
 Streaming splits text into pieces with ``re.findall(r"\s*\S+|\s+", text)``
 (each word with its leading whitespace), one SSE chunk per piece, so the
-concatenated deltas reproduce the text exactly.
+concatenated deltas reproduce the text exactly. A tool call's first delta
+carries its id, name and first argument piece; the other pieces follow, one
+delta each.
+
+Tools, as the real API checks them: ``tools`` entries must be ``{"type":
+"function", "function": {"name": ...}}`` (a hosted type such as
+``file_search`` is 400: Chat Completions runs no hosted tools);
+``tool_choice`` needs ``tools``; a ``tool`` message must answer a call of an
+earlier assistant message, and every call of an assistant message must be
+answered by the ``tool`` messages right after it.
+
+The Responses API (``POST /v1/responses``, see :mod:`llmproxy.testing._responses`)
+answers the same scripted replies as Responses API output items: function
+calls from ``Reply.tool_calls``, hosted tool outputs from
+``Reply.hosted_outputs`` and annotations from ``Reply.citations``.
 
 Scripted :class:`Fault` / :class:`Reply` items (see :meth:`FakeServer.enqueue`)
-are consumed FIFO, one per authenticated request to chat completions.
+are consumed FIFO, one per authenticated request to chat completions or
+responses.
 """
 
 from __future__ import annotations
@@ -48,8 +63,9 @@ import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeAlias
+from typing import Any, ClassVar, TypeAlias
 
+from . import _responses
 from ._http import FakeServer, Fault, RecordedRequest, Reply, ResponseWriter
 
 __all__ = [
@@ -254,16 +270,22 @@ class _Completion:
 
 
 class FakeOpenAI(FakeServer):
-    """Fake OpenAI upstream: chat completions (JSON and SSE) and the models list.
+    """Fake OpenAI upstream: chat completions and responses (JSON and SSE), the models list.
 
     Attributes:
         reply: Default reply: ``None`` (echo the last user message), a fixed
-            string, or a callable ``(request_body) -> str | Reply``.
+            string, or a callable ``(request_body) -> str | Reply`` (the body
+            of a chat completion or of a response, whichever was asked).
         api_key: If set, every request must carry ``Authorization: Bearer
             <api_key>``; otherwise it gets OpenAI's 401 error.
         models: Model ids listed by ``GET /v1/models``.
+        min_output_tokens: The smallest ``max_output_tokens`` the Responses
+            API accepts (OpenAI's is 16; tests of tiny caps lower it).
 
     """
+
+    #: Whether ``POST /v1/responses`` is served (OpenAI-compatible services may lack it).
+    responses_api: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -271,15 +293,19 @@ class FakeOpenAI(FakeServer):
         reply: str | ReplyFunction | None = None,
         api_key: str | None = None,
         models: Sequence[str] = DEFAULT_MODELS,
+        min_output_tokens: int = _responses.MIN_OUTPUT_TOKENS,
         port: int = 0,
     ) -> None:
         super().__init__(port=port)
         self.reply = reply
         self.api_key = api_key
         self.models: tuple[str, ...] = tuple(models)
+        self.min_output_tokens = min_output_tokens
         self._ids = itertools.count(1)
         self.add_route("POST", "/v1/chat/completions", self._chat_completions)
         self.add_route("GET", "/v1/models", self._list_models)
+        if self.responses_api:
+            self.add_route("POST", "/v1/responses", self._responses)
 
     @property
     def base_url(self) -> str:
@@ -406,6 +432,7 @@ class FakeOpenAI(FakeServer):
             return
         try:
             model = self._validate(body)
+            self._check_tools(body)
             completion = self._complete(body, item if isinstance(item, Reply) else None)
         except _BadRequest as exc:
             self._send_openai_error(
@@ -437,6 +464,113 @@ class FakeOpenAI(FakeServer):
             drop_after=drop_after,
             malformed=malformed,
         )
+
+    async def _responses(self, request: RecordedRequest, response: ResponseWriter) -> None:
+        try:
+            decoded = json.loads(request.body)
+        except ValueError:
+            decoded = None
+        body: dict[str, Any] | None = decoded if isinstance(decoded, dict) else None
+        stream = body is not None and body.get("stream") is True
+        item = self.next_scripted()
+        pre_delay = item.seconds if isinstance(item, Fault) else 0.0
+        if isinstance(item, Reply):
+            pre_delay = item.delay
+        if pre_delay > 0:
+            await asyncio.sleep(pre_delay)
+
+        if isinstance(item, Fault):
+            if item.kind == "status":
+                self._send_fault_status(response, item)
+                return
+            if item.kind == "drop_after" and not stream:
+                await response.abort()
+                return
+            if item.kind == "malformed" and not stream:
+                response.send(
+                    200,
+                    b'{"id": "resp_malformed", "object": "response", "output": [{',
+                    {"content-type": "application/json", "x-request-id": self._request_id()},
+                )
+                return
+
+        if body is None:
+            self._send_openai_error(response, 400, _BAD_JSON_MESSAGE, "invalid_request_error", None)
+            return
+        try:
+            model, limit = _responses.check_request(body, self.min_output_tokens)
+            reply = self._resolve_responses_reply(body, item if isinstance(item, Reply) else None)
+            answer = _responses.build_answer(
+                body,
+                text=reply.text,
+                reasoning=reply.reasoning,
+                tool_calls=reply.tool_calls,
+                hosted_outputs=reply.hosted_outputs,
+                citations=reply.citations,
+                usage=reply.usage,
+                chunk_delay=reply.chunk_delay,
+                limit=limit,
+                next_number=lambda: next(self._ids),
+            )
+        except _responses.ResponsesBadRequest as exc:
+            self._send_openai_error(
+                response, 400, exc.message, "invalid_request_error", exc.code, exc.param
+            )
+            return
+        final = _responses.response_object(
+            body,
+            f"resp_fake{next(self._ids):025d}",
+            int(time.time()),
+            model,
+            status=answer.status,
+            output=answer.output,
+            usage=answer.usage,
+            incomplete_reason=answer.incomplete_reason,
+        )
+        headers = {"x-request-id": self._request_id()}
+        if not stream:
+            response.send_json(200, final, headers)
+            return
+        drop_after = item.chunks if isinstance(item, Fault) and item.kind == "drop_after" else None
+        malformed = isinstance(item, Fault) and item.kind == "malformed"
+        response.start_stream(
+            200, {"content-type": "text/event-stream", "cache-control": "no-cache", **headers}
+        )
+        deltas = 0
+        for sequence, (event, is_delta) in enumerate(_responses.stream_events(answer, final)):
+            if is_delta:
+                if drop_after is not None and deltas >= drop_after:
+                    await response.abort()
+                    return
+                deltas += 1
+                if answer.chunk_delay > 0:
+                    await asyncio.sleep(answer.chunk_delay)
+            data = json.dumps({**event, "sequence_number": sequence}, separators=(",", ":"))
+            response.write(f"event: {event['type']}\ndata: {data}\n\n".encode())
+            await response.drain()
+            if malformed and sequence == 1:
+                response.write(b'event: response.output_text.delta\ndata: {"type": "resp\n\n')
+                response.end()
+                return
+        if drop_after is not None:
+            await response.abort()
+            return
+        response.end()
+
+    def _resolve_responses_reply(self, body: dict[str, Any], scripted: Reply | None) -> Reply:
+        if scripted is not None and (scripted.text is not None or scripted.tool_calls):
+            return scripted
+        default = self.reply
+        if default is None:
+            resolved = Reply(text=_responses.default_text(body))
+        elif isinstance(default, str):
+            resolved = Reply(text=default)
+        else:
+            produced = default(body)
+            resolved = Reply(text=produced) if isinstance(produced, str) else produced
+        if scripted is None:
+            return resolved
+        return dataclasses.replace(scripted, text=resolved.text)
 
     # -- chat internals ----------------------------------------------------------------
 
@@ -481,6 +615,76 @@ class FakeOpenAI(FakeServer):
                 "invalid_type",
             )
         return model
+
+    @staticmethod
+    def _check_tools(body: Mapping[str, Any]) -> None:
+        """Refuse tools, tool_choice and tool messages the way Chat Completions does."""
+        tools = body.get("tools")
+        if tools is not None:
+            if not isinstance(tools, list):
+                raise _BadRequest(
+                    "Invalid type for 'tools': expected an array of objects.",
+                    "tools",
+                    "invalid_type",
+                )
+            for index, tool in enumerate(tools):
+                kind = tool.get("type") if isinstance(tool, Mapping) else None
+                if kind != "function":
+                    raise _BadRequest(
+                        f"Invalid value: '{kind}'. Supported values are: 'function' and 'custom'.",
+                        f"tools[{index}].type",
+                        "invalid_value",
+                    )
+                function = tool.get("function")
+                if not isinstance(function, Mapping) or not isinstance(function.get("name"), str):
+                    raise _BadRequest(
+                        f"Missing required parameter: 'tools[{index}].function.name'.",
+                        f"tools[{index}].function.name",
+                        "missing_required_parameter",
+                    )
+        if body.get("tool_choice") is not None and not tools:
+            raise _BadRequest(
+                "Invalid value for 'tool_choice': 'tool_choice' is only allowed when 'tools'"
+                " are specified.",
+                "tool_choice",
+                None,
+            )
+        pending: list[str] = []
+        for index, message in enumerate(body.get("messages") or ()):
+            role = message.get("role")
+            if role == "tool":
+                call_id = message.get("tool_call_id")
+                if call_id not in pending:
+                    raise _BadRequest(
+                        "Invalid parameter: messages with role 'tool' must be a response to a"
+                        " preceeding message with 'tool_calls'.",
+                        f"messages.[{index}].role",
+                        None,
+                    )
+                pending.remove(call_id)
+                continue
+            if pending:
+                raise _BadRequest(
+                    "An assistant message with 'tool_calls' must be followed by tool messages"
+                    " responding to each 'tool_call_id'. The following tool_call_ids did not"
+                    f" have response messages: {', '.join(pending)}",
+                    "messages",
+                    None,
+                )
+            if role == "assistant":
+                pending = [
+                    str(c.get("id"))
+                    for c in message.get("tool_calls") or ()
+                    if isinstance(c, Mapping)
+                ]
+        if pending:
+            raise _BadRequest(
+                "An assistant message with 'tool_calls' must be followed by tool messages"
+                " responding to each 'tool_call_id'. The following tool_call_ids did not have"
+                f" response messages: {', '.join(pending)}",
+                "messages",
+                None,
+            )
 
     def _resolve_reply(self, body: dict[str, Any], scripted: Reply | None) -> Reply:
         if scripted is not None and (scripted.text is not None or scripted.tool_calls):
@@ -661,9 +865,14 @@ class FakeOpenAI(FakeServer):
             {"reasoning_content": p} for p in completion.reasoning_pieces
         ]
         deltas += [{"content": p} for p in completion.content_pieces]
-        deltas += [
-            {"tool_calls": [{"index": i, **call}]} for i, call in enumerate(completion.tool_calls)
-        ]
+        for i, call in enumerate(completion.tool_calls):
+            pieces = split_words(call["function"]["arguments"]) or [""]
+            first = {**call, "function": {**call["function"], "arguments": pieces[0]}}
+            deltas.append({"tool_calls": [{"index": i, **first}]})
+            deltas += [
+                {"tool_calls": [{"index": i, "function": {"arguments": piece}}]}
+                for piece in pieces[1:]
+            ]
 
         response.start_stream(
             200,

@@ -6,14 +6,21 @@ import asyncio
 import functools
 import inspect
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, overload
 
 import attrs
 from attrs import field, frozen
 
 from llmproxy.errors import ConfigError
-from llmproxy.tools.schema import parse_docstring, schema_from_function, validate
+from llmproxy.tools.schema import (
+    callable_doc,
+    callable_name,
+    callable_source,
+    parse_docstring,
+    schema_from_function,
+    validate,
+)
 
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 
@@ -65,15 +72,28 @@ class Tool:
         timeout: float | None = 60.0,
         strict: bool = False,
     ) -> Tool:
-        """Make a tool of ``function``; the schema comes from its hints unless ``parameters``."""
+        """Make a tool of ``function``; the schema comes from its hints unless ``parameters``.
+
+        ``function`` is a function, a method, a :func:`functools.partial` or a callable object,
+        sync or async. A hint with no JSON schema is a ConfigError (path ``tools.parameters``):
+        pass ``parameters`` then.
+        """
         if not callable(function):
             raise ConfigError(f"tool function must be callable, got {function!r}", path="tools")
         if parameters is None:
-            derived_description, schema = schema_from_function(function)
+            try:
+                derived_description, schema = schema_from_function(function)
+            except (TypeError, NameError) as exc:
+                raise ConfigError(
+                    f"tool {name or callable_name(function)!r}: {exc}", path="tools.parameters"
+                ) from None
         else:
-            derived_description, schema = parse_docstring(function.__doc__)[0], dict(parameters)
+            derived_description, schema = (
+                parse_docstring(callable_doc(function))[0],
+                dict(parameters),
+            )
         return cls(
-            name or function.__name__,
+            name or callable_name(function),
             description if description is not None else derived_description,
             schema,
             function,
@@ -83,8 +103,11 @@ class Tool:
 
     @property
     def is_async(self) -> bool:
-        """Whether the function is a coroutine function."""
-        return inspect.iscoroutinefunction(self.function)
+        """Whether the function is a coroutine function (or a callable object's ``__call__`` is)."""
+        function = self.function
+        if function is None:
+            return False
+        return inspect.iscoroutinefunction(callable_source(function))
 
     def check(self, call_id: str, arguments: str) -> dict[str, Any] | ToolResult:
         """Parse and validate the model's arguments; a ToolResult (an error output) on failure."""
@@ -119,14 +142,18 @@ class Tool:
         return ToolResult(call_id, self.name, f"tool failed: {type(exc).__name__}: {exc}", True)
 
     def run(self, arguments: str, call_id: str = "") -> ToolResult:
-        """Run the tool from synchronous code (an async function runs in a fresh event loop)."""
+        """Run the tool from synchronous code.
+
+        An async function runs in a fresh event loop: in this thread, or in a worker thread when
+        this thread already runs a loop (sync code called from async code).
+        """
         args = self.check(call_id, arguments)
         if isinstance(args, ToolResult):
             return args
         assert self.function is not None
         try:
             if self.is_async:
-                return self._result(call_id, asyncio.run(self._call_async(args)))
+                return self._result(call_id, _run_coroutine(lambda: self._call_async(args)))
             if self.timeout is None:
                 return self._result(call_id, self.function(**args))
             return self._result(call_id, _run_with_timeout(self.function, args, self.timeout))
@@ -162,6 +189,22 @@ class Tool:
             "parameters": dict(self.parameters),
             "strict": self.strict,
         }
+
+
+def _run_coroutine(make: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
+    """Run the coroutine ``make()`` returns to completion from synchronous code.
+
+    ``asyncio.run`` refuses to start inside a running loop, so when this thread runs one the
+    coroutine gets its own loop in a worker thread (and is made there, so it is always awaited).
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(make())
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(lambda: asyncio.run(make())).result()
 
 
 def _run_with_timeout(function: Callable[..., Any], args: dict[str, Any], timeout: float) -> Any:

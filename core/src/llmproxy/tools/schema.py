@@ -1,14 +1,15 @@
 """JSON schemas from Python signatures, and a validator for the arguments a model sends.
 
 The validator covers the JSON-schema subset function tools use: ``type`` (one or a list),
-``properties``, ``required``, ``additionalProperties``, ``items``, ``enum``, ``const``,
-``minimum``/``maximum``, ``minLength``/``maxLength``, ``minItems``/``maxItems`` and
+``properties``, ``required``, ``additionalProperties``, ``items``, ``prefixItems``, ``enum``,
+``const``, ``minimum``/``maximum``, ``minLength``/``maxLength``, ``minItems``/``maxItems`` and
 ``anyOf``/``oneOf``. It reports the first problem with the path to it (``$.location``).
 """
 
 from __future__ import annotations
 
 import enum
+import functools
 import inspect
 import re
 import types
@@ -27,12 +28,48 @@ _JSON_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
+#: TypedDict key qualifiers, unwrapped (``ReadOnly`` exists from Python 3.13).
+_QUALIFIERS = tuple(
+    q for q in (typing.Required, typing.NotRequired, getattr(typing, "ReadOnly", None)) if q
+)
+
+
+def _typed_dict_schema(tp: Any) -> dict[str, Any]:
+    hints = get_type_hints(tp, include_extras=True)
+    total = getattr(tp, "__total__", True)
+    properties: dict[str, Any] = {}
+    required: list[str] = []
+    for key, hint in hints.items():
+        inner = hint
+        explicit: bool | None = None
+        while get_origin(inner) in (*_QUALIFIERS, typing.Annotated):
+            origin = get_origin(inner)
+            if origin is typing.Required:
+                explicit = True
+            elif origin is typing.NotRequired:
+                explicit = False
+            if origin is typing.Annotated:
+                break
+            inner = get_args(inner)[0]
+        properties[key] = _type_schema(inner)
+        if explicit if explicit is not None else total:
+            required.append(key)
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": required,
+        "additionalProperties": False,
+    }
+
+
 def _type_schema(tp: Any) -> dict[str, Any]:
     """Return the JSON schema of a Python annotation."""
     if tp is Any or tp is inspect.Parameter.empty:
         return {}
     origin = get_origin(tp)
     args = get_args(tp)
+    if origin in _QUALIFIERS:
+        return _type_schema(args[0])
     if origin is typing.Annotated:
         schema = _type_schema(args[0])
         for extra in args[1:]:
@@ -45,6 +82,8 @@ def _type_schema(tp: Any) -> dict[str, Any]:
             inner = _type_schema(non_null[0])
             if "type" in inner and isinstance(inner["type"], str):
                 inner["type"] = [inner["type"], "null"]
+                if "enum" in inner and None not in inner["enum"]:
+                    inner["enum"] = [*inner["enum"], None]
                 return inner
             return {"anyOf": [inner, {"type": "null"}]}
         return {"anyOf": [_type_schema(a) for a in args]}
@@ -67,10 +106,19 @@ def _type_schema(tp: Any) -> dict[str, Any]:
         return {"type": "string"}
     if tp is type(None):
         return {"type": "null"}
+    if origin is tuple and args and args[-1] is not Ellipsis and args != ((),):
+        return {
+            "type": "array",
+            "prefixItems": [_type_schema(a) for a in args],
+            "minItems": len(args),
+            "maxItems": len(args),
+        }
     if origin in (list, tuple, set, frozenset, Sequence) or tp in (list, tuple, set, frozenset):
         array: dict[str, Any] = {"type": "array"}
-        if args:
+        if args and args != ((),):
             array["items"] = _type_schema(args[0])
+        elif origin is tuple and args == ((),):
+            array["maxItems"] = 0
         return array
     if origin in (dict, Mapping) or tp in (dict,):
         obj: dict[str, Any] = {"type": "object"}
@@ -78,44 +126,80 @@ def _type_schema(tp: Any) -> dict[str, Any]:
             obj["additionalProperties"] = _type_schema(args[1])
         return obj
     if typing.is_typeddict(tp):
-        hints = get_type_hints(tp, include_extras=True)
-        required = sorted(getattr(tp, "__required_keys__", hints))
-        return {
-            "type": "object",
-            "properties": {k: _type_schema(v) for k, v in hints.items()},
-            "required": required,
-            "additionalProperties": False,
-        }
+        return _typed_dict_schema(tp)
     raise TypeError(
         f"cannot derive a JSON schema for {tp!r}: annotate with str, int, float, bool, Literal,"
         " an Enum, list[...], dict[str, ...], a TypedDict, or pass parameters= explicitly"
     )
 
 
-_ARG_SECTION = re.compile(r"^\s*(Args|Arguments|Parameters)\s*:?\s*$")
-_SECTION = re.compile(r"^\s*[A-Z][A-Za-z ]*:\s*$")
+#: Google-style section headers; only the argument sections are read, the others are left
+#: out of the description.
+_ARG_SECTIONS = frozenset(
+    {"args", "arguments", "parameters", "params", "keyword args", "keyword arguments"}
+)
+_OTHER_SECTIONS = frozenset(
+    {
+        "other parameters",
+        "returns",
+        "return",
+        "yields",
+        "yield",
+        "raises",
+        "exceptions",
+        "examples",
+        "example",
+        "note",
+        "notes",
+        "attributes",
+        "see also",
+        "warning",
+        "warnings",
+        "todo",
+        "references",
+    }
+)
+_SECTION = re.compile(r"^([A-Za-z][A-Za-z ]*?)\s*:\s*$")
 _ARG_LINE = re.compile(r"^\s*\*{0,2}(\w+)\s*(?:\([^)]*\))?\s*:\s*(.*)$")
 
 
 def parse_docstring(doc: str | None) -> tuple[str, dict[str, str]]:
-    """Split a Google-style docstring into its description and per-argument descriptions."""
+    """Split a Google-style docstring into its description and per-argument descriptions.
+
+    The description is the text before the first section (``Args:``, ``Returns:``,
+    ``Raises:``...); arguments come from ``Args:`` (or ``Arguments:``, ``Parameters:``), with
+    an optional ``(type)`` after the name and continuation lines indented under it.
+
+    >>> parse_docstring('''Add.
+    ...
+    ... Args:
+    ...     a (int): The first
+    ...         number.
+    ...
+    ... Returns:
+    ...     The sum.
+    ... ''')
+    ('Add.', {'a': 'The first number.'})
+    """
     if not doc:
         return "", {}
     summary: list[str] = []
     params: dict[str, str] = {}
+    section: str | None = None
     current: str | None = None
     arg_indent: int | None = None
-    in_args = False
     for line in inspect.cleandoc(doc).splitlines():
         indent = len(line) - len(line.lstrip())
-        if _ARG_SECTION.match(line):
-            in_args, current, arg_indent = True, None, None
-            continue
-        if in_args and indent == 0 and _SECTION.match(line):
-            in_args = False
-            continue
-        if not in_args:
+        header = _SECTION.match(line) if indent == 0 else None
+        if header is not None:
+            name = header.group(1).strip().lower()
+            if name in _ARG_SECTIONS or name in _OTHER_SECTIONS:
+                section, current, arg_indent = name, None, None
+                continue
+        if section is None:
             summary.append(line)
+            continue
+        if section not in _ARG_SECTIONS:
             continue
         match = _ARG_LINE.match(line)
         if match and (arg_indent is None or indent <= arg_indent):
@@ -127,17 +211,56 @@ def parse_docstring(doc: str | None) -> tuple[str, dict[str, str]]:
     return "\n".join(summary).strip(), params
 
 
+def callable_source(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Return what holds a callable's hints, docstring and name.
+
+    A function or method is its own source; a :func:`functools.partial` is its function's; a
+    callable object is its ``__call__`` (with the class's docstring when that has none).
+    """
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    if inspect.isroutine(fn) or inspect.isclass(fn) or not callable(fn):
+        return fn
+    call: Callable[..., Any] = type(fn).__call__
+    return call
+
+
+def callable_name(fn: Callable[..., Any]) -> str:
+    """Return a callable's name: its function's, or its class's for a callable object."""
+    source = callable_source(fn)
+    name = getattr(source, "__name__", None)
+    if name == "__call__" or not isinstance(name, str):
+        return type(fn).__name__
+    return name
+
+
+def callable_doc(fn: Callable[..., Any]) -> str | None:
+    """Return a callable's docstring (see :func:`callable_source`)."""
+    source = callable_source(fn)
+    doc = source.__doc__
+    if not doc and source is not fn and not isinstance(fn, functools.partial):
+        doc = type(fn).__doc__
+    return doc
+
+
 def schema_from_function(fn: Callable[..., Any]) -> tuple[str, dict[str, Any]]:
-    """Return ``(description, parameters schema)`` for a function, from its hints and docstring."""
-    description, docs = parse_docstring(fn.__doc__)
-    hints = get_type_hints(fn, include_extras=True)
+    """Return ``(description, parameters schema)`` for a callable, from its hints and docstring.
+
+    Functions, methods, :func:`functools.partial` objects (bound arguments left out) and
+    callable objects (their ``__call__``) are read. Raises TypeError for an annotation with no
+    JSON schema and for positional-only parameters.
+    """
+    description, docs = parse_docstring(callable_doc(fn))
+    hints = get_type_hints(callable_source(fn), include_extras=True)
     properties: dict[str, Any] = {}
     required: list[str] = []
     for name, param in inspect.signature(fn).parameters.items():
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
             continue
         if param.kind is param.POSITIONAL_ONLY:
-            raise TypeError(f"tool function {fn.__name__} has positional-only parameter {name!r}")
+            raise TypeError(
+                f"tool function {callable_name(fn)} has positional-only parameter {name!r}"
+            )
         schema = _type_schema(hints.get(name, Any))
         if name in docs and "description" not in schema:
             schema["description"] = docs[name]
@@ -192,9 +315,15 @@ def validate(value: Any, schema: Mapping[str, Any], path: str = "$") -> str | No
             return f"{path}: fewer than {schema['minItems']} items"
         if "maxItems" in schema and len(value) > schema["maxItems"]:
             return f"{path}: more than {schema['maxItems']} items"
+        prefix = schema.get("prefixItems")
+        prefix = list(prefix) if isinstance(prefix, Sequence) else []
+        for index, (item, item_schema) in enumerate(zip(value, prefix, strict=False)):
+            problem = validate(item, item_schema, f"{path}[{index}]")
+            if problem:
+                return problem
         items = schema.get("items")
         if isinstance(items, Mapping):
-            for index, item in enumerate(value):
+            for index, item in enumerate(value[len(prefix) :], start=len(prefix)):
                 problem = validate(item, items, f"{path}[{index}]")
                 if problem:
                     return problem

@@ -11,6 +11,9 @@ tree) with DeepSeek's differences:
   on every later request (else 400), so assistant messages that carry tool calls are sent with
   their stored ``Message.reasoning`` (an empty string when none was kept, e.g. a turn answered
   by another provider). Reasoning of other turns is not sent: DeepSeek ignores it.
+- Tools: function tools go out in Chat Completions' form (as OpenAI's); hosted tools (file
+  search, code interpreter) are a ConfigError naming the provider, since only OpenAI's
+  Responses API runs them.
 - Usage: ``prompt_cache_hit_tokens`` become ``cached_input_tokens`` (billed at the cache-hit
   price) and ``completion_tokens_details.reasoning_tokens`` become ``reasoning_tokens``.
 - Token estimates: no DeepSeek tokenizer is bundled (nothing may be downloaded at run time), so
@@ -71,6 +74,8 @@ class DeepSeekProvider(OpenAIProvider):
     """
 
     output_limit_param: ClassVar[str] = "max_tokens"
+    #: DeepSeek has no Responses API: hosted tools are a ConfigError naming the provider.
+    responses_api: ClassVar[bool] = False
 
     def __init__(
         self,

@@ -3,8 +3,11 @@
 Requests: system messages become the ``system_instruction``; ``assistant`` becomes role
 ``model`` with ``function_call`` parts for its tool calls; ``tool`` messages become
 ``function_response`` parts of a ``user`` turn (consecutive ones share one turn, as parallel
-calls must); OpenAI-style ``tools``/``tool_choice`` in ``extra`` become function declarations
-and a function-calling mode, so one call shape works across providers.
+calls must). The request's function tools (``ChatRequest.tools``) become one Gemini tool of
+function declarations (the JSON schema as ``parameters_json_schema``) and ``tool_choice`` a
+function-calling mode (``auto``/``none``/``required`` as ``AUTO``/``NONE``/``ANY``, a tool's
+name as ``ANY`` limited to that function). OpenAI-style ``tools``/``tool_choice`` in ``extra``
+are translated the same way, so one call shape works across providers.
 
 Answers: parts marked ``thought`` are reasoning, other text parts the answer, ``function_call``
 parts tool calls. Usage: ``input = prompt + tool-use prompt`` (Gemini reports the prompts its
@@ -26,6 +29,8 @@ from typing import Any
 from google.genai import types
 
 from llmproxy.errors import InvalidRequest
+from llmproxy.tools import Tool
+from llmproxy.tools.offer import read_tool_choice
 from llmproxy.types import ChatRequest, Message, ToolCall, Usage
 
 #: Google's documented placeholder for function calls whose signature is unknown (history from
@@ -168,9 +173,23 @@ def build_contents(
     return contents, "\n\n".join(system) or None
 
 
-def _tools(raw: Iterable[Any]) -> list[Any]:
-    """Turn OpenAI-style function tools into one Gemini tool; pass Gemini tools through."""
-    declarations: list[dict[str, Any]] = []
+def function_declaration(tool: Tool) -> dict[str, Any]:
+    """Return Gemini's function declaration of a function tool.
+
+    >>> function_declaration(Tool("lookup", "Look it up."))["name"]
+    'lookup'
+    """
+    declaration: dict[str, Any] = {"name": tool.name}
+    if tool.description:
+        declaration["description"] = tool.description
+    if tool.parameters:
+        declaration["parameters_json_schema"] = dict(tool.parameters)
+    return declaration
+
+
+def _tools(raw: Iterable[Any], functions: Sequence[Tool] = ()) -> list[Any]:
+    """Turn function tools (ours and OpenAI-style ones) into one Gemini tool; pass others on."""
+    declarations: list[dict[str, Any]] = [function_declaration(t) for t in functions]
     others: list[Any] = []
     for tool in raw:
         function = tool.get("function") if isinstance(tool, Mapping) else None
@@ -186,6 +205,15 @@ def _tools(raw: Iterable[Any]) -> list[Any]:
     if declarations:
         others.insert(0, {"function_declarations": declarations})
     return others
+
+
+def _choice_config(request: ChatRequest, functions: Sequence[Tool]) -> dict[str, Any] | None:
+    choice = read_tool_choice(request.tool_choice, functions)
+    if choice is None:
+        return None
+    if choice.kind == "function":
+        return {"function_calling_config": {"mode": "ANY", "allowed_function_names": [choice.name]}}
+    return {"function_calling_config": {"mode": _TOOL_MODES[choice.kind]}}
 
 
 def _tool_config(choice: Any) -> dict[str, Any]:
@@ -207,14 +235,16 @@ def build_config(
     *,
     include_thoughts: bool,
     http_options: types.HttpOptions | None = None,
+    functions: Sequence[Tool] = (),
 ) -> types.GenerateContentConfig:
     """Return the ``GenerateContentConfig`` of a request.
 
     The output cap goes out as ``max_output_tokens``; the SDK's automatic function calling and
     automatic continuation are off (one attempt is one upstream request, so the Proxy sees and
-    budgets every one). ``request.extra`` holds ``GenerateContentConfig`` fields
-    (``top_p=...``, ``safety_settings=...``, ``thinking_config=...``) and OpenAI-style
-    ``tools``/``tool_choice``; an unknown key raises :class:`~llmproxy.errors.InvalidRequest`.
+    budgets every one). ``functions`` are the request's function tools (``tool_choice`` is read
+    against them). ``request.extra`` holds ``GenerateContentConfig`` fields (``top_p=...``,
+    ``safety_settings=...``, ``thinking_config=...``) and OpenAI-style ``tools``/``tool_choice``;
+    an unknown key raises :class:`~llmproxy.errors.InvalidRequest`.
     """
     fields: dict[str, Any] = {
         "system_instruction": system,
@@ -228,8 +258,11 @@ def build_config(
     if http_options is not None:
         fields["http_options"] = http_options
     extra = dict(request.extra)
-    if "tools" in extra:
-        fields["tools"] = _tools(extra.pop("tools") or ())
+    if "tools" in extra or functions:
+        fields["tools"] = _tools(extra.pop("tools", None) or (), functions)
+    choice = _choice_config(request, functions)
+    if choice is not None and functions and "tool_config" not in extra:
+        fields["tool_config"] = choice
     if "tool_choice" in extra:
         choice = extra.pop("tool_choice")
         if "tool_config" not in extra:

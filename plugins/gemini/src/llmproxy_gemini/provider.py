@@ -13,6 +13,10 @@ the ``include_thoughts = false`` provider option or per call with
 ``Chunk.reasoning``, never in the answer. Thought signatures of function calls are kept by the
 provider and sent back with the calls (see :class:`~llmproxy_gemini.convert.SignatureCache`).
 
+Tools: the request's function tools go out as function declarations (see
+:mod:`llmproxy_gemini.convert`); hosted tools are a ConfigError naming the provider (only
+OpenAI's Responses API runs them).
+
 Token estimates: Gemini's tokenizer is not bundled (the SDK's local tokenizer downloads its model
 at run time), so input is bounded by UTF-8 bytes. Gemini's SentencePiece tokenizer falls back to
 bytes, so it never makes more tokens than bytes (plus the per-message overhead the bound adds);
@@ -49,6 +53,7 @@ from llmproxy.errors import (
 from llmproxy.registry import ProviderSettings
 from llmproxy.secret import Secret, redact
 from llmproxy.tokens import PER_MESSAGE_OVERHEAD, messages_upper_bound, text_upper_bound
+from llmproxy.tools.offer import refuse_hosted, split_tools
 from llmproxy.types import ChatRequest, Chunk, Completion, Message, ToolCall, Usage
 from llmproxy_gemini import convert, env, models
 
@@ -250,9 +255,17 @@ class GeminiProvider:
     def _prepare(
         self, request: ChatRequest
     ) -> tuple[list[types.Content], types.GenerateContentConfig]:
+        functions, hosted = split_tools(request.tools)
+        refuse_hosted(
+            hosted,
+            self.name,
+            "only OpenAI's Responses API runs hosted tools; offer function tools here",
+        )
         contents, system = convert.build_contents(request.messages, self.signatures)
         include = self.include_thoughts and models.thinks(request.model)
-        config = convert.build_config(request, system, include_thoughts=include)
+        config = convert.build_config(
+            request, system, include_thoughts=include, functions=functions
+        )
         return contents, config
 
     def _completion(self, response: types.GenerateContentResponse, model: str) -> Completion:

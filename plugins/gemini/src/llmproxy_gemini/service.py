@@ -14,7 +14,7 @@ They mirror ``OpenAILLMConfig`` / ``OpenAIService``::
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
 import attrs
@@ -22,6 +22,8 @@ import attrs
 from llmproxy import LLMBudget, LLMMessageHandler, Proxy
 from llmproxy.config import load_config
 from llmproxy.errors import ConfigError, MissingCredentials
+from llmproxy.tools import Tool
+from llmproxy.tools.offer import check_function_tools
 from llmproxy.types import ChatResponse
 from llmproxy_gemini import env, models
 from llmproxy_gemini.provider import GeminiProvider
@@ -36,6 +38,11 @@ class GeminiLLMConfig:
     ``budget`` is an :class:`~llmproxy.LLMBudget` the service's calls count against;
     ``include_thoughts`` asks for (or not) the model's thought summaries on every call (None:
     the provider's default, on for thinking models). The key never shows in the repr.
+
+    ``tools`` are offered on every call: :class:`~llmproxy.tools.Tool` values, plain functions
+    or names of tools plugins register; the Proxy runs them in its tool-call loop
+    (``tool_choice``, ``max_tool_rounds``). Hosted tools are a ConfigError (only OpenAI's
+    Responses API runs them).
     """
 
     api_key: str | None = attrs.field(default=None, repr=False)
@@ -49,6 +56,13 @@ class GeminiLLMConfig:
     max_output_tokens: int | None = None
     temperature: float | None = None
     include_thoughts: bool | None = None
+    tools: list[Tool | Callable[..., Any] | str] = attrs.Factory(list)
+    tool_choice: str | None = None
+    max_tool_rounds: int | None = None
+
+    def __attrs_post_init__(self) -> None:
+        """Check the tools now: function tools only (a hosted tool is a ConfigError)."""
+        check_function_tools(self.tools, "gemini")
 
 
 class GeminiService:
@@ -100,6 +114,11 @@ class GeminiService:
         }
         if c.include_thoughts is not None and "thinking_config" not in overrides:
             kwargs["thinking_config"] = {"include_thoughts": c.include_thoughts}
+        if c.tools:
+            check_function_tools(c.tools, "gemini")
+            kwargs["tools"] = list(c.tools)
+            kwargs["tool_choice"] = c.tool_choice
+            kwargs["max_tool_rounds"] = c.max_tool_rounds
         kwargs.update(overrides)
         return kwargs
 

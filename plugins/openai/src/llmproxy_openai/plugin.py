@@ -11,11 +11,11 @@ from llmproxy_openai.provider import OpenAIProvider
 
 @llmproxy.hookimpl
 def register_providers(register: RegisterProvider) -> None:
-    """Register ``openai``: Chat Completions through the official SDK."""
+    """Register ``openai``: Chat Completions and the Responses API through the official SDK."""
     register(
         "openai",
         OpenAIProvider.from_settings,
-        description="OpenAI Chat Completions (official openai SDK)",
+        description="OpenAI Chat Completions and Responses API (official openai SDK)",
         env=(env.API_KEY, env.SEED_API_KEY, env.BASE_URL),
     )
 

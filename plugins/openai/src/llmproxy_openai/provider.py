@@ -1,9 +1,14 @@
-"""The OpenAI provider: Chat Completions through the official ``openai`` SDK, sync and async.
+"""The OpenAI provider: Chat Completions and the Responses API through the official SDK.
 
 The SDK makes the request (auth, headers, timeouts, error types); the provider reads the raw
 JSON body and the raw SSE lines itself instead of letting the SDK build its response models,
 which is most of the SDK's own cost per call. The SDK's retries are off: the Proxy owns retries,
 so every attempt is seen and budgeted.
+
+Which API answers: Chat Completions, unless the request offers a hosted tool (file search, code
+interpreter: only the Responses API runs them) or the provider is configured with
+``api = "responses"`` (see :mod:`llmproxy_openai.responses`). ``api = "chat"`` keeps every call
+on Chat Completions and makes hosted tools a ConfigError.
 """
 
 from __future__ import annotations
@@ -14,12 +19,13 @@ import email.utils
 import json
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import httpx2
 import openai
 
 from llmproxy.errors import (
+    ConfigError,
     MissingCredentials,
     ProviderAuthError,
     ProviderBadRequest,
@@ -32,10 +38,33 @@ from llmproxy.errors import (
 )
 from llmproxy.registry import ProviderSettings
 from llmproxy.secret import Secret, redact
+from llmproxy.tools import HostedTool, Tool
+from llmproxy.tools.offer import read_tool_choice, refuse_hosted, split_tools
 from llmproxy.types import ChatRequest, Chunk, Completion, Message, ToolCall, Usage
-from llmproxy_openai import env, models, tokenizer
+from llmproxy_openai import env, models, responses, tokenizer
 
 DEFAULT_TIMEOUT = 600.0
+
+#: The values of the ``api`` option: which OpenAI API answers (see the module's note).
+API = Literal["auto", "chat", "responses"]
+_APIS: tuple[str, ...] = ("auto", "chat", "responses")
+
+
+def function_tool_to_wire(tool: Tool) -> dict[str, Any]:
+    """Return the Chat Completions form of a function tool.
+
+    >>> function_tool_to_wire(Tool("lookup", "Look it up."))["function"]["name"]
+    'lookup'
+    """
+    return {
+        "type": "function",
+        "function": {
+            "name": tool.name,
+            "description": tool.description,
+            "parameters": dict(tool.parameters),
+            "strict": tool.strict,
+        },
+    }
 
 
 def message_to_wire(m: Message) -> dict[str, Any]:
@@ -97,12 +126,18 @@ class OpenAIProvider:
 
     >>> OpenAIProvider(api_key="sk-...", base_url="http://127.0.0.1:8000/v1")  # doctest: +SKIP
 
+    ``api`` picks the API: ``auto`` (Chat Completions; the Responses API for requests that
+    offer hosted tools), ``chat`` or ``responses`` (every call).
+
     Subclasses for OpenAI-compatible services override :attr:`output_limit_param` (the request
-    field that caps the output) and :meth:`wire_message` (how a message is sent).
+    field that caps the output), :meth:`wire_message` (how a message is sent) and
+    :attr:`responses_api` (False when the service has no Responses API).
     """
 
     #: The request field that carries ``request.max_output_tokens``.
     output_limit_param: ClassVar[str] = "max_completion_tokens"
+    #: Whether the service has OpenAI's Responses API (and so runs hosted tools).
+    responses_api: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -114,8 +149,16 @@ class OpenAIProvider:
         project: str | None = None,
         name: str = "openai",
         default_headers: Mapping[str, str] | None = None,
+        api: API = "auto",
     ) -> None:
+        if api not in _APIS or (api == "responses" and not self.responses_api):
+            allowed = ", ".join(repr(a) for a in _APIS if self.responses_api or a != "responses")
+            raise ConfigError(
+                f"provider '{name}': api must be one of {allowed}, got {api!r}",
+                path=f"providers.{name}.api",
+            )
         self.name = name
+        self.api: API = api
         self._api_key = api_key if isinstance(api_key, Secret) else Secret(api_key)
         self.base_url = base_url
         self.timeout = timeout or DEFAULT_TIMEOUT
@@ -133,7 +176,11 @@ class OpenAIProvider:
 
     @classmethod
     def from_settings(cls, settings: ProviderSettings) -> OpenAIProvider:
-        """Build the provider from configuration, else from the environment (see ``env.py``)."""
+        """Build the provider from configuration, else from the environment (see ``env.py``).
+
+        Options of the ``[providers.openai]`` table: ``organization``, ``project`` and ``api``
+        (``auto``, ``chat`` or ``responses``).
+        """
         environ = settings.environ
         key = settings.api_key.get() if settings.api_key else env.api_key(environ)
         if not key:
@@ -146,6 +193,7 @@ class OpenAIProvider:
             organization=options.get("organization") or environ.get(env.ORG_ID),
             project=options.get("project") or environ.get(env.PROJECT_ID),
             name=settings.name,
+            api=options.get("api") or "auto",
         )
 
     def __repr__(self) -> str:
@@ -176,12 +224,27 @@ class OpenAIProvider:
         return message_to_wire(m)
 
     def params(self, request: ChatRequest) -> dict[str, Any]:
-        """Return the keyword arguments of ``chat.completions.create`` for a request."""
+        """Return the keyword arguments of ``chat.completions.create`` for a request.
+
+        Function tools go out in Chat Completions' form (:func:`function_tool_to_wire`) with
+        ``tool_choice`` (a mode, or ``{"type": "function", ...}`` for a tool's name); hosted
+        tools are a ConfigError here (only the Responses API runs them).
+        """
         wire = self.wire_message
         params: dict[str, Any] = {
             "model": request.model,
             "messages": [wire(m) for m in request.messages],
         }
+        if request.tools or request.tool_choice is not None:
+            functions, hosted = split_tools(request.tools)
+            self.refuse_hosted(hosted)
+            choice = read_tool_choice(request.tool_choice, functions)
+            if functions:
+                params["tools"] = [function_tool_to_wire(t) for t in functions]
+                if choice is not None and choice.kind == "function":
+                    params["tool_choice"] = {"type": "function", "function": {"name": choice.name}}
+                elif choice is not None:
+                    params["tool_choice"] = choice.kind
         if request.max_output_tokens is not None:
             params[self.output_limit_param] = request.max_output_tokens
         if request.temperature is not None:
@@ -189,6 +252,35 @@ class OpenAIProvider:
         if request.extra:
             params.update(request.extra)
         return params
+
+    def refuse_hosted(self, hosted: list[HostedTool]) -> None:
+        """Raise ConfigError for hosted tools on Chat Completions, saying what runs them."""
+        if self.responses_api:
+            hint = (
+                "hosted tools need the Responses API; set the provider's api option to"
+                " 'auto' or 'responses'"
+            )
+        else:
+            hint = "only OpenAI's Responses API runs hosted tools; offer function tools here"
+        refuse_hosted(hosted, self.name, hint)
+
+    def uses_responses(self, request: ChatRequest) -> bool:
+        """Whether a request goes to the Responses API (see the class's ``api``)."""
+        if self.api == "responses":
+            return True
+        if self.api == "chat" or not request.tools or not self.responses_api:
+            return False
+        return any(isinstance(t, HostedTool) for t in request.tools)
+
+    def responses_params(self, request: ChatRequest) -> dict[str, Any]:
+        """Return the keyword arguments of ``responses.create`` for a request.
+
+        Hosted tools are checked first (file search without ``vector_store_ids`` is a
+        ConfigError naming ``tools[i].vector_store_ids``); see :mod:`llmproxy_openai.responses`.
+        """
+        functions, hosted = split_tools(request.tools)
+        responses.check_hosted(request.tools)
+        return responses.request_params(request, functions, hosted)
 
     def _completion(self, body: bytes, model: str) -> Completion:
         try:
@@ -221,6 +313,8 @@ class OpenAIProvider:
 
     def chat(self, request: ChatRequest) -> Completion:
         """Make one non-streamed attempt."""
+        if self.uses_responses(request):
+            return self._respond(request)
         try:
             raw = self.client.chat.completions.with_raw_response.create(**self.params(request))
             body = raw.http_response.content
@@ -230,6 +324,8 @@ class OpenAIProvider:
 
     async def achat(self, request: ChatRequest) -> Completion:
         """Async :meth:`chat`."""
+        if self.uses_responses(request):
+            return await self._arespond(request)
         try:
             raw = await self.aclient.chat.completions.with_raw_response.create(
                 **self.params(request)
@@ -249,6 +345,9 @@ class OpenAIProvider:
 
     def stream(self, request: ChatRequest) -> Iterator[Chunk]:
         """Make one streamed attempt, asking for usage in the last chunk."""
+        if self.uses_responses(request):
+            yield from self._respond_stream(request)
+            return
         try:
             raw = self.client.chat.completions.with_raw_response.create(
                 **self._stream_params(request)
@@ -272,6 +371,10 @@ class OpenAIProvider:
 
     async def astream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
         """Async :meth:`stream`."""
+        if self.uses_responses(request):
+            async for piece in self._arespond_stream(request):
+                yield piece
+            return
         try:
             raw = await self.aclient.chat.completions.with_raw_response.create(
                 **self._stream_params(request)
@@ -280,6 +383,79 @@ class OpenAIProvider:
             raise self.map_error(exc, request.model) from None
         response = raw.http_response
         reader = _SSEReader(self, request.model)
+        try:
+            async for line in response.aiter_lines():
+                chunk = reader.line(line)
+                if chunk is not None:
+                    yield chunk
+                if reader.done:
+                    return
+        except httpx2.HTTPError as exc:
+            raise self.map_error(exc, request.model) from None
+        finally:
+            await response.aclose()
+        reader.check_complete()
+
+    # -- the Responses API ---------------------------------------------------------------------
+
+    def _parse_response(self, body: bytes, model: str) -> Completion:
+        try:
+            data = json.loads(body)
+        except ValueError:
+            raise ProviderResponseError(
+                "the response is not valid JSON", provider=self.name, model=model
+            ) from None
+        return responses.parse_response(data, self.name, model, self._api_key)
+
+    def _respond(self, request: ChatRequest) -> Completion:
+        params = self.responses_params(request)
+        try:
+            raw = self.client.responses.with_raw_response.create(**params)
+            body = raw.http_response.content
+        except (openai.OpenAIError, httpx2.HTTPError) as exc:
+            raise self.map_error(exc, request.model) from None
+        return self._parse_response(body, request.model)
+
+    async def _arespond(self, request: ChatRequest) -> Completion:
+        params = self.responses_params(request)
+        try:
+            raw = await self.aclient.responses.with_raw_response.create(**params)
+            body = raw.http_response.content
+        except (openai.OpenAIError, httpx2.HTTPError) as exc:
+            raise self.map_error(exc, request.model) from None
+        return self._parse_response(body, request.model)
+
+    def _respond_stream(self, request: ChatRequest) -> Iterator[Chunk]:
+        params = self.responses_params(request)
+        params["stream"] = True
+        try:
+            raw = self.client.responses.with_raw_response.create(**params)
+        except (openai.OpenAIError, httpx2.HTTPError) as exc:
+            raise self.map_error(exc, request.model) from None
+        response = raw.http_response
+        reader = responses.ResponsesStreamReader(self.name, request.model, self._api_key)
+        try:
+            for line in response.iter_lines():
+                chunk = reader.line(line)
+                if chunk is not None:
+                    yield chunk
+                if reader.done:
+                    return
+        except httpx2.HTTPError as exc:
+            raise self.map_error(exc, request.model) from None
+        finally:
+            response.close()
+        reader.check_complete()
+
+    async def _arespond_stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
+        params = self.responses_params(request)
+        params["stream"] = True
+        try:
+            raw = await self.aclient.responses.with_raw_response.create(**params)
+        except (openai.OpenAIError, httpx2.HTTPError) as exc:
+            raise self.map_error(exc, request.model) from None
+        response = raw.http_response
+        reader = responses.ResponsesStreamReader(self.name, request.model, self._api_key)
         try:
             async for line in response.aiter_lines():
                 chunk = reader.line(line)

@@ -9,12 +9,22 @@ Code written for the seed keeps working::
 
     async for chunk in service.chat_stream("Tell me a story."):
         print(chunk, end="")
+
+Tools (the seed's ``OpenAIFileSearch``, ``OpenAICodeInterpreter``, ``OpenAIFunctionCall``, see
+:mod:`llmproxy_openai.tools`) go on the config; every call offers the enabled ones, and the
+Proxy runs function tools in its tool-call loop (hosted tools send the call to the Responses
+API)::
+
+    config = OpenAILLMConfig(api_key="sk-...", tools=[OpenAIFunctionCall(
+        name="get_weather_today", instance_function=get_weather_today_assistant_func,
+        parameters={...})])
+    response = await OpenAIService(config).chat("What is the weather in Hanoi today?")
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -22,9 +32,11 @@ import attrs
 from llmproxy import LLMBudget, LLMMessageHandler, Proxy
 from llmproxy.config import load_config
 from llmproxy.errors import ConfigError, MissingCredentials
+from llmproxy.tools import HostedTool, Tool
 from llmproxy.types import ChatResponse
 from llmproxy_openai import env, models
-from llmproxy_openai.provider import OpenAIProvider
+from llmproxy_openai.provider import API, OpenAIProvider
+from llmproxy_openai.tools import OpenAITool, core_tools
 
 
 @attrs.define
@@ -35,6 +47,16 @@ class OpenAILLMConfig:
     ``enable=False`` makes every call raise ConfigError; ``use_message`` turns chat history on
     (under ``session_id``); ``budget`` is an :class:`~llmproxy.LLMBudget` the service's calls
     count against. The key never shows in the repr.
+
+    ``tools`` are offered on every call: the seed's ``OpenAIFileSearch``,
+    ``OpenAICodeInterpreter`` and ``OpenAIFunctionCall`` (disabled ones are left out), or core
+    ``Tool``/``HostedTool`` values. ``vector_store_ids`` are the stores a file search without
+    its own searches (what the seed's assistant had attached). They are checked here: an
+    enabled file search with no stores, or a function call without a callable
+    ``instance_function``, is a ConfigError naming the field (``tools[0].vector_store_ids``).
+    ``tool_choice`` and ``max_tool_rounds`` go to the Proxy's tool-call loop; ``api`` picks
+    the OpenAI API (``auto``: Chat Completions, the Responses API when a hosted tool is
+    offered; ``chat``; ``responses``).
     """
 
     api_key: str | None = attrs.field(default=None, repr=False)
@@ -47,6 +69,19 @@ class OpenAILLMConfig:
     system: str | None = None
     max_output_tokens: int | None = None
     temperature: float | None = None
+    tools: list[OpenAITool] = attrs.Factory(list)
+    vector_store_ids: list[str] | None = None
+    tool_choice: str | None = None
+    max_tool_rounds: int | None = None
+    api: API = "auto"
+
+    def __attrs_post_init__(self) -> None:
+        """Check the tools now, so a bad one fails where it is configured."""
+        self.core_tools()
+
+    def core_tools(self) -> tuple[Tool | HostedTool, ...]:
+        """Return the enabled tools as core tools (see :func:`llmproxy_openai.tools.core_tools`)."""
+        return core_tools(self.tools, vector_store_ids=self.vector_store_ids)
 
 
 class OpenAIService:
@@ -73,6 +108,7 @@ class OpenAIService:
             api_key=key,
             base_url=self.config.base_url or env.base_url(environ),
             timeout=env.timeout(environ),
+            api=self.config.api,
         )
         self.proxy = Proxy(
             load_config(proxy_config, environ=environ),
@@ -88,13 +124,19 @@ class OpenAIService:
             raise ConfigError(
                 "this OpenAIService is disabled (OpenAILLMConfig.enable=False)", path="enable"
             )
-        return {
+        kwargs: dict[str, Any] = {
             "model": f"openai/{c.model}",
             "system": c.system,
             "session_id": c.session_id if c.use_message else None,
             "max_output_tokens": c.max_output_tokens,
             "temperature": c.temperature,
         }
+        tools: Sequence[Tool | HostedTool] = c.core_tools()
+        if tools:
+            kwargs["tools"] = list(tools)
+            kwargs["tool_choice"] = c.tool_choice
+            kwargs["max_tool_rounds"] = c.max_tool_rounds
+        return kwargs
 
     async def chat(self, text: str, **kwargs: Any) -> ChatResponse:
         """Send ``text`` and return the answer (``str(response)`` is its text)."""
