@@ -41,6 +41,7 @@ from llmproxy.provider import Provider
 from llmproxy.proxy import AsyncChatStream, ChatStream, Proxy
 from llmproxy.registry import ProviderSettings
 from llmproxy.secret import Secret
+from llmproxy.service import LLMServiceBase
 from llmproxy.types import (
     CallEvent,
     ChatRequest,
@@ -76,6 +77,7 @@ __all__ = [
     "LLMBudget",
     "LLMMessageHandler",
     "LLMProxyError",
+    "LLMServiceBase",
     "Ledger",
     "Message",
     "MissingCredentials",

@@ -13,18 +13,16 @@ They mirror ``OpenAILLMConfig`` / ``OpenAIService``::
 
 from __future__ import annotations
 
-import os
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
 
-from llmproxy import LLMBudget, LLMMessageHandler, Proxy
-from llmproxy.config import load_config
-from llmproxy.errors import ConfigError, MissingCredentials
+from llmproxy import LLMBudget, LLMMessageHandler
+from llmproxy.errors import MissingCredentials
+from llmproxy.service import LLMServiceBase
 from llmproxy.tools import Tool
 from llmproxy.tools.offer import check_function_tools
-from llmproxy.types import ChatResponse
 from llmproxy_gemini import env, models
 from llmproxy_gemini.provider import GeminiProvider
 
@@ -65,12 +63,14 @@ class GeminiLLMConfig:
         check_function_tools(self.tools, "gemini")
 
 
-class GeminiService:
+class GeminiService(LLMServiceBase):
     """A seed-style service for Gemini: async ``chat`` and ``chat_stream`` over a Proxy.
 
     History goes to ``message_handler`` when given (an :class:`~llmproxy.LLMMessageHandler`
     subclass), else to the configured store (``LLMPROXY_HISTORY_URL``, embedded SQLite by default).
     """
+
+    provider_name = "gemini"
 
     def __init__(
         self,
@@ -80,74 +80,29 @@ class GeminiService:
         environ: Mapping[str, str] | None = None,
         proxy_config: Mapping[str, Any] | None = None,
     ) -> None:
-        self.config = config or GeminiLLMConfig()
-        environ = os.environ if environ is None else environ
+        self.config: GeminiLLMConfig
+        super().__init__(
+            config or GeminiLLMConfig(), message_handler, environ=environ, proxy_config=proxy_config
+        )
+
+    def _make_provider(self, environ: Mapping[str, str]) -> GeminiProvider:
         key = self.config.api_key or env.api_key(environ)
         if not key:
             raise MissingCredentials("gemini", env.KEY_VARIABLES)
-        provider = GeminiProvider(
+        return GeminiProvider(
             api_key=key,
             base_url=self.config.base_url or env.base_url(environ),
             timeout=env.timeout(environ),
             api_version=env.api_version(environ),
         )
-        self.proxy = Proxy(
-            load_config(proxy_config, environ=environ),
-            budgets=[self.config.budget] if self.config.budget is not None else [],
-            message_handler=message_handler,
-            providers={"gemini": provider},
-            environ=environ,
-        )
 
-    def _kwargs(self, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    def _tools(self) -> list[Tool | Callable[..., Any] | str]:
+        check_function_tools(self.config.tools, "gemini")
+        return list(self.config.tools)
+
+    def _provider_options(self, overrides: Mapping[str, Any]) -> dict[str, Any]:
         c = self.config
-        if not c.enable:
-            raise ConfigError(
-                "this GeminiService is disabled (GeminiLLMConfig.enable=False)", path="enable"
-            )
-        kwargs: dict[str, Any] = {
-            "model": f"gemini/{c.model}",
-            "system": c.system,
-            "session_id": c.session_id if c.use_message else None,
-            "max_output_tokens": c.max_output_tokens,
-            "temperature": c.temperature,
-        }
+        kwargs: dict[str, Any] = {}
         if c.include_thoughts is not None and "thinking_config" not in overrides:
             kwargs["thinking_config"] = {"include_thoughts": c.include_thoughts}
-        if c.tools:
-            check_function_tools(c.tools, "gemini")
-            kwargs["tools"] = list(c.tools)
-            kwargs["tool_choice"] = c.tool_choice
-            kwargs["max_tool_rounds"] = c.max_tool_rounds
-        kwargs.update(overrides)
         return kwargs
-
-    async def chat(self, text: str, **kwargs: Any) -> ChatResponse:
-        """Send ``text`` and return the answer (``str(response)`` is its text)."""
-        return await self.proxy.achat(text, **self._kwargs(kwargs))
-
-    async def chat_stream(self, text: str, **kwargs: Any) -> AsyncIterator[str]:
-        """Yield the answer's text as it arrives (reasoning deltas are left out)."""
-        async with self.proxy.astream(text, **self._kwargs(kwargs)) as stream:
-            async for event in stream:
-                if event.text:
-                    yield event.text
-
-    def chat_sync(self, text: str, **kwargs: Any) -> ChatResponse:
-        """Blocking :meth:`chat`."""
-        return self.proxy.chat(text, **self._kwargs(kwargs))
-
-    def chat_stream_sync(self, text: str, **kwargs: Any) -> Iterator[str]:
-        """Blocking :meth:`chat_stream`."""
-        with self.proxy.stream(text, **self._kwargs(kwargs)) as stream:
-            for event in stream:
-                if event.text:
-                    yield event.text
-
-    def close(self) -> None:
-        """Close connections and stores."""
-        self.proxy.close()
-
-    async def aclose(self) -> None:
-        """Close connections (async ones too) and stores; call it inside the event loop."""
-        await self.proxy.aclose()

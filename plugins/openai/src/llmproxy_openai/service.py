@@ -23,17 +23,15 @@ API)::
 
 from __future__ import annotations
 
-import os
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
 
-from llmproxy import LLMBudget, LLMMessageHandler, Proxy
-from llmproxy.config import load_config
-from llmproxy.errors import ConfigError, MissingCredentials
+from llmproxy import LLMBudget, LLMMessageHandler
+from llmproxy.errors import MissingCredentials
+from llmproxy.service import LLMServiceBase
 from llmproxy.tools import HostedTool, Tool
-from llmproxy.types import ChatResponse
 from llmproxy_openai import env, models
 from llmproxy_openai.provider import API, OpenAIProvider
 from llmproxy_openai.tools import OpenAITool, core_tools
@@ -84,12 +82,14 @@ class OpenAILLMConfig:
         return core_tools(self.tools, vector_store_ids=self.vector_store_ids)
 
 
-class OpenAIService:
+class OpenAIService(LLMServiceBase):
     """The seed's service: async ``chat`` and ``chat_stream`` over a :class:`~llmproxy.Proxy`.
 
     History goes to ``message_handler`` when given (an :class:`~llmproxy.LLMMessageHandler`
     subclass), else to the configured store (``LLMPROXY_HISTORY_URL``, embedded SQLite by default).
     """
+
+    provider_name = "openai"
 
     def __init__(
         self,
@@ -99,71 +99,24 @@ class OpenAIService:
         environ: Mapping[str, str] | None = None,
         proxy_config: Mapping[str, Any] | None = None,
     ) -> None:
-        self.config = config or OpenAILLMConfig()
-        environ = os.environ if environ is None else environ
+        self.config: OpenAILLMConfig
+        super().__init__(
+            config or OpenAILLMConfig(),
+            message_handler,
+            environ=environ,
+            proxy_config=proxy_config,
+        )
+
+    def _make_provider(self, environ: Mapping[str, str]) -> OpenAIProvider:
         key = self.config.api_key or env.api_key(environ)
         if not key:
             raise MissingCredentials("openai", env.KEY_VARIABLES)
-        provider = OpenAIProvider(
+        return OpenAIProvider(
             api_key=key,
             base_url=self.config.base_url or env.base_url(environ),
             timeout=env.timeout(environ),
             api=self.config.api,
         )
-        self.proxy = Proxy(
-            load_config(proxy_config, environ=environ),
-            budgets=[self.config.budget] if self.config.budget is not None else [],
-            message_handler=message_handler,
-            providers={"openai": provider},
-            environ=environ,
-        )
 
-    def _kwargs(self) -> dict[str, Any]:
-        c = self.config
-        if not c.enable:
-            raise ConfigError(
-                "this OpenAIService is disabled (OpenAILLMConfig.enable=False)", path="enable"
-            )
-        kwargs: dict[str, Any] = {
-            "model": f"openai/{c.model}",
-            "system": c.system,
-            "session_id": c.session_id if c.use_message else None,
-            "max_output_tokens": c.max_output_tokens,
-            "temperature": c.temperature,
-        }
-        tools: Sequence[Tool | HostedTool] = c.core_tools()
-        if tools:
-            kwargs["tools"] = list(tools)
-            kwargs["tool_choice"] = c.tool_choice
-            kwargs["max_tool_rounds"] = c.max_tool_rounds
-        return kwargs
-
-    async def chat(self, text: str, **kwargs: Any) -> ChatResponse:
-        """Send ``text`` and return the answer (``str(response)`` is its text)."""
-        return await self.proxy.achat(text, **{**self._kwargs(), **kwargs})
-
-    async def chat_stream(self, text: str, **kwargs: Any) -> AsyncIterator[str]:
-        """Yield the answer's text as it arrives."""
-        async with self.proxy.astream(text, **{**self._kwargs(), **kwargs}) as stream:
-            async for event in stream:
-                if event.text:
-                    yield event.text
-
-    def chat_sync(self, text: str, **kwargs: Any) -> ChatResponse:
-        """Blocking :meth:`chat`."""
-        return self.proxy.chat(text, **{**self._kwargs(), **kwargs})
-
-    def chat_stream_sync(self, text: str, **kwargs: Any) -> Iterator[str]:
-        """Blocking :meth:`chat_stream`."""
-        with self.proxy.stream(text, **{**self._kwargs(), **kwargs}) as stream:
-            for event in stream:
-                if event.text:
-                    yield event.text
-
-    def close(self) -> None:
-        """Close connections and stores."""
-        self.proxy.close()
-
-    async def aclose(self) -> None:
-        """Close connections (async ones too) and stores; call it inside the event loop."""
-        await self.proxy.aclose()
+    def _tools(self) -> Sequence[Tool | HostedTool]:
+        return self.config.core_tools()

@@ -1,0 +1,131 @@
+"""The seed's ``llm_service_base``: one service face over a Proxy, for one provider.
+
+Provider plugins subclass :class:`LLMServiceBase` for their seed-style services
+(``OpenAIService``, ``DeepSeekService``, ``GeminiService``): they say how to build their provider
+from the config and, if needed, which provider-specific options each call carries.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from typing import Any, ClassVar, Protocol
+
+from llmproxy.budget.policy import LLMBudget
+from llmproxy.config import load_config
+from llmproxy.errors import ConfigError
+from llmproxy.history.handler import LLMMessageHandler
+from llmproxy.provider import Provider
+from llmproxy.proxy import Proxy
+from llmproxy.types import ChatResponse
+
+
+class ServiceConfig(Protocol):
+    """The fields every seed-style config has (``OpenAILLMConfig`` and its siblings)."""
+
+    enable: bool
+    use_message: bool
+    budget: LLMBudget | None
+    model: str
+    session_id: str
+    system: str | None
+    max_output_tokens: int | None
+    temperature: float | None
+    tool_choice: str | None
+    max_tool_rounds: int | None
+
+
+class LLMServiceBase:
+    """Async ``chat`` and ``chat_stream`` (and blocking twins) over a :class:`~llmproxy.Proxy`.
+
+    History goes to ``message_handler`` when given (an :class:`~llmproxy.LLMMessageHandler`
+    subclass), else to the configured store (``LLMPROXY_HISTORY_URL``, embedded SQLite by
+    default); the config's ``budget`` counts every call. ``environ`` is where the provider's key
+    and settings are read (``os.environ`` by default); ``proxy_config`` holds Proxy configuration.
+    """
+
+    provider_name: ClassVar[str]
+
+    def __init__(
+        self,
+        config: Any,
+        message_handler: LLMMessageHandler | None = None,
+        *,
+        environ: Mapping[str, str] | None = None,
+        proxy_config: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.config = config
+        environ = os.environ if environ is None else environ
+        budget = config.budget
+        self.proxy = Proxy(
+            load_config(proxy_config, environ=environ),
+            budgets=[budget] if budget is not None else [],
+            message_handler=message_handler,
+            providers={self.provider_name: self._make_provider(environ)},
+            environ=environ,
+        )
+
+    def _make_provider(self, environ: Mapping[str, str]) -> Provider:
+        """Build the provider from ``self.config`` and the environment."""
+        raise NotImplementedError(f"{type(self).__name__} must implement _make_provider")
+
+    def _tools(self) -> Sequence[Any]:
+        """The tools every call offers (default: the config's ``tools`` as they are)."""
+        return list(getattr(self.config, "tools", ()))
+
+    def _provider_options(self, overrides: Mapping[str, Any]) -> dict[str, Any]:
+        """Provider-specific call options from the config (``overrides`` are the call's own)."""
+        return {}
+
+    def _call_kwargs(self, overrides: Mapping[str, Any]) -> dict[str, Any]:
+        c: ServiceConfig = self.config
+        if not c.enable:
+            raise ConfigError(
+                f"this {type(self).__name__} is disabled ({type(c).__name__}.enable=False)",
+                path="enable",
+            )
+        kwargs: dict[str, Any] = {
+            "model": f"{self.provider_name}/{c.model}",
+            "system": c.system,
+            "session_id": c.session_id if c.use_message else None,
+            "max_output_tokens": c.max_output_tokens,
+            "temperature": c.temperature,
+            **self._provider_options(overrides),
+        }
+        tools = self._tools()
+        if tools:
+            kwargs["tools"] = list(tools)
+            kwargs["tool_choice"] = c.tool_choice
+            kwargs["max_tool_rounds"] = c.max_tool_rounds
+        kwargs.update(overrides)
+        return kwargs
+
+    async def chat(self, text: str, **kwargs: Any) -> ChatResponse:
+        """Send ``text`` and return the answer (``str(response)`` is its text)."""
+        return await self.proxy.achat(text, **self._call_kwargs(kwargs))
+
+    async def chat_stream(self, text: str, **kwargs: Any) -> AsyncIterator[str]:
+        """Yield the answer's text as it arrives (reasoning is not mixed in)."""
+        async with self.proxy.astream(text, **self._call_kwargs(kwargs)) as stream:
+            async for event in stream:
+                if event.text:
+                    yield event.text
+
+    def chat_sync(self, text: str, **kwargs: Any) -> ChatResponse:
+        """Blocking :meth:`chat`."""
+        return self.proxy.chat(text, **self._call_kwargs(kwargs))
+
+    def chat_stream_sync(self, text: str, **kwargs: Any) -> Iterator[str]:
+        """Blocking :meth:`chat_stream`."""
+        with self.proxy.stream(text, **self._call_kwargs(kwargs)) as stream:
+            for event in stream:
+                if event.text:
+                    yield event.text
+
+    def close(self) -> None:
+        """Close connections and stores."""
+        self.proxy.close()
+
+    async def aclose(self) -> None:
+        """Close connections (async ones too) and stores; call it inside the event loop."""
+        await self.proxy.aclose()
