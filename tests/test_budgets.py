@@ -139,3 +139,19 @@ def test_bad_key_and_tags_are_typed_errors(make_proxy: MakeProxy) -> None:
     with pytest.raises(InvalidRequest) as info:
         proxy.chat("x", tags={"team": 1})  # type: ignore[dict-item]
     assert info.value.field == "tags"
+
+
+async def test_refused_streams_are_reported_to_observers(make_proxy: MakeProxy) -> None:
+    from llmproxy import CallEvent
+
+    events: list[CallEvent] = []
+    proxy = make_proxy(budgets=[LLMBudget(max_tokens=3)], observers=[events.append])
+    with pytest.raises(BudgetExceeded):
+        proxy.stream("far too long for three tokens")
+    with pytest.raises(BudgetExceeded):
+        async for _ in proxy.astream("far too long for three tokens"):
+            pass
+    assert [(e.outcome, type(e.error).__name__, e.streamed) for e in events] == [
+        ("error", "BudgetExceeded", True),
+        ("error", "BudgetExceeded", True),
+    ]

@@ -565,3 +565,15 @@ def test_usage_carries_cost_for_priced_models(make_proxy: MakeProxy, upstream: F
     # 600 uncached x 0.75 + 400 cached x 0.075 + 100 output x 4.50, per million
     assert r.usage.cost == pytest.approx((600 * 0.75 + 400 * 0.075 + 100 * 4.5) / 1e6)
     assert proxy.chat("x", model="openai/unpriced-model").usage.cost is None
+
+
+async def test_streams_reuse_upstream_connections(
+    make_proxy: MakeProxy, upstream: FakeOpenAI
+) -> None:
+    proxy = make_proxy()
+    for _ in range(5):
+        list(proxy.stream("sync"))
+        [e async for e in proxy.astream("async")]
+    # One pooled connection per client (sync and async), not a new one per stream.
+    assert upstream.accepted_count <= 2
+    await proxy.aclose()

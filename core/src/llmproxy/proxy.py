@@ -1095,11 +1095,19 @@ class Proxy:
             tool_choice,
             max_tool_rounds,
         )
-        if call.use_history:
-            call.set_history(self.history.load(call.session_id or "", self.config.history_limit))
-        args = call.reserve_args()
-        if args is not None:
-            call.reservation = self._reserve(call, args)
+        try:
+            if call.use_history:
+                call.set_history(
+                    self.history.load(call.session_id or "", self.config.history_limit)
+                )
+            args = call.reserve_args()
+            if args is not None:
+                call.reservation = self._reserve(call, args)
+        except BaseException as exc:
+            # Refused before it started (budget, rate limit, store): still one event.
+            if self._notify_on:
+                self._notify(call.event(Usage(), "error", exc, True, call.model))
+            raise
         return ChatStream(self, call, call.build_request())
 
     # -- async calls -------------------------------------------------------------------------------
@@ -1583,8 +1591,10 @@ class AsyncChatStream(_StreamBase):
         if request is None:
             try:
                 request = await self._prepare()
-            except BaseException:
+            except BaseException as exc:
                 self._done = True
+                if self._proxy._notify_on:
+                    self._proxy._notify(call.event(Usage(), "error", exc, True, call.model))
                 raise
         while True:
             if self._it is None:

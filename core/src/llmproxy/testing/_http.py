@@ -454,6 +454,7 @@ class _Connection(asyncio.Protocol):
         # means "everything handed to the kernel".
         transport.set_write_buffer_limits(high=0)
         self._server._connections.add(self)
+        self._server._accepted += 1
 
     def data_received(self, data: bytes) -> None:
         if self._discard:
@@ -674,6 +675,7 @@ class FakeServer:
         self._server: asyncio.Server | None = None
         self._port: int | None = None
         self._connections: set[_Connection] = set()
+        self._accepted = 0
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -817,6 +819,11 @@ class FakeServer:
     def connection_count(self) -> int:
         """Number of currently open client connections."""
         return len(self._connections)
+
+    @property
+    def accepted_count(self) -> int:
+        """Number of client connections accepted since the server started."""
+        return self._accepted
 
     # -- routing -------------------------------------------------------------------
 

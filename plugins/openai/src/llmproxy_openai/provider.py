@@ -358,11 +358,11 @@ class OpenAIProvider:
         reader = _SSEReader(self, request.model)
         try:
             for line in response.iter_lines():
+                if reader.done:
+                    continue  # read the body to its end so the connection goes back to the pool
                 chunk = reader.line(line)
                 if chunk is not None:
                     yield chunk
-                if reader.done:
-                    return
         except httpx2.HTTPError as exc:
             raise self.map_error(exc, request.model) from None
         finally:
@@ -385,11 +385,11 @@ class OpenAIProvider:
         reader = _SSEReader(self, request.model)
         try:
             async for line in response.aiter_lines():
+                if reader.done:
+                    continue  # read the body to its end so the connection goes back to the pool
                 chunk = reader.line(line)
                 if chunk is not None:
                     yield chunk
-                if reader.done:
-                    return
         except httpx2.HTTPError as exc:
             raise self.map_error(exc, request.model) from None
         finally:
@@ -436,11 +436,11 @@ class OpenAIProvider:
         reader = responses.ResponsesStreamReader(self.name, request.model, self._api_key)
         try:
             for line in response.iter_lines():
+                if reader.done:
+                    continue  # read the body to its end so the connection goes back to the pool
                 chunk = reader.line(line)
                 if chunk is not None:
                     yield chunk
-                if reader.done:
-                    return
         except httpx2.HTTPError as exc:
             raise self.map_error(exc, request.model) from None
         finally:
@@ -458,11 +458,11 @@ class OpenAIProvider:
         reader = responses.ResponsesStreamReader(self.name, request.model, self._api_key)
         try:
             async for line in response.aiter_lines():
+                if reader.done:
+                    continue  # read the body to its end so the connection goes back to the pool
                 chunk = reader.line(line)
                 if chunk is not None:
                     yield chunk
-                if reader.done:
-                    return
         except httpx2.HTTPError as exc:
             raise self.map_error(exc, request.model) from None
         finally:

@@ -1,0 +1,322 @@
+"""The gateway under load: N concurrent streaming clients, through `llmproxy serve` and direct.
+
+Three processes on loopback: the fake OpenAI upstream (streaming a reply of --words words, one
+SSE chunk per word, --chunk-delay seconds apart, like a model producing tokens), the gateway
+(`llmproxy serve`, with a gateway key that has a token budget and a rate limit, so every call
+reserves and settles in the SQLite ledger and is written to the SQLite usage log), and this
+load generator (a minimal asyncio HTTP/1.1 client, one keep-alive connection per client, so
+the client's own cost stays small). Each client sends streaming chat completions back to back
+for --duration seconds, first straight to the upstream, then through the gateway.
+
+Reported per target: requests/s, time to the first content chunk and to the end of the stream
+(p50, p99); the gateway's added latency is its percentile minus the direct one. The gateway's
+peak memory is its VmHWM, its CPU time per request from /proc.
+
+    .venv/bin/python bench/bench_gateway.py            # 64 clients, 30 s per target
+    .venv/bin/python bench/bench_gateway.py --quick    # 16 clients, 3 s: a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+UPSTREAM_KEY = "sk-bench-upstream-0000000000"
+LLMPROXY = str(Path(sys.executable).with_name("llmproxy"))
+PROMPT = "Say hello to the benchmark, please."
+
+
+# -- the upstream process ---------------------------------------------------------------------
+
+
+def serve_upstream(words: int, chunk_delay: float) -> int:
+    import signal
+    import threading
+
+    from llmproxy.testing.fake_openai import FakeOpenAI, Reply
+
+    text = " ".join(f"word{i}" for i in range(words))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    reply = Reply(text=text, chunk_delay=chunk_delay)
+    with FakeOpenAI(api_key=UPSTREAM_KEY, reply=lambda _body: reply) as server:
+        print(server.base_url, flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            stop.wait()
+    return 0
+
+
+# -- processes ----------------------------------------------------------------------------------
+
+
+def start(cmd: list[str], env: dict[str, str], marker: str) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if marker in line:
+            return proc, line
+        if not line and proc.poll() is not None:
+            break
+    proc.kill()
+    raise SystemExit(f"{cmd[0]} did not start")
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def proc_status(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# -- the load generator -------------------------------------------------------------------------
+
+
+class Client:
+    """One keep-alive HTTP/1.1 connection sending streaming chat completions in a loop."""
+
+    def __init__(self, host: str, port: int, path: str, key: str, model: str) -> None:
+        self.host, self.port = host, port
+        body = json.dumps(
+            {
+                "model": model,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+                "messages": [{"role": "user", "content": PROMPT}],
+            }
+        ).encode()
+        self.request = (
+            f"POST {path} HTTP/1.1\r\nhost: {host}:{port}\r\nauthorization: Bearer {key}\r\n"
+            f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
+        ).encode() + body
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def connect(self) -> None:
+        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+
+    async def one(self) -> tuple[float, float]:
+        """Send one request; return (seconds to the first content chunk, to the end)."""
+        if self.writer is None:
+            await self.connect()
+        assert self.reader is not None
+        assert self.writer is not None
+        reader = self.reader
+        t0 = time.perf_counter()
+        self.writer.write(self.request)
+        status = await reader.readline()
+        if b" 200 " not in status:
+            raise RuntimeError(status.decode().strip())
+        chunked = False
+        length: int | None = None
+        while True:
+            line = await reader.readline()
+            if line in (b"\r\n", b""):
+                break
+            name, _, value = line.decode("latin-1").partition(":")
+            name = name.strip().lower()
+            if name == "transfer-encoding" and "chunked" in value:
+                chunked = True
+            elif name == "content-length":
+                length = int(value)
+        first = 0.0
+        buffer = b""
+        while True:
+            if chunked:
+                size = int((await reader.readline()).split(b";")[0], 16)
+                data = await reader.readexactly(size + 2)
+                data = data[:-2]
+                if size == 0:
+                    break
+            elif length is not None:
+                data = await reader.readexactly(length)
+                length = 0
+            else:
+                data = await reader.read(65536)
+            if not data and not chunked:
+                break
+            buffer += data
+            if not first and b'"content":"' in buffer.replace(b'"content":""', b""):
+                first = time.perf_counter() - t0
+            if b"[DONE]" in buffer and not chunked:
+                break
+            if length == 0:
+                break
+            buffer = buffer[-32:]
+        if not chunked and length is None:
+            await self.close()  # close-delimited: the connection is spent
+        return first, time.perf_counter() - t0
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            with contextlib.suppress(Exception):
+                await self.writer.wait_closed()
+        self.reader = self.writer = None
+
+
+async def drive(
+    host: str, port: int, path: str, key: str, model: str, clients: int, seconds: float
+) -> tuple[list[float], list[float], int, float]:
+    """Run ``clients`` clients for ``seconds``; return TTFTs, totals, errors and elapsed."""
+    firsts: list[float] = []
+    totals: list[float] = []
+    errors = 0
+    deadline = time.perf_counter() + seconds
+
+    async def loop() -> None:
+        nonlocal errors
+        client = Client(host, port, path, key, model)
+        try:
+            while time.perf_counter() < deadline:
+                try:
+                    first, total = await client.one()
+                except (RuntimeError, OSError, asyncio.IncompleteReadError, ValueError):
+                    errors += 1
+                    await client.close()
+                    continue
+                firsts.append(first)
+                totals.append(total)
+        finally:
+            await client.close()
+
+    start_at = time.perf_counter()
+    await asyncio.gather(*(loop() for _ in range(clients)))
+    return firsts, totals, errors, time.perf_counter() - start_at
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--duration", type=float, default=30.0, help="seconds per target")
+    parser.add_argument("--words", type=int, default=24, help="words (chunks) per reply")
+    parser.add_argument("--chunk-delay", type=float, default=0.02, help="seconds between chunks")
+    parser.add_argument("--quick", action="store_true", help="16 clients, 3 s per target")
+    parser.add_argument("--serve-upstream", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_upstream:
+        return serve_upstream(args.words, args.chunk_delay)
+    if args.quick:
+        args.clients, args.duration = 16, 3.0
+
+    with tempfile.TemporaryDirectory(prefix="llmproxy-bench-") as tmp:
+        base_env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("OPENAI", "LLM_PROXY", "LLMPROXY"))
+        }
+        upstream, line = start(
+            [
+                sys.executable,
+                __file__,
+                "--serve-upstream",
+                "--words",
+                str(args.words),
+                "--chunk-delay",
+                str(args.chunk_delay),
+            ],
+            base_env,
+            "http://",
+        )
+        upstream_url = line.strip()
+        env = {
+            **base_env,
+            "OPENAI_API_KEY": UPSTREAM_KEY,
+            "OPENAI_BASE_URL": upstream_url,
+            "LLMPROXY_DATA_DIR": tmp,
+        }
+        from llmproxy_gateway import KeyStore
+
+        store = KeyStore(Path(tmp) / "keys.db")
+        _record, key = store.create(
+            "bench", budgets=["tokens:1000000000000/month", "requests:100000000/minute"]
+        )
+        store.close()
+        gateway, line = start([LLMPROXY, "serve", "--port", "0"], env, "gateway on")
+        gateway_url = line.split("gateway on ", 1)[1].split()[0].removesuffix("/v1")
+        try:
+            up_host, up_port = upstream_url.split("//")[1].split("/")[0].split(":")
+            gw_host, gw_port = gateway_url.split("//")[1].split(":")
+            targets = {
+                "direct": (up_host, int(up_port), "/v1/chat/completions", UPSTREAM_KEY),
+                "gateway": (gw_host, int(gw_port), "/v1/chat/completions", key),
+            }
+            results = {}
+            for name, (host, port, path, secret) in targets.items():
+                # warm up: connections, the SDK client, the tokenizer, SQLite pages
+                asyncio.run(drive(host, port, path, secret, "gpt-4o-mini", args.clients, 2.0))
+                cpu0 = cpu_seconds(gateway.pid)
+                results[name] = asyncio.run(
+                    drive(host, port, path, secret, "gpt-4o-mini", args.clients, args.duration)
+                )
+                if name == "gateway":
+                    gateway_cpu = cpu_seconds(gateway.pid) - cpu0
+            peak = proc_status(gateway.pid, "VmHWM")
+            rss = proc_status(gateway.pid, "VmRSS")
+        finally:
+            stop(gateway)
+            stop(upstream)
+
+    print(
+        f"{args.clients} concurrent streaming clients, {args.duration:g} s per target;"
+        f" replies of {args.words} chunks, {args.chunk_delay * 1000:g} ms apart"
+    )
+    print(
+        f"{'target':<9} {'requests':>9} {'req/s':>8} {'errors':>7} "
+        f"{'ttft p50':>9} {'ttft p99':>9} {'total p50':>10} {'total p99':>10}"
+    )
+    for name, (firsts, totals, errors, elapsed) in results.items():
+        print(
+            f"{name:<9} {len(totals):>9} {len(totals) / elapsed:>8.1f} {errors:>7} "
+            f"{pct(firsts, 0.5) * 1000:>7.2f}ms {pct(firsts, 0.99) * 1000:>7.2f}ms "
+            f"{pct(totals, 0.5) * 1000:>8.2f}ms {pct(totals, 0.99) * 1000:>8.2f}ms"
+        )
+    d_first, d_total = results["direct"][0], results["direct"][1]
+    g_first, g_total = results["gateway"][0], results["gateway"][1]
+    added = {
+        "ttft p50": pct(g_first, 0.5) - pct(d_first, 0.5),
+        "ttft p99": pct(g_first, 0.99) - pct(d_first, 0.99),
+        "total p50": pct(g_total, 0.5) - pct(d_total, 0.5),
+        "total p99": pct(g_total, 0.99) - pct(d_total, 0.99),
+    }
+    print("added by the gateway: " + ", ".join(f"{k} {v * 1000:+.2f} ms" for k, v in added.items()))
+    print(
+        f"gateway process: peak memory {peak / 2**20:.1f} MiB (VmHWM), {rss / 2**20:.1f} MiB at"
+        f" the end; CPU {gateway_cpu * 1000 / max(len(g_total), 1):.2f} ms per request"
+    )
+    ok = added["ttft p50"] < 0.002 and added["total p50"] < 0.002
+    print("target p50 added latency < 2 ms: " + ("met" if ok else "NOT met"))
+    return 0 if ok or args.quick else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

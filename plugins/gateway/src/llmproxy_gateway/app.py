@@ -1,0 +1,338 @@
+"""The gateway: OpenAI's Chat Completions API in front of one :class:`llmproxy.Proxy`.
+
+``POST /v1/chat/completions`` is a plain ASGI handler (no framework objects on the hot path):
+check the key, parse the body, call the Proxy with the key's id and user and the
+``X-Session-Id`` header's session, answer JSON or SSE. Everything else (``GET /v1/models``, the
+dashboard) is a Starlette app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+from starlette.applications import Starlette
+from starlette.routing import Route
+
+from llmproxy import Proxy
+from llmproxy.errors import LLMProxyError
+from llmproxy.plugins import load_plugins
+from llmproxy.types import Message as LLMMessage
+from llmproxy.types import StreamEvent
+from llmproxy_gateway import env
+from llmproxy_gateway.budgets import key_policies
+from llmproxy_gateway.errors import HTTPError, from_exception, unauthorized
+from llmproxy_gateway.keys import KeyRecord, KeyStore, admin_matches
+from llmproxy_gateway.wire import ChunkWriter, completion_body, parse
+from llmproxy_usage_log import UsageLog, open_usage_log, set_usage_log, usage_log
+
+log = logging.getLogger("llmproxy.gateway")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+_SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+_SESSION_ID = re.compile(r"^[\x21-\x7e]{1,200}$")
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+def bearer(value: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer ...`` header value, or None."""
+    if not value:
+        return None
+    scheme, _, token = value.partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
+class Gateway:
+    """The gateway's state: one Proxy, the key store, the usage log and the admin key.
+
+    ``proxy`` defaults to ``Proxy.from_env(environ, budgets=<key slots>)``; a Proxy passed in
+    must include :func:`~llmproxy_gateway.budgets.key_policies` itself for key budgets to apply.
+    ``usage_log`` defaults to the usage-log plugin's (from ``LLMPROXY_USAGE_LOG_URL``).
+    """
+
+    def __init__(
+        self,
+        *,
+        proxy: Proxy | None = None,
+        keys: KeyStore | None = None,
+        usage: UsageLog | None = None,
+        environ: Mapping[str, str] | None = None,
+        admin_key: str | None = None,
+    ) -> None:
+        environ = os.environ if environ is None else environ
+        self.environ = environ
+        self.keys = keys if keys is not None else KeyStore.from_env(environ)
+        self.admin_key = admin_key if admin_key is not None else env.admin_key(environ)
+        self._own_proxy = proxy is None
+        if usage is None:
+            usage = usage_log() if environ is os.environ else open_usage_log(None, environ)
+            if usage is None:
+                usage = open_usage_log("memory://")
+        self.usage = usage
+        if proxy is None:
+            plugins = load_plugins(environ)
+            from llmproxy_usage_log import plugin as usage_plugin
+
+            logged = plugins.pm.is_registered(usage_plugin)
+            if logged:
+                # The plugin's hooks record every call of every Proxy: point them at this log.
+                set_usage_log(usage)
+            proxy = Proxy.from_env(
+                environ,
+                budgets=key_policies(self.keys),
+                plugins=plugins,
+                observers=() if logged else (usage.record,),
+            )
+        self.proxy = proxy
+        self.sessions: dict[str, float] = {}
+        """Dashboard login sessions: cookie token -> expiry."""
+
+    # -- keys -----------------------------------------------------------------------------------
+
+    def authenticate(self, scope: Scope) -> KeyRecord:
+        """The active key of a request, or raise 401."""
+        token = bearer(_header(scope, b"authorization"))
+        if token is None:
+            raise unauthorized(
+                "You didn't provide an API key: send it as Authorization: Bearer sk-llmp-..."
+            )
+        record = self.keys.verify(token)
+        if record is None:
+            raise unauthorized()
+        return record
+
+    def is_admin(self, token: str | None) -> bool:
+        """Whether ``token`` is the admin key or an active admin gateway key."""
+        if not token:
+            return False
+        if admin_matches(token, self.admin_key):
+            return True
+        record = self.keys.verify(token)
+        return record is not None and record.admin
+
+    # -- the hot path ---------------------------------------------------------------------------
+
+    async def chat_completions(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``POST /v1/chat/completions`` (raw ASGI)."""
+        if scope["method"] != "POST":
+            await _send_error(send, HTTPError(405, "Use POST for /v1/chat/completions."))
+            return
+        try:
+            key = self.authenticate(scope)
+            body = await _read_body(receive)
+            call = parse(body)
+            session = _header(scope, b"x-session-id")
+            if session is not None and not _SESSION_ID.match(session):
+                raise HTTPError(
+                    400,
+                    "X-Session-Id must be 1 to 200 visible ASCII characters",
+                    param="X-Session-Id",
+                    code="invalid_request",
+                )
+            kwargs = call.kwargs
+            kwargs["model"] = call.model
+            kwargs["user"] = key.user
+            kwargs["key"] = key.id
+            if session is not None:
+                kwargs["session_id"] = session
+            if call.stream:
+                await self._stream(
+                    receive, send, call.messages, call.model, call.include_usage, kwargs
+                )
+                return
+            response = await self.proxy.achat(call.messages, **kwargs)
+        except Exception as exc:
+            await _send_error(send, _mapped(exc))
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": _JSON_HEADERS})
+        await send({"type": "http.response.body", "body": completion_body(response)})
+
+    async def _stream(
+        self,
+        receive: Receive,
+        send: Send,
+        messages: Any,
+        model: str,
+        include_usage: bool,
+        kwargs: dict[str, Any],
+    ) -> None:
+        stream = self.proxy.astream(messages, **kwargs)
+        # The first event comes before the status line: budget and rate-limit refusals and
+        # upstream failures before any text are still proper HTTP errors.
+        first = await anext(stream)
+        writer = ChunkWriter(model)
+        await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
+        event: StreamEvent | None = first
+        gone = asyncio.Event()
+
+        async def watch() -> None:
+            # The body is read, so the next message is the client going away.
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone.set()
+
+        watcher = asyncio.ensure_future(watch())
+        try:
+            await send({"type": "http.response.body", "body": writer.role(), "more_body": True})
+            while event is not None:
+                if event.done:
+                    tail = writer.finish(event.finish_reason)
+                    if include_usage and event.usage is not None:
+                        tail += writer.usage(event.usage)
+                    await send(
+                        {
+                            "type": "http.response.body",
+                            "body": tail + writer.DONE,
+                            "more_body": False,
+                        }
+                    )
+                    return
+                if event.text:
+                    data = writer.content(event.text)
+                    if event.reasoning:
+                        data = writer.reasoning(event.reasoning) + data
+                elif event.reasoning:
+                    data = writer.reasoning(event.reasoning)
+                else:
+                    data = b""
+                if gone.is_set():
+                    return  # the client left: stop reading upstream (finally stores the rest)
+                if data:
+                    await send({"type": "http.response.body", "body": data, "more_body": True})
+                try:
+                    event = await anext(stream)
+                except StopAsyncIteration:
+                    event = None
+            await send({"type": "http.response.body", "body": writer.DONE, "more_body": False})
+        except Exception as exc:
+            # The status line is sent: tell the client in the stream, as OpenAI does.
+            error = _mapped(exc) if not isinstance(exc, LLMProxyError) else from_exception(exc)
+            try:
+                await send(
+                    {
+                        "type": "http.response.body",
+                        "body": writer.error(error) + writer.DONE,
+                        "more_body": False,
+                    }
+                )
+            except Exception:
+                log.debug("could not send the error to a stream's client", exc_info=True)
+        finally:
+            watcher.cancel()
+            # A client that went away (or any failure) ends the stream: what arrived is stored,
+            # marked interrupted, and counted.
+            with anyio.CancelScope(shield=True):
+                await stream.aclose()
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def warm(self) -> None:
+        """Set up the default model's provider and tokenizer before the first request.
+
+        Loading a tokenizer's tables takes about a second; done on the first call, it would
+        stall every request in flight. Failures (no key yet) are left for the first call.
+        """
+        name = self.proxy.config.default_model
+        provider_name, _, model = name.partition("/")
+        try:
+            provider = self.proxy.provider(provider_name)
+            provider.count_tokens((LLMMessage("user", "warm up"),), model)
+        except Exception as exc:
+            log.info("could not warm up %s: %s", name, exc)
+
+    async def aclose(self) -> None:
+        """Close the Proxy (when this gateway built it), the key store and flush the log."""
+        if self._own_proxy:
+            await self.proxy.aclose()
+        self.usage.flush()
+        self.keys.close()
+
+
+def _mapped(exc: BaseException) -> HTTPError:
+    error = from_exception(exc)
+    if error.status >= 500:
+        log.error("request failed: %s", exc, exc_info=exc if error.status == 500 else None)
+    return error
+
+
+async def _read_body(receive: Receive) -> bytes:
+    message = await receive()
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body"):
+        return body
+    parts = [body]
+    while message.get("more_body"):
+        message = await receive()
+        parts.append(message.get("body", b""))
+    return b"".join(parts)
+
+
+async def _send_error(send: Send, error: HTTPError) -> None:
+    headers = list(_JSON_HEADERS)
+    headers.extend((k.encode(), v.encode()) for k, v in error.headers.items())
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "http.response.body", "body": error.body()})
+
+
+class _ChatEndpoint:
+    """Routes ``/v1/chat/completions`` to the raw handler; Starlette handles the rest."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.gateway.chat_completions(scope, receive, send)
+
+
+def create_app(gateway: Gateway | None = None, **kwargs: Any) -> Callable[..., Awaitable[None]]:
+    """Build the ASGI app of a gateway (``Gateway(**kwargs)`` when none is given)."""
+    from llmproxy_gateway import dashboard, models
+
+    gw = gateway if gateway is not None else Gateway(**kwargs)
+
+    @asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        gw.warm()
+        try:
+            yield
+        finally:
+            await gw.aclose()
+
+    routes = [
+        Route("/v1/models", models.endpoint(gw), methods=["GET"]),
+        *dashboard.routes(gw),
+    ]
+    starlette = Starlette(routes=routes, lifespan=lifespan)
+    chat = _ChatEndpoint(gw)
+    paths = ("/v1/chat/completions", "/chat/completions")
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] in paths:
+            await chat(scope, receive, send)
+            return
+        await starlette(scope, receive, send)
+
+    app.gateway = gw  # type: ignore[attr-defined]
+    return app

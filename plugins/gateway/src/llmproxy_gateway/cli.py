@@ -1,0 +1,152 @@
+"""``llmproxy serve`` and ``llmproxy keys create|list|revoke`` (through ``register_commands``)."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import ipaddress
+import os
+import socket
+import sys
+
+from llmproxy_gateway import env
+from llmproxy_gateway.keys import KeyStore
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8080
+
+
+def configure_serve(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``llmproxy serve``."""
+    parser.add_argument("--host", default=DEFAULT_HOST, help="address to listen on (127.0.0.1)")
+    parser.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help="port (8080; 0 picks a free one)"
+    )
+    parser.add_argument(
+        "--log-level",
+        default="warning",
+        choices=["critical", "error", "warning", "info", "debug"],
+        help="uvicorn's log level (warning)",
+    )
+    parser.add_argument(
+        "--access-log", action="store_true", help="log every request (off: it costs latency)"
+    )
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Run the gateway until SIGINT or SIGTERM."""
+    import uvicorn
+
+    from llmproxy_gateway.app import create_app
+
+    host: str = args.host
+    if not _loopback(host):
+        sys.stderr.write(
+            f"llmproxy serve: listening on {host}, beyond this machine; keys travel in clear"
+            " text unless a TLS proxy is in front\n"
+        )
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, args.port))
+    # Listen at once: connections wait in the backlog while the app starts (the tokenizer loads).
+    sock.listen(2048)
+    port = sock.getsockname()[1]
+    app = create_app()
+    gateway = app.gateway  # type: ignore[attr-defined]
+    shown = f"[{host}]" if ":" in host else host
+    sys.stdout.write(
+        f"llmproxy gateway on http://{shown}:{port}/v1 (dashboard: http://{shown}:{port}/dashboard;"
+        f" usage log: {gateway.usage.describe()})\n"
+    )
+    sys.stdout.flush()
+    config = uvicorn.Config(
+        app,
+        log_level=args.log_level,
+        access_log=args.access_log,
+        lifespan="on",
+        server_header=False,
+        date_header=False,
+    )
+    server = uvicorn.Server(config)
+    server.run(sockets=[sock])
+    return 0
+
+
+def configure_keys(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``llmproxy keys``."""
+    sub = parser.add_subparsers(dest="keys_action", required=True)
+    create = sub.add_parser("create", help="create a key; prints it once, as the last word")
+    create.add_argument("--user", help="who calls with this key (their user scope and history)")
+    create.add_argument(
+        "--budget",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="tokens:100000/month, usd:5/day, requests:60/minute (repeatable)",
+    )
+    create.add_argument("--admin", action="store_true", help="the key also opens the dashboard")
+    create.add_argument("--name", help="a label shown in keys list")
+    sub.add_parser("list", help="list keys (ids, users, budgets; never the keys)")
+    revoke = sub.add_parser("revoke", help="revoke a key by id")
+    revoke.add_argument("id")
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def keys(args: argparse.Namespace) -> int:
+    """Run ``llmproxy keys ...``."""
+    store = KeyStore.from_env(os.environ)
+    out = sys.stdout
+    try:
+        if args.keys_action == "create":
+            user = args.user or ("admin" if args.admin else None)
+            if user is None:
+                from llmproxy.errors import ConfigError
+
+                raise ConfigError("llmproxy keys create needs --user NAME (or --admin)")
+            record, secret = store.create(
+                user, budgets=args.budget, admin=args.admin, name=args.name
+            )
+            budgets = ", ".join(record.budgets) or "none"
+            role = " (admin)" if record.admin else ""
+            out.write(
+                f"created key {record.id} for user {record.user}{role}, budgets: {budgets}\n"
+                "store it now; it is not shown again:\n"
+                f"{secret}\n"
+            )
+        elif args.keys_action == "list":
+            rows = store.all()
+            if not rows:
+                out.write(f"no keys yet (llmproxy keys create --user NAME); store: {_where()}\n")
+            for k in rows:
+                state = f"revoked {_when(k.revoked_at)}" if k.revoked_at else "active"
+                admin = " admin" if k.admin else ""
+                name = f" {k.name!r}" if k.name else ""
+                out.write(
+                    f"{k.id}\t{k.user}\t{', '.join(k.budgets) or '-'}\t{state}{admin}"
+                    f"\tcreated {_when(k.created_at)}{name}\n"
+                )
+        else:
+            record = store.revoke(args.id)
+            out.write(f"revoked key {record.id} of user {record.user}\n")
+    finally:
+        store.close()
+    return 0
+
+
+def _where() -> str:
+    return env.keys_url(os.environ)

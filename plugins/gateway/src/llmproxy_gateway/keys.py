@@ -1,0 +1,379 @@
+"""Gateway keys: who a caller is, which budgets its calls count against, whether it is an admin.
+
+A key looks like ``sk-llmp-<id>-<secret>``. Only the id (10 hex digits, shown by ``llmproxy keys
+list`` and on the dashboard) is stored as is; the secret is stored as ``sha256(salt + secret)``
+with a random per-key salt and compared in constant time. The full key is printed once, when it
+is created.
+
+Budgets are specs ``KIND:AMOUNT[/WINDOW]``:
+
+- ``tokens:100000/month``: input plus output tokens (``LLMBudget``),
+- ``usd:5/day``: spend in USD from the price table (``CostBudget``),
+- ``requests:60/minute``: a rate limit (``RequestsPerMinute``; rolling windows only).
+
+Windows: ``total`` (the default), ``day`` and ``month`` (calendar, UTC), ``minute``, ``hour`` or a
+rolling ``30s``, ``15m``, ``6h``, ``7d``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import attrs
+from attrs import frozen
+
+from llmproxy.budget.policy import BudgetPolicy, CostBudget, LLMBudget, RequestsPerMinute
+from llmproxy.errors import ConfigError, StoreError
+from llmproxy.urls import scheme_of, sqlite_path
+from llmproxy_gateway import env
+
+PREFIX: Final = "sk-llmp-"
+MAX_BUDGETS_PER_KEY: Final = 4
+_ID = re.compile(r"^[0-9a-f]{10}$")
+_SPEC = re.compile(r"^(tokens|usd|requests):([0-9][0-9_]*(?:\.[0-9]+)?)(?:/([a-z0-9.]+))?$")
+_ROLLING = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([smhd])$")
+_UNIT_SECONDS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_NAMED_WINDOWS: Final = {"minute": 60.0, "hour": 3600.0}
+
+
+def _window(text: str, spec: str) -> str | float:
+    if text in ("total", "day", "month"):
+        return text
+    if text in _NAMED_WINDOWS:
+        return _NAMED_WINDOWS[text]
+    match = _ROLLING.match(text)
+    if match is None or float(match.group(1)) <= 0:
+        raise ConfigError(
+            f"budget {spec!r}: window {text!r} must be total, day, month, minute, hour or a"
+            " number with s, m, h or d (30s, 15m, 6h, 7d)",
+            path="budget",
+        )
+    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+def parse_budget(spec: str) -> BudgetPolicy:
+    """Turn a budget spec into a policy scoped to the caller's key.
+
+    >>> parse_budget("tokens:100000/month").name
+    'key-tokens-100000-month'
+    >>> parse_budget("requests:60/minute").name
+    'key-requests-60-60s'
+    """
+    text = spec.strip().lower()
+    match = _SPEC.match(text)
+    if match is None:
+        raise ConfigError(
+            f"budget {spec!r} must be KIND:AMOUNT[/WINDOW] with KIND tokens, usd or requests"
+            " (tokens:100000/month, usd:5/day, requests:60/minute)",
+            path="budget",
+        )
+    kind, amount_text, window_text = match.groups()
+    amount = float(amount_text.replace("_", ""))
+    window = _window(window_text or ("minute" if kind == "requests" else "total"), spec)
+    window_name = window if isinstance(window, str) else f"{window:g}s"
+    if kind == "usd":
+        return CostBudget(
+            max_usd=amount, scope="key", window=window, name=f"key-usd-{amount:g}-{window_name}"
+        )
+    if not amount.is_integer():
+        raise ConfigError(f"budget {spec!r}: {kind} must be a whole number", path="budget")
+    if kind == "tokens":
+        return LLMBudget(
+            max_tokens=int(amount),
+            scope="key",
+            window=window,
+            name=f"key-tokens-{int(amount)}-{window_name}",
+        )
+    if isinstance(window, str):
+        raise ConfigError(
+            f"budget {spec!r}: a requests limit needs a rolling window (minute, hour, 30s...)",
+            path="budget",
+        )
+    return RequestsPerMinute(
+        limit=int(amount),
+        scope="key",
+        window=window,
+        name=f"key-requests-{int(amount)}-{window_name}",
+    )
+
+
+def _digest(salt: str, secret: str) -> str:
+    return hashlib.sha256(bytes.fromhex(salt) + secret.encode()).hexdigest()
+
+
+@frozen
+class KeyRecord:
+    """One gateway key as stored: never the secret, only its salted hash.
+
+    ``budgets`` are the specs given at creation; ``policies`` the budget policies built from
+    them (scoped to this key). ``revoked_at`` is set once the key is revoked.
+    """
+
+    id: str
+    user: str
+    budgets: tuple[str, ...] = ()
+    admin: bool = False
+    name: str | None = None
+    created_at: float = 0.0
+    revoked_at: float | None = None
+    salt: str = attrs.field(default="", repr=False)
+    digest: str = attrs.field(default="", repr=False)
+    policies: tuple[BudgetPolicy, ...] = attrs.field(default=(), repr=False, eq=False)
+
+    @property
+    def active(self) -> bool:
+        """Whether the key still opens the gateway."""
+        return self.revoked_at is None
+
+    def to_json(self) -> dict[str, Any]:
+        """The public fields, for the dashboard and ``keys list``."""
+        return {
+            "id": self.id,
+            "user": self.user,
+            "budgets": list(self.budgets),
+            "admin": self.admin,
+            "name": self.name,
+            "created_at": self.created_at,
+            "revoked_at": self.revoked_at,
+        }
+
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS gateway_keys (
+    id TEXT PRIMARY KEY,
+    salt TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    "user" TEXT NOT NULL,
+    budgets TEXT NOT NULL,
+    admin INTEGER NOT NULL,
+    name TEXT,
+    created_at REAL NOT NULL,
+    revoked_at REAL
+);
+"""
+_SELECT: Final = (
+    'SELECT id, "user", budgets, admin, name, created_at, revoked_at, salt, digest'
+    " FROM gateway_keys"
+)
+
+
+def _record(row: Sequence[Any]) -> KeyRecord:
+    budgets = tuple(json.loads(row[2]))
+    return KeyRecord(
+        row[0],
+        row[1],
+        budgets,
+        bool(row[3]),
+        row[4],
+        float(row[5]),
+        row[6],
+        row[7],
+        row[8],
+        tuple(parse_budget(b) for b in budgets),
+    )
+
+
+class KeyStore:
+    """Gateway keys in SQLite (``sqlite:///path``) or in memory (``memory://``).
+
+    Verifying a key reads an in-memory copy of the table, refreshed when another process
+    changed the file (SQLite's ``data_version``), so ``llmproxy keys revoke`` takes effect on
+    a running gateway at its next request.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+        self.path = Path(path) if path is not None else None
+        self._lock = threading.Lock()
+        try:
+            if self.path is not None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(
+                ":memory:" if self.path is None else self.path,
+                timeout=5.0,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            if self.path is not None:
+                self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"gateway key store {self.path}: {exc}") from exc
+        self._version = -1
+        self._by_id: dict[str, KeyRecord] = {}
+        self._refresh()
+
+    @classmethod
+    def from_url(cls, url: str, environ: Mapping[str, str]) -> KeyStore:
+        """Open the store a ``sqlite:///...`` or ``memory://`` URL names."""
+        scheme = scheme_of(url, what="gateway keys")
+        if scheme == "memory":
+            return cls(None)
+        if scheme == "sqlite":
+            return cls(sqlite_path(url, env.default_keys_path(environ)))
+        raise ConfigError(
+            f"gateway keys URL scheme '{scheme}://' is not supported; use sqlite:///path or"
+            " memory://",
+            path=env.KEYS_URL,
+        )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> KeyStore:
+        """Open the store ``LLMPROXY_GATEWAY_KEYS_URL`` names (default: ``keys.db``)."""
+        environ = os.environ if environ is None else environ
+        return cls.from_url(env.keys_url(environ), environ)
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def _refresh(self) -> None:
+        """Reload the table when another connection changed it; the caller may hold no lock."""
+        with self._lock:
+            try:
+                (version,) = self._conn.execute("PRAGMA data_version").fetchone()
+                if version == self._version:
+                    return
+                rows = self._conn.execute(_SELECT).fetchall()
+            except sqlite3.Error as exc:
+                raise StoreError(f"gateway key store {self.path}: {exc}") from exc
+            self._by_id = {row[0]: _record(row) for row in rows}
+            self._version = version
+
+    def get(self, key_id: str) -> KeyRecord | None:
+        """The key with this id (revoked or not), or None."""
+        self._refresh()
+        return self._by_id.get(key_id)
+
+    def all(self) -> list[KeyRecord]:
+        """Every key, oldest first."""
+        self._refresh()
+        return sorted(self._by_id.values(), key=lambda k: (k.created_at, k.id))
+
+    def verify(self, presented: str) -> KeyRecord | None:
+        """Return the active key ``presented`` (the full ``sk-llmp-...`` text) is, else None."""
+        if not presented.startswith(PREFIX):
+            return None
+        key_id, sep, secret = presented[len(PREFIX) :].partition("-")
+        if not sep or not secret:
+            return None
+        self._refresh()
+        record = self._by_id.get(key_id)
+        if record is None:
+            return None
+        if not hmac.compare_digest(_digest(record.salt, secret), record.digest):
+            return None
+        return record if record.active else None
+
+    def policies_for(self, key_id: str | None) -> tuple[BudgetPolicy, ...]:
+        """The budget policies of a key (from the in-memory copy; empty for unknown keys)."""
+        if key_id is None:
+            return ()
+        record = self._by_id.get(key_id)
+        return record.policies if record is not None else ()
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def create(
+        self,
+        user: str,
+        *,
+        budgets: Sequence[str] = (),
+        admin: bool = False,
+        name: str | None = None,
+    ) -> tuple[KeyRecord, str]:
+        """Create a key; return its record and the full key text (shown once, never stored)."""
+        if not isinstance(user, str) or not user.strip():
+            raise ConfigError("a key needs a user (--user NAME)", path="user")
+        specs = tuple(b.strip().lower() for b in budgets)
+        if len(specs) > MAX_BUDGETS_PER_KEY:
+            raise ConfigError(
+                f"a key takes at most {MAX_BUDGETS_PER_KEY} budgets, got {len(specs)}",
+                path="budget",
+            )
+        policies = tuple(parse_budget(s) for s in specs)
+        names = [p.name for p in policies]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"budgets repeat: {', '.join(specs)}", path="budget")
+        secret = secrets.token_urlsafe(32)
+        salt = secrets.token_hex(16)
+        with self._lock:
+            for _ in range(10):
+                key_id = secrets.token_hex(5)
+                if key_id not in self._by_id:
+                    break
+            record = KeyRecord(
+                key_id,
+                user.strip(),
+                specs,
+                admin,
+                name,
+                time.time(),
+                None,
+                salt,
+                _digest(salt, secret),
+                policies,
+            )
+            try:
+                self._conn.execute(
+                    'INSERT INTO gateway_keys (id, salt, digest, "user", budgets, admin, name,'
+                    " created_at, revoked_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL)",
+                    (
+                        key_id,
+                        salt,
+                        record.digest,
+                        record.user,
+                        json.dumps(list(specs)),
+                        int(admin),
+                        name,
+                        record.created_at,
+                    ),
+                )
+            except sqlite3.Error as exc:
+                raise StoreError(f"gateway key store {self.path}: {exc}") from exc
+            self._by_id[key_id] = record
+        return record, f"{PREFIX}{key_id}-{secret}"
+
+    def revoke(self, key_id: str) -> KeyRecord:
+        """Revoke a key by id (idempotent); raise ConfigError for an unknown id."""
+        if not _ID.match(key_id):
+            raise ConfigError(f"{key_id!r} is not a key id (10 hex digits)", path="id")
+        self._refresh()
+        with self._lock:
+            record = self._by_id.get(key_id)
+            if record is None:
+                raise ConfigError(f"no key with id {key_id!r}", path="id")
+            if record.revoked_at is not None:
+                return record
+            now = time.time()
+            try:
+                self._conn.execute(
+                    "UPDATE gateway_keys SET revoked_at = ? WHERE id = ?", (now, key_id)
+                )
+            except sqlite3.Error as exc:
+                raise StoreError(f"gateway key store {self.path}: {exc}") from exc
+            record = attrs.evolve(record, revoked_at=now)
+            self._by_id[key_id] = record
+            return record
+
+    def close(self) -> None:
+        """Close the file."""
+        with self._lock:
+            self._conn.close()
+
+
+def admin_matches(presented: str, admin_key: str | None) -> bool:
+    """Whether ``presented`` is the configured admin key (constant-time)."""
+    if admin_key is None:
+        return False
+    a = hashlib.sha256(presented.encode()).digest()
+    b = hashlib.sha256(admin_key.encode()).digest()
+    return hmac.compare_digest(a, b)

@@ -1,0 +1,194 @@
+"""End to end in headless Chromium: the dashboard shows what the usage log holds, live.
+
+Playwright drives Debian's chromium (``/usr/bin/chromium``; Playwright's own browser download
+is not used). Under ``CI=true`` a missing browser fails the test instead of skipping it. A
+screenshot of the page is written to ``test-output/dashboard.png``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from .conftest import ADMIN_KEY, GatewayProcess
+
+ROOT = Path(__file__).resolve().parents[3]
+SCREENSHOT = ROOT / "test-output" / "dashboard.png"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+pytestmark = pytest.mark.e2e
+
+
+def chromium_path() -> str | None:
+    for name in ("chromium", "chromium-browser"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    path = chromium_path()
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        path = None
+    if path is None:
+        message = "the dashboard test needs Debian's chromium and playwright (dev.py installs both)"
+        if os.environ.get("CI"):
+            pytest.fail(message + ": it must run in CI")
+        pytest.skip(message)
+    profile = tempfile.mkdtemp(prefix="llmproxy-chromium-")
+    with sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(
+            profile,
+            executable_path=path,
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": 1400, "height": 1500},
+        )
+        try:
+            yield context
+        finally:
+            context.close()
+            shutil.rmtree(profile, ignore_errors=True)
+
+
+def number(text: str) -> float:
+    return float(text.replace(",", "").replace("$", "").strip())
+
+
+def wait_for_refresh(page: Any) -> None:
+    version = int(page.get_attribute("body", "data-version") or 0)
+    page.wait_for_function(f"Number(document.body.dataset.version) > {version}", timeout=15_000)
+
+
+def test_dashboard_shows_the_usage_log_live(gateway: GatewayProcess, browser: Any) -> None:
+    keys = {
+        "ann": gateway.key("ann", "tokens:100000/month"),
+        "bob": gateway.key("bob", "usd:5/day", "requests:100/minute"),
+    }
+    limited = gateway.key("cy", "requests:1/minute")
+    sdks = {
+        u: openai.OpenAI(base_url=gateway.url + "/v1", api_key=k, max_retries=0)
+        for u, k in keys.items()
+    }
+    for i in range(3):
+        sdks["ann"].chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": f"hello number {i}"}],
+            extra_headers={"X-Session-Id": "e2e-ann"},
+        )
+    for _chunk in sdks["bob"].chat.completions.create(
+        model="gpt-4o",
+        messages=[{"role": "user", "content": "stream a few words back"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    ):
+        pass
+    cy = openai.OpenAI(base_url=gateway.url + "/v1", api_key=limited, max_retries=0)
+    cy.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(openai.RateLimitError):
+        cy.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+        )
+
+    page = browser.new_page()
+    page.goto(gateway.url + "/dashboard")
+    assert page.locator("input[name=key]").is_visible()  # the login form first
+    page.fill("input[name=key]", ADMIN_KEY)
+    page.click("button[type=submit]")
+    page.wait_for_url("**/dashboard")
+    page.wait_for_function("Number(document.body.dataset.version) >= 1", timeout=15_000)
+
+    log = gateway.usage_log()
+    try:
+        expected_calls = len(log.recent(10_000))
+        page.wait_for_function(
+            f"document.getElementById('summary-calls').dataset.value === '{expected_calls}'",
+            timeout=15_000,
+        )
+        total = log.summary()
+        assert number(page.inner_text("#summary-calls")) == total.calls
+        assert number(page.inner_text("#summary-errors")) == total.errors
+        assert number(page.inner_text("#summary-input")) == total.input_tokens
+        assert number(page.inner_text("#summary-output")) == total.output_tokens
+        assert number(page.inner_text("#summary-tokens")) == total.total_tokens
+        assert number(page.inner_text("#summary-cost")) == pytest.approx(total.cost, abs=1e-6)
+        for dim in ("model", "user", "key"):
+            rows = page.locator(f"#totals-{dim} tbody tr[data-group]")
+            shown = {
+                rows.nth(i).get_attribute("data-group"): (
+                    number(rows.nth(i).locator(".calls").inner_text()),
+                    number(rows.nth(i).locator(".tokens").inner_text()),
+                    number(rows.nth(i).locator(".cost").inner_text()),
+                )
+                for i in range(rows.count())
+            }
+            want = {t.group: (t.calls, t.total_tokens, t.cost) for t in log.totals(dim)}  # type: ignore[arg-type]
+            assert shown.keys() == want.keys(), dim
+            for group, (calls, tokens, cost) in want.items():
+                assert shown[group][:2] == (calls, tokens), (dim, group)
+                assert shown[group][2] == pytest.approx(cost, abs=1e-6), (dim, group)
+            # one bar chart of tokens and one of spend per dimension
+            assert page.locator(f"#by-{dim} svg[data-metric=total_tokens] rect").count() >= 1
+            assert page.locator(f"#by-{dim} svg[data-metric=cost]").count() == 1
+        # budgets: used / limit / reset of each key's budget, as the ledger has them
+        ann_id = keys["ann"].split("-")[2]
+        ann_budget = page.locator(
+            f'#budgets tr[data-budget="key-tokens-100000-month|key:{ann_id}"]'
+        )
+        ann_tokens = sum(t.total_tokens for t in log.totals("key") if t.group == ann_id)
+        assert (
+            number(ann_budget.locator(".used").inner_text().removesuffix(" tokens")) == ann_tokens
+        )
+        assert ann_budget.locator(".limit").inner_text() == "100,000 tokens"
+        assert "UTC" in ann_budget.locator(".resets").inner_text()
+        # rate-limit hits
+        hits = {h.policy: h.hits for h in log.limit_hits()}
+        row = page.locator('#limits tr[data-policy="key-requests-1-60s"]')
+        assert number(row.locator(".hits").inner_text()) == hits["key-requests-1-60s"]
+        # recent calls, newest first, with a link to the session's history
+        assert page.locator("#recent tbody tr.call").count() == min(expected_calls, 50)
+
+        # live: a call made while the page is open shows up without a reload
+        before = total.calls
+        sdks["ann"].chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "one more"}],
+            extra_headers={"X-Session-Id": "e2e-ann"},
+        )
+        page.wait_for_function(
+            f"document.getElementById('summary-calls').dataset.value === '{before + 1}'",
+            timeout=15_000,
+        )
+        wait_for_refresh(page)
+        assert number(page.inner_text("#summary-tokens")) == log.summary().total_tokens
+        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOT), full_page=True)
+        assert SCREENSHOT.stat().st_size > 10_000
+
+        page.locator("#recent a[href='/dashboard/sessions/e2e-ann']").first.click()
+        page.wait_for_url("**/dashboard/sessions/e2e-ann")
+        assert page.inner_text("#message-count") == "8"
+        assert "Echo: hello number 0" in page.inner_text("#history")
+    finally:
+        log.close()
+        page.close()

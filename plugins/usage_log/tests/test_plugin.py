@@ -1,0 +1,148 @@
+"""The plugin records every call of a real Proxy (upstream: the fake OpenAI server)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+
+import pytest
+
+from llmproxy import LLMBudget, Proxy
+from llmproxy.errors import BudgetExceeded
+from llmproxy.plugins import load_plugins
+from llmproxy.testing.fake_openai import FakeOpenAI
+from llmproxy.testing.redis_server import free_port
+from llmproxy_usage_log import (
+    MemoryUsageLog,
+    UsageLog,
+    UsageRecord,
+    open_usage_log,
+    plugin,
+    set_usage_log,
+)
+
+KEY = "sk-test-usage-log-0123456789"
+
+
+@pytest.fixture
+def upstream() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI(api_key=KEY) as server:
+        yield server
+
+
+@pytest.fixture
+def log() -> Iterator[UsageLog]:
+    mine = open_usage_log("memory://")
+    old = set_usage_log(mine)
+    yield mine
+    set_usage_log(old)
+
+
+def make_proxy(upstream: FakeOpenAI, **kwargs: object) -> Proxy:
+    return Proxy(
+        {"history_url": "memory://", "ledger_url": "memory://"},
+        environ={"OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": upstream.base_url},
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def test_the_plugin_is_discovered_and_observes() -> None:
+    plugins = load_plugins({})
+    assert plugins.pm.is_registered(plugin)
+    assert plugins.observes
+
+
+async def test_every_call_is_recorded(upstream: FakeOpenAI, log: UsageLog) -> None:
+    proxy = make_proxy(upstream, budgets=[LLMBudget(max_tokens=40, scope="key")])
+    try:
+        proxy.chat("Hello there", model="openai/gpt-4o-mini", user="ann", key="k1", session_id="s1")
+        text = "".join(
+            e.text
+            for e in proxy.stream(
+                "Tell me more", model="openai/gpt-4o", key="k1", tags={"team": "x"}
+            )
+        )
+        assert text == "Echo: Tell me more"
+        await proxy.achat("Hello", model="openai/gpt-4o-mini", key="k2")
+        with pytest.raises(BudgetExceeded):
+            proxy.chat("one two three four five " * 20, model="openai/gpt-4o-mini", key="k2")
+    finally:
+        proxy.close()
+    rows = log.recent(10)
+    assert [r.key for r in rows] == ["k2", "k2", "k1", "k1"]
+    refused, asynced, streamed, first = rows
+    assert (first.model, first.provider, first.user, first.session_id) == (
+        "openai/gpt-4o-mini",
+        "openai",
+        "ann",
+        "s1",
+    )
+    assert (first.input_tokens, first.output_tokens, first.outcome) == (8, 3, "ok")
+    assert first.cost is not None and first.cost > 0 and first.latency > 0
+    assert (
+        streamed.streamed and streamed.tags == {"team": "x"} and streamed.model == "openai/gpt-4o"
+    )
+    assert not asynced.streamed and asynced.outcome == "ok"
+    assert (refused.outcome, refused.error, refused.limit) == ("error", "BudgetExceeded", "budget")
+    assert refused.policy == "tokens-40-key"
+    assert log.summary().calls == 4
+
+
+class FlakyLog(MemoryUsageLog):
+    """A memory log whose writes fail while ``down`` is set."""
+
+    down = True
+
+    def _write(self, records: Sequence[UsageRecord]) -> None:
+        if self.down:
+            raise OSError("disk on fire")
+        super()._write(records)
+
+
+def test_a_failing_log_never_fails_a_call(
+    upstream: FakeOpenAI, caplog: pytest.LogCaptureFixture
+) -> None:
+    flaky = FlakyLog()
+    old = set_usage_log(flaky)
+    proxy = make_proxy(upstream)
+    try:
+        with caplog.at_level(logging.WARNING, "llmproxy.usage_log"):
+            assert proxy.chat("Hello", model="openai/gpt-4o-mini").text == "Echo: Hello"
+        assert "could not write 1 calls" in caplog.text
+        flaky.down = False
+        assert flaky.flush()
+        assert flaky.summary().calls == 1  # kept, then written once the backend was back
+    finally:
+        proxy.close()
+        set_usage_log(old)
+
+
+def test_an_unreachable_redis_keeps_calls_queued(caplog: pytest.LogCaptureFixture) -> None:
+    port = free_port()
+    log = open_usage_log(f"redis://127.0.0.1:{port}/0?socket_timeout=0.2&flush_interval=10")
+    try:
+        record = UsageRecord(1.0, "openai/gpt-4o-mini", "openai")
+        log.record(record)
+        with caplog.at_level(logging.WARNING, "llmproxy.usage_log"):
+            assert log.flush() is False
+        assert "could not write" in caplog.text and f"127.0.0.1:{port}" in caplog.text
+    finally:
+        log._closed = True  # nothing to write to: skip the final flush
+        log._close()
+
+
+def test_the_process_log_opens_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: object
+) -> None:
+    monkeypatch.setenv("LLMPROXY_USAGE_LOG_URL", "memory://")
+    old = set_usage_log(None)
+    try:
+        plugin._configured = False
+        opened = plugin.usage_log()
+        assert opened is not None and opened.describe() == "memory://"
+        assert plugin.usage_log() is opened
+        monkeypatch.setenv("LLMPROXY_USAGE_LOG_URL", "off")
+        plugin._configured = False
+        assert plugin.usage_log() is None
+    finally:
+        set_usage_log(old)
