@@ -53,6 +53,13 @@ def install() -> None:
     if not PY.exists():
         print(f"+ creating {VENV}", flush=True)
         venv.EnvBuilder(with_pip=True).create(VENV)
+    # Python's bundled pip (23.x) cannot match a plugin's pin on another member installed
+    # editable with extras; a current pip can.
+    probe = "import pip, sys; sys.exit(int(pip.__version__.split('.')[0]) < 24)"
+    if subprocess.run([str(PY), "-c", probe], cwd=ROOT).returncode != 0:
+        run(
+            PY, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--upgrade", "pip"
+        )
     editable: list[str | Path] = []
     for member in members():
         editable += ["-e", f"{member}[test]" if has_test_extra(member) else member]
