@@ -6,7 +6,10 @@ budgets large enough never to refuse. Rounds alternate between the ledgers so th
 the machine's speed hits them alike. Redis runs on loopback (a redis-server this script starts
 and stops); its round trips per call are counted on the server, from its MONITOR stream (the
 commands client connections sent, not those the scripts ran); the script exits non-zero when
-they are off the target of 2 (one reserve, one settle).
+they are off the target of 2 (one reserve, one settle). Then whole Proxy calls (a fake OpenAI
+upstream) with the ledger and the history store on that one Redis: round trips counted as the
+server's reads (``INFO stats``), target 3 (history load, reserve, and the settle sent inside
+the history's MULTI/EXEC).
 
     .venv/bin/python bench/bench_budget.py            # full run
     .venv/bin/python bench/bench_budget.py --quick    # a smaller run, for a smoke test
@@ -26,9 +29,11 @@ from typing import Any
 
 import redis
 
+from llmproxy import LLMBudget, Proxy
 from llmproxy.budget.base import Claim, Ledger, Rates
 from llmproxy.budget.memory import MemoryLedger
 from llmproxy.budget.sqlite import SQLiteLedger
+from llmproxy.testing.fake_openai import FakeOpenAI
 from llmproxy.testing.redis_server import RedisServer
 from llmproxy_redis_budget import RedisLedger
 
@@ -97,6 +102,41 @@ def round_trips(server: RedisServer, action: Callable[[], object]) -> list[str]:
     return sent
 
 
+def server_reads(client: redis.Redis) -> int:
+    """Requests the server has read (each one a round trip for a client that waits)."""
+    return int(client.info("stats")["total_reads_processed"])
+
+
+def proxy_round_trips(server: RedisServer, calls: int) -> dict[str, float]:
+    """Round trips per Proxy call with ledger and history on one Redis, sync and async."""
+    key = "sk-bench-budget-0123456789"
+    out: dict[str, float] = {}
+    with FakeOpenAI(api_key=key) as upstream:
+        proxy = Proxy(
+            {"history_url": server.url, "ledger_url": server.url},
+            budgets=[LLMBudget(max_tokens=10**12, name="bench")],
+            environ={"OPENAI_API_KEY": key, "OPENAI_BASE_URL": upstream.base_url},
+        )
+        loop = asyncio.new_event_loop()
+        watcher = redis.Redis.from_url(server.url)  # one connection, so one read per INFO
+        try:
+            for mode in ("sync", "async"):
+                for index in range(-3, calls):  # three to warm up (connections, scripts)
+                    if index == 0:
+                        start = server_reads(watcher)
+                    session = f"bench-{mode}-{uuid.uuid4().hex}"  # not cached: a real load
+                    if mode == "sync":
+                        proxy.chat("Hello there", session_id=session)
+                    else:
+                        loop.run_until_complete(proxy.achat("Hello there", session_id=session))
+                out[mode] = (server_reads(watcher) - start - 1) / calls  # minus the INFO itself
+        finally:
+            watcher.close()
+            loop.run_until_complete(proxy.aclose())
+            loop.close()
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer calls, for a smoke test")
@@ -139,6 +179,7 @@ def main() -> None:
         )
         evalsha = server.info("commandstats")["cmdstat_evalsha"]
         server_us = float(evalsha.split("usec_per_call=")[1].split(",")[0])
+        proxy_trips = proxy_round_trips(server, calls)
         loop.run_until_complete(redis_ledger.aclose())
         loop.close()
         for ledger in ledgers.values():
@@ -155,8 +196,15 @@ def main() -> None:
         kinds = sorted(set(sent))
         print(f"redis round trips per call ({mode}, 3 claims): {len(sent) / calls:g} ({kinds})")
         on_target = on_target and sent == ["EVALSHA"] * (2 * calls)
+    for mode, trips in proxy_trips.items():
+        print(
+            f"redis round trips per Proxy call ({mode}, ledger + history on one Redis): {trips:g}"
+            " (history load, reserve, settle + history append in one write)"
+        )
     if not on_target:
         raise SystemExit("Redis round trips are off the target of 2 per call")
+    if any(trips != 3 for trips in proxy_trips.values()):
+        raise SystemExit("Proxy round trips are off the target of 3 per call")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 
@@ -37,6 +37,7 @@ from llmproxy.errors import (
 )
 from llmproxy.history.base import HistoryRecord, HistoryStore
 from llmproxy.history.handler import HandlerStore, LLMMessageHandler
+from llmproxy.pipelining import PipelinedHistory, PipelinedLedger, QueuedSettle, shared
 from llmproxy.plugins import Plugins, load_plugins
 from llmproxy.provider import Provider
 from llmproxy.registry import ProviderSettings
@@ -703,6 +704,7 @@ class Proxy:
             ledger if not isinstance(ledger, str) and ledger is not None else None
         )
         self._ledger_url = ledger if isinstance(ledger, str) else config.ledger_url
+        self._shared: PipelinedHistory | Literal[False] | None = False
         if self._history is None and self._history_url:
             self._check_scheme(self._history_url, self.plugins.registry.history_stores, "history")
         if self._ledger is None and self._ledger_url:
@@ -953,25 +955,36 @@ class Proxy:
             call.set_history(self.history.load(call.session_id or "", self.config.history_limit))
         try:
             while True:
-                completion = self._round(call)
+                completion, settle = self._round(call)
                 if not call.wants_tools(completion.message):
                     break
+                self._settle(call, settle)
                 calls = call.tool_round(completion.message)
                 call.add_tool_results(completion.message, [self._run_tool(call, c) for c in calls])
+            response = call.response(completion, call.spent)
+            records = call.records(completion.message, call.spent, response.model)
+            joint = self._joint(call, settle, records)
+            if joint is None:
+                self._settle(call, settle)
         except BaseException as exc:
             if self._notify_on:
                 self._notify(call.event(call.spent, "error", exc, False, call.model))
             raise
-        response = call.response(completion, call.spent)
-        records = call.records(completion.message, call.spent, response.model)
-        if records:
+        if joint is not None:
+            assert records
+            joint[0].append_with(records, joint[1])
+        elif records:
             self.history.append(records)
         if self._notify_on:
             self._notify(call.event(call.spent, "ok", None, False, response.model))
         return response
 
-    def _round(self, call: _Call) -> Completion:
-        """One model turn: reserve, call with retries and fallbacks, settle; add to call.spent."""
+    def _round(self, call: _Call) -> tuple[Completion, dict[str, Any] | None]:
+        """One model turn: reserve, call with retries and fallbacks; add to call.spent.
+
+        Returns the completion and what to settle: the caller settles, so that the last
+        round's settle can go out with the history write (see :meth:`_joint`).
+        """
         while True:
             args = call.reserve_args()
             if args is not None:
@@ -989,10 +1002,72 @@ class Proxy:
                     continue
                 raise
         settle = call.settle_args(usage)
+        call.spent = call.spent + usage
+        return completion, settle
+
+    def _settle(self, call: _Call, settle: dict[str, Any] | None) -> None:
         if settle is not None and call.reservation is not None:
             self.ledger.settle(call.reservation, **settle)
-        call.spent = call.spent + usage
-        return completion
+
+    async def _asettle(self, call: _Call, settle: dict[str, Any] | None) -> None:
+        if settle is not None and call.reservation is not None:
+            await self.ledger.asettle(call.reservation, **settle)
+
+    def _shared_history(self) -> PipelinedHistory | None:
+        """The history store when it can carry the ledger's settle (both on one server)."""
+        found = self._shared
+        if found is False:
+            found = self._shared = shared(self.ledger, self.history)
+        return found
+
+    def _joint(
+        self,
+        call: _Call,
+        settle: dict[str, Any] | None,
+        records: list[HistoryRecord] | None,
+    ) -> tuple[PipelinedHistory, QueuedSettle] | None:
+        """The store and the queued settle when both go out in one write; else None.
+
+        With a ledger and a history store on the same server (say one Redis), the last
+        settle rides in the history append: one round trip for both.
+        """
+        if settle is None or call.reservation is None or not records:
+            return None
+        history = self._shared_history()
+        if history is None:
+            return None
+        ledger = self.ledger
+        assert isinstance(ledger, PipelinedLedger)
+        queued = ledger.queue_settle(call.reservation, **settle)
+        if queued is None:
+            return None
+        return history, queued
+
+    def _settle_and_store(
+        self, call: _Call, settle: dict[str, Any] | None, records: list[HistoryRecord] | None
+    ) -> None:
+        """Settle and append the call's records: one write when the stores share a server."""
+        joint = self._joint(call, settle, records)
+        if joint is not None:
+            assert records
+            joint[0].append_with(records, joint[1])
+            return
+        self._settle(call, settle)
+        if records:
+            self.history.append(records)
+
+    async def _asettle_and_store(
+        self, call: _Call, settle: dict[str, Any] | None, records: list[HistoryRecord] | None
+    ) -> None:
+        """Async :meth:`_settle_and_store`."""
+        joint = self._joint(call, settle, records)
+        if joint is not None:
+            assert records
+            await joint[0].aappend_with(records, joint[1])
+            return
+        await self._asettle(call, settle)
+        if records:
+            await self.history.aappend(records)
 
     def _run_tool(self, call: _Call, tool_call: ToolCall) -> ToolResult:
         refused = call.blocked_or_unknown(tool_call)
@@ -1156,25 +1231,32 @@ class Proxy:
             )
         try:
             while True:
-                completion = await self._around(call)
+                completion, settle = await self._around(call)
                 if not call.wants_tools(completion.message):
                     break
+                await self._asettle(call, settle)
                 calls = call.tool_round(completion.message)
                 results = await asyncio.gather(*(self._arun_tool(call, c) for c in calls))
                 call.add_tool_results(completion.message, results)
+            response = call.response(completion, call.spent)
+            records = call.records(completion.message, call.spent, response.model)
+            joint = self._joint(call, settle, records)
+            if joint is None:
+                await self._asettle(call, settle)
         except BaseException as exc:
             if self._notify_on:
                 self._notify(call.event(call.spent, "error", exc, False, call.model))
             raise
-        response = call.response(completion, call.spent)
-        records = call.records(completion.message, call.spent, response.model)
-        if records:
+        if joint is not None:
+            assert records
+            await joint[0].aappend_with(records, joint[1])
+        elif records:
             await self.history.aappend(records)
         if self._notify_on:
             self._notify(call.event(call.spent, "ok", None, False, response.model))
         return response
 
-    async def _around(self, call: _Call) -> Completion:
+    async def _around(self, call: _Call) -> tuple[Completion, dict[str, Any] | None]:
         """Async :meth:`_round`."""
         while True:
             args = call.reserve_args()
@@ -1193,10 +1275,8 @@ class Proxy:
                     continue
                 raise
         settle = call.settle_args(usage)
-        if settle is not None and call.reservation is not None:
-            await self.ledger.asettle(call.reservation, **settle)
         call.spent = call.spent + usage
-        return completion
+        return completion, settle
 
     async def _arun_tool(self, call: _Call, tool_call: ToolCall) -> ToolResult:
         refused = call.blocked_or_unknown(tool_call)
@@ -1523,11 +1603,7 @@ class ChatStream(_StreamBase):
 
     def _finish(self, interrupted: bool, error: BaseException | None) -> StreamEvent | None:
         final, settle, records = self._end(interrupted, error)
-        proxy, call = self._proxy, self._call
-        if settle is not None and call.reservation is not None:
-            proxy.ledger.settle(call.reservation, **settle)
-        if records:
-            proxy.history.append(records)
+        self._proxy._settle_and_store(self._call, settle, records)
         return final
 
     def close(self) -> None:
@@ -1691,11 +1767,7 @@ class AsyncChatStream(_StreamBase):
 
     async def _finish(self, interrupted: bool, error: BaseException | None) -> StreamEvent | None:
         final, settle, records = self._end(interrupted, error)
-        proxy, call = self._proxy, self._call
-        if settle is not None and call.reservation is not None:
-            await proxy.ledger.asettle(call.reservation, **settle)
-        if records:
-            await proxy.history.aappend(records)
+        await self._proxy._asettle_and_store(self._call, settle, records)
         return final
 
     async def aclose(self) -> None:
@@ -1732,10 +1804,7 @@ class AsyncChatStream(_StreamBase):
                 if self._state.received
                 else (None, self._call.settle_args(None), None)
             )
-            if settle is not None and self._call.reservation is not None:
-                self._proxy.ledger.settle(self._call.reservation, **settle)
-            if records:
-                self._proxy.history.append(records)
+            self._proxy._settle_and_store(self._call, settle, records)
         except Exception:
             log.debug("finalising an abandoned stream failed", exc_info=True)
 

@@ -1,9 +1,13 @@
 """RedisLedger: budgets and rate limits shared by every process and machine using one Redis.
 
 One EVALSHA reserves across all of a call's claims and one settles (see
-:mod:`llmproxy_redis_budget.scripts`). The decisions live in plain methods that build a
-script's arguments and read its reply; the sync and async methods are thin shells that only
-differ in how they send a request (``redis.Redis`` or ``redis.asyncio.Redis``).
+:mod:`llmproxy_redis_budget.scripts`). When a Proxy's history store is on the same Redis, the
+call's last settle is sent inside the store's append (:meth:`RedisLedger.queue_settle`), so
+settle and history write cost one round trip together.
+
+The decisions live in plain methods that build a script's arguments and read its reply; the
+sync and async methods are thin shells that only differ in how they send a request
+(``redis.Redis`` or ``redis.asyncio.Redis``).
 """
 
 from __future__ import annotations
@@ -34,6 +38,9 @@ from redis.exceptions import (
     RedisClusterException,
     RedisError,
     ResponseError,
+)
+from redis.exceptions import (
+    ConnectionError as RedisConnectionError,
 )
 
 from llmproxy.budget import periods
@@ -780,6 +787,29 @@ class RedisLedger:
             return self._local_usage(down, claims)
         return result
 
+    # -- one write with a history store on the same server (llmproxy.pipelining) ------------
+
+    def pipeline_key(self) -> str | None:
+        """The server's identity, so a store on it can carry a settle; None on a cluster."""
+        if self.settings.cluster or self._closed:
+            return None
+        return server_identity(self._client)
+
+    def queue_settle(
+        self, reservation: Reservation, *, tokens: int, requests: int = 1, cost: float = 0.0
+    ) -> _QueuedSettle | None:
+        """The settle's EVALSHA for another store's write; None when it must go on its own.
+
+        None for a local or empty reservation and while the circuit breaker is open. The
+        returned object finishes the settle from the reply the ledger's own way.
+        """
+        check_settle(tokens, requests, cost)
+        if reservation.id.startswith(LOCAL_PREFIX) or not reservation.claims or self._closed:
+            return None
+        if not self._breaker.allow():
+            return None
+        return _QueuedSettle(self, reservation, tokens, requests, cost)
+
     def close(self) -> None:
         """Close every connection; the ledger is not used afterwards.
 
@@ -802,3 +832,129 @@ class RedisLedger:
         if mine is not None:
             await mine.aclose()
         self.close()
+
+
+def server_identity(client: Any) -> str | None:
+    """Which server (and user and database) a redis-py client talks to; None if unknown."""
+    pool = getattr(client, "connection_pool", None)
+    if pool is None:
+        return None
+    kw = pool.connection_kwargs
+    return (
+        f"{pool.connection_class.__name__}|{kw.get('username') or ''}|{kw.get('host')}"
+        f"|{kw.get('port')}|{kw.get('path') or ''}|{kw.get('db') or 0}"
+    )
+
+
+class _QueuedSettle:
+    """A settle sent inside a history store's MULTI/EXEC (see :meth:`RedisLedger.queue_settle`).
+
+    The breaker let this call through when it was queued; every way of finishing reports to it,
+    as :meth:`RedisLedger.settle` would.
+    """
+
+    def __init__(
+        self, ledger: RedisLedger, reservation: Reservation, tokens: int, requests: int, cost: float
+    ) -> None:
+        self._ledger = ledger
+        self._args = (reservation, tokens, requests, cost)
+        self._steps = ledger._settle_steps(reservation, tokens, requests, cost)
+        name, keys, args = next(self._steps)
+        self.commands: list[tuple[Any, ...]] = [("EVALSHA", _SHAS[name], len(keys), *keys, *args)]
+
+    def _again(self) -> None:
+        """Settle the ordinary way (a repeat of a settle that landed is a no-op)."""
+        self._steps.close()
+        self._ledger._breaker.abandon()
+        reservation, tokens, requests, cost = self._args
+        self._ledger.settle(reservation, tokens=tokens, requests=requests, cost=cost)
+
+    async def _aagain(self) -> None:
+        self._steps.close()
+        self._ledger._breaker.abandon()
+        reservation, tokens, requests, cost = self._args
+        await self._ledger.asettle(reservation, tokens=tokens, requests=requests, cost=cost)
+
+    def _down(self, down: _Down) -> None:
+        self._steps.close()
+        self._ledger._local_settle(down, *self._args)
+
+    def _first(self, reply: Any) -> Any:
+        """Read the EVALSHA's reply: the next request (or None when done), or raise."""
+        ledger = self._ledger
+        if isinstance(reply, BaseException):
+            if not isinstance(reply, RedisError):
+                raise reply
+            raise ledger._failure(reply) from reply
+        ledger._succeeded(reply)
+        try:
+            return self._steps.send(list(reply))
+        except StopIteration:
+            return None
+
+    def done(self, replies: Sequence[Any]) -> None:
+        reply = replies[0]
+        if isinstance(reply, NoScriptError):  # a new or restarted server
+            self._again()
+            return
+        try:
+            request = self._first(reply)
+            while request is not None:  # the server's clock crossed a period: once more
+                try:
+                    request = self._steps.send(self._ledger._send(request))
+                except StopIteration:
+                    request = None
+        except _Down as down:
+            self._down(down)
+        finally:
+            self._steps.close()
+
+    async def adone(self, replies: Sequence[Any]) -> None:
+        reply = replies[0]
+        if isinstance(reply, NoScriptError):
+            await self._aagain()
+            return
+        try:
+            request = self._first(reply)
+            while request is not None:
+                try:
+                    request = self._steps.send(await self._ledger._asend(request))
+                except StopIteration:
+                    request = None
+        except _Down as down:
+            self._down(down)
+        finally:
+            self._steps.close()
+
+    def _failure(self, exc: BaseException) -> bool:
+        """After the shared write failed: True to settle again the ordinary way.
+
+        A broken connection (the write applied whole or not at all), a refused transaction or a
+        failure of the other store before anything was sent: settle again, which is a no-op if
+        it landed. A timeout or an outage answer counts against Redis as a settle of its own
+        would (``fail`` decides).
+        Cancelled: the breaker forgets the call and the exception goes on.
+        """
+        if not isinstance(exc, Exception):
+            self._steps.close()
+            self._ledger._breaker.abandon()
+            return False
+        if (
+            isinstance(exc, RedisError)
+            and not isinstance(exc, RedisConnectionError)
+            and _is_outage(exc)
+        ):
+            try:
+                raise self._ledger._failure(exc) from exc
+            except _Down as down:
+                self._down(down)
+            return False
+        return True
+
+    def failed(self, exc: BaseException) -> None:
+        if self._failure(exc):
+            self._again()
+
+    async def afailed(self, exc: BaseException) -> None:
+        if self._failure(exc):
+            await self._aagain()

@@ -4,6 +4,9 @@ Round trips per call on a single Redis (after the first use of a connection and 
 
 * ``append``: 1 (one ``MULTI``/``EXEC`` holding both hashes, both list pushes, the session's
   meta and index, and, with a cap or TTL, the trimming script).
+* ``append_with``: 1 for the append and a ledger's settle together (a Proxy whose Redis ledger
+  is on the same server sends its last settle first inside the append's ``MULTI``/``EXEC``; see
+  :mod:`llmproxy.pipelining`).
 * ``load``: 1 (one Lua script reads the list and every hash), 0 when the session is cached.
 * ``sessions``: 2 (the index, then one pipeline of every session's meta and length).
 * ``delete``: 1 (one Lua script).
@@ -45,6 +48,7 @@ from redis.retry import Retry
 
 from llmproxy.errors import InvalidRequest, StoreError
 from llmproxy.history.base import HistoryRecord, SessionInfo
+from llmproxy.pipelining import QueuedSettle
 from llmproxy_redis_history import scripts
 from llmproxy_redis_history.cache import SessionCache, Tracker
 from llmproxy_redis_history.env import RedisSettings, settings_from_url
@@ -424,13 +428,23 @@ class RedisHistoryStore:
                 pipe.lrem(self.keys.key_list, 1, key)
         pipe.zadd(self.keys.sessions, {plan.tag: plan.updated_at})
 
-    def _write_sync(self, client: Any, plans: list[_Plan]) -> None:
+    def _write_sync(
+        self, client: Any, plans: list[_Plan], extra: Sequence[tuple[Any, ...]] = ()
+    ) -> list[Any]:
+        """Write the plans; ``extra`` commands go first in the same MULTI (single Redis only).
+
+        Returns the replies of ``extra`` (what they answered, errors included); the plans'
+        own errors are raised.
+        """
         if not self.settings.cluster:
             pipe = client.pipeline(transaction=True)
+            for command in extra:
+                pipe.execute_command(*command)
             for plan in plans:
                 self._queue_session(pipe, plan, globals_here=True)
-            pipe.execute()
-            return
+            replies: list[Any] = pipe.execute(raise_on_error=not extra)
+            return _own_replies(replies, len(extra))
+        assert not extra, "a cluster write carries no other commands"
         for plan in plans:
             pipe = client.pipeline(transaction=True)
             prune_at = self._queue_session(pipe, plan, globals_here=False)
@@ -447,14 +461,20 @@ class RedisHistoryStore:
                     plan.session_id,
                     exc,
                 )
+        return []
 
-    async def _write_async(self, client: Any, plans: list[_Plan]) -> None:
+    async def _write_async(
+        self, client: Any, plans: list[_Plan], extra: Sequence[tuple[Any, ...]] = ()
+    ) -> list[Any]:
         if not self.settings.cluster:
             pipe = client.pipeline(transaction=True)
+            for command in extra:
+                pipe.execute_command(*command)
             for plan in plans:
                 self._queue_session(pipe, plan, globals_here=True)
-            await pipe.execute()
-            return
+            replies: list[Any] = await pipe.execute(raise_on_error=not extra)
+            return _own_replies(replies, len(extra))
+        assert not extra, "a cluster write carries no other commands"
         for plan in plans:
             pipe = client.pipeline(transaction=True)
             prune_at = self._queue_session(pipe, plan, globals_here=False)
@@ -471,6 +491,7 @@ class RedisHistoryStore:
                     plan.session_id,
                     exc,
                 )
+        return []
 
     def _begin(self, plans: list[_Plan]) -> list[tuple[int, bool]]:
         if self.cache is None:
@@ -490,30 +511,61 @@ class RedisHistoryStore:
                 self.settings.ttl,
             )
 
+    def _store_sync(
+        self, plans: list[_Plan], extra: Sequence[tuple[Any, ...]] = ()
+    ) -> list[Any] | BaseException:
+        """Write the plans (with ``extra`` in the same MULTI) or raise a StoreError.
+
+        Returns the replies of ``extra``, or, when the connection broke and the exchange was
+        then found stored or written again without them, the exception that broke it.
+        """
+        last_key = plans[-1].message_keys[-1]
+        client = self._sync()
+        try:
+            return self._write_sync(client, plans, extra)
+        except redis.TimeoutError as exc:
+            raise self._error("append (it may or may not have been stored)", exc) from exc
+        except (redis.ConnectionError, OSError) as exc:
+            # The connection broke: the exchange was applied whole or not at all. Look on a
+            # new connection, and write it only if it is not there.
+            try:
+                if not client.exists(last_key):
+                    self._write_sync(client, plans)
+            except (redis.RedisError, OSError) as again:
+                raise self._error("append", again) from exc
+            return exc
+        except redis.RedisError as exc:
+            raise self._error("append", exc) from exc
+
+    async def _store_async(
+        self, plans: list[_Plan], extra: Sequence[tuple[Any, ...]] = ()
+    ) -> list[Any] | BaseException:
+        """Async :meth:`_store_sync`."""
+        last_key = plans[-1].message_keys[-1]
+        client = self._async()
+        try:
+            return await self._write_async(client, plans, extra)
+        except redis.TimeoutError as exc:
+            raise self._error("append (it may or may not have been stored)", exc) from exc
+        except (redis.ConnectionError, OSError) as exc:
+            try:
+                if not await client.exists(last_key):
+                    await self._write_async(client, plans)
+            except (redis.RedisError, OSError) as again:
+                raise self._error("append", again) from exc
+            return exc
+        except redis.RedisError as exc:
+            raise self._error("append", exc) from exc
+
     def append(self, records: Sequence[HistoryRecord]) -> None:
         """Append records (one exchange) atomically: one MULTI/EXEC on a single Redis."""
         if not records:
             return
         plans = self._plans(records)
-        last_key = plans[-1].message_keys[-1]
         tokens = self._begin(plans)
         ok = False
         try:
-            client = self._sync()
-            try:
-                self._write_sync(client, plans)
-            except redis.TimeoutError as exc:
-                raise self._error("append (it may or may not have been stored)", exc) from exc
-            except (redis.ConnectionError, OSError) as exc:
-                # The connection broke: the exchange was applied whole or not at all. Look on a
-                # new connection, and write it only if it is not there.
-                try:
-                    if not client.exists(last_key):
-                        self._write_sync(client, plans)
-                except (redis.RedisError, OSError) as again:
-                    raise self._error("append", again) from exc
-            except redis.RedisError as exc:
-                raise self._error("append", exc) from exc
+            self._store_sync(plans)
             ok = True
         except RedisUnavailable as exc:
             if not self._skip("append", exc):
@@ -528,29 +580,86 @@ class RedisHistoryStore:
         if not records:
             return
         plans = self._plans(records)
-        last_key = plans[-1].message_keys[-1]
         tokens = self._begin(plans)
         ok = False
         try:
-            client = self._async()
-            try:
-                await self._write_async(client, plans)
-            except redis.TimeoutError as exc:
-                raise self._error("append (it may or may not have been stored)", exc) from exc
-            except (redis.ConnectionError, OSError) as exc:
-                try:
-                    if not await client.exists(last_key):
-                        await self._write_async(client, plans)
-                except (redis.RedisError, OSError) as again:
-                    raise self._error("append", again) from exc
-            except redis.RedisError as exc:
-                raise self._error("append", exc) from exc
+            await self._store_async(plans)
             ok = True
         except RedisUnavailable as exc:
             if not self._skip("append", exc):
                 raise
         finally:
             self._finish(plans, tokens, ok)
+
+    # -- one write with a ledger on the same server (llmproxy.pipelining) ----------------------
+
+    def pipeline_key(self) -> str | None:
+        """The server's identity, so a ledger on it can send its settle with an append.
+
+        None on a cluster (the ledger's keys live in other slots) and once closed.
+        """
+        if self.settings.cluster or self._closed:
+            return None
+        return _server_identity(self._sync())
+
+    def append_with(self, records: Sequence[HistoryRecord], settle: QueuedSettle) -> None:
+        """:meth:`append`, with a ledger's queued settle first inside the same MULTI/EXEC.
+
+        One round trip for both, atomic together. Each side keeps its own failure handling:
+        the append's (``on_unavailable``) here, the settle's in ``settle`` (its ledger's
+        ``fail`` and breaker); when both fail, the ledger's error is the one raised.
+        """
+        if self.settings.cluster or not records:
+            settle.failed(StoreError("the history write cannot carry a settle here"))
+            self.append(records)
+            return
+        plans = self._plans(records)
+        tokens = self._begin(plans)
+        ok = False
+        outcome: list[Any] | BaseException
+        error: BaseException | None = None
+        try:
+            outcome = self._store_sync(plans, settle.commands)
+            ok = True
+        except BaseException as exc:
+            outcome = _redis_cause(exc)
+            if not (isinstance(exc, RedisUnavailable) and self._skip("append", exc)):
+                error = exc
+        finally:
+            self._finish(plans, tokens, ok)
+        if isinstance(outcome, list):
+            settle.done(outcome)
+        else:
+            settle.failed(outcome)
+        if error is not None:
+            raise error
+
+    async def aappend_with(self, records: Sequence[HistoryRecord], settle: QueuedSettle) -> None:
+        """Async :meth:`append_with`."""
+        if self.settings.cluster or not records:
+            await settle.afailed(StoreError("the history write cannot carry a settle here"))
+            await self.aappend(records)
+            return
+        plans = self._plans(records)
+        tokens = self._begin(plans)
+        ok = False
+        outcome: list[Any] | BaseException
+        error: BaseException | None = None
+        try:
+            outcome = await self._store_async(plans, settle.commands)
+            ok = True
+        except BaseException as exc:
+            outcome = _redis_cause(exc)
+            if not (isinstance(exc, RedisUnavailable) and self._skip("append", exc)):
+                error = exc
+        finally:
+            self._finish(plans, tokens, ok)
+        if isinstance(outcome, list):
+            await settle.adone(outcome)
+        else:
+            await settle.afailed(outcome)
+        if error is not None:
+            raise error
 
     # -- sessions --------------------------------------------------------------------------------
 
@@ -693,6 +802,33 @@ class RedisHistoryStore:
         if mine is not None:
             await mine.aclose()
         self.close()
+
+
+def _own_replies(replies: list[Any], extra: int) -> list[Any]:
+    """Split a MULTI's replies: raise the first error among the store's own, return the rest."""
+    for reply in replies[extra:]:
+        if isinstance(reply, redis.RedisError):
+            raise reply
+    return replies[:extra]
+
+
+def _redis_cause(exc: BaseException) -> BaseException:
+    """The Redis error behind a StoreError (what a queued settle judges the failure by)."""
+    if isinstance(exc, StoreError) and isinstance(exc.__cause__, redis.RedisError | OSError):
+        return exc.__cause__
+    return exc
+
+
+def _server_identity(client: Any) -> str | None:
+    """Which server (and user and database) a redis-py client talks to; None if unknown."""
+    pool = getattr(client, "connection_pool", None)
+    if pool is None:
+        return None
+    kw = pool.connection_kwargs
+    return (
+        f"{pool.connection_class.__name__}|{kw.get('username') or ''}|{kw.get('host')}"
+        f"|{kw.get('port')}|{kw.get('path') or ''}|{kw.get('db') or 0}"
+    )
 
 
 def _is_cluster_down(exc: BaseException) -> bool:
