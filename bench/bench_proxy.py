@@ -1,7 +1,8 @@
 """Proxy vs the raw openai SDK on the same fake upstream, in one run.
 
 The fake upstream runs in its own process (so it does not share the client's GIL). Raw and
-proxy calls alternate in rounds so that drift in the machine's speed hits both alike.
+proxy calls alternate call by call (the 32-concurrent batches round by round) so that drift
+in the machine's speed hits both alike.
 
     .venv/bin/python bench/bench_proxy.py            # full run
     .venv/bin/python bench/bench_proxy.py --quick    # a smaller run, for a smoke test
@@ -116,6 +117,49 @@ class Runner:
         return first
 
 
+def paired(a: Callable[[], Any], b: Callable[[], Any], n: int) -> tuple[list[float], list[float]]:
+    """Time ``a`` and ``b`` alternately, call by call, so machine drift hits both alike."""
+    out_a: list[float] = []
+    out_b: list[float] = []
+    for i in range(n):
+        for fn, out in ((a, out_a), (b, out_b)) if i % 2 == 0 else ((b, out_b), (a, out_a)):
+            t0 = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t0)
+    return out_a, out_b
+
+
+def paired_stream(
+    a: Callable[[], float], b: Callable[[], float], n: int
+) -> tuple[list[float], list[float], list[float], list[float]]:
+    """Like :func:`paired` for streams: (a totals, a first chunks, b totals, b first chunks)."""
+    ta: list[float] = []
+    fa: list[float] = []
+    tb: list[float] = []
+    fb: list[float] = []
+    for i in range(n):
+        order = ((a, ta, fa), (b, tb, fb)) if i % 2 == 0 else ((b, tb, fb), (a, ta, fa))
+        for fn, totals, firsts in order:
+            t0 = time.perf_counter()
+            firsts.append(fn())
+            totals.append(time.perf_counter() - t0)
+    return ta, fa, tb, fb
+
+
+async def apaired(
+    a: Callable[[], Awaitable[Any]], b: Callable[[], Awaitable[Any]], n: int
+) -> tuple[list[float], list[float]]:
+    """Async :func:`paired`."""
+    out_a: list[float] = []
+    out_b: list[float] = []
+    for i in range(n):
+        for fn, out in ((a, out_a), (b, out_b)) if i % 2 == 0 else ((b, out_b), (a, out_a)):
+            t0 = time.perf_counter()
+            await fn()
+            out.append(time.perf_counter() - t0)
+    return out_a, out_b
+
+
 def timed(fn: Callable[[], Any], n: int) -> list[float]:
     out = []
     for _ in range(n):
@@ -181,22 +225,23 @@ def run(stores: str, base_url: str, rounds: int, per_round: int) -> list[str]:
             )
         }
         for _ in range(rounds):
-            results["raw"] += timed(r.raw_chat, per_round)
-            results["proxy"] += timed(r.proxy_chat, per_round)
-            t, f = timed_stream(r.raw_stream, per_round // 2)
-            results["sraw"] += t
-            results["fraw"] += f
-            t, f = timed_stream(r.proxy_stream, per_round // 2)
-            results["sproxy"] += t
-            results["fproxy"] += f
+            raw, proxy = paired(r.raw_chat, r.proxy_chat, per_round)
+            results["raw"] += raw
+            results["proxy"] += proxy
+            ta, fa, tb, fb = paired_stream(r.raw_stream, r.proxy_stream, per_round // 2)
+            results["sraw"] += ta
+            results["fraw"] += fa
+            results["sproxy"] += tb
+            results["fproxy"] += fb
 
         async def async_part() -> None:
             r.araw = openai.AsyncOpenAI(api_key=KEY, base_url=base_url, max_retries=0)
             await atimed(r.araw_chat, 50, 1)
             await atimed(r.aproxy_chat, 50, 1)
             for _ in range(rounds):
-                results["araw"] += await atimed(r.araw_chat, per_round, 1)
-                results["aproxy"] += await atimed(r.aproxy_chat, per_round, 1)
+                raw, proxy = await apaired(r.araw_chat, r.aproxy_chat, per_round)
+                results["araw"] += raw
+                results["aproxy"] += proxy
                 results["araw32"] += await atimed(r.araw_chat, per_round * 2, 32)
                 results["aproxy32"] += await atimed(r.aproxy_chat, per_round * 2, 32)
             await r.araw.close()

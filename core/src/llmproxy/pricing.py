@@ -55,6 +55,7 @@ class PriceTable:
     def __init__(self, prices: Mapping[str, Price] | None = None) -> None:
         self._exact: dict[str, Price] = {}
         self._patterns: list[tuple[str, Price]] = []
+        self._found: dict[str, Price | None] = {}  # lookups so far; every call looks one up
         for name, price in (prices or {}).items():
             self.set(name, price)
 
@@ -62,6 +63,7 @@ class PriceTable:
         """Add or replace the price of a model name or ``prefix*`` pattern."""
         if "/" not in name:
             raise ConfigError(f"price name {name!r} must be provider/model", path=f"prices.{name}")
+        self._found.clear()
         if name.endswith("*"):
             prefix = name[:-1]
             self._patterns = [(p, v) for p, v in self._patterns if p != prefix]
@@ -73,13 +75,16 @@ class PriceTable:
     def get(self, provider: str, model: str) -> Price | None:
         """Return the price of ``provider/model``, or None when it is not priced."""
         name = f"{provider}/{model}"
+        try:
+            return self._found[name]
+        except KeyError:
+            pass
         price = self._exact.get(name)
-        if price is not None:
-            return price
-        for prefix, pattern_price in self._patterns:
-            if name.startswith(prefix):
-                return pattern_price
-        return None
+        if price is None:
+            price = next((p for prefix, p in self._patterns if name.startswith(prefix)), None)
+        if len(self._found) < 4096:  # model names are few; a flood of new ones is not cached
+            self._found[name] = price
+        return price
 
     def merged(self, overrides: Mapping[str, Price]) -> PriceTable:
         """Return a copy of this table with ``overrides`` set on top."""

@@ -143,6 +143,10 @@ class _Policy:
     scope: str | Sequence[str] = field(default="global", validator=_scope)
     window: str | float = field(default="total", validator=_window)
     tz: str = field(default="UTC", validator=_tz)
+    # What claim() needs, worked out once: claims are made on every call.
+    _terms: tuple[tuple[str, ...], float | None, Period | None] | None = field(
+        default=None, init=False, repr=False, eq=False
+    )
 
     _unit: ClassVar[Unit] = "tokens"
 
@@ -151,16 +155,20 @@ class _Policy:
 
     def claim(self, scope: CallScope) -> Claim:
         """Count the call under this policy's scope and window."""
-        parts = _scope_parts(self.scope)
-        value = ",".join(scope.value(p) for p in parts)
-        window: float | None = None
-        period: Period | None = None
-        if self.window == "day":
-            period = "day"
-        elif self.window == "month":
-            period = "month"
-        elif not isinstance(self.window, str):
-            window = float(self.window)
+        terms = self._terms
+        if terms is None:
+            window: float | None = None
+            period: Period | None = None
+            if self.window == "day":
+                period = "day"
+            elif self.window == "month":
+                period = "month"
+            elif not isinstance(self.window, str):
+                window = float(self.window)
+            terms = (_scope_parts(self.scope), window, period)
+            object.__setattr__(self, "_terms", terms)
+        parts, window, period = terms
+        value = ",".join([scope.value(p) for p in parts])
         return Claim(
             f"{self.name}|{value}",
             self.name,
