@@ -77,6 +77,20 @@ def _int(environ: Mapping[str, str], name: str) -> int | None:
     return value
 
 
+def seconds(environ: Mapping[str, str], name: str) -> float | None:
+    """Read a positive number of seconds from variable ``name``; None when unset or empty."""
+    raw = environ.get(name)
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds, got {raw!r}", path=name) from None
+    if not value > 0:
+        raise ConfigError(f"{name} must be greater than 0, got {raw!r}", path=name)
+    return value
+
+
 def config_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     """Return the configuration keys set by environment variables, as a config dict."""
     out: dict[str, Any] = {}

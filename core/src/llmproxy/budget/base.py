@@ -145,3 +145,65 @@ class Ledger(Protocol):
     async def ausage(self, claims: Sequence[Claim]) -> list[ClaimUsage]:
         """Async :meth:`usage`."""
         ...
+
+
+class InlineAsync:
+    """Async twins that run a ledger's sync methods inline.
+
+    For ledgers whose calls take microseconds (memory, SQLite): handing them to a thread
+    would cost more than it saves. The sync methods here only type the mixin; the ledger's
+    own definitions take their place.
+    """
+
+    def reserve(
+        self,
+        claims: Sequence[Claim],
+        *,
+        input_tokens: int,
+        max_output_tokens: int,
+        min_output_tokens: int = 1,
+        lease: float = 600.0,
+        rates: Rates | None = None,
+    ) -> Reservation:
+        """The ledger's own reserve."""
+        raise NotImplementedError
+
+    def settle(
+        self, reservation: Reservation, *, tokens: int, requests: int = 1, cost: float = 0.0
+    ) -> None:
+        """The ledger's own settle."""
+        raise NotImplementedError
+
+    def usage(self, claims: Sequence[Claim]) -> list[ClaimUsage]:
+        """The ledger's own usage."""
+        raise NotImplementedError
+
+    async def areserve(
+        self,
+        claims: Sequence[Claim],
+        *,
+        input_tokens: int,
+        max_output_tokens: int,
+        min_output_tokens: int = 1,
+        lease: float = 600.0,
+        rates: Rates | None = None,
+    ) -> Reservation:
+        """Async :meth:`reserve` (runs inline)."""
+        return self.reserve(
+            claims,
+            input_tokens=input_tokens,
+            max_output_tokens=max_output_tokens,
+            min_output_tokens=min_output_tokens,
+            lease=lease,
+            rates=rates,
+        )
+
+    async def asettle(
+        self, reservation: Reservation, *, tokens: int, requests: int = 1, cost: float = 0.0
+    ) -> None:
+        """Async :meth:`settle` (runs inline)."""
+        self.settle(reservation, tokens=tokens, requests=requests, cost=cost)
+
+    async def ausage(self, claims: Sequence[Claim]) -> list[ClaimUsage]:
+        """Async :meth:`usage` (runs inline)."""
+        return self.usage(claims)

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import Final
 
 from llmproxy.budget import periods
-from llmproxy.budget.base import Claim, ClaimUsage, Rates, Reservation
+from llmproxy.budget.base import Claim, ClaimUsage, InlineAsync, Rates, Reservation
 from llmproxy.errors import BudgetExceeded, InvalidRequest, RateLimited
 
 SETTLED_GRACE: Final = 3600.0
@@ -352,7 +352,7 @@ class _Window:
             self.total = 0.0
 
 
-class MemoryLedger:
+class MemoryLedger(InlineAsync):
     """A :class:`~llmproxy.budget.base.Ledger` in this process's memory, shared by threads.
 
     Use it for one process; several processes need :class:`~llmproxy.budget.sqlite.SQLiteLedger`
@@ -482,36 +482,6 @@ class MemoryLedger:
 
     def close(self) -> None:
         """Do nothing: there is no connection to release."""
-
-    async def areserve(
-        self,
-        claims: Sequence[Claim],
-        *,
-        input_tokens: int,
-        max_output_tokens: int,
-        min_output_tokens: int = 1,
-        lease: float = 600.0,
-        rates: Rates | None = None,
-    ) -> Reservation:
-        """Async :meth:`reserve` (runs inline)."""
-        return self.reserve(
-            claims,
-            input_tokens=input_tokens,
-            max_output_tokens=max_output_tokens,
-            min_output_tokens=min_output_tokens,
-            lease=lease,
-            rates=rates,
-        )
-
-    async def asettle(
-        self, reservation: Reservation, *, tokens: int, requests: int = 1, cost: float = 0.0
-    ) -> None:
-        """Async :meth:`settle` (runs inline)."""
-        self.settle(reservation, tokens=tokens, requests=requests, cost=cost)
-
-    async def ausage(self, claims: Sequence[Claim]) -> list[ClaimUsage]:
-        """Async :meth:`usage` (runs inline)."""
-        return self.usage(claims)
 
     # Helpers; the caller holds the lock.
 

@@ -17,7 +17,7 @@ from functools import lru_cache
 from typing import Any, Final
 
 from llmproxy.budget import periods
-from llmproxy.budget.base import Claim, ClaimUsage, Rates, Reservation
+from llmproxy.budget.base import Claim, ClaimUsage, InlineAsync, Rates, Reservation
 from llmproxy.budget.memory import (
     SETTLED_GRACE,
     USD_SCALE,
@@ -124,7 +124,7 @@ def _stamp(seconds: float) -> str:
     return format(min(max(int(seconds * 1000), 0), 0xFFFF_FFFF_FFFF), "012x")
 
 
-class SQLiteLedger:
+class SQLiteLedger(InlineAsync):
     """A :class:`~llmproxy.budget.base.Ledger` in an SQLite file, atomic across processes.
 
     Same semantics as :class:`~llmproxy.budget.memory.MemoryLedger` (they share
@@ -310,36 +310,6 @@ class SQLiteLedger:
     def close(self) -> None:
         """Close the connection; later calls raise StoreError."""
         self._db.close()
-
-    async def areserve(
-        self,
-        claims: Sequence[Claim],
-        *,
-        input_tokens: int,
-        max_output_tokens: int,
-        min_output_tokens: int = 1,
-        lease: float = 600.0,
-        rates: Rates | None = None,
-    ) -> Reservation:
-        """Async :meth:`reserve` (runs inline; see the class docstring)."""
-        return self.reserve(
-            claims,
-            input_tokens=input_tokens,
-            max_output_tokens=max_output_tokens,
-            min_output_tokens=min_output_tokens,
-            lease=lease,
-            rates=rates,
-        )
-
-    async def asettle(
-        self, reservation: Reservation, *, tokens: int, requests: int = 1, cost: float = 0.0
-    ) -> None:
-        """Async :meth:`settle` (runs inline; see the class docstring)."""
-        self.settle(reservation, tokens=tokens, requests=requests, cost=cost)
-
-    async def ausage(self, claims: Sequence[Claim]) -> list[ClaimUsage]:
-        """Async :meth:`usage` (runs inline; see the class docstring)."""
-        return self.usage(claims)
 
     @staticmethod
     def _state(claim: Claim, now: float) -> tuple[str, tuple[Any, ...]]:

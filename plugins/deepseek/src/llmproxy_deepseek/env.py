@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from llmproxy.errors import ConfigError
+from llmproxy import env as envvars
 
 API_KEY = "DEEPSEEK_API_KEY"
 BASE_URL = "DEEPSEEK_BASE_URL"
@@ -40,15 +40,4 @@ def base_url(environ: Mapping[str, str]) -> str | None:
 
 def timeout(environ: Mapping[str, str]) -> float | None:
     """Return ``LLMPROXY_DEEPSEEK_TIMEOUT`` in seconds when set."""
-    raw = environ.get(TIMEOUT)
-    if not raw:
-        return None
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(
-            f"{TIMEOUT} must be a number of seconds, got {raw!r}", path=TIMEOUT
-        ) from None
-    if value <= 0:
-        raise ConfigError(f"{TIMEOUT} must be greater than 0, got {raw!r}", path=TIMEOUT)
-    return value
+    return envvars.seconds(environ, TIMEOUT)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from llmproxy.errors import ConfigError
+from llmproxy import env as envvars
 
 API_KEY = "GEMINI_API_KEY"
 GOOGLE_API_KEY = "GOOGLE_API_KEY"
@@ -61,15 +61,4 @@ def api_version(environ: Mapping[str, str]) -> str | None:
 
 def timeout(environ: Mapping[str, str]) -> float | None:
     """Return ``LLMPROXY_GEMINI_TIMEOUT`` in seconds when set."""
-    raw = environ.get(TIMEOUT)
-    if not raw:
-        return None
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(
-            f"{TIMEOUT} must be a number of seconds, got {raw!r}", path=TIMEOUT
-        ) from None
-    if value <= 0:
-        raise ConfigError(f"{TIMEOUT} must be greater than 0, got {raw!r}", path=TIMEOUT)
-    return value
+    return envvars.seconds(environ, TIMEOUT)
