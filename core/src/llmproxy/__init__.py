@@ -41,7 +41,7 @@ from llmproxy.provider import Provider
 from llmproxy.proxy import AsyncChatStream, ChatStream, Proxy
 from llmproxy.registry import ProviderSettings
 from llmproxy.secret import Secret
-from llmproxy.service import LLMServiceBase
+from llmproxy.service import LLMConfig, LLMServiceBase
 from llmproxy.types import (
     CallEvent,
     ChatRequest,
@@ -75,6 +75,7 @@ __all__ = [
     "HistoryStore",
     "InvalidRequest",
     "LLMBudget",
+    "LLMConfig",
     "LLMMessageHandler",
     "LLMProxyError",
     "LLMServiceBase",

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar
+
+import attrs
 
 from llmproxy.budget.policy import LLMBudget
 from llmproxy.config import load_config
@@ -20,19 +22,31 @@ from llmproxy.proxy import Proxy
 from llmproxy.types import ChatResponse
 
 
-class ServiceConfig(Protocol):
-    """The fields every seed-style config has (``OpenAILLMConfig`` and its siblings)."""
+@attrs.define
+class LLMConfig:
+    """The seed's ``llm_config``: what every seed-style service config has.
 
-    enable: bool
-    use_message: bool
-    budget: LLMBudget | None
-    model: str
-    session_id: str
-    system: str | None
-    max_output_tokens: int | None
-    temperature: float | None
-    tool_choice: str | None
-    max_tool_rounds: int | None
+    ``api_key`` (never shown in the repr; the provider's variable when None), ``enable``
+    (False: every call raises ConfigError), ``use_message`` (history on, under
+    ``session_id``), ``budget`` (an :class:`~llmproxy.LLMBudget` every call counts against),
+    ``model``, ``base_url``, ``system``, ``max_output_tokens``, ``temperature``, and ``tools``
+    offered on every call with ``tool_choice`` and ``max_tool_rounds``. Provider plugins
+    subclass it (``OpenAILLMConfig``...) with their default model and own options.
+    """
+
+    api_key: str | None = attrs.field(default=None, repr=False)
+    enable: bool = True
+    use_message: bool = True
+    budget: LLMBudget | None = None
+    model: str = ""
+    base_url: str | None = None
+    session_id: str = "default"
+    system: str | None = None
+    max_output_tokens: int | None = None
+    temperature: float | None = None
+    tools: list[Any] = attrs.Factory(list)
+    tool_choice: str | None = None
+    max_tool_rounds: int | None = None
 
 
 class LLMServiceBase:
@@ -48,7 +62,7 @@ class LLMServiceBase:
 
     def __init__(
         self,
-        config: Any,
+        config: LLMConfig,
         message_handler: LLMMessageHandler | None = None,
         *,
         environ: Mapping[str, str] | None = None,
@@ -71,14 +85,14 @@ class LLMServiceBase:
 
     def _tools(self) -> Sequence[Any]:
         """The tools every call offers (default: the config's ``tools`` as they are)."""
-        return list(getattr(self.config, "tools", ()))
+        return list(self.config.tools)
 
     def _provider_options(self, overrides: Mapping[str, Any]) -> dict[str, Any]:
         """Provider-specific call options from the config (``overrides`` are the call's own)."""
         return {}
 
     def _call_kwargs(self, overrides: Mapping[str, Any]) -> dict[str, Any]:
-        c: ServiceConfig = self.config
+        c = self.config
         if not c.enable:
             raise ConfigError(
                 f"this {type(self).__name__} is disabled ({type(c).__name__}.enable=False)",

@@ -18,9 +18,9 @@ from typing import Any
 
 import attrs
 
-from llmproxy import LLMBudget, LLMMessageHandler
+from llmproxy import LLMMessageHandler
 from llmproxy.errors import MissingCredentials
-from llmproxy.service import LLMServiceBase
+from llmproxy.service import LLMConfig, LLMServiceBase
 from llmproxy.tools import Tool
 from llmproxy.tools.offer import check_function_tools
 from llmproxy_deepseek import env, models
@@ -28,7 +28,7 @@ from llmproxy_deepseek.provider import DeepSeekProvider
 
 
 @attrs.define
-class DeepSeekLLMConfig:
+class DeepSeekLLMConfig(LLMConfig):
     """Configuration of a :class:`DeepSeekService` (the seed's names, plus a few of ours).
 
     ``api_key`` falls back on ``DEEPSEEK_API_KEY``; ``enable=False`` makes every call raise
@@ -43,20 +43,9 @@ class DeepSeekLLMConfig:
     Responses API runs them).
     """
 
-    api_key: str | None = attrs.field(default=None, repr=False)
-    enable: bool = True
-    use_message: bool = True
-    budget: LLMBudget | None = None
     model: str = models.DEFAULT_MODEL
-    base_url: str | None = None
-    session_id: str = "default"
-    system: str | None = None
-    max_output_tokens: int | None = None
-    temperature: float | None = None
     thinking: bool | None = None
     tools: list[Tool | Callable[..., Any] | str] = attrs.Factory(list)
-    tool_choice: str | None = None
-    max_tool_rounds: int | None = None
 
     def __attrs_post_init__(self) -> None:
         """Check the tools now: function tools only (a hosted tool is a ConfigError)."""

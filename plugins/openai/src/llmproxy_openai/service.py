@@ -28,9 +28,9 @@ from typing import Any
 
 import attrs
 
-from llmproxy import LLMBudget, LLMMessageHandler
+from llmproxy import LLMMessageHandler
 from llmproxy.errors import MissingCredentials
-from llmproxy.service import LLMServiceBase
+from llmproxy.service import LLMConfig, LLMServiceBase
 from llmproxy.tools import HostedTool, Tool
 from llmproxy_openai import env, models
 from llmproxy_openai.provider import API, OpenAIProvider
@@ -38,7 +38,7 @@ from llmproxy_openai.tools import OpenAITool, core_tools
 
 
 @attrs.define
-class OpenAILLMConfig:
+class OpenAILLMConfig(LLMConfig):
     """Configuration of an :class:`OpenAIService` (the seed's names, plus a few of ours).
 
     ``api_key`` falls back on ``OPENAI_API_KEY`` / ``LLM_PROXY_OPEN_AI_DEFAULT_OPEN_API_KEY``;
@@ -57,20 +57,9 @@ class OpenAILLMConfig:
     offered; ``chat``; ``responses``).
     """
 
-    api_key: str | None = attrs.field(default=None, repr=False)
-    enable: bool = True
-    use_message: bool = True
-    budget: LLMBudget | None = None
     model: str = models.DEFAULT_MODEL
-    base_url: str | None = None
-    session_id: str = "default"
-    system: str | None = None
-    max_output_tokens: int | None = None
-    temperature: float | None = None
     tools: list[OpenAITool] = attrs.Factory(list)
     vector_store_ids: list[str] | None = None
-    tool_choice: str | None = None
-    max_tool_rounds: int | None = None
     api: API = "auto"
 
     def __attrs_post_init__(self) -> None:
