@@ -933,3 +933,32 @@ class FakeServer:
         with self._data_lock:
             self._requests.clear()
             self._script.clear()
+
+
+def serve_from_command_line(
+    make: Callable[[int, str | None], FakeServer], prog: str, argv: Sequence[str] | None
+) -> int:
+    """Run a fake upstream until SIGTERM or Ctrl-C, printing its base URL first.
+
+    ``make(port, reply)`` builds the server; ``--port`` (default: any free one) and
+    ``--reply`` (a fixed reply; default: echo the last user message) come from ``argv``.
+    """
+    import argparse
+    import contextlib
+    import signal
+    import sys
+
+    parser = argparse.ArgumentParser(prog=prog)
+    parser.add_argument(
+        "--port", type=int, default=0, help="port on 127.0.0.1 (default: any free one)"
+    )
+    parser.add_argument("--reply", help="a fixed reply (default: echo the last user message)")
+    args = parser.parse_args(argv)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with make(args.port, args.reply) as server:
+        sys.stdout.write(getattr(server, "base_url", server.url) + "\n")
+        sys.stdout.flush()
+        with contextlib.suppress(KeyboardInterrupt):
+            stop.wait()
+    return 0

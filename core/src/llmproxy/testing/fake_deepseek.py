@@ -30,14 +30,13 @@ Token counting, streaming pieces and the Fault/Reply queue are FakeOpenAI's (see
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, TypeAlias
 
-from ._http import Fault, RecordedRequest, Reply, ResponseWriter
+from ._http import Fault, RecordedRequest, Reply, ResponseWriter, serve_from_command_line
 from .fake_openai import (
     FakeOpenAI,
     ReplyFunction,
@@ -226,24 +225,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         DEEPSEEK_BASE_URL=http://127.0.0.1:8766 DEEPSEEK_API_KEY=sk-local \
             llmproxy chat -m deepseek/deepseek-flash "Hello"
     """
-    import argparse
-    import signal
-    import sys
-
-    parser = argparse.ArgumentParser(prog="python -m llmproxy.testing.fake_deepseek")
-    parser.add_argument(
-        "--port", type=int, default=0, help="port on 127.0.0.1 (default: any free one)"
+    return serve_from_command_line(
+        lambda port, reply: FakeDeepSeek(port=port, reply=reply),
+        "python -m llmproxy.testing.fake_deepseek",
+        argv,
     )
-    parser.add_argument("--reply", help="a fixed reply (default: echo the last user message)")
-    args = parser.parse_args(argv)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with FakeDeepSeek(port=args.port, reply=args.reply) as server:
-        sys.stdout.write(server.base_url + "\n")
-        sys.stdout.flush()
-        with contextlib.suppress(KeyboardInterrupt):
-            stop.wait()
-    return 0
 
 
 if __name__ == "__main__":

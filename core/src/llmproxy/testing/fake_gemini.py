@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import dataclasses
 import itertools
 import json
@@ -66,7 +65,14 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeAlias
 
-from ._http import FakeServer, Fault, RecordedRequest, Reply, ResponseWriter
+from ._http import (
+    FakeServer,
+    Fault,
+    RecordedRequest,
+    Reply,
+    ResponseWriter,
+    serve_from_command_line,
+)
 from .fake_openai import split_words
 
 __all__ = [
@@ -667,24 +673,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         GEMINI_BASE_URL=http://127.0.0.1:8767 GEMINI_API_KEY=local \
             llmproxy chat -m gemini/gemini-3.8-flash "Hello"
     """
-    import argparse
-    import signal
-    import sys
-
-    parser = argparse.ArgumentParser(prog="python -m llmproxy.testing.fake_gemini")
-    parser.add_argument(
-        "--port", type=int, default=0, help="port on 127.0.0.1 (default: any free one)"
+    return serve_from_command_line(
+        lambda port, reply: FakeGemini(port=port, reply=reply),
+        "python -m llmproxy.testing.fake_gemini",
+        argv,
     )
-    parser.add_argument("--reply", help="a fixed reply (default: echo the last user text)")
-    args = parser.parse_args(argv)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with FakeGemini(port=args.port, reply=args.reply) as server:
-        sys.stdout.write(server.base_url + "\n")
-        sys.stdout.flush()
-        with contextlib.suppress(KeyboardInterrupt):
-            stop.wait()
-    return 0
 
 
 if __name__ == "__main__":

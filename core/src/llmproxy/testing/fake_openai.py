@@ -55,18 +55,23 @@ responses.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import itertools
 import json
 import re
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, TypeAlias
 
 from . import _responses
-from ._http import FakeServer, Fault, RecordedRequest, Reply, ResponseWriter
+from ._http import (
+    FakeServer,
+    Fault,
+    RecordedRequest,
+    Reply,
+    ResponseWriter,
+    serve_from_command_line,
+)
 
 __all__ = [
     "DEFAULT_MODELS",
@@ -917,24 +922,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         python -m llmproxy.testing.fake_openai --port 8765 &
         OPENAI_BASE_URL=http://127.0.0.1:8765/v1 OPENAI_API_KEY=sk-local llmproxy chat "Hello"
     """
-    import argparse
-    import signal
-    import sys
-
-    parser = argparse.ArgumentParser(prog="python -m llmproxy.testing.fake_openai")
-    parser.add_argument(
-        "--port", type=int, default=0, help="port on 127.0.0.1 (default: any free one)"
+    return serve_from_command_line(
+        lambda port, reply: FakeOpenAI(port=port, reply=reply),
+        "python -m llmproxy.testing.fake_openai",
+        argv,
     )
-    parser.add_argument("--reply", help="a fixed reply (default: echo the last user message)")
-    args = parser.parse_args(argv)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with FakeOpenAI(port=args.port, reply=args.reply) as server:
-        sys.stdout.write(server.base_url + "\n")
-        sys.stdout.flush()
-        with contextlib.suppress(KeyboardInterrupt):
-            stop.wait()
-    return 0
 
 
 if __name__ == "__main__":
