@@ -928,6 +928,40 @@ class FakeServer:
         with self._data_lock:
             return self._script.popleft() if self._script else None
 
+    async def take_scripted(
+        self,
+        response: ResponseWriter,
+        *,
+        streaming: bool,
+        malformed: bytes,
+        send_fault: Callable[[ResponseWriter, Fault], None],
+        headers: Mapping[str, str] | None = None,
+    ) -> tuple[Scripted | None, bool]:
+        """Take the next scripted item for a handler and play what needs no answer body.
+
+        Waits the item's delay, then answers a ``status`` fault with ``send_fault``, aborts a
+        non-streamed ``drop_after`` and sends ``malformed`` (with ``headers``) for a
+        non-streamed ``malformed`` fault. Returns the item and whether the request is answered
+        (streamed faults are left to the handler).
+        """
+        item = self.next_scripted()
+        delay = item.seconds if isinstance(item, Fault) else item.delay if item else 0.0
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if isinstance(item, Fault):
+            if item.kind == "status":
+                send_fault(response, item)
+                return item, True
+            if item.kind == "drop_after" and not streaming:
+                await response.abort()
+                return item, True
+            if item.kind == "malformed" and not streaming:
+                response.send(
+                    200, malformed, {"content-type": "application/json", **(headers or {})}
+                )
+                return item, True
+        return item, False
+
     def clear(self) -> None:
         """Forget all recorded requests and drop all queued scripted items."""
         with self._data_lock:
@@ -962,3 +996,12 @@ def serve_from_command_line(
         with contextlib.suppress(KeyboardInterrupt):
             stop.wait()
     return 0
+
+
+def json_object(request: RecordedRequest) -> dict[str, Any] | None:
+    """The request body as a JSON object, or None when it is not one."""
+    try:
+        decoded = json.loads(request.body)
+    except ValueError:
+        return None
+    return decoded if isinstance(decoded, dict) else None

@@ -71,6 +71,7 @@ from ._http import (
     RecordedRequest,
     Reply,
     ResponseWriter,
+    json_object,
     serve_from_command_line,
 )
 from .fake_openai import split_words
@@ -361,30 +362,15 @@ class FakeGemini(FakeServer):
     async def _generate(
         self, request: RecordedRequest, response: ResponseWriter, model: str, streaming: bool
     ) -> None:
-        try:
-            decoded = json.loads(request.body)
-        except ValueError:
-            decoded = None
-        body: dict[str, Any] | None = decoded if isinstance(decoded, dict) else None
-        item = self.next_scripted()
-        pre_delay = item.seconds if isinstance(item, Fault) else 0.0
-        if isinstance(item, Reply):
-            pre_delay = item.delay
-        if pre_delay > 0:
-            await asyncio.sleep(pre_delay)
-
-        if isinstance(item, Fault):
-            if item.kind == "status":
-                self._send_fault(response, item)
-                return
-            if item.kind == "drop_after" and not streaming:
-                await response.abort()
-                return
-            if item.kind == "malformed" and not streaming:
-                response.send(
-                    200, b'{"candidates": [{"content": {', {"content-type": "application/json"}
-                )
-                return
+        body = json_object(request)
+        item, answered = await self.take_scripted(
+            response,
+            streaming=streaming,
+            malformed=b'{"candidates": [{"content": {',
+            send_fault=self._send_fault,
+        )
+        if answered:
+            return
 
         if body is None:
             self.send_error(response, 400, "Invalid JSON payload received.")

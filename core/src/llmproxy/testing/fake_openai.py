@@ -70,6 +70,7 @@ from ._http import (
     RecordedRequest,
     Reply,
     ResponseWriter,
+    json_object,
     serve_from_command_line,
 )
 
@@ -401,36 +402,17 @@ class FakeOpenAI(FakeServer):
         )
 
     async def _chat_completions(self, request: RecordedRequest, response: ResponseWriter) -> None:
-        try:
-            decoded = json.loads(request.body)
-        except ValueError:
-            decoded = None
-        body: dict[str, Any] | None = decoded if isinstance(decoded, dict) else None
+        body = json_object(request)
         stream = body is not None and body.get("stream") is True
-        item = self.next_scripted()
-
-        pre_delay = 0.0
-        if isinstance(item, Fault):
-            pre_delay = item.seconds
-        elif isinstance(item, Reply):
-            pre_delay = item.delay
-        if pre_delay > 0:
-            await asyncio.sleep(pre_delay)
-
-        if isinstance(item, Fault):
-            if item.kind == "status":
-                self._send_fault_status(response, item)
-                return
-            if item.kind == "drop_after" and not stream:
-                await response.abort()
-                return
-            if item.kind == "malformed" and not stream:
-                response.send(
-                    200,
-                    b'{"id": "chatcmpl-malformed", "object": "chat.completion", "choices": [{',
-                    {"content-type": "application/json", "x-request-id": self._request_id()},
-                )
-                return
+        item, answered = await self.take_scripted(
+            response,
+            streaming=stream,
+            malformed=b'{"id": "chatcmpl-malformed", "object": "chat.completion", "choices": [{',
+            send_fault=self._send_fault_status,
+            headers={"x-request-id": self._request_id()},
+        )
+        if answered:
+            return
 
         if body is None:
             self._send_openai_error(response, 400, _BAD_JSON_MESSAGE, "invalid_request_error", None)
@@ -471,33 +453,17 @@ class FakeOpenAI(FakeServer):
         )
 
     async def _responses(self, request: RecordedRequest, response: ResponseWriter) -> None:
-        try:
-            decoded = json.loads(request.body)
-        except ValueError:
-            decoded = None
-        body: dict[str, Any] | None = decoded if isinstance(decoded, dict) else None
+        body = json_object(request)
         stream = body is not None and body.get("stream") is True
-        item = self.next_scripted()
-        pre_delay = item.seconds if isinstance(item, Fault) else 0.0
-        if isinstance(item, Reply):
-            pre_delay = item.delay
-        if pre_delay > 0:
-            await asyncio.sleep(pre_delay)
-
-        if isinstance(item, Fault):
-            if item.kind == "status":
-                self._send_fault_status(response, item)
-                return
-            if item.kind == "drop_after" and not stream:
-                await response.abort()
-                return
-            if item.kind == "malformed" and not stream:
-                response.send(
-                    200,
-                    b'{"id": "resp_malformed", "object": "response", "output": [{',
-                    {"content-type": "application/json", "x-request-id": self._request_id()},
-                )
-                return
+        item, answered = await self.take_scripted(
+            response,
+            streaming=stream,
+            malformed=b'{"id": "resp_malformed", "object": "response", "output": [{',
+            send_fault=self._send_fault_status,
+            headers={"x-request-id": self._request_id()},
+        )
+        if answered:
+            return
 
         if body is None:
             self._send_openai_error(response, 400, _BAD_JSON_MESSAGE, "invalid_request_error", None)
