@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 import uuid
 from collections.abc import Callable, Coroutine, Iterator, Sequence
@@ -13,33 +12,11 @@ import pytest
 import redis
 
 from llmproxy.budget.base import Claim, ClaimUsage, Rates, Reservation
-from llmproxy.testing.redis_server import RedisServer, redis_server_path
+from llmproxy.testing.redis_fixtures import redis_server, redis_url
+from llmproxy.testing.redis_server import RedisServer
 from llmproxy_redis_budget import RedisLedger
 
 T = TypeVar("T")
-
-
-def need_redis_server() -> None:
-    if redis_server_path() is None:
-        message = "redis-server is not installed (apt-get install redis-server)"
-        if os.environ.get("CI"):
-            pytest.fail(message + ": the Redis tests must run in CI")
-        pytest.skip(message)
-
-
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
-    need_redis_server()
-    with RedisServer() as server:
-        yield server
-
-
-@pytest.fixture
-def redis_url(redis_server: RedisServer) -> str:
-    if not redis_server.running:  # a test stopped it: bring it back
-        redis_server.restart()
-    redis_server.command("FLUSHALL")
-    return redis_server.url
 
 
 @pytest.fixture

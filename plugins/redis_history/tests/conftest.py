@@ -2,38 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 import redis
 
-from llmproxy.testing.redis_server import RedisServer, redis_server_path
+from llmproxy.testing.redis_fixtures import redis_server, redis_url
 from llmproxy_redis_history import RedisHistoryStore
-
-
-def _need_redis_server() -> None:
-    if redis_server_path() is None:
-        message = "redis-server is not installed (apt-get install redis-server)"
-        if os.environ.get("CI"):
-            pytest.fail(message + ": the Redis tests must run in CI")
-        pytest.skip(message)
-
-
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
-    _need_redis_server()
-    with RedisServer() as server:
-        yield server
-
-
-@pytest.fixture
-def redis_url(redis_server: RedisServer) -> str:
-    if not redis_server.running:  # a test stopped it: bring it back
-        redis_server.restart()
-    redis_server.command("FLUSHALL")
-    return redis_server.url
 
 
 @pytest.fixture

@@ -11,17 +11,16 @@ from redis.crc import key_slot
 
 from llmproxy.history.base import HistoryRecord
 from llmproxy.testing.contracts import HistoryStoreContract
+from llmproxy.testing.redis_fixtures import need_redis_server
 from llmproxy.testing.redis_server import RedisClusterServers
 from llmproxy.types import Message
 from llmproxy_redis_history import RedisHistoryStore
 from llmproxy_redis_history.layout import session_tag
 
-from .conftest import _need_redis_server
-
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[RedisClusterServers]:
-    _need_redis_server()
+    need_redis_server()
     with RedisClusterServers(3) as servers:
         yield servers
 
