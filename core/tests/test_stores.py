@@ -7,6 +7,7 @@ import os
 import sqlite3
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from llmproxy.errors import (
     RateLimited,
     StoreError,
 )
+from llmproxy.history import sqlite as history_sqlite
 from llmproxy.history.base import HistoryRecord
 from llmproxy.history.memory import MemoryHistoryStore
 from llmproxy.history.sqlite import SQLiteHistoryStore
@@ -149,6 +151,38 @@ def test_sqlite_history_shares_a_file_with_the_ledger(tmp_path: Path) -> None:
     assert ledger.usage([claim])[0].used == 10
     store.close()
     ledger.close()
+
+
+def test_sqlite_checkpoints_run_in_the_background(tmp_path: Path) -> None:
+    """Callers' commits never copy the WAL into the file: a background thread does it."""
+    path = tmp_path / "shared.db"
+    store = SQLiteHistoryStore(path)
+    ledger = SQLiteLedger(path)
+    for conn in (store._db.connection(), ledger._db.connection()):
+        (pages,) = conn.execute("PRAGMA wal_autocheckpoint").fetchone()
+        assert pages == history_sqlite.AUTOCHECKPOINT_PAGES
+    size_before = path.stat().st_size
+    done_before = history_sqlite._CHECKPOINTER.done
+    claim = Claim("k", "p", "s", 10**9)
+    for i in range(history_sqlite.CHECKPOINT_EVERY):
+        store.append([_rec("s", "x" * 2000 + str(i))])
+        ledger.settle(ledger.reserve([claim], input_tokens=1, max_output_tokens=9), tokens=10)
+    deadline = time.monotonic() + 10
+    while history_sqlite._CHECKPOINTER.done == done_before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert history_sqlite._CHECKPOINTER.done > done_before
+    # The rows reached the database file itself, not only the WAL.
+    assert path.stat().st_size > size_before + 50 * 2000
+    assert len(store.load("s")) == history_sqlite.CHECKPOINT_EVERY
+    assert ledger.usage([claim])[0].used == 10 * history_sqlite.CHECKPOINT_EVERY
+    store.close()
+    ledger.close()
+
+
+def test_sqlite_checkpointer_ignores_a_file_it_cannot_open(tmp_path: Path) -> None:
+    checkpointer = history_sqlite._Checkpointer()
+    checkpointer.checkpoint(str(tmp_path / "missing-dir" / "x.db"), 0.1)
+    assert checkpointer.done == 0
 
 
 def test_sqlite_errors_are_store_errors(tmp_path: Path) -> None:

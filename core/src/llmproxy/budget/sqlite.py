@@ -215,6 +215,7 @@ class SQLiteLedger(InlineAsync):
                             params += (claim.key, reservation_id, amount, expires_at)
                         conn.execute(_insert_holds_sql(len(claims)), params)
                     conn.execute("COMMIT")
+                    db.wrote()
                 except BaseException:
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
@@ -269,6 +270,7 @@ class SQLiteLedger(InlineAsync):
                     if self._settles % _PRUNE_EVERY == 1:
                         conn.execute(_PRUNE_SETTLED, (_stamp(now - SETTLED_GRACE),))
                     conn.execute("COMMIT")
+                    db.wrote()
                 except BaseException:
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")

@@ -5,6 +5,13 @@ costs no fsync (a power loss may drop the last few commits, never corrupt the fi
 several processes may use the same file at once. WAL needs a local disk: do not put the file
 on a network share.
 
+Checkpoints (copying the WAL back into the database file, with an fsync) run on a background
+thread, one per process, every :data:`CHECKPOINT_EVERY` write transactions of a file; left to
+SQLite, every thousandth page written would pay for one inside somebody's call (a stall of
+milliseconds, on the event loop in async code). The callers' own connection keeps SQLite's
+automatic checkpoint as a backstop at :data:`AUTOCHECKPOINT_PAGES` pages, should the thread
+fall behind.
+
 The helpers :class:`_Database` and :data:`SCHEMA_VERSION` are also used by
 :mod:`llmproxy.budget.sqlite`, so a history store and a ledger may share one file.
 """
@@ -27,7 +34,73 @@ from llmproxy.types import Message, ToolCall
 SCHEMA_VERSION: Final = 1
 """The version of llmproxy's SQLite schema, kept in ``PRAGMA user_version``."""
 
+CHECKPOINT_EVERY: Final = 128
+"""Write transactions of one file between two background checkpoints of it."""
+AUTOCHECKPOINT_PAGES: Final = 16384
+"""The WAL size (pages) at which a caller's commit checkpoints itself, if the thread fell behind."""
+
 _OPEN: weakref.WeakSet[_Database] = weakref.WeakSet()
+
+
+class _Checkpointer:
+    """A daemon thread running ``PRAGMA wal_checkpoint(PASSIVE)`` for the files it is asked to.
+
+    A passive checkpoint never waits for the writers or readers of other connections: it copies
+    what it can and leaves the rest for the next one. It runs on its own short-lived connection,
+    so the callers' connection and its lock are never held meanwhile; SQLite releases the GIL for
+    the copy and the fsync. A failure is ignored (the next request, or the callers' automatic
+    checkpoint, catches up).
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._pending: dict[str, float] = {}
+        self._thread: threading.Thread | None = None
+        self.done = 0
+
+    def request(self, path: str, timeout: float) -> None:
+        """Ask for a checkpoint of ``path`` soon (requests for a file already waiting merge)."""
+        with self._cond:
+            self._pending[path] = timeout
+            thread = self._thread
+            if thread is None or not thread.is_alive():
+                thread = self._thread = threading.Thread(
+                    target=self._run, name="llmproxy-sqlite-checkpoint", daemon=True
+                )
+                thread.start()
+            self._cond.notify()
+
+    def reset_after_fork(self) -> None:
+        """Forget the parent's thread and lock (a forked child starts its own on demand)."""
+        self._cond = threading.Condition(threading.Lock())
+        self._pending = {}
+        self._thread = None
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending:
+                    self._cond.wait()
+                pending, self._pending = self._pending, {}
+            for path, timeout in pending.items():
+                self.checkpoint(path, timeout)
+
+    def checkpoint(self, path: str, timeout: float) -> None:
+        """One passive checkpoint of ``path`` on a connection of its own; errors are ignored."""
+        try:
+            conn = sqlite3.connect(path, timeout=timeout, isolation_level=None)
+        except sqlite3.Error:
+            return
+        try:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            self.done += 1
+        except sqlite3.Error:
+            pass
+        finally:
+            conn.close()
+
+
+_CHECKPOINTER: Final = _Checkpointer()
 
 
 def _after_fork_in_child() -> None:
@@ -35,6 +108,7 @@ def _after_fork_in_child() -> None:
     # another thread at fork time would stay held forever. Give every database in the child a
     # new lock and let it open a new connection on first use. The inherited connection is kept
     # (never used, never closed) because closing it could disturb the parent's file locks.
+    _CHECKPOINTER.reset_after_fork()
     for database in list(_OPEN):
         database.lock = threading.Lock()
         if database.conn is not None:
@@ -50,7 +124,8 @@ class _Database:
 
     Callers hold :attr:`lock`, take :meth:`connection` and map ``sqlite3.Error`` with
     :meth:`error`. The connection is in autocommit mode: a single statement is its own
-    transaction and callers open ``BEGIN IMMEDIATE`` themselves for several.
+    transaction and callers open ``BEGIN IMMEDIATE`` themselves for several. After each write
+    transaction they call :meth:`wrote`, which schedules the background checkpoints.
     """
 
     def __init__(
@@ -64,8 +139,16 @@ class _Database:
         self.abandoned: list[sqlite3.Connection] = []
         self.closed = False
         self._schema = schema
+        self._writes = 0
+        self._on_disk = not (self.path == ":memory:" or self.path.startswith("file:"))
         self.conn = self._open()
         _OPEN.add(self)
+
+    def wrote(self) -> None:
+        """Count a committed write transaction; every so many, ask for a background checkpoint."""
+        self._writes += 1
+        if self._on_disk and not self._writes % CHECKPOINT_EVERY:
+            _CHECKPOINTER.request(self.path, self.timeout)
 
     def connection(self) -> sqlite3.Connection:
         """Return the connection, opening a new one in a forked child; the caller holds the lock."""
@@ -114,8 +197,7 @@ class _Database:
                     raise self.error(exc) from exc
 
     def _open(self) -> sqlite3.Connection:
-        in_memory = self.path == ":memory:" or self.path.startswith("file:")
-        if not in_memory:
+        if self._on_disk:
             try:
                 os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
             except OSError as exc:
@@ -136,6 +218,7 @@ class _Database:
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT_PAGES}")
             (version,) = conn.execute("PRAGMA user_version").fetchone()
             if version > SCHEMA_VERSION:
                 raise StoreError(
@@ -333,6 +416,7 @@ class SQLiteHistoryStore:
                 sql = _insert_sql(len(records))
                 with db.lock:
                     db.connection().execute(sql, params)
+                    db.wrote()
             else:
                 rows = [_row_values(record) for record in records]
                 sql = _insert_sql(1)
@@ -342,6 +426,7 @@ class SQLiteHistoryStore:
                     try:
                         conn.executemany(sql, rows)
                         conn.execute("COMMIT")
+                        db.wrote()
                     except BaseException:
                         if conn.in_transaction:
                             conn.execute("ROLLBACK")
@@ -364,7 +449,9 @@ class SQLiteHistoryStore:
         db = self._db
         with db.lock:
             try:
-                return db.connection().execute(_DELETE, (session_id,)).rowcount
+                removed: int = db.connection().execute(_DELETE, (session_id,)).rowcount
+                db.wrote()
+                return removed
             except sqlite3.Error as exc:
                 raise db.error(exc) from exc
 
