@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import openai
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -199,6 +200,38 @@ async def test_extra_passes_through_on_streams(
     body = server.last_request.json()
     assert body["top_p"] == 0.25
     assert body["custom_flag"] == 1
+
+
+async def test_request_options_become_headers_query_and_timeout(
+    provider: OpenAIProvider, server: FakeOpenAI, mode: str
+) -> None:
+    req = request(
+        extra={
+            "extra_headers": {"X-Trace": "abc"},
+            "extra_query": {"api-version": "2026-01"},
+            "timeout": 30.0,
+            "top_p": openai.NOT_GIVEN,
+            "seed": openai.omit,
+        }
+    )
+    await complete(provider, req, mode)
+    await collect(provider, req, mode)
+    for sent in server.requests[-2:]:
+        assert sent.headers["x-trace"] == "abc"
+        assert sent.query == {"api-version": "2026-01"}
+        body = sent.json()
+        assert not {"extra_headers", "extra_query", "timeout", "top_p", "seed"} & body.keys()
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_an_unknown_parameter_is_refused_by_name_before_any_request(
+    provider: OpenAIProvider, server: FakeOpenAI, mode: str, streamed: bool
+) -> None:
+    req = request(extra={"top_pp": 0.5})
+    call = collect(provider, req, mode) if streamed else complete(provider, req, mode)
+    with pytest.raises(ProviderBadRequest, match=r"no parameter 'top_pp'.*extra_body"):
+        await call
+    assert server.requests == []
 
 
 async def test_messages_go_out_in_wire_form(
