@@ -1,8 +1,8 @@
 """Proxy vs the raw openai SDK on the same fake upstream, in one run.
 
 The fake upstream runs in its own process (so it does not share the client's GIL). Raw and
-proxy calls alternate call by call (the 32-concurrent batches round by round) so that drift
-in the machine's speed hits both alike.
+proxy calls alternate call by call (with 32 in flight, batch by batch: 64 calls each) so that
+drift in the machine's speed hits both alike.
 
     .venv/bin/python bench/bench_proxy.py            # full run
     .venv/bin/python bench/bench_proxy.py --quick    # a smaller run, for a smoke test
@@ -242,8 +242,11 @@ def run(stores: str, base_url: str, rounds: int, per_round: int) -> list[str]:
                 raw, proxy = await apaired(r.araw_chat, r.aproxy_chat, per_round)
                 results["araw"] += raw
                 results["aproxy"] += proxy
-                results["araw32"] += await atimed(r.araw_chat, per_round * 2, 32)
-                results["aproxy32"] += await atimed(r.aproxy_chat, per_round * 2, 32)
+                # 32 in flight, raw and proxy batches of 64 calls alternating
+                for batch in range(per_round // 32):
+                    sides = [("araw32", r.araw_chat), ("aproxy32", r.aproxy_chat)]
+                    for name, fn in sides if batch % 2 == 0 else sides[::-1]:
+                        results[name] += await atimed(fn, 64, 32)
             await r.araw.close()
             await r.proxy.aclose()
 
