@@ -237,7 +237,8 @@ class Reply:
             short form ``{"name": ..., "arguments": str_or_json_value}``
             (optionally with ``"id"``). Several make parallel calls.
         delay: Seconds to wait before answering.
-        chunk_delay: Seconds to wait between streamed chunks.
+        chunk_delay: Seconds between streamed chunks, on a fixed schedule from the
+            start of the stream (see :class:`Pacer`).
         hosted_outputs: Output items of hosted tools the answer reports before
             its text, in the Responses API's shape (``{"type":
             "file_search_call", "queries": [...], "results": [...]}``,
@@ -273,6 +274,29 @@ Scripted: TypeAlias = Fault | Reply
 
 
 # --------------------------------------------------------------------------- responses
+
+
+class Pacer:
+    """Paces a stream's chunks on a fixed schedule: chunk ``i`` is due ``i * interval`` after start.
+
+    Like a model producing tokens at a steady rate: a chunk that leaves late (a busy machine, a
+    slow reader) does not push every later one back, as sleeping ``interval`` after each write
+    would; a late stream catches up. ``interval <= 0`` never waits.
+    """
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._due: float | None = None
+
+    async def wait(self) -> None:
+        """Wait until the next chunk is due."""
+        if self.interval <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        self._due = (now if self._due is None else self._due) + self.interval
+        if self._due > now:
+            await asyncio.sleep(self._due - now)
 
 
 class ResponseWriter:

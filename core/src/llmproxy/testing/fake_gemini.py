@@ -55,7 +55,6 @@ generate request. Only the standard library is used.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import dataclasses
 import itertools
@@ -68,6 +67,7 @@ from typing import Any, TypeAlias
 from ._http import (
     FakeServer,
     Fault,
+    Pacer,
     RecordedRequest,
     Reply,
     ResponseWriter,
@@ -634,12 +634,12 @@ class FakeGemini(FakeServer):
             response.end()
             return
         last = len(events) - 1
+        pacer = Pacer(answer.chunk_delay)
         for index, parts in enumerate(events):
             if drop_after is not None and index >= drop_after:
                 await response.abort()
                 return
-            if answer.chunk_delay > 0:
-                await asyncio.sleep(answer.chunk_delay)
+            await pacer.wait()
             body = self._response_body(parts, answer, model, response_id, final=index == last)
             data = json.dumps(body, separators=(",", ":")).encode()
             response.write(b"data: " + data + b"\r\n\r\n")

@@ -54,7 +54,6 @@ responses.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import itertools
 import json
@@ -67,6 +66,7 @@ from . import _responses
 from ._http import (
     FakeServer,
     Fault,
+    Pacer,
     RecordedRequest,
     Reply,
     ResponseWriter,
@@ -508,14 +508,14 @@ class FakeOpenAI(FakeServer):
             200, {"content-type": "text/event-stream", "cache-control": "no-cache", **headers}
         )
         deltas = 0
+        pacer = Pacer(answer.chunk_delay)
         for sequence, (event, is_delta) in enumerate(_responses.stream_events(answer, final)):
             if is_delta:
                 if drop_after is not None and deltas >= drop_after:
                     await response.abort()
                     return
                 deltas += 1
-                if answer.chunk_delay > 0:
-                    await asyncio.sleep(answer.chunk_delay)
+                await pacer.wait()
             data = json.dumps({**event, "sequence_number": sequence}, separators=(",", ":"))
             response.write(f"event: {event['type']}\ndata: {data}\n\n".encode())
             await response.drain()
@@ -853,7 +853,7 @@ class FakeOpenAI(FakeServer):
                 "x-request-id": self._request_id(),
             },
         )
-        pause = completion.chunk_delay
+        pacer = Pacer(completion.chunk_delay)
         response.write(delta({"role": "assistant", "content": "", "refusal": None}))
         if malformed:
             response.write(b'data: {"id": "' + completion_id.encode() + b'", "choices": [{\n\n')
@@ -863,15 +863,13 @@ class FakeOpenAI(FakeServer):
         for index, fields in enumerate(deltas):
             if drop_after is not None and index >= drop_after:
                 break
-            if pause > 0:
-                await asyncio.sleep(pause)
+            await pacer.wait()
             response.write(delta(fields))
             await response.drain()
         if drop_after is not None:
             await response.abort()
             return
-        if pause > 0:
-            await asyncio.sleep(pause)
+        await pacer.wait()
         response.write(delta({}, completion.finish_reason))
         if include_usage:
             response.write(event([], completion.usage))
