@@ -61,7 +61,7 @@ def serve(args: argparse.Namespace) -> int:
     # Listen at once: connections wait in the backlog while the app starts (the tokenizer loads).
     sock.listen(2048)
     port = sock.getsockname()[1]
-    app = create_app()
+    app = create_app(freeze_gc=True)
     gateway = app.gateway  # type: ignore[attr-defined]
     shown = f"[{host}]" if ":" in host else host
     sys.stdout.write(
