@@ -1178,3 +1178,41 @@ def test_default_model_is_known() -> None:
     assert models.DEFAULT_MODEL == "gpt-5.4-mini"
     assert models.output_limit(models.DEFAULT_MODEL) is not None
     assert models.encoding_name(models.DEFAULT_MODEL) == "o200k_base"
+
+
+# --------------------------------------------------------------------------- async HTTP client
+
+
+def test_the_async_http_option_is_checked_and_read_from_settings_and_env() -> None:
+    with pytest.raises(ConfigError, match="async_http must be 'aiohttp' or 'httpx'") as info:
+        OpenAIProvider(api_key="sk-x", async_http="requests")  # type: ignore[arg-type]
+    assert info.value.path == "providers.openai.async_http"
+    assert OpenAIProvider(api_key="sk-x").async_http == "aiohttp"
+    from_options = ProviderSettings("openai", Secret("sk-x"), options={"async_http": "httpx"})
+    assert OpenAIProvider.from_settings(from_options).async_http == "httpx"
+    from_env = ProviderSettings("openai", Secret("sk-x"), environ={env.ASYNC_HTTP: " HTTPX "})
+    assert OpenAIProvider.from_settings(from_env).async_http == "httpx"
+
+
+@pytest.mark.parametrize("async_http", ["aiohttp", "httpx"])
+async def test_both_async_http_clients_answer_stream_and_map_errors(
+    make_provider: Callable[..., OpenAIProvider], server: FakeOpenAI, async_http: str
+) -> None:
+    p = make_provider(async_http=async_http)
+    completion = await p.achat(request("Hello there"))
+    assert completion.message.content == "Echo: Hello there"
+    chunks = await collect(p, request("Hello there"), "async")
+    assert joined_text(chunks) == "Echo: Hello there"
+    assert final_usage(chunks).output_tokens > 0
+    http = p.aclient._client
+    assert ("aiohttp" in type(http).__mro__[1].__module__) == (async_http == "aiohttp")
+    server.enqueue(Fault.drop_after(0))
+    with pytest.raises(ProviderConnectionError):
+        await p.achat(request())
+    server.enqueue(Fault.status(429, retry_after=3))
+    with pytest.raises(ProviderRateLimited) as info:
+        await p.achat(request())
+    assert info.value.retry_after == 3
+    server.enqueue(Fault.drop_after(2))
+    with pytest.raises(ProviderConnectionError):
+        await collect(p, request("one two three four five six"), "async")

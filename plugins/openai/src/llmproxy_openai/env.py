@@ -11,6 +11,8 @@ Variable                                     Meaning
 ``OPENAI_ORG_ID``                            Organization header, when set.
 ``OPENAI_PROJECT_ID``                        Project header, when set.
 ``LLMPROXY_OPENAI_TIMEOUT``                  Seconds before one attempt times out (default 600).
+``LLMPROXY_OPENAI_ASYNC_HTTP``               The HTTP client under the async SDK client:
+                                             ``aiohttp`` (default) or ``httpx``.
 ===========================================  =======================================================
 
 A key or base URL given in code or in the ``[providers.openai]`` configuration table wins.
@@ -28,6 +30,7 @@ BASE_URL = "OPENAI_BASE_URL"
 ORG_ID = "OPENAI_ORG_ID"
 PROJECT_ID = "OPENAI_PROJECT_ID"
 TIMEOUT = "LLMPROXY_OPENAI_TIMEOUT"
+ASYNC_HTTP = "LLMPROXY_OPENAI_ASYNC_HTTP"
 
 KEY_VARIABLES = (API_KEY, SEED_API_KEY)
 
@@ -45,3 +48,8 @@ def base_url(environ: Mapping[str, str]) -> str | None:
 def timeout(environ: Mapping[str, str]) -> float | None:
     """Return ``LLMPROXY_OPENAI_TIMEOUT`` in seconds when set."""
     return envvars.seconds(environ, TIMEOUT)
+
+
+def async_http(environ: Mapping[str, str]) -> str | None:
+    """Return ``LLMPROXY_OPENAI_ASYNC_HTTP`` (``aiohttp`` or ``httpx``) when set."""
+    return environ.get(ASYNC_HTTP, "").strip().lower() or None
