@@ -195,11 +195,12 @@ class Gateway:
             gone.set()
 
         watcher = asyncio.ensure_future(watch())
+        # The role chunk goes out with the first event's chunk: one write, not two.
+        role = writer.role()
         try:
-            await send({"type": "http.response.body", "body": writer.role(), "more_body": True})
             while event is not None:
                 if event.done:
-                    tail = writer.finish(event.finish_reason)
+                    tail = role + writer.finish(event.finish_reason)
                     if include_usage and event.usage is not None:
                         tail += writer.usage(event.usage)
                     await send(
@@ -218,6 +219,8 @@ class Gateway:
                     data = writer.reasoning(event.reasoning)
                 else:
                     data = b""
+                if role:
+                    data, role = role + data, b""
                 if gone.is_set():
                     return  # the client left: stop reading upstream (finally stores the rest)
                 if data:
@@ -226,7 +229,9 @@ class Gateway:
                     event = await anext(stream)
                 except StopAsyncIteration:
                     event = None
-            await send({"type": "http.response.body", "body": writer.DONE, "more_body": False})
+            await send(
+                {"type": "http.response.body", "body": role + writer.DONE, "more_body": False}
+            )
         except Exception as exc:
             # The status line is sent: tell the client in the stream, as OpenAI does.
             error = _mapped(exc) if not isinstance(exc, LLMProxyError) else from_exception(exc)
@@ -234,7 +239,7 @@ class Gateway:
                 await send(
                     {
                         "type": "http.response.body",
-                        "body": writer.error(error) + writer.DONE,
+                        "body": role + writer.error(error) + writer.DONE,
                         "more_body": False,
                     }
                 )
