@@ -50,6 +50,9 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+ASYNC_HTTP = "aiohttp"
+
+
 def make_proxy(base_url: str, stores: str, tmp: Path) -> Proxy:
     if stores == "memory":
         history, ledger = "memory://", "memory://"
@@ -58,7 +61,11 @@ def make_proxy(base_url: str, stores: str, tmp: Path) -> Proxy:
     return Proxy(
         {"history_url": history, "ledger_url": ledger},
         budgets=[LLMBudget(max_tokens=10**12), RequestsPerMinute(limit=10**9)],
-        environ={"OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": base_url},
+        environ={
+            "OPENAI_API_KEY": KEY,
+            "OPENAI_BASE_URL": base_url,
+            "LLMPROXY_OPENAI_ASYNC_HTTP": ASYNC_HTTP,
+        },
     )
 
 
@@ -273,13 +280,22 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--per-round", type=int, default=400)
     parser.add_argument("--stores", choices=["memory", "sqlite", "both"], default="both")
+    parser.add_argument(
+        "--async-http",
+        choices=["aiohttp", "httpx"],
+        default="aiohttp",
+        help="the Proxy's async HTTP client (the raw SDK always uses its default, httpx)",
+    )
     args = parser.parse_args()
+    global ASYNC_HTTP
+    ASYNC_HTTP = args.async_http
     rounds, per_round = (1, 40) if args.quick else (args.rounds, args.per_round)
     proc, base_url = start_upstream()
     try:
         print(
             f"python {sys.version.split()[0]}, openai {openai.__version__}, cpus {os.cpu_count()},"
-            f" {rounds} rounds x {per_round} calls per scenario and side"
+            f" {rounds} rounds x {per_round} calls per scenario and side;"
+            f" the Proxy's async HTTP client: {args.async_http}"
         )
         for stores in ["memory", "sqlite"] if args.stores == "both" else [args.stores]:
             for line in run(stores, base_url, rounds, per_round):
