@@ -182,7 +182,9 @@ def test_sqlite_checkpoints_run_in_the_background(tmp_path: Path) -> None:
 def test_sqlite_checkpointer_ignores_a_file_it_cannot_open(tmp_path: Path) -> None:
     checkpointer = history_sqlite._Checkpointer()
     checkpointer.checkpoint(str(tmp_path / "missing-dir" / "x.db"), 0.1)
+    checkpointer.checkpoint(str(tmp_path / "deleted.db"), 0.1)
     assert checkpointer.done == 0
+    assert not (tmp_path / "deleted.db").exists()
 
 
 def test_sqlite_errors_are_store_errors(tmp_path: Path) -> None:

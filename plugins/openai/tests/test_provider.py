@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
+import gc
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -1216,3 +1219,25 @@ async def test_both_async_http_clients_answer_stream_and_map_errors(
     server.enqueue(Fault.drop_after(2))
     with pytest.raises(ProviderConnectionError):
         await collect(p, request("one two three four five six"), "async")
+
+
+def test_each_event_loop_closes_its_client_when_it_ends(
+    server: FakeOpenAI, api_key: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``asyncio.run`` per call: each loop's client is closed with it, nothing left unclosed."""
+    p = OpenAIProvider(api_key=api_key, base_url=server.base_url, timeout=10.0)
+    clients = []
+
+    async def one() -> str:
+        completion = await p.achat(request("Hello there"))
+        clients.append(p.aclient)
+        return completion.message.content
+
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        for _ in range(3):
+            assert asyncio.run(one()) == "Echo: Hello there"
+        gc.collect()
+    assert len({id(c) for c in clients}) == 3
+    assert all(c._client.is_closed for c in clients)
+    assert "Unclosed" not in caplog.text
+    p.close()

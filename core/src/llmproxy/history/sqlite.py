@@ -22,6 +22,7 @@ import json
 import os
 import sqlite3
 import threading
+import urllib.request
 import weakref
 from collections.abc import Sequence
 from functools import lru_cache
@@ -88,7 +89,9 @@ class _Checkpointer:
     def checkpoint(self, path: str, timeout: float) -> None:
         """One passive checkpoint of ``path`` on a connection of its own; errors are ignored."""
         try:
-            conn = sqlite3.connect(path, timeout=timeout, isolation_level=None)
+            # mode=rw: never create the file (a store's file deleted meanwhile stays deleted)
+            uri = f"file:{urllib.request.pathname2url(os.path.abspath(path))}?mode=rw"
+            conn = sqlite3.connect(uri, timeout=timeout, isolation_level=None, uri=True)
         except sqlite3.Error:
             return
         try:

@@ -19,13 +19,14 @@ on Chat Completions and makes hosted tools a ConfigError.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import email.utils
 import functools
 import inspect
 import json
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any, ClassVar, Literal, cast
 
 import httpx2
@@ -101,7 +102,7 @@ def split_params(
             continue
         option = _REQUEST_OPTIONS.get(key)
         if option is not None:
-            if value is not None:
+            if value is not None or key == "timeout":  # timeout=None: no timeout, as in create
                 options[option] = value
         elif key in fields:
             body[key] = value
@@ -250,6 +251,7 @@ class OpenAIProvider:
         self._client: openai.OpenAI | None = None
         self._aclient: openai.AsyncOpenAI | None = None
         self._aloop: asyncio.AbstractEventLoop | None = None
+        self._akeeper: AsyncGenerator[None, None] | None = None
 
     @classmethod
     def from_settings(cls, settings: ProviderSettings) -> OpenAIProvider:
@@ -301,6 +303,7 @@ class OpenAIProvider:
                 api_key=self._api_key.get(), http_client=http_client, **self._client_args
             )
             self._aloop = loop
+            self._akeeper = _close_at_loop_end(self._aclient)
         return self._aclient
 
     # -- requests ----------------------------------------------------------------------------------
@@ -646,9 +649,32 @@ class OpenAIProvider:
     async def aclose(self) -> None:
         """Close both SDK clients; call it from the event loop the async client was used on."""
         self.close()
-        client, self._aclient, self._aloop = self._aclient, None, None
-        if client is not None:
-            await client.close()
+        keeper, self._akeeper, self._aclient, self._aloop = self._akeeper, None, None, None
+        if keeper is not None:
+            await keeper.aclose()  # closes the client
+
+
+async def _client_keeper(client: openai.AsyncOpenAI) -> AsyncGenerator[None, None]:
+    try:
+        yield
+    finally:
+        await client.close()
+
+
+def _close_at_loop_end(client: openai.AsyncOpenAI) -> AsyncGenerator[None, None]:
+    """Tie ``client`` to the running event loop: closed when the loop shuts down.
+
+    An async client's connections belong to the loop that made them, and a program may run
+    several loops one after another (``asyncio.run`` per call). The client is held by an async
+    generator started here, which the loop registers; ``asyncio.run`` ends by closing every
+    such generator on the loop, and its ``finally`` closes the client there (aiohttp's sessions
+    would otherwise log "Unclosed client session" when collected).
+    """
+    keeper = _client_keeper(client)
+    step = keeper.asend(None)  # the running loop's first-iteration hook registers the generator
+    with contextlib.suppress(StopIteration):
+        step.send(None)  # run to the yield: no await before it, so it never suspends
+    return keeper
 
 
 def _dropped_under_aiohttp(exc: BaseException) -> bool:
