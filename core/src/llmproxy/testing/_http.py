@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import json
 import logging
 import threading
@@ -1029,3 +1030,33 @@ def json_object(request: RecordedRequest) -> dict[str, Any] | None:
     except ValueError:
         return None
     return decoded if isinstance(decoded, dict) else None
+
+
+ReplyFunction: TypeAlias = Callable[[dict[str, Any]], "str | Reply"]
+"""A fake's default reply as a function of the request's JSON body."""
+
+
+def resolve_reply(
+    default: str | ReplyFunction | None,
+    body: dict[str, Any],
+    scripted: Reply | None,
+    default_text: Callable[[dict[str, Any]], str],
+) -> Reply:
+    """The reply to a request, shared by the fakes.
+
+    A scripted reply with text or tool calls is used as it is; else the server's ``default``
+    (None: ``default_text(body)``, a string, or a function of the body) gives the text, and a
+    scripted reply's other fields (usage, delays...) are kept with it.
+    """
+    if scripted is not None and (scripted.text is not None or scripted.tool_calls):
+        return scripted
+    if default is None:
+        resolved = Reply(text=default_text(body))
+    elif isinstance(default, str):
+        resolved = Reply(text=default)
+    else:
+        produced = default(body)
+        resolved = Reply(text=produced) if isinstance(produced, str) else produced
+    if scripted is None:
+        return resolved
+    return dataclasses.replace(scripted, text=resolved.text)

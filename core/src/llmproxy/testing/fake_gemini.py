@@ -61,8 +61,8 @@ import itertools
 import json
 import re
 import threading
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeAlias
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from ._http import (
     FakeServer,
@@ -70,8 +70,10 @@ from ._http import (
     Pacer,
     RecordedRequest,
     Reply,
+    ReplyFunction,
     ResponseWriter,
     json_object,
+    resolve_reply,
     serve_from_command_line,
 )
 from .fake_openai import split_words
@@ -88,7 +90,6 @@ __all__ = [
     "prompt_token_count",
 ]
 
-ReplyFunction: TypeAlias = Callable[[dict[str, Any]], "str | Reply"]
 
 #: Model ids ``GET /{version}/models`` lists.
 DEFAULT_MODELS: tuple[str, ...] = ("gemini-3.8-flash", "gemini-3.5-flash", "gemini-3.5-flash-lite")
@@ -504,19 +505,7 @@ class FakeGemini(FakeServer):
             return  # only the first function call of a step carries the signature
 
     def _resolve_reply(self, body: dict[str, Any], scripted: Reply | None) -> Reply:
-        if scripted is not None and (scripted.text is not None or scripted.tool_calls):
-            return scripted
-        default = self.reply
-        if default is None:
-            resolved = Reply(text=_default_text(body))
-        elif isinstance(default, str):
-            resolved = Reply(text=default)
-        else:
-            produced = default(body)
-            resolved = Reply(text=produced) if isinstance(produced, str) else produced
-        if scripted is None:
-            return resolved
-        return dataclasses.replace(scripted, text=resolved.text)
+        return resolve_reply(self.reply, body, scripted, _default_text)
 
     def _calls(self, raw: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         parts: list[dict[str, Any]] = []

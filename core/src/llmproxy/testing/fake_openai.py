@@ -59,8 +59,8 @@ import itertools
 import json
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar, TypeAlias
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 from . import _responses
 from ._http import (
@@ -69,8 +69,10 @@ from ._http import (
     Pacer,
     RecordedRequest,
     Reply,
+    ReplyFunction,
     ResponseWriter,
     json_object,
+    resolve_reply,
     serve_from_command_line,
 )
 
@@ -88,7 +90,6 @@ __all__ = [
     "split_words",
 ]
 
-ReplyFunction: TypeAlias = Callable[[dict[str, Any]], "str | Reply"]
 
 DEFAULT_MODELS: tuple[str, ...] = ("gpt-4o-mini", "gpt-4o", "gpt-4.1-mini", "o4-mini")
 
@@ -529,19 +530,7 @@ class FakeOpenAI(FakeServer):
         response.end()
 
     def _resolve_responses_reply(self, body: dict[str, Any], scripted: Reply | None) -> Reply:
-        if scripted is not None and (scripted.text is not None or scripted.tool_calls):
-            return scripted
-        default = self.reply
-        if default is None:
-            resolved = Reply(text=_responses.default_text(body))
-        elif isinstance(default, str):
-            resolved = Reply(text=default)
-        else:
-            produced = default(body)
-            resolved = Reply(text=produced) if isinstance(produced, str) else produced
-        if scripted is None:
-            return resolved
-        return dataclasses.replace(scripted, text=resolved.text)
+        return resolve_reply(self.reply, body, scripted, _responses.default_text)
 
     # -- chat internals ----------------------------------------------------------------
 
@@ -658,19 +647,7 @@ class FakeOpenAI(FakeServer):
             )
 
     def _resolve_reply(self, body: dict[str, Any], scripted: Reply | None) -> Reply:
-        if scripted is not None and (scripted.text is not None or scripted.tool_calls):
-            return scripted
-        default = self.reply
-        if default is None:
-            resolved = Reply(text=_default_text(body))
-        elif isinstance(default, str):
-            resolved = Reply(text=default)
-        else:
-            produced = default(body)
-            resolved = Reply(text=produced) if isinstance(produced, str) else produced
-        if scripted is None:
-            return resolved
-        return dataclasses.replace(scripted, text=resolved.text)
+        return resolve_reply(self.reply, body, scripted, _default_text)
 
     @staticmethod
     def _limit(body: Mapping[str, Any]) -> int | None:
