@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 UPSTREAM_KEY = "sk-bench-upstream-0000000000"
@@ -81,16 +82,35 @@ def stop(proc: subprocess.Popen[str]) -> None:
             proc.wait()
 
 
+def family(pid: int) -> list[int]:
+    """``pid`` and its descendants (the gateway's worker processes)."""
+    pids = [pid]
+    for parent in pids:
+        with contextlib.suppress(OSError):
+            text = Path(f"/proc/{parent}/task/{parent}/children").read_text()
+            pids.extend(int(child) for child in text.split())
+    return pids
+
+
 def proc_status(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    return 0
+    """A /proc status field in bytes, summed over ``pid`` and its descendants."""
+    total = 0
+    for member in family(pid):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{member}/status").read_text().splitlines():
+                if line.startswith(field + ":"):
+                    total += int(line.split()[1]) * 1024
+    return total
 
 
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU seconds used so far by ``pid`` and its descendants."""
+    ticks = 0
+    for member in family(pid):
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 # -- the load generator -------------------------------------------------------------------------
@@ -180,33 +200,60 @@ class Client:
 
 
 async def drive(
-    host: str, port: int, path: str, key: str, model: str, clients: int, seconds: float
-) -> tuple[list[float], list[float], int, float]:
-    """Run ``clients`` clients for ``seconds``; return TTFTs, totals, errors and elapsed."""
+    host: str,
+    port: int,
+    path: str,
+    key: str,
+    model: str,
+    clients: int,
+    seconds: float,
+    *,
+    ramp: float,
+    warmup: float,
+    cpu: Callable[[], float] = lambda: 0.0,
+) -> tuple[list[float], list[float], int, float, float]:
+    """Run ``clients`` clients; return the TTFTs, totals and errors of the measured window.
+
+    Client ``i`` sends its first request ``i * ramp / clients`` seconds in (``ramp=0``: all at
+    once, in lock-step). Requests that start in the first ``warmup`` seconds (connections, the
+    SDK client, the tokenizer, SQLite pages, the ramp) are not counted; the measured window is
+    the ``seconds`` after it, with every client running. ``cpu`` (the gateway's CPU seconds so
+    far) is read at the window's two ends; the last value returned is the difference.
+    """
     firsts: list[float] = []
     totals: list[float] = []
     errors = 0
-    deadline = time.perf_counter() + seconds
+    start_at = time.perf_counter()
+    measure_from = start_at + warmup
+    deadline = measure_from + seconds
 
-    async def loop() -> None:
+    async def loop(index: int) -> None:
         nonlocal errors
+        await asyncio.sleep(index * ramp / clients)
         client = Client(host, port, path, key, model)
         try:
-            while time.perf_counter() < deadline:
+            while (began := time.perf_counter()) < deadline:
                 try:
                     first, total = await client.one()
                 except (RuntimeError, OSError, asyncio.IncompleteReadError, ValueError):
-                    errors += 1
+                    errors += began >= measure_from
                     await client.close()
                     continue
-                firsts.append(first)
-                totals.append(total)
+                if began >= measure_from:
+                    firsts.append(first)
+                    totals.append(total)
         finally:
             await client.close()
 
-    start_at = time.perf_counter()
-    await asyncio.gather(*(loop() for _ in range(clients)))
-    return firsts, totals, errors, time.perf_counter() - start_at
+    async def window() -> float:
+        await asyncio.sleep(max(0.0, measure_from - time.perf_counter()))
+        used = cpu()
+        await asyncio.sleep(max(0.0, deadline - time.perf_counter()))
+        return cpu() - used
+
+    used = asyncio.ensure_future(window())
+    await asyncio.gather(*(loop(i) for i in range(clients)))
+    return firsts, totals, errors, time.perf_counter() - measure_from, await used
 
 
 def pct(values: list[float], q: float) -> float:
@@ -220,6 +267,19 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=30.0, help="seconds per target")
     parser.add_argument("--words", type=int, default=24, help="words (chunks) per reply")
     parser.add_argument("--chunk-delay", type=float, default=0.02, help="seconds between chunks")
+    parser.add_argument(
+        "--ramp",
+        type=float,
+        default=None,
+        help="seconds over which the clients start, evenly spaced (default: one reply's"
+        " length, words x chunk delay); 0 starts them all at once, in lock-step",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=min(2, os.cpu_count() or 1),
+        help="gateway worker processes (llmproxy serve --workers; default: 2, or 1 on one CPU)",
+    )
     parser.add_argument("--quick", action="store_true", help="16 clients, 3 s per target")
     parser.add_argument("--serve-upstream", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -227,6 +287,8 @@ def main() -> int:
         return serve_upstream(args.words, args.chunk_delay)
     if args.quick:
         args.clients, args.duration = 16, 3.0
+    if args.ramp is None:
+        args.ramp = args.words * args.chunk_delay
 
     with tempfile.TemporaryDirectory(prefix="llmproxy-bench-") as tmp:
         base_env = {
@@ -261,7 +323,9 @@ def main() -> int:
             "bench", budgets=["tokens:1000000000000/month", "requests:100000000/minute"]
         )
         store.close()
-        gateway, line = start([LLMPROXY, "serve", "--port", "0"], env, "gateway on")
+        gateway, line = start(
+            [LLMPROXY, "serve", "--port", "0", "--workers", str(args.workers)], env, "gateway on"
+        )
         gateway_url = line.split("gateway on ", 1)[1].split()[0].removesuffix("/v1")
         try:
             up_host, up_port = upstream_url.split("//")[1].split("/")[0].split(":")
@@ -271,15 +335,22 @@ def main() -> int:
                 "gateway": (gw_host, int(gw_port), "/v1/chat/completions", key),
             }
             results = {}
+            warmup = args.ramp + 2.0
             for name, (host, port, path, secret) in targets.items():
-                # warm up: connections, the SDK client, the tokenizer, SQLite pages
-                asyncio.run(drive(host, port, path, secret, "gpt-4o-mini", args.clients, 2.0))
-                cpu0 = cpu_seconds(gateway.pid)
                 results[name] = asyncio.run(
-                    drive(host, port, path, secret, "gpt-4o-mini", args.clients, args.duration)
+                    drive(
+                        host,
+                        port,
+                        path,
+                        secret,
+                        "gpt-4o-mini",
+                        args.clients,
+                        args.duration,
+                        ramp=args.ramp,
+                        warmup=warmup,
+                        cpu=lambda: cpu_seconds(gateway.pid),
+                    )
                 )
-                if name == "gateway":
-                    gateway_cpu = cpu_seconds(gateway.pid) - cpu0
             peak = proc_status(gateway.pid, "VmHWM")
             rss = proc_status(gateway.pid, "VmRSS")
         finally:
@@ -288,13 +359,14 @@ def main() -> int:
 
     print(
         f"{args.clients} concurrent streaming clients, {args.duration:g} s per target;"
-        f" replies of {args.words} chunks, {args.chunk_delay * 1000:g} ms apart"
+        f" replies of {args.words} chunks, {args.chunk_delay * 1000:g} ms apart; clients"
+        f" started over {args.ramp:g} s; gateway workers: {args.workers}"
     )
     print(
         f"{'target':<9} {'requests':>9} {'req/s':>8} {'errors':>7} "
         f"{'ttft p50':>9} {'ttft p99':>9} {'total p50':>10} {'total p99':>10}"
     )
-    for name, (firsts, totals, errors, elapsed) in results.items():
+    for name, (firsts, totals, errors, elapsed, _cpu) in results.items():
         print(
             f"{name:<9} {len(totals):>9} {len(totals) / elapsed:>8.1f} {errors:>7} "
             f"{pct(firsts, 0.5) * 1000:>7.2f}ms {pct(firsts, 0.99) * 1000:>7.2f}ms "
@@ -310,8 +382,8 @@ def main() -> int:
     }
     print("added by the gateway: " + ", ".join(f"{k} {v * 1000:+.2f} ms" for k, v in added.items()))
     print(
-        f"gateway process: peak memory {peak / 2**20:.1f} MiB (VmHWM), {rss / 2**20:.1f} MiB at"
-        f" the end; CPU {gateway_cpu * 1000 / max(len(g_total), 1):.2f} ms per request"
+        f"gateway processes: peak memory {peak / 2**20:.1f} MiB (VmHWM), {rss / 2**20:.1f} MiB at"
+        f" the end; CPU {results['gateway'][4] * 1000 / max(len(g_total), 1):.2f} ms per request"
     )
     ok = added["ttft p50"] < 0.002 and added["total p50"] < 0.002
     print("target p50 added latency < 2 ms: " + ("met" if ok else "NOT met"))

@@ -107,8 +107,6 @@ class Gateway:
                 observers=() if logged else (usage.record,),
             )
         self.proxy = proxy
-        self.sessions: dict[str, float] = {}
-        """Dashboard login sessions: cookie token -> expiry."""
 
     # -- keys -----------------------------------------------------------------------------------
 
@@ -354,3 +352,12 @@ def create_app(
 
     app.gateway = gw  # type: ignore[attr-defined]
     return app
+
+
+def worker_app() -> Callable[..., Awaitable[None]]:
+    """The app of one ``llmproxy serve --workers N`` worker process (a uvicorn factory).
+
+    Each worker builds its own :class:`Gateway` from the environment, as one ``llmproxy serve``
+    does, and owns its process (``freeze_gc``).
+    """
+    return create_app(freeze_gc=True)

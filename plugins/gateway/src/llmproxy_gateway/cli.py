@@ -8,7 +8,9 @@ import ipaddress
 import os
 import socket
 import sys
+from typing import Any
 
+from llmproxy.errors import ConfigError
 from llmproxy_gateway import env
 from llmproxy_gateway.keys import KeyStore
 
@@ -31,6 +33,13 @@ def configure_serve(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--access-log", action="store_true", help="log every request (off: it costs latency)"
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="worker processes sharing the port (LLMPROXY_GATEWAY_WORKERS, else 1); more than"
+        " one needs file or Redis stores, so that budgets, keys and the log are shared",
+    )
 
 
 def _loopback(host: str) -> bool:
@@ -49,6 +58,11 @@ def serve(args: argparse.Namespace) -> int:
     from llmproxy_gateway.app import create_app
 
     host: str = args.host
+    workers = env.workers(os.environ) if args.workers is None else args.workers
+    if workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {workers}", path="workers")
+    if workers > 1:
+        env.check_shared_stores(os.environ)
     if not _loopback(host):
         sys.stderr.write(
             f"llmproxy serve: listening on {host}, beyond this machine; keys travel in clear"
@@ -61,24 +75,41 @@ def serve(args: argparse.Namespace) -> int:
     # Listen at once: connections wait in the backlog while the app starts (the tokenizer loads).
     sock.listen(2048)
     port = sock.getsockname()[1]
-    app = create_app(freeze_gc=True)
-    gateway = app.gateway  # type: ignore[attr-defined]
+    options: dict[str, Any] = {
+        "log_level": args.log_level,
+        "access_log": args.access_log,
+        "lifespan": "on",
+        "server_header": False,
+        "date_header": False,
+    }
+    if workers == 1:
+        app = create_app(freeze_gc=True)
+        usage = app.gateway.usage.describe()  # type: ignore[attr-defined]
+        config = uvicorn.Config(app, **options)
+    else:
+        from llmproxy_usage_log import open_usage_log
+
+        log = open_usage_log(None, os.environ)
+        usage = log.describe()
+        log.close()
+        # Each worker is a fresh interpreter (spawned) that builds its own app; they accept
+        # connections on the one listening socket, and share budgets, keys, the usage log and
+        # dashboard sessions through their files (or Redis).
+        config = uvicorn.Config(
+            "llmproxy_gateway.app:worker_app", factory=True, workers=workers, **options
+        )
     shown = f"[{host}]" if ":" in host else host
     sys.stdout.write(
         f"llmproxy gateway on http://{shown}:{port}/v1 (dashboard: http://{shown}:{port}/dashboard;"
-        f" usage log: {gateway.usage.describe()})\n"
+        f" usage log: {usage}; workers: {workers})\n"
     )
     sys.stdout.flush()
-    config = uvicorn.Config(
-        app,
-        log_level=args.log_level,
-        access_log=args.access_log,
-        lifespan="on",
-        server_header=False,
-        date_header=False,
-    )
-    server = uvicorn.Server(config)
-    server.run(sockets=[sock])
+    if workers == 1:
+        uvicorn.Server(config).run(sockets=[sock])
+    else:
+        from uvicorn.supervisors import Multiprocess
+
+        Multiprocess(config, sockets=[sock]).run()
     return 0
 
 

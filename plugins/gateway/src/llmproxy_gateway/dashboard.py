@@ -5,13 +5,13 @@ The page is one server-rendered HTML document with a small vanilla script that p
 fetched from elsewhere. ``/dashboard/sessions/{id}`` renders a session's history from the
 Proxy's history store. The admin opens it with ``Authorization: Bearer <admin key>`` or through
 the login form, which sets an HttpOnly, SameSite=Strict cookie naming a server-side session
-(the key itself is never put in a cookie).
+(the key itself is never put in a cookie; sessions are kept, hashed, in the key store's file, so
+every worker process knows them).
 """
 
 from __future__ import annotations
 
 import html
-import secrets
 import time
 from collections.abc import Awaitable, Callable
 from importlib.resources import files
@@ -46,13 +46,7 @@ def is_admin(gateway: Gateway, request: Request) -> bool:
     cookie = request.cookies.get(COOKIE)
     if not cookie:
         return False
-    expires = gateway.sessions.get(cookie)
-    if expires is None:
-        return False
-    if expires < time.time():
-        gateway.sessions.pop(cookie, None)
-        return False
-    return True
+    return gateway.keys.session_active(cookie)
 
 
 def _login_page(message: str = "", status: int = 401) -> HTMLResponse:
@@ -211,11 +205,7 @@ def routes(gateway: Gateway) -> list[Route]:
         key = (form.get("key") or [""])[0].strip()
         if not gateway.is_admin(key):
             return _login_page("That is not an admin key.")
-        token = secrets.token_urlsafe(32)
-        now = time.time()
-        for stale in [t for t, exp in gateway.sessions.items() if exp < now]:
-            gateway.sessions.pop(stale, None)
-        gateway.sessions[token] = now + SESSION_SECONDS
+        token = gateway.keys.start_session(SESSION_SECONDS)
         response = RedirectResponse("/dashboard", 303)
         response.set_cookie(
             COOKIE,
@@ -230,7 +220,7 @@ def routes(gateway: Gateway) -> list[Route]:
     async def logout(request: Request) -> Response:
         cookie = request.cookies.get(COOKIE)
         if cookie:
-            gateway.sessions.pop(cookie, None)
+            gateway.keys.end_session(cookie)
         response = RedirectResponse("/dashboard", 303)
         response.delete_cookie(COOKIE, path="/dashboard")
         return response

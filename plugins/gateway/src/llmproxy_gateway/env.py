@@ -8,6 +8,9 @@ Variable                          Meaning
 ``LLMPROXY_GATEWAY_KEYS_URL``     Where gateway keys are kept: ``sqlite:///relative.db`` or
                                   ``sqlite:////absolute.db`` (default: ``keys.db`` in the data dir,
                                   ``LLMPROXY_DATA_DIR``), or ``memory://``.
+``LLMPROXY_GATEWAY_WORKERS``      Worker processes of ``llmproxy serve`` (default 1; ``--workers``
+                                  wins). More than one needs the ledger, history, usage log and key
+                                  store in files or Redis, not ``memory://``.
 ================================  ==================================================================
 
 The Proxy behind the gateway is built with ``Proxy.from_env()``, so the core's variables
@@ -26,6 +29,7 @@ from llmproxy.errors import ConfigError
 
 ADMIN_KEY = "LLMPROXY_ADMIN_KEY"
 KEYS_URL = "LLMPROXY_GATEWAY_KEYS_URL"
+WORKERS = "LLMPROXY_GATEWAY_WORKERS"
 
 DEFAULT_KEYS_FILE = "keys.db"
 MIN_ADMIN_KEY_LENGTH = 16
@@ -55,3 +59,48 @@ def admin_key(environ: Mapping[str, str]) -> str | None:
             path=ADMIN_KEY,
         )
     return raw
+
+
+def workers(environ: Mapping[str, str]) -> int:
+    """How many worker processes ``llmproxy serve`` runs (``LLMPROXY_GATEWAY_WORKERS``, else 1)."""
+    raw = environ.get(WORKERS, "").strip()
+    if not raw:
+        return 1
+    try:
+        count = int(raw)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise ConfigError(f"{WORKERS} must be a whole number >= 1, got {raw!r}", path=WORKERS)
+    return count
+
+
+def check_shared_stores(environ: Mapping[str, str]) -> None:
+    """Raise ConfigError when a store several worker processes must share is ``memory://``.
+
+    Each worker has its own memory: budgets would be enforced per worker (overspending them),
+    and keys, history, the usage log and dashboard logins would differ from one request to the
+    next.
+    """
+    from llmproxy.config import load_config
+    from llmproxy_usage_log import env as log_env
+
+    config = load_config(environ=environ)
+    stores = {
+        "the ledger (LLMPROXY_LEDGER_URL)": config.ledger_url,
+        "the history (LLMPROXY_HISTORY_URL)": config.history_url,
+        f"the usage log ({log_env.USAGE_LOG_URL})": log_env.log_url(environ),
+        f"the key store ({KEYS_URL})": keys_url(environ),
+    }
+    shared_nowhere = [name for name, url in stores.items() if url and _is_memory(url)]
+    if shared_nowhere:
+        raise ConfigError(
+            "several workers cannot share "
+            + ", ".join(shared_nowhere)
+            + " in memory: use SQLite files (the default) or Redis, or run one worker",
+            path=WORKERS,
+        )
+
+
+def _is_memory(url: str) -> bool:
+    return url.strip().lower().startswith("memory:")

@@ -112,6 +112,10 @@ def _digest(salt: str, secret: str) -> str:
     return hashlib.sha256(bytes.fromhex(salt) + secret.encode()).hexdigest()
 
 
+def _session_digest(token: str) -> str:
+    return hashlib.sha256(b"dashboard-session:" + token.encode()).hexdigest()
+
+
 @frozen
 class KeyRecord:
     """One gateway key as stored: never the secret, only its salted hash.
@@ -160,6 +164,10 @@ CREATE TABLE IF NOT EXISTS gateway_keys (
     name TEXT,
     created_at REAL NOT NULL,
     revoked_at REAL
+);
+CREATE TABLE IF NOT EXISTS dashboard_sessions (
+    digest TEXT PRIMARY KEY,
+    expires REAL NOT NULL
 );
 """
 _SELECT: Final = (
@@ -363,6 +371,49 @@ class KeyStore:
             record = attrs.evolve(record, revoked_at=now)
             self._by_id[key_id] = record
             return record
+
+    # -- dashboard login sessions ---------------------------------------------------------------
+
+    def start_session(self, seconds: float) -> str:
+        """Open a dashboard login session for ``seconds``; return its token (stored hashed).
+
+        Sessions live in the store's file, so every worker process of a gateway (and a
+        restarted gateway) knows them. Expired ones are deleted here.
+        """
+        token = secrets.token_urlsafe(32)
+        now = time.time()
+        with self._lock:
+            try:
+                self._conn.execute("DELETE FROM dashboard_sessions WHERE expires < ?", (now,))
+                self._conn.execute(
+                    "INSERT INTO dashboard_sessions (digest, expires) VALUES (?, ?)",
+                    (_session_digest(token), now + seconds),
+                )
+            except sqlite3.Error as exc:
+                raise StoreError(f"gateway key store {self.path}: {exc}") from exc
+        return token
+
+    def session_active(self, token: str) -> bool:
+        """Whether ``token`` names a dashboard session that has not expired or ended."""
+        with self._lock:
+            try:
+                row = self._conn.execute(
+                    "SELECT expires FROM dashboard_sessions WHERE digest = ?",
+                    (_session_digest(token),),
+                ).fetchone()
+            except sqlite3.Error as exc:
+                raise StoreError(f"gateway key store {self.path}: {exc}") from exc
+        return row is not None and float(row[0]) >= time.time()
+
+    def end_session(self, token: str) -> None:
+        """End a dashboard session (logging out); unknown tokens are ignored."""
+        with self._lock:
+            try:
+                self._conn.execute(
+                    "DELETE FROM dashboard_sessions WHERE digest = ?", (_session_digest(token),)
+                )
+            except sqlite3.Error as exc:
+                raise StoreError(f"gateway key store {self.path}: {exc}") from exc
 
     def close(self) -> None:
         """Close the file."""
