@@ -1,16 +1,19 @@
 """The gateway under load: N concurrent streaming clients, through `llmproxy serve` and direct.
 
-Three processes on loopback: the fake OpenAI upstream (streaming a reply of --words words, one
-SSE chunk per word, --chunk-delay seconds apart, like a model producing tokens), the gateway
-(`llmproxy serve`, with a gateway key that has a token budget and a rate limit, so every call
-reserves and settles in the SQLite ledger and is written to the SQLite usage log), and this
-load generator (a minimal asyncio HTTP/1.1 client, one keep-alive connection per client, so
-the client's own cost stays small). Each client sends streaming chat completions back to back
-for --duration seconds, first straight to the upstream, then through the gateway.
+Three sets of processes on loopback: the fake OpenAI upstream (streaming a reply of --words
+words, one SSE chunk per word, --chunk-delay seconds apart, like a model producing tokens), the
+gateway (`llmproxy serve --workers N`, with a gateway key that has a token budget and a rate
+limit, so every call reserves and settles in the SQLite ledger and is written to the SQLite
+usage log), and this load generator (a minimal asyncio HTTP/1.1 client, one keep-alive
+connection per client, so the client's own cost stays small). Each client sends streaming chat
+completions back to back. The clients start spread over one reply's length (--ramp), as users
+arriving do, rather than all in the same millisecond (--ramp 0: lock-step bursts). The targets
+(straight to the upstream, through the gateway) take turns for --rounds rounds, --duration
+seconds in all per target, so a drift in the machine's speed hits both alike.
 
 Reported per target: requests/s, time to the first content chunk and to the end of the stream
 (p50, p99); the gateway's added latency is its percentile minus the direct one. The gateway's
-peak memory is its VmHWM, its CPU time per request from /proc.
+peak memory is the sum of its processes' VmHWM, its CPU time per request from /proc.
 
     .venv/bin/python bench/bench_gateway.py            # 64 clients, 30 s per target
     .venv/bin/python bench/bench_gateway.py --quick    # 16 clients, 3 s: a smoke run
@@ -280,13 +283,19 @@ def main() -> int:
         default=min(2, os.cpu_count() or 1),
         help="gateway worker processes (llmproxy serve --workers; default: 2, or 1 on one CPU)",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="the targets take turns this many times, each for duration / rounds (3)",
+    )
     parser.add_argument("--quick", action="store_true", help="16 clients, 3 s per target")
     parser.add_argument("--serve-upstream", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_upstream:
         return serve_upstream(args.words, args.chunk_delay)
     if args.quick:
-        args.clients, args.duration = 16, 3.0
+        args.clients, args.duration, args.rounds = 16, 3.0, 1
     if args.ramp is None:
         args.ramp = args.words * args.chunk_delay
 
@@ -334,23 +343,35 @@ def main() -> int:
                 "direct": (up_host, int(up_port), "/v1/chat/completions", UPSTREAM_KEY),
                 "gateway": (gw_host, int(gw_port), "/v1/chat/completions", key),
             }
-            results = {}
-            warmup = args.ramp + 2.0
-            for name, (host, port, path, secret) in targets.items():
-                results[name] = asyncio.run(
-                    drive(
-                        host,
-                        port,
-                        path,
-                        secret,
-                        "gpt-4o-mini",
-                        args.clients,
-                        args.duration,
-                        ramp=args.ramp,
-                        warmup=warmup,
-                        cpu=lambda: cpu_seconds(gateway.pid),
+            # The targets take turns, --rounds times: the machine's speed drifts (a shared VM
+            # can run 30% slower for a minute), and alternating gives both the same conditions.
+            results: dict[str, tuple[list[float], list[float], int, float, float]] = {
+                name: ([], [], 0, 0.0, 0.0) for name in targets
+            }
+            for round_index in range(args.rounds):
+                for name, (host, port, path, secret) in targets.items():
+                    firsts, totals, errors, elapsed, used = asyncio.run(
+                        drive(
+                            host,
+                            port,
+                            path,
+                            secret,
+                            "gpt-4o-mini",
+                            args.clients,
+                            args.duration / args.rounds,
+                            ramp=args.ramp,
+                            warmup=args.ramp + (2.0 if round_index == 0 else 0.5),
+                            cpu=lambda: cpu_seconds(gateway.pid),
+                        )
                     )
-                )
+                    so_far = results[name]
+                    results[name] = (
+                        so_far[0] + firsts,
+                        so_far[1] + totals,
+                        so_far[2] + errors,
+                        so_far[3] + elapsed,
+                        so_far[4] + used,
+                    )
             peak = proc_status(gateway.pid, "VmHWM")
             rss = proc_status(gateway.pid, "VmRSS")
         finally:
@@ -360,7 +381,8 @@ def main() -> int:
     print(
         f"{args.clients} concurrent streaming clients, {args.duration:g} s per target;"
         f" replies of {args.words} chunks, {args.chunk_delay * 1000:g} ms apart; clients"
-        f" started over {args.ramp:g} s; gateway workers: {args.workers}"
+        f" started over {args.ramp:g} s; {args.rounds} alternating rounds; gateway workers:"
+        f" {args.workers}"
     )
     print(
         f"{'target':<9} {'requests':>9} {'req/s':>8} {'errors':>7} "

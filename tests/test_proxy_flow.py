@@ -463,6 +463,62 @@ async def test_abandoned_async_stream(make_proxy: MakeProxy, upstream: FakeOpenA
     assert proxy.usage()[0].reserved == 0
 
 
+def test_final_event_comes_before_settling_and_the_loop_end_settles(
+    make_proxy: MakeProxy, upstream: FakeOpenAI
+) -> None:
+    proxy = make_proxy(budgets=[LLMBudget(max_tokens=1000)])
+    upstream.enqueue(Reply(text="alpha beta"))
+    stream = proxy.stream("go", session_id="s")
+    events = [next(stream), next(stream)]
+    final = next(stream)
+    assert final.done and final.usage.total_tokens > 0
+    [usage] = proxy.usage()
+    assert usage.reserved > 0 and usage.used == 0  # the reservation still holds the budget
+    assert proxy.history.load("s") == []
+    with pytest.raises(StopIteration):
+        next(stream)
+    [usage] = proxy.usage()
+    assert usage.reserved == 0 and usage.used == final.usage.total_tokens
+    assert [r.content for r in proxy.history.load("s")] == ["go", "alpha beta"]
+    assert "".join(e.text for e in events) == "alpha beta"
+
+
+def test_stream_left_after_its_final_event_settles_when_dropped(
+    make_proxy: MakeProxy, upstream: FakeOpenAI
+) -> None:
+    proxy = make_proxy(budgets=[LLMBudget(max_tokens=1000)])
+    upstream.enqueue(Reply(text="alpha"))
+    stream = proxy.stream("go", session_id="s")
+    for event in stream:
+        if event.done:
+            break
+    assert proxy.usage()[0].reserved > 0
+    del stream, event
+    gc.collect()
+    assert proxy.usage()[0].reserved == 0
+    assert not proxy.history.load("s")[-1].message.interrupted
+
+
+async def test_async_stream_settles_after_its_final_event(
+    make_proxy: MakeProxy, upstream: FakeOpenAI
+) -> None:
+    proxy = make_proxy(budgets=[LLMBudget(max_tokens=1000)])
+    for close in (False, True):
+        upstream.enqueue(Reply(text="alpha beta"))
+        stream = proxy.astream("go", session_id=f"s{close}")
+        async for event in stream:
+            if event.done:
+                assert proxy.usage()[0].reserved > 0
+                if close:
+                    break
+        if close:
+            await stream.aclose()
+            await stream.aclose()  # again: nothing left to do
+        assert proxy.usage()[0].reserved == 0
+        stored = await proxy.history.aload(f"s{close}")
+        assert [r.content for r in stored] == ["go", "alpha beta"]
+
+
 async def test_async_stream_budget_exceeded(make_proxy: MakeProxy, upstream: FakeOpenAI) -> None:
     proxy = make_proxy(budgets=[LLMBudget(max_tokens=3)])
     with pytest.raises(BudgetExceeded):

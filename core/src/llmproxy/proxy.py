@@ -1438,6 +1438,8 @@ class _StreamBase:
         self._request = request
         self._state = _StreamState()
         self._done = False
+        self._unsettled: tuple[dict[str, Any] | None, list[HistoryRecord] | None] | None = None
+        """What to settle and store once the final event is out (see :meth:`_complete`)."""
         self.response: ChatResponse | None = None
         """The whole response, once the stream has ended (also when it was interrupted)."""
 
@@ -1474,6 +1476,25 @@ class _StreamBase:
         )
         return final, settle, records
 
+    def _complete(self) -> StreamEvent:
+        """The final event of a stream that ended well; settling and storing wait for later.
+
+        The caller gets the end of its answer at once; the ledger settle and the history
+        append run when it asks for the next event (the end of a ``for`` loop), closes the
+        stream, or drops it. The reservation covers the call until then, so a budget is never
+        overspent in between.
+        """
+        final, settle, records = self._end(False, None)
+        assert final is not None
+        self._unsettled = (settle, records)
+        return final
+
+    def _settle_unsettled(self) -> None:
+        """Settle and store what :meth:`_complete` left (blocking)."""
+        pending, self._unsettled = self._unsettled, None
+        if pending is not None:
+            self._proxy._settle_and_store(self._call, *pending)
+
     def _round_done(self) -> tuple[Message, dict[str, Any] | None] | None:
         """At the end of a round that asked for tools: its message and what to settle."""
         call = self._call
@@ -1500,6 +1521,10 @@ class ChatStream(_StreamBase):
 
     Retries happen only before any text has been delivered. A stream that breaks afterwards
     raises :class:`~llmproxy.errors.StreamInterrupted` once what arrived is stored and counted.
+    The final event (``done``) comes as soon as the answer is complete; the call is settled in
+    the ledger and stored in history when the iteration ends (the next ``next()``, as a ``for``
+    loop makes), on :meth:`close`, or when the stream is dropped. Until then the call's
+    reservation still holds its budget.
     """
 
     def __init__(self, proxy: Proxy, call: _Call, request: ChatRequest) -> None:
@@ -1512,6 +1537,7 @@ class ChatStream(_StreamBase):
 
     def __next__(self) -> StreamEvent:
         if self._done:
+            self._settle_unsettled()
             raise StopIteration
         call = self._call
         while True:
@@ -1524,9 +1550,7 @@ class ChatStream(_StreamBase):
             except StopIteration:
                 if self._tool_round():
                     continue
-                final = self._finish(False, None)
-                assert final is not None
-                return final
+                return self._complete()
             except BaseException as exc:
                 delay = self._retry_delay(exc)
                 if delay is not None:
@@ -1609,6 +1633,7 @@ class ChatStream(_StreamBase):
     def close(self) -> None:
         """Stop reading: close the connection, store what arrived (interrupted), settle."""
         if self._done:
+            self._settle_unsettled()
             return
         self._close_iterator()
         if not self._state.received:
@@ -1630,7 +1655,7 @@ class ChatStream(_StreamBase):
         self.close()
 
     def __del__(self) -> None:
-        if not getattr(self, "_done", True):
+        if not getattr(self, "_done", True) or getattr(self, "_unsettled", None) is not None:
             try:
                 self.close()
             except Exception:
@@ -1661,6 +1686,7 @@ class AsyncChatStream(_StreamBase):
 
     async def __anext__(self) -> StreamEvent:
         if self._done:
+            await self._asettle_unsettled()
             raise StopAsyncIteration
         call = self._call
         request = self._request
@@ -1684,9 +1710,7 @@ class AsyncChatStream(_StreamBase):
                     request = self._request
                     assert request is not None
                     continue
-                final = await self._finish(False, None)
-                assert final is not None
-                return final
+                return self._complete()
             except BaseException as exc:
                 delay = self._retry_delay(exc)
                 if delay is not None:
@@ -1770,9 +1794,15 @@ class AsyncChatStream(_StreamBase):
         await self._proxy._asettle_and_store(self._call, settle, records)
         return final
 
+    async def _asettle_unsettled(self) -> None:
+        pending, self._unsettled = self._unsettled, None
+        if pending is not None:
+            await self._proxy._asettle_and_store(self._call, *pending)
+
     async def aclose(self) -> None:
         """Stop reading: close the connection, store what arrived (interrupted), settle."""
         if self._done:
+            await self._asettle_unsettled()
             return
         await self._close_iterator()
         if not self._state.received:
@@ -1795,6 +1825,12 @@ class AsyncChatStream(_StreamBase):
 
     def __del__(self) -> None:
         # Abandoned without aclose(): settle and store synchronously (every store has sync twins).
+        if getattr(self, "_unsettled", None) is not None:
+            try:
+                self._settle_unsettled()
+            except Exception:
+                log.debug("finalising an abandoned stream failed", exc_info=True)
+            return
         if getattr(self, "_done", True):
             return
         self._done = True

@@ -245,10 +245,14 @@ class Gateway:
                 log.debug("could not send the error to a stream's client", exc_info=True)
         finally:
             watcher.cancel()
-            # A client that went away (or any failure) ends the stream: what arrived is stored,
+            # A finished stream is settled and stored here, after its last bytes went out; a
+            # client that went away (or any failure) ends the stream: what arrived is stored,
             # marked interrupted, and counted.
             with anyio.CancelScope(shield=True):
-                await stream.aclose()
+                try:
+                    await stream.aclose()
+                except Exception:
+                    log.exception("settling or storing a stream failed")
 
     # -- lifecycle ------------------------------------------------------------------------------
 
