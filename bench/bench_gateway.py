@@ -332,9 +332,15 @@ def main() -> int:
             "bench", budgets=["tokens:1000000000000/month", "requests:100000000/minute"]
         )
         store.close()
-        gateway, line = start(
-            [LLMPROXY, "serve", "--port", "0", "--workers", str(args.workers)], env, "gateway on"
-        )
+        try:
+            gateway, line = start(
+                [LLMPROXY, "serve", "--port", "0", "--workers", str(args.workers)],
+                env,
+                "gateway on",
+            )
+        except BaseException:
+            stop(upstream)
+            raise
         gateway_url = line.split("gateway on ", 1)[1].split()[0].removesuffix("/v1")
         try:
             up_host, up_port = upstream_url.split("//")[1].split("/")[0].split(":")

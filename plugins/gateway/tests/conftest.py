@@ -50,11 +50,11 @@ def chat_bodies(server: FakeOpenAI) -> list[dict[str, Any]]:
 class GatewayProcess:
     """``llmproxy serve --port 0`` as a child process; ``url`` is its base URL."""
 
-    def __init__(self, env: dict[str, str], data_dir: Path) -> None:
+    def __init__(self, env: dict[str, str], data_dir: Path, *args: str) -> None:
         self.env = env
         self.data_dir = data_dir
         self.proc = subprocess.Popen(
-            [LLMPROXY, "serve", "--port", "0"],
+            [LLMPROXY, "serve", "--port", "0", *args],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -87,11 +87,14 @@ def serve(args: argparse.Namespace) -> int:
         usage = app.gateway.usage.describe()  # type: ignore[attr-defined]
         config = uvicorn.Config(app, **options)
     else:
+        from llmproxy_usage_log import env as log_env
         from llmproxy_usage_log import open_usage_log
 
-        log = open_usage_log(None, os.environ)
-        usage = log.describe()
-        log.close()
+        usage = "off"
+        if log_env.log_url(os.environ) is not None:
+            log = open_usage_log(None, os.environ)
+            usage = log.describe()
+            log.close()
         # Each worker is a fresh interpreter (spawned) that builds its own app; they accept
         # connections on the one listening socket, and share budgets, keys, the usage log and
         # dashboard sessions through their files (or Redis).

@@ -89,7 +89,8 @@ def check_shared_stores(environ: Mapping[str, str]) -> None:
     stores = {
         "the ledger (LLMPROXY_LEDGER_URL)": config.ledger_url,
         "the history (LLMPROXY_HISTORY_URL)": config.history_url,
-        f"the usage log ({log_env.USAGE_LOG_URL})": log_env.log_url(environ),
+        # Turned off, the dashboard reads a log each worker keeps in memory.
+        f"the usage log ({log_env.USAGE_LOG_URL})": log_env.log_url(environ) or "memory://",
         f"the key store ({KEYS_URL})": keys_url(environ),
     }
     shared_nowhere = [name for name, url in stores.items() if url and _is_memory(url)]
