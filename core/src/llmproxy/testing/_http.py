@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from types import TracebackType
-from typing import Any, Literal, Self, TypeAlias
+from typing import Any, Literal, Self, TypeAlias, cast
 from urllib.parse import parse_qsl
 
 __all__ = [
@@ -473,7 +473,8 @@ class _Connection(asyncio.Protocol):
     # -- asyncio callbacks ---------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # A stream transport; uvloop's does not subclass asyncio.Transport, so no isinstance.
+        transport = cast(asyncio.Transport, transport)
         self._transport = transport
         # high=0: pause_writing() whenever anything is buffered, so drain()
         # means "everything handed to the kernel".
