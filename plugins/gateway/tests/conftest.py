@@ -125,11 +125,8 @@ def upstream() -> Iterator[FakeOpenAI]:
         yield server
 
 
-@pytest.fixture(scope="module")
-def gateway(
-    upstream: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[GatewayProcess]:
-    root = tmp_path_factory.mktemp("gateway")
+def serve_gateway(upstream: FakeOpenAI, root: Path, **extra: str) -> Iterator[GatewayProcess]:
+    """Run a gateway with its data under ``root`` in front of ``upstream``, then stop it."""
     config = root / "llmproxy.toml"
     config.write_text(CONFIG)
     env = clean_env(
@@ -139,8 +136,16 @@ def gateway(
         LLMPROXY_ADMIN_KEY=ADMIN_KEY,
         LLMPROXY_CONFIG=str(config),
         LLMPROXY_USAGE_LOG_URL=f"sqlite:///{root}/data/usage.db?flush_interval=0.05",
+        **extra,
     )
     server = GatewayProcess(env, root / "data")
     yield server
     server.stop()
     server.keys.close()
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    upstream: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
+    yield from serve_gateway(upstream, tmp_path_factory.mktemp("gateway"))

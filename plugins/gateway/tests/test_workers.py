@@ -14,7 +14,7 @@ from llmproxy.errors import ConfigError
 from llmproxy.testing.fake_openai import FakeOpenAI
 from llmproxy_gateway import KeyStore, env
 
-from .conftest import ADMIN_KEY, CONFIG, LLMPROXY, UPSTREAM_KEY, GatewayProcess, clean_env
+from .conftest import ADMIN_KEY, LLMPROXY, UPSTREAM_KEY, GatewayProcess, clean_env, serve_gateway
 
 BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -24,26 +24,24 @@ def gateway(
     upstream: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[GatewayProcess]:
     root = tmp_path_factory.mktemp("workers")
-    config = root / "llmproxy.toml"
-    config.write_text(CONFIG)
-    server_env = clean_env(
-        OPENAI_API_KEY=UPSTREAM_KEY,
-        OPENAI_BASE_URL=upstream.base_url,
-        LLMPROXY_DATA_DIR=str(root / "data"),
-        LLMPROXY_ADMIN_KEY=ADMIN_KEY,
-        LLMPROXY_CONFIG=str(config),
-        LLMPROXY_GATEWAY_WORKERS="2",
-    )
-    server = GatewayProcess(server_env, root / "data")
-    yield server
-    server.stop()
-    server.keys.close()
+    yield from serve_gateway(upstream, root, LLMPROXY_GATEWAY_WORKERS="2")
 
 
-def workers_of(gateway: GatewayProcess) -> list[int]:
+def workers_of(gateway: GatewayProcess, expected: int) -> list[int]:
+    """The worker processes under ``llmproxy serve``, once ``expected`` of them have started."""
     children = Path(f"/proc/{gateway.proc.pid}/task/{gateway.proc.pid}/children")
-    pids = [int(p) for p in children.read_text().split()]
-    return [p for p in pids if "spawn_main" in Path(f"/proc/{p}/cmdline").read_text()]
+    deadline = time.monotonic() + 30
+    while True:
+        workers = []
+        for pid in (int(p) for p in children.read_text().split()):
+            try:
+                if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text():
+                    workers.append(pid)
+            except OSError:
+                continue
+        if len(workers) >= expected or time.monotonic() > deadline:
+            return workers
+        time.sleep(0.05)
 
 
 def fresh(gateway: GatewayProcess) -> httpx.Client:
@@ -54,7 +52,7 @@ def fresh(gateway: GatewayProcess) -> httpx.Client:
 
 
 def test_two_workers_serve_and_share_one_request_budget(gateway: GatewayProcess) -> None:
-    assert len(workers_of(gateway)) == 2
+    assert len(workers_of(gateway, 2)) == 2
     key = gateway.key("wanda", "requests:6/minute")
     statuses = []
     with fresh(gateway) as client:
