@@ -78,6 +78,9 @@ def serve(args: argparse.Namespace) -> int:
     options: dict[str, Any] = {
         "log_level": args.log_level,
         "access_log": args.access_log,
+        # X-Forwarded-For only changes the client address the access log shows; nothing else
+        # in the gateway reads it, so without the log the middleware is skipped.
+        "proxy_headers": args.access_log,
         "lifespan": "on",
         "server_header": False,
         "date_header": False,
