@@ -26,7 +26,8 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final
 
@@ -241,18 +242,24 @@ class KeyStore:
         environ = os.environ if environ is None else environ
         return cls.from_url(env.keys_url(environ), environ)
 
+    @contextmanager
+    def _sql(self) -> Iterator[sqlite3.Connection]:
+        """The connection, under the store's lock; an SQLite error becomes a StoreError."""
+        with self._lock:
+            try:
+                yield self._conn
+            except sqlite3.Error as exc:
+                raise StoreError(f"gateway key store {self.path}: {exc}") from exc
+
     # -- reading ------------------------------------------------------------------------------
 
     def _refresh(self) -> None:
         """Reload the table when another connection changed it; the caller may hold no lock."""
-        with self._lock:
-            try:
-                (version,) = self._conn.execute("PRAGMA data_version").fetchone()
-                if version == self._version:
-                    return
-                rows = self._conn.execute(_SELECT).fetchall()
-            except sqlite3.Error as exc:
-                raise StoreError(f"gateway key store {self.path}: {exc}") from exc
+        with self._sql() as conn:
+            (version,) = conn.execute("PRAGMA data_version").fetchone()
+            if version == self._version:
+                return
+            rows = conn.execute(_SELECT).fetchall()
             self._by_id = {row[0]: _record(row) for row in rows}
             self._version = version
 
@@ -313,7 +320,7 @@ class KeyStore:
             raise ConfigError(f"budgets repeat: {', '.join(specs)}", path="budget")
         secret = secrets.token_urlsafe(32)
         salt = secrets.token_hex(16)
-        with self._lock:
+        with self._sql() as conn:
             for _ in range(10):
                 key_id = secrets.token_hex(5)
                 if key_id not in self._by_id:
@@ -330,23 +337,20 @@ class KeyStore:
                 _digest(salt, secret),
                 policies,
             )
-            try:
-                self._conn.execute(
-                    'INSERT INTO gateway_keys (id, salt, digest, "user", budgets, admin, name,'
-                    " created_at, revoked_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL)",
-                    (
-                        key_id,
-                        salt,
-                        record.digest,
-                        record.user,
-                        json.dumps(list(specs)),
-                        int(admin),
-                        name,
-                        record.created_at,
-                    ),
-                )
-            except sqlite3.Error as exc:
-                raise StoreError(f"gateway key store {self.path}: {exc}") from exc
+            conn.execute(
+                'INSERT INTO gateway_keys (id, salt, digest, "user", budgets, admin, name,'
+                " created_at, revoked_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL)",
+                (
+                    key_id,
+                    salt,
+                    record.digest,
+                    record.user,
+                    json.dumps(list(specs)),
+                    int(admin),
+                    name,
+                    record.created_at,
+                ),
+            )
             self._by_id[key_id] = record
         return record, f"{PREFIX}{key_id}-{secret}"
 
@@ -355,19 +359,14 @@ class KeyStore:
         if not _ID.match(key_id):
             raise ConfigError(f"{key_id!r} is not a key id (10 hex digits)", path="id")
         self._refresh()
-        with self._lock:
+        with self._sql() as conn:
             record = self._by_id.get(key_id)
             if record is None:
                 raise ConfigError(f"no key with id {key_id!r}", path="id")
             if record.revoked_at is not None:
                 return record
             now = time.time()
-            try:
-                self._conn.execute(
-                    "UPDATE gateway_keys SET revoked_at = ? WHERE id = ?", (now, key_id)
-                )
-            except sqlite3.Error as exc:
-                raise StoreError(f"gateway key store {self.path}: {exc}") from exc
+            conn.execute("UPDATE gateway_keys SET revoked_at = ? WHERE id = ?", (now, key_id))
             record = attrs.evolve(record, revoked_at=now)
             self._by_id[key_id] = record
             return record
@@ -382,38 +381,29 @@ class KeyStore:
         """
         token = secrets.token_urlsafe(32)
         now = time.time()
-        with self._lock:
-            try:
-                self._conn.execute("DELETE FROM dashboard_sessions WHERE expires < ?", (now,))
-                self._conn.execute(
-                    "INSERT INTO dashboard_sessions (digest, expires) VALUES (?, ?)",
-                    (_session_digest(token), now + seconds),
-                )
-            except sqlite3.Error as exc:
-                raise StoreError(f"gateway key store {self.path}: {exc}") from exc
+        with self._sql() as conn:
+            conn.execute("DELETE FROM dashboard_sessions WHERE expires < ?", (now,))
+            conn.execute(
+                "INSERT INTO dashboard_sessions (digest, expires) VALUES (?, ?)",
+                (_session_digest(token), now + seconds),
+            )
         return token
 
     def session_active(self, token: str) -> bool:
         """Whether ``token`` names a dashboard session that has not expired or ended."""
-        with self._lock:
-            try:
-                row = self._conn.execute(
-                    "SELECT expires FROM dashboard_sessions WHERE digest = ?",
-                    (_session_digest(token),),
-                ).fetchone()
-            except sqlite3.Error as exc:
-                raise StoreError(f"gateway key store {self.path}: {exc}") from exc
+        with self._sql() as conn:
+            row = conn.execute(
+                "SELECT expires FROM dashboard_sessions WHERE digest = ?",
+                (_session_digest(token),),
+            ).fetchone()
         return row is not None and float(row[0]) >= time.time()
 
     def end_session(self, token: str) -> None:
         """End a dashboard session (logging out); unknown tokens are ignored."""
-        with self._lock:
-            try:
-                self._conn.execute(
-                    "DELETE FROM dashboard_sessions WHERE digest = ?", (_session_digest(token),)
-                )
-            except sqlite3.Error as exc:
-                raise StoreError(f"gateway key store {self.path}: {exc}") from exc
+        with self._sql() as conn:
+            conn.execute(
+                "DELETE FROM dashboard_sessions WHERE digest = ?", (_session_digest(token),)
+            )
 
     def close(self) -> None:
         """Close the file."""
