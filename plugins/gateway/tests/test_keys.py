@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from llmproxy import CallScope, CostBudget, LLMBudget, RequestsPerMinute
-from llmproxy.errors import ConfigError
+from llmproxy.errors import ConfigError, StoreError
 from llmproxy_gateway import KeyStore, key_policies, parse_budget
 from llmproxy_gateway.keys import admin_matches
 
@@ -149,3 +149,15 @@ def test_the_keys_command(tmp_path: Path) -> None:
     bad = run(["create", "--user", "x", "--budget", "gold:5"], tmp_path)
     assert bad.returncode == 2 and "KIND:AMOUNT" in bad.stderr and "Traceback" not in bad.stderr
     assert run(["create"], tmp_path).returncode == 2
+
+
+def test_sqlite_failures_are_store_errors(tmp_path: Path) -> None:
+    store = KeyStore(tmp_path / "keys.db")
+    _record, key = store.create("zoe")
+    store._conn.execute("DROP TABLE dashboard_sessions")
+    with pytest.raises(StoreError, match="gateway key store"):
+        store.start_session(60)
+    store.close()  # a closed connection fails every statement
+    for call in (lambda: store.verify(key), lambda: store.session_active("t")):
+        with pytest.raises(StoreError, match="gateway key store"):
+            call()
