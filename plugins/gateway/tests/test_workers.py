@@ -111,6 +111,9 @@ def test_workers_variable() -> None:
     for bad in ("0", "-1", "two"):
         with pytest.raises(ConfigError, match="LLMPROXY_GATEWAY_WORKERS"):
             env.workers({"LLMPROXY_GATEWAY_WORKERS": bad})
+    assert env.workers({"LLMPROXY_GATEWAY_WORKERS": "5"}, 2) == 2  # --workers wins
+    with pytest.raises(ConfigError, match="--workers"):
+        env.workers({}, 0)
     env.check_shared_stores({"LLMPROXY_DATA_DIR": "/tmp/x"})  # the SQLite defaults are shared
     with pytest.raises(ConfigError, match="usage log"):
         env.check_shared_stores({"LLMPROXY_USAGE_LOG_URL": "off"})

@@ -10,7 +10,6 @@ import socket
 import sys
 from typing import Any
 
-from llmproxy.errors import ConfigError
 from llmproxy_gateway import env
 from llmproxy_gateway.keys import KeyStore
 
@@ -58,9 +57,7 @@ def serve(args: argparse.Namespace) -> int:
     from llmproxy_gateway.app import create_app
 
     host: str = args.host
-    workers = env.workers(os.environ) if args.workers is None else args.workers
-    if workers < 1:
-        raise ConfigError(f"--workers must be at least 1, got {workers}", path="workers")
+    workers = env.workers(os.environ, args.workers)
     if workers > 1:
         env.check_shared_stores(os.environ)
     if not _loopback(host):
@@ -85,37 +82,34 @@ def serve(args: argparse.Namespace) -> int:
         "server_header": False,
         "date_header": False,
     }
+    shown = f"[{host}]" if ":" in host else host
+
+    def announce(usage: str) -> None:
+        sys.stdout.write(
+            f"llmproxy gateway on http://{shown}:{port}/v1 (dashboard:"
+            f" http://{shown}:{port}/dashboard; usage log: {usage}; workers: {workers})\n"
+        )
+        sys.stdout.flush()
+
     if workers == 1:
         app = create_app(freeze_gc=True)
-        usage = app.gateway.usage.describe()  # type: ignore[attr-defined]
-        config = uvicorn.Config(app, **options)
-    else:
-        from llmproxy_usage_log import env as log_env
-        from llmproxy_usage_log import open_usage_log
+        announce(app.gateway.usage.describe())  # type: ignore[attr-defined]
+        uvicorn.Server(uvicorn.Config(app, **options)).run(sockets=[sock])
+        return 0
+    from uvicorn.supervisors import Multiprocess
 
-        usage = "off"
-        if log_env.log_url(os.environ) is not None:
-            log = open_usage_log(None, os.environ)
-            usage = log.describe()
-            log.close()
-        # Each worker is a fresh interpreter (spawned) that builds its own app; they accept
-        # connections on the one listening socket, and share budgets, keys, the usage log and
-        # dashboard sessions through their files (or Redis).
-        config = uvicorn.Config(
-            "llmproxy_gateway.app:worker_app", factory=True, workers=workers, **options
-        )
-    shown = f"[{host}]" if ":" in host else host
-    sys.stdout.write(
-        f"llmproxy gateway on http://{shown}:{port}/v1 (dashboard: http://{shown}:{port}/dashboard;"
-        f" usage log: {usage}; workers: {workers})\n"
+    from llmproxy_usage_log import open_usage_log
+
+    log = open_usage_log(None, os.environ)  # on: check_shared_stores refuses it turned off
+    announce(log.describe())
+    log.close()
+    # Each worker is a fresh interpreter (spawned) that builds its own app; they accept
+    # connections on the one listening socket, and share budgets, keys, the usage log and
+    # dashboard sessions through their files (or Redis).
+    config = uvicorn.Config(
+        "llmproxy_gateway.app:worker_app", factory=True, workers=workers, **options
     )
-    sys.stdout.flush()
-    if workers == 1:
-        uvicorn.Server(config).run(sockets=[sock])
-    else:
-        from uvicorn.supervisors import Multiprocess
-
-        Multiprocess(config, sockets=[sock]).run()
+    Multiprocess(config, sockets=[sock]).run()
     return 0
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from llmproxy import env as core_env
 from llmproxy.errors import ConfigError
+from llmproxy.urls import scheme_of
 
 ADMIN_KEY = "LLMPROXY_ADMIN_KEY"
 KEYS_URL = "LLMPROXY_GATEWAY_KEYS_URL"
@@ -61,9 +62,15 @@ def admin_key(environ: Mapping[str, str]) -> str | None:
     return raw
 
 
-def workers(environ: Mapping[str, str]) -> int:
-    """How many worker processes ``llmproxy serve`` runs (``LLMPROXY_GATEWAY_WORKERS``, else 1)."""
-    raw = environ.get(WORKERS, "").strip()
+def workers(environ: Mapping[str, str], given: int | None = None) -> int:
+    """How many worker processes ``llmproxy serve`` runs; below 1 is a ConfigError.
+
+    ``given`` (``--workers``) wins, else ``LLMPROXY_GATEWAY_WORKERS``, else 1.
+    """
+    if given is not None:
+        source, raw = "--workers", str(given)
+    else:
+        source, raw = WORKERS, environ.get(WORKERS, "").strip()
     if not raw:
         return 1
     try:
@@ -71,7 +78,7 @@ def workers(environ: Mapping[str, str]) -> int:
     except ValueError:
         count = 0
     if count < 1:
-        raise ConfigError(f"{WORKERS} must be a whole number >= 1, got {raw!r}", path=WORKERS)
+        raise ConfigError(f"{source} must be a whole number >= 1, got {raw!r}", path=source)
     return count
 
 
@@ -93,7 +100,9 @@ def check_shared_stores(environ: Mapping[str, str]) -> None:
         f"the usage log ({log_env.USAGE_LOG_URL})": log_env.log_url(environ) or "memory://",
         f"the key store ({KEYS_URL})": keys_url(environ),
     }
-    shared_nowhere = [name for name, url in stores.items() if url and _is_memory(url)]
+    shared_nowhere = [
+        name for name, url in stores.items() if url and scheme_of(url, what=name) == "memory"
+    ]
     if shared_nowhere:
         raise ConfigError(
             "several workers cannot share "
@@ -101,7 +110,3 @@ def check_shared_stores(environ: Mapping[str, str]) -> None:
             + " in memory: use SQLite files (the default) or Redis, or run one worker",
             path=WORKERS,
         )
-
-
-def _is_memory(url: str) -> bool:
-    return url.strip().lower().startswith("memory:")
