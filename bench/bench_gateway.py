@@ -31,13 +31,33 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 UPSTREAM_KEY = "sk-bench-upstream-0000000000"
-T = TypeVar("T")
 LLMPROXY = str(Path(sys.executable).with_name("llmproxy"))
 PROMPT = "Say hello to the benchmark, please."
+T = TypeVar("T")
+
+
+@dataclass
+class Sample:
+    """What one target's clients measured: TTFTs and totals (s), errors, seconds, gateway CPU."""
+
+    firsts: list[float] = field(default_factory=list)
+    totals: list[float] = field(default_factory=list)
+    errors: int = 0
+    elapsed: float = 0.0
+    cpu: float = 0.0
+
+    def __iadd__(self, other: Sample) -> Sample:
+        self.firsts += other.firsts
+        self.totals += other.totals
+        self.errors += other.errors
+        self.elapsed += other.elapsed
+        self.cpu += other.cpu
+        return self
 
 
 # -- the upstream process ---------------------------------------------------------------------
@@ -223,24 +243,21 @@ async def drive(
     ramp: float,
     warmup: float,
     cpu: Callable[[], float] = lambda: 0.0,
-) -> tuple[list[float], list[float], int, float, float]:
+) -> Sample:
     """Run ``clients`` clients; return the TTFTs, totals and errors of the measured window.
 
     Client ``i`` sends its first request ``i * ramp / clients`` seconds in (``ramp=0``: all at
     once, in lock-step). Requests that start in the first ``warmup`` seconds (connections, the
     SDK client, the tokenizer, SQLite pages, the ramp) are not counted; the measured window is
     the ``seconds`` after it, with every client running. ``cpu`` (the gateway's CPU seconds so
-    far) is read at the window's two ends; the last value returned is the difference.
+    far) is read at the window's two ends; the sample's ``cpu`` is the difference.
     """
-    firsts: list[float] = []
-    totals: list[float] = []
-    errors = 0
+    sample = Sample()
     start_at = time.perf_counter()
     measure_from = start_at + warmup
     deadline = measure_from + seconds
 
     async def loop(index: int) -> None:
-        nonlocal errors
         await asyncio.sleep(index * ramp / clients)
         client = Client(host, port, path, key, model)
         try:
@@ -248,12 +265,12 @@ async def drive(
                 try:
                     first, total = await client.one()
                 except (RuntimeError, OSError, asyncio.IncompleteReadError, ValueError):
-                    errors += began >= measure_from
+                    sample.errors += began >= measure_from
                     await client.close()
                     continue
                 if began >= measure_from:
-                    firsts.append(first)
-                    totals.append(total)
+                    sample.firsts.append(first)
+                    sample.totals.append(total)
         finally:
             await client.close()
 
@@ -265,7 +282,9 @@ async def drive(
 
     used = asyncio.ensure_future(window())
     await asyncio.gather(*(loop(i) for i in range(clients)))
-    return firsts, totals, errors, time.perf_counter() - measure_from, await used
+    sample.elapsed = time.perf_counter() - measure_from
+    sample.cpu = await used
+    return sample
 
 
 def run(coroutine: Coroutine[Any, Any, T]) -> T:
@@ -369,12 +388,10 @@ def main() -> int:
             }
             # The targets take turns, --rounds times: the machine's speed drifts (a shared VM
             # can run 30% slower for a minute), and alternating gives both the same conditions.
-            results: dict[str, tuple[list[float], list[float], int, float, float]] = {
-                name: ([], [], 0, 0.0, 0.0) for name in targets
-            }
+            results = {name: Sample() for name in targets}
             for round_index in range(args.rounds):
                 for name, (host, port, path, secret) in targets.items():
-                    firsts, totals, errors, elapsed, used = run(
+                    results[name] += run(
                         drive(
                             host,
                             port,
@@ -387,14 +404,6 @@ def main() -> int:
                             warmup=args.ramp + (2.0 if round_index == 0 else 0.5),
                             cpu=lambda: cpu_seconds(gateway.pid),
                         )
-                    )
-                    so_far = results[name]
-                    results[name] = (
-                        so_far[0] + firsts,
-                        so_far[1] + totals,
-                        so_far[2] + errors,
-                        so_far[3] + elapsed,
-                        so_far[4] + used,
                     )
             peak = proc_status(gateway.pid, "VmHWM")
             rss = proc_status(gateway.pid, "VmRSS")
@@ -412,24 +421,25 @@ def main() -> int:
         f"{'target':<9} {'requests':>9} {'req/s':>8} {'errors':>7} "
         f"{'ttft p50':>9} {'ttft p99':>9} {'total p50':>10} {'total p99':>10}"
     )
-    for name, (firsts, totals, errors, elapsed, _cpu) in results.items():
+    for name, sample in results.items():
+        firsts, totals = sample.firsts, sample.totals
         print(
-            f"{name:<9} {len(totals):>9} {len(totals) / elapsed:>8.1f} {errors:>7} "
+            f"{name:<9} {len(totals):>9} {len(totals) / sample.elapsed:>8.1f} {sample.errors:>7} "
             f"{pct(firsts, 0.5) * 1000:>7.2f}ms {pct(firsts, 0.99) * 1000:>7.2f}ms "
             f"{pct(totals, 0.5) * 1000:>8.2f}ms {pct(totals, 0.99) * 1000:>8.2f}ms"
         )
-    d_first, d_total = results["direct"][0], results["direct"][1]
-    g_first, g_total = results["gateway"][0], results["gateway"][1]
+    direct, through = results["direct"], results["gateway"]
     added = {
-        "ttft p50": pct(g_first, 0.5) - pct(d_first, 0.5),
-        "ttft p99": pct(g_first, 0.99) - pct(d_first, 0.99),
-        "total p50": pct(g_total, 0.5) - pct(d_total, 0.5),
-        "total p99": pct(g_total, 0.99) - pct(d_total, 0.99),
+        "ttft p50": pct(through.firsts, 0.5) - pct(direct.firsts, 0.5),
+        "ttft p99": pct(through.firsts, 0.99) - pct(direct.firsts, 0.99),
+        "total p50": pct(through.totals, 0.5) - pct(direct.totals, 0.5),
+        "total p99": pct(through.totals, 0.99) - pct(direct.totals, 0.99),
     }
     print("added by the gateway: " + ", ".join(f"{k} {v * 1000:+.2f} ms" for k, v in added.items()))
+    per_request = through.cpu * 1000 / max(len(through.totals), 1)
     print(
         f"gateway processes: peak memory {peak / 2**20:.1f} MiB (VmHWM), {rss / 2**20:.1f} MiB at"
-        f" the end; CPU {results['gateway'][4] * 1000 / max(len(g_total), 1):.2f} ms per request"
+        f" the end; CPU {per_request:.2f} ms per request"
     )
     ok = added["ttft p50"] < 0.002 and added["total p50"] < 0.002
     print("target p50 added latency < 2 ms: " + ("met" if ok else "NOT met"))
