@@ -27,7 +27,7 @@ import inspect
 import json
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping, Sequence
-from typing import Any, ClassVar, Literal, cast
+from typing import Any, ClassVar, Final, Literal, cast
 
 import httpx2
 import openai
@@ -52,6 +52,8 @@ from llmproxy.types import ChatRequest, Chunk, Completion, Message, ToolCall, Us
 from llmproxy_openai import env, models, responses, tokenizer
 
 DEFAULT_TIMEOUT = 600.0
+CHAT_PATH: Final = "/chat/completions"
+RESPONSES_PATH: Final = "/responses"
 
 #: The values of the ``api`` option: which OpenAI API answers (see the module's note).
 API = Literal["auto", "chat", "responses"]
@@ -400,33 +402,54 @@ class OpenAIProvider:
                 model=model,
             ) from None
 
+    def _attempt(
+        self, request: ChatRequest, *, stream: bool
+    ) -> tuple[str, dict[str, Any], openai.RequestOptions]:
+        """The path, wire-form body and SDK options of one attempt, on the API that answers it.
+
+        Streams ask Chat Completions for usage in the last chunk.
+        """
+        if self.uses_responses(request):
+            params = self.responses_params(request)
+            if stream:
+                params["stream"] = True
+            body, options = self._responses_body(params, request.model)
+            return RESPONSES_PATH, body, options
+        params = self._stream_params(request) if stream else self.params(request)
+        body, options = self._chat_body(params, request.model)
+        return CHAT_PATH, body, options
+
+    def _answer(self, path: str, content: bytes, model: str) -> Completion:
+        if path == RESPONSES_PATH:
+            return self._parse_response(content, model)
+        return self._completion(content, model)
+
+    def _reader(self, path: str, model: str) -> _SSEReader | responses.ResponsesStreamReader:
+        if path == RESPONSES_PATH:
+            return responses.ResponsesStreamReader(self.name, model, self._api_key)
+        return _SSEReader(self, model)
+
     def chat(self, request: ChatRequest) -> Completion:
         """Make one non-streamed attempt."""
-        if self.uses_responses(request):
-            return self._respond(request)
-        body, options = self._chat_body(self.params(request), request.model)
+        path, body, options = self._attempt(request, stream=False)
         try:
-            response = self.client.post(
-                "/chat/completions", cast_to=httpx2.Response, body=body, options=options
-            )
+            response = self.client.post(path, cast_to=httpx2.Response, body=body, options=options)
             content = response.content
         except (openai.OpenAIError, httpx2.HTTPError) as exc:
             raise self.map_error(exc, request.model) from None
-        return self._completion(content, request.model)
+        return self._answer(path, content, request.model)
 
     async def achat(self, request: ChatRequest) -> Completion:
         """Async :meth:`chat`."""
-        if self.uses_responses(request):
-            return await self._arespond(request)
-        body, options = self._chat_body(self.params(request), request.model)
+        path, body, options = self._attempt(request, stream=False)
         try:
             response = await self.aclient.post(
-                "/chat/completions", cast_to=httpx2.Response, body=body, options=options
+                path, cast_to=httpx2.Response, body=body, options=options
             )
             content = response.content
         except (openai.OpenAIError, httpx2.HTTPError) as exc:
             raise self.map_error(exc, request.model) from None
-        return self._completion(content, request.model)
+        return self._answer(path, content, request.model)
 
     def _chat_body(
         self, params: Mapping[str, Any], model: str
@@ -442,22 +465,15 @@ class OpenAIProvider:
         return params
 
     def stream(self, request: ChatRequest) -> Iterator[Chunk]:
-        """Make one streamed attempt, asking for usage in the last chunk."""
-        if self.uses_responses(request):
-            yield from self._respond_stream(request)
-            return
-        body, options = self._chat_body(self._stream_params(request), request.model)
+        """Make one streamed attempt (Chat Completions streams carry usage in the last chunk)."""
+        path, body, options = self._attempt(request, stream=True)
         try:
             response = self.client.post(
-                "/chat/completions",
-                cast_to=httpx2.Response,
-                body=body,
-                options=options,
-                stream=True,
+                path, cast_to=httpx2.Response, body=body, options=options, stream=True
             )
         except (openai.OpenAIError, httpx2.HTTPError) as exc:
             raise self.map_error(exc, request.model) from None
-        reader = _SSEReader(self, request.model)
+        reader = self._reader(path, request.model)
         try:
             for line in response.iter_lines():
                 if reader.done:
@@ -473,22 +489,14 @@ class OpenAIProvider:
 
     async def astream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
         """Async :meth:`stream`."""
-        if self.uses_responses(request):
-            async for piece in self._arespond_stream(request):
-                yield piece
-            return
-        body, options = self._chat_body(self._stream_params(request), request.model)
+        path, body, options = self._attempt(request, stream=True)
         try:
             response = await self.aclient.post(
-                "/chat/completions",
-                cast_to=httpx2.Response,
-                body=body,
-                options=options,
-                stream=True,
+                path, cast_to=httpx2.Response, body=body, options=options, stream=True
             )
         except (openai.OpenAIError, httpx2.HTTPError) as exc:
             raise self.map_error(exc, request.model) from None
-        reader = _SSEReader(self, request.model)
+        reader = self._reader(path, request.model)
         try:
             async for line in response.aiter_lines():
                 if reader.done:
@@ -517,78 +525,6 @@ class OpenAIProvider:
                 "the response is not valid JSON", provider=self.name, model=model
             ) from None
         return responses.parse_response(data, self.name, model, self._api_key)
-
-    def _respond(self, request: ChatRequest) -> Completion:
-        params = self.responses_params(request)
-        body, options = self._responses_body(params, request.model)
-        try:
-            response = self.client.post(
-                "/responses", cast_to=httpx2.Response, body=body, options=options
-            )
-            content = response.content
-        except (openai.OpenAIError, httpx2.HTTPError) as exc:
-            raise self.map_error(exc, request.model) from None
-        return self._parse_response(content, request.model)
-
-    async def _arespond(self, request: ChatRequest) -> Completion:
-        params = self.responses_params(request)
-        body, options = self._responses_body(params, request.model)
-        try:
-            response = await self.aclient.post(
-                "/responses", cast_to=httpx2.Response, body=body, options=options
-            )
-            content = response.content
-        except (openai.OpenAIError, httpx2.HTTPError) as exc:
-            raise self.map_error(exc, request.model) from None
-        return self._parse_response(content, request.model)
-
-    def _respond_stream(self, request: ChatRequest) -> Iterator[Chunk]:
-        params = self.responses_params(request)
-        params["stream"] = True
-        body, options = self._responses_body(params, request.model)
-        try:
-            response = self.client.post(
-                "/responses", cast_to=httpx2.Response, body=body, options=options, stream=True
-            )
-        except (openai.OpenAIError, httpx2.HTTPError) as exc:
-            raise self.map_error(exc, request.model) from None
-        reader = responses.ResponsesStreamReader(self.name, request.model, self._api_key)
-        try:
-            for line in response.iter_lines():
-                if reader.done:
-                    continue  # read the body to its end so the connection goes back to the pool
-                chunk = reader.line(line)
-                if chunk is not None:
-                    yield chunk
-        except httpx2.HTTPError as exc:
-            raise self.map_error(exc, request.model) from None
-        finally:
-            response.close()
-        reader.check_complete()
-
-    async def _arespond_stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
-        params = self.responses_params(request)
-        params["stream"] = True
-        body, options = self._responses_body(params, request.model)
-        try:
-            response = await self.aclient.post(
-                "/responses", cast_to=httpx2.Response, body=body, options=options, stream=True
-            )
-        except (openai.OpenAIError, httpx2.HTTPError) as exc:
-            raise self.map_error(exc, request.model) from None
-        reader = responses.ResponsesStreamReader(self.name, request.model, self._api_key)
-        try:
-            async for line in response.aiter_lines():
-                if reader.done:
-                    continue  # read the body to its end so the connection goes back to the pool
-                chunk = reader.line(line)
-                if chunk is not None:
-                    yield chunk
-        except httpx2.HTTPError as exc:
-            raise self.map_error(exc, request.model) from None
-        finally:
-            await response.aclose()
-        reader.check_complete()
 
     # -- errors ------------------------------------------------------------------------------------
 
