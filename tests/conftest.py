@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from llmproxy import Proxy
 from llmproxy.testing.fake_openai import FakeOpenAI
+from llmproxy.testing.proxies import ProxyMaker
 
 API_KEY = "sk-test-SECRET0123456789abcdefXYZ"
-
-FAST_RETRY = {"initial_backoff": 0.001, "max_backoff": 0.01, "jitter": 0.0}
 
 
 @pytest.fixture
@@ -32,21 +30,10 @@ def env(upstream: FakeOpenAI, tmp_path: Path) -> dict[str, str]:
 
 
 @pytest.fixture
-def make_proxy(env: dict[str, str]) -> Iterator[Callable[..., Proxy]]:
-    made: list[Proxy] = []
-
-    def make(config: dict[str, Any] | None = None, **kwargs: Any) -> Proxy:
-        cfg = {"retry": dict(FAST_RETRY)}
-        cfg.update(config or {})
-        kwargs.setdefault("history", "memory://")
-        kwargs.setdefault("ledger", "memory://")
-        proxy = Proxy(cfg, environ=env, **kwargs)
-        made.append(proxy)
-        return proxy
-
-    yield make
-    for proxy in made:
-        proxy.close()
+def make_proxy(env: dict[str, str]) -> Iterator[ProxyMaker]:
+    maker = ProxyMaker(env)
+    yield maker
+    maker.close()
 
 
 def chat_requests(server: FakeOpenAI) -> list[dict[str, Any]]:

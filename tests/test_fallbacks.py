@@ -16,8 +16,9 @@ from llmproxy import (
 )
 from llmproxy.testing._http import Fault
 from llmproxy.testing.fake_openai import FakeOpenAI
+from llmproxy.testing.proxies import FAST_RETRY
 from llmproxy_openai import OpenAIProvider
-from tests.conftest import API_KEY, FAST_RETRY, chat_requests
+from tests.conftest import API_KEY, chat_requests
 
 MakeProxy = Callable[..., Proxy]
 

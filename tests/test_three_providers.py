@@ -11,7 +11,8 @@ from llmproxy.testing._http import Fault
 from llmproxy.testing.fake_deepseek import FakeDeepSeek
 from llmproxy.testing.fake_gemini import FakeGemini
 from llmproxy.testing.fake_openai import FakeOpenAI
-from tests.conftest import API_KEY, FAST_RETRY
+from llmproxy.testing.proxies import FAST_RETRY
+from tests.conftest import API_KEY
 
 GEMINI = "gemini/gemini-3.8-flash"
 DEEPSEEK = "deepseek/deepseek-flash"

@@ -5,18 +5,16 @@ Everything goes through the real ``google-genai`` SDK over TCP on 127.0.0.1; not
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from llmproxy import Proxy
 from llmproxy.testing.fake_gemini import FakeGemini
+from llmproxy.testing.proxies import ProxyMaker
 from llmproxy_gemini.provider import GeminiProvider
 
 #: The key the fake server accepts.
 API_KEY = "AIzaTest-4c1b7e0d9a2f86e35wxyz"
-FAST_RETRY = {"initial_backoff": 0.001, "max_backoff": 0.01, "jitter": 0.0}
 
 
 @pytest.fixture
@@ -41,19 +39,8 @@ def environ(server: FakeGemini) -> dict[str, str]:
 
 
 @pytest.fixture
-async def make_proxy(environ: dict[str, str]) -> AsyncIterator[Callable[..., Proxy]]:
+async def make_proxy(environ: dict[str, str]) -> AsyncIterator[ProxyMaker]:
     """Build Proxies with memory stores (nothing touches the data dir); close them all."""
-    made: list[Proxy] = []
-
-    def make(config: dict[str, Any] | None = None, **kwargs: Any) -> Proxy:
-        cfg: dict[str, Any] = {"retry": dict(FAST_RETRY)}
-        cfg.update(config or {})
-        kwargs.setdefault("history", "memory://")
-        kwargs.setdefault("ledger", "memory://")
-        proxy = Proxy(cfg, environ=kwargs.pop("environ", environ), **kwargs)
-        made.append(proxy)
-        return proxy
-
-    yield make
-    for proxy in made:
-        await proxy.aclose()
+    maker = ProxyMaker(environ)
+    yield maker
+    await maker.aclose()
