@@ -53,6 +53,7 @@ class GatewayProcess:
     def __init__(self, env: dict[str, str], data_dir: Path, *args: str) -> None:
         self.env = env
         self.data_dir = data_dir
+        self.stderr_output = ""  # what the gateway wrote to stderr, once stopped
         self.proc = subprocess.Popen(
             [LLMPROXY, "serve", "--port", "0", *args],
             env=env,
@@ -114,6 +115,8 @@ class GatewayProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self.proc.stderr is not None and not self.proc.stderr.closed:
+            self.stderr_output = self.proc.stderr.read()
         for stream in (self.proc.stdout, self.proc.stderr):
             if stream is not None:
                 stream.close()

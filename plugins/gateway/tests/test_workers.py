@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import socket
 import subprocess
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from multiprocessing.synchronize import Event
 from pathlib import Path
+from typing import Any
 
 import httpx2 as httpx
 import pytest
@@ -13,6 +20,7 @@ import pytest
 from llmproxy.errors import ConfigError
 from llmproxy.testing.fake_openai import FakeOpenAI
 from llmproxy_gateway import KeyStore, env
+from llmproxy_gateway import workers as workers_module
 
 from .conftest import ADMIN_KEY, LLMPROXY, UPSTREAM_KEY, GatewayProcess, clean_env, serve_gateway
 
@@ -136,3 +144,142 @@ def test_dashboard_sessions_are_shared_through_the_store_file(tmp_path: Path) ->
     finally:
         first.close()
         second.close()
+
+
+# -- the supervisor: one socket per worker, restarts, start-up failures --------------------------
+
+linux_only = pytest.mark.skipif(
+    not workers_module.SPREAD_BY_KERNEL, reason="one socket per worker needs Linux SO_REUSEPORT"
+)
+
+
+def tcp_sockets(port: int) -> dict[int, tuple[str, int]]:
+    """Loopback IPv4 sockets on ``port`` (local side): inode -> (state, remote port)."""
+    found = {}
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote, state, inode = fields[1], fields[2], fields[3], int(fields[9])
+        if int(local.split(":")[1], 16) == port and inode:
+            found[inode] = (state, int(remote.split(":")[1], 16))
+    return found
+
+
+def socket_inodes(pid: int) -> set[int]:
+    """The inodes of the sockets process ``pid`` holds open."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(int(target[8:-1]))
+    return inodes
+
+
+@linux_only
+def test_each_worker_listens_on_its_own_socket_and_connections_spread(
+    gateway: GatewayProcess,
+) -> None:
+    port = int(gateway.url.rsplit(":", 1)[1])
+    workers = workers_of(gateway, 2)
+    listening = {i for i, (state, _) in tcp_sockets(port).items() if state == "0A"}
+    assert len(listening) == 2
+    held = [socket_inodes(pid) & listening for pid in workers]
+    assert all(len(h) == 1 for h in held) and held[0] != held[1]
+
+    key = gateway.key("spread")
+    clients = []
+    try:
+        for _ in range(40):
+            client = socket.create_connection(("127.0.0.1", port), timeout=30)
+            clients.append(client)
+            client.sendall(
+                b"GET /v1/models HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer "
+                + key.encode()
+                + b"\r\n\r\n"
+            )
+        for client in clients:
+            assert client.recv(64).startswith(b"HTTP/1.1 200")
+        ours = {c.getsockname()[1] for c in clients}
+        accepted = {i for i, (state, peer) in tcp_sockets(port).items() if peer in ours}
+        assert len(accepted) == 40
+        per_worker = [len(socket_inodes(pid) & accepted) for pid in workers]
+    finally:
+        for client in clients:
+            client.close()
+    # The kernel hashes each connection to a worker's socket: about 20 each. Fewer than 5 on
+    # one worker has a probability under 1e-6.
+    assert sum(per_worker) == 40 and min(per_worker) >= 5, per_worker
+
+
+@linux_only
+def test_a_second_gateway_on_the_same_port_is_refused(gateway: GatewayProcess) -> None:
+    port = gateway.url.rsplit(":", 1)[1]
+    for workers in ("2", "1"):
+        result = subprocess.run(
+            [LLMPROXY, "serve", "--port", port, "--workers", workers],
+            env=gateway.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 2, result.stderr
+        assert f"cannot listen on 127.0.0.1 port {port}" in result.stderr
+        assert "gateway on" not in result.stdout
+
+
+def test_a_worker_that_dies_is_replaced_and_its_connections_wait(
+    upstream: FakeOpenAI, tmp_path: Path
+) -> None:
+    served = serve_gateway(upstream, tmp_path, LLMPROXY_GATEWAY_WORKERS="2")
+    gateway = next(served)
+    try:
+        key = gateway.key("phoenix")
+        before = workers_of(gateway, 2)
+        # Both workers are serving once 16 fresh connections were answered: each connection
+        # waits for the worker whose socket the kernel picked, and 16 all picking the same
+        # one has a probability of 2**-15.
+        with fresh(gateway) as client:
+            assert all(
+                client.get("/v1/models", headers={"authorization": f"Bearer {key}"}).status_code
+                == 200
+                for _ in range(16)
+            )
+        os.kill(before[0], signal.SIGKILL)
+        # New connections hashed to the dead worker's socket wait in its backlog for the
+        # replacement rather than being refused.
+        with fresh(gateway) as client:
+            for _ in range(12):
+                response = client.post(
+                    "/v1/chat/completions", json=BODY, headers={"authorization": f"Bearer {key}"}
+                )
+                assert response.status_code == 200
+        after = workers_of(gateway, 2)
+        assert len(after) == 2 and before[0] not in after and before[1] in after
+    finally:
+        next(served, None)  # stops the gateway
+    assert gateway.proc.returncode == 0
+    assert "exited with status -9; starting a new one" in gateway.stderr_output
+    for pid in after:  # the supervisor stopped and reaped its workers
+        assert not Path(f"/proc/{pid}").exists()
+
+
+def exit_at_start(_options: Mapping[str, Any], _sock: socket.socket, _ready: Event) -> None:
+    """A worker whose app cannot start (a spawned process: module level, importable)."""
+    sys.stderr.write("the worker's own error\n")
+    sys.exit(3)
+
+
+def test_a_worker_that_cannot_start_stops_the_others(capfd: pytest.CaptureFixture[str]) -> None:
+    sockets = workers_module.listeners("127.0.0.1", 0, 2)
+    try:
+        supervisor = workers_module.Supervisor(sockets, 2, {}, target=exit_at_start)
+        started = time.monotonic()
+        assert supervisor.run() == 1
+        assert time.monotonic() - started < 30
+    finally:
+        for sock in sockets:
+            sock.close()
+    err = capfd.readouterr().err
+    assert "the worker's own error" in err
+    assert "exited with status 3 before it was ready" in err
+    assert all(w.process is None for w in supervisor.workers)  # stopped and reaped

@@ -315,9 +315,16 @@ class _ChatEndpoint:
 
 
 def create_app(
-    gateway: Gateway | None = None, *, freeze_gc: bool = False, **kwargs: Any
+    gateway: Gateway | None = None,
+    *,
+    freeze_gc: bool = False,
+    on_ready: Callable[[], object] | None = None,
+    **kwargs: Any,
 ) -> Callable[..., Awaitable[None]]:
     """Build the ASGI app of a gateway (``Gateway(**kwargs)`` when none is given).
+
+    ``on_ready`` is called once the app has started (its lifespan's start-up ran): the worker
+    supervisor of ``llmproxy serve --workers`` learns from it that the worker is serving.
 
     ``freeze_gc`` (what ``llmproxy serve`` sets, as the owner of its process) moves every object
     alive once the app has started into the garbage collector's permanent generation
@@ -335,6 +342,8 @@ def create_app(
         if freeze_gc:
             gc.collect()
             gc.freeze()
+        if on_ready is not None:
+            on_ready()
         try:
             yield
         finally:
@@ -356,12 +365,3 @@ def create_app(
 
     app.gateway = gw  # type: ignore[attr-defined]
     return app
-
-
-def worker_app() -> Callable[..., Awaitable[None]]:
-    """The app of one ``llmproxy serve --workers N`` worker process (a uvicorn factory).
-
-    Each worker builds its own :class:`Gateway` from the environment, as one ``llmproxy serve``
-    does, and owns its process (``freeze_gc``).
-    """
-    return create_app(freeze_gc=True)

@@ -6,12 +6,13 @@ import argparse
 import datetime as dt
 import ipaddress
 import os
-import socket
 import sys
 from typing import Any
 
+from llmproxy.errors import ConfigError
 from llmproxy_gateway import env
 from llmproxy_gateway.keys import KeyStore
+from llmproxy_gateway.workers import Supervisor, listeners
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -65,13 +66,14 @@ def serve(args: argparse.Namespace) -> int:
             f"llmproxy serve: listening on {host}, beyond this machine; keys travel in clear"
             " text unless a TLS proxy is in front\n"
         )
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, args.port))
     # Listen at once: connections wait in the backlog while the app starts (the tokenizer loads).
-    sock.listen(2048)
-    port = sock.getsockname()[1]
+    try:
+        sockets = listeners(host, args.port, workers)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot listen on {host} port {args.port}: {exc.strerror or exc}", path="port"
+        ) from None
+    port = sockets[0].getsockname()[1]
     options: dict[str, Any] = {
         "log_level": args.log_level,
         "access_log": args.access_log,
@@ -94,23 +96,16 @@ def serve(args: argparse.Namespace) -> int:
     if workers == 1:
         app = create_app(freeze_gc=True)
         announce(app.gateway.usage.describe())  # type: ignore[attr-defined]
-        uvicorn.Server(uvicorn.Config(app, **options)).run(sockets=[sock])
+        uvicorn.Server(uvicorn.Config(app, **options)).run(sockets=sockets)
         return 0
-    from uvicorn.supervisors import Multiprocess
-
     from llmproxy_usage_log import open_usage_log
 
     log = open_usage_log(None, os.environ)  # on: check_shared_stores refuses it turned off
     announce(log.describe())
     log.close()
-    # Each worker is a fresh interpreter (spawned) that builds its own app; they accept
-    # connections on the one listening socket, and share budgets, keys, the usage log and
-    # dashboard sessions through their files (or Redis).
-    config = uvicorn.Config(
-        "llmproxy_gateway.app:worker_app", factory=True, workers=workers, **options
-    )
-    Multiprocess(config, sockets=[sock]).run()
-    return 0
+    # Each worker is a fresh interpreter that builds its own app; they share budgets, keys, the
+    # usage log and dashboard sessions through their files (or Redis).
+    return Supervisor(sockets, workers, options).run()
 
 
 def configure_keys(parser: argparse.ArgumentParser) -> None:
@@ -146,8 +141,6 @@ def keys(args: argparse.Namespace) -> int:
         if args.keys_action == "create":
             user = args.user or ("admin" if args.admin else None)
             if user is None:
-                from llmproxy.errors import ConfigError
-
                 raise ConfigError("llmproxy keys create needs --user NAME (or --admin)")
             record, secret = store.create(
                 user, budgets=args.budget, admin=args.admin, name=args.name

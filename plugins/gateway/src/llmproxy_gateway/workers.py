@@ -1,0 +1,217 @@
+"""The worker processes of ``llmproxy serve --workers N``: their sockets and their supervisor.
+
+Each worker is a fresh interpreter (multiprocessing's *spawn*) that builds its own app and
+serves on a listening socket the supervisor bound before starting it, so connections made while
+the workers load wait in a backlog rather than being refused.
+
+On Linux every worker has a socket of its own on the one port (``SO_REUSEPORT``), and the
+kernel spreads new connections evenly over them. On one shared socket, whichever worker's loop
+is awake takes the next connection; under load that is the busiest worker, so it ends up with
+most of the keep-alive connections (72 % of them on one of two workers, seen in
+``bench/bench_gateway.py``), and its queue sets the latency. Elsewhere (``SO_REUSEPORT`` does
+not spread connections on macOS or Windows) the workers share one socket.
+
+The supervisor restarts a worker that dies after it started serving, stops the gateway (exit
+status 1) when one dies before, forwards SIGINT/SIGTERM to the workers as SIGTERM (they finish
+the requests in flight, then exit) and kills them at a second signal.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import signal
+import socket
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import wait
+from multiprocessing.context import SpawnContext, SpawnProcess
+from multiprocessing.synchronize import Event
+from types import FrameType
+from typing import Any
+
+from llmproxy.errors import ConfigError, LLMProxyError
+
+SPREAD_BY_KERNEL = sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
+"""Whether each worker gets its own listening socket, the kernel choosing among them."""
+
+BACKLOG = 2048
+"""Connections a listening socket holds until a worker accepts them."""
+
+Target = Callable[[Mapping[str, Any], socket.socket, Event], None]
+"""What a worker process runs: ``(uvicorn options, its listening socket, its ready event)``."""
+
+
+def listeners(host: str, port: int, workers: int) -> list[socket.socket]:
+    """Listening sockets on ``(host, port)`` for ``workers`` workers (port 0: a free port).
+
+    One socket per worker when :data:`SPREAD_BY_KERNEL` and there are several workers, else one
+    socket (shared). A port that another program (or another gateway) listens on is refused
+    with ``OSError`` (EADDRINUSE), as a plain bind is, although ``SO_REUSEPORT`` alone would let
+    the two share it.
+    """
+    if workers < 1:
+        raise ConfigError(f"the gateway needs at least 1 worker, got {workers}", path="workers")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    spread = SPREAD_BY_KERNEL and workers > 1
+    if spread:
+        # A socket without SO_REUSEPORT cannot bind a port anything listens on: claim the port
+        # this way first, so that a second gateway on the same port fails instead of quietly
+        # taking a share of its connections.
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+            port = probe.getsockname()[1]
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(workers if spread else 1):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if spread:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((host, port))
+            port = sock.getsockname()[1]
+            sock.listen(BACKLOG)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+def serve_worker(options: Mapping[str, Any], sock: socket.socket, ready: Event) -> None:
+    """One worker process: build the gateway's app and serve it on ``sock`` until stopped.
+
+    ``ready`` is set once the app has started (its lifespan ran), which tells the supervisor
+    that a later exit is a crash to recover from, not a gateway that cannot start.
+    """
+    import uvicorn
+
+    from llmproxy_gateway.app import create_app
+
+    try:
+        app = create_app(freeze_gc=True, on_ready=ready.set)
+    except LLMProxyError as exc:  # a configuration the worker cannot start with: no traceback
+        _say(str(exc))
+        sys.exit(2)
+    uvicorn.Server(uvicorn.Config(app, **options)).run(sockets=[sock])
+
+
+def _say(message: str) -> None:
+    sys.stderr.write(f"llmproxy serve: {message}\n")
+    sys.stderr.flush()
+
+
+@dataclass
+class _Worker:
+    """One worker slot: its socket, and the process (and ready event) now filling it."""
+
+    number: int
+    sock: socket.socket
+    process: SpawnProcess | None = None
+    ready: Event | None = None
+
+    def start(self, context: SpawnContext, target: Target, options: Mapping[str, Any]) -> None:
+        self.ready = context.Event()
+        self.process = context.Process(
+            target=target,
+            args=(dict(options), self.sock, self.ready),
+            name=f"llmproxy-gateway-worker-{self.number}",
+        )
+        self.process.start()
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.exitcode is None
+
+
+class Supervisor:
+    """Runs ``workers`` processes of ``target`` on ``sockets`` (one each, or one shared).
+
+    :meth:`run` blocks until SIGINT or SIGTERM (then stops the workers) or until a worker dies
+    before it was ready (then stops the others and returns 1).
+    """
+
+    def __init__(
+        self,
+        sockets: Sequence[socket.socket],
+        workers: int,
+        options: Mapping[str, Any],
+        *,
+        target: Target = serve_worker,
+    ) -> None:
+        if not sockets:
+            raise ValueError("the supervisor needs at least one listening socket")
+        self.workers = [
+            _Worker(number, sockets[(number - 1) % len(sockets)])
+            for number in range(1, workers + 1)
+        ]
+        self.options = dict(options)
+        self.target = target
+        self.context = multiprocessing.get_context("spawn")
+        self.signals = 0
+
+    def run(self) -> int:
+        """Start the workers and keep them running; the exit status for ``llmproxy serve``."""
+        previous = {
+            signum: signal.signal(signum, self._on_signal)
+            for signum in (signal.SIGINT, signal.SIGTERM)
+        }
+        try:
+            for worker in self.workers:
+                worker.start(self.context, self.target, self.options)
+            return self._watch()
+        finally:
+            self._stop()
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def _on_signal(self, _signum: int, _frame: FrameType | None) -> None:
+        self.signals += 1
+
+    def _watch(self) -> int:
+        while not self.signals:
+            sentinels = [w.process.sentinel for w in self.workers if w.process is not None]
+            wait(sentinels, timeout=0.25)
+            for worker in self.workers:
+                if worker.alive or self.signals:
+                    continue
+                assert worker.process is not None
+                assert worker.ready is not None
+                code, pid = worker.process.exitcode, worker.process.pid
+                if not worker.ready.is_set():
+                    _say(
+                        f"worker {worker.number} (pid {pid}) exited with status {code} before"
+                        " it was ready (its error is above); stopping the gateway"
+                    )
+                    return 1
+                _say(
+                    f"worker {worker.number} (pid {pid}) exited with status {code}; starting"
+                    " a new one"
+                )
+                worker.start(self.context, self.target, self.options)
+        return 0
+
+    def _stop(self) -> None:
+        """SIGTERM every worker and wait for them; SIGKILL them at a further signal."""
+        signals = self.signals
+        for worker in self.workers:
+            if worker.alive:
+                assert worker.process is not None
+                worker.process.terminate()
+        killed = False
+        while any(w.alive for w in self.workers):
+            if self.signals > signals and not killed:
+                killed = True
+                for worker in self.workers:
+                    if worker.alive:
+                        assert worker.process is not None
+                        worker.process.kill()
+            sentinels = [w.process.sentinel for w in self.workers if w.process and w.alive]
+            wait(sentinels, timeout=0.25)
+        for worker in self.workers:
+            if worker.process is not None:
+                worker.process.join()
+                worker.process.close()
+                worker.process = None
