@@ -13,7 +13,8 @@ seconds in all per target, so a drift in the machine's speed hits both alike.
 
 Reported per target: requests/s, time to the first content chunk and to the end of the stream
 (p50, p99); the gateway's added latency is its percentile minus the direct one. The gateway's
-peak memory is the sum of its processes' VmHWM, its CPU time per request from /proc.
+peak memory is the largest sum of its processes' PSS (shared pages split between them) seen
+while it ran, its CPU time per request from /proc.
 
     .venv/bin/python bench/bench_gateway.py            # 64 clients, 30 s per target
     .venv/bin/python bench/bench_gateway.py --quick    # 16 clients, 3 s: a smoke run
@@ -29,6 +30,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -133,6 +135,46 @@ def proc_status(pid: int, field: str) -> int:
                 if line.startswith(field + ":"):
                     total += int(line.split()[1]) * 1024
     return total
+
+
+def pss(pid: int) -> int:
+    """Proportional set size in bytes, summed over ``pid`` and its descendants.
+
+    Pages the processes share (the tokenizer tables forked workers inherit) count once in all,
+    split between them; VmRSS and VmHWM count them once per process.
+    """
+    total = 0
+    for member in family(pid):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{member}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1]) * 1024
+    return total
+
+
+class PeakPss:
+    """Samples :func:`pss` of a process family every ``interval`` seconds on a thread."""
+
+    def __init__(self, pid: int, interval: float = 0.5) -> None:
+        self.pid, self.interval = pid, interval
+        self.peak = self.last = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while True:
+            self.last = pss(self.pid)
+            self.peak = max(self.peak, self.last)
+            if self._stop.wait(self.interval):
+                return
+
+    def __enter__(self) -> PeakPss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def cpu_seconds(pid: int) -> float:
@@ -389,24 +431,25 @@ def main() -> int:
             # The targets take turns, --rounds times: the machine's speed drifts (a shared VM
             # can run 30% slower for a minute), and alternating gives both the same conditions.
             results = {name: Sample() for name in targets}
-            for round_index in range(args.rounds):
-                for name, (host, port, path, secret) in targets.items():
-                    results[name] += run(
-                        drive(
-                            host,
-                            port,
-                            path,
-                            secret,
-                            "gpt-4o-mini",
-                            args.clients,
-                            args.duration / args.rounds,
-                            ramp=args.ramp,
-                            warmup=args.ramp + (2.0 if round_index == 0 else 0.5),
-                            cpu=lambda: cpu_seconds(gateway.pid),
+            memory = PeakPss(gateway.pid)
+            with memory:
+                for round_index in range(args.rounds):
+                    for name, (host, port, path, secret) in targets.items():
+                        results[name] += run(
+                            drive(
+                                host,
+                                port,
+                                path,
+                                secret,
+                                "gpt-4o-mini",
+                                args.clients,
+                                args.duration / args.rounds,
+                                ramp=args.ramp,
+                                warmup=args.ramp + (2.0 if round_index == 0 else 0.5),
+                                cpu=lambda: cpu_seconds(gateway.pid),
+                            )
                         )
-                    )
-            peak = proc_status(gateway.pid, "VmHWM")
-            rss = proc_status(gateway.pid, "VmRSS")
+            hwm = proc_status(gateway.pid, "VmHWM")
         finally:
             stop(gateway)
             stop(upstream)
@@ -438,8 +481,9 @@ def main() -> int:
     print("added by the gateway: " + ", ".join(f"{k} {v * 1000:+.2f} ms" for k, v in added.items()))
     per_request = through.cpu * 1000 / max(len(through.totals), 1)
     print(
-        f"gateway processes: peak memory {peak / 2**20:.1f} MiB (VmHWM), {rss / 2**20:.1f} MiB at"
-        f" the end; CPU {per_request:.2f} ms per request"
+        f"gateway processes: peak memory {memory.peak / 2**20:.1f} MiB (PSS, sampled),"
+        f" {memory.last / 2**20:.1f} MiB at the end (VmHWM summed, counting shared pages once"
+        f" per process: {hwm / 2**20:.1f} MiB); CPU {per_request:.2f} ms per request"
     )
     ok = added["ttft p50"] < 0.002 and added["total p50"] < 0.002
     print("target p50 added latency < 2 ms: " + ("met" if ok else "NOT met"))

@@ -43,7 +43,9 @@ def workers_of(gateway: GatewayProcess, expected: int) -> list[int]:
         workers = []
         for pid in (int(p) for p in children.read_text().split()):
             try:
-                if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text():
+                # Forked workers (Linux) run the supervisor's command line; multiprocessing's
+                # resource tracker, a child of a supervisor that spawns, is not a worker.
+                if "resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_text():
                     workers.append(pid)
             except OSError:
                 continue
@@ -283,3 +285,29 @@ def test_a_worker_that_cannot_start_stops_the_others(capfd: pytest.CaptureFixtur
     assert "the worker's own error" in err
     assert "exited with status 3 before it was ready" in err
     assert all(w.process is None for w in supervisor.workers)  # stopped and reaped
+
+
+def smaps(pid: int) -> dict[str, int]:
+    """``/proc/<pid>/smaps_rollup`` in KiB: Rss, Pss, ..."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+        name, value = line.split(":", 1)
+        fields[name] = int(value.split()[0])
+    return fields
+
+
+@pytest.mark.skipif(not workers_module.FORK, reason="workers are forked on Linux only")
+def test_forked_workers_share_the_preloaded_tokenizer(gateway: GatewayProcess) -> None:
+    workers = workers_of(gateway, 2)
+    key = gateway.key("sharer")
+    with fresh(gateway) as client:  # every worker has counted tokens for a request
+        for _ in range(8):
+            response = client.post(
+                "/v1/chat/completions", json=BODY, headers={"authorization": f"Bearer {key}"}
+            )
+            assert response.status_code == 200
+    for pid in workers:
+        memory = smaps(pid)
+        # The o200k_base tables (about 130 MiB) are the supervisor's pages, shared three ways:
+        # a copy of their own would make a worker's PSS about its RSS.
+        assert memory["Rss"] - memory["Pss"] > 60 * 1024, memory

@@ -55,7 +55,7 @@ def serve(args: argparse.Namespace) -> int:
     """Run the gateway until SIGINT or SIGTERM."""
     import uvicorn
 
-    from llmproxy_gateway.app import create_app
+    from llmproxy_gateway.app import create_app, preload
 
     host: str = args.host
     workers = env.workers(os.environ, args.workers)
@@ -103,9 +103,10 @@ def serve(args: argparse.Namespace) -> int:
     log = open_usage_log(None, os.environ)  # on: check_shared_stores refuses it turned off
     announce(log.describe())
     log.close()
-    # Each worker is a fresh interpreter that builds its own app; they share budgets, keys, the
-    # usage log and dashboard sessions through their files (or Redis).
-    return Supervisor(sockets, workers, options).run()
+    # Each worker builds its own app (forked, on Linux, once this process has loaded the
+    # tokenizer tables they share); they share budgets, keys, the usage log and dashboard
+    # sessions through their files (or Redis).
+    return Supervisor(sockets, workers, options, preload=lambda: preload(os.environ)).run()
 
 
 def configure_keys(parser: argparse.ArgumentParser) -> None:
