@@ -147,6 +147,9 @@ class _Worker:
         options: Mapping[str, Any],
         others: Sequence[socket.socket],
     ) -> None:
+        if self.process is not None:  # the one it replaces has exited: free its handles
+            self.process.join()
+            self.process.close()
         self.ready = context.Event()
         # A forked worker inherits every socket; it closes the other workers' (a spawned one
         # receives only its own).
