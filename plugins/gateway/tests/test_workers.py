@@ -8,8 +8,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping
+from multiprocessing.context import SpawnContext
 from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import Any
@@ -311,3 +313,22 @@ def test_forked_workers_share_the_preloaded_tokenizer(gateway: GatewayProcess) -
         # The o200k_base tables (about 130 MiB) are the supervisor's pages, shared three ways:
         # a copy of their own would make a worker's PSS about its RSS.
         assert memory["Rss"] - memory["Pss"] > 60 * 1024, memory
+
+
+@pytest.mark.skipif(not workers_module.FORK, reason="workers are forked on Linux only")
+def test_workers_are_spawned_when_another_thread_runs(capfd: pytest.CaptureFixture[str]) -> None:
+    # Forking beside a running thread can leave the child stuck on a lock the thread held.
+    release = threading.Event()
+    thread = threading.Thread(target=release.wait, daemon=True)
+    thread.start()
+    sockets = workers_module.listeners("127.0.0.1", 0, 1)
+    try:
+        supervisor = workers_module.Supervisor(sockets, 1, {}, target=exit_at_start)
+        assert supervisor.run() == 1
+        assert isinstance(supervisor.context, SpawnContext)
+    finally:
+        release.set()
+        thread.join()
+        for sock in sockets:
+            sock.close()
+    assert "exited with status 3 before it was ready" in capfd.readouterr().err

@@ -28,6 +28,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import wait
@@ -42,7 +43,8 @@ SPREAD_BY_KERNEL = sys.platform.startswith("linux") and hasattr(socket, "SO_REUS
 """Whether each worker gets its own listening socket, the kernel choosing among them."""
 
 FORK = sys.platform.startswith("linux")
-"""Whether workers are forked from a supervisor that preloaded their tables (else spawned)."""
+"""Whether workers are forked from a supervisor that preloaded their tables (else spawned;
+also when another thread runs in the supervisor at that point)."""
 
 BACKLOG = 2048
 """Connections a listening socket holds until a worker accepts them."""
@@ -146,6 +148,7 @@ class _Worker:
         target: Target,
         options: Mapping[str, Any],
         others: Sequence[socket.socket],
+        forked: bool,
     ) -> None:
         if self.process is not None:  # the one it replaces has exited: free its handles
             self.process.join()
@@ -153,7 +156,7 @@ class _Worker:
         self.ready = context.Event()
         # A forked worker inherits every socket; it closes the other workers' (a spawned one
         # receives only its own).
-        inherited = [s.fileno() for s in others if s is not self.sock] if FORK else []
+        inherited = [s.fileno() for s in others if s is not self.sock] if forked else []
         self.process = context.Process(
             target=_worker_main,
             args=(target, dict(options), self.sock, self.ready, inherited),
@@ -192,9 +195,7 @@ class Supervisor:
         ]
         self.options = dict(options)
         self.target = target
-        self.context: Context = (
-            multiprocessing.get_context("fork") if FORK else multiprocessing.get_context("spawn")
-        )
+        self.context: Context = multiprocessing.get_context("spawn")
         self.signals = 0
 
     def run(self) -> int:
@@ -204,12 +205,18 @@ class Supervisor:
             for signum in (signal.SIGINT, signal.SIGTERM)
         }
         try:
-            if FORK and self.preload is not None:
-                self.preload()
-                # Out of the collector's reach, the preloaded objects' pages stay shared: a
-                # collection in a worker would otherwise write to every one of them.
-                gc.collect()
-                gc.freeze()
+            if FORK:
+                if self.preload is not None:
+                    self.preload()
+                # Forking a process with other threads running can leave a child blocked on a
+                # lock one of them held; none run here unless a plugin started one.
+                if threading.active_count() == 1:
+                    self.context = multiprocessing.get_context("fork")
+                    if self.preload is not None:
+                        # Out of the collector's reach, the preloaded objects' pages stay
+                        # shared: a collection in a worker would otherwise write to each.
+                        gc.collect()
+                        gc.freeze()
             for worker in self.workers:
                 self._start(worker)
             return self._watch()
@@ -219,7 +226,8 @@ class Supervisor:
                 signal.signal(signum, handler)
 
     def _start(self, worker: _Worker) -> None:
-        worker.start(self.context, self.target, self.options, self.sockets)
+        forked = isinstance(self.context, ForkContext)
+        worker.start(self.context, self.target, self.options, self.sockets, forked)
 
     def _on_signal(self, _signum: int, _frame: FrameType | None) -> None:
         self.signals += 1
