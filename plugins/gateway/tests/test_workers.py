@@ -117,6 +117,23 @@ def test_several_workers_refuse_stores_in_memory(tmp_path: Path) -> None:
         assert "gateway on" not in result.stdout
 
 
+def test_a_bad_admin_key_stops_several_workers_before_they_start(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [LLMPROXY, "serve", "--port", "0", "--workers", "2"],
+        env=clean_env(
+            OPENAI_API_KEY=UPSTREAM_KEY,
+            LLMPROXY_DATA_DIR=str(tmp_path),
+            LLMPROXY_ADMIN_KEY="short",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "LLMPROXY_ADMIN_KEY must be at least" in result.stderr
+    assert "gateway on" not in result.stdout
+
+
 def test_workers_variable() -> None:
     assert env.workers({}) == 1
     assert env.workers({"LLMPROXY_GATEWAY_WORKERS": " 3 "}) == 3

@@ -59,6 +59,7 @@ def serve(args: argparse.Namespace) -> int:
 
     host: str = args.host
     workers = env.workers(os.environ, args.workers)
+    env.admin_key(os.environ)  # checked here too: several workers would each fail on it
     if workers > 1:
         env.check_shared_stores(os.environ)
     if not _loopback(host):
