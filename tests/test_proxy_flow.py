@@ -53,6 +53,18 @@ def test_chat_returns_text_usage_and_model(make_proxy: MakeProxy, upstream: Fake
     assert "max_completion_tokens" not in body  # no budget, no cap asked: nothing is invented
 
 
+def test_a_prompt_naming_a_special_token_is_sent_and_budgeted(
+    make_proxy: MakeProxy, upstream: FakeOpenAI
+) -> None:
+    # Counting the prompt for the reservation treats "<|endoftext|>" as text (the tokenizer's
+    # default refuses it, which made such a prompt fail before any call).
+    proxy = make_proxy(budgets=[LLMBudget(max_tokens=10_000)])
+    prompt = "What does <|endoftext|> mean in a prompt?"
+    r = proxy.chat(prompt, model="openai/gpt-4o-mini")
+    assert r.text == f"Echo: {prompt}"
+    assert chat_requests(upstream)[0]["messages"][0]["content"] == prompt
+
+
 def test_system_prompt_messages_and_extras(make_proxy: MakeProxy, upstream: FakeOpenAI) -> None:
     proxy = make_proxy()
     proxy.chat(

@@ -1061,6 +1061,48 @@ def _bpe(name: str, text: str) -> int:
 MIXED = "Привет, 世界! Let's count: 12345678 tokens\t\tnow."
 
 
+# Text a user may well send (a question about tokenizers): the special token's characters are
+# ordinary text to count, as OpenAI's API treats them, not an error.
+SPECIAL = "Why does my model stop at <|endoftext|>? And what is <|im_start|>?"
+
+
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "gpt-4"])
+def test_special_token_text_is_counted_as_ordinary_text(model: str) -> None:
+    import bpe_openai
+
+    encoding = bpe_openai.get_encoding(models.encoding_name(model))
+    plain = len(encoding.encode(SPECIAL, disallowed_special=()))
+    assert tokenizer.count_text(SPECIAL, model) == plain
+    msgs = [Message("user", SPECIAL, name="<|endoftext|>")]
+    name = len(encoding.encode("<|endoftext|>", disallowed_special=()))
+    assert tokenizer.count_messages(msgs, model) == 3 + 3 + plain + 1 + name
+
+
+def test_a_long_text_is_counted_in_pieces_exactly_at_word_boundaries() -> None:
+    import bpe_openai
+
+    encoding = bpe_openai.get_encoding("o200k_base")
+    text = " ".join(f"word{i % 997}" for i in range(30_000))  # about 200,000 characters
+    assert len(text) > 4 * tokenizer.PIECE
+    assert tokenizer.count_text(text, "gpt-4o-mini") == len(encoding.encode_ordinary(text))
+
+
+def test_texts_beyond_the_tokenizers_limits_are_counted() -> None:
+    # bpe-openai refuses 1,000,000 characters, or 200,000 tokens, in one call; a 300,000-token
+    # prompt is a valid request for a model with a 1M-token context.
+    words = " ".join(["word"] * 300_000)
+    assert tokenizer.count_text(words, "gpt-4.1") == 300_000
+    assert tokenizer.count_messages([Message("user", words)], "gpt-4.1") == 3 + 3 + 300_000
+    # Without a space to cut at, a cut may split a token: at most one token over per piece.
+    blob = "x" * 1_200_000
+    counted = tokenizer.count_text(blob, "gpt-4o-mini")
+    pieces = -(-len(blob) // tokenizer.PIECE)
+    import bpe_openai
+
+    exact = len(bpe_openai.get_encoding("o200k_base").encode_ordinary("x" * tokenizer.PIECE))
+    assert exact * pieces <= counted <= exact * pieces + pieces
+
+
 def test_count_text_encodings_differ_on_the_sample() -> None:
     assert _bpe("cl100k_base", MIXED) != _bpe("o200k_base", MIXED)
 

@@ -36,6 +36,34 @@ def _encoding(name: str) -> Any:
     return enc
 
 
+PIECE = 40_000
+"""Characters counted per tokenizer call. ``bpe-openai`` refuses a text of 1,000,000 characters
+or one of more than 200,000 tokens, and a character is at most 4 tokens (one per UTF-8 byte),
+so a longer text is counted in pieces of this size."""
+
+
+def _count(encoding: Any, text: str) -> int:
+    """The tokens of ``text`` as plain text, in pieces when it is long.
+
+    ``<|endoftext|>`` and the other special tokens' names are text here, as OpenAI counts what
+    users send.
+    """
+    if len(text) <= PIECE:
+        return len(encoding.encode_ordinary(text))
+    total = start = 0
+    while start < len(text):
+        end = start + PIECE
+        if end < len(text):
+            # Cut before a space, where a word and its leading space begin a token anyway; in
+            # a run of spaces or without one, a cut may split a token in two: one token over.
+            cut = text.rfind(" ", start + PIECE // 2, end)
+            if cut > start:
+                end = cut
+        total += len(encoding.encode_ordinary(text[start:end]))
+        start = end
+    return total
+
+
 def count_text(text: str, model: str) -> int:
     """Count the tokens of ``text`` for ``model``."""
     name = encoding_name(model)
@@ -43,7 +71,7 @@ def count_text(text: str, model: str) -> int:
         return text_upper_bound(text)
     if not text:
         return 0
-    return len(_encoding(name).encode(text))
+    return _count(_encoding(name), text)
 
 
 def count_messages(messages: Sequence[Message], model: str) -> int:
@@ -51,14 +79,14 @@ def count_messages(messages: Sequence[Message], model: str) -> int:
     name = encoding_name(model)
     if name is None:
         return messages_upper_bound(messages)
-    encode = _encoding(name).encode
+    encoding = _encoding(name)
     total = REPLY_PRIMING
     for m in messages:
         total += PER_MESSAGE
         if m.content:
-            total += len(encode(m.content))
+            total += _count(encoding, m.content)
         if m.name:
-            total += PER_NAME + len(encode(m.name))
+            total += PER_NAME + _count(encoding, m.name)
         for call in m.tool_calls:
-            total += PER_MESSAGE + len(encode(call.name)) + len(encode(call.arguments))
+            total += PER_MESSAGE + _count(encoding, call.name) + _count(encoding, call.arguments)
     return total
