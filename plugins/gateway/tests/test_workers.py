@@ -349,3 +349,18 @@ def test_workers_are_spawned_when_another_thread_runs(capfd: pytest.CaptureFixtu
         for sock in sockets:
             sock.close()
     assert "exited with status 3 before it was ready" in capfd.readouterr().err
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_workers_stop_when_the_supervisor_is_killed(upstream: FakeOpenAI, tmp_path: Path) -> None:
+    served = serve_gateway(upstream, tmp_path, LLMPROXY_GATEWAY_WORKERS="2")
+    gateway = next(served)
+    try:
+        workers = workers_of(gateway, 2)
+        os.kill(gateway.proc.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while any(Path(f"/proc/{pid}").exists() for pid in workers):
+            assert time.monotonic() < deadline, "workers outlived their supervisor"
+            time.sleep(0.05)
+    finally:
+        next(served, None)

@@ -99,10 +99,6 @@ def serve_worker(options: Mapping[str, Any], sock: socket.socket, ready: Event) 
     ``ready`` is set once the app has started (its lifespan ran), which tells the supervisor
     that a later exit is a crash to recover from, not a gateway that cannot start.
     """
-    # A forked worker inherits the supervisor's handlers; until uvicorn installs its own, a
-    # signal should stop it, not bump the supervisor's counter in this process's copy.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     import uvicorn
 
     from llmproxy_gateway.app import create_app
@@ -121,11 +117,39 @@ def _worker_main(
     sock: socket.socket,
     ready: Event,
     inherited: Sequence[int],
+    supervisor: int,
 ) -> None:
+    # A forked worker inherits the supervisor's handlers; until uvicorn installs its own, a
+    # signal should stop it, not bump the supervisor's counter in this process's copy.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _stop_with_supervisor(supervisor)
     for fd in inherited:
         with contextlib.suppress(OSError):
             os.close(fd)
     target(options, sock, ready)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _stop_with_supervisor(supervisor: int) -> None:
+    """Have the kernel SIGTERM this worker when the supervisor dies, even by SIGKILL (Linux).
+
+    Otherwise workers outlive a killed supervisor, still serving on the port, and nothing
+    replaces or stops them. Elsewhere this does nothing.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):  # no prctl: keep the old behaviour
+        return
+    if os.getppid() != supervisor:  # it died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _say(message: str) -> None:
@@ -159,7 +183,7 @@ class _Worker:
         inherited = [s.fileno() for s in others if s is not self.sock] if forked else []
         self.process = context.Process(
             target=_worker_main,
-            args=(target, dict(options), self.sock, self.ready, inherited),
+            args=(target, dict(options), self.sock, self.ready, inherited, os.getpid()),
             name=f"llmproxy-gateway-worker-{self.number}",
         )
         self.process.start()
