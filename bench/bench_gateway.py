@@ -9,7 +9,9 @@ connection per client, so the client's own cost stays small). Each client sends 
 completions back to back. The clients start spread over one reply's length (--ramp), as users
 arriving do, rather than all in the same millisecond (--ramp 0: lock-step bursts). The targets
 (straight to the upstream, through the gateway) take turns for --rounds rounds, --duration
-seconds in all per target, so a drift in the machine's speed hits both alike.
+seconds in all per target, so a drift in the machine's speed hits both alike. --unbudgeted adds
+a third target: the same gateway called with a key that has no budgets (no ledger work), which
+shows what the budgets cost.
 
 Reported per target: requests/s, time to the first content chunk and to the end of the stream
 (p50, p99); the gateway's added latency is its percentile minus the direct one. The gateway's
@@ -368,6 +370,12 @@ def main() -> int:
         default=3,
         help="the targets take turns this many times, each for duration / rounds (3)",
     )
+    parser.add_argument(
+        "--unbudgeted",
+        action="store_true",
+        help="also drive the gateway with a key that has no budgets (a third target), to show"
+        " what the ledger's reserve and settle add",
+    )
     parser.add_argument("--quick", action="store_true", help="16 clients, 3 s per target")
     parser.add_argument("--serve-upstream", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -410,6 +418,8 @@ def main() -> int:
         _record, key = store.create(
             "bench", budgets=["tokens:1000000000000/month", "requests:100000000/minute"]
         )
+        # The same gateway, called with a key that has no budgets: no ledger work at all.
+        _record, free_key = store.create("bench-unbudgeted")
         store.close()
         try:
             gateway, line = start(
@@ -428,6 +438,8 @@ def main() -> int:
                 "direct": (up_host, int(up_port), "/v1/chat/completions", UPSTREAM_KEY),
                 "gateway": (gw_host, int(gw_port), "/v1/chat/completions", key),
             }
+            if args.unbudgeted:
+                targets["unbudgeted"] = (gw_host, int(gw_port), "/v1/chat/completions", free_key)
             # The targets take turns, --rounds times: the machine's speed drifts (a shared VM
             # can run 30% slower for a minute), and alternating gives both the same conditions.
             results = {name: Sample() for name in targets}
@@ -461,13 +473,13 @@ def main() -> int:
         f" {args.workers}"
     )
     print(
-        f"{'target':<9} {'requests':>9} {'req/s':>8} {'errors':>7} "
+        f"{'target':<10} {'requests':>9} {'req/s':>8} {'errors':>7} "
         f"{'ttft p50':>9} {'ttft p99':>9} {'total p50':>10} {'total p99':>10}"
     )
     for name, sample in results.items():
         firsts, totals = sample.firsts, sample.totals
         print(
-            f"{name:<9} {len(totals):>9} {len(totals) / sample.elapsed:>8.1f} {sample.errors:>7} "
+            f"{name:<10} {len(totals):>9} {len(totals) / sample.elapsed:>8.1f} {sample.errors:>7} "
             f"{pct(firsts, 0.5) * 1000:>7.2f}ms {pct(firsts, 0.99) * 1000:>7.2f}ms "
             f"{pct(totals, 0.5) * 1000:>8.2f}ms {pct(totals, 0.99) * 1000:>8.2f}ms"
         )
@@ -479,6 +491,14 @@ def main() -> int:
         "total p99": pct(through.totals, 0.99) - pct(direct.totals, 0.99),
     }
     print("added by the gateway: " + ", ".join(f"{k} {v * 1000:+.2f} ms" for k, v in added.items()))
+    if "unbudgeted" in results:
+        free = results["unbudgeted"]
+        print(
+            "added with a key without budgets (no ledger reserve or settle):"
+            f" ttft p50 {(pct(free.firsts, 0.5) - pct(direct.firsts, 0.5)) * 1000:+.2f} ms,"
+            f" total p50 {(pct(free.totals, 0.5) - pct(direct.totals, 0.5)) * 1000:+.2f} ms;"
+            f" CPU {free.cpu * 1000 / max(len(free.totals), 1):.2f} ms per request"
+        )
     per_request = through.cpu * 1000 / max(len(through.totals), 1)
     print(
         f"gateway processes: peak memory {memory.peak / 2**20:.1f} MiB (PSS, sampled),"
