@@ -7,7 +7,7 @@ import email.utils
 import gc
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import openai
@@ -1101,6 +1101,127 @@ def test_texts_beyond_the_tokenizers_limits_are_counted() -> None:
 
     exact = len(bpe_openai.get_encoding("o200k_base").encode_ordinary("x" * tokenizer.PIECE))
     assert exact * pieces <= counted <= exact * pieces + pieces
+
+
+class _CountingEncoding:
+    """Wraps an encoding to count the calls that really encode."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.calls = 0
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        self.calls += 1
+        return list(self.inner.encode_ordinary(text))
+
+
+@pytest.fixture
+def spied(monkeypatch: pytest.MonkeyPatch) -> Iterator[_CountingEncoding]:
+    """o200k behind a call counter, with the remembered counts forgotten before and after."""
+    spy = _CountingEncoding(tokenizer._encoding("o200k_base"))
+    monkeypatch.setitem(tokenizer._encodings, "o200k_base", spy)
+    tokenizer.counts.clear()
+    yield spy
+    tokenizer.counts.clear()
+
+
+def _long(seed: int, words: int = 200) -> str:
+    return " ".join(f"w{seed}x{i % 97}" for i in range(words))
+
+
+def test_a_conversation_resent_each_turn_is_counted_once(spied: _CountingEncoding) -> None:
+    conversation = [Message("user", _long(i)) for i in range(5)]
+    first = tokenizer.count_messages(conversation, "gpt-4o-mini")
+    assert spied.calls == 5
+    # The next turn resends the same texts (new string objects, as parsed from a new request)
+    # plus one message: only the new one is encoded, and the total is the same as counted fresh.
+    resent = [Message(m.role, "".join(list(m.content))) for m in conversation]
+    resent.append(Message("user", _long(99)))
+    second = tokenizer.count_messages(resent, "gpt-4o-mini")
+    assert spied.calls == 6
+    direct = spied.inner.encode_ordinary
+    assert first == 3 + sum(3 + len(direct(m.content)) for m in conversation)
+    assert second == first + 3 + len(direct(_long(99)))
+
+
+def test_short_texts_are_not_remembered(spied: _CountingEncoding) -> None:
+    short = "x " * (tokenizer.CACHE_MIN_CHARS // 2 - 1)
+    assert len(short) < tokenizer.CACHE_MIN_CHARS
+    assert tokenizer.count_text(short, "gpt-4o") == tokenizer.count_text(short, "gpt-4o")
+    assert spied.calls == 2
+    assert len(tokenizer.counts) == 0
+
+
+def test_counts_are_kept_per_encoding(spied: _CountingEncoding) -> None:
+    text = MIXED * 10
+    assert tokenizer.count_text(text, "gpt-4o") == _bpe("o200k_base", text)
+    assert tokenizer.count_text(text, "gpt-4") == _bpe("cl100k_base", text)
+    assert tokenizer.count_text(text, "gpt-4") == _bpe("cl100k_base", text)
+    assert tokenizer.count_text(text, "gpt-4o") == _bpe("o200k_base", text)
+    assert spied.calls == 1
+    assert len(tokenizer.counts) == 2
+
+
+def test_the_remembered_texts_are_bounded_least_recently_used_first(
+    spied: _CountingEncoding, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    texts = [_long(i) for i in range(4)]
+    size = len(texts[0])
+    monkeypatch.setattr(tokenizer, "CACHE_MAX_CHARS", 3 * size)
+    for text in texts[:3]:
+        tokenizer.count_text(text, "gpt-4o")
+    tokenizer.count_text(texts[0], "gpt-4o")  # used again: now the most recent
+    tokenizer.count_text(texts[3], "gpt-4o")  # over the bound: texts[1] goes
+    assert spied.calls == 4
+    assert tokenizer.counts.chars == 3 * size
+    tokenizer.count_text(texts[0], "gpt-4o")
+    tokenizer.count_text(texts[2], "gpt-4o")
+    assert spied.calls == 4
+    tokenizer.count_text(texts[1], "gpt-4o")
+    assert spied.calls == 5
+    # A text longer than the whole bound is counted and not kept.
+    huge = _long(7, words=4 * 200)
+    assert len(huge) > tokenizer.CACHE_MAX_CHARS
+    tokenizer.count_text(huge, "gpt-4o")
+    tokenizer.count_text(huge, "gpt-4o")
+    assert spied.calls == 7
+    assert tokenizer.counts.chars <= 3 * size
+
+
+def test_remembered_counts_stay_consistent_across_threads(
+    spied: _CountingEncoding, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    texts = [_long(i, words=60) for i in range(12)]
+    monkeypatch.setattr(tokenizer, "CACHE_MAX_CHARS", 5 * len(texts[0]))
+    expected = {t: len(spied.inner.encode_ordinary(t)) for t in texts}
+    wrong: list[str] = []
+
+    def work(offset: int) -> None:
+        for step in range(300):
+            text = texts[(offset + step * 7) % len(texts)]
+            if tokenizer.count_text(text, "gpt-4o") != expected[text]:
+                wrong.append(text)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not wrong
+    kept = list(tokenizer.counts._counts)
+    assert tokenizer.counts.chars == sum(len(text) for _, text in kept)
+    assert tokenizer.counts.chars <= tokenizer.CACHE_MAX_CHARS
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.text(max_size=120), st.integers(min_value=1, max_value=8))
+def test_a_remembered_count_equals_a_fresh_one(piece: str, times: int) -> None:
+    text = piece * times + piece[: len(piece) // 2]
+    fresh = len(tokenizer._encoding("o200k_base").encode_ordinary(text)) if text else 0
+    assert tokenizer.count_text(text, "gpt-4o") == fresh
+    assert tokenizer.count_text(text, "gpt-4o") == fresh
 
 
 def test_count_text_encodings_differ_on_the_sample() -> None:

@@ -9,8 +9,9 @@ documents it.
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 from llmproxy.tokens import messages_upper_bound, text_upper_bound
 from llmproxy.types import Message
@@ -64,6 +65,64 @@ def _count(encoding: Any, text: str) -> int:
     return total
 
 
+CACHE_MIN_CHARS: Final = 256
+"""Texts at least this long have their counts remembered (shorter ones count in microseconds)."""
+
+CACHE_MAX_CHARS = 8_000_000
+"""The most characters of text whose counts are remembered at once, per process (8-32 MiB)."""
+
+
+class _Counts:
+    """Token counts of recent long texts, least recently used dropped first.
+
+    A chat sends its whole conversation with every turn, so without this each turn would count
+    the earlier messages again: about 20 us per 1,000 characters, on the caller's thread (the
+    gateway's event loop). A remembered count costs a dict lookup: the text's hash and, when it
+    is found, one comparison of the two texts. Keys are the texts themselves, so a count is
+    never another text's; the texts kept are bounded by :data:`CACHE_MAX_CHARS` in all.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: OrderedDict[tuple[str, str], int] = OrderedDict()
+        self.chars = 0
+
+    def count(self, name: str, text: str) -> int:
+        """The tokens of ``text`` in encoding ``name``, remembered when the text is long."""
+        if len(text) < CACHE_MIN_CHARS:
+            return _count(_encoding(name), text)
+        key = (name, text)
+        with self._lock:
+            found = self._counts.get(key)
+            if found is not None:
+                self._counts.move_to_end(key)
+                return found
+        counted = _count(_encoding(name), text)
+        if len(text) > CACHE_MAX_CHARS:
+            return counted
+        with self._lock:
+            if key not in self._counts:
+                self._counts[key] = counted
+                self.chars += len(text)
+                while self.chars > CACHE_MAX_CHARS:
+                    (_name, dropped), _ = self._counts.popitem(last=False)
+                    self.chars -= len(dropped)
+        return counted
+
+    def __len__(self) -> int:
+        return len(self._counts)
+
+    def clear(self) -> None:
+        """Forget every count."""
+        with self._lock:
+            self._counts.clear()
+            self.chars = 0
+
+
+counts: Final = _Counts()
+"""The process's remembered counts (see :class:`_Counts`)."""
+
+
 def count_text(text: str, model: str) -> int:
     """Count the tokens of ``text`` for ``model``."""
     name = encoding_name(model)
@@ -71,7 +130,7 @@ def count_text(text: str, model: str) -> int:
         return text_upper_bound(text)
     if not text:
         return 0
-    return _count(_encoding(name), text)
+    return counts.count(name, text)
 
 
 def count_messages(messages: Sequence[Message], model: str) -> int:
@@ -79,14 +138,14 @@ def count_messages(messages: Sequence[Message], model: str) -> int:
     name = encoding_name(model)
     if name is None:
         return messages_upper_bound(messages)
-    encoding = _encoding(name)
+    count = counts.count
     total = REPLY_PRIMING
     for m in messages:
         total += PER_MESSAGE
         if m.content:
-            total += _count(encoding, m.content)
+            total += count(name, m.content)
         if m.name:
-            total += PER_NAME + _count(encoding, m.name)
+            total += PER_NAME + count(name, m.name)
         for call in m.tool_calls:
-            total += PER_MESSAGE + _count(encoding, call.name) + _count(encoding, call.arguments)
+            total += PER_MESSAGE + count(name, call.name) + count(name, call.arguments)
     return total
