@@ -111,6 +111,34 @@ def test_llmproxy_plugins_limits_what_loads(site: Path) -> None:
     assert "sqlite" in none.registry.history_stores  # built-ins always load
 
 
+def test_a_name_in_llmproxy_plugins_that_matches_no_plugin_is_an_error() -> None:
+    plugins = Plugins(environ={"LLMPROXY_PLUGINS": "opeani, llmproxy-gateway"})
+    assert "serve" in plugins.registry.commands  # by distribution name
+    assert "openai" not in plugins.registry.providers
+    error = plugins.error_for("opeani")
+    assert isinstance(error, PluginError)
+    assert "LLMPROXY_PLUGINS names 'opeani'" in str(error)
+    assert "openai" in str(error) and "check its spelling" in str(error)
+    assert [e.plugin for e in plugins.errors] == ["opeani"]
+    described = {info.name: info for info in plugins.infos()}
+    assert described["opeani"].error == str(error)
+    assert Plugins(environ={"LLMPROXY_PLUGINS": "openai,llmproxy-gateway"}).errors == []
+
+
+def test_an_unknown_command_names_the_plugin_problems(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from llmproxy import cli
+
+    monkeypatch.setenv("LLMPROXY_PLUGINS", "openai,gatewya")
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["serve"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'serve'" in err
+    assert "plugin problems:" in err and "LLMPROXY_PLUGINS names 'gatewya'" in err
+
+
 def test_plugin_registered_in_code_without_installing() -> None:
     class Plugin:
         @staticmethod

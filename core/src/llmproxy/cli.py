@@ -11,7 +11,7 @@ import datetime as dt
 import os
 import sys
 from collections.abc import Sequence
-from typing import TextIO
+from typing import NoReturn, TextIO
 
 from llmproxy.errors import ConfigError, LLMProxyError
 from llmproxy.plugins import load_plugins
@@ -19,8 +19,19 @@ from llmproxy.proxy import Proxy
 from llmproxy.types import Usage
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, naming the plugins that failed when a command is unknown (theirs may be)."""
+
+    def error(self, message: str) -> NoReturn:
+        """Exit with ``message``, plus the plugin errors when it is about an unknown command."""
+        problems = load_plugins().errors
+        if problems and "invalid choice" in message:
+            message += "\nplugin problems:\n" + "\n".join(f"  {p}" for p in problems)
+        super().error(message)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="llmproxy", description="One proxy for LLM services.")
+    parser = _Parser(prog="llmproxy", description="One proxy for LLM services.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     chat = sub.add_parser("chat", help="send a prompt and print the answer as it arrives")

@@ -12,7 +12,9 @@ Variable                        Meaning
 ``LLMPROXY_DATA_DIR``           Where the embedded SQLite files live (default: the user data
                                 dir, e.g. ``~/.local/share/llmproxy``).
 ``LLMPROXY_PLUGINS``            Comma list of plugin (entry point or distribution) names to load;
-                                set but empty loads none. Unset: all installed plugins.
+                                set but empty loads none. Unset: all installed plugins. A name
+                                that matches no installed plugin is a ``PluginError`` in
+                                ``llmproxy plugins``.
 ``LLMPROXY_MAX_TOKENS``         A global token budget (``LLMBudget(max_tokens=...)``) for
                                 ``Proxy.from_env`` and the CLI.
 ``LLMPROXY_REQUESTS_PER_MINUTE`` A global requests-per-minute limit for ``Proxy.from_env``.

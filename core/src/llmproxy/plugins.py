@@ -85,9 +85,14 @@ class Plugins:
         self._collect()
 
     def _load_entry_points(self, selected: set[str] | None) -> None:
+        names: set[str] = set()
+        dists: set[str] = set()
         for ep in importlib_metadata.entry_points(group=ENTRY_POINT_GROUP):
             dist = ep.dist
             dist_name = dist.name if dist is not None else None
+            names.add(ep.name)
+            if dist_name is not None:
+                dists.add(dist_name)
             if selected is not None and ep.name not in selected and dist_name not in selected:
                 continue
             if self.pm.get_plugin(ep.name) is not None:
@@ -105,6 +110,17 @@ class Plugins:
                 )
                 continue
             self.pm.register(plugin, name=ep.name)
+        for name in sorted((selected or set()) - names - dists):
+            # A typo would otherwise just leave the plugin out, and its commands, providers or
+            # stores missing with no word of why.
+            self.errors.append(
+                PluginError(
+                    f"LLMPROXY_PLUGINS names '{name}', which is no installed plugin (installed:"
+                    f" {', '.join(sorted(names)) or 'none'}, or their distributions' names);"
+                    " check its spelling",
+                    plugin=name,
+                )
+            )
 
     def _collect(self) -> None:
         reg = self.registry

@@ -134,6 +134,35 @@ def test_a_bad_admin_key_stops_several_workers_before_they_start(tmp_path: Path)
     assert "gateway on" not in result.stdout
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "named"),
+    [
+        ("LLMPROXY_LEDGER_URL", "bogus://x", "ledger URL scheme 'bogus://'"),
+        ("LLMPROXY_GATEWAY_KEYS_URL", "bogus://x", "gateway keys URL scheme 'bogus://'"),
+        ("LLMPROXY_HISTORY_URL", "bogus://x", "history"),
+    ],
+)
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_configuration_the_workers_read_is_checked_before_the_gateway_says_it_is_up(
+    tmp_path: Path, variable: str, value: str, named: str, workers: str
+) -> None:
+    # Each worker builds its own app; a setting only that reads used to fail in every worker
+    # after the supervisor had printed the URL (scripts wait for that line), with status 1.
+    result = subprocess.run(
+        [LLMPROXY, "serve", "--port", "0", "--workers", workers],
+        env=clean_env(
+            OPENAI_API_KEY=UPSTREAM_KEY, LLMPROXY_DATA_DIR=str(tmp_path), **{variable: value}
+        ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert named in result.stderr
+    assert result.stderr.count("llmproxy") == 1  # said once, by the supervisor
+    assert "gateway on" not in result.stdout
+
+
 def test_workers_variable() -> None:
     assert env.workers({}) == 1
     assert env.workers({"LLMPROXY_GATEWAY_WORKERS": " 3 "}) == 3

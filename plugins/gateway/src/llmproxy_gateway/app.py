@@ -283,6 +283,18 @@ def warm(proxy: Proxy) -> None:
         log.info("could not warm up %s: %s", name, exc)
 
 
+def check_config(environ: Mapping[str, str]) -> None:
+    """Raise the error each worker would meet building its app from ``environ``, opening nothing.
+
+    That is the key store's URL and the Proxy's configuration (config file, plugins, the
+    ledger's and history store's URLs; stores open on first use). ``llmproxy serve`` calls it
+    before it says the gateway is up: a worker failing on it would do so after that line, once
+    per worker.
+    """
+    KeyStore.location(env.keys_url(environ), environ)
+    Proxy.from_env(environ).close()
+
+
 def preload(environ: Mapping[str, str]) -> None:
     """Load, in a process about to fork the gateway's workers, what each would load itself.
 

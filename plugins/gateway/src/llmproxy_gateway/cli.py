@@ -55,13 +55,14 @@ def serve(args: argparse.Namespace) -> int:
     """Run the gateway until SIGINT or SIGTERM."""
     import uvicorn
 
-    from llmproxy_gateway.app import create_app, preload
+    from llmproxy_gateway.app import check_config, create_app, preload
 
     host: str = args.host
     workers = env.workers(os.environ, args.workers)
     env.admin_key(os.environ)  # checked here too: several workers would each fail on it
     if workers > 1:
         env.check_shared_stores(os.environ)
+        check_config(os.environ)  # (one worker builds its app below, before the announce)
     if not _loopback(host):
         sys.stderr.write(
             f"llmproxy serve: listening on {host}, beyond this machine; keys travel in clear"

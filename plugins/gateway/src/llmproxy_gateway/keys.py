@@ -225,11 +225,19 @@ class KeyStore:
     @classmethod
     def from_url(cls, url: str, environ: Mapping[str, str]) -> KeyStore:
         """Open the store a ``sqlite:///...`` or ``memory://`` URL names."""
+        return cls(cls.location(url, environ))
+
+    @staticmethod
+    def location(url: str, environ: Mapping[str, str]) -> Path | None:
+        """The file a key store URL names (None for ``memory://``); a ConfigError if it names none.
+
+        Opens nothing: ``llmproxy serve`` checks the URL with it before starting its workers.
+        """
         scheme = scheme_of(url, what="gateway keys")
         if scheme == "memory":
-            return cls(None)
+            return None
         if scheme == "sqlite":
-            return cls(sqlite_path(url, env.default_keys_path(environ)))
+            return sqlite_path(url, env.default_keys_path(environ))
         raise ConfigError(
             f"gateway keys URL scheme '{scheme}://' is not supported; use sqlite:///path or"
             " memory://",
