@@ -1215,6 +1215,45 @@ def test_remembered_counts_stay_consistent_across_threads(
     assert tokenizer.counts.chars <= tokenizer.CACHE_MAX_CHARS
 
 
+def _count_in_child(text: str, expected: int) -> None:
+    import os
+
+    os._exit(0 if tokenizer.count_text(text, "gpt-4o") == expected else 3)
+
+
+def test_a_child_forked_while_a_thread_held_the_counts_lock_can_count() -> None:
+    import multiprocessing
+    import threading
+
+    text = _long(5)
+    expected = tokenizer.count_text(text, "gpt-4o")
+    tokenizer.counts.clear()
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with tokenizer.counts._lock:
+            held.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert held.wait(10)
+        child = multiprocessing.get_context("fork").Process(
+            target=_count_in_child, args=(text, expected)
+        )
+        child.start()
+        child.join(30)
+        alive = child.is_alive()
+        if alive:
+            child.kill()
+        assert not alive, "the child waited forever on the parent's lock"
+        assert child.exitcode == 0
+    finally:
+        release.set()
+        holder.join()
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.text(max_size=120), st.integers(min_value=1, max_value=8))
 def test_a_remembered_count_equals_a_fresh_one(piece: str, times: int) -> None:

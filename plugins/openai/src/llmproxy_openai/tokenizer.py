@@ -8,6 +8,7 @@ documents it.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -118,9 +119,15 @@ class _Counts:
             self._counts.clear()
             self.chars = 0
 
+    def after_fork(self) -> None:
+        """Give a forked child a lock of its own (another thread may have held the parent's)."""
+        self._lock = threading.Lock()
+
 
 counts: Final = _Counts()
 """The process's remembered counts (see :class:`_Counts`)."""
+
+os.register_at_fork(after_in_child=counts.after_fork)
 
 
 def count_text(text: str, model: str) -> int:
