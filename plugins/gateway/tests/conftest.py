@@ -151,4 +151,6 @@ def serve_gateway(upstream: FakeOpenAI, root: Path, **extra: str) -> Iterator[Ga
 def gateway(
     upstream: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[GatewayProcess]:
-    yield from serve_gateway(upstream, tmp_path_factory.mktemp("gateway"))
+    yield from serve_gateway(
+        upstream, tmp_path_factory.mktemp("gateway"), LLMPROXY_GATEWAY_MAX_BODY="1000000"
+    )

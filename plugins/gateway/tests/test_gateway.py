@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
 import httpx2 as httpx
 import openai
@@ -70,6 +71,61 @@ def test_models_list(gateway: GatewayProcess) -> None:
     ids = [m.id for m in client(gateway, gateway.key()).models.list()]
     assert ids[0] == "openai/gpt-5.4-mini"
     assert "openai/gpt-4o-mini" in ids
+
+
+def test_a_model_is_retrieved_by_id_as_openai_does(gateway: GatewayProcess) -> None:
+    sdk = client(gateway, gateway.key())
+    listed = sdk.models.retrieve("openai/gpt-5.4-mini")
+    assert (listed.id, listed.object, listed.owned_by) == ("openai/gpt-5.4-mini", "model", "openai")
+    # Names that are not listed but that a request may use: the provider's own, and bare
+    # names (the default provider's).
+    assert sdk.models.retrieve("openai/gpt-4.1-nano").owned_by == "openai"
+    assert sdk.models.retrieve("gpt-4o-mini").id == "gpt-4o-mini"
+    with pytest.raises(openai.NotFoundError) as info:
+        sdk.models.retrieve("nope/x")
+    assert info.value.code == "model_not_found"
+    assert "nope/x" in info.value.message
+    assert httpx.get(gateway.url + "/v1/models/gpt-4o-mini").status_code == 401
+
+
+def test_unknown_paths_and_methods_answer_in_openais_error_shape(
+    gateway: GatewayProcess,
+) -> None:
+    key = gateway.key()
+    with pytest.raises(openai.NotFoundError) as info:
+        client(gateway, key).embeddings.create(model="text-embedding-3-small", input="x")
+    assert info.value.type == "invalid_request_error"
+    assert "POST /v1/embeddings" in info.value.message
+    wrong_method = httpx.delete(
+        gateway.url + "/v1/models", headers={"authorization": f"Bearer {key}"}
+    )
+    assert wrong_method.status_code == 405
+    error = wrong_method.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert "DELETE /v1/models" in error["message"]
+
+
+def test_a_body_over_the_limit_is_413_before_it_is_read(gateway: GatewayProcess) -> None:
+    key = gateway.key("dora")
+    headers = {"authorization": f"Bearer {key}", "content-type": "application/json"}
+    limit = 1_000_000  # LLMPROXY_GATEWAY_MAX_BODY in the fixture
+    text = "x" * limit
+    body = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}]})
+    r = httpx.post(gateway.url + "/v1/chat/completions", content=body, headers=headers)
+    assert r.status_code == 413, r.text
+    error = r.json()["error"]
+    assert error["code"] == "request_too_large" and "LLMPROXY_GATEWAY_MAX_BODY" in error["message"]
+
+    def chunked() -> Iterator[bytes]:  # no Content-Length: counted as it arrives
+        yield body[: limit // 2].encode()
+        yield body[limit // 2 :].encode()
+
+    r = httpx.post(gateway.url + "/v1/chat/completions", content=chunked(), headers=headers)
+    assert r.status_code == 413, r.text
+    small = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}]})
+    assert (
+        httpx.post(gateway.url + "/v1/chat/completions", content=small, headers=headers)
+    ).status_code == 200
 
 
 def test_missing_wrong_and_revoked_keys_are_401(gateway: GatewayProcess) -> None:

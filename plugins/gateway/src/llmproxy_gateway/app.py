@@ -86,6 +86,7 @@ class Gateway:
         self.environ = environ
         self.keys = keys if keys is not None else KeyStore.from_env(environ)
         self.admin_key = admin_key if admin_key is not None else env.admin_key(environ)
+        self.max_body = env.max_body(environ)
         self._own_proxy = proxy is None
         if usage is None:
             usage = usage_log() if environ is os.environ else open_usage_log(None, environ)
@@ -140,7 +141,7 @@ class Gateway:
             return
         try:
             key = self.authenticate(scope)
-            body = await _read_body(receive)
+            body = await _read_body(scope, receive, self.max_body)
             call = parse(body)
             session = _header(scope, b"x-session-id")
             if session is not None and not _SESSION_ID.match(session):
@@ -317,15 +318,39 @@ def _mapped(exc: BaseException) -> HTTPError:
     return error
 
 
-async def _read_body(receive: Receive) -> bytes:
+def _too_large(limit: int) -> HTTPError:
+    return HTTPError(
+        413,
+        f"The request body is larger than this gateway accepts ({limit} bytes; the operator"
+        f" sets the limit with {env.MAX_BODY}).",
+        code="request_too_large",
+    )
+
+
+async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The request body, or a 413 once it is known to exceed ``limit`` bytes.
+
+    A Content-Length over the limit is refused before anything is read; a body sent without one
+    (chunked) is refused as soon as what arrived passes the limit.
+    """
+    length = _header(scope, b"content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise _too_large(limit)
     message = await receive()
     body: bytes = message.get("body", b"")
     if not message.get("more_body"):
+        if len(body) > limit:
+            raise _too_large(limit)
         return body
     parts = [body]
+    size = len(body)
     while message.get("more_body"):
         message = await receive()
-        parts.append(message.get("body", b""))
+        part = message.get("body", b"")
+        size += len(part)
+        if size > limit:
+            raise _too_large(limit)
+        parts.append(part)
     return b"".join(parts)
 
 
@@ -383,9 +408,14 @@ def create_app(
 
     routes = [
         Route("/v1/models", models.endpoint(gw), methods=["GET"]),
+        Route("/v1/models/{model:path}", models.retrieve_endpoint(gw), methods=["GET"]),
         *dashboard.routes(gw),
     ]
-    starlette = Starlette(routes=routes, lifespan=lifespan)
+    starlette = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={404: models.not_found, 405: models.not_allowed},
+    )
     chat = _ChatEndpoint(gw)
     paths = ("/v1/chat/completions", "/chat/completions")
 

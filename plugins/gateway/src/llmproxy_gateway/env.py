@@ -11,6 +11,8 @@ Variable                          Meaning
 ``LLMPROXY_GATEWAY_WORKERS``      Worker processes of ``llmproxy serve`` (default 1; ``--workers``
                                   wins). More than one needs the ledger, history, usage log and key
                                   store in files or Redis, not ``memory://``.
+``LLMPROXY_GATEWAY_MAX_BODY``     The largest request body accepted, in bytes (default 33554432,
+                                  32 MiB); a larger one is answered 413 before it is read.
 ================================  ==================================================================
 
 The Proxy behind the gateway is built with ``Proxy.from_env()``, so the core's variables
@@ -31,6 +33,7 @@ from llmproxy.urls import scheme_of
 ADMIN_KEY = "LLMPROXY_ADMIN_KEY"
 KEYS_URL = "LLMPROXY_GATEWAY_KEYS_URL"
 WORKERS = "LLMPROXY_GATEWAY_WORKERS"
+MAX_BODY = "LLMPROXY_GATEWAY_MAX_BODY"
 
 DEFAULT_KEYS_FILE = "keys.db"
 MIN_ADMIN_KEY_LENGTH = 16
@@ -60,6 +63,25 @@ def admin_key(environ: Mapping[str, str]) -> str | None:
             path=ADMIN_KEY,
         )
     return raw
+
+
+DEFAULT_MAX_BODY = 32 * 1024 * 1024
+
+
+def max_body(environ: Mapping[str, str]) -> int:
+    """The largest request body accepted, in bytes; not a whole number >= 1 is a ConfigError."""
+    raw = environ.get(MAX_BODY, "").strip()
+    if not raw:
+        return DEFAULT_MAX_BODY
+    try:
+        limit = int(raw)
+    except ValueError:
+        limit = 0
+    if limit < 1:
+        raise ConfigError(
+            f"{MAX_BODY} must be a whole number of bytes >= 1, got {raw!r}", path=MAX_BODY
+        )
+    return limit
 
 
 def workers(environ: Mapping[str, str], given: int | None = None) -> int:
