@@ -140,6 +140,7 @@ def test_a_bad_admin_key_stops_several_workers_before_they_start(tmp_path: Path)
         ("LLMPROXY_LEDGER_URL", "bogus://x", "ledger URL scheme 'bogus://'"),
         ("LLMPROXY_GATEWAY_KEYS_URL", "bogus://x", "gateway keys URL scheme 'bogus://'"),
         ("LLMPROXY_HISTORY_URL", "bogus://x", "history"),
+        ("LLMPROXY_GATEWAY_MAX_BODY", "lots", "LLMPROXY_GATEWAY_MAX_BODY must be a whole number"),
     ],
 )
 @pytest.mark.parametrize("workers", ["1", "2"])
@@ -161,6 +162,14 @@ def test_configuration_the_workers_read_is_checked_before_the_gateway_says_it_is
     assert named in result.stderr
     assert result.stderr.count("llmproxy") == 1  # said once, by the supervisor
     assert "gateway on" not in result.stdout
+
+
+def test_max_body_variable() -> None:
+    assert env.max_body({}) == 32 * 1024 * 1024
+    assert env.max_body({"LLMPROXY_GATEWAY_MAX_BODY": " 2048 "}) == 2048
+    for bad in ("0", "-5", "1.5", "32MiB"):
+        with pytest.raises(ConfigError, match="LLMPROXY_GATEWAY_MAX_BODY"):
+            env.max_body({"LLMPROXY_GATEWAY_MAX_BODY": bad})
 
 
 def test_workers_variable() -> None:

@@ -287,11 +287,12 @@ def warm(proxy: Proxy) -> None:
 def check_config(environ: Mapping[str, str]) -> None:
     """Raise the error each worker would meet building its app from ``environ``, opening nothing.
 
-    That is the key store's URL and the Proxy's configuration (config file, plugins, the
-    ledger's and history store's URLs; stores open on first use). ``llmproxy serve`` calls it
-    before it says the gateway is up: a worker failing on it would do so after that line, once
-    per worker.
+    That is the body limit, the key store's URL and the Proxy's configuration (config file,
+    plugins, the ledger's and history store's URLs; stores open on first use). ``llmproxy
+    serve`` calls it before it says the gateway is up: a worker failing on it would do so after
+    that line, once per worker.
     """
+    env.max_body(environ)
     KeyStore.location(env.keys_url(environ), environ)
     Proxy.from_env(environ).close()
 
