@@ -167,12 +167,14 @@ def test_sqlite_checkpoints_run_in_the_background(tmp_path: Path) -> None:
     for i in range(history_sqlite.CHECKPOINT_EVERY):
         store.append([_rec("s", "x" * 2000 + str(i))])
         ledger.settle(ledger.reserve([claim], input_tokens=1, max_output_tokens=9), tokens=10)
+    # Wait for this file's rows to reach the database file itself, not only the WAL. (The
+    # checkpoint counter is the process's: a checkpoint of another test's file, requested
+    # earlier, may finish first, so waiting for the counter alone was a race.)
     deadline = time.monotonic() + 10
-    while history_sqlite._CHECKPOINTER.done == done_before and time.monotonic() < deadline:
+    while path.stat().st_size <= size_before + 50 * 2000 and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert history_sqlite._CHECKPOINTER.done > done_before
-    # The rows reached the database file itself, not only the WAL.
     assert path.stat().st_size > size_before + 50 * 2000
+    assert history_sqlite._CHECKPOINTER.done > done_before
     assert len(store.load("s")) == history_sqlite.CHECKPOINT_EVERY
     assert ledger.usage([claim])[0].used == 10 * history_sqlite.CHECKPOINT_EVERY
     store.close()
