@@ -635,6 +635,38 @@ def test_usage_carries_cost_for_priced_models(make_proxy: MakeProxy, upstream: F
     assert proxy.chat("x", model="openai/unpriced-model").usage.cost is None
 
 
+def test_a_call_is_priced_as_of_when_it_started(
+    make_proxy: MakeProxy, upstream: FakeOpenAI
+) -> None:
+    # A price that changes while a call runs: the reservation's rates and the settled cost both
+    # use the price of the call's start, so the budget's hold covers what it settles.
+    import time
+
+    from llmproxy import CostBudget
+    from llmproxy.pricing import Price
+
+    proxy = make_proxy(budgets=[CostBudget(max_usd=1.0)])
+    proxy.chat("warm up", model="openai/gpt-4o-mini")  # the provider and its client exist now
+    (before,) = proxy.usage()
+    switch = time.time() + 0.3
+    proxy.prices.set("openai/gpt-4o-mini", Price(1.0, 2.0, until=switch, then=Price(100.0, 200.0)))
+    upstream.enqueue(Reply(text="ok", usage={"prompt_tokens": 1000, "completion_tokens": 10}))
+    stream = proxy.stream("x", model="openai/gpt-4o-mini")
+    first = next(stream)  # reserved and sent before the switch
+    assert time.time() < switch
+    time.sleep(max(0.0, switch - time.time()) + 0.05)
+    events = [first, *stream]
+    cost = (1000 * 1.0 + 10 * 2.0) / 1e6
+    assert events[-1].usage is not None
+    assert events[-1].usage.cost == pytest.approx(cost)
+    (row,) = proxy.usage()
+    assert row.used - before.used == pytest.approx(cost) and row.reserved == 0
+    # A call that starts after the switch pays the new price.
+    upstream.enqueue(Reply(text="ok", usage={"prompt_tokens": 1000, "completion_tokens": 10}))
+    later = proxy.chat("x", model="openai/gpt-4o-mini")
+    assert later.usage.cost == pytest.approx((1000 * 100.0 + 10 * 200.0) / 1e6)
+
+
 async def test_streams_reuse_upstream_connections(
     make_proxy: MakeProxy, upstream: FakeOpenAI
 ) -> None:

@@ -97,6 +97,49 @@ def test_budgets_must_be_policies() -> None:
         Proxy(environ={}, budgets=[1000])  # type: ignore[list-item]
 
 
+def test_a_price_that_changes_is_answered_by_the_date_asked() -> None:
+    from llmproxy.pricing import Price, PriceTable
+    from llmproxy.types import Usage
+
+    later = Price(3.0, 30.0)
+    middle = Price(2.0, 20.0, until=2_000.0, then=later)
+    first = Price(1.0, 10.0, 0.1, "2026-10", until=1_000.0, then=middle)
+    now = [0.0]
+    table = PriceTable({"p/m*": first}, clock=lambda: now[0])
+    assert table.get("p", "m-1") == first
+    now[0] = 999.999
+    assert table.get("p", "m-1") == first  # the lookup is cached; the date is not
+    now[0] = 1_000.0
+    assert table.get("p", "m-1") == middle
+    assert table.get("p", "m-1", at=2_500.0) == later
+    assert table.get("p", "m-1", at=10.0) == first
+    now[0] = 5_000.0
+    assert table.merged({}).get("p", "m-2") == later  # a copy keeps the table's clock
+    usage = Usage(1_000_000, 1_000_000)
+    assert [first.at(t).cost(usage) for t in (0, 1_500, 9_999)] == [11.0, 22.0, 33.0]
+    # An override without a change replaces the whole entry.
+    assert table.merged({"p/m*": Price(5.0, 5.0)}).get("p", "m-1") == Price(5.0, 5.0)
+    with pytest.raises(ConfigError, match="both until"):
+        Price(1.0, 1.0, until=5.0)
+    with pytest.raises(ConfigError, match="both until"):
+        Price(1.0, 1.0, then=later)
+    # The configuration's prices table takes the same shape.
+    proxy = Proxy(
+        {
+            "prices": {
+                "openai/x": {
+                    "input": 1.0,
+                    "output": 2.0,
+                    "until": 0.0,
+                    "then": {"input": 4.0, "output": 8.0},
+                }
+            }
+        },
+        environ={},
+    )
+    assert proxy.prices.get("openai", "x") == Price(4.0, 8.0)
+
+
 def test_prices_from_plugins_and_config_overrides() -> None:
     from llmproxy.pricing import Price
     from llmproxy.types import Usage

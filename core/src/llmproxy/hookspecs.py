@@ -82,7 +82,8 @@ def register_prices(register: RegisterPrice) -> None:
     """Register default model prices: ``register(name, price)``.
 
     ``name`` is ``provider/model`` or a ``provider/prefix*`` pattern; ``price`` a
-    :class:`~llmproxy.pricing.Price` in USD per million tokens, with its ``as_of`` date.
+    :class:`~llmproxy.pricing.Price` in USD per million tokens, with its ``as_of`` date (and,
+    for a price announced to change, ``until`` and the ``then`` price).
     """
 
 

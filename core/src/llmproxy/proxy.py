@@ -339,7 +339,7 @@ class _Call:
         }
         usd = next((c for c in self.claims if c.unit == "usd"), None)
         if usd is not None:
-            price = self.proxy.prices.get(self.provider_name, self.model)
+            price = self.proxy.prices.get(self.provider_name, self.model, at=self.started_at)
             if price is None:
                 raise ConfigError(
                     f"model '{self.provider_name}/{self.model}' has no price, so cost budget"
@@ -451,7 +451,7 @@ class _Call:
 
     def priced(self, usage: Usage) -> Usage:
         """Return ``usage`` with its USD cost, when the model is priced."""
-        price = self.proxy.prices.get(self.provider_name, self.model)
+        price = self.proxy.prices.get(self.provider_name, self.model, at=self.started_at)
         if price is None:
             return usage
         return attrs.evolve(usage, cost=price.cost(usage))

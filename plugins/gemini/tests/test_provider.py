@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import datetime
 import json
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -35,7 +37,10 @@ from llmproxy_gemini.provider import GeminiProvider, count_messages
 
 MODEL = "gemini-3.8-flash"
 NAME = f"gemini/{MODEL}"
-PRICE = Price(0.75, 3.75, 0.075, "2026-10-07")
+# gemini-3.8-flash: the introductory price, then the one the page lists from 2027-01-01.
+INTRO_ENDS = datetime.datetime(2026, 12, 31, 10, tzinfo=datetime.UTC).timestamp()
+LATER = Price(1.50, 7.50, 0.15, "2026-10-07")
+PRICE = Price(0.75, 3.75, 0.075, "2026-10-07", until=INTRO_ENDS, then=LATER)
 MODES = ["chat", "achat", "stream", "astream"]
 WEATHER_CALL = {"name": "get_weather", "arguments": {"city": "Oslo"}}
 
@@ -134,8 +139,12 @@ async def test_answer_reasoning_and_usage(
     assert reasoning == "Short waves scatter more."
     # prompt 3 + (5 + 3) = 11, plus 5 tool-use prompt tokens; output 2 candidates + 4 thoughts.
     expected = Usage(16, 6, 4, 4)
-    assert usage == Usage(16, 6, 4, 4, cost=PRICE.cost(expected))
-    assert usage.cost == pytest.approx((12 * 0.75 + 4 * 0.075 + 6 * 3.75) / 1e6)
+    price = PRICE.at(time.time())  # the introductory price until 2026-12-31, then the later one
+    assert price.cached_input is not None
+    assert usage == Usage(16, 6, 4, 4, cost=price.cost(expected))
+    assert usage.cost == pytest.approx(
+        (12 * price.input + 4 * price.cached_input + 6 * price.output) / 1e6
+    )
     request = server.requests[-1]
     assert request.path == f"/v1/models/{MODEL}:" + (
         "streamGenerateContent" if "stream" in mode else "generateContent"
@@ -557,8 +566,14 @@ def test_prices_limits_and_estimates() -> None:
     info = next(i for i in plugins.infos() if i.name == "gemini")
     assert info.distribution == "llmproxy-gemini"
     prices = plugins.registry.prices
-    assert prices.get("gemini", MODEL) == PRICE
-    assert prices.get("gemini", "gemini-3.8-flash-preview-09") == PRICE
+    before, after = INTRO_ENDS - 1, INTRO_ENDS
+    assert prices.get("gemini", MODEL, at=before) == PRICE
+    assert prices.get("gemini", "gemini-3.8-flash-preview-09", at=before) == PRICE
+    assert prices.get("gemini", MODEL, at=after) == LATER
+    assert prices.get("gemini", MODEL) == PRICE.at(time.time())  # now: whichever is in effect
+    assert prices.get("gemini", "gemini-3.5-flash", at=after) == Price(
+        1.50, 9.00, 0.15, "2026-10-07"
+    )
     assert prices.get("gemini", "gemini-3.5-flash-lite") == Price(0.30, 2.50, None, "2026-10-07")
     assert prices.get("gemini", "gemini-3.1-pro-preview") is None  # tiered: unpriced
     p = GeminiProvider(api_key="k")

@@ -47,12 +47,21 @@ def thinks(model: str) -> bool:
 #: model map, 2026-09; guides of 2026-06); the others are left unset, so cached tokens are
 #: billed at the input price (an upper bound).
 #: gemini-3.8-flash is on an introductory price through 2026-12-31; from 2027-01-01 the page
-#: lists 1.50 input, 0.15 cached and 7.50 output. Pro models are priced by prompt length
-#: (<= or > 200k tokens), which one figure cannot express, so they are left unpriced.
+#: lists 1.50 input, 0.15 cached and 7.50 output (:data:`PRICE_CHANGES`). Pro models are priced
+#: by prompt length (<= or > 200k tokens), which one figure cannot express, so they are left
+#: unpriced.
 PRICES: dict[str, tuple[float, float | None, float, str]] = {
     "gemini-3.8-flash*": (0.75, 0.075, 3.75, "2026-10-07"),
     "gemini-3.5-flash*": (1.50, 0.15, 9.00, "2026-10-07"),
     "gemini-3.5-flash-lite*": (0.30, None, 2.50, "2026-10-07"),
     "gemini-2.5-flash*": (0.30, None, 2.50, "2026-10-07"),
     "gemini-2.5-flash-lite*": (0.10, None, 0.40, "2026-10-07"),
+}
+
+#: Prices announced to change: (when, in UTC, the new one applies; the new (input, cached,
+#: output, as of)). The page does not say in which time zone 2027-01-01 starts, so the new price
+#: applies from the first moment of that day anywhere (UTC+14, 10:00 UTC on 2026-12-31): a call
+#: is priced above its bill for at most a day, never below it.
+PRICE_CHANGES: dict[str, tuple[str, tuple[float, float | None, float, str]]] = {
+    "gemini-3.8-flash*": ("2026-12-31T10:00:00+00:00", (1.50, 0.15, 7.50, "2026-10-07")),
 }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+
 import llmproxy
 from llmproxy.pricing import Price
 from llmproxy.registry import RegisterPrice, RegisterProvider
@@ -22,6 +24,25 @@ def register_providers(register: RegisterProvider) -> None:
 
 @llmproxy.hookimpl
 def register_prices(register: RegisterPrice) -> None:
-    """Register Gemini's published prices (see ``models.PRICES`` for their dates and sources)."""
+    """Register Gemini's published prices (see ``models.PRICES`` for their dates and sources).
+
+    A price announced to change (``models.PRICE_CHANGES``) is registered with its successor,
+    which the price table answers with from the announced moment on.
+    """
     for name, (input_price, cached, output, as_of) in models.PRICES.items():
-        register(f"gemini/{name}", Price(input_price, output, cached, as_of))
+        change = models.PRICE_CHANGES.get(name)
+        if change is None:
+            register(f"gemini/{name}", Price(input_price, output, cached, as_of))
+            continue
+        when, (new_input, new_cached, new_output, new_as_of) = change
+        register(
+            f"gemini/{name}",
+            Price(
+                input_price,
+                output,
+                cached,
+                as_of,
+                until=datetime.datetime.fromisoformat(when).timestamp(),
+                then=Price(new_input, new_output, new_cached, new_as_of),
+            ),
+        )
