@@ -68,20 +68,23 @@ def admin_key(environ: Mapping[str, str]) -> str | None:
 DEFAULT_MAX_BODY = 32 * 1024 * 1024
 
 
+def _at_least_one(raw: str, source: str, what: str) -> int:
+    """``raw`` as a whole number >= 1, or a ConfigError naming ``source``."""
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ConfigError(f"{source} must be {what} >= 1, got {raw!r}", path=source)
+    return value
+
+
 def max_body(environ: Mapping[str, str]) -> int:
     """The largest request body accepted, in bytes; not a whole number >= 1 is a ConfigError."""
     raw = environ.get(MAX_BODY, "").strip()
     if not raw:
         return DEFAULT_MAX_BODY
-    try:
-        limit = int(raw)
-    except ValueError:
-        limit = 0
-    if limit < 1:
-        raise ConfigError(
-            f"{MAX_BODY} must be a whole number of bytes >= 1, got {raw!r}", path=MAX_BODY
-        )
-    return limit
+    return _at_least_one(raw, MAX_BODY, "a whole number of bytes")
 
 
 def workers(environ: Mapping[str, str], given: int | None = None) -> int:
@@ -95,13 +98,7 @@ def workers(environ: Mapping[str, str], given: int | None = None) -> int:
         source, raw = WORKERS, environ.get(WORKERS, "").strip()
     if not raw:
         return 1
-    try:
-        count = int(raw)
-    except ValueError:
-        count = 0
-    if count < 1:
-        raise ConfigError(f"{source} must be a whole number >= 1, got {raw!r}", path=source)
-    return count
+    return _at_least_one(raw, source, "a whole number")
 
 
 def check_shared_stores(environ: Mapping[str, str]) -> None:
