@@ -439,6 +439,70 @@ def test_broken_stream_is_stored_interrupted_and_counted(
     assert len(chat_requests(upstream)) == 2  # not retried once text was delivered
 
 
+def _failing_count(*_args: Any) -> int:
+    raise ValueError("a plugin's tokenizer bug")
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_a_provider_that_cannot_count_leaves_no_hold_on_a_broken_stream(
+    make_proxy: MakeProxy,
+    upstream: FakeOpenAI,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    mode: str,
+) -> None:
+    # A stream that breaks arrives without usage, so the Proxy counts what arrived. A provider
+    # plugin whose counting raised used to leave the call's reservation held until its lease
+    # ran out (and the caller got the plugin's bare ValueError): the byte count, an upper
+    # bound, is used instead, and the call is settled, stored and reported as interrupted.
+    from llmproxy.tokens import text_upper_bound
+
+    events: list[CallEvent] = []
+    proxy = make_proxy(budgets=[LLMBudget(max_tokens=100_000)], observers=[events.append])
+    proxy.chat("warm up")
+    monkeypatch.setattr(proxy.provider("openai"), "count_text_tokens", _failing_count)
+    upstream.enqueue(Fault.drop_after(2))
+    received: list[str] = []
+
+    async def read() -> None:
+        if mode == "sync":
+            received.extend(event.text for event in proxy.stream("go", session_id="s"))
+            return
+        async for event in proxy.astream("go", session_id="s"):
+            received.append(event.text)
+
+    with pytest.raises(StreamInterrupted):
+        await read()
+    assert received  # part of the answer arrived before the break
+    [usage] = proxy.usage()
+    assert usage.reserved == 0
+    last = events[-1]
+    assert last.outcome == "interrupted" and last.usage.estimated
+    assert last.usage.output_tokens == text_upper_bound("".join(received))
+    assert usage.used == events[0].usage.total_tokens + last.usage.total_tokens
+    assert proxy.history.load("s")[1].message.interrupted
+    assert "provider 'openai' failed to count" in caplog.text
+
+
+def test_a_provider_that_cannot_count_is_budgeted_by_bytes_before_the_call(
+    make_proxy: MakeProxy,
+    upstream: FakeOpenAI,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from llmproxy.tokens import messages_upper_bound
+
+    prompt = "count me " * 20  # 20 tokens or so, 180 bytes
+    proxy = make_proxy(budgets=[LLMBudget(max_tokens=150)])
+    assert proxy.chat(prompt, max_output_tokens=5).text  # counted by the tokenizer: fits
+    monkeypatch.setattr(proxy.provider("openai"), "count_tokens", _failing_count)
+    assert messages_upper_bound([Message("user", prompt)]) > 150
+    with pytest.raises(BudgetExceeded):  # the byte bound does not fit: refused, not overspent
+        proxy.chat(prompt, max_output_tokens=5)
+    assert "provider 'openai' failed to count the tokens of a" in caplog.text
+    assert [u.reserved for u in proxy.usage()] == [0]
+
+
 def test_abandoned_stream_is_stored_interrupted(
     make_proxy: MakeProxy, upstream: FakeOpenAI
 ) -> None:

@@ -40,7 +40,10 @@ class Provider(Protocol):
         ...
 
     def count_tokens(self, messages: Sequence[Message], model: str) -> int:
-        """Estimate the input tokens of ``messages``; never less than the service will count."""
+        """Estimate the input tokens of ``messages``; never less than the service will count.
+
+        Should not raise: if it does, the Proxy logs it and uses the byte count, an upper bound.
+        """
         ...
 
     def count_text_tokens(self, text: str, model: str) -> int:

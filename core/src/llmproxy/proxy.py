@@ -43,6 +43,7 @@ from llmproxy.provider import Provider
 from llmproxy.registry import ProviderSettings
 from llmproxy.retry import next_delay
 from llmproxy.secret import Secret, redact
+from llmproxy.tokens import messages_upper_bound, text_upper_bound
 from llmproxy.tools import HostedTool, Tool, ToolResult
 from llmproxy.types import (
     CallEvent,
@@ -323,13 +324,11 @@ class _Call:
         token_claims = any(c.unit != "requests" for c in self.claims)
         cap = self._cap(token_claims)
         if token_claims:
-            self.input_estimate = self.provider.count_tokens(self.messages(), self.model)
+            self.input_estimate = self.count_messages()
             if self.tools:
                 # Tool definitions are input too; providers render them more tersely than JSON.
-                count = self.provider.count_text_tokens
                 self.input_estimate += sum(
-                    count(json.dumps(t.wire(), separators=(",", ":")), self.model)
-                    for t in self.tools
+                    self.count_text(json.dumps(t.wire(), separators=(",", ":"))) for t in self.tools
                 )
         args: dict[str, Any] = {
             "input_tokens": self.input_estimate,
@@ -440,14 +439,40 @@ class _Call:
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
 
+    def count_messages(self) -> int:
+        """The provider's count of the request's input tokens.
+
+        A provider plugin whose counting fails (its bug) is logged, and the byte count, an
+        upper bound, is used instead: the call is budgeted high rather than not at all, and a
+        stream that ended without usage is still settled and stored.
+        """
+        messages = self.messages()
+        try:
+            return self.provider.count_tokens(messages, self.model)
+        except Exception:
+            log.exception(
+                "provider %r failed to count the tokens of a %s request; using the byte count",
+                self.provider_name,
+                self.model,
+            )
+            return messages_upper_bound(messages)
+
+    def count_text(self, text: str) -> int:
+        """The provider's count of ``text``'s tokens, or its byte count (see count_messages)."""
+        try:
+            return self.provider.count_text_tokens(text, self.model)
+        except Exception:
+            log.exception(
+                "provider %r failed to count the tokens of a %s text; using the byte count",
+                self.provider_name,
+                self.model,
+            )
+            return text_upper_bound(text)
+
     def estimate_usage(self, text: str) -> Usage:
         """Count a reply that arrived without usage: the input estimate plus the text's tokens."""
-        input_tokens = self.input_estimate or self.provider.count_tokens(
-            self.messages(), self.model
-        )
-        return Usage(
-            input_tokens, self.provider.count_text_tokens(text, self.model), estimated=True
-        )
+        input_tokens = self.input_estimate or self.count_messages()
+        return Usage(input_tokens, self.count_text(text), estimated=True)
 
     def priced(self, usage: Usage) -> Usage:
         """Return ``usage`` with its USD cost, when the model is priced."""
