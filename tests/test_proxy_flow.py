@@ -712,7 +712,7 @@ def test_a_call_is_priced_as_of_when_it_started(
     proxy = make_proxy(budgets=[CostBudget(max_usd=1.0)])
     proxy.chat("warm up", model="openai/gpt-4o-mini")  # the provider and its client exist now
     (before,) = proxy.usage()
-    switch = time.time() + 0.3
+    switch = time.time() + 1.0  # the first event comes in milliseconds; leave a slow CI room
     proxy.prices.set("openai/gpt-4o-mini", Price(1.0, 2.0, until=switch, then=Price(100.0, 200.0)))
     upstream.enqueue(Reply(text="ok", usage={"prompt_tokens": 1000, "completion_tokens": 10}))
     stream = proxy.stream("x", model="openai/gpt-4o-mini")
