@@ -16,7 +16,7 @@ import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import attrs
 
@@ -61,6 +61,9 @@ from llmproxy.types import (
 from llmproxy.urls import scheme_of
 
 log = logging.getLogger("llmproxy")
+
+_Counted = TypeVar("_Counted")
+"""What a provider counts tokens of: messages or a text."""
 
 Prompt = str | Message | Sequence[Message | Mapping[str, Any]]
 Observer = Callable[[CallEvent], None]
@@ -440,34 +443,38 @@ class _Call:
         return time.perf_counter() - self.started
 
     def count_messages(self) -> int:
-        """The provider's count of the request's input tokens.
-
-        A provider plugin whose counting fails (its bug) is logged, and the byte count, an
-        upper bound, is used instead: the call is budgeted high rather than not at all, and a
-        stream that ended without usage is still settled and stored.
-        """
-        messages = self.messages()
-        try:
-            return self.provider.count_tokens(messages, self.model)
-        except Exception:
-            log.exception(
-                "provider %r failed to count the tokens of a %s request; using the byte count",
-                self.provider_name,
-                self.model,
-            )
-            return messages_upper_bound(messages)
+        """The provider's count of the request's input tokens (see :meth:`_counted`)."""
+        return self._counted(
+            self.provider.count_tokens, messages_upper_bound, self.messages(), "request"
+        )
 
     def count_text(self, text: str) -> int:
-        """The provider's count of ``text``'s tokens, or its byte count (see count_messages)."""
+        """The provider's count of ``text``'s tokens (see :meth:`_counted`)."""
+        return self._counted(self.provider.count_text_tokens, text_upper_bound, text, "text")
+
+    def _counted(
+        self,
+        count: Callable[[_Counted, str], int],
+        bound: Callable[[_Counted], int],
+        what: _Counted,
+        kind: str,
+    ) -> int:
+        """``count(what, model)``; if the provider plugin fails (its bug), ``bound(what)``.
+
+        The failure is logged and the byte count, an upper bound, is used: the call is budgeted
+        high rather than not at all, and a stream that ended without usage is still settled and
+        stored.
+        """
         try:
-            return self.provider.count_text_tokens(text, self.model)
+            return count(what, self.model)
         except Exception:
             log.exception(
-                "provider %r failed to count the tokens of a %s text; using the byte count",
+                "provider %r failed to count the tokens of a %s %s; using the byte count",
                 self.provider_name,
                 self.model,
+                kind,
             )
-            return text_upper_bound(text)
+            return bound(what)
 
     def estimate_usage(self, text: str) -> Usage:
         """Count a reply that arrived without usage: the input estimate plus the text's tokens."""
