@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from llmproxy.budget.base import Claim
+from llmproxy.budget.lease import LeasingLedger
 from llmproxy.budget.memory import MemoryLedger
 from llmproxy.budget.sqlite import SQLiteLedger
 from llmproxy.errors import (
@@ -69,6 +70,19 @@ class TestSQLiteLedger(LedgerContract):
     @pytest.fixture
     def ledger(self, clock: FakeClock, tmp_path: Path) -> Iterator[SQLiteLedger]:
         ledger = SQLiteLedger(tmp_path / "ledger.db", clock=clock)
+        yield ledger
+        ledger.close()
+
+
+class TestLeasingLedger(LedgerContract):
+    """Budget leasing in one process answers exactly as the shared ledger does."""
+
+    state_machine_settings = _THOROUGH
+
+    @pytest.fixture
+    def ledger(self, clock: FakeClock, tmp_path: Path) -> Iterator[LeasingLedger]:
+        # A short interval, so that the background sync runs amid the contract's steps.
+        ledger = LeasingLedger(SQLiteLedger(tmp_path / "ledger.db", clock=clock), interval=0.002)
         yield ledger
         ledger.close()
 

@@ -38,7 +38,12 @@ def _memory_ledger(url: str, environ: Mapping[str, str]) -> Ledger:
 def _sqlite_ledger(url: str, environ: Mapping[str, str]) -> Ledger:
     from llmproxy.budget.sqlite import SQLiteLedger
 
-    return SQLiteLedger(sqlite_path(url, env.data_dir(environ) / "ledger.db"))
+    ledger = SQLiteLedger(sqlite_path(url, env.data_dir(environ) / "ledger.db"))
+    if not env.ledger_lease(environ):
+        return ledger
+    from llmproxy.budget.lease import LeasingLedger
+
+    return LeasingLedger(ledger)
 
 
 @hookimpl

@@ -9,6 +9,10 @@ Variable                        Meaning
                                 ``history.db`` in the data dir); plugins add schemes.
 ``LLMPROXY_LEDGER_URL``         Budget ledger: ``memory://``, ``sqlite:///path.db`` (default:
                                 ``ledger.db`` in the data dir); plugins add schemes.
+``LLMPROXY_LEDGER_LEASE``       ``on`` or ``off`` (default ``off``; ``llmproxy serve`` defaults it
+                                to ``on``): an SQLite ledger admits most calls from budget leases
+                                held per process (``llmproxy.budget.lease``), writing settles in
+                                batches every 50 ms instead of two transactions per call.
 ``LLMPROXY_DATA_DIR``           Where the embedded SQLite files live (default: the user data
                                 dir, e.g. ``~/.local/share/llmproxy``).
 ``LLMPROXY_PLUGINS``            Comma list of plugin (entry point or distribution) names to load;
@@ -43,6 +47,7 @@ CONFIG = "LLMPROXY_CONFIG"
 DEFAULT_MODEL = "LLMPROXY_DEFAULT_MODEL"
 HISTORY_URL = "LLMPROXY_HISTORY_URL"
 LEDGER_URL = "LLMPROXY_LEDGER_URL"
+LEDGER_LEASE = "LLMPROXY_LEDGER_LEASE"
 DATA_DIR = "LLMPROXY_DATA_DIR"
 PLUGINS = "LLMPROXY_PLUGINS"
 MAX_TOKENS = "LLMPROXY_MAX_TOKENS"
@@ -64,6 +69,22 @@ def data_dir(environ: Mapping[str, str] | None = None) -> Path:
         return Path.home() / "Library" / "Application Support" / "llmproxy"
     xdg = env.get("XDG_DATA_HOME")
     return (Path(xdg) if xdg else Path.home() / ".local" / "share") / "llmproxy"
+
+
+_SWITCH = {"on": True, "1": True, "true": True, "yes": True, "off": False, "0": False}
+_SWITCH |= {"false": False, "no": False}
+
+
+def ledger_lease(environ: Mapping[str, str]) -> bool:
+    """Whether an SQLite ledger leases budgets (``LLMPROXY_LEDGER_LEASE``; default off)."""
+    raw = environ.get(LEDGER_LEASE, "").strip().lower()
+    if not raw:
+        return False
+    if raw not in _SWITCH:
+        raise ConfigError(
+            f"{LEDGER_LEASE} must be on or off, got {environ[LEDGER_LEASE]!r}", path=LEDGER_LEASE
+        )
+    return _SWITCH[raw]
 
 
 def _int(environ: Mapping[str, str], name: str) -> int | None:

@@ -739,8 +739,10 @@ class Proxy:
         self._shared: PipelinedHistory | Literal[False] | None = False
         if self._history is None and self._history_url:
             self._check_scheme(self._history_url, self.plugins.registry.history_stores, "history")
-        if self._ledger is None and self._ledger_url:
-            self._check_scheme(self._ledger_url, self.plugins.registry.ledgers, "ledger")
+        if self._ledger is None:
+            if self._ledger_url:
+                self._check_scheme(self._ledger_url, self.plugins.registry.ledgers, "ledger")
+            envvars.ledger_lease(self.environ)  # a bad value is refused now, not at the first call
         self.prices = self.plugins.registry.prices.merged(config.prices)
         self.fallbacks: dict[str, list[str]] = {}
         tables: list[Mapping[str, Any]] = [config.fallbacks, fallbacks or {}]

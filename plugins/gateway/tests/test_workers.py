@@ -6,6 +6,7 @@ import contextlib
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -79,6 +80,52 @@ def test_two_workers_serve_and_share_one_request_budget(gateway: GatewayProcess)
     assert len([r for r in rows if r.outcome == "ok"]) == 6
 
 
+def test_workers_admit_calls_from_budget_leases_and_the_ledger_adds_up(
+    gateway: GatewayProcess,
+) -> None:
+    """With room to spare, each worker leases a share and admits calls without a transaction
+    per call; the shared ledger still ends up with every token and request, counted once."""
+    key = gateway.key("lena", "tokens:100000000/month", "requests:100000/minute")
+    key_id = key.split("-")[2]
+    ledger = gateway.data_dir / "ledger.db"
+
+    def totals() -> tuple[float, float, int]:
+        with contextlib.closing(sqlite3.connect(ledger)) as conn:
+            ((tokens,),) = conn.execute(
+                "SELECT coalesce(sum(used), 0) FROM ledger_periods WHERE key LIKE ?",
+                (f"key-tokens-%|key:{key_id}",),
+            ).fetchall()
+            ((requests,),) = conn.execute(
+                "SELECT coalesce(sum(amount), 0) FROM ledger_events WHERE key LIKE ?",
+                (f"key-requests-%|key:{key_id}",),
+            ).fetchall()
+            ((leases,),) = conn.execute(
+                "SELECT count(*) FROM ledger_holds WHERE key LIKE ? AND reservation LIKE 'lease-%'",
+                (f"%|key:{key_id}",),
+            ).fetchall()
+        return tokens, requests, leases
+
+    spent = 0
+    saw_lease = False
+    with fresh(gateway) as client:
+        for _ in range(40):
+            response = client.post(
+                "/v1/chat/completions", json=BODY, headers={"authorization": f"Bearer {key}"}
+            )
+            assert response.status_code == 200
+            spent += response.json()["usage"]["total_tokens"]
+            saw_lease = saw_lease or totals()[2] > 0
+    assert saw_lease
+    deadline = time.monotonic() + 10
+    while totals()[:2] != (spent, 40):
+        assert time.monotonic() < deadline, (totals(), spent)
+        time.sleep(0.02)
+    # Unused for a while, each worker gives its leases back.
+    while totals()[2]:
+        assert time.monotonic() < deadline + 10, totals()
+        time.sleep(0.05)
+
+
 def test_a_dashboard_login_holds_on_every_worker(gateway: GatewayProcess) -> None:
     with fresh(gateway) as client:
         login = client.post("/dashboard/login", data={"key": ADMIN_KEY})
@@ -141,6 +188,7 @@ def test_a_bad_admin_key_stops_several_workers_before_they_start(tmp_path: Path)
         ("LLMPROXY_GATEWAY_KEYS_URL", "bogus://x", "gateway keys URL scheme 'bogus://'"),
         ("LLMPROXY_HISTORY_URL", "bogus://x", "history"),
         ("LLMPROXY_GATEWAY_MAX_BODY", "lots", "LLMPROXY_GATEWAY_MAX_BODY must be a whole number"),
+        ("LLMPROXY_LEDGER_LEASE", "sometimes", "LLMPROXY_LEDGER_LEASE must be on or off"),
     ],
 )
 @pytest.mark.parametrize("workers", ["1", "2"])
@@ -162,6 +210,12 @@ def test_configuration_the_workers_read_is_checked_before_the_gateway_says_it_is
     assert named in result.stderr
     assert result.stderr.count("llmproxy") == 1  # said once, by the supervisor
     assert "gateway on" not in result.stdout
+
+
+def test_budget_leasing_is_on_unless_the_variable_says_off() -> None:
+    assert env.proxy_environ({})["LLMPROXY_LEDGER_LEASE"] == "on"
+    assert env.proxy_environ({"LLMPROXY_LEDGER_LEASE": "off"})["LLMPROXY_LEDGER_LEASE"] == "off"
+    assert env.proxy_environ({"LLMPROXY_LEDGER_LEASE": " "})["LLMPROXY_LEDGER_LEASE"] == "on"
 
 
 def test_max_body_variable() -> None:

@@ -307,10 +307,29 @@ def admit(
             unit="tokens",
             resets_at=resets_at(claim, now, events),
         )
+    held, amounts = holds(claims, input_tokens, grant, rate_in, rate_out, dollars)
+    return grant, held, amounts
+
+
+def holds(
+    claims: Sequence[Claim],
+    input_tokens: int,
+    grant: int,
+    rate_in: float,
+    rate_out: float,
+    dollars: bool,
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """What a call granted ``grant`` output tokens holds per claim: ``(held, amounts)``.
+
+    ``held`` is in ledger units (the input plus the grant on a token claim, one on a request
+    claim, the rounded-up cost in nano-dollars on a usd claim, whose ``rate_in``/``rate_out``
+    are in nano-dollars per token); ``amounts`` is the same in the claims' units (dollars for
+    usd). ``dollars`` says whether any claim counts usd.
+    """
     held_tokens = float(input_tokens + grant)
     if not dollars:
         held = tuple(held_tokens if claim.unit == "tokens" else 1.0 for claim in claims)
-        return grant, held, held
+        return held, held
     cost = usd_hold(input_tokens, grant, rate_in, rate_out)
     held = tuple(
         held_tokens if claim.unit == "tokens" else cost if claim.unit == "usd" else 1.0
@@ -320,7 +339,7 @@ def admit(
         cost / USD_SCALE if claim.unit == "usd" else amount
         for claim, amount in zip(claims, held, strict=True)
     )
-    return grant, held, amounts
+    return held, amounts
 
 
 def amount_settled(claim: Claim, tokens: int, requests: int, cost: float = 0.0) -> float:

@@ -8,6 +8,7 @@ it shares; a ledger and a history store may use the same file).
 
 from __future__ import annotations
 
+import math
 import os
 import sqlite3
 import time
@@ -26,7 +27,9 @@ from llmproxy.budget.memory import (
     check_arguments,
     check_settle,
     resets_at,
+    usd_limit,
 )
+from llmproxy.errors import InvalidRequest
 from llmproxy.history.sqlite import _Database
 
 _SCHEMA: Final = """
@@ -108,6 +111,16 @@ _LEFT_WINDOW: Final = "SELECT count(*), total(amount) FROM ledger_events WHERE k
 _PRUNE_EVENTS: Final = "DELETE FROM ledger_events WHERE key = ? AND ts <= ?"
 _ADD_EVENT: Final = "INSERT INTO ledger_events (key, ts, reservation, amount) VALUES (?, ?, ?, ?)"
 _PRUNE_SETTLED: Final = "DELETE FROM ledger_settled WHERE reservation < ?"
+_OWN_HOLD: Final = (
+    "SELECT total(amount) FROM ledger_holds WHERE key = ? AND reservation = ? AND expires_at > ?"
+)
+_SET_HOLD: Final = (
+    "INSERT INTO ledger_holds (key, reservation, amount, expires_at) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT (key, reservation) DO UPDATE SET"
+    " amount = excluded.amount, expires_at = excluded.expires_at"
+)
+LEASE_SHARE: Final = 8.0
+"""A lease takes at most this fraction (one eighth) of a claim's room at a time."""
 _PRUNE_EVERY: Final = 64
 """Expired holds and old settled ids are deleted on every 64th reserve or settle of a process
 (every read ignores them meanwhile), to keep the usual transaction down to the pages it needs."""
@@ -245,27 +258,7 @@ class SQLiteLedger(InlineAsync):
                     )
                     for claim in reservation.claims:
                         amount = amount_settled(claim, tokens, requests, cost)
-                        if claim.window is None:
-                            if not amount:
-                                continue
-                            if claim.period is None:
-                                conn.execute(_ADD_USED, (claim.key, amount))
-                            else:
-                                period = periods.span(claim.period, claim.tz, now).id
-                                conn.execute(_ADD_PERIOD, (claim.key, period, amount))
-                            continue
-                        # Delete what left the window and keep ledger_keys.used equal to the
-                        # sum of the key's events.
-                        start = now - claim.window
-                        left, left_amount = conn.execute(
-                            _LEFT_WINDOW, (claim.key, start)
-                        ).fetchone()
-                        if left:
-                            conn.execute(_PRUNE_EVENTS, (claim.key, start))
-                        if amount:
-                            conn.execute(_ADD_EVENT, (claim.key, now, reservation_id, amount))
-                        if amount or left:
-                            conn.execute(_ADD_USED, (claim.key, amount - left_amount))
+                        self._record(conn, claim, now, now, reservation_id, amount)
                     self._settles += 1
                     if self._settles % _PRUNE_EVERY == 1:
                         conn.execute(_PRUNE_SETTLED, (_stamp(now - SETTLED_GRACE),))
@@ -277,6 +270,98 @@ class SQLiteLedger(InlineAsync):
                     raise
             except sqlite3.Error as exc:
                 raise db.error(exc) from exc
+
+    def sync_lease(
+        self,
+        owner: str,
+        settled: Sequence[tuple[Claim, float, str, float]],
+        wants: Sequence[tuple[Claim, float, float, float]],
+        *,
+        ttl: float,
+        share: float = LEASE_SHARE,
+    ) -> list[float]:
+        """Record a batch of settles and resize one owner's leases, in one transaction.
+
+        A lease is a hold named ``owner`` on a claim's key, from which a
+        :class:`~llmproxy.budget.lease.LeasingLedger` admits calls in its own process.
+        ``settled`` lists ``(claim, ts, reservation_id, amount)``: what calls admitted from
+        the leases used, in ledger units, recorded as a settle at ``ts`` would be. ``wants``
+        lists ``(claim, keep, want, step)`` per leased key: the hold becomes ``keep`` (what the
+        owner's calls in flight hold, granted whatever the room) plus as much of
+        ``want - keep`` as fits in ``1/share`` of the claim's room left by everyone else, in
+        whole units, or nothing when that is less than ``step`` (one call's hold): a share too
+        small to admit a call is not taken from the others. A hold of zero is deleted. The
+        holds last ``ttl`` seconds unless synced again. Returns the new hold per want.
+        """
+        if share < 1 or not ttl > 0:
+            raise InvalidRequest(
+                f"share must be >= 1 and ttl > 0, got share={share} ttl={ttl}", field="share"
+            )
+        result: list[float] = []
+        db = self._db
+        with db.lock:
+            try:
+                conn = db.connection()
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    now = self._clock()
+                    for claim, ts, reservation_id, amount in settled:
+                        self._record(conn, claim, ts, now, reservation_id, amount)
+                    expires_at = now + ttl
+                    for claim, keep, want, step in wants:
+                        used, reserved = conn.execute(*self._state(claim, now)).fetchone()
+                        (own,) = conn.execute(_OWN_HOLD, (claim.key, owner, now)).fetchone()
+                        limit = usd_limit(claim.limit) if claim.unit == "usd" else claim.limit
+                        room = limit - (used or 0.0) - (reserved - own) - keep
+                        extra = min(want - keep, room / share)
+                        extra = float(math.floor(extra)) if extra >= step else 0.0
+                        hold = keep + extra
+                        if hold > 0:
+                            conn.execute(_SET_HOLD, (claim.key, owner, hold, expires_at))
+                        else:
+                            conn.execute(_DROP_HOLD, (claim.key, owner))
+                        result.append(hold)
+                    conn.execute("COMMIT")
+                    db.wrote()
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise db.error(exc) from exc
+        return result
+
+    @staticmethod
+    def _record(
+        conn: sqlite3.Connection,
+        claim: Claim,
+        ts: float,
+        now: float,
+        reservation_id: str,
+        amount: float,
+    ) -> None:
+        """Add ``amount`` (ledger units) used at ``ts`` to ``claim``'s key."""
+        if claim.window is None:
+            if not amount:
+                return
+            if claim.period is None:
+                conn.execute(_ADD_USED, (claim.key, amount))
+            else:
+                period = periods.span(claim.period, claim.tz, ts).id
+                conn.execute(_ADD_PERIOD, (claim.key, period, amount))
+            return
+        # Delete what left the window and keep ledger_keys.used equal to the sum of the key's
+        # events.
+        start = now - claim.window
+        left, left_amount = conn.execute(_LEFT_WINDOW, (claim.key, start)).fetchone()
+        if left:
+            conn.execute(_PRUNE_EVENTS, (claim.key, start))
+        if amount and ts > start:
+            conn.execute(_ADD_EVENT, (claim.key, ts, reservation_id, amount))
+        else:
+            amount = 0.0
+        if amount or left:
+            conn.execute(_ADD_USED, (claim.key, amount - left_amount))
 
     def usage(self, claims: Sequence[Claim]) -> list[ClaimUsage]:
         """Return the state of each claim, read in one snapshot."""

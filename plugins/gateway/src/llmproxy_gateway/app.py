@@ -102,7 +102,7 @@ class Gateway:
                 # The plugin's hooks record every call of every Proxy: point them at this log.
                 set_usage_log(usage)
             proxy = Proxy.from_env(
-                environ,
+                env.proxy_environ(environ),
                 budgets=key_policies(self.keys),
                 plugins=plugins,
                 observers=() if logged else (usage.record,),
@@ -294,7 +294,7 @@ def check_config(environ: Mapping[str, str]) -> None:
     """
     env.max_body(environ)
     KeyStore.location(env.keys_url(environ), environ)
-    Proxy.from_env(environ).close()
+    Proxy.from_env(env.proxy_environ(environ)).close()
 
 
 def preload(environ: Mapping[str, str]) -> None:

@@ -18,7 +18,9 @@ Variable                          Meaning
 The Proxy behind the gateway is built with ``Proxy.from_env()``, so the core's variables
 (``LLMPROXY_CONFIG``, ``LLMPROXY_LEDGER_URL``, ``LLMPROXY_HISTORY_URL``...) and the provider
 plugins' (``OPENAI_API_KEY``...) apply; the usage log is the usage-log plugin's
-(``LLMPROXY_USAGE_LOG_URL``).
+(``LLMPROXY_USAGE_LOG_URL``). One default differs: ``LLMPROXY_LEDGER_LEASE`` is ``on`` unless
+set, so each worker admits most calls from budget leases instead of making two SQLite
+transactions per call (see ``llmproxy.budget.lease``; ``off`` restores the per-call ledger).
 """
 
 from __future__ import annotations
@@ -129,3 +131,13 @@ def check_shared_stores(environ: Mapping[str, str]) -> None:
             + " in memory: use SQLite files (the default) or Redis, or run one worker",
             path=WORKERS,
         )
+
+
+def proxy_environ(environ: Mapping[str, str]) -> Mapping[str, str]:
+    """The environment the gateway's Proxy is built from.
+
+    That is ``environ`` with budget leasing on unless ``LLMPROXY_LEDGER_LEASE`` says otherwise.
+    """
+    if environ.get(core_env.LEDGER_LEASE, "").strip():
+        return environ
+    return {**environ, core_env.LEDGER_LEASE: "on"}

@@ -1,0 +1,525 @@
+"""Budget leasing: admit most calls in this process, against shares held in a shared ledger.
+
+A :class:`~llmproxy.budget.sqlite.SQLiteLedger` makes two write transactions per call (reserve
+and settle) on a file every process shares. Under load they cost more than the rest of the
+budget check together. :class:`LeasingLedger` takes them off the call's path and keeps budgets
+exact:
+
+- For each claim's key it holds a *lease* in the shared ledger: an ordinary hold, so every
+  other process counts it as reserved. A call whose holds (computed as the shared ledger would:
+  the input plus the full output cap, one request, the rounded-up cost) fit in the free part of
+  the leases of all its claims is admitted here, in memory, with the output cap it asked for.
+- A settle here records what the call used in memory and frees the rest of its hold.
+- A background thread, every ``interval`` seconds while there is work, writes the batch of
+  settles and resizes the leases in one transaction (:meth:`SQLiteLedger.sync_lease`): a lease
+  becomes what this process's calls in flight hold, plus room for about twice the calls it
+  admitted (or had to send on) since the last sync, at least ``min_calls`` calls' worth, taken
+  from at most an eighth of what the others leave, and none when that share cannot hold one
+  call. A lease unused for ``idle`` seconds is given back.
+- Any call that does not fit (no lease yet, a lease too small, a claim whose terms changed, a
+  lease too close to its end) goes to the shared ledger as before, which grants, caps and
+  refuses exactly as without leasing.
+
+So the sum of everything held and used never exceeds a limit: a lease is a hold, and a call
+admitted here is inside one. What changes: another process sees this one's settles up to
+``interval`` seconds late (:meth:`LeasingLedger.usage` syncs this process first); near a limit
+the free part of other processes' leases (at most an eighth of the room each, and none once the
+room is under eight calls' holds) counts as reserved until they give it back; and if the process
+is killed (not stopped), the settles of its last ``interval`` seconds are lost, as a killed
+call's are, while its leases stay held until their ``ttl`` ends.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import logging
+import os
+import threading
+import uuid
+import weakref
+from collections.abc import Sequence
+from typing import Final
+
+from llmproxy.budget.base import Claim, ClaimUsage, InlineAsync, Rates, Reservation
+from llmproxy.budget.memory import (
+    SETTLED_GRACE,
+    USD_SCALE,
+    amount_settled,
+    check_arguments,
+    check_settle,
+    holds,
+    usd_rate,
+)
+from llmproxy.budget.sqlite import LEASE_SHARE, SQLiteLedger
+from llmproxy.errors import BudgetExceeded, InvalidRequest, RateLimited
+
+log = logging.getLogger("llmproxy.budget")
+
+LEASE_TTL: Final = 900.0
+"""Seconds a lease stays held in the shared ledger after its last sync (a call is admitted from
+it only while the lease outlives the call's own lease)."""
+
+_REFRESH: Final = 60.0
+"""A lease's hold is renewed (its ttl restarted) at least this often, seconds, while held."""
+
+_LOCAL: Final = "l"
+"""Ids of reservations admitted from a lease start with this (a shared ledger's are hex)."""
+
+
+class _Lease:
+    """One key's lease, in ledger units. ``free`` = ``held - inflight - pending``."""
+
+    __slots__ = (
+        "admitted",
+        "claim",
+        "expires_at",
+        "held",
+        "inflight",
+        "last_used",
+        "misses",
+        "need",
+        "pending",
+        "retry_at",
+        "synced",
+    )
+
+    def __init__(self, claim: Claim, now: float) -> None:
+        self.claim = claim  # the terms last seen in a call
+        self.synced: Claim | None = None  # the terms the hold was sized under
+        self.held = 0.0  # the hold in the shared ledger, as of the last sync
+        self.inflight = 0.0  # what calls admitted here hold
+        self.pending = 0.0  # what settled calls used, not yet written
+        self.need = 0.0  # the largest single call's hold seen
+        self.admitted = 0  # calls admitted here since the last sync
+        self.misses = 0  # calls sent to the shared ledger since the last sync
+        self.last_used = now
+        self.expires_at = 0.0  # the hold's end in the shared ledger
+        self.retry_at = now  # misses ask for a bigger lease from then on
+
+
+class _Local:
+    """A reservation admitted from leases."""
+
+    __slots__ = ("claims", "expires_at", "held", "leases")
+
+    def __init__(
+        self,
+        claims: Sequence[Claim],
+        leases: list[_Lease],
+        held: tuple[float, ...],
+        expires_at: float,
+    ) -> None:
+        self.claims = claims
+        self.leases = leases
+        self.held = held
+        self.expires_at = expires_at
+
+
+class _State:
+    """Everything the background thread and the finalizer share (not the ledger object)."""
+
+    def __init__(
+        self, inner: SQLiteLedger, interval: float, idle: float, min_calls: int, ttl: float
+    ) -> None:
+        self.inner = inner
+        self.interval = interval
+        self.idle = idle
+        self.min_calls = min_calls
+        self.ttl = ttl
+        self.reset()
+
+    def reset(self) -> None:
+        """Start empty: at creation, and in a forked child (the parent's leases stay its own)."""
+        self.lock = threading.Lock()
+        self.wake = threading.Event()
+        self.stop = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.pid = os.getpid()
+        self.owner = f"lease-{uuid.uuid4().hex[:16]}"
+        self.prefix = f"{_LOCAL}{uuid.uuid4().hex[:12]}-"
+        self.ids = itertools.count()
+        self.leases: dict[str, _Lease] = {}
+        self.local: dict[str, _Local] = {}
+        self.expired: dict[str, _Local] = {}
+        self.settled: list[tuple[Claim, float, str, float]] = []
+        self.closed = False
+        self.failing = False
+
+    def start(self) -> None:
+        """Start the background thread (the caller holds the lock)."""
+        if self.thread is None and not self.closed:
+            self.thread = threading.Thread(target=self.run, name="llmproxy-lease-sync", daemon=True)
+            self.thread.start()
+
+    def run(self) -> None:
+        """Sync every ``interval`` seconds while there is anything to sync."""
+        while not self.stop.is_set():
+            self.wake.wait(self.interval)
+            self.wake.clear()
+            if self.stop.is_set():
+                return
+            try:
+                with self.lock:
+                    self.sync(release=False)
+            except Exception:  # sync logs store failures; anything else must not kill the thread
+                log.exception("budget lease sync failed")
+
+    def sync(self, *, release: bool) -> None:
+        """Write the settles and resize every lease (``release``: down to what is in flight).
+
+        The caller holds the lock. On a store failure the settles are kept for the next sync
+        and the leases keep their holds (a call is admitted from one only while it lasts).
+        """
+        inner = self.inner
+        now = inner.now()
+        if self.local:
+            for rid in [rid for rid, local in self.local.items() if local.expires_at <= now]:
+                local = self.expired[rid] = self.local.pop(rid)
+                for lease, amount in zip(local.leases, local.held, strict=True):
+                    lease.inflight -= amount
+        if self.expired:
+            # Forget expired reservations an hour after their end, like the shared ledger.
+            forget = now - SETTLED_GRACE
+            for rid in [rid for rid, local in self.expired.items() if local.expires_at < forget]:
+                del self.expired[rid]
+        leases: list[_Lease] = []
+        wants: list[tuple[Claim, float, float, float]] = []
+        for lease in self.leases.values():
+            keep = lease.inflight
+            idle = now - lease.last_used > self.idle and not lease.inflight
+            if release or idle:
+                want = keep
+            else:
+                calls = max(self.min_calls, 2 * (lease.admitted + lease.misses))
+                want = keep + lease.need * calls
+            if not (
+                release
+                or lease.pending
+                or lease.admitted
+                or (lease.misses and now >= lease.retry_at)
+                or lease.synced != lease.claim
+                or lease.expires_at - now < self.ttl - _REFRESH
+                or (idle and lease.held)
+            ):
+                continue  # nothing new: the hold stays as it is
+            leases.append(lease)
+            wants.append((lease.claim, keep, want, lease.need))
+        if not leases and not self.settled:
+            return
+        try:
+            held = inner.sync_lease(
+                self.owner, self.settled, wants, ttl=self.ttl, share=LEASE_SHARE
+            )
+        except Exception as exc:
+            if not self.failing:
+                log.warning("budget lease sync failed; will retry: %s", exc)
+            self.failing = True
+            if release:
+                raise
+            return
+        if self.failing:
+            log.warning("budget lease sync works again")
+            self.failing = False
+        self.settled = []
+        for lease in self.leases.values():
+            lease.pending = 0.0  # every settle was written, leased or not
+        expires_at = now + self.ttl
+        for lease, hold, (_claim, keep, want, _step) in zip(leases, held, wants, strict=True):
+            lease.held = hold
+            lease.admitted = lease.misses = 0
+            lease.synced = lease.claim
+            lease.expires_at = expires_at
+            # A share too small for one call: ask again in a second, not at every sync.
+            lease.retry_at = now + 1.0 if hold <= keep < want else now
+            if not hold and not lease.inflight and now - lease.last_used > self.idle:
+                del self.leases[lease.claim.key]
+
+    def close(self) -> None:
+        """Stop the thread, write what is pending and give the leases back."""
+        with self.lock:
+            if self.closed or self.pid != os.getpid():
+                return
+            self.closed = True
+            self.stop.set()
+            self.wake.set()
+            thread = self.thread
+            try:
+                if self.leases or self.settled:
+                    self.sync(release=True)
+            except Exception as exc:
+                log.warning("budget leases not given back at close: %s", exc)
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=5)
+
+
+_STATES: weakref.WeakSet[_State] = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    for state in list(_STATES):
+        state.reset()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
+
+
+@atexit.register
+def _at_exit() -> None:
+    for state in list(_STATES):
+        state.close()
+
+
+class LeasingLedger(InlineAsync):
+    """A :class:`~llmproxy.budget.base.Ledger` admitting most calls from budget leases.
+
+    The leases are held in a shared :class:`~llmproxy.budget.sqlite.SQLiteLedger` (see the
+    module docstring).
+
+    ``interval`` is how often (seconds) settles are written and leases resized while calls
+    run; ``idle`` how long an unused lease is kept; ``min_calls`` how many of the largest
+    call's holds a lease asks for at least. Usage by other processes sees this one's settles
+    at most ``interval`` late; :meth:`close` (or the interpreter's exit) writes them and gives
+    the leases back.
+    """
+
+    def __init__(
+        self,
+        inner: SQLiteLedger,
+        *,
+        interval: float = 0.05,
+        idle: float = 2.0,
+        min_calls: int = 8,
+        ttl: float = LEASE_TTL,
+    ) -> None:
+        if not (interval > 0 and idle > 0 and min_calls >= 1 and ttl > 0):
+            raise InvalidRequest(
+                "interval, idle and ttl must be positive seconds and min_calls >= 1, got"
+                f" interval={interval} idle={idle} min_calls={min_calls} ttl={ttl}",
+                field="interval",
+            )
+        self._inner = inner
+        self._state = _State(inner, interval, idle, min_calls, ttl)
+        _STATES.add(self._state)
+        self._finalizer = weakref.finalize(self, _State.close, self._state)
+
+    @property
+    def inner(self) -> SQLiteLedger:
+        """The shared ledger the leases are held in."""
+        return self._inner
+
+    @property
+    def path(self) -> str:
+        """The shared ledger's database file."""
+        return self._inner.path
+
+    def now(self) -> float:
+        """The shared ledger's clock."""
+        return self._inner.now()
+
+    def reserve(
+        self,
+        claims: Sequence[Claim],
+        *,
+        input_tokens: int,
+        max_output_tokens: int,
+        min_output_tokens: int = 1,
+        lease: float = 600.0,
+        rates: Rates | None = None,
+    ) -> Reservation:
+        """Admit the call from this process's leases, or reserve in the shared ledger."""
+        claims = check_arguments(
+            claims, input_tokens, max_output_tokens, min_output_tokens, lease, rates
+        )
+        state = self._state
+        if claims and not state.closed:
+            if rates is not None:
+                rate_in, rate_out, dollars = usd_rate(rates.input), usd_rate(rates.output), True
+            else:
+                rate_in = rate_out = 0.0
+                dollars = False
+            held, amounts = holds(
+                claims, input_tokens, max_output_tokens, rate_in, rate_out, dollars
+            )
+            with state.lock:
+                if state.pid != os.getpid():  # pragma: no cover - reset at fork already
+                    state.reset()
+                now = self._inner.now()
+                leases: list[_Lease] = []
+                fits = True
+                new = False
+                for claim, amount in zip(claims, held, strict=True):
+                    found = state.leases.get(claim.key)
+                    if found is None:
+                        found = state.leases[claim.key] = _Lease(claim, now)
+                        new = True
+                    elif found.claim != claim:
+                        found.claim = claim  # resized under the new terms at the next sync
+                    found.last_used = now
+                    if amount > found.need:
+                        found.need = amount
+                    if fits and (
+                        found.synced != claim
+                        or found.held - found.inflight - found.pending < amount
+                        or found.expires_at < now + lease
+                    ):
+                        fits = False
+                    leases.append(found)
+                if fits:
+                    for found, amount in zip(leases, held, strict=True):
+                        found.inflight += amount
+                        found.admitted += 1
+                    rid = f"{state.prefix}{next(state.ids)}"
+                    expires_at = now + lease
+                    state.local[rid] = _Local(claims, leases, held, expires_at)
+                    return Reservation(
+                        rid, tuple(claims), amounts, max_output_tokens, input_tokens, expires_at
+                    )
+                for found in leases:
+                    found.misses += 1
+                if state.thread is None:
+                    state.start()
+                if new:
+                    state.wake.set()
+        return self._direct(
+            claims,
+            input_tokens=input_tokens,
+            max_output_tokens=max_output_tokens,
+            min_output_tokens=min_output_tokens,
+            lease=lease,
+            rates=rates,
+        )
+
+    def _direct(
+        self,
+        claims: Sequence[Claim],
+        *,
+        input_tokens: int,
+        max_output_tokens: int,
+        min_output_tokens: int,
+        lease: float,
+        rates: Rates | None,
+    ) -> Reservation:
+        """Reserve in the shared ledger, giving this process's leases back if they are in the way.
+
+        Refused or capped, the call is tried once more after :meth:`_give_back`, so that this
+        process's own leases never refuse or cap its calls.
+        """
+        inner = self._inner
+        try:
+            reservation = inner.reserve(
+                claims,
+                input_tokens=input_tokens,
+                max_output_tokens=max_output_tokens,
+                min_output_tokens=min_output_tokens,
+                lease=lease,
+                rates=rates,
+            )
+        except (BudgetExceeded, RateLimited):
+            if not self._give_back(claims):
+                raise
+        else:
+            if reservation.output_tokens >= max_output_tokens or not self._give_back(claims):
+                return reservation
+            inner.settle(reservation, tokens=0, requests=0)  # records nothing
+        return inner.reserve(
+            claims,
+            input_tokens=input_tokens,
+            max_output_tokens=max_output_tokens,
+            min_output_tokens=min_output_tokens,
+            lease=lease,
+            rates=rates,
+        )
+
+    def _give_back(self, claims: Sequence[Claim]) -> bool:
+        """Write this process's settles and shrink its leases to its calls in flight.
+
+        Returns whether that could change the shared ledger's answer for ``claims``: whether
+        anything was pending or any of their keys was leased.
+        """
+        state = self._state
+        with state.lock:
+            if state.closed or state.pid != os.getpid():
+                return False
+            leases = state.leases
+            if not state.settled and not any(
+                (found := leases.get(claim.key)) is not None and found.held for claim in claims
+            ):
+                return False
+            state.sync(release=True)
+            return True
+
+    def settle(
+        self, reservation: Reservation, *, tokens: int, requests: int = 1, cost: float = 0.0
+    ) -> None:
+        """Record what the call used (here for a leased call, else in the shared ledger)."""
+        check_settle(tokens, requests, cost)
+        rid = reservation.id
+        if not rid.startswith(_LOCAL):
+            self._inner.settle(reservation, tokens=tokens, requests=requests, cost=cost)
+            return
+        state = self._state
+        with state.lock:
+            local = state.local.pop(rid, None)
+            if local is None:
+                # Past its lease, its hold was dropped: still record what it used, once.
+                local = state.expired.pop(rid, None)
+                if local is None:
+                    return  # settled already (or admitted by a process since forked)
+                charge = False
+            else:
+                charge = True
+            now = self._inner.now()
+            for claim, lease, amount in zip(local.claims, local.leases, local.held, strict=True):
+                used = amount_settled(claim, tokens, requests, cost)
+                if charge:
+                    lease.inflight -= amount
+                    lease.pending += used
+                state.settled.append((claim, now, rid, used))
+            if state.closed:
+                state.sync(release=True)
+
+    def usage(self, claims: Sequence[Claim]) -> list[ClaimUsage]:
+        """Write this process's settles, then read each claim from the shared ledger.
+
+        ``reserved`` counts this process's calls in flight, not the free part of its leases
+        (other processes' leases count whole: they are held for their calls).
+        """
+        state = self._state
+        with state.lock:
+            if state.pid != os.getpid() or state.closed:
+                return self._inner.usage(claims)
+            if state.settled or state.leases:
+                state.sync(release=False)
+            free = {
+                key: lease.held - lease.inflight - lease.pending
+                for key, lease in state.leases.items()
+                if lease.held > lease.inflight + lease.pending
+            }
+            states = self._inner.usage(claims)
+        if not free:
+            return states
+        result: list[ClaimUsage] = []
+        for found in states:
+            own = free.get(found.claim.key)
+            if own is not None:
+                if found.claim.unit == "usd":
+                    reserved = max(round(found.reserved * USD_SCALE) - own, 0) / USD_SCALE
+                else:
+                    reserved = max(found.reserved - own, 0.0)
+                found = ClaimUsage(found.claim, found.used, reserved, found.resets_at)
+            result.append(found)
+        return result
+
+    def flush(self) -> None:
+        """Write this process's settles and resize its leases now."""
+        state = self._state
+        with state.lock:
+            if state.pid == os.getpid() and not state.closed and (state.settled or state.leases):
+                state.sync(release=False)
+
+    def close(self) -> None:
+        """Write what is pending, give the leases back, then close the shared ledger."""
+        self._finalizer()
+        self._inner.close()

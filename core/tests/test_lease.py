@@ -1,0 +1,417 @@
+"""Budget leasing (``llmproxy.budget.lease``): calls admitted in-process, budgets still exact."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from llmproxy import Proxy
+from llmproxy.budget.base import Claim, Rates, Reservation
+from llmproxy.budget.lease import LeasingLedger
+from llmproxy.budget.sqlite import SQLiteLedger
+from llmproxy.errors import (
+    BudgetExceeded,
+    ConfigError,
+    InvalidRequest,
+    RateLimited,
+    StoreError,
+)
+from llmproxy.testing.contracts import FakeClock
+
+BIG = Claim("big", "big", "key:a", 1_000_000)
+RPM = Claim("rpm", "rpm", "key:a", 10_000, "requests", 60.0)
+MONTH = Claim("month", "month", "key:a", 5.0, "usd", period="month", tz="Asia/Ho_Chi_Minh")
+RATES = Rates(0.000001, 0.000002)
+
+
+def _wait(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "ledger.db"
+
+
+@pytest.fixture
+def leasing(path: Path) -> Iterator[LeasingLedger]:
+    ledger = LeasingLedger(SQLiteLedger(path), interval=0.01)
+    yield ledger
+    ledger.close()
+
+
+class _Counting(SQLiteLedger):
+    """An SQLite ledger counting its reserve and settle transactions."""
+
+    reserves = 0
+    settles = 0
+
+    def reserve(self, *args: Any, **kwargs: Any) -> Reservation:
+        self.reserves += 1
+        return super().reserve(*args, **kwargs)
+
+    def settle(self, *args: Any, **kwargs: Any) -> None:
+        self.settles += 1
+        super().settle(*args, **kwargs)
+
+
+def _lease_rows(path: Path) -> list[tuple[str, str, float]]:
+    import sqlite3
+
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute(
+            "SELECT key, reservation, amount FROM ledger_holds WHERE reservation LIKE 'lease-%'"
+            " ORDER BY key"
+        ).fetchall()
+    conn.close()
+    return rows
+
+
+def test_calls_are_admitted_from_the_lease_without_transactions(path: Path) -> None:
+    inner = _Counting(path)
+    ledger = LeasingLedger(inner, interval=3600, min_calls=64)
+    try:
+        first = ledger.reserve([BIG, RPM], input_tokens=10, max_output_tokens=100)
+        assert not first.id.startswith("l")  # no lease yet: the shared ledger answered
+        ledger.settle(first, tokens=50)
+        ledger.flush()  # (the background sync takes the lease too, at once for a new key)
+        before = (inner.reserves, inner.settles)
+        spent = 0
+        for i in range(50):
+            reservation = ledger.reserve([BIG, RPM], input_tokens=10, max_output_tokens=100)
+            assert reservation.id.startswith("l")
+            assert (reservation.output_tokens, reservation.amounts) == (100, (110.0, 1.0))
+            ledger.settle(reservation, tokens=20 + i)
+            spent += 20 + i
+        assert (inner.reserves, inner.settles) == before  # all in memory
+        # A plain ledger on the same file (another process) sees the settles within a sync.
+        other = SQLiteLedger(path)
+        assert other.usage([BIG])[0].used == 50  # not written yet
+        big, rpm = ledger.usage([BIG, RPM])  # writes this process's settles first
+        assert (big.used, big.reserved, rpm.used, rpm.reserved) == (50 + spent, 0, 51, 0)
+        assert other.usage([BIG])[0].used == 50 + spent
+        other.close()
+    finally:
+        ledger.close()
+
+
+def test_a_lease_is_a_hold_other_processes_see_and_close_gives_it_back(
+    path: Path, leasing: LeasingLedger
+) -> None:
+    leasing.settle(leasing.reserve([BIG], input_tokens=10, max_output_tokens=90), tokens=30)
+    _wait(lambda: bool(_lease_rows(path)))
+    ((key, _owner, amount),) = _lease_rows(path)
+    assert key == "big" and amount >= 8 * 100  # room for at least min_calls calls
+    other = SQLiteLedger(path)
+    assert other.usage([BIG])[0].reserved == amount
+    # This process reports only its calls in flight as reserved.
+    assert leasing.usage([BIG])[0].reserved == 0
+    held = leasing.reserve([BIG], input_tokens=10, max_output_tokens=90)
+    assert held.id.startswith("l")
+    assert leasing.usage([BIG])[0].reserved == 100
+    leasing.settle(held, tokens=40)
+    leasing.close()
+    assert _lease_rows(path) == []
+    assert [(s.used, s.reserved) for s in other.usage([BIG])] == [(70, 0)]
+    other.close()
+
+
+def test_a_lease_takes_an_eighth_of_the_room_and_none_when_that_holds_no_call(path: Path) -> None:
+    small = Claim("small", "small", "key:b", 2000)
+    window = Claim("window", "window", "key:b", 2000, window=60.0)
+    clock = FakeClock()
+    plain = SQLiteLedger(path, clock=clock)
+    try:
+        plain.settle(plain.reserve([small], input_tokens=10, max_output_tokens=90), tokens=400)
+        assert plain.sync_lease("lease-a", [], [(small, 0, 10_000, 100)], ttl=900) == [200]
+        # What the owner keeps (its calls in flight) is granted whatever the room; its own
+        # hold does not count against it; the share comes from what the others leave.
+        assert plain.sync_lease("lease-a", [], [(small, 50, 10_000, 100)], ttl=900) == [243]
+        assert plain.sync_lease("lease-b", [], [(small, 0, 10_000, 100)], ttl=900) == [169]
+        assert plain.usage([small])[0].reserved == 243 + 169
+        # Settles written with their own times, and a share too small for one call: not taken.
+        settled = [(small, clock.now, "la-1", 700.0), (window, clock.now - 30, "la-1", 700.0)]
+        assert plain.sync_lease("lease-a", settled, [(small, 0, 10_000, 100)], ttl=900) == [0]
+        assert [(s.used, s.reserved) for s in plain.usage([small, window])] == [
+            (1100, 169),
+            (700, 0),
+        ]
+        clock.advance(31)  # the windowed event was written 30 s back: it has left by now
+        assert plain.usage([window])[0].used == 0
+        assert [row[1] for row in _lease_rows(path)] == ["lease-b"]
+        with pytest.raises(InvalidRequest):
+            plain.sync_lease("lease-a", [], [], ttl=0)
+    finally:
+        plain.close()
+
+
+def test_own_leases_never_refuse_or_cap_a_call(path: Path) -> None:
+    claim = Claim("tight", "tight", "key:c", 1600)
+    rate = Claim("rate", "rate", "key:c", 16, "requests", 60.0)
+    ledger = LeasingLedger(SQLiteLedger(path), interval=0.01)
+    try:
+        probe = ledger.reserve([claim, rate], input_tokens=0, max_output_tokens=100)
+        ledger.settle(probe, tokens=0, requests=0)
+        _wait(lambda: bool(_lease_rows(path)))
+        # 1600 - 200 leased: a call asking for the whole room still gets it.
+        whole = ledger.reserve([claim, rate], input_tokens=0, max_output_tokens=1600)
+        assert whole.output_tokens == 1600
+        with pytest.raises(BudgetExceeded) as caught:
+            ledger.reserve([claim], input_tokens=0, max_output_tokens=1)
+        assert (caught.value.used, caught.value.reserved) == (0, 1600)
+        ledger.settle(whole, tokens=0, requests=0)
+        for _ in range(16):
+            ledger.reserve([rate], input_tokens=0, max_output_tokens=0, min_output_tokens=0)
+        with pytest.raises(RateLimited):
+            ledger.reserve([rate], input_tokens=0, max_output_tokens=0, min_output_tokens=0)
+    finally:
+        ledger.close()
+
+
+def test_new_terms_are_not_admitted_from_a_lease_taken_under_the_old(path: Path) -> None:
+    ledger = LeasingLedger(SQLiteLedger(path), interval=0.01)
+    try:
+        ledger.settle(ledger.reserve([BIG], input_tokens=10, max_output_tokens=90), tokens=0)
+        _wait(lambda: ledger.reserve([BIG], input_tokens=1, max_output_tokens=1).id[0] == "l")
+        lowered = Claim("big", "big", "key:a", 500)
+        refused = 0
+        for _ in range(10):  # 100 each: never more than 500 in all, whatever was leased
+            try:
+                ledger.reserve([lowered], input_tokens=10, max_output_tokens=90)
+            except BudgetExceeded:
+                refused += 1
+        state = SQLiteLedger(path).usage([lowered])[0]
+        assert state.used + ledger.usage([lowered])[0].reserved <= 500 + 2  # the probe's 2
+        assert refused >= 5
+    finally:
+        ledger.close()
+
+
+def test_usd_and_calendar_claims_are_leased_exactly(path: Path) -> None:
+    clock = FakeClock()
+    ledger = LeasingLedger(SQLiteLedger(path, clock=clock), interval=0.01)
+    try:
+        r = ledger.reserve([MONTH], input_tokens=100, max_output_tokens=100, rates=RATES)
+        ledger.settle(r, tokens=150, cost=0.000123)
+        _wait(lambda: bool(_lease_rows(path)))
+        costs = [0.000001 * i for i in range(1, 40)]
+        for cost in costs:
+            r = ledger.reserve([MONTH], input_tokens=100, max_output_tokens=100, rates=RATES)
+            assert r.id.startswith("l") and r.amounts == (0.0003,)
+            ledger.settle(r, tokens=150, cost=cost)
+        (state,) = ledger.usage([MONTH])
+        assert round(state.used * 1e9) == 123_000 + sum(round(c * 1e9) for c in costs)
+        assert state.reserved == 0
+        assert state.resets_at == SQLiteLedger(path, clock=clock).usage([MONTH])[0].resets_at
+    finally:
+        ledger.close()
+
+
+def test_expired_local_calls_free_their_hold_and_a_late_settle_counts_once(path: Path) -> None:
+    clock = FakeClock()
+    ledger = LeasingLedger(SQLiteLedger(path, clock=clock), interval=0.01)
+    try:
+        ledger.settle(ledger.reserve([BIG], input_tokens=10, max_output_tokens=90), tokens=0)
+        _wait(lambda: bool(_lease_rows(path)))
+        late = ledger.reserve([BIG], input_tokens=10, max_output_tokens=90, lease=10.0)
+        assert late.id.startswith("l")
+        assert ledger.usage([BIG])[0].reserved == 100
+        clock.advance(11)
+        assert ledger.usage([BIG])[0].reserved == 0
+        ledger.settle(late, tokens=70)
+        ledger.settle(late, tokens=70)
+        assert [(s.used, s.reserved) for s in ledger.usage([BIG])] == [(70, 0)]
+    finally:
+        ledger.close()
+
+
+def test_a_failing_sync_keeps_the_settles_for_the_next(
+    path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    inner = SQLiteLedger(path)
+    ledger = LeasingLedger(inner, interval=0.01)
+    try:
+        ledger.settle(ledger.reserve([BIG], input_tokens=10, max_output_tokens=90), tokens=5)
+        _wait(lambda: ledger.reserve([BIG], input_tokens=1, max_output_tokens=1).id[0] == "l")
+        real = inner.sync_lease
+        broken = threading.Event()
+
+        def failing(*args: Any, **kwargs: Any) -> list[float]:
+            broken.set()
+            raise StoreError("the disk is gone")
+
+        monkeypatch.setattr(inner, "sync_lease", failing)
+        with caplog.at_level(logging.WARNING, "llmproxy.budget"):
+            r = ledger.reserve([BIG], input_tokens=10, max_output_tokens=90)
+            ledger.settle(r, tokens=60)
+            _wait(broken.is_set)
+            time.sleep(0.05)
+        assert "will retry: the disk is gone" in caplog.text
+        other = SQLiteLedger(path)
+        assert other.usage([BIG])[0].used == 5
+        monkeypatch.setattr(inner, "sync_lease", real)
+        _wait(lambda: other.usage([BIG])[0].used == 65)
+        other.close()
+    finally:
+        ledger.close()
+
+
+def _spend(path: str, rounds: int, out: Any) -> None:
+    ledger = LeasingLedger(SQLiteLedger(path), interval=0.002)
+    claims = [Claim("shared", "shared", "key:s", 30_000), Claim("r", "r", "key:s", 500, "requests")]
+    spent = calls = 0
+    for i in range(rounds):
+        try:
+            reservation = ledger.reserve(claims, input_tokens=10, max_output_tokens=50)
+        except (BudgetExceeded, RateLimited):
+            time.sleep(0.001)
+            continue
+        used = 10 + i % 51
+        ledger.settle(reservation, tokens=used)
+        spent += used
+        calls += 1
+    ledger.close()
+    out.put((spent, calls))
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="fork")
+def test_processes_sharing_leases_never_overspend(path: Path) -> None:
+    """Four processes race on one budget through leases; all is written, nothing overspent."""
+    SQLiteLedger(path).close()
+    context = multiprocessing.get_context("fork")
+    out = context.Queue()
+    workers = [context.Process(target=_spend, args=(str(path), 400, out)) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    results = [out.get(timeout=60) for _ in workers]
+    for worker in workers:
+        worker.join(timeout=60)
+        assert worker.exitcode == 0
+    spent, calls = sum(r[0] for r in results), sum(r[1] for r in results)
+    tokens, requests = SQLiteLedger(path).usage(
+        [Claim("shared", "shared", "key:s", 30_000), Claim("r", "r", "key:s", 500, "requests")]
+    )
+    assert (tokens.used, requests.used) == (spent, calls)
+    assert tokens.used <= 30_000 and requests.used <= 500
+    assert tokens.reserved == requests.reserved == 0  # every lease given back
+    assert _lease_rows(path) == []
+    assert calls < 1600  # the budget ran out
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.integers(0, 2),  # which process
+            st.sampled_from(["reserve", "settle", "sync"]),
+            st.integers(1, 120),  # output asked, or tokens settled
+        ),
+        max_size=80,
+    ),
+    limit=st.sampled_from([300, 5_000, 1_000_000]),
+    calls=st.sampled_from([40, 1000]),
+)
+def test_any_interleaving_of_processes_never_overspends(
+    tmp_path_factory: pytest.TempPathFactory,
+    steps: list[tuple[int, str, int]],
+    limit: int,
+    calls: int,
+) -> None:
+    """Three ledgers on one file (three processes), driven in any order: used plus reserved
+    never exceeds the limit, and every settle is counted once."""
+    path = tmp_path_factory.mktemp("interleave") / "l.db"
+    clock = FakeClock()
+    claim = Claim("k", "k", "s", limit)
+    rpm = Claim("rpm", "rpm", "s", calls, "requests", 60.0)
+    ledgers = [
+        LeasingLedger(SQLiteLedger(path, clock=clock), interval=3600, min_calls=4) for _ in range(3)
+    ]
+    plain = SQLiteLedger(path, clock=clock)
+    live: list[list[Reservation]] = [[], [], []]
+    settled_tokens = settled_calls = 0
+    try:
+        for who, action, amount in steps:
+            ledger = ledgers[who]
+            if action == "reserve":
+                with contextlib.suppress(BudgetExceeded, RateLimited):
+                    live[who].append(
+                        ledger.reserve([claim, rpm], input_tokens=5, max_output_tokens=amount)
+                    )
+            elif action == "settle" and live[who]:
+                reservation = live[who].pop(0)
+                tokens = min(amount, reservation.input_tokens + reservation.output_tokens)
+                ledger.settle(reservation, tokens=tokens)
+                settled_tokens += tokens
+                settled_calls += 1
+            else:
+                ledger.flush()
+            clock.advance(0.5)
+            state, rate = plain.usage([claim, rpm])
+            assert state.used + state.reserved <= limit
+            assert rate.used + rate.reserved <= calls
+        for who, ledger in enumerate(ledgers):
+            for reservation in live[who]:
+                ledger.settle(reservation, tokens=1)
+                settled_tokens += 1
+                settled_calls += 1
+            ledger.close()
+        state, rate = plain.usage([claim, rpm])
+        assert (state.used, state.reserved) == (settled_tokens, 0)
+        assert (rate.used, rate.reserved) == (settled_calls, 0)
+    finally:
+        for ledger in ledgers:
+            ledger.close()
+        plain.close()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="fork")
+def test_a_forked_child_starts_without_the_parents_leases(path: Path) -> None:
+    ledger = LeasingLedger(SQLiteLedger(path), interval=0.01)
+    try:
+        ledger.settle(ledger.reserve([BIG], input_tokens=10, max_output_tokens=90), tokens=0)
+        _wait(lambda: ledger.reserve([BIG], input_tokens=1, max_output_tokens=1).id[0] == "l")
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            try:
+                first = ledger.reserve([BIG], input_tokens=10, max_output_tokens=90)
+                ledger.settle(first, tokens=7)
+                ledger.close()
+                os.write(write, b"l" if first.id.startswith("l") else b"s")
+            finally:
+                os._exit(0)
+        os.close(write)
+        assert os.read(read, 1) == b"s"  # the child's first call went to the shared ledger
+        os.waitpid(pid, 0)
+        os.close(read)
+        assert ledger.usage([BIG])[0].used == 7
+    finally:
+        ledger.close()
+
+
+def test_env_switch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    environ = {"LLMPROXY_DATA_DIR": str(tmp_path), "LLMPROXY_PLUGINS": ""}
+    proxy = Proxy.from_env(environ)
+    assert isinstance(proxy.ledger, SQLiteLedger)
+    proxy.close()
+    proxy = Proxy.from_env({**environ, "LLMPROXY_LEDGER_LEASE": "on"})
+    assert isinstance(proxy.ledger, LeasingLedger)
+    assert proxy.ledger.path == str(tmp_path / "ledger.db")
+    proxy.close()
+    with pytest.raises(ConfigError, match="LLMPROXY_LEDGER_LEASE must be on or off, got 'maybe'"):
+        Proxy.from_env({**environ, "LLMPROXY_LEDGER_LEASE": "maybe"})
