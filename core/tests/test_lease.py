@@ -379,6 +379,98 @@ def test_any_interleaving_of_processes_never_overspends(
         plain.close()
 
 
+def test_threads_and_background_syncs_never_overspend(path: Path) -> None:
+    """Threads of two ledgers (two processes) spend one budget while their leases are synced
+    every millisecond in the background; a watcher reading the file never sees it overspent."""
+    claim = Claim("hot", "hot", "key:h", 60_000)
+    rate = Claim("hot-rpm", "hot-rpm", "key:h", 5_000, "requests", 60.0)
+    ledgers = [LeasingLedger(SQLiteLedger(path), interval=0.001, min_calls=4) for _ in range(2)]
+    watcher = SQLiteLedger(path)
+    spent: list[int] = []
+    local = [0]
+    problems: list[BaseException] = []
+    done = threading.Event()
+    peaks: list[float] = []
+
+    def work(ledger: LeasingLedger, seed: int) -> None:
+        try:
+            for i in range(400):
+                try:
+                    r = ledger.reserve([claim, rate], input_tokens=10, max_output_tokens=50)
+                except (BudgetExceeded, RateLimited):
+                    continue
+                if r.id.startswith("l"):
+                    local[0] += 1
+                used = min(5 + (i * seed) % 56, r.input_tokens + r.output_tokens)
+                ledger.settle(r, tokens=used)
+                spent.append(used)
+        except BaseException as exc:
+            problems.append(exc)
+
+    def watch() -> None:
+        while not done.is_set():
+            state = watcher.usage([claim])[0]
+            peaks.append(state.used + state.reserved)
+
+    threads = [threading.Thread(target=work, args=(ledgers[i % 2], i + 1)) for i in range(8)]
+    watching = threading.Thread(target=watch)
+    watching.start()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    done.set()
+    watching.join()
+    for ledger in ledgers:
+        ledger.close()
+    assert problems == []
+    tokens, requests = watcher.usage([claim, rate])
+    watcher.close()
+    assert (tokens.used, requests.used) == (sum(spent), len(spent))
+    assert tokens.used <= 60_000 and tokens.reserved == requests.reserved == 0
+    assert max(peaks) <= 60_000
+    assert local[0] > len(spent) / 2  # most calls were admitted from leases
+    assert len(spent) < 8 * 400  # and the budget ran out
+
+
+def test_calls_admitted_during_a_background_sync_stay_covered(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The background transaction runs without the state's lock: calls admitted meanwhile
+    come from the hold as it was, so the new hold must still cover them, even when the room
+    left is too small for a new share."""
+    claim = Claim("race", "race", "key:r", 3000)
+    inner = SQLiteLedger(path)
+    ledger = LeasingLedger(inner, interval=3600)
+    try:
+        ledger.settle(ledger.reserve([claim], input_tokens=10, max_output_tokens=50), tokens=0)
+        ledger.flush()
+        ((_key, _owner, leased),) = _lease_rows(path)
+        assert 360 <= leased <= 3000 // 8  # an eighth of the room (less a probe in flight)
+        other = SQLiteLedger(path)  # another process spends most of the rest
+        other.settle(other.reserve([claim], input_tokens=0, max_output_tokens=2600), tokens=2600)
+        admitted: list[Reservation] = []
+        real = inner.sync_lease
+
+        def racing(*args: Any, **kwargs: Any) -> list[float]:
+            for _ in range(3):  # the event loop admitting calls while the sync runs
+                admitted.append(ledger.reserve([claim], input_tokens=10, max_output_tokens=50))
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(inner, "sync_lease", racing)
+        ledger.reserve([claim], input_tokens=10, max_output_tokens=50)  # something to sync
+        ledger._state.sync(release=False, background=True)
+        monkeypatch.setattr(inner, "sync_lease", real)
+        assert all(r.id.startswith("l") for r in admitted)
+        ((_key, _owner, held),) = _lease_rows(path)
+        assert held >= 4 * 60  # the four calls in flight, whatever the room
+        state = other.usage([claim])[0]
+        assert state.used + state.reserved <= 3000
+        other.close()
+    finally:
+        ledger.close()
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="fork")
 def test_a_forked_child_starts_without_the_parents_leases(path: Path) -> None:
     ledger = LeasingLedger(SQLiteLedger(path), interval=0.01)

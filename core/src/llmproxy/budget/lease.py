@@ -74,6 +74,7 @@ class _Lease:
         "admitted",
         "claim",
         "expires_at",
+        "frozen",
         "held",
         "inflight",
         "last_used",
@@ -96,6 +97,7 @@ class _Lease:
         self.last_used = now
         self.expires_at = 0.0  # the hold's end in the shared ledger
         self.retry_at = now  # misses ask for a bigger lease from then on
+        self.frozen = False  # shrinking in a background sync: admits nothing meanwhile
 
 
 class _Local:
@@ -131,7 +133,8 @@ class _State:
 
     def reset(self) -> None:
         """Start empty: at creation, and in a forked child (the parent's leases stay its own)."""
-        self.lock = threading.Lock()
+        self.lock = threading.Lock()  # the state below; held for microseconds
+        self.sync_lock = threading.Lock()  # one sync at a time; taken before ``lock``
         self.wake = threading.Event()
         self.stop = threading.Event()
         self.thread: threading.Thread | None = None
@@ -160,19 +163,43 @@ class _State:
             if self.stop.is_set():
                 return
             try:
-                with self.lock:
-                    self.sync(release=False)
+                self.sync(release=False, background=True)
             except Exception:  # sync logs store failures; anything else must not kill the thread
                 log.exception("budget lease sync failed")
 
-    def sync(self, *, release: bool) -> None:
+    def sync(self, *, release: bool, background: bool = False) -> None:
         """Write the settles and resize every lease (``release``: down to what is in flight).
 
-        The caller holds the lock. On a store failure the settles are kept for the next sync
-        and the leases keep their holds (a call is admitted from one only while it lasts).
+        The caller holds neither lock. In the ``background``, the transaction runs without the
+        state's lock, so calls go on being admitted from the leases meanwhile: a lease then
+        keeps at least what it holds now (less what is written as used), and one that is to
+        shrink admits nothing until the transaction ends. Otherwise both locks are held
+        throughout. On a store failure the settles are kept for the next sync and the leases
+        keep their holds (a call is admitted from one only while it lasts); a ``release``
+        raises the failure.
         """
-        inner = self.inner
-        now = inner.now()
+        with self.sync_lock:
+            if not background:
+                with self.lock:
+                    self.sync_locked(release)
+                return
+            with self.lock:
+                plan = self._plan(release, background=True)
+            if plan is None:
+                return
+            held = self._write(plan, release)
+            with self.lock:
+                self._apply(plan, held)
+
+    def sync_locked(self, release: bool) -> None:
+        """:meth:`sync` for a caller holding both locks."""
+        plan = self._plan(release, background=False)
+        if plan is not None:
+            self._apply(plan, self._write(plan, release))
+
+    def _plan(self, release: bool, *, background: bool) -> _Plan | None:
+        """What the next transaction writes, or None when nothing changed (lock held)."""
+        now = self.inner.now()
         if self.local:
             for rid in [rid for rid, local in self.local.items() if local.expires_at <= now]:
                 local = self.expired[rid] = self.local.pop(rid)
@@ -183,74 +210,121 @@ class _State:
             forget = now - SETTLED_GRACE
             for rid in [rid for rid, local in self.expired.items() if local.expires_at < forget]:
                 del self.expired[rid]
-        leases: list[_Lease] = []
-        wants: list[tuple[Claim, float, float, float]] = []
+        plan = _Plan(now, self.settled)
+        self.settled = []
         for lease in self.leases.values():
-            keep = lease.inflight
             idle = now - lease.last_used > self.idle and not lease.inflight
-            if release or idle:
-                want = keep
-            else:
-                calls = max(self.min_calls, 2 * (lease.admitted + lease.misses))
-                want = keep + lease.need * calls
+            shrink = release or idle
             if not (
-                release
+                shrink
                 or lease.pending
                 or lease.admitted
                 or (lease.misses and now >= lease.retry_at)
                 or lease.synced != lease.claim
                 or lease.expires_at - now < self.ttl - _REFRESH
-                or (idle and lease.held)
             ):
                 continue  # nothing new: the hold stays as it is
-            leases.append(lease)
-            wants.append((lease.claim, keep, want, lease.need))
-        if not leases and not self.settled:
-            return
+            if release and not (lease.held or lease.pending or idle):
+                continue  # nothing to give back
+            if shrink or not background:
+                keep = lease.inflight
+                lease.frozen = background  # admits nothing until the transaction ends
+            else:
+                # Calls admitted during the transaction take from what is held now.
+                keep = max(lease.held - lease.pending, lease.inflight)
+            want = keep
+            if not shrink:
+                calls = max(self.min_calls, 2 * (lease.admitted + lease.misses))
+                want = max(keep, lease.inflight + lease.need * calls)
+            plan.leases.append(lease)
+            plan.pending.append(lease.pending)
+            plan.wants.append((lease.claim, keep, want, lease.need))
+            lease.admitted = lease.misses = 0
+        if not plan.leases and not plan.settled:
+            return None
+        return plan
+
+    def _write(self, plan: _Plan, release: bool) -> list[float] | None:
+        """Run the plan's transaction; None on a store failure (logged, or raised to a release)."""
         try:
-            held = inner.sync_lease(
-                self.owner, self.settled, wants, ttl=self.ttl, share=LEASE_SHARE
+            held = self.inner.sync_lease(
+                self.owner, plan.settled, plan.wants, ttl=self.ttl, share=LEASE_SHARE
             )
         except Exception as exc:
             if not self.failing:
                 log.warning("budget lease sync failed; will retry: %s", exc)
             self.failing = True
             if release:
+                self._failed(plan)
                 raise
-            return
+            return None
         if self.failing:
             log.warning("budget lease sync works again")
             self.failing = False
-        self.settled = []
-        for lease in self.leases.values():
-            lease.pending = 0.0  # every settle was written, leased or not
+        return held
+
+    def _failed(self, plan: _Plan) -> None:
+        """Keep a failed plan's settles for the next sync and thaw its leases."""
+        self.settled[:0] = plan.settled
+        for lease in plan.leases:
+            lease.frozen = False
+
+    def _apply(self, plan: _Plan, held: list[float] | None) -> None:
+        """Take the transaction's outcome into the state (lock held)."""
+        if held is None:
+            self._failed(plan)
+            return
+        now = plan.now
         expires_at = now + self.ttl
-        for lease, hold, (_claim, keep, want, _step) in zip(leases, held, wants, strict=True):
+        for lease, hold, pending, (claim, keep, want, _step) in zip(
+            plan.leases, held, plan.pending, plan.wants, strict=True
+        ):
             lease.held = hold
-            lease.admitted = lease.misses = 0
-            lease.synced = lease.claim
+            lease.pending -= pending  # written as used; later settles stay pending
+            lease.frozen = False
+            lease.synced = claim
             lease.expires_at = expires_at
             # A share too small for one call: ask again in a second, not at every sync.
             lease.retry_at = now + 1.0 if hold <= keep < want else now
-            if not hold and not lease.inflight and now - lease.last_used > self.idle:
-                del self.leases[lease.claim.key]
+            if (
+                not hold
+                and not lease.inflight
+                and not lease.pending
+                and self.inner.now() - lease.last_used > self.idle
+                and self.leases.get(claim.key) is lease
+            ):
+                del self.leases[claim.key]
 
     def close(self) -> None:
         """Stop the thread, write what is pending and give the leases back."""
+        if self.pid != os.getpid():
+            return
         with self.lock:
-            if self.closed or self.pid != os.getpid():
+            if self.closed:
                 return
             self.closed = True
             self.stop.set()
             self.wake.set()
             thread = self.thread
-            try:
-                if self.leases or self.settled:
-                    self.sync(release=True)
-            except Exception as exc:
-                log.warning("budget leases not given back at close: %s", exc)
+        try:
+            self.sync(release=True)
+        except Exception as exc:
+            log.warning("budget leases not given back at close: %s", exc)
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=5)
+
+
+class _Plan:
+    """One sync's transaction: the settles it writes and the leases it resizes."""
+
+    __slots__ = ("leases", "now", "pending", "settled", "wants")
+
+    def __init__(self, now: float, settled: list[tuple[Claim, float, str, float]]) -> None:
+        self.now = now
+        self.settled = settled
+        self.leases: list[_Lease] = []
+        self.pending: list[float] = []  # each lease's pending amount the settles write
+        self.wants: list[tuple[Claim, float, float, float]] = []
 
 
 _STATES: weakref.WeakSet[_State] = weakref.WeakSet()
@@ -360,7 +434,8 @@ class LeasingLedger(InlineAsync):
                     if amount > found.need:
                         found.need = amount
                     if fits and (
-                        found.synced != claim
+                        found.frozen
+                        or found.synced != claim
                         or found.held - found.inflight - found.pending < amount
                         or found.expires_at < now + lease
                     ):
@@ -439,7 +514,7 @@ class LeasingLedger(InlineAsync):
         anything was pending or any of their keys was leased.
         """
         state = self._state
-        with state.lock:
+        with state.sync_lock, state.lock:
             if state.closed or state.pid != os.getpid():
                 return False
             leases = state.leases
@@ -447,7 +522,7 @@ class LeasingLedger(InlineAsync):
                 (found := leases.get(claim.key)) is not None and found.held for claim in claims
             ):
                 return False
-            state.sync(release=True)
+            state.sync_locked(release=True)
             return True
 
     def settle(
@@ -477,8 +552,9 @@ class LeasingLedger(InlineAsync):
                     lease.inflight -= amount
                     lease.pending += used
                 state.settled.append((claim, now, rid, used))
-            if state.closed:
-                state.sync(release=True)
+            closed = state.closed
+        if closed:
+            state.sync(release=True)
 
     def usage(self, claims: Sequence[Claim]) -> list[ClaimUsage]:
         """Write this process's settles, then read each claim from the shared ledger.
@@ -487,11 +563,11 @@ class LeasingLedger(InlineAsync):
         (other processes' leases count whole: they are held for their calls).
         """
         state = self._state
-        with state.lock:
+        with state.sync_lock, state.lock:
             if state.pid != os.getpid() or state.closed:
                 return self._inner.usage(claims)
             if state.settled or state.leases:
-                state.sync(release=False)
+                state.sync_locked(release=False)
             free = {
                 key: lease.held - lease.inflight - lease.pending
                 for key, lease in state.leases.items()
@@ -515,9 +591,9 @@ class LeasingLedger(InlineAsync):
     def flush(self) -> None:
         """Write this process's settles and resize its leases now."""
         state = self._state
-        with state.lock:
+        with state.sync_lock, state.lock:
             if state.pid == os.getpid() and not state.closed and (state.settled or state.leases):
-                state.sync(release=False)
+                state.sync_locked(release=False)
 
     def close(self) -> None:
         """Write what is pending, give the leases back, then close the shared ledger."""
