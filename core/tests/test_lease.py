@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import multiprocessing
@@ -108,6 +109,42 @@ def test_calls_are_admitted_from_the_lease_without_transactions(path: Path) -> N
         other.close()
     finally:
         ledger.close()
+
+
+async def test_an_event_loop_syncs_the_leases_itself(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Used from a loop, the syncs run on it (no interpreter lock handed to a thread)."""
+    inner = SQLiteLedger(path)
+    ledger = LeasingLedger(inner, interval=0.01)
+    syncs: list[str] = []
+    real = inner.sync_lease
+
+    def recording(*args: Any, **kwargs: Any) -> list[float]:
+        syncs.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(inner, "sync_lease", recording)
+    other = SQLiteLedger(path)
+    try:
+        spent = 0
+        local = 0
+        for i in range(60):
+            r = await ledger.areserve([BIG, RPM], input_tokens=10, max_output_tokens=90)
+            local += r.id.startswith("l")
+            await ledger.asettle(r, tokens=i)
+            spent += i
+            await asyncio.sleep(0.002)
+        assert local > 30
+        deadline = time.monotonic() + 10
+        while other.usage([BIG])[0].used != spent:  # written by a tick within ``interval``
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.005)
+        main = threading.current_thread().name
+        assert syncs.count(main) > len(syncs) / 2
+    finally:
+        ledger.close()
+        other.close()
 
 
 def test_a_lease_is_a_hold_other_processes_see_and_close_gives_it_back(

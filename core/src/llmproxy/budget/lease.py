@@ -31,6 +31,7 @@ call's are, while its leases stay held until their ``ttl`` ends.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import itertools
 import logging
@@ -62,6 +63,9 @@ it only while the lease outlives the call's own lease)."""
 
 _REFRESH: Final = 60.0
 """A lease's hold is renewed (its ttl restarted) at least this often, seconds, while held."""
+
+_BACKUP: Final = 1.0
+"""Seconds between the thread's syncs while an event loop's ticks do the work."""
 
 _LOCAL: Final = "l"
 """Ids of reservations admitted from a lease start with this (a shared ledger's are hex)."""
@@ -148,6 +152,35 @@ class _State:
         self.settled: list[tuple[Claim, float, str, float]] = []
         self.closed = False
         self.failing = False
+        self.loop: asyncio.AbstractEventLoop | None = None  # the loop whose ticks sync
+        self.ticking = False  # a tick is scheduled on ``loop``
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Sync from ``loop`` every ``interval`` seconds (the thread then only backs it up).
+
+        Called by the async methods: a sync on the loop that runs the calls costs a fraction
+        of a millisecond every ``interval`` and hands the interpreter lock to no thread.
+        """
+        if self.ticking and self.loop is loop:
+            return
+        self.loop = loop
+        self.ticking = True
+        loop.call_later(self.interval, self.tick, loop)
+
+    def tick(self, loop: asyncio.AbstractEventLoop) -> None:
+        """One sync on the loop; scheduled again while there is anything to sync."""
+        if self.loop is not loop:
+            return  # attached to another loop since
+        self.ticking = False
+        if self.closed or self.pid != os.getpid():
+            return
+        try:
+            self.sync(release=False)
+        except Exception:  # sync logs store failures; anything else must not end the ticks
+            log.exception("budget lease sync failed")
+        if self.leases or self.settled:
+            self.ticking = True
+            loop.call_later(self.interval, self.tick, loop)
 
     def start(self) -> None:
         """Start the background thread (the caller holds the lock)."""
@@ -158,7 +191,8 @@ class _State:
     def run(self) -> None:
         """Sync every ``interval`` seconds while there is anything to sync."""
         while not self.stop.is_set():
-            self.wake.wait(self.interval)
+            # While a loop's ticks sync, the thread only backs them up (the loop may stop).
+            self.wake.wait(max(self.interval, _BACKUP) if self.ticking else self.interval)
             self.wake.clear()
             if self.stop.is_set():
                 return
@@ -455,7 +489,7 @@ class LeasingLedger(InlineAsync):
                     found.misses += 1
                 if state.thread is None:
                     state.start()
-                if new:
+                if new and not state.ticking:
                     state.wake.set()
         return self._direct(
             claims,
@@ -587,6 +621,34 @@ class LeasingLedger(InlineAsync):
                 found = ClaimUsage(found.claim, found.used, reserved, found.resets_at)
             result.append(found)
         return result
+
+    async def areserve(
+        self,
+        claims: Sequence[Claim],
+        *,
+        input_tokens: int,
+        max_output_tokens: int,
+        min_output_tokens: int = 1,
+        lease: float = 600.0,
+        rates: Rates | None = None,
+    ) -> Reservation:
+        """Async :meth:`reserve` (in memory, or an SQLite transaction run inline)."""
+        self._state.attach(asyncio.get_running_loop())
+        return self.reserve(
+            claims,
+            input_tokens=input_tokens,
+            max_output_tokens=max_output_tokens,
+            min_output_tokens=min_output_tokens,
+            lease=lease,
+            rates=rates,
+        )
+
+    async def asettle(
+        self, reservation: Reservation, *, tokens: int, requests: int = 1, cost: float = 0.0
+    ) -> None:
+        """Async :meth:`settle`."""
+        self._state.attach(asyncio.get_running_loop())
+        self.settle(reservation, tokens=tokens, requests=requests, cost=cost)
 
     def flush(self) -> None:
         """Write this process's settles and resize its leases now."""
