@@ -197,6 +197,31 @@ def test_a_lease_takes_an_eighth_of_the_room_and_none_when_that_holds_no_call(pa
         plain.close()
 
 
+def test_a_sync_that_must_not_wait_leaves_a_busy_ledger_alone(path: Path) -> None:
+    import sqlite3
+
+    plain = SQLiteLedger(path, timeout=2.0)
+    plain.usage([BIG])  # creates the schema
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process in the middle of a write
+    try:
+        started = time.monotonic()
+        settled = [(BIG, plain.now(), "l-1", 5.0)]
+        assert (
+            plain.sync_lease("lease-x", settled, [(BIG, 0, 800, 100)], ttl=900, wait=False) is None
+        )
+        assert time.monotonic() - started < 0.5
+        with pytest.raises(StoreError, match="locked"):  # waiting ones still wait (2 s)
+            plain.sync_lease("lease-x", settled, [], ttl=900)
+        assert time.monotonic() - started >= 1.9
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert plain.sync_lease("lease-x", settled, [(BIG, 0, 800, 100)], ttl=900, wait=False) == [800]
+    assert plain.usage([BIG])[0].used == 5
+    plain.close()
+
+
 def test_own_leases_never_refuse_or_cap_a_call(path: Path) -> None:
     claim = Claim("tight", "tight", "key:c", 1600)
     rate = Claim("rate", "rate", "key:c", 16, "requests", 60.0)

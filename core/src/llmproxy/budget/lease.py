@@ -175,7 +175,7 @@ class _State:
         if self.closed or self.pid != os.getpid():
             return
         try:
-            self.sync(release=False)
+            self.sync(release=False, wait=False)
         except Exception:  # sync logs store failures; anything else must not end the ticks
             log.exception("budget lease sync failed")
         if self.leases or self.settled:
@@ -201,7 +201,7 @@ class _State:
             except Exception:  # sync logs store failures; anything else must not kill the thread
                 log.exception("budget lease sync failed")
 
-    def sync(self, *, release: bool, background: bool = False) -> None:
+    def sync(self, *, release: bool, background: bool = False, wait: bool = True) -> None:
         """Write the settles and resize every lease (``release``: down to what is in flight).
 
         The caller holds neither lock. In the ``background``, the transaction runs without the
@@ -210,12 +210,13 @@ class _State:
         shrink admits nothing until the transaction ends. Otherwise both locks are held
         throughout. On a store failure the settles are kept for the next sync and the leases
         keep their holds (a call is admitted from one only while it lasts); a ``release``
-        raises the failure.
+        raises the failure. Without ``wait``, a ledger another process is writing to is left
+        for the next sync instead of waited for.
         """
         with self.sync_lock:
             if not background:
                 with self.lock:
-                    self.sync_locked(release)
+                    self.sync_locked(release, wait=wait)
                 return
             with self.lock:
                 plan = self._plan(release, background=True)
@@ -225,11 +226,11 @@ class _State:
             with self.lock:
                 self._apply(plan, held)
 
-    def sync_locked(self, release: bool) -> None:
+    def sync_locked(self, release: bool, *, wait: bool = True) -> None:
         """:meth:`sync` for a caller holding both locks."""
         plan = self._plan(release, background=False)
         if plan is not None:
-            self._apply(plan, self._write(plan, release))
+            self._apply(plan, self._write(plan, release, wait=wait))
 
     def _plan(self, release: bool, *, background: bool) -> _Plan | None:
         """What the next transaction writes, or None when nothing changed (lock held)."""
@@ -278,12 +279,18 @@ class _State:
             return None
         return plan
 
-    def _write(self, plan: _Plan, release: bool) -> list[float] | None:
-        """Run the plan's transaction; None on a store failure (logged, or raised to a release)."""
+    def _write(self, plan: _Plan, release: bool, *, wait: bool = True) -> list[float] | None:
+        """Run the plan's transaction and return the new holds, or None.
+
+        None when another process was writing (without ``wait``), or on a store failure
+        (logged; raised to a release).
+        """
         try:
             held = self.inner.sync_lease(
-                self.owner, plan.settled, plan.wants, ttl=self.ttl, share=LEASE_SHARE
+                self.owner, plan.settled, plan.wants, ttl=self.ttl, share=LEASE_SHARE, wait=wait
             )
+            if held is None:
+                return None  # another process is writing: the next sync writes this too
         except Exception as exc:
             if not self.failing:
                 log.warning("budget lease sync failed; will retry: %s", exc)

@@ -258,7 +258,7 @@ class SQLiteLedger(InlineAsync):
                     )
                     for claim in reservation.claims:
                         amount = amount_settled(claim, tokens, requests, cost)
-                        self._record(conn, claim, now, now, reservation_id, amount)
+                        self._record(conn, claim, now, [(now, reservation_id, amount)])
                     self._settles += 1
                     if self._settles % _PRUNE_EVERY == 1:
                         conn.execute(_PRUNE_SETTLED, (_stamp(now - SETTLED_GRACE),))
@@ -279,7 +279,8 @@ class SQLiteLedger(InlineAsync):
         *,
         ttl: float,
         share: float = LEASE_SHARE,
-    ) -> list[float]:
+        wait: bool = True,
+    ) -> list[float] | None:
         """Record a batch of settles and resize one owner's leases, in one transaction.
 
         A lease is a hold named ``owner`` on a claim's key, from which a
@@ -292,6 +293,10 @@ class SQLiteLedger(InlineAsync):
         whole units, or nothing when that is less than ``step`` (one call's hold): a share too
         small to admit a call is not taken from the others. A hold of zero is deleted. The
         holds last ``ttl`` seconds unless synced again. Returns the new hold per want.
+
+        With ``wait=False`` it does not wait for another connection's write to end: it returns
+        None at once, having done nothing (an event loop's sync tries again later rather than
+        stall every call on the loop for SQLite's busy sleeps).
         """
         if share < 1 or not ttl > 0:
             raise InvalidRequest(
@@ -302,11 +307,27 @@ class SQLiteLedger(InlineAsync):
         with db.lock:
             try:
                 conn = db.connection()
-                conn.execute("BEGIN IMMEDIATE")
+                if not wait:
+                    conn.execute("PRAGMA busy_timeout = 0")
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                except sqlite3.OperationalError as exc:
+                    if not wait and "locked" in str(exc).lower():
+                        return None
+                    raise
+                finally:
+                    if not wait:
+                        conn.execute(f"PRAGMA busy_timeout = {int(db.timeout * 1000)}")
                 try:
                     now = self._clock()
+                    batches: dict[str, tuple[Claim, list[tuple[float, str, float]]]] = {}
                     for claim, ts, reservation_id, amount in settled:
-                        self._record(conn, claim, ts, now, reservation_id, amount)
+                        batch = batches.get(claim.key)
+                        if batch is None:
+                            batch = batches[claim.key] = (claim, [])
+                        batch[1].append((ts, reservation_id, amount))
+                    for claim, items in batches.values():
+                        self._record(conn, claim, now, items)
                     expires_at = now + ttl
                     for claim, keep, want, step in wants:
                         used, reserved = conn.execute(*self._state(claim, now)).fetchone()
@@ -335,33 +356,41 @@ class SQLiteLedger(InlineAsync):
     def _record(
         conn: sqlite3.Connection,
         claim: Claim,
-        ts: float,
         now: float,
-        reservation_id: str,
-        amount: float,
+        items: Sequence[tuple[float, str, float]],
     ) -> None:
-        """Add ``amount`` (ledger units) used at ``ts`` to ``claim``'s key."""
+        """Add what calls used to ``claim``'s key, in a few statements however many they are.
+
+        ``items`` are ``(ts, reservation_id, amount)``: an amount in ledger units used at ``ts``.
+        """
+        key = claim.key
         if claim.window is None:
-            if not amount:
-                return
             if claim.period is None:
-                conn.execute(_ADD_USED, (claim.key, amount))
-            else:
-                period = periods.span(claim.period, claim.tz, ts).id
-                conn.execute(_ADD_PERIOD, (claim.key, period, amount))
+                total = sum(amount for _ts, _id, amount in items)
+                if total:
+                    conn.execute(_ADD_USED, (key, total))
+                return
+            by_period: dict[str, float] = {}
+            for ts, _id, amount in items:
+                if amount:
+                    period = periods.span(claim.period, claim.tz, ts).id
+                    by_period[period] = by_period.get(period, 0.0) + amount
+            for period, total in sorted(by_period.items()):
+                conn.execute(_ADD_PERIOD, (key, period, total))
             return
         # Delete what left the window and keep ledger_keys.used equal to the sum of the key's
-        # events.
+        # events (an item already out of the window is not written).
         start = now - claim.window
-        left, left_amount = conn.execute(_LEFT_WINDOW, (claim.key, start)).fetchone()
+        left, left_amount = conn.execute(_LEFT_WINDOW, (key, start)).fetchone()
         if left:
-            conn.execute(_PRUNE_EVENTS, (claim.key, start))
-        if amount and ts > start:
-            conn.execute(_ADD_EVENT, (claim.key, ts, reservation_id, amount))
-        else:
-            amount = 0.0
-        if amount or left:
-            conn.execute(_ADD_USED, (claim.key, amount - left_amount))
+            conn.execute(_PRUNE_EVENTS, (key, start))
+        events = [(key, ts, rid, amount) for ts, rid, amount in items if amount and ts > start]
+        added = 0.0
+        if events:
+            conn.executemany(_ADD_EVENT, events)
+            added = sum(event[3] for event in events)
+        if added or left:
+            conn.execute(_ADD_USED, (key, added - left_amount))
 
     def usage(self, claims: Sequence[Claim]) -> list[ClaimUsage]:
         """Return the state of each claim, read in one snapshot."""
