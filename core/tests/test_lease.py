@@ -120,7 +120,7 @@ async def test_an_event_loop_syncs_the_leases_itself(
     syncs: list[str] = []
     real = inner.sync_lease
 
-    def recording(*args: Any, **kwargs: Any) -> list[float]:
+    def recording(*args: Any, **kwargs: Any) -> list[float] | None:
         syncs.append(threading.current_thread().name)
         return real(*args, **kwargs)
 
@@ -514,7 +514,7 @@ def test_calls_admitted_during_a_background_sync_stay_covered(
         admitted: list[Reservation] = []
         real = inner.sync_lease
 
-        def racing(*args: Any, **kwargs: Any) -> list[float]:
+        def racing(*args: Any, **kwargs: Any) -> list[float] | None:
             for _ in range(3):  # the event loop admitting calls while the sync runs
                 admitted.append(ledger.reserve([claim], input_tokens=10, max_output_tokens=50))
             return real(*args, **kwargs)
