@@ -35,6 +35,7 @@ import asyncio
 import atexit
 import itertools
 import logging
+import math
 import os
 import threading
 import uuid
@@ -64,6 +65,9 @@ it only while the lease outlives the call's own lease)."""
 _REFRESH: Final = 60.0
 """A lease's hold is renewed (its ttl restarted) at least this often, seconds, while held."""
 
+_PEAK_HALF_LIFE: Final = 5.0
+"""Seconds over which a lease's memory of its busiest stretch between syncs halves."""
+
 _BACKUP: Final = 1.0
 """Seconds between the thread's syncs while an event loop's ticks do the work."""
 
@@ -84,6 +88,8 @@ class _Lease:
         "last_used",
         "misses",
         "need",
+        "peak",
+        "peak_at",
         "pending",
         "retry_at",
         "synced",
@@ -102,6 +108,8 @@ class _Lease:
         self.expires_at = 0.0  # the hold's end in the shared ledger
         self.retry_at = now  # misses ask for a bigger lease from then on
         self.frozen = False  # shrinking in a background sync: admits nothing meanwhile
+        self.peak = 0.0  # the most calls seen between two syncs, halving every few seconds
+        self.peak_at = now
 
 
 class _Local:
@@ -269,8 +277,14 @@ class _State:
                 keep = max(lease.held - lease.pending, lease.inflight)
             want = keep
             if not shrink:
-                calls = max(self.min_calls, 2 * (lease.admitted + lease.misses))
-                want = max(keep, lease.inflight + lease.need * calls)
+                # Room for twice the busiest stretch between syncs lately: calls come in bursts,
+                # and a settled request still counts against the lease until it is written.
+                burst = lease.admitted + lease.misses
+                decayed = lease.peak * 0.5 ** ((now - lease.peak_at) / _PEAK_HALF_LIFE)
+                if burst >= decayed:
+                    lease.peak, lease.peak_at = float(burst), now
+                calls = max(self.min_calls, 2 * max(burst, decayed))
+                want = max(keep, lease.inflight + lease.need * math.ceil(calls))
             plan.leases.append(lease)
             plan.pending.append(lease.pending)
             plan.wants.append((lease.claim, keep, want, lease.need))
