@@ -158,7 +158,7 @@ class _State:
         self.local: dict[str, _Local] = {}
         self.expired: dict[str, _Local] = {}
         self.settled: list[tuple[Claim, float, str, float]] = []
-        self.closed = False
+        self.closed: bool = getattr(self, "closed", False)  # a child of a closed one is too
         self.failing = False
         self.loop: asyncio.AbstractEventLoop | None = None  # the loop whose ticks sync
         self.ticking = False  # a tick is scheduled on ``loop``
@@ -171,24 +171,30 @@ class _State:
         """
         if self.ticking and self.loop is loop:
             return
-        self.loop = loop
-        self.ticking = True
+        with self.lock:
+            if self.ticking and self.loop is loop:
+                return
+            self.loop = loop
+            self.ticking = True
         loop.call_later(self.interval, self.tick, loop)
 
     def tick(self, loop: asyncio.AbstractEventLoop) -> None:
         """One sync on the loop; scheduled again while there is anything to sync."""
-        if self.loop is not loop:
-            return  # attached to another loop since
-        self.ticking = False
-        if self.closed or self.pid != os.getpid():
-            return
+        with self.lock:
+            if self.loop is not loop:
+                return  # attached to another loop since
+            self.ticking = False
+            if self.closed or self.pid != os.getpid():
+                return
         try:
             self.sync(release=False, wait=False)
         except Exception:  # sync logs store failures; anything else must not end the ticks
             log.exception("budget lease sync failed")
-        if self.leases or self.settled:
+        with self.lock:
+            if self.loop is not loop or self.ticking or not (self.leases or self.settled):
+                return
             self.ticking = True
-            loop.call_later(self.interval, self.tick, loop)
+        loop.call_later(self.interval, self.tick, loop)
 
     def start(self) -> None:
         """Start the background thread (the caller holds the lock)."""
@@ -199,8 +205,15 @@ class _State:
     def run(self) -> None:
         """Sync every ``interval`` seconds while there is anything to sync."""
         while not self.stop.is_set():
-            # While a loop's ticks sync, the thread only backs them up (the loop may stop).
-            self.wake.wait(max(self.interval, _BACKUP) if self.ticking else self.interval)
+            # While a loop's ticks sync, the thread only backs them up (the loop may stop);
+            # with nothing leased or pending it sleeps until a call needs a lease.
+            if not (self.leases or self.settled or self.local):
+                timeout: float | None = None
+            elif self.ticking:
+                timeout = max(self.interval, _BACKUP)
+            else:
+                timeout = self.interval
+            self.wake.wait(timeout)
             self.wake.clear()
             if self.stop.is_set():
                 return
@@ -255,6 +268,18 @@ class _State:
                 del self.expired[rid]
         plan = _Plan(now, self.settled)
         self.settled = []
+        try:
+            self._size(plan, release, background)
+        except BaseException:
+            self._failed(plan)  # nothing is lost: the next sync plans again
+            raise
+        if not plan.leases and not plan.settled:
+            return None
+        return plan
+
+    def _size(self, plan: _Plan, release: bool, background: bool) -> None:
+        """Add to ``plan`` each lease to resize, with what it keeps and wants (lock held)."""
+        now = plan.now
         for lease in self.leases.values():
             idle = now - lease.last_used > self.idle and not lease.inflight
             shrink = release or idle
@@ -280,7 +305,8 @@ class _State:
                 # Room for twice the busiest stretch between syncs lately: calls come in bursts,
                 # and a settled request still counts against the lease until it is written.
                 burst = lease.admitted + lease.misses
-                decayed = lease.peak * 0.5 ** ((now - lease.peak_at) / _PEAK_HALF_LIFE)
+                age = max(now - lease.peak_at, 0.0)  # a clock set back ages nothing
+                decayed = lease.peak * 0.5 ** (age / _PEAK_HALF_LIFE)
                 if burst >= decayed:
                     lease.peak, lease.peak_at = float(burst), now
                 calls = max(self.min_calls, 2 * max(burst, decayed))
@@ -289,9 +315,6 @@ class _State:
             plan.pending.append(lease.pending)
             plan.wants.append((lease.claim, keep, want, lease.need))
             lease.admitted = lease.misses = 0
-        if not plan.leases and not plan.settled:
-            return None
-        return plan
 
     def _write(self, plan: _Plan, release: bool, *, wait: bool = True) -> list[float] | None:
         """Run the plan's transaction and return the new holds, or None.
@@ -510,8 +533,8 @@ class LeasingLedger(InlineAsync):
                     found.misses += 1
                 if state.thread is None:
                     state.start()
-                if new and not state.ticking:
-                    state.wake.set()
+                if new:
+                    state.wake.set()  # take the lease now (a loop's ticks may have stopped)
         return self._direct(
             claims,
             input_tokens=input_tokens,
