@@ -38,6 +38,7 @@ import logging
 import math
 import os
 import threading
+import time
 import uuid
 import weakref
 from collections.abc import Sequence
@@ -162,6 +163,7 @@ class _State:
         self.failing = False
         self.loop: asyncio.AbstractEventLoop | None = None  # the loop whose ticks sync
         self.ticking = False  # a tick is scheduled on ``loop``
+        self.ticked = 0.0  # when a tick last ran (monotonic seconds)
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         """Sync from ``loop`` every ``interval`` seconds (the thread then only backs it up).
@@ -186,6 +188,7 @@ class _State:
             self.ticking = False
             if self.closed or self.pid != os.getpid():
                 return
+        self.ticked = time.monotonic()
         try:
             self.sync(release=False, wait=False)
         except Exception:  # sync logs store failures; anything else must not end the ticks
@@ -217,6 +220,8 @@ class _State:
             self.wake.clear()
             if self.stop.is_set():
                 return
+            if self.ticking and time.monotonic() - self.ticked < 2 * _BACKUP:
+                continue  # the loop's ticks are syncing: a sync here would only compete
             try:
                 self.sync(release=False, background=True)
             except Exception:  # sync logs store failures; anything else must not kill the thread
@@ -234,6 +239,16 @@ class _State:
         raises the failure. Without ``wait``, a ledger another process is writing to is left
         for the next sync instead of waited for.
         """
+        if not wait:
+            # Another sync (the thread's, or a flush) is running: leave this one to the next.
+            if not self.sync_lock.acquire(blocking=False):
+                return
+            try:
+                with self.lock:
+                    self.sync_locked(release, wait=False)
+            finally:
+                self.sync_lock.release()
+            return
         with self.sync_lock:
             if not background:
                 with self.lock:
