@@ -12,7 +12,7 @@ Variable                        Meaning
 ``LLMPROXY_LEDGER_LEASE``       ``on`` or ``off`` (default ``off``; ``llmproxy serve`` defaults it
                                 to ``on``): an SQLite ledger admits most calls from budget leases
                                 held per process (``llmproxy.budget.lease``), writing settles in
-                                batches every 50 ms instead of two transactions per call.
+                                batches every 100 ms instead of two transactions per call.
 ``LLMPROXY_DATA_DIR``           Where the embedded SQLite files live (default: the user data
                                 dir, e.g. ``~/.local/share/llmproxy``).
 ``LLMPROXY_PLUGINS``            Comma list of plugin (entry point or distribution) names to load;

@@ -10,12 +10,16 @@ exact:
   the input plus the full output cap, one request, the rounded-up cost) fit in the free part of
   the leases of all its claims is admitted here, in memory, with the output cap it asked for.
 - A settle here records what the call used in memory and frees the rest of its hold.
-- A background thread, every ``interval`` seconds while there is work, writes the batch of
-  settles and resizes the leases in one transaction (:meth:`SQLiteLedger.sync_lease`): a lease
-  becomes what this process's calls in flight hold, plus room for about twice the calls it
-  admitted (or had to send on) since the last sync, at least ``min_calls`` calls' worth, taken
-  from at most an eighth of what the others leave, and none when that share cannot hold one
-  call. A lease unused for ``idle`` seconds is given back.
+- Every ``interval`` seconds while there is work, one transaction
+  (:meth:`SQLiteLedger.sync_lease`) writes the batch of settles and resizes the leases. Used
+  from an event loop, the loop runs it itself (a transaction there costs a fraction of a
+  millisecond, and a thread would have to win the interpreter lock from the loop for each of
+  its SQLite calls); it skips a turn rather than wait while another process writes. A thread
+  does it for synchronous callers, and backs up a loop that stopped. A lease that runs low
+  becomes what this process's calls in flight hold plus room for twice its busiest stretch of
+  calls between syncs lately (at least ``min_calls`` calls' worth), taken from at most an
+  eighth of what the others leave, and none when that share cannot hold one call. A lease
+  unused for ``idle`` seconds is given back.
 - Any call that does not fit (no lease yet, a lease too small, a claim whose terms changed, a
   lease too close to its end) goes to the shared ledger as before, which grants, caps and
   refuses exactly as without leasing.
@@ -309,14 +313,12 @@ class _State:
                 continue  # nothing new: the hold stays as it is
             if release and not (lease.held or lease.pending or idle):
                 continue  # nothing to give back
-            if shrink or not background:
-                keep = lease.inflight
+            # What stays held once the settles are written as used.
+            kept = max(lease.held - lease.pending, lease.inflight)
+            if shrink:
+                keep = want = lease.inflight
                 lease.frozen = background  # admits nothing until the transaction ends
             else:
-                # Calls admitted during the transaction take from what is held now.
-                keep = max(lease.held - lease.pending, lease.inflight)
-            want = keep
-            if not shrink:
                 # Room for twice the busiest stretch between syncs lately: calls come in bursts,
                 # and a settled request still counts against the lease until it is written.
                 burst = lease.admitted + lease.misses
@@ -324,8 +326,23 @@ class _State:
                 decayed = lease.peak * 0.5 ** (age / _PEAK_HALF_LIFE)
                 if burst >= decayed:
                     lease.peak, lease.peak_at = float(burst), now
-                calls = max(self.min_calls, 2 * max(burst, decayed))
-                want = max(keep, lease.inflight + lease.need * math.ceil(calls))
+                target = lease.need * math.ceil(max(self.min_calls, 2 * max(burst, decayed)))
+                free = kept - lease.inflight
+                if lease.synced == lease.claim and target / 2 <= free <= target:
+                    keep = want = kept  # enough left: write the settles, ask for nothing
+                elif background:
+                    # Calls admitted during the transaction take from what is held now.
+                    keep, want = kept, max(kept, lease.inflight + target)
+                else:
+                    keep, want = lease.inflight, lease.inflight + target
+            if (
+                keep == want == lease.held
+                and not lease.pending
+                and lease.synced == lease.claim
+                and lease.expires_at - now >= self.ttl - _REFRESH
+            ):
+                lease.admitted = lease.misses = 0
+                continue  # the hold would be written as it is
             plan.leases.append(lease)
             plan.pending.append(lease.pending)
             plan.wants.append((lease.claim, keep, want, lease.need))
@@ -455,7 +472,7 @@ class LeasingLedger(InlineAsync):
         self,
         inner: SQLiteLedger,
         *,
-        interval: float = 0.05,
+        interval: float = 0.1,
         idle: float = 2.0,
         min_calls: int = 8,
         ttl: float = LEASE_TTL,

@@ -330,13 +330,14 @@ class SQLiteLedger(InlineAsync):
                         self._record(conn, claim, now, items)
                     expires_at = now + ttl
                     for claim, keep, want, step in wants:
-                        used, reserved = conn.execute(*self._state(claim, now)).fetchone()
-                        (own,) = conn.execute(_OWN_HOLD, (claim.key, owner, now)).fetchone()
-                        limit = usd_limit(claim.limit) if claim.unit == "usd" else claim.limit
-                        room = limit - (used or 0.0) - (reserved - own) - keep
-                        extra = min(want - keep, room / share)
-                        extra = float(math.floor(extra)) if extra >= step else 0.0
-                        hold = keep + extra
+                        hold = keep
+                        if want > keep:  # (else no room is asked for: no need to read it)
+                            used, reserved = conn.execute(*self._state(claim, now)).fetchone()
+                            (own,) = conn.execute(_OWN_HOLD, (claim.key, owner, now)).fetchone()
+                            limit = usd_limit(claim.limit) if claim.unit == "usd" else claim.limit
+                            room = limit - (used or 0.0) - (reserved - own) - keep
+                            extra = min(want - keep, room / share)
+                            hold += float(math.floor(extra)) if extra >= step else 0.0
                         if hold > 0:
                             conn.execute(_SET_HOLD, (claim.key, owner, hold, expires_at))
                         else:
