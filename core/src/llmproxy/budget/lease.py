@@ -670,14 +670,16 @@ class LeasingLedger(InlineAsync):
         """Write this process's settles, then read each claim from the shared ledger.
 
         ``reserved`` counts this process's calls in flight, not the free part of its leases
-        (other processes' leases count whole: they are held for their calls).
+        (other processes' leases count whole: they are held for their calls). While another
+        process is writing, the settles are not waited for: they count as reserved until the
+        next sync writes them.
         """
         state = self._state
         with state.sync_lock, state.lock:
             if state.pid != os.getpid() or state.closed:
                 return self._inner.usage(claims)
             if state.settled or state.leases:
-                state.sync_locked(release=False)
+                state.sync_locked(release=False, wait=False)
             free = {
                 key: lease.held - lease.inflight - lease.pending
                 for key, lease in state.leases.items()
