@@ -7,7 +7,7 @@ import email.utils
 import gc
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import openai
@@ -33,7 +33,13 @@ from llmproxy.testing.fake_openai import FakeOpenAI, Fault, Reply
 from llmproxy.tokens import messages_upper_bound
 from llmproxy.types import ChatRequest, Chunk, Completion, Message, ToolCall, Usage
 from llmproxy_openai import env, models, tokenizer
-from llmproxy_openai.provider import OpenAIProvider, retry_after, usage_from_wire
+from llmproxy_openai.provider import (
+    OpenAIProvider,
+    asse_lines,
+    retry_after,
+    sse_lines,
+    usage_from_wire,
+)
 from llmproxy_openai.service import OpenAILLMConfig
 
 MODEL = "gpt-4o-mini"
@@ -1443,3 +1449,47 @@ def test_each_event_loop_closes_its_client_when_it_ends(
     assert all(c._client.is_closed for c in clients)
     assert "Unclosed" not in caplog.text
     p.close()
+
+
+# --- SSE line splitting -------------------------------------------------------------------------
+
+
+def _chunked(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({min(c, len(data)) for c in cuts})
+    out, start = [], 0
+    for point in [*points, len(data)]:
+        if point > start:
+            out.append(data[start:point])
+            start = point
+    return out
+
+
+def test_sse_lines_split_on_every_line_end_and_across_chunks() -> None:
+    body = "data: a\r\n\r\ndata: é€😀\rdata: b\n\ndata: tail".encode()
+    for cuts in ([], [8], [7, 8], [13, 14, 15], list(range(len(body)))):
+        lines = [line for line in sse_lines(iter(_chunked(body, cuts))) if line]
+        assert lines == ["data: a", "data: é€😀", "data: b", "data: tail"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    lines=st.lists(st.text(alphabet=st.characters(exclude_characters="\r\n"), max_size=20)),
+    ends=st.lists(st.sampled_from(["\n", "\r\n", "\r"]), min_size=1),
+    cuts=st.lists(st.integers(0, 400)),
+)
+def test_sse_lines_give_back_any_lines_however_the_body_is_cut(
+    lines: list[str], ends: list[str], cuts: list[int]
+) -> None:
+    body = "".join(line + ends[i % len(ends)] for i, line in enumerate(lines)).encode()
+    chunks = _chunked(body, cuts)
+    got = [line for line in sse_lines(iter(chunks)) if line]
+    assert got == [line for line in lines if line]
+
+    async def collect() -> list[str]:
+        async def source() -> AsyncIterator[bytes]:
+            for chunk in chunks:
+                yield chunk
+
+        return [line async for line in asse_lines(source()) if line]
+
+    assert asyncio.run(collect()) == got

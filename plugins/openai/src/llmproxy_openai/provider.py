@@ -475,7 +475,7 @@ class OpenAIProvider:
             raise self.map_error(exc, request.model) from None
         reader = self._reader(path, request.model)
         try:
-            for line in response.iter_lines():
+            for line in sse_lines(response.iter_bytes()):
                 if reader.done:
                     continue  # read the body to its end so the connection goes back to the pool
                 chunk = reader.line(line)
@@ -498,7 +498,7 @@ class OpenAIProvider:
             raise self.map_error(exc, request.model) from None
         reader = self._reader(path, request.model)
         try:
-            async for line in response.aiter_lines():
+            async for line in asse_lines(response.aiter_bytes()):
                 if reader.done:
                     continue  # read the body to its end so the connection goes back to the pool
                 chunk = reader.line(line)
@@ -636,6 +636,43 @@ def _status_message(exc: openai.APIStatusError) -> str:
         if isinstance(error, Mapping) and isinstance(error.get("message"), str):
             return str(error["message"])
     return exc.message
+
+
+def _split(data: bytes) -> tuple[list[bytes], bytes]:
+    """Complete lines of ``data`` (ended by LF, CR or CRLF, as SSE ends them) and the rest."""
+    lines = data.splitlines(keepends=True)
+    rest = b""
+    if lines and lines[-1][-1] not in b"\r\n":
+        rest = lines.pop()
+    return lines, rest
+
+
+def sse_lines(chunks: Iterator[bytes]) -> Iterator[str]:
+    """The lines of a streamed body, without their ends, decoded as UTF-8.
+
+    httpx's ``iter_lines`` decodes the text incrementally and then splits it, two generator
+    layers per chunk; splitting the bytes first and decoding each whole line costs less per
+    chunk of a stream. A CR at the end of one chunk and an LF at the start of the next give an
+    extra empty line, which SSE readers skip like any other.
+    """
+    rest = b""
+    for data in chunks:
+        lines, rest = _split(rest + data if rest else data)
+        for line in lines:
+            yield line.rstrip(b"\r\n").decode("utf-8", "replace")
+    if rest:
+        yield rest.decode("utf-8", "replace")
+
+
+async def asse_lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[str]:
+    """Async :func:`sse_lines`."""
+    rest = b""
+    async for data in chunks:
+        lines, rest = _split(rest + data if rest else data)
+        for line in lines:
+            yield line.rstrip(b"\r\n").decode("utf-8", "replace")
+    if rest:
+        yield rest.decode("utf-8", "replace")
 
 
 class _SSEReader:
