@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import functools
 import itertools
 import logging
 import math
@@ -591,24 +592,8 @@ class LeasingLedger(InlineAsync):
         Refused or capped, the call is tried once more after :meth:`_give_back`, so that this
         process's own leases never refuse or cap its calls.
         """
-        inner = self._inner
-        try:
-            reservation = inner.reserve(
-                claims,
-                input_tokens=input_tokens,
-                max_output_tokens=max_output_tokens,
-                min_output_tokens=min_output_tokens,
-                lease=lease,
-                rates=rates,
-            )
-        except (BudgetExceeded, RateLimited):
-            if not self._give_back(claims):
-                raise
-        else:
-            if reservation.output_tokens >= max_output_tokens or not self._give_back(claims):
-                return reservation
-            inner.settle(reservation, tokens=0, requests=0)  # records nothing
-        return inner.reserve(
+        attempt = functools.partial(
+            self._inner.reserve,
             claims,
             input_tokens=input_tokens,
             max_output_tokens=max_output_tokens,
@@ -616,6 +601,16 @@ class LeasingLedger(InlineAsync):
             lease=lease,
             rates=rates,
         )
+        try:
+            reservation = attempt()
+        except (BudgetExceeded, RateLimited):
+            if not self._give_back(claims):
+                raise
+        else:
+            if reservation.output_tokens >= max_output_tokens or not self._give_back(claims):
+                return reservation
+            self._inner.settle(reservation, tokens=0, requests=0)  # records nothing
+        return attempt()
 
     def _give_back(self, claims: Sequence[Claim]) -> bool:
         """Write this process's settles and shrink its leases to its calls in flight.

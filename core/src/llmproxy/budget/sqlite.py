@@ -8,12 +8,13 @@ it shares; a ledger and a history store may use the same file).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import lru_cache
 from typing import Any, Final
 
@@ -137,6 +138,45 @@ def _stamp(seconds: float) -> str:
     return format(min(max(int(seconds * 1000), 0), 0xFFFF_FFFF_FFFF), "012x")
 
 
+@contextlib.contextmanager
+def _immediate(db: _Database, *, wait: bool = True) -> Iterator[sqlite3.Connection | None]:
+    """One ``BEGIN IMMEDIATE`` transaction under the database's lock.
+
+    Committed when the block ends (unless the block rolled back itself), rolled back when it
+    raises; SQLite's errors become :class:`~llmproxy.errors.StoreError`. Without ``wait`` it
+    does not wait for another connection's write: the block gets None at once instead.
+    """
+    with db.lock:
+        try:
+            conn = db.connection()
+            if not wait:
+                conn.execute("PRAGMA busy_timeout = 0")
+            busy = False
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                if wait or "locked" not in str(exc).lower():
+                    raise
+                busy = True
+            finally:
+                if not wait:
+                    conn.execute(f"PRAGMA busy_timeout = {int(db.timeout * 1000)}")
+            if busy:
+                yield None
+                return
+            try:
+                yield conn
+                if conn.in_transaction:
+                    conn.execute("COMMIT")
+                    db.wrote()
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise db.error(exc) from exc
+
+
 class SQLiteLedger(InlineAsync):
     """A :class:`~llmproxy.budget.base.Ledger` in an SQLite file, atomic across processes.
 
@@ -193,48 +233,36 @@ class SQLiteLedger(InlineAsync):
             claims, input_tokens, max_output_tokens, min_output_tokens, lease, rates
         )
         suffix = uuid.uuid4().hex[:20]
-        db = self._db
-        with db.lock:
-            try:
-                conn = db.connection()
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    now = self._clock()
-                    self._reserves += 1
-                    if self._reserves % _PRUNE_EVERY == 1:
-                        conn.execute(_PRUNE_HOLDS, (now,))
-                    used: list[float] = []
-                    reserved: list[float] = []
-                    for claim in claims:
-                        row = conn.execute(*self._state(claim, now)).fetchone()
-                        used.append(row[0] or 0.0)
-                        reserved.append(row[1])
-                    grant, held, amounts = admit(
-                        claims,
-                        used,
-                        reserved,
-                        lambda index: self._events(conn, claims[index], now),
-                        now=now,
-                        input_tokens=input_tokens,
-                        max_output_tokens=max_output_tokens,
-                        min_output_tokens=min_output_tokens,
-                        rates=rates,
-                    )
-                    expires_at = now + lease
-                    reservation_id = _stamp(expires_at) + suffix
-                    if claims:
-                        params: list[Any] = []
-                        for claim, amount in zip(claims, held, strict=True):
-                            params += (claim.key, reservation_id, amount, expires_at)
-                        conn.execute(_insert_holds_sql(len(claims)), params)
-                    conn.execute("COMMIT")
-                    db.wrote()
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as exc:
-                raise db.error(exc) from exc
+        with _immediate(self._db) as conn:
+            assert conn is not None  # (None only without waiting)
+            now = self._clock()
+            self._reserves += 1
+            if self._reserves % _PRUNE_EVERY == 1:
+                conn.execute(_PRUNE_HOLDS, (now,))
+            used: list[float] = []
+            reserved: list[float] = []
+            for claim in claims:
+                row = conn.execute(*self._state(claim, now)).fetchone()
+                used.append(row[0] or 0.0)
+                reserved.append(row[1])
+            grant, held, amounts = admit(
+                claims,
+                used,
+                reserved,
+                lambda index: self._events(conn, claims[index], now),
+                now=now,
+                input_tokens=input_tokens,
+                max_output_tokens=max_output_tokens,
+                min_output_tokens=min_output_tokens,
+                rates=rates,
+            )
+            expires_at = now + lease
+            reservation_id = _stamp(expires_at) + suffix
+            if claims:
+                params: list[Any] = []
+                for claim, amount in zip(claims, held, strict=True):
+                    params += (claim.key, reservation_id, amount, expires_at)
+                conn.execute(_insert_holds_sql(len(claims)), params)
         return Reservation(reservation_id, tuple(claims), amounts, grant, input_tokens, expires_at)
 
     def settle(
@@ -243,33 +271,21 @@ class SQLiteLedger(InlineAsync):
         """Record ``tokens``, ``requests`` and ``cost`` and drop the hold; a repeat is a no-op."""
         check_settle(tokens, requests, cost)
         reservation_id = reservation.id
-        db = self._db
-        with db.lock:
-            try:
-                conn = db.connection()
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    if not conn.execute(_MARK_SETTLED, (reservation_id,)).rowcount:
-                        conn.execute("ROLLBACK")
-                        return
-                    now = self._clock()
-                    conn.executemany(
-                        _DROP_HOLD, [(claim.key, reservation_id) for claim in reservation.claims]
-                    )
-                    for claim in reservation.claims:
-                        amount = amount_settled(claim, tokens, requests, cost)
-                        self._record(conn, claim, now, [(now, reservation_id, amount)])
-                    self._settles += 1
-                    if self._settles % _PRUNE_EVERY == 1:
-                        conn.execute(_PRUNE_SETTLED, (_stamp(now - SETTLED_GRACE),))
-                    conn.execute("COMMIT")
-                    db.wrote()
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as exc:
-                raise db.error(exc) from exc
+        with _immediate(self._db) as conn:
+            assert conn is not None
+            if not conn.execute(_MARK_SETTLED, (reservation_id,)).rowcount:
+                conn.execute("ROLLBACK")  # settled already: nothing to write
+                return
+            now = self._clock()
+            conn.executemany(
+                _DROP_HOLD, [(claim.key, reservation_id) for claim in reservation.claims]
+            )
+            for claim in reservation.claims:
+                amount = amount_settled(claim, tokens, requests, cost)
+                self._record(conn, claim, now, [(now, reservation_id, amount)])
+            self._settles += 1
+            if self._settles % _PRUNE_EVERY == 1:
+                conn.execute(_PRUNE_SETTLED, (_stamp(now - SETTLED_GRACE),))
 
     def sync_lease(
         self,
@@ -303,54 +319,33 @@ class SQLiteLedger(InlineAsync):
                 f"share must be >= 1 and ttl > 0, got share={share} ttl={ttl}", field="share"
             )
         result: list[float] = []
-        db = self._db
-        with db.lock:
-            try:
-                conn = db.connection()
-                if not wait:
-                    conn.execute("PRAGMA busy_timeout = 0")
-                try:
-                    conn.execute("BEGIN IMMEDIATE")
-                except sqlite3.OperationalError as exc:
-                    if not wait and "locked" in str(exc).lower():
-                        return None
-                    raise
-                finally:
-                    if not wait:
-                        conn.execute(f"PRAGMA busy_timeout = {int(db.timeout * 1000)}")
-                try:
-                    now = self._clock()
-                    batches: dict[str, tuple[Claim, list[tuple[float, str, float]]]] = {}
-                    for claim, ts, reservation_id, amount in settled:
-                        batch = batches.get(claim.key)
-                        if batch is None:
-                            batch = batches[claim.key] = (claim, [])
-                        batch[1].append((ts, reservation_id, amount))
-                    for claim, items in batches.values():
-                        self._record(conn, claim, now, items)
-                    expires_at = now + ttl
-                    for claim, keep, want, step in wants:
-                        hold = keep
-                        if want > keep:  # (else no room is asked for: no need to read it)
-                            used, reserved = conn.execute(*self._state(claim, now)).fetchone()
-                            (own,) = conn.execute(_OWN_HOLD, (claim.key, owner, now)).fetchone()
-                            limit = usd_limit(claim.limit) if claim.unit == "usd" else claim.limit
-                            room = limit - (used or 0.0) - (reserved - own) - keep
-                            extra = min(want - keep, room / share)
-                            hold += float(math.floor(extra)) if extra >= step else 0.0
-                        if hold > 0:
-                            conn.execute(_SET_HOLD, (claim.key, owner, hold, expires_at))
-                        else:
-                            conn.execute(_DROP_HOLD, (claim.key, owner))
-                        result.append(hold)
-                    conn.execute("COMMIT")
-                    db.wrote()
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as exc:
-                raise db.error(exc) from exc
+        with _immediate(self._db, wait=wait) as conn:
+            if conn is None:
+                return None
+            now = self._clock()
+            batches: dict[str, tuple[Claim, list[tuple[float, str, float]]]] = {}
+            for claim, ts, reservation_id, amount in settled:
+                batch = batches.get(claim.key)
+                if batch is None:
+                    batch = batches[claim.key] = (claim, [])
+                batch[1].append((ts, reservation_id, amount))
+            for claim, items in batches.values():
+                self._record(conn, claim, now, items)
+            expires_at = now + ttl
+            for claim, keep, want, step in wants:
+                hold = keep
+                if want > keep:  # (else no room is asked for: no need to read it)
+                    used, reserved = conn.execute(*self._state(claim, now)).fetchone()
+                    (own,) = conn.execute(_OWN_HOLD, (claim.key, owner, now)).fetchone()
+                    limit = usd_limit(claim.limit) if claim.unit == "usd" else claim.limit
+                    room = limit - (used or 0.0) - (reserved - own) - keep
+                    extra = min(want - keep, room / share)
+                    hold += float(math.floor(extra)) if extra >= step else 0.0
+                if hold > 0:
+                    conn.execute(_SET_HOLD, (claim.key, owner, hold, expires_at))
+                else:
+                    conn.execute(_DROP_HOLD, (claim.key, owner))
+                result.append(hold)
         return result
 
     @staticmethod
