@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from llmproxy import Proxy
 from llmproxy.budget.base import Claim, Rates, Reservation
 from llmproxy.budget.lease import LeasingLedger
+from llmproxy.budget.memory import MemoryLedger
 from llmproxy.budget.sqlite import SQLiteLedger
 from llmproxy.errors import (
     BudgetExceeded,
@@ -531,6 +532,78 @@ def test_calls_admitted_during_a_background_sync_stay_covered(
         other.close()
     finally:
         ledger.close()
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.sampled_from(["reserve", "reserve", "settle", "release", "sync", "clock"]),
+            st.integers(0, 600),
+            st.integers(0, 7),
+        ),
+        max_size=80,
+    ),
+    limits=st.tuples(st.sampled_from([20_000, 200_000]), st.sampled_from([30, 400])),
+)
+def test_one_process_with_leases_answers_as_the_memory_ledger(
+    tmp_path_factory: pytest.TempPathFactory,
+    steps: list[tuple[str, int, int]],
+    limits: tuple[int, int],
+) -> None:
+    """Leases large enough to admit many calls in memory: grants, refusals and every usage
+    figure still equal the plain ledger's, step by step."""
+    path = tmp_path_factory.mktemp("same") / "l.db"
+    clock = FakeClock()
+    tokens = Claim("t", "t", "s", limits[0])
+    rate = Claim("r", "r", "s", limits[1], "requests", 60.0)
+    month = Claim("m", "m", "s", 0.05, "usd", period="month", tz="Asia/Ho_Chi_Minh")
+    options = [[tokens], [tokens, rate], [rate], [tokens, rate, month], [month]]
+    leasing = LeasingLedger(SQLiteLedger(path, clock=clock), interval=3600, min_calls=4)
+    memory = MemoryLedger(clock=clock)
+    live: list[tuple[Reservation, Reservation]] = []
+    try:
+        for action, amount, pick in steps:
+            if action == "reserve":
+                claims = options[pick % len(options)]
+                args: dict[str, Any] = {
+                    "input_tokens": 10 + pick,
+                    "max_output_tokens": 1 + amount,
+                    "rates": RATES,
+                }
+                outcomes: list[Any] = []
+                for ledger in (leasing, memory):
+                    try:
+                        outcomes.append(ledger.reserve(claims, **args))
+                    except (BudgetExceeded, RateLimited) as exc:
+                        outcomes.append((type(exc), str(exc)))
+                a, b = outcomes
+                if isinstance(a, Reservation) and isinstance(b, Reservation):
+                    assert (a.output_tokens, a.amounts) == (b.output_tokens, b.amounts)
+                    live.append((a, b))
+                else:
+                    assert a == b
+            elif action in ("settle", "release") and live:
+                a, b = live.pop(pick % len(live))
+                held = a.input_tokens + a.output_tokens
+                used = {"tokens": min(amount, held), "requests": 1, "cost": 0.0}
+                if action == "release":
+                    used = {"tokens": 0, "requests": 0, "cost": 0.0}
+                elif a.amounts and any(c.unit == "usd" for c in a.claims):
+                    used["cost"] = round(RATES.input * a.input_tokens, 9)
+                leasing.settle(a, **used)
+                memory.settle(b, **used)
+            elif action == "sync":
+                leasing.flush()
+            else:
+                clock.advance(amount / 100)  # up to 6 s: leases go idle, calls age out
+            claims_all = [tokens, rate, month]
+            got = [x for u in leasing.usage(claims_all) for x in (u.used, u.reserved)]
+            want = [x for u in memory.usage(claims_all) for x in (u.used, u.reserved)]
+            assert got == pytest.approx(want, abs=1e-9)
+    finally:
+        leasing.close()
+        memory.close()
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="fork")
