@@ -586,13 +586,13 @@ def test_one_process_with_leases_answers_as_the_memory_ledger(
             elif action in ("settle", "release") and live:
                 a, b = live.pop(pick % len(live))
                 held = a.input_tokens + a.output_tokens
-                used = {"tokens": min(amount, held), "requests": 1, "cost": 0.0}
+                tokens_used, requests, cost = min(amount, held), 1, 0.0
                 if action == "release":
-                    used = {"tokens": 0, "requests": 0, "cost": 0.0}
-                elif a.amounts and any(c.unit == "usd" for c in a.claims):
-                    used["cost"] = round(RATES.input * a.input_tokens, 9)
-                leasing.settle(a, **used)
-                memory.settle(b, **used)
+                    tokens_used, requests = 0, 0
+                elif any(c.unit == "usd" for c in a.claims):
+                    cost = round(RATES.input * a.input_tokens, 9)
+                for ledger, reservation in ((leasing, a), (memory, b)):
+                    ledger.settle(reservation, tokens=tokens_used, requests=requests, cost=cost)
             elif action == "sync":
                 leasing.flush()
             else:
