@@ -91,7 +91,9 @@ def test_calls_are_admitted_from_the_lease_without_transactions(path: Path) -> N
         first = ledger.reserve([BIG, RPM], input_tokens=10, max_output_tokens=100)
         assert not first.id.startswith("l")  # no lease yet: the shared ledger answered
         ledger.settle(first, tokens=50)
-        ledger.flush()  # (the background sync takes the lease too, at once for a new key)
+        # A new key wakes the thread, which takes the lease; let it, so that it syncs no more.
+        _wait(lambda: bool(_lease_rows(path)))
+        ledger.flush()
         before = (inner.reserves, inner.settles)
         spent = 0
         for i in range(50):
@@ -507,6 +509,7 @@ def test_calls_admitted_during_a_background_sync_stay_covered(
     ledger = LeasingLedger(inner, interval=3600)
     try:
         ledger.settle(ledger.reserve([claim], input_tokens=10, max_output_tokens=50), tokens=0)
+        _wait(lambda: bool(_lease_rows(path)))  # the thread's one sync, for the new key
         ledger.flush()
         ((_key, _owner, leased),) = _lease_rows(path)
         assert 360 <= leased <= 3000 // 8  # an eighth of the room (less a probe in flight)

@@ -8,13 +8,12 @@ it shares; a ledger and a history store may use the same file).
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any, Final
 
@@ -31,7 +30,7 @@ from llmproxy.budget.memory import (
     usd_limit,
 )
 from llmproxy.errors import InvalidRequest
-from llmproxy.history.sqlite import _Database
+from llmproxy.history.sqlite import _Database, immediate
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS ledger_keys (
@@ -138,45 +137,6 @@ def _stamp(seconds: float) -> str:
     return format(min(max(int(seconds * 1000), 0), 0xFFFF_FFFF_FFFF), "012x")
 
 
-@contextlib.contextmanager
-def _immediate(db: _Database, *, wait: bool = True) -> Iterator[sqlite3.Connection | None]:
-    """One ``BEGIN IMMEDIATE`` transaction under the database's lock.
-
-    Committed when the block ends (unless the block rolled back itself), rolled back when it
-    raises; SQLite's errors become :class:`~llmproxy.errors.StoreError`. Without ``wait`` it
-    does not wait for another connection's write: the block gets None at once instead.
-    """
-    with db.lock:
-        try:
-            conn = db.connection()
-            if not wait:
-                conn.execute("PRAGMA busy_timeout = 0")
-            busy = False
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                if wait or "locked" not in str(exc).lower():
-                    raise
-                busy = True
-            finally:
-                if not wait:
-                    conn.execute(f"PRAGMA busy_timeout = {int(db.timeout * 1000)}")
-            if busy:
-                yield None
-                return
-            try:
-                yield conn
-                if conn.in_transaction:
-                    conn.execute("COMMIT")
-                    db.wrote()
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            raise db.error(exc) from exc
-
-
 class SQLiteLedger(InlineAsync):
     """A :class:`~llmproxy.budget.base.Ledger` in an SQLite file, atomic across processes.
 
@@ -233,7 +193,7 @@ class SQLiteLedger(InlineAsync):
             claims, input_tokens, max_output_tokens, min_output_tokens, lease, rates
         )
         suffix = uuid.uuid4().hex[:20]
-        with _immediate(self._db) as conn:
+        with immediate(self._db) as conn:
             assert conn is not None  # (None only without waiting)
             now = self._clock()
             self._reserves += 1
@@ -271,7 +231,7 @@ class SQLiteLedger(InlineAsync):
         """Record ``tokens``, ``requests`` and ``cost`` and drop the hold; a repeat is a no-op."""
         check_settle(tokens, requests, cost)
         reservation_id = reservation.id
-        with _immediate(self._db) as conn:
+        with immediate(self._db) as conn:
             assert conn is not None
             if not conn.execute(_MARK_SETTLED, (reservation_id,)).rowcount:
                 conn.execute("ROLLBACK")  # settled already: nothing to write
@@ -319,7 +279,7 @@ class SQLiteLedger(InlineAsync):
                 f"share must be >= 1 and ttl > 0, got share={share} ttl={ttl}", field="share"
             )
         result: list[float] = []
-        with _immediate(self._db, wait=wait) as conn:
+        with immediate(self._db, wait=wait) as conn:
             if conn is None:
                 return None
             now = self._clock()

@@ -18,13 +18,14 @@ The helpers :class:`_Database` and :data:`SCHEMA_VERSION` are also used by
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
 import threading
 import urllib.request
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from functools import lru_cache
 from typing import Any, Final
 
@@ -283,6 +284,45 @@ _MULTI_ROW_MAX: Final = 64
 """Appends of up to this many records are one multi-row INSERT (one statement, one round trip)."""
 
 
+@contextlib.contextmanager
+def immediate(db: _Database, *, wait: bool = True) -> Iterator[sqlite3.Connection | None]:
+    """One ``BEGIN IMMEDIATE`` transaction under the database's lock.
+
+    Committed when the block ends (unless the block rolled back itself), rolled back when it
+    raises; SQLite's errors become :class:`~llmproxy.errors.StoreError`. Without ``wait`` it
+    does not wait for another connection's write: the block gets None at once instead.
+    """
+    with db.lock:
+        try:
+            conn = db.connection()
+            if not wait:
+                conn.execute("PRAGMA busy_timeout = 0")
+            busy = False
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                if wait or "locked" not in str(exc).lower():
+                    raise
+                busy = True
+            finally:
+                if not wait:
+                    conn.execute(f"PRAGMA busy_timeout = {int(db.timeout * 1000)}")
+            if busy:
+                yield None
+                return
+            try:
+                yield conn
+                if conn.in_transaction:
+                    conn.execute("COMMIT")
+                    db.wrote()
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise db.error(exc) from exc
+
+
 @lru_cache(maxsize=_MULTI_ROW_MAX)
 def _insert_sql(rows: int) -> str:
     values = ", ".join([_INSERT_ONE] * rows)
@@ -423,17 +463,9 @@ class SQLiteHistoryStore:
             else:
                 rows = [_row_values(record) for record in records]
                 sql = _insert_sql(1)
-                with db.lock:
-                    conn = db.connection()
-                    conn.execute("BEGIN IMMEDIATE")
-                    try:
-                        conn.executemany(sql, rows)
-                        conn.execute("COMMIT")
-                        db.wrote()
-                    except BaseException:
-                        if conn.in_transaction:
-                            conn.execute("ROLLBACK")
-                        raise
+                with immediate(db) as conn:
+                    assert conn is not None  # (None only without waiting)
+                    conn.executemany(sql, rows)
         except sqlite3.Error as exc:
             raise db.error(exc) from exc
 
