@@ -71,8 +71,16 @@ def data_dir(environ: Mapping[str, str] | None = None) -> Path:
     return (Path(xdg) if xdg else Path.home() / ".local" / "share") / "llmproxy"
 
 
-_SWITCH = {"on": True, "1": True, "true": True, "yes": True, "off": False, "0": False}
-_SWITCH |= {"false": False, "no": False}
+_SWITCH = {
+    "on": True,
+    "1": True,
+    "true": True,
+    "yes": True,
+    "off": False,
+    "0": False,
+    "false": False,
+    "no": False,
+}
 
 
 def ledger_lease(environ: Mapping[str, str]) -> bool:

@@ -68,8 +68,10 @@ def bearer(value: str | None) -> str | None:
 class Gateway:
     """The gateway's state: one Proxy, the key store, the usage log and the admin key.
 
-    ``proxy`` defaults to ``Proxy.from_env(environ, budgets=<key slots>)``; a Proxy passed in
-    must include :func:`~llmproxy_gateway.budgets.key_policies` itself for key budgets to apply.
+    ``proxy`` defaults to ``Proxy.from_env(environ, budgets=<key slots>)``, with budget leasing
+    on unless ``LLMPROXY_LEDGER_LEASE`` says otherwise (:func:`.env.proxy_environ`); a Proxy
+    passed in must include :func:`~llmproxy_gateway.budgets.key_policies` itself for key
+    budgets to apply.
     ``usage_log`` defaults to the usage-log plugin's (from ``LLMPROXY_USAGE_LOG_URL``).
     """
 
