@@ -225,6 +225,21 @@ def test_a_sync_that_must_not_wait_leaves_a_busy_ledger_alone(path: Path) -> Non
     plain.close()
 
 
+def test_idle_leases_are_given_back_and_forgotten(path: Path) -> None:
+    small = Claim("small", "small", "key:i", 500)  # an eighth of it holds no 100-token call
+    ledger = LeasingLedger(SQLiteLedger(path), interval=0.01, idle=0.05)
+    try:
+        ledger.settle(ledger.reserve([BIG], input_tokens=10, max_output_tokens=90), tokens=5)
+        ledger.settle(ledger.reserve([small], input_tokens=10, max_output_tokens=90), tokens=7)
+        _wait(lambda: bool(_lease_rows(path)))  # BIG is leased, small is not
+        # Unused, both are dropped: BIG's hold given back, small's empty lease forgotten (so
+        # that the syncs stop once nothing is leased).
+        _wait(lambda: not _lease_rows(path) and not ledger._state.leases)
+        assert [u.used for u in SQLiteLedger(path).usage([BIG, small])] == [5, 7]
+    finally:
+        ledger.close()
+
+
 def test_own_leases_never_refuse_or_cap_a_call(path: Path) -> None:
     claim = Claim("tight", "tight", "key:c", 1600)
     rate = Claim("rate", "rate", "key:c", 16, "requests", 60.0)

@@ -300,6 +300,7 @@ class _State:
     def _size(self, plan: _Plan, release: bool, background: bool) -> None:
         """Add to ``plan`` each lease to resize, with what it keeps and wants (lock held)."""
         now = plan.now
+        gone: list[str] = []
         for lease in self.leases.values():
             idle = now - lease.last_used > self.idle and not lease.inflight
             shrink = release or idle
@@ -318,7 +319,6 @@ class _State:
             kept = max(lease.held - lease.pending, lease.inflight)
             if shrink:
                 keep = want = lease.inflight
-                lease.frozen = background  # admits nothing until the transaction ends
             else:
                 # Room for twice the busiest stretch between syncs lately: calls come in bursts,
                 # and a settled request still counts against the lease until it is written.
@@ -336,18 +336,21 @@ class _State:
                     keep, want = kept, max(kept, lease.inflight + target)
                 else:
                     keep, want = lease.inflight, lease.inflight + target
-            if (
-                keep == want == lease.held
-                and not lease.pending
-                and lease.synced == lease.claim
-                and lease.expires_at - now >= self.ttl - _REFRESH
-            ):
-                lease.admitted = lease.misses = 0
-                continue  # the hold would be written as it is
+            if keep == want == lease.held and not lease.pending:
+                if idle and not lease.held:
+                    gone.append(lease.claim.key)  # nothing held, nothing to write: forget it
+                    continue
+                if lease.synced == lease.claim and lease.expires_at - now >= self.ttl - _REFRESH:
+                    lease.admitted = lease.misses = 0
+                    continue  # the hold would be written as it is
+            if shrink:
+                lease.frozen = background  # admits nothing until the transaction ends
             plan.leases.append(lease)
             plan.pending.append(lease.pending)
             plan.wants.append((lease.claim, keep, want, lease.need))
             lease.admitted = lease.misses = 0
+        for key in gone:
+            del self.leases[key]
 
     def _write(self, plan: _Plan, release: bool, *, wait: bool = True) -> list[float] | None:
         """Run the plan's transaction and return the new holds, or None.
