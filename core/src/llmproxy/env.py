@@ -39,7 +39,7 @@ import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from llmproxy.errors import ConfigError
 
@@ -71,7 +71,7 @@ def data_dir(environ: Mapping[str, str] | None = None) -> Path:
     return (Path(xdg) if xdg else Path.home() / ".local" / "share") / "llmproxy"
 
 
-_SWITCH = {
+_SWITCH: Final = {
     "on": True,
     "1": True,
     "true": True,
@@ -83,16 +83,23 @@ _SWITCH = {
 }
 
 
+def switch(raw: str) -> bool | None:
+    """An on/off word as a bool, or None for anything else (the caller names what to fix).
+
+    The words: ``on``/``off``, ``1``/``0``, ``true``/``false``, ``yes``/``no``, in any case.
+    """
+    return _SWITCH.get(raw.strip().lower())
+
+
 def ledger_lease(environ: Mapping[str, str]) -> bool:
     """Whether an SQLite ledger leases budgets (``LLMPROXY_LEDGER_LEASE``; default off)."""
-    raw = environ.get(LEDGER_LEASE, "").strip().lower()
-    if not raw:
+    raw = environ.get(LEDGER_LEASE, "")
+    if not raw.strip():
         return False
-    if raw not in _SWITCH:
-        raise ConfigError(
-            f"{LEDGER_LEASE} must be on or off, got {environ[LEDGER_LEASE]!r}", path=LEDGER_LEASE
-        )
-    return _SWITCH[raw]
+    value = switch(raw)
+    if value is None:
+        raise ConfigError(f"{LEDGER_LEASE} must be on or off, got {raw!r}", path=LEDGER_LEASE)
+    return value
 
 
 def _int(environ: Mapping[str, str], name: str) -> int | None:

@@ -15,6 +15,7 @@ import math
 from collections.abc import Collection, Mapping
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
+from llmproxy.env import switch
 from llmproxy.errors import ConfigError
 
 REDIS_URL = "LLMPROXY_REDIS_URL"
@@ -130,8 +131,7 @@ def flag(options: Mapping[str, str], name: str, default: bool) -> bool:
     raw = options.get(name, "").strip().lower()
     if not raw:
         return default
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    if raw in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(f"redis option {name} must be true or false, got {raw!r}", path=name)
+    value = switch(raw)
+    if value is None:
+        raise ConfigError(f"redis option {name} must be true or false, got {raw!r}", path=name)
+    return value

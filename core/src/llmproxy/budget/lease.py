@@ -59,7 +59,7 @@ from llmproxy.budget.memory import (
     holds,
     usd_rate,
 )
-from llmproxy.budget.sqlite import LEASE_SHARE, SQLiteLedger
+from llmproxy.budget.sqlite import SQLiteLedger
 from llmproxy.errors import BudgetExceeded, InvalidRequest, RateLimited
 
 log = logging.getLogger("llmproxy.budget")
@@ -360,7 +360,7 @@ class _State:
         """
         try:
             held = self.inner.sync_lease(
-                self.owner, plan.settled, plan.wants, ttl=self.ttl, share=LEASE_SHARE, wait=wait
+                self.owner, plan.settled, plan.wants, ttl=self.ttl, wait=wait
             )
             if held is None:
                 return None  # another process is writing: the next sync writes this too
@@ -404,7 +404,7 @@ class _State:
                 not hold
                 and not lease.inflight
                 and not lease.pending
-                and self.inner.now() - lease.last_used > self.idle
+                and now - lease.last_used > self.idle
                 and self.leases.get(claim.key) is lease
             ):
                 del self.leases[claim.key]
