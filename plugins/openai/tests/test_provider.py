@@ -1473,9 +1473,7 @@ def test_sse_lines_split_on_every_line_end_and_across_chunks() -> None:
 
 @settings(max_examples=200, deadline=None)
 @given(
-    lines=st.lists(
-        st.text(st.characters(codec="utf-8", exclude_characters="\r\n"), max_size=20)
-    ),
+    lines=st.lists(st.text(st.characters(codec="utf-8", exclude_characters="\r\n"), max_size=20)),
     ends=st.lists(st.sampled_from(["\n", "\r\n", "\r"]), min_size=1),
     cuts=st.lists(st.integers(0, 400)),
 )
