@@ -52,10 +52,10 @@ async def make_provider(server: FakeOpenAI) -> AsyncIterator[Callable[..., OpenA
     yield make
     loop = asyncio.get_running_loop()
     for p in made:
-        aclient, aloop = p._aclient, p._aloop
-        p.close()
-        if aclient is not None and aloop is loop:
-            await aclient.close()
+        if p._aloop is loop:
+            await p.aclose()
+        else:
+            p.close()
 
 
 @pytest.fixture

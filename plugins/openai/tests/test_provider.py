@@ -875,7 +875,7 @@ async def test_errors_are_not_chained_to_sdk_exceptions(
     with pytest.raises(ProviderUnavailable) as info:
         await complete(provider, request(), mode)
     assert info.value.__cause__ is None
-    assert info.value.__suppress_context__
+    assert info.value.__suppress_context__ or info.value.__context__ is None
 
 
 # --------------------------------------------------------------------------- provider wiring
@@ -1429,16 +1429,147 @@ async def test_both_async_http_clients_answer_stream_and_map_errors(
         await collect(p, request("one two three four five six"), "async")
 
 
+# --- the async fast path (llmproxy_openai.direct) ---------------------------------------------
+
+# Set by the HTTP client under each path, not by the SDK client's settings.
+_TRANSPORT_HEADERS = {"accept-encoding", "connection", "content-length", "host"}
+
+
+async def test_the_fast_path_sends_the_headers_the_sdk_sends(
+    make_provider: Callable[..., OpenAIProvider], server: FakeOpenAI, api_key: str
+) -> None:
+    settings: dict[str, Any] = {
+        "organization": "org-fast",
+        "project": "proj-fast",
+        "default_headers": {"X-Team": "search", "User-Agent": "ours/1.0"},
+    }
+    seen: dict[str, list[dict[str, str]]] = {}
+    for async_http in ("aiohttp", "httpx"):
+        p = make_provider(async_http=async_http, **settings)
+        await p.achat(request())
+        await collect(p, request(), "async")
+        seen[async_http] = [
+            {k: v for k, v in r.headers.items() if k not in _TRANSPORT_HEADERS}
+            for r in server.requests[-2:]
+        ]
+    assert seen["aiohttp"] == seen["httpx"]
+    sent = seen["aiohttp"][0]
+    assert sent["authorization"] == f"Bearer {api_key}"
+    assert sent["openai-organization"] == "org-fast"
+    assert sent["openai-project"] == "proj-fast"
+    assert sent["x-team"] == "search"
+    assert sent["user-agent"] == "ours/1.0"
+    assert sent["x-stainless-read-timeout"] == "10.0"
+
+
+def _count_sdk_posts(p: OpenAIProvider, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record each request that goes through the SDK's ``post`` instead of the fast path."""
+    sdk = p.aclient
+    calls: list[str] = []
+    post = sdk.post
+
+    async def counted(path: str, **kwargs: Any) -> Any:
+        calls.append(path)
+        return await post(path, **kwargs)
+
+    monkeypatch.setattr(sdk, "post", counted)
+    return calls
+
+
+async def test_the_fast_path_applies_request_options_as_the_sdk_does(
+    provider: OpenAIProvider, server: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sdk_posts = _count_sdk_posts(provider, monkeypatch)
+    req = request(
+        extra={
+            "extra_headers": {"x-stainless-lang": openai.omit, "X-Trace": "t-1"},
+            "extra_query": {"api-version": "2026-01", "debug": True},
+            "extra_body": {"custom_field": [1, "two"], "temperature": openai.omit},
+            "temperature": 0.5,
+            "timeout": 7,
+        }
+    )
+    await provider.achat(req)
+    await collect(provider, req, "async")
+    assert sdk_posts == []
+    for sent in server.requests[-2:]:
+        assert "x-stainless-lang" not in sent.headers
+        assert sent.headers["x-trace"] == "t-1"
+        assert sent.headers["x-stainless-read-timeout"] == "7.0"
+        assert sent.query == {"api-version": "2026-01", "debug": "true"}
+        body = sent.json()
+        assert body["custom_field"] == [1, "two"]
+        assert "temperature" not in body  # extra_body's omit removes a field, as in the SDK
+
+
+async def test_what_the_fast_path_cannot_encode_goes_through_the_sdk(
+    provider: OpenAIProvider, server: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import datetime
+
+    sdk_posts = _count_sdk_posts(provider, monkeypatch)
+    when = datetime.datetime(2026, 11, 26, 12, 0, tzinfo=datetime.UTC)
+    await provider.achat(request(extra={"extra_body": {"since": when}}))
+    assert sdk_posts == ["/chat/completions"]
+    assert server.last_request.json()["since"].startswith("2026-11-26T12:00:00")
+    chunks = await collect(provider, request(extra={"extra_query": {"tags": ["a", "b"]}}), "async")
+    assert joined_text(chunks) == "Echo: Hello there"
+    assert len(sdk_posts) == 2
+    await provider.achat(request())
+    assert len(sdk_posts) == 2  # and plain calls stay on the fast path
+
+
+async def test_a_per_call_timeout_bounds_the_fast_path(
+    make_provider: Callable[..., OpenAIProvider], server: FakeOpenAI
+) -> None:
+    p = make_provider(timeout=30.0)
+    server.enqueue(Fault.delay(3))
+    started = time.monotonic()
+    with pytest.raises(ProviderTimeout):
+        await p.achat(request(extra={"timeout": 0.2}))
+    assert time.monotonic() - started < 2.5
+
+
+async def test_fast_path_errors_carry_the_status_message_and_retry_after(
+    provider: OpenAIProvider, server: FakeOpenAI, api_key: str
+) -> None:
+    for mode in ("sync", "async"):
+        server.enqueue(Fault.status(429, message="slow down", retry_after=4))
+        with pytest.raises(ProviderRateLimited) as info:
+            await collect(provider, request(), mode)
+        assert info.value.status == 429
+        assert info.value.retry_after == 4
+        assert "slow down" in str(info.value)
+        server.enqueue(Fault.status(401, message=f"bad key {api_key}"))
+        with pytest.raises(ProviderAuthError) as auth:
+            await complete(provider, request(), mode)
+        assert api_key not in str(auth.value)
+
+
+def test_error_messages_come_from_the_body() -> None:
+    from llmproxy_openai.direct import error_message
+
+    assert error_message(400, b'{"error": {"message": "bad field"}}') == "bad field"
+    assert error_message(502, b"<html>Bad gateway</html>\n") == (
+        "Error code: 502 - <html>Bad gateway</html>"
+    )
+    assert error_message(503, b"") == "Error code: 503"
+    assert error_message(500, b'{"error": "text"}') == 'Error code: 500 - {"error": "text"}'
+
+
 def test_each_event_loop_closes_its_client_when_it_ends(
     server: FakeOpenAI, api_key: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """``asyncio.run`` per call: each loop's client is closed with it, nothing left unclosed."""
     p = OpenAIProvider(api_key=api_key, base_url=server.base_url, timeout=10.0)
     clients = []
+    sessions: list[Any] = []
 
     async def one() -> str:
         completion = await p.achat(request("Hello there"))
         clients.append(p.aclient)
+        assert p._aclients is not None and p._aclients.direct is not None
+        sessions.append(p._aclients.direct.session)
         return completion.message.content
 
     with caplog.at_level(logging.ERROR, logger="asyncio"):
@@ -1447,6 +1578,8 @@ def test_each_event_loop_closes_its_client_when_it_ends(
         gc.collect()
     assert len({id(c) for c in clients}) == 3
     assert all(c._client.is_closed for c in clients)
+    assert len({id(s) for s in sessions}) == 3
+    assert all(s.closed for s in sessions)
     assert "Unclosed" not in caplog.text
     p.close()
 

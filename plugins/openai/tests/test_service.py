@@ -6,6 +6,7 @@ the user's data dir.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -43,10 +44,9 @@ async def make_service(environ: dict[str, str]) -> AsyncIterator[Callable[..., O
     yield make
     for service in made:
         provider = service.proxy._providers["openai"]
-        aclient = getattr(provider, "_aclient", None)
+        if provider._aloop is asyncio.get_running_loop():
+            await provider.aclose()
         service.close()
-        if aclient is not None:
-            await aclient.close()
 
 
 class Recorder(LLMMessageHandler):

@@ -26,9 +26,18 @@ import functools
 import inspect
 import json
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from typing import Any, ClassVar, Final, Literal, cast
 
+import aiohttp
 import httpx2
 import openai
 
@@ -50,6 +59,7 @@ from llmproxy.tools import HostedTool, Tool
 from llmproxy.tools.offer import read_tool_choice, refuse_hosted, split_tools
 from llmproxy.types import ChatRequest, Chunk, Completion, Message, ToolCall, Usage
 from llmproxy_openai import env, models, responses, tokenizer
+from llmproxy_openai.direct import DirectSession, Prepared, error_message, message_in
 
 DEFAULT_TIMEOUT = 600.0
 CHAT_PATH: Final = "/chat/completions"
@@ -251,7 +261,7 @@ class OpenAIProvider:
             "default_headers": dict(default_headers) if default_headers else None,
         }
         self._client: openai.OpenAI | None = None
-        self._aclient: openai.AsyncOpenAI | None = None
+        self._aclients: _LoopClients | None = None
         self._aloop: asyncio.AbstractEventLoop | None = None
         self._akeeper: AsyncGenerator[None, None] | None = None
 
@@ -293,20 +303,41 @@ class OpenAIProvider:
             self._client = openai.OpenAI(api_key=self._api_key.get(), **self._client_args)
         return self._client
 
-    @property
-    def aclient(self) -> openai.AsyncOpenAI:
-        """The async SDK client of the running event loop (its connections belong to that loop)."""
+    def _loop_clients(self) -> _LoopClients:
         loop = asyncio.get_running_loop()
-        if self._aclient is None or self._aloop is not loop:
+        clients = self._aclients
+        if clients is None or self._aloop is not loop:
             http_client = None
             if self.async_http == "aiohttp":
                 http_client = openai.DefaultAioHttpClient(timeout=self.timeout)
-            self._aclient = openai.AsyncOpenAI(
+            sdk = openai.AsyncOpenAI(
                 api_key=self._api_key.get(), http_client=http_client, **self._client_args
             )
+            clients = self._aclients = _LoopClients(sdk)
             self._aloop = loop
-            self._akeeper = _close_at_loop_end(self._aclient)
-        return self._aclient
+            self._akeeper = _close_at_loop_end(clients)
+        return clients
+
+    @property
+    def aclient(self) -> openai.AsyncOpenAI:
+        """The async SDK client of the running event loop (its connections belong to that loop)."""
+        return self._loop_clients().sdk
+
+    def _direct(
+        self, path: str, body: Mapping[str, Any], options: Mapping[str, Any]
+    ) -> tuple[DirectSession, Prepared] | None:
+        """The fast path's session and request, or None when the SDK's ``post`` sends it.
+
+        Only with ``async_http="aiohttp"``; see :mod:`llmproxy_openai.direct`.
+        """
+        if self.async_http != "aiohttp":
+            return None
+        clients = self._loop_clients()
+        session = clients.direct
+        if session is None:
+            session = clients.direct = DirectSession(clients.sdk, self.timeout)
+        prepared = session.prepare(path, body, options)
+        return None if prepared is None else (session, prepared)
 
     # -- requests ----------------------------------------------------------------------------------
 
@@ -442,14 +473,31 @@ class OpenAIProvider:
     async def achat(self, request: ChatRequest) -> Completion:
         """Async :meth:`chat`."""
         path, body, options = self._attempt(request, stream=False)
+        model = request.model
+        direct = self._direct(path, body, options)
+        if direct is None:
+            try:
+                sent = await self.aclient.post(
+                    path, cast_to=httpx2.Response, body=body, options=options
+                )
+                content = sent.content
+            except (openai.OpenAIError, httpx2.HTTPError) as exc:
+                raise self.map_error(exc, model) from None
+            return self._answer(path, content, model)
+        session, prepared = direct
         try:
-            response = await self.aclient.post(
-                path, cast_to=httpx2.Response, body=body, options=options
+            response = await session.post(prepared)
+            try:
+                content = await response.read()
+            finally:
+                response.release()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise self.map_error(exc, model) from None
+        if response.status >= 400:
+            raise self._status_error(
+                response.status, response.headers, error_message(response.status, content), model
             )
-            content = response.content
-        except (openai.OpenAIError, httpx2.HTTPError) as exc:
-            raise self.map_error(exc, request.model) from None
-        return self._answer(path, content, request.model)
+        return self._answer(path, content, model)
 
     def _chat_body(
         self, params: Mapping[str, Any], model: str
@@ -490,25 +538,56 @@ class OpenAIProvider:
     async def astream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
         """Async :meth:`stream`."""
         path, body, options = self._attempt(request, stream=True)
-        try:
-            response = await self.aclient.post(
-                path, cast_to=httpx2.Response, body=body, options=options, stream=True
-            )
-        except (openai.OpenAIError, httpx2.HTTPError) as exc:
-            raise self.map_error(exc, request.model) from None
+        chunks, close = await self._aopen(path, body, options, request.model)
         reader = self._reader(path, request.model)
         try:
-            async for line in asse_lines(response.aiter_bytes()):
+            async for line in asse_lines(chunks):
                 if reader.done:
                     continue  # read the body to its end so the connection goes back to the pool
                 chunk = reader.line(line)
                 if chunk is not None:
                     yield chunk
-        except httpx2.HTTPError as exc:
+        except (httpx2.HTTPError, aiohttp.ClientError, TimeoutError) as exc:
             raise self.map_error(exc, request.model) from None
         finally:
-            await response.aclose()
+            await close()
         reader.check_complete()
+
+    async def _aopen(
+        self, path: str, body: dict[str, Any], options: openai.RequestOptions, model: str
+    ) -> tuple[AsyncIterator[bytes], Callable[[], Awaitable[None]]]:
+        """Send a streamed request: the body's chunks, and what closes the response."""
+        direct = self._direct(path, body, options)
+        if direct is None:
+            try:
+                sent = await self.aclient.post(
+                    path, cast_to=httpx2.Response, body=body, options=options, stream=True
+                )
+            except (openai.OpenAIError, httpx2.HTTPError) as exc:
+                raise self.map_error(exc, model) from None
+            return sent.aiter_bytes(), sent.aclose
+        session, prepared = direct
+        try:
+            response = await session.post(prepared)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise self.map_error(exc, model) from None
+        if response.status >= 400:
+            try:
+                content = await response.read()
+            except (aiohttp.ClientError, TimeoutError):
+                content = b""
+            finally:
+                response.release()
+            raise self._status_error(
+                response.status, response.headers, error_message(response.status, content), model
+            )
+
+        async def close() -> None:
+            # A body read to its end gives the connection back to the pool; one cut short
+            # (the caller stopped early) closes it.
+            response.release()
+
+        return response.content.iter_any(), close
 
     # -- the Responses API ---------------------------------------------------------------------
 
@@ -532,25 +611,20 @@ class OpenAIProvider:
         """Map an SDK or transport error onto the core tree: status, retry_after, no secret."""
         key = self._api_key
         if isinstance(exc, openai.APIStatusError):
-            status = exc.status_code
-            message = redact(_status_message(exc), key)
-            after = retry_after(exc.response.headers)
-            cls: type[ProviderError]
-            if status in (401, 403):
-                cls = ProviderAuthError
-            elif status == 429:
-                cls = ProviderRateLimited
-            elif status == 408:
-                cls = ProviderTimeout
-            elif status == 409 or status >= 500:
-                cls = ProviderUnavailable
-            else:
-                cls = ProviderBadRequest
-            return cls(message, provider=self.name, model=model, status=status, retry_after=after)
+            message = message_in(exc.body) or exc.message
+            return self._status_error(exc.status_code, exc.response.headers, message, model)
         if isinstance(exc, (openai.APITimeoutError, httpx2.TimeoutException)) and not (
             _dropped_under_aiohttp(exc)
         ):
             return ProviderTimeout("the request timed out", provider=self.name, model=model)
+        if isinstance(exc, TimeoutError):  # aiohttp's connect, read and pool timeouts
+            return ProviderTimeout("the request timed out", provider=self.name, model=model)
+        if isinstance(exc, aiohttp.ClientError):
+            return ProviderConnectionError(
+                redact(f"connection failed: {type(exc).__name__}: {exc}", key),
+                provider=self.name,
+                model=model,
+            )
         if isinstance(exc, (openai.APIConnectionError, httpx2.TransportError)):
             cause = exc.__cause__ or exc
             return ProviderConnectionError(
@@ -560,6 +634,29 @@ class OpenAIProvider:
             )
         return ProviderError(
             redact(f"{type(exc).__name__}: {exc}", key), provider=self.name, model=model
+        )
+
+    def _status_error(
+        self, status: int, headers: Mapping[str, str], message: str, model: str
+    ) -> ProviderError:
+        """The core error for an HTTP error status (``retry_after`` from its headers)."""
+        cls: type[ProviderError]
+        if status in (401, 403):
+            cls = ProviderAuthError
+        elif status == 429:
+            cls = ProviderRateLimited
+        elif status == 408:
+            cls = ProviderTimeout
+        elif status == 409 or status >= 500:
+            cls = ProviderUnavailable
+        else:
+            cls = ProviderBadRequest
+        return cls(
+            redact(message, self._api_key),
+            provider=self.name,
+            model=model,
+            status=status,
+            retry_after=retry_after(headers),
         )
 
     # -- estimates and limits ----------------------------------------------------------------------
@@ -583,22 +680,39 @@ class OpenAIProvider:
             self._client = None
 
     async def aclose(self) -> None:
-        """Close both SDK clients; call it from the event loop the async client was used on."""
+        """Close every client; call it from the event loop the async clients were used on."""
         self.close()
-        keeper, self._akeeper, self._aclient, self._aloop = self._akeeper, None, None, None
+        keeper, self._akeeper, self._aclients, self._aloop = self._akeeper, None, None, None
         if keeper is not None:
             await keeper.aclose()  # closes the client
 
 
-async def _client_keeper(client: openai.AsyncOpenAI) -> AsyncGenerator[None, None]:
+class _LoopClients:
+    """The async clients of one event loop: the SDK's, and the fast path's aiohttp session."""
+
+    __slots__ = ("direct", "sdk")
+
+    def __init__(self, sdk: openai.AsyncOpenAI) -> None:
+        self.sdk = sdk
+        self.direct: DirectSession | None = None
+
+    async def aclose(self) -> None:
+        try:
+            await self.sdk.close()
+        finally:
+            if self.direct is not None:
+                await self.direct.aclose()
+
+
+async def _client_keeper(clients: _LoopClients) -> AsyncGenerator[None, None]:
     try:
         yield
     finally:
-        await client.close()
+        await clients.aclose()
 
 
-def _close_at_loop_end(client: openai.AsyncOpenAI) -> AsyncGenerator[None, None]:
-    """Tie ``client`` to the running event loop: closed when the loop shuts down.
+def _close_at_loop_end(clients: _LoopClients) -> AsyncGenerator[None, None]:
+    """Tie ``clients`` to the running event loop: closed when the loop shuts down.
 
     An async client's connections belong to the loop that made them, and a program may run
     several loops one after another (``asyncio.run`` per call). The client is held by an async
@@ -606,7 +720,7 @@ def _close_at_loop_end(client: openai.AsyncOpenAI) -> AsyncGenerator[None, None]
     such generator on the loop, and its ``finally`` closes the client there (aiohttp's sessions
     would otherwise log "Unclosed client session" when collected).
     """
-    keeper = _client_keeper(client)
+    keeper = _client_keeper(clients)
     step = keeper.asend(None)  # the running loop's first-iteration hook registers the generator
     with contextlib.suppress(StopIteration):
         step.send(None)  # run to the yield: no await before it, so it never suspends
@@ -627,15 +741,6 @@ def _dropped_under_aiohttp(exc: BaseException) -> bool:
             return not isinstance(link, TimeoutError)
         link = link.__cause__
     return False
-
-
-def _status_message(exc: openai.APIStatusError) -> str:
-    body = exc.body
-    if isinstance(body, Mapping):
-        error = body.get("error", body)
-        if isinstance(error, Mapping) and isinstance(error.get("message"), str):
-            return str(error["message"])
-    return exc.message
 
 
 def _split(data: bytes) -> tuple[list[bytes], bytes]:
