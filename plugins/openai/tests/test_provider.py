@@ -1546,6 +1546,23 @@ async def test_fast_path_errors_carry_the_status_message_and_retry_after(
         assert api_key not in str(auth.value)
 
 
+def test_the_fast_path_takes_its_proxy_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from llmproxy_openai.direct import env_proxy
+
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    assert env_proxy("https://api.openai.com/v1/") is None
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("ALL_PROXY", "http://all.internal:3128")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    assert env_proxy("https://api.openai.com/v1/") == "http://proxy.internal:3128"
+    assert env_proxy("http://api.example.com/v1/") == "http://all.internal:3128"
+    assert env_proxy("http://127.0.0.1:8000/v1/") is None
+
+
 def test_error_messages_come_from_the_body() -> None:
     from llmproxy_openai.direct import error_message
 
