@@ -11,8 +11,10 @@ Variable                                     Meaning
 ``OPENAI_ORG_ID``                            Organization header, when set.
 ``OPENAI_PROJECT_ID``                        Project header, when set.
 ``LLMPROXY_OPENAI_TIMEOUT``                  Seconds before one attempt times out (default 600).
-``LLMPROXY_OPENAI_ASYNC_HTTP``               The HTTP client under the async SDK client:
-                                             ``aiohttp`` (default) or ``httpx``.
+``LLMPROXY_OPENAI_ASYNC_HTTP``               How async calls go out: ``aiohttp`` (default: the
+                                             fast path, straight on an aiohttp session, and the
+                                             SDK's aiohttp client for what it cannot send) or
+                                             ``httpx`` (the SDK's ``post``, its httpx client).
 ===========================================  =======================================================
 
 A key or base URL given in code or in the ``[providers.openai]`` configuration table wins.

@@ -1,10 +1,11 @@
 """The OpenAI provider: Chat Completions and the Responses API through the official SDK.
 
-The SDK makes the request (auth, headers, timeouts, error types) through its public ``post``
-(the SDK's documented way to send a body it does not model), with a JSON body the provider has
-already built in wire form: the typed ``create`` methods would walk every parameter through the
-SDK's type-driven transform first, about a third of a millisecond per call that changes nothing
-in a body made of plain JSON. The fields are checked against those ``create`` methods' own
+The provider builds the JSON body in wire form itself: the typed ``create`` methods would walk
+every parameter through the SDK's type-driven transform first, about a third of a millisecond
+per call that changes nothing in a body made of plain JSON. Sync calls send it through the
+SDK's public ``post`` (the SDK's documented way to send a body it does not model: auth,
+headers, timeouts). Async calls send it straight on aiohttp with the async SDK client's own URL,
+headers and auth (:mod:`llmproxy_openai.direct`), which skips the SDK's per-request pipeline. The fields are checked against those ``create`` methods' own
 signatures, so the same keyword arguments work and an unknown one is refused by name. The
 provider reads the raw JSON body and the raw SSE lines itself instead of letting the SDK build
 its response models, which is most of the SDK's own cost per call. The SDK's retries are off:
@@ -207,10 +208,11 @@ class OpenAIProvider:
     ``api`` picks the API: ``auto`` (Chat Completions; the Responses API for requests that
     offer hosted tools), ``chat`` or ``responses`` (every call).
 
-    ``async_http`` picks the HTTP client under the async SDK client: ``aiohttp`` (the default:
-    the SDK's own aiohttp backend, ``openai[aiohttp]``, whose C parser reads a stream's chunks
-    at about half the CPU of httpx's) or ``httpx`` (the SDK's default). The sync client is
-    always httpx.
+    ``async_http`` picks how async calls go out: ``aiohttp`` (the default: straight on an
+    aiohttp session with the SDK client's URL, headers and auth, :mod:`llmproxy_openai.direct`;
+    the few requests it cannot reproduce go through the SDK's ``post`` on its aiohttp backend)
+    or ``httpx`` (every call through the SDK's ``post`` on its default httpx client). Sync
+    calls always go through the SDK's ``post`` on httpx.
 
     Subclasses for OpenAI-compatible services override :attr:`output_limit_param` (the request
     field that caps the output), :meth:`wire_message` (how a message is sent) and
