@@ -1495,7 +1495,7 @@ async def test_the_fast_path_applies_request_options_as_the_sdk_does(
     for sent in server.requests[-2:]:
         assert "x-stainless-lang" not in sent.headers
         assert sent.headers["x-trace"] == "t-1"
-        assert sent.headers["x-stainless-read-timeout"] == "7.0"
+        assert sent.headers["x-stainless-read-timeout"] == "7"  # as the SDK writes it
         assert sent.query == {"api-version": "2026-01", "debug": "true"}
         body = sent.json()
         assert body["custom_field"] == [1, "two"]
@@ -1517,6 +1517,16 @@ async def test_what_the_fast_path_cannot_encode_goes_through_the_sdk(
     assert len(sdk_posts) == 2
     await provider.achat(request())
     assert len(sdk_posts) == 2  # and plain calls stay on the fast path
+
+
+@pytest.mark.parametrize("headers", [{"X-Count": 3}, ["X-Trace"]])
+async def test_extra_headers_must_be_strings(
+    provider: OpenAIProvider, server: FakeOpenAI, mode: str, headers: Any
+) -> None:
+    before = len(server.requests)
+    with pytest.raises(ProviderBadRequest, match="extra_headers must map header names to str"):
+        await complete(provider, request(extra={"extra_headers": headers}), mode)
+    assert len(server.requests) == before
 
 
 async def test_a_per_call_timeout_bounds_the_fast_path(

@@ -59,9 +59,10 @@ def client_timeout(timeout: float | httpx2.Timeout | None) -> aiohttp.ClientTime
 
 
 def _read_timeout(timeout: float | httpx2.Timeout | None) -> str | None:
+    """The SDK's ``X-Stainless-Read-Timeout`` value: the read timeout as given."""
     if isinstance(timeout, httpx2.Timeout):
         return None if timeout.read is None else str(timeout.read)
-    return None if timeout is None else str(float(timeout))
+    return None if timeout is None else str(timeout)
 
 
 class Prepared(NamedTuple):
@@ -146,6 +147,8 @@ class DirectSession:
         if custom:
             headers = dict(headers)
             for name, value in custom.items():
+                if not isinstance(value, (str, openai.Omit)):
+                    return None  # the SDK decides what other values mean
                 lower = name.lower()
                 for known in [k for k in headers if k.lower() == lower]:
                     del headers[known]

@@ -2,14 +2,15 @@
 
 The provider builds the JSON body in wire form itself: the typed ``create`` methods would walk
 every parameter through the SDK's type-driven transform first, about a third of a millisecond
-per call that changes nothing in a body made of plain JSON. Sync calls send it through the
-SDK's public ``post`` (the SDK's documented way to send a body it does not model: auth,
-headers, timeouts). Async calls send it straight on aiohttp with the async SDK client's own URL,
-headers and auth (:mod:`llmproxy_openai.direct`), which skips the SDK's per-request pipeline. The fields are checked against those ``create`` methods' own
-signatures, so the same keyword arguments work and an unknown one is refused by name. The
-provider reads the raw JSON body and the raw SSE lines itself instead of letting the SDK build
-its response models, which is most of the SDK's own cost per call. The SDK's retries are off:
-the Proxy owns retries, so every attempt is seen and budgeted.
+per call that changes nothing in a body made of plain JSON. The fields are checked against
+those ``create`` methods' own signatures, so the same keyword arguments work and an unknown one
+is refused by name. Sync calls send the body through the SDK's public ``post`` (the SDK's
+documented way to send a body it does not model: auth, headers, timeouts). Async calls send it
+straight on aiohttp with the async SDK client's own URL, headers and auth
+(:mod:`llmproxy_openai.direct`), which skips the SDK's per-request pipeline. The provider reads
+the raw JSON body and the raw SSE lines itself instead of letting the SDK build its response
+models, which is most of the SDK's own cost per call. The SDK's retries are off: the Proxy owns
+retries, so every attempt is seen and budgeted.
 
 Which API answers: Chat Completions, unless the request offers a hosted tool (file search, code
 interpreter: only the Responses API runs them) or the provider is configured with
@@ -115,6 +116,8 @@ def split_params(
             continue
         option = _REQUEST_OPTIONS.get(key)
         if option is not None:
+            if key == "extra_headers" and value is not None:
+                _check_headers(value, provider, model)
             if value is not None or key == "timeout":  # timeout=None: no timeout, as in create
                 options[option] = value
         elif key in fields:
@@ -127,6 +130,26 @@ def split_params(
                 model=model,
             )
     return body, cast("openai.RequestOptions", options)
+
+
+def _check_headers(value: object, provider: str, model: str) -> None:
+    """Refuse ``extra_headers`` that are not a mapping of names to strings (or ``openai.omit``)."""
+    if isinstance(value, Mapping):
+        wrong = [
+            f"{name!r} is {type(v).__name__}"
+            for name, v in value.items()
+            if not isinstance(name, str) or not isinstance(v, (str, openai.Omit))
+        ]
+        if not wrong:
+            return
+        detail = f"; {', '.join(wrong)}"
+    else:
+        detail = f", got {type(value).__name__}"
+    raise ProviderBadRequest(
+        "extra_headers must map header names to strings (openai.omit removes a header)" + detail,
+        provider=provider,
+        model=model,
+    )
 
 
 def function_tool_to_wire(tool: Tool) -> dict[str, Any]:
