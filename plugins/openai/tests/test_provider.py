@@ -1653,3 +1653,59 @@ def test_sse_lines_give_back_any_lines_however_the_body_is_cut(
         return [line async for line in asse_lines(source()) if line]
 
     assert asyncio.run(collect()) == got
+
+
+# --- HTTPS ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tls_files(tmp_path: Any) -> tuple[str, str]:
+    """A self-signed certificate for 127.0.0.1 and its key, made by openssl."""
+    import shutil
+    import subprocess
+
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("needs the openssl command")
+    cert, key = str(tmp_path / "cert.pem"), str(tmp_path / "key.pem")
+    subprocess.run(
+        [
+            openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            "-keyout", key, "-out", cert, "-subj", "/CN=127.0.0.1",
+            "-addext", "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+async def test_both_async_paths_verify_an_https_upstream_against_ssl_cert_file(
+    tls_files: tuple[str, str], api_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ssl
+
+    cert, key = tls_files
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    with FakeOpenAI(api_key=api_key, tls=context) as server:
+        assert server.base_url.startswith("https://")
+        for trusted in (False, True):
+            if trusted:
+                monkeypatch.setenv("SSL_CERT_FILE", cert)
+            else:
+                monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+            for async_http in ("aiohttp", "httpx"):
+                p = OpenAIProvider(
+                    api_key=api_key, base_url=server.base_url, timeout=10.0, async_http=async_http
+                )
+                try:
+                    if not trusted:  # an unknown certificate is refused, on either path
+                        with pytest.raises(ProviderConnectionError):
+                            await p.achat(request())
+                        continue
+                    assert (await p.achat(request())).message.content == "Echo: Hello there"
+                    chunks = await collect(p, request(), "async")
+                    assert joined_text(chunks) == "Echo: Hello there"
+                finally:
+                    await p.aclose()

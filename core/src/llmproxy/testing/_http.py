@@ -23,6 +23,7 @@ import collections
 import dataclasses
 import json
 import logging
+import ssl
 import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -477,8 +478,12 @@ class _Connection(asyncio.Protocol):
         transport = cast(asyncio.Transport, transport)
         self._transport = transport
         # high=0: pause_writing() whenever anything is buffered, so drain()
-        # means "everything handed to the kernel".
-        transport.set_write_buffer_limits(high=0)
+        # means "everything handed to the kernel". Not under TLS: asyncio's SSL
+        # transport does not call resume_writing() again once its own buffer
+        # has gone to the socket, so drain() would wait forever; there drain()
+        # only waits while more than the default limit is buffered.
+        if self._server._tls is None:
+            transport.set_write_buffer_limits(high=0)
         self._server._connections.add(self)
         self._server._accepted += 1
 
@@ -680,7 +685,8 @@ class FakeServer:
     """Base class of the fake upstream servers: HTTP/1.1 on a background thread.
 
     Use as a context manager (``with FakeServer() as server:``) or call
-    :meth:`start` / :meth:`stop`. Register handlers with :meth:`add_route`.
+    :meth:`start` / :meth:`stop`. Register handlers with :meth:`add_route`. ``tls`` (a server
+    ``ssl.SSLContext``) serves HTTPS instead.
 
     Attributes:
         host: Always ``"127.0.0.1"``.
@@ -689,8 +695,9 @@ class FakeServer:
 
     host: str = "127.0.0.1"
 
-    def __init__(self, *, port: int = 0) -> None:
+    def __init__(self, *, port: int = 0, tls: ssl.SSLContext | None = None) -> None:
         self._bind_port = port
+        self._tls = tls
         self._routes: dict[tuple[str, str], Handler] = {}
         self._data_lock = threading.Lock()
         self._requests: list[RecordedRequest] = []
@@ -731,6 +738,7 @@ class FakeServer:
                             self.host,
                             self._bind_port,
                             backlog=1024,
+                            ssl=self._tls,
                         )
                     )
                 except BaseException as exc:
@@ -838,8 +846,9 @@ class FakeServer:
 
     @property
     def url(self) -> str:
-        """Root URL of the server, e.g. ``"http://127.0.0.1:PORT"``."""
-        return f"http://{self.host}:{self.port}"
+        """Root URL of the server, e.g. ``"http://127.0.0.1:PORT"`` (``https`` with ``tls``)."""
+        scheme = "https" if self._tls is not None else "http"
+        return f"{scheme}://{self.host}:{self.port}"
 
     @property
     def connection_count(self) -> int:

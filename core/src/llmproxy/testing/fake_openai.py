@@ -58,6 +58,7 @@ import dataclasses
 import itertools
 import json
 import re
+import ssl
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
@@ -289,6 +290,9 @@ class FakeOpenAI(FakeServer):
         min_output_tokens: The smallest ``max_output_tokens`` the Responses
             API accepts (OpenAI's is 16; tests of tiny caps lower it).
 
+    ``port`` picks the port (0: any free one); ``tls``, a server ``ssl.SSLContext``, serves
+    HTTPS.
+
     """
 
     #: Whether ``POST /v1/responses`` is served (OpenAI-compatible services may lack it).
@@ -302,8 +306,9 @@ class FakeOpenAI(FakeServer):
         models: Sequence[str] = DEFAULT_MODELS,
         min_output_tokens: int = _responses.MIN_OUTPUT_TOKENS,
         port: int = 0,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
-        super().__init__(port=port)
+        super().__init__(port=port, tls=tls)
         self.reply = reply
         self.api_key = api_key
         self.models: tuple[str, ...] = tuple(models)
