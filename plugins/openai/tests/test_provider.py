@@ -1491,8 +1491,13 @@ async def test_the_fast_path_applies_request_options_as_the_sdk_does(
     )
     await provider.achat(req)
     await collect(provider, req, "async")
+    caller_set = request(
+        extra={"extra_headers": {"X-Stainless-Read-Timeout": "99"}, "timeout": 3.0}
+    )
+    await provider.achat(caller_set)
+    assert server.last_request.headers["x-stainless-read-timeout"] == "99"  # theirs, as in the SDK
     assert sdk_posts == []
-    for sent in server.requests[-2:]:
+    for sent in server.requests[-3:-1]:
         assert "x-stainless-lang" not in sent.headers
         assert sent.headers["x-trace"] == "t-1"
         assert sent.headers["x-stainless-read-timeout"] == "7"  # as the SDK writes it

@@ -65,6 +65,13 @@ def _read_timeout(timeout: float | httpx2.Timeout | None) -> str | None:
     return None if timeout is None else str(timeout)
 
 
+def _with_read_timeout(headers: Mapping[str, str], read: str | None) -> dict[str, str]:
+    out = dict(headers)
+    if read is not None:
+        out["X-Stainless-Read-Timeout"] = read
+    return out
+
+
 class Prepared(NamedTuple):
     """One POST ready to send: URL, encoded body, headers and timeouts."""
 
@@ -81,7 +88,17 @@ class DirectSession:
     headers, auth header and default query are read from it once, here.
     """
 
-    __slots__ = ("_base", "_headers", "_query", "_timeout", "proxy", "qs", "session")
+    __slots__ = (
+        "_base",
+        "_common",
+        "_headers",
+        "_query",
+        "_read",
+        "_timeout",
+        "proxy",
+        "qs",
+        "session",
+    )
 
     def __init__(self, client: openai.AsyncOpenAI, timeout: float) -> None:
         base = str(client.base_url)
@@ -90,10 +107,9 @@ class DirectSession:
         headers.update(client.auth_headers)
         # What the SDK adds per request: its own retries are off (the Proxy retries), so 0.
         headers["X-Stainless-Retry-Count"] = "0"
-        read = _read_timeout(timeout)
-        if read is not None:
-            headers["X-Stainless-Read-Timeout"] = read
-        self._headers = headers
+        self._common = headers
+        self._read = _read_timeout(timeout)
+        self._headers = _with_read_timeout(headers, self._read)
         self._query: dict[str, object] = dict(client.default_query)
         self._timeout = client_timeout(timeout)
         self.qs = client.qs
@@ -142,11 +158,21 @@ class DirectSession:
                 elif not isinstance(value, openai.Omit):
                     return None  # lists and nested values: the SDK's array and nesting rules
             url += ("&" if "?" in url else "?") + self.qs.stringify(flat)
+        timeout = self._timeout
+        read = self._read
+        if "timeout" in options:
+            given = options["timeout"]
+            if given is not None and not isinstance(given, (int, float, httpx2.Timeout)):
+                return None
+            timeout = client_timeout(given)
+            read = _read_timeout(given)
         headers = self._headers
         custom = options.get("headers")
-        if custom:
-            headers = dict(headers)
-            for name, value in custom.items():
+        if custom or read != self._read:
+            # As the SDK: the caller's headers win, an Omit removes one, and the read-timeout
+            # header is the call's own unless the caller set (or removed) it.
+            headers = _with_read_timeout(self._common, read)
+            for name, value in (custom or {}).items():
                 if not isinstance(value, (str, openai.Omit)):
                     return None  # the SDK decides what other values mean
                 lower = name.lower()
@@ -154,16 +180,6 @@ class DirectSession:
                     del headers[known]
                 if isinstance(value, str):
                     headers[name] = value
-        timeout = self._timeout
-        if "timeout" in options:
-            given = options["timeout"]
-            if given is not None and not isinstance(given, (int, float, httpx2.Timeout)):
-                return None
-            timeout = client_timeout(given)
-            read = _read_timeout(given)
-            headers = {k: v for k, v in headers.items() if k != "X-Stainless-Read-Timeout"}
-            if read is not None:
-                headers["X-Stainless-Read-Timeout"] = read
         return Prepared(url, data.encode(), headers, timeout)
 
     async def post(self, request: Prepared) -> aiohttp.ClientResponse:

@@ -709,7 +709,7 @@ class OpenAIProvider:
         self.close()
         keeper, self._akeeper, self._aclients, self._aloop = self._akeeper, None, None, None
         if keeper is not None:
-            await keeper.aclose()  # closes the client
+            await keeper.aclose()  # closes the clients
 
 
 class _LoopClients:
