@@ -638,11 +638,9 @@ class OpenAIProvider:
         if isinstance(exc, openai.APIStatusError):
             message = message_in(exc.body) or exc.message
             return self._status_error(exc.status_code, exc.response.headers, message, model)
-        if isinstance(exc, (openai.APITimeoutError, httpx2.TimeoutException)) and not (
-            _dropped_under_aiohttp(exc)
-        ):
-            return ProviderTimeout("the request timed out", provider=self.name, model=model)
-        if isinstance(exc, TimeoutError):  # aiohttp's connect, read and pool timeouts
+        sdk_timeout = isinstance(exc, (openai.APITimeoutError, httpx2.TimeoutException))
+        # TimeoutError: aiohttp's connect, read and pool timeouts on the fast path.
+        if isinstance(exc, TimeoutError) or (sdk_timeout and not _dropped_under_aiohttp(exc)):
             return ProviderTimeout("the request timed out", provider=self.name, model=model)
         if isinstance(exc, aiohttp.ClientError):
             return ProviderConnectionError(
