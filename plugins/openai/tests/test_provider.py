@@ -1660,6 +1660,35 @@ def test_sse_lines_give_back_any_lines_however_the_body_is_cut(
     assert asyncio.run(collect()) == got
 
 
+# --- start-up ---------------------------------------------------------------------------------
+
+
+def test_warm_without_a_loop_loads_what_every_call_needs_and_opens_nothing(
+    provider: OpenAIProvider, server: FakeOpenAI
+) -> None:
+    from llmproxy_openai.provider import chat_fields, responses_fields
+
+    chat_fields.cache_clear()
+    responses_fields.cache_clear()
+    provider.warm(MODEL)
+    assert chat_fields.cache_info().currsize == 1
+    assert responses_fields.cache_info().currsize == 1
+    assert provider._aclients is None
+    assert server.requests == []
+
+
+async def test_warm_on_a_loop_makes_the_clients_the_first_call_uses(
+    provider: OpenAIProvider, server: FakeOpenAI
+) -> None:
+    provider.warm(MODEL)
+    clients = provider._aclients
+    assert clients is not None and clients.direct is not None
+    session = clients.direct
+    assert server.requests == []
+    await provider.achat(request())
+    assert provider._aclients is clients and clients.direct is session
+
+
 # --- HTTPS ----------------------------------------------------------------------------------------
 
 
