@@ -1448,6 +1448,8 @@ async def test_the_fast_path_sends_the_headers_the_sdk_sends(
         p = make_provider(async_http=async_http, **settings)
         await p.achat(request())
         await collect(p, request(), "async")
+        assert p._aclients is not None
+        assert (p._aclients.direct is not None) == (async_http == "aiohttp")  # two paths
         seen[async_http] = [
             {k: v for k, v in r.headers.items() if k not in _TRANSPORT_HEADERS}
             for r in server.requests[-2:]
