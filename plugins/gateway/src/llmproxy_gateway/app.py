@@ -316,7 +316,9 @@ def preload(environ: Mapping[str, str]) -> None:
     That is the default model's tokenizer tables (about 130 MiB for OpenAI's ``o200k_base``),
     which stay in the tokenizer's module-level cache: forked workers share those pages copy-on-
     write instead of holding a copy each, and a replacement worker starts without loading them.
-    Nothing else is opened: stores open on first use, and this Proxy never uses them.
+    A provider's ``warm(model)`` also imports what its first call would (no event loop runs
+    here, so it makes no clients). Nothing else is opened: stores open on first use, and this
+    Proxy never uses them.
     """
     proxy = Proxy.from_env(environ)
     try:
