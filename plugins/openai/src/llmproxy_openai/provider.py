@@ -506,28 +506,57 @@ class OpenAIProvider:
         model = request.model
         direct = self._direct(path, body, options)
         if direct is None:
-            try:
-                sent = await self.aclient.post(
-                    path, cast_to=httpx2.Response, body=body, options=options
-                )
-                content = sent.content
-            except (openai.OpenAIError, httpx2.HTTPError) as exc:
-                raise self.map_error(exc, model) from None
-            return self._answer(path, content, model)
-        session, prepared = direct
+            sent = await self._sdk_apost(path, body, options, model, stream=False)
+            return self._answer(path, sent.content, model)
+        response = await self._direct_apost(*direct, model)
         try:
-            response = await session.post(prepared)
-            try:
-                content = await response.read()
-            finally:
-                response.release()
+            content = await response.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise self.map_error(exc, model) from None
-        if response.status >= 400:
-            raise self._status_error(
-                response.status, response.headers, error_message(response.status, content), model
-            )
+        finally:
+            response.release()
         return self._answer(path, content, model)
+
+    async def _sdk_apost(
+        self,
+        path: str,
+        body: dict[str, Any],
+        options: openai.RequestOptions,
+        model: str,
+        *,
+        stream: bool,
+    ) -> httpx2.Response:
+        """Send through the async SDK client's ``post``, its errors mapped."""
+        try:
+            return await self.aclient.post(
+                path, cast_to=httpx2.Response, body=body, options=options, stream=stream
+            )
+        except (openai.OpenAIError, httpx2.HTTPError) as exc:
+            raise self.map_error(exc, model) from None
+
+    async def _direct_apost(
+        self, session: DirectSession, prepared: Prepared, model: str
+    ) -> aiohttp.ClientResponse:
+        """Send on the fast path: a success with its body still to read, or the mapped error.
+
+        An error status is raised with the message of its body (none if the body cannot be
+        read), and the response released.
+        """
+        try:
+            response = await session.post(prepared)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise self.map_error(exc, model) from None
+        if response.status < 400:
+            return response
+        try:
+            content = await response.read()
+        except (aiohttp.ClientError, TimeoutError):
+            content = b""
+        finally:
+            response.release()
+        raise self._status_error(
+            response.status, response.headers, error_message(response.status, content), model
+        )
 
     def _chat_body(
         self, params: Mapping[str, Any], model: str
@@ -589,28 +618,9 @@ class OpenAIProvider:
         """Send a streamed request: the body's chunks, and what closes the response."""
         direct = self._direct(path, body, options)
         if direct is None:
-            try:
-                sent = await self.aclient.post(
-                    path, cast_to=httpx2.Response, body=body, options=options, stream=True
-                )
-            except (openai.OpenAIError, httpx2.HTTPError) as exc:
-                raise self.map_error(exc, model) from None
+            sent = await self._sdk_apost(path, body, options, model, stream=True)
             return sent.aiter_bytes(), sent.aclose
-        session, prepared = direct
-        try:
-            response = await session.post(prepared)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise self.map_error(exc, model) from None
-        if response.status >= 400:
-            try:
-                content = await response.read()
-            except (aiohttp.ClientError, TimeoutError):
-                content = b""
-            finally:
-                response.release()
-            raise self._status_error(
-                response.status, response.headers, error_message(response.status, content), model
-            )
+        response = await self._direct_apost(*direct, model)
 
         async def close() -> None:
             # A body read to its end gives the connection back to the pool; one cut short
