@@ -166,6 +166,11 @@ class ChatResponse:
     ``provider`` its provider, ``finish_reason`` why it stopped (``stop``, ``length``,
     ``tool_calls``...), ``latency`` the seconds from the call to its end. ``steps`` holds the
     tool rounds the Proxy ran (each assistant message with its calls, then the tool outputs).
+    ``max_output_tokens`` is the output limit sent upstream for the last round, and
+    ``budget_capped`` whether a budget's remaining room lowered it below what the call asked
+    for (``max_output_tokens=``, the configured default, or the model's own limit): with
+    ``finish_reason == "length"`` the answer was cut short by the budget
+    (:attr:`cut_short_by_budget`).
     """
 
     text: str
@@ -178,6 +183,13 @@ class ChatResponse:
     session_id: str | None = None
     id: str | None = None
     steps: tuple[Message, ...] = ()
+    max_output_tokens: int | None = None
+    budget_capped: bool = False
+
+    @property
+    def cut_short_by_budget(self) -> bool:
+        """Whether the answer stopped at an output limit that a budget's room imposed."""
+        return self.budget_capped and self.finish_reason == "length"
 
     @property
     def reasoning(self) -> str | None:
