@@ -22,19 +22,10 @@ from typing import Any, Literal
 from llmproxy import env as envvars
 from llmproxy.budget.base import ClaimUsage, Ledger
 from llmproxy.budget.policy import BudgetPolicy, CallScope
+from llmproxy.call import Call, CallOptions, Prompt, ToolSpec
 from llmproxy.config import ProxyConfig, load_config, structure
 from llmproxy.errors import ConfigError, InvalidRequest, PluginError
-from llmproxy.flow import (
-    READY,
-    Call,
-    CallOptions,
-    Closed,
-    Deliver,
-    Flow,
-    Prompt,
-    ToolSpec,
-    call_flow,
-)
+from llmproxy.flow import READY, Closed, Deliver, Flow, call_flow
 from llmproxy.history.base import HistoryRecord, HistoryStore
 from llmproxy.history.handler import HandlerStore, LLMMessageHandler
 from llmproxy.pipelining import PipelinedHistory, PipelinedLedger, QueuedSettle, shared

@@ -1,0 +1,758 @@
+"""The state of one call and every decision made on it, with no I/O.
+
+:class:`CallOptions` holds what a call was asked with (checked once); :class:`Call` the state of
+a running call (its model and provider, claims, reservation, tool rounds, what it spent) and
+the decisions the flow in :mod:`llmproxy.flow` takes on it; :class:`StreamState` what one
+streamed attempt has delivered; :class:`LimitWaiter` whether a refusal is worth waiting out.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import (
+    Callable,
+    Mapping,
+    Sequence,
+)
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import attrs
+from attrs import frozen
+
+from llmproxy.budget.base import Claim, Rates, Reservation
+from llmproxy.budget.policy import CallScope
+from llmproxy.config import ProxyConfig
+from llmproxy.errors import (
+    BudgetExceeded,
+    ConfigError,
+    InvalidRequest,
+    LLMProxyError,
+    ProviderError,
+    RateLimited,
+    StreamInterrupted,
+    ToolLoopError,
+)
+from llmproxy.history.base import HistoryRecord
+from llmproxy.provider import Provider
+from llmproxy.retry import next_delay
+from llmproxy.tokens import messages_upper_bound, text_upper_bound
+from llmproxy.tools import HostedTool, Tool, ToolResult
+from llmproxy.types import (
+    CallEvent,
+    ChatRequest,
+    ChatResponse,
+    Chunk,
+    Citation,
+    Completion,
+    HostedOutput,
+    Message,
+    StreamEvent,
+    ToolCall,
+    Usage,
+)
+
+if TYPE_CHECKING:
+    from llmproxy.proxy import Proxy
+
+log = logging.getLogger("llmproxy")
+
+_Counted = TypeVar("_Counted")
+"""What a provider counts tokens of: messages or a text."""
+
+Prompt = str | Message | Sequence[Message | Mapping[str, Any]]
+ToolSpec = Tool | HostedTool | str | Callable[..., Any]
+
+_MESSAGE_KEYS = frozenset(("role", "content", "name", "tool_call_id", "tool_calls", "reasoning"))
+
+
+# -- the call's options ------------------------------------------------------------------------
+
+
+def _check_options(options: CallOptions) -> None:
+    """Refuse malformed options by name, before anything is sent."""
+    if options.model is not None and not isinstance(options.model, str):
+        raise InvalidRequest(
+            f"model must be a string such as 'openai/gpt-5.4-mini', got {options.model!r}",
+            field="model",
+        )
+    if options.system is not None and not isinstance(options.system, str):
+        raise InvalidRequest("system must be a string", field="system")
+    sid = options.session_id
+    if sid is not None and (not isinstance(sid, str) or not sid):
+        raise InvalidRequest("session_id must be a non-empty string", field="session_id")
+    if options.user is not None and not isinstance(options.user, str):
+        raise InvalidRequest("user must be a string", field="user")
+    cap = options.max_output_tokens
+    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+        raise InvalidRequest(
+            f"max_output_tokens must be a whole number of at least 1, got {cap!r}",
+            field="max_output_tokens",
+        )
+    temperature = options.temperature
+    if temperature is not None and (
+        isinstance(temperature, bool)
+        or not isinstance(temperature, (int, float))
+        or not math.isfinite(temperature)
+    ):
+        raise InvalidRequest(
+            f"temperature must be a finite number, got {temperature!r}", field="temperature"
+        )
+    if options.key is not None and not isinstance(options.key, str):
+        raise InvalidRequest("key must be a string (a key id, never a secret)", field="key")
+    tags = options.tags
+    if tags is not None and not (
+        isinstance(tags, Mapping) and all(isinstance(v, str) for v in tags.values())
+    ):
+        raise InvalidRequest("tags must map names to strings", field="tags")
+    if options.tool_choice is not None and not isinstance(options.tool_choice, str):
+        raise InvalidRequest(
+            "tool_choice must be auto, none, required or a tool name", field="tool_choice"
+        )
+    rounds = options.max_tool_rounds
+    if rounds is not None and (
+        isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0
+    ):
+        raise InvalidRequest("max_tool_rounds must be a whole number >= 0", field="max_tool_rounds")
+    if isinstance(options.fallbacks, str):
+        raise InvalidRequest("fallbacks must be a list of model names", field="fallbacks")
+
+
+@frozen
+class CallOptions:
+    """Everything a call was asked with, checked once; the four call methods build one each.
+
+    The fields are the keyword arguments of :meth:`llmproxy.Proxy.chat` (``extra`` holds the
+    provider-specific ones, passed through untouched). Malformed values raise
+    :class:`~llmproxy.errors.InvalidRequest` naming the field when the value is built.
+
+    >>> CallOptions(model="openai/gpt-5.4-mini", max_output_tokens=100).max_output_tokens
+    100
+    """
+
+    model: str | None = None
+    system: str | None = None
+    session_id: str | None = None
+    user: str | None = None
+    max_output_tokens: int | None = None
+    temperature: float | None = None
+    use_history: bool | None = None
+    fallbacks: Sequence[str] | None = None
+    key: str | None = None
+    tags: Mapping[str, str] | None = None
+    tools: Sequence[ToolSpec] | None = None
+    tool_choice: str | None = None
+    max_tool_rounds: int | None = None
+    extra: Mapping[str, Any] = attrs.field(factory=dict)
+
+    def __attrs_post_init__(self) -> None:
+        _check_options(self)
+
+
+def as_messages(prompt: Prompt) -> list[Message]:
+    """Turn a call's prompt (a string, a Message, or a list of them or of dicts) into messages."""
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise InvalidRequest("prompt is empty: pass the text to send", field="prompt")
+        return [Message("user", prompt)]
+    if isinstance(prompt, Message):
+        return [prompt]
+    if isinstance(prompt, Mapping) or not isinstance(prompt, Sequence):
+        raise InvalidRequest(
+            "prompt must be a string, a Message, or a list of messages"
+            f" ({{'role': ..., 'content': ...}} dicts or Message objects);"
+            f" got {type(prompt).__name__}",
+            field="prompt",
+        )
+    if not prompt:
+        raise InvalidRequest("prompt is an empty list: pass at least one message", field="prompt")
+    out: list[Message] = []
+    for index, item in enumerate(prompt):
+        if isinstance(item, Message):
+            out.append(item)
+        elif isinstance(item, Mapping):
+            out.append(_message_from_dict(index, item))
+        else:
+            raise InvalidRequest(
+                f"prompt[{index}] must be a Message or a dict, got {type(item).__name__}",
+                field=f"prompt[{index}]",
+            )
+    if all(m.role == "system" for m in out):
+        raise InvalidRequest("prompt has only system messages: add a user message", field="prompt")
+    return out
+
+
+def _message_from_dict(index: int, item: Mapping[str, Any]) -> Message:
+    unknown = set(item) - _MESSAGE_KEYS
+    if unknown:
+        raise InvalidRequest(
+            f"prompt[{index}] has unknown keys {sorted(unknown)}", field=f"prompt[{index}]"
+        )
+    if "role" not in item:
+        raise InvalidRequest(f"prompt[{index}] has no 'role'", field=f"prompt[{index}].role")
+    calls = tuple(
+        c if isinstance(c, ToolCall) else ToolCall(**c) for c in item.get("tool_calls", ())
+    )
+    try:
+        return Message(
+            item["role"],
+            item.get("content") or "",
+            name=item.get("name"),
+            tool_calls=calls,
+            tool_call_id=item.get("tool_call_id"),
+            reasoning=item.get("reasoning"),
+        )
+    except InvalidRequest as exc:
+        raise InvalidRequest(
+            f"prompt[{index}]: {exc}", field=f"prompt[{index}].{exc.field}"
+        ) from None
+
+
+# -- the state of one call ---------------------------------------------------------------------
+
+
+class Call:
+    """The state of one call and the decisions made on it; no I/O happens here."""
+
+    __slots__ = (
+        "asked_cap",
+        "attempts",
+        "claims",
+        "extra",
+        "fallbacks",
+        "final",
+        "function_tools",
+        "history",
+        "input_estimate",
+        "key",
+        "max_output_tokens",
+        "max_tool_rounds",
+        "model",
+        "new_messages",
+        "provider",
+        "provider_name",
+        "proxy",
+        "request",
+        "reservation",
+        "rounds",
+        "scope",
+        "session_id",
+        "settled",
+        "spent",
+        "started",
+        "started_at",
+        "steps",
+        "stream",
+        "streamed",
+        "system",
+        "tags",
+        "temperature",
+        "tool_choice",
+        "tools",
+        "total_attempts",
+        "use_history",
+        "user",
+    )
+
+    def __init__(self, proxy: Proxy, prompt: Prompt, options: CallOptions, streamed: bool) -> None:
+        self.started = time.perf_counter()
+        self.started_at = time.time()
+        self.proxy = proxy
+        self.streamed = streamed
+        self.new_messages = as_messages(prompt)
+        self.system = options.system
+        self.session_id = options.session_id
+        self.user = options.user
+        self.max_output_tokens = options.max_output_tokens
+        self.temperature = options.temperature
+        self.extra = options.extra
+        self.key = options.key
+        self.tags: Mapping[str, str] = options.tags or {}
+        self.tools = proxy._resolve_tools(options.tools)
+        self.function_tools = {t.name: t for t in self.tools if isinstance(t, Tool)}
+        self.tool_choice = options.tool_choice
+        rounds = options.max_tool_rounds
+        self.max_tool_rounds = proxy.config.max_tool_rounds if rounds is None else rounds
+        self.rounds = 0
+        self.spent = Usage()
+        self.steps: list[Message] = []
+        self.final: ChatResponse | None = None
+        self.stream: StreamState | None = None
+        self.fallbacks = proxy._fallbacks_for(options.model, options.fallbacks)
+        self.total_attempts = 0
+        self._target(proxy._resolve(options.model))
+        use_history = (
+            proxy.config.use_history if options.use_history is None else options.use_history
+        )
+        self.use_history = use_history and options.session_id is not None
+        self.history: list[Message] = []
+
+    def _target(self, resolved: tuple[str, str, Provider]) -> None:
+        """Aim the call at one model: its provider, the claims its policies make, a fresh count."""
+        self.provider_name, self.model, self.provider = resolved
+        self.scope = CallScope(
+            f"{self.provider_name}/{self.model}",
+            self.provider_name,
+            self.user,
+            self.session_id,
+            self.key,
+            self.tags,
+        )
+        claims: list[Claim] = []
+        for policy in self.proxy.policies:
+            claim = policy.claim(self.scope)
+            if claim is not None:
+                claims.append(claim)
+        self.claims = claims
+        self.reservation: Reservation | None = None
+        self.input_estimate = 0
+        self.attempts = 0
+        self.settled = False
+        self.request: ChatRequest | None = None
+        self.asked_cap: int | None = None
+
+    def advance(self, error: BaseException) -> bool:
+        """After ``error`` on this model (retries spent), aim at the next fallback model.
+
+        Only retryable failures (429, 5xx, timeouts, connection errors) fall back; a fallback
+        whose provider cannot be set up (no key) is skipped. Returns False when none is left.
+        The caller must have settled this model's reservation first.
+        """
+        if not isinstance(error, ProviderError) or not error.retryable:
+            return False
+        while self.fallbacks:
+            name = self.fallbacks.pop(0)
+            try:
+                resolved = self.proxy._resolve(name)
+            except LLMProxyError as exc:
+                log.warning("skipping fallback %s: %s", name, exc)
+                continue
+            log.warning(
+                "falling back from %s/%s to %s after: %s",
+                self.provider_name,
+                self.model,
+                name,
+                error,
+            )
+            self._target(resolved)
+            return True
+        return False
+
+    # -- planning --------------------------------------------------------------------------------
+
+    def set_history(self, records: list[HistoryRecord]) -> None:
+        """Take the session's stored messages as the context sent before the new ones."""
+        self.history = [r.message for r in records]
+
+    def messages(self) -> tuple[Message, ...]:
+        """Everything sent upstream: the system prompt, the history, the new messages."""
+        head = [Message("system", self.system)] if self.system else []
+        return (*head, *self.history, *self.new_messages)
+
+    def reserve_args(self) -> dict[str, Any] | None:
+        """Return the ledger.reserve arguments, or None when no policy applies."""
+        if not self.claims:
+            return None
+        token_claims = any(c.unit != "requests" for c in self.claims)
+        cap = self._cap(token_claims)
+        self.asked_cap = cap
+        if token_claims:
+            self.input_estimate = self.count_messages()
+            if self.tools:
+                # Tool definitions are input too; providers render them more tersely than JSON.
+                self.input_estimate += sum(
+                    self.count_text(json.dumps(t.wire(), separators=(",", ":"))) for t in self.tools
+                )
+        args: dict[str, Any] = {
+            "input_tokens": self.input_estimate,
+            "max_output_tokens": cap or 0,
+            "min_output_tokens": 1 if token_claims else 0,
+            "lease": self.proxy.config.reservation_lease,
+        }
+        usd = next((c for c in self.claims if c.unit == "usd"), None)
+        if usd is not None:
+            price = self.proxy.prices.get(self.provider_name, self.model, at=self.started_at)
+            if price is None:
+                raise ConfigError(
+                    f"model '{self.provider_name}/{self.model}' has no price, so cost budget"
+                    f" '{usd.policy}' cannot count it: add it to the prices table"
+                    f' (prices."{self.provider_name}/{self.model}" = {{input = ..., output = ...}},'
+                    " USD per 1M tokens)",
+                    path="prices",
+                )
+            args["rates"] = Rates(price.input / 1_000_000, price.output / 1_000_000)
+        return args
+
+    def _cap(self, budgeted: bool) -> int | None:
+        cap = self.max_output_tokens
+        if cap is None and budgeted:
+            cap = self.proxy.config.default_max_output_tokens
+        model_limit = self.provider.max_output_tokens(self.model)
+        if cap is not None and model_limit is not None and model_limit < cap:
+            cap = model_limit
+        return cap
+
+    def build_request(self) -> ChatRequest:
+        """The request for the next attempt, with the output cap the reservation granted."""
+        if self.reservation is not None and any(c.unit in ("tokens", "usd") for c in self.claims):
+            cap: int | None = self.reservation.output_tokens
+        else:
+            cap = self._cap(False)
+        self.request = ChatRequest(
+            self.messages(),
+            self.model,
+            self.provider_name,
+            cap,
+            self.temperature,
+            self.extra,
+            self.session_id,
+            self.user,
+            self.tools,
+            self.tool_choice,
+        )
+        return self.request
+
+    def budget_capped(self) -> bool:
+        """Whether a budget's remaining room lowered the output cap below what was asked."""
+        request, reservation = self.request, self.reservation
+        if request is None or reservation is None or request.max_output_tokens is None:
+            return False
+        return self.asked_cap is not None and request.max_output_tokens < self.asked_cap
+
+    # -- tool rounds -----------------------------------------------------------------------------
+
+    def wants_tools(self, message: Message) -> bool:
+        """Whether the model asked for tool calls the Proxy should run and answer."""
+        return bool(self.function_tools) and bool(message.tool_calls)
+
+    def tool_round(self, assistant: Message) -> list[ToolCall]:
+        """Start a tool round for ``assistant``'s calls; raise when ``max_tool_rounds`` is spent."""
+        self.rounds += 1
+        if self.rounds > self.max_tool_rounds:
+            raise ToolLoopError(
+                f"the model asked for tools in more than {self.max_tool_rounds} rounds;"
+                " raise max_tool_rounds or check the tools' answers",
+                rounds=self.max_tool_rounds,
+            )
+        return list(assistant.tool_calls)
+
+    def add_tool_results(self, assistant: Message, results: Sequence[ToolResult]) -> None:
+        """Add a round's messages (the calls and their outputs) and get ready for the next round."""
+        outputs = [Message("tool", r.output, name=r.name, tool_call_id=r.call_id) for r in results]
+        self.new_messages.extend([assistant, *outputs])
+        self.steps.extend([assistant, *outputs])
+        self.stream = None
+        self.reservation = None
+        self.settled = False
+        self.attempts = 0
+        self.request = None
+
+    def veto(self, name: str, arguments: str) -> bool:
+        """Ask ``before_tool_call`` plugins whether a call may run (False from any blocks it)."""
+        hook = self.proxy.plugins.pm.hook.before_tool_call
+        if not hook.get_hookimpls():
+            return True
+        try:
+            args = json.loads(arguments or "{}")
+        except ValueError:
+            args = {}
+        answer = hook(
+            tool_name=name,
+            arguments=args if isinstance(args, dict) else {},
+            session_id=self.session_id,
+        )
+        return answer is not False
+
+    def blocked_or_unknown(self, call: ToolCall) -> ToolResult | None:
+        """The error output for a call that must not run (unknown tool or vetoed), else None."""
+        if call.name not in self.function_tools:
+            known = ", ".join(sorted(self.function_tools))
+            return ToolResult(
+                call.id, call.name, f"unknown tool {call.name!r}; available: {known}", True
+            )
+        if not self.veto(call.name, call.arguments):
+            return ToolResult(
+                call.id, call.name, f"tool call {call.name!r} was blocked by policy", True
+            )
+        return None
+
+    # -- outcomes --------------------------------------------------------------------------------
+
+    def elapsed(self) -> float:
+        """Seconds since the call started."""
+        return time.perf_counter() - self.started
+
+    def retry_delay(self, error: BaseException) -> float | None:
+        """How long to wait before retrying after ``error``; None to stop retrying this model.
+
+        A stream is retried only before any of its text was delivered.
+        """
+        if self.stream is not None and self.stream.delivered:
+            return None
+        return next_delay(error, self.attempts, self.elapsed(), self.proxy.config.retry)
+
+    def delivered(self) -> bool:
+        """Whether part of a streamed answer has reached the caller."""
+        return self.stream is not None and self.stream.delivered
+
+    def count_messages(self) -> int:
+        """The provider's count of the request's input tokens (see :meth:`_counted`)."""
+        return self._counted(
+            self.provider.count_tokens, messages_upper_bound, self.messages(), "request"
+        )
+
+    def count_text(self, text: str) -> int:
+        """The provider's count of ``text``'s tokens (see :meth:`_counted`)."""
+        return self._counted(self.provider.count_text_tokens, text_upper_bound, text, "text")
+
+    def _counted(
+        self,
+        count: Callable[[_Counted, str], int],
+        bound: Callable[[_Counted], int],
+        what: _Counted,
+        kind: str,
+    ) -> int:
+        """``count(what, model)``; if the provider plugin fails (its bug), ``bound(what)``.
+
+        The failure is logged and the byte count, an upper bound, is used: the call is budgeted
+        high rather than not at all, and a stream that ended without usage is still settled and
+        stored.
+        """
+        try:
+            return count(what, self.model)
+        except Exception:
+            log.exception(
+                "provider %r failed to count the tokens of a %s %s; using the byte count",
+                self.provider_name,
+                self.model,
+                kind,
+            )
+            return bound(what)
+
+    def estimate_usage(self, text: str) -> Usage:
+        """Count a reply that arrived without usage: the input estimate plus the text's tokens."""
+        input_tokens = self.input_estimate or self.count_messages()
+        return Usage(input_tokens, self.count_text(text), estimated=True)
+
+    def priced(self, usage: Usage) -> Usage:
+        """Return ``usage`` with its USD cost, when the model is priced."""
+        price = self.proxy.prices.get(self.provider_name, self.model, at=self.started_at)
+        if price is None:
+            return usage
+        return attrs.evolve(usage, cost=price.cost(usage))
+
+    def usage_of(self, completion: Completion) -> Usage:
+        """A whole reply's usage, counted from its text when the provider sent none; priced."""
+        return self.priced(completion.usage or self.estimate_usage(completion.message.content))
+
+    def response(self, completion: Completion, usage: Usage) -> ChatResponse:
+        """The caller's answer (kept as :attr:`final` for a stream's ``response``)."""
+        request = self.request
+        self.final = ChatResponse(
+            completion.message.content,
+            completion.message,
+            usage,
+            completion.model or self.model,
+            self.provider_name,
+            completion.finish_reason,
+            self.elapsed(),
+            self.session_id,
+            completion.id,
+            tuple(self.steps),
+            request.max_output_tokens if request is not None else None,
+            self.budget_capped(),
+        )
+        return self.final
+
+    def records(self, reply: Message, usage: Usage, model: str) -> list[HistoryRecord] | None:
+        """The history records of the exchange, or None when it is not stored."""
+        if not self.use_history or self.session_id is None:
+            return None
+        now = time.time()
+        sid = self.session_id
+        out: list[HistoryRecord] = []
+        first = True
+        for m in self.new_messages:
+            if m.role == "system":
+                continue
+            out.append(
+                HistoryRecord(
+                    sid,
+                    m,
+                    model,
+                    self.provider_name,
+                    now,
+                    usage.input_tokens if first else 0,
+                    0,
+                    self.user,
+                )
+            )
+            first = False
+        out.append(
+            HistoryRecord(
+                sid, reply, model, self.provider_name, now, 0, usage.output_tokens, self.user
+            )
+        )
+        return out
+
+    def settle_args(self, usage: Usage | None) -> dict[str, Any] | None:
+        """The ledger.settle arguments for this model's hold (once), or None when none is held."""
+        if self.reservation is None or self.settled:
+            return None
+        self.settled = True
+        args: dict[str, Any] = {
+            "tokens": usage.total_tokens if usage is not None else 0,
+            "requests": self.attempts,
+        }
+        if any(c.unit == "usd" for c in self.claims):
+            args["cost"] = (usage.cost or 0.0) if usage is not None else 0.0
+        return args
+
+    def notify(self, usage: Usage, outcome: str, error: BaseException | None, model: str) -> None:
+        """Send the call's one observer event, when someone listens."""
+        proxy = self.proxy
+        if not proxy._notify_on:
+            return
+        proxy._notify(
+            CallEvent(
+                model,
+                self.provider_name,
+                usage,
+                self.elapsed(),
+                self.session_id,
+                self.user,
+                outcome,
+                error,
+                self.total_attempts,
+                self.streamed,
+                self.started_at,
+                self.key,
+                self.tags,
+            )
+        )
+
+    def interrupted_error(self, error: BaseException) -> BaseException:
+        """The error the caller sees: a provider failure after text arrived is an interruption."""
+        if self.delivered() and isinstance(error, ProviderError):
+            return StreamInterrupted(
+                f"stream broke after part of the answer arrived: {error.detail}",
+                provider=error.provider,
+                model=error.model,
+                status=error.status,
+            )
+        return error
+
+
+class LimitWaiter:
+    """Decides whether a refused reservation is worth waiting for, and how long to sleep.
+
+    Busy is not spent: a BudgetExceeded that only happened because calls in flight hold part
+    of the budget (what is settled plus what this call needs still fits the limit) is waited
+    out, polling with a growing interval, since those calls will settle and release. A
+    RateLimited is waited out for its ``retry_after`` when ``on_limit="wait"``. Both stop at
+    the ``limit_wait`` deadline and re-raise.
+    """
+
+    __slots__ = ("config", "deadline", "poll")
+
+    def __init__(self, config: ProxyConfig) -> None:
+        self.config = config
+        self.deadline = time.monotonic() + config.limit_wait
+        self.poll = 0.002
+
+    def delay(self, exc: BudgetExceeded | RateLimited) -> float | None:
+        """Seconds to wait before reserving again, or None to give up and raise ``exc``."""
+        left = self.deadline - time.monotonic()
+        if isinstance(exc, RateLimited):
+            if self.config.on_limit != "wait" or exc.retry_after > left:
+                return None
+            return exc.retry_after
+        if exc.reserved <= 0 or exc.used + exc.requested > exc.limit or left <= 0:
+            return None
+        delay, self.poll = min(self.poll, left), min(self.poll * 2, 0.1)
+        return delay
+
+
+class StreamState:
+    """What one streamed attempt has delivered so far; turns provider chunks into events."""
+
+    __slots__ = (
+        "citations",
+        "delivered",
+        "finish_reason",
+        "hosted_outputs",
+        "id",
+        "model",
+        "reasoning",
+        "received",
+        "text",
+        "tool_calls",
+        "usage",
+    )
+
+    def __init__(self) -> None:
+        self.text: list[str] = []
+        self.reasoning: list[str] = []
+        self.usage: Usage | None = None
+        self.finish_reason: str | None = None
+        self.model: str | None = None
+        self.id: str | None = None
+        self.tool_calls: list[ToolCall] = []
+        self.citations: list[Citation] = []
+        self.hosted_outputs: list[HostedOutput] = []
+        self.received = False
+        self.delivered = False
+
+    def feed(self, chunk: Chunk) -> StreamEvent | None:
+        """Take one chunk; return the event to deliver, or None when it carries no text."""
+        self.received = True
+        if chunk.usage is not None:
+            self.usage = chunk.usage
+        if chunk.finish_reason is not None:
+            self.finish_reason = chunk.finish_reason
+        if chunk.model is not None:
+            self.model = chunk.model
+        if chunk.id is not None:
+            self.id = chunk.id
+        if chunk.tool_calls:
+            self.tool_calls.extend(chunk.tool_calls)
+        if chunk.citations:
+            self.citations.extend(chunk.citations)
+        if chunk.hosted_outputs:
+            self.hosted_outputs.extend(chunk.hosted_outputs)
+        if chunk.text or chunk.reasoning:
+            if chunk.text:
+                self.text.append(chunk.text)
+            if chunk.reasoning:
+                self.reasoning.append(chunk.reasoning)
+            self.delivered = True
+            return StreamEvent(chunk.text, chunk.reasoning)
+        return None
+
+    def message(self, interrupted: bool) -> Message:
+        """The assistant message assembled from what arrived."""
+        return Message(
+            "assistant",
+            "".join(self.text),
+            tool_calls=tuple(self.tool_calls),
+            reasoning="".join(self.reasoning) or None,
+            citations=tuple(self.citations),
+            hosted_outputs=tuple(self.hosted_outputs),
+            interrupted=interrupted,
+        )
+
+    def completion(self, call: Call, interrupted: bool) -> tuple[Completion, Usage]:
+        """What arrived as a completion, with its usage (counted when the service sent none)."""
+        message = self.message(interrupted)
+        usage = self.usage
+        if usage is None:
+            usage = call.estimate_usage(message.content) if self.received else Usage()
+        usage = call.priced(usage)
+        return Completion(
+            message, usage, self.model or call.model, self.finish_reason, self.id
+        ), usage
+
+
+__all__ = ["Call", "CallOptions", "LimitWaiter", "Prompt", "StreamState", "ToolSpec", "as_messages"]
