@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Generator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar, runtime_checkable
 
 from llmproxy.tokens import messages_upper_bound, text_upper_bound
@@ -282,7 +282,7 @@ class BaseProvider:
         """Sync :meth:`achat`, run on the provider's own event loop."""
         return self._loop_thread.run(self.achat(request))
 
-    def stream(self, request: ChatRequest) -> Iterator[Chunk]:
+    def stream(self, request: ChatRequest) -> Generator[Chunk, None, None]:
         """Sync :meth:`astream`; closing the iterator early closes the async one."""
         chunks = self.astream(request)
         try:
