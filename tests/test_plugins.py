@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import textwrap
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,31 +40,14 @@ GOOD = """
     import llmproxy
     from llmproxy.types import Completion, Message, Usage
 
-    class EchoProvider:
-        name = "echo3p"
-        def chat(self, request):
+    class EchoProvider(llmproxy.BaseProvider):
+        async def achat(self, request):
             text = "3p: " + request.messages[-1].content
             return Completion(Message("assistant", text), Usage(1, 1), request.model)
-        async def achat(self, request):
-            return self.chat(request)
-        def stream(self, request):
-            raise NotImplementedError
-        def astream(self, request):
-            raise NotImplementedError
-        def count_tokens(self, messages, model):
-            return 1
-        def count_text_tokens(self, text, model):
-            return 1
-        def max_output_tokens(self, model):
-            return None
-        def close(self):
-            pass
-        async def aclose(self):
-            pass
 
     @llmproxy.hookimpl
     def register_providers(register):
-        register("echo3p", lambda settings: EchoProvider(), description="third-party echo")
+        register("echo3p", EchoProvider, description="third-party echo")
 """
 
 BROKEN = """
@@ -79,6 +64,37 @@ def test_third_party_provider_discovered_through_its_entry_point(site: Path) -> 
     assert info.registers == ("provider echo3p",)
     proxy = Proxy({"history_url": "memory://"}, plugins=plugins, environ={})
     assert proxy.chat("hi", model="echo3p/any").text == "3p: hi"
+
+
+def test_the_plugin_that_opens_the_docs_installs_and_answers(tmp_path: Path) -> None:
+    """docs/plugins.md's first example, as written there, installed as a distribution."""
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "plugins.md").read_text()
+    module_source = re.search(r"```python\n(.*?)```", doc, re.S)
+    entry_points = re.search(r"```toml\n(.*?)```", doc, re.S)
+    assert module_source is not None and entry_points is not None
+    assert doc.index(module_source.group(0)) < doc.index("## Hooks")  # it opens the page
+    assert len((module_source.group(1) + entry_points.group(1)).splitlines()) < 15
+    group = tomllib.loads(entry_points.group(1))["project"]["entry-points"]["llmproxy"]
+    [(entry_name, module)] = group.items()
+    (tmp_path / f"{module}.py").write_text(module_source.group(1))
+    info = tmp_path / "llmproxy_echo-0.1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: llmproxy-echo\nVersion: 0.1.0\n")
+    (info / "entry_points.txt").write_text(f"[llmproxy]\n{entry_name} = {module}\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        plugins = Plugins(environ={})
+        assert plugins.errors == []
+        info_ = next(i for i in plugins.infos() if i.name == entry_name)
+        assert (info_.distribution, info_.registers) == ("llmproxy-echo", ("provider echo",))
+        proxy = Proxy(plugins=plugins, environ={}, history="memory://", ledger="memory://")
+        try:
+            assert proxy.chat("hi", model="echo/x").text == "hi"
+        finally:
+            proxy.close()
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop(module, None)
 
 
 def test_broken_plugin_is_named_and_does_not_hide_others(site: Path) -> None:

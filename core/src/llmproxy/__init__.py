@@ -37,7 +37,7 @@ from llmproxy.errors import (
 from llmproxy.history.base import HistoryRecord, HistoryStore, SessionInfo
 from llmproxy.history.handler import LLMMessageHandler
 from llmproxy.hookspecs import hookimpl, hookspec
-from llmproxy.provider import Provider
+from llmproxy.provider import BaseProvider, Provider
 from llmproxy.proxy import AsyncChatStream, ChatStream, Proxy
 from llmproxy.registry import ProviderSettings
 from llmproxy.secret import Secret
@@ -58,6 +58,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AsyncChatStream",
+    "BaseProvider",
     "BudgetExceeded",
     "BudgetPolicy",
     "CallEvent",

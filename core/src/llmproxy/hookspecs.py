@@ -46,7 +46,10 @@ def register_providers(register: RegisterProvider) -> None:
 
     ``factory(settings)`` receives a :class:`~llmproxy.registry.ProviderSettings` and returns a
     :class:`~llmproxy.provider.Provider`; it is called lazily, the first time a model of that
-    provider is used.
+    provider is used. ``env`` names the variables the provider reads: the first one set fills
+    ``settings.api_key`` (names ending in ``_URL`` fill ``settings.base_url`` instead) unless
+    configuration gave one. Subclass :class:`~llmproxy.provider.BaseProvider` to implement one
+    method.
     """
 
 

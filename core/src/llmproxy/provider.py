@@ -1,11 +1,31 @@
-"""The provider protocol: what the Proxy calls for each attempt of a request."""
+"""The provider protocol (what the Proxy calls for each attempt), and a base class for it.
+
+:class:`BaseProvider` turns one async method into a whole :class:`Provider`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Sequence
-from typing import Protocol, runtime_checkable
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Awaitable, Generator, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar, runtime_checkable
 
-from llmproxy.types import ChatRequest, Chunk, Completion, Message
+from llmproxy.tokens import messages_upper_bound, text_upper_bound
+from llmproxy.types import (
+    ChatRequest,
+    Chunk,
+    Citation,
+    Completion,
+    HostedOutput,
+    Message,
+    ToolCall,
+    Usage,
+)
+
+if TYPE_CHECKING:
+    from llmproxy.registry import ProviderSettings
+
+T = TypeVar("T")
 
 
 @runtime_checkable
@@ -61,3 +81,240 @@ class Provider(Protocol):
     async def aclose(self) -> None:
         """Release all connections, async ones included (called from the event loop they use)."""
         ...
+
+
+class ChunkAssembler:
+    """Gathers a stream's chunks into the :class:`Completion` a whole call would return.
+
+    Text and reasoning deltas are joined; tool calls, citations and hosted outputs collected;
+    the last usage, finish reason, model and id seen win.
+
+    >>> parts = ChunkAssembler()
+    >>> parts.feed(Chunk("Hel", model="m1"))
+    >>> parts.feed(Chunk("lo", finish_reason="stop"))
+    >>> c = parts.completion("fallback-model")
+    >>> c.message.content, c.model, c.finish_reason
+    ('Hello', 'm1', 'stop')
+    """
+
+    def __init__(self) -> None:
+        self._text: list[str] = []
+        self._reasoning: list[str] = []
+        self._tool_calls: list[ToolCall] = []
+        self._citations: list[Citation] = []
+        self._hosted: list[HostedOutput] = []
+        self._usage: Usage | None = None
+        self._finish_reason: str | None = None
+        self._model: str | None = None
+        self._id: str | None = None
+
+    def feed(self, chunk: Chunk) -> None:
+        """Add one chunk."""
+        if chunk.text:
+            self._text.append(chunk.text)
+        if chunk.reasoning:
+            self._reasoning.append(chunk.reasoning)
+        self._tool_calls.extend(chunk.tool_calls)
+        self._citations.extend(chunk.citations)
+        self._hosted.extend(chunk.hosted_outputs)
+        if chunk.usage is not None:
+            self._usage = chunk.usage
+        if chunk.finish_reason is not None:
+            self._finish_reason = chunk.finish_reason
+        if chunk.model is not None:
+            self._model = chunk.model
+        if chunk.id is not None:
+            self._id = chunk.id
+
+    def completion(self, model: str) -> Completion:
+        """The completion so far; ``model`` is used when no chunk named the model."""
+        message = Message(
+            "assistant",
+            "".join(self._text),
+            tool_calls=tuple(self._tool_calls),
+            reasoning="".join(self._reasoning) or None,
+            citations=tuple(self._citations),
+            hosted_outputs=tuple(self._hosted),
+        )
+        return Completion(message, self._usage, self._model or model, self._finish_reason, self._id)
+
+
+def chunk_of(completion: Completion) -> Chunk:
+    """The one chunk that streams ``completion`` whole."""
+    message = completion.message
+    return Chunk(
+        message.content,
+        message.reasoning or "",
+        completion.usage,
+        completion.finish_reason,
+        completion.model,
+        message.tool_calls,
+        completion.id,
+        message.citations,
+        message.hosted_outputs,
+    )
+
+
+class _LoopThread:
+    """A private event loop running in a daemon thread, for a provider's sync face."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(
+                    target=self._serve, args=(loop,), name=f"llmproxy-{self._name}", daemon=True
+                )
+                thread.start()
+                self._loop, self._thread = loop, thread
+            return self._loop
+
+    @staticmethod
+    def _serve(loop: asyncio.AbstractEventLoop) -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_forever()
+        finally:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    def run(self, awaitable: Awaitable[T]) -> T:
+        """Run ``awaitable`` on the private loop and return its result (or raise its error)."""
+        loop = self._running_loop()
+        if threading.current_thread() is self._thread:
+            if asyncio.iscoroutine(awaitable):
+                awaitable.close()
+            raise RuntimeError(
+                f"provider '{self._name}': a sync method was called from its own async code;"
+                " await the async method instead"
+            )
+
+        async def wrapped() -> T:
+            return await awaitable
+
+        return asyncio.run_coroutine_threadsafe(wrapped(), loop).result()
+
+    def stop(self) -> None:
+        """Stop the loop and wait for its thread; a later :meth:`run` starts a new one."""
+        with self._lock:
+            loop, thread = self._loop, self._thread
+            self._loop = self._thread = None
+        if loop is not None and thread is not None:
+            loop.call_soon_threadsafe(loop.stop)
+            if thread is not threading.current_thread():
+                thread.join()
+
+
+class BaseProvider:
+    """A provider from one method: subclass it and implement ``astream`` or ``achat``.
+
+    >>> class Echo(BaseProvider):
+    ...     async def achat(self, request: ChatRequest) -> Completion:
+    ...         text = request.messages[-1].content
+    ...         return Completion(Message("assistant", text), None, request.model)
+    >>> request = ChatRequest((Message("user", "hi"),), "x", "echo")
+    >>> echo = Echo()
+    >>> [chunk.text for chunk in echo.stream(request)], echo.chat(request).message.content
+    (['hi'], 'hi')
+    >>> echo.close()
+
+    The rest has a working default: ``achat`` gathers ``astream``'s chunks (or ``astream``
+    yields ``achat``'s completion as one chunk); the sync ``chat`` and ``stream`` run the async
+    ones on an event loop of the provider's own, in a daemon thread (so they work from inside
+    another thread's running loop too); token counts are the UTF-8 byte upper bounds of
+    :mod:`llmproxy.tokens`; ``max_output_tokens`` is None (no known limit); ``close`` stops the
+    loop thread. Override any of them to do better. A class with neither ``astream`` nor
+    ``achat`` raises TypeError when instantiated.
+
+    The class itself is a factory: ``register("echo", Echo)`` makes ``Echo(settings)``, which
+    keeps ``settings`` (``api_key``, ``base_url``, ``timeout``, ``options``, ``environ``) on
+    ``self.settings`` and its name on ``self.name``. Errors should be
+    :mod:`llmproxy.errors` types (``ProviderRateLimited``, ``ProviderAuthError``...): the Proxy
+    retries and reports by them; they propagate from every default unchanged.
+    """
+
+    name: str
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Self:
+        """Refuse a subclass that implements neither ``astream`` nor ``achat``."""
+        if cls.achat is BaseProvider.achat and cls.astream is BaseProvider.astream:
+            raise TypeError(
+                f"{cls.__qualname__} must implement 'async def astream(self, request)' (yielding"
+                " llmproxy.Chunk) or 'async def achat(self, request)' (returning"
+                " llmproxy.Completion); BaseProvider gives the rest"
+            )
+        return super().__new__(cls)
+
+    def __init__(self, settings: ProviderSettings | None = None) -> None:
+        """Keep ``settings`` (default: settings named after the class, read from nothing)."""
+        if settings is None:
+            from llmproxy.registry import ProviderSettings
+
+            settings = ProviderSettings(getattr(type(self), "name", type(self).__name__.lower()))
+        self.settings = settings
+        self.name = settings.name
+        self._loop_thread = _LoopThread(settings.name)
+
+    async def achat(self, request: ChatRequest) -> Completion:
+        """Make one non-streamed attempt (default: gather :meth:`astream`'s chunks)."""
+        parts = ChunkAssembler()
+        chunks = self.astream(request)
+        try:
+            async for chunk in chunks:
+                parts.feed(chunk)
+        finally:
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        return parts.completion(request.model)
+
+    async def astream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
+        """Make one streamed attempt (default: :meth:`achat`'s completion as one chunk)."""
+        yield chunk_of(await self.achat(request))
+
+    def chat(self, request: ChatRequest) -> Completion:
+        """Sync :meth:`achat`, run on the provider's own event loop."""
+        return self._loop_thread.run(self.achat(request))
+
+    def stream(self, request: ChatRequest) -> Generator[Chunk, None, None]:
+        """Sync :meth:`astream`; closing the iterator early closes the async one."""
+        chunks = self.astream(request)
+        try:
+            while True:
+                try:
+                    chunk = self._loop_thread.run(anext(chunks))
+                except StopAsyncIteration:
+                    return
+                yield chunk
+        finally:
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                self._loop_thread.run(aclose())
+
+    def count_tokens(self, messages: Sequence[Message], model: str) -> int:
+        """An upper bound on the input tokens: the messages' UTF-8 bytes plus framing."""
+        return messages_upper_bound(messages)
+
+    def count_text_tokens(self, text: str, model: str) -> int:
+        """An upper bound on the tokens of ``text``: its UTF-8 byte count."""
+        return text_upper_bound(text)
+
+    def max_output_tokens(self, model: str) -> int | None:
+        """None: no known output limit (the service's own applies)."""
+        return None
+
+    def close(self) -> None:
+        """Stop the event loop thread of the sync face (started again if used again)."""
+        self._loop_thread.stop()
+
+    async def aclose(self) -> None:
+        """Nothing to release by default; override to close async connections."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 import attrs
@@ -55,7 +55,11 @@ class RegisterProvider(Protocol):
         description: str = "",
         env: tuple[str, ...] = (),
     ) -> None:
-        """Register a provider factory under ``name`` (the prefix of ``name/model``)."""
+        """Register a provider factory under ``name`` (the prefix of ``name/model``).
+
+        ``env`` names the environment variables the provider reads; they complete the settings
+        the factory gets (see :meth:`ProviderEntry.complete`).
+        """
 
 
 class RegisterHistoryStore(Protocol):
@@ -119,13 +123,53 @@ class RegisterTool(Protocol):
 
 @frozen
 class ProviderEntry:
-    """A registered provider: its factory, the plugin that registered it, and its env variables."""
+    """A registered provider: its factory, the plugin that registered it, and its env variables.
+
+    ``make`` is the factory as the plugin registered it; :meth:`factory` is what the Proxy
+    calls: it completes the settings from ``env`` first (see :meth:`complete`).
+    """
 
     name: str
-    factory: ProviderFactory
+    make: ProviderFactory
     plugin: str
     description: str = ""
     env: tuple[str, ...] = ()
+
+    def complete(self, settings: ProviderSettings) -> ProviderSettings:
+        """Fill what configuration left unset from the registered ``env`` variables.
+
+        A variable whose name ends in ``_URL`` fills ``base_url``; any other fills ``api_key``.
+        Among several of a kind, the first one set (non-empty) in ``settings.environ`` wins;
+        a value from configuration (the ``[providers.NAME]`` table, or code) always wins.
+
+        >>> entry = ProviderEntry("p", lambda s: s, "plugin", env=("P_KEY", "P_ALT", "P_URL"))
+        >>> done = entry.complete(ProviderSettings("p", environ={"P_ALT": "k2", "P_URL": "u"}))
+        >>> done.api_key.get(), done.base_url
+        ('k2', 'u')
+        """
+        environ = settings.environ
+        changes: dict[str, Any] = {}
+        if settings.api_key is None:
+            key = _first_set(environ, (n for n in self.env if not n.endswith("_URL")))
+            if key is not None:
+                changes["api_key"] = Secret(key)
+        if settings.base_url is None:
+            url = _first_set(environ, (n for n in self.env if n.endswith("_URL")))
+            if url is not None:
+                changes["base_url"] = url
+        return attrs.evolve(settings, **changes) if changes else settings
+
+    def factory(self, settings: ProviderSettings) -> Provider:
+        """Create the provider from ``settings`` completed from the environment."""
+        return self.make(self.complete(settings))
+
+
+def _first_set(environ: Mapping[str, str], names: Iterable[str]) -> str | None:
+    for name in names:
+        value = environ.get(name)
+        if value:
+            return value
+    return None
 
 
 @attrs.define

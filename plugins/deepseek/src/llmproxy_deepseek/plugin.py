@@ -1,12 +1,23 @@
-"""The entry point llmproxy loads: registers the ``deepseek`` provider and its prices."""
+"""The entry point llmproxy loads: registers the ``deepseek`` provider and its prices.
+
+Discovery imports this module for every command, so it imports no SDK: the provider module
+(and with it the SDK) is imported when the provider is first made.
+"""
 
 from __future__ import annotations
 
 import llmproxy
 from llmproxy.pricing import Price
-from llmproxy.registry import RegisterPrice, RegisterProvider
+from llmproxy.provider import Provider
+from llmproxy.registry import ProviderSettings, RegisterPrice, RegisterProvider
 from llmproxy_deepseek import env, models
-from llmproxy_deepseek.provider import DeepSeekProvider
+
+
+def make_provider(settings: ProviderSettings) -> Provider:
+    """Build the ``deepseek`` provider (see ``DeepSeekProvider.from_settings``)."""
+    from llmproxy_deepseek.provider import DeepSeekProvider
+
+    return DeepSeekProvider.from_settings(settings)
 
 
 @llmproxy.hookimpl
@@ -14,7 +25,7 @@ def register_providers(register: RegisterProvider) -> None:
     """Register ``deepseek``: DeepSeek's OpenAI-compatible API through the openai SDK."""
     register(
         "deepseek",
-        DeepSeekProvider.from_settings,
+        make_provider,
         description="DeepSeek chat completions (OpenAI-compatible, through the openai SDK)",
         env=(env.API_KEY, env.BASE_URL),
     )

@@ -5,14 +5,37 @@ Run it with ``llmproxy serve``; create keys with ``llmproxy keys create --user N
     from llmproxy_gateway import Gateway, create_app
 
     app = create_app(Gateway())  # an ASGI app for any ASGI server
+
+The names load on first use, so discovering the plugin (every ``llmproxy`` command does)
+imports neither starlette nor uvicorn.
 """
 
-from llmproxy_gateway.app import Gateway, create_app
-from llmproxy_gateway.budgets import KeyBudgetSlot, key_policies
-from llmproxy_gateway.errors import HTTPError, from_exception
-from llmproxy_gateway.keys import KeyRecord, KeyStore, parse_budget
+from typing import TYPE_CHECKING
+
+from llmproxy.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from llmproxy_gateway.app import Gateway, create_app
+    from llmproxy_gateway.budgets import KeyBudgetSlot, key_policies
+    from llmproxy_gateway.errors import HTTPError, from_exception
+    from llmproxy_gateway.keys import KeyRecord, KeyStore, parse_budget
 
 __version__ = "0.1.0"
+
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "Gateway": "llmproxy_gateway.app",
+        "HTTPError": "llmproxy_gateway.errors",
+        "KeyBudgetSlot": "llmproxy_gateway.budgets",
+        "KeyRecord": "llmproxy_gateway.keys",
+        "KeyStore": "llmproxy_gateway.keys",
+        "create_app": "llmproxy_gateway.app",
+        "from_exception": "llmproxy_gateway.errors",
+        "key_policies": "llmproxy_gateway.budgets",
+        "parse_budget": "llmproxy_gateway.keys",
+    },
+)
 
 __all__ = [
     "Gateway",

@@ -11,8 +11,6 @@ from typing import Any
 
 from llmproxy.errors import ConfigError
 from llmproxy_gateway import env
-from llmproxy_gateway.keys import KeyStore
-from llmproxy_gateway.workers import Supervisor, listeners
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -56,6 +54,7 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from llmproxy_gateway.app import check_config, create_app, preload
+    from llmproxy_gateway.workers import Supervisor, listeners
 
     host: str = args.host
     workers = env.workers(os.environ, args.workers)
@@ -138,6 +137,8 @@ def _when(ts: float | None) -> str:
 
 def keys(args: argparse.Namespace) -> int:
     """Run ``llmproxy keys ...``."""
+    from llmproxy_gateway.keys import KeyStore
+
     store = KeyStore.from_env(os.environ)
     out = sys.stdout
     try:

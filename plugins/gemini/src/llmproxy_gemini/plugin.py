@@ -1,4 +1,8 @@
-"""The entry point llmproxy loads: registers the ``gemini`` provider and its prices."""
+"""The entry point llmproxy loads: registers the ``gemini`` provider and its prices.
+
+Discovery imports this module for every command, so it imports no SDK: the provider module
+(and with it the SDK) is imported when the provider is first made.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +10,16 @@ import datetime
 
 import llmproxy
 from llmproxy.pricing import Price
-from llmproxy.registry import RegisterPrice, RegisterProvider
+from llmproxy.provider import Provider
+from llmproxy.registry import ProviderSettings, RegisterPrice, RegisterProvider
 from llmproxy_gemini import env, models
-from llmproxy_gemini.provider import GeminiProvider
+
+
+def make_provider(settings: ProviderSettings) -> Provider:
+    """Build the ``gemini`` provider (see ``GeminiProvider.from_settings``)."""
+    from llmproxy_gemini.provider import GeminiProvider
+
+    return GeminiProvider.from_settings(settings)
 
 
 @llmproxy.hookimpl
@@ -16,7 +27,7 @@ def register_providers(register: RegisterProvider) -> None:
     """Register ``gemini``: the Gemini API through Google's google-genai client."""
     register(
         "gemini",
-        GeminiProvider.from_settings,
+        make_provider,
         description="Google Gemini API (native google-genai client)",
         env=(env.API_KEY, env.GOOGLE_API_KEY, env.BASE_URL),
     )

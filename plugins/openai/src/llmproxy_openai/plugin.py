@@ -1,12 +1,23 @@
-"""The entry point llmproxy loads: registers the ``openai`` provider."""
+"""The entry point llmproxy loads: registers the ``openai`` provider and its prices.
+
+Discovery imports this module for every command, so it imports no SDK: the provider module
+(and with it the openai SDK) is imported when the provider is first made.
+"""
 
 from __future__ import annotations
 
 import llmproxy
 from llmproxy.pricing import Price
-from llmproxy.registry import RegisterPrice, RegisterProvider
+from llmproxy.provider import Provider
+from llmproxy.registry import ProviderSettings, RegisterPrice, RegisterProvider
 from llmproxy_openai import env, models
-from llmproxy_openai.provider import OpenAIProvider
+
+
+def make_provider(settings: ProviderSettings) -> Provider:
+    """Build the ``openai`` provider (see ``OpenAIProvider.from_settings``)."""
+    from llmproxy_openai.provider import OpenAIProvider
+
+    return OpenAIProvider.from_settings(settings)
 
 
 @llmproxy.hookimpl
@@ -14,7 +25,7 @@ def register_providers(register: RegisterProvider) -> None:
     """Register ``openai``: Chat Completions and the Responses API through the official SDK."""
     register(
         "openai",
-        OpenAIProvider.from_settings,
+        make_provider,
         description="OpenAI Chat Completions and Responses API (official openai SDK)",
         env=(env.API_KEY, env.SEED_API_KEY, env.BASE_URL),
     )
