@@ -36,7 +36,7 @@ from llmproxy.errors import (
     ToolLoopError,
 )
 from llmproxy.history.base import HistoryRecord
-from llmproxy.provider import Provider
+from llmproxy.provider import ChunkAssembler, Provider
 from llmproxy.retry import next_delay
 from llmproxy.tokens import messages_upper_bound, text_upper_bound
 from llmproxy.tools import HostedTool, Tool, ToolResult
@@ -45,9 +45,7 @@ from llmproxy.types import (
     ChatRequest,
     ChatResponse,
     Chunk,
-    Citation,
     Completion,
-    HostedOutput,
     Message,
     StreamEvent,
     ToolCall,
@@ -675,84 +673,31 @@ class LimitWaiter:
         return delay
 
 
-class StreamState:
-    """What one streamed attempt has delivered so far; turns provider chunks into events."""
-
-    __slots__ = (
-        "citations",
-        "delivered",
-        "finish_reason",
-        "hosted_outputs",
-        "id",
-        "model",
-        "reasoning",
-        "received",
-        "text",
-        "tool_calls",
-        "usage",
-    )
+class StreamState(ChunkAssembler):
+    """What one streamed attempt has received and delivered; turns chunks into stream events."""
 
     def __init__(self) -> None:
-        self.text: list[str] = []
-        self.reasoning: list[str] = []
-        self.usage: Usage | None = None
-        self.finish_reason: str | None = None
-        self.model: str | None = None
-        self.id: str | None = None
-        self.tool_calls: list[ToolCall] = []
-        self.citations: list[Citation] = []
-        self.hosted_outputs: list[HostedOutput] = []
+        super().__init__()
         self.received = False
         self.delivered = False
 
-    def feed(self, chunk: Chunk) -> StreamEvent | None:
+    def take(self, chunk: Chunk) -> StreamEvent | None:
         """Take one chunk; return the event to deliver, or None when it carries no text."""
         self.received = True
-        if chunk.usage is not None:
-            self.usage = chunk.usage
-        if chunk.finish_reason is not None:
-            self.finish_reason = chunk.finish_reason
-        if chunk.model is not None:
-            self.model = chunk.model
-        if chunk.id is not None:
-            self.id = chunk.id
-        if chunk.tool_calls:
-            self.tool_calls.extend(chunk.tool_calls)
-        if chunk.citations:
-            self.citations.extend(chunk.citations)
-        if chunk.hosted_outputs:
-            self.hosted_outputs.extend(chunk.hosted_outputs)
+        self.feed(chunk)
         if chunk.text or chunk.reasoning:
-            if chunk.text:
-                self.text.append(chunk.text)
-            if chunk.reasoning:
-                self.reasoning.append(chunk.reasoning)
             self.delivered = True
             return StreamEvent(chunk.text, chunk.reasoning)
         return None
 
-    def message(self, interrupted: bool) -> Message:
-        """The assistant message assembled from what arrived."""
-        return Message(
-            "assistant",
-            "".join(self.text),
-            tool_calls=tuple(self.tool_calls),
-            reasoning="".join(self.reasoning) or None,
-            citations=tuple(self.citations),
-            hosted_outputs=tuple(self.hosted_outputs),
-            interrupted=interrupted,
-        )
-
-    def completion(self, call: Call, interrupted: bool) -> tuple[Completion, Usage]:
+    def outcome(self, call: Call, interrupted: bool) -> tuple[Completion, Usage]:
         """What arrived as a completion, with its usage (counted when the service sent none)."""
-        message = self.message(interrupted)
+        completion = self.completion(call.model, interrupted=interrupted)
         usage = self.usage
         if usage is None:
-            usage = call.estimate_usage(message.content) if self.received else Usage()
+            usage = call.estimate_usage(completion.message.content) if self.received else Usage()
         usage = call.priced(usage)
-        return Completion(
-            message, usage, self.model or call.model, self.finish_reason, self.id
-        ), usage
+        return attrs.evolve(completion, usage=usage), usage
 
 
 __all__ = ["Call", "CallOptions", "LimitWaiter", "Prompt", "StreamState", "ToolSpec", "as_messages"]

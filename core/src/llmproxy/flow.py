@@ -428,7 +428,7 @@ def _stream_attempt(
             chunk = yield NextChunk(chunks)
             if chunk is END:
                 break
-            event = state.feed(chunk)
+            event = state.take(chunk)
             if event is not None:
                 yield Deliver(event)
     except GeneratorExit:
@@ -436,7 +436,7 @@ def _stream_attempt(
     except BaseException:
         yield CloseStream(chunks)
         raise
-    return state.completion(call, False)
+    return state.outcome(call, False)
 
 
 def _release(call: Call) -> Generator[Effect, Any, None]:
@@ -478,7 +478,7 @@ def _finish(call: Call, error: BaseException | None) -> Generator[Effect, Any, N
         if settle is not None and call.reservation is not None:
             yield Settle(call.reservation, settle)
         return
-    completion, usage = state.completion(call, True)
+    completion, usage = state.outcome(call, True)
     total = call.spent + usage
     response = call.response(completion, total)
     settle = call.settle_args(usage)

@@ -126,13 +126,22 @@ class ChunkAssembler:
         if chunk.id is not None:
             self._id = chunk.id
 
-    def completion(self, model: str) -> Completion:
-        """The completion so far; ``model`` is used when no chunk named the model."""
+    @property
+    def usage(self) -> Usage | None:
+        """The usage the stream reported, if any chunk carried it."""
+        return self._usage
+
+    def completion(self, model: str, *, interrupted: bool = False) -> Completion:
+        """The completion so far; ``model`` is used when no chunk named the model.
+
+        ``interrupted`` marks the message as cut short (a broken or abandoned stream).
+        """
         message = Message(
             "assistant",
             "".join(self._text),
             tool_calls=tuple(self._tool_calls),
             reasoning="".join(self._reasoning) or None,
+            interrupted=interrupted,
             citations=tuple(self._citations),
             hosted_outputs=tuple(self._hosted),
         )
