@@ -158,3 +158,19 @@ def test_usage_by_scope(env: dict[str, str], tmp_path: Path) -> None:
     )
     other = run(["usage", "--user", "bob"], env)
     assert "(user:bob): used 0 / limit 500 tokens" in other.stdout
+
+
+@pytest.mark.parametrize("mode", [[], ["--no-stream"]])
+def test_an_answer_cut_short_by_the_budget_says_so_on_stderr(
+    env: dict[str, str], upstream: FakeOpenAI, mode: list[str]
+) -> None:
+    upstream.enqueue(Reply(text=" ".join(f"w{i}" for i in range(60))))
+    result = run(["chat", "Hello", *mode], {**env, "LLMPROXY_MAX_TOKENS": "40"})
+    assert result.returncode == 0, result.stderr
+    cap = chat_requests(upstream)[0]["max_completion_tokens"]
+    assert len(result.stdout.split()) == cap < 60
+    assert f"cut short at {cap} output tokens" in result.stderr
+
+    upstream.enqueue(Reply(text="short"))
+    roomy = run(["chat", "Hello", *mode], {**env, "LLMPROXY_MAX_TOKENS": "100000"})
+    assert roomy.returncode == 0 and "cut short" not in roomy.stderr

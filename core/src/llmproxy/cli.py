@@ -16,7 +16,7 @@ from typing import NoReturn, TextIO
 from llmproxy.errors import ConfigError, LLMProxyError
 from llmproxy.plugins import load_plugins
 from llmproxy.proxy import Proxy
-from llmproxy.types import Usage
+from llmproxy.types import ChatResponse, Usage
 
 
 class _Parser(argparse.ArgumentParser):
@@ -101,22 +101,25 @@ def _chat(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         "temperature": args.temperature,
     }
     try:
+        response: ChatResponse | None
         if args.no_stream:
             response = proxy.chat(prompt, **kwargs)
             out.write(response.text + "\n")
-            usage = response.usage
         else:
-            usage = Usage()
             with proxy.stream(prompt, **kwargs) as stream:
                 for event in stream:
                     if event.text:
                         out.write(event.text)
                         out.flush()
-                    if event.done and event.usage is not None:
-                        usage = event.usage
+                response = stream.response
             out.write("\n")
+        if response is not None and response.cut_short_by_budget:
+            err.write(
+                f"note: the answer was cut short at {response.max_output_tokens} output tokens,"
+                " all the budget had room for (see llmproxy usage)\n"
+            )
         if args.usage:
-            err.write(_usage_line(usage) + "\n")
+            err.write(_usage_line(response.usage if response else Usage()) + "\n")
     finally:
         proxy.close()
     return 0
