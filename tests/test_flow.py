@@ -125,7 +125,7 @@ def test_a_streamed_answer_capped_by_the_budget_says_so(
     proxy = make_proxy(budgets=[LLMBudget(max_tokens=40)])
     upstream.enqueue(Reply(text=" ".join(f"w{i}" for i in range(60))))
     with proxy.stream("Hello", max_output_tokens=500) as stream:
-        final = [e for e in stream if e.done][0]
+        final = next(e for e in stream if e.done)
     assert final.response is not None and final.response.cut_short_by_budget
     assert stream.response is final.response
 
