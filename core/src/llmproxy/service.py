@@ -38,7 +38,8 @@ def seed_history_url(
 ) -> str | None:
     """The history URL a seed-style service uses instead of the configured default, or None.
 
-    The seed kept history in Redis: when any of its ``LLM_PROXY_OPEN_AI_IOREDIS_*`` variables is
+    The seed kept history in Redis: when any of its Redis variables (``SEED_REDIS_VARIABLES``:
+    ``LLM_PROXY_OPEN_AI_IOREDIS_HOST``, ``..._PORT``, ``..._DB_INDEX``, ``..._KEY_PREFIX``) is
     set and no history URL is configured (``LLMPROXY_HISTORY_URL``, the TOML file or
     ``proxy_config``), this is a bare ``redis://``, which the Redis history plugin resolves from
     those variables (``LLMPROXY_REDIS_URL`` still wins over them). Without that plugin it is a
@@ -94,8 +95,8 @@ class LLMServiceBase:
 
     History goes to ``message_handler`` when given (an :class:`~llmproxy.LLMMessageHandler`
     subclass), else to the configured store (``LLMPROXY_HISTORY_URL``), else, as in the seed, to
-    Redis when any of the seed's ``LLM_PROXY_OPEN_AI_IOREDIS_*`` variables is set (this needs
-    ``llmproxy-redis-history``; see :func:`seed_history_url`), else to embedded SQLite. The
+    Redis when any of the seed's Redis variables (``LLM_PROXY_OPEN_AI_IOREDIS_HOST``...) is set
+    (this needs ``llmproxy-redis-history``; see :func:`seed_history_url`), else to SQLite. The
     config's ``budget`` counts every call. ``environ`` is where the provider's key and settings
     are read (``os.environ`` by default); ``proxy_config`` holds Proxy configuration.
     """

@@ -76,7 +76,7 @@ class OpenAIService(LLMServiceBase):
 
     History goes to ``message_handler`` when given (an :class:`~llmproxy.LLMMessageHandler`
     subclass), else to the configured store (``LLMPROXY_HISTORY_URL``), else to Redis when the
-    seed's ``LLM_PROXY_OPEN_AI_IOREDIS_*`` variables are set (as in the seed; needs
+    seed's Redis variables (``LLM_PROXY_OPEN_AI_IOREDIS_HOST``...) are set (as in the seed; needs
     ``llmproxy-redis-history``), else to embedded SQLite.
     """
 
