@@ -28,7 +28,15 @@ Variable                        Meaning
 ``LLM_PROXY_OPEN_AI_IOREDIS_HOST``       The seed library's Redis host (default ``localhost``).
 ``LLM_PROXY_OPEN_AI_IOREDIS_PORT``       The seed's Redis port (default ``6379``).
 ``LLM_PROXY_OPEN_AI_IOREDIS_DB_INDEX``   The seed's Redis database index (default ``0``).
+``LLM_PROXY_OPEN_AI_IOREDIS_KEY_PREFIX`` The seed's key prefix (default ``llm_proxy``).
 ==============================  =================================================================
+
+The seed's services (``OpenAIService``, ``DeepSeekService``, ``GeminiService``) keep history in
+Redis, as the seed did, when any of the four seed variables is set and ``LLMPROXY_HISTORY_URL``
+is not (nor ``history_url`` in the configuration); a ``message_handler`` given to the service
+still wins. That needs ``llmproxy-redis-history``; without it such a service raises
+``ConfigError`` saying to install it or to set ``LLMPROXY_HISTORY_URL``. A plain ``Proxy`` does
+not look at the seed variables: its default store stays embedded SQLite.
 
 Provider variables (``OPENAI_API_KEY``...) are read by each provider plugin's own ``env.py``.
 """

@@ -13,13 +13,54 @@ from typing import Any, ClassVar
 
 import attrs
 
+from llmproxy import env as envvars
+from llmproxy import redis_url
 from llmproxy.budget.policy import LLMBudget
-from llmproxy.config import load_config
+from llmproxy.config import ProxyConfig, load_config
 from llmproxy.errors import ConfigError
 from llmproxy.history.handler import LLMMessageHandler
+from llmproxy.plugins import Plugins, load_plugins
 from llmproxy.provider import Provider
 from llmproxy.proxy import Proxy
 from llmproxy.types import ChatResponse
+
+#: The seed's Redis variables: any of them set tells a seed service to keep history in Redis.
+SEED_REDIS_VARIABLES = (
+    redis_url.SEED_HOST,
+    redis_url.SEED_PORT,
+    redis_url.SEED_DB_INDEX,
+    redis_url.SEED_KEY_PREFIX,
+)
+
+
+def seed_history_url(
+    config: ProxyConfig, environ: Mapping[str, str], plugins: Plugins, *, required: bool
+) -> str | None:
+    """The history URL a seed-style service uses instead of the configured default, or None.
+
+    The seed kept history in Redis: when any of its Redis variables (``SEED_REDIS_VARIABLES``:
+    ``LLM_PROXY_OPEN_AI_IOREDIS_HOST``, ``..._PORT``, ``..._DB_INDEX``, ``..._KEY_PREFIX``) is
+    set and no history URL is configured (``LLMPROXY_HISTORY_URL``, the TOML file or
+    ``proxy_config``), this is a bare ``redis://``, which the Redis history plugin resolves from
+    those variables (``LLMPROXY_REDIS_URL`` still wins over them). Without that plugin it is a
+    :class:`~llmproxy.ConfigError` when ``required`` (history is on), else None.
+    """
+    if config.history_url:
+        return None
+    seed_set = [name for name in SEED_REDIS_VARIABLES if environ.get(name, "").strip()]
+    if not seed_set:
+        return None
+    if "redis" in plugins.registry.history_stores:
+        return "redis://"
+    if not required:
+        return None
+    raise ConfigError(
+        f"{', '.join(seed_set)} {'is' if len(seed_set) == 1 else 'are'} set, so this service"
+        " keeps history in Redis as the seed library did, but no installed plugin provides"
+        " redis:// history: pip install llmproxy-redis-history (or set"
+        f" {envvars.HISTORY_URL} to choose another store, e.g. sqlite:///history.db)",
+        path=envvars.HISTORY_URL,
+    )
 
 
 @attrs.define
@@ -53,9 +94,11 @@ class LLMServiceBase:
     """Async ``chat`` and ``chat_stream`` (and blocking twins) over a :class:`~llmproxy.Proxy`.
 
     History goes to ``message_handler`` when given (an :class:`~llmproxy.LLMMessageHandler`
-    subclass), else to the configured store (``LLMPROXY_HISTORY_URL``, embedded SQLite by
-    default); the config's ``budget`` counts every call. ``environ`` is where the provider's key
-    and settings are read (``os.environ`` by default); ``proxy_config`` holds Proxy configuration.
+    subclass), else to the configured store (``LLMPROXY_HISTORY_URL``), else, as in the seed, to
+    Redis when any of the seed's Redis variables (``LLM_PROXY_OPEN_AI_IOREDIS_HOST``...) is set
+    (this needs ``llmproxy-redis-history``; see :func:`seed_history_url`), else to SQLite. The
+    config's ``budget`` counts every call. ``environ`` is where the provider's key and settings
+    are read (``os.environ`` by default); ``proxy_config`` holds Proxy configuration.
     """
 
     provider_name: ClassVar[str]
@@ -71,10 +114,17 @@ class LLMServiceBase:
         self.config = config
         environ = os.environ if environ is None else environ
         budget = config.budget
+        proxy_conf = load_config(proxy_config, environ=environ)
+        plugins = load_plugins(environ)
+        history = None
+        if message_handler is None:
+            history = seed_history_url(proxy_conf, environ, plugins, required=config.use_message)
         self.proxy = Proxy(
-            load_config(proxy_config, environ=environ),
+            proxy_conf,
             budgets=[budget] if budget is not None else [],
+            history=history,
             message_handler=message_handler,
+            plugins=plugins,
             providers={self.provider_name: self._make_provider(environ)},
             environ=environ,
         )

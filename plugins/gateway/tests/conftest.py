@@ -31,6 +31,9 @@ max_attempts = 2
 initial_backoff = 0.001
 max_backoff = 0.01
 jitter = 0.0
+
+[aliases]
+fast = "openai/gpt-4o-mini"
 """
 
 

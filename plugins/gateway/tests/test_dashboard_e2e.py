@@ -192,3 +192,74 @@ def test_dashboard_shows_the_usage_log_live(gateway: GatewayProcess, browser: An
     finally:
         log.close()
         page.close()
+
+
+# Every table, and the card (section) holding it: the table must fit the card's content box.
+OVERFLOWS = """() => [...document.querySelectorAll("main table")].map((table) => {
+  const card = table.closest("section");
+  const style = getComputedStyle(card);
+  const room = card.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+  return {
+    table: table.id, rows: table.tBodies[0].rows.length, width: table.scrollWidth, room: room,
+    cardScrolls: card.scrollWidth > card.clientWidth,
+  };
+})"""
+
+
+def sign_in(page: Any, gateway: GatewayProcess) -> None:
+    page.goto(gateway.url + "/dashboard")
+    if page.locator("input[name=key]").count():  # the browser profile may hold a session
+        page.fill("input[name=key]", ADMIN_KEY)
+        page.click("button[type=submit]")
+        page.wait_for_url("**/dashboard")
+    page.wait_for_function("Number(document.body.dataset.version) >= 1", timeout=15_000)
+
+
+def test_every_table_fits_its_card_at_common_widths(gateway: GatewayProcess, browser: Any) -> None:
+    # Long names and wide values everywhere: users, sessions, several budgets per key with big
+    # limits and calendar resets, rate-limit refusals.
+    specs = ("tokens:250000000/month", "usd:1500/day", "requests:6000/hour", "tokens:99999999/7d")
+    for i in range(4):
+        user = f"billing-department-nightly-reporting-service-{i}"
+        key = gateway.key(user, *specs)
+        sdk = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key, max_retries=0)
+        sdk.chat.completions.create(
+            model="openai/gpt-4o-mini",
+            messages=[{"role": "user", "content": f"quarterly figures, part {i}"}],
+            extra_headers={"X-Session-Id": f"quarterly-report-{'generation-' * 6}{i}"},
+        )
+    tight = gateway.key("rate-limited-integration-test-account", "requests:1/minute")
+    sdk = openai.OpenAI(base_url=gateway.url + "/v1", api_key=tight, max_retries=0)
+    sdk.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "a"}])
+    with pytest.raises(openai.RateLimitError):
+        sdk.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "b"}]
+        )
+
+    page = browser.new_page()
+    try:
+        sign_in(page, gateway)
+        # The usage log is written in the background: wait for the last call (the refusal).
+        page.wait_for_function(
+            "document.querySelector('#totals-user tr[data-group=\"rate-limited-integration-test-"
+            "account\"] .errors')?.dataset.value === '1'",
+            timeout=15_000,
+        )
+        for width in (1280, 1440, 1920):
+            page.set_viewport_size({"width": width, "height": 1200})
+            wait_for_refresh(page)  # redrawn at this width, with every call above
+            tables = page.evaluate(OVERFLOWS)
+            by_id = {t["table"]: t for t in tables}
+            assert set(by_id) == {
+                "totals-model",
+                "totals-user",
+                "totals-key",
+                "budgets",
+                "limits",
+                "recent",
+            }, width
+            assert by_id["budgets"]["rows"] >= 17 and by_id["recent"]["rows"] >= 6, width
+            too_wide = [t for t in tables if t["width"] > t["room"] or t["cardScrolls"]]
+            assert too_wide == [], width
+    finally:
+        page.close()

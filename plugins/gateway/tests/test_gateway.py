@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from typing import Any
 
 import httpx2 as httpx
 import openai
@@ -65,6 +66,40 @@ def test_streaming_through_the_sdk(gateway: GatewayProcess) -> None:
         )
     )
     assert all(c.usage is None for c in plain) and plain[-1].choices[0].finish_reason == "stop"
+
+
+@pytest.mark.parametrize(
+    ("requested", "answered", "expected"),
+    [
+        # OpenAI names the resolved snapshot in its answers: so do both reply forms.
+        ("openai/gpt-4o", "gpt-4o-2024-08-06", "gpt-4o-2024-08-06"),
+        # An alias (fast = "openai/gpt-4o-mini"), upstream echoing the name it was sent.
+        ("fast", None, "gpt-4o-mini"),
+    ],
+)
+def test_whole_and_streamed_replies_name_the_same_model(
+    gateway: GatewayProcess,
+    upstream: FakeOpenAI,
+    requested: str,
+    answered: str | None,
+    expected: str,
+) -> None:
+    sdk = client(gateway, gateway.key("mona"))
+    messages: list[Any] = [{"role": "user", "content": "Which model?"}]
+    upstream.enqueue(Reply(model=answered), Reply(model=answered))
+    whole = sdk.chat.completions.create(model=requested, messages=messages)
+    chunks = list(
+        sdk.chat.completions.create(
+            model=requested,
+            messages=messages,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert chat_bodies(upstream)[-1]["model"] == chat_bodies(upstream)[-2]["model"]
+    assert whole.model == expected
+    assert len(chunks) >= 3  # role and text, finish, usage
+    assert {c.model for c in chunks} == {expected}
 
 
 def test_models_list(gateway: GatewayProcess) -> None:

@@ -13,6 +13,7 @@ import pytest
 import redis
 
 from llmproxy import ConfigError, HistoryRecord, Message, Proxy, StoreError
+from llmproxy.history.memory import MemoryHistoryStore
 from llmproxy.plugins import Plugins
 from llmproxy.testing.fake_openai import FakeOpenAI
 from llmproxy.testing.redis_server import RedisServer
@@ -195,6 +196,93 @@ async def test_openai_service_uses_the_handler_for_context(
     assert [r.role for r in handler.get_messages("default")] == ["user", "assistant"] * 2
     await service.aclose()
     await handler.store.aclose()
+
+
+def seed_env(redis_server: RedisServer, upstream: FakeOpenAI, data_dir: Path) -> dict[str, str]:
+    """The seed's variables alone (no LLMPROXY_HISTORY_URL), the fake upstream, a data dir."""
+    return {
+        "OPENAI_API_KEY": API_KEY,
+        "OPENAI_BASE_URL": upstream.base_url,
+        "LLM_PROXY_OPEN_AI_IOREDIS_HOST": "127.0.0.1",
+        "LLM_PROXY_OPEN_AI_IOREDIS_PORT": str(redis_server.port),
+        "LLM_PROXY_OPEN_AI_IOREDIS_DB_INDEX": "2",
+        "LLM_PROXY_OPEN_AI_IOREDIS_KEY_PREFIX": "seedapp",
+        "LLMPROXY_LEDGER_URL": "memory://",
+        "LLMPROXY_DATA_DIR": str(data_dir),
+    }
+
+
+async def test_seed_variables_alone_put_a_services_history_in_redis(
+    redis_server: RedisServer, redis_url: str, upstream: FakeOpenAI, tmp_path: Path
+) -> None:
+    env = seed_env(redis_server, upstream, tmp_path)
+    service = OpenAIService(OpenAILLMConfig(use_message=True), environ=env)
+    await service.chat("my name is Ada")
+    chunks = [chunk async for chunk in service.chat_stream("what is my name?")]
+    assert "".join(chunks) == "Echo: what is my name?"
+    await service.aclose()
+    # The second call carried the first exchange as context, read back from Redis.
+    sent = upstream.requests[-1].json()["messages"]
+    assert [m["content"] for m in sent] == [
+        "my name is Ada",
+        "Echo: my name is Ada",
+        "what is my name?",
+    ]
+    # The seed's read-back code, verbatim apart from the db and prefix its variables name.
+    seed_client = redis.Redis(host="127.0.0.1", port=redis_server.port, db=2)
+    message_keys = seed_client.lrange("seedapp:llm_proxy_history_key_list", 0, -1)
+    messages = [seed_client.hgetall(key) for key in message_keys]
+    seed_client.close()
+    assert [(m[b"role"], m[b"content"], m[b"session_id"]) for m in messages] == [
+        (b"user", b"my name is Ada", b"default"),
+        (b"assistant", b"Echo: my name is Ada", b"default"),
+        (b"user", b"what is my name?", b"default"),
+        (b"assistant", b"Echo: what is my name?", b"default"),
+    ]
+    assert not (tmp_path / "history.db").exists()  # nothing went to SQLite
+
+
+def test_the_history_url_and_a_handler_still_win_over_the_seed_variables(
+    redis_server: RedisServer, redis_url: str, upstream: FakeOpenAI, tmp_path: Path
+) -> None:
+    env = seed_env(redis_server, upstream, tmp_path)
+    chosen = OpenAIService(environ={**env, "LLMPROXY_HISTORY_URL": "memory://"})
+    chosen.chat_sync("one")
+    assert isinstance(chosen.proxy.history, MemoryHistoryStore)
+    chosen.close()
+    handler = LLMMessageHandlerImpl(environ={"LLMPROXY_REDIS_URL": redis_url + "?prefix=mine"})
+    handled = OpenAIService(message_handler=handler, environ=env)
+    handled.chat_sync("two")
+    assert [r.content for r in handler.get_messages("default")] == ["two", "Echo: two"]
+    handled.close()
+    handler.close()
+    seed_db = redis.Redis(host="127.0.0.1", port=redis_server.port, db=2)
+    assert seed_db.dbsize() == 0  # neither wrote to the seed's database
+    seed_db.close()
+
+
+def test_a_plain_proxy_keeps_its_default_store_with_the_seed_variables(
+    redis_server: RedisServer, upstream: FakeOpenAI, tmp_path: Path
+) -> None:
+    env = seed_env(redis_server, upstream, tmp_path)
+    with Proxy.from_env(env) as proxy:
+        proxy.chat("hi", session_id="s")
+        assert not isinstance(proxy.history, RedisHistoryStore)
+    assert (tmp_path / "history.db").exists()
+
+
+def test_seed_variables_without_the_redis_plugin_say_what_to_install(
+    redis_server: RedisServer, upstream: FakeOpenAI, tmp_path: Path
+) -> None:
+    env = {**seed_env(redis_server, upstream, tmp_path), "LLMPROXY_PLUGINS": "openai"}
+    with pytest.raises(ConfigError, match="pip install llmproxy-redis-history") as caught:
+        OpenAIService(OpenAILLMConfig(use_message=True), environ=env)
+    assert caught.value.path == "LLMPROXY_HISTORY_URL"
+    assert "LLM_PROXY_OPEN_AI_IOREDIS_HOST" in str(caught.value)
+    # History off: nothing would be stored, so the service is built (with the default store).
+    OpenAIService(OpenAILLMConfig(use_message=False), environ=env).close()
+    # Or the history URL chooses another store.
+    OpenAIService(environ={**env, "LLMPROXY_HISTORY_URL": "memory://"}).close()
 
 
 # --- the CLI --------------------------------------------------------------------------------

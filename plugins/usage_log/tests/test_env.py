@@ -21,6 +21,20 @@ def test_default_is_usage_db_in_the_data_dir(tmp_path: Path) -> None:
         log.close()
 
 
+OFF_WORDS = ("off", "OFF", "0", "false", "No", "none", "disabled", " off ")
+
+
+@pytest.mark.parametrize("word", OFF_WORDS)
+def test_every_off_word_turns_it_off(word: str) -> None:
+    assert log_url({"LLMPROXY_USAGE_LOG_URL": word}) is None
+
+
+@pytest.mark.parametrize("word", ["on", "1", "TRUE", "yes", ""])
+def test_on_words_and_empty_mean_the_default(word: str, tmp_path: Path) -> None:
+    environ = {"LLMPROXY_USAGE_LOG_URL": word, "LLMPROXY_DATA_DIR": str(tmp_path)}
+    assert log_url(environ) == f"sqlite:///{tmp_path}/usage.db"
+
+
 def test_off_and_explicit_urls(tmp_path: Path) -> None:
     assert log_url({"LLMPROXY_USAGE_LOG_URL": "off"}) is None
     with pytest.raises(ConfigError, match="turns the usage log off"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import pytest
 
@@ -144,5 +145,30 @@ def test_the_process_log_opens_from_the_environment(
         monkeypatch.setenv("LLMPROXY_USAGE_LOG_URL", "off")
         plugin._configured = False
         assert plugin.usage_log() is None
+    finally:
+        set_usage_log(old)
+
+
+@pytest.mark.parametrize("word", ["off", "OFF", "0", "false", "no", "none", "disabled"])
+def test_off_means_off_silently(
+    word: str,
+    upstream: FakeOpenAI,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setenv("LLMPROXY_USAGE_LOG_URL", word)
+    monkeypatch.setenv("LLMPROXY_DATA_DIR", str(tmp_path))
+    old = set_usage_log(None)
+    plugin._configured = False  # as in a fresh process: the log opens on the first event
+    try:
+        proxy = make_proxy(upstream)
+        with caplog.at_level(logging.DEBUG, "llmproxy.usage_log"):
+            proxy.chat("Hello")
+            proxy.chat("Hello again")  # the plugin's hooks ran twice, the second time settled
+        proxy.close()
+        assert plugin._configured and plugin.usage_log() is None
+        assert [r.getMessage() for r in caplog.records if r.name.startswith("llmproxy.usage")] == []
+        assert list(tmp_path.iterdir()) == []  # no usage.db (history and ledger are in memory)
     finally:
         set_usage_log(old)

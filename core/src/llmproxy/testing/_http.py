@@ -252,6 +252,10 @@ class Reply:
             ...}``, ``{"type": "url_citation", "url": ..., "title": ...}``);
             missing offsets are filled in (the end of the text). Only the
             Responses API endpoint sends them.
+        model: The model name the answer reports, in the whole body and in
+            every streamed chunk (OpenAI answers with the resolved snapshot:
+            ``gpt-4o-2024-08-06`` for a request naming ``gpt-4o``); ``None``
+            echoes the request's. Only the Chat Completions endpoint uses it.
 
     """
 
@@ -264,6 +268,7 @@ class Reply:
     chunk_delay: float = 0.0
     hosted_outputs: Sequence[Mapping[str, Any]] = field(default=())
     citations: Sequence[Mapping[str, Any]] = field(default=())
+    model: str | None = None
 
     def __post_init__(self) -> None:
         """Freeze the sequences into tuples."""

@@ -427,6 +427,8 @@ class FakeOpenAI(FakeServer):
             model = self._validate(body)
             self._check_tools(body)
             completion = self._complete(body, item if isinstance(item, Reply) else None)
+            if isinstance(item, Reply) and item.model is not None:
+                model = item.model  # the upstream's resolved name, as OpenAI reports it
         except _BadRequest as exc:
             self._send_openai_error(
                 response, 400, exc.message, "invalid_request_error", exc.code, exc.param

@@ -21,7 +21,7 @@ import anyio
 from starlette.applications import Starlette
 from starlette.routing import Route
 
-from llmproxy import Proxy
+from llmproxy import AsyncChatStream, Proxy
 from llmproxy.errors import LLMProxyError
 from llmproxy.plugins import load_plugins
 from llmproxy.types import Message as LLMMessage
@@ -160,9 +160,7 @@ class Gateway:
             if session is not None:
                 kwargs["session_id"] = session
             if call.stream:
-                await self._stream(
-                    receive, send, call.messages, call.model, call.include_usage, kwargs
-                )
+                await self._stream(receive, send, call.messages, call.include_usage, kwargs)
                 return
             response = await self.proxy.achat(call.messages, **kwargs)
         except Exception as exc:
@@ -176,7 +174,6 @@ class Gateway:
         receive: Receive,
         send: Send,
         messages: Any,
-        model: str,
         include_usage: bool,
         kwargs: dict[str, Any],
     ) -> None:
@@ -184,7 +181,7 @@ class Gateway:
         # The first event comes before the status line: budget and rate-limit refusals and
         # upstream failures before any text are still proper HTTP errors.
         first = await anext(stream)
-        writer = ChunkWriter(model)
+        writer = ChunkWriter(answering_model(stream, first))
         await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
         event: StreamEvent | None = first
         gone = asyncio.Event()
@@ -275,6 +272,22 @@ class Gateway:
             await self.proxy.aclose()
         self.usage.flush()
         self.keys.close()
+
+
+def answering_model(stream: AsyncChatStream, first: StreamEvent) -> str:
+    """The ``model`` a stream's chunks name: the one a whole reply names, from the same place.
+
+    That is :attr:`~llmproxy.types.ChatResponse.model`: the upstream's own name for the model
+    that answered (OpenAI reports the resolved snapshot, ``gpt-4o-2024-08-06`` for ``gpt-4o``),
+    else the model the Proxy resolved the request to (an alias or ``openai/...`` resolved, no
+    provider prefix), after fallbacks. ``first`` is the stream's first event, which the
+    upstream's first chunks (carrying its name) came before.
+    """
+    if first.response is not None:
+        return first.response.model
+    # ChatResponse.model is built from these two at the stream's end (_StreamState.completion);
+    # the stream exposes them no earlier, so read them where the Proxy keeps them.
+    return stream._state.model or stream._call.model
 
 
 def warm(proxy: Proxy) -> None:

@@ -56,7 +56,9 @@ class GeminiService(LLMServiceBase):
     """A seed-style service for Gemini: async ``chat`` and ``chat_stream`` over a Proxy.
 
     History goes to ``message_handler`` when given (an :class:`~llmproxy.LLMMessageHandler`
-    subclass), else to the configured store (``LLMPROXY_HISTORY_URL``, embedded SQLite by default).
+    subclass), else to the configured store (``LLMPROXY_HISTORY_URL``), else to Redis when the
+    seed's Redis variables (``LLM_PROXY_OPEN_AI_IOREDIS_HOST``...) are set (as in the seed; needs
+    ``llmproxy-redis-history``), else to embedded SQLite.
     """
 
     provider_name = "gemini"

@@ -75,7 +75,9 @@ class OpenAIService(LLMServiceBase):
     """The seed's service: async ``chat`` and ``chat_stream`` over a :class:`~llmproxy.Proxy`.
 
     History goes to ``message_handler`` when given (an :class:`~llmproxy.LLMMessageHandler`
-    subclass), else to the configured store (``LLMPROXY_HISTORY_URL``, embedded SQLite by default).
+    subclass), else to the configured store (``LLMPROXY_HISTORY_URL``), else to Redis when the
+    seed's Redis variables (``LLM_PROXY_OPEN_AI_IOREDIS_HOST``...) are set (as in the seed; needs
+    ``llmproxy-redis-history``), else to embedded SQLite.
     """
 
     provider_name = "openai"

@@ -16,7 +16,9 @@ Variable                                    Meaning
 The core's ``LLMPROXY_HISTORY_URL`` chooses the store: ``redis://host:port/db?options`` names the
 server itself; a bare ``redis://`` (or ``redis://?options``) means "from the environment":
 ``LLMPROXY_REDIS_URL``, else the seed's ``LLM_PROXY_OPEN_AI_IOREDIS_*`` variables, else
-``localhost:6379/0``. ``LLMMessageHandlerImpl()`` reads the same variables, like the seed did.
+``localhost:6379/0``. ``LLMMessageHandlerImpl()`` reads the same variables, like the seed did,
+and the seed's services (``OpenAIService``...) use this store whenever one of the seed's
+variables is set and ``LLMPROXY_HISTORY_URL`` is not (``llmproxy.service.seed_history_url``).
 
 Store options (query parameters of either URL; those of the history URL win):
 
@@ -57,7 +59,7 @@ REDIS_URL = redis_url.REDIS_URL  # "LLMPROXY_REDIS_URL"
 SEED_HOST = redis_url.SEED_HOST  # "LLM_PROXY_OPEN_AI_IOREDIS_HOST"
 SEED_PORT = redis_url.SEED_PORT  # "LLM_PROXY_OPEN_AI_IOREDIS_PORT"
 SEED_DB_INDEX = redis_url.SEED_DB_INDEX  # "LLM_PROXY_OPEN_AI_IOREDIS_DB_INDEX"
-SEED_KEY_PREFIX = "LLM_PROXY_OPEN_AI_IOREDIS_KEY_PREFIX"
+SEED_KEY_PREFIX = redis_url.SEED_KEY_PREFIX  # "LLM_PROXY_OPEN_AI_IOREDIS_KEY_PREFIX"
 
 DEFAULT_PREFIX = "llm_proxy"
 SCHEMES = ("redis", "rediss")

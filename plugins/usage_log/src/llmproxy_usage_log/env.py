@@ -6,7 +6,10 @@ Variable                        Meaning
 ``LLMPROXY_USAGE_LOG_URL``      Where calls are logged: ``sqlite:///relative.db`` or
                                 ``sqlite:////absolute.db`` (default: ``usage.db`` in the core's data
                                 dir, ``LLMPROXY_DATA_DIR``), ``redis://host:port/db`` /
-                                ``rediss://...``, ``memory://`` (this process only), or ``off``.
+                                ``rediss://...``, ``memory://`` (this process only), or ``off``
+                                (also ``0``, ``false``, ``no``, ``none``, ``disabled``, any case):
+                                nothing is opened, written or logged. ``on`` (``1``, ``true``,
+                                ``yes``) or unset: the default.
 ``LLMPROXY_REDIS_URL``          Read for a bare ``redis://``: the Redis server (and options), as for
                                 the Redis history plugin; else ``localhost:6379/0``.
 ==============================  ====================================================================
@@ -41,7 +44,8 @@ USAGE_LOG_URL = "LLMPROXY_USAGE_LOG_URL"
 REDIS_URL = "LLMPROXY_REDIS_URL"
 
 DEFAULT_FILENAME = "usage.db"
-OFF = frozenset(("off", "none", "false", "0", "disabled"))
+#: Words that turn the log off besides the core's off words (``llmproxy.env.switch``).
+OFF = frozenset(("none", "disabled"))
 
 
 def default_path(environ: Mapping[str, str]) -> Path:
@@ -52,9 +56,10 @@ def default_path(environ: Mapping[str, str]) -> Path:
 def log_url(environ: Mapping[str, str]) -> str | None:
     """Return the configured usage-log URL, the default SQLite URL, or None when turned off."""
     raw = environ.get(USAGE_LOG_URL, "").strip()
-    if raw.lower() in OFF:
+    switch = core_env.switch(raw)
+    if switch is False or raw.lower() in OFF:
         return None
-    if not raw:
+    if not raw or switch is True:
         return "sqlite:///" + str(default_path(environ).absolute())
     return raw
 

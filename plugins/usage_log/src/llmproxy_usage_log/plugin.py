@@ -1,9 +1,10 @@
 """The entry point llmproxy loads: records every call's observer event in the usage log.
 
 The log is opened on the first event from ``LLMPROXY_USAGE_LOG_URL`` in ``os.environ`` (the
-default is ``usage.db`` in the data dir); :func:`llmproxy_usage_log.set_usage_log` replaces it
-(a gateway built with its own environment does). Recording only queues the event: a call never
-waits for the log, and a failing log never fails a call.
+default is ``usage.db`` in the data dir); turned off (``off``...), nothing is opened, written or
+logged, and events are dropped. :func:`llmproxy_usage_log.set_usage_log` replaces it (a gateway
+built with its own environment does). Recording only queues the event: a call never waits for
+the log, and a failing log never fails a call.
 """
 
 from __future__ import annotations
@@ -40,10 +41,15 @@ def _open_locked() -> UsageLog | None:
         return _log
     if _failed_at and time.monotonic() - _failed_at < _RETRY_OPEN_AFTER:
         return None
+    from llmproxy_usage_log.env import log_url
     from llmproxy_usage_log.open import open_usage_log
 
+    url = log_url(os.environ)
+    if url is None:  # turned off: off means off, silently
+        _log, _configured = None, True
+        return None
     try:
-        _log = open_usage_log(None, os.environ)
+        _log = open_usage_log(url, os.environ)
     except Exception:
         _failed_at = time.monotonic()
         log.exception("could not open the usage log; calls go unlogged for a minute")

@@ -19,6 +19,8 @@ function fmtWhen(ts) {
   const d = new Date(ts * 1000);
   return d.toISOString().replace("T", " ").slice(0, 19) + " UTC";
 }
+// Long ids (sessions may be 200 characters) end in an ellipsis; the full id is in the title.
+function shorten(text, max) { return text.length > max ? text.slice(0, max - 1) + "…" : text; }
 function color(group, groups) {
   const i = groups.indexOf(group);
   return i >= 0 && i < PALETTE.length ? PALETTE[i] : "#9aa5ba";
@@ -127,7 +129,7 @@ function renderDim(d, dim) {
   const body = table.appendChild(el("tbody"));
   for (const t of totals) {
     const tr = el("tr", { "data-group": t.group });
-    tr.appendChild(el("td", { class: "group" }, label(dim, t.group)));
+    tr.appendChild(el("td", { class: "text group" }, label(dim, t.group)));
     tr.appendChild(el("td", { class: "num calls", "data-value": t.calls }, fmtInt(t.calls)));
     tr.appendChild(el("td", { class: "num errors", "data-value": t.errors }, fmtInt(t.errors)));
     tr.appendChild(el("td", { class: "num input", "data-value": t.input_tokens }, fmtInt(t.input_tokens)));
@@ -152,8 +154,8 @@ function renderBudgets(d) {
   const rows = [];
   for (const b of d.budgets) {
     const tr = el("tr", { "data-budget": b.id });
-    tr.appendChild(el("td", { class: "policy" }, b.policy));
-    tr.appendChild(el("td", { class: "scope" }, b.scope));
+    tr.appendChild(el("td", { class: "text policy" }, b.policy));
+    tr.appendChild(el("td", { class: "text scope" }, b.scope));
     tr.appendChild(el("td", { class: "num used", "data-value": b.used }, fmtAmount(b.used, b.unit)));
     tr.appendChild(el("td", { class: "num limit", "data-value": b.limit }, fmtAmount(b.limit, b.unit)));
     const share = b.limit > 0 ? Math.min(1, (b.used + b.reserved) / b.limit) : 1;
@@ -178,7 +180,7 @@ function renderLimits(d) {
   const rows = d.limits.map((h) => {
     const tr = el("tr", { "data-kind": h.kind, "data-policy": h.policy });
     tr.appendChild(el("td", { class: "kind" }, h.kind));
-    tr.appendChild(el("td", { class: "policy" }, h.policy));
+    tr.appendChild(el("td", { class: "text policy" }, h.policy));
     tr.appendChild(el("td", { class: "num hits", "data-value": h.hits }, fmtInt(h.hits)));
     tr.appendChild(el("td", { class: "last" }, fmtWhen(h.last)));
     return tr;
@@ -196,18 +198,20 @@ function renderRecent(d) {
   const rows = d.recent.map((r) => {
     const tr = el("tr", { class: "call" });
     tr.appendChild(el("td", {}, fmtTime(r.ts)));
-    tr.appendChild(el("td", { class: "model" }, r.model));
-    tr.appendChild(el("td", { class: "user" }, r.user || "–"));
+    tr.appendChild(el("td", { class: "text model" }, r.model));
+    tr.appendChild(el("td", { class: "text user" }, r.user || "–"));
     tr.appendChild(el("td", { class: "key" }, r.key || "–"));
-    const s = tr.appendChild(el("td", { class: "session" }));
-    if (r.session_url) s.appendChild(el("a", { href: r.session_url }, r.session_id));
+    const s = tr.appendChild(el("td", { class: "text session" }));
+    if (r.session_url) {
+      s.appendChild(el("a", { href: r.session_url, title: r.session_id }, shorten(r.session_id, 40)));
+    }
     else s.textContent = "–";
     tr.appendChild(el("td", { class: "num input" }, fmtInt(r.input_tokens)));
     tr.appendChild(el("td", { class: "num output" }, fmtInt(r.output_tokens)));
     tr.appendChild(el("td", { class: "num cost" }, r.cost === null ? "–" : fmtUsd(r.cost)));
     tr.appendChild(el("td", { class: "num latency" }, Math.round(r.latency * 1000) + " ms"));
     const outcome = r.outcome + (r.error ? " (" + r.error + ")" : "") + (r.streamed ? ", streamed" : "");
-    tr.appendChild(el("td", { class: r.outcome === "error" ? "bad outcome" : "outcome" }, outcome));
+    tr.appendChild(el("td", { class: r.outcome === "error" ? "text bad outcome" : "text outcome" }, outcome));
     return tr;
   });
   if (!rows.length) {
