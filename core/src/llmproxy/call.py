@@ -491,6 +491,14 @@ class Call:
             return None
         return next_delay(error, self.attempts, self.elapsed(), self.proxy.config.retry)
 
+    def answering_model(self) -> str:
+        """The model answering: the upstream's own name once a chunk gave it, else the resolved one.
+
+        The same value the response's ``model`` will hold (after fallbacks).
+        """
+        named = self.stream.model if self.stream is not None else None
+        return named or self.model
+
     def delivered(self) -> bool:
         """Whether part of a streamed answer has reached the caller."""
         return self.stream is not None and self.stream.delivered

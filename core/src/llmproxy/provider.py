@@ -127,6 +127,11 @@ class ChunkAssembler:
             self._id = chunk.id
 
     @property
+    def model(self) -> str | None:
+        """The model the stream named, if any chunk named it."""
+        return self._model
+
+    @property
     def usage(self) -> Usage | None:
         """The usage the stream reported, if any chunk carried it."""
         return self._usage

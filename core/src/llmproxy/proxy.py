@@ -658,6 +658,15 @@ class ChatStream:
         """The whole response, once the stream has ended (also when it was interrupted)."""
         return self._call.final
 
+    @property
+    def model(self) -> str:
+        """The model answering, as the final response's ``model`` will name it.
+
+        The upstream's own name once a chunk gave it (OpenAI's resolved snapshot), else the
+        model the Proxy resolved the call to, after any fallback.
+        """
+        return self._call.answering_model()
+
     def _step(self, error: BaseException | None) -> StreamEvent | None:
         """Run the flow to its next event (None: the stream has ended)."""
         try:
@@ -722,6 +731,15 @@ class AsyncChatStream:
     def response(self) -> ChatResponse | None:
         """The whole response, once the stream has ended (also when it was interrupted)."""
         return self._call.final
+
+    @property
+    def model(self) -> str:
+        """The model answering, as the final response's ``model`` will name it.
+
+        The upstream's own name once a chunk gave it (OpenAI's resolved snapshot), else the
+        model the Proxy resolved the call to, after any fallback.
+        """
+        return self._call.answering_model()
 
     async def _step(self, error: BaseException | None) -> StreamEvent | None:
         """Run the flow to its next event (None: the stream has ended)."""

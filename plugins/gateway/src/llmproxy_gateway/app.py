@@ -285,9 +285,7 @@ def answering_model(stream: AsyncChatStream, first: StreamEvent) -> str:
     """
     if first.response is not None:
         return first.response.model
-    # ChatResponse.model is built from these two at the stream's end (_StreamState.completion);
-    # the stream exposes them no earlier, so read them where the Proxy keeps them.
-    return stream._state.model or stream._call.model
+    return stream.model
 
 
 def warm(proxy: Proxy) -> None:
