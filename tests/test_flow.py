@@ -205,3 +205,20 @@ def test_closing_a_stream_in_flight_settles_what_arrived(
     assert proxy._drive(flow, Closed()) is None
     assert proxy.usage()[0].reserved == 0
     assert call.final is not None and call.final.message.interrupted
+
+
+def test_a_cost_budget_alone_caps_the_output_sent_upstream(
+    make_proxy: MakeProxy, upstream: FakeOpenAI
+) -> None:
+    from llmproxy import CostBudget
+
+    # gpt-5.4-mini is priced by the OpenAI plugin; a budget of a tiny fraction of a cent leaves
+    # room for far fewer output tokens than the default cap.
+    proxy = make_proxy(budgets=[CostBudget(max_usd=0.0005)])
+    upstream.enqueue(Reply(text=" ".join(f"w{i}" for i in range(2000))))
+    response = proxy.chat("Hello", model="openai/gpt-5.4-mini")
+    sent = chat_requests(upstream)[0]["max_completion_tokens"]
+    assert sent == response.max_output_tokens < 4096
+    assert response.cut_short_by_budget
+    [usage] = proxy.usage(model="openai/gpt-5.4-mini")
+    assert usage.used <= 0.0005 and usage.reserved == 0
