@@ -35,9 +35,9 @@ from llmproxy.budget.base import Claim, Ledger, Rates
 from llmproxy.budget.lease import LeasingLedger
 from llmproxy.budget.memory import MemoryLedger
 from llmproxy.budget.sqlite import SQLiteLedger
-from llmproxy.testing.fake_openai import FakeOpenAI
-from llmproxy.testing.redis_server import RedisServer
 from llmproxy_redis_budget import RedisLedger
+from llmproxy_testing.fake_openai import FakeOpenAI
+from llmproxy_testing.redis_server import RedisServer
 
 RATES = Rates(input=0.00000015, output=0.0000006)  # $0.15 / $0.60 per million tokens
 

@@ -71,7 +71,7 @@ def serve_upstream(words: int, chunk_delay: float) -> int:
     import signal
     import threading
 
-    from llmproxy.testing.fake_openai import FakeOpenAI, Reply
+    from llmproxy_testing.fake_openai import FakeOpenAI, Reply
 
     # The fake server's loop thread runs uvloop, as the gateway's does: a stand-in for OpenAI's
     # servers should not be what loads the machine shared with the gateway.

@@ -27,8 +27,8 @@ import redis
 from llmproxy import HistoryRecord, Message
 from llmproxy.history.memory import MemoryHistoryStore
 from llmproxy.history.sqlite import SQLiteHistoryStore
-from llmproxy.testing.redis_server import RedisServer, redis_server_path
 from llmproxy_redis_history import RedisHistoryStore
+from llmproxy_testing.redis_server import RedisServer, redis_server_path
 
 
 def exchange(session: str, n: int) -> list[HistoryRecord]:

@@ -33,7 +33,7 @@ MESSAGES = [{"role": "user", "content": "Say hello to the benchmark, please."}]
 
 def start_upstream() -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "llmproxy.testing.fake_openai", "--port", "0"],
+        [sys.executable, "-m", "llmproxy_testing.fake_openai", "--port", "0"],
         stdout=subprocess.PIPE,
         text=True,
     )

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Set up and check the llmproxy workspace with nothing but Python 3.11+ and pip.
 
-    python3 scripts/dev.py install   # .venv with core + every plugin (editable) + test tools
+    python3 scripts/dev.py install   # .venv: core, llmproxy-testing, every plugin (editable), tools
     python3 scripts/dev.py test      # install, start what tests need, ruff, mypy --strict, pytest
 
 Extra arguments after `test` go to pytest (python3 scripts/dev.py test -k budget).
@@ -35,8 +35,9 @@ def run(*cmd: str | Path, check: bool = True) -> int:
 
 
 def members() -> list[Path]:
+    """The workspace's distributions: the core, the test helpers, every plugin."""
     plugins = sorted(p.parent for p in (ROOT / "plugins").glob("*/pyproject.toml"))
-    return [ROOT / "core", *plugins]
+    return [ROOT / "core", ROOT / "testing", *plugins]
 
 
 def has_test_extra(member: Path) -> bool:

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from llmproxy.testing.fake_openai import FakeOpenAI
-from llmproxy.testing.proxies import ProxyMaker
+from llmproxy_testing.fake_openai import FakeOpenAI
+from llmproxy_testing.proxies import ProxyMaker
 
 API_KEY = "sk-test-SECRET0123456789abcdefXYZ"
 

@@ -19,8 +19,8 @@ from llmproxy import (
     RequestsPerMinute,
     TokensPerMinute,
 )
-from llmproxy.testing._http import Reply
-from llmproxy.testing.fake_openai import FakeOpenAI
+from llmproxy_testing._http import Reply
+from llmproxy_testing.fake_openai import FakeOpenAI
 from tests.conftest import chat_requests
 
 MakeProxy = Callable[..., Proxy]

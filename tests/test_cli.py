@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from llmproxy.testing._http import Reply
-from llmproxy.testing.fake_openai import FakeOpenAI
+from llmproxy_testing._http import Reply
+from llmproxy_testing.fake_openai import FakeOpenAI
 from tests.conftest import API_KEY, chat_requests
 
 LLMPROXY = str(Path(sys.executable).with_name("llmproxy"))
@@ -131,7 +131,7 @@ def test_plugins_command_lists_distributions(env: dict[str, str]) -> None:
 
 def test_interrupted_stream_in_cli_is_stored(env: dict[str, str], upstream: FakeOpenAI) -> None:
     upstream.enqueue(Reply(text="a b c d e f"))
-    from llmproxy.testing._http import Fault
+    from llmproxy_testing._http import Fault
 
     upstream.enqueue(Fault.drop_after(2))
     run(["chat", "warm", "--no-stream"], env)

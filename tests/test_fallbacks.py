@@ -14,10 +14,10 @@ from llmproxy import (
     Proxy,
     RequestsPerMinute,
 )
-from llmproxy.testing._http import Fault
-from llmproxy.testing.fake_openai import FakeOpenAI
-from llmproxy.testing.proxies import FAST_RETRY
 from llmproxy_openai import OpenAIProvider
+from llmproxy_testing._http import Fault
+from llmproxy_testing.fake_openai import FakeOpenAI
+from llmproxy_testing.proxies import FAST_RETRY
 from tests.conftest import API_KEY, chat_requests
 
 MakeProxy = Callable[..., Proxy]

@@ -14,7 +14,7 @@ import pytest
 from llmproxy import HistoryRecord, Message, Proxy
 from llmproxy.history.base import HistoryStore
 from llmproxy.plugins import Plugins
-from llmproxy.testing.contracts import HistoryStoreContract
+from llmproxy_testing.contracts import HistoryStoreContract
 
 DIST = "acme-history"
 MODULE = "acme_history_store"

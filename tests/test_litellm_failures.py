@@ -20,8 +20,8 @@ import pytest
 from llmproxy import BudgetExceeded, CallScope, LLMBudget, Proxy
 from llmproxy.budget.memory import MemoryLedger
 from llmproxy.budget.sqlite import SQLiteLedger
-from llmproxy.testing._http import Reply
-from llmproxy.testing.fake_openai import FakeOpenAI
+from llmproxy_testing._http import Reply
+from llmproxy_testing.fake_openai import FakeOpenAI
 
 MakeProxy = Callable[..., Proxy]
 

@@ -19,8 +19,8 @@ from llmproxy.plugins import Plugins
 from llmproxy.provider import Provider
 from llmproxy.registry import ProviderSettings
 from llmproxy.secret import Secret
-from llmproxy.testing.fake_openai import FakeOpenAI, Fault
-from llmproxy.testing.provider_contract import ProviderContract
+from llmproxy_testing.fake_openai import FakeOpenAI, Fault
+from llmproxy_testing.provider_contract import ProviderContract
 
 KEY = "sk-3p-test-0123456789abcdefwxyz"
 

@@ -30,8 +30,8 @@ from llmproxy import (
     StreamInterrupted,
 )
 from llmproxy.history.base import HistoryRecord
-from llmproxy.testing._http import Fault, Reply
-from llmproxy.testing.fake_openai import FakeOpenAI
+from llmproxy_testing._http import Fault, Reply
+from llmproxy_testing.fake_openai import FakeOpenAI
 from tests.conftest import API_KEY, chat_requests
 
 MakeProxy = Callable[..., Proxy]

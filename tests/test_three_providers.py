@@ -7,11 +7,11 @@ from collections.abc import Iterator
 import pytest
 
 from llmproxy import CallEvent, LLMBudget, ProviderAuthError, Proxy, RequestsPerMinute
-from llmproxy.testing._http import Fault
-from llmproxy.testing.fake_deepseek import FakeDeepSeek
-from llmproxy.testing.fake_gemini import FakeGemini
-from llmproxy.testing.fake_openai import FakeOpenAI
-from llmproxy.testing.proxies import FAST_RETRY
+from llmproxy_testing._http import Fault
+from llmproxy_testing.fake_deepseek import FakeDeepSeek
+from llmproxy_testing.fake_gemini import FakeGemini
+from llmproxy_testing.fake_openai import FakeOpenAI
+from llmproxy_testing.proxies import FAST_RETRY
 from tests.conftest import API_KEY
 
 GEMINI = "gemini/gemini-3.8-flash"

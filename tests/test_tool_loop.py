@@ -13,9 +13,9 @@ import pytest
 from llmproxy import CallEvent, LLMBudget, Proxy, hookimpl
 from llmproxy.errors import InvalidRequest, ToolLoopError
 from llmproxy.plugins import Plugins
-from llmproxy.testing._http import Reply
-from llmproxy.testing.fake_openai import FakeOpenAI
 from llmproxy.tools import Tool, tool
+from llmproxy_testing._http import Reply
+from llmproxy_testing.fake_openai import FakeOpenAI
 from tests.conftest import chat_requests
 
 MakeProxy = Callable[..., Proxy]

@@ -18,8 +18,8 @@ from llmproxy import Proxy
 from llmproxy.errors import InvalidRequest, PluginError
 from llmproxy.plugins import Plugins
 from llmproxy.registry import RegisterTool
-from llmproxy.testing.fake_openai import FakeOpenAI, Reply
 from llmproxy.tools import Tool, tool
+from llmproxy_testing.fake_openai import FakeOpenAI, Reply
 from tests.conftest import chat_requests
 
 TOOLS_PLUGIN = """

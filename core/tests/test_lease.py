@@ -30,7 +30,7 @@ from llmproxy.errors import (
     RateLimited,
     StoreError,
 )
-from llmproxy.testing.contracts import FakeClock
+from llmproxy_testing.contracts import FakeClock
 
 BIG = Claim("big", "big", "key:a", 1_000_000)
 RPM = Claim("rpm", "rpm", "key:a", 10_000, "requests", 60.0)

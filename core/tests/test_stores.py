@@ -29,8 +29,8 @@ from llmproxy.history import sqlite as history_sqlite
 from llmproxy.history.base import HistoryRecord
 from llmproxy.history.memory import MemoryHistoryStore
 from llmproxy.history.sqlite import SQLiteHistoryStore
-from llmproxy.testing.contracts import FakeClock, HistoryStoreContract, LedgerContract
 from llmproxy.types import Message
+from llmproxy_testing.contracts import FakeClock, HistoryStoreContract, LedgerContract
 
 
 class TestMemoryHistoryStore(HistoryStoreContract):

@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from llmproxy.testing.fake_deepseek import FakeDeepSeek
-from llmproxy.testing.proxies import ProxyMaker
 from llmproxy_deepseek.provider import DeepSeekProvider
+from llmproxy_testing.fake_deepseek import FakeDeepSeek
+from llmproxy_testing.proxies import ProxyMaker
 
 #: The key the fake server accepts. Long enough that its masked form differs from it.
 API_KEY = "sk-ds-test-7e1c0a94b2f86d35wxyz"

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from llmproxy.testing.fake_deepseek import FakeDeepSeek
-from llmproxy.testing.provider_contract import ProviderContract
 from llmproxy.types import ChatRequest
 from llmproxy_deepseek.provider import DeepSeekProvider
+from llmproxy_testing.fake_deepseek import FakeDeepSeek
+from llmproxy_testing.provider_contract import ProviderContract
 
 KEY = "sk-ds-contract-0123456789wxyz"
 

@@ -23,17 +23,17 @@ from llmproxy.plugins import Plugins
 from llmproxy.pricing import Price
 from llmproxy.registry import ProviderSettings
 from llmproxy.secret import Secret
-from llmproxy.testing.fake_deepseek import (
+from llmproxy.tokens import messages_upper_bound
+from llmproxy.types import ChatRequest, Message, ToolCall, Usage
+from llmproxy_deepseek import env, models
+from llmproxy_deepseek.provider import DeepSeekProvider, count_messages, deepseek_message
+from llmproxy_testing.fake_deepseek import (
     DEFAULT_REASONING,
     REASONING_REQUIRED_MESSAGE,
     FakeDeepSeek,
     Fault,
     Reply,
 )
-from llmproxy.tokens import messages_upper_bound
-from llmproxy.types import ChatRequest, Message, ToolCall, Usage
-from llmproxy_deepseek import env, models
-from llmproxy_deepseek.provider import DeepSeekProvider, count_messages, deepseek_message
 
 MODEL = "deepseek-flash"
 NAME = f"deepseek/{MODEL}"

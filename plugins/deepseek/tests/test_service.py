@@ -13,9 +13,9 @@ import pytest
 
 from llmproxy import LLMBudget
 from llmproxy.errors import ConfigError, MissingCredentials
-from llmproxy.testing.fake_deepseek import DEFAULT_REASONING, FakeDeepSeek, Reply
 from llmproxy.types import ChatResponse
 from llmproxy_deepseek import DEFAULT_MODEL, DeepSeekLLMConfig, DeepSeekService
+from llmproxy_testing.fake_deepseek import DEFAULT_REASONING, FakeDeepSeek, Reply
 
 
 @pytest.fixture

@@ -15,11 +15,11 @@ import pytest
 
 from llmproxy import Proxy
 from llmproxy.errors import ConfigError
-from llmproxy.testing.fake_deepseek import FakeDeepSeek, Reply
 from llmproxy.tools import HostedTool, tool
 from llmproxy.types import ChatRequest, Message
 from llmproxy_deepseek import DeepSeekLLMConfig, DeepSeekService
 from llmproxy_deepseek.provider import DeepSeekProvider
+from llmproxy_testing.fake_deepseek import FakeDeepSeek, Reply
 
 from .conftest import API_KEY, MODEL
 

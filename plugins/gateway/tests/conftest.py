@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from llmproxy.testing.fake_openai import FakeOpenAI
 from llmproxy_gateway import KeyStore
+from llmproxy_testing.fake_openai import FakeOpenAI
 from llmproxy_usage_log import SQLiteUsageLog, UsageRecord
 
 UPSTREAM_KEY = "sk-upstream-0123456789abcdefXYZ"

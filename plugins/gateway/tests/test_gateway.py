@@ -10,7 +10,7 @@ import httpx2 as httpx
 import openai
 import pytest
 
-from llmproxy.testing.fake_openai import FakeOpenAI, Fault, Reply
+from llmproxy_testing.fake_openai import FakeOpenAI, Fault, Reply
 
 from .conftest import ADMIN_KEY, GatewayProcess, chat_bodies
 

@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from llmproxy.testing.fake_openai import FakeOpenAI
 from llmproxy_gateway import KeyStore
 from llmproxy_gateway.app import create_app
 from llmproxy_openai.provider import OpenAIProvider
+from llmproxy_testing.fake_openai import FakeOpenAI
 
 from .conftest import UPSTREAM_KEY, clean_env
 

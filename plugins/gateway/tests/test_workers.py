@@ -21,9 +21,9 @@ import httpx2 as httpx
 import pytest
 
 from llmproxy.errors import ConfigError
-from llmproxy.testing.fake_openai import FakeOpenAI
 from llmproxy_gateway import KeyStore, env
 from llmproxy_gateway import workers as workers_module
+from llmproxy_testing.fake_openai import FakeOpenAI
 
 from .conftest import ADMIN_KEY, LLMPROXY, UPSTREAM_KEY, GatewayProcess, clean_env, serve_gateway
 

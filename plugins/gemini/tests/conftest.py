@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from llmproxy.testing.fake_gemini import FakeGemini
-from llmproxy.testing.proxies import ProxyMaker
 from llmproxy_gemini.provider import GeminiProvider
+from llmproxy_testing.fake_gemini import FakeGemini
+from llmproxy_testing.proxies import ProxyMaker
 
 #: The key the fake server accepts.
 API_KEY = "AIzaTest-4c1b7e0d9a2f86e35wxyz"

@@ -6,9 +6,9 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from llmproxy.testing.fake_gemini import FakeGemini
-from llmproxy.testing.provider_contract import ProviderContract
 from llmproxy_gemini.provider import GeminiProvider
+from llmproxy_testing.fake_gemini import FakeGemini
+from llmproxy_testing.provider_contract import ProviderContract
 
 KEY = "AIzaContract-0123456789wxyz"
 

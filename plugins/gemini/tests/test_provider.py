@@ -27,13 +27,13 @@ from llmproxy.plugins import Plugins
 from llmproxy.pricing import Price
 from llmproxy.registry import ProviderSettings
 from llmproxy.secret import Secret
-from llmproxy.testing._http import FakeServer, RecordedRequest, ResponseWriter
-from llmproxy.testing.fake_gemini import SKIP_SIGNATURE, FakeGemini, Fault, Reply
 from llmproxy.tokens import messages_upper_bound
 from llmproxy.tools import Tool
 from llmproxy.types import ChatRequest, Message, ToolCall, Usage
 from llmproxy_gemini import convert, env, models
 from llmproxy_gemini.provider import GeminiProvider, count_messages
+from llmproxy_testing._http import FakeServer, RecordedRequest, ResponseWriter
+from llmproxy_testing.fake_gemini import SKIP_SIGNATURE, FakeGemini, Fault, Reply
 
 MODEL = "gemini-3.8-flash"
 NAME = f"gemini/{MODEL}"

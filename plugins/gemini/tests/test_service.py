@@ -13,9 +13,9 @@ import pytest
 
 from llmproxy import LLMBudget
 from llmproxy.errors import ConfigError, MissingCredentials
-from llmproxy.testing.fake_gemini import FakeGemini, Reply
 from llmproxy.types import ChatResponse
 from llmproxy_gemini import DEFAULT_MODEL, GeminiLLMConfig, GeminiService
+from llmproxy_testing.fake_gemini import FakeGemini, Reply
 
 
 @pytest.fixture

@@ -14,11 +14,11 @@ import pytest
 
 from llmproxy import Proxy
 from llmproxy.errors import ConfigError, InvalidRequest, ProviderBadRequest
-from llmproxy.testing.fake_gemini import FakeGemini, Reply
 from llmproxy.tools import HostedTool, Tool, tool
 from llmproxy.types import ChatRequest, Message, ToolCall
 from llmproxy_gemini import GeminiLLMConfig, GeminiService
 from llmproxy_gemini.provider import GeminiProvider
+from llmproxy_testing.fake_gemini import FakeGemini, Reply
 
 from .conftest import API_KEY
 

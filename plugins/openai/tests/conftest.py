@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from llmproxy.testing.fake_openai import FakeOpenAI, RecordedRequest, ResponseWriter
 from llmproxy_openai.provider import OpenAIProvider
+from llmproxy_testing.fake_openai import FakeOpenAI, RecordedRequest, ResponseWriter
 
 #: The key the fake server accepts. Long enough that its masked form differs from it.
 API_KEY = "sk-test-4f7a9c2e1b8d6053wxyz"

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 
 from llmproxy.errors import ConfigError, InvalidRequest, ProviderBadRequest
-from llmproxy.testing.fake_openai import FakeOpenAI, Reply
 from llmproxy.tools import HostedTool, Tool, tool
 from llmproxy.types import ChatRequest, Chunk, Completion, Message, ToolCall
 from llmproxy_openai.provider import OpenAIProvider, function_tool_to_wire
+from llmproxy_testing.fake_openai import FakeOpenAI, Reply
 
 MODEL = "gpt-5.4-mini"
 

@@ -6,9 +6,9 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from llmproxy.testing.fake_openai import FakeOpenAI
-from llmproxy.testing.provider_contract import ProviderContract
 from llmproxy_openai.provider import OpenAIProvider
+from llmproxy_testing.fake_openai import FakeOpenAI
+from llmproxy_testing.provider_contract import ProviderContract
 
 KEY = "sk-test-contract-0123456789wxyz"
 

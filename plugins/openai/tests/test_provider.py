@@ -29,7 +29,6 @@ from llmproxy.errors import (
 )
 from llmproxy.registry import ProviderSettings
 from llmproxy.secret import Secret
-from llmproxy.testing.fake_openai import FakeOpenAI, Fault, Reply
 from llmproxy.tokens import messages_upper_bound
 from llmproxy.types import ChatRequest, Chunk, Completion, Message, ToolCall, Usage
 from llmproxy_openai import env, models, tokenizer
@@ -41,6 +40,7 @@ from llmproxy_openai.provider import (
     usage_from_wire,
 )
 from llmproxy_openai.service import OpenAILLMConfig
+from llmproxy_testing.fake_openai import FakeOpenAI, Fault, Reply
 
 MODEL = "gpt-4o-mini"
 

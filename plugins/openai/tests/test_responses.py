@@ -25,7 +25,6 @@ from llmproxy.errors import (
 )
 from llmproxy.registry import ProviderSettings
 from llmproxy.secret import Secret
-from llmproxy.testing.fake_openai import FakeOpenAI, Fault, RecordedRequest, Reply, ResponseWriter
 from llmproxy.tools import HostedTool, Tool, tool
 from llmproxy.types import (
     ChatRequest,
@@ -38,6 +37,7 @@ from llmproxy.types import (
     Usage,
 )
 from llmproxy_openai.provider import OpenAIProvider
+from llmproxy_testing.fake_openai import FakeOpenAI, Fault, RecordedRequest, Reply, ResponseWriter
 
 MODEL = "gpt-5.4-mini"
 FILE_SEARCH = HostedTool("file_search", {"vector_store_ids": ["vs_docs"]})

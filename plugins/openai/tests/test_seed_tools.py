@@ -15,7 +15,6 @@ from typing import Any, Literal
 import pytest
 
 from llmproxy.errors import ConfigError
-from llmproxy.testing.fake_openai import FakeOpenAI, Reply
 from llmproxy.tools import HostedTool, Tool
 from llmproxy_openai import (
     OpenAICodeInterpreter,
@@ -25,6 +24,7 @@ from llmproxy_openai import (
     OpenAIService,
 )
 from llmproxy_openai.tools import core_tools
+from llmproxy_testing.fake_openai import FakeOpenAI, Reply
 
 
 @pytest.fixture

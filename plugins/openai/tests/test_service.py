@@ -15,9 +15,9 @@ import pytest
 from llmproxy import BudgetExceeded, LLMBudget, LLMMessageHandler
 from llmproxy.errors import ConfigError, MissingCredentials, ProviderAuthError, ProviderRateLimited
 from llmproxy.history.base import HistoryRecord
-from llmproxy.testing.fake_openai import FakeOpenAI, Fault, Reply
 from llmproxy.types import ChatResponse
 from llmproxy_openai import DEFAULT_MODEL, OpenAILLMConfig, OpenAIService
+from llmproxy_testing.fake_openai import FakeOpenAI, Fault, Reply
 
 
 @pytest.fixture

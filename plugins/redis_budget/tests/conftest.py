@@ -12,9 +12,9 @@ import pytest
 import redis
 
 from llmproxy.budget.base import Claim, ClaimUsage, Rates, Reservation
-from llmproxy.testing.redis_fixtures import redis_server, redis_url
-from llmproxy.testing.redis_server import RedisServer
 from llmproxy_redis_budget import RedisLedger
+from llmproxy_testing.redis_fixtures import redis_server, redis_url
+from llmproxy_testing.redis_server import RedisServer
 
 T = TypeVar("T")
 

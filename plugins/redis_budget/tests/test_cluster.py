@@ -10,9 +10,9 @@ import redis.crc
 
 from llmproxy.budget.base import Claim, Rates
 from llmproxy.errors import BudgetExceeded
-from llmproxy.testing.redis_fixtures import need_redis_server
-from llmproxy.testing.redis_server import RedisClusterServers
 from llmproxy_redis_budget import RedisLedger
+from llmproxy_testing.redis_fixtures import need_redis_server
+from llmproxy_testing.redis_server import RedisClusterServers
 
 CLAIMS = [
     Claim("tokens|global", "tokens", "global", 1000),

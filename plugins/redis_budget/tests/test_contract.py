@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from hypothesis import HealthCheck, settings
 
-from llmproxy.testing.contracts import FakeClock, LedgerContract
 from llmproxy_redis_budget import RedisLedger
+from llmproxy_testing.contracts import FakeClock, LedgerContract
 
 from .conftest import AsyncDriven
 

@@ -17,10 +17,10 @@ from llmproxy import LLMBudget, Proxy, StoreError
 from llmproxy.budget.base import Claim
 from llmproxy.budget.policy import CallScope
 from llmproxy.pipelining import shared
-from llmproxy.testing.fake_openai import FakeOpenAI
-from llmproxy.testing.redis_server import RedisServer
 from llmproxy_redis_budget import RedisLedger
 from llmproxy_redis_history import RedisHistoryStore
+from llmproxy_testing.fake_openai import FakeOpenAI
+from llmproxy_testing.redis_server import RedisServer
 
 KEY = "sk-test-redis-pipelined-0123456789"
 MODEL = "openai/gpt-5.4-mini"

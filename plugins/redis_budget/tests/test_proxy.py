@@ -9,8 +9,8 @@ import pytest
 from llmproxy import BudgetExceeded, LLMBudget, Proxy, RequestsPerMinute
 from llmproxy.budget.base import Claim
 from llmproxy.budget.policy import CallScope
-from llmproxy.testing.fake_openai import FakeOpenAI
 from llmproxy_redis_budget import RedisLedger
+from llmproxy_testing.fake_openai import FakeOpenAI
 
 KEY = "sk-test-redis-budget-0123456789"
 

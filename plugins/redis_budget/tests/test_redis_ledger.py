@@ -20,10 +20,10 @@ import redis.crc
 from llmproxy.budget.base import Claim, Rates
 from llmproxy.errors import BudgetExceeded, ConfigError, RateLimited, StoreError
 from llmproxy.plugins import Plugins
-from llmproxy.testing.redis_fixtures import need_redis_server
-from llmproxy.testing.redis_server import RedisServer, free_port
 from llmproxy_redis_budget import RedisLedger, plugin, settings_from_url
 from llmproxy_redis_budget.ledger import LOCAL_PREFIX
+from llmproxy_testing.redis_fixtures import need_redis_server
+from llmproxy_testing.redis_server import RedisServer, free_port
 
 from .conftest import client_commands
 

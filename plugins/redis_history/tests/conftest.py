@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import redis
 
-from llmproxy.testing.redis_fixtures import redis_server, redis_url
 from llmproxy_redis_history import RedisHistoryStore
+from llmproxy_testing.redis_fixtures import redis_server, redis_url
 
 
 @pytest.fixture

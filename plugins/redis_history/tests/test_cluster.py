@@ -10,12 +10,12 @@ from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
 from llmproxy.history.base import HistoryRecord
-from llmproxy.testing.contracts import HistoryStoreContract
-from llmproxy.testing.redis_fixtures import need_redis_server
-from llmproxy.testing.redis_server import RedisClusterServers
 from llmproxy.types import Message
 from llmproxy_redis_history import RedisHistoryStore
 from llmproxy_redis_history.layout import session_tag
+from llmproxy_testing.contracts import HistoryStoreContract
+from llmproxy_testing.redis_fixtures import need_redis_server
+from llmproxy_testing.redis_server import RedisClusterServers
 
 
 @pytest.fixture(scope="module")

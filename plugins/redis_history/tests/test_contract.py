@@ -7,8 +7,8 @@ from collections.abc import Callable
 import pytest
 
 from llmproxy.history.base import HistoryStore
-from llmproxy.testing.contracts import HistoryStoreContract
 from llmproxy_redis_history import RedisHistoryStore
+from llmproxy_testing.contracts import HistoryStoreContract
 
 
 class TestRedisHistoryStore(HistoryStoreContract):

@@ -14,10 +14,10 @@ import redis
 from redis.crc import key_slot
 
 from llmproxy.history.base import HistoryRecord
-from llmproxy.testing.redis_server import RedisServer
 from llmproxy.types import Message, ToolCall
 from llmproxy_redis_history import RedisHistoryStore
 from llmproxy_redis_history.layout import session_of_tag, session_tag
+from llmproxy_testing.redis_server import RedisServer
 
 Make = Callable[..., RedisHistoryStore]
 

@@ -13,9 +13,9 @@ import redis
 from llmproxy import Proxy
 from llmproxy.errors import StoreError
 from llmproxy.history.base import HistoryRecord
-from llmproxy.testing.redis_server import RedisServer, free_port
 from llmproxy.types import Message
 from llmproxy_redis_history import RedisHistoryStore, RedisUnavailable
+from llmproxy_testing.redis_server import RedisServer, free_port
 
 Make = Callable[..., RedisHistoryStore]
 
@@ -147,7 +147,7 @@ def test_server_down_then_back(persistent_server: RedisServer) -> None:
 def test_proxy_goes_on_without_history_when_configured(
     nothing_listening: str, tmp_path: object
 ) -> None:
-    from llmproxy.testing.fake_openai import FakeOpenAI
+    from llmproxy_testing.fake_openai import FakeOpenAI
 
     with FakeOpenAI(api_key="sk-test-key-0123456789") as upstream:
         env = {

@@ -15,10 +15,10 @@ import redis
 from llmproxy import ConfigError, HistoryRecord, Message, Proxy, StoreError
 from llmproxy.history.memory import MemoryHistoryStore
 from llmproxy.plugins import Plugins
-from llmproxy.testing.fake_openai import FakeOpenAI
-from llmproxy.testing.redis_server import RedisServer
 from llmproxy_openai import OpenAILLMConfig, OpenAIService
 from llmproxy_redis_history import LLMMessageHandlerImpl, RedisHistoryStore, settings_from_url
+from llmproxy_testing.fake_openai import FakeOpenAI
+from llmproxy_testing.redis_server import RedisServer
 
 API_KEY = "sk-test-redis-0123456789abcdef"
 LLMPROXY = str(Path(sys.executable).with_name("llmproxy"))
@@ -330,7 +330,7 @@ def test_cli_history_on_redis(
 
 
 def test_cli_reports_an_unreachable_redis_in_one_line(tmp_path: Path) -> None:
-    from llmproxy.testing.redis_server import free_port
+    from llmproxy_testing.redis_server import free_port
 
     env = {"LLMPROXY_HISTORY_URL": f"redis://127.0.0.1:{free_port()}/0?connect_timeout=0.5"}
     result = run_cli(["history", "list"], env)

@@ -2,4 +2,4 @@
 
 from __future__ import annotations
 
-from llmproxy.testing.redis_fixtures import redis_server, redis_url
+from llmproxy_testing.redis_fixtures import redis_server, redis_url

@@ -11,8 +11,8 @@ import pytest
 from llmproxy import LLMBudget, Proxy
 from llmproxy.errors import BudgetExceeded
 from llmproxy.plugins import load_plugins
-from llmproxy.testing.fake_openai import FakeOpenAI
-from llmproxy.testing.redis_server import free_port
+from llmproxy_testing.fake_openai import FakeOpenAI
+from llmproxy_testing.redis_server import free_port
 from llmproxy_usage_log import (
     MemoryUsageLog,
     UsageLog,

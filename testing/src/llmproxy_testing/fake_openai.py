@@ -42,7 +42,7 @@ Tools, as the real API checks them: ``tools`` entries must be ``{"type":
 earlier assistant message, and every call of an assistant message must be
 answered by the ``tool`` messages right after it.
 
-The Responses API (``POST /v1/responses``, see :mod:`llmproxy.testing._responses`)
+The Responses API (``POST /v1/responses``, see :mod:`llmproxy_testing._responses`)
 answers the same scripted replies as Responses API output items: function
 calls from ``Reply.tool_calls``, hosted tool outputs from
 ``Reply.hosted_outputs`` and annotations from ``Reply.citations``.
@@ -862,17 +862,17 @@ class FakeOpenAI(FakeServer):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Serve a fake OpenAI upstream until interrupted: ``python -m llmproxy.testing.fake_openai``.
+    """Serve a fake OpenAI upstream until interrupted: ``python -m llmproxy_testing.fake_openai``.
 
     Prints the base URL first, so ``OPENAI_BASE_URL`` can be set from it, e.g. to try
     ``llmproxy chat`` with no network or key::
 
-        python -m llmproxy.testing.fake_openai --port 8765 &
+        python -m llmproxy_testing.fake_openai --port 8765 &
         OPENAI_BASE_URL=http://127.0.0.1:8765/v1 OPENAI_API_KEY=sk-local llmproxy chat "Hello"
     """
     return serve_from_command_line(
         lambda port, reply: FakeOpenAI(port=port, reply=reply),
-        "python -m llmproxy.testing.fake_openai",
+        "python -m llmproxy_testing.fake_openai",
         argv,
     )
 

@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from openai.types.chat import ChatCompletionMessageParam
 
-from llmproxy.testing._http import FakeServer, RecordedRequest, ResponseWriter
-from llmproxy.testing.fake_openai import (
+from llmproxy_testing._http import FakeServer, RecordedRequest, ResponseWriter
+from llmproxy_testing.fake_openai import (
     FakeOpenAI,
     Fault,
     Reply,

@@ -13,7 +13,7 @@ import pytest
 from google import genai
 from google.genai import errors, types
 
-from llmproxy.testing.fake_gemini import (
+from llmproxy_testing.fake_gemini import (
     SKIP_SIGNATURE,
     FakeGemini,
     Fault,

@@ -8,19 +8,19 @@ the Redis tests must run there.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
 
-from llmproxy.testing.redis_server import RedisServer, redis_server_path
+from llmproxy_testing.env import in_ci
+from llmproxy_testing.redis_server import RedisServer, redis_server_path
 
 
 def need_redis_server() -> None:
     """Skip the test (fail it under CI) when ``redis-server`` is not installed."""
     if redis_server_path() is None:
         message = "redis-server is not installed (apt-get install redis-server)"
-        if os.environ.get("CI"):
+        if in_ci():
             pytest.fail(message + ": the Redis tests must run in CI")
         pytest.skip(message)
 

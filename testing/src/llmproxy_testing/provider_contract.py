@@ -1,13 +1,13 @@
 r"""A contract test suite for providers, to run against your own provider and a fake upstream.
 
 Subclass :class:`ProviderContract` in a test module under a ``Test`` name and provide three
-fixtures: ``upstream`` (a running fake server from :mod:`llmproxy.testing` that speaks your
-service's wire format and takes scripted :class:`~llmproxy.testing._http.Fault` and
-:class:`~llmproxy.testing._http.Reply` items), ``provider`` (your provider, aimed at
+fixtures: ``upstream`` (a running fake server from :mod:`llmproxy_testing` that speaks your
+service's wire format and takes scripted :class:`~llmproxy_testing._http.Fault` and
+:class:`~llmproxy_testing._http.Reply` items), ``provider`` (your provider, aimed at
 ``upstream``) and ``model`` (the model name to ask for)::
 
-    from llmproxy.testing.fake_openai import FakeOpenAI
-    from llmproxy.testing.provider_contract import ProviderContract
+    from llmproxy_testing.fake_openai import FakeOpenAI
+    from llmproxy_testing.provider_contract import ProviderContract
 
     class TestMyProvider(ProviderContract):
         @pytest.fixture
@@ -45,7 +45,7 @@ What the suite holds a provider to, sync and async, plain and streamed:
 - ``close``/``aclose`` release every connection, may be called twice, and leave the provider
   usable (it reconnects); an abandoned stream releases its connection.
 
-The suite relies on the behaviour every fake in :mod:`llmproxy.testing` shares: the default
+The suite relies on the behaviour every fake in :mod:`llmproxy_testing` shares: the default
 answer echoes the last user message (``"Echo: ..."``), tokens are counted as words, and an
 answer longer than the output cap is cut at it. It needs ``pytest`` and ``pytest-asyncio``.
 """
@@ -70,8 +70,8 @@ from llmproxy.errors import (
     ProviderUnavailable,
 )
 from llmproxy.provider import Provider
-from llmproxy.testing._http import FakeServer, Fault, Reply
 from llmproxy.types import ChatRequest, Chunk, Completion, Message, ToolCall, Usage
+from llmproxy_testing._http import FakeServer, Fault, Reply
 
 __all__ = ["Mode", "ProviderContract"]
 

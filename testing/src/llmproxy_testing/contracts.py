@@ -2,7 +2,7 @@ r"""Contract test suites for history stores and ledgers, to run against your own
 
 Subclass a contract in a test module under a ``Test`` name and provide its fixture::
 
-    from llmproxy.testing.contracts import HistoryStoreContract, LedgerContract
+    from llmproxy_testing.contracts import HistoryStoreContract, LedgerContract
 
     class TestRedisHistory(HistoryStoreContract):
         @pytest.fixture
@@ -20,8 +20,9 @@ Subclass a contract in a test module under a ``Test`` name and provide its fixtu
 
 A new store or ledger per test is simplest, but every test uses fresh random session ids and
 ledger keys, so one backend may be shared; a ledger must still be built per test to read the
-test's ``clock``. The contracts need ``pytest``, ``pytest-asyncio`` and ``hypothesis`` (the
-``test`` extra). Texts never contain ``"\x00"``, which some databases cannot store.
+test's ``clock``. The contracts need ``pytest``, ``pytest-asyncio`` and ``hypothesis``
+(dependencies of llmproxy-testing). Texts never contain ``"\x00"``, which some databases
+cannot store.
 """
 
 from __future__ import annotations

@@ -640,17 +640,17 @@ class FakeGemini(FakeServer):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Serve a fake Gemini upstream until interrupted: ``python -m llmproxy.testing.fake_gemini``.
+    """Serve a fake Gemini upstream until interrupted: ``python -m llmproxy_testing.fake_gemini``.
 
     Prints the base URL first, so ``GEMINI_BASE_URL`` can be set from it::
 
-        python -m llmproxy.testing.fake_gemini --port 8767 &
+        python -m llmproxy_testing.fake_gemini --port 8767 &
         GEMINI_BASE_URL=http://127.0.0.1:8767 GEMINI_API_KEY=local \
             llmproxy chat -m gemini/gemini-3.8-flash "Hello"
     """
     return serve_from_command_line(
         lambda port, reply: FakeGemini(port=port, reply=reply),
-        "python -m llmproxy.testing.fake_gemini",
+        "python -m llmproxy_testing.fake_gemini",
         argv,
     )
 

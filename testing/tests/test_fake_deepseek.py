@@ -8,7 +8,7 @@ from typing import Any
 import openai
 import pytest
 
-from llmproxy.testing.fake_deepseek import (
+from llmproxy_testing.fake_deepseek import (
     DEFAULT_REASONING,
     REASONING_REQUIRED_MESSAGE,
     FakeDeepSeek,

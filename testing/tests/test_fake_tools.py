@@ -18,10 +18,10 @@ from google import genai
 from google.genai import types as gtypes
 from openai.types.responses import Response, ResponseStreamEvent
 
-from llmproxy.testing._responses import input_tokens
-from llmproxy.testing.fake_deepseek import FakeDeepSeek
-from llmproxy.testing.fake_gemini import FakeGemini
-from llmproxy.testing.fake_openai import FakeOpenAI, Fault, Reply
+from llmproxy_testing._responses import input_tokens
+from llmproxy_testing.fake_deepseek import FakeDeepSeek
+from llmproxy_testing.fake_gemini import FakeGemini
+from llmproxy_testing.fake_openai import FakeOpenAI, Fault, Reply
 
 KEY = "sk-test-0123456789abcdef-wxyz"
 MODEL = "gpt-5.4-mini"

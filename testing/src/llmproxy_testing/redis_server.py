@@ -9,7 +9,7 @@ tiny RESP client of their own (:meth:`RedisServer.command`), so they need no Red
 A session-scoped pytest fixture, with a clean database for every test::
 
     import os, pytest
-    from llmproxy.testing.redis_server import RedisServer, redis_server_path
+    from llmproxy_testing.redis_server import RedisServer, redis_server_path
 
     @pytest.fixture(scope="session")
     def redis_server():

@@ -1,6 +1,6 @@
 r"""A fake DeepSeek upstream: OpenAI-compatible chat completions with DeepSeek's own behaviour.
 
-``FakeDeepSeek`` is a :class:`~llmproxy.testing.fake_openai.FakeOpenAI` that also serves the
+``FakeDeepSeek`` is a :class:`~llmproxy_testing.fake_openai.FakeOpenAI` that also serves the
 root paths DeepSeek uses (``POST /chat/completions``, ``GET /models``; the ``/v1`` paths keep
 working) and behaves like DeepSeek where it differs from OpenAI::
 
@@ -217,17 +217,17 @@ class FakeDeepSeek(FakeOpenAI):
 def main(argv: Sequence[str] | None = None) -> int:
     """Serve a fake DeepSeek upstream until interrupted.
 
-    Run it as ``python -m llmproxy.testing.fake_deepseek``.
+    Run it as ``python -m llmproxy_testing.fake_deepseek``.
 
     Prints the base URL first, so ``DEEPSEEK_BASE_URL`` can be set from it::
 
-        python -m llmproxy.testing.fake_deepseek --port 8766 &
+        python -m llmproxy_testing.fake_deepseek --port 8766 &
         DEEPSEEK_BASE_URL=http://127.0.0.1:8766 DEEPSEEK_API_KEY=sk-local \
             llmproxy chat -m deepseek/deepseek-flash "Hello"
     """
     return serve_from_command_line(
         lambda port, reply: FakeDeepSeek(port=port, reply=reply),
-        "python -m llmproxy.testing.fake_deepseek",
+        "python -m llmproxy_testing.fake_deepseek",
         argv,
     )
 

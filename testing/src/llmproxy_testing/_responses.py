@@ -1,4 +1,4 @@
-r"""The Responses API (``POST /v1/responses``) of :class:`~llmproxy.testing.fake_openai.FakeOpenAI`.
+r"""The Responses API (``POST /v1/responses``) of :class:`~llmproxy_testing.fake_openai.FakeOpenAI`.
 
 Request checks, answers and stream events in the Responses API's wire shapes, kept apart from
 the Chat Completions code. What the endpoint does, as the real API does it:
