@@ -15,8 +15,8 @@ from llmproxy import InvalidRequest, LLMBudget, Proxy
 from llmproxy.budget.base import Ledger, Reservation
 from llmproxy.call import CallOptions
 from llmproxy.flow import Closed, Deliver, Effect, call_flow
-from llmproxy.testing._http import Reply
-from llmproxy.testing.fake_openai import FakeOpenAI
+from llmproxy_testing._http import Reply
+from llmproxy_testing.fake_openai import FakeOpenAI
 from tests.conftest import chat_requests
 
 MakeProxy = Callable[..., Proxy]
