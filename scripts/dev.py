@@ -24,6 +24,7 @@ TEST_TOOLS = [
     "pytest>=8",
     "pytest-asyncio>=0.24",
     "hypothesis>=6.100",
+    "pytest-randomly>=3.15",
     "mypy>=1.11",
     "ruff>=0.6",
 ]
