@@ -40,7 +40,8 @@ class Options(TypedDict, total=False):
 
 
 def properties(fn: Any) -> dict[str, Any]:
-    return schema_from_function(fn)[1]["properties"]
+    found: dict[str, Any] = schema_from_function(fn)[1]["properties"]
+    return found
 
 
 # --------------------------------------------------------------------------- schemas

@@ -160,7 +160,7 @@ def test_flush_and_lost_tracking_clear_the_cache(
     assert len(tracking) == 1
     raw.client_kill_filter(_id=tracking[0])
     time.sleep(0.05)
-    raw.execute_command("DEL", store.keys.messages("s").replace("{s", "{x"))  # other traffic
+    raw.delete(store.keys.messages("s").replace("{s", "{x"))  # other traffic
     round_trips()
     assert contents(store.load("s")) == ["q2", "a2"]
     assert round_trips() == 1  # not from the cache: it was cleared when tracking broke
