@@ -186,7 +186,10 @@ def main() -> int:
     print("-" * len(header))
     for r in rows:
         network = r["store"] == "redis"
-        trip = (lambda v: f"{v:6.2f}") if network else (lambda v: f"{'-':>6}")
+
+        def trip(value: float, network: bool = network) -> str:
+            return f"{value:6.2f}" if network else f"{'-':>6}"
+
         print(
             f"{r['store']:<8} {r['append_us']:>8.0f}us {trip(r['append_trips'])} "
             f"{r['async_append_us']:>8.0f}us {r['load_us']:>8.0f}us {trip(r['load_trips'])} "

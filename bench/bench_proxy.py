@@ -23,12 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import openai
+from openai.types.chat import ChatCompletionMessageParam
 
 from llmproxy import LLMBudget, Proxy, RequestsPerMinute
 
 KEY = "sk-bench-0000000000000000"
 MODEL = "gpt-5.4-mini"
-MESSAGES = [{"role": "user", "content": "Say hello to the benchmark, please."}]
+PROMPT = "Say hello to the benchmark, please."
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": PROMPT}]
 
 
 def start_upstream() -> tuple[subprocess.Popen[str], str]:
@@ -83,20 +85,18 @@ class Runner:
 
     # sync
     def raw_chat(self) -> None:
-        self.raw.chat.completions.create(model=MODEL, messages=MESSAGES)  # type: ignore[arg-type]
+        self.raw.chat.completions.create(model=MODEL, messages=MESSAGES)
 
     def proxy_chat(self) -> None:
-        self.proxy.chat(MESSAGES[0]["content"], model=f"openai/{MODEL}", session_id=self.session())
+        self.proxy.chat(PROMPT, model=f"openai/{MODEL}", session_id=self.session())
 
     # async
     async def araw_chat(self) -> None:
         assert self.araw is not None
-        await self.araw.chat.completions.create(model=MODEL, messages=MESSAGES)  # type: ignore[arg-type]
+        await self.araw.chat.completions.create(model=MODEL, messages=MESSAGES)
 
     async def aproxy_chat(self) -> None:
-        await self.proxy.achat(
-            MESSAGES[0]["content"], model=f"openai/{MODEL}", session_id=self.session()
-        )
+        await self.proxy.achat(PROMPT, model=f"openai/{MODEL}", session_id=self.session())
 
     # streams: (total, time to first chunk)
     def raw_stream(self) -> float:
@@ -106,7 +106,7 @@ class Runner:
             model=MODEL,
             messages=MESSAGES,
             stream=True,
-            stream_options={"include_usage": True},  # type: ignore[arg-type]
+            stream_options={"include_usage": True},
         )
         for chunk in stream:
             if not first and chunk.choices and chunk.choices[0].delta.content:
@@ -116,9 +116,7 @@ class Runner:
     def proxy_stream(self) -> float:
         t0 = time.perf_counter()
         first = 0.0
-        for event in self.proxy.stream(
-            MESSAGES[0]["content"], model=f"openai/{MODEL}", session_id=self.session()
-        ):
+        for event in self.proxy.stream(PROMPT, model=f"openai/{MODEL}", session_id=self.session()):
             if not first and event.text:
                 first = time.perf_counter() - t0
         return first

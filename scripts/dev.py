@@ -24,6 +24,7 @@ TEST_TOOLS = [
     "pytest>=8",
     "pytest-asyncio>=0.24",
     "hypothesis>=6.100",
+    "pytest-randomly>=3.15",
     "mypy>=1.11",
     "ruff>=0.6",
 ]
@@ -104,9 +105,12 @@ def test(pytest_args: list[str]) -> int:
     env_note = "CI" if os.environ.get("CI") else "local"
     print(f"+ running checks ({env_note})", flush=True)
     src = [str(m / "src") for m in members()]
-    steps = [
+    # The tests, the benchmarks and this script are held to mypy --strict like the sources.
+    tests = [str(m / "tests") for m in members() if (m / "tests").is_dir()]
+    checked = [*src, *tests, "tests", "bench", "scripts", "conftest.py"]
+    steps: list[list[str | Path]] = [
         [BIN / "ruff", "check", "."],
-        [BIN / "mypy", *src],
+        [BIN / "mypy", *checked],
     ]
     for step in steps:
         code = run(*step, check=False)

@@ -73,9 +73,9 @@ def test_falls_back_after_retries_and_settles_each_model(
     usage = _usage(proxy)
     tokens_openai = usage["tokens-10000-provider|provider:openai"]
     tokens_backup = usage["tokens-10000-provider|provider:backup"]
-    assert tokens_openai == (0, 0)  # the failed model's hold is released, nothing spent
-    assert tokens_backup == (r.usage.total_tokens, 0)
-    assert usage["rpm-100-global|global"] == (3, 0)  # every attempt on every model is a request
+    assert tokens_openai == (0.0, 0.0)  # the failed model's hold is released, nothing spent
+    assert tokens_backup == (float(r.usage.total_tokens), 0.0)
+    assert usage["rpm-100-global|global"] == (3.0, 0.0)  # every attempt on every model is a request
     assert [rec.model for rec in proxy.history.load("s")] == ["b-model", "b-model"]
     assert len(events) == 1 and events[0].provider == "backup" and events[0].attempts == 3
 

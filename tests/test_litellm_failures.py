@@ -52,6 +52,7 @@ def test_2_a_leaked_reservation_expires(make_proxy: MakeProxy) -> None:
         budgets=[LLMBudget(max_tokens=50)],
     )
     claim = proxy.policies[0].claim(CallScope("openai/gpt-5.4-mini", "openai"))
+    assert claim is not None
     ledger.reserve([claim], input_tokens=10, max_output_tokens=40, lease=30)  # its process died
     with pytest.raises(BudgetExceeded):
         proxy.chat("hello")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from llmproxy import PluginError, Proxy
+from llmproxy import PluginError, Proxy, hookimpl
 from llmproxy.plugins import Plugins
 from llmproxy.registry import RegisterProvider
 
@@ -158,7 +158,7 @@ def test_an_unknown_command_names_the_plugin_problems(
 def test_plugin_registered_in_code_without_installing() -> None:
     class Plugin:
         @staticmethod
-        @__import__("llmproxy").hookimpl
+        @hookimpl
         def register_providers(register: RegisterProvider) -> None:
             register("inline", lambda settings: None)  # type: ignore[arg-type,return-value]
 
@@ -169,7 +169,7 @@ def test_plugin_registered_in_code_without_installing() -> None:
 def test_bad_registration_is_a_plugin_error() -> None:
     class Bad:
         @staticmethod
-        @__import__("llmproxy").hookimpl
+        @hookimpl
         def register_providers(register: RegisterProvider) -> None:
             register("Bad Name!", lambda settings: None)  # type: ignore[arg-type,return-value]
 
@@ -180,7 +180,7 @@ def test_bad_registration_is_a_plugin_error() -> None:
 def test_misspelled_hook_is_caught() -> None:
     class Typo:
         @staticmethod
-        @__import__("llmproxy").hookimpl
+        @hookimpl
         def register_provider(register: RegisterProvider) -> None:  # missing 's'
             pass
 
@@ -204,7 +204,7 @@ def test_plugin_commands_extend_the_cli(capsys: pytest.CaptureFixture[str]) -> N
 
     class Greeter:
         @staticmethod
-        @__import__("llmproxy").hookimpl
+        @hookimpl
         def register_commands(register: RegisterCommand) -> None:
             def configure(parser: argparse.ArgumentParser) -> None:
                 parser.add_argument("name")

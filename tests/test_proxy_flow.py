@@ -230,7 +230,7 @@ def test_requests_per_minute(make_proxy: MakeProxy, upstream: FakeOpenAI) -> Non
 @given(
     prompts=st.lists(
         st.tuples(
-            st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=40).filter(
+            st.text(st.characters(exclude_categories=["Cs"]), min_size=1, max_size=40).filter(
                 str.strip
             ),
             st.integers(1, 60),
@@ -547,7 +547,7 @@ def test_final_event_comes_before_settling_and_the_loop_end_settles(
     stream = proxy.stream("go", session_id="s")
     events = [next(stream), next(stream)]
     final = next(stream)
-    assert final.done and final.usage.total_tokens > 0
+    assert final.done and final.usage is not None and final.usage.total_tokens > 0
     [usage] = proxy.usage()
     assert usage.reserved > 0 and usage.used == 0  # the reservation still holds the budget
     assert proxy.history.load("s") == []

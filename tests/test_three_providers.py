@@ -96,8 +96,8 @@ def test_falls_back_across_all_three(
         for u in proxy.usage(model=f"{p}/m")
         if u.claim.unit == "tokens"
     }
-    assert used["provider:openai"] == (0, 0) and used["provider:deepseek"] == (0, 0)
-    assert used["provider:gemini"] == (r.usage.total_tokens, 0)
+    assert used["provider:openai"] == (0.0, 0.0) and used["provider:deepseek"] == (0.0, 0.0)
+    assert used["provider:gemini"] == (float(r.usage.total_tokens), 0.0)
     stored = proxy.history.load("s")
     assert [rec.provider for rec in stored] == ["gemini", "gemini"]
 

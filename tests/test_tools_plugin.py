@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from llmproxy import Proxy
+from llmproxy import Proxy, hookimpl
 from llmproxy.errors import InvalidRequest, PluginError
 from llmproxy.plugins import Plugins
 from llmproxy.registry import RegisterTool
@@ -106,19 +106,19 @@ def test_a_call_names_a_plugin_tool_and_the_loop_runs_it(
 def test_bad_or_clashing_tool_registrations_are_plugin_errors() -> None:
     class NotATool:
         @staticmethod
-        @__import__("llmproxy").hookimpl
+        @hookimpl
         def register_tools(register: RegisterTool) -> None:
             register({"name": "x"})
 
     class Clash1:
         @staticmethod
-        @__import__("llmproxy").hookimpl
+        @hookimpl
         def register_tools(register: RegisterTool) -> None:
             register(Tool("same"))
 
     class Clash2:
         @staticmethod
-        @__import__("llmproxy").hookimpl
+        @hookimpl
         def register_tools(register: RegisterTool) -> None:
             register(Tool("same"))
 
@@ -127,7 +127,7 @@ def test_bad_or_clashing_tool_registrations_are_plugin_errors() -> None:
 
     class Underivable:
         @staticmethod
-        @__import__("llmproxy").hookimpl
+        @hookimpl
         def register_tools(register: RegisterTool) -> None:
             def f(x: Opaque) -> None:
                 """No schema for Opaque."""
@@ -152,7 +152,7 @@ def test_plugin_tools_answer_like_local_ones() -> None:
 
     class Math:
         @staticmethod
-        @__import__("llmproxy").hookimpl
+        @hookimpl
         def register_tools(register: RegisterTool) -> None:
             register(add)
 

@@ -339,9 +339,9 @@ def test_a_failing_sync_keeps_the_settles_for_the_next(
         with caplog.at_level(logging.WARNING, "llmproxy.budget"):
             r = ledger.reserve([BIG], input_tokens=10, max_output_tokens=90)
             ledger.settle(r, tokens=60)
-            _wait(broken.is_set)
-            time.sleep(0.05)
-        assert "will retry: the disk is gone" in caplog.text
+            # the tick that failed logs once it has caught the error: wait for the line itself
+            _wait(lambda: "will retry: the disk is gone" in caplog.text)
+        assert broken.is_set()
         other = SQLiteLedger(path)
         assert other.usage([BIG])[0].used == 5
         monkeypatch.setattr(inner, "sync_lease", real)

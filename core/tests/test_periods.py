@@ -9,8 +9,8 @@ import pytest
 from llmproxy.budget.periods import Span, neighbours, span, zone
 
 
-def utc(*fields: int) -> float:
-    return datetime(*fields, tzinfo=UTC).timestamp()
+def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> float:
+    return datetime(year, month, day, hour, minute, tzinfo=UTC).timestamp()
 
 
 def test_day_and_month_in_utc() -> None:

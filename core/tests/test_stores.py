@@ -7,7 +7,6 @@ import os
 import sqlite3
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -176,19 +175,16 @@ def test_sqlite_checkpoints_run_in_the_background(tmp_path: Path) -> None:
         (pages,) = conn.execute("PRAGMA wal_autocheckpoint").fetchone()
         assert pages == history_sqlite.AUTOCHECKPOINT_PAGES
     size_before = path.stat().st_size
-    done_before = history_sqlite._CHECKPOINTER.done
+    checkpointer = history_sqlite._CHECKPOINTER
+    done_before = checkpointer.done_by_path[str(path)]
     claim = Claim("k", "p", "s", 10**9)
     for i in range(history_sqlite.CHECKPOINT_EVERY):
         store.append([_rec("s", "x" * 2000 + str(i))])
         ledger.settle(ledger.reserve([claim], input_tokens=1, max_output_tokens=9), tokens=10)
-    # Wait for this file's rows to reach the database file itself, not only the WAL. (The
-    # checkpoint counter is the process's: a checkpoint of another test's file, requested
-    # earlier, may finish first, so waiting for the counter alone was a race.)
-    deadline = time.monotonic() + 10
-    while path.stat().st_size <= size_before + 50 * 2000 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    # The ledger's 128th write (halfway through, after 64 history rows of 2 kB) asked for a
+    # checkpoint of this file; once one has finished, those rows are in the file, not only the WAL.
+    assert checkpointer.wait_for(str(path), done_before + 1, timeout=30)
     assert path.stat().st_size > size_before + 50 * 2000
-    assert history_sqlite._CHECKPOINTER.done > done_before
     assert len(store.load("s")) == history_sqlite.CHECKPOINT_EVERY
     assert ledger.usage([claim])[0].used == 10 * history_sqlite.CHECKPOINT_EVERY
     store.close()

@@ -40,7 +40,8 @@ class Options(TypedDict, total=False):
 
 
 def properties(fn: Any) -> dict[str, Any]:
-    return schema_from_function(fn)[1]["properties"]
+    found: dict[str, Any] = schema_from_function(fn)[1]["properties"]
+    return found
 
 
 # --------------------------------------------------------------------------- schemas
@@ -559,16 +560,18 @@ async def test_timeouts_become_error_outputs() -> None:
 
 
 async def test_sync_tools_run_in_threads_so_they_overlap() -> None:
+    # Each call waits for all four to be running: one after another, the first would break the
+    # barrier at its timeout and answer an error.
+    barrier = threading.Barrier(4, timeout=30)
+
     @tool
-    def slow(n: int) -> int:
-        """Sleep a little."""
-        time.sleep(0.2)
+    def meet(n: int) -> int:
+        """Wait for the other calls."""
+        barrier.wait()
         return n
 
-    started = time.perf_counter()
-    results = await asyncio.gather(*(slow.arun(json.dumps({"n": i})) for i in range(4)))
+    results = await asyncio.gather(*(meet.arun(json.dumps({"n": i})) for i in range(4)))
     assert [r.output for r in results] == ["0", "1", "2", "3"]
-    assert time.perf_counter() - started < 0.6
 
 
 def test_no_timeout_runs_inline() -> None:

@@ -143,7 +143,7 @@ def test_reasoning_must_come_back_after_tool_calls(
     server: FakeDeepSeek, client: openai.OpenAI
 ) -> None:
     call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
-    history = [
+    history: list[dict[str, Any]] = [
         {"role": "user", "content": "Weather?"},
         {"role": "assistant", "content": None, "tool_calls": [call]},
         {"role": "tool", "tool_call_id": "c1", "content": "21C"},

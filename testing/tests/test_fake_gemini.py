@@ -202,7 +202,7 @@ def test_errors_in_gemini_shape(server: FakeGemini, client: genai.Client) -> Non
     with pytest.raises(errors.ServerError) as server_error:
         client.models.generate_content(model=MODEL, contents="x")
     assert (server_error.value.code, server_error.value.message) == (503, "busy")
-    assert server_error.value.response.headers["retry-after"] == "2"  # type: ignore[union-attr]
+    assert server_error.value.response.headers["retry-after"] == "2"
 
 
 def test_keys_header_query_missing_and_wrong(server: FakeGemini) -> None:
@@ -226,6 +226,7 @@ def test_routing_and_validation(server: FakeGemini) -> None:
     assert raw(server, "GET", "/nowhere", **auth)[1]["error"]["status"] == "NOT_FOUND"
     assert raw(server, "GET", f"/v1/models/{MODEL}:generateContent", **auth)[0] == 405
     path = f"/v1/models/{MODEL}:generateContent"
+    bad: dict[str, Any]
     for bad in (
         {"contents": []},
         {"contents": [{"role": "robot", "parts": [{"text": "x"}]}]},

@@ -139,5 +139,5 @@ async def test_hosted_tools_are_a_config_error_naming_deepseek(
         [c async for c in provider.astream(req)]
     assert server.requests == []
     with pytest.raises(ConfigError, match="'deepseek'") as info:
-        DeepSeekLLMConfig(tools=[get_weather, search])
+        DeepSeekLLMConfig(tools=[get_weather, search])  # type: ignore[list-item]
     assert info.value.path == "tools[1]"

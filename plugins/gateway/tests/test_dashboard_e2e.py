@@ -142,7 +142,7 @@ def test_dashboard_shows_the_usage_log_live(gateway: GatewayProcess, browser: An
                 )
                 for i in range(rows.count())
             }
-            want = {t.group: (t.calls, t.total_tokens, t.cost) for t in log.totals(dim)}  # type: ignore[arg-type]
+            want = {t.group: (t.calls, t.total_tokens, t.cost) for t in log.totals(dim)}
             assert shown.keys() == want.keys(), dim
             for group, (calls, tokens, cost) in want.items():
                 assert shown[group][:2] == (calls, tokens), (dim, group)

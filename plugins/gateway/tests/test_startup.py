@@ -45,7 +45,8 @@ async def test_start_up_makes_the_default_providers_clients_on_the_serving_loop(
     app = create_app(environ=environ, keys=keys)
     provider = app.gateway.proxy.provider("openai")  # type: ignore[attr-defined]
     assert isinstance(provider, OpenAIProvider)
-    assert provider._aclients is None
+    before = provider._aclients  # read into a name: mypy would narrow the attribute for good
+    assert before is None
     sent = len(upstream.requests)
     async with running(app):
         clients = provider._aclients

@@ -297,7 +297,7 @@ async def test_history_from_elsewhere_gets_the_documented_placeholder_signature(
     make_proxy: Callable[..., Proxy], server: FakeGemini
 ) -> None:
     # A conversation whose tool call this process never saw (another process, another provider).
-    prompt = [
+    prompt: list[dict[str, Any]] = [
         {"role": "user", "content": "Weather?"},
         {
             "role": "assistant",
@@ -364,7 +364,7 @@ async def test_function_tools_and_tool_choice_are_translated(
 async def test_openai_style_tools_in_extra_are_still_translated(
     provider: GeminiProvider, server: FakeGemini
 ) -> None:
-    tools = [
+    tools: list[dict[str, Any]] = [
         {
             "type": "function",
             "function": {

@@ -192,7 +192,7 @@ async def test_hosted_tools_are_a_config_error_naming_gemini(
         [c async for c in provider.astream(ask((code,)))]
     assert server.requests == []
     with pytest.raises(ConfigError, match="'gemini'") as info:
-        GeminiLLMConfig(tools=[code])
+        GeminiLLMConfig(tools=[code])  # type: ignore[list-item]
     assert info.value.path == "tools[0]"
     with pytest.raises(ConfigError, match="got int"):
         GeminiLLMConfig(tools=[1])  # type: ignore[list-item]

@@ -1058,7 +1058,7 @@ def test_count_text_uses_o200k_for_current_models() -> None:
 
 
 def _bpe(name: str, text: str) -> int:
-    import bpe_openai
+    import bpe_openai  # type: ignore[import-untyped]
 
     return len(bpe_openai.get_encoding(name).encode(text))
 

@@ -109,7 +109,9 @@ async def test_the_seed_example_with_its_function_on_runs_the_weather_loop(
     make_service: Callable[..., OpenAIService], server: FakeOpenAI, api_key: str
 ) -> None:
     config = seed_config(api_key, server.base_url)
-    config.tools[2].enable = True
+    function = config.tools[2]
+    assert isinstance(function, OpenAIFunctionCall)
+    function.enable = True
     service = make_service(config)
     server.enqueue(
         Reply(

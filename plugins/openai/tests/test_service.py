@@ -16,7 +16,7 @@ from llmproxy import BudgetExceeded, LLMBudget, LLMMessageHandler
 from llmproxy.errors import ConfigError, MissingCredentials, ProviderAuthError, ProviderRateLimited
 from llmproxy.history.base import HistoryRecord
 from llmproxy.types import ChatResponse
-from llmproxy_openai import DEFAULT_MODEL, OpenAILLMConfig, OpenAIService
+from llmproxy_openai import DEFAULT_MODEL, OpenAILLMConfig, OpenAIProvider, OpenAIService
 from llmproxy_testing.fake_openai import FakeOpenAI, Fault, Reply
 
 
@@ -44,6 +44,7 @@ async def make_service(environ: dict[str, str]) -> AsyncIterator[Callable[..., O
     yield make
     for service in made:
         provider = service.proxy._providers["openai"]
+        assert isinstance(provider, OpenAIProvider)
         if provider._aloop is asyncio.get_running_loop():
             await provider.aclose()
         service.close()
@@ -220,8 +221,10 @@ def test_message_handler_must_subclass_the_seed_class(
 
     with pytest.raises(ConfigError, match="LLMMessageHandler"):
         OpenAIService(
-            OpenAILLMConfig(api_key=api_key), message_handler=NotAHandler(), environ=environ
-        )  # type: ignore[arg-type]
+            OpenAILLMConfig(api_key=api_key),
+            message_handler=NotAHandler(),  # type: ignore[arg-type]
+            environ=environ,
+        )
 
 
 async def test_tiny_budget_raises_before_any_upstream_request(

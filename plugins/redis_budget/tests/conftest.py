@@ -50,7 +50,7 @@ def client_commands(server: RedisServer, action: Callable[[], object]) -> list[s
     sentinel = f"sentinel-{uuid.uuid4().hex}"
     seen: list[str] = []
     try:
-        with watcher.monitor() as monitor:
+        with watcher.monitor() as monitor:  # type: ignore[no-untyped-call]
             action()
             server.command("ECHO", sentinel)
             while True:

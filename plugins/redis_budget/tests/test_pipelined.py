@@ -84,7 +84,8 @@ def test_one_write_for_settle_and_history(
 ) -> None:
     proxy = _proxy(upstream, redis_url, redis_url)
     try:
-        assert shared(proxy.ledger, proxy.history) is proxy.history
+        history: object = proxy.history
+        assert shared(proxy.ledger, history) is history
         spent = 0
         for index in range(4):
             reads()

@@ -58,4 +58,4 @@ class TestRedisHistoryStoreAsync(HistoryStoreContract):
 
     @pytest.fixture
     def store(self, make_store: Callable[..., RedisHistoryStore]) -> HistoryStore:
-        return _AsyncOnly(make_store(prefix="async"))  # type: ignore[return-value]
+        return _AsyncOnly(make_store(prefix="async"))

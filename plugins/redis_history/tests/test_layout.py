@@ -7,7 +7,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import pytest
 import redis
@@ -29,8 +29,13 @@ def exchange(session: str, n: int, **kw: object) -> list[HistoryRecord]:
     ]
 
 
-def _strs(data: dict[bytes, bytes]) -> dict[str, str]:
-    return {k.decode(): v.decode() for k, v in data.items()}
+def _text(value: bytes | str) -> str:
+    assert isinstance(value, bytes)  # the raw client does not decode, like the seed's
+    return value.decode()
+
+
+def _strs(data: Mapping[bytes | str, bytes | str]) -> dict[str, str]:
+    return {_text(k): _text(v) for k, v in data.items()}
 
 
 SEED_EXAMPLE = """
@@ -97,7 +102,7 @@ def test_every_message_is_a_full_hash_listed_oldest_first(
         ]
     )
     store.append(exchange("s2", 1))
-    keys = [k.decode() for k in raw.lrange("llm_proxy:llm_proxy_history_key_list", 0, -1)]
+    keys = [_text(k) for k in raw.lrange("llm_proxy:llm_proxy_history_key_list", 0, -1)]
     assert len(keys) == 4
     first = _strs(raw.hgetall(keys[0]))
     assert first == {
@@ -121,7 +126,7 @@ def test_every_message_is_a_full_hash_listed_oldest_first(
     assert [_strs(raw.hgetall(k))["content"] for k in keys] == ["hi", "", "q1", "a1"]
     # The per-session list holds the same keys, so a session loads without a scan.
     tag = session_tag("s1")
-    assert [k.decode() for k in raw.lrange(f"llm_proxy:session:{{{tag}}}:messages", 0, -1)] == keys[
+    assert [_text(k) for k in raw.lrange(f"llm_proxy:session:{{{tag}}}:messages", 0, -1)] == keys[
         :2
     ]
 
@@ -140,12 +145,12 @@ def test_session_ids_cannot_break_out_of_their_keys(
     assert [r.content for r in store.load(session_id)] == ["q1", "a1"]
     assert [r.content for r in store.load("victim")] == ["q0", "a0"]
     for key, value in before.items():  # nothing of the other session was touched...
-        if not key.endswith(b"history_key_list") and not key.endswith(b":sessions"):
+        if not _text(key).endswith(("history_key_list", ":sessions")):
             assert raw.dump(key) == value, key
     tag = session_tag(session_id)
     assert session_of_tag(tag) == session_id
     assert set(tag) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
-    own = [k.decode() for k in raw.keys(f"llm_proxy:*{{{tag}}}*")]
+    own = [_text(k) for k in raw.keys(f"llm_proxy:*{{{tag}}}*")]
     assert len(own) == 4  # two hashes, the list, the meta
     # ...and every key of the session shares one hash tag, so one cluster slot.
     assert len({key_slot(k.encode()) for k in own}) == 1
@@ -175,7 +180,7 @@ def test_cap_drops_the_oldest_everywhere(make_store: Make, raw: redis.Redis) -> 
         store.append(exchange("s", n))
     assert [r.content for r in store.load("s")] == ["a2", "q3", "a3"]
     assert [r.content for r in other.load("s")] == ["a2", "q3", "a3"]
-    listed = [k.decode() for k in raw.lrange("llm_proxy:llm_proxy_history_key_list", 0, -1)]
+    listed = [_text(k) for k in raw.lrange("llm_proxy:llm_proxy_history_key_list", 0, -1)]
     contents = [_strs(raw.hgetall(k))["content"] for k in listed]
     assert contents == ["q0", "a0", "a2", "q3", "a3"]  # the other session's keys stay
     tag = session_tag("s")
@@ -210,7 +215,7 @@ def test_ttl_expires_messages_and_sessions(make_store: Make, raw: redis.Redis) -
     assert store.load("s") == []
     assert [i.session_id for i in store.sessions()] == ["kept"]
     store.append(exchange("t", 3))  # an append drops expired keys from the seed's list
-    listed = [k.decode() for k in raw.lrange("llm_proxy:llm_proxy_history_key_list", 0, -1)]
+    listed = [_text(k) for k in raw.lrange("llm_proxy:llm_proxy_history_key_list", 0, -1)]
     assert [_strs(raw.hgetall(k))["content"] for k in listed] == ["q0", "a0", "q3", "a3"]
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -98,9 +98,9 @@ def test_the_entry_point_registers_redis_and_rediss() -> None:
 
 
 @pytest.fixture
-def upstream() -> FakeOpenAI:
+def upstream() -> Iterator[FakeOpenAI]:
     with FakeOpenAI(api_key=API_KEY) as server:
-        yield server  # type: ignore[misc]
+        yield server
 
 
 def test_proxy_from_env_keeps_history_in_redis(

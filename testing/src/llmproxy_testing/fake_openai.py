@@ -84,6 +84,7 @@ __all__ = [
     "RecordedRequest",
     "Reply",
     "ReplyFunction",
+    "ResponseWriter",
     "count_tokens",
     "mask_api_key",
     "message_text",

@@ -37,7 +37,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -266,6 +266,25 @@ class RedisServer:
             self.start()
         finally:
             self._fixed_port = None
+
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        """Freeze the server for the ``with`` block: its connections stay open, nothing answers.
+
+        The process is stopped (SIGSTOP) and resumed (SIGCONT) when the block ends, so a test
+        decides how long a server hangs, not a timer (``DEBUG SLEEP`` in another thread races
+        with the commands the test sends next). Commands sent meanwhile wait in the socket
+        buffers and run once the server goes on, as on a server stuck on a slow command.
+        POSIX only.
+        """
+        pid = self.pid
+        if pid is None:
+            raise RuntimeError(f"{self!r} is not running; start it before freezing it")
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(pid, signal.SIGCONT)
 
     def close(self) -> None:
         """Stop the server and remove its directory."""

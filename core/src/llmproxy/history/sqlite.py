@@ -18,6 +18,7 @@ The helpers :class:`_Database` and :data:`SCHEMA_VERSION` are also used by
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import os
@@ -58,7 +59,9 @@ class _Checkpointer:
         self._cond = threading.Condition(threading.Lock())
         self._pending: dict[str, float] = {}
         self._thread: threading.Thread | None = None
+        self._finished = threading.Condition(threading.Lock())
         self.done = 0
+        self.done_by_path: collections.Counter[str] = collections.Counter()
 
     def request(self, path: str, timeout: float) -> None:
         """Ask for a checkpoint of ``path`` soon (requests for a file already waiting merge)."""
@@ -77,6 +80,16 @@ class _Checkpointer:
         self._cond = threading.Condition(threading.Lock())
         self._pending = {}
         self._thread = None
+        self._finished = threading.Condition(threading.Lock())
+
+    def wait_for(self, path: str, count: int, timeout: float) -> bool:
+        """Wait until ``count`` checkpoints of ``path`` have finished; False if ``timeout`` ran out.
+
+        The counts are the process's since it started: read :attr:`done_by_path` first and wait
+        for one more.
+        """
+        with self._finished:
+            return self._finished.wait_for(lambda: self.done_by_path[path] >= count, timeout)
 
     def _run(self) -> None:
         while True:
@@ -97,7 +110,10 @@ class _Checkpointer:
             return
         try:
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-            self.done += 1
+            with self._finished:
+                self.done += 1
+                self.done_by_path[path] += 1
+                self._finished.notify_all()
         except sqlite3.Error:
             pass
         finally:

@@ -162,7 +162,8 @@ class RedisLedger:
 
     Failures: a call that cannot reach Redis within ``socket_timeout`` counts as a failure;
     ``breaker_failures`` in a row open a circuit breaker for ``breaker_cooldown`` seconds,
-    during which calls do not try Redis; then one call probes. With ``fail="closed"`` (the
+    during which calls do not try Redis; then one call probes (``breaker_clock``, a monotonic
+    clock in seconds, times the cooldown; tests pass a fake one). With ``fail="closed"`` (the
     default) such calls raise :class:`~llmproxy.errors.StoreError` naming the URL (without its
     password); with ``fail="open"`` they go on, counted in a local
     :class:`~llmproxy.budget.memory.MemoryLedger` that enforces the same limits for this
@@ -187,6 +188,7 @@ class RedisLedger:
         connect_timeout: float | None = None,
         breaker_failures: int | None = None,
         breaker_cooldown: float | None = None,
+        breaker_clock: Callable[[], float] = time.monotonic,
         cluster: bool | None = None,
     ) -> None:
         settings = settings_from_url(url, os.environ if environ is None else environ)
@@ -216,7 +218,9 @@ class RedisLedger:
         self._tag = "{llmproxy-budget:" + settings.prefix + "}"
         self._plans: dict[Claim, _ClaimPlan] = {}
         self._breaker = CircuitBreaker(
-            failures=settings.breaker_failures, cooldown=settings.breaker_cooldown
+            failures=settings.breaker_failures,
+            cooldown=settings.breaker_cooldown,
+            clock=breaker_clock,
         )
         self._fallback = MemoryLedger(clock=clock or local_clock)
         self._outage = False
