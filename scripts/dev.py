@@ -110,6 +110,7 @@ def test(pytest_args: list[str]) -> int:
     checked = [*src, *tests, "tests", "bench", "scripts", "conftest.py"]
     steps: list[list[str | Path]] = [
         [BIN / "ruff", "check", "."],
+        [BIN / "ruff", "format", "--check", "."],
         [BIN / "mypy", *checked],
     ]
     for step in steps:

@@ -101,14 +101,13 @@ async def test_an_async_stream_never_read_holds_nothing(
     assert proxy.usage()[0].used == 0
 
 
-def test_a_budget_that_caps_the_output_says_so(
-    make_proxy: MakeProxy, upstream: FakeOpenAI
-) -> None:
+def test_a_budget_that_caps_the_output_says_so(make_proxy: MakeProxy, upstream: FakeOpenAI) -> None:
     proxy = make_proxy(budgets=[LLMBudget(max_tokens=40)])
     upstream.enqueue(Reply(text=" ".join(f"w{i}" for i in range(60))))
     response = proxy.chat("Hello", max_output_tokens=500)
     sent = chat_requests(upstream)[0]["max_completion_tokens"]
-    assert response.max_output_tokens == sent < 500
+    assert response.max_output_tokens == sent
+    assert sent < 500
     assert response.budget_capped
     assert response.finish_reason == "length" and response.cut_short_by_budget
 
@@ -218,7 +217,8 @@ def test_a_cost_budget_alone_caps_the_output_sent_upstream(
     upstream.enqueue(Reply(text=" ".join(f"w{i}" for i in range(2000))))
     response = proxy.chat("Hello", model="openai/gpt-5.4-mini")
     sent = chat_requests(upstream)[0]["max_completion_tokens"]
-    assert sent == response.max_output_tokens < 4096
+    assert response.max_output_tokens == sent
+    assert sent < 4096
     assert response.cut_short_by_budget
     [usage] = proxy.usage(model="openai/gpt-5.4-mini")
     assert usage.used <= 0.0005 and usage.reserved == 0
