@@ -71,6 +71,13 @@ def browser() -> Iterator[Any]:
             shutil.rmtree(profile, ignore_errors=True)
 
 
+@pytest.fixture(autouse=True)
+def signed_out(browser: Any) -> None:
+    """Each test starts signed out: cookies are per host, not per port, so a session from
+    another test's gateway on 127.0.0.1 would otherwise skip the login form."""
+    browser.clear_cookies()
+
+
 def number(text: str) -> float:
     return float(text.replace(",", "").replace("$", "").strip())
 
