@@ -221,6 +221,7 @@ class Call:
         "extra",
         "fallbacks",
         "final",
+        "flowing",
         "function_tools",
         "history",
         "input_estimate",
@@ -278,6 +279,7 @@ class Call:
         self.steps: list[Message] = []
         self.final: ChatResponse | None = None
         self.stream: StreamState | None = None
+        self.flowing = False
         self.fallbacks = proxy._fallbacks_for(options.model, options.fallbacks)
         self.total_attempts = 0
         self._target(proxy._resolve(options.model))
@@ -409,7 +411,40 @@ class Call:
             self.user,
             self.tools,
             self.tool_choice,
+            self.attempt_timeout(),
         )
+        return self.request
+
+    def attempt_timeout(self) -> float | None:
+        """Seconds the next attempt may take in all: what is left of the call's deadline.
+
+        A whole call has ``retry.deadline``; a stream ``stream_deadline`` (the time to its
+        first text is bounded by ``retry.deadline`` as well: see :meth:`first_text_timeout`).
+        Never below a millisecond, so that a provider times out rather than waits forever.
+        """
+        config = self.proxy.config
+        limit = config.stream_deadline if self.streamed else config.retry.deadline
+        if limit is None:
+            return None
+        return max(limit - self.elapsed(), 0.001)
+
+    def first_text_timeout(self) -> float | None:
+        """Seconds left for a stream's first text (``retry.deadline``), or None once it flows."""
+        limit = self.proxy.config.retry.deadline
+        if self.flowing or limit is None:
+            return None
+        return max(limit - self.elapsed(), 0.001)
+
+    def past_stream_deadline(self) -> bool:
+        """Whether a flowing stream has run past ``stream_deadline``."""
+        limit = self.proxy.config.stream_deadline
+        return limit is not None and self.elapsed() > limit
+
+    def for_attempt(self, request: ChatRequest) -> ChatRequest:
+        """``request`` with the deadline left for a retry (the first attempt has it already)."""
+        if self.attempts <= 1 or request.timeout is None:
+            return request
+        self.request = attrs.evolve(request, timeout=self.attempt_timeout())
         return self.request
 
     def budget_capped(self) -> bool:

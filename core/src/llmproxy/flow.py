@@ -29,7 +29,9 @@ from llmproxy.call import Call, LimitWaiter, StreamState
 from llmproxy.errors import (
     BudgetExceeded,
     LLMProxyError,
+    ProviderTimeout,
     RateLimited,
+    StoreError,
     ToolLoopError,
 )
 from llmproxy.history.base import HistoryRecord
@@ -94,14 +96,23 @@ class Reserve(Effect):
         self.args = args
 
     def run(self, proxy: Proxy) -> Reservation:
-        return proxy.ledger.reserve(self.claims, **self.args)
+        reservation = proxy.ledger.reserve(self.claims, **self.args)
+        proxy._renewer.hold(reservation)
+        return reservation
 
     async def arun(self, proxy: Proxy) -> Reservation:
-        return await proxy.ledger.areserve(self.claims, **self.args)
+        reservation = await proxy.ledger.areserve(self.claims, **self.args)
+        proxy._renewer.hold(reservation)
+        return reservation
 
 
 class Settle(Effect):
-    """Replace a hold with what was really used."""
+    """Replace a hold with what was really used.
+
+    A settle that cannot reach the ledger is journaled and applied when the ledger answers
+    again (settles are idempotent, so a settle that did land is not counted twice); the call
+    goes on.
+    """
 
     __slots__ = ("args", "reservation")
 
@@ -110,14 +121,26 @@ class Settle(Effect):
         self.args = args
 
     def run(self, proxy: Proxy) -> None:
-        proxy.ledger.settle(self.reservation, **self.args)
+        proxy._renewer.release(self.reservation)
+        try:
+            proxy.ledger.settle(self.reservation, **self.args)
+        except StoreError as exc:
+            proxy._keep(exc, reservation=self.reservation, settle=self.args)
 
     async def arun(self, proxy: Proxy) -> None:
-        await proxy.ledger.asettle(self.reservation, **self.args)
+        proxy._renewer.release(self.reservation)
+        try:
+            await proxy.ledger.asettle(self.reservation, **self.args)
+        except StoreError as exc:
+            proxy._keep(exc, reservation=self.reservation, settle=self.args)
 
 
 class SettleAndStore(Effect):
-    """Settle the last hold and append the exchange: one write when both stores share a server."""
+    """Settle the last hold and append the exchange: one write when both stores share a server.
+
+    What cannot reach its store is journaled and written when the store answers again: the
+    caller keeps the answer the upstream already produced, and it is counted and stored once.
+    """
 
     __slots__ = ("call", "records", "settle")
 
@@ -129,24 +152,54 @@ class SettleAndStore(Effect):
         self.records = records
 
     def run(self, proxy: Proxy) -> None:
+        reservation = self._held(proxy)
         joint = proxy._joint(self.call, self.settle, self.records)
         if joint is not None:
-            joint[0].append_with(self.records or [], joint[1])
+            try:
+                joint[0].append_with(self.records or [], joint[1])
+            except StoreError as exc:
+                proxy._keep(exc, reservation=reservation, settle=self.settle)
+                proxy._keep(exc, records=self.records)
             return
-        if self.settle is not None and self.call.reservation is not None:
-            proxy.ledger.settle(self.call.reservation, **self.settle)
+        if reservation is not None:
+            try:
+                proxy.ledger.settle(reservation, **(self.settle or {}))
+            except StoreError as exc:
+                proxy._keep(exc, reservation=reservation, settle=self.settle)
         if self.records:
-            proxy.history.append(self.records)
+            try:
+                proxy.history.append(self.records)
+            except StoreError as exc:
+                proxy._keep(exc, records=self.records)
 
     async def arun(self, proxy: Proxy) -> None:
+        reservation = self._held(proxy)
         joint = proxy._joint(self.call, self.settle, self.records)
         if joint is not None:
-            await joint[0].aappend_with(self.records or [], joint[1])
+            try:
+                await joint[0].aappend_with(self.records or [], joint[1])
+            except StoreError as exc:
+                proxy._keep(exc, reservation=reservation, settle=self.settle)
+                proxy._keep(exc, records=self.records)
             return
-        if self.settle is not None and self.call.reservation is not None:
-            await proxy.ledger.asettle(self.call.reservation, **self.settle)
+        if reservation is not None:
+            try:
+                await proxy.ledger.asettle(reservation, **(self.settle or {}))
+            except StoreError as exc:
+                proxy._keep(exc, reservation=reservation, settle=self.settle)
         if self.records:
-            await proxy.history.aappend(self.records)
+            try:
+                await proxy.history.aappend(self.records)
+            except StoreError as exc:
+                proxy._keep(exc, records=self.records)
+
+    def _held(self, proxy: Proxy) -> Reservation | None:
+        """The hold to settle (no longer renewed from here on), or None."""
+        reservation = self.call.reservation
+        if self.settle is None or reservation is None:
+            return None
+        proxy._renewer.release(reservation)
+        return reservation
 
 
 class Sleep(Effect):
@@ -177,7 +230,15 @@ class Attempt(Effect):
         return self.provider.chat(self.request)
 
     async def arun(self, proxy: Proxy) -> Completion:
-        return await self.provider.achat(self.request)
+        # The provider is told the deadline (request.timeout); this holds it to it.
+        timeout = self.request.timeout
+        if timeout is None:
+            return await self.provider.achat(self.request)
+        try:
+            async with asyncio.timeout(timeout):
+                return await self.provider.achat(self.request)
+        except TimeoutError:
+            raise _deadline_error(self.request) from None
 
 
 class OpenStream(Effect):
@@ -201,18 +262,41 @@ END = Chunk()
 
 
 class NextChunk(Effect):
-    """Read the next chunk of a provider's stream (:data:`END` at its end)."""
+    """Read the next chunk of a provider's stream (:data:`END` at its end).
 
-    __slots__ = ("chunks",)
+    ``timeout`` (seconds) bounds the wait in the event loop before a stream's first text;
+    after that the provider's idle-read timeout bounds each wait.
+    """
 
-    def __init__(self, chunks: Any) -> None:
+    __slots__ = ("chunks", "request", "timeout")
+
+    def __init__(self, chunks: Any, request: ChatRequest, timeout: float | None = None) -> None:
         self.chunks = chunks
+        self.request = request
+        self.timeout = timeout
 
     def run(self, proxy: Proxy) -> Chunk:
         return next(self.chunks, END)
 
     async def arun(self, proxy: Proxy) -> Chunk:
-        return await anext(self.chunks, END)
+        if self.timeout is None:
+            return await anext(self.chunks, END)
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await anext(self.chunks, END)
+        except TimeoutError:
+            raise _deadline_error(self.request, self.timeout) from None
+
+
+def _deadline_error(request: ChatRequest, seconds: float | None = None) -> ProviderTimeout:
+    """The error of an attempt cut off at the call's deadline."""
+    return ProviderTimeout(
+        f"no answer within the call's deadline ({seconds or request.timeout or 0:.3g} s left for"
+        " this attempt); raise retry.deadline (or stream_deadline for streams) if the model"
+        " needs longer",
+        provider=request.provider,
+        model=request.model,
+    )
 
 
 class CloseStream(Effect):
@@ -384,6 +468,7 @@ def _turn(call: Call, request: ChatRequest) -> Generator[Effect, Any, tuple[Comp
             while True:
                 call.attempts += 1
                 call.total_attempts += 1
+                request = call.for_attempt(request)
                 try:
                     if call.streamed:
                         return (yield from _stream_attempt(call, request))
@@ -425,12 +510,15 @@ def _stream_attempt(
     chunks = yield OpenStream(call.provider, request)
     try:
         while True:
-            chunk = yield NextChunk(chunks)
+            chunk = yield NextChunk(chunks, request, call.first_text_timeout())
             if chunk is END:
                 break
             event = state.take(chunk)
             if event is not None:
+                call.flowing = True
                 yield Deliver(event)
+                if call.past_stream_deadline():
+                    raise _deadline_error(request, call.proxy.config.stream_deadline)
     except GeneratorExit:
         raise
     except BaseException:

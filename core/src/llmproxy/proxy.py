@@ -17,14 +17,15 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from llmproxy import env as envvars
-from llmproxy.budget.base import ClaimUsage, Ledger
+from llmproxy.budget.base import ClaimUsage, Ledger, Reservation
 from llmproxy.budget.policy import BudgetPolicy, CallScope
+from llmproxy.budget.renewal import Renewer
 from llmproxy.call import Call, CallOptions, Prompt, ToolSpec
 from llmproxy.config import ProxyConfig, load_config, structure
-from llmproxy.errors import ConfigError, InvalidRequest, PluginError
+from llmproxy.errors import ConfigError, InvalidRequest, PluginError, StoreError
 from llmproxy.flow import READY, Closed, Deliver, Flow, call_flow
 from llmproxy.history.base import HistoryRecord, HistoryStore
 from llmproxy.history.handler import HandlerStore, LLMMessageHandler
@@ -36,6 +37,9 @@ from llmproxy.secret import Secret, redact
 from llmproxy.tools import HostedTool, Tool
 from llmproxy.types import CallEvent, ChatResponse, StreamEvent
 from llmproxy.urls import scheme_of
+
+if TYPE_CHECKING:
+    from llmproxy.journal import Journal
 
 log = logging.getLogger("llmproxy")
 
@@ -115,6 +119,8 @@ class Proxy:
             ledger if not isinstance(ledger, str) and ledger is not None else None
         )
         self._ledger_url = ledger if isinstance(ledger, str) else config.ledger_url
+        self._ledger_given = self._ledger is not None
+        self._history_given = self._history is not None
         self._shared: PipelinedHistory | Literal[False] | None = False
         if self._history is None and self._history_url:
             self._check_scheme(self._history_url, self.plugins.registry.history_stores, "history")
@@ -134,6 +140,14 @@ class Proxy:
                 self.fallbacks[name] = list(chain)
         self._observers = list(observers)
         self._notify_on = bool(self._observers) or self.plugins.observes
+        self._renewer = Renewer(
+            lambda: self.ledger,
+            config.reservation_lease,
+            max_age=max(config.retry.deadline or 0.0, config.stream_deadline or 0.0) or None,
+        )
+        self._journal: Journal | None = None
+        self._replayer: threading.Thread | None = None
+        self._closing = threading.Event()
 
     @classmethod
     def from_env(
@@ -201,7 +215,116 @@ class Proxy:
                 if self._ledger is None:
                     ledgers = self.plugins.registry.ledgers
                     self._ledger = self._open("ledger", self._ledger_url, ledgers, "ledger.db")
+                    self._replay_leftovers()
         return self._ledger
+
+    # -- writes kept for later ------------------------------------------------------------------
+
+    def _store_url(self, what: Literal["ledger", "history"]) -> str | None:
+        """The URL a journal entry names a store by; None when writes to it are not journaled.
+
+        A store kept in memory dies with the process, and one passed in as an object has no
+        name a later process could find it by: neither is journaled.
+        """
+        if what == "ledger":
+            given, url, filename = self._ledger_given, self._ledger_url, "ledger.db"
+        else:
+            given, url, filename = self._history_given, self._history_url, "history.db"
+        if given:
+            return None
+        url = url or _default_url(self.environ, filename)
+        return None if scheme_of(url, what=what) == "memory" else url
+
+    def _journal_open(self) -> Journal:
+        from llmproxy.journal import Journal
+
+        with self._lock:
+            if self._journal is None:
+                self._journal = Journal.in_data_dir(self.environ)
+            return self._journal
+
+    def _keep(
+        self,
+        error: StoreError,
+        *,
+        reservation: Reservation | None = None,
+        settle: Mapping[str, Any] | None = None,
+        records: Sequence[HistoryRecord] | None = None,
+    ) -> None:
+        """Journal a settle or a history write that could not reach its store, or raise ``error``.
+
+        The caller keeps its answer; the write is applied once the store answers again (by a
+        background replay, or by the next process to open these stores after a restart).
+        Settles are idempotent by reservation id and history records by their id, so a write
+        that did land (a store that answered late) is not counted or stored twice.
+        """
+        settling = reservation is not None and settle is not None
+        if not settling and not records:
+            return
+        ledger_url = self._store_url("ledger") if settling else None
+        history_url = self._store_url("history") if records else None
+        if (settling and ledger_url is None) or (records and history_url is None):
+            raise error
+        try:
+            self._journal_open().add(
+                ledger_url=ledger_url,
+                history_url=history_url,
+                reservation=reservation if settling else None,
+                settle=settle if settling else None,
+                records=tuple(records or ()),
+            )
+        except Exception as exc:
+            raise error from exc
+        log.warning(
+            "%s could not be written and is kept in the journal until the store answers: %s",
+            "a settle" if settling else "a history write",
+            error,
+        )
+        self._replay_soon()
+
+    def _replay_leftovers(self) -> None:
+        """After a restart: replay what an earlier process journaled for these stores."""
+        if (envvars.data_dir(self.environ) / "journal.db").exists():
+            self._replay_soon()
+
+    def _replay_soon(self) -> None:
+        """Start the background replay of the journal, unless it runs already."""
+        with self._lock:
+            if self._closing.is_set() or (self._replayer and self._replayer.is_alive()):
+                return
+            self._replayer = threading.Thread(
+                target=self._replay_until_done, name="llmproxy-journal-replay", daemon=True
+            )
+            self._replayer.start()
+
+    def _replay_until_done(self) -> None:
+        """Replay with a growing pause until nothing is left for these stores (or close)."""
+        pause = 0.05
+        while not self._closing.is_set():
+            try:
+                if self._replay_once() == 0:
+                    return
+            except Exception:
+                log.warning("replaying the journal failed; trying again", exc_info=True)
+            self._closing.wait(pause)
+            pause = min(pause * 2, 5.0)
+
+    def _replay_once(self) -> int:
+        """Apply what the journal holds for this Proxy's stores; return how many are left."""
+        from llmproxy.journal import replay
+
+        ledger_url, history_url = self._store_url("ledger"), self._store_url("history")
+        if ledger_url is None and history_url is None:
+            return 0
+        journal = self._journal_open()
+        replay(
+            journal,
+            ledger=self.ledger if ledger_url is not None else None,
+            history=self.history if history_url is not None else None,
+            ledger_url=ledger_url,
+            history_url=history_url,
+        )
+        return len(journal.pending(ledger_url=ledger_url, history_url=history_url, limit=1))
 
     def _resolve_tools(
         self, tools: Sequence[Tool | HostedTool | str | Callable[..., Any]] | None
@@ -601,6 +724,13 @@ class Proxy:
 
     def close(self) -> None:
         """Close providers and stores this Proxy opened."""
+        self._closing.set()
+        self._renewer.close()
+        replayer = self._replayer
+        if replayer is not None and replayer is not threading.current_thread():
+            replayer.join(timeout=10)
+        if self._journal is not None:
+            self._journal.close()
         for provider in self._providers.values():
             provider.close()
         if self._history is not None:

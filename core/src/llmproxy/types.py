@@ -143,6 +143,8 @@ class ChatRequest:
     ``tools`` are the tools offered to the model (:class:`llmproxy.tools.Tool` function tools,
     whose Python function the Proxy runs, and :class:`llmproxy.tools.HostedTool` tools the
     provider runs); ``tool_choice`` is ``auto``, ``none``, ``required`` or a tool name.
+    ``timeout`` is how many seconds this attempt may take in all (what is left of the call's
+    deadline); None leaves the provider's own timeouts.
     """
 
     messages: tuple[Message, ...]
@@ -155,6 +157,7 @@ class ChatRequest:
     user: str | None = None
     tools: tuple[Any, ...] = ()
     tool_choice: str | None = None
+    timeout: float | None = None
 
 
 @frozen
