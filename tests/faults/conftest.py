@@ -58,7 +58,9 @@ def proxy_env(fake: FakeOpenAI, data_dir: Path, **extra: str) -> dict[str, str]:
     }
 
 
-def proxy_config(budget: int, *, lease: float, limit_wait: float = 0.0, **extra: Any) -> dict[str, Any]:
+def proxy_config(
+    budget: int, *, lease: float, limit_wait: float = 0.0, **extra: Any
+) -> dict[str, Any]:
     """A Proxy configuration with one global token budget of ``budget`` tokens."""
     return {
         "budgets": [{"kind": "tokens", "max_tokens": budget}],
@@ -131,7 +133,7 @@ class Workers:
             "calls": calls,
             "max_output_tokens": max_output_tokens,
         }
-        process = subprocess.Popen(  # noqa: S603 - our interpreter and script
+        process = subprocess.Popen(
             [sys.executable, str(WORKER), json.dumps(spec)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

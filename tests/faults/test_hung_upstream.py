@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from llmproxy import Proxy, ProviderTimeout
+from llmproxy import ProviderTimeout, Proxy
 from llmproxy_testing.fake_openai import FakeOpenAI
 from tests.faults.conftest import proxy_env
 
@@ -61,7 +61,7 @@ def test_hung_upstream_times_out_at_the_deadline(
         try:
             call(proxy)
             outcome.append(None)
-        except BaseException as exc:  # noqa: BLE001 - checked below
+        except BaseException as exc:
             outcome.append(exc)
         finally:
             finished.set()

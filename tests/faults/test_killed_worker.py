@@ -20,8 +20,8 @@ from llmproxy_testing.fake_openai import FakeOpenAI
 from tests.faults.conftest import (
     OUTPUT_WORDS,
     Workers,
-    ledger_url,
     lease_env,
+    ledger_url,
     proxy_config,
     proxy_env,
     wait_for_ledger_clock,

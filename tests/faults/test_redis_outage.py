@@ -10,6 +10,7 @@ and the next call after Redis answers PING succeeds (no circuit breaker left ope
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,9 +27,7 @@ BUDGET = 100_000
 
 
 @pytest.fixture
-def proxy(
-    fake: FakeOpenAI, persistent_redis: RedisServer, tmp_path: Path
-) -> Iterator[Proxy]:
+def proxy(fake: FakeOpenAI, persistent_redis: RedisServer, tmp_path: Path) -> Iterator[Proxy]:
     made = Proxy(
         proxy_config(BUDGET, lease=60.0),
         ledger=persistent_redis.url,
@@ -46,7 +45,7 @@ def held_calls(proxy: Proxy, fake: FakeOpenAI) -> tuple[list[threading.Thread], 
     def call(number: int) -> None:
         try:
             outcomes.append(proxy.chat(f"question {number}", session_id=f"s{number}"))
-        except BaseException as exc:  # noqa: BLE001 - checked by the test
+        except BaseException as exc:
             outcomes.append(exc)
 
     fake.hold()
@@ -82,9 +81,7 @@ def errors(outcomes: list[object]) -> list[str]:
 
 def history_counts(proxy: Proxy) -> list[int]:
     """How many times each session's question is stored in history."""
-    return [
-        sum(1 for r in proxy.history.load(f"s{n}") if r.role == "user") for n in range(CALLS)
-    ]
+    return [sum(1 for r in proxy.history.load(f"s{n}") if r.role == "user") for n in range(CALLS)]
 
 
 def test_redis_killed_after_the_upstream_answered(
@@ -131,7 +128,7 @@ def test_calls_succeed_once_redis_answers_again(
     for number in range(CALLS):  # Redis down: these fail (budgets cannot be checked)
         try:
             proxy.chat(f"down {number}")
-        except Exception:  # noqa: BLE001, S110 - expected while Redis is down
+        except Exception:
             pass
     persistent_redis.restart()
     assert persistent_redis.command("PING") == "PONG"

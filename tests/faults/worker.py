@@ -19,7 +19,9 @@ from llmproxy import BudgetExceeded, Proxy
 def main(argv: list[str]) -> int:
     """Run the worker described by ``argv[1]``."""
     spec: dict[str, Any] = json.loads(argv[1])
-    proxy = Proxy(spec["config"], ledger=spec["ledger"], history="memory://", environ=spec["environ"])
+    proxy = Proxy(
+        spec["config"], ledger=spec["ledger"], history="memory://", environ=spec["environ"]
+    )
     lock = threading.Lock()
 
     def say(line: dict[str, Any]) -> None:
@@ -37,7 +39,7 @@ def main(argv: list[str]) -> int:
             except BudgetExceeded as exc:
                 say({"refused": str(exc)})
                 return
-            except Exception as exc:  # noqa: BLE001 - reported to the test
+            except Exception as exc:
                 say({"error": f"{type(exc).__name__}: {exc}"})
                 return
             say({"ok": answer.usage.total_tokens})
