@@ -714,6 +714,13 @@ class FakeServer:
         self._port: int | None = None
         self._connections: set[_Connection] = set()
         self._accepted = 0
+        # Holding requests at the gate (see hold()): the rule, the event that releases the
+        # requests held under it, how many wait, and what to run for those whose client left.
+        self._hold_lock = threading.Condition()
+        self._hold_match: Callable[[RecordedRequest], bool] | None = None
+        self._hold_event: asyncio.Event | None = None
+        self._held = 0
+        self._abandoned: list[Callable[[], None]] = []
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -1002,6 +1009,90 @@ class FakeServer:
                 return item, True
         return item, False
 
+    # -- holding requests ------------------------------------------------------
+
+    def hold(self, match: Callable[[RecordedRequest], bool] | None = None) -> None:
+        """Hold the requests that arrive from now on (those ``match`` accepts) until release.
+
+        A held request has been received and, for a fake that bills (see
+        :attr:`~llmproxy_testing.fake_openai.FakeOpenAI.billed_tokens`), its answer decided;
+        it is answered only after :meth:`release`. If its client goes away meanwhile (a killed
+        process), the answer is still "produced" at release, as a real upstream finishes and
+        bills a request whose client vanished. Holding again replaces the rule for requests
+        that arrive later; those already held stay held until :meth:`release`.
+
+        Args:
+            match: Which requests to hold (default: every request that reaches the gate).
+
+        """
+        with self._hold_lock:
+            self._hold_match = match if match is not None else _hold_everything
+            if self._hold_event is None:
+                self._hold_event = asyncio.Event()
+
+    def release(self) -> None:
+        """Stop holding and let every held request go on (no-op when nothing is held)."""
+        with self._hold_lock:
+            self._hold_match = None
+            event, self._hold_event = self._hold_event, None
+            abandoned, self._abandoned = self._abandoned, []
+        loop = self._loop
+        if event is not None and loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(event.set)
+        for produce in abandoned:
+            produce()
+
+    @property
+    def held(self) -> int:
+        """Number of requests waiting at the gate now (whose client is still connected)."""
+        with self._hold_lock:
+            return self._held
+
+    def wait_held(self, count: int, timeout: float = 10.0) -> None:
+        """Block until at least ``count`` requests are held at the gate.
+
+        Raises:
+            TimeoutError: If fewer than ``count`` are held after ``timeout`` seconds.
+
+        """
+        with self._hold_lock:
+            if not self._hold_lock.wait_for(lambda: self._held >= count, timeout):
+                raise TimeoutError(
+                    f"{self._held} request(s) held after {timeout} s, expected {count}"
+                )
+
+    async def gate(self, request: RecordedRequest, produced: Callable[[], None]) -> None:
+        """Wait at the gate while ``request`` is held (handlers call this); then ``produced()``.
+
+        ``produced`` runs once the request goes on (its answer is produced), also when the
+        client went away while the request was held: it then runs at :meth:`release`.
+        """
+        with self._hold_lock:
+            match, event = self._hold_match, self._hold_event
+            held = match is not None and event is not None and match(request)
+            if held:
+                self._held += 1
+                self._hold_lock.notify_all()
+        if not held or event is None:
+            produced()
+            return
+        try:
+            await event.wait()
+        except asyncio.CancelledError:
+            with self._hold_lock:
+                if self._hold_event is event:  # not released yet: produce it at release
+                    self._abandoned.append(produced)
+                    abandoned = True
+                else:
+                    abandoned = False
+            if not abandoned:
+                produced()
+            raise
+        finally:
+            with self._hold_lock:
+                self._held -= 1
+        produced()
+
     def clear(self) -> None:
         """Forget all recorded requests and drop all queued scripted items."""
         with self._data_lock:
@@ -1045,6 +1136,10 @@ def json_object(request: RecordedRequest) -> dict[str, Any] | None:
     except ValueError:
         return None
     return decoded if isinstance(decoded, dict) else None
+
+
+def _hold_everything(_request: RecordedRequest) -> bool:
+    return True
 
 
 ReplyFunction: TypeAlias = Callable[[dict[str, Any]], "str | Reply"]

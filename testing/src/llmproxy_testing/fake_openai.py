@@ -50,6 +50,11 @@ calls from ``Reply.tool_calls``, hosted tool outputs from
 Scripted :class:`Fault` / :class:`Reply` items (see :meth:`FakeServer.enqueue`)
 are consumed FIFO, one per authenticated request to chat completions or
 responses.
+
+Fault tests: :meth:`FakeServer.hold` holds chat requests (all, or those a predicate picks)
+until :meth:`FakeServer.release` (a hung upstream, a request in flight while its client is
+killed); :attr:`FakeOpenAI.billed_tokens` sums the usage of every chat completion the fake
+produced, delivered or not: what the upstream billed, to compare with a budget.
 """
 
 from __future__ import annotations
@@ -315,6 +320,8 @@ class FakeOpenAI(FakeServer):
         self.models: tuple[str, ...] = tuple(models)
         self.min_output_tokens = min_output_tokens
         self._ids = itertools.count(1)
+        self._billed_tokens = 0
+        self._billed_answers = 0
         self.add_route("POST", "/v1/chat/completions", self._chat_completions)
         self.add_route("GET", "/v1/models", self._list_models)
         if self.responses_api:
@@ -324,6 +331,38 @@ class FakeOpenAI(FakeServer):
     def base_url(self) -> str:
         """The client base URL, ``"http://127.0.0.1:PORT/v1"``."""
         return f"{self.url}/v1"
+
+    # -- billing -------------------------------------------------------------------
+
+    @property
+    def billed_tokens(self) -> int:
+        """Tokens this upstream billed: ``total_tokens`` of every chat completion it produced.
+
+        A completion is billed when the fake produces it (after any :meth:`hold`), whether or
+        not its client is still connected to read it, as a real upstream bills a request
+        whose client went away; error answers and scripted faults other than streamed ones
+        are not billed. :meth:`clear` resets it.
+        """
+        with self._data_lock:
+            return self._billed_tokens
+
+    @property
+    def billed_answers(self) -> int:
+        """Chat completions this upstream produced (and billed), see :attr:`billed_tokens`."""
+        with self._data_lock:
+            return self._billed_answers
+
+    def _bill(self, usage: Mapping[str, Any]) -> None:
+        with self._data_lock:
+            self._billed_tokens += int(usage.get("total_tokens") or 0)
+            self._billed_answers += 1
+
+    def clear(self) -> None:
+        """Forget recorded requests and scripted items, and reset the billed totals."""
+        super().clear()
+        with self._data_lock:
+            self._billed_tokens = 0
+            self._billed_answers = 0
 
     # -- errors and auth ---------------------------------------------------------
 
@@ -436,6 +475,7 @@ class FakeOpenAI(FakeServer):
             )
             return
 
+        await self.gate(request, lambda: self._bill(completion.usage))
         completion_id = f"chatcmpl-fake{next(self._ids):025d}"
         created = int(time.time())
         if not stream:
