@@ -52,7 +52,9 @@ def test_toml_then_env_then_code(tmp_path: Path) -> None:
     assert config.retry.max_attempts == 7
     assert config.aliases == {"fast": "openai/gpt-5.4-nano"}
     proxy = Proxy(config, environ={})
-    assert proxy.policies == [LLMBudget(max_tokens=500, scope="user")]
+    # A configured budget is named after its kind, scope and window: shared and kept.
+    assert proxy.policies == [LLMBudget(max_tokens=500, scope="user", name="tokens-user")]
+    assert proxy.policies[0].shared
 
 
 def test_bad_toml_and_missing_file(tmp_path: Path) -> None:
