@@ -126,7 +126,7 @@ def named_budgets(entries: Any) -> list[dict[str, Any]]:
         if first != index:
             raise ConfigError(
                 f"budgets[{index}] and budgets[{first}] would both be counted as {name!r}"
-                f" (scope {where[1]}): give each a distinct name = \"...\"",
+                f' (scope {where[1]}): give each a distinct name = "..."',
                 path=f"$.budgets[{index}].name",
             )
         out.append(entry)

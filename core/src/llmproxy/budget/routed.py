@@ -188,9 +188,7 @@ class RoutedLedger:
         if second.output_tokens < first.output_tokens:
             await private.asettle(first, tokens=0, requests=0)
             try:
-                first = await private.areserve(
-                    mine, max_output_tokens=second.output_tokens, **args
-                )
+                first = await private.areserve(mine, max_output_tokens=second.output_tokens, **args)
             except BaseException:
                 await shared.asettle(second, tokens=0, requests=0)
                 raise
