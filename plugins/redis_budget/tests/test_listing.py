@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable
 
 import pytest
@@ -61,3 +62,26 @@ def test_listing_an_unreachable_redis_is_a_store_error(
     ledger = make_ledger("redis://127.0.0.1:1/0", fail="open", connect_timeout=0.5)
     with pytest.raises(StoreError, match="could not list its budgets"):
         ledger.budgets()
+
+
+def test_usage_command_lists_the_redis_budgets(
+    make_ledger: Callable[..., RedisLedger],
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from llmproxy.cli import main
+
+    ledger = make_ledger()
+    held = ledger.reserve([TEAM, RATE], input_tokens=10, max_output_tokens=10)
+    ledger.settle(held, tokens=12)
+    for name in [n for n in os.environ if n.startswith(("LLMPROXY", "OPENAI"))]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("LLMPROXY_LEDGER_URL", redis_url)
+    monkeypatch.setenv("LLMPROXY_HISTORY_URL", "memory://")
+    assert main(["usage"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("rpm (key:k1): used 1 / limit 5 requests, reserved 0, remaining 4")
+    assert lines[1] == "team (global): used 12 / limit 3000 tokens, reserved 0, remaining 2988"
+    assert main(["usage", "--key", "k2"]) == 0
+    assert capsys.readouterr().out.splitlines() == [lines[1]]  # global, not k1's
