@@ -62,7 +62,11 @@ def make_proxy(base_url: str, stores: str, tmp: Path) -> Proxy:
         history, ledger = f"sqlite:///{tmp}/history.db", f"sqlite:///{tmp}/ledger.db"
     return Proxy(
         {"history_url": history, "ledger_url": ledger},
-        budgets=[LLMBudget(max_tokens=10**12), RequestsPerMinute(limit=10**9)],
+        # Named, so they are counted in the ledger under test (unnamed ones stay in memory).
+        budgets=[
+            LLMBudget(max_tokens=10**12, name="bench"),
+            RequestsPerMinute(limit=10**9, name="bench-rpm"),
+        ],
         environ={
             "OPENAI_API_KEY": KEY,
             "OPENAI_BASE_URL": base_url,

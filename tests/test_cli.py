@@ -117,9 +117,37 @@ def test_budget_from_env_and_usage_command(env: dict[str, str], upstream: FakeOp
     env = {**env, "LLMPROXY_MAX_TOKENS": "1000"}
     assert run(["chat", "Hello", "--no-stream"], env).returncode == 0
     usage = run(["usage"], env)
-    assert "tokens-1000-global (global): used 9 / limit 1000 tokens" in usage.stdout
+    assert "tokens-global (global): used 9 / limit 1000 tokens" in usage.stdout
+    # The configured budget is named after its kind and scope: a lower limit keeps the spend.
     tiny = run(["chat", "Hello there, this will not fit"], {**env, "LLMPROXY_MAX_TOKENS": "5"})
-    assert tiny.returncode == 1 and "budget 'tokens-5-global'" in tiny.stderr
+    assert tiny.returncode == 1 and "budget 'tokens-global'" in tiny.stderr
+
+
+def test_usage_lists_budgets_named_in_code(env: dict[str, str], upstream: FakeOpenAI) -> None:
+    from llmproxy import LLMBudget, Proxy
+
+    team = LLMBudget(max_tokens=3000, name="team")
+    ann = LLMBudget(max_tokens=500, scope="user", name="per-user")
+    proxy = Proxy(environ=env, budgets=[team, ann])
+    try:
+        spent = proxy.chat("Hello", user="ann").usage.total_tokens
+    finally:
+        proxy.close()
+    configured = {**env, "LLMPROXY_MAX_TOKENS": "1000"}
+    listed = run(["usage"], configured)
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert lines[0] == (
+        "tokens-global (global): used 0 / limit 1000 tokens, reserved 0, remaining 1000"
+    )  # configured, untouched
+    assert f"team (global): used {spent} / limit 3000 tokens" in listed.stdout
+    assert f"per-user (user:ann): used {spent} / limit 500 tokens" in listed.stdout
+    bob = run(["usage", "--user", "bob"], env).stdout
+    assert "team (global)" in bob and "per-user" not in bob
+    assert "per-user (user:ann)" in run(["usage", "--user", "ann"], env).stdout
+    assert run(["usage", "--key", "k9"], {**env, "LLMPROXY_LEDGER_URL": "memory://"}).stdout == (
+        "no budgets match\n"
+    )
 
 
 def test_plugins_command_lists_distributions(env: dict[str, str]) -> None:

@@ -208,7 +208,7 @@ def test_budgets_from_config_and_env(env: dict[str, str], upstream: FakeOpenAI) 
         "LLMPROXY_LEDGER_URL": "memory://",
     }
     proxy = Proxy.from_env(env)
-    assert [p.name for p in proxy.policies] == ["tokens-20-global"]
+    assert [p.name for p in proxy.policies] == ["tokens-global"]  # named after kind and scope
     with pytest.raises(BudgetExceeded):
         proxy.chat("a prompt with many words in it, too many for twenty tokens of budget here")
     assert upstream.requests == []

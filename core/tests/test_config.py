@@ -52,7 +52,9 @@ def test_toml_then_env_then_code(tmp_path: Path) -> None:
     assert config.retry.max_attempts == 7
     assert config.aliases == {"fast": "openai/gpt-5.4-nano"}
     proxy = Proxy(config, environ={})
-    assert proxy.policies == [LLMBudget(max_tokens=500, scope="user")]
+    # A configured budget is named after its kind, scope and window: shared and kept.
+    assert proxy.policies == [LLMBudget(max_tokens=500, scope="user", name="tokens-user")]
+    assert proxy.policies[0].shared
 
 
 def test_bad_toml_and_missing_file(tmp_path: Path) -> None:
@@ -69,11 +71,36 @@ def test_env_budgets_and_bad_numbers() -> None:
         environ={"LLMPROXY_MAX_TOKENS": "1_000", "LLMPROXY_REQUESTS_PER_MINUTE": "30"}
     )
     proxy = Proxy(config, environ={})
-    assert proxy.policies == [LLMBudget(max_tokens=1000), RequestsPerMinute(limit=30)]
+    assert proxy.policies == [
+        LLMBudget(max_tokens=1000, name="tokens-global"),
+        RequestsPerMinute(limit=30, name="requests_per_minute-global"),
+    ]
     with pytest.raises(ConfigError, match="LLMPROXY_MAX_TOKENS must be a whole number"):
         load_config(environ={"LLMPROXY_MAX_TOKENS": "lots"})
     with pytest.raises(ConfigError, match="must not be negative"):
         load_config(environ={"LLMPROXY_MAX_TOKENS": "-1"})
+
+
+def test_configured_budgets_are_named_and_distinct() -> None:
+    config = load_config(
+        {
+            "budgets": [
+                {"kind": "cost", "max_usd": 5, "scope": ["user", "model"], "window": "month"},
+                {"kind": "requests_per_minute", "limit": 3, "window": 10},
+                {"max_tokens": 10, "name": "team"},
+            ]
+        }
+    )
+    assert [b["name"] for b in config.budgets] == [
+        "cost-user+model-month",
+        "requests_per_minute-global-10s",
+        "team",
+    ]
+    assert all(p.shared for p in Proxy(config, environ={}).policies)
+    with pytest.raises(ConfigError, match=r"budgets\[1\] and budgets\[0\] .*'tokens-global'"):
+        load_config({"budgets": [{"max_tokens": 5}, {"max_tokens": 9}]})
+    named = load_config({"budgets": [{"max_tokens": 5}, {"max_tokens": 9, "name": "b"}]})
+    assert [b["name"] for b in named.budgets] == ["tokens-global", "b"]
 
 
 def test_unknown_budget_kind_and_bad_policy_fields() -> None:

@@ -22,6 +22,7 @@ from llmproxy import Proxy
 from llmproxy.budget.base import Claim, Rates, Reservation
 from llmproxy.budget.lease import LeasingLedger
 from llmproxy.budget.memory import MemoryLedger
+from llmproxy.budget.routed import shared_ledger
 from llmproxy.budget.sqlite import SQLiteLedger
 from llmproxy.errors import (
     BudgetExceeded,
@@ -652,11 +653,12 @@ def test_a_forked_child_starts_without_the_parents_leases(path: Path) -> None:
 def test_env_switch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     environ = {"LLMPROXY_DATA_DIR": str(tmp_path), "LLMPROXY_PLUGINS": ""}
     proxy = Proxy.from_env(environ)
-    assert isinstance(proxy.ledger, SQLiteLedger)
+    assert isinstance(shared_ledger(proxy.ledger), SQLiteLedger)
     proxy.close()
     proxy = Proxy.from_env({**environ, "LLMPROXY_LEDGER_LEASE": "on"})
-    assert isinstance(proxy.ledger, LeasingLedger)
-    assert proxy.ledger.path == str(tmp_path / "ledger.db")
+    ledger = shared_ledger(proxy.ledger)
+    assert isinstance(ledger, LeasingLedger)
+    assert ledger.path == str(tmp_path / "ledger.db")
     proxy.close()
     with pytest.raises(ConfigError, match="LLMPROXY_LEDGER_LEASE must be on or off, got 'maybe'"):
         Proxy.from_env({**environ, "LLMPROXY_LEDGER_LEASE": "maybe"})

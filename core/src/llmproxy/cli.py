@@ -13,6 +13,8 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn, TextIO
 
+from llmproxy.budget.base import Claim, ListableLedger
+from llmproxy.budget.routed import shared_ledger
 from llmproxy.errors import ConfigError, LLMProxyError
 from llmproxy.plugins import load_plugins
 from llmproxy.proxy import Proxy
@@ -61,7 +63,12 @@ def _parser() -> argparse.ArgumentParser:
     delete = hsub.add_parser("delete", help="delete a session")
     delete.add_argument("session")
 
-    usage = sub.add_parser("usage", help="show used / limit / remaining / resets-at per budget")
+    usage = sub.add_parser(
+        "usage",
+        help="show used / limit / remaining / resets-at of every budget: configured ones and"
+        " every one the ledger holds (named in code, gateway keys'); filters keep those a call"
+        " with these values counts against",
+    )
     usage.add_argument("-m", "--model", help="provider/model the budgets are shown for")
     usage.add_argument("--user")
     usage.add_argument("--session")
@@ -173,22 +180,70 @@ def _history(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-def _usage(args: argparse.Namespace, out: TextIO) -> int:
+_NO_BUDGETS = (
+    "no budgets configured or in the ledger (set LLMPROXY_MAX_TOKENS, budgets in"
+    " LLMPROXY_CONFIG, or give a budget in code a name= so that it is kept in the ledger)\n"
+)
+
+
+def _matches(claim: Claim, wanted: dict[str, str]) -> bool:
+    """Whether a call with the ``wanted`` scope values counts against ``claim``.
+
+    Every part of the claim's scope must be ``global`` or equal the value given for its
+    scope (``user:alice`` for ``--user alice``); with no filters every claim matches.
+    """
+    if not wanted:
+        return True
+    for part in claim.scope.split(","):
+        if part == "global":
+            continue
+        if part.startswith("tag:"):
+            tag, _, value = part[4:].partition(":")
+            name = f"tag:{tag}"
+        else:
+            name, _, value = part.partition(":")
+        if name not in wanted or wanted[name] != value:
+            return False
+    return True
+
+
+def _usage(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     tags: dict[str, str] = {}
     for tag in args.tag:
         name, sep, value = tag.partition("=")
         if not sep:
             raise ConfigError(f"--tag takes NAME=VALUE, got {tag!r}")
         tags[name] = value
+    wanted = {f"tag:{name}": value for name, value in tags.items()}
+    for scope, value in (("user", args.user), ("session", args.session), ("key", args.key)):
+        if value is not None:
+            wanted[scope] = value
     proxy = Proxy.from_env()
     try:
+        if args.model is not None:
+            model = proxy.config.aliases.get(args.model, args.model)
+            wanted["model"] = model
+            wanted["provider"] = model.partition("/")[0]
+        # The configured budgets, shown even before anything counted against them.
         rows = proxy.usage(
             model=args.model, user=args.user, session_id=args.session, key=args.key, tags=tags
         )
-        if not rows:
-            out.write(
-                "no budgets configured (set LLMPROXY_MAX_TOKENS or budgets in LLMPROXY_CONFIG)\n"
+        # Every budget the ledger holds: named in code, a gateway key's, configured earlier.
+        ledger = shared_ledger(proxy.ledger)
+        if isinstance(ledger, ListableLedger):
+            shown = {row.claim.key for row in rows}
+            rows += [
+                row
+                for row in ledger.budgets()
+                if row.claim.key not in shown and _matches(row.claim, wanted)
+            ]
+        else:
+            err.write(
+                f"llmproxy: the ledger ({type(ledger).__name__}) cannot list its budgets;"
+                " showing the configured ones only\n"
             )
+        if not rows:
+            out.write(_NO_BUDGETS if not wanted else "no budgets match\n")
         for row in rows:
             c = row.claim
             resets = f", resets {_when(row.resets_at)}" if row.resets_at else ""
@@ -213,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "history":
             return _history(args, out)
         if args.command == "usage":
-            return _usage(args, out)
+            return _usage(args, out, err)
         return load_plugins().registry.commands[args.command].run(args)
     except ConfigError as exc:
         err.write(f"llmproxy: {exc}\n")

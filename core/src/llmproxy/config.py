@@ -75,13 +75,77 @@ class RetryConfig:
     deadline: float | None = field(default=120.0, validator=_positive)
 
 
+def _budget_name(entry: Mapping[str, Any]) -> str | None:
+    """The name of a configured budget without one: its kind, scope and window.
+
+    None when those are not what a policy takes (the policy's own checks then say what).
+    """
+    kind = entry.get("kind", "tokens")
+    scope = entry.get("scope", "global")
+    window = entry.get("window", "total")
+    if isinstance(scope, (list, tuple)) and scope and all(isinstance(s, str) for s in scope):
+        scope = "+".join(scope)
+    if not isinstance(kind, str) or not isinstance(scope, str):
+        return None
+    name = f"{kind}-{scope}"
+    if window == "total":
+        return name
+    if isinstance(window, str):
+        return f"{name}-{window}"
+    if isinstance(window, bool) or not isinstance(window, (int, float)):
+        return None
+    seconds = str(int(window)) if float(window).is_integer() else f"{window:g}"
+    return f"{name}-{seconds}s"
+
+
+def named_budgets(entries: Any) -> list[dict[str, Any]]:
+    """Give every configured budget table a name, so that its budget is shared and kept.
+
+    A table without ``name`` is named after its kind, scope and window (``tokens-global``,
+    ``cost-user-month``, ``requests_per_minute-key``): not after its limit, so raising a limit
+    keeps what was spent. Two tables counted under one name and scope are refused.
+
+    >>> named_budgets([{"kind": "cost", "max_usd": 50, "scope": "user", "window": "month"}])
+    [{'kind': 'cost', 'max_usd': 50, 'scope': 'user', 'window': 'month', 'name': 'cost-user-month'}]
+    """
+    if not isinstance(entries, (list, tuple)):
+        return entries  # type: ignore[no-any-return]  # (cattrs says what is wrong)
+    out: list[dict[str, Any]] = []
+    seen: dict[tuple[str, str], int] = {}
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, Mapping):
+            out.append(entry)
+            continue
+        entry = dict(entry)
+        if not entry.get("name"):
+            name = _budget_name(entry)
+            if name is None:
+                out.append(entry)
+                continue
+            entry["name"] = name
+        name = entry["name"]
+        scope = entry.get("scope", "global")
+        where = (name, "+".join(scope) if isinstance(scope, (list, tuple)) else str(scope))
+        first = seen.setdefault(where, index)
+        if first != index:
+            raise ConfigError(
+                f"budgets[{index}] and budgets[{first}] would both be counted as {name!r}"
+                f' (scope {where[1]}): give each a distinct name = "..."',
+                path=f"$.budgets[{index}].name",
+            )
+        out.append(entry)
+    return out
+
+
 @frozen
 class ProxyConfig:
     """Everything a :class:`~llmproxy.Proxy` is configured with.
 
     ``providers`` maps a provider name to its table (``api_key``, ``base_url``, ``timeout`` and
     provider-specific keys); ``budgets`` is a list of budget policy tables, each with a ``kind``
-    registered by a plugin (``tokens``, ``requests_per_minute``), built once plugins are loaded.
+    registered by a plugin (``tokens``, ``requests_per_minute``), built once plugins are loaded;
+    every one is named (see :func:`named_budgets`), so it is counted in the configured ledger,
+    shared by the processes using it and kept across runs.
     ``history_url``/``ledger_url`` choose the stores by URL; None means the embedded SQLite
     files in the data dir. ``history_limit`` caps how many past messages are sent as context.
     ``prices`` overrides the plugins' price table: ``{"openai/gpt-5.4-mini": {"input": 0.25,
@@ -111,7 +175,7 @@ class ProxyConfig:
     limit_wait: float = field(default=30.0, validator=_not_negative)
     retry: RetryConfig = attrs.Factory(RetryConfig)
     providers: dict[str, dict[str, Any]] = attrs.Factory(dict)
-    budgets: list[dict[str, Any]] = attrs.Factory(list)
+    budgets: list[dict[str, Any]] = field(factory=list, converter=named_budgets)
     prices: dict[str, Price] = attrs.Factory(dict)
     fallbacks: dict[str, list[str]] = attrs.Factory(dict)
 

@@ -20,8 +20,10 @@ Variable                        Meaning
                                 that matches no installed plugin is a ``PluginError`` in
                                 ``llmproxy plugins``.
 ``LLMPROXY_MAX_TOKENS``         A global token budget (``LLMBudget(max_tokens=...)``) for
-                                ``Proxy.from_env`` and the CLI.
-``LLMPROXY_REQUESTS_PER_MINUTE`` A global requests-per-minute limit for ``Proxy.from_env``.
+                                ``Proxy.from_env`` and the CLI, named ``tokens-global``: kept
+                                in the ledger across runs (a new limit keeps the spend).
+``LLMPROXY_REQUESTS_PER_MINUTE`` A global requests-per-minute limit for ``Proxy.from_env``,
+                                named ``requests_per_minute-global``.
 ``XDG_DATA_HOME``, ``APPDATA``  Read to find the user data dir when ``LLMPROXY_DATA_DIR`` is unset.
 ``LLMPROXY_REDIS_URL``          Where Redis is, for the Redis plugins (``llmproxy.redis_url``
                                 resolves it); wins over the seed's variables below.

@@ -23,6 +23,7 @@ from llmproxy import env as envvars
 from llmproxy.budget.base import ClaimUsage, Ledger, Reservation
 from llmproxy.budget.policy import BudgetPolicy, CallScope
 from llmproxy.budget.renewal import Renewer
+from llmproxy.budget.routed import RoutedLedger
 from llmproxy.call import Call, CallOptions, Prompt, ToolSpec
 from llmproxy.config import ProxyConfig, load_config, structure
 from llmproxy.errors import ConfigError, InvalidRequest, PluginError, StoreError
@@ -115,16 +116,17 @@ class Proxy:
             history if not isinstance(history, str) and history is not None else None
         )
         self._history_url = history if isinstance(history, str) else config.history_url
-        self._ledger: Ledger | None = (
-            ledger if not isinstance(ledger, str) and ledger is not None else None
-        )
+        given = ledger if not isinstance(ledger, str) and ledger is not None else None
+        # Unnamed policies count in this Proxy's memory, named ones in the configured ledger
+        # (opened on the first claim of a named policy): see llmproxy.budget.routed.
+        self._ledger = RoutedLedger(given if given is not None else self._open_ledger)
         self._ledger_url = ledger if isinstance(ledger, str) else config.ledger_url
-        self._ledger_given = self._ledger is not None
+        self._ledger_given = given is not None
         self._history_given = self._history is not None
         self._shared: PipelinedHistory | Literal[False] | None = False
         if self._history is None and self._history_url:
             self._check_scheme(self._history_url, self.plugins.registry.history_stores, "history")
-        if self._ledger is None:
+        if given is None:
             if self._ledger_url:
                 self._check_scheme(self._ledger_url, self.plugins.registry.ledgers, "ledger")
             envvars.ledger_lease(self.environ)  # a bad value is refused now, not at the first call
@@ -208,15 +210,21 @@ class Proxy:
         return self._history
 
     @property
-    def ledger(self) -> Ledger:
-        """The budget ledger, opened on first use (embedded SQLite unless configured)."""
-        if self._ledger is None:
-            with self._lock:
-                if self._ledger is None:
-                    ledgers = self.plugins.registry.ledgers
-                    self._ledger = self._open("ledger", self._ledger_url, ledgers, "ledger.db")
-                    self._replay_leftovers()
+    def ledger(self) -> RoutedLedger:
+        """The budget ledger: unnamed policies in this Proxy's memory, named ones in ``.shared``.
+
+        ``ledger.shared`` is the configured ledger, opened on first use (embedded SQLite
+        unless configured); see :mod:`llmproxy.budget.routed`.
+        """
         return self._ledger
+
+    def _open_ledger(self) -> Ledger:
+        """Open the configured ledger (on the first claim of a named policy)."""
+        ledger: Ledger = self._open(
+            "ledger", self._ledger_url, self.plugins.registry.ledgers, "ledger.db"
+        )
+        self._replay_leftovers()
+        return ledger
 
     # -- writes kept for later ------------------------------------------------------------------
 
@@ -735,8 +743,7 @@ class Proxy:
             provider.close()
         if self._history is not None:
             self._history.close()
-        if self._ledger is not None:
-            self._ledger.close()
+        self._ledger.close()
 
     async def aclose(self) -> None:
         """Close providers (async connections too) and stores; call it inside the event loop."""

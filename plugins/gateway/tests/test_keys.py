@@ -161,3 +161,38 @@ def test_sqlite_failures_are_store_errors(tmp_path: Path) -> None:
     for call in (lambda: store.verify(key), lambda: store.session_active("t")):
         with pytest.raises(StoreError, match="gateway key store"):
             call()
+
+
+def test_usage_command_shows_a_keys_budget(tmp_path: Path) -> None:
+    from llmproxy import Proxy
+    from llmproxy_testing.fake_openai import FakeOpenAI
+
+    data = tmp_path / "data"
+    store = KeyStore(data / "keys.db")
+    record, _secret = store.create("ann", budgets=["tokens:1000/month"])
+    upstream_key = "sk-upstream-0123456789abcdefXYZ"
+    with FakeOpenAI(api_key=upstream_key) as upstream:
+        environ = {
+            "OPENAI_API_KEY": upstream_key,
+            "OPENAI_BASE_URL": upstream.base_url,
+            "LLMPROXY_DATA_DIR": str(data),
+        }
+        proxy = Proxy(environ=environ, budgets=key_policies(store))
+        try:
+            spent = proxy.chat("Hello", key=record.id).usage.total_tokens
+        finally:
+            proxy.close()
+    store.close()
+    env = clean_env(LLMPROXY_DATA_DIR=str(data))
+    shown = subprocess.run(
+        [LLMPROXY, "usage", "--key", record.id], env=env, capture_output=True, text=True
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.startswith(
+        f"key-tokens-1000-month (key:{record.id}): used {spent} / limit 1000 tokens,"
+        f" reserved 0, remaining {1000 - spent}, resets "
+    )
+    other = subprocess.run(
+        [LLMPROXY, "usage", "--key", "someone-else"], env=env, capture_output=True, text=True
+    )
+    assert other.stdout == "no budgets match\n"

@@ -443,11 +443,12 @@ def test_service_uses_memory_stores(
     make_service: Callable[..., OpenAIService], api_key: str
 ) -> None:
     from llmproxy.budget.memory import MemoryLedger
+    from llmproxy.budget.routed import shared_ledger
     from llmproxy.history.memory import MemoryHistoryStore
 
     service = make_service(OpenAILLMConfig(api_key=api_key, budget=LLMBudget(max_tokens=100)))
     assert isinstance(service.proxy.history, MemoryHistoryStore)
-    assert isinstance(service.proxy.ledger, MemoryLedger)
+    assert isinstance(shared_ledger(service.proxy.ledger), MemoryLedger)
 
 
 def test_abandoned_stream_keeps_what_arrived(

@@ -16,6 +16,7 @@ import redis
 from llmproxy import LLMBudget, Proxy, StoreError
 from llmproxy.budget.base import Claim
 from llmproxy.budget.policy import CallScope
+from llmproxy.budget.routed import shared_ledger
 from llmproxy.pipelining import shared
 from llmproxy_redis_budget import RedisLedger
 from llmproxy_redis_history import RedisHistoryStore
@@ -168,7 +169,7 @@ def test_noscript_falls_back(upstream: FakeOpenAI, redis_url: str, raw: Any) -> 
     try:
         proxy.chat("warm up", session_id="n0")
         # The settle is queued after the reserve: flush the scripts between them.
-        ledger = proxy.ledger
+        ledger = shared_ledger(proxy.ledger)
         assert isinstance(ledger, RedisLedger)
         queue = ledger.queue_settle
 
@@ -189,7 +190,7 @@ def _down_proxy(
     upstream: FakeOpenAI, redis_url: str, history: str, ledger: str
 ) -> tuple[Proxy, RedisHistoryStore, RedisLedger]:
     proxy = _proxy(upstream, redis_url + history, redis_url + ledger)
-    store, ledger_obj = proxy.history, proxy.ledger
+    store, ledger_obj = proxy.history, shared_ledger(proxy.ledger)
     assert isinstance(store, RedisHistoryStore) and isinstance(ledger_obj, RedisLedger)
     proxy.chat("warm up", session_id="d0")
     return proxy, store, ledger_obj
@@ -197,7 +198,7 @@ def _down_proxy(
 
 def _break_after_reserve(proxy: Proxy, server: RedisServer) -> None:
     """Stop Redis once the reserve is done, so only the shared write meets the outage."""
-    ledger = proxy.ledger
+    ledger = shared_ledger(proxy.ledger)
     assert isinstance(ledger, RedisLedger)
     queue = ledger.queue_settle
 

@@ -9,6 +9,7 @@ import pytest
 from llmproxy import BudgetExceeded, LLMBudget, Proxy, RequestsPerMinute
 from llmproxy.budget.base import Claim
 from llmproxy.budget.policy import CallScope
+from llmproxy.budget.routed import shared_ledger
 from llmproxy_redis_budget import RedisLedger
 from llmproxy_testing.fake_openai import FakeOpenAI
 
@@ -22,7 +23,8 @@ def upstream() -> Iterator[FakeOpenAI]:
 
 
 def test_proxy_counts_in_redis(upstream: FakeOpenAI, redis_url: str) -> None:
-    budget, rpm = LLMBudget(max_tokens=40, name="shared"), RequestsPerMinute(limit=100)
+    budget = LLMBudget(max_tokens=40, name="shared")
+    rpm = RequestsPerMinute(limit=100, name="shared-rpm")  # named: counted in Redis too
     environ = {"OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": upstream.base_url}
     proxy = Proxy(
         {"history_url": "memory://"}, ledger=redis_url, budgets=[budget, rpm], environ=environ
@@ -34,7 +36,7 @@ def test_proxy_counts_in_redis(upstream: FakeOpenAI, redis_url: str) -> None:
         environ={**environ, "LLMPROXY_REDIS_URL": redis_url},
     )
     try:
-        assert isinstance(proxy.ledger, RedisLedger)
+        assert isinstance(shared_ledger(proxy.ledger), RedisLedger)
         reply = proxy.chat("Hello there", model="openai/gpt-5.4-mini")
         spent = reply.usage.input_tokens + reply.usage.output_tokens
         (state,) = other.ledger.usage(_claims(budget))

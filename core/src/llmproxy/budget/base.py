@@ -23,6 +23,11 @@ class Claim:
     The window: ``window`` is a rolling window in seconds; ``period`` a calendar period
     (``day`` resets at midnight, ``month`` on the 1st) in the IANA time zone ``tz``, counted by
     the ledger's own clock (:meth:`Ledger.now`); neither means an all-time total.
+
+    ``shared`` is False for the claims of a policy created without a name: a
+    :class:`~llmproxy.budget.routed.RoutedLedger` counts those in its private in-memory ledger
+    (one per Proxy: they start at zero in each run) instead of the shared one. A ledger itself
+    counts every claim it is given.
     """
 
     key: str
@@ -33,6 +38,7 @@ class Claim:
     window: float | None = None
     period: Period | None = None
     tz: str = "UTC"
+    shared: bool = True
 
 
 @frozen
@@ -144,6 +150,27 @@ class Ledger(Protocol):
 
     async def ausage(self, claims: Sequence[Claim]) -> list[ClaimUsage]:
         """Async :meth:`usage`."""
+        ...
+
+
+@runtime_checkable
+class ListableLedger(Protocol):
+    """A ledger that can list every budget it holds (an optional capability).
+
+    A ledger that has it keeps each claim's terms (policy, scope, limit, unit, window) when the
+    claim is first reserved, so that ``llmproxy usage`` can show budgets named in code or by
+    gateway keys, which the configuration does not know.
+    """
+
+    def budgets(self) -> list[ClaimUsage]:
+        """Return the state of every claim ever reserved here whose terms are known.
+
+        Sorted by ledger key; the terms are the latest a process reserved the key under.
+        """
+        ...
+
+    async def abudgets(self) -> list[ClaimUsage]:
+        """Async :meth:`budgets`."""
         ...
 
 

@@ -46,7 +46,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final
 
 from llmproxy.budget.base import Claim, ClaimUsage, InlineAsync, Rates, Reservation
@@ -672,10 +672,25 @@ class LeasingLedger(InlineAsync):
         process is writing, the settles are not waited for: they count as reserved until the
         next sync writes them.
         """
+        return self._read(lambda: self._inner.usage(claims))
+
+    def budgets(self) -> list[ClaimUsage]:
+        """Write this process's settles, then list every budget the shared ledger holds.
+
+        See :meth:`SQLiteLedger.budgets`; ``reserved`` is counted as in :meth:`usage`.
+        """
+        return self._read(self._inner.budgets)
+
+    async def abudgets(self) -> list[ClaimUsage]:
+        """Async :meth:`budgets` (runs inline)."""
+        return self.budgets()
+
+    def _read(self, read: Callable[[], list[ClaimUsage]]) -> list[ClaimUsage]:
+        """Sync this process, ``read`` the shared ledger, and count its free leases as free."""
         state = self._state
         with state.sync_lock, state.lock:
             if state.pid != os.getpid() or state.closed:
-                return self._inner.usage(claims)
+                return read()
             if state.settled or state.leases:
                 state.sync_locked(release=False, wait=False)
             free = {
@@ -683,7 +698,7 @@ class LeasingLedger(InlineAsync):
                 for key, lease in state.leases.items()
                 if lease.held > lease.inflight + lease.pending
             }
-            states = self._inner.usage(claims)
+            states = read()
         if not free:
             return states
         result: list[ClaimUsage] = []

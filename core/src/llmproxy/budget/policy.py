@@ -63,7 +63,7 @@ class BudgetPolicy(Protocol):
 
     @property
     def name(self) -> str:
-        """The policy's name: processes sharing a ledger and a name share the budget."""
+        """The policy's name: its claims are counted under it in the ledger."""
         ...
 
     def claim(self, scope: CallScope) -> Claim | None:
@@ -135,20 +135,50 @@ def _default_name(kind: str, limit: float, scope: str | Sequence[str], window: s
     return f"{name}-{window}" if isinstance(window, str) else f"{name}-{_num(window)}s"
 
 
+def _check_name(_i: object, _a: Any, v: str) -> None:
+    if not isinstance(v, str):
+        raise ConfigError(f"name must be a string, got {v!r}", path="name")
+
+
 @frozen(kw_only=True)
 class _Policy:
-    """What every limit shares: a name, a scope and a window."""
+    """What every limit shares: a name, a scope and a window.
 
-    name: str = field(default="")
+    Given a ``name``, the policy is shared: its claims are counted in the Proxy's configured
+    ledger under that name, by every process using the ledger, across runs. Without one it is
+    private to the Proxy holding it: counted in memory from zero, forgotten at exit; its name
+    (derived from its terms) only labels it in errors and usage.
+    """
+
+    name: str = field(default="", validator=_check_name)
     scope: str | Sequence[str] = field(default="global", validator=_scope)
     window: str | float = field(default="total", validator=_window)
     tz: str = field(default="UTC", validator=_tz)
+    # Whether a name was given (the name is filled in when not).
+    _shared: bool = field(default=True, init=False, repr=False)
     # What claim() needs, worked out once: claims are made on every call.
     _terms: tuple[tuple[str, ...], float | None, Period | None] | None = field(
         default=None, init=False, repr=False, eq=False
     )
 
     _unit: ClassVar[Unit] = "tokens"
+
+    def __attrs_post_init__(self) -> None:
+        if not self.name:
+            object.__setattr__(self, "_shared", False)
+            object.__setattr__(self, "name", self._derived_name())
+
+    @property
+    def shared(self) -> bool:
+        """Whether the policy was given a name: its budget then lives in the configured ledger.
+
+        >>> LLMBudget(max_tokens=1000).shared, LLMBudget(max_tokens=1000, name="team").shared
+        (False, True)
+        """
+        return self._shared
+
+    def _derived_name(self) -> str:
+        raise NotImplementedError
 
     def _limit(self) -> float:
         raise NotImplementedError
@@ -178,6 +208,7 @@ class _Policy:
             window,
             period,
             self.tz,
+            self._shared,
         )
 
 
@@ -189,8 +220,13 @@ def _frozen_scope(value: str | Sequence[str]) -> str | tuple[str, ...]:
 class LLMBudget(_Policy):
     """A token budget (the seed's ``LLMBudget(max_tokens=...)``): input plus output tokens.
 
-    Processes that give the same ``name`` on a shared ledger share one budget; the default name
-    is derived from the limit, scope and window.
+    Without a ``name`` the budget is private to the Proxy holding it, like the seed's
+    in-object budget: counted in that Proxy's memory, from zero in each run, forgotten at exit,
+    never shared with another Proxy or process. Give it a ``name`` to keep it across runs and
+    share it: it is then counted in the configured ledger (SQLite by default, Redis...) under
+    that name, and every process using that ledger and name draws on the same budget. Budgets
+    from configuration are always named. Without a name, ``name`` is derived from the limit,
+    scope and window and only labels the budget in errors and usage.
 
     >>> LLMBudget(max_tokens=1000).name
     'tokens-1000-global'
@@ -201,11 +237,8 @@ class LLMBudget(_Policy):
     max_tokens: int = field(validator=_not_negative)
     scope: str | Sequence[str] = field(default="global", validator=_scope, converter=_frozen_scope)
 
-    def __attrs_post_init__(self) -> None:
-        if not self.name:
-            object.__setattr__(
-                self, "name", _default_name("tokens", self.max_tokens, self.scope, self.window)
-            )
+    def _derived_name(self) -> str:
+        return _default_name("tokens", self.max_tokens, self.scope, self.window)
 
     def _limit(self) -> float:
         return self.max_tokens
@@ -226,11 +259,8 @@ class CostBudget(_Policy):
     scope: str | Sequence[str] = field(default="global", validator=_scope, converter=_frozen_scope)
     _unit: ClassVar[Unit] = "usd"
 
-    def __attrs_post_init__(self) -> None:
-        if not self.name:
-            object.__setattr__(
-                self, "name", _default_name("usd", self.max_usd, self.scope, self.window)
-            )
+    def _derived_name(self) -> str:
+        return _default_name("usd", self.max_usd, self.scope, self.window)
 
     def _limit(self) -> float:
         return self.max_usd
@@ -245,9 +275,8 @@ class RequestsPerMinute(_Policy):
     window: str | float = field(default=60.0, validator=_window)
     _unit: ClassVar[Unit] = "requests"
 
-    def __attrs_post_init__(self) -> None:
-        if not self.name:
-            object.__setattr__(self, "name", f"rpm-{self.limit}-{_scope_text(self.scope)}")
+    def _derived_name(self) -> str:
+        return f"rpm-{self.limit}-{_scope_text(self.scope)}"
 
     def _limit(self) -> float:
         return self.limit
@@ -261,9 +290,8 @@ class TokensPerMinute(_Policy):
     scope: str | Sequence[str] = field(default="global", validator=_scope, converter=_frozen_scope)
     window: str | float = field(default=60.0, validator=_window)
 
-    def __attrs_post_init__(self) -> None:
-        if not self.name:
-            object.__setattr__(self, "name", f"tpm-{self.limit}-{_scope_text(self.scope)}")
+    def _derived_name(self) -> str:
+        return f"tpm-{self.limit}-{_scope_text(self.scope)}"
 
     def _limit(self) -> float:
         return self.limit

@@ -59,6 +59,16 @@ CREATE TABLE IF NOT EXISTS ledger_periods (
     period TEXT NOT NULL,
     used REAL NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS ledger_claims (
+    key TEXT PRIMARY KEY NOT NULL,
+    policy TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    max_amount REAL NOT NULL,
+    unit TEXT NOT NULL,
+    window_s REAL,
+    period TEXT,
+    tz TEXT NOT NULL
+) WITHOUT ROWID;
 """
 """The tables, each one b-tree (a commit's cost grows with the pages it dirties).
 
@@ -70,8 +80,10 @@ the few events that left it since the key was last settled, however many are in 
 end so that the oldest sort first and are pruned by a range delete. ``ledger_periods`` holds
 a calendar key's total in its latest period (one row per key, whatever the number of periods):
 a row of an earlier period than the current one counts as nothing and is replaced by the next
-settle. Amounts are in ledger units (nano-dollars for usd claims: whole numbers, so sums are
-exact).
+settle. ``ledger_claims`` holds each key's terms (policy, scope, limit in the claim's unit,
+window or period) as a process last reserved it, for :meth:`SQLiteLedger.budgets`; a process
+writes a key's row on its first reserve of those terms only. Amounts are in ledger units
+(nano-dollars for usd claims: whole numbers, so sums are exact).
 """
 
 # ?1 key, ?2 now (holds live while expires_at > now), ?3 window start (events count while
@@ -111,6 +123,18 @@ _LEFT_WINDOW: Final = "SELECT count(*), total(amount) FROM ledger_events WHERE k
 _PRUNE_EVENTS: Final = "DELETE FROM ledger_events WHERE key = ? AND ts <= ?"
 _ADD_EVENT: Final = "INSERT INTO ledger_events (key, ts, reservation, amount) VALUES (?, ?, ?, ?)"
 _PRUNE_SETTLED: Final = "DELETE FROM ledger_settled WHERE reservation < ?"
+_SET_CLAIM: Final = (
+    "INSERT INTO ledger_claims (key, policy, scope, max_amount, unit, window_s, period, tz)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET policy = excluded.policy,"
+    " scope = excluded.scope, max_amount = excluded.max_amount, unit = excluded.unit,"
+    " window_s = excluded.window_s, period = excluded.period, tz = excluded.tz"
+)
+_CLAIMS: Final = (
+    "SELECT key, policy, scope, max_amount, unit, window_s, period, tz FROM ledger_claims"
+    " ORDER BY key"
+)
+_KNOWN_MAX: Final = 4096
+"""Claims whose terms a ledger object remembers having written (then it forgets them all)."""
 _OWN_HOLD: Final = (
     "SELECT total(amount) FROM ledger_holds WHERE key = ? AND reservation = ? AND expires_at > ?"
 )
@@ -168,6 +192,7 @@ class SQLiteLedger(InlineAsync):
         self._db = _Database(path, timeout=timeout, kind="ledger", schema=_SCHEMA)
         self._reserves = 0
         self._settles = 0
+        self._known: set[Claim] = set()  # claims whose terms this object wrote to ledger_claims
 
     @property
     def path(self) -> str:
@@ -223,7 +248,30 @@ class SQLiteLedger(InlineAsync):
                 for claim, amount in zip(claims, held, strict=True):
                     params += (claim.key, reservation_id, amount, expires_at)
                 conn.execute(_insert_holds_sql(len(claims)), params)
+            new = self._write_terms(conn, claims)
+        if new:
+            self._remember(new)
         return Reservation(reservation_id, tuple(claims), amounts, grant, input_tokens, expires_at)
+
+    def _write_terms(self, conn: sqlite3.Connection, claims: Sequence[Claim]) -> list[Claim]:
+        """Write the terms of the claims this object has not written yet; return those."""
+        known = self._known
+        new = [claim for claim in claims if claim not in known]
+        if new:
+            conn.executemany(
+                _SET_CLAIM,
+                [
+                    (c.key, c.policy, c.scope, c.limit, c.unit, c.window, c.period, c.tz)
+                    for c in new
+                ],
+            )
+        return new
+
+    def _remember(self, claims: Sequence[Claim]) -> None:
+        """Note claims whose terms were committed (not before: a rollback writes nothing)."""
+        if len(self._known) >= _KNOWN_MAX:
+            self._known.clear()
+        self._known.update(claims)
 
     def settle(
         self, reservation: Reservation, *, tokens: int, requests: int = 1, cost: float = 0.0
@@ -306,6 +354,9 @@ class SQLiteLedger(InlineAsync):
                 else:
                     conn.execute(_DROP_HOLD, (claim.key, owner))
                 result.append(hold)
+            new = self._write_terms(conn, [claim for claim, _keep, _want, _step in wants])
+        if new:
+            self._remember(new)
         return result
 
     @staticmethod
@@ -350,6 +401,22 @@ class SQLiteLedger(InlineAsync):
 
     def usage(self, claims: Sequence[Claim]) -> list[ClaimUsage]:
         """Return the state of each claim, read in one snapshot."""
+        return self._read(claims)
+
+    def budgets(self) -> list[ClaimUsage]:
+        """Return the state of every claim reserved here whose terms were recorded, by key.
+
+        See :class:`~llmproxy.budget.base.ListableLedger`. Keys last reserved by a version of
+        llmproxy that did not record terms are not listed until they are reserved again.
+        """
+        return self._read(None)
+
+    async def abudgets(self) -> list[ClaimUsage]:
+        """Async :meth:`budgets` (runs inline)."""
+        return self.budgets()
+
+    def _read(self, claims: Sequence[Claim] | None) -> list[ClaimUsage]:
+        """The state of ``claims`` (None: of every recorded claim), read in one snapshot."""
         result: list[ClaimUsage] = []
         db = self._db
         with db.lock:
@@ -358,6 +425,13 @@ class SQLiteLedger(InlineAsync):
                 conn.execute("BEGIN")
                 try:
                     now = self._clock()
+                    if claims is None:
+                        claims = [
+                            Claim(key, policy, scope, limit, unit, window, period, tz)
+                            for key, policy, scope, limit, unit, window, period, tz in conn.execute(
+                                _CLAIMS
+                            )
+                        ]
                     for claim in claims:
                         used, reserved = conn.execute(*self._state(claim, now)).fetchone()
                         used = used or 0.0

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
 import math
 import os
@@ -90,6 +91,7 @@ class _ClaimPlan:
     unit: str
     limit: str
     window: str
+    terms: str  # the claim's terms as JSON, stored for listing (see _claim_of)
 
 
 class _Down(Exception):
@@ -453,11 +455,14 @@ class RedisLedger:
             if claim.window is not None:
                 keys += (self.key("e", key),)
             limit = usd_limit(claim.limit) if claim.unit == "usd" else claim.limit
+            terms = [claim.policy, claim.scope, claim.limit, claim.unit, claim.window]
+            terms += [claim.period, claim.tz]
             plan = self._plans[claim] = _ClaimPlan(
                 keys,
                 _UNIT_CODES[claim.unit],
                 _fmt(limit),
                 "-" if claim.window is None else _fmt(claim.window),
+                json.dumps(terms, separators=(",", ":")),
             )
         return plan
 
@@ -497,13 +502,15 @@ class RedisLedger:
                 f"{now} {reservation_id} {input_tokens} {max_output_tokens} {min_output_tokens}"
                 f" {_fmt(lease)} {rate_in} {rate_out} {ttl}"
             ]
+            terms: list[str] = []
             for claim in claims:
                 plan = self._plan(claim)
                 keys += plan.keys
                 args.append(
                     f"{plan.unit} {plan.limit} {plan.window}" + self._period_fields(claim, estimate)
                 )
-            reply = yield ("reserve", keys, args)
+                terms.append(plan.terms)
+            reply = yield ("reserve", keys, args + terms)
             status, server_now = reply[0], float(reply[1])
             if status == "clock":
                 estimate = server_now
@@ -789,6 +796,85 @@ class RedisLedger:
             result: list[ClaimUsage] = await self._arun(self._usage_steps(claims))
         except _Down as down:
             return self._local_usage(down, claims)
+        return result
+
+    # -- listing every budget (llmproxy.budget.base.ListableLedger) -------------------------
+
+    def _pattern(self) -> str:
+        """The SCAN pattern matching every claim's ``u`` hash (glob characters escaped)."""
+        escaped = "".join("\\" + c if c in "*?[]\\" else c for c in self._tag)
+        return f"{escaped}:u:*"
+
+    def _listed(self, keys: Sequence[str], terms: Sequence[str | None]) -> list[Claim]:
+        """The claims of the ``u`` hashes whose terms are stored, sorted by claim key."""
+        start = len(self.key("u", ""))
+        claims: list[Claim] = []
+        for key, stored in zip(keys, terms, strict=True):
+            if not stored:
+                continue  # kept by a settle after its reserve's keys expired, or older
+            try:
+                policy, scope, limit, unit, window, period, tz = json.loads(stored)
+            except (ValueError, TypeError):
+                log.warning("Redis ledger key %s has unreadable terms %r; skipped", key, stored)
+                continue
+            claims.append(Claim(key[start:], policy, scope, limit, unit, window, period, tz))
+        claims.sort(key=lambda claim: claim.key)
+        return claims
+
+    def _list_failed(self, exc: RedisError) -> StoreError:
+        return StoreError(
+            f"Redis ledger at {self.settings.safe_url} could not list its budgets: {exc};"
+            " check that Redis is reachable and the user may run SCAN and HGET"
+        )
+
+    def budgets(self) -> list[ClaimUsage]:
+        """Return the state of every claim reserved in this Redis under the ledger's prefix.
+
+        See :class:`~llmproxy.budget.base.ListableLedger`: a SCAN over the prefix's keys, one
+        pipelined read of their terms, then one usage script per 256 claims. Raises StoreError
+        when Redis is unavailable, whatever ``fail`` says.
+        """
+        self._check_open()
+        try:
+            keys = list(dict.fromkeys(self._client.scan_iter(match=self._pattern(), count=1000)))
+            pipe = self._client.pipeline(transaction=False)
+            for key in keys:
+                pipe.hget(key, "d")
+            terms = pipe.execute() if keys else []
+        except RedisError as exc:
+            raise self._list_failed(exc) from exc
+        claims = self._listed(keys, terms)
+        result: list[ClaimUsage] = []
+        try:
+            for at in range(0, len(claims), 256):
+                result += self._run(self._usage_steps(claims[at : at + 256]))
+        except _Down as down:
+            raise self._unavailable(down) from down.__cause__
+        return result
+
+    async def abudgets(self) -> list[ClaimUsage]:
+        """Async :meth:`budgets`."""
+        self._check_open()
+        client = self._aclient()
+        try:
+            keys = list(
+                dict.fromkeys(
+                    [key async for key in client.scan_iter(match=self._pattern(), count=1000)]
+                )
+            )
+            pipe = client.pipeline(transaction=False)
+            for key in keys:
+                pipe.hget(key, "d")
+            terms = await pipe.execute() if keys else []
+        except RedisError as exc:
+            raise self._list_failed(exc) from exc
+        claims = self._listed(keys, terms)
+        result: list[ClaimUsage] = []
+        try:
+            for at in range(0, len(claims), 256):
+                result += await self._arun(self._usage_steps(claims[at : at + 256]))
+        except _Down as down:
+            raise self._unavailable(down) from down.__cause__
         return result
 
     # -- one write with a history store on the same server (llmproxy.pipelining) ------------

@@ -8,8 +8,10 @@ ledger grants and refuses exactly as the memory and SQLite ledgers do.
 Keys (all under one hash tag ``T``, so that a script's keys share a Redis Cluster slot), per
 claim key ``K``:
 
-``{T}:u:K``  hash: ``u`` the settled total (all-time, in the window, or in period ``p``) and
-             ``r`` the sum of the live holds' amounts
+``{T}:u:K``  hash: ``u`` the settled total (all-time, in the window, or in period ``p``),
+             ``r`` the sum of the live holds' amounts, and ``d`` the claim's terms as JSON
+             (policy, scope, limit, unit, window, period, tz), written by a reserve when they
+             change, for listing every budget
 ``{T}:h:K``  sorted set of holds: member ``reservation-id:amount``, score its expiry time
 ``{T}:e:K``  (windowed claims) sorted set of settled events: ``reservation-id:amount`` at the
              settle time; events at or before ``now - window`` are deleted, and taken off
@@ -145,8 +147,8 @@ local id = head[2]
 local input, most, least = tonumber(head[3]), tonumber(head[4]), tonumber(head[5])
 local lease, rate_in, rate_out = tonumber(head[6]), tonumber(head[7]), tonumber(head[8])
 local ttl = head[9] == '1'
-local n = #ARGV - 1
-local units, limits, windows, periods, used, reserved = {}, {}, {}, {}, {}, {}
+local n = (#ARGV - 1) / 2
+local units, limits, windows, periods, used, reserved, terms = {}, {}, {}, {}, {}, {}, {}
 local us, hs, es = {}, {}, {}
 
 local k = 1
@@ -161,7 +163,8 @@ for i = 1, n do
   end
 end
 for i = 1, n do
-  local stored = redis.call('HMGET', us[i], 'u', 'r', 'p')
+  local stored = redis.call('HMGET', us[i], 'u', 'r', 'p', 'd')
+  terms[i] = stored[4]
   reserved[i] = held(us[i], hs[i], stored[2], now)
   if windows[i] then
     used[i] = window_used(us[i], es[i], stored[1], now, windows[i])
@@ -256,6 +259,7 @@ for i = 1, n do
   else amount = usd_hold(grant) end
   redis.call('ZADD', hs[i], expires, id .. ':' .. int(amount))
   redis.call('HINCRBY', us[i], 'r', amount)
+  if terms[i] ~= ARGV[1 + n + i] then redis.call('HSET', us[i], 'd', ARGV[1 + n + i]) end
   if ttl then
     keep_until(hs[i], expires)
     if windows[i] or periods[i] then keep_until(us[i], expires) end
@@ -267,7 +271,8 @@ return reply
 )
 """Reserve. ``ARGV[1]``: now, reservation id, input tokens, max and min output tokens, lease,
 the two rates (nano-dollars per token), ttl flag. Per claim: unit (``t``, ``r``, ``u``), limit
-(ledger units), window, then the period candidates if any."""
+(ledger units), window, then the period candidates if any. Then, per claim again, its terms
+(JSON, stored as ``d`` for listing)."""
 
 SETTLE: Final = (
     _COMMON
