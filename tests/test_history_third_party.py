@@ -43,7 +43,11 @@ SOURCE = """
 
         def append(self, records):
             with self._lock:
+                stored = {r.id for _, r in self._rows if r.id is not None}
                 for record in records:
+                    if record.id is not None and record.id in stored:
+                        continue
+                    stored.add(record.id)
                     self._seq += 1
                     self._rows.append((self._seq, record))
 

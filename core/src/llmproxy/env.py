@@ -14,7 +14,9 @@ Variable                        Meaning
                                 held per process (``llmproxy.budget.lease``), writing settles in
                                 batches every 100 ms instead of two transactions per call.
 ``LLMPROXY_DATA_DIR``           Where the embedded SQLite files live (default: the user data
-                                dir, e.g. ``~/.local/share/llmproxy``).
+                                dir, e.g. ``~/.local/share/llmproxy``), the journal of writes
+                                that missed their store (``journal.db``, ``llmproxy.journal``)
+                                included.
 ``LLMPROXY_PLUGINS``            Comma list of plugin (entry point or distribution) names to load;
                                 set but empty loads none. Unset: all installed plugins. A name
                                 that matches no installed plugin is a ``PluginError`` in

@@ -297,7 +297,9 @@ def test_breaker_stops_trying_then_probes(
 ) -> None:
     url = spare_server.url
     cooldown = FakeClock()
-    ledger = make_ledger(url, breaker_failures=2, breaker_cooldown=0.5, breaker_clock=cooldown)
+    ledger = make_ledger(
+        url, breaker_failures=2, breaker_cooldown=0.5, breaker_clock=cooldown, breaker_probe=0
+    )
     ledger.settle(ledger.reserve([TOKENS], input_tokens=1, max_output_tokens=1), tokens=2)
     spare_server.stop()
     for _ in range(2):
@@ -313,6 +315,91 @@ def test_breaker_stops_trying_then_probes(
     reservation = ledger.reserve([TOKENS], input_tokens=1, max_output_tokens=1)  # the probe
     assert breaker_state(ledger) == "closed"
     ledger.settle(reservation, tokens=2)
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 20.0) -> bool:
+    """Poll ``condition`` until it holds or ``timeout`` real seconds pass (a bound, not a wait)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_the_breaker_closes_as_soon_as_redis_is_back(
+    make_ledger: MakeLedger, spare_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The issue's case: Redis returned, yet calls failed 'circuit breaker is open' for
+    seconds. A background PING closes the breaker once Redis answers: the cool-down (a
+    fake clock never advanced here) does not hold calls back."""
+    caplog.set_level(logging.WARNING, logger="llmproxy_redis_budget")
+    cooldown = FakeClock()
+    ledger = make_ledger(
+        spare_server.url,
+        breaker_failures=1,
+        breaker_cooldown=3600,
+        breaker_clock=cooldown,
+        breaker_probe=0.02,
+    )
+    ledger.usage([TOKENS])
+    spare_server.stop()
+    with pytest.raises(StoreError):
+        ledger.reserve([TOKENS], input_tokens=1, max_output_tokens=1)
+    assert breaker_state(ledger) == "open"
+    probes = ledger.breaker.probes
+    assert wait_for(lambda: ledger.breaker.probes >= probes + 3)  # probing, still down
+    assert breaker_state(ledger) == "open"
+    with pytest.raises(StoreError, match="not retried"):
+        ledger.reserve([TOKENS], input_tokens=1, max_output_tokens=1)
+    spare_server.restart()
+    assert wait_for(lambda: breaker_state(ledger) == "closed")
+    reservations = [
+        ledger.reserve([TOKENS], input_tokens=1, max_output_tokens=1) for _ in range(50)
+    ]
+    assert all(not r.id.startswith(LOCAL_PREFIX) for r in reservations)
+    assert "answers again" in caplog.text
+    for reservation in reservations:
+        ledger.settle(reservation, tokens=1)
+
+
+def test_the_breaker_closes_when_a_frozen_redis_resumes(
+    make_ledger: MakeLedger, spare_server: RedisServer
+) -> None:
+    """SIGSTOP then SIGCONT: the probe's PING waits (or times out) while frozen and closes the
+    breaker once the server goes on."""
+    ledger = make_ledger(
+        spare_server.url,
+        socket_timeout=0.2,
+        breaker_failures=1,
+        breaker_cooldown=3600,
+        breaker_clock=FakeClock(),
+        breaker_probe=0.02,
+    )
+    ledger.usage([TOKENS])
+    with spare_server.frozen():
+        with pytest.raises(StoreError):
+            ledger.reserve([TOKENS], input_tokens=1, max_output_tokens=1)
+        assert wait_for(lambda: ledger.breaker.probes >= 2)  # timed-out PINGs
+        assert breaker_state(ledger) == "open"
+    assert wait_for(lambda: breaker_state(ledger) == "closed")
+    ledger.settle(ledger.reserve([TOKENS], input_tokens=1, max_output_tokens=1), tokens=1)
+
+
+def test_closing_the_ledger_stops_the_probe(make_ledger: MakeLedger) -> None:
+    ledger = make_ledger(
+        f"redis://127.0.0.1:{free_port()}/0",
+        breaker_failures=1,
+        breaker_probe=0.01,
+        connect_timeout=0.2,
+    )
+    with pytest.raises(StoreError):
+        ledger.usage([TOKENS])
+    assert wait_for(lambda: ledger.breaker.probes >= 1)
+    ledger.close()
+    assert wait_for(
+        lambda: not any(t.name == "llmproxy-redis-breaker-probe" for t in threading.enumerate())
+    )
 
 
 def test_an_unresponsive_server_times_out(
@@ -431,7 +518,11 @@ def test_url_options_and_environment() -> None:
     assert (settings.breaker_cooldown, settings.cluster) == (9.0, False)
     defaults = settings_from_url("redis://", {})
     assert defaults.url == "redis://localhost:6379/0"
-    assert (defaults.prefix, defaults.fail, defaults.socket_timeout) == ("llmproxy", "closed", 0.5)
+    assert (defaults.prefix, defaults.fail, defaults.socket_timeout) == ("llmproxy", "closed", 5.0)
+    assert (defaults.breaker_cooldown, defaults.breaker_probe) == (2.0, 0.25)
+    assert settings_from_url("redis://?breaker_probe=off", {}).breaker_probe == 0.0
+    assert settings_from_url("redis://?breaker_probe=0", {}).breaker_probe == 0.0
+    assert settings_from_url("redis://?breaker_probe=1.5", {}).breaker_probe == 1.5
     seed = {
         "LLM_PROXY_OPEN_AI_IOREDIS_HOST": "seed-host",
         "LLM_PROXY_OPEN_AI_IOREDIS_PORT": "6390",
@@ -456,6 +547,7 @@ def test_url_options_and_environment() -> None:
         "redis://?socket_timeout=0",
         "redis://?socket_timeout=soon",
         "redis://?breaker_failures=0",
+        "redis://?breaker_probe=-1",
         "redis://?prefix={a}",
         "redis://?cluster=perhaps",
     ],

@@ -4,14 +4,18 @@ and the store picks up where it left once Redis is back."""
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
+import attrs
 import pytest
 import redis
 
 from llmproxy import Proxy
 from llmproxy.errors import StoreError
 from llmproxy.history.base import HistoryRecord
+from llmproxy.journal import Journal, replay
 from llmproxy.types import Message
 from llmproxy_redis_history import RedisHistoryStore, RedisUnavailable
 from llmproxy_testing.redis_server import RedisServer, free_port
@@ -79,6 +83,34 @@ def test_timeouts_never_hang_and_never_double_an_exchange(
     assert contents(store.load("s")) == ["q1", "a1", "q2", "a2"]
     store.append(exchange("s", 3))
     assert len(store.load("s")) == 6
+
+
+def test_a_replayed_append_that_had_landed_is_stored_once(
+    make_store: Make, redis_server: RedisServer, raw: redis.Redis, tmp_path: Path
+) -> None:
+    """The SIGSTOP case with the journal: the append timed out, Redis applied it on SIGCONT,
+    and the journal's replay of the same records (same ids) stores nothing twice."""
+    store = make_store(socket_timeout=0.3)
+    url = store.settings.safe_url
+    records = [attrs.evolve(record, id=uuid.uuid4().hex) for record in exchange("s", 1)]
+    assert contents(store.load("s")) == []  # cached as empty: the cache must stay right too
+    with redis_server.frozen(), Journal(tmp_path / "journal.db") as journal:
+        with pytest.raises(RedisUnavailable, match="may or may not have been stored"):
+            store.append(records)
+        journal.add(
+            ledger_url=None, history_url=url, reservation=None, settle=None, records=records
+        )
+    with Journal(tmp_path / "journal.db") as journal:  # a restarted process replays it
+        assert replay(journal, ledger=None, history=store, ledger_url=None, history_url=url) == 1
+        assert len(journal) == 0
+    assert store.load("s") == records
+    assert make_store(cache=False).load("s") == records
+    store.append(records)  # and once more, with the cache warm
+    assert store.load("s") == records
+    # The seed's read-back: each message once in the global list, under its record id.
+    keys: list[bytes] = raw.lrange("llm_proxy:llm_proxy_history_key_list", 0, -1)  # type: ignore[assignment]
+    assert [raw.hgetall(key)[b"content"] for key in keys] == [b"q1", b"a1"]
+    assert [key.rsplit(b":", 1)[1].decode() for key in keys] == [r.id for r in records]
 
 
 async def test_async_timeout_and_skip(make_store: Make, redis_server: RedisServer) -> None:

@@ -114,6 +114,7 @@ _RECORDS = st.builds(
     input_tokens=st.integers(0, 2**31 - 1),
     output_tokens=st.integers(0, 2**31 - 1),
     user=st.none() | _SHORT,
+    id=st.none() | st.uuids().map(lambda u: u.hex),
 )
 _SESSION_IDS = (
     "a",
@@ -150,9 +151,14 @@ _hypothesis_store = settings(
 
 
 def _record(
-    session_id: str, content: str, *, role: Role = "user", created_at: float = 0.0
+    session_id: str,
+    content: str,
+    *,
+    role: Role = "user",
+    created_at: float = 0.0,
+    record_id: str | None = None,
 ) -> HistoryRecord:
-    return HistoryRecord(session_id, Message(role, content), created_at=created_at)
+    return HistoryRecord(session_id, Message(role, content), created_at=created_at, id=record_id)
 
 
 class HistoryStoreContract:
@@ -174,7 +180,16 @@ class HistoryStoreContract:
         session_id = _unique("round-trip")
         expected: list[HistoryRecord] = []
         for batch in batches:
-            records = [attrs.evolve(record, session_id=session_id) for record in batch]
+            # A fresh id where one was drawn: the store outlives the examples, and an id seen
+            # in an earlier example would rightly be skipped.
+            records = [
+                attrs.evolve(
+                    record,
+                    session_id=session_id,
+                    id=None if record.id is None else uuid.uuid4().hex,
+                )
+                for record in batch
+            ]
             store.append(records)
             expected.extend(records)
         assert store.load(session_id) == expected
@@ -320,6 +335,43 @@ class HistoryStoreContract:
         for writer in range(writers):
             own = [c for c in contents if c.startswith(f"w{writer}-")]
             assert own == [f"w{writer}-b{b}-{p}" for b in range(batches) for p in range(size)]
+
+    def test_appending_the_same_records_twice_stores_them_once(self, store: HistoryStore) -> None:
+        """A record whose id is stored is skipped: a replayed append never duplicates.
+
+        Records without an id are always appended; in a batch mixing stored and new ids only
+        the new ones go in, in order.
+        """
+        session_id = _unique("idempotent")
+        ids = [uuid.uuid4().hex for _ in range(3)]
+        exchange = [
+            _record(session_id, "q", created_at=1.0, record_id=ids[0]),
+            _record(session_id, "a", role="assistant", created_at=2.0, record_id=ids[1]),
+        ]
+        store.append(exchange)
+        store.append(exchange)
+        assert store.load(session_id) == exchange
+        later = _record(session_id, "q2", created_at=3.0, record_id=ids[2])
+        store.append([exchange[1], later])
+        assert store.load(session_id) == [*exchange, later]
+        anonymous = _record(session_id, "no id", created_at=4.0)
+        store.append([anonymous])
+        store.append([anonymous])
+        assert store.load(session_id) == [*exchange, later, anonymous, anonymous]
+        assert SessionInfo(session_id, 5, 1.0, 4.0) in store.sessions()
+
+    @pytest.mark.asyncio
+    async def test_async_append_twice_stores_once(self, store: HistoryStore) -> None:
+        """``aappend`` skips stored ids like ``append``."""
+        session_id = _unique("aidempotent")
+        records = [
+            _record(session_id, "q", created_at=1.0, record_id=uuid.uuid4().hex),
+            _record(session_id, "a", role="assistant", created_at=2.0, record_id=uuid.uuid4().hex),
+        ]
+        await store.aappend(records)
+        await store.aappend(records)
+        await store.aappend(records[1:])
+        assert await store.aload(session_id) == records
 
     @pytest.mark.asyncio
     async def test_async_twins(self, store: HistoryStore) -> None:

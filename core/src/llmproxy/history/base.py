@@ -15,7 +15,10 @@ class HistoryRecord:
     """One stored message of a session, with what the store keeps beside it.
 
     ``created_at`` is a Unix time in seconds; token counts are those of the exchange the message
-    belongs to (input on the user message, output on the assistant message).
+    belongs to (input on the user message, output on the assistant message). ``id`` is the
+    record's own stable id (the Proxy gives each a uuid4 hex): a store keeps at most one record
+    per id, so appending the same records again (a replay from the journal after a write whose
+    fate was unknown) stores nothing twice. None means no id: such records are always appended.
     """
 
     session_id: str
@@ -26,6 +29,7 @@ class HistoryRecord:
     input_tokens: int = 0
     output_tokens: int = 0
     user: str | None = None
+    id: str | None = None
 
     @property
     def role(self) -> str:
@@ -52,8 +56,10 @@ class SessionInfo:
 class HistoryStore(Protocol):
     """Where conversations are kept. Every method has an async twin prefixed with ``a``.
 
-    Implementations must make :meth:`append` atomic (all records of the call or none) and keep
-    messages in the order they were appended.
+    Implementations must make :meth:`append` atomic (all records of the call or none), keep
+    messages in the order they were appended, and make it idempotent by record id: a record
+    whose :attr:`HistoryRecord.id` is already stored is skipped (records without an id are
+    always appended). ``llmproxy_testing.contracts.HistoryStoreContract`` checks all three.
     """
 
     def load(self, session_id: str, limit: int | None = None) -> list[HistoryRecord]:
@@ -61,7 +67,7 @@ class HistoryStore(Protocol):
         ...
 
     def append(self, records: Sequence[HistoryRecord]) -> None:
-        """Append records (one exchange, one session) atomically."""
+        """Append records (one exchange, one session) atomically, skipping ids already stored."""
         ...
 
     def sessions(self) -> list[SessionInfo]:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
+from typing import Final
 
 from llmproxy.history.base import HistoryRecord, SessionInfo
 
@@ -50,19 +53,56 @@ class LLMMessageHandler:
         return self.get_messages(session_id, limit)
 
 
+REMEMBERED_IDS: Final = 100_000
+"""How many record ids a :class:`HandlerStore` remembers to skip a record pushed again."""
+
+
 class HandlerStore:
-    """Adapts an :class:`LLMMessageHandler` to the ``HistoryStore`` protocol."""
+    """Adapts an :class:`LLMMessageHandler` to the ``HistoryStore`` protocol.
+
+    A handler cannot be asked whether it holds a record, so the store remembers the ids of the
+    last :data:`REMEMBERED_IDS` records it pushed (in this process) and skips a record pushed
+    again with one of them: a journal replay in the same process never pushes a message twice.
+    After a restart a handler that must never see a message twice deduplicates by
+    ``HistoryRecord.id`` itself.
+    """
 
     def __init__(self, handler: LLMMessageHandler) -> None:
         self.handler = handler
+        self._lock = threading.Lock()
+        self._pushed: OrderedDict[str, None] = OrderedDict()
+
+    def _new(self, records: Sequence[HistoryRecord]) -> list[HistoryRecord]:
+        """The records whose id was not pushed before (or that have none), in order."""
+        with self._lock:
+            seen: set[str] = set()
+            fresh = []
+            for record in records:
+                if record.id is not None and (record.id in self._pushed or record.id in seen):
+                    continue
+                if record.id is not None:
+                    seen.add(record.id)
+                fresh.append(record)
+            return fresh
+
+    def _pushed_ok(self, records: Sequence[HistoryRecord]) -> None:
+        with self._lock:
+            for record in records:
+                if record.id is not None:
+                    self._pushed[record.id] = None
+            while len(self._pushed) > REMEMBERED_IDS:
+                self._pushed.popitem(last=False)
 
     def load(self, session_id: str, limit: int | None = None) -> list[HistoryRecord]:
         """Ask the handler for the session's messages."""
         return self.handler.get_messages(session_id, limit)
 
     def append(self, records: Sequence[HistoryRecord]) -> None:
-        """Push the exchange's records to the handler, in order."""
-        self.handler.push_messages(records)
+        """Push the exchange's records to the handler, in order (ids pushed before skipped)."""
+        fresh = self._new(records)
+        if fresh:
+            self.handler.push_messages(fresh)
+            self._pushed_ok(fresh)
 
     def sessions(self) -> list[SessionInfo]:
         """A handler cannot list sessions: return none."""
@@ -81,7 +121,10 @@ class HandlerStore:
 
     async def aappend(self, records: Sequence[HistoryRecord]) -> None:
         """Async :meth:`append`."""
-        await self.handler.apush_messages(records)
+        fresh = self._new(records)
+        if fresh:
+            await self.handler.apush_messages(fresh)
+            self._pushed_ok(fresh)
 
     async def asessions(self) -> list[SessionInfo]:
         """Async :meth:`sessions`."""

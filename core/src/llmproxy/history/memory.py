@@ -16,6 +16,9 @@ class MemoryHistoryStore:
     dropped as new ones arrive); None keeps everything. The async methods call the sync ones
     directly: every operation is a few microseconds of work under an uncontended lock, far less
     than the cost of handing it to a thread.
+
+    A record whose ``id`` is already stored is skipped (appends are idempotent by record id);
+    the ids of records dropped by the cap or a delete are forgotten with them.
     """
 
     def __init__(self, *, max_messages_per_session: int | None = None) -> None:
@@ -32,6 +35,7 @@ class MemoryHistoryStore:
         # second (or with equal created_at) by recency.
         self._touched: dict[str, int] = {}
         self._sequence = 0
+        self._ids: set[str] = set()
 
     def load(self, session_id: str, limit: int | None = None) -> list[HistoryRecord]:
         """Return the last ``limit`` records of a session (all when None), oldest first."""
@@ -52,6 +56,10 @@ class MemoryHistoryStore:
         with self._lock:
             self._sequence += 1
             for record in records:
+                if record.id is not None:
+                    if record.id in self._ids:
+                        continue
+                    self._ids.add(record.id)
                 stored = self._sessions.get(record.session_id)
                 if stored is None:
                     stored = self._sessions[record.session_id] = []
@@ -59,9 +67,10 @@ class MemoryHistoryStore:
                 self._touched[record.session_id] = self._sequence
             if self._max is not None:
                 for session_id in {record.session_id for record in records}:
-                    stored = self._sessions[session_id]
+                    stored = self._sessions.get(session_id, [])
                     excess = len(stored) - self._max
                     if excess > 0:
+                        self._forget(stored[:excess])
                         del stored[:excess]
 
     def sessions(self) -> list[SessionInfo]:
@@ -87,7 +96,15 @@ class MemoryHistoryStore:
         with self._lock:
             records = self._sessions.pop(session_id, None)
             self._touched.pop(session_id, None)
+            if records:
+                self._forget(records)
         return len(records) if records else 0
+
+    def _forget(self, records: Sequence[HistoryRecord]) -> None:
+        """Drop the ids of records no longer stored (the caller holds the lock)."""
+        for record in records:
+            if record.id is not None:
+                self._ids.discard(record.id)
 
     def close(self) -> None:
         """Do nothing: there is no connection to release (the data stays readable)."""

@@ -278,16 +278,23 @@ CREATE TABLE IF NOT EXISTS history (
     created_at REAL NOT NULL,
     input_tokens INTEGER NOT NULL DEFAULT 0,
     output_tokens INTEGER NOT NULL DEFAULT 0,
-    user TEXT
+    user TEXT,
+    record_id TEXT
 );
 CREATE INDEX IF NOT EXISTS history_session ON history (session_id, id);
 """
+# ``record_id`` (HistoryRecord.id) came after schema version 1's first release: a file made
+# before it gets the column and the index on open (see ``_add_record_ids``). NULLs are distinct
+# in a unique index, so records without an id are never refused.
+_RECORD_ID_INDEX: Final = (
+    "CREATE UNIQUE INDEX IF NOT EXISTS history_record_id ON history (record_id)"
+)
 
 _COLUMNS: Final = (
     "role, content, name, tool_calls, tool_call_id, reasoning, interrupted,"
-    " model, provider, created_at, input_tokens, output_tokens, user"
+    " model, provider, created_at, input_tokens, output_tokens, user, record_id"
 )
-_INSERT_ONE: Final = "(" + ", ".join("?" * 14) + ")"
+_INSERT_ONE: Final = "(" + ", ".join("?" * 15) + ")"
 # SQL is built from the constants above only; values are always bound parameters.
 _LOAD_ALL: Final = f"SELECT {_COLUMNS} FROM history WHERE session_id = ? ORDER BY id"  # noqa: S608
 _LOAD_LAST: Final = f"SELECT {_COLUMNS} FROM history WHERE session_id = ? ORDER BY id DESC LIMIT ?"  # noqa: S608
@@ -342,7 +349,8 @@ def immediate(db: _Database, *, wait: bool = True) -> Iterator[sqlite3.Connectio
 @lru_cache(maxsize=_MULTI_ROW_MAX)
 def _insert_sql(rows: int) -> str:
     values = ", ".join([_INSERT_ONE] * rows)
-    return f"INSERT INTO history (session_id, {_COLUMNS}) VALUES {values}"  # noqa: S608
+    # OR IGNORE: a row whose record_id is already stored is skipped (idempotent appends).
+    return f"INSERT OR IGNORE INTO history (session_id, {_COLUMNS}) VALUES {values}"  # noqa: S608
 
 
 def _tool_calls_json(calls: tuple[ToolCall, ...]) -> str | None:
@@ -372,6 +380,7 @@ def _row_values(record: HistoryRecord) -> tuple[Any, ...]:
         record.input_tokens,
         record.output_tokens,
         record.user,
+        record.id,
     )
 
 
@@ -391,6 +400,7 @@ def _records(session_id: str, rows: list[Any]) -> list[HistoryRecord]:
         input_tokens,
         output_tokens,
         user,
+        record_id,
     ) in rows:
         calls = (
             tuple(ToolCall(c["id"], c["name"], c["arguments"]) for c in json.loads(tool_calls))
@@ -408,9 +418,37 @@ def _records(session_id: str, rows: list[Any]) -> list[HistoryRecord]:
                 input_tokens,
                 output_tokens,
                 user,
+                record_id,
             )
         )
     return records
+
+
+def _add_record_ids(db: _Database) -> None:
+    """Give a file made before record ids the ``record_id`` column and its unique index.
+
+    Checked without a lock first (the usual case: nothing to do), then again inside one
+    ``BEGIN IMMEDIATE`` so that two processes opening an old file at once migrate it once.
+    """
+
+    def missing(conn: sqlite3.Connection) -> tuple[bool, bool]:
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(history)")}
+        indexes = {row[1] for row in conn.execute("PRAGMA index_list(history)")}
+        return "record_id" not in columns, "history_record_id" not in indexes
+
+    with db.lock:
+        try:
+            if not any(missing(db.connection())):
+                return
+        except sqlite3.Error as exc:
+            raise db.error(exc) from exc
+    with immediate(db) as conn:
+        assert conn is not None  # (None only without waiting)
+        column, index = missing(conn)
+        if column:
+            conn.execute("ALTER TABLE history ADD COLUMN record_id TEXT")
+        if index:
+            conn.execute(_RECORD_ID_INDEX)
 
 
 class SQLiteHistoryStore:
@@ -424,10 +462,18 @@ class SQLiteHistoryStore:
     load or append is a few tens of microseconds, well below the cost of a thread hop. The
     exception is write contention from another process, when a call may wait up to
     ``timeout`` seconds; WAL mode keeps that rare because readers never block writers.
+
+    Appends are idempotent by record id: a unique index on ``record_id`` and ``INSERT OR
+    IGNORE`` skip a record whose id is already stored (records without an id always go in).
     """
 
     def __init__(self, path: str | os.PathLike[str], *, timeout: float = 5.0) -> None:
         self._db = _Database(path, timeout=timeout, kind="history store", schema=_SCHEMA)
+        try:
+            _add_record_ids(self._db)
+        except BaseException:
+            self._db.close()
+            raise
 
     @property
     def path(self) -> str:

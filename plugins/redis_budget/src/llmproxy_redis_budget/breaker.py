@@ -4,14 +4,22 @@ Closed (normal): every call goes to Redis; ``failures`` consecutive failures ope
 calls do not try Redis for ``cooldown`` seconds. Then half-open: one call (the probe) tries;
 its success closes the breaker, its failure opens it for another cool-down. Calls made while
 the probe is in flight do not try either.
+
+With a ``probe`` (the Redis ledger's is a ``PING``), a background thread runs it every
+``probe_interval`` seconds while the breaker is open and closes the breaker as soon as it
+succeeds: calls go to Redis again within about ``probe_interval`` of Redis answering, however
+long the cool-down, and no caller pays for the probing.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
 from typing import Literal
+
+log = logging.getLogger("llmproxy_redis_budget")
 
 State = Literal["closed", "open", "half-open"]
 
@@ -30,16 +38,24 @@ class CircuitBreaker:
         self,
         *,
         failures: int = 3,
-        cooldown: float = 5.0,
+        cooldown: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
+        probe: Callable[[], object] | None = None,
+        probe_interval: float = 0.25,
     ) -> None:
         self.threshold = failures
         self.cooldown = cooldown
+        self.probe_interval = probe_interval
         self._clock = clock
+        self._probe = probe
         self._lock = threading.Lock()
         self._failures = 0
         self._open_until: float | None = None
         self._probing = False
+        self._prober: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.probes = 0
+        """Background probes run so far (successful or not)."""
 
     @property
     def state(self) -> State:
@@ -92,5 +108,48 @@ class CircuitBreaker:
             if self._probing or self._failures >= self.threshold:
                 self._open_until = self._clock() + self.cooldown
                 self._probing = False
+                self._start_prober()
                 return True
             return False
+
+    def close(self) -> None:
+        """Stop the background probe (the breaker is not used afterwards)."""
+        self._stop.set()
+
+    def _start_prober(self) -> None:
+        """Start the background probe unless one runs; the caller holds the lock."""
+        if self._probe is None or self._stop.is_set():
+            return
+        if self._prober is not None and self._prober.is_alive():
+            return  # (a thread inherited across a fork is not alive: a new one starts)
+        self._prober = threading.Thread(
+            target=self._probe_loop, name="llmproxy-redis-breaker-probe", daemon=True
+        )
+        self._prober.start()
+
+    def _probe_loop(self) -> None:
+        probe = self._probe
+        assert probe is not None
+        me = threading.current_thread()
+        while not self._stop.wait(self.probe_interval):
+            with self._lock:
+                if self._open_until is None or self._prober is not me:
+                    if self._prober is me:
+                        self._prober = None
+                    return  # closed by a call (or replaced): nothing left to do
+            try:
+                probe()
+            except Exception as exc:  # still down: try again after the interval
+                log.debug("circuit breaker probe failed: %s", exc)
+                ok = False
+            else:
+                ok = True
+            with self._lock:
+                self.probes += 1
+                if ok:
+                    self._failures = 0
+                    self._open_until = None
+                    self._probing = False
+                    if self._prober is me:
+                        self._prober = None
+                    return

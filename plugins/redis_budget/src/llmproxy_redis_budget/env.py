@@ -29,11 +29,17 @@ Option                 Meaning
 ``fail``               ``closed`` (default): when Redis cannot be reached, calls raise
                        ``StoreError``; ``open``: they go on, counted in a local in-memory ledger
                        that enforces the same limits for this process, and a warning is logged.
-``socket_timeout``     Seconds to wait for a reply (default 0.5).
+``socket_timeout``     Seconds to wait for a reply (default 5: a busy machine or a Redis
+                       saving to disk answers late, not never; a shorter timeout turns load
+                       into errors).
 ``connect_timeout``    Seconds to wait for a connection (default 1).
 ``breaker_failures``   Consecutive failures that open the circuit breaker (default 3).
 ``breaker_cooldown``   Seconds the breaker stays open before one call probes Redis again
-                       (default 5).
+                       (default 2).
+``breaker_probe``      Seconds between the background ``PING`` probes while the breaker is
+                       open (default 0.25): the first one Redis answers closes the breaker, so
+                       calls go through again within about this long of Redis coming back.
+                       ``0`` or ``off``: no background probe (only the cool-down's).
 ``cluster``            ``true``: connect with a Redis Cluster client.
 =====================  ===========================================================================
 
@@ -73,6 +79,7 @@ _OPTIONS = frozenset(
         "connect_timeout",
         "breaker_failures",
         "breaker_cooldown",
+        "breaker_probe",
         "cluster",
     }
 )
@@ -89,16 +96,26 @@ class LedgerSettings:
     url: str = DEFAULT_URL
     prefix: str = DEFAULT_PREFIX
     fail: Fail = "closed"
-    socket_timeout: float = 0.5
+    socket_timeout: float = 5.0
     connect_timeout: float = 1.0
     breaker_failures: int = 3
-    breaker_cooldown: float = 5.0
+    breaker_cooldown: float = 2.0
+    breaker_probe: float = 0.25
+    """Seconds between background probes while the breaker is open; 0: none."""
     cluster: bool = False
 
     @property
     def safe_url(self) -> str:
         """The connection URL without its password, for messages and logs."""
         return redis_url.redact(self.url)
+
+
+def _probe_interval(options: Mapping[str, str]) -> float:
+    """``breaker_probe``: seconds > 0, or ``0``/``off`` for no background probe."""
+    raw = options.get("breaker_probe", "").strip().lower()
+    if raw in ("0", "0.0", "off", "false", "no"):
+        return 0.0
+    return redis_url.seconds(options, "breaker_probe", 0.25)
 
 
 def settings_from_url(url: str | None, environ: Mapping[str, str]) -> LedgerSettings:
@@ -126,9 +143,10 @@ def settings_from_url(url: str | None, environ: Mapping[str, str]) -> LedgerSett
         url=connection,
         prefix=prefix,
         fail=cast(Fail, fail),
-        socket_timeout=redis_url.seconds(options, "socket_timeout", 0.5),
+        socket_timeout=redis_url.seconds(options, "socket_timeout", 5.0),
         connect_timeout=redis_url.seconds(options, "connect_timeout", 1.0),
         breaker_failures=redis_url.count(options, "breaker_failures", 3),
-        breaker_cooldown=redis_url.seconds(options, "breaker_cooldown", 5.0),
+        breaker_cooldown=redis_url.seconds(options, "breaker_cooldown", 2.0),
+        breaker_probe=_probe_interval(options),
         cluster=redis_url.flag(options, "cluster", False),
     )

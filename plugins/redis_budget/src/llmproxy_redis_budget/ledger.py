@@ -165,7 +165,9 @@ class RedisLedger:
     Failures: a call that cannot reach Redis within ``socket_timeout`` counts as a failure;
     ``breaker_failures`` in a row open a circuit breaker for ``breaker_cooldown`` seconds,
     during which calls do not try Redis; then one call probes (``breaker_clock``, a monotonic
-    clock in seconds, times the cooldown; tests pass a fake one). With ``fail="closed"`` (the
+    clock in seconds, times the cooldown; tests pass a fake one). Meanwhile a background
+    thread sends ``PING`` every ``breaker_probe`` seconds and closes the breaker as soon as
+    Redis answers, so calls go through again promptly once it is back. With ``fail="closed"`` (the
     default) such calls raise :class:`~llmproxy.errors.StoreError` naming the URL (without its
     password); with ``fail="open"`` they go on, counted in a local
     :class:`~llmproxy.budget.memory.MemoryLedger` that enforces the same limits for this
@@ -192,6 +194,7 @@ class RedisLedger:
         breaker_cooldown: float | None = None,
         breaker_clock: Callable[[], float] = time.monotonic,
         cluster: bool | None = None,
+        breaker_probe: float | None = None,
     ) -> None:
         settings = settings_from_url(url, os.environ if environ is None else environ)
         overrides = {
@@ -201,6 +204,7 @@ class RedisLedger:
             "connect_timeout": connect_timeout,
             "breaker_failures": breaker_failures,
             "breaker_cooldown": breaker_cooldown,
+            "breaker_probe": breaker_probe,
             "cluster": cluster,
         }
         given = {name: value for name, value in overrides.items() if value is not None}
@@ -223,6 +227,8 @@ class RedisLedger:
             failures=settings.breaker_failures,
             cooldown=settings.breaker_cooldown,
             clock=breaker_clock,
+            probe=self._ping if settings.breaker_probe > 0 else None,
+            probe_interval=settings.breaker_probe,
         )
         self._fallback = MemoryLedger(clock=clock or local_clock)
         self._outage = False
@@ -299,6 +305,11 @@ class RedisLedger:
                         _drop_async_client(self._aclients.pop(old))
                     client = self._aclients[loop] = self._make_client(asynchronous=True)
         return client
+
+    def _ping(self) -> None:
+        """The breaker's background probe: one ``PING`` (raises while Redis is away)."""
+        self._check_open()
+        self._client.ping()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -910,6 +921,7 @@ class RedisLedger:
             self._closed = True
             aclients = list(self._aclients.values())
             self._aclients.clear()
+        self._breaker.close()
         self._client.close()
         for client in aclients:
             _drop_async_client(client)

@@ -30,7 +30,8 @@ Option                 Meaning
 ``max_messages``       Per-session cap: older messages are dropped, from the seed's key list too.
 ``on_unavailable``     ``raise`` (default): a load or append fails with ``StoreError`` when Redis
                        is unreachable or times out; ``skip``: the call goes on without history.
-``socket_timeout``     Seconds to wait for a reply (default 2).
+``socket_timeout``     Seconds to wait for a reply (default 5: a busy machine answers late,
+                       not never; a shorter timeout turns load into errors).
 ``connect_timeout``    Seconds to wait for a connection (default 2).
 ``cache``              ``true`` (default): cache sessions in this process, invalidated by Redis
                        client tracking; ``false`` turns it off. Off on a cluster.
@@ -80,7 +81,7 @@ class RedisSettings:
     ttl: float | None = None
     max_messages: int | None = None
     on_unavailable: OnUnavailable = "raise"
-    socket_timeout: float = 2.0
+    socket_timeout: float = 5.0
     connect_timeout: float = 2.0
     cache: bool = True
     cache_sessions: int = 1024
@@ -132,7 +133,7 @@ def settings_from_url(url: str | None, environ: Mapping[str, str]) -> RedisSetti
         ttl=redis_url.seconds(options, "ttl", 0.0) or None,
         max_messages=redis_url.count(options, "max_messages", 0) or None,
         on_unavailable=cast(OnUnavailable, on_unavailable),
-        socket_timeout=redis_url.seconds(options, "socket_timeout", 2.0),
+        socket_timeout=redis_url.seconds(options, "socket_timeout", 5.0),
         connect_timeout=redis_url.seconds(options, "connect_timeout", 2.0),
         cache=redis_url.flag(options, "cache", True),
         cache_sessions=redis_url.count(options, "cache_sessions", 1024),

@@ -6,7 +6,10 @@ With prefix ``P`` (default ``llm_proxy``) and ``T`` the session's tag:
 Key                                 What
 ==================================  =============================================================
 ``P:llm_proxy_history_key_list``    The seed's list: every message key, oldest first (``RPUSH``).
-``P:msg:{T}:<id>``                  One message: a hash of strings (``HGETALL``).
+``P:msg:{T}:<id>``                  One message: a hash of strings (``HGETALL``). ``<id>`` is
+                                    the record's own id (``HistoryRecord.id``) when it has one,
+                                    so an append skips a message already stored; otherwise
+                                    ``<exchange>.<n>``, new for every append.
 ``P:session:{T}:messages``          The session's message keys, oldest first.
 ``P:session:{T}:meta``              ``session_id``, ``created_at``, ``updated_at``.
 ``P:sessions``                      Sorted set: session tags scored by ``updated_at``.
@@ -22,7 +25,8 @@ The seed's global list and the session index are single keys in other slots.
 
 A message hash holds ``role``, ``content``, ``session_id``, ``created_at``, ``input_tokens``,
 ``output_tokens`` and ``interrupted`` (``0``/``1``) always, and ``name``, ``tool_calls`` (JSON),
-``tool_call_id``, ``reasoning``, ``model``, ``provider`` and ``user`` when they are not None.
+``tool_call_id``, ``reasoning``, ``model``, ``provider``, ``user`` and ``id`` (the record's id)
+when they are not None.
 """
 
 from __future__ import annotations
@@ -111,6 +115,7 @@ def to_hash(record: HistoryRecord) -> dict[str, str]:
         "model": record.model,
         "provider": record.provider,
         "user": record.user,
+        "id": record.id,
     }
     for key, value in optional.items():
         if value is not None:
@@ -147,6 +152,7 @@ def from_hash(fields: Mapping[str, str]) -> HistoryRecord:
             int(fields.get("input_tokens", "0")),
             int(fields.get("output_tokens", "0")),
             fields.get("user"),
+            fields.get("id"),
         )
     except (KeyError, ValueError, TypeError) as exc:
         raise StoreError(

@@ -78,6 +78,36 @@ end
 return removed
 """
 
+APPEND: Final = """
+-- KEYS[1]: the session's list; KEYS[2] (when ARGV[2] is '1'): the seed's key list; then the
+-- message keys. ARGV[1]: the messages' TTL in ms (0: none); ARGV[2]: '1' when KEYS[2] is the
+-- key list; then per message: its field count n, then n field-value pairs.
+-- Writes each message whose hash does not exist yet (a record id stored before is skipped:
+-- appends are idempotent) and pushes its key on the lists. Returns the keys written.
+local ttl = tonumber(ARGV[1])
+local first = 2
+if ARGV[2] == '1' then first = 3 end
+local written = {}
+local at = 3
+for k = first, #KEYS do
+  local key = KEYS[k]
+  local n = tonumber(ARGV[at])
+  if redis.call('EXISTS', key) == 0 then
+    redis.call('HSET', key, unpack(ARGV, at + 1, at + 2 * n))
+    if ttl > 0 then redis.call('PEXPIRE', key, ttl) end
+    written[#written + 1] = key
+  end
+  at = at + 1 + 2 * n
+end
+-- in chunks: unpack() is limited to a few thousand values
+for from = 1, #written, 1000 do
+  local to = math.min(from + 999, #written)
+  redis.call('RPUSH', KEYS[1], unpack(written, from, to))
+  if first == 3 then redis.call('RPUSH', KEYS[2], unpack(written, from, to)) end
+end
+return written
+"""
+
 DELETE: Final = """
 -- KEYS[1]: the session's list, KEYS[2]: its meta hash, KEYS[3] (optional): the session index,
 -- KEYS[4] (optional): the seed's key list. ARGV[1]: the session's tag; ARGV[2]: a mark key to
@@ -104,4 +134,9 @@ def sha1(script: str) -> str:
     return hashlib.sha1(script.encode(), usedforsecurity=False).hexdigest()
 
 
-SHAS: Final = {LOAD: sha1(LOAD), PRUNE: sha1(PRUNE), DELETE: sha1(DELETE)}
+SHAS: Final = {
+    LOAD: sha1(LOAD),
+    PRUNE: sha1(PRUNE),
+    APPEND: sha1(APPEND),
+    DELETE: sha1(DELETE),
+}

@@ -79,6 +79,19 @@ class _Plan:
     created_at: str
     updated_at: float
     records: list[HistoryRecord]
+    idempotent: bool = False
+    """Some record has an id: written by the APPEND script, which skips stored ids."""
+    written: list[str] | None = None
+    """The keys the APPEND script wrote (None: unknown, or not written by the script)."""
+
+    def added(self) -> list[HistoryRecord] | None:
+        """The records this write stored, for the cache; None when it cannot be known."""
+        if not self.idempotent:
+            return list(self.records)
+        if self.written is None:
+            return None
+        written = set(self.written)
+        return [r for r, k in zip(self.records, self.message_keys, strict=True) if k in written]
 
 
 def _options_query(options: Mapping[str, Any]) -> dict[str, str]:
@@ -375,23 +388,52 @@ class RedisHistoryStore:
                     tag,
                     self.keys.messages(tag),
                     self.keys.meta(tag),
-                    [self.keys.message(tag, f"{exchange}.{i}") for i in range(len(group))],
+                    [
+                        self.keys.message(tag, record.id or f"{exchange}.{i}")
+                        for i, record in enumerate(group)
+                    ],
                     [to_hash(record) for record in group],
                     repr(float(group[0].created_at)),
                     max(float(record.created_at) for record in group),
                     group,
+                    any(record.id is not None for record in group),
                 )
             )
         return plans
 
-    def _queue_session(self, pipe: Any, plan: _Plan, *, globals_here: bool) -> int | None:
-        """Queue one session's writes; return the index of the prune script's reply, if any."""
+    def _queue_session(
+        self, pipe: Any, plan: _Plan, *, globals_here: bool
+    ) -> tuple[int | None, int | None]:
+        """Queue one session's writes; return the indexes of the prune and append scripts' replies.
+
+        Records with ids go through the APPEND script, which skips a message whose hash exists
+        (the same record appended again); others are written with plain commands.
+        """
         s, keys, ttl = self.settings, self.keys, self._ttl_ms
-        for key, fields in zip(plan.message_keys, plan.hashes, strict=True):
-            pipe.hset(key, mapping=fields)
-            if ttl:
-                pipe.pexpire(key, ttl)
-        pipe.rpush(plan.list_key, *plan.message_keys)
+        append_at = None
+        if plan.idempotent:
+            with_list = globals_here and s.key_list
+            script_keys = [plan.list_key, *([keys.key_list] if with_list else [])]
+            args: list[Any] = [ttl or 0, "1" if with_list else "0"]
+            for fields in plan.hashes:
+                args.append(len(fields))
+                for name, value in fields.items():
+                    args += (name, value)
+            pipe.execute_command(
+                "EVAL",
+                scripts.APPEND,
+                len(script_keys) + len(plan.message_keys),
+                *script_keys,
+                *plan.message_keys,
+                *args,
+            )
+            append_at = len(pipe) - 1
+        else:
+            for key, fields in zip(plan.message_keys, plan.hashes, strict=True):
+                pipe.hset(key, mapping=fields)
+                if ttl:
+                    pipe.pexpire(key, ttl)
+            pipe.rpush(plan.list_key, *plan.message_keys)
         pipe.hset(
             plan.meta_key, mapping={"session_id": plan.session_id, "updated_at": plan.updated_at}
         )
@@ -400,7 +442,7 @@ class RedisHistoryStore:
             pipe.pexpire(plan.list_key, ttl)
             pipe.pexpire(plan.meta_key, ttl)
         if globals_here:
-            if s.key_list:
+            if s.key_list and not plan.idempotent:
                 pipe.rpush(keys.key_list, *plan.message_keys)
             pipe.zadd(keys.sessions, {plan.tag: plan.updated_at})
         prune_at = None
@@ -418,12 +460,14 @@ class RedisHistoryStore:
             mark = keys.mark(plan.tag, self.writer)
             pipe.set(mark, "1")
             pipe.delete(mark)
-        return prune_at
+        return prune_at, append_at
 
     def _queue_globals(self, pipe: Any, plan: _Plan, removed: Sequence[str]) -> None:
         """Cluster, second step: the seed's key list and the session index."""
         if self.settings.key_list:
-            pipe.rpush(self.keys.key_list, *plan.message_keys)
+            pushed = plan.message_keys if plan.written is None else plan.written
+            if pushed:
+                pipe.rpush(self.keys.key_list, *pushed)
             for key in removed:
                 pipe.lrem(self.keys.key_list, 1, key)
         pipe.zadd(self.keys.sessions, {plan.tag: plan.updated_at})
@@ -440,15 +484,17 @@ class RedisHistoryStore:
             pipe = client.pipeline(transaction=True)
             for command in extra:
                 pipe.execute_command(*command)
-            for plan in plans:
-                self._queue_session(pipe, plan, globals_here=True)
+            at = [self._queue_session(pipe, plan, globals_here=True)[1] for plan in plans]
             replies: list[Any] = pipe.execute(raise_on_error=not extra)
-            return _own_replies(replies, len(extra))
+            own = _own_replies(replies, len(extra))
+            _note_written(plans, at, replies)
+            return own
         assert not extra, "a cluster write carries no other commands"
         for plan in plans:
             pipe = client.pipeline(transaction=True)
-            prune_at = self._queue_session(pipe, plan, globals_here=False)
+            prune_at, append_at = self._queue_session(pipe, plan, globals_here=False)
             replies = pipe.execute()
+            _note_written([plan], [append_at], replies)
             removed = replies[prune_at] if prune_at is not None else []
             second = client.pipeline(transaction=False)
             self._queue_globals(second, plan, removed)
@@ -470,15 +516,17 @@ class RedisHistoryStore:
             pipe = client.pipeline(transaction=True)
             for command in extra:
                 pipe.execute_command(*command)
-            for plan in plans:
-                self._queue_session(pipe, plan, globals_here=True)
+            at = [self._queue_session(pipe, plan, globals_here=True)[1] for plan in plans]
             replies: list[Any] = await pipe.execute(raise_on_error=not extra)
-            return _own_replies(replies, len(extra))
+            own = _own_replies(replies, len(extra))
+            _note_written(plans, at, replies)
+            return own
         assert not extra, "a cluster write carries no other commands"
         for plan in plans:
             pipe = client.pipeline(transaction=True)
-            prune_at = self._queue_session(pipe, plan, globals_here=False)
+            prune_at, append_at = self._queue_session(pipe, plan, globals_here=False)
             replies = await pipe.execute()
+            _note_written([plan], [append_at], replies)
             removed = replies[prune_at] if prune_at is not None else []
             second = client.pipeline(transaction=False)
             self._queue_globals(second, plan, removed)
@@ -506,7 +554,7 @@ class RedisHistoryStore:
                 plan.session_id,
                 token,
                 overlapped,
-                list(plan.records) if ok else None,
+                plan.added() if ok else None,
                 self.settings.max_messages,
                 self.settings.ttl,
             )
@@ -521,6 +569,8 @@ class RedisHistoryStore:
         """
         last_key = plans[-1].message_keys[-1]
         client = self._sync()
+        for plan in plans:
+            plan.written = None
         try:
             return self._write_sync(client, plans, extra)
         except redis.TimeoutError as exc:
@@ -543,6 +593,8 @@ class RedisHistoryStore:
         """Async :meth:`_store_sync`."""
         last_key = plans[-1].message_keys[-1]
         client = self._async()
+        for plan in plans:
+            plan.written = None
         try:
             return await self._write_async(client, plans, extra)
         except redis.TimeoutError as exc:
@@ -802,6 +854,14 @@ class RedisHistoryStore:
         if mine is not None:
             await mine.aclose()
         self.close()
+
+
+def _note_written(plans: Sequence[_Plan], at: Sequence[int | None], replies: list[Any]) -> None:
+    """Keep on each plan the keys its APPEND script wrote (its reply at index ``at``)."""
+    for plan, index in zip(plans, at, strict=True):
+        if index is not None:
+            reply = replies[index]
+            plan.written = None if isinstance(reply, BaseException) else list(reply)
 
 
 def _own_replies(replies: list[Any], extra: int) -> list[Any]:
