@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import time
+import uuid
 from collections.abc import (
     Callable,
     Mapping,
@@ -608,7 +609,11 @@ class Call:
         return self.final
 
     def records(self, reply: Message, usage: Usage, model: str) -> list[HistoryRecord] | None:
-        """The history records of the exchange, or None when it is not stored."""
+        """The history records of the exchange, or None when it is not stored.
+
+        Each record has an id of its own, so that a write replayed from the journal after a
+        store answered late is stored once.
+        """
         if not self.use_history or self.session_id is None:
             return None
         now = time.time()
@@ -628,12 +633,21 @@ class Call:
                     usage.input_tokens if first else 0,
                     0,
                     self.user,
+                    uuid.uuid4().hex,
                 )
             )
             first = False
         out.append(
             HistoryRecord(
-                sid, reply, model, self.provider_name, now, 0, usage.output_tokens, self.user
+                sid,
+                reply,
+                model,
+                self.provider_name,
+                now,
+                0,
+                usage.output_tokens,
+                self.user,
+                uuid.uuid4().hex,
             )
         )
         return out
