@@ -93,7 +93,7 @@ class Calibration:
         self._learned: dict[tuple[str, str], _Learned] = {}
 
     def _decay(self, excess: float, since: float, now: float) -> float:
-        return excess * 0.5 ** (max(0.0, now - since) / self._half_life)
+        return excess * math.pow(0.5, max(0.0, now - since) / self._half_life)
 
     def _current(self, key: tuple[str, str], now: float) -> tuple[float, float]:
         found = self._learned.get(key)
