@@ -26,7 +26,7 @@ from llmproxy import (
 from llmproxy.plugins import Plugins
 from llmproxy.provider import ChunkAssembler, Provider, chunk_of
 from llmproxy.registry import ProviderEntry, RegisterProvider
-from llmproxy.tokens import messages_upper_bound, text_upper_bound
+from llmproxy.tokens import DEFAULT_INPUT_MARGIN, messages_upper_bound, text_upper_bound
 from llmproxy.types import Citation, HostedOutput
 
 
@@ -105,15 +105,17 @@ def test_whole_from_stream_through_a_proxy(proxy: Proxy) -> None:
         "stop",
     )
     assert r.message.content == r.text
-    # No usage came: the Proxy counted with the base class's byte upper bounds.
+    # No usage came: the Proxy counted with the base class's byte upper bounds, and charged
+    # the input it reserved (the count plus the default margin: an unknown bill is charged high).
     sent = (Message("user", "hello big world"),)
+    reserved = DEFAULT_INPUT_MARGIN.reserve(messages_upper_bound(sent), messages=1)
     assert r.usage.estimated
-    assert r.usage.input_tokens == messages_upper_bound(sent)
+    assert r.usage.input_tokens == reserved > messages_upper_bound(sent)
     assert r.usage.output_tokens == text_upper_bound("hello big world ")
     provider = proxy.provider("words")
     assert isinstance(provider, WordStream)
     cap = provider.caps[-1]
-    assert cap is not None and cap <= 10_000 - messages_upper_bound(sent)  # the budget's cap
+    assert cap is not None and cap <= 10_000 - reserved  # the budget's cap
     assert [m.content for m in proxy.history.load("s")] == ["hello big world", r.text]
 
 

@@ -30,6 +30,7 @@ from llmproxy import (
     StreamInterrupted,
 )
 from llmproxy.history.base import HistoryRecord
+from llmproxy_openai import tokenizer
 from llmproxy_testing._http import Fault, Reply
 from llmproxy_testing.fake_openai import FakeOpenAI
 from tests.conftest import API_KEY, chat_requests
@@ -158,11 +159,13 @@ def test_budget_caps_output_and_settles_real_usage(
     proxy = make_proxy(budgets=[budget])
     call = proxy.chat("Hello there", max_output_tokens=1000)
     body = chat_requests(upstream)[0]
-    estimate = proxy.provider("openai").count_tokens(
-        [Message("user", "Hello there")], "gpt-5.4-mini"
-    )
-    # The cap sent upstream is what the budget has left after the input estimate.
-    assert body["max_completion_tokens"] == 200 - estimate
+    provider = proxy.provider("openai")
+    count = provider.count_tokens([Message("user", "Hello there")], "gpt-5.4-mini")
+    margin = tokenizer.input_margin("gpt-5.4-mini")
+    # The cap sent upstream is what the budget has left after the input estimate: the count
+    # plus the margin the provider declares for what OpenAI may bill beyond it.
+    assert body["max_completion_tokens"] == 200 - margin.reserve(count, messages=1)
+    assert margin.reserve(count, messages=1) > count
     [usage] = proxy.usage()
     assert usage.used == call.usage.total_tokens
     assert usage.reserved == 0

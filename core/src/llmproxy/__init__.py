@@ -42,6 +42,7 @@ from llmproxy.proxy import AsyncChatStream, ChatStream, Proxy
 from llmproxy.registry import ProviderSettings
 from llmproxy.secret import Secret
 from llmproxy.service import LLMConfig, LLMServiceBase
+from llmproxy.tokens import InputMargin
 from llmproxy.types import (
     CallEvent,
     ChatRequest,
@@ -74,6 +75,7 @@ __all__ = [
     "CostBudget",
     "HistoryRecord",
     "HistoryStore",
+    "InputMargin",
     "InvalidRequest",
     "LLMBudget",
     "LLMConfig",

@@ -24,6 +24,7 @@ import attrs
 from attrs import frozen
 
 from llmproxy.budget.base import Claim, Rates, Reservation
+from llmproxy.budget.calibration import CALIBRATION
 from llmproxy.budget.policy import CallScope
 from llmproxy.config import ProxyConfig
 from llmproxy.errors import (
@@ -39,7 +40,12 @@ from llmproxy.errors import (
 from llmproxy.history.base import HistoryRecord
 from llmproxy.provider import ChunkAssembler, Provider
 from llmproxy.retry import next_delay
-from llmproxy.tokens import messages_upper_bound, text_upper_bound
+from llmproxy.tokens import (
+    DEFAULT_INPUT_MARGIN,
+    InputMargin,
+    messages_upper_bound,
+    text_upper_bound,
+)
 from llmproxy.tools import HostedTool, Tool, ToolResult
 from llmproxy.types import (
     CallEvent,
@@ -225,6 +231,7 @@ class Call:
         "flowing",
         "function_tools",
         "history",
+        "input_count",
         "input_estimate",
         "key",
         "max_output_tokens",
@@ -309,6 +316,7 @@ class Call:
         self.claims = claims
         self.reservation: Reservation | None = None
         self.input_estimate = 0
+        self.input_count = 0
         self.attempts = 0
         self.settled = False
         self.request: ChatRequest | None = None
@@ -359,13 +367,9 @@ class Call:
         token_claims = any(c.unit != "requests" for c in self.claims)
         cap = self._cap(token_claims)
         self.asked_cap = cap
+        self.input_count = 0
         if token_claims:
-            self.input_estimate = self.count_messages()
-            if self.tools:
-                # Tool definitions are input too; providers render them more tersely than JSON.
-                self.input_estimate += sum(
-                    self.count_text(json.dumps(t.wire(), separators=(",", ":"))) for t in self.tools
-                )
+            self.input_estimate, self.input_count = self.margined_input()
         args: dict[str, Any] = {
             "input_tokens": self.input_estimate,
             "max_output_tokens": cap or 0,
@@ -539,6 +543,98 @@ class Call:
         """Whether part of a streamed answer has reached the caller."""
         return self.stream is not None and self.stream.delivered
 
+    def count_input(self) -> int:
+        """The provider's count of the request's input: its messages and its tool definitions."""
+        count = self.count_messages()
+        if self.tools:
+            # Tool definitions are input too; providers render them more tersely than JSON.
+            count += sum(
+                self.count_text(json.dumps(t.wire(), separators=(",", ":"))) for t in self.tools
+            )
+        return count
+
+    def input_margin(self) -> InputMargin:
+        """The margin the provider declares for the model (the core default when it has none).
+
+        A provider whose ``input_margin`` fails or returns something else is logged and gets
+        :data:`~llmproxy.tokens.DEFAULT_INPUT_MARGIN`.
+        """
+        declared = getattr(self.provider, "input_margin", None)
+        if declared is None:
+            return DEFAULT_INPUT_MARGIN
+        try:
+            margin = declared(self.model)
+        except Exception:
+            log.exception(
+                "provider %r failed to give its input margin for %s; using the default",
+                self.provider_name,
+                self.model,
+            )
+            return DEFAULT_INPUT_MARGIN
+        if not isinstance(margin, InputMargin):
+            log.error(
+                "provider %r gave %r as its input margin for %s, not an InputMargin;"
+                " using the default",
+                self.provider_name,
+                margin,
+                self.model,
+            )
+            return DEFAULT_INPUT_MARGIN
+        return margin
+
+    def margined_input(self) -> tuple[int, int]:
+        """The input tokens to reserve, and the provider's count they come from.
+
+        The reservation is the count plus the provider's margin, corrected by what was learned
+        of the model (:mod:`llmproxy.budget.calibration`). The ledger grants the output cap from
+        the room left after it, so billed input up to it plus the capped output fit the hold.
+        """
+        count = self.count_input()
+        reserve = CALIBRATION.reserve(
+            self.provider_name,
+            self.model,
+            self.input_margin(),
+            count,
+            len(self.messages()),
+            len(self.tools),
+        )
+        return reserve, count
+
+    def learn_input(self, usage: Usage) -> None:
+        """Compare the input the service billed with the count, for the model's next calls.
+
+        Nothing is learned from an estimated usage, a request that was not counted, or one that
+        offered hosted tools (what they retrieve is input no count can see).
+        """
+        if usage.estimated or self.input_count <= 0:
+            return
+        if any(isinstance(t, HostedTool) for t in self.tools):
+            return
+        billed = usage.input_tokens
+        CALIBRATION.observe(
+            self.provider_name,
+            self.model,
+            self.input_margin(),
+            billed=billed,
+            counted=self.input_count,
+            messages=len(self.messages()),
+            tools=len(self.tools),
+        )
+        if billed > self.input_estimate:
+            ratio, offset = CALIBRATION.learned(self.provider_name, self.model)
+            log.warning(
+                "%s/%s billed %d input tokens, more than the %d reserved (counted %d): its"
+                " provider's input margin is too small; its next reservations scale the count"
+                " by %.3f and add %d tokens",
+                self.provider_name,
+                self.model,
+                billed,
+                self.input_estimate,
+                self.input_count,
+                ratio,
+                offset,
+            )
+
     def count_messages(self) -> int:
         """The provider's count of the request's input tokens (see :meth:`_counted`)."""
         return self._counted(
@@ -574,8 +670,12 @@ class Call:
             return bound(what)
 
     def estimate_usage(self, text: str) -> Usage:
-        """Count a reply that arrived without usage: the input estimate plus the text's tokens."""
-        input_tokens = self.input_estimate or self.count_messages()
+        """Count a reply that arrived without usage: the input estimate plus the text's tokens.
+
+        The input is what was reserved for it (the count plus the provider's margin), so an
+        unknown bill is charged high rather than low.
+        """
+        input_tokens = self.input_estimate or self.margined_input()[0]
         return Usage(input_tokens, self.count_text(text), estimated=True)
 
     def priced(self, usage: Usage) -> Usage:
@@ -586,8 +686,14 @@ class Call:
         return attrs.evolve(usage, cost=price.cost(usage))
 
     def usage_of(self, completion: Completion) -> Usage:
-        """A whole reply's usage, counted from its text when the provider sent none; priced."""
-        return self.priced(completion.usage or self.estimate_usage(completion.message.content))
+        """A whole reply's usage, counted from its text when the provider sent none; priced.
+
+        A usage the provider sent teaches the model's input calibration (:meth:`learn_input`).
+        """
+        if completion.usage is not None:
+            self.learn_input(completion.usage)
+            return self.priced(completion.usage)
+        return self.priced(self.estimate_usage(completion.message.content))
 
     def response(self, completion: Completion, usage: Usage) -> ChatResponse:
         """The caller's answer (kept as :attr:`final` for a stream's ``response``)."""
@@ -753,6 +859,8 @@ class StreamState(ChunkAssembler):
         usage = self.usage
         if usage is None:
             usage = call.estimate_usage(completion.message.content) if self.received else Usage()
+        else:
+            call.learn_input(usage)
         usage = call.priced(usage)
         return attrs.evolve(completion, usage=usage), usage
 

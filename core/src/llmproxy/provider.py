@@ -10,7 +10,12 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Generator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar, runtime_checkable
 
-from llmproxy.tokens import messages_upper_bound, text_upper_bound
+from llmproxy.tokens import (
+    DEFAULT_INPUT_MARGIN,
+    InputMargin,
+    messages_upper_bound,
+    text_upper_bound,
+)
 from llmproxy.types import (
     ChatRequest,
     Chunk,
@@ -35,6 +40,11 @@ class Provider(Protocol):
     A provider makes exactly one upstream attempt per call (the Proxy owns retries, so every
     attempt is seen and budgeted) and must send ``request.max_output_tokens`` upstream as the
     service's output limit.
+
+    Optionally, ``input_margin(model) -> llmproxy.InputMargin`` declares how far
+    :meth:`count_tokens` can fall short of what the service bills (its chat format's tokens per
+    message and per request, a tokenizer's relative error); budgets reserve the count plus that
+    margin. A provider without the method gets :data:`llmproxy.tokens.DEFAULT_INPUT_MARGIN`.
     """
 
     name: str
@@ -242,7 +252,8 @@ class BaseProvider:
     yields ``achat``'s completion as one chunk); the sync ``chat`` and ``stream`` run the async
     ones on an event loop of the provider's own, in a daemon thread (so they work from inside
     another thread's running loop too); token counts are the UTF-8 byte upper bounds of
-    :mod:`llmproxy.tokens`; ``max_output_tokens`` is None (no known limit); ``close`` stops the
+    :mod:`llmproxy.tokens`; ``max_output_tokens`` is None (no known limit); ``input_margin`` is
+    :data:`llmproxy.tokens.DEFAULT_INPUT_MARGIN`; ``close`` stops the
     loop thread. Override any of them to do better. A class with neither ``astream`` nor
     ``achat`` raises TypeError when instantiated.
 
@@ -322,6 +333,13 @@ class BaseProvider:
     def max_output_tokens(self, model: str) -> int | None:
         """None: no known output limit (the service's own applies)."""
         return None
+
+    def input_margin(self, model: str) -> InputMargin:
+        """How far the input count can fall short of the bill: the core's conservative default.
+
+        Override it when the service's format is known (see :class:`llmproxy.InputMargin`).
+        """
+        return DEFAULT_INPUT_MARGIN
 
     def close(self) -> None:
         """Stop the event loop thread of the sync face (started again if used again)."""

@@ -30,7 +30,12 @@ from typing import Any, ClassVar
 from llmproxy.errors import MissingCredentials
 from llmproxy.registry import ProviderSettings
 from llmproxy.secret import Secret
-from llmproxy.tokens import PER_MESSAGE_OVERHEAD, messages_upper_bound, text_upper_bound
+from llmproxy.tokens import (
+    PER_MESSAGE_OVERHEAD,
+    InputMargin,
+    messages_upper_bound,
+    text_upper_bound,
+)
 from llmproxy.types import Message
 from llmproxy_deepseek import env, models
 from llmproxy_openai.provider import OpenAIProvider, message_to_wire
@@ -48,6 +53,17 @@ def deepseek_message(m: Message) -> dict[str, Any]:
     if m.role == "assistant" and m.tool_calls:
         out["reasoning_content"] = m.reasoning or ""
     return out
+
+
+INPUT_MARGIN = InputMargin(per_message=2, overall=8, tools=160, ratio=0.0)
+"""What DeepSeek can bill beyond :func:`count_messages`'s byte bound.
+
+The bound counts every UTF-8 byte as a token (DeepSeek's byte-level BPE never makes more) and 4
+tokens per message plus 3 per request; DeepSeek's chat template wraps a message in 1 or 2
+markers and a tool call in up to 6 (so 2 more per message and tool definition), and begins the
+request and primes the reply with a few more (8). Tool definitions go into a system prompt with
+instructions on the tool-call format, about a hundred tokens in DeepSeek's published template:
+160 when tools are offered. No ratio: the byte bound does not depend on the tokenizer."""
 
 
 def count_messages(messages: Sequence[Message]) -> int:
@@ -119,6 +135,10 @@ class DeepSeekProvider(OpenAIProvider):
     def count_text_tokens(self, text: str, model: str) -> int:
         """Return an upper bound on the tokens of output text: its UTF-8 byte count."""
         return text_upper_bound(text)
+
+    def input_margin(self, model: str) -> InputMargin:
+        """How far the byte bound can fall short of DeepSeek's bill (:data:`INPUT_MARGIN`)."""
+        return INPUT_MARGIN
 
     def max_output_tokens(self, model: str) -> int | None:
         """Return the model's own output limit, None when unknown."""

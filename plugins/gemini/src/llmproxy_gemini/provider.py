@@ -52,7 +52,12 @@ from llmproxy.errors import (
 )
 from llmproxy.registry import ProviderSettings
 from llmproxy.secret import Secret, redact
-from llmproxy.tokens import PER_MESSAGE_OVERHEAD, messages_upper_bound, text_upper_bound
+from llmproxy.tokens import (
+    PER_MESSAGE_OVERHEAD,
+    InputMargin,
+    messages_upper_bound,
+    text_upper_bound,
+)
 from llmproxy.tools.offer import refuse_hosted, split_tools
 from llmproxy.types import ChatRequest, Chunk, Completion, Message, ToolCall, Usage
 from llmproxy_gemini import convert, env, models
@@ -66,6 +71,17 @@ _ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
 _TOOL_RESULT_OVERHEAD = 16
 
 _SDK_ERRORS = (errors.APIError, errors.UnknownApiResponseError, httpx2.HTTPError, ValueError)
+
+
+INPUT_MARGIN = InputMargin(per_message=2, overall=8, tools=32, ratio=0.0)
+"""What Gemini can bill beyond :func:`count_messages`'s byte bound.
+
+The bound counts every UTF-8 byte as a token (Gemini's SentencePiece tokenizer falls back to
+bytes, so it never makes more) and 4 tokens per message plus 3 per request; a turn of Gemini's
+chat format takes up to 6 (start and end markers, the role, two line breaks), so 2 more per
+message and per function declaration, and the request's framing a few more (8). Function
+declarations come with a header of their own: 32 when tools are offered. No ratio: the byte
+bound does not depend on the tokenizer."""
 
 
 def count_messages(messages: Sequence[Message]) -> int:
@@ -427,6 +443,10 @@ class GeminiProvider:
     def count_text_tokens(self, text: str, model: str) -> int:
         """Return an upper bound on the tokens of output text: its UTF-8 byte count."""
         return text_upper_bound(text)
+
+    def input_margin(self, model: str) -> InputMargin:
+        """How far the byte bound can fall short of Gemini's bill (:data:`INPUT_MARGIN`)."""
+        return INPUT_MARGIN
 
     def max_output_tokens(self, model: str) -> int | None:
         """Return the model's own output limit (thinking included), None when unknown."""

@@ -57,6 +57,7 @@ from llmproxy.errors import (
 )
 from llmproxy.registry import ProviderSettings
 from llmproxy.secret import Secret, redact
+from llmproxy.tokens import InputMargin
 from llmproxy.tools import HostedTool, Tool
 from llmproxy.tools.offer import read_tool_choice, refuse_hosted, split_tools
 from llmproxy.types import ChatRequest, Chunk, Completion, Message, ToolCall, Usage
@@ -729,6 +730,10 @@ class OpenAIProvider:
     def count_text_tokens(self, text: str, model: str) -> int:
         """Count the tokens of output text."""
         return tokenizer.count_text(text, model)
+
+    def input_margin(self, model: str) -> InputMargin:
+        """How far the count can fall short of the bill (see :func:`tokenizer.input_margin`)."""
+        return tokenizer.input_margin(model)
 
     def max_output_tokens(self, model: str) -> int | None:
         """Return the model's own output limit, None when unknown."""

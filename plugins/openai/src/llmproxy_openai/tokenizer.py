@@ -14,7 +14,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any, Final
 
-from llmproxy.tokens import messages_upper_bound, text_upper_bound
+from llmproxy.tokens import InputMargin, messages_upper_bound, text_upper_bound
 from llmproxy.types import Message
 from llmproxy_openai.models import encoding_name
 
@@ -24,6 +24,24 @@ _lock = threading.Lock()
 PER_MESSAGE = 3
 PER_NAME = 1
 REPLY_PRIMING = 3
+
+EXACT_MARGIN: Final = InputMargin(per_message=1, overall=4, tools=24, ratio=0.02)
+"""What OpenAI can bill beyond an exact count (a model whose tokenizer is known).
+
+One token per message and tool definition: older chat formats used 4 tokens per message where
+the count adds 3. Four per request: the reply priming has varied between models. 24 when tools
+are offered: OpenAI renders function definitions in a namespace of its own (about 15 tokens of
+header and footer around them), which the count of their JSON does not see; the JSON itself
+counts more tokens than the rendering. 2% of the count: a model mapped to the wrong tokenizer
+(a new family whose name matches an old prefix) counts within a few percent of the right one."""
+
+BOUND_MARGIN: Final = InputMargin(per_message=1, overall=4, tools=24, ratio=0.0)
+"""What an OpenAI-compatible service can bill beyond the byte bound (a model whose tokenizer
+is unknown). The bound already counts every UTF-8 byte as a token, which no byte-level
+tokenizer exceeds, and 4 tokens per message plus 3 per request; chat templates of
+OpenAI-compatible servers add up to 5 per message (Llama 3's header and end markers) and a few
+per request (a begin-of-text token, the reply's header), and tool definitions come with a
+header."""
 
 
 def _encoding(name: str) -> Any:
@@ -138,6 +156,11 @@ def count_text(text: str, model: str) -> int:
     if not text:
         return 0
     return counts.count(name, text)
+
+
+def input_margin(model: str) -> InputMargin:
+    """The input margin for ``model``: :data:`EXACT_MARGIN` or :data:`BOUND_MARGIN`."""
+    return BOUND_MARGIN if encoding_name(model) is None else EXACT_MARGIN
 
 
 def count_messages(messages: Sequence[Message], model: str) -> int:
