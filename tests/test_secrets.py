@@ -21,7 +21,6 @@ from llmproxy.secret import (
     Secret,
     forget,
     logger,
-    register,
     scrub,
 )
 from llmproxy.tools import tool
@@ -76,7 +75,7 @@ def test_a_tool_error_quoting_the_key_is_masked(
     with caplog.at_level(logging.DEBUG):
         r = proxy.chat("Find Hue", tools=[lookup], session_id="s", user="ann", tags={"t": "v"})
     assert r.text == "The lookup failed."
-    first, second = bodies(upstream)
+    _first, second = bodies(upstream)
     assert API_KEY.encode() not in second
     tool_output = json.loads(second)["messages"][-1]
     assert tool_output["role"] == "tool"

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from typing import TYPE_CHECKING, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import attrs
 
@@ -155,7 +155,7 @@ def scrub_message(message: _M) -> _M:
     """
     if SECRETS._regex is None:
         return message
-    changes: dict[str, object] = {}
+    changes: dict[str, Any] = {}
     content = scrub(message.content)
     if content is not message.content:
         changes["content"] = content
