@@ -176,12 +176,19 @@ def test_short_values_are_not_registered_and_matching_is_exact() -> None:
     assert redactor(text) == f"see {MASK} and {MASK}."
     untouched = "nothing secret here"
     assert redactor(untouched) is untouched
-    redactor.add_pattern(r"sk-llmp-[0-9a-f]{10}-[A-Za-z0-9_-]{16,}")
+    redactor.add_pattern("sk-llmp-", r"[0-9a-f]{10}-[A-Za-z0-9_-]{16,}")
     assert redactor("Bearer sk-llmp-0123456789-abcdefghijklmnopqrstuv!") == f"Bearer {MASK}!"
-    with pytest.raises(ValueError, match="empty string"):
-        redactor.add_pattern(r"x*")
+    assert redactor("sk-llmp-0123456789-short") == "sk-llmp-0123456789-short"
+    with pytest.raises(ValueError, match="3 characters or more"):
+        redactor.add_pattern("", r"x+")
     redactor.discard("abcdefgh")
     assert redactor("abcdefgh") == "abcdefgh"
+    many = Redactor()  # past FAST_CHECKS values the expression alone decides
+    values = [f"secret-value-{i:04d}" for i in range(Redactor.FAST_CHECKS + 4)]
+    for value in values:
+        many.add(value)
+    assert many(f"a {values[-1]} b {values[0]}") == f"a {MASK} b {MASK}"
+    assert many(untouched) is untouched
 
 
 def test_a_provider_key_is_a_registered_secret(make_proxy: MakeProxy) -> None:
