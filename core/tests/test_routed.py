@@ -20,7 +20,7 @@ SCOPE = CallScope("openai/gpt-5.4-mini", "openai")
 
 
 def claim(policy: Any) -> Claim:
-    found = policy.claim(SCOPE)
+    found: Claim | None = policy.claim(SCOPE)
     assert found is not None
     return found
 

@@ -40,6 +40,7 @@ from llmproxy.errors import (
 from llmproxy.history.base import HistoryRecord
 from llmproxy.provider import ChunkAssembler, Provider
 from llmproxy.retry import next_delay
+from llmproxy.secret import scrub, scrub_message
 from llmproxy.tokens import (
     DEFAULT_INPUT_MARGIN,
     InputMargin,
@@ -356,9 +357,13 @@ class Call:
         self.history = [r.message for r in records]
 
     def messages(self) -> tuple[Message, ...]:
-        """Everything sent upstream: the system prompt, the history, the new messages."""
+        """Everything sent upstream: the system prompt, the history, the new messages.
+
+        Scrubbed of the process's secrets (:func:`llmproxy.secret.scrub`): a prompt or a tool
+        output holding a provider or gateway key never reaches the upstream.
+        """
         head = [Message("system", self.system)] if self.system else []
-        return (*head, *self.history, *self.new_messages)
+        return tuple(scrub_message(m) for m in (*head, *self.history, *self.new_messages))
 
     def reserve_args(self) -> dict[str, Any] | None:
         """Return the ledger.reserve arguments, or None when no policy applies."""
@@ -478,7 +483,10 @@ class Call:
 
     def add_tool_results(self, assistant: Message, results: Sequence[ToolResult]) -> None:
         """Add a round's messages (the calls and their outputs) and get ready for the next round."""
-        outputs = [Message("tool", r.output, name=r.name, tool_call_id=r.call_id) for r in results]
+        outputs = [
+            Message("tool", scrub(r.output), name=r.name, tool_call_id=r.call_id) for r in results
+        ]
+        assistant = scrub_message(assistant)
         self.new_messages.extend([assistant, *outputs])
         self.steps.extend([assistant, *outputs])
         self.stream = None
@@ -717,11 +725,13 @@ class Call:
     def records(self, reply: Message, usage: Usage, model: str) -> list[HistoryRecord] | None:
         """The history records of the exchange, or None when it is not stored.
 
+        Every message is scrubbed of the process's secrets (:func:`llmproxy.secret.scrub`).
         Each record has an id of its own, so that a write replayed from the journal after a
         store answered late is stored once.
         """
         if not self.use_history or self.session_id is None:
             return None
+        reply = scrub_message(reply)
         now = time.time()
         sid = self.session_id
         out: list[HistoryRecord] = []
@@ -732,7 +742,7 @@ class Call:
             out.append(
                 HistoryRecord(
                     sid,
-                    m,
+                    scrub_message(m),
                     model,
                     self.provider_name,
                     now,

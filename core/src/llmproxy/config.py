@@ -40,6 +40,7 @@ from cattrs.v import format_exception
 from llmproxy import env as envvars
 from llmproxy.errors import ConfigError
 from llmproxy.pricing import Price
+from llmproxy.secret import register
 
 DEFAULT_MODEL = "openai/gpt-5.4-mini"
 
@@ -178,6 +179,14 @@ class ProxyConfig:
     budgets: list[dict[str, Any]] = field(factory=list, converter=named_budgets)
     prices: dict[str, Price] = attrs.Factory(dict)
     fallbacks: dict[str, list[str]] = attrs.Factory(dict)
+
+    def __attrs_post_init__(self) -> None:
+        # A configured key is a secret from the start, whether or not its provider is used:
+        # it is masked in everything the process stores, sends upstream or logs.
+        for table in self.providers.values():
+            key = table.get("api_key") if isinstance(table, Mapping) else None
+            if isinstance(key, str):
+                register(key)
 
 
 converter = cattrs.Converter(forbid_extra_keys=True)

@@ -1,7 +1,10 @@
 """One exception tree for everything llmproxy raises.
 
 Every error says what happened, to which thing, and what to do. API keys never appear in a
-message: provider errors are passed through :func:`llmproxy.secret.redact` before they are built.
+message: provider errors are passed through :func:`llmproxy.secret.redact` before they are built,
+and every message (and a provider error's ``detail``) is passed through
+:func:`llmproxy.secret.scrub`, which masks every secret the process knows (provider keys, gateway
+keys), whatever echoed it.
 
 ``LLMProxyError``
     ``ConfigError`` (``MissingCredentials``), ``InvalidRequest``, ``PluginError``,
@@ -14,9 +17,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from llmproxy.secret import scrub
+
 
 class LLMProxyError(Exception):
-    """Base class of every error llmproxy raises on purpose."""
+    """Base class of every error llmproxy raises on purpose.
+
+    Its text arguments are scrubbed of the process's secrets (:func:`llmproxy.secret.scrub`).
+    """
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(scrub(a) if isinstance(a, str) else a for a in args))
 
 
 class ConfigError(LLMProxyError, ValueError):
@@ -156,7 +167,7 @@ class ProviderError(LLMProxyError):
         self.model = model
         self.status = status
         self.retry_after = retry_after
-        self.detail = message
+        self.detail = scrub(message)
         if retryable is not None:
             self.retryable = retryable
 

@@ -19,6 +19,7 @@ from llmproxy.errors import (
     StoreError,
 )
 from llmproxy_gateway import from_exception
+from llmproxy_gateway.errors import HTTPError
 
 
 def budget(resets_at: float | None) -> BudgetExceeded:
@@ -104,3 +105,10 @@ def test_mapping(
     assert error.headers.get("retry-after") == retry_after
     if status == 500:
         assert "bug" not in body["message"]  # internals stay in the log
+
+
+def test_an_error_quoting_a_gateway_key_masks_it() -> None:
+    key = "sk-llmp-0123456789-" + "Q" * 43
+    error = HTTPError(400, f"messages[0].content is not text: {key!r}")
+    assert key not in error.body().decode() and key not in str(error)
+    assert "messages[0].content is not text: '***'" in error.body().decode()

@@ -12,7 +12,7 @@ import pytest
 
 from llmproxy_testing.fake_openai import FakeOpenAI, Fault, Reply
 
-from .conftest import ADMIN_KEY, GatewayProcess, chat_bodies
+from .conftest import ADMIN_KEY, UPSTREAM_KEY, GatewayProcess, chat_bodies
 
 
 def client(gateway: GatewayProcess, key: str) -> openai.OpenAI:
@@ -476,3 +476,26 @@ def test_a_client_that_leaves_midway_interrupts_the_call(
     rows = gateway.rows(1, key=key.split("-")[2])
     assert rows[0].outcome == "interrupted"
     assert 0 < rows[0].output_tokens < 200  # counted from what arrived, well before the end
+
+
+def test_keys_in_a_prompt_are_never_stored_or_sent(
+    gateway: GatewayProcess, upstream: FakeOpenAI
+) -> None:
+    key = gateway.key("kim")
+    other = gateway.key("lee")  # another caller's key, never seen by the gateway
+    prompt = f"mine is {key}, theirs {other}, upstream {UPSTREAM_KEY}, admin {ADMIN_KEY}"
+    r = client(gateway, key).chat.completions.create(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": prompt}],
+        extra_headers={"X-Session-Id": "leaky-1"},
+    )
+    assert r.choices[0].message.content == "Echo: mine is ***, theirs ***, upstream ***, admin ***"
+    sent = [r.body for r in upstream.requests if r.path.endswith("/chat/completions")][-1]
+    page = httpx.get(
+        gateway.url + "/dashboard/sessions/leaky-1",
+        headers={"authorization": f"Bearer {ADMIN_KEY}"},
+    )
+    assert page.status_code == 200 and "mine is ***" in page.text
+    for secret in (key, other, UPSTREAM_KEY, ADMIN_KEY):
+        assert secret.encode() not in sent
+        assert secret not in page.text

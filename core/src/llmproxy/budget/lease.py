@@ -39,7 +39,6 @@ import asyncio
 import atexit
 import functools
 import itertools
-import logging
 import math
 import os
 import threading
@@ -61,8 +60,9 @@ from llmproxy.budget.memory import (
 )
 from llmproxy.budget.sqlite import SQLiteLedger
 from llmproxy.errors import BudgetExceeded, InvalidRequest, RateLimited
+from llmproxy.secret import logger as secret_logger
 
-log = logging.getLogger("llmproxy.budget")
+log = secret_logger("llmproxy.budget")
 
 LEASE_TTL: Final = 900.0
 """Seconds a lease stays held in the shared ledger after its last sync (a call is admitted from

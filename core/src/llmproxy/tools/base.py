@@ -13,6 +13,7 @@ import attrs
 from attrs import field, frozen
 
 from llmproxy.errors import ConfigError
+from llmproxy.secret import scrub
 from llmproxy.tools.schema import (
     callable_doc,
     callable_name,
@@ -139,7 +140,9 @@ class Tool:
     def _failure(self, call_id: str, exc: BaseException) -> ToolResult:
         if isinstance(exc, TimeoutError):
             return ToolResult(call_id, self.name, f"tool timed out after {self.timeout}s", True)
-        return ToolResult(call_id, self.name, f"tool failed: {type(exc).__name__}: {exc}", True)
+        # The exception's text may quote a key (a failed request's URL, a config dump).
+        text = scrub(f"tool failed: {type(exc).__name__}: {exc}")
+        return ToolResult(call_id, self.name, text, True)
 
     def run(self, arguments: str, call_id: str = "") -> ToolResult:
         """Run the tool from synchronous code.

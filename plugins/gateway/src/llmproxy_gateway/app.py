@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import logging
 import os
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
@@ -24,6 +23,8 @@ from starlette.routing import Route
 from llmproxy import AsyncChatStream, Proxy
 from llmproxy.errors import LLMProxyError
 from llmproxy.plugins import load_plugins
+from llmproxy.secret import logger as secret_logger
+from llmproxy.secret import register
 from llmproxy.types import Message as LLMMessage
 from llmproxy.types import StreamEvent
 from llmproxy_gateway import env
@@ -33,7 +34,7 @@ from llmproxy_gateway.keys import KeyRecord, KeyStore, admin_matches
 from llmproxy_gateway.wire import ChunkWriter, completion_body, parse
 from llmproxy_usage_log import UsageLog, open_usage_log, set_usage_log, usage_log
 
-log = logging.getLogger("llmproxy.gateway")
+log = secret_logger("llmproxy.gateway")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -88,6 +89,8 @@ class Gateway:
         self.environ = environ
         self.keys = keys if keys is not None else KeyStore.from_env(environ)
         self.admin_key = admin_key if admin_key is not None else env.admin_key(environ)
+        if self.admin_key:
+            register(self.admin_key)  # masked wherever it might be echoed
         self.max_body = env.max_body(environ)
         self._own_proxy = proxy is None
         if usage is None:

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from llmproxy import env as core_env
 from llmproxy.errors import ConfigError
+from llmproxy.secret import register
 from llmproxy.urls import scheme_of
 
 ADMIN_KEY = "LLMPROXY_ADMIN_KEY"
@@ -55,7 +56,11 @@ def default_keys_path(environ: Mapping[str, str]) -> Path:
 
 
 def admin_key(environ: Mapping[str, str]) -> str | None:
-    """The configured admin key, or None; a short one is a ConfigError."""
+    """The configured admin key, or None; a short one is a ConfigError.
+
+    The key is registered as a secret (:func:`llmproxy.secret.register`): it is masked in
+    everything llmproxy stores, sends upstream or logs.
+    """
     raw = environ.get(ADMIN_KEY, "").strip()
     if not raw:
         return None
@@ -64,6 +69,7 @@ def admin_key(environ: Mapping[str, str]) -> str | None:
             f"{ADMIN_KEY} must be at least {MIN_ADMIN_KEY_LENGTH} characters long",
             path=ADMIN_KEY,
         )
+    register(raw)
     return raw
 
 

@@ -39,10 +39,15 @@ from llmproxy.errors import (
     RateLimited,
     StoreError,
 )
+from llmproxy.secret import scrub
 
 
 class HTTPError(Exception):
-    """An error answer: status, OpenAI error fields and extra headers."""
+    """An error answer: status, OpenAI error fields and extra headers.
+
+    The message is scrubbed of the process's secrets (:func:`llmproxy.secret.scrub`): an error
+    quoting the request's body never sends a key back.
+    """
 
     def __init__(
         self,
@@ -54,6 +59,7 @@ class HTTPError(Exception):
         param: str | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
+        message = scrub(message)
         super().__init__(message)
         self.status = status
         self.message = message

@@ -36,10 +36,16 @@ from attrs import frozen
 
 from llmproxy.budget.policy import BudgetPolicy, CostBudget, LLMBudget, RequestsPerMinute
 from llmproxy.errors import ConfigError, StoreError
+from llmproxy.secret import register_pattern
 from llmproxy.urls import scheme_of, sqlite_path
 from llmproxy_gateway import env
 
 PREFIX: Final = "sk-llmp-"
+KEY_SHAPE: Final = r"[0-9a-f]{10}-[A-Za-z0-9_-]{16,}"
+"""What follows :data:`PREFIX` in every gateway key; registered with
+:func:`llmproxy.secret.register_pattern`, so any gateway key (whoever's, seen by this process or
+not) is masked in everything llmproxy stores, sends upstream or logs."""
+register_pattern(PREFIX, KEY_SHAPE)
 MAX_BUDGETS_PER_KEY: Final = 4
 _ID = re.compile(r"^[0-9a-f]{10}$")
 _SPEC = re.compile(r"^(tokens|usd|requests):([0-9][0-9_]*(?:\.[0-9]+)?)(?:/([a-z0-9.]+))?$")

@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import hashlib
 import json
-import logging
 import math
 import os
 import threading
@@ -59,11 +58,12 @@ from llmproxy.budget.memory import (
     usd_rate,
 )
 from llmproxy.errors import BudgetExceeded, ConfigError, RateLimited, StoreError
+from llmproxy.secret import logger as secret_logger
 from llmproxy_redis_budget import scripts
 from llmproxy_redis_budget.breaker import CircuitBreaker
 from llmproxy_redis_budget.env import LedgerSettings, settings_from_url
 
-log = logging.getLogger("llmproxy_redis_budget")
+log = secret_logger("llmproxy_redis_budget")
 
 LOCAL_PREFIX: Final = "local:"
 """Ids of reservations made by the local fallback ledger (``fail=open`` while Redis is down)."""

@@ -26,7 +26,6 @@ entry is dropped; use ``cache=false`` when other software writes the keys.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import threading
 import time
@@ -37,9 +36,10 @@ from typing import Any
 import attrs
 
 from llmproxy.history.base import HistoryRecord
+from llmproxy.secret import logger as secret_logger
 from llmproxy_redis_history.layout import Keys, session_of_tag
 
-log = logging.getLogger("llmproxy.redis_history")
+log = secret_logger("llmproxy.redis_history")
 
 
 @attrs.define

@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import os
 import secrets
 import threading
@@ -49,12 +48,13 @@ from redis.retry import Retry
 from llmproxy.errors import InvalidRequest, StoreError
 from llmproxy.history.base import HistoryRecord, SessionInfo
 from llmproxy.pipelining import QueuedSettle
+from llmproxy.secret import logger as secret_logger
 from llmproxy_redis_history import scripts
 from llmproxy_redis_history.cache import SessionCache, Tracker
 from llmproxy_redis_history.env import RedisSettings, settings_from_url
 from llmproxy_redis_history.layout import Keys, from_hash, pairs_to_dict, session_tag, to_hash
 
-log = logging.getLogger("llmproxy.redis_history")
+log = secret_logger("llmproxy.redis_history")
 
 T = TypeVar("T")
 

@@ -10,7 +10,6 @@ answers include every call recorded before the query.
 from __future__ import annotations
 
 import atexit
-import logging
 import threading
 import time
 from collections import deque
@@ -21,9 +20,10 @@ import attrs
 from attrs import frozen
 
 from llmproxy.errors import BudgetExceeded, ConfigError, ProviderRateLimited, RateLimited
+from llmproxy.secret import logger, scrub
 from llmproxy.types import CallEvent
 
-log = logging.getLogger("llmproxy.usage_log")
+log = logger("llmproxy.usage_log")
 
 Dimension = Literal["model", "provider", "user", "key"]
 DIMENSIONS: tuple[Dimension, ...] = ("model", "provider", "user", "key")
@@ -79,7 +79,11 @@ class UsageRecord:
 
     @classmethod
     def from_event(cls, event: CallEvent) -> UsageRecord:
-        """Build the record of one observer event."""
+        """Build the record of one observer event.
+
+        Its free-text fields (user, session id, key id, tag values) are scrubbed of the
+        process's secrets (:func:`llmproxy.secret.scrub`); the error is only a class name.
+        """
         error = event.error
         limit: str | None = None
         policy: str | None = None
@@ -95,9 +99,9 @@ class UsageRecord:
             event.started_at or time.time(),
             model,
             event.provider,
-            event.user,
-            event.session_id,
-            event.key,
+            _scrubbed(event.user),
+            _scrubbed(event.session_id),
+            _scrubbed(event.key),
             usage.input_tokens,
             usage.output_tokens,
             usage.cached_input_tokens,
@@ -111,7 +115,7 @@ class UsageRecord:
             event.attempts,
             event.streamed,
             usage.estimated,
-            dict(event.tags) if event.tags else {},
+            {k: scrub(v) for k, v in event.tags.items()} if event.tags else {},
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -125,6 +129,10 @@ class UsageRecord:
         """Rebuild a record from :meth:`to_json`'s dict (unknown keys are ignored)."""
         names = {a.name for a in attrs.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def _scrubbed(text: str | None) -> str | None:
+    return None if text is None else scrub(text)
 
 
 @frozen

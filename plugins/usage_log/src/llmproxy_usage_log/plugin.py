@@ -9,16 +9,16 @@ the log, and a failing log never fails a call.
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import time
 
 import llmproxy
+from llmproxy.secret import logger as secret_logger
 from llmproxy.types import CallEvent
 from llmproxy_usage_log.base import UsageLog
 
-log = logging.getLogger("llmproxy.usage_log")
+log = secret_logger("llmproxy.usage_log")
 
 _lock = threading.Lock()
 _log: UsageLog | None = None
