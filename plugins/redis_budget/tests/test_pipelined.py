@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
-from llmproxy import LLMBudget, Proxy, StoreError
+from llmproxy import LLMBudget, Proxy
 from llmproxy.budget.base import Claim
 from llmproxy.budget.policy import CallScope
 from llmproxy.budget.routed import shared_ledger
@@ -62,8 +63,10 @@ def reads(redis_url: str) -> Iterator[Reads]:
 BUDGET = LLMBudget(max_tokens=100_000, name="pipelined")
 
 
-def _proxy(upstream: FakeOpenAI, history: str, ledger: str) -> Proxy:
+def _proxy(upstream: FakeOpenAI, history: str, ledger: str, data_dir: Path | None = None) -> Proxy:
     environ = {"OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": upstream.base_url}
+    if data_dir is not None:
+        environ["LLMPROXY_DATA_DIR"] = str(data_dir)
     return Proxy(
         {"history_url": history, "ledger_url": ledger, "default_model": MODEL},
         budgets=[BUDGET],
@@ -187,9 +190,9 @@ def test_noscript_falls_back(upstream: FakeOpenAI, redis_url: str, raw: Any) -> 
 
 
 def _down_proxy(
-    upstream: FakeOpenAI, redis_url: str, history: str, ledger: str
+    upstream: FakeOpenAI, redis_url: str, history: str, ledger: str, data_dir: Path | None = None
 ) -> tuple[Proxy, RedisHistoryStore, RedisLedger]:
-    proxy = _proxy(upstream, redis_url + history, redis_url + ledger)
+    proxy = _proxy(upstream, redis_url + history, redis_url + ledger, data_dir)
     store, ledger_obj = proxy.history, shared_ledger(proxy.ledger)
     assert isinstance(store, RedisHistoryStore) and isinstance(ledger_obj, RedisLedger)
     proxy.chat("warm up", session_id="d0")
@@ -228,33 +231,59 @@ def test_down_fail_open_skip_goes_on(
         redis_server.restart()
 
 
-def test_down_fail_closed_raises_the_ledger_error(
-    upstream: FakeOpenAI, redis_url: str, redis_server: RedisServer
+def test_down_fail_closed_keeps_the_answer_and_journals_the_writes(
+    upstream: FakeOpenAI, redis_url: str, redis_server: RedisServer, tmp_path: Path
 ) -> None:
     proxy, _store, _ledger = _down_proxy(
-        upstream, redis_url, "?on_unavailable=skip", "?fail=closed&socket_timeout=0.5"
+        upstream,
+        redis_url,
+        "?on_unavailable=skip",
+        "?fail=closed&socket_timeout=0.5",
+        tmp_path,
     )
     try:
         _break_after_reserve(proxy, redis_server)
-        with pytest.raises(StoreError, match="Redis ledger"):
-            proxy.chat("Hello there", session_id="d1")
+        # The upstream answered and was paid: the answer is kept, the settle and the
+        # history write it rode in wait in the journal for Redis.
+        reply = proxy.chat("Hello there", session_id="d1")
+        assert reply.text
+        pending = _journaled(tmp_path, redis_url)
+        assert sorted((p.settle is not None, len(p.records)) for p in pending) == [
+            (False, 2),  # the history write: the user's message and the answer
+            (True, 0),  # the settle
+        ]
     finally:
         proxy.close()
         redis_server.restart()
 
 
-async def test_down_async_history_raises(
-    upstream: FakeOpenAI, redis_url: str, redis_server: RedisServer
+def _journaled(data_dir: Path, redis_url: str) -> list[Any]:
+    from llmproxy.journal import Journal
+
+    journal = Journal.in_data_dir({"LLMPROXY_DATA_DIR": str(data_dir)})
+    try:
+        ledger_url = redis_url + "?fail=closed&socket_timeout=0.5"
+        history_url = redis_url + "?on_unavailable=skip"
+        return journal.pending(ledger_url=ledger_url, history_url=None) + journal.pending(
+            ledger_url=None, history_url=history_url
+        )
+    finally:
+        journal.close()
+
+
+async def test_down_async_history_is_journaled(
+    upstream: FakeOpenAI, redis_url: str, redis_server: RedisServer, tmp_path: Path
 ) -> None:
     proxy, _store, ledger = _down_proxy(
-        upstream, redis_url, "?socket_timeout=0.5", "?fail=open&socket_timeout=0.5"
+        upstream, redis_url, "?socket_timeout=0.5", "?fail=open&socket_timeout=0.5", tmp_path
     )
     try:
         await proxy.achat("warm up", session_id="d0")
         _break_after_reserve(proxy, redis_server)
-        with pytest.raises(StoreError, match="redis history store"):
-            await proxy.achat("Hello there", session_id="d1")
+        reply = await proxy.achat("Hello there", session_id="d1")
+        assert reply.text
         assert ledger.breaker.failures >= 1
+        assert len(proxy._journal_open()) >= 1
     finally:
         await proxy.aclose()
         redis_server.restart()
