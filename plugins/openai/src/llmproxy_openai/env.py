@@ -28,10 +28,8 @@ its overall deadline (``retry.deadline``, default 120 s), which every attempt ke
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 from llmproxy import env as envvars
-from llmproxy.errors import ConfigError
 
 API_KEY = "OPENAI_API_KEY"
 SEED_API_KEY = "LLM_PROXY_OPEN_AI_DEFAULT_OPEN_API_KEY"
@@ -63,26 +61,6 @@ def timeout(environ: Mapping[str, str]) -> float | None:
 def connect_timeout(environ: Mapping[str, str]) -> float | None:
     """Return ``LLMPROXY_OPENAI_CONNECT_TIMEOUT`` in seconds when set."""
     return envvars.seconds(environ, CONNECT_TIMEOUT)
-
-
-def seconds_option(options: Mapping[str, Any], key: str, provider: str) -> float | None:
-    """A positive number of seconds from the ``[providers.NAME]`` table, None when absent.
-
-    A value that is not a positive number is a ConfigError naming ``providers.NAME.key``.
-    """
-    value = options.get(key)
-    if value is None:
-        return None
-    path = f"providers.{provider}.{key}"
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ConfigError(f"{path} must be a number of seconds, got {value!r}", path=path)
-    try:
-        seconds = float(value)
-    except ValueError:
-        raise ConfigError(f"{path} must be a number of seconds, got {value!r}", path=path) from None
-    if not seconds > 0 or seconds == float("inf"):
-        raise ConfigError(f"{path} must be a positive number of seconds, got {value!r}", path=path)
-    return seconds
 
 
 def async_http(environ: Mapping[str, str]) -> str | None:

@@ -52,6 +52,7 @@ import aiohttp
 import httpx2
 import openai
 
+from llmproxy import env as envvars
 from llmproxy.errors import (
     ConfigError,
     MissingCredentials,
@@ -331,7 +332,7 @@ class OpenAIProvider:
             api_key=key,
             base_url=settings.base_url or env.base_url(environ),
             timeout=settings.timeout or env.timeout(environ),
-            connect_timeout=env.seconds_option(options, "connect_timeout", settings.name)
+            connect_timeout=envvars.seconds_option(options, "connect_timeout", settings.name)
             or env.connect_timeout(environ),
             organization=options.get("organization") or environ.get(env.ORG_ID),
             project=options.get("project") or environ.get(env.PROJECT_ID),
