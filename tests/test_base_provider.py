@@ -289,3 +289,114 @@ def test_a_proxy_hands_the_factory_env_filled_settings(proxy: Proxy) -> None:
         assert provider.settings.api_key.get() == "from-config"
     finally:
         configured.close()
+
+
+# --------------------------------------------------------------------------- time limits
+
+
+class Hanging(BaseProvider):
+    """Waits on ``release`` where an upstream would be asked; records what was cancelled."""
+
+    def __init__(self, settings: ProviderSettings | None = None) -> None:
+        super().__init__(settings)
+        self.release = asyncio.Event()
+        self.abandoned = threading.Event()
+
+    async def achat(self, request: ChatRequest) -> Completion:
+        try:
+            await self.release.wait()
+        except asyncio.CancelledError:
+            self.abandoned.set()  # where a real provider closes its connection
+            raise
+        return Completion(Message("assistant", "late"), None, request.model)
+
+
+class Stalling(BaseProvider):
+    """Streams ``words`` chunks, then waits on ``release`` (a stream that stalls)."""
+
+    words = 2
+
+    def __init__(self, settings: ProviderSettings | None = None) -> None:
+        super().__init__(settings)
+        self.release = asyncio.Event()
+        self.abandoned = threading.Event()
+
+    async def astream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
+        try:
+            for i in range(self.words):
+                yield Chunk(f"w{i} ")
+            await self.release.wait()
+            yield Chunk("late")
+        finally:
+            self.abandoned.set()
+
+
+async def _gather(chunks: AsyncIterator[Chunk], into: list[Chunk]) -> None:
+    async for chunk in chunks:
+        into.append(chunk)
+
+
+def _timed(timeout: float | None) -> ChatRequest:
+    return ChatRequest((Message("user", "hi"),), "m", "hang", timeout=timeout)
+
+
+async def test_base_provider_keeps_a_whole_call_within_its_deadline() -> None:
+    hanging = Hanging(ProviderSettings("hang"))
+    with pytest.raises(llmproxy.ProviderTimeout) as info:
+        await asyncio.wait_for(hanging.achat(_timed(0.3)), GUARD)
+    assert info.value.retryable and info.value.provider == "hang"
+    assert hanging.abandoned.is_set()
+    other = Hanging(ProviderSettings("hang"))  # the sync face too, on its own loop
+    with pytest.raises(llmproxy.ProviderTimeout):
+        await asyncio.to_thread(other.chat, _timed(0.3))
+    assert other.abandoned.is_set()
+    other.close()
+
+
+async def test_base_provider_stream_without_a_first_chunk_is_a_timeout() -> None:
+    stalling = Stalling(ProviderSettings("hang"))
+    stalling.words = 0
+    chunks: list[Chunk] = []
+    with pytest.raises(llmproxy.ProviderTimeout):
+        await _gather(stalling.astream(_timed(0.3)), chunks)
+    assert chunks == []
+    assert stalling.abandoned.is_set()  # the author's stream was closed
+
+
+async def test_base_provider_stream_that_stalls_hits_the_read_timeout() -> None:
+    stalling = Stalling(ProviderSettings("hang", timeout=0.3))  # the read timeout
+    chunks: list[Chunk] = []
+    with pytest.raises(llmproxy.ProviderTimeout) as info:
+        await _gather(stalling.astream(_timed(60.0)), chunks)
+    assert [c.text for c in chunks] == ["w0 ", "w1 "]
+    assert "read timeout" in str(info.value)
+    assert stalling.abandoned.is_set()
+    other = Stalling(ProviderSettings("hang", timeout=0.3))  # the sync face: same limits
+    sync_chunks: list[Chunk] = []
+    with pytest.raises(llmproxy.ProviderTimeout):
+        await asyncio.to_thread(lambda: sync_chunks.extend(other.stream(_timed(None))))
+    assert other.abandoned.is_set()
+    other.close()
+
+
+async def test_base_provider_without_limits_waits_for_the_author() -> None:
+    hanging = Hanging(ProviderSettings("hang"))
+    call = asyncio.ensure_future(hanging.achat(_timed(None)))
+    await asyncio.sleep(0)
+    assert not call.done()
+    hanging.release.set()
+    assert (await asyncio.wait_for(call, GUARD)).message.content == "late"
+    assert not hanging.abandoned.is_set()
+
+
+async def test_base_provider_timeout_error_of_the_author_is_not_a_deadline() -> None:
+    class Raising(BaseProvider):
+        async def achat(self, request: ChatRequest) -> Completion:
+            raise TimeoutError("the author's own")
+
+    with pytest.raises(TimeoutError, match="the author's own"):
+        await Raising(ProviderSettings("r")).achat(_timed(30.0))
+
+
+#: Far above every limit the tests set: a test that gets near it has hung, not timed out.
+GUARD = 8.0

@@ -878,3 +878,72 @@ def test_base_server_custom_routes_and_handler_errors() -> None:
             "/silent",
             "/missing",
         ]
+
+
+# --------------------------------------------------------------------------- hang
+
+
+def _post(server: FakeOpenAI, body: dict[str, Any], into: list[bytes]) -> None:
+    """POST a chat request on a raw connection; collect what arrives until it closes."""
+    conn = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    try:
+        data = json.dumps(body).encode()
+        conn.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\nAuthorization: Bearer " + KEY.encode() + b"\r\n"
+            b"Content-Length: " + str(len(data)).encode() + b"\r\n\r\n" + data
+        )
+        while chunk := conn.recv(65536):
+            into.append(chunk)
+    except OSError:
+        pass  # an aborted connection may end in a reset
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("after", [None, 1])
+def test_hang_holds_until_released_then_drops(server: FakeOpenAI, after: int | None) -> None:
+    release = threading.Event()
+    server.enqueue(Fault.hang(release, after=after))
+    received: list[bytes] = []
+    body = {"model": "gpt-4o-mini", "messages": user("one two three"), "stream": True}
+    client = threading.Thread(target=_post, args=(server, body, received))
+    client.start()
+    client.join(0.3)
+    assert client.is_alive()  # hanging: no end of the response
+    release.set()
+    client.join(10)
+    assert not client.is_alive()
+    sent = b"".join(received)
+    assert b"[DONE]" not in sent  # dropped, never finished
+    if after is None:
+        assert sent == b""  # nothing before the hang
+    else:
+        assert sent.count(b'"content":"Echo:"') == 1  # the first delta, then the stall
+        assert b'"content":" one' not in sent
+
+
+def test_hang_ends_when_the_client_goes_away(server: FakeOpenAI) -> None:
+    release = threading.Event()
+    try:
+        server.enqueue(Fault.hang(release))
+        conn = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        data = json.dumps({"model": "gpt-4o-mini", "messages": user("hi")}).encode()
+        conn.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+            + KEY.encode()
+            + b"\r\nContent-Length: "
+            + str(len(data)).encode()
+            + b"\r\n\r\n"
+            + data
+        )
+        deadline = time.monotonic() + 10
+        while not server.requests and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert server.connection_count == 1
+        conn.close()
+        while server.connection_count and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert server.connection_count == 0  # the fake let go without a release
+    finally:
+        release.set()

@@ -141,6 +141,26 @@ def seconds(environ: Mapping[str, str], name: str) -> float | None:
     return value
 
 
+def seconds_option(options: Mapping[str, Any], key: str, provider: str) -> float | None:
+    """A positive number of seconds from the ``[providers.NAME]`` table, None when absent.
+
+    A value that is not a positive number is a ConfigError naming ``providers.NAME.key``.
+    """
+    value = options.get(key)
+    if value is None:
+        return None
+    path = f"providers.{provider}.{key}"
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ConfigError(f"{path} must be a number of seconds, got {value!r}", path=path)
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ConfigError(f"{path} must be a number of seconds, got {value!r}", path=path) from None
+    if not seconds > 0 or seconds == float("inf"):
+        raise ConfigError(f"{path} must be a positive number of seconds, got {value!r}", path=path)
+    return seconds
+
+
 def config_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     """Return the configuration keys set by environment variables, as a config dict."""
     out: dict[str, Any] = {}

@@ -6,10 +6,20 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
-from collections.abc import AsyncIterator, Awaitable, Generator, Iterator, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Generator,
+    Iterator,
+    Sequence,
+)
 from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar, runtime_checkable
 
+from llmproxy.errors import ProviderTimeout
 from llmproxy.tokens import (
     DEFAULT_INPUT_MARGIN,
     InputMargin,
@@ -39,7 +49,9 @@ class Provider(Protocol):
 
     A provider makes exactly one upstream attempt per call (the Proxy owns retries, so every
     attempt is seen and budgeted) and must send ``request.max_output_tokens`` upstream as the
-    service's output limit.
+    service's output limit. It must also keep the attempt within ``request.timeout`` seconds
+    when that is set (the whole answer; for a stream, the first chunk and the last), raising
+    :class:`~llmproxy.errors.ProviderTimeout` when they run out.
 
     Optionally, ``input_margin(model) -> llmproxy.InputMargin`` declares how far
     :meth:`count_tokens` can fall short of what the service bills (its chat format's tokens per
@@ -235,6 +247,89 @@ class _LoopThread:
                 thread.join()
 
 
+_DEADLINE_MARK = "__llmproxy_deadline__"
+
+
+def _timed_out(name: str, model: str, idle: bool, seconds: float) -> ProviderTimeout:
+    what = (
+        f"no chunk for {seconds:g}s (the provider's read timeout)"
+        if idle
+        else f"no answer within the attempt's {seconds:g}s (the call's deadline)"
+    )
+    return ProviderTimeout(what, provider=name, model=model)
+
+
+def _bounded_achat(
+    achat: Callable[[Any, ChatRequest], Awaitable[Completion]],
+) -> Callable[[Any, ChatRequest], Awaitable[Completion]]:
+    """``achat`` kept within ``request.timeout`` seconds (see :class:`BaseProvider`)."""
+
+    @functools.wraps(achat)
+    async def bounded(self: BaseProvider, request: ChatRequest) -> Completion:
+        if request.timeout is None:
+            return await achat(self, request)
+        timeout = asyncio.timeout(max(request.timeout, 0.0))
+        try:
+            async with timeout:
+                return await achat(self, request)
+        except TimeoutError:
+            if timeout.expired():
+                raise _timed_out(self.name, request.model, False, request.timeout) from None
+            raise
+
+    setattr(bounded, _DEADLINE_MARK, True)
+    return bounded
+
+
+def _bounded_astream(
+    astream: Callable[[Any, ChatRequest], AsyncIterator[Chunk]],
+) -> Callable[[Any, ChatRequest], AsyncGenerator[Chunk, None]]:
+    """``astream`` kept within ``request.timeout`` and the read timeout (see BaseProvider)."""
+
+    @functools.wraps(astream)
+    async def bounded(self: BaseProvider, request: ChatRequest) -> AsyncGenerator[Chunk, None]:
+        chunks = aiter(astream(self, request))
+        idle = self.settings.timeout
+        if request.timeout is None and idle is None:
+            try:
+                async for chunk in chunks:
+                    yield chunk
+            finally:
+                await _aclose(chunks)
+            return
+        loop = asyncio.get_running_loop()
+        deadline = None if request.timeout is None else loop.time() + max(request.timeout, 0.0)
+        try:
+            while True:
+                when = deadline
+                by_idle = False
+                if idle is not None and (when is None or loop.time() + idle < when):
+                    when, by_idle = loop.time() + idle, True
+                timeout = asyncio.timeout_at(when)
+                try:
+                    async with timeout:
+                        chunk = await anext(chunks)
+                except StopAsyncIteration:
+                    return
+                except TimeoutError:
+                    if not timeout.expired():
+                        raise
+                    seconds = idle if by_idle and idle is not None else request.timeout or 0.0
+                    raise _timed_out(self.name, request.model, by_idle, seconds) from None
+                yield chunk
+        finally:
+            await _aclose(chunks)
+
+    setattr(bounded, _DEADLINE_MARK, True)
+    return bounded
+
+
+async def _aclose(chunks: AsyncIterator[Chunk]) -> None:
+    aclose = getattr(chunks, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
 class BaseProvider:
     """A provider from one method: subclass it and implement ``astream`` or ``achat``.
 
@@ -262,9 +357,26 @@ class BaseProvider:
     ``self.settings`` and its name on ``self.name``. Errors should be
     :mod:`llmproxy.errors` types (``ProviderRateLimited``, ``ProviderAuthError``...): the Proxy
     retries and reports by them; they propagate from every default unchanged.
+
+    Time limits are kept for the author: a subclass's ``achat`` runs within
+    ``request.timeout`` seconds when the Proxy sets it (the call's deadline left), and its
+    ``astream`` gets that long for all its chunks, each within ``settings.timeout`` seconds
+    of the one before when that is set (the read timeout; the first one included). Running out
+    raises :class:`~llmproxy.errors.ProviderTimeout`; the author's code is cancelled where it
+    waits, so a ``finally`` or ``async with`` there closes its connection.
     """
 
     name: str
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Wrap the subclass's own ``achat`` and ``astream`` in the request's time limits."""
+        super().__init_subclass__(**kwargs)
+        achat = cls.__dict__.get("achat")
+        if achat is not None and not getattr(achat, _DEADLINE_MARK, False):
+            cls.achat = _bounded_achat(achat)  # type: ignore[method-assign,assignment]
+        astream = cls.__dict__.get("astream")
+        if astream is not None and not getattr(astream, _DEADLINE_MARK, False):
+            cls.astream = _bounded_astream(astream)  # type: ignore[method-assign,assignment]
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Self:
         """Refuse a subclass that implements neither ``astream`` nor ``achat``."""

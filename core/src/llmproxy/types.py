@@ -143,8 +143,11 @@ class ChatRequest:
     ``tools`` are the tools offered to the model (:class:`llmproxy.tools.Tool` function tools,
     whose Python function the Proxy runs, and :class:`llmproxy.tools.HostedTool` tools the
     provider runs); ``tool_choice`` is ``auto``, ``none``, ``required`` or a tool name.
-    ``timeout`` is how many seconds this attempt may take in all (what is left of the call's
-    deadline); None leaves the provider's own timeouts.
+    ``timeout`` is the seconds this attempt may take in all: the call's overall deadline left
+    when the attempt starts (connecting, sending and the whole answer; for a stream, the first
+    chunk and the last). A provider stops the attempt when they run out and raises
+    :class:`llmproxy.errors.ProviderTimeout`. None: only the provider's own connect and read
+    timeouts apply.
     """
 
     messages: tuple[Message, ...]

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +19,7 @@ from llmproxy.errors import (
     ProviderAuthError,
     ProviderBadRequest,
     ProviderRateLimited,
+    ProviderTimeout,
     ProviderUnavailable,
     StreamInterrupted,
 )
@@ -343,7 +347,7 @@ def test_settings_and_environment() -> None:
         ProviderSettings("deepseek", environ={"DEEPSEEK_API_KEY": "sk-x"})
     )
     assert p.base_url == "https://api.deepseek.com"
-    assert p.timeout == 600.0
+    assert (p.timeout, p.connect_timeout) == (60.0, 10.0)
     assert repr(p) == "DeepSeekProvider(name='deepseek', base_url='https://api.deepseek.com')"
     p = DeepSeekProvider.from_settings(
         ProviderSettings(
@@ -353,10 +357,24 @@ def test_settings_and_environment() -> None:
                 "DEEPSEEK_API_KEY": "sk-env",
                 "DEEPSEEK_BASE_URL": "http://127.0.0.1:9/",
                 "LLMPROXY_DEEPSEEK_TIMEOUT": "2.5",
+                "LLMPROXY_DEEPSEEK_CONNECT_TIMEOUT": "4",
             },
         )
     )
-    assert (p.name, p.base_url, p.timeout) == ("ds", "http://127.0.0.1:9/", 2.5)
+    assert (p.name, p.base_url, p.timeout, p.connect_timeout) == (
+        "ds",
+        "http://127.0.0.1:9/",
+        2.5,
+        4.0,
+    )
+    configured = DeepSeekProvider.from_settings(
+        ProviderSettings(
+            "deepseek",
+            options={"connect_timeout": 1.5},
+            environ={"DEEPSEEK_API_KEY": "sk-x", "LLMPROXY_DEEPSEEK_CONNECT_TIMEOUT": "4"},
+        )
+    )
+    assert configured.connect_timeout == 1.5  # the table wins
     assert p._api_key.get() == "sk-config"
     for bad in ("soon", "0"):
         with pytest.raises(ConfigError, match="LLMPROXY_DEEPSEEK_TIMEOUT"):
@@ -377,3 +395,24 @@ def test_limits_and_estimates() -> None:
     assert count_messages(with_tools) >= messages_upper_bound(with_tools) + len("ré".encode()) + 4
     assert p.count_text_tokens("añb", MODEL) == 4
     assert json.dumps(p.params(ChatRequest(with_tools, MODEL, "deepseek"))["messages"][1])
+
+
+async def test_a_hung_upstream_is_a_timeout_at_the_request_s_deadline(
+    provider: DeepSeekProvider, server: FakeDeepSeek
+) -> None:
+    """The OpenAI provider's deadline handling holds for DeepSeek (sync and async)."""
+    release = threading.Event()
+    try:
+        for call in ("sync", "async"):
+            server.enqueue(Fault.hang(release))
+            req = ChatRequest((Message("user", "Hello"),), "deepseek-chat", "deepseek", timeout=0.3)
+            started = time.monotonic()
+            with pytest.raises(ProviderTimeout):
+                await (
+                    provider.achat(req)
+                    if call == "async"
+                    else asyncio.to_thread(provider.chat, req)
+                )
+            assert time.monotonic() - started < 8.0  # a guard against a hang, not a measure
+    finally:
+        release.set()

@@ -512,10 +512,11 @@ async def test_environment_is_read_from_the_proxy_s_mapping_only(
 
 def test_settings() -> None:
     p = GeminiProvider.from_settings(ProviderSettings("gemini", environ={"GEMINI_API_KEY": "k"}))
-    assert (p.base_url, p.api_version, p.timeout) == (
+    assert (p.base_url, p.api_version, p.timeout, p.connect_timeout) == (
         "https://generativelanguage.googleapis.com/",
         "v1",
-        600.0,
+        60.0,
+        10.0,
     )
     assert p.include_thoughts
     assert repr(p) == (
@@ -526,16 +527,28 @@ def test_settings() -> None:
             "g2",
             api_key=Secret("AIzaFromConfig"),
             base_url="http://127.0.0.1:9",
-            options={"api_version": "v1beta", "include_thoughts": False},
-            environ={"GEMINI_API_KEY": "env", "LLMPROXY_GEMINI_TIMEOUT": "3"},
+            options={"api_version": "v1beta", "include_thoughts": False, "connect_timeout": 2},
+            environ={
+                "GEMINI_API_KEY": "env",
+                "LLMPROXY_GEMINI_TIMEOUT": "3",
+                "LLMPROXY_GEMINI_CONNECT_TIMEOUT": "5",
+            },
         )
     )
-    assert (p.name, p.base_url, p.api_version, p.timeout) == (
+    assert (p.name, p.base_url, p.api_version, p.timeout, p.connect_timeout) == (
         "g2",
         "http://127.0.0.1:9",
         "v1beta",
         3.0,
+        2.0,  # the table wins over the environment
     )
+    with pytest.raises(ConfigError) as info:
+        GeminiProvider.from_settings(
+            ProviderSettings(
+                "gemini", options={"connect_timeout": "soon"}, environ={"GEMINI_API_KEY": "k"}
+            )
+        )
+    assert info.value.path == "providers.gemini.connect_timeout"
     assert not p.include_thoughts
     assert p._api_key.get() == "AIzaFromConfig"
     for bad in ("later", "-1"):

@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
+import httpx2
 import openai
 import pytest
 from hypothesis import given, settings
@@ -1001,12 +1002,31 @@ def test_from_settings_timeout(server: FakeOpenAI, api_key: str) -> None:
         OpenAIProvider.from_settings(provider_settings({env.API_KEY: api_key}, timeout=3.0)).timeout
         == 3.0
     )
-    assert OpenAIProvider.from_settings(provider_settings({env.API_KEY: api_key})).timeout == 600.0
+    default = OpenAIProvider.from_settings(provider_settings({env.API_KEY: api_key}))
+    assert (default.timeout, default.connect_timeout) == (60.0, 10.0)
+    assert default.timeouts == httpx2.Timeout(60.0, connect=10.0, pool=10.0)
     for bad in ("soon", "0", "-1"):
         with pytest.raises(ConfigError, match="LLMPROXY_OPENAI_TIMEOUT"):
             OpenAIProvider.from_settings(
                 provider_settings({env.API_KEY: api_key, env.TIMEOUT: bad})
             )
+
+
+def test_from_settings_connect_timeout(api_key: str) -> None:
+    environ = {env.API_KEY: api_key, env.CONNECT_TIMEOUT: "4"}
+    assert OpenAIProvider.from_settings(provider_settings(environ)).connect_timeout == 4.0
+    configured = provider_settings(environ, options={"connect_timeout": 2.5})
+    assert OpenAIProvider.from_settings(configured).connect_timeout == 2.5  # the table wins
+    for bad in ("soon", 0, -1, True, [3]):
+        with pytest.raises(ConfigError, match=r"providers\.openai\.connect_timeout") as info:
+            OpenAIProvider.from_settings(
+                provider_settings({env.API_KEY: api_key}, options={"connect_timeout": bad})
+            )
+        assert info.value.path == "providers.openai.connect_timeout"
+    with pytest.raises(ConfigError, match="LLMPROXY_OPENAI_CONNECT_TIMEOUT"):
+        OpenAIProvider.from_settings(
+            provider_settings({env.API_KEY: api_key, env.CONNECT_TIMEOUT: "never"})
+        )
 
 
 def test_from_settings_organization_and_project_headers(server: FakeOpenAI, api_key: str) -> None:

@@ -41,6 +41,8 @@ __all__ = [
     "Reply",
     "ResponseWriter",
     "Scripted",
+    "stream_cut",
+    "wait_released",
 ]
 
 _log = logging.getLogger(__name__)
@@ -49,6 +51,8 @@ _MAX_HEAD = 64 * 1024
 _MAX_BODY = 64 * 1024 * 1024
 _SHUTDOWN_TIMEOUT = 5.0
 _LINGER = 2.0
+#: How often a hanging handler looks at its release event (cancelled at once if the client goes).
+_HANG_POLL = 0.01
 
 # Headers whose values the writer computes itself; handler-supplied copies are dropped.
 _FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "connection"})
@@ -93,7 +97,7 @@ class RecordedRequest:
 
 # --------------------------------------------------------------------------- scripting
 
-FaultKind: TypeAlias = Literal["status", "delay", "drop_after", "malformed"]
+FaultKind: TypeAlias = Literal["status", "delay", "drop_after", "malformed", "hang"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,24 +105,26 @@ class Fault:
     """A scripted misbehaviour for the next request to a scripted endpoint.
 
     Build instances with the class methods (:meth:`status`, :meth:`delay`,
-    :meth:`drop_after`, :meth:`malformed`); each fake server decides how a
+    :meth:`drop_after`, :meth:`malformed`, :meth:`hang`); each fake server decides how a
     fault looks on its own wire format (for example its error-body shape).
 
     Attributes:
         kind: What to do: answer with an error ``"status"``; ``"delay"`` then
             answer normally; ``"drop_after"`` a number of stream chunks (or
             before any response when not streaming); send a ``"malformed"``
-            body.
+            body; ``"hang"`` until ``release`` is set, then drop the connection.
         status_code: HTTP status for ``"status"`` faults.
         message: Error message for ``"status"`` faults (``None``: a default
             message for the status).
         retry_after: Seconds for the ``retry-after`` headers, if any.
-        chunks: For ``"drop_after"``: how many delta chunks to stream first.
+        chunks: For ``"drop_after"`` and ``"hang"``: how many delta chunks to stream
+            first (``"hang"``: -1 hangs before any response).
         seconds: Sleep before answering (the whole point of ``"delay"``; an
             extra pre-delay for the other kinds).
         error_type: Overrides the provider's error ``type`` field.
         error_code: Overrides the provider's error ``code`` field.
         headers: Extra response headers as ``(name, value)`` pairs.
+        release: For ``"hang"``: the event that ends the hang.
 
     """
 
@@ -131,6 +137,7 @@ class Fault:
     error_type: str | None = None
     error_code: str | None = None
     headers: tuple[tuple[str, str], ...] = ()
+    release: threading.Event | None = field(default=None, compare=False)
 
     @classmethod
     def status(
@@ -221,6 +228,44 @@ class Fault:
 
         """
         return cls(kind="malformed", seconds=delay)
+
+    @classmethod
+    def hang(cls, release: threading.Event, *, after: int | None = None) -> Fault:
+        """Hang without a word until ``release`` is set, then drop the connection.
+
+        The upstream that never answers: a test of timeouts sets ``release`` when it is done
+        (a fixture's teardown), so nothing waits on a long sleep. The hang also ends when the
+        client closes the connection (:attr:`FakeServer.connection_count` then drops).
+
+        Args:
+            release: The event that ends the hang.
+            after: None hangs before any response. A number: a streaming request gets its
+                headers, the initial chunk and ``after`` delta chunks first (a stream that
+                stalls); a non-streaming request still hangs before any response.
+
+        Returns:
+            The fault.
+
+        """
+        if after is not None and after < 0:
+            raise ValueError("after must be >= 0")
+        return cls(kind="hang", chunks=-1 if after is None else after, release=release)
+
+
+async def wait_released(item: Scripted | None, response: ResponseWriter) -> None:
+    """Wait until a ``hang`` fault is released or the client closes its side; else return."""
+    if isinstance(item, Fault) and item.kind == "hang" and item.release is not None:
+        # A threading.Event set by the test's thread: polled, so the handler stays cancellable
+        # and sees a client that goes away, without a worker thread left blocked on it.
+        while not item.release.is_set() and not response.client_gone:  # noqa: ASYNC110
+            await asyncio.sleep(_HANG_POLL)
+
+
+def stream_cut(item: Scripted | None) -> int | None:
+    """After how many delta chunks a streamed answer breaks off (``drop_after``, ``hang``)."""
+    if isinstance(item, Fault) and item.kind in ("drop_after", "hang"):
+        return max(item.chunks, 0)
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,6 +368,11 @@ class ResponseWriter:
         self._started = False
         self._streaming = False
         self._finished = False
+
+    @property
+    def client_gone(self) -> bool:
+        """Whether the client closed its side of the connection (or it was lost)."""
+        return self._conn._eof or self._conn._lost
 
     @property
     def started(self) -> bool:
@@ -996,6 +1046,10 @@ class FakeServer:
         if delay > 0:
             await asyncio.sleep(delay)
         if isinstance(item, Fault):
+            if item.kind == "hang" and (not streaming or item.chunks < 0):
+                await wait_released(item, response)
+                await response.abort()
+                return item, True
             if item.kind == "status":
                 send_fault(response, item)
                 return item, True

@@ -72,9 +72,12 @@ from ._http import (
     Reply,
     ReplyFunction,
     ResponseWriter,
+    Scripted,
     json_object,
     resolve_reply,
     serve_from_command_line,
+    stream_cut,
+    wait_released,
 )
 from .fake_openai import split_words
 
@@ -395,9 +398,9 @@ class FakeGemini(FakeServer):
                 200, self._response_body(parts, answer, model, response_id, final=True)
             )
             return
-        drop_after = item.chunks if isinstance(item, Fault) and item.kind == "drop_after" else None
+        drop_after = stream_cut(item)
         malformed = isinstance(item, Fault) and item.kind == "malformed"
-        await self._stream(response, answer, model, response_id, drop_after, malformed)
+        await self._stream(response, answer, model, response_id, drop_after, malformed, item)
 
     def _send_fault(self, response: ResponseWriter, fault: Fault) -> None:
         status = fault.status_code
@@ -606,6 +609,7 @@ class FakeGemini(FakeServer):
         response_id: str,
         drop_after: int | None,
         malformed: bool,
+        item: Scripted | None = None,
     ) -> None:
         events: list[list[dict[str, Any]]] = [
             [{"text": piece, "thought": True}] for piece in answer.thought_pieces
@@ -626,6 +630,7 @@ class FakeGemini(FakeServer):
         pacer = Pacer(answer.chunk_delay)
         for index, parts in enumerate(events):
             if drop_after is not None and index >= drop_after:
+                await wait_released(item, response)
                 await response.abort()
                 return
             await pacer.wait()
@@ -634,6 +639,7 @@ class FakeGemini(FakeServer):
             response.write(b"data: " + data + b"\r\n\r\n")
             await response.drain()
         if drop_after is not None:
+            await wait_released(item, response)
             await response.abort()
             return
         response.end()

@@ -77,9 +77,12 @@ from ._http import (
     Reply,
     ReplyFunction,
     ResponseWriter,
+    Scripted,
     json_object,
     resolve_reply,
     serve_from_command_line,
+    stream_cut,
+    wait_released,
 )
 
 __all__ = [
@@ -488,7 +491,7 @@ class FakeOpenAI(FakeServer):
 
         options = body.get("stream_options")
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
-        drop_after = item.chunks if isinstance(item, Fault) and item.kind == "drop_after" else None
+        drop_after = stream_cut(item)
         malformed = isinstance(item, Fault) and item.kind == "malformed"
         await self._stream(
             response,
@@ -499,6 +502,7 @@ class FakeOpenAI(FakeServer):
             include_usage=include_usage,
             drop_after=drop_after,
             malformed=malformed,
+            item=item,
         )
 
     async def _responses(self, request: RecordedRequest, response: ResponseWriter) -> None:
@@ -551,7 +555,7 @@ class FakeOpenAI(FakeServer):
         if not stream:
             response.send_json(200, final, headers)
             return
-        drop_after = item.chunks if isinstance(item, Fault) and item.kind == "drop_after" else None
+        drop_after = stream_cut(item)
         malformed = isinstance(item, Fault) and item.kind == "malformed"
         response.start_stream(
             200, {"content-type": "text/event-stream", "cache-control": "no-cache", **headers}
@@ -561,6 +565,7 @@ class FakeOpenAI(FakeServer):
         for sequence, (event, is_delta) in enumerate(_responses.stream_events(answer, final)):
             if is_delta:
                 if drop_after is not None and deltas >= drop_after:
+                    await wait_released(item, response)
                     await response.abort()
                     return
                 deltas += 1
@@ -573,6 +578,7 @@ class FakeOpenAI(FakeServer):
                 response.end()
                 return
         if drop_after is not None:
+            await wait_released(item, response)
             await response.abort()
             return
         response.end()
@@ -836,6 +842,7 @@ class FakeOpenAI(FakeServer):
         include_usage: bool,
         drop_after: int | None,
         malformed: bool,
+        item: Scripted | None = None,
     ) -> None:
         def event(choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> bytes:
             chunk: dict[str, Any] = {
@@ -892,6 +899,7 @@ class FakeOpenAI(FakeServer):
             response.write(delta(fields))
             await response.drain()
         if drop_after is not None:
+            await wait_released(item, response)
             await response.abort()
             return
         await pacer.wait()

@@ -27,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
+from llmproxy import env as envvars
 from llmproxy.errors import MissingCredentials
 from llmproxy.registry import ProviderSettings
 from llmproxy.secret import Secret
@@ -99,6 +100,7 @@ class DeepSeekProvider(OpenAIProvider):
         api_key: str | Secret,
         base_url: str | None = None,
         timeout: float | None = None,
+        connect_timeout: float | None = None,
         name: str = "deepseek",
         default_headers: Mapping[str, str] | None = None,
     ) -> None:
@@ -106,13 +108,20 @@ class DeepSeekProvider(OpenAIProvider):
             api_key=api_key,
             base_url=base_url or env.DEFAULT_BASE_URL,
             timeout=timeout,
+            connect_timeout=connect_timeout,
             name=name,
             default_headers=default_headers,
         )
 
     @classmethod
     def from_settings(cls, settings: ProviderSettings) -> DeepSeekProvider:
-        """Build the provider from configuration, else from the environment (see ``env.py``)."""
+        """Build the provider from configuration, else from the environment (see ``env.py``).
+
+        The common ``timeout`` key is the read timeout (else ``LLMPROXY_DEEPSEEK_TIMEOUT``,
+        default 60); the ``connect_timeout`` option the connect one (else
+        ``LLMPROXY_DEEPSEEK_CONNECT_TIMEOUT``, default 10). Requests keep to their deadline as
+        the OpenAI provider's do.
+        """
         environ = settings.environ
         key = settings.api_key.get() if settings.api_key else env.api_key(environ)
         if not key:
@@ -121,6 +130,10 @@ class DeepSeekProvider(OpenAIProvider):
             api_key=key,
             base_url=settings.base_url or env.base_url(environ),
             timeout=settings.timeout or env.timeout(environ),
+            connect_timeout=envvars.seconds_option(
+                settings.options, "connect_timeout", settings.name
+            )
+            or env.connect_timeout(environ),
             name=settings.name,
         )
 

@@ -1,23 +1,29 @@
 """The environment variables the Gemini plugin reads, in one place.
 
-===============================  ==============================================================
-Variable                         Meaning
-===============================  ==============================================================
-``GEMINI_API_KEY``               The API key (a Gemini API key from Google AI Studio).
-``GOOGLE_API_KEY``               The same, under Google's other name; read when
-                                 ``GEMINI_API_KEY`` is unset. (The google-genai SDK alone
-                                 prefers ``GOOGLE_API_KEY`` when both are set; this plugin
-                                 prefers ``GEMINI_API_KEY``.)
-``GEMINI_BASE_URL``              Another endpoint (a gateway, or a local fake server in tests).
-``GOOGLE_GEMINI_BASE_URL``       The SDK's own name for it; read when ``GEMINI_BASE_URL`` is
-                                 unset.
-``GOOGLE_GENAI_API_VERSION``     The API version in request paths (default ``v1``, the SDK's
-                                 default; ``v1beta`` for preview features).
-``LLMPROXY_GEMINI_TIMEOUT``      Seconds before one attempt times out (default 600).
-===============================  ==============================================================
+======================================  ============================================================
+Variable                                Meaning
+======================================  ============================================================
+``GEMINI_API_KEY``                      The API key (a Gemini API key from Google AI Studio).
+``GOOGLE_API_KEY``                      The same, under Google's other name; read when
+                                        ``GEMINI_API_KEY`` is unset. (The google-genai SDK alone
+                                        prefers ``GOOGLE_API_KEY`` when both are set; this plugin
+                                        prefers ``GEMINI_API_KEY``.)
+``GEMINI_BASE_URL``                     Another endpoint (a gateway, or a local fake server in
+                                        tests).
+``GOOGLE_GEMINI_BASE_URL``              The SDK's own name for it; read when ``GEMINI_BASE_URL`` is
+                                        unset.
+``GOOGLE_GENAI_API_VERSION``            The API version in request paths (default ``v1``, the SDK's
+                                        default; ``v1beta`` for preview features).
+``LLMPROXY_GEMINI_TIMEOUT``             The read timeout: seconds the service may stay silent,
+                                        between two chunks of a stream or for a whole answer when
+                                        the call has no deadline (default 60).
+``LLMPROXY_GEMINI_CONNECT_TIMEOUT``     Seconds to open a connection (default 10).
+======================================  ============================================================
 
 A key, base URL or ``api_version`` given in code or in the ``[providers.gemini]`` configuration
-table wins. The plugin passes every one of these to the SDK explicitly, so the SDK never reads
+table wins, and so do its ``timeout`` and ``connect_timeout``. A call through the Proxy is also
+bounded as a whole by its overall deadline (``retry.deadline``, default 120 s), which every
+attempt keeps to. The plugin passes every one of these to the SDK explicitly, so the SDK never reads
 the process environment behind the Proxy's back.
 """
 
@@ -33,6 +39,7 @@ BASE_URL = "GEMINI_BASE_URL"
 SDK_BASE_URL = "GOOGLE_GEMINI_BASE_URL"
 API_VERSION = "GOOGLE_GENAI_API_VERSION"
 TIMEOUT = "LLMPROXY_GEMINI_TIMEOUT"
+CONNECT_TIMEOUT = "LLMPROXY_GEMINI_CONNECT_TIMEOUT"
 
 KEY_VARIABLES = (API_KEY, GOOGLE_API_KEY)
 
@@ -62,3 +69,8 @@ def api_version(environ: Mapping[str, str]) -> str | None:
 def timeout(environ: Mapping[str, str]) -> float | None:
     """Return ``LLMPROXY_GEMINI_TIMEOUT`` in seconds when set."""
     return envvars.seconds(environ, TIMEOUT)
+
+
+def connect_timeout(environ: Mapping[str, str]) -> float | None:
+    """Return ``LLMPROXY_GEMINI_CONNECT_TIMEOUT`` in seconds when set."""
+    return envvars.seconds(environ, CONNECT_TIMEOUT)

@@ -21,6 +21,16 @@ Token estimates: Gemini's tokenizer is not bundled (the SDK's local tokenizer do
 at run time), so input is bounded by UTF-8 bytes. Gemini's SentencePiece tokenizer falls back to
 bytes, so it never makes more tokens than bytes (plus the per-message overhead the bound adds);
 the settle step corrects the estimate with the real usage.
+
+Time limits: a connection must open within ``connect_timeout`` seconds (default 10) and the
+service must send something within ``timeout`` seconds (the read timeout, default 60): for a
+stream, each chunk within that of the one before, the first one included. A request's
+``timeout`` (the call's deadline left, set by the Proxy) bounds the whole attempt: it goes to
+the SDK as the request's own timeout (and to the service as its ``X-Server-Timeout``), a whole
+answer may take all of it, and a stream's last chunk must arrive within it. Running out raises
+:class:`~llmproxy.errors.ProviderTimeout` and closes the connection. The async calls enforce
+the deadline exactly; sync streams check it between chunks, each read waiting at most the read
+timeout and what was left of the deadline when the attempt began.
 """
 
 from __future__ import annotations
@@ -38,6 +48,7 @@ import httpx2
 from google import genai
 from google.genai import errors, types
 
+from llmproxy import env as envvars
 from llmproxy.errors import (
     LLMProxyError,
     MissingCredentials,
@@ -62,7 +73,12 @@ from llmproxy.tools.offer import refuse_hosted, split_tools
 from llmproxy.types import ChatRequest, Chunk, Completion, Message, ToolCall, Usage
 from llmproxy_gemini import convert, env, models
 
-DEFAULT_TIMEOUT = 600.0
+#: Seconds the service may stay silent: for a whole answer when the call has no deadline, and
+#: between two chunks of a stream.
+DEFAULT_TIMEOUT = 60.0
+#: Seconds to open a connection (TCP and TLS) or to wait for a free one in the pool.
+DEFAULT_CONNECT_TIMEOUT = 10.0
+_STREAM_PATH = ":streamGenerateContent"
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?)s\s*$")
 _RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
@@ -166,6 +182,7 @@ class GeminiProvider:
         api_key: str | Secret,
         base_url: str | None = None,
         timeout: float | None = None,
+        connect_timeout: float | None = None,
         api_version: str | None = None,
         include_thoughts: bool = True,
         name: str = "gemini",
@@ -175,6 +192,7 @@ class GeminiProvider:
         self._api_key = api_key if isinstance(api_key, Secret) else Secret(api_key)
         self.base_url = base_url or env.DEFAULT_BASE_URL
         self.timeout = timeout or DEFAULT_TIMEOUT
+        self.connect_timeout = connect_timeout or DEFAULT_CONNECT_TIMEOUT
         self.api_version = api_version or env.DEFAULT_API_VERSION
         self.include_thoughts = include_thoughts
         self._headers = dict(default_headers) if default_headers else None
@@ -194,7 +212,9 @@ class GeminiProvider:
     def from_settings(cls, settings: ProviderSettings) -> GeminiProvider:
         """Build the provider from configuration, else from the environment (see ``env.py``).
 
-        Options of the ``[providers.gemini]`` table: ``api_version`` and ``include_thoughts``.
+        Options of the ``[providers.gemini]`` table: ``api_version``, ``include_thoughts`` and
+        ``connect_timeout`` (seconds; else ``LLMPROXY_GEMINI_CONNECT_TIMEOUT``, default 10). The
+        common ``timeout`` key is the read timeout (else ``LLMPROXY_GEMINI_TIMEOUT``, default 60).
         """
         environ = settings.environ
         key = settings.api_key.get() if settings.api_key else env.api_key(environ)
@@ -205,6 +225,8 @@ class GeminiProvider:
             api_key=key,
             base_url=settings.base_url or env.base_url(environ),
             timeout=settings.timeout or env.timeout(environ),
+            connect_timeout=envvars.seconds_option(options, "connect_timeout", settings.name)
+            or env.connect_timeout(environ),
             api_version=options.get("api_version") or env.api_version(environ),
             include_thoughts=bool(options.get("include_thoughts", True)),
             name=settings.name,
@@ -221,12 +243,12 @@ class GeminiProvider:
         Owning the transport keeps it httpx2 whatever else is installed (the SDK would pick
         aiohttp for async calls when present), so transport errors are always httpx2's, and lets
         an abandoned stream close its response at once (the SDK's async stream holds it in a
-        reference cycle until the garbage collector runs).
+        reference cycle until the garbage collector runs). No client-wide timeout: a request
+        carries its deadline, if any, and :meth:`_limit` sets the transport's timeouts.
         """
         options = types.HttpOptions(
             base_url=self.base_url,
             api_version=self.api_version,
-            timeout=max(int(self.timeout * 1000), 1),
             headers=self._headers,
             # One attempt: without retry options the SDK makes exactly one; attempts=1 says so.
             retry_options=types.HttpRetryOptions(attempts=1),
@@ -239,7 +261,9 @@ class GeminiProvider:
     def client(self) -> genai.Client:
         """The SDK client of sync calls, made on first use."""
         if self._client is None:
-            self._http = httpx2.Client(follow_redirects=True)
+            self._http = httpx2.Client(
+                follow_redirects=True, event_hooks={"request": [self._limit]}
+            )
             # The async side of this client is never used, so never opens a connection.
             self._client = self._make_client(self._http, httpx2.AsyncClient())
         return self._client
@@ -250,11 +274,45 @@ class GeminiProvider:
         loop = asyncio.get_running_loop()
         if self._aclient is None or self._aloop is not loop:
             self._ahttp = httpx2.AsyncClient(
-                follow_redirects=True, event_hooks={"response": [self._remember_stream]}
+                follow_redirects=True,
+                event_hooks={"request": [self._alimit], "response": [self._remember_stream]},
             )
             self._aclient = self._make_client(httpx2.Client(), self._ahttp)
             self._aloop = loop
         return self._aclient
+
+    def _limit(self, request: httpx2.Request) -> None:
+        """Set a request's transport timeouts from its deadline (the SDK's timeout) if any.
+
+        Connecting within the connect timeout (and the deadline); a whole answer within the
+        deadline, else the read timeout; a stream's every read within the read timeout (and
+        the deadline).
+        """
+        given = request.extensions.get("timeout", {}).get("read")
+        stream = request.url.path.endswith(_STREAM_PATH)
+        if given is None:
+            connect, read, write = self.connect_timeout, self.timeout, self.timeout
+        else:
+            connect = min(self.connect_timeout, given)
+            read = min(self.timeout, given) if stream else given
+            write = given
+        request.extensions["timeout"] = {
+            "connect": connect,
+            "read": read,
+            "write": write,
+            "pool": connect,
+        }
+
+    async def _alimit(self, request: httpx2.Request) -> None:
+        """Async :meth:`_limit` (an async client's hooks are coroutines)."""
+        self._limit(request)
+
+    def _timed_out(self, request: ChatRequest) -> ProviderTimeout:
+        return ProviderTimeout(
+            f"no answer within the attempt's {request.timeout:g}s (the call's deadline)",
+            provider=self.name,
+            model=request.model,
+        )
 
     def _take_stream(self) -> httpx2.Response | None:
         task = asyncio.current_task()
@@ -277,10 +335,19 @@ class GeminiProvider:
             self.name,
             "only OpenAI's Responses API runs hosted tools; offer function tools here",
         )
+        if request.timeout is not None and request.timeout <= 0:
+            raise self._timed_out(request)
         contents, system = convert.build_contents(request.messages, self.signatures)
         include = self.include_thoughts and models.thinks(request.model)
+        http_options = None
+        if request.timeout is not None:
+            http_options = types.HttpOptions(timeout=max(round(request.timeout * 1000), 1))
         config = convert.build_config(
-            request, system, include_thoughts=include, functions=functions
+            request,
+            system,
+            include_thoughts=include,
+            functions=functions,
+            http_options=http_options,
         )
         return contents, config
 
@@ -328,6 +395,18 @@ class GeminiProvider:
 
     async def achat(self, request: ChatRequest) -> Completion:
         """Async :meth:`chat`."""
+        if request.timeout is None:
+            return await self._achat(request)
+        cutoff = asyncio.timeout(request.timeout)
+        try:
+            async with cutoff:
+                return await self._achat(request)
+        except TimeoutError:
+            if cutoff.expired():
+                raise self._timed_out(request) from None
+            raise
+
+    async def _achat(self, request: ChatRequest) -> Completion:
         contents, config = self._prepare(request)
         try:
             response = await self.aclient.aio.models.generate_content(
@@ -343,12 +422,15 @@ class GeminiProvider:
         """Make one streamed attempt; the last chunk carries usage and the finish reason."""
         contents, config = self._prepare(request)
         reader = _StreamReader(self, request.model)
+        deadline = None if request.timeout is None else time.monotonic() + request.timeout
         try:
             responses = self.client.models.generate_content_stream(
                 model=request.model, contents=contents, config=config
             )
             try:
                 for response in responses:
+                    if deadline is not None and time.monotonic() > deadline:
+                        raise self._timed_out(request)
                     chunk = reader.feed(response)
                     if chunk is not None:
                         yield chunk
@@ -367,6 +449,9 @@ class GeminiProvider:
         contents, config = self._prepare(request)
         reader = _StreamReader(self, request.model)
         http_response: httpx2.Response | None = None
+        deadline = None
+        if request.timeout is not None:
+            deadline = asyncio.get_running_loop().time() + request.timeout
         try:
             responses = await self.aclient.aio.models.generate_content_stream(
                 model=request.model, contents=contents, config=config
@@ -374,7 +459,7 @@ class GeminiProvider:
             try:
                 # The SDK sends the request on the first step; the hook files the response
                 # under the task that stepped.
-                async for response in responses:
+                async for response in _within(responses, deadline, request, self):
                     http_response = http_response or self._take_stream()
                     chunk = reader.feed(response)
                     if chunk is not None:
@@ -517,3 +602,28 @@ class _StreamReader:
             tool_calls=tuple(self.calls),
             id=self.id,
         )
+
+
+async def _within(
+    responses: AsyncIterator[types.GenerateContentResponse],
+    deadline: float | None,
+    request: ChatRequest,
+    provider: GeminiProvider,
+) -> AsyncIterator[types.GenerateContentResponse]:
+    """``responses``, each step cut off at ``deadline`` (the loop's clock): ProviderTimeout."""
+    if deadline is None:
+        async for response in responses:
+            yield response
+        return
+    while True:
+        cutoff = asyncio.timeout_at(deadline)
+        try:
+            async with cutoff:
+                response = await anext(responses)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            if cutoff.expired():
+                raise provider._timed_out(request) from None
+            raise
+        yield response

@@ -100,7 +100,7 @@ class DirectSession:
         "session",
     )
 
-    def __init__(self, client: openai.AsyncOpenAI, timeout: float) -> None:
+    def __init__(self, client: openai.AsyncOpenAI, timeout: float | httpx2.Timeout) -> None:
         base = str(client.base_url)
         self._base = base if base.endswith("/") else base + "/"
         headers = {k: v for k, v in client.default_headers.items() if isinstance(v, str)}

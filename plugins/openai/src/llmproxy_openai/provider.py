@@ -16,6 +16,15 @@ Which API answers: Chat Completions, unless the request offers a hosted tool (fi
 interpreter: only the Responses API runs them) or the provider is configured with
 ``api = "responses"`` (see :mod:`llmproxy_openai.responses`). ``api = "chat"`` keeps every call
 on Chat Completions and makes hosted tools a ConfigError.
+
+Time limits: a connection must open within ``connect_timeout`` seconds (default 10) and the
+service must send something within ``timeout`` seconds (the read timeout, default 60): for a
+stream, each chunk within that of the one before, the first one included. A request's
+``timeout`` (the call's deadline left, set by the Proxy) bounds the whole attempt: a whole
+answer must arrive within it (the read timeout then gives way to it), and a stream's last
+chunk too. Running out raises :class:`~llmproxy.errors.ProviderTimeout` and closes the
+connection. The async paths enforce the deadline exactly; the sync path checks it between
+reads, each read waiting at most what was left of it when the attempt began.
 """
 
 from __future__ import annotations
@@ -43,6 +52,7 @@ import aiohttp
 import httpx2
 import openai
 
+from llmproxy import env as envvars
 from llmproxy.errors import (
     ConfigError,
     MissingCredentials,
@@ -64,7 +74,11 @@ from llmproxy.types import ChatRequest, Chunk, Completion, Message, ToolCall, Us
 from llmproxy_openai import env, models, responses, tokenizer
 from llmproxy_openai.direct import DirectSession, Prepared, error_message, message_in
 
-DEFAULT_TIMEOUT = 600.0
+#: Seconds the service may stay silent: for a whole answer when the call has no deadline, and
+#: between two chunks of a stream.
+DEFAULT_TIMEOUT = 60.0
+#: Seconds to open a connection (TCP and TLS) or to wait for a free one in the pool.
+DEFAULT_CONNECT_TIMEOUT = 10.0
 CHAT_PATH: Final = "/chat/completions"
 RESPONSES_PATH: Final = "/responses"
 
@@ -74,6 +88,9 @@ _APIS: tuple[str, ...] = ("auto", "chat", "responses")
 #: The values of the ``async_http`` option: the HTTP client under the async SDK client.
 AsyncHTTP = Literal["aiohttp", "httpx"]
 _ASYNC_HTTPS: tuple[str, ...] = ("aiohttp", "httpx")
+#: The shortest transport timeout an attempt gets (a deadline already past still tries to
+#: connect this long rather than pass zero, which means "no timeout" to some transports).
+_MIN_SECONDS = 0.001
 
 
 @functools.cache
@@ -254,6 +271,7 @@ class OpenAIProvider:
         api_key: str | Secret,
         base_url: str | None = None,
         timeout: float | None = None,
+        connect_timeout: float | None = None,
         organization: str | None = None,
         project: str | None = None,
         name: str = "openai",
@@ -278,9 +296,14 @@ class OpenAIProvider:
         self._api_key = api_key if isinstance(api_key, Secret) else Secret(api_key)
         self.base_url = base_url
         self.timeout = timeout or DEFAULT_TIMEOUT
+        self.connect_timeout = connect_timeout or DEFAULT_CONNECT_TIMEOUT
+        #: The transport's timeouts when a request has no deadline of its own.
+        self.timeouts = httpx2.Timeout(
+            self.timeout, connect=self.connect_timeout, pool=self.connect_timeout
+        )
         self._client_args: dict[str, Any] = {
             "base_url": base_url,
-            "timeout": self.timeout,
+            "timeout": self.timeouts,
             "max_retries": 0,
             "organization": organization,
             "project": project,
@@ -296,8 +319,10 @@ class OpenAIProvider:
         """Build the provider from configuration, else from the environment (see ``env.py``).
 
         Options of the ``[providers.openai]`` table: ``organization``, ``project``, ``api``
-        (``auto``, ``chat`` or ``responses``) and ``async_http`` (``aiohttp`` or ``httpx``;
-        else ``LLMPROXY_OPENAI_ASYNC_HTTP``).
+        (``auto``, ``chat`` or ``responses``), ``async_http`` (``aiohttp`` or ``httpx``;
+        else ``LLMPROXY_OPENAI_ASYNC_HTTP``) and ``connect_timeout`` (seconds; else
+        ``LLMPROXY_OPENAI_CONNECT_TIMEOUT``, default 10). The common ``timeout`` key is the read
+        timeout (else ``LLMPROXY_OPENAI_TIMEOUT``, default 60).
         """
         environ = settings.environ
         key = settings.api_key.get() if settings.api_key else env.api_key(environ)
@@ -308,6 +333,8 @@ class OpenAIProvider:
             api_key=key,
             base_url=settings.base_url or env.base_url(environ),
             timeout=settings.timeout or env.timeout(environ),
+            connect_timeout=envvars.seconds_option(options, "connect_timeout", settings.name)
+            or env.connect_timeout(environ),
             organization=options.get("organization") or environ.get(env.ORG_ID),
             project=options.get("project") or environ.get(env.PROJECT_ID),
             name=settings.name,
@@ -335,7 +362,7 @@ class OpenAIProvider:
         if clients is None or self._aloop is not loop:
             http_client = None
             if self.async_http == "aiohttp":
-                http_client = openai.DefaultAioHttpClient(timeout=self.timeout)
+                http_client = openai.DefaultAioHttpClient(timeout=self.timeouts)
             sdk = openai.AsyncOpenAI(
                 api_key=self._api_key.get(), http_client=http_client, **self._client_args
             )
@@ -367,7 +394,7 @@ class OpenAIProvider:
         clients = self._loop_clients()
         session = clients.direct
         if session is None:
-            session = clients.direct = DirectSession(clients.sdk, self.timeout)
+            session = clients.direct = DirectSession(clients.sdk, self.timeouts)
         return session
 
     # -- requests ----------------------------------------------------------------------------------
@@ -469,17 +496,43 @@ class OpenAIProvider:
     ) -> tuple[str, dict[str, Any], openai.RequestOptions]:
         """The path, wire-form body and SDK options of one attempt, on the API that answers it.
 
-        Streams ask Chat Completions for usage in the last chunk.
+        Streams ask Chat Completions for usage in the last chunk. A deadline already past
+        (``request.timeout <= 0``) is a ProviderTimeout before anything is sent.
         """
+        if request.timeout is not None and request.timeout <= 0:
+            raise self._timed_out(request)
         if self.uses_responses(request):
             params = self.responses_params(request)
             if stream:
                 params["stream"] = True
             body, options = self._responses_body(params, request.model)
-            return RESPONSES_PATH, body, options
-        params = self._stream_params(request) if stream else self.params(request)
-        body, options = self._chat_body(params, request.model)
-        return CHAT_PATH, body, options
+            path = RESPONSES_PATH
+        else:
+            params = self._stream_params(request) if stream else self.params(request)
+            body, options = self._chat_body(params, request.model)
+            path = CHAT_PATH
+        if request.timeout is not None and "timeout" not in options:
+            options["timeout"] = self.attempt_timeouts(request.timeout, stream=stream)
+        return path, body, options
+
+    def attempt_timeouts(self, seconds: float, *, stream: bool) -> httpx2.Timeout:
+        """The transport's timeouts for an attempt that may take ``seconds`` in all.
+
+        Connecting within the connect timeout and ``seconds``; a whole answer within
+        ``seconds`` (the read timeout gives way to the deadline); a stream's every read within
+        the read timeout and ``seconds``. The total is the caller's to enforce (reads add up).
+        """
+        seconds = max(seconds, _MIN_SECONDS)
+        connect = min(self.connect_timeout, seconds)
+        read = min(self.timeout, seconds) if stream else seconds
+        return httpx2.Timeout(read, connect=connect, pool=connect, write=seconds)
+
+    def _timed_out(self, request: ChatRequest) -> ProviderTimeout:
+        return ProviderTimeout(
+            f"no answer within the attempt's {request.timeout:g}s (the call's deadline)",
+            provider=self.name,
+            model=request.model,
+        )
 
     def _answer(self, path: str, content: bytes, model: str) -> Completion:
         if path == RESPONSES_PATH:
@@ -503,6 +556,18 @@ class OpenAIProvider:
 
     async def achat(self, request: ChatRequest) -> Completion:
         """Async :meth:`chat`."""
+        if request.timeout is None:
+            return await self._achat(request)
+        cutoff = asyncio.timeout(max(request.timeout, 0.0))
+        try:
+            async with cutoff:
+                return await self._achat(request)
+        except TimeoutError:
+            if cutoff.expired():
+                raise self._timed_out(request) from None
+            raise
+
+    async def _achat(self, request: ChatRequest) -> Completion:
         path, body, options = self._attempt(request, stream=False)
         model = request.model
         direct = self._direct(path, body, options)
@@ -582,8 +647,11 @@ class OpenAIProvider:
         except (openai.OpenAIError, httpx2.HTTPError) as exc:
             raise self.map_error(exc, request.model) from None
         reader = self._reader(path, request.model)
+        chunks: Iterator[bytes] = response.iter_bytes()
+        if request.timeout is not None:
+            chunks = self._within(chunks, request, time.monotonic() + request.timeout)
         try:
-            for line in sse_lines(response.iter_bytes()):
+            for line in sse_lines(chunks):
                 if reader.done:
                     continue  # read the body to its end so the connection goes back to the pool
                 chunk = reader.line(line)
@@ -595,10 +663,48 @@ class OpenAIProvider:
             response.close()
         reader.check_complete()
 
+    def _within(
+        self, chunks: Iterator[bytes], request: ChatRequest, deadline: float
+    ) -> Iterator[bytes]:
+        """``chunks`` until ``deadline`` (``time.monotonic``), then ProviderTimeout."""
+        for chunk in chunks:
+            if time.monotonic() > deadline:
+                raise self._timed_out(request)
+            yield chunk
+
+    async def _awithin(
+        self, chunks: AsyncIterator[bytes], request: ChatRequest, deadline: float
+    ) -> AsyncIterator[bytes]:
+        """``chunks``, each read cut off at ``deadline`` (the loop's clock): ProviderTimeout."""
+        while True:
+            cutoff = asyncio.timeout_at(deadline)
+            try:
+                async with cutoff:
+                    chunk = await anext(chunks)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                if cutoff.expired():
+                    raise self._timed_out(request) from None
+                raise
+            yield chunk
+
     async def astream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
         """Async :meth:`stream`."""
         path, body, options = self._attempt(request, stream=True)
-        chunks, close = await self._aopen(path, body, options, request.model)
+        if request.timeout is None:
+            chunks, close = await self._aopen(path, body, options, request.model)
+        else:
+            deadline = asyncio.get_running_loop().time() + request.timeout
+            cutoff = asyncio.timeout_at(deadline)
+            try:
+                async with cutoff:
+                    chunks, close = await self._aopen(path, body, options, request.model)
+            except TimeoutError:
+                if cutoff.expired():
+                    raise self._timed_out(request) from None
+                raise
+            chunks = self._awithin(chunks, request, deadline)
         reader = self._reader(path, request.model)
         try:
             async for line in asse_lines(chunks):
