@@ -407,10 +407,11 @@ async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
 
 
 async def _send_error(send: Send, error: HTTPError) -> None:
-    headers = list(_JSON_HEADERS)
+    body = error.body()
+    headers = [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]
     headers.extend((k.encode(), v.encode()) for k, v in error.headers.items())
     await send({"type": "http.response.start", "status": error.status, "headers": headers})
-    await send({"type": "http.response.body", "body": error.body()})
+    await send({"type": "http.response.body", "body": body})
 
 
 class _ChatEndpoint:

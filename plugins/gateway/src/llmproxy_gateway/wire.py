@@ -265,7 +265,8 @@ def _message(item: Any, index: int, max_depth: int) -> Message:
     where = f"messages[{index}]"
     if not isinstance(item, Mapping):
         raise bad_request(f"{where} must be an object", where)
-    role = _ROLES.get(item.get("role"))  # type: ignore[arg-type]
+    raw_role = item.get("role")
+    role = _ROLES.get(raw_role) if isinstance(raw_role, str) else None
     if role is None:
         raise bad_request(
             f"{where}.role must be one of system, developer, user, assistant, tool;"
