@@ -12,6 +12,7 @@ import asyncio
 import gc
 import os
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -31,7 +32,7 @@ from llmproxy_gateway import env
 from llmproxy_gateway.budgets import key_policies
 from llmproxy_gateway.errors import HTTPError, from_exception, unauthorized
 from llmproxy_gateway.keys import KeyRecord, KeyStore, admin_matches
-from llmproxy_gateway.wire import ChunkWriter, completion_body, parse
+from llmproxy_gateway.wire import BodyLimits, ChunkWriter, completion_body, parse
 from llmproxy_usage_log import UsageLog, open_usage_log, set_usage_log, usage_log
 
 log = secret_logger("llmproxy.gateway")
@@ -74,6 +75,7 @@ class Gateway:
     passed in must include :func:`~llmproxy_gateway.budgets.key_policies` itself for key
     budgets to apply.
     ``usage_log`` defaults to the usage-log plugin's (from ``LLMPROXY_USAGE_LOG_URL``).
+    ``clock`` (wall-clock seconds, :func:`time.time`) times the dashboard's login throttle.
     """
 
     def __init__(
@@ -84,14 +86,18 @@ class Gateway:
         usage: UsageLog | None = None,
         environ: Mapping[str, str] | None = None,
         admin_key: str | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         environ = os.environ if environ is None else environ
+        self.clock = clock
+        self.login_attempts, self.login_window = env.login_throttle(environ)
         self.environ = environ
         self.keys = keys if keys is not None else KeyStore.from_env(environ)
         self.admin_key = admin_key if admin_key is not None else env.admin_key(environ)
         if self.admin_key:
             register(self.admin_key)  # masked wherever it might be echoed
         self.max_body = env.max_body(environ)
+        self.body_limits = BodyLimits.from_env(environ)
         self._own_proxy = proxy is None
         if usage is None:
             usage = usage_log() if environ is os.environ else open_usage_log(None, environ)
@@ -128,6 +134,16 @@ class Gateway:
             raise unauthorized()
         return record
 
+    def login_wait(self, address: str) -> float:
+        """Count a dashboard login attempt from ``address``: 0.0, or the seconds to wait first.
+
+        See :meth:`KeyStore.login_attempt`; the limits are ``LLMPROXY_GATEWAY_LOGIN_ATTEMPTS``
+        per ``LLMPROXY_GATEWAY_LOGIN_WINDOW`` seconds.
+        """
+        return self.keys.login_attempt(
+            address, attempts=self.login_attempts, window=self.login_window, now=self.clock()
+        )
+
     def is_admin(self, token: str | None) -> bool:
         """Whether ``token`` is the admin key or an active admin gateway key."""
         if not token:
@@ -147,7 +163,7 @@ class Gateway:
         try:
             key = self.authenticate(scope)
             body = await _read_body(scope, receive, self.max_body)
-            call = parse(body)
+            call = parse(body, self.body_limits)
             session = _header(scope, b"x-session-id")
             if session is not None and not _SESSION_ID.match(session):
                 raise HTTPError(
@@ -166,6 +182,8 @@ class Gateway:
                 await self._stream(receive, send, call.messages, call.include_usage, kwargs)
                 return
             response = await self.proxy.achat(call.messages, **kwargs)
+        except ClientGone:
+            return  # nobody to answer (the connection closed, or its body was too slow)
         except Exception as exc:
             await _send_error(send, _mapped(exc))
             return
@@ -314,12 +332,14 @@ def warm(proxy: Proxy) -> None:
 def check_config(environ: Mapping[str, str]) -> None:
     """Raise the error each worker would meet building its app from ``environ``, opening nothing.
 
-    That is the body limit, the key store's URL and the Proxy's configuration (config file,
+    That is the body limits, the key store's URL and the Proxy's configuration (config file,
     plugins, the ledger's and history store's URLs; stores open on first use). ``llmproxy
     serve`` calls it before it says the gateway is up: a worker failing on it would do so after
     that line, once per worker.
     """
     env.max_body(environ)
+    BodyLimits.from_env(environ)
+    env.login_throttle(environ)
     KeyStore.location(env.keys_url(environ), environ)
     Proxy.from_env(env.proxy_environ(environ)).close()
 
@@ -348,12 +368,18 @@ def _mapped(exc: BaseException) -> HTTPError:
     return error
 
 
+class ClientGone(Exception):
+    """The client closed the connection (or was cut off) before its request body arrived."""
+
+
 def _too_large(limit: int) -> HTTPError:
+    # Connection: close, so that the rest of a body nobody will read is not waited for.
     return HTTPError(
         413,
         f"The request body is larger than this gateway accepts ({limit} bytes; the operator"
         f" sets the limit with {env.MAX_BODY}).",
         code="request_too_large",
+        headers={"connection": "close"},
     )
 
 
@@ -361,7 +387,8 @@ async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     """The request body, or a 413 once it is known to exceed ``limit`` bytes.
 
     A Content-Length over the limit is refused before anything is read; a body sent without one
-    (chunked) is refused as soon as what arrived passes the limit.
+    (chunked) is refused as soon as what arrived passes the limit. A client gone before the
+    whole body arrived (it closed, or missed the body deadline) raises :class:`ClientGone`.
     """
     length = _header(scope, b"content-length")
     if length is not None and length.isdigit() and int(length) > limit:
@@ -371,6 +398,8 @@ async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     more = True
     while more:
         message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone()
         part: bytes = message.get("body", b"")
         size += len(part)
         if size > limit:
@@ -381,10 +410,11 @@ async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
 
 
 async def _send_error(send: Send, error: HTTPError) -> None:
-    headers = list(_JSON_HEADERS)
+    body = error.body()
+    headers = [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]
     headers.extend((k.encode(), v.encode()) for k, v in error.headers.items())
     await send({"type": "http.response.start", "status": error.status, "headers": headers})
-    await send({"type": "http.response.body", "body": error.body()})
+    await send({"type": "http.response.body", "body": body})
 
 
 class _ChatEndpoint:

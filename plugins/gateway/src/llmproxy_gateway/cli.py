@@ -54,11 +54,13 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from llmproxy_gateway.app import check_config, create_app, preload
+    from llmproxy_gateway.guard import ServerLimits, server_config
     from llmproxy_gateway.workers import Supervisor, listeners
 
     host: str = args.host
     workers = env.workers(os.environ, args.workers)
     env.admin_key(os.environ)  # checked here too: several workers would each fail on it
+    ServerLimits.from_env(os.environ)  # and the connection limits
     if workers > 1:
         env.check_shared_stores(os.environ)
         check_config(os.environ)  # (one worker builds its app below, before the announce)
@@ -96,8 +98,9 @@ def serve(args: argparse.Namespace) -> int:
 
     if workers == 1:
         app = create_app(freeze_gc=True)
+        config = server_config(app, options, os.environ)
         announce(app.gateway.usage.describe())  # type: ignore[attr-defined]
-        uvicorn.Server(uvicorn.Config(app, **options)).run(sockets=sockets)
+        uvicorn.Server(config).run(sockets=sockets)
         return 0
     from llmproxy_usage_log import open_usage_log
 

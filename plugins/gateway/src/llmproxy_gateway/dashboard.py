@@ -7,11 +7,18 @@ Proxy's history store. The admin opens it with ``Authorization: Bearer <admin ke
 the login form, which sets an HttpOnly, SameSite=Strict cookie naming a server-side session
 (the key itself is never put in a cookie; sessions are kept, hashed, in the key store's file, so
 every worker process knows them).
+
+Guessing the admin key is throttled per client address: each login (form or ``Authorization``
+header on a dashboard route) counts as an attempt, a successful one forgets them, and beyond
+``LLMPROXY_GATEWAY_LOGIN_ATTEMPTS`` in ``LLMPROXY_GATEWAY_LOGIN_WINDOW`` seconds the answer is a
+429 with Retry-After, whatever the key. The count is kept in the key store's file, so every
+worker shares it.
 """
 
 from __future__ import annotations
 
 import html
+import math
 import time
 from collections.abc import Awaitable, Callable
 from importlib.resources import files
@@ -39,20 +46,63 @@ def _asset(name: str) -> str:
 
 
 def is_admin(gateway: Gateway, request: Request) -> bool:
-    """Whether the request carries the admin key or a live login cookie."""
+    """Whether the request carries the admin key or a live login cookie.
+
+    A key in an ``Authorization`` header is a login attempt: :class:`Throttled` when the
+    client's address has used up its attempts.
+    """
     token = bearer(request.headers.get("authorization"))
     if token is not None:
-        return gateway.is_admin(token)
+        return _try_key(gateway, request, token)
     cookie = request.cookies.get(COOKIE)
     if not cookie:
         return False
     return gateway.keys.session_active(cookie)
 
 
-def _login_page(message: str = "", status: int = 401) -> HTMLResponse:
+class Throttled(Exception):
+    """Too many failed dashboard logins from one address; ``wait`` seconds until the next."""
+
+    def __init__(self, wait: float) -> None:
+        super().__init__(f"too many dashboard logins; retry in {wait:.0f} s")
+        self.wait = wait
+
+    @property
+    def message(self) -> str:
+        """What the 429 says."""
+        return (
+            "Too many failed dashboard logins from your address: try again in"
+            f" {math.ceil(self.wait)} s."
+        )
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Retry-After, in whole seconds (rounded up)."""
+        return {"retry-after": str(max(1, math.ceil(self.wait))), "cache-control": "no-store"}
+
+
+def _address(request: Request) -> str:
+    return request.client.host if request.client is not None else "unknown"
+
+
+def _try_key(gateway: Gateway, request: Request, key: str) -> bool:
+    """Whether ``key`` opens the dashboard, counted against the client's login attempts."""
+    address = _address(request)
+    wait = gateway.login_wait(address)
+    if wait > 0:
+        raise Throttled(wait)
+    if not gateway.is_admin(key):
+        return False
+    gateway.keys.login_succeeded(address)
+    return True
+
+
+def _login_page(
+    message: str = "", status: int = 401, headers: dict[str, str] | None = None
+) -> HTMLResponse:
     note = f'<p class="error">{html.escape(message)}</p>' if message else ""
     page = _asset("login.html").replace("{{message}}", note)
-    return HTMLResponse(page, status)
+    return HTMLResponse(page, status, headers=headers)
 
 
 def choose_bucket(gateway: Gateway, window: float) -> float:
@@ -162,7 +212,24 @@ def routes(gateway: Gateway) -> list[Route]:
         handler: Callable[[Request], Awaitable[Response]], *, page: bool
     ) -> Callable[[Request], Awaitable[Response]]:
         async def guarded(request: Request) -> Response:
-            if is_admin(gateway, request):
+            try:
+                admin = is_admin(gateway, request)
+            except Throttled as exc:
+                if page:
+                    return _login_page(exc.message, 429, exc.headers)
+                return JSONResponse(
+                    {
+                        "error": {
+                            "message": exc.message,
+                            "type": "requests",
+                            "param": None,
+                            "code": "too_many_login_attempts",
+                        }
+                    },
+                    429,
+                    headers=exc.headers,
+                )
+            if admin:
                 return await handler(request)
             if page:
                 return _login_page()
@@ -203,7 +270,11 @@ def routes(gateway: Gateway) -> list[Route]:
     async def login(request: Request) -> Response:
         form = parse_qs((await request.body()).decode("utf-8", "replace"))
         key = (form.get("key") or [""])[0].strip()
-        if not gateway.is_admin(key):
+        try:
+            admin = _try_key(gateway, request, key)
+        except Throttled as exc:
+            return _login_page(exc.message, 429, exc.headers)
+        if not admin:
             return _login_page("That is not an admin key.")
         token = gateway.keys.start_session(SESSION_SECONDS)
         response = RedirectResponse("/dashboard", 303)

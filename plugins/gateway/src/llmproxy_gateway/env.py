@@ -15,6 +15,49 @@ Variable                          Meaning
                                   32 MiB); a larger one is answered 413 before it is read.
 ================================  ==================================================================
 
+Limits that keep one client from holding up the others (each a whole number >= 1, seconds may
+have a fraction; raise any of them for a trusted, heavy client):
+
+============================================  ======================================================
+Variable                                      Meaning
+============================================  ======================================================
+``LLMPROXY_GATEWAY_HEADER_TIMEOUT``           Seconds a connection has to send a request's whole
+                                              head (request line and headers), counted from the
+                                              connection's opening or its next request's first
+                                              byte (default 10). Late: 408 and closed (closed
+                                              silently when nothing was sent).
+``LLMPROXY_GATEWAY_BODY_TIMEOUT``             Seconds a request's whole body may take once its
+                                              head arrived (default 60). Late: 408 and closed.
+``LLMPROXY_GATEWAY_KEEPALIVE_TIMEOUT``        Seconds an idle keep-alive connection is kept
+                                              between requests (default 5; uvicorn's
+                                              ``timeout_keep_alive``).
+``LLMPROXY_GATEWAY_MAX_HEADER_BYTES``         The largest request head, in bytes (default 65536);
+                                              larger: 431 and closed.
+``LLMPROXY_GATEWAY_MAX_CONNECTIONS``          Open connections per worker process (default 1000);
+                                              each one beyond is answered 503 and closed. The
+                                              worker raises its open-file limit to fit, when the
+                                              system allows.
+``LLMPROXY_GATEWAY_MAX_CLIENT_CONNECTIONS``   Open connections per client address per worker
+                                              (default 100); each one beyond is answered 429 and
+                                              closed. Behind a reverse proxy every client has the
+                                              proxy's address: raise it to the proxy's pool size.
+``LLMPROXY_GATEWAY_MAX_MESSAGES``             Messages in one request (default 10000); more: 400.
+``LLMPROXY_GATEWAY_MAX_JSON_ITEMS``           Array elements and object members in one request
+                                              body, all levels counted (default 100000); more:
+                                              413, refused by a scan of the bytes before the JSON
+                                              is parsed, so parsing one body takes at most a few
+                                              tens of milliseconds of the worker's event loop.
+``LLMPROXY_GATEWAY_MAX_JSON_DEPTH``           Nesting depth of the JSON values passed upstream
+                                              (``response_format``, ``logit_bias``, tool-call
+                                              arguments...; default 64); deeper: 400.
+``LLMPROXY_GATEWAY_LOGIN_ATTEMPTS``           Failed dashboard logins (form or ``Authorization``
+                                              header) one client address may make per window
+                                              (default 5); then 429 with Retry-After until the
+                                              oldest failure leaves the window. Counted in the key
+                                              store's file, so shared by every worker.
+``LLMPROXY_GATEWAY_LOGIN_WINDOW``             That window, in seconds (default 60).
+============================================  ======================================================
+
 The Proxy behind the gateway is built with ``Proxy.from_env()``, so the core's variables
 (``LLMPROXY_CONFIG``, ``LLMPROXY_LEDGER_URL``, ``LLMPROXY_HISTORY_URL``...) and the provider
 plugins' (``OPENAI_API_KEY``...) apply; the usage log is the usage-log plugin's
@@ -25,6 +68,7 @@ transactions per call (see ``llmproxy.budget.lease``; ``off`` restores the per-c
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -37,6 +81,17 @@ ADMIN_KEY = "LLMPROXY_ADMIN_KEY"
 KEYS_URL = "LLMPROXY_GATEWAY_KEYS_URL"
 WORKERS = "LLMPROXY_GATEWAY_WORKERS"
 MAX_BODY = "LLMPROXY_GATEWAY_MAX_BODY"
+HEADER_TIMEOUT = "LLMPROXY_GATEWAY_HEADER_TIMEOUT"
+BODY_TIMEOUT = "LLMPROXY_GATEWAY_BODY_TIMEOUT"
+KEEPALIVE_TIMEOUT = "LLMPROXY_GATEWAY_KEEPALIVE_TIMEOUT"
+MAX_HEADER_BYTES = "LLMPROXY_GATEWAY_MAX_HEADER_BYTES"
+MAX_CONNECTIONS = "LLMPROXY_GATEWAY_MAX_CONNECTIONS"
+MAX_CLIENT_CONNECTIONS = "LLMPROXY_GATEWAY_MAX_CLIENT_CONNECTIONS"
+MAX_MESSAGES = "LLMPROXY_GATEWAY_MAX_MESSAGES"
+MAX_JSON_ITEMS = "LLMPROXY_GATEWAY_MAX_JSON_ITEMS"
+MAX_JSON_DEPTH = "LLMPROXY_GATEWAY_MAX_JSON_DEPTH"
+LOGIN_ATTEMPTS = "LLMPROXY_GATEWAY_LOGIN_ATTEMPTS"
+LOGIN_WINDOW = "LLMPROXY_GATEWAY_LOGIN_WINDOW"
 
 DEFAULT_KEYS_FILE = "keys.db"
 MIN_ADMIN_KEY_LENGTH = 16
@@ -93,6 +148,50 @@ def max_body(environ: Mapping[str, str]) -> int:
     if not raw:
         return DEFAULT_MAX_BODY
     return _at_least_one(raw, MAX_BODY, "a whole number of bytes")
+
+
+def _positive_seconds(raw: str, source: str) -> float:
+    """``raw`` as a finite number of seconds > 0, or a ConfigError naming ``source``."""
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if not (value > 0 and math.isfinite(value)):
+        raise ConfigError(f"{source} must be a number of seconds > 0, got {raw!r}", path=source)
+    return value
+
+
+def seconds(environ: Mapping[str, str], name: str, default: float) -> float:
+    """The variable ``name`` as seconds > 0 (``default`` when unset); else a ConfigError."""
+    raw = environ.get(name, "").strip()
+    return default if not raw else _positive_seconds(raw, name)
+
+
+def count(environ: Mapping[str, str], name: str, default: int) -> int:
+    """The variable ``name`` as a whole number >= 1 (``default`` when unset); else a ConfigError."""
+    raw = environ.get(name, "").strip()
+    return default if not raw else _at_least_one(raw, name, "a whole number")
+
+
+DEFAULT_HEADER_TIMEOUT = 10.0
+DEFAULT_BODY_TIMEOUT = 60.0
+DEFAULT_KEEPALIVE_TIMEOUT = 5.0
+DEFAULT_MAX_HEADER_BYTES = 64 * 1024
+DEFAULT_MAX_CONNECTIONS = 1000
+DEFAULT_MAX_CLIENT_CONNECTIONS = 100
+DEFAULT_MAX_MESSAGES = 10_000
+DEFAULT_MAX_JSON_ITEMS = 100_000
+DEFAULT_MAX_JSON_DEPTH = 64
+DEFAULT_LOGIN_ATTEMPTS = 5
+DEFAULT_LOGIN_WINDOW = 60.0
+
+
+def login_throttle(environ: Mapping[str, str]) -> tuple[int, float]:
+    """``(attempts, window seconds)`` of the dashboard's login throttle; bad: ConfigError."""
+    return (
+        count(environ, LOGIN_ATTEMPTS, DEFAULT_LOGIN_ATTEMPTS),
+        seconds(environ, LOGIN_WINDOW, DEFAULT_LOGIN_WINDOW),
+    )
 
 
 def workers(environ: Mapping[str, str], given: int | None = None) -> int:

@@ -176,6 +176,12 @@ CREATE TABLE IF NOT EXISTS dashboard_sessions (
     digest TEXT PRIMARY KEY,
     expires REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS dashboard_login_attempts (
+    address TEXT NOT NULL,
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dashboard_login_attempts_by_address
+    ON dashboard_login_attempts (address, at);
 """
 _SELECT: Final = (
     'SELECT id, "user", budgets, admin, name, created_at, revoked_at, salt, digest'
@@ -418,6 +424,47 @@ class KeyStore:
             conn.execute(
                 "DELETE FROM dashboard_sessions WHERE digest = ?", (_session_digest(token),)
             )
+
+    # -- dashboard login throttling -----------------------------------------------------------
+
+    def login_attempt(self, address: str, *, attempts: int, window: float, now: float) -> float:
+        """Count a dashboard login attempt from ``address``; 0.0, or the seconds to wait first.
+
+        At most ``attempts`` attempts per address are counted in any ``window`` seconds; one
+        more is refused (not counted) with the seconds until the oldest counted one leaves the
+        window. The check and the count are one transaction on the store's file, so every
+        worker of a gateway shares the count, and concurrent guesses cannot slip past it. A
+        successful login forgets the address's attempts (:meth:`login_succeeded`).
+        """
+        with self._sql() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute("DELETE FROM dashboard_login_attempts WHERE at <= ?", (now - window,))
+                times = [
+                    float(t)
+                    for (t,) in conn.execute(
+                        "SELECT at FROM dashboard_login_attempts WHERE address = ? ORDER BY at",
+                        (address,),
+                    )
+                ]
+                if len(times) >= attempts:
+                    wait = times[len(times) - attempts] + window - now
+                    conn.execute("COMMIT")
+                    return max(wait, 0.001)
+                conn.execute(
+                    "INSERT INTO dashboard_login_attempts (address, at) VALUES (?, ?)",
+                    (address, now),
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        return 0.0
+
+    def login_succeeded(self, address: str) -> None:
+        """Forget the counted login attempts of ``address`` (it logged in)."""
+        with self._sql() as conn:
+            conn.execute("DELETE FROM dashboard_login_attempts WHERE address = ?", (address,))
 
     def close(self) -> None:
         """Close the file."""

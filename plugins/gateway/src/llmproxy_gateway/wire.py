@@ -8,6 +8,8 @@ are built from pre-encoded bytes around one ``json.dumps`` of the text delta.
 from __future__ import annotations
 
 import json
+import math
+import re
 import time
 import uuid
 from collections.abc import Mapping
@@ -17,6 +19,7 @@ from attrs import frozen
 
 from llmproxy.errors import InvalidRequest
 from llmproxy.types import ChatResponse, Message, ToolCall, Usage
+from llmproxy_gateway import env
 from llmproxy_gateway.errors import HTTPError, bad_request
 
 # Parameters passed to the provider as they are (extra keyword arguments of the Proxy).
@@ -42,6 +45,167 @@ _ROLES: Final = {
     "assistant": "assistant",
     "tool": "tool",
 }
+
+
+@frozen
+class BodyLimits:
+    """How much work one request body may ask of the gateway (see :mod:`llmproxy_gateway.env`).
+
+    ``max_items`` bounds the array elements and object members of the whole body, checked on
+    its bytes before it is parsed (parsing holds the interpreter lock: a body of a million tiny
+    values would stall every other request of the worker for seconds); ``max_messages`` the
+    ``messages``; ``max_depth`` the nesting of the values passed upstream as they are.
+    """
+
+    max_messages: int = env.DEFAULT_MAX_MESSAGES
+    max_items: int = env.DEFAULT_MAX_JSON_ITEMS
+    max_depth: int = env.DEFAULT_MAX_JSON_DEPTH
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> BodyLimits:
+        """The limits the environment sets; a bad value is a ConfigError naming its variable."""
+        return cls(
+            max_messages=env.count(environ, env.MAX_MESSAGES, env.DEFAULT_MAX_MESSAGES),
+            max_items=env.count(environ, env.MAX_JSON_ITEMS, env.DEFAULT_MAX_JSON_ITEMS),
+            max_depth=env.count(environ, env.MAX_JSON_DEPTH, env.DEFAULT_MAX_JSON_DEPTH),
+        )
+
+
+# A JSON string token; possessive, so malformed input cannot make it backtrack.
+_STRING: Final = re.compile(rb'"(?:[^"\\]++|\\.)*+"')
+
+
+def _items_upper_bound(data: bytes) -> int:
+    # Every element or member but a container's first follows a comma; the first follows [ or {.
+    return data.count(b",") + data.count(b"[") + data.count(b"{")
+
+
+def check_items(body: bytes, limit: int) -> None:
+    """Raise 413 when ``body`` holds more than ``limit`` array elements and object members.
+
+    Cheap first: the count of ``,``, ``[`` and ``{`` bytes bounds the items from above (a few
+    milliseconds for megabytes), and only a body over the limit by that count is looked at
+    closer. Strings bound the items from below (each is an element, a member's key or its
+    value), so a body with more than ``2 * limit`` of them is refused at once; otherwise its
+    strings (fewer than ``2 * limit``) are cut out and the structural bytes left are counted.
+    """
+    if _items_upper_bound(body) <= limit:
+        return
+    # Real quotes are at least all quotes minus the escaped ones (\" inside strings).
+    strings = (body.count(b'"') - body.count(b'\\"')) // 2
+    if strings > 2 * limit or _items_upper_bound(_STRING.sub(b"", body)) > limit:
+        raise HTTPError(
+            413,
+            f"The request body has more than {limit} JSON array elements and object members,"
+            f" more than this gateway parses for one request (the operator sets the limit with"
+            f" {env.MAX_JSON_ITEMS}).",
+            code="request_too_large",
+        )
+
+
+class _BadNumber(ValueError):
+    """A JSON number Python would parse but no JSON peer can take (NaN, Infinity, 1e999)."""
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _BadNumber(f"{name} is not a JSON number: send a finite number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _BadNumber(f"{text[:40]} is too large for a 64-bit float: send a finite number")
+    return value
+
+
+_DECODER: Final = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
+
+
+def _check_depth(value: Any, limit: int, where: str) -> None:
+    """Raise 400 when ``value`` nests arrays and objects deeper than ``limit`` levels."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            raise bad_request(
+                f"'{where}' nests arrays and objects more than {limit} levels deep (the"
+                f" operator sets the limit with {env.MAX_JSON_DEPTH})",
+                where,
+            )
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+
+
+def load_json(body: bytes, limits: BodyLimits) -> Any:
+    r"""Parse a request body as strict JSON, or raise :class:`HTTPError` (400 or 413).
+
+    Strict: UTF-8 only, no ``NaN``/``Infinity`` and no number a float cannot hold, no lone
+    UTF-16 surrogate escape (``"\\ud800"``: no UTF-8 encoder takes the string), nesting within
+    the interpreter's recursion limit, items within ``limits.max_items``.
+    """
+    check_items(body, limits.max_items)
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise bad_request(
+            f"The request body is not valid UTF-8 (byte {exc.start}): send JSON in UTF-8."
+        ) from None
+    try:
+        data = _DECODER.decode(text)
+    except _BadNumber as exc:
+        raise bad_request(f"We could not parse the JSON body of your request: {exc}.") from None
+    except RecursionError:
+        raise bad_request(
+            "We could not parse the JSON body of your request: it nests arrays and objects too"
+            " deeply."
+        ) from None
+    except ValueError as exc:
+        raise bad_request(
+            f"We could not parse the JSON body of your request ({exc}): send a JSON object."
+        ) from None
+    if "\\ud" in text or "\\uD" in text:
+        # A surrogate escape: fine in a pair (one character), not alone.
+        try:
+            json.dumps(data, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise bad_request(
+                "The request body has a lone UTF-16 surrogate escape (such as \\ud800) in a"
+                " string: it is not a character; send valid Unicode text."
+            ) from None
+        except (ValueError, RecursionError):
+            pass  # nothing to say about surrogates; the checks below refuse what is bad
+    return data
+
+
+# The type each passed-through parameter must have (OpenAI's), checked before it goes upstream.
+_PASSTHROUGH_TYPES: Final[dict[str, tuple[type, ...]]] = {
+    "top_p": (int, float),
+    "stop": (str, list),
+    "presence_penalty": (int, float),
+    "frequency_penalty": (int, float),
+    "seed": (int,),
+    "response_format": (dict,),
+    "logit_bias": (dict,),
+    "reasoning_effort": (str,),
+    "verbosity": (str,),
+}
+
+
+def _passthrough(name: str, value: Any, limits: BodyLimits) -> Any:
+    kinds = _PASSTHROUGH_TYPES[name]
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        wanted = " or ".join(
+            {"int": "an integer", "float": "a number", "str": "a string", "list": "a list"}.get(
+                k.__name__, "an object"
+            )
+            for k in kinds
+        )
+        raise bad_request(f"'{name}' must be {wanted}, got {type(value).__name__}", name)
+    if name == "stop" and isinstance(value, list) and not all(isinstance(v, str) for v in value):
+        raise bad_request("'stop' must be a string or a list of strings", name)
+    if isinstance(value, (dict, list)):
+        _check_depth(value, limits.max_depth, name)
+    return value
 
 
 @frozen
@@ -76,7 +240,7 @@ def _content(value: Any, where: str) -> str:
     raise bad_request(f"{where}.content must be a string or a list of text parts", where)
 
 
-def _tool_calls(value: Any, where: str) -> tuple[ToolCall, ...]:
+def _tool_calls(value: Any, where: str, max_depth: int) -> tuple[ToolCall, ...]:
     if value is None:
         return ()
     if not isinstance(value, list):
@@ -91,16 +255,18 @@ def _tool_calls(value: Any, where: str) -> tuple[ToolCall, ...]:
             )
         arguments = function.get("arguments", "{}")
         if not isinstance(arguments, str):
+            _check_depth(arguments, max_depth, f"{where}.tool_calls[{index}].function.arguments")
             arguments = json.dumps(arguments)
         calls.append(ToolCall(str(item.get("id") or f"call_{index}"), function["name"], arguments))
     return tuple(calls)
 
 
-def _message(item: Any, index: int) -> Message:
+def _message(item: Any, index: int, max_depth: int) -> Message:
     where = f"messages[{index}]"
     if not isinstance(item, Mapping):
         raise bad_request(f"{where} must be an object", where)
-    role = _ROLES.get(item.get("role"))  # type: ignore[arg-type]
+    raw_role = item.get("role")
+    role = _ROLES.get(raw_role) if isinstance(raw_role, str) else None
     if role is None:
         raise bad_request(
             f"{where}.role must be one of system, developer, user, assistant, tool;"
@@ -114,7 +280,7 @@ def _message(item: Any, index: int) -> Message:
             role,  # type: ignore[arg-type]
             _content(item.get("content"), where),
             name=name if isinstance(name, str) else None,
-            tool_calls=_tool_calls(item.get("tool_calls"), where),
+            tool_calls=_tool_calls(item.get("tool_calls"), where, max_depth),
             tool_call_id=tool_call_id if isinstance(tool_call_id, str) else None,
         )
     except InvalidRequest as exc:
@@ -130,14 +296,14 @@ def _int(data: Mapping[str, Any], name: str) -> int | None:
     return value
 
 
-def parse(body: bytes) -> ChatCall:
-    """Parse a ``POST /v1/chat/completions`` body; raise :class:`HTTPError` (400) when bad."""
-    try:
-        data = json.loads(body)
-    except ValueError:
-        raise bad_request(
-            "We could not parse the JSON body of your request: send a JSON object."
-        ) from None
+def parse(body: bytes, limits: BodyLimits | None = None) -> ChatCall:
+    """Parse a ``POST /v1/chat/completions`` body; raise :class:`HTTPError` when bad.
+
+    400 for a body that is not a valid request, 413 for one over ``limits.max_items``
+    (:func:`load_json`); ``limits`` defaults to :class:`BodyLimits`'s defaults.
+    """
+    limits = limits if limits is not None else BodyLimits()
+    data = load_json(body, limits)
     if not isinstance(data, dict):
         raise bad_request("The request body must be a JSON object.")
     model = data.get("model")
@@ -146,7 +312,13 @@ def parse(body: bytes) -> ChatCall:
     raw_messages = data.get("messages")
     if not isinstance(raw_messages, list) or not raw_messages:
         raise bad_request("Missing required parameter: 'messages'.", "messages")
-    messages = [_message(m, i) for i, m in enumerate(raw_messages)]
+    if len(raw_messages) > limits.max_messages:
+        raise bad_request(
+            f"'messages' has {len(raw_messages)} messages, more than this gateway takes in one"
+            f" request ({limits.max_messages}; the operator sets it with {env.MAX_MESSAGES})",
+            "messages",
+        )
+    messages = [_message(m, i, limits.max_depth) for i, m in enumerate(raw_messages)]
     stream = data.get("stream", False)
     if stream is not None and not isinstance(stream, bool):
         raise bad_request("'stream' must be a boolean", "stream")
@@ -172,7 +344,7 @@ def parse(body: bytes) -> ChatCall:
         kwargs["temperature"] = float(temperature)
     for name, value in data.items():
         if name in PASSTHROUGH and value is not None:
-            kwargs[name] = value
+            kwargs[name] = _passthrough(name, value, limits)
     end_user = data.get("user")
     if isinstance(end_user, str) and end_user:
         kwargs["tags"] = {"end_user": end_user}

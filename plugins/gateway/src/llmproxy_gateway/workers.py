@@ -102,13 +102,15 @@ def serve_worker(options: Mapping[str, Any], sock: socket.socket, ready: Event) 
     import uvicorn
 
     from llmproxy_gateway.app import create_app
+    from llmproxy_gateway.guard import server_config
 
     try:
         app = create_app(freeze_gc=True, on_ready=ready.set)
+        config = server_config(app, options, os.environ)
     except LLMProxyError as exc:  # a configuration the worker cannot start with: no traceback
         _say(str(exc))
         sys.exit(2)
-    uvicorn.Server(uvicorn.Config(app, **options)).run(sockets=[sock])
+    uvicorn.Server(config).run(sockets=[sock])
 
 
 def _worker_main(
