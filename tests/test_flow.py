@@ -222,3 +222,26 @@ def test_a_cost_budget_alone_caps_the_output_sent_upstream(
     assert response.cut_short_by_budget
     [usage] = proxy.usage(model="openai/gpt-5.4-mini")
     assert usage.used <= 0.0005 and usage.reserved == 0
+
+
+@pytest.mark.parametrize(
+    ("prompt", "options", "field"),
+    [
+        ("\ud800", {}, "prompt"),
+        (
+            [{"role": "user", "content": "ok"}, {"role": "user", "content": "bad \udfff"}],
+            {},
+            "prompt[1].content",
+        ),
+        ("fine", {"system": "sys \ud800"}, "system"),
+    ],
+)
+def test_a_lone_surrogate_is_refused_before_anything_is_sent(
+    make_proxy: MakeProxy, upstream: FakeOpenAI, prompt: Any, options: dict[str, Any], field: str
+) -> None:
+    proxy = make_proxy()
+    with pytest.raises(InvalidRequest, match="lone surrogate") as caught:
+        proxy.chat(prompt, **options)
+    assert caught.value.field == field
+    assert upstream.requests == []
+    assert proxy.chat("caf\u00e9 \U0001f600").text  # non-ASCII text that is valid goes through

@@ -84,8 +84,10 @@ def _check_options(options: CallOptions) -> None:
             f"model must be a string such as 'openai/gpt-5.4-mini', got {options.model!r}",
             field="model",
         )
-    if options.system is not None and not isinstance(options.system, str):
-        raise InvalidRequest("system must be a string", field="system")
+    if options.system is not None:
+        if not isinstance(options.system, str):
+            raise InvalidRequest("system must be a string", field="system")
+        check_text(options.system, "system")
     sid = options.session_id
     if sid is not None and (not isinstance(sid, str) or not sid):
         raise InvalidRequest("session_id must be a non-empty string", field="session_id")
@@ -157,13 +159,29 @@ class CallOptions:
         _check_options(self)
 
 
+def check_text(text: str, field: str) -> None:
+    """Refuse text that cannot be sent as UTF-8 (a lone surrogate such as ``"\ud800"``)."""
+    if text.isascii():
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidRequest(
+            f"{field} holds a lone surrogate ({text[exc.start]!r} at index {exc.start}), which no"
+            " service can receive: pass valid Unicode text (decode bytes with errors='replace')",
+            field=field,
+        ) from None
+
+
 def as_messages(prompt: Prompt) -> list[Message]:
     """Turn a call's prompt (a string, a Message, or a list of them or of dicts) into messages."""
     if isinstance(prompt, str):
         if not prompt.strip():
             raise InvalidRequest("prompt is empty: pass the text to send", field="prompt")
+        check_text(prompt, "prompt")
         return [Message("user", prompt)]
     if isinstance(prompt, Message):
+        check_text(prompt.content, "prompt.content")
         return [prompt]
     if isinstance(prompt, Mapping) or not isinstance(prompt, Sequence):
         raise InvalidRequest(
@@ -185,6 +203,7 @@ def as_messages(prompt: Prompt) -> list[Message]:
                 f"prompt[{index}] must be a Message or a dict, got {type(item).__name__}",
                 field=f"prompt[{index}]",
             )
+        check_text(out[-1].content, f"prompt[{index}].content")
     if all(m.role == "system" for m in out):
         raise InvalidRequest("prompt has only system messages: add a user message", field="prompt")
     return out
