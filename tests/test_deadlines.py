@@ -1,4 +1,4 @@
-"""A call's overall deadline holds during an attempt; a stream is bounded by stream_deadline."""
+"""A call's overall deadline holds during an attempt, streams included; live holds are renewed."""
 
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ def test_each_attempt_is_told_the_time_left(make_proxy: MakeProxy, upstream: Fak
 
 
 def test_no_deadline_leaves_the_providers_own_timeouts(make_proxy: MakeProxy) -> None:
-    proxy = make_proxy({"retry": {"deadline": None}, "stream_deadline": None})
+    proxy = make_proxy({"retry": {"deadline": None}})
     from llmproxy.call import Call, CallOptions
 
     assert Call(proxy, "x", CallOptions(), False).build_request().timeout is None
@@ -74,7 +74,7 @@ def test_no_deadline_leaves_the_providers_own_timeouts(make_proxy: MakeProxy) ->
 async def test_a_stream_past_its_deadline_ends_interrupted(
     make_proxy: MakeProxy, upstream: FakeOpenAI, asynchronous: bool
 ) -> None:
-    proxy = make_proxy({"stream_deadline": 0.2}, budgets=[LLMBudget(max_tokens=10_000)])
+    proxy = make_proxy(_deadline(0.3), budgets=[LLMBudget(max_tokens=10_000)])
     upstream.enqueue(Reply(text=" ".join(f"w{i}" for i in range(400)), chunk_delay=0.01))
     received: list[str] = []
 

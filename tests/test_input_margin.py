@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -30,7 +30,6 @@ from llmproxy import (
     Usage,
 )
 from llmproxy.budget.calibration import (
-    CALIBRATION,
     HALF_LIFE,
     MAX_OFFSET,
     MAX_RATIO,
@@ -107,14 +106,6 @@ def used(proxy: Proxy) -> float:
     [usage] = proxy.usage()
     assert usage.reserved == 0
     return usage.used
-
-
-@pytest.fixture(autouse=True)
-def fresh_calibration() -> Iterator[None]:
-    """Each test learns from its own calls only (the table is per process)."""
-    CALIBRATION.clear()
-    yield
-    CALIBRATION.clear()
 
 
 def call(proxy: Proxy, text: str, streamed: bool) -> None:
@@ -264,7 +255,7 @@ def test_a_template_preamble_is_learned_as_an_offset() -> None:
     proxy = make_proxy(Preamble, 1_000_000)
     try:
         call(proxy, "hi", False)
-        ratio, offset = CALIBRATION.learned("billing", "m")
+        ratio, offset = proxy.calibration.learned("billing", "m")
         assert ratio == 1.0 and offset > 0
         provider = proxy.provider("billing")
         assert isinstance(provider, Preamble)

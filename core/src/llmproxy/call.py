@@ -24,7 +24,6 @@ import attrs
 from attrs import frozen
 
 from llmproxy.budget.base import Claim, Rates, Reservation
-from llmproxy.budget.calibration import CALIBRATION
 from llmproxy.budget.policy import CallScope
 from llmproxy.config import ProxyConfig
 from llmproxy.errors import (
@@ -248,7 +247,6 @@ class Call:
         "extra",
         "fallbacks",
         "final",
-        "flowing",
         "function_tools",
         "history",
         "input_count",
@@ -307,7 +305,6 @@ class Call:
         self.steps: list[Message] = []
         self.final: ChatResponse | None = None
         self.stream: StreamState | None = None
-        self.flowing = False
         self.fallbacks = proxy._fallbacks_for(options.model, options.fallbacks)
         self.total_attempts = 0
         self._target(proxy._resolve(options.model))
@@ -447,26 +444,16 @@ class Call:
     def attempt_timeout(self) -> float | None:
         """Seconds the next attempt may take in all: what is left of the call's deadline.
 
-        A whole call has ``retry.deadline``; a stream ``stream_deadline`` (the time to its
-        first text is bounded by ``retry.deadline`` as well: see :meth:`first_text_timeout`).
         Never below a millisecond, so that a provider times out rather than waits forever.
         """
-        config = self.proxy.config
-        limit = config.stream_deadline if self.streamed else config.retry.deadline
+        limit = self.proxy.config.retry.deadline
         if limit is None:
             return None
         return max(limit - self.elapsed(), 0.001)
 
-    def first_text_timeout(self) -> float | None:
-        """Seconds left for a stream's first text (``retry.deadline``), or None once it flows."""
+    def past_deadline(self) -> bool:
+        """Whether the call has run past its deadline (checked between a stream's chunks)."""
         limit = self.proxy.config.retry.deadline
-        if self.flowing or limit is None:
-            return None
-        return max(limit - self.elapsed(), 0.001)
-
-    def past_stream_deadline(self) -> bool:
-        """Whether a flowing stream has run past ``stream_deadline``."""
-        limit = self.proxy.config.stream_deadline
         return limit is not None and self.elapsed() > limit
 
     def for_attempt(self, request: ChatRequest) -> ChatRequest:
@@ -617,7 +604,7 @@ class Call:
         the room left after it, so billed input up to it plus the capped output fit the hold.
         """
         count = self.count_input()
-        reserve = CALIBRATION.reserve(
+        reserve = self.proxy.calibration.reserve(
             self.provider_name,
             self.model,
             self.input_margin(),
@@ -638,7 +625,7 @@ class Call:
         if any(isinstance(t, HostedTool) for t in self.tools):
             return
         billed = usage.input_tokens
-        CALIBRATION.observe(
+        self.proxy.calibration.observe(
             self.provider_name,
             self.model,
             self.input_margin(),
@@ -648,7 +635,7 @@ class Call:
             tools=len(self.tools),
         )
         if billed > self.input_estimate:
-            ratio, offset = CALIBRATION.learned(self.provider_name, self.model)
+            ratio, offset = self.proxy.calibration.learned(self.provider_name, self.model)
             log.warning(
                 "%s/%s billed %d input tokens, more than the %d reserved (counted %d): its"
                 " provider's input margin is too small; its next reservations scale the count"

@@ -61,11 +61,11 @@ class RetryConfig:
 
     Delays grow by ``multiplier`` from ``initial_backoff`` up to ``max_backoff``, with up to
     ``jitter`` (a fraction) taken off at random; a ``retry-after`` from the service is honoured
-    when longer. ``deadline`` is a call's overall deadline in seconds (default 120): no attempt
-    starts after it, and each attempt is told the time left (``ChatRequest.timeout``), so a
-    hung upstream is cut off at the deadline, not at the SDK's own timeout. For a stream it
-    bounds the time to the first text; once text flows, ``ProxyConfig.stream_deadline`` bounds
-    the whole stream and the provider's idle-read timeout each gap between chunks.
+    when longer. ``deadline`` (seconds, default 300) is a call's overall deadline, streams
+    included: no attempt starts after it, and each attempt is told the time left
+    (``ChatRequest.timeout``), which the provider holds it to (a stream's first chunk and its
+    last), so a hung upstream is cut off at the deadline rather than at the SDK's own timeout.
+    It stays well under the reservation lease; raise both for very long generations.
     """
 
     max_attempts: int = field(default=3, validator=_positive)
@@ -73,7 +73,7 @@ class RetryConfig:
     max_backoff: float = field(default=20.0, validator=_not_negative)
     multiplier: float = field(default=2.0, validator=_positive)
     jitter: float = field(default=0.5, validator=_not_negative)
-    deadline: float | None = field(default=120.0, validator=_positive)
+    deadline: float | None = field(default=300.0, validator=_positive)
 
 
 def _budget_name(entry: Mapping[str, Any]) -> str | None:
@@ -157,7 +157,6 @@ class ProxyConfig:
     budget held by calls in flight to be released. ``reservation_lease`` (seconds, default 600)
     is how long a hold whose owner died blocks its budget before it is charged in full; the
     holds of live calls are renewed every third of it, so no call outlives its hold.
-    ``stream_deadline`` (seconds, default 300) bounds a whole stream, first chunk to last.
     ``default_max_output_tokens`` caps a call's output when the call sets no cap and a token
     budget applies.
     """
@@ -171,7 +170,6 @@ class ProxyConfig:
     max_tool_rounds: int = field(default=8, validator=_not_negative)
     default_max_output_tokens: int = field(default=4096, validator=_positive)
     reservation_lease: float = field(default=600.0, validator=_positive)
-    stream_deadline: float | None = field(default=300.0, validator=_positive)
     on_limit: str = field(default="raise", validator=attrs.validators.in_(("raise", "wait")))
     limit_wait: float = field(default=30.0, validator=_not_negative)
     retry: RetryConfig = attrs.Factory(RetryConfig)

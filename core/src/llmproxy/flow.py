@@ -262,38 +262,25 @@ END = Chunk()
 
 
 class NextChunk(Effect):
-    """Read the next chunk of a provider's stream (:data:`END` at its end).
+    """Read the next chunk of a provider's stream (:data:`END` at its end)."""
 
-    ``timeout`` (seconds) bounds the wait in the event loop before a stream's first text;
-    after that the provider's idle-read timeout bounds each wait.
-    """
+    __slots__ = ("chunks",)
 
-    __slots__ = ("chunks", "request", "timeout")
-
-    def __init__(self, chunks: Any, request: ChatRequest, timeout: float | None = None) -> None:
+    def __init__(self, chunks: Any) -> None:
         self.chunks = chunks
-        self.request = request
-        self.timeout = timeout
 
     def run(self, proxy: Proxy) -> Chunk:
         return next(self.chunks, END)
 
     async def arun(self, proxy: Proxy) -> Chunk:
-        if self.timeout is None:
-            return await anext(self.chunks, END)
-        try:
-            async with asyncio.timeout(self.timeout):
-                return await anext(self.chunks, END)
-        except TimeoutError:
-            raise _deadline_error(self.request, self.timeout) from None
+        return await anext(self.chunks, END)
 
 
 def _deadline_error(request: ChatRequest, seconds: float | None = None) -> ProviderTimeout:
     """The error of an attempt cut off at the call's deadline."""
     return ProviderTimeout(
         f"no answer within the call's deadline ({seconds or request.timeout or 0:.3g} s left for"
-        " this attempt); raise retry.deadline (or stream_deadline for streams) if the model"
-        " needs longer",
+        " this attempt); raise retry.deadline if the model needs longer",
         provider=request.provider,
         model=request.model,
     )
@@ -510,15 +497,14 @@ def _stream_attempt(
     chunks = yield OpenStream(call.provider, request)
     try:
         while True:
-            chunk = yield NextChunk(chunks, request, call.first_text_timeout())
+            chunk = yield NextChunk(chunks)
             if chunk is END:
                 break
             event = state.take(chunk)
             if event is not None:
-                call.flowing = True
                 yield Deliver(event)
-                if call.past_stream_deadline():
-                    raise _deadline_error(request, call.proxy.config.stream_deadline)
+                if call.past_deadline():  # a provider that does not hold to request.timeout
+                    raise _deadline_error(request, call.proxy.config.retry.deadline)
     except GeneratorExit:
         raise
     except BaseException:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from llmproxy import env as envvars
 from llmproxy.budget.base import ClaimUsage, Ledger, Reservation
+from llmproxy.budget.calibration import Calibration
 from llmproxy.budget.policy import BudgetPolicy, CallScope
 from llmproxy.budget.renewal import Renewer
 from llmproxy.budget.routed import RoutedLedger
@@ -142,10 +143,13 @@ class Proxy:
                 self.fallbacks[name] = list(chain)
         self._observers = list(observers)
         self._notify_on = bool(self._observers) or self.plugins.observes
+        self.calibration = Calibration()
+        """How this Proxy's providers bill input against their count (see
+        :mod:`llmproxy.budget.calibration`), learned per provider and model from its calls."""
         self._renewer = Renewer(
             lambda: self.ledger,
             config.reservation_lease,
-            max_age=max(config.retry.deadline or 0.0, config.stream_deadline or 0.0) or None,
+            max_age=config.retry.deadline,
         )
         self._journal: Journal | None = None
         self._replayer: threading.Thread | None = None

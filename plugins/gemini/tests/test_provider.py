@@ -461,8 +461,11 @@ async def test_wrong_or_missing_key_is_an_auth_error(
 async def test_timeout_and_refused_connection(
     make_proxy: Callable[..., Proxy], environ: dict[str, str], server: FakeGemini, mode: str
 ) -> None:
+    # Through the Proxy a whole answer may take the call's deadline (the read timeout bounds
+    # the silences of a stream): the deadline cuts a hung answer off.
     proxy = make_proxy(
-        {"retry": {"max_attempts": 1}}, environ={**environ, "LLMPROXY_GEMINI_TIMEOUT": "0.2"}
+        {"retry": {"max_attempts": 1, "deadline": 0.2}},
+        environ={**environ, "LLMPROXY_GEMINI_TIMEOUT": "0.2"},
     )
     server.enqueue(Fault.delay(2))
     with pytest.raises(ProviderTimeout):

@@ -15,9 +15,10 @@ reserved from, and :class:`Calibration` learns two things per (provider, model):
 
 Each keeps the largest value seen, decaying towards nothing with a half-life (an hour by
 default), so one odd call does not inflate reservations forever (a refused call teaches
-nothing, so only time can lower them). The table lives in this process only
-(:data:`CALIBRATION`): a new process starts from the declared margins and learns again from its
-first calls.
+nothing, so only time can lower them). Each Proxy keeps its own table
+(``Proxy.calibration``), in memory: two Proxies pointed at different services under one
+provider name do not teach each other, and a new process starts from the declared margins and
+learns again from its first calls.
 """
 
 from __future__ import annotations
@@ -169,12 +170,7 @@ class Calibration:
             self._learned.clear()
 
 
-CALIBRATION: Final = Calibration()
-"""The process's table, read and taught by every call (see the module's description)."""
-
-
 __all__ = [
-    "CALIBRATION",
     "HALF_LIFE",
     "MAX_MODELS",
     "MAX_OFFSET",
