@@ -364,8 +364,9 @@ class SQLiteLedger(InlineAsync):
             for claim, held in zip(reservation.claims, reservation.amounts, strict=True):
                 amount = amount_settled(claim, tokens, requests, cost)
                 key = claim.key
+                self._charge(conn, claim, now)  # an expired hold is charged, this one too
                 if conn.execute(_HOLD_OF, (key, reservation_id)).fetchone() is not None:
-                    # Held (expired or not, it is not charged yet): the settle replaces it.
+                    # Held and live: the settle replaces the hold.
                     conn.execute(_DROP_HOLD, (key, reservation_id))
                     self._record(conn, claim, now, [(now, reservation_id, amount)])
                     continue
