@@ -162,9 +162,7 @@ def test_sqlite_ledger_unknown_is_spent(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("kind", ["memory", "sqlite"])
-def test_a_late_settle_after_the_grace_replaces_the_full_hold(
-    kind: str, tmp_path: Path
-) -> None:
+def test_a_late_settle_after_the_grace_replaces_the_full_hold(kind: str, tmp_path: Path) -> None:
     """After the grace the charge is forgotten: a late settle replaces the full hold it was."""
     clock = _Clock()
     ledger: Ledger = (
