@@ -30,20 +30,26 @@ def _sqlite_store(url: str, environ: Mapping[str, str]) -> HistoryStore:
 
 
 def _memory_ledger(url: str, environ: Mapping[str, str]) -> Ledger:
-    from llmproxy.budget.memory import MemoryLedger
+    from llmproxy.budget.memory import SETTLED_GRACE, MemoryLedger
 
-    return MemoryLedger()
+    grace = env.seconds(environ, env.LEDGER_SETTLED_GRACE) or SETTLED_GRACE
+    return MemoryLedger(settled_grace=grace)
 
 
 def _sqlite_ledger(url: str, environ: Mapping[str, str]) -> Ledger:
+    from llmproxy.budget.memory import SETTLED_GRACE
     from llmproxy.budget.sqlite import SQLiteLedger
 
-    ledger = SQLiteLedger(sqlite_path(url, env.data_dir(environ) / "ledger.db"))
+    grace = env.seconds(environ, env.LEDGER_SETTLED_GRACE) or SETTLED_GRACE
+    ttl = env.seconds(environ, env.LEDGER_LEASE_SECONDS)  # checked even with leasing off
+    ledger = SQLiteLedger(
+        sqlite_path(url, env.data_dir(environ) / "ledger.db"), settled_grace=grace
+    )
     if not env.ledger_lease(environ):
         return ledger
-    from llmproxy.budget.lease import LeasingLedger
+    from llmproxy.budget.lease import LEASE_TTL, LeasingLedger
 
-    return LeasingLedger(ledger)
+    return LeasingLedger(ledger, ttl=ttl or LEASE_TTL)
 
 
 @hookimpl

@@ -156,7 +156,11 @@ class ProxyConfig:
     again); ``limit_wait`` bounds, in seconds, how long a call waits for a rate limit or for
     budget held by calls in flight to be released. ``reservation_lease`` (seconds, default 600)
     is how long a hold whose owner died blocks its budget before it is charged in full; the
-    holds of live calls are renewed every third of it, so no call outlives its hold.
+    holds of live calls are renewed every third of it, so no call outlives its hold. (The other
+    lease lengths are environment settings, see :mod:`llmproxy.env`:
+    ``LLMPROXY_LEDGER_LEASE_SECONDS`` for SQLite budget leases, and
+    ``LLMPROXY_LEDGER_SETTLED_GRACE`` for how long settled and charged ids are remembered. A
+    crash can under-use a budget, never overspend it.)
     ``default_max_output_tokens`` caps a call's output when the call sets no cap and a token
     budget applies.
     """

@@ -13,6 +13,15 @@ Variable                        Meaning
                                 to ``on``): an SQLite ledger admits most calls from budget leases
                                 held per process (``llmproxy.budget.lease``), writing settles in
                                 batches every 100 ms instead of two transactions per call.
+``LLMPROXY_LEDGER_LEASE_SECONDS`` Length of a budget lease of ``LLMPROXY_LEDGER_LEASE`` (default
+                                900): how long a killed process's leases keep budget from the
+                                others before they are charged in full (a crash can under-use a
+                                budget, never overspend it). Renewed every third of it (at most
+                                every 60 s) while the process lives.
+``LLMPROXY_LEDGER_SETTLED_GRACE`` Seconds a memory or SQLite ledger remembers a settled or
+                                charged reservation id (default 86400, 24 h): a repeated settle
+                                is a no-op and a late settle replaces an expiry charge once.
+                                The memory ledger also keeps at most 100,000 ids.
 ``LLMPROXY_DATA_DIR``           Where the embedded SQLite files live (default: the user data
                                 dir, e.g. ``~/.local/share/llmproxy``), the journal of writes
                                 that missed their store (``journal.db``, ``llmproxy.journal``)
@@ -60,6 +69,8 @@ DEFAULT_MODEL = "LLMPROXY_DEFAULT_MODEL"
 HISTORY_URL = "LLMPROXY_HISTORY_URL"
 LEDGER_URL = "LLMPROXY_LEDGER_URL"
 LEDGER_LEASE = "LLMPROXY_LEDGER_LEASE"
+LEDGER_LEASE_SECONDS = "LLMPROXY_LEDGER_LEASE_SECONDS"
+LEDGER_SETTLED_GRACE = "LLMPROXY_LEDGER_SETTLED_GRACE"
 DATA_DIR = "LLMPROXY_DATA_DIR"
 PLUGINS = "LLMPROXY_PLUGINS"
 MAX_TOKENS = "LLMPROXY_MAX_TOKENS"

@@ -113,6 +113,12 @@ class AsyncDriven:
     def usage(self, claims: Sequence[Claim]) -> list[ClaimUsage]:
         return self._run(self.ledger.ausage(claims))
 
+    def renew(self, reservation: Reservation, *, lease: float) -> bool:
+        return self._run(self.ledger.arenew(reservation, lease=lease))
+
+    async def arenew(self, reservation: Reservation, *, lease: float) -> bool:
+        return await self.ledger.arenew(reservation, lease=lease)
+
     async def areserve(
         self,
         claims: Sequence[Claim],

@@ -48,7 +48,15 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from llmproxy.budget.base import Claim, Ledger, Period, Rates, Reservation, Unit
+from llmproxy.budget.base import (
+    Claim,
+    Ledger,
+    Period,
+    Rates,
+    RenewableLedger,
+    Reservation,
+    Unit,
+)
 from llmproxy.errors import BudgetExceeded, InvalidRequest, RateLimited
 from llmproxy.history.base import HistoryRecord, HistoryStore, SessionInfo
 from llmproxy.types import ROLES, Message, Role, ToolCall
@@ -441,19 +449,27 @@ def _period_end(claim: Claim, now: float) -> float:
 class _LedgerModel:
     """What a correct ledger holds, computed the obvious way, for the state machine.
 
-    Amounts are in ledger units: tokens, requests, or whole nano-dollars for usd claims.
+    Amounts are in ledger units: tokens, requests, or whole nano-dollars for usd claims. A hold
+    not settled by its expiry is charged in full at its expiry (:meth:`expire`); a late settle
+    replaces the charge (:meth:`settle`).
     """
 
     def __init__(self) -> None:
         self.totals: dict[str, int] = {}
-        self.events: dict[str, list[tuple[float, int]]] = {}
+        self.events: dict[str, list[list[float]]] = {}
         self.periods: dict[str, tuple[str, int]] = {}
         self.holds: dict[str, Reservation] = {}
+        self.expiry: dict[str, float] = {}
+        self.charges: dict[str, dict[str, tuple[int, float, list[float] | None]]] = {}
+
+    @staticmethod
+    def units(claim: Claim, amount: float) -> int:
+        return _nano(amount) if claim.unit == "usd" else int(amount)
 
     def used(self, claim: Claim, now: float) -> int:
         if claim.window is not None:
             start = now - claim.window
-            return sum(amount for ts, amount in self.events.get(claim.key, ()) if ts > start)
+            return int(sum(amount for ts, amount in self.events.get(claim.key, ()) if ts > start))
         if claim.period is not None:
             period, used = self.periods.get(claim.key, ("", 0))
             return used if period == _period_id(claim, now) else 0
@@ -461,29 +477,69 @@ class _LedgerModel:
 
     def reserved(self, claim: Claim, now: float) -> int:
         return sum(
-            _nano(amount) if c.unit == "usd" else int(amount)
+            self.units(c, amount)
             for held in self.holds.values()
-            if held.expires_at > now
+            if self.expiry[held.id] > now
             for c, amount in zip(held.claims, held.amounts, strict=True)
             if c.key == claim.key
         )
 
+    def _add(self, claim: Claim, ts: float, amount: int) -> list[float] | None:
+        if not amount:
+            return None
+        if claim.window is not None:
+            event = [ts, float(amount)]
+            self.events.setdefault(claim.key, []).append(event)
+            return event
+        if claim.period is not None:
+            period = _period_id(claim, ts)
+            stored, used = self.periods.get(claim.key, ("", 0))
+            if stored < period:
+                self.periods[claim.key] = (period, amount)
+            elif stored == period:
+                self.periods[claim.key] = (period, used + amount)
+            return None
+        self.totals[claim.key] = self.totals.get(claim.key, 0) + amount
+        return None
+
+    def expire(self, now: float) -> None:
+        """Charge every hold whose lease ended, oldest first."""
+        for rid in sorted(
+            (rid for rid in self.holds if self.expiry[rid] <= now), key=self.expiry.__getitem__
+        ):
+            held = self.holds.pop(rid)
+            ts = self.expiry[rid]
+            self.charges[rid] = {
+                c.key: (self.units(c, a), ts, self._add(c, ts, self.units(c, a)))
+                for c, a in zip(held.claims, held.amounts, strict=True)
+            }
+
     def settle(
         self, reservation: Reservation, tokens: int, requests: int, cost: int, now: float
     ) -> None:
+        charges = self.charges.pop(reservation.id, None)
         self.holds.pop(reservation.id, None)
         for claim in reservation.claims:
             amount = {"tokens": tokens, "requests": requests, "usd": cost}[claim.unit]
-            if not amount:
+            if charges is None:
+                self._add(claim, now, amount)
                 continue
+            charged, ts, event = charges[claim.key]
+            diff = amount - charged
             if claim.window is not None:
-                self.events.setdefault(claim.key, []).append((now, amount))
+                if event is not None and ts > now - claim.window:
+                    event[1] = float(amount)
+                elif diff > 0:
+                    self._add(claim, now, diff)
             elif claim.period is not None:
-                period = _period_id(claim, now)
                 stored, used = self.periods.get(claim.key, ("", 0))
-                self.periods[claim.key] = (period, (used if stored == period else 0) + amount)
+                period = _period_id(claim, now)
+                if charged and stored == period and _period_id(claim, ts) == period:
+                    self.periods[claim.key] = (period, max(used + diff, 0))
+                elif diff > 0:
+                    self._add(claim, now, diff)
             else:
-                self.totals[claim.key] = self.totals.get(claim.key, 0) + amount
+                self.totals[claim.key] = max(self.totals.get(claim.key, 0) + diff, 0)
 
 
 class LedgerContract:
@@ -498,9 +554,11 @@ class LedgerContract:
     ``input * rate + output * rate``, the output cap lowered to the dollars left, the real cost
     recorded by settle), rolling windows, calendar days and months in non-UTC zones (a day
     resets at local midnight, a month on the 1st: January 31 to February 1, February 28 or 29
-    to March 1), ``resets_at``, leases, repeated and late settles, all-or-none, threads, and a
-    state machine comparing the ledger with a model. USD figures are whole nano-dollars and
-    compared as such (a ledger may round holds up to a nano-dollar, never more).
+    to March 1), ``resets_at``, leases (a hold not settled by its expiry is charged in full, a
+    late settle replaces the charge once, ``renew`` when the ledger has it), repeated and late
+    settles, all-or-none, threads, and a state machine comparing the ledger with a model. USD
+    figures are whole nano-dollars and compared as such (a ledger may round holds up to a
+    nano-dollar, never more).
     """
 
     state_machine_settings: ClassVar[settings] = settings(
@@ -653,8 +711,8 @@ class LedgerContract:
         assert (state.used, state.resets_at) == (0, None)
         assert ledger.reserve([claim], input_tokens=50, max_output_tokens=50).output_tokens == 50
 
-    def test_lease_expiry_frees_the_hold(self, ledger: Ledger, clock: FakeClock) -> None:
-        """A reservation not settled before its lease ends stops holding room."""
+    def test_lease_expiry_charges_the_hold(self, ledger: Ledger, clock: FakeClock) -> None:
+        """A reservation neither settled nor renewed by its lease's end is charged in full."""
         claim = _claim("lease", 100)
         ledger.reserve([claim], input_tokens=50, max_output_tokens=50, lease=10.0)
         with pytest.raises(BudgetExceeded):
@@ -662,19 +720,69 @@ class LedgerContract:
         clock.advance(9.75)
         assert _used(ledger, claim) == (0, 100)
         clock.advance(0.25)
-        assert _used(ledger, claim) == (0, 0)
-        assert ledger.reserve([claim], input_tokens=50, max_output_tokens=50).output_tokens == 50
+        assert _used(ledger, claim) == (100, 0)  # unknown is spent: never silently released
+        with pytest.raises(BudgetExceeded):
+            ledger.reserve([claim], input_tokens=1, max_output_tokens=1)
 
-    def test_late_settle_records_spend_once(self, ledger: Ledger, clock: FakeClock) -> None:
-        """Settling an expired reservation records what it used, once."""
+    def test_expiry_charges_in_the_window_current_at_expiry(
+        self, ledger: Ledger, clock: FakeClock
+    ) -> None:
+        """A charge counts as used at the hold's expiry, and leaves the window from then."""
+        claim = _claim("window-charge", 100, window=30.0)
+        ledger.reserve([claim], input_tokens=10, max_output_tokens=30, lease=10.0)
+        clock.advance(10.0)
+        assert _used(ledger, claim) == (40, 0)
+        clock.advance(29.75)
+        assert _used(ledger, claim) == (40, 0)
+        clock.advance(0.25)
+        assert _used(ledger, claim) == (0, 0)
+
+    def test_late_settle_replaces_the_charge_once(self, ledger: Ledger, clock: FakeClock) -> None:
+        """Settling an expired (charged) reservation replaces its charge, exactly once."""
         claim = _claim("late", 1000)
         reservation = ledger.reserve([claim], input_tokens=50, max_output_tokens=50, lease=10.0)
         clock.advance(20)
-        assert _used(ledger, claim) == (0, 0)
+        assert _used(ledger, claim) == (100, 0)
         ledger.settle(reservation, tokens=70)
         assert _used(ledger, claim) == (70, 0)
         ledger.settle(reservation, tokens=70)
+        ledger.settle(reservation, tokens=5)
         assert _used(ledger, claim) == (70, 0)
+        more = ledger.reserve([claim], input_tokens=10, max_output_tokens=10, lease=10.0)
+        clock.advance(10)
+        ledger.settle(more, tokens=500)  # more than held: the excess counts too
+        assert _used(ledger, claim) == (570, 0)
+
+    def test_renew_keeps_the_hold(self, ledger: Ledger, clock: FakeClock) -> None:
+        """A renew pushes a hold's expiry to now + lease; False once settled or charged."""
+        if not isinstance(ledger, RenewableLedger):
+            pytest.skip("the ledger has no renew (optional)")
+        claim = _claim("renew", 1000)
+        reservation = ledger.reserve([claim], input_tokens=50, max_output_tokens=50, lease=10.0)
+        clock.advance(8)
+        assert ledger.renew(reservation, lease=10.0) is True
+        clock.advance(8)  # past the first lease, within the renewed one
+        assert _used(ledger, claim) == (0, 100)
+        ledger.settle(reservation, tokens=30)
+        assert ledger.renew(reservation, lease=10.0) is False
+        assert _used(ledger, claim) == (30, 0)
+        lapsed = ledger.reserve([claim], input_tokens=50, max_output_tokens=50, lease=10.0)
+        clock.advance(10)
+        assert ledger.renew(lapsed, lease=10.0) is False  # charged at expiry: gone
+        assert _used(ledger, claim) == (130, 0)
+
+    async def test_async_renew(self, ledger: Ledger, clock: FakeClock) -> None:
+        """The async twin of renew, ``arenew``, does what renew does."""
+        if not isinstance(ledger, RenewableLedger):
+            pytest.skip("the ledger has no renew (optional)")
+        claim = _claim("arenew", 1000)
+        reservation = ledger.reserve([claim], input_tokens=5, max_output_tokens=5, lease=10.0)
+        clock.advance(9)
+        assert await ledger.arenew(reservation, lease=10.0) is True
+        clock.advance(9)
+        assert _used(ledger, claim) == (0, 10)
+        await ledger.asettle(reservation, tokens=1)
+        assert await ledger.arenew(reservation, lease=10.0) is False
 
     def test_double_settle_is_a_no_op(self, ledger: Ledger) -> None:
         """Only the first settle of a reservation counts, for tokens and requests."""
@@ -1221,6 +1329,7 @@ def _ledger_machine(ledger: Ledger, clock: FakeClock) -> type[RuleBasedStateMach
                 {"tokens": input_tokens + grant, "requests": 1, "usd": cost}[c.unit] for c in claims
             ]
             self.model.holds[reservation.id] = reservation
+            self.model.expiry[reservation.id] = reservation.expires_at
             self.live.append(reservation)
 
         @precondition(lambda self: bool(self.live))
@@ -1258,9 +1367,41 @@ def _ledger_machine(ledger: Ledger, clock: FakeClock) -> type[RuleBasedStateMach
             self.model.settle(reservation, 0, 0, 0, clock.now)
             self.expired.remove(reservation)
 
+        @precondition(lambda self: bool(self.expired))
+        @rule(data=st.data())
+        def late_settle(self, data: st.DataObject) -> None:
+            """The owner's real use arrives after the charge: it replaces it, once."""
+            reservation = data.draw(st.sampled_from(self.expired))
+            held = int(reservation.input_tokens + reservation.output_tokens)
+            tokens = data.draw(st.integers(0, held))
+            requests = data.draw(st.integers(0, 1))
+            cost = data.draw(st.integers(0, 10_000))
+            ledger.settle(reservation, tokens=tokens, requests=requests, cost=cost / _NANO)
+            self.model.settle(reservation, tokens, requests, cost, clock.now)
+            self.expired.remove(reservation)
+            if data.draw(st.booleans()):  # a second late settle changes nothing
+                ledger.settle(reservation, tokens=held, requests=1, cost=0.001)
+
+        @precondition(lambda self: bool(self.live) and isinstance(ledger, RenewableLedger))
+        @rule(data=st.data(), lease=st.sampled_from([5.0, 10.0, 30.0]))
+        def renew(self, data: st.DataObject, lease: float) -> None:
+            assert isinstance(ledger, RenewableLedger)
+            reservation = data.draw(st.sampled_from(self.live))
+            assert ledger.renew(reservation, lease=lease) is True
+            expiry = self.model.expiry
+            expiry[reservation.id] = max(expiry[reservation.id], clock.now + lease)
+
+        @precondition(lambda self: bool(self.expired) and isinstance(ledger, RenewableLedger))
+        @rule(data=st.data())
+        def renew_charged(self, data: st.DataObject) -> None:
+            assert isinstance(ledger, RenewableLedger)
+            reservation = data.draw(st.sampled_from(self.expired))
+            assert ledger.renew(reservation, lease=10.0) is False
+
         def _moved(self) -> None:
             now = clock.now
-            for reservation in [r for r in self.live if r.expires_at <= now]:
+            self.model.expire(now)
+            for reservation in [r for r in self.live if self.model.expiry[r.id] <= now]:
                 self.live.remove(reservation)
                 self.expired.append(reservation)
 

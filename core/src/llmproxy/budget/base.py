@@ -96,6 +96,22 @@ class Ledger(Protocol):
     claim, and ``input_tokens * rates.input + cap * rates.output`` on every ``usd`` claim (the
     cap is lowered so that every usd claim fits too; a usd claim without ``rates`` is an
     InvalidRequest). :meth:`settle` replaces the hold with what was really used, exactly once.
+
+    The contract every llmproxy ledger keeps (the contract suite in ``llmproxy_testing``
+    checks it):
+
+    - Reservation ids are unique; :meth:`settle` is idempotent per ``reservation.id`` (a
+      repeat is a no-op, across processes and restarts for a shared ledger, for as long as
+      the ledger remembers the id: its *settled grace*, 24 h by default).
+    - Unknown is spent: a hold neither settled nor renewed by its ``expires_at`` is charged in
+      full (its held amounts count as used, in the window or calendar period current at its
+      expiry), never silently released, and its id is remembered as charged with the amounts.
+      A later settle of that id replaces the charge exactly once (per claim, used grows by
+      the real amount minus the charge, never below zero) and is then remembered as settled.
+      So a crash can under-use a budget (a dead call's unused hold stays spent), never
+      overspend it.
+    - Holds of live calls are kept alive by :meth:`RenewableLedger.renew` (optional for
+      third-party ledgers; every built-in ledger has it).
     """
 
     def reserve(
@@ -154,6 +170,28 @@ class Ledger(Protocol):
 
 
 @runtime_checkable
+class RenewableLedger(Protocol):
+    """A ledger whose holds can be renewed while their call runs (an optional capability).
+
+    The Proxy renews the hold of every call in flight every third of its lease (see
+    :mod:`llmproxy.budget.renewal`), so that no lease length can make a live call lose its
+    hold; a hold whose owner died is no longer renewed, expires and is charged in full.
+    """
+
+    def renew(self, reservation: Reservation, *, lease: float) -> bool:
+        """Push the hold's expiry to ``now + lease`` (never earlier than it was).
+
+        Returns False when the hold no longer exists: settled, or expired and charged. One
+        round trip or transaction.
+        """
+        ...
+
+    async def arenew(self, reservation: Reservation, *, lease: float) -> bool:
+        """Async :meth:`renew`."""
+        ...
+
+
+@runtime_checkable
 class ListableLedger(Protocol):
     """A ledger that can list every budget it holds (an optional capability).
 
@@ -204,6 +242,14 @@ class InlineAsync:
     def usage(self, claims: Sequence[Claim]) -> list[ClaimUsage]:
         """The ledger's own usage."""
         raise NotImplementedError
+
+    def renew(self, reservation: Reservation, *, lease: float) -> bool:
+        """The ledger's own renew."""
+        raise NotImplementedError
+
+    async def arenew(self, reservation: Reservation, *, lease: float) -> bool:
+        """Async :meth:`renew` (runs inline)."""
+        return self.renew(reservation, lease=lease)
 
     async def areserve(
         self,

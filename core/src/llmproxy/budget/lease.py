@@ -26,11 +26,29 @@ exact:
 
 So the sum of everything held and used never exceeds a limit: a lease is a hold, and a call
 admitted here is inside one. What changes: another process sees this one's settles up to
-``interval`` seconds late (:meth:`LeasingLedger.usage` syncs this process first); near a limit
-the free part of other processes' leases (at most an eighth of the room each, and none once the
-room is under eight calls' holds) counts as reserved until they give it back; and if the process
-is killed (not stopped), the settles of its last ``interval`` seconds are lost, as a killed
-call's are, while its leases stay held until their ``ttl`` ends.
+``interval`` seconds late (:meth:`LeasingLedger.usage` syncs this process first), and near a
+limit the free part of other processes' leases (at most an eighth of the room each, and none
+once the room is under eight calls' holds) counts as reserved until they give it back.
+
+Why a killed process can never make a budget overspend (unknown is spent). The leases are
+holds in the shared ledger that last ``ttl`` seconds (``LLMPROXY_LEDGER_LEASE_SECONDS``,
+default 900) unless synced again; the sync renews each lease at least every ``min(60, ttl/3)``
+seconds while the process lives. A call admitted here lives inside its process's leases: it
+holds part of them, and :meth:`LeasingLedger.renew` only pushes its own expiry in this process
+(the lease around it is renewed by the sync anyway). If the process is killed, nothing renews
+its leases: they expire and the shared ledger charges each in full, as used at its expiry.
+Everything the dead process could have spent is inside those leases: its calls in flight held
+part of them, and its settles not yet written (at most ``interval`` seconds of them) were
+still counted in them (a settle here frees nothing in the shared ledger until it is written,
+when the lease shrinks by the same amount). So the charge is at least what the dead process
+really used and not yet wrote: its unsynced settles are never lost as unspent; at worst the
+unused part of its leases stays spent (a crash can under-use a budget, never overspend it),
+and other processes wait at most ``ttl`` for it. A lease that expires while its process lives
+(every sync failed for ``ttl`` seconds) is charged the same way; the process's next sync then
+replaces that charge with what its calls used (see
+:meth:`~llmproxy.budget.sqlite.SQLiteLedger.sync_lease`). A call admitted here that is neither
+settled nor renewed by its own expiry (its owner lost it) is charged in full in the next sync,
+and a later settle replaces that charge once.
 """
 
 from __future__ import annotations
@@ -65,11 +83,13 @@ from llmproxy.secret import logger as secret_logger
 log = secret_logger("llmproxy.budget")
 
 LEASE_TTL: Final = 900.0
-"""Seconds a lease stays held in the shared ledger after its last sync (a call is admitted from
-it only while the lease outlives the call's own lease)."""
+"""The default budget-lease length: seconds a lease stays held in the shared ledger after its
+last sync (``LLMPROXY_LEDGER_LEASE_SECONDS``). It bounds how long a killed process's leases
+keep budget from the others; its leases are then charged in full."""
 
 _REFRESH: Final = 60.0
-"""A lease's hold is renewed (its ttl restarted) at least this often, seconds, while held."""
+"""A lease's hold is renewed (its ttl restarted) at least this often, seconds, while held (or
+every third of the ttl, if shorter)."""
 
 _PEAK_HALF_LIFE: Final = 5.0
 """Seconds over which a lease's memory of its busiest stretch between syncs halves."""
@@ -147,6 +167,7 @@ class _State:
         self.idle = idle
         self.min_calls = min_calls
         self.ttl = ttl
+        self.refresh = min(_REFRESH, ttl / 3.0)
         self.reset()
 
     def reset(self) -> None:
@@ -164,6 +185,8 @@ class _State:
         self.local: dict[str, _Local] = {}
         self.expired: dict[str, _Local] = {}
         self.settled: list[tuple[Claim, float, str, float]] = []
+        # calls admitted here whose hold expired unsettled: (claim, expires_at, id, amount)
+        self.charged: list[tuple[Claim, float, str, float]] = []
         self.closed: bool = getattr(self, "closed", False)  # a child of a closed one is too
         self.failing = False
         self.loop: asyncio.AbstractEventLoop | None = None  # the loop whose ticks sync
@@ -199,7 +222,11 @@ class _State:
         except Exception:  # sync logs store failures; anything else must not end the ticks
             log.exception("budget lease sync failed")
         with self.lock:
-            if self.loop is not loop or self.ticking or not (self.leases or self.settled):
+            if (
+                self.loop is not loop
+                or self.ticking
+                or not (self.leases or self.settled or self.charged)
+            ):
                 return
             self.ticking = True
         loop.call_later(self.interval, self.tick, loop)
@@ -278,22 +305,28 @@ class _State:
         now = self.inner.now()
         if self.local:
             for rid in [rid for rid, local in self.local.items() if local.expires_at <= now]:
+                # Unknown is spent: the hold is charged in full, as used at its expiry.
                 local = self.expired[rid] = self.local.pop(rid)
-                for lease, amount in zip(local.leases, local.held, strict=True):
+                for claim, lease, amount in zip(
+                    local.claims, local.leases, local.held, strict=True
+                ):
                     lease.inflight -= amount
+                    lease.pending += amount
+                    self.charged.append((claim, local.expires_at, rid, amount))
         if self.expired:
             # Forget expired reservations an hour after their end, like the shared ledger.
             forget = now - SETTLED_GRACE
             for rid in [rid for rid, local in self.expired.items() if local.expires_at < forget]:
                 del self.expired[rid]
-        plan = _Plan(now, self.settled)
+        plan = _Plan(now, self.settled, self.charged)
         self.settled = []
+        self.charged = []
         try:
             self._size(plan, release, background)
         except BaseException:
             self._failed(plan)  # nothing is lost: the next sync plans again
             raise
-        if not plan.leases and not plan.settled:
+        if not plan.leases and not plan.settled and not plan.charged:
             return None
         return plan
 
@@ -310,7 +343,7 @@ class _State:
                 or lease.admitted
                 or (lease.misses and now >= lease.retry_at)
                 or lease.synced != lease.claim
-                or lease.expires_at - now < self.ttl - _REFRESH
+                or lease.expires_at - now < self.ttl - self.refresh
             ):
                 continue  # nothing new: the hold stays as it is
             if release and not (lease.held or lease.pending or idle):
@@ -340,7 +373,10 @@ class _State:
                 if idle and not lease.held:
                     gone.append(lease.claim.key)  # nothing held, nothing to write: forget it
                     continue
-                if lease.synced == lease.claim and lease.expires_at - now >= self.ttl - _REFRESH:
+                if (
+                    lease.synced == lease.claim
+                    and lease.expires_at - now >= self.ttl - self.refresh
+                ):
                     lease.admitted = lease.misses = 0
                     continue  # the hold would be written as it is
             if shrink:
@@ -360,7 +396,12 @@ class _State:
         """
         try:
             held = self.inner.sync_lease(
-                self.owner, plan.settled, plan.wants, ttl=self.ttl, wait=wait
+                self.owner,
+                plan.settled,
+                plan.wants,
+                ttl=self.ttl,
+                wait=wait,
+                charged=plan.charged,
             )
             if held is None:
                 return None  # another process is writing: the next sync writes this too
@@ -380,6 +421,7 @@ class _State:
     def _failed(self, plan: _Plan) -> None:
         """Keep a failed plan's settles for the next sync and thaw its leases."""
         self.settled[:0] = plan.settled
+        self.charged[:0] = plan.charged
         for lease in plan.leases:
             lease.frozen = False
 
@@ -431,11 +473,17 @@ class _State:
 class _Plan:
     """One sync's transaction: the settles it writes and the leases it resizes."""
 
-    __slots__ = ("leases", "now", "pending", "settled", "wants")
+    __slots__ = ("charged", "leases", "now", "pending", "settled", "wants")
 
-    def __init__(self, now: float, settled: list[tuple[Claim, float, str, float]]) -> None:
+    def __init__(
+        self,
+        now: float,
+        settled: list[tuple[Claim, float, str, float]],
+        charged: list[tuple[Claim, float, str, float]],
+    ) -> None:
         self.now = now
         self.settled = settled
+        self.charged = charged
         self.leases: list[_Lease] = []
         self.pending: list[float] = []  # each lease's pending amount the settles write
         self.wants: list[tuple[Claim, float, float, float]] = []
@@ -551,7 +599,7 @@ class LeasingLedger(InlineAsync):
                         found.frozen
                         or found.synced != claim
                         or found.held - found.inflight - found.pending < amount
-                        or found.expires_at < now + lease
+                        or found.expires_at - now < state.refresh
                     ):
                         fits = False
                     leases.append(found)
@@ -645,24 +693,62 @@ class LeasingLedger(InlineAsync):
         state = self._state
         with state.lock:
             local = state.local.pop(rid, None)
+            now = self._inner.now()
             if local is None:
-                # Past its lease, its hold was dropped: still record what it used, once.
                 local = state.expired.pop(rid, None)
                 if local is None:
                     return  # settled already (or admitted by a process since forked)
-                charge = False
+                mine = [item for item in state.charged if item[2] == rid]
+                if not mine:
+                    written = True  # the charge was written (or is being): the ledger replaces it
+                else:
+                    # The charge is not written yet: the real use replaces it here.
+                    written = False
+                    state.charged = [item for item in state.charged if item[2] != rid]
+                    for (claim, _ts, _rid, charged), lease in zip(mine, local.leases, strict=True):
+                        used = amount_settled(claim, tokens, requests, cost)
+                        lease.pending += used - charged
+                        state.settled.append((claim, now, rid, used))
             else:
-                charge = True
-            now = self._inner.now()
-            for claim, lease, amount in zip(local.claims, local.leases, local.held, strict=True):
-                used = amount_settled(claim, tokens, requests, cost)
-                if charge:
+                written = False
+                for claim, lease, amount in zip(
+                    local.claims, local.leases, local.held, strict=True
+                ):
+                    used = amount_settled(claim, tokens, requests, cost)
                     lease.inflight -= amount
                     lease.pending += used
-                state.settled.append((claim, now, rid, used))
+                    state.settled.append((claim, now, rid, used))
             closed = state.closed
+        if written:
+            self._inner.settle(reservation, tokens=tokens, requests=requests, cost=cost)
+            return
         if closed:
             state.sync(release=True)
+
+    def renew(self, reservation: Reservation, *, lease: float) -> bool:
+        """Push the hold's expiry to ``now + lease``; False once it is settled or charged.
+
+        A call admitted from a lease is renewed here, in memory: the lease around it is renewed
+        by the background sync while this process lives (see the module docstring). Any other
+        call is renewed in the shared ledger.
+        """
+        rid = reservation.id
+        if not rid.startswith(_LOCAL):
+            return self._inner.renew(reservation, lease=lease)
+        if not lease > 0:
+            raise InvalidRequest(
+                f"lease must be a positive number of seconds, got {lease}", field="lease"
+            )
+        state = self._state
+        with state.lock:
+            local = state.local.get(rid)
+            now = self._inner.now()
+            if local is None or local.expires_at <= now:
+                return False  # settled, or charged (or about to be, by the next sync)
+            local.expires_at = max(local.expires_at, now + lease)
+            if state.thread is None:
+                state.start()  # the leases must be renewed while this call lives
+            return True
 
     def usage(self, claims: Sequence[Claim]) -> list[ClaimUsage]:
         """Write this process's settles, then read each claim from the shared ledger.

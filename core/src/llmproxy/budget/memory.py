@@ -18,7 +18,7 @@ import math
 import threading
 import time
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from typing import Final
 
@@ -26,9 +26,14 @@ from llmproxy.budget import periods
 from llmproxy.budget.base import Claim, ClaimUsage, InlineAsync, Rates, Reservation
 from llmproxy.errors import BudgetExceeded, InvalidRequest, RateLimited
 
-SETTLED_GRACE: Final = 3600.0
-"""Seconds after a reservation's lease ends during which settling it again is still known to
-be a repeat (a no-op); later its id is forgotten."""
+SETTLED_GRACE: Final = 86400.0
+"""The default settled grace: seconds a ledger remembers a settled or charged reservation id
+(24 h), so that settling it again is a no-op and a late settle replaces a charge exactly once.
+Later its id is forgotten. A setting: ``LLMPROXY_LEDGER_SETTLED_GRACE``."""
+
+MEMORY_REMEMBERED: Final = 100_000
+"""The most settled or charged ids a :class:`MemoryLedger` remembers (the oldest go first), so
+that its memory stays flat however many calls it sees."""
 
 USD_SCALE: Final = 1e9
 """Ledgers count ``usd`` claims in nano-dollars: one dollar is this many units."""
@@ -353,12 +358,16 @@ def amount_settled(claim: Claim, tokens: int, requests: int, cost: float = 0.0) 
 
 
 class _Window:
-    """Settled events of one windowed key, oldest first, with their running sum."""
+    """Settled events of one windowed key, oldest first, with their running sum.
+
+    An event is a two-item list ``[timestamp, amount]`` (mutable: a late settle replaces a
+    charge's amount in place).
+    """
 
     __slots__ = ("events", "total")
 
     def __init__(self) -> None:
-        self.events: deque[tuple[float, float]] = deque()
+        self.events: deque[list[float]] = deque()
         self.total = 0.0
 
     def prune(self, now: float, window: float) -> None:
@@ -369,6 +378,28 @@ class _Window:
             self.total -= events.popleft()[1]
         if not events:
             self.total = 0.0
+
+
+class _Hold:
+    """A reservation in flight: what it holds per claim (ledger units) and until when."""
+
+    __slots__ = ("expires_at", "held", "reservation")
+
+    def __init__(self, reservation: Reservation, held: tuple[float, ...]) -> None:
+        self.reservation = reservation
+        self.held = held
+        self.expires_at = reservation.expires_at
+
+
+class _Charge:
+    """What expiry charged one claim of a reservation: the amount, when, and its event."""
+
+    __slots__ = ("amount", "event", "ts")
+
+    def __init__(self, amount: float, ts: float, event: list[float] | None) -> None:
+        self.amount = amount
+        self.ts = ts
+        self.event = event  # the window event holding the charge (windowed claims)
 
 
 class MemoryLedger(InlineAsync):
@@ -382,22 +413,41 @@ class MemoryLedger(InlineAsync):
     or per calendar period) and raises :class:`~llmproxy.errors.BudgetExceeded` in
     ``requests``; a windowed event counts while ``timestamp > now - window``; a calendar claim
     counts what was settled in the current period (see :mod:`llmproxy.budget.periods`), and a
-    settle counts in the period it happens in; a reservation is dropped once
-    ``now >= expires_at``; settling an expired reservation still records what it used;
-    settling twice is a no-op. The async methods run the sync ones inline (microseconds).
+    settle counts in the period it happens in. Unknown is spent: a reservation neither settled
+    nor renewed (:meth:`renew`) once ``now >= expires_at`` is charged in full, as used at its
+    expiry; a later settle replaces the charge exactly once (per claim: used grows by the real
+    amount minus the charge, never below zero; a charge that has left its window or period is
+    only topped up when the real amount is larger). Settling twice is a no-op. Settled and
+    charged ids are remembered for ``settled_grace`` seconds and at most ``max_remembered`` of
+    them (the oldest are forgotten first, so memory stays flat). The async methods run the
+    sync ones inline (microseconds).
     """
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.time,
+        *,
+        settled_grace: float = SETTLED_GRACE,
+        max_remembered: int = MEMORY_REMEMBERED,
+    ) -> None:
+        if not settled_grace > 0 or max_remembered < 1:
+            raise InvalidRequest(
+                "settled_grace must be positive seconds and max_remembered >= 1, got"
+                f" settled_grace={settled_grace} max_remembered={max_remembered}",
+                field="settled_grace" if not settled_grace > 0 else "max_remembered",
+            )
         self._clock = clock
+        self._grace = settled_grace
+        self._max_remembered = max_remembered
         self._lock = threading.Lock()
         self._totals: dict[str, float] = {}
         self._windows: dict[str, _Window] = {}
         self._periods: dict[str, tuple[str, float]] = {}
         self._reserved: dict[str, float] = {}
-        self._active: dict[str, tuple[Reservation, tuple[float, ...]]] = {}
+        self._active: dict[str, _Hold] = {}
         self._expiry: list[tuple[float, str]] = []
-        self._settled: dict[str, float] = {}
-        self._settled_expiry: list[tuple[float, str]] = []
+        # id -> (keep until, None when settled or the charge per claim key when charged)
+        self._outcomes: OrderedDict[str, tuple[float, dict[str, _Charge] | None]] = OrderedDict()
 
     def now(self) -> float:
         """The ledger's clock."""
@@ -439,49 +489,60 @@ class MemoryLedger(InlineAsync):
             )
             for claim, amount in zip(claims, held, strict=True):
                 self._reserved[claim.key] = self._reserved.get(claim.key, 0.0) + amount
-            self._active[reservation_id] = (reservation, held)
+            self._active[reservation_id] = _Hold(reservation, held)
             heapq.heappush(self._expiry, (reservation.expires_at, reservation_id))
         return reservation
+
+    def renew(self, reservation: Reservation, *, lease: float) -> bool:
+        """Push the hold's expiry to ``now + lease``; False once it is settled or charged."""
+        if not lease > 0:
+            raise InvalidRequest(
+                f"lease must be a positive number of seconds, got {lease}", field="lease"
+            )
+        with self._lock:
+            now = self._clock()
+            self._expire(now)
+            hold = self._active.get(reservation.id)
+            if hold is None:
+                return False
+            until = now + lease
+            if until > hold.expires_at:
+                hold.expires_at = until
+                heapq.heappush(self._expiry, (until, reservation.id))
+            return True
 
     def settle(
         self, reservation: Reservation, *, tokens: int, requests: int = 1, cost: float = 0.0
     ) -> None:
-        """Record ``tokens``, ``requests`` and ``cost`` and drop the hold; a repeat is a no-op."""
+        """Record ``tokens``, ``requests`` and ``cost`` and drop the hold; a repeat is a no-op.
+
+        Settling a reservation whose hold was charged at expiry replaces the charge.
+        """
         check_settle(tokens, requests, cost)
         with self._lock:
             now = self._clock()
+            self._expire(now)
             reservation_id = reservation.id
-            if reservation_id in self._settled:
-                return
-            active = self._active.pop(reservation_id, None)
-            if active is not None:
-                self._release(*active)
-            for claim in reservation.claims:
-                amount = amount_settled(claim, tokens, requests, cost)
-                if not amount:
-                    continue
-                if claim.window is not None:
-                    window = self._windows.get(claim.key)
-                    if window is None:
-                        window = self._windows[claim.key] = _Window()
-                    window.prune(now, claim.window)
-                    window.events.append((now, float(amount)))
-                    window.total += amount
-                elif claim.period is not None:
-                    period = periods.span(claim.period, claim.tz, now).id
-                    stored = self._periods.get(claim.key)
-                    if stored is not None and stored[0] >= period:
-                        self._periods[claim.key] = (stored[0], stored[1] + amount)
-                    else:
-                        self._periods[claim.key] = (period, float(amount))
-                else:
-                    self._totals[claim.key] = self._totals.get(claim.key, 0.0) + amount
-            keep_until = max(now, reservation.expires_at) + SETTLED_GRACE
-            self._settled[reservation_id] = keep_until
-            settled_expiry = self._settled_expiry
-            heapq.heappush(settled_expiry, (keep_until, reservation_id))
-            while settled_expiry and settled_expiry[0][0] < now:
-                del self._settled[heapq.heappop(settled_expiry)[1]]
+            outcome = self._outcomes.get(reservation_id)
+            if outcome is not None and outcome[1] is None:
+                return  # settled already
+            hold = self._active.pop(reservation_id, None)
+            if hold is not None:
+                self._release(hold)
+                for claim in reservation.claims:
+                    self._add(claim, now, amount_settled(claim, tokens, requests, cost))
+            else:
+                charges = outcome[1] if outcome is not None else None
+                for claim, held in zip(reservation.claims, reservation.amounts, strict=True):
+                    real = amount_settled(claim, tokens, requests, cost)
+                    charge = charges.get(claim.key) if charges is not None else None
+                    if charge is None:
+                        # Charged, and the charge forgotten: it was the hold in full.
+                        charged = usd_units(held) if claim.unit == "usd" else held
+                        charge = _Charge(charged, -math.inf, None)
+                    self._replace(claim, charge, real, now)
+            self._outcomes.pop(reservation_id, None)
+            self._remember(reservation_id, now, None)
 
     def usage(self, claims: Sequence[Claim]) -> list[ClaimUsage]:
         """Return the state of each claim; ``resets_at`` is when its count next drops."""
@@ -493,7 +554,7 @@ class MemoryLedger(InlineAsync):
                 used = self._used(claim, now)
                 reserved = self._reserved.get(claim.key, 0.0)
                 window = self._windows.get(claim.key) if claim.window is not None else None
-                reset = resets_at(claim, now, window.events if window is not None else ())
+                reset = resets_at(claim, now, self._events(claim) if window is not None else ())
                 if claim.unit == "usd":
                     used, reserved = used / USD_SCALE, reserved / USD_SCALE
                 result.append(ClaimUsage(claim, used, reserved, reset))
@@ -521,18 +582,97 @@ class MemoryLedger(InlineAsync):
     def _events(self, claim: Claim) -> list[tuple[float, float]]:
         # Called after _used (or prune) for the same key at the same time: the deque is current.
         window = self._windows.get(claim.key)
-        return list(window.events) if window is not None else []
+        return [(ts, amount) for ts, amount in window.events] if window is not None else []
+
+    def _add(self, claim: Claim, ts: float, amount: float) -> list[float] | None:
+        """Count ``amount`` as used at ``ts``; return the window event it made, if any.
+
+        ``ts`` is now, or a charge's expiry (never earlier than an event already counted).
+        """
+        if not amount:
+            return None
+        if claim.window is not None:
+            window = self._windows.get(claim.key)
+            if window is None:
+                window = self._windows[claim.key] = _Window()
+            window.prune(ts, claim.window)
+            event = [ts, float(amount)]
+            window.events.append(event)
+            window.total += amount
+            return event
+        if claim.period is not None:
+            period = periods.span(claim.period, claim.tz, ts).id
+            stored = self._periods.get(claim.key)
+            if stored is None or stored[0] < period:
+                self._periods[claim.key] = (period, float(amount))
+            elif stored[0] == period:
+                self._periods[claim.key] = (period, stored[1] + amount)
+            # (a charge in a period already over counts nothing now)
+            return None
+        self._totals[claim.key] = self._totals.get(claim.key, 0.0) + amount
+        return None
+
+    def _replace(self, claim: Claim, charge: _Charge, real: float, now: float) -> None:
+        """Replace a charge by the real amount (a late settle), never below zero."""
+        diff = real - charge.amount
+        if claim.window is not None:
+            window = self._windows.get(claim.key)
+            if window is not None:
+                window.prune(now, claim.window)
+            event = charge.event
+            # An event counts while ts > now - window, and only events that left it are pruned.
+            if window is not None and event is not None and event[0] > now - claim.window:
+                event[1] = float(real)
+                window.total += diff
+                return
+            if diff > 0:
+                self._add(claim, now, diff)
+            return
+        if claim.period is not None:
+            period = periods.span(claim.period, claim.tz, now).id
+            stored = self._periods.get(claim.key)
+            if (
+                charge.ts > -math.inf
+                and stored is not None
+                and stored[0] == period
+                and periods.span(claim.period, claim.tz, charge.ts).id == period
+            ):
+                self._periods[claim.key] = (period, max(stored[1] + diff, 0.0))
+            elif diff > 0:
+                self._add(claim, now, diff)
+            return
+        self._totals[claim.key] = max(self._totals.get(claim.key, 0.0) + diff, 0.0)
+
+    def _remember(
+        self, reservation_id: str, now: float, charges: dict[str, _Charge] | None
+    ) -> None:
+        outcomes = self._outcomes
+        outcomes[reservation_id] = (now + self._grace, charges)
+        while outcomes:
+            oldest_id, (keep_until, _charges) = next(iter(outcomes.items()))
+            if keep_until >= now and len(outcomes) <= self._max_remembered:
+                break
+            del outcomes[oldest_id]
 
     def _expire(self, now: float) -> None:
+        """Charge in full every hold whose lease ended (unknown is spent), oldest first."""
         expiry = self._expiry
         while expiry and expiry[0][0] <= now:
-            active = self._active.pop(heapq.heappop(expiry)[1], None)
-            if active is not None:
-                self._release(*active)
+            expires_at, reservation_id = heapq.heappop(expiry)
+            hold = self._active.get(reservation_id)
+            if hold is None or hold.expires_at != expires_at:
+                continue  # settled, or renewed (a later entry stands for it)
+            del self._active[reservation_id]
+            self._release(hold)
+            charges: dict[str, _Charge] = {}
+            for claim, amount in zip(hold.reservation.claims, hold.held, strict=True):
+                event = self._add(claim, expires_at, amount)
+                charges[claim.key] = _Charge(amount, expires_at, event)
+            self._remember(reservation_id, expires_at, charges)
 
-    def _release(self, reservation: Reservation, held: tuple[float, ...]) -> None:
+    def _release(self, hold: _Hold) -> None:
         reserved = self._reserved
-        for claim, amount in zip(reservation.claims, held, strict=True):
+        for claim, amount in zip(hold.reservation.claims, hold.held, strict=True):
             left = reserved.get(claim.key, 0.0) - amount
             if left > 0:
                 reserved[claim.key] = left

@@ -236,6 +236,14 @@ class RoutedLedger:
             return _renew(self.shared, second, lease) or kept
         return _renew(self._owner(reservation), reservation, lease)
 
+    async def arenew(self, reservation: Reservation, *, lease: float) -> bool:
+        """Async :meth:`renew`."""
+        if isinstance(reservation, RoutedReservation):
+            first, second = reservation.parts
+            kept = await _arenew(self._private, first, lease)
+            return await _arenew(self.shared, second, lease) or kept
+        return await _arenew(self._owner(reservation), reservation, lease)
+
     # -- usage -------------------------------------------------------------------------------
 
     def usage(self, claims: Sequence[Claim]) -> list[ClaimUsage]:
@@ -301,6 +309,14 @@ def _renew(ledger: Ledger, reservation: Reservation, lease: float) -> bool:
     if renew is None:
         return True
     return bool(renew(reservation, lease=lease))
+
+
+async def _arenew(ledger: Ledger, reservation: Reservation, lease: float) -> bool:
+    """Async :func:`_renew` (a ledger without ``arenew`` is renewed by its sync ``renew``)."""
+    arenew = getattr(ledger, "arenew", None)
+    if arenew is None:
+        return _renew(ledger, reservation, lease)
+    return bool(await arenew(reservation, lease=lease))
 
 
 def _joined(first: Reservation, second: Reservation) -> RoutedReservation:

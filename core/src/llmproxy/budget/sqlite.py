@@ -28,6 +28,7 @@ from llmproxy.budget.memory import (
     check_settle,
     resets_at,
     usd_limit,
+    usd_units,
 )
 from llmproxy.errors import InvalidRequest
 from llmproxy.history.sqlite import _Database, immediate
@@ -54,6 +55,15 @@ CREATE TABLE IF NOT EXISTS ledger_holds (
 CREATE TABLE IF NOT EXISTS ledger_settled (
     reservation TEXT PRIMARY KEY NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS ledger_outcomes (
+    reservation TEXT NOT NULL,
+    key TEXT NOT NULL,
+    amount REAL NOT NULL,
+    ts REAL NOT NULL,
+    keep_until REAL NOT NULL,
+    PRIMARY KEY (reservation, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS ledger_outcomes_keep ON ledger_outcomes (keep_until);
 CREATE TABLE IF NOT EXISTS ledger_periods (
     key TEXT PRIMARY KEY NOT NULL,
     period TEXT NOT NULL,
@@ -76,8 +86,11 @@ CREATE TABLE IF NOT EXISTS ledger_claims (
 ``ledger_events`` (kept equal by every settle), so reading a window's use costs a lookup plus
 the few events that left it since the key was last settled, however many are in it.
 ``ledger_events`` is clustered on ``(key, ts)``; ``ledger_holds`` (calls in flight, small) on
-``key``; ``ledger_settled`` holds ids of settled reservations, which start with their lease's
-end so that the oldest sort first and are pruned by a range delete. ``ledger_periods`` holds
+``key``; ``ledger_outcomes`` remembers what became of reservations for the settled grace: a
+row with key ``''`` marks a settled id, a row per claim key one charged in full at expiry
+(``amount`` charged at ``ts``, its expiry), until ``keep_until``. ``ledger_settled`` holds the
+settled ids of llmproxy versions before it (ids starting with their lease's end), still
+honoured and pruned after an hour. ``ledger_periods`` holds
 a calendar key's total in its latest period (one row per key, whatever the number of periods):
 a row of an earlier period than the current one counts as nothing and is replaced by the next
 settle. ``ledger_claims`` holds each key's terms (policy, scope, limit in the claim's unit,
@@ -87,25 +100,66 @@ writes a key's row on its first reserve of those terms only. Amounts are in ledg
 """
 
 # ?1 key, ?2 now (holds live while expires_at > now), ?3 window start (events count while
-# ts > ?3; the ones at or before it have left the window but may not be deleted yet).
+# ts > ?3; the ones at or before it have left the window but may not be deleted yet). A hold
+# that expired and is not charged yet counts as used at its expiry (unknown is spent), as its
+# charge will.
 _TOTAL_STATE: Final = (
-    "SELECT (SELECT used FROM ledger_keys WHERE key = ?1),"
+    "SELECT coalesce((SELECT used FROM ledger_keys WHERE key = ?1), 0.0)"
+    " + (SELECT total(amount) FROM ledger_holds WHERE key = ?1 AND expires_at <= ?2),"
     " (SELECT total(amount) FROM ledger_holds WHERE key = ?1 AND expires_at > ?2)"
 )
 _WINDOW_STATE: Final = (
     "SELECT coalesce((SELECT used FROM ledger_keys WHERE key = ?1), 0.0)"
-    " - (SELECT total(amount) FROM ledger_events WHERE key = ?1 AND ts <= ?3),"
+    " - (SELECT total(amount) FROM ledger_events WHERE key = ?1 AND ts <= ?3)"
+    " + (SELECT total(amount) FROM ledger_holds WHERE key = ?1 AND expires_at <= ?2"
+    " AND expires_at > ?3),"
     " (SELECT total(amount) FROM ledger_holds WHERE key = ?1 AND expires_at > ?2)"
 )
-# ?1 key, ?2 now, ?3 the current period's id (a row of an older period counts as nothing).
+# ?1 key, ?2 now, ?3 the current period's id (a row of an older period counts as nothing),
+# ?4 the current period's start.
 _PERIOD_STATE: Final = (
-    "SELECT (SELECT used FROM ledger_periods WHERE key = ?1 AND period >= ?3),"
+    "SELECT coalesce((SELECT used FROM ledger_periods WHERE key = ?1 AND period >= ?3), 0.0)"
+    " + (SELECT total(amount) FROM ledger_holds WHERE key = ?1 AND expires_at <= ?2"
+    " AND expires_at >= ?4),"
     " (SELECT total(amount) FROM ledger_holds WHERE key = ?1 AND expires_at > ?2)"
 )
 _OLDEST: Final = "SELECT min(ts) FROM ledger_events WHERE key = ? AND ts > ?"
 _EVENTS: Final = "SELECT ts, amount FROM ledger_events WHERE key = ? AND ts > ? ORDER BY ts"
-_PRUNE_HOLDS: Final = "DELETE FROM ledger_holds WHERE expires_at <= ?"
-_MARK_SETTLED: Final = "INSERT OR IGNORE INTO ledger_settled (reservation) VALUES (?)"
+_EXPIRED_HOLDS: Final = (
+    "SELECT h.key, h.reservation, h.amount, h.expires_at, c.unit, c.window_s, c.period, c.tz"
+    " FROM ledger_holds AS h LEFT JOIN ledger_claims AS c ON c.key = h.key"
+    " WHERE h.expires_at <= ?"
+)
+_EXPIRED_OF_KEY: Final = (
+    "SELECT reservation, amount, expires_at FROM ledger_holds WHERE key = ? AND expires_at <= ?"
+)
+_DROP_EXPIRED_OF_KEY: Final = "DELETE FROM ledger_holds WHERE key = ? AND expires_at <= ?"
+_MARK_SETTLED: Final = (
+    "INSERT OR IGNORE INTO ledger_outcomes (reservation, key, amount, ts, keep_until)"
+    " VALUES (?, '', 0, ?, ?)"
+)
+_LEGACY_SETTLED: Final = "SELECT 1 FROM ledger_settled WHERE reservation = ?"
+_CHARGED: Final = (
+    "INSERT OR REPLACE INTO ledger_outcomes (reservation, key, amount, ts, keep_until)"
+    " VALUES (?, ?, ?, ?, ?)"
+)
+_CHARGE_OF: Final = "SELECT amount, ts FROM ledger_outcomes WHERE reservation = ? AND key = ?"
+_DROP_CHARGE: Final = "DELETE FROM ledger_outcomes WHERE reservation = ? AND key = ?"
+_HOLD_OF: Final = "SELECT amount FROM ledger_holds WHERE key = ? AND reservation = ?"
+_RENEW: Final = (
+    "UPDATE ledger_holds SET expires_at = max(expires_at, ?1)"
+    " WHERE key = ?2 AND reservation = ?3 AND expires_at > ?4"
+)
+_ADJUST_USED: Final = (
+    "INSERT INTO ledger_keys (key, used) VALUES (?1, max(?2, 0))"
+    " ON CONFLICT (key) DO UPDATE SET used = max(used + ?2, 0)"
+)
+_ADJUST_PERIOD: Final = (
+    "UPDATE ledger_periods SET used = max(used + ?3, 0) WHERE key = ?1 AND period = ?2"
+)
+_REPLACE_EVENT: Final = (
+    "UPDATE ledger_events SET amount = ?4 WHERE key = ?1 AND ts = ?2 AND reservation = ?3"
+)
 _DROP_HOLD: Final = "DELETE FROM ledger_holds WHERE key = ? AND reservation = ?"
 _ADD_USED: Final = (
     "INSERT INTO ledger_keys (key, used) VALUES (?, ?)"
@@ -123,6 +177,9 @@ _LEFT_WINDOW: Final = "SELECT count(*), total(amount) FROM ledger_events WHERE k
 _PRUNE_EVENTS: Final = "DELETE FROM ledger_events WHERE key = ? AND ts <= ?"
 _ADD_EVENT: Final = "INSERT INTO ledger_events (key, ts, reservation, amount) VALUES (?, ?, ?, ?)"
 _PRUNE_SETTLED: Final = "DELETE FROM ledger_settled WHERE reservation < ?"
+_PRUNE_OUTCOMES: Final = "DELETE FROM ledger_outcomes WHERE keep_until < ?"
+_LEGACY_GRACE: Final = 3600.0
+"""How long the settled ids of earlier versions (``ledger_settled``) were kept."""
 _SET_CLAIM: Final = (
     "INSERT INTO ledger_claims (key, policy, scope, max_amount, unit, window_s, period, tz)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET policy = excluded.policy,"
@@ -171,10 +228,14 @@ class SQLiteLedger(InlineAsync):
     :class:`~llmproxy.errors.StoreError` naming the file and what to do. A key must always be
     claimed with the same unit, window, period and time zone.
 
-    Expired holds are ignored by every read and deleted now and then by :meth:`reserve`;
-    events that left their window are deleted when their key is next settled. Settling a
-    reservation again is a no-op until :data:`~llmproxy.budget.memory.SETTLED_GRACE` seconds
-    after its lease's end, when its id is forgotten.
+    Unknown is spent: a hold neither settled nor renewed (:meth:`renew`) by its expiry counts
+    as used at its expiry in every read, and is charged in full (written as used, its id
+    remembered with the amounts) by the next write touching its key, or by the sweep of every
+    64th reserve; a later settle of it replaces the charge once (see the Ledger protocol).
+    Events that left their window are deleted when their key is next settled. Settling a
+    reservation again is a no-op, across processes, for ``settled_grace`` seconds (default
+    :data:`~llmproxy.budget.memory.SETTLED_GRACE`, 24 h) after its settle or charge, when its
+    id is forgotten.
 
     The async methods run the sync ones inline: a reserve or settle costs tens of
     microseconds, less than a hop to a thread, unless another process holds the write lock
@@ -187,8 +248,15 @@ class SQLiteLedger(InlineAsync):
         *,
         clock: Callable[[], float] = time.time,
         timeout: float = 5.0,
+        settled_grace: float = SETTLED_GRACE,
     ) -> None:
+        if not settled_grace > 0:
+            raise InvalidRequest(
+                f"settled_grace must be positive seconds, got {settled_grace}",
+                field="settled_grace",
+            )
         self._clock = clock
+        self._grace = settled_grace
         self._db = _Database(path, timeout=timeout, kind="ledger", schema=_SCHEMA)
         self._reserves = 0
         self._settles = 0
@@ -217,13 +285,16 @@ class SQLiteLedger(InlineAsync):
         claims = check_arguments(
             claims, input_tokens, max_output_tokens, min_output_tokens, lease, rates
         )
-        suffix = uuid.uuid4().hex[:20]
+        reservation_id = uuid.uuid4().hex
         with immediate(self._db) as conn:
             assert conn is not None  # (None only without waiting)
             now = self._clock()
             self._reserves += 1
             if self._reserves % _PRUNE_EVERY == 1:
-                conn.execute(_PRUNE_HOLDS, (now,))
+                self._charge_all(conn, now)
+            else:
+                for claim in claims:
+                    self._charge(conn, claim, now)
             used: list[float] = []
             reserved: list[float] = []
             for claim in claims:
@@ -242,7 +313,6 @@ class SQLiteLedger(InlineAsync):
                 rates=rates,
             )
             expires_at = now + lease
-            reservation_id = _stamp(expires_at) + suffix
             if claims:
                 params: list[Any] = []
                 for claim, amount in zip(claims, held, strict=True):
@@ -276,24 +346,147 @@ class SQLiteLedger(InlineAsync):
     def settle(
         self, reservation: Reservation, *, tokens: int, requests: int = 1, cost: float = 0.0
     ) -> None:
-        """Record ``tokens``, ``requests`` and ``cost`` and drop the hold; a repeat is a no-op."""
+        """Record ``tokens``, ``requests`` and ``cost`` and drop the hold; a repeat is a no-op.
+
+        Settling a reservation whose hold was charged at expiry replaces the charge.
+        """
         check_settle(tokens, requests, cost)
         reservation_id = reservation.id
         with immediate(self._db) as conn:
             assert conn is not None
-            if not conn.execute(_MARK_SETTLED, (reservation_id,)).rowcount:
+            now = self._clock()
+            if (
+                not conn.execute(_MARK_SETTLED, (reservation_id, now, now + self._grace)).rowcount
+                or conn.execute(_LEGACY_SETTLED, (reservation_id,)).fetchone() is not None
+            ):
                 conn.execute("ROLLBACK")  # settled already: nothing to write
                 return
-            now = self._clock()
-            conn.executemany(
-                _DROP_HOLD, [(claim.key, reservation_id) for claim in reservation.claims]
-            )
-            for claim in reservation.claims:
+            for claim, held in zip(reservation.claims, reservation.amounts, strict=True):
                 amount = amount_settled(claim, tokens, requests, cost)
-                self._record(conn, claim, now, [(now, reservation_id, amount)])
+                key = claim.key
+                self._charge(conn, claim, now)  # an expired hold is charged, this one too
+                if conn.execute(_HOLD_OF, (key, reservation_id)).fetchone() is not None:
+                    # Held and live: the settle replaces the hold.
+                    conn.execute(_DROP_HOLD, (key, reservation_id))
+                    self._record(conn, claim, now, [(now, reservation_id, amount)])
+                    continue
+                charge = conn.execute(_CHARGE_OF, (reservation_id, key)).fetchone()
+                if charge is not None:
+                    conn.execute(_DROP_CHARGE, (reservation_id, key))
+                    self._replace(conn, claim, reservation_id, charge[0], charge[1], amount, now)
+                else:  # charged, and the charge forgotten (or being written): the full hold
+                    charged = usd_units(held) if claim.unit == "usd" else held
+                    self._replace(conn, claim, reservation_id, charged, None, amount, now)
             self._settles += 1
             if self._settles % _PRUNE_EVERY == 1:
-                conn.execute(_PRUNE_SETTLED, (_stamp(now - SETTLED_GRACE),))
+                conn.execute(_PRUNE_OUTCOMES, (now,))
+                conn.execute(_PRUNE_SETTLED, (_stamp(now - _LEGACY_GRACE),))
+
+    def renew(self, reservation: Reservation, *, lease: float) -> bool:
+        """Push the hold's expiry to ``now + lease``, in one transaction.
+
+        False when the hold no longer exists (settled, or expired: charged or about to be).
+        """
+        if not lease > 0:
+            raise InvalidRequest(
+                f"lease must be a positive number of seconds, got {lease}", field="lease"
+            )
+        if not reservation.claims:
+            return False
+        with immediate(self._db) as conn:
+            assert conn is not None
+            now = self._clock()
+            renewed = 0
+            for claim in reservation.claims:
+                renewed += conn.execute(
+                    _RENEW, (now + lease, claim.key, reservation.id, now)
+                ).rowcount
+        return renewed > 0
+
+    def _charge(self, conn: sqlite3.Connection, claim: Claim, now: float) -> None:
+        """Charge in full the holds on ``claim``'s key that expired (unknown is spent)."""
+        rows = conn.execute(_EXPIRED_OF_KEY, (claim.key, now)).fetchall()
+        if rows:
+            conn.execute(_DROP_EXPIRED_OF_KEY, (claim.key, now))
+            self._charged(conn, claim, now, rows)
+
+    def _charged(
+        self,
+        conn: sqlite3.Connection,
+        claim: Claim,
+        now: float,
+        rows: Sequence[tuple[str, float, float]],
+    ) -> None:
+        """Write expired holds ``(reservation, amount, expires_at)`` as used, and remember them."""
+        items = sorted(((ts, rid, amount) for rid, amount, ts in rows), key=lambda i: i[0])
+        if claim.period is not None:
+            # A charge counts in the period of its expiry, and not at all once that is over.
+            current = periods.span(claim.period, claim.tz, now).start
+            self._record(conn, claim, now, [item for item in items if item[0] >= current])
+        else:
+            self._record(conn, claim, now, items)
+        keep_until = now + self._grace
+        conn.executemany(
+            _CHARGED, [(rid, claim.key, amount, ts, keep_until) for ts, rid, amount in items]
+        )
+
+    def _charge_all(self, conn: sqlite3.Connection, now: float) -> None:
+        """Charge every expired hold in the file (keys no call touches any more included)."""
+        by_key: dict[str, tuple[Claim, list[tuple[str, float, float]]]] = {}
+        for key, rid, amount, expires_at, unit, window, period, tz in conn.execute(
+            _EXPIRED_HOLDS, (now,)
+        ).fetchall():
+            found = by_key.get(key)
+            if found is None:
+                # The terms as last reserved (none recorded: an all-time total).
+                claim = Claim(key, "", "", 0.0, unit or "tokens", window, period, tz or "UTC")
+                found = by_key[key] = (claim, [])
+            found[1].append((rid, amount, expires_at))
+        for claim, rows in by_key.values():
+            conn.execute(_DROP_EXPIRED_OF_KEY, (claim.key, now))
+            self._charged(conn, claim, now, rows)
+
+    def _replace(
+        self,
+        conn: sqlite3.Connection,
+        claim: Claim,
+        reservation_id: str,
+        charged: float,
+        ts: float | None,
+        real: float,
+        now: float,
+    ) -> None:
+        """Replace a charge (``charged`` at ``ts``; None: unknown) by what was really used.
+
+        Per claim, used grows by ``real - charged`` and never drops below zero; a charge that
+        has left its window or period (or whose time is unknown) is only topped up.
+        """
+        key = claim.key
+        diff = real - charged
+        if claim.window is None and claim.period is None:
+            if diff:
+                conn.execute(_ADJUST_USED, (key, diff))
+            return
+        if claim.window is not None:
+            self._record(conn, claim, now, [])  # prune what left the window
+            if ts is not None and ts > now - claim.window and charged:
+                replaced = conn.execute(_REPLACE_EVENT, (key, ts, reservation_id, real)).rowcount
+                if replaced:
+                    if diff:
+                        conn.execute(_ADJUST_USED, (key, diff))
+                    return
+        else:
+            assert claim.period is not None
+            span = periods.span(claim.period, claim.tz, now)
+            if (
+                ts is not None
+                and ts >= span.start
+                and charged
+                and conn.execute(_ADJUST_PERIOD, (key, span.id, diff)).rowcount
+            ):
+                return
+        if diff > 0:
+            self._record(conn, claim, now, [(now, reservation_id, diff)])
 
     def sync_lease(
         self,
@@ -304,6 +497,7 @@ class SQLiteLedger(InlineAsync):
         ttl: float,
         share: float = LEASE_SHARE,
         wait: bool = True,
+        charged: Sequence[tuple[Claim, float, str, float]] = (),
     ) -> list[float] | None:
         """Record a batch of settles and resize one owner's leases, in one transaction.
 
@@ -321,6 +515,13 @@ class SQLiteLedger(InlineAsync):
         With ``wait=False`` it does not wait for another connection's write to end: it returns
         None at once, having done nothing (an event loop's sync tries again later rather than
         stall every call on the loop for SQLite's busy sleeps).
+
+        ``charged`` lists calls admitted from the leases whose hold expired unsettled, as
+        ``(claim, expires_at, reservation_id, amount)``: written as used like ``settled`` and
+        remembered as charged, so that a late settle of one (:meth:`settle` with its
+        reservation) replaces its charge. Expired holds on the keys are charged first; if the
+        owner's own lease had expired and was charged (the owner stalled for a whole ``ttl``),
+        this batch's settles and charges replace that charge instead of adding to it.
         """
         if share < 1 or not ttl > 0:
             raise InvalidRequest(
@@ -332,13 +533,33 @@ class SQLiteLedger(InlineAsync):
                 return None
             now = self._clock()
             batches: dict[str, tuple[Claim, list[tuple[float, str, float]]]] = {}
-            for claim, ts, reservation_id, amount in settled:
+            for claim, ts, reservation_id, amount in [*settled, *charged]:
                 batch = batches.get(claim.key)
                 if batch is None:
                     batch = batches[claim.key] = (claim, [])
                 batch[1].append((ts, reservation_id, amount))
+            for claim, _keep, _want, _step in wants:
+                if claim.key not in batches:
+                    batches[claim.key] = (claim, [])
             for claim, items in batches.values():
-                self._record(conn, claim, now, items)
+                self._charge(conn, claim, now)
+                lapsed = conn.execute(_CHARGE_OF, (owner, claim.key)).fetchone()
+                if lapsed is None:
+                    self._record(conn, claim, now, sorted(items))
+                    continue
+                # The lease expired and was charged in full: what its calls used replaces it.
+                conn.execute(_DROP_CHARGE, (owner, claim.key))
+                real = sum(amount for _ts, _rid, amount in items)
+                self._replace(conn, claim, owner, lapsed[0], lapsed[1], real, now)
+            if charged:
+                keep_until = now + self._grace
+                conn.executemany(
+                    _CHARGED,
+                    [
+                        (rid, claim.key, amount, ts, keep_until)
+                        for claim, ts, rid, amount in charged
+                    ],
+                )
             expires_at = now + ttl
             for claim, keep, want, step in wants:
                 hold = keep
@@ -463,7 +684,8 @@ class SQLiteLedger(InlineAsync):
         if claim.window is not None:
             return _WINDOW_STATE, (claim.key, now, now - claim.window)
         if claim.period is not None:
-            return _PERIOD_STATE, (claim.key, now, periods.span(claim.period, claim.tz, now).id)
+            span = periods.span(claim.period, claim.tz, now)
+            return _PERIOD_STATE, (claim.key, now, span.id, span.start)
         return _TOTAL_STATE, (claim.key, now)
 
     @staticmethod

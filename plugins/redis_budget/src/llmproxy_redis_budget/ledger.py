@@ -57,7 +57,7 @@ from llmproxy.budget.memory import (
     usd_limit,
     usd_rate,
 )
-from llmproxy.errors import BudgetExceeded, ConfigError, RateLimited, StoreError
+from llmproxy.errors import BudgetExceeded, ConfigError, InvalidRequest, RateLimited, StoreError
 from llmproxy.secret import logger as secret_logger
 from llmproxy_redis_budget import scripts
 from llmproxy_redis_budget.breaker import CircuitBreaker
@@ -69,11 +69,12 @@ LOCAL_PREFIX: Final = "local:"
 """Ids of reservations made by the local fallback ledger (``fail=open`` while Redis is down)."""
 
 _UNIT_CODES: Final = {"tokens": "t", "requests": "r", "usd": "u"}
-_Script = Literal["reserve", "settle", "usage"]
+_Script = Literal["reserve", "settle", "usage", "renew"]
 _SOURCES: Final[dict[_Script, str]] = {
     "reserve": scripts.RESERVE,
     "settle": scripts.SETTLE,
     "usage": scripts.USAGE,
+    "renew": scripts.RENEW,
 }
 _SHAS: Final = {
     name: hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
@@ -195,8 +196,20 @@ class RedisLedger:
         breaker_clock: Callable[[], float] = time.monotonic,
         cluster: bool | None = None,
         breaker_probe: float | None = None,
+        settled_grace: float | None = None,
     ) -> None:
-        settings = settings_from_url(url, os.environ if environ is None else environ)
+        env = os.environ if environ is None else environ
+        settings = settings_from_url(url, env)
+        if settled_grace is None:
+            from llmproxy import env as core_env
+
+            settled_grace = core_env.seconds(env, core_env.LEDGER_SETTLED_GRACE) or SETTLED_GRACE
+        if not settled_grace > 0:
+            raise ConfigError(
+                f"settled_grace must be positive seconds, got {settled_grace}",
+                path="settled_grace",
+            )
+        self._grace = settled_grace
         overrides = {
             "prefix": prefix,
             "fail": fail,
@@ -511,7 +524,7 @@ class RedisLedger:
             keys: list[str] = []
             args = [
                 f"{now} {reservation_id} {input_tokens} {max_output_tokens} {min_output_tokens}"
-                f" {_fmt(lease)} {rate_in} {rate_out} {ttl}"
+                f" {_fmt(lease)} {rate_in} {rate_out} {ttl} {_fmt(self._grace)} {self._tag}"
             ]
             terms: list[str] = []
             for claim in claims:
@@ -597,7 +610,8 @@ class RedisLedger:
             now, ttl = self._time_args(estimate)
             keys = [self.key("s", reservation.id)]
             args = [
-                f"{now} {reservation.id} {_fmt(reservation.expires_at)} {ttl} {_fmt(SETTLED_GRACE)}"
+                f"{now} {reservation.id} {_fmt(reservation.expires_at)} {ttl}"
+                f" {_fmt(self._grace)} {self._tag}"
             ]
             for claim, held in zip(reservation.claims, reservation.amounts, strict=True):
                 plan = self._plan(claim)
@@ -615,6 +629,20 @@ class RedisLedger:
             f"Redis ledger at {self.settings.safe_url}: the server's clock moved by more than a"
             " calendar period during one settle"
         )
+
+    def _renew_steps(self, reservation: Reservation, lease: float) -> _Steps:
+        now, ttl = self._time_args(self._estimate())
+        keys: list[str] = []
+        args = [f"{now} {reservation.id} {_fmt(lease)} {ttl}"]
+        for claim, held in zip(reservation.claims, reservation.amounts, strict=True):
+            plan = self._plan(claim)
+            keys += plan.keys[:2]
+            keep = claim.window if claim.window is not None else 0.0
+            if claim.period is not None:
+                keep = 2764800.0  # a month: see the scripts' hold_keep
+            args.append(f"{_int(held * USD_SCALE if claim.unit == 'usd' else held)} {_fmt(keep)}")
+        reply = yield ("renew", keys, args)
+        return int(reply[2]) > 0
 
     def _usage_steps(self, claims: Sequence[Claim]) -> _Steps:
         estimate = self._estimate()
@@ -679,7 +707,9 @@ class RedisLedger:
             raise self._unavailable(down) from down.__cause__
         # Recorded locally, so this process keeps counting what it spends while Redis is away.
         log.debug("Redis ledger down (%s): settling %s locally", down, reservation.id)
-        self._fallback.settle(reservation, tokens=tokens, requests=requests, cost=cost)
+        # The fallback never held it: held amounts of zero make its settle a plain record.
+        unheld = attrs.evolve(reservation, amounts=(0.0,) * len(reservation.amounts))
+        self._fallback.settle(unheld, tokens=tokens, requests=requests, cost=cost)
 
     def _local_usage(self, down: _Down, claims: Sequence[Claim]) -> list[ClaimUsage]:
         if self.settings.fail == "closed":
@@ -744,6 +774,47 @@ class RedisLedger:
             self._run(self._settle_steps(reservation, tokens, requests, cost))
         except _Down as down:
             self._local_settle(down, reservation, tokens, requests, cost)
+
+    def renew(self, reservation: Reservation, *, lease: float) -> bool:
+        """Push the hold's expiry to ``now + lease`` in one EVALSHA; False once it is gone.
+
+        Gone: settled, or expired (charged in full). A reservation of the local fallback is
+        renewed there. Raises StoreError when Redis is unavailable and ``fail="closed"``; with
+        ``fail="open"`` an unreachable Redis answers True (the hold is not known to be gone).
+        """
+        if not lease > 0:
+            raise InvalidRequest(
+                f"lease must be a positive number of seconds, got {lease}", field="lease"
+            )
+        if reservation.id.startswith(LOCAL_PREFIX):
+            return self._fallback.renew(self._unlocal(reservation), lease=lease)
+        if not reservation.claims:
+            return False
+        try:
+            result: bool = self._run(self._renew_steps(reservation, lease))
+        except _Down as down:
+            if self.settings.fail == "closed":
+                raise self._unavailable(down) from down.__cause__
+            return True
+        return result
+
+    async def arenew(self, reservation: Reservation, *, lease: float) -> bool:
+        """Async :meth:`renew`."""
+        if not lease > 0:
+            raise InvalidRequest(
+                f"lease must be a positive number of seconds, got {lease}", field="lease"
+            )
+        if reservation.id.startswith(LOCAL_PREFIX):
+            return self._fallback.renew(self._unlocal(reservation), lease=lease)
+        if not reservation.claims:
+            return False
+        try:
+            result: bool = await self._arun(self._renew_steps(reservation, lease))
+        except _Down as down:
+            if self.settings.fail == "closed":
+                raise self._unavailable(down) from down.__cause__
+            return True
+        return result
 
     def usage(self, claims: Sequence[Claim]) -> list[ClaimUsage]:
         """Return the state of each claim, read in one round trip (nothing is written)."""

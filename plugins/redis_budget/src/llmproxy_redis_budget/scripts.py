@@ -78,9 +78,9 @@ local function pick(f, b, now)
   local first, start, stop, last = tonumber(f[b]), tonumber(f[b + 1]), tonumber(f[b + 2]),
     tonumber(f[b + 3])
   if now < first or now >= last then return nil end
-  if now < start then return f[b + 4], start end
-  if now < stop then return f[b + 5], stop end
-  return f[b + 6], last
+  if now < start then return f[b + 4], start, first end
+  if now < stop then return f[b + 5], stop, start end
+  return f[b + 6], last, stop
 end
 
 -- A period's total counts while its period is the current one (or a later one: a clock that
@@ -91,16 +91,49 @@ end
 """
 
 _WRITES: Final = r"""
--- Drop a key's expired holds (expires_at <= now); return what its live holds hold. A hold set
--- that expired whole (its TTL is its last lease) leaves r behind: nothing is held then.
-local function held(u, h, r, now)
+-- Unknown is spent: charge a hold that expired unsettled (member `id:amount`, expired at ts)
+-- in full, as used at its expiry, and remember the charge in the id's marker hash
+-- (`{T}:s:ID`, field: the claim's u key, value "amount ts") so that a late settle replaces it.
+-- c: {e = events key, window = seconds, period = current id, start = its start, tag, grace}.
+local function charge(u, c, member, amount, ts, now)
+  local id = string.match(member, '^(.*):%d+$')
+  if c.e then
+    if ts > now - c.window then
+      redis.call('ZADD', c.e, ts, member)
+      redis.call('HINCRBY', u, 'u', amount)
+    end
+  elseif c.period then
+    if ts >= c.start then
+      if in_period(redis.call('HGET', u, 'p'), c.period) then
+        redis.call('HINCRBY', u, 'u', amount)
+      else
+        redis.call('HSET', u, 'p', c.period, 'u', amount)
+      end
+    end
+  else
+    redis.call('HINCRBY', u, 'u', amount)
+  end
+  local marker = c.tag .. ':s:' .. id
+  redis.call('HSET', marker, u, int(amount) .. ' ' .. string.format('%.17g', ts))
+  redis.call('PEXPIRE', marker, math.ceil(c.grace * 1000))
+end
+
+-- Charge a key's expired holds (expires_at <= now); return what its live holds hold. A hold
+-- set that expired whole (its TTL ends when a charge could no longer count in a window or
+-- period) leaves r behind: an all-time claim counts it as used then, others drop it.
+local function held(u, h, r, now, c)
   local total = tonumber(r or '0')
   if total == 0 then return 0 end
-  local gone = redis.call('ZRANGEBYSCORE', h, '-inf', now)
+  local gone = redis.call('ZRANGEBYSCORE', h, '-inf', now, 'WITHSCORES')
   if #gone > 0 then
-    for _, member in ipairs(gone) do total = total - amount_of(member) end
+    for j = 1, #gone, 2 do
+      local amount = amount_of(gone[j])
+      total = total - amount
+      charge(u, c, gone[j], amount, tonumber(gone[j + 1]), now)
+    end
     redis.call('ZREMRANGEBYSCORE', h, '-inf', now)
   elseif redis.call('EXISTS', h) == 0 then
+    if not c.e and not c.period then redis.call('HINCRBY', u, 'u', total) end
     total = 0
   else
     return total
@@ -110,6 +143,14 @@ local function held(u, h, r, now)
     total = 0
   end
   return total
+end
+
+-- How long after a hold's expiry its keys must live for its charge to be made: a window, a
+-- period (at most a month), nothing for an all-time claim (r then stands for it).
+local function hold_keep(c)
+  if c.e then return c.window end
+  if c.period then return 2764800 end
+  return 0
 end
 
 -- Drop a window's events at or before now - window and take them off u; return u.
@@ -147,25 +188,33 @@ local id = head[2]
 local input, most, least = tonumber(head[3]), tonumber(head[4]), tonumber(head[5])
 local lease, rate_in, rate_out = tonumber(head[6]), tonumber(head[7]), tonumber(head[8])
 local ttl = head[9] == '1'
+local grace, tag = tonumber(head[10]), head[11]
 local n = (#ARGV - 1) / 2
 local units, limits, windows, periods, used, reserved, terms = {}, {}, {}, {}, {}, {}, {}
-local us, hs, es = {}, {}, {}
+local us, hs, es, cs = {}, {}, {}, {}
 
 local k = 1
 for i = 1, n do
   local f, u, h, e, next_k, period = claim(i, k, 3, 4)
   k = next_k
   units[i], limits[i], us[i], hs[i], es[i] = f[1], tonumber(f[2]), u, h, e
-  if e then windows[i] = tonumber(f[3]) end
-  if period then
-    periods[i] = pick(f, period, now)
-    if not periods[i] then return {'clock', now_text} end
+  local c = {e = e, tag = tag, grace = grace}
+  if e then
+    windows[i] = tonumber(f[3])
+    c.window = windows[i]
   end
+  if period then
+    local _
+    periods[i], _, c.start = pick(f, period, now)
+    if not periods[i] then return {'clock', now_text} end
+    c.period = periods[i]
+  end
+  cs[i] = c
 end
 for i = 1, n do
+  reserved[i] = held(us[i], hs[i], redis.call('HGET', us[i], 'r'), now, cs[i])
   local stored = redis.call('HMGET', us[i], 'u', 'r', 'p', 'd')
   terms[i] = stored[4]
-  reserved[i] = held(us[i], hs[i], stored[2], now)
   if windows[i] then
     used[i] = window_used(us[i], es[i], stored[1], now, windows[i])
   elseif periods[i] and not in_period(stored[3], periods[i]) then
@@ -261,8 +310,10 @@ for i = 1, n do
   redis.call('HINCRBY', us[i], 'r', amount)
   if terms[i] ~= ARGV[1 + n + i] then redis.call('HSET', us[i], 'd', ARGV[1 + n + i]) end
   if ttl then
-    keep_until(hs[i], expires)
-    if windows[i] or periods[i] then keep_until(us[i], expires) end
+    local keep = expires + hold_keep(cs[i])
+    keep_until(hs[i], keep)
+    if windows[i] or periods[i] then keep_until(us[i], keep) end
+    if windows[i] then keep_until(es[i], keep) end
   end
   reply[#reply + 1] = amount
 end
@@ -272,7 +323,8 @@ return reply
 """Reserve. ``ARGV[1]``: now, reservation id, input tokens, max and min output tokens, lease,
 the two rates (nano-dollars per token), ttl flag. Per claim: unit (``t``, ``r``, ``u``), limit
 (ledger units), window, then the period candidates if any. Then, per claim again, its terms
-(JSON, stored as ``d`` for listing)."""
+(JSON, stored as ``d`` for listing). Also in the header: the settled grace (seconds a charge is
+remembered) and the key tag ``{T}``. Expired holds of the claims are charged first."""
 
 SETTLE: Final = (
     _COMMON
@@ -282,60 +334,131 @@ local head = split(ARGV[1])
 local now, now_text = clock(head[1])
 local id = head[2]
 local ttl = head[4] == '1'
+local grace, tag = tonumber(head[5]), head[6]
+local marker = KEYS[1]
 local n = #ARGV - 1
 local claims = {}
 local k = 2
 for i = 1, n do
   local f, u, h, e, next_k, period = claim(i, k, 1, 4)
   k = next_k
-  local c = {f = f, u = u, h = h, e = e}
+  local c = {f = f, u = u, h = h, e = e, tag = tag, grace = grace}
+  if e then c.window = tonumber(f[1]) end
   if period then
-    c.period, c.reset = pick(f, period, now)
+    c.period, c.reset, c.start = pick(f, period, now)
     if not c.period then return {'clock', now_text} end
   end
   claims[i] = c
 end
-local keep = math.max(tonumber(head[3]), now) + tonumber(head[5]) - now
-if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', math.ceil(keep * 1000)) then
-  return {'repeat', now_text}
+local kind = redis.call('TYPE', marker)['ok']
+if kind == 'string' or (kind == 'hash' and redis.call('HEXISTS', marker, 's') == 1) then
+  return {'repeat', now_text}  -- (a string: the marker of an earlier version)
+end
+local function add(c, u, amount, member)
+  if c.e then
+    window_used(u, c.e, redis.call('HGET', u, 'u'), now, c.window)
+    redis.call('ZADD', c.e, now, member)
+    redis.call('HINCRBY', u, 'u', amount)
+    if ttl then
+      keep_until(u, now + c.window)
+      keep_until(c.e, now + c.window)
+    end
+  elseif c.period then
+    if in_period(redis.call('HGET', u, 'p'), c.period) then
+      redis.call('HINCRBY', u, 'u', amount)
+    else
+      redis.call('HSET', u, 'p', c.period, 'u', amount)
+    end
+    if ttl then keep_until(u, c.reset) end
+  else
+    redis.call('HINCRBY', u, 'u', amount)
+  end
 end
 for i = 1, n do
   local c = claims[i]
-  local u, held_amount, amount = c.u, c.f[2], c.f[3]
+  local u, held_amount, amount = c.u, c.f[2], tonumber(c.f[3])
+  held(u, c.h, redis.call('HGET', u, 'r'), now, c)  -- charges an expired hold, this one too
   if redis.call('ZREM', c.h, id .. ':' .. held_amount) == 1 then
     if redis.call('HINCRBY', u, 'r', 0 - tonumber(held_amount)) <= 0 then
       redis.call('HDEL', u, 'r')
     end
-  end
-  if tonumber(amount) > 0 then
+    if amount > 0 then add(c, u, amount, id .. ':' .. int(amount)) end
+  else
+    -- Charged at expiry: the real amount replaces the charge (never below zero). A charge
+    -- forgotten (or made when its hold set had expired whole) was the hold, time unknown.
+    local record = redis.call('HGET', marker, u)
+    local charged, ts = tonumber(held_amount), nil
+    if record then
+      local fields = split(record)
+      charged, ts = tonumber(fields[1]), tonumber(fields[2])
+    end
+    local diff = amount - charged
+    local done = false
     if c.e then
-      local window = tonumber(c.f[1])
-      window_used(u, c.e, redis.call('HGET', u, 'u'), now, window)
-      redis.call('ZADD', c.e, now, id .. ':' .. amount)
-      redis.call('HINCRBY', u, 'u', amount)
-      if ttl then
-        keep_until(u, now + window)
-        keep_until(c.e, now + window)
+      window_used(u, c.e, redis.call('HGET', u, 'u'), now, c.window)
+      local member = id .. ':' .. int(charged)
+      if ts and ts > now - c.window and redis.call('ZREM', c.e, member) == 1 then
+        if amount > 0 then redis.call('ZADD', c.e, ts, id .. ':' .. int(amount)) end
+        redis.call('HINCRBY', u, 'u', diff)
+        done = true
       end
     elseif c.period then
-      local stored = redis.call('HGET', u, 'p')
-      if in_period(stored, c.period) then
-        redis.call('HINCRBY', u, 'u', amount)
-      else
-        redis.call('HSET', u, 'p', c.period, 'u', amount)
+      if ts and charged > 0 and ts >= c.start and in_period(redis.call('HGET', u, 'p'), c.period)
+      then
+        local left = tonumber(redis.call('HGET', u, 'u') or '0') + diff
+        redis.call('HSET', u, 'u', math.max(left, 0))
+        done = true
       end
-      if ttl then keep_until(u, c.reset) end
     else
-      redis.call('HINCRBY', u, 'u', amount)
+      local left = tonumber(redis.call('HGET', u, 'u') or '0') + diff
+      if left > 0 then redis.call('HSET', u, 'u', left) else redis.call('HDEL', u, 'u') end
+      done = true
     end
+    if not done and diff > 0 then add(c, u, diff, id .. '+:' .. int(diff)) end
   end
 end
+redis.call('DEL', marker)
+redis.call('HSET', marker, 's', '1')
+redis.call('PEXPIRE', marker, math.ceil(grace * 1000))
 return {'ok', now_text}
 """
 )
-"""Settle. ``KEYS[1]``: the settled marker. ``ARGV[1]``: now, reservation id, its expiry, ttl
-flag, seconds to remember it after its lease. Per claim: window, amount held, amount settled,
-then the period candidates if any."""
+"""Settle. ``KEYS[1]``: the reservation's marker. ``ARGV[1]``: now, reservation id, its expiry,
+ttl flag, seconds to remember it (the settled grace), the key tag. Per claim: window, amount
+held, amount settled, then the period candidates if any. Expired holds of the claims are
+charged first; a settle whose hold was charged replaces the charge."""
+
+RENEW: Final = (
+    _COMMON
+    + r"""
+local head = split(ARGV[1])
+local now, now_text = clock(head[1])
+local id, lease, ttl = head[2], tonumber(head[3]), head[4] == '1'
+local renewed = 0
+for i = 1, #KEYS / 2 do
+  local u, h = KEYS[2 * i - 1], KEYS[2 * i]
+  local f = split(ARGV[1 + i])
+  local member = id .. ':' .. f[1]
+  local score = redis.call('ZSCORE', h, member)
+  if score and tonumber(score) > now then
+    local until_ = math.max(tonumber(score), now + lease)
+    redis.call('ZADD', h, until_, member)
+    if ttl then
+      local keep = math.ceil(until_ + tonumber(f[2])) * 1000
+      for _, key in ipairs({h, u}) do
+        if redis.call('PEXPIRETIME', key) > 0 and redis.call('PEXPIRETIME', key) < keep then
+          redis.call('PEXPIREAT', key, keep)
+        end
+      end
+    end
+    renewed = renewed + 1
+  end
+end
+return {'ok', now_text, renewed}
+"""
+)
+"""Renew. Per claim ``KEYS``: ``u``, ``h``. ``ARGV[1]``: now, reservation id, lease, ttl flag.
+Per claim: the amount held and how long its keys must outlive the hold (window or period)."""
 
 USAGE: Final = (
     _COMMON
@@ -347,20 +470,37 @@ local k = 1
 for i = 1, n do
   local f, u, h, e, next_k, period = claim(i, k, 1, 2)
   k = next_k
-  local pid = nil
+  local pid, start_of_period = nil, nil
   if period then
-    pid = pick(f, period, now)
+    local _
+    pid, _, start_of_period = pick(f, period, now)
     if not pid then return {'clock', now_text} end
   end
   local stored = redis.call('HMGET', u, 'u', 'r', 'p')
   local reserved = tonumber(stored[2] or '0')
+  local used, oldest = tonumber(stored[1] or '0'), ''
+  if pid and not in_period(stored[3], pid) then used = 0 end
+  -- Holds that expired unsettled count as used at their expiry (their charge is written by
+  -- the next write to the key).
+  local charged = 0
   if reserved ~= 0 then
-    if redis.call('EXISTS', h) == 0 then reserved = 0 end  -- expired whole: see held()
-    for _, member in ipairs(redis.call('ZRANGEBYSCORE', h, '-inf', now)) do
-      reserved = reserved - amount_of(member)
+    if redis.call('EXISTS', h) == 0 then
+      if not e and not pid then charged = reserved end  -- expired whole: see held()
+      reserved = 0
+    end
+    local gone = redis.call('ZRANGEBYSCORE', h, '-inf', now, 'WITHSCORES')
+    for j = 1, #gone, 2 do
+      local amount, ts = amount_of(gone[j]), tonumber(gone[j + 1])
+      reserved = reserved - amount
+      if e then
+        if ts > now - tonumber(f[1]) then charged = charged + amount end
+      elseif pid then
+        if ts >= start_of_period then charged = charged + amount end
+      else
+        charged = charged + amount
+      end
     end
   end
-  local used, oldest = tonumber(stored[1] or '0'), ''
   if e then
     local start = now - tonumber(f[1])
     for _, member in ipairs(redis.call('ZRANGEBYSCORE', e, '-inf', start)) do
@@ -369,9 +509,8 @@ for i = 1, n do
     local after = '(' .. string.format('%.17g', start)
     local first = redis.call('ZRANGEBYSCORE', e, after, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
     if #first > 0 then oldest = first[2] end
-  elseif pid and not in_period(stored[3], pid) then
-    used = 0
   end
+  used = used + charged
   reply[#reply + 1] = used
   reply[#reply + 1] = reserved
   reply[#reply + 1] = oldest

@@ -1,0 +1,178 @@
+"""Unknown is spent: crashes, late settles and renewals never lose or double-count a call.
+
+A hypothesis state machine drives a memory and an SQLite ledger on a clock the test controls
+through reserve, settle, late settle, renew, clock moves and crashes (a reservation dropped
+without settling). After every step, on an all-time token budget: ``used`` is exactly what the
+settled calls really used plus the full holds of the crashed or lapsed calls not settled since
+(so it never drops below what settled calls used and never counts a reservation twice), and
+used plus reserved never exceeds the limit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from llmproxy.budget.base import Claim, Ledger, RenewableLedger, Reservation
+from llmproxy.budget.memory import MemoryLedger
+from llmproxy.budget.sqlite import SQLiteLedger
+from llmproxy.errors import BudgetExceeded
+
+LIMIT = 500
+CLAIM = Claim("spent", "spent", "global", LIMIT)
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _machine(make: Callable[[_Clock], Ledger]) -> type[RuleBasedStateMachine]:
+    class UnknownIsSpent(RuleBasedStateMachine):
+        def __init__(self) -> None:
+            super().__init__()
+            self.clock = _Clock()
+            self.ledger = make(self.clock)
+            self.live: dict[str, tuple[Reservation, float]] = {}  # id -> (reservation, expiry)
+            self.lapsed: list[Reservation] = []  # expired unsettled: charged in full
+            self.doomed: dict[str, tuple[Reservation, float]] = {}  # crashed, not expired yet
+            self.settled: list[Reservation] = []
+            self.real = 0  # what settled calls really used
+            self.charged = 0  # full holds of lapsed/crashed calls not settled since
+
+        def teardown(self) -> None:
+            self.ledger.close()
+
+        @rule(input_tokens=st.integers(0, 60), output=st.integers(1, 60), lease=st.just(10.0))
+        def reserve(self, input_tokens: int, output: int, lease: float) -> None:
+            try:
+                reservation = self.ledger.reserve(
+                    [CLAIM], input_tokens=input_tokens, max_output_tokens=output, lease=lease
+                )
+            except BudgetExceeded:
+                return
+            self.live[reservation.id] = (reservation, self.clock.now + lease)
+
+        def _held(self, reservation: Reservation) -> int:
+            return int(reservation.amounts[0])
+
+        @precondition(lambda self: bool(self.live))
+        @rule(data=st.data())
+        def settle(self, data: st.DataObject) -> None:
+            reservation, _expiry = self.live.pop(data.draw(st.sampled_from(list(self.live))))
+            tokens = data.draw(st.integers(0, self._held(reservation)))
+            self.ledger.settle(reservation, tokens=tokens)
+            self.ledger.settle(reservation, tokens=self._held(reservation))  # a repeat: no-op
+            self.real += tokens
+            self.settled.append(reservation)
+
+        @precondition(lambda self: bool(self.lapsed))
+        @rule(data=st.data())
+        def late_settle(self, data: st.DataObject) -> None:
+            reservation = data.draw(st.sampled_from(self.lapsed))
+            self.lapsed.remove(reservation)
+            tokens = data.draw(st.integers(0, self._held(reservation)))
+            self.ledger.settle(reservation, tokens=tokens)
+            self.ledger.settle(reservation, tokens=1)  # a second late settle: no-op
+            self.charged -= self._held(reservation)
+            self.real += tokens
+            self.settled.append(reservation)
+
+        @precondition(lambda self: bool(self.live))
+        @rule(data=st.data())
+        def renew(self, data: st.DataObject) -> None:
+            ledger = self.ledger
+            assert isinstance(ledger, RenewableLedger)
+            rid = data.draw(st.sampled_from(list(self.live)))
+            reservation, expiry = self.live[rid]
+            assert ledger.renew(reservation, lease=10.0) is True
+            self.live[rid] = (reservation, max(expiry, self.clock.now + 10.0))
+
+        @precondition(lambda self: bool(self.settled or self.lapsed))
+        @rule(data=st.data())
+        def renew_gone(self, data: st.DataObject) -> None:
+            ledger = self.ledger
+            assert isinstance(ledger, RenewableLedger)
+            gone = data.draw(st.sampled_from([*self.settled, *self.lapsed]))
+            assert ledger.renew(gone, lease=10.0) is False
+
+        @precondition(lambda self: bool(self.live))
+        @rule(data=st.data())
+        def crash(self, data: st.DataObject) -> None:
+            """The owner dies: its reservation is never settled nor renewed."""
+            rid = data.draw(st.sampled_from(list(self.live)))
+            self.doomed[rid] = self.live.pop(rid)
+
+        @rule(seconds=st.sampled_from([1.0, 4.0, 9.5, 10.0, 30.0]))
+        def advance(self, seconds: float) -> None:
+            self.clock.now += seconds
+            for rid, (reservation, expiry) in list(self.live.items()):
+                if expiry <= self.clock.now:  # lost by a live owner: charged, may settle late
+                    del self.live[rid]
+                    self.charged += self._held(reservation)
+                    self.lapsed.append(reservation)
+            for rid, (reservation, expiry) in list(self.doomed.items()):
+                if expiry <= self.clock.now:  # the owner is dead: charged for good
+                    del self.doomed[rid]
+                    self.charged += self._held(reservation)
+
+        @invariant()
+        def used_is_real_plus_charges(self) -> None:
+            (state,) = self.ledger.usage([CLAIM])
+            assert state.used >= self.real
+            assert state.used == self.real + self.charged
+            assert state.used + state.reserved <= LIMIT
+
+    return UnknownIsSpent
+
+
+SETTINGS = settings(
+    max_examples=40,
+    stateful_step_count=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+
+def test_memory_ledger_unknown_is_spent() -> None:
+    run_state_machine_as_test(_machine(lambda clock: MemoryLedger(clock=clock)), settings=SETTINGS)
+
+
+def test_sqlite_ledger_unknown_is_spent(tmp_path: Path) -> None:
+    counter = iter(range(1_000_000))
+
+    def make(clock: _Clock) -> Ledger:
+        return SQLiteLedger(tmp_path / f"ledger-{next(counter)}.db", clock=clock)
+
+    run_state_machine_as_test(_machine(make), settings=SETTINGS)
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_a_late_settle_after_the_grace_replaces_the_full_hold(kind: str, tmp_path: Path) -> None:
+    """After the grace the charge is forgotten: a late settle replaces the full hold it was."""
+    clock = _Clock()
+    ledger: Ledger = (
+        MemoryLedger(clock=clock, settled_grace=5.0)
+        if kind == "memory"
+        else SQLiteLedger(tmp_path / "l.db", clock=clock, settled_grace=5.0)
+    )
+    reservation = ledger.reserve([CLAIM], input_tokens=10, max_output_tokens=40, lease=1.0)
+    clock.now += 100.0
+    assert [(s.used, s.reserved) for s in ledger.usage([CLAIM])] == [(50, 0)]
+    ledger.settle(reservation, tokens=20)  # all-time: the charge (the full hold) is replaced
+    assert [(s.used, s.reserved) for s in ledger.usage([CLAIM])] == [(20, 0)]
+    ledger.close()
