@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import functools
+import concurrent.futures
 import inspect
 import json
+import threading
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, overload
 
@@ -172,10 +173,8 @@ class Tool:
         try:
             if self.is_async:
                 return self._result(call_id, await self._call_async(args))
-            call = functools.partial(self.function, **args)
-            return self._result(
-                call_id, await asyncio.wait_for(asyncio.to_thread(call), self.timeout)
-            )
+            running = asyncio.wrap_future(_start(self.function, args))
+            return self._result(call_id, await asyncio.wait_for(running, self.timeout))
         except Exception as exc:
             return self._failure(call_id, exc)
 
@@ -210,22 +209,40 @@ def _run_coroutine(make: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
         return pool.submit(lambda: asyncio.run(make())).result()
 
 
+def _start(function: Callable[..., Any], args: dict[str, Any]) -> concurrent.futures.Future[Any]:
+    """Run a sync tool in a daemon thread of its own; its future has the result.
+
+    Python cannot stop a thread: a tool that overruns its timeout keeps running in the
+    background. In a daemon thread of its own it holds up nothing else: neither ``asyncio.run``
+    (which waits for its loop's default executor) nor the interpreter's exit (which joins
+    executor threads) waits for it.
+    """
+    future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+    def work() -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            result = function(**args)
+        except BaseException as exc:
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
+
+    threading.Thread(target=work, name="llmproxy-tool", daemon=True).start()
+    return future
+
+
 def _run_with_timeout(function: Callable[..., Any], args: dict[str, Any], timeout: float) -> Any:
     """Run a sync function in a worker thread and stop waiting after ``timeout`` seconds.
 
-    Python cannot kill a thread: a function that overruns keeps running in the background, but
-    the loop goes on with a timeout error for the model.
+    The loop goes on with a timeout error for the model; the function, if it overruns, finishes
+    in the background (see :func:`_start`).
     """
-    import concurrent.futures
-
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
     try:
-        future = pool.submit(function, **args)
-        return future.result(timeout=timeout)
+        return _start(function, args).result(timeout=timeout)
     except concurrent.futures.TimeoutError:
         raise TimeoutError from None
-    finally:
-        pool.shutdown(wait=False)
 
 
 @frozen
