@@ -43,7 +43,7 @@ async def test_1_concurrent_requests_cannot_pass_the_check_together(
     )  # the rest were refused, not let through
 
 
-def test_2_a_leaked_reservation_expires(make_proxy: MakeProxy) -> None:
+def test_2_a_leaked_reservation_is_charged_when_it_expires(make_proxy: MakeProxy) -> None:
     clock = [1_000.0]
     ledger = MemoryLedger(clock=lambda: clock[0])
     proxy = make_proxy(
@@ -53,10 +53,19 @@ def test_2_a_leaked_reservation_expires(make_proxy: MakeProxy) -> None:
     )
     claim = proxy.policies[0].claim(CallScope("openai/gpt-5.4-mini", "openai"))
     assert claim is not None
-    ledger.reserve([claim], input_tokens=10, max_output_tokens=40, lease=30)  # its process died
+    # Its process died with the call at the upstream, which may have billed all of it.
+    leaked = ledger.reserve([claim], input_tokens=10, max_output_tokens=40, lease=30)
     with pytest.raises(BudgetExceeded):
         proxy.chat("hello")
-    clock[0] += 31  # the lease ran out
+    clock[0] += 31  # the lease ran out: unknown is spent, the hold is charged in full
+    [usage] = proxy.usage()
+    assert (usage.used, usage.reserved) == (50, 0)
+    with pytest.raises(BudgetExceeded):
+        proxy.chat("hello")
+    # The owner's real usage arrives late (a journal replayed): it replaces the charge, once.
+    ledger.settle(leaked, tokens=12)
+    ledger.settle(leaked, tokens=12)
+    assert proxy.usage()[0].used == 12
     assert proxy.chat("hello").text == "Echo: hello"
 
 
