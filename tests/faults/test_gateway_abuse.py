@@ -78,8 +78,12 @@ def test_idle_connections_do_not_block_a_real_request(gateway: GatewayProcess) -
     key = gateway.key("idle")
     idle: list[socket.socket] = []
     try:
+        # The abuser is one address (127.0.0.2), the real client another: a per-address cap
+        # keeps the abuser from using up the worker's connections.
         for _ in range(IDLE_CONNECTIONS):
-            sock = socket.create_connection((host, int(port)), timeout=5)
+            sock = socket.create_connection(
+                (host, int(port)), timeout=5, source_address=("127.0.0.2", 0)
+            )
             sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")  # never finished
             idle.append(sock)
         status, raw = post(gateway, key, chat_body(), timeout=10)

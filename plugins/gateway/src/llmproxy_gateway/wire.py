@@ -75,6 +75,12 @@ class BodyLimits:
 _STRING: Final = re.compile(rb'"(?:[^"\\]++|\\.)*+"')
 
 
+_NESTING_REFUSED: Final = 1000
+"""Openers in a row past which a body is malformed (nested past what the parser recurses)."""
+
+_NESTED: Final = re.compile(rb"(?:[\[{]\s*){%d}" % (_NESTING_REFUSED + 1))
+
+
 def _items_upper_bound(data: bytes) -> int:
     # Every element or member but a container's first follows a comma; the first follows [ or {.
     return data.count(b",") + data.count(b"[") + data.count(b"{")
@@ -93,7 +99,14 @@ def check_items(body: bytes, limit: int) -> None:
         return
     # Real quotes are at least all quotes minus the escaped ones (\" inside strings).
     strings = (body.count(b'"') - body.count(b'\\"')) // 2
-    if strings > 2 * limit or _items_upper_bound(_STRING.sub(b"", body)) > limit:
+    skeleton = b"" if strings > 2 * limit else _STRING.sub(b"", body)
+    if _NESTED.search(skeleton):
+        # Malformed rather than large: no request nests this deep (the parser could not).
+        raise bad_request(
+            "We could not parse the JSON body of your request: it nests arrays and objects"
+            f" more than {_NESTING_REFUSED} deep."
+        )
+    if strings > 2 * limit or _items_upper_bound(skeleton) > limit:
         raise HTTPError(
             413,
             f"The request body has more than {limit} JSON array elements and object members,"
