@@ -792,7 +792,7 @@ class RedisLedger:
                 journal.done(worst)
             except StoreError as exc:  # both stay: replayed in order, they count the real use
                 log.warning("could not drop a worst case from the journal: %s", exc)
-        if not self._outage and self._breaker.state == "closed":
+        if self._breaker.state == "closed":
             self._replay_soon()  # a call admitted during the outage ended after it
 
     # -- the fail-open journal ------------------------------------------------------------------
