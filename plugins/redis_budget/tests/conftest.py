@@ -6,6 +6,7 @@ import asyncio
 import threading
 import uuid
 from collections.abc import Callable, Coroutine, Iterator, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -27,11 +28,17 @@ def raw(redis_url: str) -> Iterator[redis.Redis]:
 
 
 @pytest.fixture
-def make_ledger(redis_url: str) -> Iterator[Callable[..., RedisLedger]]:
+def make_ledger(redis_url: str, tmp_path: Path) -> Iterator[Callable[..., RedisLedger]]:
+    """Ledgers on the session server (or ``url``), closed after the test.
+
+    Their data dir (the fail-open journal's) is the test's ``tmp_path`` unless ``environ``
+    says otherwise.
+    """
     made: list[RedisLedger] = []
 
     def make(url: str | None = None, **options: Any) -> RedisLedger:
-        ledger = RedisLedger(url or redis_url, environ={}, **options)
+        options.setdefault("environ", {"LLMPROXY_DATA_DIR": str(tmp_path)})
+        ledger = RedisLedger(url or redis_url, **options)
         made.append(ledger)
         return ledger
 

@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -19,6 +20,7 @@ import redis.crc
 
 from llmproxy.budget.base import Claim, Rates, Reservation
 from llmproxy.errors import BudgetExceeded, ConfigError, RateLimited, StoreError
+from llmproxy.journal import Journal
 from llmproxy.plugins import Plugins
 from llmproxy_redis_budget import RedisLedger, plugin, settings_from_url
 from llmproxy_redis_budget.ledger import LOCAL_PREFIX
@@ -432,7 +434,10 @@ async def test_async_fail_closed_and_breaker(make_ledger: MakeLedger) -> None:
 
 
 def test_fail_open_counts_locally_and_comes_back(
-    make_ledger: MakeLedger, spare_server: RedisServer, caplog: pytest.LogCaptureFixture
+    make_ledger: MakeLedger,
+    spare_server: RedisServer,
+    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
 ) -> None:
     claim = Claim("open", "open", "g", 100)
     cooldown = FakeClock()
@@ -456,13 +461,19 @@ def test_fail_open_counts_locally_and_comes_back(
     ledger.settle(local, tokens=100)
     assert ledger.usage([claim])[0].used == 100  # local view while Redis is away
     assert time.monotonic() - start < 2.0
-    spare_server.restart()  # an empty server: what was counted locally stays local
+    spare_server.restart()  # an empty server: it counts what was journaled locally, once
     cooldown.advance(0.3)
     back = ledger.reserve([claim], input_tokens=50, max_output_tokens=50)
     assert not back.id.startswith(LOCAL_PREFIX)
     assert "answers again" in caplog.text
     ledger.settle(back, tokens=100)
-    assert ledger.usage([claim])[0].used == 100
+    journal = Journal(tmp_path / "journal.db")
+    deadline = time.monotonic() + 10
+    while journal.pending(ledger_url=ledger.journal_key, history_url=None):
+        assert time.monotonic() < deadline, "the journal was not replayed"
+        time.sleep(0.01)
+    journal.close()
+    assert ledger.usage([claim])[0].used == 200
 
 
 async def test_async_fail_open(make_ledger: MakeLedger) -> None:

@@ -8,7 +8,8 @@ the probe is in flight do not try either.
 With a ``probe`` (the Redis ledger's is a ``PING``), a background thread runs it every
 ``probe_interval`` seconds while the breaker is open and closes the breaker as soon as it
 succeeds: calls go to Redis again within about ``probe_interval`` of Redis answering, however
-long the cool-down, and no caller pays for the probing.
+long the cool-down, and no caller pays for the probing. ``on_close`` is then called, in the
+probe's thread (the Redis ledger replays its fail-open journal from there).
 """
 
 from __future__ import annotations
@@ -42,12 +43,14 @@ class CircuitBreaker:
         clock: Callable[[], float] = time.monotonic,
         probe: Callable[[], object] | None = None,
         probe_interval: float = 0.25,
+        on_close: Callable[[], object] | None = None,
     ) -> None:
         self.threshold = failures
         self.cooldown = cooldown
         self.probe_interval = probe_interval
         self._clock = clock
         self._probe = probe
+        self._on_close = on_close
         self._lock = threading.Lock()
         self._failures = 0
         self._open_until: float | None = None
@@ -146,10 +149,16 @@ class CircuitBreaker:
                 ok = True
             with self._lock:
                 self.probes += 1
-                if ok:
-                    self._failures = 0
-                    self._open_until = None
-                    self._probing = False
-                    if self._prober is me:
-                        self._prober = None
-                    return
+                if not ok:
+                    continue
+                self._failures = 0
+                self._open_until = None
+                self._probing = False
+                if self._prober is me:
+                    self._prober = None
+            if self._on_close is not None:
+                try:
+                    self._on_close()
+                except Exception:
+                    log.warning("circuit breaker on_close callback failed", exc_info=True)
+            return

@@ -29,6 +29,12 @@ Option                 Meaning
 ``fail``               ``closed`` (default): when Redis cannot be reached, calls raise
                        ``StoreError``; ``open``: they go on, counted in a local in-memory ledger
                        that enforces the same limits for this process, and a warning is logged.
+                       What each process admits is journaled in its data dir
+                       (``LLMPROXY_DATA_DIR``) and applied to Redis once it answers again. With
+                       ``open``, N processes can each spend up to the budget's limit during an
+                       outage (each counts from zero in its own fallback): the overrun is
+                       bounded by N x limit per outage, and all of it is counted once Redis
+                       returns, so later calls are refused until the window resets.
 ``socket_timeout``     Seconds to wait for a reply (default 5: a busy machine or a Redis
                        saving to disk answers late, not never; a shorter timeout turns load
                        into errors).

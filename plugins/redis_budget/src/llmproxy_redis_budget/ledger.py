@@ -22,7 +22,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Generator, Mapping, Sequence
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 from urllib.parse import urlencode
 
 import attrs
@@ -57,11 +57,15 @@ from llmproxy.budget.memory import (
     usd_limit,
     usd_rate,
 )
+from llmproxy.env import data_dir as data_dir_of
 from llmproxy.errors import BudgetExceeded, ConfigError, InvalidRequest, RateLimited, StoreError
 from llmproxy.secret import logger as secret_logger
 from llmproxy_redis_budget import scripts
 from llmproxy_redis_budget.breaker import CircuitBreaker
 from llmproxy_redis_budget.env import LedgerSettings, settings_from_url
+
+if TYPE_CHECKING:
+    from llmproxy.journal import Journal, Pending
 
 log = secret_logger("llmproxy_redis_budget")
 
@@ -69,12 +73,13 @@ LOCAL_PREFIX: Final = "local:"
 """Ids of reservations made by the local fallback ledger (``fail=open`` while Redis is down)."""
 
 _UNIT_CODES: Final = {"tokens": "t", "requests": "r", "usd": "u"}
-_Script = Literal["reserve", "settle", "usage", "renew"]
+_Script = Literal["reserve", "settle", "usage", "renew", "charge"]
 _SOURCES: Final[dict[_Script, str]] = {
     "reserve": scripts.RESERVE,
     "settle": scripts.SETTLE,
     "usage": scripts.USAGE,
     "renew": scripts.RENEW,
+    "charge": scripts.CHARGE,
 }
 _SHAS: Final = {
     name: hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
@@ -172,8 +177,21 @@ class RedisLedger:
     default) such calls raise :class:`~llmproxy.errors.StoreError` naming the URL (without its
     password); with ``fail="open"`` they go on, counted in a local
     :class:`~llmproxy.budget.memory.MemoryLedger` that enforces the same limits for this
-    process only, and a warning is logged when Redis goes away and comes back. What was
-    counted locally is not copied to Redis afterwards.
+    process only, and a warning is logged when Redis goes away and comes back.
+
+    Fail-open is journaled, so that what each process admits during an outage reaches Redis
+    once it is back: a local reserve writes its worst case (the whole hold, as spent) to the
+    journal in the data dir (:mod:`llmproxy.journal`, ``LLMPROXY_DATA_DIR``) before the call
+    goes on, and its settle writes the real use under the same id and drops the worst case
+    (a settle of a hold Redis made, sent while Redis is away, is journaled too). The journal
+    is replayed in a background thread when Redis answers again (the breaker's probe, or the
+    first call that gets through), and once after the first call that reaches Redis if an
+    earlier process left entries (:meth:`replay_journal` replays on demand). A worst case
+    reaches Redis as a charge (as if its hold had expired unsettled), so that a real settle
+    replayed after it replaces it exactly once; every replay is idempotent by reservation id.
+    So a process killed during an outage is counted for the full holds of the calls it
+    admitted, and N processes overrun a budget by at most N times its limit per outage (each
+    fallback counts from zero), all of it counted once Redis returns.
 
     Thread-safe; the async methods use ``redis.asyncio`` with one client per event loop. Close
     with :meth:`close`, or ``await`` :meth:`aclose` inside the loop that used the async
@@ -242,9 +260,17 @@ class RedisLedger:
             clock=breaker_clock,
             probe=self._ping if settings.breaker_probe > 0 else None,
             probe_interval=settings.breaker_probe,
+            on_close=self._replay_soon,
         )
         self._fallback = MemoryLedger(clock=clock or local_clock)
         self._outage = False
+        self._environ = env
+        self._journal: Journal | None = None
+        self._journal_failed = False
+        self._worst: dict[str, int] = {}  # local reservation id -> its worst-case entry
+        self._replayer: threading.Thread | None = None
+        self._replay_again = False
+        self._leftovers_checked = False
         self._lock = threading.Lock()
         self._closed = False
         self._aclients: dict[asyncio.AbstractEventLoop, Any] = {}
@@ -266,6 +292,11 @@ class RedisLedger:
     def breaker(self) -> CircuitBreaker:
         """The circuit breaker guarding calls to Redis."""
         return self._breaker
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
 
     @property
     def fallback(self) -> MemoryLedger:
@@ -370,6 +401,11 @@ class RedisLedger:
         if self._breaker.success() or self._outage:
             self._outage = False
             log.warning("Redis ledger at %s answers again", self.settings.safe_url)
+            self._leftovers_checked = True
+            self._replay_soon()
+        elif not self._leftovers_checked:
+            self._leftovers_checked = True
+            self._replay_leftovers()
         if self._clock is None and reply and len(reply) > 1:
             with contextlib.suppress(TypeError, ValueError):
                 self._offset = float(reply[1]) - self._local_clock()
@@ -644,6 +680,27 @@ class RedisLedger:
         reply = yield ("renew", keys, args)
         return int(reply[2]) > 0
 
+    def _charge_steps(self, reservation: Reservation) -> _Steps:
+        """Charge a hold Redis never made (a local one) as spent now, unless its id is known."""
+        estimate = self._estimate()
+        for _ in range(2):
+            now, ttl = self._time_args(estimate)
+            keys = [self.key("s", reservation.id)]
+            args = [f"{now} {reservation.id} {ttl} {_fmt(self._grace)} {self._tag}"]
+            for claim, held in zip(reservation.claims, reservation.amounts, strict=True):
+                plan = self._plan(claim)
+                keys += plan.keys
+                amount = _int(held * USD_SCALE if claim.unit == "usd" else held)
+                args.append(f"{plan.window} {amount}" + self._period_fields(claim, estimate))
+            reply = yield ("charge", keys, args)
+            if reply[0] != "clock":
+                return reply[0] == "ok"
+            estimate = float(reply[1])
+        raise StoreError(  # pragma: no cover
+            f"Redis ledger at {self.settings.safe_url}: the server's clock moved by more than a"
+            " calendar period during one charge"
+        )
+
     def _usage_steps(self, claims: Sequence[Claim]) -> _Steps:
         estimate = self._estimate()
         for _ in range(2):
@@ -703,6 +760,7 @@ class RedisLedger:
     def _local_settle(
         self, down: _Down, reservation: Reservation, tokens: int, requests: int, cost: float
     ) -> None:
+        """Settle a hold Redis made while Redis is away: count it locally and journal it."""
         if self.settings.fail == "closed":
             raise self._unavailable(down) from down.__cause__
         # Recorded locally, so this process keeps counting what it spends while Redis is away.
@@ -710,6 +768,209 @@ class RedisLedger:
         # The fallback never held it: held amounts of zero make its settle a plain record.
         unheld = attrs.evolve(reservation, amounts=(0.0,) * len(reservation.amounts))
         self._fallback.settle(unheld, tokens=tokens, requests=requests, cost=cost)
+        # Redis holds it (or charged it at expiry): the replayed settle replaces that exactly.
+        self._journal_add(reservation, {"tokens": tokens, "requests": requests, "cost": cost})
+
+    def _settle_local(
+        self, reservation: Reservation, tokens: int, requests: int, cost: float
+    ) -> None:
+        """Settle a hold of the local fallback; journal the real use, drop the worst case."""
+        self._fallback.settle(
+            self._unlocal(reservation), tokens=tokens, requests=requests, cost=cost
+        )
+        if not reservation.claims:
+            return
+        # Redis never held it: amounts of zero make the replayed settle record the real use
+        # (or replace the worst case's charge, if that was replayed first).
+        real = attrs.evolve(self._unlocal(reservation), amounts=(0.0,) * len(reservation.amounts))
+        added = self._journal_add(real, {"tokens": tokens, "requests": requests, "cost": cost})
+        with self._lock:
+            worst = self._worst.pop(reservation.id, None)
+        journal = self._journal
+        if added and worst is not None and journal is not None:
+            try:
+                journal.done(worst)
+            except StoreError as exc:  # both stay: replayed in order, they count the real use
+                log.warning("could not drop a worst case from the journal: %s", exc)
+        if self._breaker.state == "closed":
+            self._replay_soon()  # a call admitted during the outage ended after it
+
+    # -- the fail-open journal ------------------------------------------------------------------
+
+    @property
+    def journal_key(self) -> str:
+        """The store URL this ledger's fail-open journal entries are keyed by.
+
+        The server's URL (password redacted) and the key prefix, marked so that no Proxy's own
+        journal replay takes them: they are only replayed by a Redis ledger, which sends a
+        worst case as a charge (see :meth:`replay_journal`).
+        """
+        return f"{self.settings.safe_url}#llmproxy-redis-budget-fail-open:{self.settings.prefix}"
+
+    def _journal_open(self) -> Journal | None:
+        """The journal in the data dir, opened on first need; None (logged once) if it cannot be."""
+        with self._lock:
+            if self._journal is None and not self._closed:
+                from llmproxy.journal import Journal
+
+                try:
+                    self._journal = Journal.in_data_dir(self._environ)
+                except StoreError as exc:
+                    if not self._journal_failed:
+                        self._journal_failed = True
+                        log.error(
+                            "Redis ledger at %s cannot open its fail-open journal (%s): what"
+                            " is admitted while Redis is away will not reach Redis",
+                            self.settings.safe_url,
+                            exc,
+                        )
+            return self._journal
+
+    def _journal_add(self, reservation: Reservation, settle: Mapping[str, Any]) -> int | None:
+        """Journal one settle for Redis; its entry id, or None (logged) when it cannot be kept."""
+        journal = self._journal_open()
+        if journal is None:
+            return None
+        try:
+            return journal.add(
+                ledger_url=self.journal_key,
+                history_url=None,
+                reservation=reservation,
+                settle=settle,
+                records=(),
+            )
+        except StoreError as exc:
+            log.error(
+                "Redis ledger at %s: reservation %s could not be journaled (%s); Redis will not"
+                " count it when it is back",
+                self.settings.safe_url,
+                reservation.id,
+                exc,
+            )
+            return None
+
+    def _journal_worst_case(self, reservation: Reservation) -> None:
+        """Journal a local hold as spent in full, until its settle replaces it (see the class).
+
+        Its entry keeps the local reservation (id with :data:`LOCAL_PREFIX`): the replay
+        charges its held amounts under the id without the prefix.
+        """
+        if not reservation.id.startswith(LOCAL_PREFIX) or not reservation.claims:
+            return
+        pairs = zip(reservation.claims, reservation.amounts, strict=True)
+        dollars = [amount for claim, amount in pairs if claim.unit == "usd"]
+        settle = {
+            "tokens": reservation.input_tokens + reservation.output_tokens,
+            "requests": 1,
+            "cost": max(dollars, default=0.0),
+        }
+        entry = self._journal_add(reservation, settle)
+        if entry is not None:
+            with self._lock:
+                self._worst[reservation.id] = entry
+
+    def replay_journal(self) -> int:
+        """Send what the fail-open journal holds for this Redis; return how many were applied.
+
+        Entries are applied oldest first and each is removed once applied: a worst case as a
+        charge (the script ``CHARGE``: a no-op for an id Redis knows already), a real use as a
+        settle (idempotent by id; for a hold Redis never made it records the use, or replaces
+        the worst case's charge). Entries of other processes on the same data dir are applied
+        too (that is how a killed process's worst cases reach Redis). Stops at the first entry
+        Redis cannot take now (it is down again: the next recovery replays the rest); an entry
+        Redis refuses with an error is logged and left for you to inspect.
+        """
+        from llmproxy.journal import FILE_NAME
+
+        if self._journal is None and not (data_dir_of(self._environ) / FILE_NAME).exists():
+            return 0
+        journal = self._journal_open()
+        if journal is None:
+            return 0
+        applied, after = 0, 0
+        while True:
+            batch = journal.pending(ledger_url=self.journal_key, history_url=None, after=after)
+            if not batch:
+                break
+            for entry in batch:
+                after = entry.id
+                try:
+                    self._run(self._replay_steps(entry))
+                except _Down:
+                    journal.failed(entry.id)
+                    return applied
+                except Exception as exc:
+                    if self.closed:
+                        return applied
+                    log.error(
+                        "Redis ledger at %s: journal entry %d (reservation %s) failed with %r;"
+                        " it is left in the journal",
+                        self.settings.safe_url,
+                        entry.id,
+                        entry.reservation.id if entry.reservation else None,
+                        exc,
+                    )
+                    journal.failed(entry.id)
+                    continue
+                journal.done(entry.id)
+                applied += 1
+        if applied:
+            log.warning(
+                "Redis ledger at %s: %d settle(s) made while it was away are now counted",
+                self.settings.safe_url,
+                applied,
+            )
+        return applied
+
+    def _replay_steps(self, entry: Pending) -> _Steps:
+        """The script call(s) that apply one journal entry."""
+        reservation, settle = entry.reservation, entry.settle
+        if reservation is None or settle is None:
+            return None  # (a history-only entry is never keyed to this ledger)
+        if reservation.id.startswith(LOCAL_PREFIX):
+            yield from self._charge_steps(self._unlocal(reservation))
+            return None
+        yield from self._settle_steps(
+            reservation,
+            int(settle["tokens"]),
+            int(settle.get("requests", 1)),
+            float(settle.get("cost", 0.0)),
+        )
+        return None
+
+    def _replay_leftovers(self) -> None:
+        """After the first call that reached Redis: replay what an earlier process left."""
+        from llmproxy.journal import FILE_NAME
+
+        if (data_dir_of(self._environ) / FILE_NAME).exists():
+            self._replay_soon()
+
+    def _replay_soon(self) -> None:
+        """Replay the journal in a background thread (once more if one runs already)."""
+        with self._lock:
+            if self._closed:
+                return
+            if self._replayer is not None and self._replayer.is_alive():
+                self._replay_again = True
+                return
+            self._replay_again = False
+            self._replayer = threading.Thread(
+                target=self._replay_loop, name="llmproxy-redis-journal-replay", daemon=True
+            )
+            self._replayer.start()
+
+    def _replay_loop(self) -> None:
+        while True:
+            try:
+                self.replay_journal()
+            except Exception:
+                if not self.closed:  # (closing takes the journal away from a replay)
+                    log.warning("replaying the Redis ledger's journal failed", exc_info=True)
+            with self._lock:
+                if not self._replay_again or self._closed:
+                    self._replayer = None
+                    return
+                self._replay_again = False
 
     def _local_usage(self, down: _Down, claims: Sequence[Claim]) -> list[ClaimUsage]:
         if self.settings.fail == "closed":
@@ -753,9 +1014,11 @@ class RedisLedger:
         try:
             result: Reservation = self._run(steps)
         except _Down as down:
-            return self._local_reserve(
+            local = self._local_reserve(
                 down, claims, input_tokens, max_output_tokens, min_output_tokens, lease, rates
             )
+            self._journal_worst_case(local)
+            return local
         return result
 
     def settle(
@@ -764,9 +1027,7 @@ class RedisLedger:
         """Record what was used and drop the hold, in one round trip; a repeat is a no-op."""
         check_settle(tokens, requests, cost)
         if reservation.id.startswith(LOCAL_PREFIX):
-            self._fallback.settle(
-                self._unlocal(reservation), tokens=tokens, requests=requests, cost=cost
-            )
+            self._settle_local(reservation, tokens, requests, cost)
             return
         if not reservation.claims:
             return
@@ -848,9 +1109,12 @@ class RedisLedger:
         try:
             result: Reservation = await self._arun(steps)
         except _Down as down:
-            return self._local_reserve(
+            local = self._local_reserve(
                 down, claims, input_tokens, max_output_tokens, min_output_tokens, lease, rates
             )
+            # (the journal waits for the disk: not on the event loop)
+            await asyncio.to_thread(self._journal_worst_case, local)
+            return local
         return result
 
     async def asettle(
@@ -859,16 +1123,14 @@ class RedisLedger:
         """Async :meth:`settle` (``redis.asyncio``, one round trip)."""
         check_settle(tokens, requests, cost)
         if reservation.id.startswith(LOCAL_PREFIX):
-            self._fallback.settle(
-                self._unlocal(reservation), tokens=tokens, requests=requests, cost=cost
-            )
+            await asyncio.to_thread(self._settle_local, reservation, tokens, requests, cost)
             return
         if not reservation.claims:
             return
         try:
             await self._arun(self._settle_steps(reservation, tokens, requests, cost))
         except _Down as down:
-            self._local_settle(down, reservation, tokens, requests, cost)
+            await asyncio.to_thread(self._local_settle, down, reservation, tokens, requests, cost)
 
     async def ausage(self, claims: Sequence[Claim]) -> list[ClaimUsage]:
         """Async :meth:`usage`."""
@@ -994,6 +1256,9 @@ class RedisLedger:
             self._aclients.clear()
         self._breaker.close()
         self._client.close()
+        journal, self._journal = self._journal, None
+        if journal is not None:
+            journal.close()
         for client in aclients:
             _drop_async_client(client)
 

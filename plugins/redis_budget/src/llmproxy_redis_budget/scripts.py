@@ -1,5 +1,8 @@
 """The Lua scripts of the Redis ledger: one EVALSHA reserves, one settles, one reads usage.
 
+A fourth, :data:`CHARGE`, replays the worst case of a hold made locally while Redis was away
+(``fail=open``; see :mod:`llmproxy_redis_budget.ledger`).
+
 Each script runs atomically in Redis: a reserve checks every claim and then holds on all of
 them or on none, with no other client in between. The admission rule is
 :func:`llmproxy.budget.memory.admit`, step by step and in the same float arithmetic, so a Redis
@@ -427,6 +430,60 @@ return {'ok', now_text}
 ttl flag, seconds to remember it (the settled grace), the key tag. Per claim: window, amount
 held, amount settled, then the period candidates if any. Expired holds of the claims are
 charged first; a settle whose hold was charged replaces the charge."""
+
+CHARGE: Final = (
+    _COMMON
+    + _WRITES
+    + r"""
+local head = split(ARGV[1])
+local now, now_text = clock(head[1])
+local id = head[2]
+local ttl = head[3] == '1'
+local grace, tag = tonumber(head[4]), head[5]
+local marker = KEYS[1]
+local n = #ARGV - 1
+local claims = {}
+local k = 2
+for i = 1, n do
+  local f, u, h, e, next_k, period = claim(i, k, 1, 3)
+  k = next_k
+  local c = {f = f, u = u, e = e, tag = tag, grace = grace}
+  if e then c.window = tonumber(f[1]) end
+  if period then
+    c.period, c.reset, c.start = pick(f, period, now)
+    if not c.period then return {'clock', now_text} end
+  end
+  claims[i] = c
+end
+-- Settled already (its real use recorded) or charged already: nothing to do.
+if redis.call('EXISTS', marker) == 1 then return {'repeat', now_text} end
+for i = 1, n do
+  local c = claims[i]
+  local amount = tonumber(c.f[2])
+  if c.e then window_used(c.u, c.e, redis.call('HGET', c.u, 'u'), now, c.window) end
+  charge(c.u, c, id .. ':' .. int(amount), amount, now, now)
+  if ttl then
+    if c.e then
+      keep_until(c.u, now + c.window)
+      keep_until(c.e, now + c.window)
+    elseif c.period then
+      keep_until(c.u, c.reset)
+    end
+  end
+end
+if n == 0 then
+  redis.call('HSET', marker, 's', '1')  -- nothing to charge: remember the id as settled
+  redis.call('PEXPIRE', marker, math.ceil(grace * 1000))
+end
+return {'ok', now_text}
+"""
+)
+"""Charge a hold Redis never held (made by a process's local fallback while Redis was away) as
+if it had expired unsettled now: each amount counts as used now, and the id's marker records
+the charge, so that a later settle of the id replaces it exactly once. A no-op when the id is
+known already (settled or charged). ``KEYS[1]``: the id's marker. ``ARGV[1]``: now, the id, ttl
+flag, seconds to remember it (the settled grace), the key tag. Per claim: window, amount, then
+the period candidates if any."""
 
 RENEW: Final = (
     _COMMON
