@@ -75,6 +75,25 @@ def settled(proxy: Proxy, fake: FakeOpenAI, steps: int = 200) -> float:
     return used
 
 
+def answers_again(proxy: Proxy, steps: int = 100) -> int:
+    """Wait (bounded) until the ledger's breaker lets calls through; return the steps it took.
+
+    The breaker's background probe closes it as soon as Redis answers a PING (every 0.25 s by
+    default), well before its cool-down would end.
+    """
+    from llmproxy.budget.routed import shared_ledger
+    from llmproxy_redis_budget import RedisLedger
+
+    ledger = shared_ledger(proxy.ledger)
+    assert isinstance(ledger, RedisLedger)
+    tick = threading.Event()
+    for step in range(steps):
+        if ledger.breaker.state == "closed":
+            return step
+        tick.wait(0.05)
+    raise AssertionError(f"the breaker is still {ledger.breaker.state} after {steps} steps")
+
+
 def errors(outcomes: list[object]) -> list[str]:
     return [f"{type(o).__name__}: {o}" for o in outcomes if isinstance(o, BaseException)]
 
@@ -95,6 +114,7 @@ def test_redis_killed_after_the_upstream_answered(
     lost = errors(outcomes)
     persistent_redis.restart()  # same port, same directory: the append-only file is loaded
     assert lost == [], f"{len(lost)} of {CALLS} answers lost although paid: {lost[:2]}"
+    answers_again(proxy)
     proxy.chat("after")  # Redis is back: a call goes through (and lets a journal replay)
     used = settled(proxy, fake)
     assert used == fake.billed_tokens, f"ledger used {used}, upstream billed {fake.billed_tokens}"
@@ -112,6 +132,7 @@ def test_redis_frozen_during_the_settle_charges_once(
     # SIGCONT: Redis runs what was queued; a replayed settle must not charge again.
     lost = errors(outcomes)
     assert lost == [], f"{len(lost)} of {CALLS} answers lost although paid: {lost[:2]}"
+    answers_again(proxy)
     proxy.chat("after")
     used = settled(proxy, fake)
     assert used == fake.billed_tokens, (
@@ -130,5 +151,8 @@ def test_calls_succeed_once_redis_answers_again(
             proxy.chat(f"down {number}")
     persistent_redis.restart()
     assert persistent_redis.command("PING") == "PONG"
-    answer = proxy.chat("back")  # at once: no breaker cool-down left to wait out
+    # The breaker's probe closes it within a probe interval (0.25 s), long before the 2 s
+    # cool-down; before the change calls kept failing "circuit breaker is open" for seconds.
+    assert answers_again(proxy) * 0.05 < 2.0
+    answer = proxy.chat("back")
     assert answer.text
