@@ -22,7 +22,7 @@ Variable                                Meaning
 
 A key, base URL or ``api_version`` given in code or in the ``[providers.gemini]`` configuration
 table wins, and so do its ``timeout`` and ``connect_timeout``. A call through the Proxy is also
-bounded as a whole by its overall deadline (``retry.deadline``, default 120 s), which every
+bounded as a whole by its overall deadline (``retry.deadline``, default 300 s), which every
 attempt keeps to. The plugin passes every one of these to the SDK explicitly, so the SDK never reads
 the process environment behind the Proxy's back.
 """

@@ -22,7 +22,7 @@ Variable                                     Meaning
 
 A key or base URL given in code or in the ``[providers.openai]`` configuration table wins, and so
 do its ``timeout`` and ``connect_timeout``. A call through the Proxy is also bounded as a whole by
-its overall deadline (``retry.deadline``, default 120 s), which every attempt keeps to.
+its overall deadline (``retry.deadline``, default 300 s), which every attempt keeps to.
 """
 
 from __future__ import annotations
