@@ -3,6 +3,12 @@
 Every process a test starts is stopped by its pid in the fixture's teardown; every wait is
 bounded (a count or a timeout) and waits on a condition (a held request, a pid, a ledger
 clock), never on a sleep being long enough.
+
+Sizes: each scenario's size (calls, connections, budget) is a module constant read through
+:func:`size` from ``LLMPROXY_FAULT_<NAME>``; unset, it is the fast form's (CI) size;
+``bench/bench_faults.py`` sets bigger ones for the full form. Figures: when
+``LLMPROXY_FAULT_FIGURES`` names a file, each test appends one JSON line of its figures to it
+(:func:`record_figures`); unset, nothing is written.
 """
 
 from __future__ import annotations
@@ -35,6 +41,73 @@ REPLY = " ".join(["word"] * OUTPUT_WORDS)
 LEASE_SECONDS_ENV = "LLMPROXY_LEDGER_LEASE_SECONDS"
 WORKER = Path(__file__).with_name("worker.py")
 FAST_RETRY = {"initial_backoff": 0.001, "max_backoff": 0.01, "jitter": 0.0}
+#: The file the tests append their figures to (JSON lines), when set.
+FIGURES_ENV = "LLMPROXY_FAULT_FIGURES"
+#: The prefix of the variables that set the scenarios' sizes (``LLMPROXY_FAULT_<NAME>``).
+SIZE_PREFIX = "LLMPROXY_FAULT_"
+
+
+def size(name: str, default: int) -> int:
+    """A scenario's size: ``LLMPROXY_FAULT_<name>`` when set (a positive integer), else ``default``.
+
+    Raises:
+        ValueError: If the variable is set to anything but a positive integer.
+
+    """
+    variable = SIZE_PREFIX + name
+    raw = os.environ.get(variable, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise ValueError(f"{variable}={raw!r}: set it to a positive integer (default {default})")
+    return value
+
+
+def record_figures(
+    fault: str,
+    store: str,
+    *,
+    budget: int | None,
+    billed: int,
+    used: float | None,
+    answers_lost: int,
+    duplicates: int,
+    notes: str = "",
+) -> None:
+    """Append one scenario's figures to the file ``LLMPROXY_FAULT_FIGURES`` names, if it is set.
+
+    One JSON line: ``fault``, ``store`` (the ledger or store kind), ``budget`` (tokens, or
+    None without one), ``billed`` (tokens the fake upstream billed), ``used`` (what the ledger
+    recorded as spent, or None without a ledger to read), ``answers_lost`` (answers produced
+    upstream, or calls a client made, that did not reach their caller), ``duplicates``
+    (requests or records that arrived more than once) and ``notes``. Without the variable,
+    nothing is written.
+    """
+    target = os.environ.get(FIGURES_ENV, "").strip()
+    if not target:
+        return
+    line = {
+        "fault": fault,
+        "store": store,
+        "budget": budget,
+        "billed": billed,
+        "used": used,
+        "answers_lost": answers_lost,
+        "duplicates": duplicates,
+        "notes": notes,
+    }
+    with open(target, "a", encoding="utf-8") as out:
+        out.write(json.dumps(line) + "\n")
+
+
+def duplicate_requests(fake: FakeOpenAI) -> int:
+    """How many requests the fake upstream received with a body it had received before."""
+    bodies = [request.body for request in fake.requests]
+    return len(bodies) - len(set(bodies))
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import pytest
 
 from llmproxy import ProviderTimeout, Proxy
 from llmproxy_testing.fake_openai import FakeOpenAI
-from tests.faults.conftest import proxy_env
+from tests.faults.conftest import duplicate_requests, proxy_env, record_figures
 
 DEADLINE = 1.0
 MARGIN = 1.5  # seconds past the deadline a call may take to give up (cancel, close)
@@ -74,10 +74,23 @@ def test_hung_upstream_times_out_at_the_deadline(
         done = finished.wait(GUARD)
         elapsed = time.monotonic() - started
         assert done, f"the call still hangs {GUARD} s after it began (deadline {DEADLINE} s)"
+        # What the hung upstream produced (and billed) by the time the call ended.
+        billed, produced = fake.billed_tokens, fake.billed_answers
     finally:
         fake.release()  # the hung upstream answers at last, so the thread can end
         caller.join(30)
         proxy.close()
     [error] = outcome
+    record_figures(
+        f"upstream hangs, {call.__name__}, {DEADLINE:g} s deadline",
+        "memory",
+        budget=None,
+        billed=billed,
+        used=None,
+        # An answer produced before the call gave up, and not returned, is lost.
+        answers_lost=produced if isinstance(error, BaseException) else 0,
+        duplicates=duplicate_requests(fake),
+        notes=f"{type(error).__name__} after {elapsed:.2f} s",
+    )
     assert isinstance(error, ProviderTimeout), f"expected ProviderTimeout, got {error!r}"
     assert elapsed <= DEADLINE + MARGIN, f"gave up after {elapsed:.1f} s, deadline {DEADLINE} s"

@@ -20,19 +20,25 @@ from llmproxy_testing.fake_openai import FakeOpenAI
 from tests.faults.conftest import (
     OUTPUT_WORDS,
     Workers,
+    duplicate_requests,
     lease_env,
     ledger_url,
     proxy_config,
     proxy_env,
+    record_figures,
+    size,
     wait_for_ledger_clock,
 )
 
-BUDGET = 3_000
+BUDGET = size("WORKER_BUDGET", 3_000)
 LEASE = 2.0  # reservation lease and SQLite budget lease: how long a dead owner's hold blocks
-VICTIM_CALLS = 4
-SURVIVORS = 2
+VICTIM_CALLS = size("VICTIM_CALLS", 4)
+SURVIVORS = size("SURVIVORS", 2)
 #: The most one call holds: its input (our count, under 30 for these prompts) + its output cap.
 PER_CALL = 30 + OUTPUT_WORDS
+#: Calls a survivor may make: every call costs at least its output, so no survivor can make
+#: more than BUDGET / OUTPUT_WORDS calls before a refusal (the loop is bounded, and ends refused).
+SURVIVOR_CALLS = BUDGET // OUTPUT_WORDS + 1
 
 
 @pytest.mark.parametrize("kind", ["redis", "sqlite-lease"])
@@ -63,7 +69,12 @@ def test_killed_worker_never_overspends(
         fake.release()  # the upstream answers the dead worker's calls, and bills them
         survivors = [
             workers.start(
-                f"survivor{n}", environ=environ, config=config, ledger=url, threads=1, calls=200
+                f"survivor{n}",
+                environ=environ,
+                config=config,
+                ledger=url,
+                threads=1,
+                calls=SURVIVOR_CALLS,
             )
             for n in range(SURVIVORS)
         ]
@@ -77,6 +88,19 @@ def test_killed_worker_never_overspends(
 
     billed = fake.billed_tokens
     answers = sum(len(s.answered) for s in survivors)
+    unspent = BUDGET - billed
+    record_figures(
+        f"worker SIGKILLed with {VICTIM_CALLS} calls at the upstream, {SURVIVORS} survivors",
+        kind,
+        budget=BUDGET,
+        billed=billed,
+        used=after.used,
+        answers_lost=VICTIM_CALLS - len(victim.answered) + sum(len(s.errors) for s in survivors),
+        duplicates=duplicate_requests(fake),
+        notes=f"the killed worker's {VICTIM_CALLS} calls died with it; {answers} survivor"
+        f" answers; dead holds {dead_holds:g}, {after.reserved:g} still held a lease after the"
+        f" kill; {unspent} unspent",
+    )
     assert [s.errors for s in survivors] == [[]] * SURVIVORS
     assert all(s.refused for s in survivors), "every survivor ends refused by the budget"
     assert billed <= BUDGET, (
@@ -87,7 +111,6 @@ def test_killed_worker_never_overspends(
         f"{after.reserved} tokens still held by the dead worker more than a lease ({LEASE} s)"
         f" after the kill: survivors are refused while that budget is unspent ({kind})"
     )
-    unspent = BUDGET - billed
     allowed = dead_holds + SURVIVORS * PER_CALL
     assert unspent <= allowed, (
         f"survivors refused with {unspent} tokens unspent; the dead worker held {dead_holds}"

@@ -16,11 +16,21 @@ import pytest
 
 from llmproxy import BudgetExceeded, Proxy
 from llmproxy_testing.fake_openai import FakeOpenAI, Reply
-from tests.faults.conftest import lease_env, ledger_url, proxy_config, proxy_env
+from tests.faults.conftest import (
+    duplicate_requests,
+    lease_env,
+    ledger_url,
+    proxy_config,
+    proxy_env,
+    record_figures,
+    size,
+)
 
-BUDGET = 60
+BUDGET = size("LEASE_BUDGET", 60)
 LEASE = 0.5
 OUTPUT = 20
+#: Calls made while the first one is held: each costs at least OUTPUT, so the last is refused.
+OTHER_CALLS = BUDGET // OUTPUT + 1
 
 
 @pytest.mark.parametrize("kind", ["memory", "sqlite", "sqlite-lease", "redis"])
@@ -58,19 +68,32 @@ def test_call_longer_than_its_lease_does_not_overspend(
             if proxy.ledger.now() > started + 3 * LEASE:
                 break
             tick.wait(LEASE / 10)
-        for number in range(10):
+        for number in range(OTHER_CALLS):
             try:
                 others.append(
                     proxy.chat(f"other {number}", max_output_tokens=OUTPUT).usage.total_tokens
                 )
             except BudgetExceeded:
                 break
+        fake.release()
+        caller.join(30)
+        [usage] = proxy.usage()
     finally:
         fake.release()
         caller.join(30)
         proxy.close()
-    assert not caller.is_alive()
     billed = fake.billed_tokens
+    record_figures(
+        f"a call held past its {LEASE} s lease while others spend",
+        kind,
+        budget=BUDGET,
+        billed=billed,
+        used=usage.used,
+        answers_lost=sum(1 for o in outcome if isinstance(o, BaseException)),
+        duplicates=duplicate_requests(fake),
+        notes=f"{len(others)} other calls answered, then refused",
+    )
+    assert not caller.is_alive()
     assert billed <= BUDGET, (
         f"overspent: the upstream billed {billed} tokens on a budget of {BUDGET} ({kind}:"
         f" the held call {outcome}, {len(others)} others {others})"

@@ -22,9 +22,17 @@ import pytest
 
 from llmproxy import BudgetExceeded, Proxy
 from llmproxy_testing.fake_openai import FakeOpenAI, Reply, message_text
-from tests.faults.conftest import proxy_config, proxy_env
+from tests.faults.conftest import (
+    duplicate_requests,
+    proxy_config,
+    proxy_env,
+    record_figures,
+    size,
+)
 
-BUDGET = 200
+BUDGET = size("INPUT_BUDGET", 200)
+#: Each call bills at least its 10 output tokens, so the last of these is refused.
+CALLS = BUDGET // 10 + 1
 
 
 def heavy_usage(body: dict[str, Any]) -> Reply:
@@ -42,14 +50,27 @@ def test_provider_counting_more_input_does_not_overspend(fake: FakeOpenAI, tmp_p
         history="memory://",
         environ=proxy_env(fake, tmp_path / "data"),
     )
+    answered = 0
     try:
-        for number in range(100):
+        for number in range(CALLS):
             try:
                 proxy.chat(f"call {number} " + "lorem ipsum dolor " * 8, max_output_tokens=10)
+                answered += 1
             except BudgetExceeded:
                 break
+        [usage] = proxy.usage()
     finally:
         proxy.close()
+    record_figures(
+        "provider bills 4 tokens a message + characters/4 of input",
+        "memory",
+        budget=BUDGET,
+        billed=fake.billed_tokens,
+        used=usage.used,
+        answers_lost=fake.billed_answers - answered,
+        duplicates=duplicate_requests(fake),
+        notes=f"{answered} answers, then refused",
+    )
     assert fake.billed_tokens <= BUDGET, (
         f"overspent: billed {fake.billed_tokens} of {BUDGET} ({fake.billed_answers} answers)"
     )
@@ -89,5 +110,15 @@ def test_hung_sync_tool_does_not_delay_exit(fake: FakeOpenAI, tmp_path: Path) ->
             os.kill(process.pid, signal.SIGKILL)
             process.wait(10)
     elapsed = time.monotonic() - started
+    record_figures(
+        "a sync tool hangs past its 0.2 s timeout",
+        "memory",
+        budget=None,
+        billed=fake.billed_tokens,
+        used=None,
+        answers_lost=0 if out.strip() == "done" else 1,
+        duplicates=duplicate_requests(fake),
+        notes=f"the program exited {elapsed:.1f} s after it started",
+    )
     assert out.strip() == "done"
     assert elapsed < 10, f"the program took {elapsed:.1f} s to exit after a 0.2 s tool timeout"
