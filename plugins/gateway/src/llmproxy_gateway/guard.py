@@ -95,6 +95,10 @@ def error_response(status: int, message: str, code: str) -> bytes:
     )
 
 
+REFUSED_HEAD_TIMEOUT = 1.0
+"""Seconds a connection over a cap may take to send its request before it is closed."""
+
+
 def _refusal_app(status: int, message: str, code: str) -> Any:
     """An ASGI app answering every request with this error and closing the connection."""
     payload = error_body(status, message, code)
@@ -126,6 +130,7 @@ def guarded_protocol(limits: ServerLimits) -> type[HttpToolsProtocol]:
     class GuardedProtocol(_GuardedProtocol):
         _limits: ClassVar[ServerLimits] = limits
         _per_client: ClassVar[Counter[str]] = Counter()
+        _refused: ClassVar[Counter[str]] = Counter()
 
     return GuardedProtocol
 
@@ -135,6 +140,8 @@ class _GuardedProtocol(HttpToolsProtocol):
 
     _limits: ClassVar[ServerLimits]
     _per_client: ClassVar[Counter[str]]
+    _refused: ClassVar[Counter[str]]
+    """Connections being refused (over a cap): ``count`` under the key ``""``."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -142,6 +149,7 @@ class _GuardedProtocol(HttpToolsProtocol):
         self._deadline: asyncio.TimerHandle | None = None
         self._head_bytes = 0
         self._address: str | None = None
+        self._refusing = False
 
     # -- connection ---------------------------------------------------------------------------
 
@@ -151,27 +159,41 @@ class _GuardedProtocol(HttpToolsProtocol):
         if self.client is not None:
             self._address = self.client[0]
             self._per_client[self._address] += 1
-        if len(self.connections) > limits.max_connections:
-            self.app = _refusal_app(
+        # Connections being refused do not count against the worker's cap: one address over
+        # its own cap cannot fill the worker with connections it is only being told to close.
+        admitted = len(self.connections) - self._refused[""]
+        if admitted > limits.max_connections:
+            self._refuse(
                 503,
                 f"This gateway worker has {limits.max_connections} connections open, its limit"
                 f" ({env.MAX_CONNECTIONS}); retry shortly.",
-                "too_many_connections",
             )
         elif self._address is not None and (
             self._per_client[self._address] > limits.max_client_connections
         ):
-            self.app = _refusal_app(
+            self._refuse(
                 429,
                 f"Your address has {limits.max_client_connections} connections open to this"
                 f" gateway worker, its limit ({env.MAX_CLIENT_CONNECTIONS}): reuse connections"
                 " or close some.",
-                "too_many_connections",
             )
         self._start_head()
 
+    def _refuse(self, status: int, message: str) -> None:
+        """Answer this connection's request with ``status`` and close it.
+
+        It waits for the request (a response before it would be lost to a reset), but at most
+        :data:`REFUSED_HEAD_TIMEOUT` seconds, not the full head deadline.
+        """
+        self.app = _refusal_app(status, message, "too_many_connections")
+        self._refusing = True
+        self._refused[""] += 1
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_deadline()
+        if self._refusing:
+            self._refusing = False
+            self._refused[""] -= 1
         if self._address is not None:
             self._per_client[self._address] -= 1
             if self._per_client[self._address] <= 0:
@@ -219,7 +241,10 @@ class _GuardedProtocol(HttpToolsProtocol):
     def _start_head(self) -> None:
         self._cancel_deadline()
         self._phase = _HEAD
-        self._deadline = self.loop.call_later(self._limits.header_timeout, self._head_late)
+        timeout = self._limits.header_timeout
+        if self._refusing:
+            timeout = min(timeout, REFUSED_HEAD_TIMEOUT)
+        self._deadline = self.loop.call_later(timeout, self._head_late)
 
     def _cancel_deadline(self) -> None:
         if self._deadline is not None:
