@@ -263,6 +263,7 @@ class Call:
         "reservation",
         "rounds",
         "scope",
+        "sent",
         "session_id",
         "settled",
         "spent",
@@ -287,6 +288,7 @@ class Call:
         self.proxy = proxy
         self.streamed = streamed
         self.new_messages = as_messages(prompt)
+        self.sent: tuple[Message, ...] | None = None
         self.system = options.system
         self.session_id = options.session_id
         self.user = options.user
@@ -371,15 +373,29 @@ class Call:
     def set_history(self, records: list[HistoryRecord]) -> None:
         """Take the session's stored messages as the context sent before the new ones."""
         self.history = [r.message for r in records]
+        self.sent = None
 
     def messages(self) -> tuple[Message, ...]:
         """Everything sent upstream: the system prompt, the history, the new messages.
 
         Scrubbed of the process's secrets (:func:`llmproxy.secret.scrub`): a prompt or a tool
-        output holding a provider or gateway key never reaches the upstream.
+        output holding a provider or gateway key never reaches the upstream. The history is
+        sent as stored: every record was scrubbed when it was written (:meth:`records`), and
+        scrubbing it again on every call would cost time in proportion to the session's length.
+        Built once per round (counting, each attempt's request and a stream's estimate all
+        read it).
         """
-        head = [Message("system", self.system)] if self.system else []
-        return tuple(scrub_message(m) for m in (*head, *self.history, *self.new_messages))
+        sent = self.sent
+        if sent is None:
+            head = [Message("system", self.system)] if self.system else []
+            fresh = (scrub_message(m) for m in (*head, *self.new_messages))
+            if head:
+                first = next(fresh)
+                sent = (first, *self.history, *fresh)
+            else:
+                sent = (*self.history, *fresh)
+            self.sent = sent
+        return sent
 
     def reserve_args(self) -> dict[str, Any] | None:
         """Return the ledger.reserve arguments, or None when no policy applies."""
@@ -494,6 +510,7 @@ class Call:
         ]
         assistant = scrub_message(assistant)
         self.new_messages.extend([assistant, *outputs])
+        self.sent = None
         self.steps.extend([assistant, *outputs])
         self.stream = None
         self.reservation = None

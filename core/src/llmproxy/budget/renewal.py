@@ -73,9 +73,10 @@ class Renewer:
             if self._closed:
                 return
             now = self._clock()
+            # No wake-up: a new hold is due a whole interval from now, after every hold the
+            # thread already waits for (and a thread lingering with none looks again when its
+            # wait ends). Waking it on every call would cost a thread switch per call.
             self._live[reservation.id] = (reservation, now + self._interval, now)
-            if len(self._live) == 1:
-                self._wake.notify()
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="llmproxy-renewer", daemon=True
