@@ -44,13 +44,18 @@ from llmproxy.secret import Secret
 from llmproxy.service import LLMConfig, LLMServiceBase
 from llmproxy.tokens import InputMargin
 from llmproxy.types import (
+    Audio,
     CallEvent,
     ChatRequest,
     ChatResponse,
     Chunk,
     Completion,
+    Document,
+    Image,
     Message,
+    Part,
     StreamEvent,
+    Text,
     ToolCall,
     Usage,
 )
@@ -59,6 +64,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AsyncChatStream",
+    "Audio",
     "BaseProvider",
     "BudgetExceeded",
     "BudgetPolicy",
@@ -73,8 +79,10 @@ __all__ = [
     "Completion",
     "ConfigError",
     "CostBudget",
+    "Document",
     "HistoryRecord",
     "HistoryStore",
+    "Image",
     "InputMargin",
     "InvalidRequest",
     "LLMBudget",
@@ -85,6 +93,7 @@ __all__ = [
     "Ledger",
     "Message",
     "MissingCredentials",
+    "Part",
     "PluginError",
     "Provider",
     "ProviderAuthError",
@@ -107,6 +116,7 @@ __all__ = [
     "StoreError",
     "StreamEvent",
     "StreamInterrupted",
+    "Text",
     "TokensPerMinute",
     "ToolCall",
     "Usage",

@@ -48,15 +48,22 @@ from llmproxy.tokens import (
 )
 from llmproxy.tools import HostedTool, Tool, ToolResult
 from llmproxy.types import (
+    PART_TYPES,
+    Audio,
     CallEvent,
     ChatRequest,
     ChatResponse,
     Chunk,
     Completion,
+    Document,
+    Image,
     Message,
+    Part,
     StreamEvent,
+    Text,
     ToolCall,
     Usage,
+    text_of,
 )
 
 if TYPE_CHECKING:
@@ -67,7 +74,9 @@ log = logging.getLogger("llmproxy")
 _Counted = TypeVar("_Counted")
 """What a provider counts tokens of: messages or a text."""
 
-Prompt = str | Message | Sequence[Message | Mapping[str, Any]]
+Prompt = str | Message | Part | Sequence[Message | Mapping[str, Any]] | Sequence[str | Part]
+"""A call's prompt: text, a message, a list of messages (or dicts), or a list of a user
+message's parts (strings and :class:`~llmproxy.types.Image`, ``Document``, ``Audio``)."""
 ToolSpec = Tool | HostedTool | str | Callable[..., Any]
 
 _MESSAGE_KEYS = frozenset(("role", "content", "name", "tool_call_id", "tool_calls", "reasoning"))
@@ -173,24 +182,33 @@ def check_text(text: str, field: str) -> None:
 
 
 def as_messages(prompt: Prompt) -> list[Message]:
-    """Turn a call's prompt (a string, a Message, or a list of them or of dicts) into messages."""
+    """Turn a call's prompt into messages.
+
+    A string, a Message, or a list of messages (Message objects or ``{'role': ..., 'content':
+    ...}`` dicts); or the parts of one user message: a part alone, or a list of strings and
+    parts (``["What is in this picture?", Image.from_path("cat.png")]``).
+    """
     if isinstance(prompt, str):
         if not prompt.strip():
             raise InvalidRequest("prompt is empty: pass the text to send", field="prompt")
         check_text(prompt, "prompt")
         return [Message("user", prompt)]
     if isinstance(prompt, Message):
-        check_text(prompt.content, "prompt.content")
+        _check_message_text(prompt, "prompt")
         return [prompt]
+    if isinstance(prompt, PART_TYPES):
+        return [_parts_message([prompt], "prompt")]
     if isinstance(prompt, Mapping) or not isinstance(prompt, Sequence):
         raise InvalidRequest(
-            "prompt must be a string, a Message, or a list of messages"
-            f" ({{'role': ..., 'content': ...}} dicts or Message objects);"
-            f" got {type(prompt).__name__}",
+            "prompt must be a string, a Message, a list of messages"
+            f" ({{'role': ..., 'content': ...}} dicts or Message objects) or a list of a message's"
+            f" parts (strings, Image, Document, Audio); got {type(prompt).__name__}",
             field="prompt",
         )
     if not prompt:
         raise InvalidRequest("prompt is an empty list: pass at least one message", field="prompt")
+    if not any(isinstance(item, (Message, Mapping)) for item in prompt):
+        return [_parts_message(prompt, "prompt")]
     out: list[Message] = []
     for index, item in enumerate(prompt):
         if isinstance(item, Message):
@@ -199,13 +217,47 @@ def as_messages(prompt: Prompt) -> list[Message]:
             out.append(_message_from_dict(index, item))
         else:
             raise InvalidRequest(
-                f"prompt[{index}] must be a Message or a dict, got {type(item).__name__}",
+                f"prompt[{index}] must be a Message or a dict, got {type(item).__name__}"
+                " (a list of strings and parts makes one message: do not mix it with messages)",
                 field=f"prompt[{index}]",
             )
-        check_text(out[-1].content, f"prompt[{index}].content")
+        _check_message_text(out[-1], f"prompt[{index}]")
     if all(m.role == "system" for m in out):
         raise InvalidRequest("prompt has only system messages: add a user message", field="prompt")
     return out
+
+
+def _check_message_text(message: Message, where: str) -> None:
+    check_text(message.content, f"{where}.content")
+    for index, part in enumerate(message.parts):
+        if isinstance(part, Text):
+            check_text(part.text, f"{where}.parts[{index}].text")
+
+
+def _parts_message(items: Sequence[Any], where: str, role: str = "user") -> Message:
+    """One message of the parts ``items`` (strings become Text parts), each checked by index."""
+    parts: list[Part] = []
+    for index, item in enumerate(items):
+        part: Part
+        if isinstance(item, str):
+            part = Text(item)
+        elif isinstance(item, (Text, Image, Document, Audio)):
+            part = item
+        else:
+            raise InvalidRequest(
+                f"{where}[{index}] must be a string, Text, Image, Document or Audio;"
+                f" got {type(item).__name__}",
+                field=f"{where}[{index}]",
+            )
+        if isinstance(part, Text):
+            check_text(part.text, f"{where}[{index}].text")
+        parts.append(part)
+    if not any(not isinstance(p, Text) or p.text.strip() for p in parts):
+        raise InvalidRequest(f"{where} has no content: pass text or a part", field=where)
+    try:
+        return Message.with_parts(role, parts)  # type: ignore[arg-type]  # role checked by Message
+    except InvalidRequest as exc:
+        raise InvalidRequest(f"{where}: {exc}", field=f"{where}.{exc.field}") from None
 
 
 def _message_from_dict(index: int, item: Mapping[str, Any]) -> Message:
@@ -219,10 +271,18 @@ def _message_from_dict(index: int, item: Mapping[str, Any]) -> Message:
     calls = tuple(
         c if isinstance(c, ToolCall) else ToolCall(**c) for c in item.get("tool_calls", ())
     )
+    content = item.get("content") or ""
+    if not isinstance(content, str) and isinstance(content, Sequence):
+        where = f"prompt[{index}].content"
+        parts = _parts_message(content, where, item["role"]).parts
+        content = text_of(parts)
+    else:
+        parts = ()
     try:
         return Message(
             item["role"],
-            item.get("content") or "",
+            content,
+            parts=parts,
             name=item.get("name"),
             tool_calls=calls,
             tool_call_id=item.get("tool_call_id"),

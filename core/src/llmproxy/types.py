@@ -5,12 +5,15 @@ All are frozen attrs classes; use :func:`attrs.evolve` for a changed copy.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import base64
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import attrs
 from attrs import field, frozen
 
+from llmproxy import media
 from llmproxy.errors import InvalidRequest
 
 Role = Literal["system", "user", "assistant", "tool"]
@@ -71,6 +74,232 @@ class HostedOutput:
     data: Mapping[str, Any] = attrs.Factory(dict)
 
 
+MAX_PART_BYTES = 20 * 1024 * 1024
+"""The largest binary part (image, document, audio) a message may carry, in bytes (20 MiB).
+
+Larger files go to the provider's file API first and are sent as a ``Document(file_id=...)``.
+"""
+
+
+def _check_bytes(what: str, data: bytes) -> None:
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise InvalidRequest(f"{what} data must be bytes, got {type(data).__name__}", field="data")
+    if len(data) > MAX_PART_BYTES:
+        raise InvalidRequest(
+            f"{what} is {len(data):,} bytes, more than a part may carry ({MAX_PART_BYTES:,});"
+            " upload it to the provider's file API and send Document(file_id=...)",
+            field="data",
+        )
+    if not data:
+        raise InvalidRequest(f"{what} data is empty", field="data")
+
+
+def _read(path: str | Path, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise InvalidRequest(
+            f"cannot read the {what} at {str(path)!r}: {exc}", field="path"
+        ) from None
+
+
+@frozen
+class Text:
+    """Text among a message's parts."""
+
+    text: str = field(validator=lambda _i, _a, v: _check_content(None, None, v))
+
+
+@frozen
+class Image:
+    """An image, by URL (``https:`` or ``data:``) or as bytes with its media type.
+
+    ``detail`` is OpenAI's ``low``/``high``/``auto``; ``width``/``height`` are read from the
+    bytes' header when not given (budgets bound an image's tokens by its size).
+
+    >>> Image.from_bytes(PNG_1x1).media_type  # doctest: +SKIP
+    'image/png'
+    """
+
+    url: str | None = None
+    data: bytes | None = None
+    media_type: str | None = None
+    detail: Literal["auto", "low", "high"] | None = None
+    width: int | None = None
+    height: int | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if (self.url is None) == (self.data is None):
+            raise InvalidRequest("an Image needs exactly one of url= or data=", field="url")
+        if self.detail not in (None, "auto", "low", "high"):
+            raise InvalidRequest(
+                f"detail must be auto, low or high, got {self.detail!r}", field="detail"
+            )
+        if self.url is not None:
+            if not isinstance(self.url, str) or not self.url.startswith(
+                ("https://", "http://", "data:image/")
+            ):
+                raise InvalidRequest(
+                    f"an image URL must be https://, http:// or data:image/...; got {self.url!r}",
+                    field="url",
+                )
+            return
+        assert self.data is not None
+        _check_bytes("an image", self.data)
+        found = media.sniff(bytes(self.data[:64]))
+        kind = self.media_type or found
+        if kind not in media.IMAGE_TYPES:
+            raise InvalidRequest(
+                f"image data is {found or 'not a known image format'}"
+                f"{f' (given as {self.media_type})' if self.media_type else ''}: send PNG, JPEG,"
+                " GIF or WebP",
+                field="media_type",
+            )
+        object.__setattr__(self, "media_type", kind)
+        if self.width is None or self.height is None:
+            size = media.image_size(bytes(self.data[:65536]))
+            if size is not None:
+                object.__setattr__(self, "width", size[0])
+                object.__setattr__(self, "height", size[1])
+
+    @classmethod
+    def from_path(
+        cls, path: str | Path, *, detail: Literal["auto", "low", "high"] | None = None
+    ) -> Image:
+        """Read an image file; its media type comes from its bytes, not its name."""
+        return cls(data=_read(path, "image"), detail=detail)
+
+    @classmethod
+    def from_bytes(
+        cls,
+        data: bytes,
+        media_type: str | None = None,
+        *,
+        detail: Literal["auto", "low", "high"] | None = None,
+    ) -> Image:
+        """An image from bytes (the media type is read from them when not given)."""
+        return cls(data=data, media_type=media_type, detail=detail)
+
+    @classmethod
+    def from_url(cls, url: str, *, detail: Literal["auto", "low", "high"] | None = None) -> Image:
+        """An image the provider fetches itself (or a ``data:`` URL)."""
+        return cls(url=url, detail=detail)
+
+    def data_url(self) -> str:
+        """The image as a URL: its own, or a ``data:`` URL of its bytes."""
+        if self.url is not None:
+            return self.url
+        assert self.data is not None
+        return f"data:{self.media_type};base64,{base64.b64encode(self.data).decode()}"
+
+
+@frozen
+class Document:
+    """A document (a PDF) as bytes, or a file the provider already holds (``file_id``).
+
+    ``pages`` is counted from the bytes when not given (budgets bound a document by its pages).
+    """
+
+    data: bytes | None = None
+    file_id: str | None = None
+    media_type: str = "application/pdf"
+    filename: str | None = None
+    pages: int | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if (self.file_id is None) == (self.data is None):
+            raise InvalidRequest("a Document needs exactly one of data= or file_id=", field="data")
+        if self.file_id is not None:
+            if not isinstance(self.file_id, str) or not self.file_id:
+                raise InvalidRequest("file_id must be a non-empty string", field="file_id")
+            return
+        assert self.data is not None
+        _check_bytes("a document", self.data)
+        found = media.sniff(bytes(self.data[:16]))
+        if self.media_type == "application/pdf" and found != "application/pdf":
+            raise InvalidRequest(
+                f"document data is {found or 'not a PDF'}: send a PDF (or set media_type)",
+                field="media_type",
+            )
+        if self.pages is None:
+            object.__setattr__(self, "pages", media.pdf_pages(bytes(self.data)))
+
+    @classmethod
+    def from_path(cls, path: str | Path) -> Document:
+        """Read a PDF file (its name is kept as the filename)."""
+        return cls(data=_read(path, "document"), filename=Path(path).name)
+
+    def data_url(self) -> str:
+        """The document's bytes as a ``data:`` URL (only for a document with data)."""
+        assert self.data is not None
+        return f"data:{self.media_type};base64,{base64.b64encode(self.data).decode()}"
+
+
+@frozen
+class Audio:
+    """Recorded audio as bytes with its format (``wav``, ``mp3``...).
+
+    ``seconds`` is read from a WAV header when not given (budgets bound audio by its length).
+    """
+
+    data: bytes
+    format: str | None = None
+    seconds: float | None = None
+
+    def __attrs_post_init__(self) -> None:
+        _check_bytes("audio", self.data)
+        found = media.sniff(bytes(self.data[:16]))
+        fmt = self.format or (media.audio_format(found) if found else None)
+        if fmt not in media.AUDIO_FORMATS:
+            raise InvalidRequest(
+                f"audio format {fmt or 'unknown'!s}: name one of"
+                f" {', '.join(sorted(media.AUDIO_FORMATS))} (format=)",
+                field="format",
+            )
+        object.__setattr__(self, "format", fmt)
+        if self.seconds is None and fmt == "wav":
+            object.__setattr__(self, "seconds", media.wav_seconds(bytes(self.data)))
+
+    @classmethod
+    def from_path(cls, path: str | Path) -> Audio:
+        """Read an audio file; its format comes from its bytes."""
+        return cls(_read(path, "audio"))
+
+    def base64(self) -> str:
+        """The audio's bytes in base64."""
+        return base64.b64encode(self.data).decode()
+
+
+Part = Text | Image | Document | Audio
+"""What a message may carry besides (or instead of) plain text."""
+
+PART_TYPES: tuple[type, ...] = (Text, Image, Document, Audio)
+
+
+def _check_parts(_instance: object, _attribute: object, value: tuple[Part, ...]) -> None:
+    for index, part in enumerate(value):
+        if not isinstance(part, PART_TYPES):
+            raise InvalidRequest(
+                f"parts[{index}] must be a Text, Image, Document or Audio, got"
+                f" {type(part).__name__}",
+                field=f"parts[{index}]",
+            )
+
+
+def _as_parts(value: object) -> tuple[Part, ...]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise InvalidRequest(
+            f"parts must be a list of Text, Image, Document or Audio; got {type(value).__name__}",
+            field="parts",
+        )
+    return tuple(value)
+
+
+def text_of(parts: Sequence[Part]) -> str:
+    """The text of a message's parts, the Text parts joined with blank lines."""
+    return "\n\n".join(p.text for p in parts if isinstance(p, Text))
+
+
 @frozen
 class Message:
     """One chat message.
@@ -78,7 +307,10 @@ class Message:
     ``reasoning`` holds a model's reasoning text where the provider returns it (never mixed into
     ``content``); ``tool_calls`` the calls an assistant message asks for; ``tool_call_id`` the
     call a ``tool`` message answers. ``interrupted`` marks an assistant message cut short by a
-    broken or abandoned stream.
+    broken or abandoned stream. ``parts`` holds a message's content parts in order (text,
+    images, documents, audio) when it has more than text; ``content`` then holds their text
+    (:func:`text_of`), so code that reads text keeps working. Build one with
+    :meth:`with_parts`.
 
     >>> m = Message("user", "Hello")
     >>> m.role, m.content, m.interrupted
@@ -94,6 +326,17 @@ class Message:
     interrupted: bool = False
     citations: tuple[Citation, ...] = ()
     hosted_outputs: tuple[HostedOutput, ...] = ()
+    parts: tuple[Part, ...] = field(default=(), converter=_as_parts, validator=_check_parts)
+
+    @classmethod
+    def with_parts(cls, role: Role, parts: Sequence[Part | str], **fields: Any) -> Message:
+        """A message of ``parts`` (strings become :class:`Text`), its text in ``content``.
+
+        >>> Message.with_parts("user", ["What is this?"]).content
+        'What is this?'
+        """
+        made = tuple(Text(p) if isinstance(p, str) else p for p in parts)
+        return cls(role, text_of(made), parts=made, **fields)
 
 
 @frozen
