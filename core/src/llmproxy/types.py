@@ -327,6 +327,7 @@ class Message:
     citations: tuple[Citation, ...] = ()
     hosted_outputs: tuple[HostedOutput, ...] = ()
     parts: tuple[Part, ...] = field(default=(), converter=_as_parts, validator=_check_parts)
+    state: Mapping[str, Any] = attrs.Factory(dict)
 
     @classmethod
     def with_parts(cls, role: Role, parts: Sequence[Part | str], **fields: Any) -> Message:
