@@ -68,7 +68,7 @@ _Counted = TypeVar("_Counted")
 """What a provider counts tokens of: messages or a text."""
 
 Prompt = str | Message | Sequence[Message | Mapping[str, Any]]
-ToolSpec = Tool | HostedTool | str | Callable[..., Any]
+ToolSpec = Tool | HostedTool | str | Callable[..., Any] | Mapping[str, Any]
 
 _MESSAGE_KEYS = frozenset(("role", "content", "name", "tool_call_id", "tool_calls", "reasoning"))
 
@@ -125,6 +125,10 @@ def _check_options(options: CallOptions) -> None:
         raise InvalidRequest("max_tool_rounds must be a whole number >= 0", field="max_tool_rounds")
     if isinstance(options.fallbacks, str):
         raise InvalidRequest("fallbacks must be a list of model names", field="fallbacks")
+    if not isinstance(options.run_tools, bool):
+        raise InvalidRequest(
+            f"run_tools must be True or False, got {options.run_tools!r}", field="run_tools"
+        )
 
 
 @frozen
@@ -153,6 +157,7 @@ class CallOptions:
     tool_choice: str | None = None
     max_tool_rounds: int | None = None
     extra: Mapping[str, Any] = attrs.field(factory=dict)
+    run_tools: bool = True
 
     def __attrs_post_init__(self) -> None:
         _check_options(self)
@@ -299,6 +304,10 @@ class Call:
         self.tags: Mapping[str, str] = options.tags or {}
         self.tools = proxy._resolve_tools(options.tools)
         self.function_tools = {t.name: t for t in self.tools if isinstance(t, Tool)}
+        if not options.run_tools or any(t.function is None for t in self.function_tools.values()):
+            # The caller runs the tools (run_tools=False, or a tool offered as a definition
+            # only): the Proxy runs none, and the model's calls are handed back.
+            self.function_tools = {}
         self.tool_choice = options.tool_choice
         rounds = options.max_tool_rounds
         self.max_tool_rounds = proxy.config.max_tool_rounds if rounds is None else rounds
@@ -489,7 +498,11 @@ class Call:
     # -- tool rounds -----------------------------------------------------------------------------
 
     def wants_tools(self, message: Message) -> bool:
-        """Whether the model asked for tool calls the Proxy should run and answer."""
+        """Whether the model asked for tool calls the Proxy should run and answer.
+
+        Never when the call hands its tool calls back (``run_tools=False``, or a tool offered
+        without a function): the response carries them, for the caller to run.
+        """
         return bool(self.function_tools) and bool(message.tool_calls)
 
     def tool_round(self, assistant: Message) -> list[ToolCall]:
