@@ -93,12 +93,14 @@ def servers(
 
 
 def make(env: dict[str, str], servers: dict[str, FakeServer], **config: Any) -> Proxy:
+    deepseek, gemini = servers[DEEPSEEK], servers[GEMINI]
+    assert isinstance(deepseek, FakeDeepSeek) and isinstance(gemini, FakeGemini)
     environ = {
         **env,
         "DEEPSEEK_API_KEY": API_KEY,
-        "DEEPSEEK_BASE_URL": servers[DEEPSEEK].base_url,
+        "DEEPSEEK_BASE_URL": deepseek.base_url,
         "GEMINI_API_KEY": API_KEY,
-        "GEMINI_BASE_URL": servers[GEMINI].base_url,
+        "GEMINI_BASE_URL": gemini.base_url,
     }
     return Proxy(
         {"retry": FAST_RETRY, "ledger_url": "memory://", "history_url": "memory://", **config},

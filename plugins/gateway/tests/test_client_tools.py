@@ -15,6 +15,7 @@ from typing import Any
 
 import openai
 import pytest
+from openai.types.chat import ChatCompletionFunctionToolParam
 
 from llmproxy_testing._http import FakeServer
 from llmproxy_testing.fake_deepseek import FakeDeepSeek
@@ -28,12 +29,12 @@ DEEPSEEK = "deepseek/deepseek-flash"
 GEMINI = "gemini/gemini-3.8-flash"
 MODELS = [OPENAI, DEEPSEEK, GEMINI]
 
-PARAMETERS = {
+PARAMETERS: dict[str, object] = {
     "type": "object",
     "properties": {"city": {"type": "string"}},
     "required": ["city"],
 }
-WEATHER = {
+WEATHER: ChatCompletionFunctionToolParam = {
     "type": "function",
     "function": {
         "name": "get_weather",
@@ -41,7 +42,7 @@ WEATHER = {
         "parameters": PARAMETERS,
     },
 }
-TIME = {
+TIME: ChatCompletionFunctionToolParam = {
     "type": "function",
     "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}},
 }
@@ -167,7 +168,7 @@ def test_a_tool_round_trip_through_the_gateway(
     first = client.chat.completions.create(
         model=model,
         messages=messages,
-        tools=[WEATHER, TIME],  # type: ignore[list-item]
+        tools=[WEATHER, TIME],
         tool_choice="auto",
         parallel_tool_calls=True,
     )
@@ -184,7 +185,7 @@ def test_a_tool_round_trip_through_the_gateway(
     second = client.chat.completions.create(
         model=model,
         messages=messages,
-        tools=[WEATHER, TIME],  # type: ignore[list-item]
+        tools=[WEATHER, TIME],
     )
     assert second.choices[0].message.content == "Sunny in Hue at noon."
     assert second.choices[0].finish_reason == "stop"
@@ -209,7 +210,7 @@ def test_streamed_tool_calls_in_openai_delta_shape(
         client.chat.completions.create(
             model=model,
             messages=[{"role": "user", "content": "Weather and time in Hue?"}],
-            tools=[WEATHER, TIME],  # type: ignore[list-item]
+            tools=[WEATHER, TIME],
             stream=True,
         )
     )
@@ -232,20 +233,20 @@ def test_streamed_tool_calls_in_openai_delta_shape(
     with client.chat.completions.stream(
         model=model,
         messages=[{"role": "user", "content": "Weather and time in Hue?"}],
-        tools=[WEATHER, TIME],  # type: ignore[list-item]
+        tools=[WEATHER, TIME],
     ) as stream:
         final = stream.get_final_completion()
     assert final.choices[0].finish_reason == "tool_calls"
     calls = check_calls(final.choices[0].message.tool_calls)
     server.enqueue(Reply(text="Sunny at noon."))
+    # A client that keeps plain dicts: the assistant turn rebuilt from the calls.
+    continued: list[Any] = [
+        {"role": "user", "content": "Weather and time in Hue?"},
+        {"role": "assistant", "content": None, "tool_calls": calls},
+        *answers(calls),
+    ]
     with client.chat.completions.stream(
-        model=model,
-        messages=[
-            {"role": "user", "content": "Weather and time in Hue?"},
-            {"role": "assistant", "content": None, "tool_calls": calls},  # type: ignore[typeddict-item]
-            *answers(calls),  # type: ignore[list-item]
-        ],
-        tools=[WEATHER, TIME],  # type: ignore[list-item]
+        model=model, messages=continued, tools=[WEATHER, TIME]
     ) as stream:
         text = "".join(e.delta for e in stream if e.type == "content.delta")
     assert text == "Sunny at noon."
@@ -260,7 +261,7 @@ def test_tool_choice_names_a_function(
         client.chat.completions.create(
             model=model,
             messages=[{"role": "user", "content": "Weather?"}],
-            tools=[WEATHER, TIME],  # type: ignore[list-item]
+            tools=[WEATHER, TIME],
             tool_choice={"type": "function", "function": {"name": "get_weather"}},
         )
         body = model_bodies(server)[-1]
