@@ -130,7 +130,7 @@ def test_a_list_of_strings_and_parts_is_one_user_message() -> None:
 
 def test_malformed_parts_are_named_by_index() -> None:
     with pytest.raises(InvalidRequest) as caught:
-        as_messages(["look", 42])  # type: ignore[arg-type]
+        as_messages(["look", 42])  # type: ignore[list-item]
     assert caught.value.field == "prompt[1]"
     with pytest.raises(InvalidRequest) as caught:
         as_messages([{"role": "user", "content": ["look", b"raw bytes"]}])

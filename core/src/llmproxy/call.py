@@ -74,10 +74,10 @@ log = logging.getLogger("llmproxy")
 _Counted = TypeVar("_Counted")
 """What a provider counts tokens of: messages or a text."""
 
-Prompt = str | Message | Part | Sequence[Message | Mapping[str, Any]] | Sequence[str | Part]
+Prompt = str | Message | Part | Sequence[Message | Mapping[str, Any] | str | Part]
 """A call's prompt: text, a message, a list of messages (or dicts), or a list of a user
 message's parts (strings and :class:`~llmproxy.types.Image`, ``Document``, ``Audio``)."""
-ToolSpec = Tool | HostedTool | str | Callable[..., Any]
+ToolSpec = Tool | HostedTool | str | Callable[..., Any] | Mapping[str, Any]
 
 _MESSAGE_KEYS = frozenset(("role", "content", "name", "tool_call_id", "tool_calls", "reasoning"))
 
@@ -134,6 +134,10 @@ def _check_options(options: CallOptions) -> None:
         raise InvalidRequest("max_tool_rounds must be a whole number >= 0", field="max_tool_rounds")
     if isinstance(options.fallbacks, str):
         raise InvalidRequest("fallbacks must be a list of model names", field="fallbacks")
+    if not isinstance(options.run_tools, bool):
+        raise InvalidRequest(
+            f"run_tools must be True or False, got {options.run_tools!r}", field="run_tools"
+        )
 
 
 @frozen
@@ -162,6 +166,7 @@ class CallOptions:
     tool_choice: str | None = None
     max_tool_rounds: int | None = None
     extra: Mapping[str, Any] = attrs.field(factory=dict)
+    run_tools: bool = True
 
     def __attrs_post_init__(self) -> None:
         _check_options(self)
@@ -359,6 +364,10 @@ class Call:
         self.tags: Mapping[str, str] = options.tags or {}
         self.tools = proxy._resolve_tools(options.tools)
         self.function_tools = {t.name: t for t in self.tools if isinstance(t, Tool)}
+        if not options.run_tools or any(t.function is None for t in self.function_tools.values()):
+            # The caller runs the tools (run_tools=False, or a tool offered as a definition
+            # only): the Proxy runs none, and the model's calls are handed back.
+            self.function_tools = {}
         self.tool_choice = options.tool_choice
         rounds = options.max_tool_rounds
         self.max_tool_rounds = proxy.config.max_tool_rounds if rounds is None else rounds
@@ -549,7 +558,11 @@ class Call:
     # -- tool rounds -----------------------------------------------------------------------------
 
     def wants_tools(self, message: Message) -> bool:
-        """Whether the model asked for tool calls the Proxy should run and answer."""
+        """Whether the model asked for tool calls the Proxy should run and answer.
+
+        Never when the call hands its tool calls back (``run_tools=False``, or a tool offered
+        without a function): the response carries them, for the caller to run.
+        """
         return bool(self.function_tools) and bool(message.tool_calls)
 
     def tool_round(self, assistant: Message) -> list[ToolCall]:

@@ -36,7 +36,7 @@ from llmproxy.plugins import Plugins, load_plugins
 from llmproxy.provider import Provider
 from llmproxy.registry import ProviderSettings
 from llmproxy.secret import Secret, redact
-from llmproxy.tools import HostedTool, Tool
+from llmproxy.tools import ClientTool, HostedTool, Tool
 from llmproxy.types import CallEvent, ChatResponse, StreamEvent
 from llmproxy.urls import scheme_of
 
@@ -338,18 +338,21 @@ class Proxy:
         )
         return len(journal.pending(ledger_url=ledger_url, history_url=history_url, limit=1))
 
-    def _resolve_tools(
-        self, tools: Sequence[Tool | HostedTool | str | Callable[..., Any]] | None
-    ) -> tuple[Tool | HostedTool, ...]:
-        """Turn a call's ``tools`` into tool objects: names of plugin tools, callables, tools."""
+    def _resolve_tools(self, tools: Sequence[ToolSpec] | None) -> tuple[Tool | HostedTool, ...]:
+        """Turn a call's ``tools`` into tool objects: names of plugin tools, callables, tools.
+
+        A dict in OpenAI's function-tool shape is a :class:`~llmproxy.tools.ClientTool`.
+        """
         if not tools:
             return ()
-        if isinstance(tools, (str, Tool, HostedTool)) or callable(tools):
+        if isinstance(tools, (str, Tool, HostedTool, Mapping)) or callable(tools):
             raise InvalidRequest("tools must be a list", field="tools")
         out: list[Tool | HostedTool] = []
         for index, item in enumerate(tools):
             if isinstance(item, (Tool, HostedTool)):
                 out.append(item)
+            elif isinstance(item, Mapping):
+                out.append(ClientTool.from_openai(item, f"tools[{index}]"))
             elif isinstance(item, str):
                 registered = self.plugins.registry.tools.get(item)
                 if registered is None:
@@ -364,8 +367,8 @@ class Proxy:
                 out.append(Tool.from_function(item))
             else:
                 raise InvalidRequest(
-                    f"tools[{index}] must be a Tool, a HostedTool, a function or a registered"
-                    f" tool's name; got {type(item).__name__}",
+                    f"tools[{index}] must be a Tool, a HostedTool, a function, a registered"
+                    f" tool's name or an OpenAI function-tool dict; got {type(item).__name__}",
                     field=f"tools[{index}]",
                 )
         names = [t.name for t in out if isinstance(t, Tool)]
@@ -466,6 +469,7 @@ class Proxy:
         tools: Sequence[ToolSpec] | None = None,
         tool_choice: str | None = None,
         max_tool_rounds: int | None = None,
+        run_tools: bool = True,
         **extra: Any,
     ) -> ChatResponse:
         """Send ``prompt`` and return the whole answer.
@@ -476,6 +480,12 @@ class Proxy:
         ``fallbacks=[...]`` replaces the configured fallback chain for this call; ``key`` (a key
         id, never a secret) and ``tags`` are what ``key`` and ``tag:NAME`` budget scopes count by.
         Other keyword arguments go to the provider untouched (``top_p=...``, ``extra_body=...``).
+        ``tools`` the model may call are run by the Proxy's tool-call loop, unless
+        ``run_tools=False`` or a tool is offered as a definition only (a
+        :class:`~llmproxy.tools.ClientTool` or an OpenAI function-tool dict): then the model's
+        calls are handed back unexecuted on ``response.message.tool_calls`` (``finish_reason``
+        ``tool_calls``), and the caller sends its ``Message("tool", output, tool_call_id=...)``
+        answers in its next call.
 
         Raises :class:`~llmproxy.errors.BudgetExceeded` or :class:`~llmproxy.errors.RateLimited`
         before any upstream call when a policy has no room, and a
@@ -496,6 +506,7 @@ class Proxy:
             tool_choice=tool_choice,
             max_tool_rounds=max_tool_rounds,
             extra=extra,
+            run_tools=run_tools,
         )
         response: ChatResponse = self._drive(call_flow(Call(self, prompt, options, False)))
         return response
@@ -517,6 +528,7 @@ class Proxy:
         tools: Sequence[ToolSpec] | None = None,
         tool_choice: str | None = None,
         max_tool_rounds: int | None = None,
+        run_tools: bool = True,
         **extra: Any,
     ) -> ChatResponse:
         """Async :meth:`chat`."""
@@ -535,6 +547,7 @@ class Proxy:
             tool_choice=tool_choice,
             max_tool_rounds=max_tool_rounds,
             extra=extra,
+            run_tools=run_tools,
         )
         response: ChatResponse = await self._adrive(call_flow(Call(self, prompt, options, False)))
         return response
@@ -556,6 +569,7 @@ class Proxy:
         tools: Sequence[ToolSpec] | None = None,
         tool_choice: str | None = None,
         max_tool_rounds: int | None = None,
+        run_tools: bool = True,
         **extra: Any,
     ) -> ChatStream:
         """Send ``prompt`` and iterate over the answer as it arrives (arguments as :meth:`chat`).
@@ -581,6 +595,7 @@ class Proxy:
             tool_choice=tool_choice,
             max_tool_rounds=max_tool_rounds,
             extra=extra,
+            run_tools=run_tools,
         )
         return ChatStream(self, Call(self, prompt, options, True))
 
@@ -601,6 +616,7 @@ class Proxy:
         tools: Sequence[ToolSpec] | None = None,
         tool_choice: str | None = None,
         max_tool_rounds: int | None = None,
+        run_tools: bool = True,
         **extra: Any,
     ) -> AsyncChatStream:
         """Async :meth:`stream`: ``async for ev in proxy.astream(...)``.
@@ -624,6 +640,7 @@ class Proxy:
             tool_choice=tool_choice,
             max_tool_rounds=max_tool_rounds,
             extra=extra,
+            run_tools=run_tools,
         )
         return AsyncChatStream(self, Call(self, prompt, options, True))
 

@@ -385,7 +385,8 @@ class ChatRequest:
     provider name (``openai``). ``max_output_tokens`` is the cap the budget allows; providers
     must send it upstream. ``extra`` carries provider-specific parameters through untouched.
     ``tools`` are the tools offered to the model (:class:`llmproxy.tools.Tool` function tools,
-    whose Python function the Proxy runs, and :class:`llmproxy.tools.HostedTool` tools the
+    whose Python function the Proxy runs, or not when the caller runs them, such as
+    :class:`llmproxy.tools.ClientTool`, and :class:`llmproxy.tools.HostedTool` tools the
     provider runs); ``tool_choice`` is ``auto``, ``none``, ``required`` or a tool name.
     ``timeout`` is the seconds this attempt may take in all: the call's overall deadline left
     when the attempt starts (connecting, sending and the whole answer; for a stream, the first

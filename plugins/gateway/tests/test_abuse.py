@@ -320,6 +320,8 @@ FIELDS = st.sampled_from(
         "n",
         "user",
         "tools",
+        "tool_choice",
+        "parallel_tool_calls",
         *sorted(wire.PASSTHROUGH),
     ]
 )

@@ -3,6 +3,9 @@
 :class:`Tool` is a function tool: its name, description and JSON schema are sent to the model,
 and its Python function (sync or async) runs locally in the Proxy's tool-call loop.
 :class:`HostedTool` is a tool the provider runs itself (OpenAI's file search, code interpreter).
+:class:`ClientTool` (or a plain dict in OpenAI's function-tool shape) is a definition only: the
+caller runs it, so its calls are handed back on the response, as they are with
+``run_tools=False``.
 
 >>> @tool
 ... def get_weather(location: str, unit: str = "celsius") -> str:
@@ -21,7 +24,15 @@ and its Python function (sync or async) runs locally in the Proxy's tool-call lo
 
 from __future__ import annotations
 
-from llmproxy.tools.base import HostedTool, Tool, ToolResult, tool
+from llmproxy.tools.base import ClientTool, HostedTool, Tool, ToolResult, tool
 from llmproxy.tools.schema import schema_from_function, validate
 
-__all__ = ["HostedTool", "Tool", "ToolResult", "schema_from_function", "tool", "validate"]
+__all__ = [
+    "ClientTool",
+    "HostedTool",
+    "Tool",
+    "ToolResult",
+    "schema_from_function",
+    "tool",
+    "validate",
+]

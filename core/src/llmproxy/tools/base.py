@@ -13,7 +13,7 @@ from typing import Any, overload
 import attrs
 from attrs import field, frozen
 
-from llmproxy.errors import ConfigError
+from llmproxy.errors import ConfigError, InvalidRequest
 from llmproxy.secret import scrub
 from llmproxy.tools.schema import (
     callable_doc,
@@ -243,6 +243,72 @@ def _run_with_timeout(function: Callable[..., Any], args: dict[str, Any], timeou
         return _start(function, args).result(timeout=timeout)
     except concurrent.futures.TimeoutError:
         raise TimeoutError from None
+
+
+@frozen
+class ClientTool(Tool):
+    """A function tool the caller runs: only its definition goes to the model.
+
+    ``ClientTool("get_weather", "Weather of a city.", {"type": "object", ...})`` is offered
+    exactly as a :class:`Tool` of the same name, description and schema is (each provider's
+    function-tool form), but it has no Python function: when the model calls it the Proxy
+    runs no tool round and hands the calls back on the response (``message.tool_calls``,
+    ``finish_reason == "tool_calls"``). A call that offers any tool without a function, or is
+    made with ``run_tools=False``, hands back every call the model asks for: the caller runs
+    them and calls again with ``Message("tool", output, tool_call_id=...)`` answers.
+    A ``function`` is a :class:`~llmproxy.errors.ConfigError` (use :class:`Tool` for that).
+    """
+
+    def __attrs_post_init__(self) -> None:
+        if self.function is not None:
+            raise ConfigError(
+                f"client tool {self.name!r} runs in the caller and takes no function: use"
+                " llmproxy.tools.Tool (or @tool) for a tool the Proxy runs",
+                path="tools.function",
+            )
+
+    @classmethod
+    def from_openai(cls, spec: Mapping[str, Any], where: str = "tools") -> ClientTool:
+        """Read a tool definition in OpenAI's shape.
+
+        Chat Completions' ``{"type": "function", "function": {"name", "description",
+        "parameters", "strict"}}`` or the Responses API's flat ``{"type": "function", "name",
+        ...}``. A definition of another shape is an :class:`~llmproxy.errors.InvalidRequest`
+        whose field starts with ``where`` (``tools[2].function.name``).
+        """
+        if not isinstance(spec, Mapping) or spec.get("type") != "function":
+            raise InvalidRequest(
+                f'{where} must be a function tool: {{"type": "function", "function": {{"name":'
+                ' ..., "description": ..., "parameters": {...}}}',
+                field=f"{where}.type",
+            )
+        nested = spec.get("function")
+        body: Mapping[str, Any] = nested if isinstance(nested, Mapping) else spec
+        prefix = f"{where}.function" if isinstance(nested, Mapping) else where
+        name = body.get("name")
+        if not isinstance(name, str):
+            raise InvalidRequest(f"{prefix}.name must be a string", field=f"{prefix}.name")
+        description = body.get("description")
+        if description is None:
+            description = ""
+        if not isinstance(description, str):
+            raise InvalidRequest(
+                f"{prefix}.description must be a string", field=f"{prefix}.description"
+            )
+        parameters = body.get("parameters")
+        if parameters is None:
+            parameters = {"type": "object", "properties": {}}
+        if not isinstance(parameters, Mapping):
+            raise InvalidRequest(
+                f"{prefix}.parameters must be a JSON schema object", field=f"{prefix}.parameters"
+            )
+        strict = body.get("strict")
+        if strict is not None and not isinstance(strict, bool):
+            raise InvalidRequest(f"{prefix}.strict must be a boolean", field=f"{prefix}.strict")
+        try:
+            return cls(name, description, dict(parameters), strict=bool(strict))
+        except ConfigError as exc:
+            raise InvalidRequest(f"{prefix}.name: {exc}", field=f"{prefix}.name") from None
 
 
 @frozen

@@ -37,7 +37,7 @@ from llmproxy.tokens import (
     messages_upper_bound,
     text_upper_bound,
 )
-from llmproxy.types import Message
+from llmproxy.types import ChatRequest, Message
 from llmproxy_deepseek import env, models
 from llmproxy_openai.provider import OpenAIProvider, message_to_wire
 
@@ -136,6 +136,16 @@ class DeepSeekProvider(OpenAIProvider):
             or env.connect_timeout(environ),
             name=settings.name,
         )
+
+    def params(self, request: ChatRequest) -> dict[str, Any]:
+        """Chat Completions' arguments, as OpenAI's, without ``parallel_tool_calls``.
+
+        DeepSeek documents no switch for parallel tool calls (the model may make several
+        calls in one turn): an OpenAI client's ``parallel_tool_calls`` is dropped, not sent.
+        """
+        params = super().params(request)
+        params.pop("parallel_tool_calls", None)
+        return params
 
     def wire_message(self, m: Message) -> dict[str, Any]:
         """Return DeepSeek's wire form of a message (see :func:`deepseek_message`)."""

@@ -219,7 +219,10 @@ class Gateway:
         try:
             while event is not None:
                 if event.done:
-                    tail = role + writer.finish(event.finish_reason)
+                    # Tool calls handed back (the client runs its tools) arrive whole on the
+                    # final event; they go out in OpenAI's delta shape before the finish.
+                    calls = event.response.message.tool_calls if event.response else ()
+                    tail = role + writer.tool_calls(calls) + writer.finish(event.finish_reason)
                     if include_usage and event.usage is not None:
                         tail += writer.usage(event.usage)
                     await send(

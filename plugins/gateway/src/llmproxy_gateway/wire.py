@@ -12,12 +12,13 @@ import math
 import re
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from attrs import frozen
 
 from llmproxy.errors import InvalidRequest
+from llmproxy.tools import ClientTool
 from llmproxy.types import ChatResponse, Message, ToolCall, Usage
 from llmproxy_gateway import env
 from llmproxy_gateway.errors import HTTPError, bad_request
@@ -300,6 +301,82 @@ def _message(item: Any, index: int, max_depth: int) -> Message:
         raise bad_request(f"{where}: {exc}", where) from None
 
 
+def client_tools(data: Mapping[str, Any], limits: BodyLimits) -> list[ClientTool]:
+    """The client's ``tools``: function tools it runs itself, as :class:`ClientTool` values.
+
+    Each must be ``{"type": "function", "function": {"name", "description", "parameters",
+    "strict"}}``; anything else (another type, a bad name, a schema that is not an object) is a
+    400 naming ``tools[i]...``.
+    """
+    raw = data.get("tools")
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise bad_request("'tools' must be a list of function tools", "tools")
+    tools: list[ClientTool] = []
+    for index, item in enumerate(raw):
+        where = f"tools[{index}]"
+        if isinstance(item, Mapping) and item.get("type") not in (None, "function"):
+            raise bad_request(
+                f"{where}.type {item.get('type')!r} is not supported: this gateway passes"
+                " function tools only",
+                f"{where}.type",
+            )
+        if isinstance(item, Mapping) and not isinstance(item.get("function"), Mapping):
+            raise bad_request(
+                f"{where}.function must be an object with the function's name", f"{where}.function"
+            )
+        try:
+            tool = ClientTool.from_openai(item, where)
+        except InvalidRequest as exc:
+            raise bad_request(str(exc), exc.field or where) from None
+        _check_depth(dict(tool.parameters), limits.max_depth, f"{where}.function.parameters")
+        tools.append(tool)
+    names = [t.name for t in tools]
+    if len(set(names)) != len(names):
+        raise bad_request(f"tool names must be unique, got {names}", "tools")
+    return tools
+
+
+def _tool_choice(value: Any, tools: list[ClientTool]) -> str | None:
+    """``tool_choice`` as the Proxy takes it: a mode or the name of an offered tool."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if value not in ("auto", "none", "required"):
+            raise bad_request(
+                f"'tool_choice' must be 'auto', 'none', 'required' or"
+                f' {{"type": "function", "function": {{"name": ...}}}}; got {value!r}',
+                "tool_choice",
+            )
+        name = value
+    else:
+        function = value.get("function") if isinstance(value, Mapping) else None
+        if (
+            not isinstance(value, Mapping)
+            or value.get("type") != "function"
+            or not isinstance(function, Mapping)
+            or not isinstance(function.get("name"), str)
+        ):
+            raise bad_request(
+                """'tool_choice' must be a mode or {"type": "function", "function": {"name":"""
+                """ ...}}""",
+                "tool_choice",
+            )
+        name = function["name"]
+        if name not in {t.name for t in tools}:
+            raise bad_request(
+                f"'tool_choice' names {name!r}, which is not among the request's 'tools'",
+                "tool_choice",
+            )
+    if not tools:
+        # Nothing to choose from: "none"/"auto" are what a request without tools means anyway.
+        if name == "required":
+            raise bad_request("'tool_choice' is 'required' but the request has no 'tools'", "tools")
+        return None
+    return name
+
+
 def _int(data: Mapping[str, Any], name: str) -> int | None:
     value = data.get(name)
     if value is None:
@@ -340,13 +417,28 @@ def parse(body: bytes, limits: BodyLimits | None = None) -> ChatCall:
     n = data.get("n")
     if n not in (None, 1):
         raise bad_request("this gateway answers with one choice: 'n' must be 1", "n")
-    if data.get("tools") or data.get("functions"):
+    if data.get("functions") or data.get("function_call") is not None:
         raise bad_request(
-            "client-side tools are not supported by this gateway yet; send requests without"
-            " 'tools'",
-            "tools",
+            "'functions' and 'function_call' are OpenAI's deprecated form: send 'tools' and"
+            " 'tool_choice'",
+            "functions" if data.get("functions") else "function_call",
         )
     kwargs: dict[str, Any] = {}
+    tools = client_tools(data, limits)
+    if tools:
+        kwargs["tools"] = tools
+    if tools or "tool_choice" in data or "parallel_tool_calls" in data:
+        # The client runs its tools: the Proxy hands every call back (each request is a call).
+        kwargs["run_tools"] = False
+    choice = _tool_choice(data.get("tool_choice"), tools)
+    if choice is not None:
+        kwargs["tool_choice"] = choice
+    parallel = data.get("parallel_tool_calls")
+    if parallel is not None:
+        if not isinstance(parallel, bool):
+            raise bad_request("'parallel_tool_calls' must be a boolean", "parallel_tool_calls")
+        if tools:  # OpenAI refuses the switch without tools
+            kwargs["parallel_tool_calls"] = parallel
     cap = _int(data, "max_completion_tokens") or _int(data, "max_tokens")
     if cap is not None:
         kwargs["max_output_tokens"] = cap
@@ -439,6 +531,32 @@ class ChunkWriter:
     def reasoning(self, text: str) -> bytes:
         """A reasoning delta (``reasoning_content``, as DeepSeek-compatible clients read it)."""
         return self._head + b'"reasoning_content":' + json.dumps(text).encode() + self._tail
+
+    def tool_calls(self, calls: Sequence[ToolCall]) -> bytes:
+        """The model's tool calls as OpenAI streams them: two chunks per call, by ``index``.
+
+        The first delta of call ``i`` has its ``index``, ``id``, ``type`` and ``function.name``
+        (with empty ``arguments``), the second the arguments: what the openai SDK's stream
+        accumulation (and any client that concatenates ``arguments`` by index) expects.
+        """
+        out: list[bytes] = []
+        for index, call in enumerate(calls):
+            head = {
+                "index": index,
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": ""},
+            }
+            rest = {"index": index, "function": {"arguments": call.arguments}}
+            for delta in (head, rest):
+                out.append(
+                    self._head
+                    + b'"tool_calls":['
+                    + json.dumps(delta, separators=(",", ":")).encode()
+                    + b"]"
+                    + self._tail
+                )
+        return b"".join(out)
 
     def finish(self, reason: str | None) -> bytes:
         """The chunk carrying the finish reason."""

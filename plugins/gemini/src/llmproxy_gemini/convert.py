@@ -243,8 +243,9 @@ def build_config(
     automatic continuation are off (one attempt is one upstream request, so the Proxy sees and
     budgets every one). ``functions`` are the request's function tools (``tool_choice`` is read
     against them). ``request.extra`` holds ``GenerateContentConfig`` fields (``top_p=...``,
-    ``safety_settings=...``, ``thinking_config=...``) and OpenAI-style ``tools``/``tool_choice``;
-    an unknown key raises :class:`~llmproxy.errors.InvalidRequest`.
+    ``safety_settings=...``, ``thinking_config=...``) and OpenAI-style ``tools``/``tool_choice``
+    (OpenAI's ``parallel_tool_calls`` is dropped: Gemini has no such switch); an unknown key
+    raises :class:`~llmproxy.errors.InvalidRequest`.
     """
     fields: dict[str, Any] = {
         "system_instruction": system,
@@ -258,6 +259,8 @@ def build_config(
     if http_options is not None:
         fields["http_options"] = http_options
     extra = dict(request.extra)
+    # OpenAI's switch; Gemini has none (it may call several functions in one turn): dropped.
+    extra.pop("parallel_tool_calls", None)
     if "tools" in extra or functions:
         fields["tools"] = _tools(extra.pop("tools", None) or (), functions)
     choice = _choice_config(request, functions)
