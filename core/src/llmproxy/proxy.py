@@ -466,6 +466,8 @@ class Proxy:
         tools: Sequence[ToolSpec] | None = None,
         tool_choice: str | None = None,
         max_tool_rounds: int | None = None,
+        schema: Any = None,
+        schema_retries: int | None = None,
         **extra: Any,
     ) -> ChatResponse:
         """Send ``prompt`` and return the whole answer.
@@ -476,6 +478,10 @@ class Proxy:
         ``fallbacks=[...]`` replaces the configured fallback chain for this call; ``key`` (a key
         id, never a secret) and ``tags`` are what ``key`` and ``tag:NAME`` budget scopes count by.
         Other keyword arguments go to the provider untouched (``top_p=...``, ``extra_body=...``).
+        ``schema`` (an attrs class, a dataclass, a TypedDict, a pydantic model or a JSON-schema
+        dict) asks for JSON that fits it: the answer's ``parsed`` holds the value, and one that
+        does not fit raises :class:`~llmproxy.errors.SchemaError` after ``schema_retries``
+        rounds (default 0) that send the errors back (see :mod:`llmproxy.structured`).
 
         Raises :class:`~llmproxy.errors.BudgetExceeded` or :class:`~llmproxy.errors.RateLimited`
         before any upstream call when a policy has no room, and a
@@ -496,6 +502,8 @@ class Proxy:
             tool_choice=tool_choice,
             max_tool_rounds=max_tool_rounds,
             extra=extra,
+            schema=schema,
+            schema_retries=schema_retries,
         )
         response: ChatResponse = self._drive(call_flow(Call(self, prompt, options, False)))
         return response
@@ -517,6 +525,8 @@ class Proxy:
         tools: Sequence[ToolSpec] | None = None,
         tool_choice: str | None = None,
         max_tool_rounds: int | None = None,
+        schema: Any = None,
+        schema_retries: int | None = None,
         **extra: Any,
     ) -> ChatResponse:
         """Async :meth:`chat`."""
@@ -535,6 +545,8 @@ class Proxy:
             tool_choice=tool_choice,
             max_tool_rounds=max_tool_rounds,
             extra=extra,
+            schema=schema,
+            schema_retries=schema_retries,
         )
         response: ChatResponse = await self._adrive(call_flow(Call(self, prompt, options, False)))
         return response
@@ -556,6 +568,8 @@ class Proxy:
         tools: Sequence[ToolSpec] | None = None,
         tool_choice: str | None = None,
         max_tool_rounds: int | None = None,
+        schema: Any = None,
+        schema_retries: int | None = None,
         **extra: Any,
     ) -> ChatStream:
         """Send ``prompt`` and iterate over the answer as it arrives (arguments as :meth:`chat`).
@@ -581,6 +595,8 @@ class Proxy:
             tool_choice=tool_choice,
             max_tool_rounds=max_tool_rounds,
             extra=extra,
+            schema=schema,
+            schema_retries=schema_retries,
         )
         return ChatStream(self, Call(self, prompt, options, True))
 
@@ -601,6 +617,8 @@ class Proxy:
         tools: Sequence[ToolSpec] | None = None,
         tool_choice: str | None = None,
         max_tool_rounds: int | None = None,
+        schema: Any = None,
+        schema_retries: int | None = None,
         **extra: Any,
     ) -> AsyncChatStream:
         """Async :meth:`stream`: ``async for ev in proxy.astream(...)``.
@@ -624,6 +642,8 @@ class Proxy:
             tool_choice=tool_choice,
             max_tool_rounds=max_tool_rounds,
             extra=extra,
+            schema=schema,
+            schema_retries=schema_retries,
         )
         return AsyncChatStream(self, Call(self, prompt, options, True))
 
