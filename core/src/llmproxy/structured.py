@@ -315,9 +315,85 @@ def _class_spec(target: Any) -> OutputSpec:
     raise TypeError(_WRONG_KIND.format(target=target))
 
 
+_SPEC_TYPES: dict[str, dict[str, Any]] = {
+    "str": {"type": "string"},
+    "int": {"type": "integer"},
+    "float": {"type": "number"},
+    "bool": {"type": "boolean"},
+}
+_SPEC_FIELD = re.compile(
+    r"^\s*(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:\s+(?P<type>[a-z]+(?:\[[a-z]+\])?))?\s*"
+    r"(?::\s*(?P<description>.*?))?\s*$",
+    re.DOTALL,
+)
+
+
+def _spec_type(name: str) -> dict[str, Any] | None:
+    if name in _SPEC_TYPES:
+        return dict(_SPEC_TYPES[name])
+    if name.startswith("list[") and name.endswith("]"):
+        inner = _SPEC_TYPES.get(name[5:-1])
+        return None if inner is None else {"type": "array", "items": dict(inner)}
+    return None
+
+
+def parse_schema_spec(spec: str) -> dict[str, Any]:
+    """Turn a compact schema spec into a JSON schema (an object with every field required).
+
+    The grammar, as ``llm --schema`` takes it::
+
+        spec   := field ("," field)*          (or one field per line, when the spec has newlines)
+        field  := name [type] [":" description]
+        name   := [A-Za-z_][A-Za-z0-9_]*
+        type   := str | int | float | bool | list[str] | list[int] | list[float] | list[bool]
+
+    The type defaults to ``str``. A description (free text after ``:``) may not hold a comma in
+    the one-line form; put one field per line for that.
+
+    >>> parse_schema_spec("name, age int, tags list[str]")["properties"]
+    {'name': {'type': 'string'}, 'age': {'type': 'integer'}, 'tags': {'type': 'array', 'items': \
+{'type': 'string'}}}
+
+    Raises :class:`~llmproxy.errors.InvalidRequest` (``field="schema"``) naming the bad field.
+    """
+    pieces = spec.splitlines() if "\n" in spec.strip() else spec.split(",")
+    properties: dict[str, Any] = {}
+    for piece in pieces:
+        if not piece.strip():
+            continue
+        match = _SPEC_FIELD.match(piece)
+        if match is None:
+            raise InvalidRequest(
+                f"schema spec field {piece.strip()!r} is not 'name [type] [: description]'",
+                field="schema",
+            )
+        name, kind = match.group("name"), match.group("type") or "str"
+        schema = _spec_type(kind)
+        if schema is None:
+            raise InvalidRequest(
+                f"schema spec field {name!r} has unknown type {kind!r}: use str, int, float,"
+                " bool or list[...] of one of them",
+                field="schema",
+            )
+        if name in properties:
+            raise InvalidRequest(f"schema spec names {name!r} twice", field="schema")
+        if match.group("description"):
+            schema["description"] = match.group("description")
+        properties[name] = schema
+    if not properties:
+        raise InvalidRequest("schema spec is empty: name at least one field", field="schema")
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": list(properties),
+        "additionalProperties": False,
+    }
+
+
 __all__ = [
     "OutputSpec",
     "output_spec",
+    "parse_schema_spec",
     "schema_instructions",
     "schema_problems",
     "strict_json_schema",
