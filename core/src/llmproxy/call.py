@@ -33,6 +33,7 @@ from llmproxy.errors import (
     LLMProxyError,
     ProviderError,
     RateLimited,
+    SchemaError,
     StreamInterrupted,
     ToolLoopError,
 )
@@ -40,6 +41,7 @@ from llmproxy.history.base import HistoryRecord
 from llmproxy.provider import ChunkAssembler, Provider
 from llmproxy.retry import next_delay
 from llmproxy.secret import scrub, scrub_message
+from llmproxy.structured import OutputSpec, output_spec, schema_instructions
 from llmproxy.tokens import (
     DEFAULT_INPUT_MARGIN,
     InputMargin,
@@ -138,6 +140,22 @@ def _check_options(options: CallOptions) -> None:
         raise InvalidRequest(
             f"run_tools must be True or False, got {options.run_tools!r}", field="run_tools"
         )
+    _check_schema_options(options)
+
+
+def _check_schema_options(options: CallOptions) -> None:
+    """Refuse a ``schema`` that has no JSON schema and a ``schema_retries`` that is not a count."""
+    retries = options.schema_retries
+    if retries is not None and (
+        isinstance(retries, bool) or not isinstance(retries, int) or retries < 0
+    ):
+        raise InvalidRequest(
+            f"schema_retries must be a whole number >= 0, got {retries!r}", field="schema_retries"
+        )
+    if options.schema is not None:
+        output_spec(options.schema)  # raises InvalidRequest(field="schema")
+    elif retries:
+        raise InvalidRequest("schema_retries needs a schema to check against", field="schema")
 
 
 @frozen
@@ -145,7 +163,8 @@ class CallOptions:
     """Everything a call was asked with, checked once; the four call methods build one each.
 
     The fields are the keyword arguments of :meth:`llmproxy.Proxy.chat` (``extra`` holds the
-    provider-specific ones, passed through untouched). Malformed values raise
+    provider-specific ones, passed through untouched; ``schema`` and ``schema_retries`` come after
+    it, see :mod:`llmproxy.structured`). Malformed values raise
     :class:`~llmproxy.errors.InvalidRequest` naming the field when the value is built.
 
     >>> CallOptions(model="openai/gpt-5.4-mini", max_output_tokens=100).max_output_tokens
@@ -167,6 +186,8 @@ class CallOptions:
     max_tool_rounds: int | None = None
     extra: Mapping[str, Any] = attrs.field(factory=dict)
     run_tools: bool = True
+    schema: Any = None
+    schema_retries: int | None = None
 
     def __attrs_post_init__(self) -> None:
         _check_options(self)
@@ -321,12 +342,16 @@ class Call:
         "max_tool_rounds",
         "model",
         "new_messages",
+        "output",
+        "parsed",
         "provider",
         "provider_name",
         "proxy",
         "request",
         "reservation",
         "rounds",
+        "schema_retries",
+        "schema_rounds",
         "scope",
         "sent",
         "session_id",
@@ -384,6 +409,12 @@ class Call:
         )
         self.use_history = use_history and options.session_id is not None
         self.history: list[Message] = []
+        self.output: OutputSpec | None = (
+            None if options.schema is None else output_spec(options.schema)
+        )
+        self.schema_retries = options.schema_retries or 0
+        self.schema_rounds = 0
+        self.parsed: Any = None
 
     def _target(self, resolved: tuple[str, str, Provider]) -> None:
         """Aim the call at one model: its provider, the claims its policies make, a fresh count."""
@@ -523,6 +554,7 @@ class Call:
             self.tools,
             self.tool_choice,
             self.attempt_timeout(),
+            self.output.schema if self.output is not None else None,
         )
         return self.request
 
@@ -591,6 +623,48 @@ class Call:
         self.attempts = 0
         self.request = None
 
+    # -- structured output -----------------------------------------------------------------------
+
+    def parse_output(self, completion: Completion) -> SchemaError | None:
+        """Parse a final answer when the call asked for a schema (into :attr:`parsed`).
+
+        Returns the :class:`~llmproxy.errors.SchemaError` of an answer that does not fit (the
+        flow retries or raises it), None when it fits or no schema was asked for.
+        """
+        if self.output is None:
+            return None
+        try:
+            self.parsed = self.output.parse(completion.message.content)
+        except SchemaError as exc:
+            return exc
+        return None
+
+    def schema_retry(self, reply: Message, error: SchemaError) -> bool:
+        """Start a schema retry round: the reply and the errors go back to the model.
+
+        Returns False when ``schema_retries`` are spent (the caller raises ``error``). The round
+        is set up as a tool round is: the caller has settled the last hold and reserves anew.
+        """
+        if self.schema_rounds >= self.schema_retries:
+            return False
+        self.schema_rounds += 1
+        problems = "\n".join(f"- {e}" for e in error.errors)
+        feedback = Message(
+            "user",
+            "Your answer does not fit the JSON schema:\n"
+            f"{problems}\nAnswer again with only the corrected JSON.",
+        )
+        reply = scrub_message(reply)
+        self.new_messages.extend([reply, feedback])
+        self.steps.extend([reply, feedback])
+        self.sent = None
+        self.stream = None
+        self.reservation = None
+        self.settled = False
+        self.attempts = 0
+        self.request = None
+        return True
+
     def veto(self, name: str, arguments: str) -> bool:
         """Ask ``before_tool_call`` plugins whether a call may run (False from any blocks it)."""
         hook = self.proxy.plugins.pm.hook.before_tool_call
@@ -655,6 +729,10 @@ class Call:
             count += sum(
                 self.count_text(json.dumps(t.wire(), separators=(",", ":"))) for t in self.tools
             )
+        if self.output is not None:
+            # However the provider asks for it, the schema is input: counted as the instruction
+            # text (the schema with a sentence around it, as DeepSeek gets it), an upper bound.
+            count += self.count_text(schema_instructions(self.output.schema))
         return count
 
     def input_margin(self) -> InputMargin:
@@ -815,6 +893,7 @@ class Call:
             tuple(self.steps),
             request.max_output_tokens if request is not None else None,
             self.budget_capped(),
+            self.parsed,
         )
         return self.final
 

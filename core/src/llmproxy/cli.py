@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import sys
 from collections.abc import Sequence
-from typing import NoReturn, TextIO
+from pathlib import Path
+from typing import Any, NoReturn, TextIO
 
 from llmproxy.budget.base import Claim, ListableLedger
 from llmproxy.budget.routed import shared_ledger
 from llmproxy.errors import ConfigError, LLMProxyError
 from llmproxy.plugins import load_plugins
 from llmproxy.proxy import Proxy
+from llmproxy.structured import parse_schema_spec
 from llmproxy.types import ChatResponse, Usage
 
 
@@ -49,6 +52,17 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--usage", action="store_true", help="print the tokens used (on stderr)")
     chat.add_argument("--max-output-tokens", type=int, help="cap the answer's length in tokens")
     chat.add_argument("--temperature", type=float)
+    chat.add_argument(
+        "--schema",
+        help="answer with JSON fitting a schema and print it: a JSON-schema file, or a compact"
+        " spec 'name str, age int, tags list[str]' (type defaults to str)",
+    )
+    chat.add_argument(
+        "--schema-retries",
+        type=int,
+        default=0,
+        help="send an answer that does not fit the schema back this many times (default 0)",
+    )
 
     sub.add_parser("plugins", help="list discovered plugins and what they register")
     for command in load_plugins().registry.commands.values():
@@ -97,6 +111,28 @@ def _read_prompt(arg: str | None, stdin: TextIO) -> str:
     return stdin.read()
 
 
+def _read_schema(value: str) -> dict[str, Any]:
+    """``--schema``: a JSON-schema file (or inline JSON), else a compact spec."""
+    path = Path(value)
+    text = None
+    if value.strip().startswith("{"):
+        text = value
+    elif path.suffix == ".json" or path.is_file():
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read the schema file {value}: {exc}") from None
+    if text is None:
+        return parse_schema_spec(value)
+    try:
+        schema = json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(f"the schema {value!r} is not JSON: {exc}") from None
+    if not isinstance(schema, dict):
+        raise ConfigError(f"the schema {value!r} must be a JSON object")
+    return schema
+
+
 def _chat(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     proxy = Proxy.from_env()
     prompt = _read_prompt(args.prompt, sys.stdin)
@@ -107,9 +143,15 @@ def _chat(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         "max_output_tokens": args.max_output_tokens,
         "temperature": args.temperature,
     }
+    if args.schema is not None:
+        kwargs["schema"] = _read_schema(args.schema)
+        kwargs["schema_retries"] = args.schema_retries
     try:
         response: ChatResponse | None
-        if args.no_stream:
+        if args.schema is not None:  # the JSON is printed whole, once it is known to fit
+            response = proxy.chat(prompt, **kwargs)
+            out.write(json.dumps(response.parsed, indent=2, ensure_ascii=False) + "\n")
+        elif args.no_stream:
             response = proxy.chat(prompt, **kwargs)
             out.write(response.text + "\n")
         else:

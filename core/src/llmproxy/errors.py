@@ -7,7 +7,7 @@ and every message (and a provider error's ``detail``) is passed through
 keys), whatever echoed it.
 
 ``LLMProxyError``
-    ``ConfigError`` (``MissingCredentials``), ``InvalidRequest``, ``PluginError``,
+    ``ConfigError`` (``MissingCredentials``), ``InvalidRequest``, ``SchemaError``, ``PluginError``,
     ``BudgetExceeded``, ``RateLimited``, ``StoreError``, ``ProviderError`` (``ProviderAuthError``,
     ``ProviderBadRequest``, ``ProviderRateLimited``, ``ProviderUnavailable``, ``ProviderTimeout``,
     ``ProviderConnectionError``, ``ProviderResponseError``, ``StreamInterrupted``).
@@ -60,6 +60,21 @@ class InvalidRequest(LLMProxyError, ValueError):
     def __init__(self, message: str, *, field: str | None = None) -> None:
         super().__init__(message)
         self.field = field
+
+
+class SchemaError(LLMProxyError, ValueError):
+    """A structured answer (``schema=``) is not JSON or does not fit the schema.
+
+    ``raw`` is the answer's text as the model sent it and ``errors`` the list of what failed,
+    each with the path to it (``$.age: expected integer, got str 'ten'``). The round's usage is
+    counted against the budgets before this is raised; ``schema_retries=N`` sends the errors
+    back to the model up to N times first.
+    """
+
+    def __init__(self, message: str, *, raw: str, errors: Sequence[str]) -> None:
+        super().__init__(message)
+        self.raw = raw
+        self.errors = list(errors)
 
 
 class PluginError(LLMProxyError):

@@ -31,6 +31,7 @@ from llmproxy.errors import (
     LLMProxyError,
     ProviderTimeout,
     RateLimited,
+    SchemaError,
     StoreError,
     ToolLoopError,
 )
@@ -372,7 +373,8 @@ def call_flow(call: Call) -> Flow:
     """Every step of a call, whole or streamed: see the module docstring and DESIGN's flow.
 
     Resolve (done when the :class:`Call` was built), load the history, reserve, attempt with
-    retries and fallbacks, run tool rounds, settle, store, notify. A streamed call delivers its
+    retries and fallbacks, run tool rounds, parse a structured answer (with its retry rounds,
+    :func:`_check_output`), settle, store, notify. A streamed call delivers its
     text as it arrives and its final event before it settles and stores; closing it early
     stores what arrived, marked interrupted, and settles with what was used.
     """
@@ -389,7 +391,11 @@ def call_flow(call: Call) -> Flow:
             call.spent = call.spent + usage
             message = completion.message
             if not call.wants_tools(message):
-                break
+                retry = yield from _check_output(call, completion, usage)
+                if not retry:
+                    break
+                request = yield from _aim(call)
+                continue
             settle = call.settle_args(usage)
             if settle is not None and call.reservation is not None:
                 yield Settle(call.reservation, settle)
@@ -426,6 +432,24 @@ def call_flow(call: Call) -> Flow:
     if not streamed:
         call.notify(call.spent, "ok", None, response.model)
     return response
+
+
+def _check_output(call: Call, completion: Completion, usage: Usage) -> Generator[Effect, Any, bool]:
+    """Parse a structured answer (``schema=``); True when a schema retry round should follow.
+
+    An answer that does not fit settles its round (its tokens were spent) and is then sent
+    back with what failed while ``schema_retries`` last (the next round reserves anew, as a
+    tool round does), else its :class:`~llmproxy.errors.SchemaError` is raised.
+    """
+    error = call.parse_output(completion)
+    if error is None:
+        return False
+    settle = call.settle_args(usage)
+    if settle is not None and call.reservation is not None:
+        yield Settle(call.reservation, settle)
+    if not call.schema_retry(completion.message, error):
+        raise error
+    return True
 
 
 def _aim(call: Call) -> Generator[Effect, Any, ChatRequest]:
@@ -537,15 +561,16 @@ def _abandon(call: Call) -> Generator[Effect, Any, None]:
 def _finish(call: Call, error: BaseException | None) -> Generator[Effect, Any, None]:
     """End a call that failed or was cut short, and tell the observers.
 
-    With no text delivered (or a runaway tool loop) the call failed as a whole: its hold is
-    released and nothing is stored. A stream cut short after text arrived is stored with what
-    arrived, marked interrupted, and counted from it.
+    With no text delivered (or a runaway tool loop, or an answer that does not fit the call's
+    schema) the call failed as a whole: its hold is released and nothing is stored. A stream
+    cut short after text arrived is stored with what arrived, marked interrupted, and counted
+    from it.
     """
     state = call.stream
     if (
         state is None
         or (not state.delivered and error is not None)
-        or isinstance(error, ToolLoopError)
+        or isinstance(error, (ToolLoopError, SchemaError))
     ):
         settle = call.settle_args(None)
         call.notify(call.spent, "error", error, call.model)

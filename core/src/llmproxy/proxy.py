@@ -470,6 +470,8 @@ class Proxy:
         tool_choice: str | None = None,
         max_tool_rounds: int | None = None,
         run_tools: bool = True,
+        schema: Any = None,
+        schema_retries: int | None = None,
         **extra: Any,
     ) -> ChatResponse:
         """Send ``prompt`` and return the whole answer.
@@ -486,6 +488,10 @@ class Proxy:
         calls are handed back unexecuted on ``response.message.tool_calls`` (``finish_reason``
         ``tool_calls``), and the caller sends its ``Message("tool", output, tool_call_id=...)``
         answers in its next call.
+        ``schema`` (an attrs class, a dataclass, a TypedDict, a pydantic model or a JSON-schema
+        dict) asks for JSON that fits it: the answer's ``parsed`` holds the value, and one that
+        does not fit raises :class:`~llmproxy.errors.SchemaError` after ``schema_retries``
+        rounds (default 0) that send the errors back (see :mod:`llmproxy.structured`).
 
         Raises :class:`~llmproxy.errors.BudgetExceeded` or :class:`~llmproxy.errors.RateLimited`
         before any upstream call when a policy has no room, and a
@@ -507,6 +513,8 @@ class Proxy:
             max_tool_rounds=max_tool_rounds,
             extra=extra,
             run_tools=run_tools,
+            schema=schema,
+            schema_retries=schema_retries,
         )
         response: ChatResponse = self._drive(call_flow(Call(self, prompt, options, False)))
         return response
@@ -529,6 +537,8 @@ class Proxy:
         tool_choice: str | None = None,
         max_tool_rounds: int | None = None,
         run_tools: bool = True,
+        schema: Any = None,
+        schema_retries: int | None = None,
         **extra: Any,
     ) -> ChatResponse:
         """Async :meth:`chat`."""
@@ -548,6 +558,8 @@ class Proxy:
             max_tool_rounds=max_tool_rounds,
             extra=extra,
             run_tools=run_tools,
+            schema=schema,
+            schema_retries=schema_retries,
         )
         response: ChatResponse = await self._adrive(call_flow(Call(self, prompt, options, False)))
         return response
@@ -570,6 +582,8 @@ class Proxy:
         tool_choice: str | None = None,
         max_tool_rounds: int | None = None,
         run_tools: bool = True,
+        schema: Any = None,
+        schema_retries: int | None = None,
         **extra: Any,
     ) -> ChatStream:
         """Send ``prompt`` and iterate over the answer as it arrives (arguments as :meth:`chat`).
@@ -596,6 +610,8 @@ class Proxy:
             max_tool_rounds=max_tool_rounds,
             extra=extra,
             run_tools=run_tools,
+            schema=schema,
+            schema_retries=schema_retries,
         )
         return ChatStream(self, Call(self, prompt, options, True))
 
@@ -617,6 +633,8 @@ class Proxy:
         tool_choice: str | None = None,
         max_tool_rounds: int | None = None,
         run_tools: bool = True,
+        schema: Any = None,
+        schema_retries: int | None = None,
         **extra: Any,
     ) -> AsyncChatStream:
         """Async :meth:`stream`: ``async for ev in proxy.astream(...)``.
@@ -641,6 +659,8 @@ class Proxy:
             max_tool_rounds=max_tool_rounds,
             extra=extra,
             run_tools=run_tools,
+            schema=schema,
+            schema_retries=schema_retries,
         )
         return AsyncChatStream(self, Call(self, prompt, options, True))
 

@@ -378,6 +378,21 @@ class Usage:
 
 
 @frozen
+class ResponseSchema:
+    """The JSON a call asked its answer to be (``proxy.chat(..., schema=...)``).
+
+    ``name`` names it to providers that take a name (OpenAI), ``schema`` is the JSON schema of
+    the answer (an object), and ``strict`` asks for the provider's strict mode where it has one
+    (OpenAI's; the provider rewrites the schema as strict mode needs, see
+    :func:`llmproxy.structured.strict_json_schema`).
+    """
+
+    name: str
+    schema: Mapping[str, Any]
+    strict: bool = True
+
+
+@frozen
 class ChatRequest:
     """What a provider is asked to do: the full message list and the resolved settings.
 
@@ -392,7 +407,8 @@ class ChatRequest:
     when the attempt starts (connecting, sending and the whole answer; for a stream, the first
     chunk and the last). A provider stops the attempt when they run out and raises
     :class:`llmproxy.errors.ProviderTimeout`. None: only the provider's own connect and read
-    timeouts apply.
+    timeouts apply. ``response_schema`` (None: free text) asks for JSON fitting a schema; each
+    provider asks for it in its own way.
     """
 
     messages: tuple[Message, ...]
@@ -406,6 +422,7 @@ class ChatRequest:
     tools: tuple[Any, ...] = ()
     tool_choice: str | None = None
     timeout: float | None = None
+    response_schema: ResponseSchema | None = None
 
 
 @frozen
@@ -421,7 +438,9 @@ class ChatResponse:
     ``budget_capped`` whether a budget's remaining room lowered it below what the call asked
     for (``max_output_tokens=``, the configured default, or the model's own limit): with
     ``finish_reason == "length"`` the answer was cut short by the budget
-    (:attr:`cut_short_by_budget`).
+    (:attr:`cut_short_by_budget`). ``parsed`` is the answer parsed and validated when the call
+    asked for a ``schema`` (an instance of the class asked for, or a dict for a JSON-schema
+    dict), else None.
     """
 
     text: str
@@ -436,6 +455,7 @@ class ChatResponse:
     steps: tuple[Message, ...] = ()
     max_output_tokens: int | None = None
     budget_capped: bool = False
+    parsed: Any = None
 
     @property
     def cut_short_by_budget(self) -> bool:

@@ -47,6 +47,8 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from . import _schema
+
 __all__ = [
     "HOSTED_TOOL_TYPES",
     "MIN_OUTPUT_TOKENS",
@@ -166,7 +168,13 @@ def input_tokens(body: Mapping[str, Any]) -> int:
 
 
 def default_text(body: Mapping[str, Any]) -> str:
-    """Return the default answer: ``"Echo: "`` + the text of the last user message."""
+    """Return the default answer: ``"Echo: "`` + the text of the last user message.
+
+    A request asking for a schema (``text.format``) is answered with JSON that fits it.
+    """
+    schema = _schema.responses_schema(body)
+    if schema is not None:
+        return _schema.answer(schema)
     for item in reversed(input_items(body)):
         if item.get("type", "message") == "message" and item.get("role") == "user":
             return "Echo: " + item_text(item)

@@ -64,6 +64,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from . import _schema
 from ._http import (
     FakeServer,
     Fault,
@@ -182,6 +183,10 @@ def _format_duration(seconds: float) -> str:
 
 
 def _default_text(body: Mapping[str, Any]) -> str:
+    config = _field(body, "generationConfig", "generation_config") or {}
+    schema = _field(config, "responseJsonSchema", "response_json_schema")
+    if isinstance(schema, Mapping):
+        return _schema.answer(schema)
     for content in reversed(body.get("contents") or ()):
         if not isinstance(content, Mapping) or content.get("role", "user") != "user":
             continue

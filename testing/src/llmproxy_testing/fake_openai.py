@@ -68,7 +68,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
-from . import _responses
+from . import _responses, _schema
 from ._http import (
     FakeServer,
     Fault,
@@ -241,6 +241,11 @@ def _format_seconds(value: float) -> str:
 
 
 def _default_text(body: Mapping[str, Any]) -> str:
+    schema = _schema.openai_schema(body)
+    if schema is None:
+        schema = _schema.json_mode_schema(body)
+    if schema is not None:
+        return _schema.answer(schema)
     messages = body.get("messages")
     if isinstance(messages, list):
         for message in reversed(messages):
@@ -469,6 +474,7 @@ class FakeOpenAI(FakeServer):
         try:
             model = self._validate(body)
             self._check_tools(body)
+            self._check_response_format(body)
             completion = self._complete(body, item if isinstance(item, Reply) else None)
             if isinstance(item, Reply) and item.model is not None:
                 model = item.model  # the upstream's resolved name, as OpenAI reports it
@@ -702,6 +708,28 @@ class FakeOpenAI(FakeServer):
 
     def _resolve_reply(self, body: dict[str, Any], scripted: Reply | None) -> Reply:
         return resolve_reply(self.reply, body, scripted, _default_text)
+
+    @staticmethod
+    def _check_response_format(body: Mapping[str, Any]) -> None:
+        """Refuse a strict json_schema that strict mode cannot take, as OpenAI does."""
+        fmt = body.get("response_format")
+        if not isinstance(fmt, Mapping) or fmt.get("type") != "json_schema":
+            return
+        spec = fmt.get("json_schema")
+        if not isinstance(spec, Mapping) or not isinstance(spec.get("name"), str):
+            raise _BadRequest(
+                "Missing required parameter: 'response_format.json_schema.name'.",
+                "response_format.json_schema.name",
+                "missing_required_parameter",
+            )
+        if spec.get("strict") is True:
+            problem = _schema.strict_problem(spec.get("schema"))
+            if problem:
+                raise _BadRequest(
+                    f"Invalid schema for response_format '{spec['name']}': {problem}",
+                    "response_format",
+                    "invalid_json_schema",
+                )
 
     @staticmethod
     def _limit(body: Mapping[str, Any]) -> int | None:

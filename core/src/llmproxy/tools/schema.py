@@ -8,6 +8,7 @@ The validator covers the JSON-schema subset function tools use: ``type`` (one or
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import functools
 import inspect
@@ -16,6 +17,8 @@ import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+import attrs
 
 _JSON_TYPES: dict[str, tuple[type, ...]] = {
     "string": (str,),
@@ -54,6 +57,37 @@ def _typed_dict_schema(tp: Any) -> dict[str, Any]:
         properties[key] = _type_schema(inner)
         if explicit if explicit is not None else total:
             required.append(key)
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": required,
+        "additionalProperties": False,
+    }
+
+
+def _class_schema(tp: type) -> dict[str, Any]:
+    """The object schema of an attrs class or a dataclass: a field without a default is required.
+
+    Fields that ``__init__`` does not take (``init=False``) are left out.
+    """
+    hints = get_type_hints(tp, include_extras=True)
+    properties: dict[str, Any] = {}
+    required: list[str] = []
+    if attrs.has(tp):
+        for a in attrs.fields(tp):
+            if not a.init:
+                continue
+            key = a.alias or a.name
+            properties[key] = _type_schema(hints.get(a.name, Any))
+            if a.default is attrs.NOTHING:
+                required.append(key)
+    else:
+        for f in dataclasses.fields(tp):
+            if not f.init:
+                continue
+            properties[f.name] = _type_schema(hints.get(f.name, Any))
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                required.append(f.name)
     return {
         "type": "object",
         "properties": properties,
@@ -127,9 +161,12 @@ def _type_schema(tp: Any) -> dict[str, Any]:
         return obj
     if typing.is_typeddict(tp):
         return _typed_dict_schema(tp)
+    if inspect.isclass(tp) and (attrs.has(tp) or dataclasses.is_dataclass(tp)):
+        return _class_schema(tp)
     raise TypeError(
         f"cannot derive a JSON schema for {tp!r}: annotate with str, int, float, bool, Literal,"
-        " an Enum, list[...], dict[str, ...], a TypedDict, or pass parameters= explicitly"
+        " an Enum, list[...], dict[str, ...], a TypedDict, an attrs class or a dataclass, or pass"
+        " parameters= explicitly"
     )
 
 

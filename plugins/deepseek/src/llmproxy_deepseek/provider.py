@@ -14,6 +14,9 @@ tree) with DeepSeek's differences:
 - Tools: function tools go out in Chat Completions' form (as OpenAI's); hosted tools (file
   search, code interpreter) are a ConfigError naming the provider, since only OpenAI's
   Responses API runs them.
+- Structured output (``schema=``): DeepSeek has no schema mode, so it is asked for JSON mode
+  (``response_format: {"type": "json_object"}``) with the schema in the system message; the
+  Proxy validates the answer.
 - Usage: ``prompt_cache_hit_tokens`` become ``cached_input_tokens`` (billed at the cache-hit
   price) and ``completion_tokens_details.reasoning_tokens`` become ``reasoning_tokens``.
 - Token estimates: no DeepSeek tokenizer is bundled (nothing may be downloaded at run time), so
@@ -31,13 +34,14 @@ from llmproxy import env as envvars
 from llmproxy.errors import MissingCredentials
 from llmproxy.registry import ProviderSettings
 from llmproxy.secret import Secret
+from llmproxy.structured import schema_instructions
 from llmproxy.tokens import (
     PER_MESSAGE_OVERHEAD,
     InputMargin,
     messages_upper_bound,
     text_upper_bound,
 )
-from llmproxy.types import ChatRequest, Message
+from llmproxy.types import ChatRequest, Message, ResponseSchema
 from llmproxy_deepseek import env, models
 from llmproxy_openai.provider import OpenAIProvider, message_to_wire
 
@@ -150,6 +154,28 @@ class DeepSeekProvider(OpenAIProvider):
     def wire_message(self, m: Message) -> dict[str, Any]:
         """Return DeepSeek's wire form of a message (see :func:`deepseek_message`)."""
         return deepseek_message(m)
+
+    def ask_for_json(self, params: dict[str, Any], schema: ResponseSchema) -> None:
+        """Ask for JSON that fits ``schema``: JSON mode, with the schema in the instructions.
+
+        DeepSeek has no schema mode, so ``response_format`` is ``{"type": "json_object"}`` and
+        the schema goes into the system message (:func:`llmproxy.structured.schema_instructions`,
+        appended to the first system message, or a system message of its own at the start).
+        The Proxy validates the answer against the schema.
+        """
+        params["response_format"] = {"type": "json_object"}
+        instructions = schema_instructions(schema)
+        messages = list(params["messages"])
+        first = messages[0] if messages else None
+        if (
+            first is not None
+            and first.get("role") == "system"
+            and isinstance(first.get("content"), str)
+        ):
+            messages[0] = {**first, "content": f"{first['content']}\n\n{instructions}"}
+        else:
+            messages.insert(0, {"role": "system", "content": instructions})
+        params["messages"] = messages
 
     def count_tokens(self, messages: Sequence[Message], model: str) -> int:
         """Return an upper bound on the input tokens (see :func:`count_messages`)."""

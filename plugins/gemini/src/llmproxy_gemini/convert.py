@@ -239,13 +239,15 @@ def build_config(
 ) -> types.GenerateContentConfig:
     """Return the ``GenerateContentConfig`` of a request.
 
-    The output cap goes out as ``max_output_tokens``; the SDK's automatic function calling and
-    automatic continuation are off (one attempt is one upstream request, so the Proxy sees and
-    budgets every one). ``functions`` are the request's function tools (``tool_choice`` is read
-    against them). ``request.extra`` holds ``GenerateContentConfig`` fields (``top_p=...``,
-    ``safety_settings=...``, ``thinking_config=...``) and OpenAI-style ``tools``/``tool_choice``
-    (OpenAI's ``parallel_tool_calls`` is dropped: Gemini has no such switch); an unknown key
-    raises :class:`~llmproxy.errors.InvalidRequest`.
+    The output cap goes out as ``max_output_tokens``; a ``response_schema`` as
+    ``response_mime_type="application/json"`` with ``response_json_schema``; the SDK's
+    automatic function calling and automatic continuation are off (one attempt is one upstream
+    request, so the Proxy sees and budgets every one). ``functions`` are the request's function
+    tools (``tool_choice`` is read against them). ``request.extra`` holds
+    ``GenerateContentConfig`` fields (``top_p=...``, ``safety_settings=...``,
+    ``thinking_config=...``) and OpenAI-style ``tools``/``tool_choice`` (OpenAI's
+    ``parallel_tool_calls`` is dropped: Gemini has no such switch); an unknown key raises
+    :class:`~llmproxy.errors.InvalidRequest`.
     """
     fields: dict[str, Any] = {
         "system_instruction": system,
@@ -258,6 +260,11 @@ def build_config(
         fields["thinking_config"] = {"include_thoughts": True}
     if http_options is not None:
         fields["http_options"] = http_options
+    if request.response_schema is not None:
+        # Gemini takes a JSON schema as it is (response_json_schema, not the OpenAPI subset
+        # of response_schema).
+        fields["response_mime_type"] = "application/json"
+        fields["response_json_schema"] = dict(request.response_schema.schema)
     extra = dict(request.extra)
     # OpenAI's switch; Gemini has none (it may call several functions in one turn): dropped.
     extra.pop("parallel_tool_calls", None)

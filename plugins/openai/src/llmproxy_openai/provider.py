@@ -70,9 +70,18 @@ from llmproxy.secret import Secret, redact
 from llmproxy.tokens import InputMargin
 from llmproxy.tools import HostedTool, Tool
 from llmproxy.tools.offer import read_tool_choice, refuse_hosted, split_tools
-from llmproxy.types import ChatRequest, Chunk, Completion, Message, ToolCall, Usage
+from llmproxy.types import (
+    ChatRequest,
+    Chunk,
+    Completion,
+    Message,
+    ResponseSchema,
+    ToolCall,
+    Usage,
+)
 from llmproxy_openai import env, models, responses, tokenizer
 from llmproxy_openai.direct import DirectSession, Prepared, error_message, message_in
+from llmproxy_openai.responses import wire_schema
 
 #: Seconds the service may stay silent: for a whole answer when the call has no deadline, and
 #: between two chunks of a stream.
@@ -429,9 +438,20 @@ class OpenAIProvider:
             params[self.output_limit_param] = request.max_output_tokens
         if request.temperature is not None:
             params["temperature"] = request.temperature
+        if request.response_schema is not None:
+            self.ask_for_json(params, request.response_schema)
         if request.extra:
             params.update(request.extra)
         return params
+
+    def ask_for_json(self, params: dict[str, Any], schema: ResponseSchema) -> None:
+        """Ask for an answer that fits ``schema``: ``response_format`` of type ``json_schema``.
+
+        With ``schema.strict`` (the default) the schema is rewritten as OpenAI's strict mode needs
+        (:func:`llmproxy.structured.strict_json_schema`). Subclasses for services without a
+        schema mode override this (DeepSeek: JSON mode with the schema in the instructions).
+        """
+        params["response_format"] = {"type": "json_schema", "json_schema": wire_schema(schema)}
 
     def refuse_hosted(self, hosted: list[HostedTool]) -> None:
         """Raise ConfigError for hosted tools on Chat Completions, saying what runs them."""

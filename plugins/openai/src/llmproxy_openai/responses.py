@@ -36,6 +36,7 @@ from llmproxy.errors import (
     ProviderUnavailable,
 )
 from llmproxy.secret import Secret, redact
+from llmproxy.structured import strict_json_schema
 from llmproxy.tools import HostedTool, Tool
 from llmproxy.tools.offer import read_tool_choice
 from llmproxy.types import (
@@ -45,6 +46,7 @@ from llmproxy.types import (
     Completion,
     HostedOutput,
     Message,
+    ResponseSchema,
     ToolCall,
     Usage,
 )
@@ -141,6 +143,21 @@ def _tool_choice(request: ChatRequest, functions: list[Tool], hosted: list[Hoste
     return choice.kind
 
 
+def wire_schema(schema: ResponseSchema) -> dict[str, Any]:
+    """``name``, ``schema`` and ``strict`` of a structured-output request, as OpenAI takes them.
+
+    Chat Completions nests them in ``response_format.json_schema``; the Responses API puts them
+    beside ``type`` in ``text.format``. With ``strict`` the schema is rewritten as strict mode
+    needs (:func:`llmproxy.structured.strict_json_schema`: every property required, optional
+    ones nullable, ``additionalProperties: false``).
+
+    >>> wire_schema(ResponseSchema("r", {"type": "object", "properties": {}}, strict=False))
+    {'name': 'r', 'schema': {'type': 'object', 'properties': {}}, 'strict': False}
+    """
+    body = strict_json_schema(schema.schema) if schema.strict else dict(schema.schema)
+    return {"name": schema.name, "schema": body, "strict": schema.strict}
+
+
 def request_params(
     request: ChatRequest, functions: list[Tool], hosted: list[HostedTool]
 ) -> dict[str, Any]:
@@ -163,6 +180,8 @@ def request_params(
         params["max_output_tokens"] = request.max_output_tokens
     if request.temperature is not None:
         params["temperature"] = request.temperature
+    if request.response_schema is not None:
+        params["text"] = {"format": {"type": "json_schema", **wire_schema(request.response_schema)}}
     extra = dict(request.extra)
     for entry in extra.pop("include", None) or ():
         include.append(entry)
