@@ -19,7 +19,8 @@ Google's pages do not spell out how the crops are placed. Video is not a part ty
 Where a size is not known the bound is conservative (each an assumption, stated here):
 
 * an image of unknown size (a URL, or bytes whose header was not read): Gemini scales images
-  down to fit 3072x3072, so 16 tiles (:data:`UNKNOWN_IMAGE_TOKENS`);
+  down to fit 3072x3072, so the most any image that size is bounded by
+  (:data:`UNKNOWN_IMAGE_TOKENS`, 24 tiles);
 * a document of unknown page count (a ``file_id``; a PDF whose pages hide in compressed object
   streams): one page per KiB of the bytes, at most :data:`MAX_PAGES` (Gemini's limit per
   document), and :data:`MAX_PAGES` for a ``file_id`` (give ``pages=`` to reserve less);
@@ -84,9 +85,11 @@ def crop_unit_tokens(width: int, height: int) -> int:
     return IMAGE_TOKENS * math.ceil(width / unit) * math.ceil(height / unit)
 
 
-#: The bound of an image whose size is not known: 16 tiles of a 3072x3072 image.
+#: The bound of an image whose size is not known: the most any image within 3072x3072 is
+#: bounded by (a long thin one: 24 tiles).
 UNKNOWN_IMAGE_TOKENS = max(
-    crop_unit_tokens(MAX_IMAGE_SIDE, MAX_IMAGE_SIDE), MEDIA_RESOLUTION_HIGH_TOKENS
+    max(crop_unit_tokens(side, MAX_IMAGE_SIDE) for side in range(1, MAX_IMAGE_SIDE + 1)),
+    MEDIA_RESOLUTION_HIGH_TOKENS,
 )
 
 
@@ -94,7 +97,7 @@ def image_bound(width: int | None, height: int | None) -> int:
     """An upper bound on an image's tokens (see the module's note).
 
     >>> image_bound(100, 100), image_bound(None, None)
-    (1120, 4128)
+    (1120, 6192)
     """
     if not width or not height or width < 0 or height < 0:
         return UNKNOWN_IMAGE_TOKENS
