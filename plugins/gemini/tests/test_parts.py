@@ -33,6 +33,7 @@ from llmproxy.types import (
     Document,
     Image,
     Message,
+    Part,
     Text,
     ToolCall,
 )
@@ -215,7 +216,12 @@ def test_unknown_sizes_get_the_documented_conservative_bounds() -> None:
 
 
 def test_count_tokens_adds_the_parts_bounds_to_the_text_bound(provider: GeminiProvider) -> None:
-    parts = [Text("What is this?"), Image.from_bytes(IMAGE), Document(data=DOC), Audio(SOUND)]
+    parts: list[Part] = [
+        Text("What is this?"),
+        Image.from_bytes(IMAGE),
+        Document(data=DOC),
+        Audio(SOUND),
+    ]
     message = Message.with_parts("user", parts)
     text_only = Message("user", message.content)
     # 1000x500: 8 tiles by a crop unit of 333 px; 2 pages; 1.5 s of audio.
@@ -227,7 +233,7 @@ def test_count_tokens_adds_the_parts_bounds_to_the_text_bound(provider: GeminiPr
 async def test_the_bound_covers_what_the_fake_bills(
     provider: GeminiProvider, server: FakeGemini, stream: bool
 ) -> None:
-    parts = [
+    parts: list[Part | str] = [
         "Compare these.",
         Image.from_bytes(png(3000, 2000)),
         Image.from_bytes(png(100, 100)),
