@@ -15,6 +15,7 @@ from collections.abc import (
     Callable,
     Generator,
     Iterator,
+    Mapping,
     Sequence,
 )
 from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar, runtime_checkable
@@ -109,7 +110,8 @@ class ChunkAssembler:
     """Gathers a stream's chunks into the :class:`Completion` a whole call would return.
 
     Text and reasoning deltas are joined; tool calls, citations and hosted outputs collected;
-    the last usage, finish reason, model and id seen win.
+    the last usage, finish reason, model and id seen win; chunks' ``state`` is merged by
+    provider key (a later chunk's entries win) into the message's :attr:`Message.state`.
 
     >>> parts = ChunkAssembler()
     >>> parts.feed(Chunk("Hel", model="m1"))
@@ -129,6 +131,7 @@ class ChunkAssembler:
         self._finish_reason: str | None = None
         self._model: str | None = None
         self._id: str | None = None
+        self._state: dict[str, Any] = {}
 
     def feed(self, chunk: Chunk) -> None:
         """Add one chunk."""
@@ -147,6 +150,13 @@ class ChunkAssembler:
             self._model = chunk.model
         if chunk.id is not None:
             self._id = chunk.id
+        if chunk.state:
+            for key, value in chunk.state.items():
+                old = self._state.get(key)
+                if isinstance(old, Mapping) and isinstance(value, Mapping):
+                    self._state[key] = {**old, **value}
+                else:
+                    self._state[key] = value
 
     @property
     def model(self) -> str | None:
@@ -171,6 +181,7 @@ class ChunkAssembler:
             interrupted=interrupted,
             citations=tuple(self._citations),
             hosted_outputs=tuple(self._hosted),
+            state=dict(self._state),
         )
         return Completion(message, self._usage, self._model or model, self._finish_reason, self._id)
 
@@ -188,6 +199,7 @@ def chunk_of(completion: Completion) -> Chunk:
         completion.id,
         message.citations,
         message.hosted_outputs,
+        dict(message.state) or None,
     )
 
 

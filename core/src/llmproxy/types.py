@@ -503,7 +503,9 @@ class Chunk:
     """What a provider yields while streaming: deltas, then usage and finish reason when known.
 
     ``tool_calls``, ``citations`` and ``hosted_outputs`` arrive whole (usually on the last
-    chunk); the Proxy gathers them onto the streamed answer's message.
+    chunk); the Proxy gathers them onto the streamed answer's message. ``state`` is provider
+    state for the answer's :attr:`Message.state` (keyed by provider, JSON values, such as
+    Gemini's thought signatures); the chunks' states are merged onto the message.
     """
 
     text: str = ""
@@ -515,6 +517,7 @@ class Chunk:
     id: str | None = None
     citations: tuple[Citation, ...] = ()
     hosted_outputs: tuple[HostedOutput, ...] = ()
+    state: Mapping[str, Any] | None = None
 
 
 @frozen

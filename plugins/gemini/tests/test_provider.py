@@ -607,7 +607,7 @@ def test_prices_limits_and_estimates() -> None:
     assert count_messages(tools) > messages_upper_bound(tools)
     assert p.count_text_tokens("añb", MODEL) == 4
     request = ChatRequest(plain, MODEL, "gemini")
-    contents, system = convert.build_contents(request.messages, convert.SignatureCache())
+    contents, system = convert.build_contents(request.messages)
     assert system == "Sé breve."
     assert len(contents) == 1
 

@@ -33,13 +33,18 @@ Behaviour, as the real API does it:
   ``thoughtSignature`` the server issued. With ``require_signatures`` (the default) a later
   request whose model content has function calls must send back, on its first ``functionCall``
   part, a signature this server issued or the documented ``skip_thought_signature_validator``
-  placeholder; otherwise 400 as the real API answers.
+  placeholder; otherwise 400 as the real API answers. ``accept_skip=False`` refuses the
+  placeholder too, so a test can tell that the issued signature itself came back.
 * **Output cap**: ``generationConfig.maxOutputTokens`` = N cuts the reply after N words,
   thoughts first, then text; ``finishReason`` is then ``MAX_TOKENS``.
 * **Usage** (``usageMetadata``, camelCase, zero counts left out as the API does):
   ``promptTokenCount = 3 + sum(words(content) + 3)`` over ``contents`` and the system
   instruction, where a content's words are those of its text parts and of its function
-  responses' JSON (at least 1 per content); ``candidatesTokenCount = max(1, words(text))``;
+  responses' JSON (at least 1 per content), plus :func:`media_tokens` for each ``inlineData`` /
+  ``fileData`` part by Google's documented counts (an image: 258 when both sides are at most
+  384 px, else 258 per 768x768 tile; a PDF: 258 per page; audio: 32 per started second; a
+  ``fileData`` part, whose bytes the fake cannot see: 258);
+  ``candidatesTokenCount = max(1, words(text))``;
   ``thoughtsTokenCount = words(reasoning)``; ``totalTokenCount`` adds them and any
   ``toolUsePromptTokenCount``. ``Reply.usage`` overrides fields (``cachedContentTokenCount``,
   ``toolUsePromptTokenCount``...); the total is recomputed unless given.
@@ -50,19 +55,24 @@ Behaviour, as the real API does it:
   an event) that is not JSON.
 
 Scripted :class:`Fault` / :class:`Reply` items are consumed FIFO, one per authenticated
-generate request. Only the standard library is used.
+generate request. Only the standard library and ``llmproxy.media`` (to read image sizes, PDF
+pages and WAV lengths) are used.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import dataclasses
 import itertools
 import json
+import math
 import re
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from llmproxy import media
 
 from . import _schema
 from ._http import (
@@ -91,6 +101,7 @@ __all__ = [
     "Reply",
     "ResponseWriter",
     "content_text",
+    "media_tokens",
     "prompt_token_count",
 ]
 
@@ -160,6 +171,44 @@ def content_text(content: Mapping[str, Any]) -> str:
     return " ".join(texts)
 
 
+def media_tokens(part: Mapping[str, Any]) -> int:
+    """Count one part's media tokens as Google documents them (0 for a part without media).
+
+    Args:
+        part: One element of a content's ``parts``.
+
+    Returns:
+        For ``inlineData``: an image 258 when both sides are at most 384 px, else 258 per
+        768x768 tile (258 when its size cannot be read); a PDF 258 per page (at least one);
+        audio 32 per started second (by its WAV header; one second when unknown); other data
+        258. For ``fileData``: 258.
+
+    """
+    if isinstance(_field(part, "fileData", "file_data"), Mapping):
+        return 258
+    inline = _field(part, "inlineData", "inline_data")
+    if not isinstance(inline, Mapping):
+        return 0
+    mime = str(_field(inline, "mimeType", "mime_type") or "")
+    try:
+        # The API takes standard and URL-safe base64 (the Python SDK sends the latter).
+        text = str(inline.get("data") or "").replace("-", "+").replace("_", "/")
+        data = base64.b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError):
+        data = b""
+    if mime.startswith("image/"):
+        size = media.image_size(data[:65536])
+        if size is None or (size[0] <= 384 and size[1] <= 384):
+            return 258
+        return 258 * math.ceil(size[0] / 768) * math.ceil(size[1] / 768)
+    if mime == "application/pdf":
+        return 258 * max(media.pdf_pages(data) or 0, 1)
+    if mime.startswith("audio/"):
+        seconds = media.wav_seconds(data) if data[:4] == b"RIFF" else None
+        return 32 * max(math.ceil(seconds or 0), 1)
+    return 258
+
+
 def prompt_token_count(body: Mapping[str, Any]) -> int:
     """Compute ``usageMetadata.promptTokenCount`` for a request body.
 
@@ -167,14 +216,18 @@ def prompt_token_count(body: Mapping[str, Any]) -> int:
         body: The decoded request body.
 
     Returns:
-        ``3 + sum(max(1, words(content)) + 3)`` over the contents and the system instruction.
+        ``3 + sum(max(1, words(content)) + 3)`` over the contents and the system instruction,
+        plus :func:`media_tokens` of every part.
 
     """
     contents = [c for c in body.get("contents") or () if isinstance(c, Mapping)]
     system = _field(body, "systemInstruction", "system_instruction")
     if isinstance(system, Mapping):
         contents.append(system)
-    return 3 + sum(max(1, _words(content_text(c))) + 3 for c in contents)
+    media_total = sum(
+        media_tokens(p) for c in contents for p in c.get("parts") or () if isinstance(p, Mapping)
+    )
+    return 3 + sum(max(1, _words(content_text(c))) + 3 for c in contents) + media_total
 
 
 def _format_duration(seconds: float) -> str:
@@ -228,6 +281,7 @@ class FakeGemini(FakeServer):
         api_key: If set, every request must carry it (``x-goog-api-key`` or ``?key=``).
         models: Model ids listed by ``GET /{version}/models``.
         require_signatures: Refuse function-call history without a valid thought signature.
+        accept_skip: Take the documented placeholder signature as valid (as the real API does).
 
     """
 
@@ -238,6 +292,7 @@ class FakeGemini(FakeServer):
         api_key: str | None = None,
         models: Sequence[str] = DEFAULT_MODELS,
         require_signatures: bool = True,
+        accept_skip: bool = True,
         port: int = 0,
     ) -> None:
         super().__init__(port=port)
@@ -245,6 +300,7 @@ class FakeGemini(FakeServer):
         self.api_key = api_key
         self.models: tuple[str, ...] = tuple(models)
         self.require_signatures = require_signatures
+        self.accept_skip = accept_skip
         self._ids = itertools.count(1)
         self._issued: set[str] = set()
         self._issued_lock = threading.Lock()
@@ -508,7 +564,8 @@ class FakeGemini(FakeServer):
                     f"`default_api:{call.get('name')}` , position {position + 1}. Please refer "
                     "to https://ai.google.dev/gemini-api/docs/thought-signatures for more details."
                 )
-            if signature != SKIP_SIGNATURE and signature not in self.issued_signatures:
+            skipped = signature == SKIP_SIGNATURE and self.accept_skip
+            if not skipped and signature not in self.issued_signatures:
                 raise _BadRequest(f"Corrupted thought signature (contents[{index}]).")
             return  # only the first function call of a step carries the signature
 

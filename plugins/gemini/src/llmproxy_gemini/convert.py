@@ -1,7 +1,11 @@
 """Plain mappings between llmproxy's values and the Gemini API's, shared by sync and async calls.
 
-Requests: system messages become the ``system_instruction``; ``assistant`` becomes role
-``model`` with ``function_call`` parts for its tool calls; ``tool`` messages become
+Requests: system messages become the ``system_instruction``; a message with content parts
+(``Message.parts``) is sent part by part (see :func:`wire_part`: text as ``text``, image,
+document and audio bytes as ``inline_data``, an image URL or a document's ``file_id`` as
+``file_data``), one without parts as one text part, exactly as before; ``assistant`` becomes
+role ``model`` with ``function_call`` parts for its tool calls, each with the thought signature
+kept in the message's ``state`` (see :data:`STATE_KEY`); ``tool`` messages become
 ``function_response`` parts of a ``user`` turn (consecutive ones share one turn, as parallel
 calls must). The request's function tools (``ChatRequest.tools``) become one Gemini tool of
 function declarations (the JSON schema as ``parameters_json_schema``) and ``tool_choice`` a
@@ -19,9 +23,9 @@ tools fed back separately from the prompt and bills them as input), ``cached = c
 from __future__ import annotations
 
 import base64
-import collections
+import binascii
 import json
-import threading
+import urllib.parse
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -31,7 +35,18 @@ from google.genai import types
 from llmproxy.errors import InvalidRequest
 from llmproxy.tools import Tool
 from llmproxy.tools.offer import read_tool_choice
-from llmproxy.types import ChatRequest, Message, ToolCall, Usage
+from llmproxy.types import (
+    Audio,
+    ChatRequest,
+    Document,
+    Image,
+    Message,
+    Part,
+    Text,
+    ToolCall,
+    Usage,
+    text_of,
+)
 
 #: Google's documented placeholder for function calls whose signature is unknown (history from
 #: another model or process); the SDK sends these bytes as ``skip_thought_signature_validator``.
@@ -56,32 +71,125 @@ _FILTERED = frozenset(
 _TOOL_MODES = {"auto": "AUTO", "none": "NONE", "required": "ANY"}
 
 
-class SignatureCache:
-    """Thought signatures of recent function calls, by tool call id (bounded, thread-safe).
+#: The key of this plugin's entry in :attr:`Message.state <llmproxy.types.Message.state>`.
+#: Its value is ``{"thought_signatures": {call_id: base64 text}}``: the thought signature
+#: Gemini attached to each function call of the answer, sent back with the call next turn.
+STATE_KEY = "gemini"
 
-    Gemini 3 refuses function-call history without the signature it attached to the call, and
-    a :class:`~llmproxy.types.Message` has no field for it, so the provider keeps the signatures
-    of the calls it saw; a call it did not see (another process, another provider) is sent with
-    :data:`SKIP_SIGNATURE`.
+#: Where the Gemini API's files live: a ``Document(file_id="files/abc")`` is sent as the file's
+#: URI under it (the Files API's ``file.uri``); a ``file_id`` with a scheme is sent as it is.
+FILES_BASE = "https://generativelanguage.googleapis.com/v1beta/"
+
+#: Gemini's audio media types by the core's audio format names.
+AUDIO_MEDIA_TYPES: Mapping[str, str] = {
+    "wav": "audio/wav",
+    "mp3": "audio/mp3",
+    "flac": "audio/flac",
+    "ogg": "audio/ogg",
+    "aac": "audio/aac",
+    "m4a": "audio/mp4",
+    "webm": "audio/webm",
+}
+
+
+def signatures_of(message: Message) -> dict[str, bytes]:
+    """Return the thought signatures kept in an assistant message's state, by tool call id.
+
+    Entries that are not base64 text are skipped (the call then goes out with
+    :data:`SKIP_SIGNATURE`, as one from another process did before signatures travelled).
+
+    >>> m = Message("assistant", "", state={"gemini": {"thought_signatures": {"c1": "c2ln"}}})
+    >>> signatures_of(m)
+    {'c1': b'sig'}
     """
+    entry = message.state.get(STATE_KEY) if message.state else None
+    raw = entry.get("thought_signatures") if isinstance(entry, Mapping) else None
+    found: dict[str, bytes] = {}
+    if not isinstance(raw, Mapping):
+        return found
+    for call_id, text in raw.items():
+        if not isinstance(call_id, str) or not isinstance(text, str):
+            continue
+        try:
+            found[call_id] = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            continue
+    return found
 
-    def __init__(self, size: int = 4096) -> None:
-        self._size = size
-        self._items: collections.OrderedDict[str, bytes] = collections.OrderedDict()
-        self._lock = threading.Lock()
 
-    def put(self, call_id: str, signature: bytes) -> None:
-        """Remember the signature of a call."""
-        with self._lock:
-            self._items[call_id] = signature
-            self._items.move_to_end(call_id)
-            while len(self._items) > self._size:
-                self._items.popitem(last=False)
+def state_of(signatures: Mapping[str, bytes]) -> dict[str, Any]:
+    """Return the :attr:`Message.state` entry keeping ``signatures`` (empty when none).
 
-    def get(self, call_id: str) -> bytes | None:
-        """Return the signature of a call, or None when unknown."""
-        with self._lock:
-            return self._items.get(call_id)
+    >>> state_of({"c1": b"sig"})
+    {'gemini': {'thought_signatures': {'c1': 'c2ln'}}}
+    """
+    if not signatures:
+        return {}
+    encoded = {k: base64.b64encode(v).decode("ascii") for k, v in signatures.items()}
+    return {STATE_KEY: {"thought_signatures": encoded}}
+
+
+def _data_url(url: str, where: str) -> tuple[bytes, str]:
+    head, _, payload = url.partition(",")
+    media_type = head[len("data:") :].split(";", 1)[0]
+    if not head.endswith(";base64") or not media_type:
+        raise InvalidRequest(
+            f"{where}: a data: URL must be base64 with a media type (data:image/png;base64,...)",
+            field=where,
+        )
+    try:
+        return base64.b64decode(payload, validate=True), media_type
+    except (binascii.Error, ValueError):
+        raise InvalidRequest(f"{where}: the data: URL is not valid base64", field=where) from None
+
+
+def _file_uri(file_id: str) -> str:
+    if urllib.parse.urlsplit(file_id).scheme:
+        return file_id
+    return FILES_BASE + file_id.lstrip("/")
+
+
+def wire_part(part: Part, where: str = "parts") -> types.Part:
+    """Return Gemini's wire part of a content part (``where`` names it in errors).
+
+    Text is a ``text`` part; image, document and audio bytes are ``inline_data`` (the media
+    type with them; a ``data:`` image URL is decoded to its bytes); an ``https``/``http`` image
+    URL is ``file_data`` (Gemini fetches it; the media type when known), as is a document's
+    ``file_id`` (see :data:`FILES_BASE`).
+
+    >>> wire_part(Text("Hi")).text
+    'Hi'
+    """
+    if isinstance(part, Text):
+        return types.Part.from_text(text=part.text)
+    if isinstance(part, Image):
+        if part.data is not None:
+            assert part.media_type is not None  # Image reads it from the bytes
+            return types.Part.from_bytes(data=bytes(part.data), mime_type=part.media_type)
+        assert part.url is not None
+        if part.url.startswith("data:"):
+            data, media_type = _data_url(part.url, f"{where}.url")
+            return types.Part.from_bytes(data=data, mime_type=media_type)
+        return types.Part.from_uri(file_uri=part.url, mime_type=part.media_type)
+    if isinstance(part, Document):
+        if part.data is not None:
+            return types.Part.from_bytes(data=bytes(part.data), mime_type=part.media_type)
+        assert part.file_id is not None
+        return types.Part.from_uri(file_uri=_file_uri(part.file_id), mime_type=part.media_type)
+    if isinstance(part, Audio):
+        media_type = AUDIO_MEDIA_TYPES.get(part.format or "", f"audio/{part.format}")
+        return types.Part.from_bytes(data=bytes(part.data), mime_type=media_type)
+    raise InvalidRequest(
+        f"{where} must be a Text, Image, Document or Audio, got {type(part).__name__}",
+        field=where,
+    )
+
+
+def _content_parts(message: Message, index: int) -> list[types.Part]:
+    """A user or assistant message's own parts: its content parts, else its text."""
+    if message.parts:
+        return [wire_part(p, f"messages[{index}].parts[{i}]") for i, p in enumerate(message.parts)]
+    return [types.Part(text=message.content)]
 
 
 def _wire_id(call_id: str | None) -> str | None:
@@ -106,31 +214,45 @@ def _tool_result(text: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {"output": value}
 
 
-def build_contents(
-    messages: Sequence[Message], signatures: SignatureCache
-) -> tuple[list[types.Content], str | None]:
+def build_contents(messages: Sequence[Message]) -> tuple[list[types.Content], str | None]:
     """Return Gemini's ``contents`` and ``system_instruction`` for a message list.
 
-    >>> contents, system = build_contents(
-    ...     [Message("system", "Be brief."), Message("user", "Hi")], SignatureCache())
+    A function call goes out with the thought signature its assistant message keeps in its
+    state (:func:`signatures_of`); the first call of a message that keeps none (history from
+    another provider, or stored before signatures travelled) goes out with
+    :data:`SKIP_SIGNATURE`, as Google documents. A system message's non-text parts are an
+    :class:`~llmproxy.errors.InvalidRequest` (the system instruction is text).
+
+    >>> contents, system = build_contents([Message("system", "Be brief."), Message("user", "Hi")])
     >>> system, contents[0].role, contents[0].parts[0].text
     ('Be brief.', 'user', 'Hi')
     """
     system: list[str] = []
     contents: list[types.Content] = []
     names: dict[str, str] = {}
-    for m in messages:
+    for position, m in enumerate(messages):
         if m.role == "system":
-            if m.content:
-                system.append(m.content)
+            if any(not isinstance(p, Text) for p in m.parts):
+                raise InvalidRequest(
+                    f"messages[{position}] is a system message with a non-text part; Gemini's"
+                    " system instruction is text: send images, documents and audio in a user"
+                    " message",
+                    field=f"messages[{position}].parts",
+                )
+            text = text_of(m.parts) if m.parts else m.content
+            if text:
+                system.append(text)
             continue
         if m.role == "user":
-            contents.append(types.Content(role="user", parts=[types.Part(text=m.content)]))
+            contents.append(types.Content(role="user", parts=_content_parts(m, position)))
             continue
         if m.role == "assistant":
             parts: list[types.Part] = []
-            if m.content:
+            if m.parts:
+                parts.extend(_content_parts(m, position))
+            elif m.content:
                 parts.append(types.Part(text=m.content))
+            signatures = signatures_of(m)
             for index, call in enumerate(m.tool_calls):
                 names[call.id] = call.name
                 signature = signatures.get(call.id)
@@ -343,12 +465,13 @@ def usage_from_metadata(meta: types.GenerateContentResponseUsageMetadata | None)
 
 
 def read_parts(
-    parts: Sequence[types.Part] | None, signatures: SignatureCache
+    parts: Sequence[types.Part] | None, signatures: dict[str, bytes]
 ) -> tuple[str, str, list[ToolCall]]:
     """Split a candidate's parts into answer text, reasoning text and tool calls.
 
     Function calls without an id get one made up (see :data:`SYNTHETIC_ID_PREFIX`); their
-    thought signatures are remembered in ``signatures``.
+    thought signatures are added to ``signatures`` by call id (for the message's state, see
+    :func:`state_of`).
     """
     text: list[str] = []
     reasoning: list[str] = []
@@ -358,7 +481,7 @@ def read_parts(
         if call is not None:
             call_id = call.id or f"{SYNTHETIC_ID_PREFIX}{uuid.uuid4().hex[:20]}"
             if part.thought_signature:
-                signatures.put(call_id, part.thought_signature)
+                signatures[call_id] = part.thought_signature
             arguments = json.dumps(call.args or {}, ensure_ascii=False)
             calls.append(ToolCall(call_id, call.name or "", arguments))
         elif part.text:

@@ -10,8 +10,15 @@ SDK explicitly, so it never reads the process environment behind the Proxy's ``e
 Reasoning: thinking models are asked for their thought summaries (``include_thoughts``, off with
 the ``include_thoughts = false`` provider option or per call with
 ``thinking_config={"include_thoughts": False}``); they arrive on ``Message.reasoning`` /
-``Chunk.reasoning``, never in the answer. Thought signatures of function calls are kept by the
-provider and sent back with the calls (see :class:`~llmproxy_gemini.convert.SignatureCache`).
+``Chunk.reasoning``, never in the answer. Thought signatures of function calls travel with the
+answer's message, in its ``state`` (``{"gemini": {"thought_signatures": {call id: base64}}}``,
+see :data:`~llmproxy_gemini.convert.STATE_KEY`; a stream's last chunk carries it), are stored
+in history with it and are sent back with the calls on the next turn, so a tool round can go on
+in another process or after a restart.
+
+Content parts (``Message.parts``) go out as Gemini's own parts (see
+:func:`~llmproxy_gemini.convert.wire_part`) and are bounded in the token estimate by Google's
+documented counts (see :func:`part_upper_bound`).
 
 Tools: the request's function tools go out as function declarations (see
 :mod:`llmproxy_gemini.convert`); hosted tools are a ConfigError naming the provider (only
@@ -44,6 +51,7 @@ import weakref
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any
 
+import attrs
 import httpx2
 from google import genai
 from google.genai import errors, types
@@ -71,7 +79,7 @@ from llmproxy.tokens import (
 )
 from llmproxy.tools.offer import refuse_hosted, split_tools
 from llmproxy.types import ChatRequest, Chunk, Completion, Message, ToolCall, Usage
-from llmproxy_gemini import convert, env, models
+from llmproxy_gemini import bounds, convert, env, models
 
 #: Seconds the service may stay silent: for a whole answer when the call has no deadline, and
 #: between two chunks of a stream.
@@ -103,11 +111,14 @@ bound does not depend on the tokenizer."""
 def count_messages(messages: Sequence[Message]) -> int:
     """Return an upper bound on the input tokens Gemini counts for ``messages``.
 
-    The core's byte bound, plus what this provider sends beyond it: tool results are wrapped in
-    a named function response.
+    The core's byte bound of the messages' text, plus what this provider sends beyond it: tool
+    results are wrapped in a named function response, and each image, document and audio part
+    is bounded by Google's documented counts (:func:`llmproxy_gemini.bounds.part_bound`).
     """
-    total = messages_upper_bound(messages)
+    # The text goes to the core's bound; the other parts are Gemini's own to bound.
+    total = messages_upper_bound([attrs.evolve(m, parts=()) if m.parts else m for m in messages])
     for m in messages:
+        total += sum(bounds.part_bound(p) for p in m.parts)
         if m.role == "tool":
             total += PER_MESSAGE_OVERHEAD + _TOOL_RESULT_OVERHEAD
             total += text_upper_bound(m.name or "") + text_upper_bound(m.tool_call_id or "")
@@ -196,7 +207,6 @@ class GeminiProvider:
         self.api_version = api_version or env.DEFAULT_API_VERSION
         self.include_thoughts = include_thoughts
         self._headers = dict(default_headers) if default_headers else None
-        self.signatures = convert.SignatureCache()
         self._client: genai.Client | None = None
         self._http: httpx2.Client | None = None
         self._aclient: genai.Client | None = None
@@ -337,7 +347,7 @@ class GeminiProvider:
         )
         if request.timeout is not None and request.timeout <= 0:
             raise self._timed_out(request)
-        contents, system = convert.build_contents(request.messages, self.signatures)
+        contents, system = convert.build_contents(request.messages)
         include = self.include_thoughts and models.thinks(request.model)
         http_options = None
         if request.timeout is not None:
@@ -360,11 +370,16 @@ class GeminiProvider:
             else:
                 candidate = response.candidates[0] if response.candidates else None
                 content = candidate.content if candidate is not None else None
+                signatures: dict[str, bytes] = {}
                 text, reasoning, calls = convert.read_parts(
-                    content.parts if content is not None else None, self.signatures
+                    content.parts if content is not None else None, signatures
                 )
                 message = Message(
-                    "assistant", text, tool_calls=tuple(calls), reasoning=reasoning or None
+                    "assistant",
+                    text,
+                    tool_calls=tuple(calls),
+                    reasoning=reasoning or None,
+                    state=convert.state_of(signatures),
                 )
                 finish = convert.finish_reason(
                     candidate.finish_reason if candidate is not None else None,
@@ -554,12 +569,13 @@ class GeminiProvider:
 class _StreamReader:
     """Turns streamed Gemini responses into chunks; the finish and usage come out at the end."""
 
-    __slots__ = ("calls", "finish", "id", "model", "provider", "usage")
+    __slots__ = ("calls", "finish", "id", "model", "provider", "signatures", "usage")
 
     def __init__(self, provider: GeminiProvider, model: str) -> None:
         self.provider = provider
         self.model = model
         self.calls: list[ToolCall] = []
+        self.signatures: dict[str, bytes] = {}
         self.finish: Any = None
         self.usage: Usage | None = None
         self.id: str | None = None
@@ -581,7 +597,7 @@ class _StreamReader:
             self.finish = candidate.finish_reason
         content = candidate.content
         text, reasoning, calls = convert.read_parts(
-            content.parts if content is not None else None, self.provider.signatures
+            content.parts if content is not None else None, self.signatures
         )
         self.calls.extend(calls)
         if not (text or reasoning):
@@ -601,6 +617,7 @@ class _StreamReader:
             model=self.model,
             tool_calls=tuple(self.calls),
             id=self.id,
+            state=convert.state_of(self.signatures) or None,
         )
 
 
