@@ -23,6 +23,8 @@ from llmproxy.history.sqlite import SQLiteHistoryStore
 from llmproxy.types import MAX_PART_BYTES, Part
 from llmproxy_testing.parts import PARTS, STATES, pdf, png, wav
 
+NONE: dict[str, bytes] = {}
+
 
 @given(parts=PARTS)
 def test_parts_round_trip_exactly(parts: tuple[Part, ...]) -> None:
@@ -49,7 +51,7 @@ def test_the_same_data_is_one_blob() -> None:
 def test_no_parts_and_no_state_are_none() -> None:
     assert encode_parts(()) == (None, {})
     assert encode_state({}) is None
-    assert decode_parts(None, {}.get) == ()
+    assert decode_parts(None, NONE.get) == ()
     assert decode_state(None) == {}
 
 
@@ -71,14 +73,14 @@ def test_state_that_json_cannot_hold_is_refused() -> None:
 def test_missing_or_altered_blobs_are_store_errors() -> None:
     text, blobs = encode_parts((Audio(wav(0.01)),))
     with pytest.raises(StoreError, match="not stored"):
-        decode_parts(text, {}.get)
+        decode_parts(text, NONE.get)
     (key,) = blobs
     with pytest.raises(StoreError, match="does not match its hash"):
         decode_parts(text, {key: b"RIFF-but-not-the-same"}.get)
     with pytest.raises(StoreError, match="unknown type"):
-        decode_parts('[{"type": "video"}]', {}.get)
+        decode_parts('[{"type": "video"}]', NONE.get)
     with pytest.raises(StoreError, match="not JSON"):
-        decode_parts("[", {}.get)
+        decode_parts("[", NONE.get)
 
 
 # -- SQLite files made by earlier releases ------------------------------------------------------
