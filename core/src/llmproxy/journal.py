@@ -30,6 +30,7 @@ is ever dropped silently).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -48,7 +49,9 @@ from llmproxy.budget.base import Ledger, Reservation
 from llmproxy.env import data_dir
 from llmproxy.errors import InvalidRequest, LLMProxyError, StoreError
 from llmproxy.history.base import HistoryRecord, HistoryStore
+from llmproxy.history.codec import decode_parts, encode_parts
 from llmproxy.history.sqlite import _Database, immediate
+from llmproxy.types import Part
 
 log = logging.getLogger("llmproxy.journal")
 
@@ -99,6 +102,26 @@ _PENDING: Final = (
 )
 
 _converter = cattrs.Converter()
+_PARTS_TYPE: Final = tuple[Part, ...]
+
+
+def _unstructure_parts(parts: tuple[Part, ...]) -> dict[str, Any] | None:
+    # The history codec's JSON, with the blobs inline in base64 (a journal entry is one row).
+    text, blobs = encode_parts(parts)
+    if text is None:
+        return None
+    return {"parts": text, "blobs": {k: base64.b64encode(v).decode() for k, v in blobs.items()}}
+
+
+def _structure_parts(value: dict[str, Any] | None, _type: object) -> tuple[Part, ...]:
+    if not value:  # None, or [] from an entry written before parts had this form
+        return ()
+    blobs = {k: base64.b64decode(v, validate=True) for k, v in value["blobs"].items()}
+    return decode_parts(value["parts"], blobs.get)
+
+
+_converter.register_unstructure_hook_func(lambda t: t == _PARTS_TYPE, _unstructure_parts)
+_converter.register_structure_hook_func(lambda t: t == _PARTS_TYPE, _structure_parts)
 
 
 def journaled(url: str | None) -> bool:

@@ -33,7 +33,7 @@ import uuid
 from collections.abc import Sequence
 from datetime import date, datetime, timedelta
 from fractions import Fraction
-from typing import ClassVar
+from typing import Any, ClassVar
 from zoneinfo import ZoneInfo
 
 import attrs
@@ -60,7 +60,8 @@ from llmproxy.budget.base import (
 from llmproxy.budget.memory import SETTLED_GRACE
 from llmproxy.errors import BudgetExceeded, InvalidRequest, RateLimited
 from llmproxy.history.base import HistoryRecord, HistoryStore, SessionInfo
-from llmproxy.types import ROLES, Message, Role, ToolCall
+from llmproxy.types import ROLES, Image, Message, Role, ToolCall
+from llmproxy_testing.parts import PARTS, STATES, png
 
 __all__ = ["FakeClock", "HistoryStoreContract", "LedgerContract"]
 
@@ -368,6 +369,106 @@ class HistoryStoreContract:
         store.append([anonymous])
         assert store.load(session_id) == [*exchange, later, anonymous, anonymous]
         assert SessionInfo(session_id, 5, 1.0, 4.0) in store.sessions()
+
+    @_hypothesis_store
+    @given(
+        messages=st.lists(
+            st.tuples(st.sampled_from(["user", "assistant"]), PARTS, STATES),
+            min_size=1,
+            max_size=3,
+        )
+    )
+    def test_parts_and_state_round_trip(
+        self, store: HistoryStore, messages: list[tuple[Role, tuple[Any, ...], dict[str, Any]]]
+    ) -> None:
+        """Every part and the provider state come back exactly, in order.
+
+        Text, images, documents and audio, every field; text-only messages beside them are
+        unchanged.
+        """
+        session_id = _unique("parts")
+        records = [_record(session_id, "plain text first", created_at=1.0)]
+        records += [
+            HistoryRecord(
+                session_id,
+                Message.with_parts(role, parts, state=state),
+                created_at=2.0 + i,
+                id=uuid.uuid4().hex,
+            )
+            for i, (role, parts, state) in enumerate(messages)
+        ]
+        store.append(records[:2])
+        if records[2:]:
+            store.append(records[2:])
+        loaded = store.load(session_id)
+        assert loaded == records
+        for got, sent in zip(loaded, records, strict=True):
+            assert got.message.parts == sent.message.parts
+            assert dict(got.message.state) == dict(sent.message.state)
+            assert got.content == sent.content
+        assert store.load(session_id, limit=1) == records[-1:]
+
+    def test_the_same_image_twice_is_stored_once(self, store: HistoryStore) -> None:
+        """The same bytes sent twice in a session come back twice and are kept once.
+
+        Kept once is checked where the store can count its blobs (an optional
+        ``blob_count(session_id)`` method).
+        """
+        session_id = _unique("dedupe")
+        image = Image(data=png(32, 16), detail="low")
+        other = Image(data=png(16, 32))
+        first = [
+            HistoryRecord(
+                session_id,
+                Message.with_parts("user", ["What is this?", image]),
+                created_at=1.0,
+                id=uuid.uuid4().hex,
+            ),
+            HistoryRecord(session_id, Message("assistant", "A cat."), created_at=2.0),
+        ]
+        second = [
+            HistoryRecord(
+                session_id,
+                # a copy of the bytes, not the same object
+                Message.with_parts("user", ["And this?", Image(data=bytes(png(32, 16))), image]),
+                created_at=3.0,
+                id=uuid.uuid4().hex,
+            )
+        ]
+        store.append(first)
+        store.append(second)
+        count = getattr(store, "blob_count", None)
+        if count is not None:
+            assert count(session_id) == 1
+            store.append(
+                [HistoryRecord(session_id, Message.with_parts("user", [other]), created_at=4.0)]
+            )
+            assert count(session_id) == 2
+        loaded = store.load(session_id)
+        assert [r.message for r in loaded[:3]] == [r.message for r in [*first, *second]]
+        repeated = loaded[2].message.parts[1]
+        assert isinstance(repeated, Image)
+        assert (repeated.data, repeated.width, repeated.height) == (png(32, 16), 32, 16)
+        store.delete(session_id)
+        assert store.load(session_id) == []
+        if count is not None:
+            assert count(session_id) == 0
+
+    @pytest.mark.asyncio
+    async def test_async_parts_round_trip(self, store: HistoryStore) -> None:
+        """``aappend``/``aload`` keep parts and state like the sync methods."""
+        session_id = _unique("aparts")
+        record = HistoryRecord(
+            session_id,
+            Message.with_parts(
+                "user",
+                ["Look:", Image(data=png(8, 8)), Image(url="https://example.com/a.png")],
+                state={"gemini": {"thought_signature": "c2ln"}},
+            ),
+            created_at=1.0,
+        )
+        await store.aappend([record])
+        assert await store.aload(session_id) == [record]
 
     @pytest.mark.asyncio
     async def test_async_append_twice_stores_once(self, store: HistoryStore) -> None:

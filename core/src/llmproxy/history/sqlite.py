@@ -32,6 +32,13 @@ from typing import Any, Final
 
 from llmproxy.errors import InvalidRequest, LLMProxyError, StoreError
 from llmproxy.history.base import HistoryRecord, SessionInfo
+from llmproxy.history.codec import (
+    blob_hashes,
+    decode_parts,
+    decode_state,
+    encode_parts,
+    encode_state,
+)
 from llmproxy.types import Message, ToolCall
 
 SCHEMA_VERSION: Final = 1
@@ -279,10 +286,22 @@ CREATE TABLE IF NOT EXISTS history (
     input_tokens INTEGER NOT NULL DEFAULT 0,
     output_tokens INTEGER NOT NULL DEFAULT 0,
     user TEXT,
-    record_id TEXT
+    record_id TEXT,
+    parts TEXT,
+    state TEXT
 );
 CREATE INDEX IF NOT EXISTS history_session ON history (session_id, id);
+CREATE TABLE IF NOT EXISTS history_blobs (
+    session_id TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (session_id, hash)
+) WITHOUT ROWID;
 """
+# ``parts`` and ``state`` (``llmproxy.history.codec``'s JSON, NULL when the message has none)
+# came after ``record_id``: an older file gets them on open (see ``_migrate``). The binary data
+# of parts is in ``history_blobs``, once per session and SHA-256: the same image sent twice in
+# a session is stored once. Blobs live as long as their session (deleted with it).
 # ``record_id`` (HistoryRecord.id) came after schema version 1's first release: a file made
 # before it gets the column and the index on open (see ``_add_record_ids``). NULLs are distinct
 # in a unique index, so records without an id are never refused.
@@ -292,9 +311,9 @@ _RECORD_ID_INDEX: Final = (
 
 _COLUMNS: Final = (
     "role, content, name, tool_calls, tool_call_id, reasoning, interrupted,"
-    " model, provider, created_at, input_tokens, output_tokens, user, record_id"
+    " model, provider, created_at, input_tokens, output_tokens, user, record_id, parts, state"
 )
-_INSERT_ONE: Final = "(" + ", ".join("?" * 15) + ")"
+_INSERT_ONE: Final = "(" + ", ".join("?" * 17) + ")"
 # SQL is built from the constants above only; values are always bound parameters.
 _LOAD_ALL: Final = f"SELECT {_COLUMNS} FROM history WHERE session_id = ? ORDER BY id"  # noqa: S608
 _LOAD_LAST: Final = f"SELECT {_COLUMNS} FROM history WHERE session_id = ? ORDER BY id DESC LIMIT ?"  # noqa: S608
@@ -303,6 +322,12 @@ _SESSIONS: Final = (
     " GROUP BY session_id ORDER BY max(created_at) DESC, max(id) DESC"
 )
 _DELETE: Final = "DELETE FROM history WHERE session_id = ?"
+_DELETE_BLOBS: Final = "DELETE FROM history_blobs WHERE session_id = ?"
+_INSERT_BLOB: Final = (
+    "INSERT OR IGNORE INTO history_blobs (session_id, hash, data) VALUES (?, ?, ?)"
+)
+_BLOB_BATCH: Final = 500
+"""Blob hashes fetched per ``SELECT ... IN (...)`` (well below SQLite's variable limit)."""
 _MULTI_ROW_MAX: Final = 64
 """Appends of up to this many records are one multi-row INSERT (one statement, one round trip)."""
 
@@ -363,8 +388,11 @@ def _tool_calls_json(calls: tuple[ToolCall, ...]) -> str | None:
     )
 
 
-def _row_values(record: HistoryRecord) -> tuple[Any, ...]:
+def _row_values(record: HistoryRecord, blobs: dict[str, bytes]) -> tuple[Any, ...]:
+    """The row of a record; the blobs its parts reference are added to ``blobs``."""
     message = record.message
+    parts, found = encode_parts(message.parts)
+    blobs.update(found)
     return (
         record.session_id,
         message.role,
@@ -381,10 +409,14 @@ def _row_values(record: HistoryRecord) -> tuple[Any, ...]:
         record.output_tokens,
         record.user,
         record.id,
+        parts,
+        encode_state(message.state),
     )
 
 
-def _records(session_id: str, rows: list[Any]) -> list[HistoryRecord]:
+def _records(
+    session_id: str, rows: list[Any], blobs: dict[str, bytes] | None = None
+) -> list[HistoryRecord]:
     records = []
     for (
         role,
@@ -401,13 +433,25 @@ def _records(session_id: str, rows: list[Any]) -> list[HistoryRecord]:
         output_tokens,
         user,
         record_id,
+        parts,
+        state,
     ) in rows:
         calls = (
             tuple(ToolCall(c["id"], c["name"], c["arguments"]) for c in json.loads(tool_calls))
             if tool_calls
             else ()
         )
-        message = Message(role, content, name, calls, tool_call_id, reasoning, bool(interrupted))
+        message = Message(
+            role,
+            content,
+            name,
+            calls,
+            tool_call_id,
+            reasoning,
+            bool(interrupted),
+            parts=decode_parts(parts, (blobs or {}).get) if parts else (),
+            state=decode_state(state),
+        )
         records.append(
             HistoryRecord(
                 session_id,
@@ -424,31 +468,56 @@ def _records(session_id: str, rows: list[Any]) -> list[HistoryRecord]:
     return records
 
 
-def _add_record_ids(db: _Database) -> None:
-    """Give a file made before record ids the ``record_id`` column and its unique index.
+_ADDED_COLUMNS: Final = (("record_id", "TEXT"), ("parts", "TEXT"), ("state", "TEXT"))
+"""Columns added to ``history`` after schema version 1's first release, in order."""
+
+
+def _migrate(db: _Database) -> None:
+    """Give a file made by an older release the columns and index it lacks.
 
     Checked without a lock first (the usual case: nothing to do), then again inside one
     ``BEGIN IMMEDIATE`` so that two processes opening an old file at once migrate it once.
     """
 
-    def missing(conn: sqlite3.Connection) -> tuple[bool, bool]:
+    def missing(conn: sqlite3.Connection) -> tuple[list[tuple[str, str]], bool]:
         columns = {row[1] for row in conn.execute("PRAGMA table_info(history)")}
         indexes = {row[1] for row in conn.execute("PRAGMA index_list(history)")}
-        return "record_id" not in columns, "history_record_id" not in indexes
+        absent = [(name, kind) for name, kind in _ADDED_COLUMNS if name not in columns]
+        return absent, "history_record_id" not in indexes
 
     with db.lock:
         try:
-            if not any(missing(db.connection())):
+            columns, index = missing(db.connection())
+            if not columns and not index:
                 return
         except sqlite3.Error as exc:
             raise db.error(exc) from exc
     with immediate(db) as conn:
         assert conn is not None  # (None only without waiting)
-        column, index = missing(conn)
-        if column:
-            conn.execute("ALTER TABLE history ADD COLUMN record_id TEXT")
+        columns, index = missing(conn)
+        for name, kind in columns:
+            conn.execute(f"ALTER TABLE history ADD COLUMN {name} {kind}")
         if index:
             conn.execute(_RECORD_ID_INDEX)
+
+
+def _fetch_blobs(conn: sqlite3.Connection, session_id: str, keys: list[str]) -> dict[str, bytes]:
+    found: dict[str, bytes] = {}
+    for start in range(0, len(keys), _BLOB_BATCH):
+        batch = keys[start : start + _BLOB_BATCH]
+        marks = ", ".join("?" * len(batch))
+        sql = f"SELECT hash, data FROM history_blobs WHERE session_id = ? AND hash IN ({marks})"  # noqa: S608
+        found.update(conn.execute(sql, (session_id, *batch)).fetchall())
+    return found
+
+
+def _referenced(rows: list[Any]) -> list[str]:
+    """The blob hashes the rows' parts reference (``parts`` is the second last column)."""
+    keys: dict[str, None] = {}
+    for row in rows:
+        for key in blob_hashes(row[-2]):
+            keys[key] = None
+    return list(keys)
 
 
 class SQLiteHistoryStore:
@@ -470,7 +539,7 @@ class SQLiteHistoryStore:
     def __init__(self, path: str | os.PathLike[str], *, timeout: float = 5.0) -> None:
         self._db = _Database(path, timeout=timeout, kind="history store", schema=_SCHEMA)
         try:
-            _add_record_ids(self._db)
+            _migrate(self._db)
         except BaseException:
             self._db.close()
             raise
@@ -492,42 +561,73 @@ class SQLiteHistoryStore:
         with db.lock:
             try:
                 conn = db.connection()
-                if limit is None:
-                    rows = conn.execute(_LOAD_ALL, (session_id,)).fetchall()
-                else:
-                    rows = conn.execute(_LOAD_LAST, (session_id, limit)).fetchall()
+                rows, blobs = self._read(conn, session_id, limit)
+                if len(blobs) < len(_referenced(rows)):
+                    # A delete or append in between (another thread or process): read again
+                    # in one transaction, a consistent snapshot.
+                    conn.execute("BEGIN")
+                    try:
+                        rows, blobs = self._read(conn, session_id, limit)
+                    finally:
+                        conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 raise db.error(exc) from exc
         if limit is not None:
             rows.reverse()
         try:
-            return _records(session_id, rows)
+            return _records(session_id, rows, blobs)
         except (ValueError, TypeError, KeyError, LLMProxyError) as exc:
             raise StoreError(
                 f"history store {db.path}: session {session_id!r} holds a malformed row ({exc});"
                 " the file was written by something other than llmproxy: delete the session"
             ) from exc
 
+    @staticmethod
+    def _read(
+        conn: sqlite3.Connection, session_id: str, limit: int | None
+    ) -> tuple[list[Any], dict[str, bytes]]:
+        """The session's rows (newest first when limited) and the blobs their parts reference."""
+        if limit is None:
+            rows = conn.execute(_LOAD_ALL, (session_id,)).fetchall()
+        else:
+            rows = conn.execute(_LOAD_LAST, (session_id, limit)).fetchall()
+        keys = _referenced(rows)
+        return rows, _fetch_blobs(conn, session_id, keys) if keys else {}
+
     def append(self, records: Sequence[HistoryRecord]) -> None:
-        """Append records atomically (one statement for up to 64 records, else one transaction)."""
+        """Append records atomically (one statement for up to 64 records, else one transaction).
+
+        The blobs of the records' parts go in the same transaction, each once per session.
+        """
         if not records:
             return
         db = self._db
+        blobs: dict[str, bytes] = {}
+        rows = [_row_values(record, blobs) for record in records]
         try:
-            if len(records) <= _MULTI_ROW_MAX:
-                params: list[Any] = []
-                for record in records:
-                    params.extend(_row_values(record))
+            if len(records) <= _MULTI_ROW_MAX and not blobs:
+                params: list[Any] = [value for row in rows for value in row]
                 sql = _insert_sql(len(records))
                 with db.lock:
                     db.connection().execute(sql, params)
                     db.wrote()
             else:
-                rows = [_row_values(record) for record in records]
-                sql = _insert_sql(1)
+                sessions = {record.session_id for record in records}
                 with immediate(db) as conn:
                     assert conn is not None  # (None only without waiting)
-                    conn.executemany(sql, rows)
+                    if blobs:
+                        # A blob is keyed by its session: every session of the append gets
+                        # the blobs (an append holds one session's exchange in practice).
+                        conn.executemany(
+                            _INSERT_BLOB,
+                            [(sid, key, data) for sid in sessions for key, data in blobs.items()],
+                        )
+                    if len(rows) <= _MULTI_ROW_MAX:
+                        conn.execute(
+                            _insert_sql(len(rows)), [value for row in rows for value in row]
+                        )
+                    else:
+                        conn.executemany(_insert_sql(1), rows)
         except sqlite3.Error as exc:
             raise db.error(exc) from exc
 
@@ -542,15 +642,23 @@ class SQLiteHistoryStore:
         return [SessionInfo(sid, count, first, last) for sid, count, first, last in rows]
 
     def delete(self, session_id: str) -> int:
-        """Delete a session; return how many messages were removed."""
+        """Delete a session and its blobs; return how many messages were removed."""
+        with immediate(self._db) as conn:
+            assert conn is not None  # (None only without waiting)
+            removed: int = conn.execute(_DELETE, (session_id,)).rowcount
+            conn.execute(_DELETE_BLOBS, (session_id,))
+        return removed
+
+    def blob_count(self, session_id: str) -> int:
+        """How many distinct blobs (binary part data) the session keeps."""
         db = self._db
         with db.lock:
             try:
-                removed: int = db.connection().execute(_DELETE, (session_id,)).rowcount
-                db.wrote()
-                return removed
+                sql = "SELECT count(*) FROM history_blobs WHERE session_id = ?"
+                (count,) = db.connection().execute(sql, (session_id,)).fetchone()
             except sqlite3.Error as exc:
                 raise db.error(exc) from exc
+        return int(count)
 
     def close(self) -> None:
         """Close the connection; the store is not used afterwards."""

@@ -12,6 +12,10 @@ Key                                 What
                                     ``<exchange>.<n>``, new for every append.
 ``P:session:{T}:messages``          The session's message keys, oldest first.
 ``P:session:{T}:meta``              ``session_id``, ``created_at``, ``updated_at``.
+``P:session:{T}:blobs``             The binary data of the session's parts: a hash from the
+                                    SHA-256 hex digest of the bytes to their base64 (``HSETNX``:
+                                    the same image sent twice in a session is stored once). It
+                                    expires with the session (TTL) and goes with it (delete).
 ``P:sessions``                      Sorted set: session tags scored by ``updated_at``.
 ``P:inv:{T}:<writer>``              Never kept: set and deleted by each write so that other
                                     processes' caches learn (by client tracking) who wrote.
@@ -26,17 +30,22 @@ The seed's global list and the session index are single keys in other slots.
 A message hash holds ``role``, ``content``, ``session_id``, ``created_at``, ``input_tokens``,
 ``output_tokens`` and ``interrupted`` (``0``/``1``) always, and ``name``, ``tool_calls`` (JSON),
 ``tool_call_id``, ``reasoning``, ``model``, ``provider``, ``user`` and ``id`` (the record's id)
-when they are not None.
+when they are not None. A message with parts (images, documents, audio) keeps its text in
+``content`` as a text-only message does, and adds ``parts``: the JSON of
+:func:`llmproxy.history.codec.encode_parts` (binary data referenced by hash, kept in the
+session's blobs hash). A message with provider state adds ``state`` (JSON). A text-only message
+without state has neither field: its hash is what it always was.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
-from llmproxy.errors import StoreError
+from llmproxy.errors import LLMProxyError, StoreError
 from llmproxy.history.base import HistoryRecord
+from llmproxy.history.codec import decode_parts, decode_state, encode_parts, encode_state
 from llmproxy.types import Message, ToolCall
 
 KEY_LIST = "llm_proxy_history_key_list"
@@ -72,6 +81,10 @@ class Keys:
         """The session's hash of ids and dates."""
         return f"{self.prefix}:session:{{{tag}}}:meta"
 
+    def blobs(self, tag: str) -> str:
+        """The session's hash of part data: SHA-256 hex digest -> base64 of the bytes."""
+        return f"{self.prefix}:session:{{{tag}}}:blobs"
+
     def message(self, tag: str, message_id: str) -> str:
         """One message's hash."""
         return f"{self.prefix}:msg:{{{tag}}}:{message_id}"
@@ -96,8 +109,13 @@ def _tool_calls_json(message: Message) -> str:
     )
 
 
-def to_hash(record: HistoryRecord) -> dict[str, str]:
-    """Return the fields of a record's hash (None fields left out)."""
+def to_hash(record: HistoryRecord, blobs: dict[str, str] | None = None) -> dict[str, str]:
+    """Return the fields of a record's hash (None fields left out).
+
+    The binary data of the message's parts is added to ``blobs`` (hash -> base64), which the
+    caller writes to the session's blobs hash; without ``blobs``, a message with binary parts
+    is refused (ValueError).
+    """
     message = record.message
     fields = {
         "role": message.role,
@@ -122,11 +140,33 @@ def to_hash(record: HistoryRecord) -> dict[str, str]:
             fields[key] = value
     if message.tool_calls:
         fields["tool_calls"] = _tool_calls_json(message)
+    parts, found = encode_parts(message.parts)
+    if parts is not None:
+        fields["parts"] = parts
+        if found:
+            if blobs is None:
+                raise ValueError("a message with binary parts needs somewhere to put its blobs")
+            for key, data in found.items():
+                blobs.setdefault(key, base64.b64encode(data).decode("ascii"))
+    state = encode_state(message.state)
+    if state is not None:
+        fields["state"] = state
     return fields
 
 
-def from_hash(fields: Mapping[str, str]) -> HistoryRecord:
-    """Build a record from a message hash; raise StoreError when the hash is not one of ours."""
+def _blob_getter(blobs: Mapping[str, str] | None) -> Callable[[str], bytes | None]:
+    def get(key: str) -> bytes | None:
+        text = (blobs or {}).get(key)
+        return None if text is None else base64.b64decode(text, validate=True)
+
+    return get
+
+
+def from_hash(fields: Mapping[str, str], blobs: Mapping[str, str] | None = None) -> HistoryRecord:
+    """Build a record from a message hash; raise StoreError when the hash is not one of ours.
+
+    ``blobs`` holds the session's part data (hash -> base64) the message's ``parts`` reference.
+    """
     try:
         raw_calls = fields.get("tool_calls")
         calls = (
@@ -142,6 +182,8 @@ def from_hash(fields: Mapping[str, str]) -> HistoryRecord:
             fields.get("tool_call_id"),
             fields.get("reasoning"),
             fields.get("interrupted", "0") == "1",
+            parts=decode_parts(fields.get("parts"), _blob_getter(blobs)),
+            state=decode_state(fields.get("state")),
         )
         return HistoryRecord(
             fields["session_id"],
@@ -154,7 +196,7 @@ def from_hash(fields: Mapping[str, str]) -> HistoryRecord:
             fields.get("user"),
             fields.get("id"),
         )
-    except (KeyError, ValueError, TypeError) as exc:
+    except (KeyError, ValueError, TypeError, LLMProxyError) as exc:
         raise StoreError(
             f"a Redis message hash is malformed ({type(exc).__name__}: {exc}); it was written"
             " by something other than llmproxy: delete the session or use another prefix"

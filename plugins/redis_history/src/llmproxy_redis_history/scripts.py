@@ -2,7 +2,7 @@
 
 Message hashes are reached through the keys listed in the session's list, which share the
 session's hash tag, so on a cluster they are in the same slot as the declared keys. The seed's
-key list and the session index are only passed (``KEYS[3]``/``KEYS[4]``) on a single Redis.
+key list and the session index are only passed (the optional last keys) on a single Redis.
 """
 
 from __future__ import annotations
@@ -11,9 +11,11 @@ import hashlib
 from typing import Final
 
 LOAD: Final = """
--- KEYS[1]: the session's list of message keys. ARGV[1]: how many newest messages (-1: all).
+-- KEYS[1]: the session's list of message keys, KEYS[2]: its blobs hash. ARGV[1]: how many
+-- newest messages (-1: all).
 -- Returns {PTTL of the oldest message returned (-1: none or no TTL), JSON of the HGETALL of
--- each, oldest first}: one string to parse instead of thousands of RESP items.
+-- each, oldest first, JSON of the blobs their parts reference (hash -> base64)}: strings to
+-- parse instead of thousands of RESP items.
 local limit = tonumber(ARGV[1])
 local keys
 if limit < 0 then
@@ -23,29 +25,57 @@ else
 end
 local out = {}
 local first_ttl = -1
+local wanted = {}
+local blobs = {}
 for _, key in ipairs(keys) do
   local fields = redis.call('HGETALL', key)
   if #fields > 0 then
     if #out == 0 then first_ttl = redis.call('PTTL', key) end
     out[#out + 1] = fields
+    for i = 1, #fields, 2 do
+      if fields[i] == 'parts' then
+        local ok, parts = pcall(cjson.decode, fields[i + 1])
+        if ok and type(parts) == 'table' then
+          for _, part in ipairs(parts) do
+            if type(part) == 'table' and type(part.blob) == 'string' then
+              wanted[#wanted + 1] = part.blob
+            end
+          end
+        end
+      end
+    end
   end
 end
-if #out == 0 then return {first_ttl, '[]'} end
-return {first_ttl, cjson.encode(out)}
+local found = 0
+for _, blob in ipairs(wanted) do
+  if not blobs[blob] then
+    local data = redis.call('HGET', KEYS[2], blob)
+    if data then
+      blobs[blob] = data
+      found = found + 1
+    end
+  end
+end
+if #out == 0 then return {first_ttl, '[]', '{}'} end
+if found == 0 then return {first_ttl, cjson.encode(out), '{}'} end
+return {first_ttl, cjson.encode(out), cjson.encode(blobs)}
 """
 
 PRUNE: Final = """
--- KEYS[1]: the session's list, KEYS[2]: its meta hash, KEYS[3] (optional): the seed's key list.
--- ARGV[1]: the per-session cap (0: none); ARGV[2]: how many of the oldest keys of KEYS[3] to
--- check, dropping those that expired.
+-- KEYS[1]: the session's list, KEYS[2]: its meta hash, KEYS[3]: its blobs hash, KEYS[4]
+-- (optional): the seed's key list. ARGV[1]: the per-session cap (0: none); ARGV[2]: how many
+-- of the oldest keys of KEYS[4] to check, dropping those that expired.
 -- Drops expired messages at the head of the session, then the oldest beyond the cap (their
--- hashes too), and the same keys from the seed's list. Returns the keys removed.
+-- hashes too), and the same keys from the seed's list. When a dropped message may have had
+-- parts, drops the blobs no remaining message references. Returns the keys removed.
 local removed = {}
+local had_parts = false
 while true do
   local head = redis.call('LINDEX', KEYS[1], 0)
   if not head or redis.call('EXISTS', head) == 1 then break end
   redis.call('LPOP', KEYS[1])
   removed[#removed + 1] = head
+  had_parts = true  -- expired: whether it had parts is unknown
 end
 local cap = tonumber(ARGV[1])
 if cap > 0 then
@@ -54,9 +84,27 @@ if cap > 0 then
     local old = redis.call('LRANGE', KEYS[1], 0, excess - 1)
     redis.call('LTRIM', KEYS[1], excess, -1)
     for _, key in ipairs(old) do
+      if redis.call('HEXISTS', key, 'parts') == 1 then had_parts = true end
       redis.call('DEL', key)
       removed[#removed + 1] = key
     end
+  end
+end
+if had_parts and redis.call('EXISTS', KEYS[3]) == 1 then
+  local used = {}
+  for _, key in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
+    local parts = redis.call('HGET', key, 'parts')
+    if parts then
+      local ok, decoded = pcall(cjson.decode, parts)
+      if ok and type(decoded) == 'table' then
+        for _, part in ipairs(decoded) do
+          if type(part) == 'table' and type(part.blob) == 'string' then used[part.blob] = true end
+        end
+      end
+    end
+  end
+  for _, blob in ipairs(redis.call('HKEYS', KEYS[3])) do
+    if not used[blob] then redis.call('HDEL', KEYS[3], blob) end
   end
 end
 if #removed > 0 then
@@ -65,14 +113,14 @@ if #removed > 0 then
     local created = redis.call('HGET', head, 'created_at')
     if created then redis.call('HSET', KEYS[2], 'created_at', created) end
   end
-  if KEYS[3] then
-    for _, key in ipairs(removed) do redis.call('LREM', KEYS[3], 1, key) end
+  if KEYS[4] then
+    for _, key in ipairs(removed) do redis.call('LREM', KEYS[4], 1, key) end
   end
 end
 local scan = tonumber(ARGV[2])
-if KEYS[3] and scan > 0 then
-  for _, key in ipairs(redis.call('LRANGE', KEYS[3], 0, scan - 1)) do
-    if redis.call('EXISTS', key) == 0 then redis.call('LREM', KEYS[3], 1, key) end
+if KEYS[4] and scan > 0 then
+  for _, key in ipairs(redis.call('LRANGE', KEYS[4], 0, scan - 1)) do
+    if redis.call('EXISTS', key) == 0 then redis.call('LREM', KEYS[4], 1, key) end
   end
 end
 return removed
@@ -109,17 +157,17 @@ return written
 """
 
 DELETE: Final = """
--- KEYS[1]: the session's list, KEYS[2]: its meta hash, KEYS[3] (optional): the session index,
--- KEYS[4] (optional): the seed's key list. ARGV[1]: the session's tag; ARGV[2]: a mark key to
--- set and delete (tells other processes' caches), or ''.
+-- KEYS[1]: the session's list, KEYS[2]: its meta hash, KEYS[3]: its blobs hash, KEYS[4]
+-- (optional): the session index, KEYS[5] (optional): the seed's key list. ARGV[1]: the
+-- session's tag; ARGV[2]: a mark key to set and delete (tells other processes' caches), or ''.
 -- Returns {how many message hashes were deleted, the message keys}.
 local keys = redis.call('LRANGE', KEYS[1], 0, -1)
 local count = 0
 for _, key in ipairs(keys) do count = count + redis.call('DEL', key) end
-redis.call('DEL', KEYS[1], KEYS[2])
-if KEYS[3] then redis.call('ZREM', KEYS[3], ARGV[1]) end
-if KEYS[4] then
-  for _, key in ipairs(keys) do redis.call('LREM', KEYS[4], 1, key) end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+if KEYS[4] then redis.call('ZREM', KEYS[4], ARGV[1]) end
+if KEYS[5] then
+  for _, key in ipairs(keys) do redis.call('LREM', KEYS[5], 1, key) end
 end
 if ARGV[2] ~= '' then
   redis.call('SET', ARGV[2], '1')

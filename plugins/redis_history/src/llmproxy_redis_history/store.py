@@ -79,6 +79,9 @@ class _Plan:
     created_at: str
     updated_at: float
     records: list[HistoryRecord]
+    blobs_key: str
+    blobs: dict[str, str]
+    """The part data the messages reference (SHA-256 hex -> base64), written with HSETNX."""
     idempotent: bool = False
     """Some record has an id: written by the APPEND script, which skips stored ids."""
     written: list[str] | None = None
@@ -319,9 +322,10 @@ class RedisHistoryStore:
     def _loaded(
         self, session_id: str, limit: int | None, reply: Any, started: int
     ) -> list[HistoryRecord]:
-        ttl_ms, rows = reply
+        ttl_ms, rows, blob_json = reply
         try:
-            records = [from_hash(pairs_to_dict(row)) for row in json.loads(rows)]
+            blobs = json.loads(blob_json) if blob_json != "{}" else None
+            records = [from_hash(pairs_to_dict(row), blobs) for row in json.loads(rows)]
         except (ValueError, TypeError) as exc:
             raise StoreError(
                 f"redis history store: session {session_id!r} holds a malformed message ({exc})"
@@ -343,10 +347,11 @@ class RedisHistoryStore:
         hit, started = self._cached(session_id, limit)
         if hit is not None:
             return hit
-        key = self.keys.messages(session_tag(session_id))
+        tag = session_tag(session_id)
+        keys = [self.keys.messages(tag), self.keys.blobs(tag)]
         arg = -1 if limit is None else limit
         try:
-            reply = self._run("load", lambda c: self._script(c, scripts.LOAD, [key], [arg]))
+            reply = self._run("load", lambda c: self._script(c, scripts.LOAD, keys, [arg]))
         except RedisUnavailable as exc:
             if self._skip("load", exc):
                 return []
@@ -362,10 +367,11 @@ class RedisHistoryStore:
         hit, started = self._cached(session_id, limit)
         if hit is not None:
             return hit
-        key = self.keys.messages(session_tag(session_id))
+        tag = session_tag(session_id)
+        keys = [self.keys.messages(tag), self.keys.blobs(tag)]
         arg = -1 if limit is None else limit
         try:
-            reply = await self._arun("load", lambda c: self._ascript(c, scripts.LOAD, [key], [arg]))
+            reply = await self._arun("load", lambda c: self._ascript(c, scripts.LOAD, keys, [arg]))
         except RedisUnavailable as exc:
             if self._skip("load", exc):
                 return []
@@ -382,6 +388,8 @@ class RedisHistoryStore:
         plans = []
         for session_id, group in groups.items():
             tag = session_tag(session_id)
+            blobs: dict[str, str] = {}
+            hashes = [to_hash(record, blobs) for record in group]
             plans.append(
                 _Plan(
                     session_id,
@@ -392,10 +400,12 @@ class RedisHistoryStore:
                         self.keys.message(tag, record.id or f"{exchange}.{i}")
                         for i, record in enumerate(group)
                     ],
-                    [to_hash(record) for record in group],
+                    hashes,
                     repr(float(group[0].created_at)),
                     max(float(record.created_at) for record in group),
                     group,
+                    self.keys.blobs(tag),
+                    blobs,
                     any(record.id is not None for record in group),
                 )
             )
@@ -411,6 +421,11 @@ class RedisHistoryStore:
         """
         s, keys, ttl = self.settings, self.keys, self._ttl_ms
         append_at = None
+        for blob, data in plan.blobs.items():
+            # the same bytes sent again in the session are stored once
+            pipe.hsetnx(plan.blobs_key, blob, data)
+        if plan.blobs and ttl:
+            pipe.pexpire(plan.blobs_key, ttl)
         if plan.idempotent:
             with_list = globals_here and s.key_list
             script_keys = [plan.list_key, *([keys.key_list] if with_list else [])]
@@ -447,7 +462,7 @@ class RedisHistoryStore:
             pipe.zadd(keys.sessions, {plan.tag: plan.updated_at})
         prune_at = None
         if s.max_messages is not None or ttl:
-            prune_keys = [plan.list_key, plan.meta_key]
+            prune_keys = [plan.list_key, plan.meta_key, plan.blobs_key]
             if globals_here and s.key_list:
                 prune_keys.append(keys.key_list)
             scan = _GLOBAL_HEAD_SCAN if ttl else 0
@@ -770,7 +785,7 @@ class RedisHistoryStore:
     # -- delete ----------------------------------------------------------------------------------
 
     def _delete_args(self, tag: str) -> tuple[list[str], list[str]]:
-        keys = [self.keys.messages(tag), self.keys.meta(tag)]
+        keys = [self.keys.messages(tag), self.keys.meta(tag), self.keys.blobs(tag)]
         if not self.settings.cluster:
             keys.append(self.keys.sessions)
             if self.settings.key_list:
@@ -784,8 +799,13 @@ class RedisHistoryStore:
             for key in removed:
                 pipe.lrem(self.keys.key_list, 1, key)
 
+    def blob_count(self, session_id: str) -> int:
+        """How many distinct blobs (binary part data) the session keeps."""
+        key = self.keys.blobs(session_tag(session_id))
+        return int(self._run("count blobs", lambda c: c.hlen(key)))
+
     def delete(self, session_id: str) -> int:
-        """Delete a session (its hashes, list and meta, and its keys in the seed's list)."""
+        """Delete a session (its hashes, list, meta and blobs, and its keys in the seed's list)."""
         tag = session_tag(session_id)
         keys, args = self._delete_args(tag)
         token = self.cache.begin_write(session_id) if self.cache is not None else None
