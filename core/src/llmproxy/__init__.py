@@ -33,6 +33,7 @@ from llmproxy.errors import (
     RateLimited,
     StoreError,
     StreamInterrupted,
+    UnsupportedContent,
 )
 from llmproxy.history.base import HistoryRecord, HistoryStore, SessionInfo
 from llmproxy.history.handler import LLMMessageHandler
@@ -119,6 +120,7 @@ __all__ = [
     "Text",
     "TokensPerMinute",
     "ToolCall",
+    "UnsupportedContent",
     "Usage",
     "__version__",
     "hookimpl",
