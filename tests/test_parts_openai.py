@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from llmproxy import CallScope, Image, LLMBudget, Message, Proxy, UnsupportedContent
+from llmproxy import CallScope, Image, LLMBudget, Message, Part, Proxy, UnsupportedContent
 from llmproxy.tokens import PER_MESSAGE_OVERHEAD
 from llmproxy_openai import tokenizer
 from llmproxy_testing.fake_deepseek import FakeDeepSeek
@@ -26,6 +26,7 @@ def png(width: int, height: int) -> bytes:
 
 
 CAT = Image.from_bytes(png(1600, 1200))
+PROMPT: list[str | Part] = ["What is in this picture?", CAT]
 
 
 @pytest.fixture
@@ -47,7 +48,7 @@ def proxy(env: dict[str, str], deepseek: FakeDeepSeek) -> Iterator[Proxy]:
 
 def test_deepseek_refuses_an_image_before_sending(proxy: Proxy, deepseek: FakeDeepSeek) -> None:
     with pytest.raises(UnsupportedContent) as info:
-        proxy.chat(["What is in this picture?", CAT], model="deepseek/deepseek-flash")
+        proxy.chat(PROMPT, model="deepseek/deepseek-flash")
     assert info.value.provider == "deepseek"
     assert info.value.part == "messages[0].parts[1]"
     assert "deepseek" in str(info.value) and "messages[0].parts[1]" in str(info.value)
@@ -68,7 +69,7 @@ async def test_fallback_skips_to_a_model_that_takes_the_image(
     caplog: pytest.LogCaptureFixture,
     streamed: bool,
 ) -> None:
-    prompt = ["What is in this picture?", CAT]
+    prompt = PROMPT
     with caplog.at_level(logging.WARNING, logger="llmproxy"):
         if streamed:
             events = [
@@ -100,7 +101,7 @@ async def test_fallback_skips_to_a_model_that_takes_the_image(
 def test_budget_reserves_at_least_what_an_image_bills(
     proxy: Proxy, upstream: FakeOpenAI, caplog: pytest.LogCaptureFixture
 ) -> None:
-    prompt = ["What is in this picture?", CAT]
+    prompt = PROMPT
     with caplog.at_level(logging.WARNING, logger="llmproxy"):
         response = proxy.chat(prompt, model="openai/gpt-4o", max_output_tokens=50)
     billed = response.usage.input_tokens
