@@ -34,6 +34,7 @@ from llmproxy.errors import (
     SchemaError,
     StoreError,
     StreamInterrupted,
+    UnsupportedContent,
 )
 from llmproxy.history.base import HistoryRecord, HistoryStore, SessionInfo
 from llmproxy.history.handler import LLMMessageHandler
@@ -123,6 +124,7 @@ __all__ = [
     "Text",
     "TokensPerMinute",
     "ToolCall",
+    "UnsupportedContent",
     "Usage",
     "__version__",
     "hookimpl",

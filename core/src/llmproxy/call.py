@@ -444,11 +444,16 @@ class Call:
     def advance(self, error: BaseException) -> bool:
         """After ``error`` on this model (retries spent), aim at the next fallback model.
 
-        Only retryable failures (429, 5xx, timeouts, connection errors) fall back; a fallback
-        whose provider cannot be set up (no key) is skipped. Returns False when none is left.
-        The caller must have settled this model's reservation first.
+        Only retryable failures (429, 5xx, timeouts, connection errors) fall back, and a
+        content part this model's provider cannot take (an image sent to a text-only model:
+        :class:`~llmproxy.errors.UnsupportedContent`, raised before anything was sent); a
+        fallback whose provider cannot be set up (no key) is skipped. Returns False when none
+        is left. The caller must have settled this model's reservation first.
         """
-        if not isinstance(error, ProviderError) or not error.retryable:
+        from llmproxy.errors import UnsupportedContent  # only on a failure: not on the hot path
+
+        unsupported = isinstance(error, UnsupportedContent)
+        if not unsupported and (not isinstance(error, ProviderError) or not error.retryable):
             return False
         while self.fallbacks:
             name = self.fallbacks.pop(0)
@@ -458,10 +463,11 @@ class Call:
                 log.warning("skipping fallback %s: %s", name, exc)
                 continue
             log.warning(
-                "falling back from %s/%s to %s after: %s",
+                "falling back from %s/%s to %s %s: %s",
                 self.provider_name,
                 self.model,
                 name,
+                "because it cannot take a content part" if unsupported else "after",
                 error,
             )
             self._target(resolved)

@@ -7,10 +7,11 @@ and every message (and a provider error's ``detail``) is passed through
 keys), whatever echoed it.
 
 ``LLMProxyError``
-    ``ConfigError`` (``MissingCredentials``), ``InvalidRequest``, ``SchemaError``, ``PluginError``,
-    ``BudgetExceeded``, ``RateLimited``, ``StoreError``, ``ProviderError`` (``ProviderAuthError``,
-    ``ProviderBadRequest``, ``ProviderRateLimited``, ``ProviderUnavailable``, ``ProviderTimeout``,
-    ``ProviderConnectionError``, ``ProviderResponseError``, ``StreamInterrupted``).
+    ``ConfigError`` (``MissingCredentials``), ``InvalidRequest`` (``UnsupportedContent``),
+    ``SchemaError``, ``PluginError``, ``BudgetExceeded``, ``RateLimited``, ``StoreError``,
+    ``ProviderError`` (``ProviderAuthError``, ``ProviderBadRequest``, ``ProviderRateLimited``,
+    ``ProviderUnavailable``, ``ProviderTimeout``, ``ProviderConnectionError``,
+    ``ProviderResponseError``, ``StreamInterrupted``).
 """
 
 from __future__ import annotations
@@ -75,6 +76,20 @@ class SchemaError(LLMProxyError, ValueError):
         super().__init__(message)
         self.raw = raw
         self.errors = list(errors)
+
+
+class UnsupportedContent(InvalidRequest):
+    """A provider cannot take a content part of the request (an image sent to a text-only model).
+
+    ``provider`` names the provider, ``part`` the part's index path (``messages[1].parts[2]``).
+    Raised before anything is sent; a call with fallbacks moves on to its next model, which
+    may take the part.
+    """
+
+    def __init__(self, message: str, *, provider: str, part: str) -> None:
+        super().__init__(f"{provider}: {message}", field=part)
+        self.provider = provider
+        self.part = part
 
 
 class PluginError(LLMProxyError):

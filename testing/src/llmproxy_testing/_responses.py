@@ -25,7 +25,9 @@ the Chat Completions code. What the endpoint does, as the real API does it:
   ``incomplete`` with ``incomplete_details.reason = "max_output_tokens"`` and no function calls.
 * **Usage**: ``input_tokens = 3 + sum(words(item) + 3)`` over the input items and the
   instructions (a message's words are its text's, a call's its arguments', an output's its
-  output's; at least 1 each); ``output_tokens = max(1, words(reasoning) + words(text))``;
+  output's; at least 1 each), plus the ``input_image``, ``input_file`` and audio parts' tokens
+  (the fake's media rule, :mod:`llmproxy_testing._media`);
+  ``output_tokens = max(1, words(reasoning) + words(text))``;
   ``output_tokens_details.reasoning_tokens = words(reasoning)``; ``cached_tokens = 0``.
   ``Reply.usage`` overrides fields (nested mappings merged one level deep).
 * **Streams** (``stream: true``): ``response.created``, ``response.in_progress``, then per item
@@ -48,6 +50,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from . import _schema
+from ._media import content_media_tokens
 
 __all__ = [
     "HOSTED_TOOL_TYPES",
@@ -164,7 +167,8 @@ def input_tokens(body: Mapping[str, Any]) -> int:
     instructions = body.get("instructions")
     if isinstance(instructions, str) and instructions:
         texts.append(instructions)
-    return 3 + sum(max(1, _words(t)) + 3 for t in texts)
+    media = sum(content_media_tokens(item.get("content")) for item in input_items(body))
+    return 3 + sum(max(1, _words(t)) + 3 for t in texts) + media
 
 
 def default_text(body: Mapping[str, Any]) -> str:

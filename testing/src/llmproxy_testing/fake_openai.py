@@ -18,7 +18,11 @@ Token counting rule (deterministic, so tests can predict usage):
 * ``count_tokens(text) = max(1, len(text.split()))`` (whitespace-split words).
 * ``prompt_tokens = 3 + sum(count_tokens(message_text(m)) + 3 for m in messages)``
   where ``message_text`` is the string content, or the ``text`` parts of a
-  list content joined with spaces, or ``""`` (so an empty message counts 1).
+  list content joined with spaces, or ``""`` (so an empty message counts 1),
+  plus what its image, file and audio parts bill: an image ``85 + 170 * tiles``
+  (OpenAI's tile formula with gpt-4o's numbers; detail low: 85; a size the fake
+  cannot read: 1445), a file 1 token per 4 bytes (a ``file_id``: 1000), audio 10
+  per second of WAV, else 1 per 100 bytes (see :mod:`llmproxy_testing._media`).
 * ``completion_tokens = max(1, words(reasoning) + words(content))`` counted
   after truncation; tool calls add nothing.
   ``completion_tokens_details.reasoning_tokens = words(reasoning)``;
@@ -84,6 +88,7 @@ from ._http import (
     stream_cut,
     wait_released,
 )
+from ._media import content_media_tokens
 
 __all__ = [
     "DEFAULT_MODELS",
@@ -213,10 +218,13 @@ def prompt_tokens(messages: Sequence[Mapping[str, Any]]) -> int:
         messages: The request's ``messages``.
 
     Returns:
-        ``3 + sum(count_tokens(message_text(m)) + 3 for m in messages)``.
+        ``3 + sum(count_tokens(message_text(m)) + 3 for m in messages)``, plus the
+        image, file and audio parts' tokens (see the module's rule).
 
     """
-    return 3 + sum(count_tokens(message_text(m)) + 3 for m in messages)
+    return 3 + sum(
+        count_tokens(message_text(m)) + 3 + content_media_tokens(m.get("content")) for m in messages
+    )
 
 
 def mask_api_key(key: str) -> str:

@@ -19,6 +19,10 @@ tree) with DeepSeek's differences:
   Proxy validates the answer.
 - Usage: ``prompt_cache_hit_tokens`` become ``cached_input_tokens`` (billed at the cache-hit
   price) and ``completion_tokens_details.reasoning_tokens`` become ``reasoning_tokens``.
+- Content: DeepSeek takes text only. A message whose parts are all text is sent as its text; an
+  image, document or audio part is an :class:`~llmproxy.errors.UnsupportedContent` naming the
+  provider and the part (``messages[1].parts[2]``), raised before anything is sent, so a call
+  with fallbacks moves on to a model that takes it.
 - Token estimates: no DeepSeek tokenizer is bundled (nothing may be downloaded at run time), so
   input is bounded by UTF-8 bytes. DeepSeek's tokenizer is byte-level BPE, which never makes
   more tokens than bytes, so the bound is never below DeepSeek's count; budgets reserve from it
@@ -30,8 +34,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
+import attrs
+
 from llmproxy import env as envvars
-from llmproxy.errors import MissingCredentials
+from llmproxy.errors import MissingCredentials, UnsupportedContent
 from llmproxy.registry import ProviderSettings
 from llmproxy.secret import Secret
 from llmproxy.structured import schema_instructions
@@ -41,19 +47,41 @@ from llmproxy.tokens import (
     messages_upper_bound,
     text_upper_bound,
 )
-from llmproxy.types import ChatRequest, Message, ResponseSchema
+from llmproxy.types import ChatRequest, Message, ResponseSchema, Text
 from llmproxy_deepseek import env, models
 from llmproxy_openai.provider import OpenAIProvider, message_to_wire
 
 
-def deepseek_message(m: Message) -> dict[str, Any]:
+def refuse_parts(m: Message, where: str = "message", provider: str = "deepseek") -> None:
+    """Raise :class:`UnsupportedContent` for the first part of ``m`` that is not text.
+
+    ``where`` names the message (``messages[1]``); the error names the part under it.
+    """
+    for index, part in enumerate(m.parts):
+        if not isinstance(part, Text):
+            path = f"{where}.parts[{index}]"
+            raise UnsupportedContent(
+                f"{path} is an {type(part).__name__.lower()}, and DeepSeek takes text only;"
+                " send it to a model that takes it (a fallback such as openai/gpt-4o-mini)",
+                provider=provider,
+                part=path,
+            )
+
+
+def deepseek_message(m: Message, where: str = "message") -> dict[str, Any]:
     """Return DeepSeek's wire form of a message: OpenAI's, plus reasoning where DeepSeek needs it.
+
+    A message with parts goes out as its text (DeepSeek takes text only); a non-text part is
+    an :class:`UnsupportedContent` (see :func:`refuse_parts`).
 
     >>> from llmproxy.types import ToolCall
     >>> deepseek_message(Message("assistant", tool_calls=(ToolCall("c1", "f"),), reasoning="r"))[
     ...     "reasoning_content"]
     'r'
     """
+    if m.parts:
+        refuse_parts(m, where)
+        m = attrs.evolve(m, parts=())
     out = message_to_wire(m)
     if m.role == "assistant" and m.tool_calls:
         out["reasoning_content"] = m.reasoning or ""
@@ -75,9 +103,10 @@ def count_messages(messages: Sequence[Message]) -> int:
     """Return an upper bound on the input tokens DeepSeek counts for ``messages``.
 
     The core's byte bound, plus what this provider sends beyond it: the reasoning passed back
-    on tool-call turns and the ids that tie tool results to their calls.
+    on tool-call turns and the ids that tie tool results to their calls. Parts count as their
+    text: DeepSeek is never sent anything else (:func:`refuse_parts`).
     """
-    total = messages_upper_bound(messages)
+    total = messages_upper_bound([attrs.evolve(m, parts=()) if m.parts else m for m in messages])
     for m in messages:
         if m.role == "assistant" and m.tool_calls:
             total += PER_MESSAGE_OVERHEAD + text_upper_bound(m.reasoning or "")
@@ -142,18 +171,23 @@ class DeepSeekProvider(OpenAIProvider):
         )
 
     def params(self, request: ChatRequest) -> dict[str, Any]:
-        """Chat Completions' arguments, as OpenAI's, without ``parallel_tool_calls``.
+        """Chat Completions' arguments, as OpenAI's, after refusing any part DeepSeek cannot take.
 
-        DeepSeek documents no switch for parallel tool calls (the model may make several
-        calls in one turn): an OpenAI client's ``parallel_tool_calls`` is dropped, not sent.
+        The refusal (:class:`UnsupportedContent`) names this provider and the part's index
+        path; nothing has been sent. DeepSeek documents no switch for parallel tool calls (the
+        model may make several calls in one turn): an OpenAI client's ``parallel_tool_calls``
+        is dropped, not sent.
         """
+        for index, m in enumerate(request.messages):
+            if m.parts:
+                refuse_parts(m, f"messages[{index}]", self.name)
         params = super().params(request)
         params.pop("parallel_tool_calls", None)
         return params
 
-    def wire_message(self, m: Message) -> dict[str, Any]:
+    def wire_message(self, m: Message, where: str = "message") -> dict[str, Any]:
         """Return DeepSeek's wire form of a message (see :func:`deepseek_message`)."""
-        return deepseek_message(m)
+        return deepseek_message(m, where)
 
     def ask_for_json(self, params: dict[str, Any], schema: ResponseSchema) -> None:
         """Ask for JSON that fits ``schema``: JSON mode, with the schema in the instructions.

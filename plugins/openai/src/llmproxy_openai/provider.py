@@ -79,7 +79,7 @@ from llmproxy.types import (
     ToolCall,
     Usage,
 )
-from llmproxy_openai import env, models, responses, tokenizer
+from llmproxy_openai import env, models, parts, responses, tokenizer
 from llmproxy_openai.direct import DirectSession, Prepared, error_message, message_in
 from llmproxy_openai.responses import wire_schema
 
@@ -196,9 +196,14 @@ def function_tool_to_wire(tool: Tool) -> dict[str, Any]:
     }
 
 
-def message_to_wire(m: Message) -> dict[str, Any]:
-    """Return the Chat Completions form of a message."""
-    out: dict[str, Any] = {"role": m.role, "content": m.content}
+def message_to_wire(m: Message, where: str = "message") -> dict[str, Any]:
+    """Return the Chat Completions form of a message.
+
+    A message with parts (images, documents, audio) gets a list ``content`` in the parts' order
+    (see :mod:`llmproxy_openai.parts`); ``where`` names the message in errors (``messages[1]``).
+    """
+    content = parts.chat_content(m, where) if m.parts else m.content
+    out: dict[str, Any] = {"role": m.role, "content": content}
     if m.name:
         out["name"] = m.name
     if m.tool_calls:
@@ -408,9 +413,12 @@ class OpenAIProvider:
 
     # -- requests ----------------------------------------------------------------------------------
 
-    def wire_message(self, m: Message) -> dict[str, Any]:
-        """Return the wire form of one message (:func:`message_to_wire`; subclasses extend it)."""
-        return message_to_wire(m)
+    def wire_message(self, m: Message, where: str = "message") -> dict[str, Any]:
+        """Return the wire form of one message (:func:`message_to_wire`; subclasses extend it).
+
+        ``where`` names the message in errors about its parts (``messages[1]``).
+        """
+        return message_to_wire(m, where)
 
     def params(self, request: ChatRequest) -> dict[str, Any]:
         """Return the keyword arguments of ``chat.completions.create`` for a request.
@@ -422,7 +430,10 @@ class OpenAIProvider:
         wire = self.wire_message
         params: dict[str, Any] = {
             "model": request.model,
-            "messages": [wire(m) for m in request.messages],
+            "messages": [
+                wire(m, f"messages[{i}]") if m.parts else wire(m)
+                for i, m in enumerate(request.messages)
+            ],
         }
         if request.tools or request.tool_choice is not None:
             functions, hosted = split_tools(request.tools)

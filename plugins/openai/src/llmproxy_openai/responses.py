@@ -50,6 +50,7 @@ from llmproxy.types import (
     ToolCall,
     Usage,
 )
+from llmproxy_openai.parts import responses_content
 
 __all__ = [
     "ResponsesStreamReader",
@@ -102,12 +103,15 @@ def input_items(messages: Sequence[Message]) -> tuple[str | None, list[dict[str,
     """
     system: list[str] = []
     items: list[dict[str, Any]] = []
-    for m in messages:
+    for index, m in enumerate(messages):
+        # A message with parts: the user's in input_* parts, the others' text (a non-text part
+        # on them is refused here, naming it).
+        content = responses_content(m, f"messages[{index}]") if m.parts else m.content
         if m.role == "system":
             if m.content:
                 system.append(m.content)
         elif m.role == "user":
-            items.append({"type": "message", "role": "user", "content": m.content})
+            items.append({"type": "message", "role": "user", "content": content})
         elif m.role == "assistant":
             if m.content or not m.tool_calls:
                 items.append({"type": "message", "role": "assistant", "content": m.content})

@@ -4,18 +4,37 @@ The tokenizer tables ship inside the ``bpe-openai`` wheel, so nothing is downloa
 (tiktoken would fetch its files on first use). Models with an unknown tokenizer fall back to the
 core's byte-count upper bound. Chat formatting adds a few tokens per message, counted as OpenAI
 documents it.
+
+Content parts are counted by what OpenAI publishes ("Images and vision: calculating costs",
+platform.openai.com/docs/guides/images-vision): an image by its model family's formula
+(:data:`TILE_MODELS`, :data:`PATCH_MODELS`; see :func:`image_tokens`), the worst case of the
+family when its size is unknown and of every family for a model not listed; a PDF per page, its
+text and an image of the page ("File inputs": OpenAI extracts both), at most 100 pages; audio
+per second (:data:`llmproxy.tokens.AUDIO_TOKENS_PER_SECOND`).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any, Final
 
-from llmproxy.tokens import InputMargin, messages_upper_bound, text_upper_bound
-from llmproxy.types import Message
+from llmproxy.tokens import (
+    IMAGE_UNKNOWN_TOKENS,
+    MAX_PATCHES,
+    MAX_TILES,
+    InputMargin,
+    audio_upper_bound,
+    document_upper_bound,
+    messages_upper_bound,
+    patch_tokens,
+    text_upper_bound,
+    tile_tokens,
+)
+from llmproxy.types import Audio, Document, Image, Message, Part, Text
 from llmproxy_openai.models import encoding_name
 
 _encodings: dict[str, Any] = {}
@@ -163,8 +182,103 @@ def input_margin(model: str) -> InputMargin:
     return BOUND_MARGIN if encoding_name(model) is None else EXACT_MARGIN
 
 
+#: Tile models: (base, per 512-px tile), as OpenAI publishes them. A model matches a family
+#: when its name is the family's or starts with it and a dash (``gpt-4o-2024-08-06``); the
+#: longest family wins.
+TILE_MODELS: Final[dict[str, tuple[int, int]]] = {
+    "gpt-5": (70, 140),
+    "gpt-5-chat-latest": (70, 140),
+    "gpt-4o": (85, 170),
+    "gpt-4.1": (85, 170),
+    "gpt-4.5": (85, 170),
+    "gpt-4o-mini": (2833, 5667),
+    "o1": (75, 150),
+    "o1-pro": (75, 150),
+    "o3": (75, 150),
+    "computer-use-preview": (65, 129),
+}
+#: Patch models: the multiplier of their 32-px patches.
+PATCH_MODELS: Final[dict[str, float]] = {
+    "gpt-5-mini": 1.62,
+    "gpt-5-nano": 2.46,
+    "gpt-4.1-mini": 1.62,
+    "gpt-4.1-nano": 2.46,
+    "o4-mini": 1.72,
+}
+_FAMILIES: Final = sorted((*TILE_MODELS, *PATCH_MODELS), key=len, reverse=True)
+#: Pages OpenAI takes from the files of one request.
+MAX_PAGES: Final = 100
+#: Tokens around each part of a message with parts (its type marker).
+PER_PART: Final = 1
+
+
+def image_family(model: str) -> str | None:
+    """The published family ``model`` belongs to (see :data:`TILE_MODELS`), or None.
+
+    >>> image_family("gpt-4o-mini-2024-07-18"), image_family("gpt-5.4-mini")
+    ('gpt-4o-mini', None)
+    """
+    name = model.rsplit("/", 1)[-1]
+    for family in _FAMILIES:
+        if name == family or name.startswith(family + "-"):
+            return family
+    return None
+
+
+def image_worst(model: str) -> int:
+    """The most an image of any size costs on ``model`` (every family's worst when unlisted)."""
+    family = image_family(model)
+    if family in TILE_MODELS:
+        base, per_tile = TILE_MODELS[family]
+        return base + MAX_TILES * per_tile
+    if family in PATCH_MODELS:
+        return math.ceil(MAX_PATCHES * PATCH_MODELS[family])
+    return IMAGE_UNKNOWN_TOKENS
+
+
+def image_tokens(
+    model: str, width: int | None, height: int | None, detail: str | None = None
+) -> int:
+    """What OpenAI bills for an image on ``model``, or a bound when that is not known.
+
+    Tile families: :func:`~llmproxy.tokens.tile_tokens` with the family's numbers (``low``
+    detail: the base); patch families: :func:`~llmproxy.tokens.patch_tokens` with its
+    multiplier. Unknown size: the family's worst (:func:`image_worst`; ``low`` on a tile
+    family: its base). A model in no published family: the largest of every family's count.
+
+    >>> image_tokens("gpt-4o", 1024, 1024, "high"), image_tokens("gpt-4.1-mini", 1024, 1024)
+    (765, 1659)
+    """
+    family = image_family(model)
+    if width is None or height is None or width <= 0 or height <= 0:
+        if family in TILE_MODELS and detail == "low":
+            return TILE_MODELS[family][0]
+        return IMAGE_UNKNOWN_TOKENS if family is None else image_worst(family)
+    if family is None:
+        return max(image_tokens(f, width, height) for f in _FAMILIES)
+    if family in PATCH_MODELS:
+        return patch_tokens(width, height, PATCH_MODELS[family])
+    base, per_tile = TILE_MODELS[family]
+    return tile_tokens(width, height, base, per_tile, detail)
+
+
+def part_tokens(part: Part, model: str) -> int:
+    """An upper bound on what OpenAI bills for a non-text part on ``model``."""
+    if isinstance(part, Image):
+        return image_tokens(model, part.width, part.height, part.detail)
+    if isinstance(part, Document):
+        return document_upper_bound(part, image_worst(model), MAX_PAGES)
+    if isinstance(part, Audio):
+        return audio_upper_bound(part)
+    raise TypeError(f"not a non-text part: {type(part).__name__}")
+
+
 def count_messages(messages: Sequence[Message], model: str) -> int:
-    """Count the input tokens of a chat request made of ``messages``."""
+    """Count the input tokens of a chat request made of ``messages``.
+
+    A message with parts counts each text part and :data:`PER_PART` for each part, and an
+    upper bound for each image, document and audio part (:func:`part_tokens`).
+    """
     name = encoding_name(model)
     if name is None:
         return messages_upper_bound(messages)
@@ -172,7 +286,14 @@ def count_messages(messages: Sequence[Message], model: str) -> int:
     total = REPLY_PRIMING
     for m in messages:
         total += PER_MESSAGE
-        if m.content:
+        if m.parts:
+            for part in m.parts:
+                total += PER_PART
+                if isinstance(part, Text):
+                    total += count(name, part.text) if part.text else 0
+                else:
+                    total += part_tokens(part, model)
+        elif m.content:
             total += count(name, m.content)
         if m.name:
             total += PER_NAME + count(name, m.name)
