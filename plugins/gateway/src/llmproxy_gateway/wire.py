@@ -379,7 +379,8 @@ def _part(part: Any, where: str, role: str) -> Part:
         return Text(text)
     if kind in ("image_url", "file", "input_audio") and role != "user":
         raise bad_request(
-            f"{where}.type: a {role} message takes text parts only ({kind} parts go in user messages)",
+            f"{where}.type: a {role} message takes text parts only ({kind} parts go in user"
+            " messages)",
             f"{where}.type",
         )
     if kind == "image_url":
