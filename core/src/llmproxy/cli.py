@@ -15,13 +15,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
+from llmproxy import media
 from llmproxy.budget.base import Claim, ListableLedger
 from llmproxy.budget.routed import shared_ledger
-from llmproxy.errors import ConfigError, LLMProxyError
+from llmproxy.errors import ConfigError, InvalidRequest, LLMProxyError
 from llmproxy.plugins import load_plugins
 from llmproxy.proxy import Proxy
 from llmproxy.structured import parse_schema_spec
-from llmproxy.types import ChatResponse, Usage
+from llmproxy.types import MAX_PART_BYTES, Audio, ChatResponse, Document, Image, Part, Usage
 
 
 class _Parser(argparse.ArgumentParser):
@@ -62,6 +63,15 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         help="send an answer that does not fit the schema back this many times (default 0)",
+    )
+    chat.add_argument(
+        "-a",
+        "--attach",
+        action="append",
+        default=[],
+        metavar="PATH_OR_URL",
+        help="attach a file (an image, a PDF or audio, told apart by its bytes) or an https://"
+        " image URL; repeatable",
     )
 
     sub.add_parser("plugins", help="list discovered plugins and what they register")
@@ -133,9 +143,60 @@ def _read_schema(value: str) -> dict[str, Any]:
     return schema
 
 
+_ACCEPTED = (
+    "an image (PNG, JPEG, GIF, WebP), a PDF or audio (WAV, MP3, FLAC, Ogg) file, or an https://"
+    " image URL"
+)
+
+
+def attachment(arg: str) -> Part:
+    """The part ``llmproxy chat -a ARG`` attaches; a bad one is an InvalidRequest naming it.
+
+    An ``https://`` URL is an image the provider fetches (URLs are images); anything else is a
+    file, read and told apart by its bytes (not its name): an image, a PDF or audio.
+    """
+    where = f"-a {arg}"
+    if "://" in arg:
+        if not arg.startswith("https://"):
+            raise InvalidRequest(f"{where}: a URL must be https:// (an image URL)", field="-a")
+        return Image(url=arg)
+    path = Path(arg)
+    try:
+        size = path.stat().st_size
+        if size > MAX_PART_BYTES:
+            raise InvalidRequest(
+                f"{where}: the file is {size:,} bytes, more than a part may carry"
+                f" ({MAX_PART_BYTES:,})",
+                field="-a",
+            )
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InvalidRequest(
+            f"{where}: cannot read the file: {exc.strerror or exc}", field="-a"
+        ) from None
+    kind = media.sniff(data[:64])
+    try:
+        if kind in media.IMAGE_TYPES:
+            return Image(data=data)
+        if kind == "application/pdf":
+            return Document(data=data, filename=path.name)
+        if kind is not None and media.audio_format(kind) is not None:
+            return Audio(data)
+    except InvalidRequest as exc:
+        raise InvalidRequest(f"{where}: {exc}", field="-a") from None
+    found = "the file is empty" if not data else "its bytes are no image, PDF or audio"
+    raise InvalidRequest(f"{where}: {found}; attach {_ACCEPTED}", field="-a")
+
+
+def chat_prompt(text: str, attachments: Sequence[Part]) -> str | list[str | Part]:
+    """What ``llmproxy chat`` sends: the text, followed by its attachments when there are any."""
+    return [text, *attachments] if attachments else text
+
+
 def _chat(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    attachments = [attachment(a) for a in args.attach]
     proxy = Proxy.from_env()
-    prompt = _read_prompt(args.prompt, sys.stdin)
+    prompt = chat_prompt(_read_prompt(args.prompt, sys.stdin), attachments)
     kwargs = {
         "model": args.model,
         "system": args.system,

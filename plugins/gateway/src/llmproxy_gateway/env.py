@@ -12,7 +12,9 @@ Variable                          Meaning
                                   wins). More than one needs the ledger, history, usage log and key
                                   store in files or Redis, not ``memory://``.
 ``LLMPROXY_GATEWAY_MAX_BODY``     The largest request body accepted, in bytes (default 33554432,
-                                  32 MiB); a larger one is answered 413 before it is read.
+                                  32 MiB: one content part of the largest size, 20 MiB as 26.7
+                                  MiB of base64, and 5 MiB besides); a larger one is answered
+                                  413 before it is read.
 ================================  ==================================================================
 
 Limits that keep one client from holding up the others (each a whole number >= 1, seconds may

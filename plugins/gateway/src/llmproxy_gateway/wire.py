@@ -7,19 +7,32 @@ are built from pre-encoded bytes around one ``json.dumps`` of the text delta.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import math
 import re
 import time
 import uuid
-from collections.abc import Mapping, Sequence
-from typing import Any, Final
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Final, TypeVar
 
 from attrs import frozen
 
 from llmproxy.errors import InvalidRequest
 from llmproxy.tools import ClientTool
-from llmproxy.types import ChatResponse, Message, ToolCall, Usage
+from llmproxy.types import (
+    MAX_PART_BYTES,
+    Audio,
+    ChatResponse,
+    Document,
+    Image,
+    Message,
+    Part,
+    Text,
+    ToolCall,
+    Usage,
+)
 from llmproxy_gateway import env
 from llmproxy_gateway.errors import HTTPError, bad_request
 
@@ -233,25 +246,168 @@ class ChatCall:
     kwargs: dict[str, Any]
 
 
-def _content(value: Any, where: str) -> str:
+_PART_KINDS: Final = "text, image_url, file, input_audio"
+_DETAILS: Final = ("auto", "low", "high")
+# base64 characters a part of MAX_PART_BYTES takes, with padding: longer is refused undecoded.
+_MAX_BASE64: Final = 4 * -(-MAX_PART_BYTES // 3)
+_DATA_URL: Final = re.compile(
+    r"data:([\w.+-]+/[\w.+-]+)?((?:;[\w.+-]+=[\w.+-]+)*);base64,", re.ASCII
+)
+
+
+def _decode(value: str, where: str, what: str) -> tuple[bytes, str | None]:
+    """``value`` (a ``data:...;base64,`` URL or bare base64) as bytes and its declared type.
+
+    Over :data:`~llmproxy.types.MAX_PART_BYTES` is refused before it is decoded; base64 must
+    be strict (no whitespace, the standard alphabet, padded).
+    """
+    declared: str | None = None
+    start = 0
+    if value.startswith("data:"):
+        head = _DATA_URL.match(value)
+        if head is None:
+            raise bad_request(
+                f"{where}: {what} is a data: URL that is not base64; send"
+                " data:<media type>;base64,<data>",
+                where,
+            )
+        declared, start = head.group(1), head.end()
+    if len(value) - start > _MAX_BASE64:
+        raise _too_big(where, what, (len(value) - start) * 3 // 4)
+    try:
+        data = base64.b64decode(value[start:], validate=True)
+    except (binascii.Error, ValueError):
+        raise bad_request(f"{where}: {what} is not valid base64", where) from None
+    if len(data) > MAX_PART_BYTES:
+        raise _too_big(where, what, len(data))
+    return data, declared
+
+
+def _too_big(where: str, what: str, size: int) -> HTTPError:
+    return bad_request(
+        f"{where}: {what} is {size:,} bytes, more than a part may carry ({MAX_PART_BYTES:,});"
+        " upload it to the provider's file API and send its file_id",
+        where,
+    )
+
+
+def _string(part: Mapping[str, Any], name: str, where: str, *, required: bool = True) -> Any:
+    value = part.get(name)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or (required and not value):
+        raise bad_request(f"{where}.{name} must be a non-empty string", f"{where}.{name}")
+    return value
+
+
+def _object(part: Mapping[str, Any], name: str, where: str) -> Mapping[str, Any]:
+    value = part.get(name)
+    if not isinstance(value, Mapping):
+        raise bad_request(f"{where}.{name} must be an object", f"{where}.{name}")
+    return value
+
+
+_T = TypeVar("_T")
+
+
+def _made(build: Callable[[], _T], where: str, fields: Mapping[str | None, str]) -> _T:
+    """``build()``; its InvalidRequest (bad bytes, format, size) as a 400.
+
+    ``fields`` maps the core's field names to the wire's (``where`` prefixed), for ``param``.
+    """
+    try:
+        return build()
+    except InvalidRequest as exc:
+        param = f"{where}.{fields.get(exc.field) or fields[None]}"
+        raise bad_request(f"{param}: {exc}", param) from None
+
+
+def _image(part: Mapping[str, Any], where: str) -> Image:
+    image = _object(part, "image_url", where)
+    where += ".image_url"
+    url = _string(image, "url", where)
+    detail = image.get("detail")
+    if detail is not None and detail not in _DETAILS:
+        raise bad_request(
+            f"{where}.detail must be auto, low or high, got {detail!r}", f"{where}.detail"
+        )
+    fields = {None: "url", "detail": "detail"}
+    if url.startswith("data:"):
+        data, _declared = _decode(url, f"{where}.url", "the image")
+        # The media type is read from the bytes (as the core does for files), not trusted.
+        return _made(lambda: Image(data=data, detail=detail), where, fields)
+    if url.startswith("https://"):
+        return _made(lambda: Image(url=url, detail=detail), where, fields)
+    raise bad_request(
+        f"{where}.url must be an https:// URL or a data:image/...;base64, URL", f"{where}.url"
+    )
+
+
+def _file(part: Mapping[str, Any], where: str) -> Document:
+    file = _object(part, "file", where)
+    where += ".file"
+    filename = _string(file, "filename", where, required=False)
+    if (file.get("file_id") is None) == (file.get("file_data") is None):
+        raise bad_request(f"{where} needs exactly one of file_data or file_id", where)
+    if file.get("file_id") is not None:
+        file_id = _string(file, "file_id", where)
+        return _made(lambda: Document(file_id=file_id, filename=filename), where, {None: "file_id"})
+    data, declared = _decode(_string(file, "file_data", where), f"{where}.file_data", "the file")
+    media_type = declared or "application/pdf"
+    return _made(
+        lambda: Document(data=data, media_type=media_type, filename=filename),
+        where,
+        {None: "file_data"},
+    )
+
+
+def _audio(part: Mapping[str, Any], where: str) -> Audio:
+    audio = _object(part, "input_audio", where)
+    where += ".input_audio"
+    fmt = _string(audio, "format", where, required=False)
+    data, _declared = _decode(_string(audio, "data", where), f"{where}.data", "the audio")
+    return _made(lambda: Audio(data, fmt), where, {None: "data", "format": "format"})
+
+
+def _part(part: Any, where: str, role: str) -> Part:
+    if not isinstance(part, Mapping):
+        raise bad_request(f"{where} must be an object with a 'type'", where)
+    kind = part.get("type")
+    if kind == "text":
+        text = part.get("text")
+        if not isinstance(text, str):
+            raise bad_request(f"{where}.text must be a string", f"{where}.text")
+        return Text(text)
+    if kind in ("image_url", "file", "input_audio") and role != "user":
+        raise bad_request(
+            f"{where}.type: a {role} message takes text parts only ({kind} parts go in user"
+            " messages)",
+            f"{where}.type",
+        )
+    if kind == "image_url":
+        return _image(part, where)
+    if kind == "file":
+        return _file(part, where)
+    if kind == "input_audio":
+        return _audio(part, where)
+    raise bad_request(f"{where}.type must be one of {_PART_KINDS}; got {kind!r}", f"{where}.type")
+
+
+def _content(value: Any, where: str, role: str) -> str | list[Part]:
+    """A message's content: a string, or its parts when it has more than text.
+
+    A list of text parts only is joined into one string, as before parts were taken.
+    """
     if value is None:
         return ""
     if isinstance(value, str):
         return value
     if isinstance(value, list):
-        texts: list[str] = []
-        for index, part in enumerate(value):
-            if isinstance(part, Mapping) and part.get("type") == "text":
-                text = part.get("text")
-                if isinstance(text, str):
-                    texts.append(text)
-                    continue
-            raise bad_request(
-                f"{where}.content[{index}]: only text parts are supported by this gateway",
-                f"{where}.content",
-            )
-        return "".join(texts)
-    raise bad_request(f"{where}.content must be a string or a list of text parts", where)
+        parts = [_part(p, f"{where}.content[{i}]", role) for i, p in enumerate(value)]
+        if all(isinstance(p, Text) for p in parts):
+            return "".join(p.text for p in parts if isinstance(p, Text))
+        return parts
+    raise bad_request(f"{where}.content must be a string or a list of content parts", where)
 
 
 def _tool_calls(value: Any, where: str, max_depth: int) -> tuple[ToolCall, ...]:
@@ -289,14 +445,16 @@ def _message(item: Any, index: int, max_depth: int) -> Message:
         )
     name = item.get("name")
     tool_call_id = item.get("tool_call_id")
+    content = _content(item.get("content"), where, role)
+    fields: dict[str, Any] = {
+        "name": name if isinstance(name, str) else None,
+        "tool_calls": _tool_calls(item.get("tool_calls"), where, max_depth),
+        "tool_call_id": tool_call_id if isinstance(tool_call_id, str) else None,
+    }
     try:
-        return Message(
-            role,  # type: ignore[arg-type]
-            _content(item.get("content"), where),
-            name=name if isinstance(name, str) else None,
-            tool_calls=_tool_calls(item.get("tool_calls"), where, max_depth),
-            tool_call_id=tool_call_id if isinstance(tool_call_id, str) else None,
-        )
+        if isinstance(content, list):
+            return Message.with_parts(role, content, **fields)  # type: ignore[arg-type]
+        return Message(role, content, **fields)  # type: ignore[arg-type]
     except InvalidRequest as exc:
         raise bad_request(f"{where}: {exc}", where) from None
 
