@@ -13,6 +13,8 @@ bad body, ``InvalidRequest``,      400     ``invalid_request_error``     ``inval
 ``ProviderBadRequest``             the upstream's 4xx (else 400)         ``upstream_bad_request``
 ``ProviderTimeout``                504     ``server_error``              ``upstream_timeout``
 other ``ProviderError``            502     ``server_error``              ``upstream_error``
+``SchemaError`` (answer off the    502     ``server_error``              ``schema_mismatch``
+``response_format`` schema)
 ``StoreError``                     503     ``server_error``              ``store_unavailable``
 anything else                      500     ``server_error``              ``internal_error``
 =================================  ======  ============================  =========================
@@ -37,6 +39,7 @@ from llmproxy.errors import (
     ProviderRateLimited,
     ProviderTimeout,
     RateLimited,
+    SchemaError,
     StoreError,
 )
 from llmproxy.secret import scrub
@@ -147,6 +150,10 @@ def from_exception(exc: BaseException, *, now: float | None = None) -> HTTPError
         return HTTPError(504, str(exc), type="server_error", code="upstream_timeout")
     if isinstance(exc, ProviderError):
         return HTTPError(502, str(exc), type="server_error", code="upstream_error")
+    if isinstance(exc, SchemaError):
+        # The upstream answered, but not in the shape the client asked for: a bad gateway
+        # answer, not the client's fault; the message says what did not fit.
+        return HTTPError(502, str(exc), type="server_error", code="schema_mismatch")
     if isinstance(exc, StoreError):
         return HTTPError(503, str(exc), type="server_error", code="store_unavailable")
     return HTTPError(

@@ -608,10 +608,37 @@ def parse(body: bytes, limits: BodyLimits | None = None) -> ChatCall:
     for name, value in data.items():
         if name in PASSTHROUGH and value is not None:
             kwargs[name] = _passthrough(name, value, limits)
+    schema = _json_schema(kwargs.get("response_format"))
+    if schema is not None:
+        # Structured output through the Proxy, so every provider is asked in its own way
+        # (OpenAI's strict json_schema, Gemini's response_json_schema, DeepSeek's JSON mode)
+        # and the answer is checked against the schema before it is returned.
+        del kwargs["response_format"]
+        kwargs["schema"] = schema
     end_user = data.get("user")
     if isinstance(end_user, str) and end_user:
         kwargs["tags"] = {"end_user": end_user}
     return ChatCall(messages, model, bool(stream), include_usage, kwargs)
+
+
+def _json_schema(response_format: Any) -> dict[str, Any] | None:
+    """The JSON schema a ``response_format`` of type ``json_schema`` asks for, else None.
+
+    ``{"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}}`` becomes the
+    Proxy's ``schema=``; other types (``text``, ``json_object``) pass through as they are.
+    """
+    if not isinstance(response_format, Mapping) or response_format.get("type") != "json_schema":
+        return None
+    spec = response_format.get("json_schema")
+    if not isinstance(spec, Mapping) or not isinstance(spec.get("schema"), Mapping):
+        raise bad_request(
+            "'response_format.json_schema.schema' must be a JSON schema object",
+            "response_format",
+        )
+    schema = dict(spec["schema"])
+    if isinstance(spec.get("name"), str) and "title" not in schema:
+        schema["title"] = spec["name"]
+    return schema
 
 
 def usage_json(usage: Usage) -> dict[str, Any]:
