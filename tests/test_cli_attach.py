@@ -102,7 +102,11 @@ def test_chat_with_a_png_and_a_pdf_attached(
     assert result.stdout.startswith("Echo: ")
     requests = chat_requests(upstream)
     assert len(requests) == 1
-    assert "Describe these" in str(requests[0]["messages"][-1]["content"])
+    content = requests[0]["messages"][-1]["content"]
+    assert [part["type"] for part in content] == ["text", "image_url", "file"]
+    assert content[0]["text"] == "Describe these"
+    assert content[1]["image_url"]["url"].startswith("data:image/png;base64,")
+    assert content[2]["file"]["file_data"].startswith("data:application/pdf;base64,")
 
 
 def test_an_attachment_that_cannot_be_read_is_one_line_and_sends_nothing(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,8 +25,10 @@ from llmproxy.history.memory import MemoryHistoryStore
 from llmproxy.history.sqlite import SQLiteHistoryStore
 from llmproxy.plugins import Plugins
 from llmproxy.registry import RegisterProvider
+from llmproxy_testing.fake_openai import FakeOpenAI
 from llmproxy_testing.parts import png
 from llmproxy_testing.redis_fixtures import redis_server, redis_url
+from tests.conftest import chat_requests
 
 __all__ = ["redis_server", "redis_url"]  # fixtures
 
@@ -133,3 +136,19 @@ async def test_async_and_streamed_calls_store_parts_too(stores: StoreMaker) -> N
     (user, assistant) = stores().load("a")
     assert user.message.parts[1] == image
     assert assistant.content == "A cat."
+
+
+def test_the_next_turn_sends_the_stored_image_upstream(
+    make_proxy: Any, upstream: FakeOpenAI
+) -> None:
+    """Through the OpenAI provider: the history's image goes out again on the next turn."""
+    proxy = make_proxy()
+    image = Image.from_bytes(png(8, 8))
+    proxy.chat(["What is this?", image], session_id="seen")
+    proxy.chat("And its colour?", session_id="seen")
+    first = chat_requests(upstream)[1]["messages"][0]
+    assert first["role"] == "user"
+    assert first["content"] == [
+        {"type": "text", "text": "What is this?"},
+        {"type": "image_url", "image_url": {"url": image.data_url()}},
+    ]

@@ -364,7 +364,10 @@ def test_an_image_through_the_gateway_process_reaches_the_fake_upstream(
     assert reply.choices[0].message.content
     bodies = chat_bodies(upstream)
     assert len(bodies) == sent + 1
-    assert "What is in this picture?" in str(bodies[-1]["messages"][-1]["content"])
+    assert bodies[-1]["messages"][-1]["content"] == [
+        {"type": "text", "text": "What is in this picture?"},
+        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{b64(PNG)}"}},
+    ]
 
 
 def test_a_body_limit_smaller_than_a_part_is_413(gateway: GatewayProcess) -> None:
