@@ -24,6 +24,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 import urllib.request
 import weakref
 from collections.abc import Iterator, Sequence
@@ -243,7 +244,7 @@ class _Database:
         except sqlite3.Error as exc:
             raise self.error(exc) from exc
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
+            _enable_wal(conn, self.timeout)
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT_PAGES}")
             (version,) = conn.execute("PRAGMA user_version").fetchone()
@@ -265,6 +266,26 @@ class _Database:
             conn.close()
             raise
         return conn
+
+
+def _enable_wal(conn: sqlite3.Connection, timeout: float) -> None:
+    """Switch a new file to WAL, waiting out another process doing the same.
+
+    SQLite returns "database is locked" at once, without its busy handler, when two processes
+    open a new file together and both ask for WAL (waiting could deadlock), so the switch is
+    tried again, with a growing pause, until ``timeout`` seconds have passed.
+    """
+    deadline = time.monotonic() + timeout
+    pause = 0.005
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.2)
 
 
 # ``id`` is the rowid: a new row gets the largest id plus one, so ids follow append order
