@@ -89,9 +89,9 @@ class GatewayProcess:
         assert self.proc.stderr is not None
         return self.proc.stderr.read()
 
-    def key(self, user: str = "alice", *budgets: str, admin: bool = False) -> str:
-        """Create a key on the gateway's key store; return the full key."""
-        _record, secret = self.keys.create(user, budgets=budgets, admin=admin)
+    def key(self, user: str = "alice", *budgets: str, admin: bool = False, models: str = "") -> str:
+        """Create a key on the gateway's key store (``models``: its allow-list); return it."""
+        _record, secret = self.keys.create(user, budgets=budgets, admin=admin, models=models)
         return secret
 
     def usage_log(self) -> SQLiteUsageLog:

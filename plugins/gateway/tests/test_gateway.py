@@ -499,3 +499,48 @@ def test_keys_in_a_prompt_are_never_stored_or_sent(
     for secret in (key, other, UPSTREAM_KEY, ADMIN_KEY):
         assert secret.encode() not in sent
         assert secret not in page.text
+
+
+def test_models_are_listed_per_key_and_a_key_keeps_to_its_allow_list(
+    gateway: GatewayProcess, upstream: FakeOpenAI
+) -> None:
+    everything = client(gateway, gateway.key("ann"))
+    listed = {m.id: m for m in everything.models.list()}
+    assert listed["fast"].owned_by == "llmproxy"  # the alias
+    assert listed["openai/gpt-4o-mini"].owned_by == "openai"
+    assert all(m.object == "model" for m in listed.values())
+    assert not any(name.startswith(("gemini/", "deepseek/")) for name in listed)  # no key
+    only_fast = client(gateway, gateway.key("ben", models="fast"))
+    assert [m.id for m in only_fast.models.list()] == ["fast"]
+    mini = client(gateway, gateway.key("cat", models="openai/gpt-4o-mini*"))
+    ids = [m.id for m in mini.models.list()]
+    assert "fast" in ids and "openai/gpt-4o-mini" in ids  # the alias names an allowed model
+    assert "openai/gpt-5.4-mini" not in ids and set(ids) < set(listed)
+    sent = len(chat_bodies(upstream))
+    with pytest.raises(openai.PermissionDeniedError) as info:
+        only_fast.chat.completions.create(
+            model="openai/gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+        )
+    assert info.value.code == "model_not_allowed"
+    assert "openai/gpt-4o-mini" in info.value.message and "fast" in info.value.message
+    with pytest.raises(openai.PermissionDeniedError):
+        only_fast.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+    assert len(chat_bodies(upstream)) == sent  # refused before any upstream call
+    r = only_fast.chat.completions.create(
+        model="fast", messages=[{"role": "user", "content": "hi"}]
+    )
+    assert r.choices[0].message.content == "Echo: hi"
+    assert (
+        mini.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "bare"}]
+        )
+        .choices[0]
+        .message.content
+        == "Echo: bare"
+    )
+    with pytest.raises(openai.NotFoundError) as missing:
+        only_fast.models.retrieve("openai/gpt-4o")
+    assert missing.value.code == "model_not_found"
+    assert only_fast.models.retrieve("fast").owned_by == "llmproxy"

@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 
 from llmproxy import CallScope, CostBudget, LLMBudget, RequestsPerMinute
+from llmproxy.config import ProxyConfig
 from llmproxy.errors import ConfigError, StoreError
 from llmproxy_gateway import KeyStore, key_policies, parse_budget
-from llmproxy_gateway.keys import admin_matches
+from llmproxy_gateway.keys import KeyRecord, admin_matches, parse_models
+from llmproxy_gateway.models import names_of
 
 from .conftest import LLMPROXY, clean_env
 
@@ -141,7 +143,7 @@ def test_the_keys_command(tmp_path: Path) -> None:
     assert admin.returncode == 0 and "for user admin (admin)" in admin.stdout
     listed = run(["list"], tmp_path)
     assert listed.returncode == 0
-    assert f"{key_id}\tbob\tusd:5/day, requests:60/minute\tactive" in listed.stdout
+    assert f"{key_id}\tbob\tusd:5/day, requests:60/minute\tany model\tactive" in listed.stdout
     assert key.split("-", 3)[3] not in listed.stdout
     revoked = run(["revoke", key_id], tmp_path)
     assert revoked.returncode == 0 and f"revoked key {key_id}" in revoked.stdout
@@ -196,3 +198,60 @@ def test_usage_command_shows_a_keys_budget(tmp_path: Path) -> None:
         [LLMPROXY, "usage", "--key", "someone-else"], env=env, capture_output=True, text=True
     )
     assert other.stdout == "no budgets match\n"
+
+
+def test_a_keys_model_allow_list_is_stored_and_listed(tmp_path: Path) -> None:
+    created = run(["create", "--user", "eve", "--models", "openai/*, fast"], tmp_path)
+    assert created.returncode == 0, created.stderr
+    assert "models: openai/*, fast" in created.stdout
+    key = created.stdout.split()[-1]
+    store = KeyStore(tmp_path / "keys.db")
+    record = store.verify(key)
+    assert record is not None and record.models == ("openai/*", "fast")
+    assert record.to_json()["models"] == ["openai/*", "fast"]
+    store.close()
+    assert "\teve\t-\topenai/*, fast\tactive" in run(["list"], tmp_path).stdout
+    bad = run(["create", "--user", "x", "--models", "openai/*,,fast"], tmp_path)
+    assert bad.returncode == 2 and "empty entry" in bad.stderr and "Traceback" not in bad.stderr
+    spaced = run(["create", "--user", "x", "--models", "open ai/*"], tmp_path)
+    assert spaced.returncode == 2 and "'open ai/*'" in spaced.stderr
+
+
+def test_may_use_matches_names_aliases_and_patterns() -> None:
+    config = ProxyConfig(default_model="openai/gpt-5.4-mini", aliases={"fast": "openai/gpt-4o"})
+    pattern = KeyRecord("0123456789", "u", models=("openai/*",))
+    alias_only = KeyRecord("0123456789", "u", models=("fast",))
+    anything = KeyRecord("0123456789", "u")
+    assert pattern.may_use(*names_of(config, "fast"))  # through its target
+    assert pattern.may_use(*names_of(config, "gpt-4o-mini"))  # a bare name: the default provider
+    assert not pattern.may_use(*names_of(config, "gemini/gemini-2.5-flash"))
+    assert alias_only.may_use(*names_of(config, "fast"))
+    assert not alias_only.may_use(*names_of(config, "openai/gpt-4o"))  # not by its own name
+    assert anything.may_use("anything/at-all")
+    with pytest.raises(ConfigError, match="at most 64"):
+        parse_models([f"m{i}" for i in range(65)])
+
+
+def test_a_store_made_before_model_allow_lists_gains_the_column(tmp_path: Path) -> None:
+    path = tmp_path / "keys.db"
+    old = sqlite3.connect(path)
+    old.execute(
+        "CREATE TABLE gateway_keys (id TEXT PRIMARY KEY, salt TEXT NOT NULL, digest TEXT NOT"
+        ' NULL, "user" TEXT NOT NULL, budgets TEXT NOT NULL, admin INTEGER NOT NULL, name TEXT,'
+        " created_at REAL NOT NULL, revoked_at REAL)"
+    )
+    old.execute(
+        "INSERT INTO gateway_keys VALUES ('0123456789', '00', 'x', 'old', '[]', 0, NULL, 1.0, NULL)"
+    )
+    old.commit()
+    old.close()
+    store = KeyStore(path)
+    try:
+        record = store.get("0123456789")
+        assert record is not None and record.models == ()
+        new, _secret = store.create("new", models="fast")
+        reopened = KeyStore(path)
+        assert reopened.get(new.id) == new and new.models == ("fast",)
+        reopened.close()
+    finally:
+        store.close()

@@ -32,6 +32,7 @@ from llmproxy_gateway import env
 from llmproxy_gateway.budgets import key_policies
 from llmproxy_gateway.errors import HTTPError, from_exception, unauthorized
 from llmproxy_gateway.keys import KeyRecord, KeyStore, admin_matches
+from llmproxy_gateway.models import check_model
 from llmproxy_gateway.wire import BodyLimits, ChunkWriter, completion_body, parse
 from llmproxy_usage_log import UsageLog, open_usage_log, set_usage_log, usage_log
 
@@ -134,6 +135,15 @@ class Gateway:
             raise unauthorized()
         return record
 
+    def check_model(self, key: KeyRecord, model: str | None) -> None:
+        """Raise a 403 ``model_not_allowed`` naming ``model`` when ``key`` may not use it.
+
+        Every route that takes a model calls it before the Proxy (see
+        :func:`llmproxy_gateway.models.check_model`; ``model`` None is the default model).
+        """
+        if key.models:
+            check_model(self, key, model)
+
     def login_wait(self, address: str) -> float:
         """Count a dashboard login attempt from ``address``: 0.0, or the seconds to wait first.
 
@@ -164,6 +174,8 @@ class Gateway:
             key = self.authenticate(scope)
             body = await _read_body(scope, receive, self.max_body)
             call = parse(body, self.body_limits)
+            if key.models:
+                check_model(self, key, call.model)
             session = _header(scope, b"x-session-id")
             if session is not None and not _SESSION_ID.match(session):
                 raise HTTPError(

@@ -125,6 +125,12 @@ def configure_keys(parser: argparse.ArgumentParser) -> None:
         metavar="SPEC",
         help="tokens:100000/month, usd:5/day, requests:60/minute (repeatable)",
     )
+    create.add_argument(
+        "--models",
+        metavar="LIST",
+        help="the only models the key may use, comma-separated names, aliases or patterns with *"
+        ' ("openai/*,fast"); default: any model',
+    )
     create.add_argument("--admin", action="store_true", help="the key also opens the dashboard")
     create.add_argument("--name", help="a label shown in keys list")
     sub.add_parser("list", help="list keys (ids, users, budgets; never the keys)")
@@ -150,12 +156,18 @@ def keys(args: argparse.Namespace) -> int:
             if user is None:
                 raise ConfigError("llmproxy keys create needs --user NAME (or --admin)")
             record, secret = store.create(
-                user, budgets=args.budget, admin=args.admin, name=args.name
+                user,
+                budgets=args.budget,
+                admin=args.admin,
+                name=args.name,
+                models=args.models if args.models is not None else (),
             )
             budgets = ", ".join(record.budgets) or "none"
             role = " (admin)" if record.admin else ""
+            models = ", ".join(record.models) or "any"
             out.write(
-                f"created key {record.id} for user {record.user}{role}, budgets: {budgets}\n"
+                f"created key {record.id} for user {record.user}{role}, budgets: {budgets},"
+                f" models: {models}\n"
                 "store it now; it is not shown again:\n"
                 f"{secret}\n"
             )
@@ -168,7 +180,8 @@ def keys(args: argparse.Namespace) -> int:
                 admin = " admin" if k.admin else ""
                 name = f" {k.name!r}" if k.name else ""
                 out.write(
-                    f"{k.id}\t{k.user}\t{', '.join(k.budgets) or '-'}\t{state}{admin}"
+                    f"{k.id}\t{k.user}\t{', '.join(k.budgets) or '-'}"
+                    f"\t{', '.join(k.models) or 'any model'}\t{state}{admin}"
                     f"\tcreated {_when(k.created_at)}{name}\n"
                 )
         else:

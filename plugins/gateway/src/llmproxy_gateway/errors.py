@@ -5,6 +5,8 @@ error                              status  ``type``                      ``code`
 =================================  ======  ============================  =========================
 no key, wrong or revoked key       401     ``invalid_request_error``     ``invalid_api_key``
 not an admin (dashboard)           403     ``invalid_request_error``     ``forbidden``
+a model outside the key's          403     ``invalid_request_error``     ``model_not_allowed``
+allow-list
 bad body, ``InvalidRequest``,      400     ``invalid_request_error``     ``invalid_request`` /
 ``ConfigError``                                                          ``config_error``
 ``BudgetExceeded``                 429     ``insufficient_quota``        ``budget_exceeded``

@@ -13,10 +13,15 @@ Budgets are specs ``KIND:AMOUNT[/WINDOW]``:
 
 Windows: ``total`` (the default), ``day`` and ``month`` (calendar, UTC), ``minute``, ``hour`` or a
 rolling ``30s``, ``15m``, ``6h``, ``7d``.
+
+A key may be restricted to some models (``llmproxy keys create --models "openai/*,fast"``): each
+entry is a model name, an alias or a pattern with ``*`` (any characters). No list means any
+model. See :meth:`KeyRecord.may_use` for what a request's model is matched by.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import hmac
 import json
@@ -47,6 +52,8 @@ KEY_SHAPE: Final = r"[0-9a-f]{10}-[A-Za-z0-9_-]{16,}"
 not) is masked in everything llmproxy stores, sends upstream or logs."""
 register_pattern(PREFIX, KEY_SHAPE)
 MAX_BUDGETS_PER_KEY: Final = 4
+MAX_MODELS_PER_KEY: Final = 64
+_MODEL_PATTERN = re.compile(r"^[A-Za-z0-9*][A-Za-z0-9._:@/*+-]{0,199}$")
 _ID = re.compile(r"^[0-9a-f]{10}$")
 _SPEC = re.compile(r"^(tokens|usd|requests):([0-9][0-9_]*(?:\.[0-9]+)?)(?:/([a-z0-9.]+))?$")
 _ROLLING = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([smhd])$")
@@ -115,6 +122,43 @@ def parse_budget(spec: str) -> BudgetPolicy:
     )
 
 
+def parse_models(specs: str | Sequence[str]) -> tuple[str, ...]:
+    """The model allow-list of ``--models`` text (comma-separated) or a list of entries.
+
+    Entries are model names (``openai/gpt-4o-mini``), aliases (``fast``) or patterns where
+    ``*`` matches any characters (``openai/*``); duplicates are dropped, the order is kept.
+
+    >>> parse_models("openai/*, fast,openai/*")
+    ('openai/*', 'fast')
+    """
+    parts = specs.split(",") if isinstance(specs, str) else list(specs)
+    out: list[str] = []
+    for part in parts:
+        if not isinstance(part, str):
+            raise ConfigError(f"a model entry must be a string, got {part!r}", path="models")
+        entry = part.strip()
+        if not entry:
+            raise ConfigError(
+                f"models {specs!r} has an empty entry: give names or patterns separated by"
+                " commas (openai/*,fast)",
+                path="models",
+            )
+        if not _MODEL_PATTERN.match(entry):
+            raise ConfigError(
+                f"model entry {entry!r} must be a model name, an alias or a pattern with *"
+                " (letters, digits and . _ : @ / + - *, at most 200 characters)",
+                path="models",
+            )
+        if entry not in out:
+            out.append(entry)
+    if len(out) > MAX_MODELS_PER_KEY:
+        raise ConfigError(
+            f"a key takes at most {MAX_MODELS_PER_KEY} model entries, got {len(out)}",
+            path="models",
+        )
+    return tuple(out)
+
+
 def _digest(salt: str, secret: str) -> str:
     return hashlib.sha256(bytes.fromhex(salt) + secret.encode()).hexdigest()
 
@@ -128,7 +172,8 @@ class KeyRecord:
     """One gateway key as stored: never the secret, only its salted hash.
 
     ``budgets`` are the specs given at creation; ``policies`` the budget policies built from
-    them (scoped to this key). ``revoked_at`` is set once the key is revoked.
+    them (scoped to this key). ``models`` is the key's model allow-list (empty: any model; see
+    :meth:`may_use`). ``revoked_at`` is set once the key is revoked.
     """
 
     id: str
@@ -141,6 +186,19 @@ class KeyRecord:
     salt: str = attrs.field(default="", repr=False)
     digest: str = attrs.field(default="", repr=False)
     policies: tuple[BudgetPolicy, ...] = attrs.field(default=(), repr=False, eq=False)
+    models: tuple[str, ...] = ()
+
+    def may_use(self, *names: str) -> bool:
+        """Whether any of ``names`` matches the key's allow-list (always, without a list).
+
+        The gateway passes the names a request's model goes by: the name as sent, an alias's
+        target, and the ``provider/model`` a bare name resolves to; so ``openai/*`` lets a key
+        use the alias ``fast`` of ``openai/gpt-4o-mini`` and the bare ``gpt-4o-mini``, while an
+        allow-list of ``fast`` alone does not open ``openai/gpt-4o-mini`` by its own name.
+        """
+        if not self.models:
+            return True
+        return any(fnmatch.fnmatchcase(n, p) for n in names for p in self.models)
 
     @property
     def active(self) -> bool:
@@ -153,6 +211,7 @@ class KeyRecord:
             "id": self.id,
             "user": self.user,
             "budgets": list(self.budgets),
+            "models": list(self.models),
             "admin": self.admin,
             "name": self.name,
             "created_at": self.created_at,
@@ -170,7 +229,8 @@ CREATE TABLE IF NOT EXISTS gateway_keys (
     admin INTEGER NOT NULL,
     name TEXT,
     created_at REAL NOT NULL,
-    revoked_at REAL
+    revoked_at REAL,
+    models TEXT
 );
 CREATE TABLE IF NOT EXISTS dashboard_sessions (
     digest TEXT PRIMARY KEY,
@@ -184,7 +244,7 @@ CREATE INDEX IF NOT EXISTS dashboard_login_attempts_by_address
     ON dashboard_login_attempts (address, at);
 """
 _SELECT: Final = (
-    'SELECT id, "user", budgets, admin, name, created_at, revoked_at, salt, digest'
+    'SELECT id, "user", budgets, admin, name, created_at, revoked_at, salt, digest, models'
     " FROM gateway_keys"
 )
 
@@ -202,6 +262,7 @@ def _record(row: Sequence[Any]) -> KeyRecord:
         row[7],
         row[8],
         tuple(parse_budget(b) for b in budgets),
+        tuple(json.loads(row[9])) if row[9] else (),
     )
 
 
@@ -228,6 +289,9 @@ class KeyStore:
             if self.path is not None:
                 self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.executescript(_SCHEMA)
+            columns = {r[1] for r in self._conn.execute("PRAGMA table_info(gateway_keys)")}
+            if "models" not in columns:  # a store made before keys had model allow-lists
+                self._conn.execute("ALTER TABLE gateway_keys ADD COLUMN models TEXT")
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"gateway key store {self.path}: {exc}") from exc
         self._version = -1
@@ -324,8 +388,12 @@ class KeyStore:
         budgets: Sequence[str] = (),
         admin: bool = False,
         name: str | None = None,
+        models: str | Sequence[str] = (),
     ) -> tuple[KeyRecord, str]:
-        """Create a key; return its record and the full key text (shown once, never stored)."""
+        """Create a key; return its record and the full key text (shown once, never stored).
+
+        ``models`` restricts the key to some models (:func:`parse_models`; empty: any model).
+        """
         if not isinstance(user, str) or not user.strip():
             raise ConfigError("a key needs a user (--user NAME)", path="user")
         specs = tuple(b.strip().lower() for b in budgets)
@@ -335,6 +403,7 @@ class KeyStore:
                 path="budget",
             )
         policies = tuple(parse_budget(s) for s in specs)
+        allowed = parse_models(models) if models else ()
         names = [p.name for p in policies]
         if len(set(names)) != len(names):
             raise ConfigError(f"budgets repeat: {', '.join(specs)}", path="budget")
@@ -356,10 +425,11 @@ class KeyStore:
                 salt,
                 _digest(salt, secret),
                 policies,
+                allowed,
             )
             conn.execute(
                 'INSERT INTO gateway_keys (id, salt, digest, "user", budgets, admin, name,'
-                " created_at, revoked_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL)",
+                " created_at, revoked_at, models) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, ?)",
                 (
                     key_id,
                     salt,
@@ -369,6 +439,7 @@ class KeyStore:
                     int(admin),
                     name,
                     record.created_at,
+                    json.dumps(list(allowed)) if allowed else None,
                 ),
             )
             self._by_id[key_id] = record
