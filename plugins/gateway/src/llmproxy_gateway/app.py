@@ -305,7 +305,7 @@ class Gateway:
             kwargs = call.kwargs
             kwargs.update(
                 messages_wire.thinking_kwargs(
-                    self.provider_of(call.model), call.thinking, call.thinking_disabled
+                    self.provider_of(call.model), call.thinking, call.budget, call.effort
                 )
             )
             kwargs["model"] = call.model

@@ -28,8 +28,10 @@ Mapping (request):
 Refused with a 400 naming the field: a missing ``max_tokens``, server tools (any ``tools``
 entry with a ``type`` other than ``custom``), document ``url`` sources, non-text
 ``tool_result`` content. ``redacted_thinking`` blocks are dropped (no other provider can read
-them); ``top_k``, ``service_tier``, ``container``, ``mcp_servers`` and ``cache_control`` markers are
-accepted and ignored (no provider behind the Proxy takes them).
+them); ``top_k``, ``service_tier``, ``container``, ``mcp_servers``, ``speed``, ``inference_geo`` and
+``cache_control`` markers are accepted and ignored (no provider behind the Proxy takes them).
+``output_config.format`` (``json_schema``) becomes the Proxy's ``schema=`` (the answer is
+checked against it); ``output_config.effort`` is OpenAI's ``reasoning_effort``.
 """
 
 from __future__ import annotations
@@ -113,9 +115,12 @@ class MessagesCall:
     model: str
     stream: bool
     kwargs: dict[str, Any]
-    thinking: int | None
+    thinking: str | None
+    """``thinking.type`` (enabled, adaptive, disabled), None when not sent."""
+    budget: int | None
     """``thinking.budget_tokens`` when thinking was enabled, else None."""
-    thinking_disabled: bool
+    effort: str | None
+    """``output_config.effort``, None when not sent."""
 
 
 def _where_string(value: Any, where: str) -> str:
@@ -423,23 +428,56 @@ def _number(data: Mapping[str, Any], name: str) -> float | None:
     return float(value)
 
 
-def _thinking(value: Any) -> tuple[int | None, bool]:
+def _thinking(value: Any) -> tuple[str | None, int | None]:
+    """``thinking`` as (mode, budget): mode enabled, adaptive or disabled (None: not sent)."""
     if value is None:
-        return None, False
+        return None, None
     kind = value.get("type") if isinstance(value, Mapping) else None
-    if kind == "disabled":
-        return None, True
+    if kind in ("disabled", "adaptive"):
+        return kind, None
     if kind == "enabled":
         budget = value.get("budget_tokens")
         if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
             raise bad_request(
                 "thinking.budget_tokens must be an integer >= 1", "thinking.budget_tokens"
             )
-        return budget, False
+        return kind, budget
     raise bad_request(
-        'thinking must be {"type": "enabled", "budget_tokens": N} or {"type": "disabled"}',
+        'thinking must be {"type": "enabled", "budget_tokens": N}, {"type": "adaptive"} or'
+        ' {"type": "disabled"}',
         "thinking",
     )
+
+
+def _output_config(value: Any, kwargs: dict[str, Any]) -> str | None:
+    """``output_config``: its ``format`` becomes the Proxy's ``schema=``; returns ``effort``."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise bad_request("output_config must be an object", "output_config")
+    fmt = value.get("format")
+    if fmt is not None:
+        schema = fmt.get("schema") if isinstance(fmt, Mapping) else None
+        if (
+            not isinstance(fmt, Mapping)
+            or fmt.get("type") != "json_schema"
+            or not isinstance(schema, Mapping)
+        ):
+            raise bad_request(
+                'output_config.format must be {"type": "json_schema", "schema": {...}}',
+                "output_config.format",
+            )
+        kwargs["schema"] = dict(schema)
+    effort = value.get("effort")
+    if effort is not None and effort not in _EFFORTS:
+        raise bad_request(
+            f"output_config.effort must be one of {', '.join(_EFFORTS)}, got {effort!r}",
+            "output_config.effort",
+        )
+    return effort
+
+
+_EFFORTS: Final = ("low", "medium", "high", "xhigh", "max")
 
 
 def _body(body: bytes, limits: BodyLimits) -> dict[str, Any]:
@@ -494,8 +532,9 @@ def parse(body: bytes, limits: BodyLimits | None = None) -> MessagesCall:
         user_id = metadata.get("user_id")
         if isinstance(user_id, str) and user_id:
             kwargs["tags"] = {"end_user": user_id}
-    budget, disabled = _thinking(data.get("thinking"))
-    return MessagesCall(messages, data["model"], bool(stream), kwargs, budget, disabled)
+    mode, budget = _thinking(data.get("thinking"))
+    effort = _output_config(data.get("output_config"), kwargs)
+    return MessagesCall(messages, data["model"], bool(stream), kwargs, mode, budget, effort)
 
 
 def parse_count(
@@ -515,34 +554,40 @@ def parse_count(
     return data["model"], messages, kwargs
 
 
-def thinking_kwargs(provider: str, budget: int | None, disabled: bool) -> dict[str, Any]:
-    """The provider's own reasoning control for Anthropic's ``thinking`` setting.
+def thinking_kwargs(
+    provider: str, mode: str | None, budget: int | None = None, effort: str | None = None
+) -> dict[str, Any]:
+    """The provider's own reasoning control for Anthropic's ``thinking`` (and ``effort``).
 
-    ==========  ==================================================================
-    provider    ``{"type": "enabled", "budget_tokens": N}``
-    ==========  ==================================================================
+    ==========  ===================================================================
+    provider    ``enabled`` with ``budget_tokens`` N / ``adaptive`` / ``disabled``
+    ==========  ===================================================================
     openai      ``reasoning_effort``: ``low`` (N < 4096), ``medium`` (N < 16384),
-                else ``high``; ``disabled`` sends nothing
+                else ``high``; adaptive: ``output_config.effort`` (``xhigh`` and
+                ``max`` as ``high``) or nothing; disabled: nothing
     gemini      ``thinking_config={"thinking_budget": N, "include_thoughts": True}``;
-                ``disabled``: ``thinking_budget`` 0
-    deepseek    ``extra_body={"thinking": {"type": "enabled"}}`` (no budget: DeepSeek
-                has none); ``disabled``: ``{"type": "disabled"}``
-    other       nothing (the setting is ignored)
-    ==========  ==================================================================
+                adaptive: budget -1 (dynamic); disabled: budget 0
+    deepseek    ``extra_body={"thinking": {"type": "enabled"}}`` (DeepSeek takes no
+                budget); disabled: ``{"type": "disabled"}``
+    other       nothing: the setting is ignored
+    ==========  ===================================================================
     """
-    if budget is None and not disabled:
-        return {}
     if provider == "openai":
-        if budget is None:
-            return {}
-        effort = next((name for bound, name in EFFORT_BOUNDS if budget < bound), "high")
-        return {"reasoning_effort": effort}
+        if mode == "enabled" and budget is not None:
+            level = next((name for bound, name in EFFORT_BOUNDS if budget < bound), "high")
+            return {"reasoning_effort": level}
+        if effort is not None and mode != "disabled":
+            return {"reasoning_effort": effort if effort in ("low", "medium", "high") else "high"}
+        return {}
+    if mode is None:
+        return {}
     if provider == "gemini":
-        if budget is None:
+        if mode == "disabled":
             return {"thinking_config": {"thinking_budget": 0}}
-        return {"thinking_config": {"thinking_budget": budget, "include_thoughts": True}}
+        size = budget if mode == "enabled" and budget is not None else -1
+        return {"thinking_config": {"thinking_budget": size, "include_thoughts": True}}
     if provider == "deepseek":
-        state = "disabled" if budget is None else "enabled"
+        state = "disabled" if mode == "disabled" else "enabled"
         return {"extra_body": {"thinking": {"type": state}}}
     return {}
 
