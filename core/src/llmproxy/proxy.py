@@ -750,6 +750,22 @@ class Proxy:
             except Exception:
                 log.exception("an on_response/on_error plugin hook failed")
 
+    def count_input(
+        self,
+        prompt: Prompt,
+        *,
+        model: str | None = None,
+        system: str | None = None,
+        tools: Sequence[ToolSpec] | None = None,
+    ) -> int:
+        """The input tokens a call with ``prompt``, ``system`` and ``tools`` would be counted at.
+
+        The provider's own count, as budgets count a call before it is sent: exact for OpenAI's
+        models, an upper bound for others. No history is loaded and nothing is sent or reserved.
+        """
+        options = CallOptions(model=model, system=system, tools=tools, run_tools=False)
+        return Call(self, prompt, options, False).count_input()
+
     def usage(
         self,
         *,

@@ -28,7 +28,7 @@ from llmproxy.secret import logger as secret_logger
 from llmproxy.secret import register
 from llmproxy.types import Message as LLMMessage
 from llmproxy.types import StreamEvent
-from llmproxy_gateway import env
+from llmproxy_gateway import env, messages_wire
 from llmproxy_gateway.budgets import key_policies
 from llmproxy_gateway.errors import HTTPError, from_exception, unauthorized
 from llmproxy_gateway.keys import KeyRecord, KeyStore, admin_matches
@@ -144,6 +144,19 @@ class Gateway:
         if key.models:
             check_model(self, key, model)
 
+    def authenticate_any(self, scope: Scope) -> KeyRecord:
+        """The active key of a request sent as ``x-api-key`` (Anthropic's) or bearer; else 401."""
+        token = _header(scope, b"x-api-key") or bearer(_header(scope, b"authorization"))
+        if token is None:
+            raise unauthorized(
+                "You didn't provide an API key: send it as x-api-key: sk-llmp-... (or"
+                " Authorization: Bearer sk-llmp-...)"
+            )
+        record = self.keys.verify(token)
+        if record is None:
+            raise unauthorized()
+        return record
+
     def login_wait(self, address: str) -> float:
         """Count a dashboard login attempt from ``address``: 0.0, or the seconds to wait first.
 
@@ -176,14 +189,7 @@ class Gateway:
             call = parse(body, self.body_limits)
             if key.models:
                 check_model(self, key, call.model)
-            session = _header(scope, b"x-session-id")
-            if session is not None and not _SESSION_ID.match(session):
-                raise HTTPError(
-                    400,
-                    "X-Session-Id must be 1 to 200 visible ASCII characters",
-                    param="X-Session-Id",
-                    code="invalid_request",
-                )
+            session = _session(scope)
             kwargs = call.kwargs
             kwargs["model"] = call.model
             kwargs["user"] = key.user
@@ -290,6 +296,133 @@ class Gateway:
                 except Exception:
                     log.exception("settling or storing a stream failed")
 
+    # -- Anthropic's Messages API -------------------------------------------------------------
+
+    def provider_of(self, model: str) -> str:
+        """The provider name ``model`` (an alias, ``provider/model`` or a bare name) resolves to."""
+        config = self.proxy.config
+        name = config.aliases.get(model, model)
+        provider, sep, _ = name.partition("/")
+        return provider if sep else config.default_model.partition("/")[0]
+
+    async def messages(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``POST /v1/messages`` (raw ASGI): Anthropic's Messages API through the Proxy."""
+        if scope["method"] != "POST":
+            await _send_anthropic_error(send, HTTPError(405, "Use POST for /v1/messages."))
+            return
+        try:
+            key = self.authenticate_any(scope)
+            body = await _read_body(scope, receive, self.max_body)
+            call = messages_wire.parse(body, self.body_limits)
+            self.check_model(key, call.model)
+            kwargs = call.kwargs
+            kwargs.update(
+                messages_wire.thinking_kwargs(
+                    self.provider_of(call.model), call.thinking, call.budget, call.effort
+                )
+            )
+            kwargs["model"] = call.model
+            kwargs["user"] = key.user
+            kwargs["key"] = key.id
+            session = _session(scope)
+            if session is not None:
+                kwargs["session_id"] = session
+            if call.stream:
+                await self._stream_messages(receive, send, call.messages, kwargs)
+                return
+            response = await self.proxy.achat(call.messages, **kwargs)
+        except ClientGone:
+            return
+        except Exception as exc:
+            await _send_anthropic_error(send, _mapped(exc), _upstream_status(exc))
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": _JSON_HEADERS})
+        await send({"type": "http.response.body", "body": messages_wire.message_body(response)})
+
+    async def count_tokens(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``POST /v1/messages/count_tokens``: ``{"input_tokens": N}``, the Proxy's count."""
+        if scope["method"] != "POST":
+            await _send_anthropic_error(
+                send, HTTPError(405, "Use POST for /v1/messages/count_tokens.")
+            )
+            return
+        try:
+            key = self.authenticate_any(scope)
+            body = await _read_body(scope, receive, self.max_body)
+            model, messages, kwargs = messages_wire.parse_count(body, self.body_limits)
+            self.check_model(key, model)
+            count = self.proxy.count_input(messages, model=model, **kwargs)
+        except ClientGone:
+            return
+        except Exception as exc:
+            await _send_anthropic_error(send, _mapped(exc), _upstream_status(exc))
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": _JSON_HEADERS})
+        await send({"type": "http.response.body", "body": b'{"input_tokens":%d}' % count})
+
+    async def _stream_messages(
+        self, receive: Receive, send: Send, messages: Any, kwargs: dict[str, Any]
+    ) -> None:
+        stream = self.proxy.astream(messages, **kwargs)
+        # As for chat: refusals and failures before the first event are proper HTTP errors.
+        first = await anext(stream)
+        writer = messages_wire.EventWriter(answering_model(stream, first))
+        await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
+        event: StreamEvent | None = first
+        gone = asyncio.Event()
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone.set()
+
+        watcher = asyncio.ensure_future(watch())
+        head = writer.start()
+        try:
+            while event is not None:
+                if event.done:
+                    tail = writer.finish(event.response, event.finish_reason, event.usage)
+                    await send(
+                        {"type": "http.response.body", "body": head + tail, "more_body": False}
+                    )
+                    return
+                data = head
+                head = b""
+                if event.reasoning:
+                    data += writer.thinking(event.reasoning)
+                if event.text:
+                    data += writer.text(event.text)
+                if gone.is_set():
+                    return
+                if data:
+                    await send({"type": "http.response.body", "body": data, "more_body": True})
+                try:
+                    event = await anext(stream)
+                except StopAsyncIteration:
+                    event = None
+            tail = writer.finish(None, None, None)
+            await send({"type": "http.response.body", "body": head + tail, "more_body": False})
+        except Exception as exc:
+            error = _mapped(exc) if not isinstance(exc, LLMProxyError) else from_exception(exc)
+            status = messages_wire.anthropic_status(error, _upstream_status(exc))
+            try:
+                await send(
+                    {
+                        "type": "http.response.body",
+                        "body": head + writer.error(status, error),
+                        "more_body": False,
+                    }
+                )
+            except Exception:
+                log.debug("could not send the error to a stream's client", exc_info=True)
+        finally:
+            watcher.cancel()
+            with anyio.CancelScope(shield=True):
+                try:
+                    await stream.aclose()
+                except Exception:
+                    log.exception("settling or storing a stream failed")
+
     # -- lifecycle ------------------------------------------------------------------------------
 
     def warm(self) -> None:
@@ -376,6 +509,25 @@ def preload(environ: Mapping[str, str]) -> None:
         proxy.close()
 
 
+def _session(scope: Scope) -> str | None:
+    """The ``X-Session-Id`` header, checked; None without one."""
+    session = _header(scope, b"x-session-id")
+    if session is not None and not _SESSION_ID.match(session):
+        raise HTTPError(
+            400,
+            "X-Session-Id must be 1 to 200 visible ASCII characters",
+            param="X-Session-Id",
+            code="invalid_request",
+        )
+    return session
+
+
+def _upstream_status(exc: BaseException) -> int | None:
+    """The upstream's HTTP status of a provider failure (503/529: overloaded), else None."""
+    status = getattr(exc, "status", None)
+    return status if isinstance(status, int) and not isinstance(exc, HTTPError) else None
+
+
 def _mapped(exc: BaseException) -> HTTPError:
     error = from_exception(exc)
     if error.status >= 500:
@@ -422,6 +574,18 @@ async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
         parts.append(part)
         more = bool(message.get("more_body"))
     return b"".join(parts)  # one part: the same bytes object, not a copy
+
+
+async def _send_anthropic_error(
+    send: Send, error: HTTPError, upstream_status: int | None = None
+) -> None:
+    """``error`` in Anthropic's shape, with its headers (Retry-After on a 429)."""
+    status = messages_wire.anthropic_status(error, upstream_status)
+    body = messages_wire.error_body(status, error)
+    headers = [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]
+    headers.extend((k.encode(), v.encode()) for k, v in error.headers.items())
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 async def _send_error(send: Send, error: HTTPError) -> None:
@@ -489,11 +653,21 @@ def create_app(
     )
     chat = _ChatEndpoint(gw)
     paths = ("/v1/chat/completions", "/chat/completions")
+    messages_paths = ("/v1/messages", "/messages")
+    count_paths = ("/v1/messages/count_tokens", "/messages/count_tokens")
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] in paths:
-            await chat(scope, receive, send)
-            return
+        if scope["type"] == "http":
+            path = scope["path"]
+            if path in paths:
+                await chat(scope, receive, send)
+                return
+            if path in messages_paths:
+                await gw.messages(scope, receive, send)
+                return
+            if path in count_paths:
+                await gw.count_tokens(scope, receive, send)
+                return
         await starlette(scope, receive, send)
 
     app.gateway = gw  # type: ignore[attr-defined]
