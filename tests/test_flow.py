@@ -245,3 +245,24 @@ def test_a_lone_surrogate_is_refused_before_anything_is_sent(
     assert caught.value.field == field
     assert upstream.requests == []
     assert proxy.chat("caf\u00e9 \U0001f600").text  # non-ASCII text that is valid goes through
+
+
+def test_count_input_is_the_providers_count_and_sends_nothing(
+    make_proxy: MakeProxy, upstream: FakeOpenAI
+) -> None:
+    from llmproxy import Message
+
+    proxy = make_proxy(budgets=[LLMBudget(max_tokens=1000)])
+    provider = proxy.provider("openai")
+    alone = proxy.count_input("Hello there", model="openai/gpt-5.4-mini")
+    assert alone == provider.count_tokens([Message("user", "Hello there")], "gpt-5.4-mini")
+    with_system = proxy.count_input("Hello there", model="openai/gpt-5.4-mini", system="Be brief")
+    assert with_system > alone
+
+    def get_weather(city: str) -> str:
+        """Weather of a city."""
+        return "sunny"
+
+    assert proxy.count_input("Hello there", tools=[get_weather]) > alone
+    assert upstream.requests == []
+    assert proxy.usage()[0].used == 0 and proxy.usage()[0].reserved == 0
