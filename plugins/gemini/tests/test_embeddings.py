@@ -65,3 +65,9 @@ async def test_proxy_splits_into_gemini_batches(server: FakeGemini, make_proxy: 
     assert out.usage.estimated and out.usage.input_tokens >= 250 * 2
     [usage] = proxy.usage()
     assert usage.used == out.usage.input_tokens
+
+
+def test_the_deadline_goes_with_the_request(server: FakeGemini, provider: GeminiProvider) -> None:
+    provider.embed(EmbedRequest(("x",), "gemini-embedding-001", "gemini", timeout=12.5))
+    [sent] = [r for r in server.requests if r.path.endswith(":batchEmbedContents")]
+    assert sent.headers.get("x-server-timeout") == "13"

@@ -25,7 +25,7 @@ MAX_INPUTS = 2048
 
 
 @frozen
-class EmbedCall:
+class EmbeddingsCall:
     """A parsed embeddings request: the texts, how to answer, and the Proxy's keywords."""
 
     texts: list[str]
@@ -33,7 +33,7 @@ class EmbedCall:
     kwargs: dict[str, Any]
 
 
-def parse_embeddings(body: bytes, limits: BodyLimits | None = None) -> EmbedCall:
+def parse_embeddings(body: bytes, limits: BodyLimits | None = None) -> EmbeddingsCall:
     """Parse a ``POST /v1/embeddings`` body; raise a 400 :class:`HTTPError` naming the field."""
     data = load_json(body, limits if limits is not None else BodyLimits())
     if not isinstance(data, dict):
@@ -77,7 +77,7 @@ def parse_embeddings(body: bytes, limits: BodyLimits | None = None) -> EmbedCall
         raise bad_request("'user' must be a string", "user")
     if end_user:
         kwargs["tags"] = {"end_user": end_user}
-    return EmbedCall(texts, encoding, kwargs)
+    return EmbeddingsCall(texts, encoding, kwargs)
 
 
 def embeddings_body(result: Embeddings, encoding_format: str) -> bytes:
@@ -99,4 +99,4 @@ def embeddings_body(result: Embeddings, encoding_format: str) -> bytes:
     return json.dumps(answer, separators=(",", ":")).encode()
 
 
-__all__ = ["MAX_INPUTS", "EmbedCall", "embeddings_body", "parse_embeddings"]
+__all__ = ["MAX_INPUTS", "EmbeddingsCall", "embeddings_body", "parse_embeddings"]

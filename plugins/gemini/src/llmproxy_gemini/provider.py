@@ -518,11 +518,16 @@ class GeminiProvider:
         """The request's ``EmbedContentConfig``.
 
         ``dimensions`` becomes ``output_dimensionality``; ``extra`` (``task_type``, ``title``)
-        is passed through as the config's own fields.
+        is passed through as the config's own fields; the deadline left is the request's
+        timeout, as for chat.
         """
         config: dict[str, Any] = dict(request.extra)
         if request.dimensions is not None:
             config["output_dimensionality"] = request.dimensions
+        if request.timeout is not None:  # the deadline left, as for chat (in milliseconds)
+            config["http_options"] = types.HttpOptions(
+                timeout=max(round(request.timeout * 1000), 1)
+            )
         try:
             return types.EmbedContentConfig(**config)
         except ValueError as exc:  # pydantic's ValidationError: an unknown or malformed field
