@@ -99,3 +99,16 @@ def test_proxy_embed_end_to_end_budgets_exactly(server: FakeOpenAI, api_key: str
     assert (out.provider, out.model) == ("openai", "text-embedding-3-small")
     assert out.usage.input_tokens == 5 and out.usage.cost == pytest.approx(5 * 0.02 / 1e6)
     assert (usage.used, usage.reserved) == (5, 0)
+
+
+def test_proxy_splits_at_openais_2048_inputs(server: FakeOpenAI, api_key: str) -> None:
+    from llmproxy import Proxy
+
+    environ = {"OPENAI_API_KEY": api_key, "OPENAI_BASE_URL": server.base_url}
+    texts = [f"t{i}" for i in range(2049)]  # the fake refuses more than 2048 in one request
+    with Proxy({}, environ=environ, history="memory://", ledger="memory://") as proxy:
+        out = proxy.embed(texts, dimensions=2)
+    sizes = [len(r.json()["input"]) for r in server.requests if r.path == "/v1/embeddings"]
+    assert sizes == [2048, 1]
+    assert out.vectors[2048] == tuple(fake_vector("t2048", 2))
+    assert out.usage.input_tokens == 2049
