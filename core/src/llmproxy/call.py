@@ -58,6 +58,8 @@ from llmproxy.types import (
     Chunk,
     Completion,
     Document,
+    EmbeddingResult,
+    EmbedRequest,
     Image,
     Message,
     Part,
@@ -1056,4 +1058,305 @@ class StreamState(ChunkAssembler):
         return attrs.evolve(completion, usage=usage), usage
 
 
-__all__ = ["Call", "CallOptions", "LimitWaiter", "Prompt", "StreamState", "ToolSpec", "as_messages"]
+# -- embeddings --------------------------------------------------------------------------------
+
+
+def as_texts(texts: str | Sequence[str]) -> tuple[str, ...]:
+    """The texts of an embed call: one string or a non-empty list of non-empty strings."""
+    items: tuple[object, ...]
+    if isinstance(texts, str):
+        items, single = (texts,), True
+    elif isinstance(texts, Sequence):
+        items, single = tuple(texts), False
+        if not items:
+            raise InvalidRequest("texts is an empty list: pass at least one text", field="texts")
+    else:
+        raise InvalidRequest(
+            f"texts must be a string or a list of strings, got {type(texts).__name__}",
+            field="texts",
+        )
+    out: list[str] = []
+    for index, text in enumerate(items):
+        where = "texts" if single else f"texts[{index}]"
+        if not isinstance(text, str):
+            raise InvalidRequest(
+                f"{where} must be a string, got {type(text).__name__}", field=where
+            )
+        if not text.strip():
+            raise InvalidRequest(
+                f"{where} is empty: every text to embed needs content", field=where
+            )
+        check_text(text, where)
+        out.append(text)
+    return tuple(out)
+
+
+class EmbedCall:
+    """The state of one embed call and the decisions made on it; no I/O happens here.
+
+    The texts are counted once per model (exactly with a provider's tokenizer, else an upper
+    bound), split into batches the provider accepts (:class:`~llmproxy.provider.EmbedLimits`),
+    and reserved as a whole, input only, before the first batch is sent. A fallback model
+    starts again from the first batch: vectors of two models do not mix.
+    """
+
+    __slots__ = (
+        "attempts",
+        "claims",
+        "counts",
+        "dimensions",
+        "extra",
+        "fallbacks",
+        "key",
+        "limits",
+        "model",
+        "provider",
+        "provider_name",
+        "proxy",
+        "reservation",
+        "scope",
+        "settled",
+        "spent",
+        "started",
+        "started_at",
+        "tags",
+        "texts",
+        "total_attempts",
+        "user",
+    )
+
+    session_id: None = None
+    streamed = False
+
+    def __init__(
+        self,
+        proxy: Proxy,
+        texts: str | Sequence[str],
+        *,
+        model: str | None,
+        dimensions: int | None,
+        user: str | None,
+        key: str | None,
+        tags: Mapping[str, str] | None,
+        fallbacks: Sequence[str] | None,
+        extra: Mapping[str, Any],
+    ) -> None:
+        self.started = time.perf_counter()
+        self.started_at = time.time()
+        self.proxy = proxy
+        self.texts = as_texts(texts)
+        if dimensions is not None and (
+            isinstance(dimensions, bool) or not isinstance(dimensions, int) or dimensions < 1
+        ):
+            raise InvalidRequest(
+                f"dimensions must be a whole number of at least 1, got {dimensions!r}",
+                field="dimensions",
+            )
+        # The chat options' own checks for what the two calls share.
+        checked = CallOptions(model=model, user=user, key=key, tags=tags, fallbacks=fallbacks)
+        self.dimensions = dimensions
+        self.user = checked.user
+        self.key = checked.key
+        self.tags: Mapping[str, str] = checked.tags or {}
+        self.extra = extra
+        self.spent = Usage()
+        self.total_attempts = 0
+        self.fallbacks = proxy._fallbacks_for(model, fallbacks)
+        self._target(proxy._resolve(model))
+
+    def _target(self, resolved: tuple[str, str, Provider]) -> None:
+        """Aim the call at one model: check it embeds, its limits, claims and a fresh count."""
+        from llmproxy.provider import embeddings_of
+
+        name, model, provider = resolved
+        embedder, self.limits = embeddings_of(provider, name, model)
+        self.provider_name, self.model, self.provider = name, model, embedder
+        self.scope = CallScope(f"{name}/{model}", name, self.user, None, self.key, self.tags)
+        self.claims = [c for p in self.proxy.policies if (c := p.claim(self.scope)) is not None]
+        self.reservation: Reservation | None = None
+        self.counts: list[int] | None = None
+        self.attempts = 0
+        self.settled = False
+
+    def advance(self, error: BaseException) -> bool:
+        """After ``error`` on this model (retries spent), aim at the next fallback model.
+
+        As for chat: retryable failures and a model that cannot embed move on; a fallback that
+        cannot be set up, or that has no embeddings, is skipped.
+        """
+        from llmproxy.errors import UnsupportedContent
+
+        unsupported = isinstance(error, UnsupportedContent)
+        if not unsupported and (not isinstance(error, ProviderError) or not error.retryable):
+            return False
+        while self.fallbacks:
+            name = self.fallbacks.pop(0)
+            try:
+                resolved = self.proxy._resolve(name)
+                previous = f"{self.provider_name}/{self.model}"
+                self._target(resolved)
+            except LLMProxyError as exc:
+                log.warning("skipping embeddings fallback %s: %s", name, exc)
+                continue
+            log.warning("falling back from %s to %s after: %s", previous, name, error)
+            return True
+        return False
+
+    # -- planning --------------------------------------------------------------------------------
+
+    def count(self) -> list[int]:
+        """Each text's input tokens by the provider's count (exact for OpenAI, else a bound)."""
+        if self.counts is None:
+            counter = getattr(self.provider, "count_text_tokens", None)
+            out: list[int] = []
+            for text in self.texts:
+                try:
+                    out.append(counter(text, self.model) if counter else text_upper_bound(text))
+                except Exception:
+                    log.exception(
+                        "provider %r failed to count the tokens of a text; using the byte count",
+                        self.provider_name,
+                    )
+                    out.append(text_upper_bound(text))
+            self.counts = out
+        return self.counts
+
+    def batches(self) -> list[tuple[int, int]]:
+        """``(start, end)`` slices of the texts, in order, each within the provider's limits."""
+        limits = self.limits
+        counts = self.count() if limits.max_tokens is not None else None
+        out: list[tuple[int, int]] = []
+        start, tokens = 0, 0
+        for index in range(len(self.texts)):
+            size = counts[index] if counts is not None else 0
+            full = index - start >= limits.max_inputs or (
+                limits.max_tokens is not None
+                and index > start
+                and tokens + size > limits.max_tokens
+            )
+            if full:
+                out.append((start, index))
+                start, tokens = index, 0
+            tokens += size
+        out.append((start, len(self.texts)))
+        return out
+
+    def reserve_args(self) -> dict[str, Any] | None:
+        """The ledger.reserve arguments for every text at once, or None when no policy applies."""
+        if not self.claims:
+            return None
+        token_claims = any(c.unit != "requests" for c in self.claims)
+        args: dict[str, Any] = {
+            "input_tokens": sum(self.count()) if token_claims else 0,
+            "max_output_tokens": 0,
+            "min_output_tokens": 0,
+            "lease": self.proxy.config.reservation_lease,
+        }
+        usd = next((c for c in self.claims if c.unit == "usd"), None)
+        if usd is not None:
+            price = self.proxy.prices.get(self.provider_name, self.model, at=self.started_at)
+            if price is None:
+                raise ConfigError(
+                    f"model '{self.provider_name}/{self.model}' has no price, so cost budget"
+                    f" '{usd.policy}' cannot count it: add it to the prices table"
+                    f' (prices."{self.provider_name}/{self.model}" = {{input = ...}},'
+                    " USD per 1M tokens)",
+                    path="prices",
+                )
+            args["rates"] = Rates(price.input / 1_000_000, price.output / 1_000_000)
+        return args
+
+    def request(self, start: int, end: int) -> EmbedRequest:
+        """The request for one batch, told the deadline left."""
+        limit = self.proxy.config.retry.deadline
+        timeout = None if limit is None else max(limit - self.elapsed(), 0.001)
+        return EmbedRequest(
+            self.texts[start:end],
+            self.model,
+            self.provider_name,
+            self.dimensions,
+            self.extra,
+            self.user,
+            timeout,
+        )
+
+    # -- outcomes --------------------------------------------------------------------------------
+
+    def elapsed(self) -> float:
+        """Seconds since the call started."""
+        return time.perf_counter() - self.started
+
+    def retry_delay(self, error: BaseException, tries: int) -> float | None:
+        """How long to wait before retrying a batch after its ``tries``-th failure; None to stop."""
+        return next_delay(error, tries, self.elapsed(), self.proxy.config.retry)
+
+    def usage_of(self, result: EmbeddingResult, start: int, end: int) -> Usage:
+        """A batch's usage (counted when the service sent none), priced; input tokens only."""
+        if not isinstance(result, EmbeddingResult) or len(result.vectors) != end - start:
+            got = len(result.vectors) if isinstance(result, EmbeddingResult) else result
+            raise ProviderError(
+                f"asked for {end - start} vectors, got {got!r}",
+                provider=self.provider_name,
+                model=self.model,
+            )
+        usage = result.usage
+        if usage is None:
+            usage = Usage(sum(self.count()[start:end]), estimated=True)
+        return self.priced(usage)
+
+    def priced(self, usage: Usage) -> Usage:
+        """Return ``usage`` with its USD cost, when the model is priced."""
+        price = self.proxy.prices.get(self.provider_name, self.model, at=self.started_at)
+        if price is None:
+            return usage
+        return attrs.evolve(usage, cost=price.cost(usage))
+
+    def settle_args(self, usage: Usage | None) -> dict[str, Any] | None:
+        """The ledger.settle arguments for this model's hold (once), or None when none is held."""
+        if self.reservation is None or self.settled:
+            return None
+        self.settled = True
+        args: dict[str, Any] = {
+            "tokens": usage.total_tokens if usage is not None else 0,
+            "requests": self.attempts,
+        }
+        if any(c.unit == "usd" for c in self.claims):
+            args["cost"] = (usage.cost or 0.0) if usage is not None else 0.0
+        return args
+
+    def notify(self, outcome: str, error: BaseException | None) -> None:
+        """Send the call's one observer event (``operation`` ``embed``), when someone listens."""
+        proxy = self.proxy
+        if not proxy._notify_on:
+            return
+        proxy._notify(
+            CallEvent(
+                self.model,
+                self.provider_name,
+                self.spent,
+                self.elapsed(),
+                None,
+                self.user,
+                outcome,
+                error,
+                self.total_attempts,
+                False,
+                self.started_at,
+                self.key,
+                self.tags,
+                "embed",
+            )
+        )
+
+
+__all__ = [
+    "Call",
+    "CallOptions",
+    "EmbedCall",
+    "LimitWaiter",
+    "Prompt",
+    "StreamState",
+    "ToolSpec",
+    "as_messages",
+    "as_texts",
+]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -73,6 +74,28 @@ def _parser() -> argparse.ArgumentParser:
         help="attach a file (an image, a PDF or audio, told apart by its bytes) or an https://"
         " image URL; repeatable",
     )
+
+    embed = sub.add_parser(
+        "embed",
+        help="print a text's embedding as JSON, or with --similar how alike several texts are",
+    )
+    embed.add_argument(
+        "texts", nargs="*", help="the texts; one read from stdin when none is given or '-'"
+    )
+    embed.add_argument(
+        "-m",
+        "--model",
+        default="openai/text-embedding-3-small",
+        help="provider/model or an alias of an embeddings model"
+        " (default: openai/text-embedding-3-small)",
+    )
+    embed.add_argument("--dimensions", type=int, help="ask for shorter vectors")
+    embed.add_argument(
+        "--similar",
+        action="store_true",
+        help="compare the texts (two or more): their pairs by cosine similarity, most alike first",
+    )
+    embed.add_argument("--usage", action="store_true", help="print the tokens used (on stderr)")
 
     sub.add_parser("plugins", help="list discovered plugins and what they register")
     for command in load_plugins().registry.commands.values():
@@ -235,6 +258,44 @@ def _chat(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return 0
 
 
+def cosine(a: Sequence[float], b: Sequence[float]) -> float:
+    """The cosine similarity of two vectors (0.0 when either is all zeros)."""
+    dot = sum(x * y for x, y in zip(a, b, strict=True))
+    norm = math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b))
+    return dot / norm if norm else 0.0
+
+
+def _embed(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    texts: list[str] = list(args.texts)
+    if not texts or texts == ["-"]:
+        texts = [_read_prompt(None, sys.stdin).removesuffix("\n")]
+    if args.similar and len(texts) < 2:
+        err.write("llmproxy: --similar compares texts: give two or more\n")
+        return 2
+    proxy = Proxy.from_env()
+    try:
+        result = proxy.embed(texts, model=args.model, dimensions=args.dimensions)
+    finally:
+        proxy.close()
+    if args.similar:
+        pairs = [
+            (cosine(result.vectors[i], result.vectors[j]), i, j)
+            for i in range(len(texts))
+            for j in range(i + 1, len(texts))
+        ]
+        pairs.sort(key=lambda p: (-p[0], p[1], p[2]))
+        for score, i, j in pairs:
+            out.write(f"{score:.4f}  {json.dumps(texts[i])}  {json.dumps(texts[j])}\n")
+    elif len(texts) == 1:
+        out.write(json.dumps(list(result.vectors[0])) + "\n")
+    else:
+        for vector in result.vectors:  # one JSON array a line, in the texts' order
+            out.write(json.dumps(list(vector)) + "\n")
+    if args.usage:
+        err.write(_usage_line(result.usage) + "\n")
+    return 0
+
+
 def _plugins(out: TextIO) -> int:
     plugins = load_plugins()
     for info in plugins.infos():
@@ -366,6 +427,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "chat":
             return _chat(args, out, err)
+        if args.command == "embed":
+            return _embed(args, out, err)
         if args.command == "plugins":
             return _plugins(out)
         if args.command == "history":

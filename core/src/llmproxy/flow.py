@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator, Generator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from llmproxy.budget.base import Claim, Reservation
-from llmproxy.call import Call, LimitWaiter, StreamState
+from llmproxy.call import Call, EmbedCall, LimitWaiter, StreamState
 from llmproxy.errors import (
     BudgetExceeded,
     LLMProxyError,
@@ -36,13 +36,16 @@ from llmproxy.errors import (
     ToolLoopError,
 )
 from llmproxy.history.base import HistoryRecord
-from llmproxy.provider import Provider
+from llmproxy.provider import EmbeddingProvider, Provider
 from llmproxy.tools import ToolResult
 from llmproxy.types import (
     ChatRequest,
     ChatResponse,
     Chunk,
     Completion,
+    EmbeddingResult,
+    Embeddings,
+    EmbedRequest,
     StreamEvent,
     ToolCall,
     Usage,
@@ -242,6 +245,29 @@ class Attempt(Effect):
             raise _deadline_error(self.request) from None
 
 
+class Embed(Effect):
+    """One upstream embeddings attempt for one batch."""
+
+    __slots__ = ("provider", "request")
+
+    def __init__(self, provider: EmbeddingProvider, request: EmbedRequest) -> None:
+        self.provider = provider
+        self.request = request
+
+    def run(self, proxy: Proxy) -> EmbeddingResult:
+        return self.provider.embed(self.request)
+
+    async def arun(self, proxy: Proxy) -> EmbeddingResult:
+        timeout = self.request.timeout
+        if timeout is None:
+            return await self.provider.aembed(self.request)
+        try:
+            async with asyncio.timeout(timeout):
+                return await self.provider.aembed(self.request)
+        except TimeoutError:
+            raise _deadline_error(self.request) from None
+
+
 class OpenStream(Effect):
     """Start one streamed upstream attempt; the result is the provider's chunk iterator."""
 
@@ -277,7 +303,9 @@ class NextChunk(Effect):
         return await anext(self.chunks, END)
 
 
-def _deadline_error(request: ChatRequest, seconds: float | None = None) -> ProviderTimeout:
+def _deadline_error(
+    request: ChatRequest | EmbedRequest, seconds: float | None = None
+) -> ProviderTimeout:
     """The error of an attempt cut off at the call's deadline."""
     return ProviderTimeout(
         f"no answer within the call's deadline ({seconds or request.timeout or 0:.3g} s left for"
@@ -454,6 +482,12 @@ def _check_output(call: Call, completion: Completion, usage: Usage) -> Generator
 
 def _aim(call: Call) -> Generator[Effect, Any, ChatRequest]:
     """Reserve for the call's current model (when a policy applies) and build its request."""
+    yield from _reserve(call)
+    return call.build_request()
+
+
+def _reserve(call: Call | EmbedCall) -> Generator[Effect, Any, None]:
+    """Hold the call's budget (when a policy applies), waiting out what is worth waiting for."""
     args = call.reserve_args()
     if args is not None:
         waiter = LimitWaiter(call.proxy.config)
@@ -466,7 +500,6 @@ def _aim(call: Call) -> Generator[Effect, Any, ChatRequest]:
                 if delay is None:
                     raise
                 yield Sleep(delay)
-    return call.build_request()
 
 
 def _turn(call: Call, request: ChatRequest) -> Generator[Effect, Any, tuple[Completion, Usage]]:
@@ -586,4 +619,91 @@ def _finish(call: Call, error: BaseException | None) -> Generator[Effect, Any, N
     yield SettleAndStore(call, settle, records)
 
 
-__all__ = ["READY", "Closed", "Deliver", "Effect", "Flow", "call_flow"]
+# -- embeddings --------------------------------------------------------------------------------
+
+EmbedFlow = Generator[Effect, Any, Embeddings]
+"""A running embed call: yields effects, is sent their results, returns the vectors."""
+
+
+def embed_flow(call: EmbedCall) -> EmbedFlow:
+    """Every step of an embed call: reserve the whole input, embed each batch, settle, notify.
+
+    The texts are reserved as a whole (input only) before the first batch is sent, so a
+    refusal sends nothing. Each batch is retried as a chat attempt is; when a model's retries
+    are spent on a retryable failure, what its finished batches used is settled and the next
+    fallback model starts again from the first batch (vectors of two models do not mix).
+    """
+    try:
+        while True:
+            yield from _reserve(call)
+            vectors: list[tuple[float, ...]] = []
+            usage = Usage()
+            try:
+                for start, end in call.batches():
+                    result, used = yield from _embed_batch(call, start, end)
+                    vectors.extend(result.vectors)
+                    usage = usage + used
+                break
+            except GeneratorExit:
+                raise
+            except BaseException as exc:
+                call.spent = call.spent + usage
+                settle = call.settle_args(usage)
+                if settle is not None and call.reservation is not None:
+                    try:
+                        yield Settle(call.reservation, settle)
+                    except LLMProxyError:
+                        log.exception("could not release the reservation of a failed call")
+                if not call.advance(exc):
+                    raise
+        call.spent = call.spent + usage
+        settle = call.settle_args(usage)
+        if settle is not None and call.reservation is not None:
+            yield Settle(call.reservation, settle)
+    except GeneratorExit:
+        raise
+    except BaseException as exc:
+        call.notify("error", exc)
+        raise
+    call.notify("ok", None)
+    return Embeddings(tuple(vectors), call.spent, call.model, call.provider_name, call.elapsed())
+
+
+def _embed_batch(
+    call: EmbedCall, start: int, end: int
+) -> Generator[Effect, Any, tuple[EmbeddingResult, Usage]]:
+    """One batch: attempts with retries (as :func:`_turn`'s), each counted as a request."""
+    tries = 0
+    while True:
+        tries += 1
+        call.attempts += 1
+        call.total_attempts += 1
+        try:
+            result = yield Embed(call.provider, call.request(start, end))
+            return result, call.usage_of(result, start, end)
+        except GeneratorExit:
+            raise
+        except BaseException as exc:
+            delay = call.retry_delay(exc, tries)
+            if delay is None:
+                raise
+            log.info(
+                "retrying %s/%s embeddings in %.2fs after: %s",
+                call.provider_name,
+                call.model,
+                delay,
+                exc,
+            )
+            yield Sleep(delay)
+
+
+__all__ = [
+    "READY",
+    "Closed",
+    "Deliver",
+    "Effect",
+    "EmbedFlow",
+    "Flow",
+    "call_flow",
+    "embed_flow",
+]

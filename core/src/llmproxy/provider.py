@@ -20,7 +20,9 @@ from collections.abc import (
 )
 from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar, runtime_checkable
 
-from llmproxy.errors import ProviderTimeout
+from attrs import frozen
+
+from llmproxy.errors import ProviderTimeout, UnsupportedContent
 from llmproxy.tokens import (
     DEFAULT_INPUT_MARGIN,
     InputMargin,
@@ -32,6 +34,8 @@ from llmproxy.types import (
     Chunk,
     Citation,
     Completion,
+    EmbeddingResult,
+    EmbedRequest,
     HostedOutput,
     Message,
     ToolCall,
@@ -104,6 +108,75 @@ class Provider(Protocol):
     async def aclose(self) -> None:
         """Release all connections, async ones included (called from the event loop they use)."""
         ...
+
+
+@frozen
+class EmbedLimits:
+    """What one embeddings request may hold.
+
+    At most ``max_inputs`` texts and ``max_tokens`` input tokens (None: no limit on the sum;
+    the service's per-text limit still applies).
+    """
+
+    max_inputs: int = 2048
+    max_tokens: int | None = None
+
+
+DEFAULT_EMBED_LIMITS = EmbedLimits()
+"""The batch limits of a provider that declares none: OpenAI's 2048 inputs per request."""
+
+
+@runtime_checkable
+class EmbeddingProvider(Protocol):
+    """A provider that embeds texts: the optional face of :class:`Provider` (or a whole one).
+
+    ``embed`` makes exactly one upstream attempt for one batch (the Proxy splits the input by
+    :meth:`embed_limits`, retries, falls back and budgets) and returns a vector per text in
+    order, within ``request.timeout``. ``embed_limits(model)`` may raise
+    :class:`~llmproxy.errors.UnsupportedContent` for a model (or a provider) with no embeddings:
+    the Proxy asks it before it reserves anything.
+    """
+
+    name: str
+
+    def embed(self, request: EmbedRequest) -> EmbeddingResult:
+        """Embed one batch."""
+        ...
+
+    async def aembed(self, request: EmbedRequest) -> EmbeddingResult:
+        """Async :meth:`embed`."""
+        ...
+
+    def embed_limits(self, model: str) -> EmbedLimits:
+        """The batch limits of ``model`` (raise UnsupportedContent when it cannot embed)."""
+        ...
+
+
+def no_embeddings(provider: str, hint: str | None = None) -> UnsupportedContent:
+    """The error of a provider that has no embeddings model."""
+    return UnsupportedContent(
+        "has no embeddings model; use "
+        + (hint or "openai/text-embedding-3-small or gemini/gemini-embedding-001"),
+        provider=provider,
+        part="model",
+    )
+
+
+def embeddings_of(provider: Any, name: str, model: str) -> tuple[EmbeddingProvider, EmbedLimits]:
+    """``provider`` as an embedding provider with ``model``'s batch limits, or raise.
+
+    Raises :class:`~llmproxy.errors.UnsupportedContent` (before anything is reserved or sent)
+    when the provider has no ``embed``/``aembed``, or its ``embed_limits`` says so.
+    """
+    if not callable(getattr(provider, "embed", None)) or not callable(
+        getattr(provider, "aembed", None)
+    ):
+        raise no_embeddings(name)
+    declared = getattr(provider, "embed_limits", None)
+    limits = DEFAULT_EMBED_LIMITS if declared is None else declared(model)
+    if not isinstance(limits, EmbedLimits) or limits.max_inputs < 1:
+        raise TypeError(f"provider {name!r} gave {limits!r} as its embed limits")
+    return provider, limits
 
 
 class ChunkAssembler:
@@ -391,14 +464,27 @@ class BaseProvider:
             cls.astream = _bounded_astream(astream)  # type: ignore[method-assign,assignment]
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Self:
-        """Refuse a subclass that implements neither ``astream`` nor ``achat``."""
-        if cls.achat is BaseProvider.achat and cls.astream is BaseProvider.astream:
+        """Refuse a subclass that implements none of ``astream``, ``achat`` and ``aembed``."""
+        if not cls._chats() and cls.aembed is BaseProvider.aembed:
             raise TypeError(
                 f"{cls.__qualname__} must implement 'async def astream(self, request)' (yielding"
-                " llmproxy.Chunk) or 'async def achat(self, request)' (returning"
-                " llmproxy.Completion); BaseProvider gives the rest"
+                " llmproxy.Chunk), 'async def achat(self, request)' (returning"
+                " llmproxy.Completion) or 'async def aembed(self, request)' (returning"
+                " llmproxy.EmbeddingResult); BaseProvider gives the rest"
             )
         return super().__new__(cls)
+
+    @classmethod
+    def _chats(cls) -> bool:
+        """Whether the subclass implements ``achat`` or ``astream`` (else it only embeds)."""
+        return cls.achat is not BaseProvider.achat or cls.astream is not BaseProvider.astream
+
+    def _refuse_chat(self) -> UnsupportedContent:
+        return UnsupportedContent(
+            "is an embeddings provider: it does not chat (call proxy.embed, or use a chat model)",
+            provider=self.name,
+            part="model",
+        )
 
     def __init__(self, settings: ProviderSettings | None = None) -> None:
         """Keep ``settings`` (default: settings named after the class, read from nothing)."""
@@ -412,6 +498,8 @@ class BaseProvider:
 
     async def achat(self, request: ChatRequest) -> Completion:
         """Make one non-streamed attempt (default: gather :meth:`astream`'s chunks)."""
+        if not self._chats():
+            raise self._refuse_chat()
         parts = ChunkAssembler()
         chunks = self.astream(request)
         try:
@@ -425,7 +513,27 @@ class BaseProvider:
 
     async def astream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
         """Make one streamed attempt (default: :meth:`achat`'s completion as one chunk)."""
+        if not self._chats():
+            raise self._refuse_chat()
         yield chunk_of(await self.achat(request))
+
+    async def aembed(self, request: EmbedRequest) -> EmbeddingResult:
+        """Embed one batch (default: this provider has no embeddings; override to add them)."""
+        raise no_embeddings(self.name)
+
+    def embed(self, request: EmbedRequest) -> EmbeddingResult:
+        """Sync :meth:`aembed`, run on the provider's own event loop."""
+        return self._loop_thread.run(self.aembed(request))
+
+    def embed_limits(self, model: str) -> EmbedLimits:
+        """The batch limits: :data:`DEFAULT_EMBED_LIMITS`.
+
+        Raises UnsupportedContent when ``aembed`` is not implemented, so that the Proxy refuses
+        before it reserves.
+        """
+        if type(self).aembed is BaseProvider.aembed:
+            raise no_embeddings(self.name)
+        return DEFAULT_EMBED_LIMITS
 
     def chat(self, request: ChatRequest) -> Completion:
         """Sync :meth:`achat`, run on the provider's own event loop."""

@@ -25,10 +25,10 @@ from llmproxy.budget.calibration import Calibration
 from llmproxy.budget.policy import BudgetPolicy, CallScope
 from llmproxy.budget.renewal import Renewer
 from llmproxy.budget.routed import RoutedLedger
-from llmproxy.call import Call, CallOptions, Prompt, ToolSpec
+from llmproxy.call import Call, CallOptions, EmbedCall, Prompt, ToolSpec
 from llmproxy.config import ProxyConfig, load_config, structure
 from llmproxy.errors import ConfigError, InvalidRequest, PluginError, StoreError
-from llmproxy.flow import READY, Closed, Deliver, Flow, call_flow
+from llmproxy.flow import READY, Closed, Deliver, EmbedFlow, Flow, call_flow, embed_flow
 from llmproxy.history.base import HistoryRecord, HistoryStore
 from llmproxy.history.handler import HandlerStore, LLMMessageHandler
 from llmproxy.pipelining import PipelinedHistory, PipelinedLedger, QueuedSettle, shared
@@ -37,7 +37,7 @@ from llmproxy.provider import Provider
 from llmproxy.registry import ProviderSettings
 from llmproxy.secret import Secret, redact
 from llmproxy.tools import ClientTool, HostedTool, Tool
-from llmproxy.types import CallEvent, ChatResponse, StreamEvent
+from llmproxy.types import CallEvent, ChatResponse, Embeddings, StreamEvent
 from llmproxy.urls import scheme_of
 
 if TYPE_CHECKING:
@@ -666,7 +666,72 @@ class Proxy:
 
     # -- the two drivers ----------------------------------------------------------------------
 
-    def _drive(self, flow: Flow, error: BaseException | None = None) -> Any:
+    def embed(
+        self,
+        texts: str | Sequence[str],
+        *,
+        model: str = "openai/text-embedding-3-small",
+        dimensions: int | None = None,
+        user: str | None = None,
+        fallbacks: Sequence[str] | None = None,
+        key: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        **extra: Any,
+    ) -> Embeddings:
+        """Embed ``texts`` (one string or a list) and return a vector per text, in order.
+
+        ``model`` is ``provider/model`` or an alias of an embeddings model; ``dimensions`` asks
+        for shorter vectors where the model can give them. Budgets and rate limits apply as for
+        :meth:`chat`: the input is counted (exactly for OpenAI, an upper bound otherwise) and
+        reserved as a whole, with no output, before the first of the batches the provider
+        accepts is sent, so a refusal (:class:`~llmproxy.errors.BudgetExceeded`,
+        :class:`~llmproxy.errors.RateLimited`) sends nothing. Retries, ``fallbacks``, ``key``,
+        ``tags`` and ``user`` work as for :meth:`chat`; other keyword arguments go to the
+        provider untouched (Gemini's ``task_type="RETRIEVAL_QUERY"``). A provider with no
+        embeddings raises :class:`~llmproxy.errors.UnsupportedContent` naming it.
+        """
+        call = EmbedCall(
+            self,
+            texts,
+            model=model,
+            dimensions=dimensions,
+            user=user,
+            key=key,
+            tags=tags,
+            fallbacks=fallbacks,
+            extra=extra,
+        )
+        result: Embeddings = self._drive(embed_flow(call))
+        return result
+
+    async def aembed(
+        self,
+        texts: str | Sequence[str],
+        *,
+        model: str = "openai/text-embedding-3-small",
+        dimensions: int | None = None,
+        user: str | None = None,
+        fallbacks: Sequence[str] | None = None,
+        key: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        **extra: Any,
+    ) -> Embeddings:
+        """Async :meth:`embed`."""
+        call = EmbedCall(
+            self,
+            texts,
+            model=model,
+            dimensions=dimensions,
+            user=user,
+            key=key,
+            tags=tags,
+            fallbacks=fallbacks,
+            extra=extra,
+        )
+        result: Embeddings = await self._adrive(embed_flow(call))
+        return result
+
+    def _drive(self, flow: Flow | EmbedFlow, error: BaseException | None = None) -> Any:
         """Perform ``flow``'s effects, blocking, until it delivers a stream event or ends.
 
         Returns the :class:`~llmproxy.flow.Deliver` effect, or what the flow returned. An
@@ -686,7 +751,7 @@ class Proxy:
             except BaseException as exc:
                 value, error = None, exc
 
-    async def _adrive(self, flow: Flow, error: BaseException | None = None) -> Any:
+    async def _adrive(self, flow: Flow | EmbedFlow, error: BaseException | None = None) -> Any:
         """Async :meth:`_drive`: the same flow, its effects awaited in the event loop."""
         value: Any = None
         while True:

@@ -540,3 +540,54 @@ class CallEvent:
     started_at: float = 0.0
     key: str | None = None
     tags: Mapping[str, str] = attrs.Factory(dict)
+    operation: str = "chat"
+    """What the call did: ``chat`` or ``embed``."""
+
+
+@frozen
+class EmbedRequest:
+    """What an embedding provider is asked: one batch of texts for one model.
+
+    ``model`` is the provider's own model name; ``dimensions`` (None: the model's own) asks
+    for shorter vectors where the model can give them; ``extra`` carries provider-specific
+    parameters through untouched (Gemini's ``task_type``); ``timeout`` is the seconds the
+    attempt may take in all (the call's deadline left), as for :class:`ChatRequest`.
+    """
+
+    texts: tuple[str, ...]
+    model: str
+    provider: str
+    dimensions: int | None = None
+    extra: Mapping[str, Any] = attrs.Factory(dict)
+    user: str | None = None
+    timeout: float | None = None
+
+
+@frozen
+class EmbeddingResult:
+    """A provider's answer to one :class:`EmbedRequest`: a vector per text, in order.
+
+    ``usage`` None: the service reported none (the Proxy counts the input instead).
+    """
+
+    vectors: tuple[tuple[float, ...], ...]
+    usage: Usage | None = None
+    model: str | None = None
+
+
+@frozen
+class Embeddings:
+    """The caller's answer to :meth:`llmproxy.Proxy.embed`: a vector per input, in input order.
+
+    ``usage`` is the whole call's (every batch; input tokens only, priced when the model is);
+    ``model`` the model that answered (after fallbacks) and ``provider`` its provider.
+    """
+
+    vectors: tuple[tuple[float, ...], ...]
+    usage: Usage
+    model: str
+    provider: str
+    latency: float = 0.0
+
+    def __len__(self) -> int:
+        return len(self.vectors)

@@ -128,9 +128,9 @@ def test_unknown_paths_and_methods_answer_in_openais_error_shape(
 ) -> None:
     key = gateway.key()
     with pytest.raises(openai.NotFoundError) as info:
-        client(gateway, key).embeddings.create(model="text-embedding-3-small", input="x")
+        client(gateway, key).images.generate(prompt="a cat")
     assert info.value.type == "invalid_request_error"
-    assert "POST /v1/embeddings" in info.value.message
+    assert "POST /v1/images/generations" in info.value.message
     wrong_method = httpx.delete(
         gateway.url + "/v1/models", headers={"authorization": f"Bearer {key}"}
     )

@@ -8,7 +8,7 @@ import pytest
 
 from llmproxy_gemini.provider import GeminiProvider
 from llmproxy_testing.fake_gemini import FakeGemini
-from llmproxy_testing.provider_contract import ProviderContract
+from llmproxy_testing.provider_contract import EmbeddingContract, ProviderContract
 
 KEY = "AIzaContract-0123456789wxyz"
 
@@ -44,3 +44,20 @@ class TestGeminiBetaApiContract(TestGeminiProviderContract):
         )
         yield provider
         await provider.aclose()
+
+
+class TestGeminiEmbeddingContract(EmbeddingContract):
+    @pytest.fixture
+    def upstream(self) -> Iterator[FakeGemini]:
+        with FakeGemini(api_key=KEY) as server:
+            yield server
+
+    @pytest.fixture
+    async def provider(self, upstream: FakeGemini) -> AsyncIterator[GeminiProvider]:
+        provider = GeminiProvider(api_key=KEY, base_url=upstream.base_url, timeout=10.0)
+        yield provider
+        await provider.aclose()
+
+    @pytest.fixture
+    def embedding_model(self) -> str:
+        return "gemini-embedding-001"

@@ -172,3 +172,56 @@ def test_off_means_off_silently(
         assert list(tmp_path.iterdir()) == []  # no usage.db (history and ledger are in memory)
     finally:
         set_usage_log(old)
+
+
+def test_embed_calls_are_recorded_with_their_operation(upstream: FakeOpenAI, log: UsageLog) -> None:
+    proxy = make_proxy(upstream)
+    try:
+        proxy.embed(["two words", "three more words"], key="k3")
+        proxy.chat("Hello", model="openai/gpt-4o-mini", key="k3")
+    finally:
+        proxy.close()
+    chat, embed = log.recent(10, key="k3")
+    assert (embed.operation, embed.model, embed.input_tokens, embed.output_tokens) == (
+        "embed",
+        "openai/text-embedding-3-small",
+        5,
+        0,
+    )
+    assert embed.cost is not None and embed.cost > 0
+    assert chat.operation == "chat"
+
+
+def test_an_old_sqlite_log_gains_the_operation_column(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        """
+        CREATE TABLE calls (
+            id INTEGER PRIMARY KEY, ts REAL NOT NULL, model TEXT NOT NULL,
+            provider TEXT NOT NULL, "user" TEXT, session_id TEXT, "key" TEXT,
+            input_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL,
+            cached_input_tokens INTEGER NOT NULL, reasoning_tokens INTEGER NOT NULL, cost REAL,
+            latency REAL NOT NULL, outcome TEXT NOT NULL, error TEXT, limit_kind TEXT,
+            policy TEXT, attempts INTEGER NOT NULL, streamed INTEGER NOT NULL,
+            estimated INTEGER NOT NULL, tags TEXT
+        );
+        INSERT INTO calls VALUES
+            (1, 1.0, 'openai/gpt-4o', 'openai', NULL, NULL, NULL, 3, 2, 0, 0, NULL, 0.1, 'ok',
+             NULL, NULL, NULL, 1, 0, 0, NULL);
+        """
+    )
+    conn.close()
+    old = open_usage_log(f"sqlite:///{path}?flush_interval=0.01")
+    try:
+        old.record(UsageRecord(2.0, "openai/text-embedding-3-small", "openai", operation="embed"))
+        old.flush()
+        rows = old.recent(10)
+    finally:
+        old.close()
+    assert [(r.model, r.operation) for r in rows] == [
+        ("openai/text-embedding-3-small", "embed"),
+        ("openai/gpt-4o", "chat"),
+    ]

@@ -1,7 +1,8 @@
 r"""A fake Gemini upstream (the Gemini API's native REST surface) for tests.
 
 ``FakeGemini`` serves ``POST /{version}/models/{model}:generateContent`` (JSON) and
-``POST /{version}/models/{model}:streamGenerateContent?alt=sse`` (server-sent events), and
+``POST /{version}/models/{model}:streamGenerateContent?alt=sse`` (server-sent events),
+``POST /{version}/models/{model}:batchEmbedContents`` (deterministic vectors), and
 ``GET /{version}/models``, for any version (``v1``, ``v1beta``...), in the Gemini API's wire
 shapes, on ``127.0.0.1``. Point the real ``google-genai`` client at it::
 
@@ -75,6 +76,7 @@ from typing import Any
 from llmproxy import media
 
 from . import _schema
+from ._embeddings import DEFAULT_DIMENSIONS, fake_vector
 from ._http import (
     FakeServer,
     Fault,
@@ -112,7 +114,11 @@ DEFAULT_MODELS: tuple[str, ...] = ("gemini-3.8-flash", "gemini-3.5-flash", "gemi
 #: The placeholder signature Google documents for function calls the model did not produce.
 SKIP_SIGNATURE = "skip_thought_signature_validator"
 
-_PATH = re.compile(r"^/(v1[a-z0-9]*)/models/([^/:]+):(generateContent|streamGenerateContent)$")
+_PATH = re.compile(
+    r"^/(v1[a-z0-9]*)/models/([^/:]+):(generateContent|streamGenerateContent|batchEmbedContents)$"
+)
+#: The most requests ``batchEmbedContents`` takes at once, as the Gemini API enforces.
+MAX_EMBED_BATCH = 100
 _MODELS_PATH = re.compile(r"^/(v1[a-z0-9]*)/models$")
 
 # status -> (default message, Gemini status name)
@@ -416,11 +422,52 @@ class FakeGemini(FakeServer):
             self.send_error(response, 405, f"Method {request.method} not allowed")
             return
         model, method = generate.group(2), generate.group(3)
+        if method == "batchEmbedContents":
+            await self._embed(request, response, model)
+            return
         streaming = method == "streamGenerateContent"
         if streaming and request.query.get("alt") != "sse":
             self.send_error(response, 400, "This fake streams only with alt=sse.")
             return
         await self._generate(request, response, model, streaming)
+
+    # -- embeddings -----------------------------------------------------------------------
+
+    async def _embed(self, request: RecordedRequest, response: ResponseWriter, model: str) -> None:
+        """``batchEmbedContents``: :func:`~llmproxy_testing._embeddings.fake_vector` per request.
+
+        Each request's text is its content's text parts joined; ``outputDimensionality`` sets
+        the length (default 16); at most :data:`MAX_EMBED_BATCH` requests, each naming
+        ``models/<model>``. No usage is reported (as the Gemini API reports none).
+        """
+        _item, answered = await self.take_scripted(
+            response, streaming=False, malformed=b'{"embeddings": [{', send_fault=self._send_fault
+        )
+        if answered:
+            return
+        body = json_object(request)
+        requests = body.get("requests") if body is not None else None
+        if not isinstance(requests, list) or not requests:
+            self.send_error(response, 400, "requests must be a non-empty list")
+            return
+        if len(requests) > MAX_EMBED_BATCH:
+            self.send_error(
+                response, 400, f"at most {MAX_EMBED_BATCH} requests can be in one batch"
+            )
+            return
+        embeddings: list[dict[str, Any]] = []
+        for index, item in enumerate(requests):
+            if not isinstance(item, dict) or item.get("model") != f"models/{model}":
+                self.send_error(response, 400, f"requests[{index}].model must be models/{model}")
+                return
+            parts = (item.get("content") or {}).get("parts") or []
+            text = " ".join(p["text"] for p in parts if isinstance(p, dict) and "text" in p)
+            if not text:
+                self.send_error(response, 400, f"requests[{index}] has no text")
+                return
+            dimensions = item.get("outputDimensionality", DEFAULT_DIMENSIONS)
+            embeddings.append({"values": fake_vector(text, int(dimensions))})
+        response.send_json(200, {"embeddings": embeddings})
 
     # -- generate -------------------------------------------------------------------------
 

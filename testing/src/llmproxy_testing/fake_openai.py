@@ -73,6 +73,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from . import _responses, _schema
+from ._embeddings import DEFAULT_DIMENSIONS, fake_vector, to_base64
 from ._http import (
     FakeServer,
     Fault,
@@ -319,6 +320,8 @@ class FakeOpenAI(FakeServer):
 
     #: Whether ``POST /v1/responses`` is served (OpenAI-compatible services may lack it).
     responses_api: ClassVar[bool] = True
+    #: Whether ``POST /v1/embeddings`` is served.
+    embeddings_api: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -340,6 +343,8 @@ class FakeOpenAI(FakeServer):
         self._billed_answers = 0
         self.add_route("POST", "/v1/chat/completions", self._chat_completions)
         self.add_route("GET", "/v1/models", self._list_models)
+        if self.embeddings_api:
+            self.add_route("POST", "/v1/embeddings", self._embeddings)
         if self.responses_api:
             self.add_route("POST", "/v1/responses", self._responses)
 
@@ -461,6 +466,66 @@ class FakeOpenAI(FakeServer):
         ]
         response.send_json(
             200, {"object": "list", "data": data}, {"x-request-id": self._request_id()}
+        )
+
+    async def _embeddings(self, request: RecordedRequest, response: ResponseWriter) -> None:
+        """``POST /v1/embeddings``: :func:`~llmproxy_testing._embeddings.fake_vector` per input.
+
+        ``input`` is a string or a list of 1 to 2048 non-empty strings; ``dimensions`` sets the
+        vectors' length (default 16); ``encoding_format`` ``float`` (default) or ``base64``.
+        ``prompt_tokens`` = the sum of :func:`count_tokens` of the inputs. Scripted faults are
+        consumed as for chat.
+        """
+        _item, answered = await self.take_scripted(
+            response,
+            streaming=False,
+            malformed=b'{"object": "list", "data": [{',
+            send_fault=self._send_fault_status,
+            headers={"x-request-id": self._request_id()},
+        )
+        if answered:
+            return
+        body = json_object(request)
+        if body is None:
+            self._send_openai_error(response, 400, _BAD_JSON_MESSAGE, "invalid_request_error", None)
+            return
+        given = body.get("input")
+        texts: list[Any] = (
+            [given] if isinstance(given, str) else given if isinstance(given, list) else []
+        )
+        dimensions = body.get("dimensions", DEFAULT_DIMENSIONS)
+        encoding = body.get("encoding_format", "float")
+        problem = None
+        if not isinstance(body.get("model"), str):
+            problem = ("you must provide a model parameter", "model")
+        elif not 1 <= len(texts) <= 2048 or not all(isinstance(t, str) and t for t in texts):
+            problem = ("'input' must be a non-empty string or 1 to 2048 of them", "input")
+        elif isinstance(dimensions, bool) or not isinstance(dimensions, int) or dimensions < 1:
+            problem = ("'dimensions' must be a positive integer", "dimensions")
+        elif encoding not in ("float", "base64"):
+            problem = ("'encoding_format' must be 'float' or 'base64'", "encoding_format")
+        if problem is not None:
+            self._send_openai_error(
+                response, 400, problem[0], "invalid_request_error", None, problem[1]
+            )
+            return
+        tokens = sum(count_tokens(t) for t in texts)
+        data: list[dict[str, Any]] = []
+        for index, text in enumerate(texts):
+            vector = fake_vector(text, dimensions)
+            data.append(
+                {
+                    "object": "embedding",
+                    "index": index,
+                    "embedding": to_base64(vector) if encoding == "base64" else vector,
+                }
+            )
+        usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+        await self.gate(request, lambda: self._bill(usage))
+        response.send_json(
+            200,
+            {"object": "list", "data": data, "model": body["model"], "usage": usage},
+            {"x-request-id": self._request_id()},
         )
 
     async def _chat_completions(self, request: RecordedRequest, response: ResponseWriter) -> None:

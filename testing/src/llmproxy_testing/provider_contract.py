@@ -45,6 +45,12 @@ What the suite holds a provider to, sync and async, plain and streamed:
 - ``close``/``aclose`` release every connection, may be called twice, and leave the provider
   usable (it reconnects); an abandoned stream releases its connection.
 
+Providers that embed also subclass :class:`EmbeddingContract` (with an ``embedding_model``
+fixture): ``embed_limits`` gives :class:`~llmproxy.provider.EmbedLimits`; ``embed``/``aembed``
+return one vector of floats per text, in order, all of one length (``dimensions`` when asked),
+the same text giving the same vector; usage is None or counts the input; failures map onto
+:mod:`llmproxy.errors` as for chat.
+
 The suite relies on the behaviour every fake in :mod:`llmproxy_testing` shares: the default
 answer echoes the last user message (``"Echo: ..."``), tokens are counted as words, and an
 answer longer than the output cap is cut at it. It needs ``pytest`` and ``pytest-asyncio``.
@@ -69,11 +75,20 @@ from llmproxy.errors import (
     ProviderResponseError,
     ProviderUnavailable,
 )
-from llmproxy.provider import Provider
-from llmproxy.types import ChatRequest, Chunk, Completion, Message, ToolCall, Usage
+from llmproxy.provider import EmbeddingProvider, EmbedLimits, Provider
+from llmproxy.types import (
+    ChatRequest,
+    Chunk,
+    Completion,
+    EmbeddingResult,
+    EmbedRequest,
+    Message,
+    ToolCall,
+    Usage,
+)
 from llmproxy_testing._http import FakeServer, Fault, Reply
 
-__all__ = ["Mode", "ProviderContract"]
+__all__ = ["EmbeddingContract", "Mode", "ProviderContract"]
 
 Mode = Literal["sync", "async"]
 MODES: tuple[Mode, ...] = ("sync", "async")
@@ -501,3 +516,79 @@ class ProviderContract:
         assert await _eventually(lambda: upstream.connection_count == 0)
         completion = await self.complete(provider, self.request(provider, model), mode)
         assert completion.message.content == "Echo: Hello there"
+
+
+class EmbeddingContract:
+    """The embeddings contract, for providers that declare embeddings (subclass it as well).
+
+    Subclasses provide the ``provider``, ``upstream`` and ``embedding_model`` fixtures; the
+    provider may be an embedding-only one (then subclass only this).
+    """
+
+    TEXTS = ("the cat sat on the mat", "a dog barked", "the cat sat on the mat")
+
+    @staticmethod
+    async def embed(
+        provider: EmbeddingProvider, request: EmbedRequest, mode: Mode
+    ) -> EmbeddingResult:
+        """One attempt through the sync or the async method."""
+        if mode == "sync":
+            return provider.embed(request)
+        return await provider.aembed(request)
+
+    def test_is_an_embedding_provider(self, provider: Any, embedding_model: str) -> None:
+        """``embed``, ``aembed`` and ``embed_limits``, with limits of at least one input."""
+        assert isinstance(provider, EmbeddingProvider)
+        limits = provider.embed_limits(embedding_model)
+        assert isinstance(limits, EmbedLimits)
+        assert limits.max_inputs >= 1
+        assert limits.max_tokens is None or limits.max_tokens >= 1
+
+    @pytest.mark.parametrize("mode", MODES)
+    async def test_a_vector_per_text_in_order(
+        self, provider: EmbeddingProvider, embedding_model: str, mode: Mode
+    ) -> None:
+        """One vector per text, in order, of one length; the same text, the same vector."""
+        request = EmbedRequest(self.TEXTS, embedding_model, provider.name)
+        result = await self.embed(provider, request, mode)
+        assert isinstance(result, EmbeddingResult)
+        assert len(result.vectors) == len(self.TEXTS)
+        first, second, again = result.vectors
+        assert len(first) >= 1
+        assert len(first) == len(second) == len(again)
+        assert all(isinstance(x, float) for vector in result.vectors for x in vector)
+        assert first == again
+        assert first != second
+        if result.usage is not None:
+            assert result.usage.input_tokens >= 1
+            assert result.usage.output_tokens == 0
+
+    @pytest.mark.parametrize("mode", MODES)
+    async def test_dimensions_are_sent(
+        self, provider: EmbeddingProvider, embedding_model: str, mode: Mode
+    ) -> None:
+        """``dimensions`` asks for vectors of that length."""
+        request = EmbedRequest(("one text",), embedding_model, provider.name, dimensions=5)
+        result = await self.embed(provider, request, mode)
+        assert [len(v) for v in result.vectors] == [5]
+
+    @pytest.mark.parametrize("mode", MODES)
+    @pytest.mark.parametrize(("status", "kind", "retryable"), _STATUS_CASES)
+    async def test_errors_map_onto_the_core(
+        self,
+        provider: EmbeddingProvider,
+        upstream: FakeServer,
+        embedding_model: str,
+        mode: Mode,
+        status: int,
+        kind: type[ProviderError],
+        retryable: bool,
+    ) -> None:
+        """400/401/429/500 become the core's classes, as for chat."""
+        upstream.enqueue(Fault.status(status, retry_after=1.5 if status == 429 else None))
+        request = EmbedRequest(("x",), embedding_model, provider.name)
+        with pytest.raises(kind) as info:
+            await self.embed(provider, request, mode)
+        assert info.value.retryable is retryable
+        assert info.value.status == status
+        assert info.value.provider == provider.name

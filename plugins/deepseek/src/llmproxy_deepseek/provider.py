@@ -126,6 +126,11 @@ class DeepSeekProvider(OpenAIProvider):
     output_limit_param: ClassVar[str] = "max_tokens"
     #: DeepSeek has no Responses API: hosted tools are a ConfigError naming the provider.
     responses_api: ClassVar[bool] = False
+    #: DeepSeek has no embeddings model: ``proxy.embed`` raises UnsupportedContent naming it.
+    embeddings: ClassVar[bool] = False
+    embeddings_hint: ClassVar[str | None] = (
+        "openai/text-embedding-3-small or gemini/gemini-embedding-001"
+    )
 
     def __init__(
         self,

@@ -1,9 +1,10 @@
-"""The gateway: OpenAI's Chat Completions API in front of one :class:`llmproxy.Proxy`.
+"""The gateway: OpenAI's Chat Completions and Embeddings APIs in front of one Proxy.
 
 ``POST /v1/chat/completions`` is a plain ASGI handler (no framework objects on the hot path):
 check the key, parse the body, call the Proxy with the key's id and user and the
-``X-Session-Id`` header's session, answer JSON or SSE. Everything else (``GET /v1/models``, the
-dashboard) is a Starlette app.
+``X-Session-Id`` header's session, answer JSON or SSE. ``POST /v1/embeddings`` is one too,
+through :meth:`llmproxy.Proxy.aembed` (:mod:`llmproxy_gateway.embeddings`). Everything else
+(``GET /v1/models``, the dashboard) is a Starlette app.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from llmproxy.types import Message as LLMMessage
 from llmproxy.types import StreamEvent
 from llmproxy_gateway import env, messages_wire
 from llmproxy_gateway.budgets import key_policies
+from llmproxy_gateway.embeddings import embeddings_body, parse_embeddings
 from llmproxy_gateway.errors import HTTPError, from_exception, unauthorized
 from llmproxy_gateway.keys import KeyRecord, KeyStore, admin_matches
 from llmproxy_gateway.models import check_model
@@ -207,6 +209,30 @@ class Gateway:
             return
         await send({"type": "http.response.start", "status": 200, "headers": _JSON_HEADERS})
         await send({"type": "http.response.body", "body": completion_body(response)})
+
+    async def embeddings(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``POST /v1/embeddings`` (raw ASGI): the key's budgets, rate limits and usage log."""
+        if scope["method"] != "POST":
+            await _send_error(send, HTTPError(405, "Use POST for /v1/embeddings."))
+            return
+        try:
+            key = self.authenticate(scope)
+            body = await _read_body(scope, receive, self.max_body)
+            call = parse_embeddings(body, self.body_limits)
+            kwargs = call.kwargs
+            self.check_model(key, kwargs["model"])
+            kwargs["user"] = key.user
+            kwargs["key"] = key.id
+            result = await self.proxy.aembed(call.texts, **kwargs)
+        except ClientGone:
+            return
+        except Exception as exc:
+            await _send_error(send, _mapped(exc))
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": _JSON_HEADERS})
+        await send(
+            {"type": "http.response.body", "body": embeddings_body(result, call.encoding_format)}
+        )
 
     async def _stream(
         self,
@@ -655,6 +681,7 @@ def create_app(
     paths = ("/v1/chat/completions", "/chat/completions")
     messages_paths = ("/v1/messages", "/messages")
     count_paths = ("/v1/messages/count_tokens", "/messages/count_tokens")
+    embedding_paths = ("/v1/embeddings", "/embeddings")
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -667,6 +694,9 @@ def create_app(
                 return
             if path in count_paths:
                 await gw.count_tokens(scope, receive, send)
+                return
+            if path in embedding_paths:
+                await gw.embeddings(scope, receive, send)
                 return
         await starlette(scope, receive, send)
 

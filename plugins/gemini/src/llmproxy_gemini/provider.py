@@ -58,6 +58,7 @@ from google.genai import errors, types
 
 from llmproxy import env as envvars
 from llmproxy.errors import (
+    InvalidRequest,
     LLMProxyError,
     MissingCredentials,
     ProviderAuthError,
@@ -69,6 +70,7 @@ from llmproxy.errors import (
     ProviderTimeout,
     ProviderUnavailable,
 )
+from llmproxy.provider import EmbedLimits
 from llmproxy.registry import ProviderSettings
 from llmproxy.secret import Secret, redact
 from llmproxy.tokens import (
@@ -78,7 +80,16 @@ from llmproxy.tokens import (
     text_upper_bound,
 )
 from llmproxy.tools.offer import refuse_hosted, split_tools
-from llmproxy.types import ChatRequest, Chunk, Completion, Message, ToolCall, Usage
+from llmproxy.types import (
+    ChatRequest,
+    Chunk,
+    Completion,
+    EmbeddingResult,
+    EmbedRequest,
+    Message,
+    ToolCall,
+    Usage,
+)
 from llmproxy_gemini import bounds, convert, env, models
 
 #: Seconds the service may stay silent: for a whole answer when the call has no deadline, and
@@ -86,6 +97,8 @@ from llmproxy_gemini import bounds, convert, env, models
 DEFAULT_TIMEOUT = 60.0
 #: Seconds to open a connection (TCP and TLS) or to wait for a free one in the pool.
 DEFAULT_CONNECT_TIMEOUT = 10.0
+#: What one ``batchEmbedContents`` request may hold: 100 texts.
+EMBED_LIMITS = EmbedLimits(max_inputs=100)
 _STREAM_PATH = ":streamGenerateContent"
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?)s\s*$")
@@ -493,6 +506,71 @@ class GeminiProvider:
         yield reader.last()
 
     # -- errors --------------------------------------------------------------------------------
+
+    # -- embeddings ------------------------------------------------------------------------
+
+    def embed_limits(self, model: str) -> EmbedLimits:
+        """The Gemini API's ``batchEmbedContents`` limit: 100 texts per request."""
+        return EMBED_LIMITS
+
+    @staticmethod
+    def _embed_config(request: EmbedRequest) -> types.EmbedContentConfig:
+        """The request's ``EmbedContentConfig``.
+
+        ``dimensions`` becomes ``output_dimensionality``; ``extra`` (``task_type``, ``title``)
+        is passed through as the config's own fields; the deadline left is the request's
+        timeout, as for chat.
+        """
+        config: dict[str, Any] = dict(request.extra)
+        if request.dimensions is not None:
+            config["output_dimensionality"] = request.dimensions
+        if request.timeout is not None:  # the deadline left, as for chat (in milliseconds)
+            config["http_options"] = types.HttpOptions(
+                timeout=max(round(request.timeout * 1000), 1)
+            )
+        try:
+            return types.EmbedContentConfig(**config)
+        except ValueError as exc:  # pydantic's ValidationError: an unknown or malformed field
+            raise InvalidRequest(
+                f"gemini embeddings take task_type, title and dimensions: {exc}", field="extra"
+            ) from None
+
+    def _embedded(self, response: Any, request: EmbedRequest) -> EmbeddingResult:
+        try:
+            vectors = tuple(tuple(float(x) for x in e.values) for e in response.embeddings)
+        except (AttributeError, TypeError, ValueError) as exc:
+            raise ProviderResponseError(
+                f"the embeddings answer is malformed ({type(exc).__name__}: {exc})",
+                provider=self.name,
+                model=request.model,
+            ) from None
+        return EmbeddingResult(vectors, None, request.model)
+
+    def embed(self, request: EmbedRequest) -> EmbeddingResult:
+        """Embed one batch with ``embed_content`` (``batchEmbedContents``)."""
+        config = self._embed_config(request)
+        try:
+            response = self.client.models.embed_content(
+                model=request.model, contents=list(request.texts), config=config
+            )
+        except LLMProxyError:
+            raise
+        except _SDK_ERRORS as exc:
+            raise self.map_error(exc, request.model) from None
+        return self._embedded(response, request)
+
+    async def aembed(self, request: EmbedRequest) -> EmbeddingResult:
+        """Async :meth:`embed`."""
+        config = self._embed_config(request)
+        try:
+            response = await self.aclient.aio.models.embed_content(
+                model=request.model, contents=list(request.texts), config=config
+            )
+        except LLMProxyError:
+            raise
+        except _SDK_ERRORS as exc:
+            raise self.map_error(exc, request.model) from None
+        return self._embedded(response, request)
 
     def map_error(self, exc: BaseException, model: str) -> ProviderError:
         """Map an SDK or transport error onto the core tree: status, retry_after, no secret."""

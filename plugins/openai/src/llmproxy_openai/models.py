@@ -26,7 +26,12 @@ _OUTPUT_LIMITS: tuple[tuple[str, int], ...] = (
 )
 _BY_LENGTH = sorted(_OUTPUT_LIMITS, key=lambda item: -len(item[0]))
 
-_CL100K_PREFIXES = ("gpt-4-", "gpt-3.5", "gpt-35")  # gpt-35-*: Azure deployment names
+_CL100K_PREFIXES = (
+    "gpt-4-",
+    "gpt-3.5",
+    "gpt-35",
+    "text-embedding-",
+)  # gpt-35-*: Azure deployment names
 _O200K_PREFIXES = ("gpt-", "o1", "o3", "o4", "chatgpt-", "codex-")
 
 
@@ -76,4 +81,7 @@ PRICES: dict[str, tuple[float, float, float, str]] = {
     "gpt-4.1-nano*": (0.10, 0.025, 0.40, "2025-04"),
     "gpt-4o*": (2.50, 1.25, 10.00, "2024-11"),
     "gpt-4o-mini*": (0.15, 0.075, 0.60, "2024-07"),
+    "text-embedding-3-small": (0.02, 0.02, 0.0, "2024-01"),
+    "text-embedding-3-large": (0.13, 0.13, 0.0, "2024-01"),
+    "text-embedding-ada-002": (0.10, 0.10, 0.0, "2022-12"),
 }

@@ -65,6 +65,7 @@ from llmproxy.errors import (
     ProviderTimeout,
     ProviderUnavailable,
 )
+from llmproxy.provider import EmbedLimits, no_embeddings
 from llmproxy.registry import ProviderSettings
 from llmproxy.secret import Secret, redact
 from llmproxy.tokens import InputMargin
@@ -74,6 +75,8 @@ from llmproxy.types import (
     ChatRequest,
     Chunk,
     Completion,
+    EmbeddingResult,
+    EmbedRequest,
     Message,
     ResponseSchema,
     ToolCall,
@@ -89,6 +92,8 @@ DEFAULT_TIMEOUT = 60.0
 #: Seconds to open a connection (TCP and TLS) or to wait for a free one in the pool.
 DEFAULT_CONNECT_TIMEOUT = 10.0
 CHAT_PATH: Final = "/chat/completions"
+#: What one ``/v1/embeddings`` request may hold: 2048 inputs, 300,000 tokens in all.
+EMBED_LIMITS: Final = EmbedLimits(max_inputs=2048, max_tokens=300_000)
 RESPONSES_PATH: Final = "/responses"
 
 #: The values of the ``api`` option: which OpenAI API answers (see the module's note).
@@ -782,6 +787,66 @@ class OpenAIProvider:
                 "the response is not valid JSON", provider=self.name, model=model
             ) from None
         return responses.parse_response(data, self.name, model, self._api_key)
+
+    # -- embeddings --------------------------------------------------------------------------------
+
+    #: Whether the service has OpenAI's ``/v1/embeddings`` (False: :meth:`embed_limits` raises).
+    embeddings: ClassVar[bool] = True
+    #: What to suggest when it has not.
+    embeddings_hint: ClassVar[str | None] = None
+
+    def embed_limits(self, model: str) -> EmbedLimits:
+        """OpenAI's limits: 2048 inputs and 300,000 tokens per request."""
+        if not self.embeddings:
+            raise no_embeddings(self.name, self.embeddings_hint)
+        return EMBED_LIMITS
+
+    def _embed_args(self, request: EmbedRequest) -> dict[str, Any]:
+        """The SDK's ``embeddings.create`` arguments.
+
+        No ``encoding_format``: the SDK then asks for base64 (little-endian float32, a third of
+        the bytes of JSON floats) and decodes it into floats.
+        """
+        args: dict[str, Any] = {"model": request.model, "input": list(request.texts)}
+        if request.dimensions is not None:
+            args["dimensions"] = request.dimensions
+        if request.user is not None:
+            args["user"] = request.user
+        if request.timeout is not None:
+            args["timeout"] = max(request.timeout, 0.001)
+        if request.extra:
+            args["extra_body"] = dict(request.extra)
+        return args
+
+    def _embedded(self, answer: Any, request: EmbedRequest) -> EmbeddingResult:
+        """The SDK's ``CreateEmbeddingResponse`` as vectors in input order, with usage."""
+        try:
+            rows = sorted(answer.data, key=lambda row: row.index)
+            vectors = tuple(tuple(float(x) for x in row.embedding) for row in rows)
+            usage = Usage(int(answer.usage.prompt_tokens)) if answer.usage else None
+        except (AttributeError, TypeError, ValueError) as exc:
+            raise ProviderResponseError(
+                f"the embeddings answer is malformed: {exc}",
+                provider=self.name,
+                model=request.model,
+            ) from None
+        return EmbeddingResult(vectors, usage, getattr(answer, "model", None) or request.model)
+
+    def embed(self, request: EmbedRequest) -> EmbeddingResult:
+        """Embed one batch through ``/v1/embeddings``."""
+        try:
+            answer = self.client.embeddings.create(**self._embed_args(request))
+        except (openai.OpenAIError, httpx2.HTTPError) as exc:
+            raise self.map_error(exc, request.model) from None
+        return self._embedded(answer, request)
+
+    async def aembed(self, request: EmbedRequest) -> EmbeddingResult:
+        """Async :meth:`embed`."""
+        try:
+            answer = await self.aclient.embeddings.create(**self._embed_args(request))
+        except (openai.OpenAIError, httpx2.HTTPError, aiohttp.ClientError) as exc:
+            raise self.map_error(exc, request.model) from None
+        return self._embedded(answer, request)
 
     # -- errors ------------------------------------------------------------------------------------
 

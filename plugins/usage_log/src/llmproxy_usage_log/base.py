@@ -40,6 +40,7 @@ class UsageRecord:
     ``outcome`` is ``ok``, ``error`` or ``interrupted``; ``error`` the exception's class name;
     ``limit`` is ``rate`` (our rate limit), ``budget`` (our budget) or ``upstream`` (the
     service's 429) when the call was refused by a limit, with the refusing ``policy``.
+    ``operation`` is ``chat`` or ``embed`` (records written before it existed read ``chat``).
     """
 
     ts: float
@@ -62,6 +63,7 @@ class UsageRecord:
     streamed: bool = False
     estimated: bool = False
     tags: Mapping[str, str] = attrs.Factory(dict)
+    operation: str = "chat"
 
     @property
     def total_tokens(self) -> int:
@@ -116,6 +118,7 @@ class UsageRecord:
             event.streamed,
             usage.estimated,
             {k: scrub(v) for k, v in event.tags.items()} if event.tags else {},
+            getattr(event, "operation", "chat"),
         )
 
     def to_json(self) -> dict[str, Any]:

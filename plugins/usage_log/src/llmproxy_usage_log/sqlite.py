@@ -49,17 +49,18 @@ CREATE TABLE IF NOT EXISTS calls (
     attempts INTEGER NOT NULL,
     streamed INTEGER NOT NULL,
     estimated INTEGER NOT NULL,
-    tags TEXT
+    tags TEXT,
+    operation TEXT NOT NULL DEFAULT 'chat'
 );
 CREATE INDEX IF NOT EXISTS calls_ts ON calls (ts);
 """
 _COLUMNS: Final = (
     'ts, model, provider, "user", session_id, "key", input_tokens, output_tokens,'
     " cached_input_tokens, reasoning_tokens, cost, latency, outcome, error, limit_kind, policy,"
-    " attempts, streamed, estimated, tags"
+    " attempts, streamed, estimated, tags, operation"
 )
-_ROW: Final = "(" + ", ".join("?" * 20) + ")"
-_MAX_ROWS_PER_INSERT: Final = 40  # 40 * 20 parameters stays under SQLite's 999 on old builds
+_ROW: Final = "(" + ", ".join("?" * 21) + ")"
+_MAX_ROWS_PER_INSERT: Final = 40  # 40 * 21 parameters stays under SQLite's 999 on old builds
 _GROUP: Final = {
     "model": "model",
     "provider": "provider",
@@ -98,6 +99,17 @@ def _totals(group: str, row: Sequence[Any]) -> Totals:
     )
 
 
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring a log written by an older version up to the schema: add ``operation`` (as chat)."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(calls)")}
+    if "operation" not in columns:
+        try:
+            conn.execute("ALTER TABLE calls ADD COLUMN operation TEXT NOT NULL DEFAULT 'chat'")
+        except sqlite3.OperationalError as exc:
+            if "duplicate column" not in str(exc):  # another process migrated it first
+                raise
+
+
 class SQLiteUsageLog(UsageLog):
     """A usage log in one SQLite file; ``retention`` seconds of calls are kept (None: all)."""
 
@@ -123,6 +135,7 @@ class SQLiteUsageLog(UsageLog):
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} COMMIT;")
+            _migrate(conn)
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(
                 f"usage log {self.path}: {exc}; check that the directory is writable and the"
@@ -166,6 +179,7 @@ class SQLiteUsageLog(UsageLog):
                     int(r.streamed),
                     int(r.estimated),
                     json.dumps(dict(r.tags)) if r.tags else None,
+                    r.operation,
                 )
             )
         with self._lock:

@@ -210,7 +210,7 @@ function renderRecent(d) {
     tr.appendChild(el("td", { class: "num output" }, fmtInt(r.output_tokens)));
     tr.appendChild(el("td", { class: "num cost" }, r.cost === null ? "–" : fmtUsd(r.cost)));
     tr.appendChild(el("td", { class: "num latency" }, Math.round(r.latency * 1000) + " ms"));
-    const outcome = r.outcome + (r.error ? " (" + r.error + ")" : "") + (r.streamed ? ", streamed" : "");
+    const outcome = r.outcome + (r.error ? " (" + r.error + ")" : "") + (r.streamed ? ", streamed" : "") + (r.operation === "embed" ? ", embed" : "");
     tr.appendChild(el("td", { class: r.outcome === "error" ? "text bad outcome" : "text outcome" }, outcome));
     return tr;
   });
