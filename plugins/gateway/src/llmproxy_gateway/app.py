@@ -32,6 +32,8 @@ from llmproxy_gateway import env
 from llmproxy_gateway.budgets import key_policies
 from llmproxy_gateway.errors import HTTPError, from_exception, unauthorized
 from llmproxy_gateway.keys import KeyRecord, KeyStore, admin_matches
+from llmproxy_gateway.responses_wire import ResponseRenderer, new_response_id
+from llmproxy_gateway.responses_wire import parse as parse_responses
 from llmproxy_gateway.wire import BodyLimits, ChunkWriter, completion_body, parse
 from llmproxy_usage_log import UsageLog, open_usage_log, set_usage_log, usage_log
 
@@ -278,6 +280,126 @@ class Gateway:
                 except Exception:
                     log.exception("settling or storing a stream failed")
 
+    async def responses(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``POST /v1/responses`` (raw ASGI): OpenAI's Responses API, any provider answering.
+
+        The request is parsed into the core's messages and call options
+        (:mod:`~llmproxy_gateway.responses_wire`) and sent through the Proxy as a chat is (the
+        key's budgets, rate limits, usage log). Each stored response (``store``, the default)
+        is a history session of its own, named by the response's id and holding the whole
+        exchange so far: a request with ``previous_response_id`` loads it (the key's user's
+        only) and continues from it; two requests continuing the same response fork cleanly.
+        """
+        if scope["method"] != "POST":
+            await _send_error(send, HTTPError(405, "Use POST for /v1/responses."))
+            return
+        try:
+            key = self.authenticate(scope)
+            body = await _read_body(scope, receive, self.max_body)
+            call = parse_responses(body, self.body_limits)
+            messages = call.messages
+            if call.previous_response_id is not None:
+                messages = [*await self._earlier(call.previous_response_id, key), *messages]
+            kwargs = call.kwargs
+            kwargs["model"] = call.model
+            kwargs["user"] = key.user
+            kwargs["key"] = key.id
+            response_id = new_response_id()
+            if call.store:
+                kwargs["session_id"] = response_id
+                kwargs["use_history"] = True
+            renderer = ResponseRenderer(response_id, call.model, call.echo)
+            if call.stream:
+                await self._stream_responses(receive, send, messages, renderer, kwargs)
+                return
+            response = await self.proxy.achat(messages, **kwargs)
+        except ClientGone:
+            return
+        except Exception as exc:
+            await _send_error(send, _mapped(exc))
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": _JSON_HEADERS})
+        await send({"type": "http.response.body", "body": renderer.body(response)})
+
+    async def _earlier(self, response_id: str, key: KeyRecord) -> list[LLMMessage]:
+        """The exchange a stored response ended, for its continuation by ``key``'s user."""
+        records = (
+            await self.proxy.history.aload(response_id)
+            if response_id.startswith("resp_") and _SESSION_ID.match(response_id)
+            else []
+        )
+        if not records or any(r.user != key.user for r in records):
+            # Another user's response is as unknown as one never stored.
+            raise HTTPError(
+                400,
+                f"Previous response with id '{response_id[:200]}' not found (responses sent"
+                " with store=false are not kept).",
+                param="previous_response_id",
+                code="previous_response_not_found",
+            )
+        return [r.message for r in records]
+
+    async def _stream_responses(
+        self,
+        receive: Receive,
+        send: Send,
+        messages: Any,
+        renderer: ResponseRenderer,
+        kwargs: dict[str, Any],
+    ) -> None:
+        stream = self.proxy.astream(messages, **kwargs)
+        # As for chat: refusals and failures before the first event are HTTP errors.
+        first = await anext(stream)
+        renderer.model = answering_model(stream, first)
+        await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
+        gone = asyncio.Event()
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone.set()
+
+        watcher = asyncio.ensure_future(watch())
+        head = renderer.start()
+        event: StreamEvent | None = first
+        try:
+            while event is not None:
+                if event.done:
+                    assert event.response is not None
+                    tail = head + renderer.finish(event.response)
+                    await send({"type": "http.response.body", "body": tail, "more_body": False})
+                    return
+                data = head + renderer.text(event.text) if event.text else head
+                head = b""
+                if gone.is_set():
+                    return
+                if data:
+                    await send({"type": "http.response.body", "body": data, "more_body": True})
+                try:
+                    event = await anext(stream)
+                except StopAsyncIteration:
+                    event = None
+            await send({"type": "http.response.body", "body": head, "more_body": False})
+        except Exception as exc:
+            error = _mapped(exc) if not isinstance(exc, LLMProxyError) else from_exception(exc)
+            try:
+                await send(
+                    {
+                        "type": "http.response.body",
+                        "body": head + renderer.error(error),
+                        "more_body": False,
+                    }
+                )
+            except Exception:
+                log.debug("could not send the error to a stream's client", exc_info=True)
+        finally:
+            watcher.cancel()
+            with anyio.CancelScope(shield=True):
+                try:
+                    await stream.aclose()
+                except Exception:
+                    log.exception("settling or storing a stream failed")
+
     # -- lifecycle ------------------------------------------------------------------------------
 
     def warm(self) -> None:
@@ -477,11 +599,16 @@ def create_app(
     )
     chat = _ChatEndpoint(gw)
     paths = ("/v1/chat/completions", "/chat/completions")
+    responses_paths = ("/v1/responses", "/responses")
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] in paths:
-            await chat(scope, receive, send)
-            return
+        if scope["type"] == "http":
+            if scope["path"] in paths:
+                await chat(scope, receive, send)
+                return
+            if scope["path"] in responses_paths:
+                await gw.responses(scope, receive, send)
+                return
         await starlette(scope, receive, send)
 
     app.gateway = gw  # type: ignore[attr-defined]
