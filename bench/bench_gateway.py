@@ -11,7 +11,9 @@ arriving do, rather than all in the same millisecond (--ramp 0: lock-step bursts
 (straight to the upstream, through the gateway) take turns for --rounds rounds, --duration
 seconds in all per target, so a drift in the machine's speed hits both alike. --unbudgeted adds
 a third target: the same gateway called with a key that has no budgets (no ledger work), which
-shows what the budgets cost.
+shows what the budgets cost. --responses adds another: the same gateway's ``POST /v1/responses``
+(OpenAI's Responses API, the same fake upstream behind it), with what it adds over the chat
+route.
 
 Reported per target: requests/s, time to the first content chunk and to the end of the stream
 (p50, p99); the gateway's added latency is its percentile minus the direct one. The gateway's
@@ -192,19 +194,30 @@ def cpu_seconds(pid: int) -> float:
 # -- the load generator -------------------------------------------------------------------------
 
 
+RESPONSES = "/v1/responses"
+
+
 class Client:
-    """One keep-alive HTTP/1.1 connection sending streaming chat completions in a loop."""
+    """One keep-alive HTTP/1.1 connection sending streaming requests in a loop.
+
+    Chat completions, or Responses API requests when ``path`` is ``/v1/responses`` (the first
+    content is then the first ``response.output_text.delta`` event).
+    """
 
     def __init__(self, host: str, port: int, path: str, key: str, model: str) -> None:
         self.host, self.port = host, port
-        body = json.dumps(
-            {
-                "model": model,
-                "stream": True,
-                "stream_options": {"include_usage": True},
-                "messages": [{"role": "user", "content": PROMPT}],
-            }
-        ).encode()
+        self.responses = path == RESPONSES
+        if self.responses:
+            body = json.dumps({"model": model, "stream": True, "input": PROMPT}).encode()
+        else:
+            body = json.dumps(
+                {
+                    "model": model,
+                    "stream": True,
+                    "stream_options": {"include_usage": True},
+                    "messages": [{"role": "user", "content": PROMPT}],
+                }
+            ).encode()
         self.request = (
             f"POST {path} HTTP/1.1\r\nhost: {host}:{port}\r\nauthorization: Bearer {key}\r\n"
             f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
@@ -256,9 +269,13 @@ class Client:
             if not data and not chunked:
                 break
             buffer += data
-            if not first and b'"content":"' in buffer.replace(b'"content":""', b""):
+            if not first and (
+                b'"delta":"' in buffer
+                if self.responses
+                else b'"content":"' in buffer.replace(b'"content":""', b"")
+            ):
                 first = time.perf_counter() - t0
-            if b"[DONE]" in buffer and not chunked:
+            if (b"[DONE]" in buffer or b"response.completed" in buffer) and not chunked:
                 break
             if length == 0:
                 break
@@ -376,6 +393,12 @@ def main() -> int:
         help="also drive the gateway with a key that has no budgets (a third target), to show"
         " what the ledger's reserve and settle add",
     )
+    parser.add_argument(
+        "--responses",
+        action="store_true",
+        help="also drive the gateway's POST /v1/responses (a third target), to show what the"
+        " Responses API route adds over the chat route",
+    )
     parser.add_argument("--quick", action="store_true", help="16 clients, 3 s per target")
     parser.add_argument("--serve-upstream", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -440,6 +463,8 @@ def main() -> int:
             }
             if args.unbudgeted:
                 targets["unbudgeted"] = (gw_host, int(gw_port), "/v1/chat/completions", free_key)
+            if args.responses:
+                targets["responses"] = (gw_host, int(gw_port), RESPONSES, key)
             # The targets take turns, --rounds times: the machine's speed drifts (a shared VM
             # can run 30% slower for a minute), and alternating gives both the same conditions.
             results = {name: Sample() for name in targets}
@@ -498,6 +523,14 @@ def main() -> int:
             f" ttft p50 {(pct(free.firsts, 0.5) - pct(direct.firsts, 0.5)) * 1000:+.2f} ms,"
             f" total p50 {(pct(free.totals, 0.5) - pct(direct.totals, 0.5)) * 1000:+.2f} ms;"
             f" CPU {free.cpu * 1000 / max(len(free.totals), 1):.2f} ms per request"
+        )
+    if "responses" in results:
+        answers = results["responses"]
+        print(
+            "added by /v1/responses over /v1/chat/completions:"
+            f" ttft p50 {(pct(answers.firsts, 0.5) - pct(through.firsts, 0.5)) * 1000:+.2f} ms,"
+            f" total p50 {(pct(answers.totals, 0.5) - pct(through.totals, 0.5)) * 1000:+.2f} ms;"
+            f" CPU {answers.cpu * 1000 / max(len(answers.totals), 1):.2f} ms per request"
         )
     per_request = through.cpu * 1000 / max(len(through.totals), 1)
     print(

@@ -1,9 +1,10 @@
-"""The gateway: OpenAI's Chat Completions API in front of one :class:`llmproxy.Proxy`.
+"""The gateway: OpenAI's Chat Completions and Responses APIs in front of a :class:`llmproxy.Proxy`.
 
 ``POST /v1/chat/completions`` is a plain ASGI handler (no framework objects on the hot path):
 check the key, parse the body, call the Proxy with the key's id and user and the
-``X-Session-Id`` header's session, answer JSON or SSE. Everything else (``GET /v1/models``, the
-dashboard) is a Starlette app.
+``X-Session-Id`` header's session, answer JSON or SSE. ``POST /v1/responses`` is another, the
+same steps with the Responses API's wire format (:mod:`llmproxy_gateway.responses_wire`).
+Everything else (``GET /v1/models``, the dashboard) is a Starlette app.
 """
 
 from __future__ import annotations

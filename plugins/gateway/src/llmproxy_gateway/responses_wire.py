@@ -39,6 +39,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
+import attrs
 from attrs import define, frozen
 
 from llmproxy.errors import InvalidRequest
@@ -263,8 +264,6 @@ def parse_input(value: Any, limits: BodyLimits) -> list[Message]:
 
 
 def _with_call(message: Message, call: ToolCall) -> Message:
-    import attrs
-
     return attrs.evolve(message, tool_calls=(*message.tool_calls, call))
 
 
