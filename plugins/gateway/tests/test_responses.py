@@ -314,3 +314,18 @@ def test_each_response_is_a_usage_log_row(gateway: GatewayProcess) -> None:
     assert len(rows) == 2
     assert all(row.user == "gina" and row.key == key_id for row in rows)
     assert all(row.input_tokens > 0 and row.output_tokens > 0 for row in rows)
+
+
+def test_a_streamed_response_is_stored_before_it_ends(
+    gateway: GatewayProcess, upstream: FakeOpenAI
+) -> None:
+    client, _ = sdk(gateway, "hana")
+    with client.responses.stream(model="gpt-4o-mini", input="Remember 7.") as stream:
+        first = stream.get_final_response()
+    # Continued at once: the exchange was written before response.completed went out.
+    client.responses.create(model="gpt-4o-mini", input="Which?", previous_response_id=first.id)
+    assert [m["content"] for m in last_messages(upstream)] == [
+        "Remember 7.",
+        "Echo: Remember 7.",
+        "Which?",
+    ]

@@ -14,6 +14,7 @@ import gc
 import os
 import re
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -24,11 +25,12 @@ from starlette.routing import Route
 
 from llmproxy import AsyncChatStream, Proxy
 from llmproxy.errors import LLMProxyError
+from llmproxy.history.base import HistoryRecord
 from llmproxy.plugins import load_plugins
 from llmproxy.secret import logger as secret_logger
-from llmproxy.secret import register
+from llmproxy.secret import register, scrub_message
+from llmproxy.types import ChatResponse, StreamEvent
 from llmproxy.types import Message as LLMMessage
-from llmproxy.types import StreamEvent
 from llmproxy_gateway import env
 from llmproxy_gateway.budgets import key_policies
 from llmproxy_gateway.errors import HTTPError, from_exception, unauthorized
@@ -290,6 +292,9 @@ class Gateway:
         is a history session of its own, named by the response's id and holding the whole
         exchange so far: a request with ``previous_response_id`` loads it (the key's user's
         only) and continues from it; two requests continuing the same response fork cleanly.
+        The gateway writes that session itself (:meth:`_keep`) rather than giving the Proxy a
+        ``session_id``: a new response's session is empty, and the Proxy would read it before
+        the first token to learn so.
         """
         if scope["method"] != "POST":
             await _send_error(send, HTTPError(405, "Use POST for /v1/responses."))
@@ -298,22 +303,25 @@ class Gateway:
             key = self.authenticate(scope)
             body = await _read_body(scope, receive, self.max_body)
             call = parse_responses(body, self.body_limits)
-            messages = call.messages
+            earlier: list[LLMMessage] = []
             if call.previous_response_id is not None:
-                messages = [*await self._earlier(call.previous_response_id, key), *messages]
+                earlier = await self._earlier(call.previous_response_id, key)
+            messages = [*earlier, *call.messages]
             kwargs = call.kwargs
             kwargs["model"] = call.model
             kwargs["user"] = key.user
             kwargs["key"] = key.id
-            response_id = new_response_id()
-            if call.store:
-                kwargs["session_id"] = response_id
-                kwargs["use_history"] = True
-            renderer = ResponseRenderer(response_id, call.model, call.echo)
+            renderer = ResponseRenderer(new_response_id(), call.model, call.echo)
+
+            async def keep(response: ChatResponse) -> None:
+                if call.store:
+                    await self._keep(renderer.id, key, earlier, call.messages, response)
+
             if call.stream:
-                await self._stream_responses(receive, send, messages, renderer, kwargs)
+                await self._stream_responses(receive, send, messages, renderer, kwargs, keep)
                 return
             response = await self.proxy.achat(messages, **kwargs)
+            await keep(response)
         except ClientGone:
             return
         except Exception as exc:
@@ -340,6 +348,61 @@ class Gateway:
             )
         return [r.message for r in records]
 
+    async def _keep(
+        self,
+        response_id: str,
+        key: KeyRecord,
+        earlier: list[LLMMessage],
+        new: list[LLMMessage],
+        response: ChatResponse,
+    ) -> None:
+        """Store a response's whole exchange as the history session ``response_id``.
+
+        That is the exchange it continued (stored, so already scrubbed), its input and its
+        answer, the new messages scrubbed of the process's secrets as the Proxy's own history
+        writes are. Written before the answer's last bytes go out, so a client continuing it at
+        once finds it. A failing store is logged, not raised: the answer stands, and a later
+        ``previous_response_id`` naming it is a 400 saying it is not found.
+        """
+        now = time.time()
+        model, provider, user = response.model, response.provider, key.user
+        records = [
+            HistoryRecord(response_id, m, model, provider, now, 0, 0, user, uuid.uuid4().hex)
+            for m in earlier
+        ]
+        for index, message in enumerate(new):
+            tokens = response.usage.input_tokens if index == 0 else 0
+            records.append(
+                HistoryRecord(
+                    response_id,
+                    scrub_message(message),
+                    model,
+                    provider,
+                    now,
+                    tokens,
+                    0,
+                    user,
+                    uuid.uuid4().hex,
+                )
+            )
+        records.append(
+            HistoryRecord(
+                response_id,
+                scrub_message(response.message),
+                model,
+                provider,
+                now,
+                0,
+                response.usage.output_tokens,
+                user,
+                uuid.uuid4().hex,
+            )
+        )
+        try:
+            await self.proxy.history.aappend(records)
+        except Exception:
+            log.exception("could not store response %s", response_id)
+
     async def _stream_responses(
         self,
         receive: Receive,
@@ -347,6 +410,7 @@ class Gateway:
         messages: Any,
         renderer: ResponseRenderer,
         kwargs: dict[str, Any],
+        keep: Callable[[ChatResponse], Awaitable[None]],
     ) -> None:
         stream = self.proxy.astream(messages, **kwargs)
         # As for chat: refusals and failures before the first event are HTTP errors.
@@ -367,6 +431,7 @@ class Gateway:
             while event is not None:
                 if event.done:
                     assert event.response is not None
+                    await keep(event.response)  # before the end: a continuation finds it
                     tail = head + renderer.finish(event.response)
                     await send({"type": "http.response.body", "body": tail, "more_body": False})
                     return
