@@ -18,11 +18,13 @@ import openai
 import pytest
 from openai.types.responses import EasyInputMessageParam, FunctionToolParam
 
+from llmproxy.types import Document
+from llmproxy_gateway import responses_wire
 from llmproxy_testing.fake_gemini import FakeGemini
-from llmproxy_testing.fake_openai import FakeOpenAI, Reply
+from llmproxy_testing.fake_openai import FakeOpenAI, Fault, Reply
 
 from .conftest import UPSTREAM_KEY, GatewayProcess, chat_bodies, serve_gateway
-from .test_parts import PNG
+from .test_parts import PDF, PNG
 
 GEMINI = "gemini/gemini-3.8-flash"
 WEATHER: FunctionToolParam = {
@@ -329,3 +331,95 @@ def test_a_streamed_response_is_stored_before_it_ends(
         "Echo: Remember 7.",
         "Which?",
     ]
+
+
+def test_a_stream_broken_upstream_ends_in_error_and_failed(
+    gateway: GatewayProcess, upstream: FakeOpenAI
+) -> None:
+    client, _ = sdk(gateway)
+    upstream.enqueue(Fault.drop_after(2))
+    with client.responses.stream(model="gpt-4o-mini", input="one two three four") as stream:
+        events = list(stream)
+    assert [e.type for e in events[-2:]] == ["error", "response.failed"]
+    error = events[-2]
+    assert error.type == "error" and error.code == "upstream_error"
+    failed = events[-1]
+    assert failed.type == "response.failed" and failed.response.status == "failed"
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+
+
+def test_items_map_onto_core_messages() -> None:
+    call = responses_wire.parse(
+        json.dumps(
+            {
+                "model": "m",
+                "input": [
+                    {"role": "developer", "content": "Be terse."},
+                    {
+                        "type": "message",
+                        "role": "user",
+                        "content": [{"type": "input_text", "text": "Q"}],
+                    },
+                    {"type": "reasoning", "id": "rs_1", "summary": []},
+                    {
+                        "type": "message",
+                        "role": "assistant",
+                        "content": [{"type": "output_text", "text": "Let me look."}],
+                    },
+                    {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
+                    {"type": "function_call", "call_id": "c2", "name": "g", "arguments": "{}"},
+                    {"type": "function_call_output", "call_id": "c1", "output": "one"},
+                    {
+                        "type": "function_call_output",
+                        "call_id": "c2",
+                        "output": [{"type": "input_text", "text": "two"}],
+                    },
+                ],
+                "tools": [{"type": "function", "name": "f"}, {"type": "function", "name": "g"}],
+                "tool_choice": {"type": "function", "name": "g"},
+                "text": {"format": {"type": "json_object"}},
+                "user": "u-1",
+            }
+        ).encode()
+    )
+    roles = [
+        (m.role, m.content, [c.id for c in m.tool_calls], m.tool_call_id) for m in call.messages
+    ]
+    assert roles == [
+        ("system", "Be terse.", [], None),
+        ("user", "Q", [], None),
+        ("assistant", "Let me look.", ["c1", "c2"], None),
+        ("tool", "one", [], "c1"),
+        ("tool", "two", [], "c2"),
+    ]
+    assert call.kwargs["run_tools"] is False and call.kwargs["tool_choice"] == "g"
+    assert call.kwargs["response_format"] == {"type": "json_object"}
+    assert call.kwargs["tags"] == {"end_user": "u-1"}
+    assert call.store and not call.stream and call.previous_response_id is None
+
+
+def test_a_pdf_file_part_becomes_a_document() -> None:
+    pdf = base64.b64encode(PDF).decode()
+    call = responses_wire.parse(
+        json.dumps(
+            {
+                "model": "m",
+                "input": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {
+                                "type": "input_file",
+                                "filename": "a.pdf",
+                                "file_data": f"data:application/pdf;base64,{pdf}",
+                            },
+                            {"type": "input_file", "file_id": "file-1"},
+                        ],
+                    }
+                ],
+            }
+        ).encode()
+    )
+    parts = call.messages[0].parts
+    assert isinstance(parts[0], Document) and parts[0].data == PDF and parts[0].filename == "a.pdf"
+    assert isinstance(parts[1], Document) and parts[1].file_id == "file-1"
