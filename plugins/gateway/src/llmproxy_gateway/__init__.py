@@ -1,4 +1,4 @@
-"""llmproxy-gateway: OpenAI's Chat Completions API in front of a Proxy, and a dashboard.
+"""llmproxy-gateway: OpenAI's Chat Completions and Responses APIs in front of a Proxy; a dashboard.
 
 Run it with ``llmproxy serve``; create keys with ``llmproxy keys create --user NAME``. In code::
 

@@ -1,10 +1,13 @@
-"""The gateway: OpenAI's Chat Completions and Embeddings APIs in front of one Proxy.
+"""The gateway: OpenAI's and Anthropic's APIs in front of one :class:`llmproxy.Proxy`.
 
 ``POST /v1/chat/completions`` is a plain ASGI handler (no framework objects on the hot path):
 check the key, parse the body, call the Proxy with the key's id and user and the
-``X-Session-Id`` header's session, answer JSON or SSE. ``POST /v1/embeddings`` is one too,
-through :meth:`llmproxy.Proxy.aembed` (:mod:`llmproxy_gateway.embeddings`). Everything else
-(``GET /v1/models``, the dashboard) is a Starlette app.
+``X-Session-Id`` header's session, answer JSON or SSE. ``POST /v1/responses``
+(:mod:`llmproxy_gateway.responses_wire`), ``POST /v1/messages``
+(:mod:`llmproxy_gateway.messages_wire`) and ``POST /v1/embeddings``
+(:mod:`llmproxy_gateway.embeddings`) are the same steps with their own wire formats, through
+:meth:`llmproxy.Proxy.achat`/``astream``/``aembed``. Everything else (``GET /v1/models``, the
+dashboard) is a Starlette app.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import gc
 import os
 import re
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -24,17 +28,20 @@ from starlette.routing import Route
 
 from llmproxy import AsyncChatStream, Proxy
 from llmproxy.errors import LLMProxyError
+from llmproxy.history.base import HistoryRecord
 from llmproxy.plugins import load_plugins
 from llmproxy.secret import logger as secret_logger
-from llmproxy.secret import register
+from llmproxy.secret import register, scrub_message
+from llmproxy.types import ChatResponse, StreamEvent
 from llmproxy.types import Message as LLMMessage
-from llmproxy.types import StreamEvent
 from llmproxy_gateway import env, messages_wire
 from llmproxy_gateway.budgets import key_policies
 from llmproxy_gateway.embeddings import embeddings_body, parse_embeddings
 from llmproxy_gateway.errors import HTTPError, from_exception, unauthorized
 from llmproxy_gateway.keys import KeyRecord, KeyStore, admin_matches
 from llmproxy_gateway.models import check_model
+from llmproxy_gateway.responses_wire import ResponseRenderer, new_response_id
+from llmproxy_gateway.responses_wire import parse as parse_responses
 from llmproxy_gateway.wire import BodyLimits, ChunkWriter, completion_body, parse
 from llmproxy_usage_log import UsageLog, open_usage_log, set_usage_log, usage_log
 
@@ -449,6 +456,190 @@ class Gateway:
                 except Exception:
                     log.exception("settling or storing a stream failed")
 
+    async def responses(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``POST /v1/responses`` (raw ASGI): OpenAI's Responses API, any provider answering.
+
+        The request is parsed into the core's messages and call options
+        (:mod:`~llmproxy_gateway.responses_wire`) and sent through the Proxy as a chat is (the
+        key's budgets, rate limits, usage log). Each stored response (``store``, the default)
+        is a history session of its own, named by the response's id and holding the whole
+        exchange so far: a request with ``previous_response_id`` loads it (the key's user's
+        only) and continues from it; two requests continuing the same response fork cleanly.
+        The gateway writes that session itself (:meth:`_keep`) rather than giving the Proxy a
+        ``session_id``: a new response's session is empty, and the Proxy would read it before
+        the first token to learn so.
+        """
+        if scope["method"] != "POST":
+            await _send_error(send, HTTPError(405, "Use POST for /v1/responses."))
+            return
+        try:
+            key = self.authenticate(scope)
+            body = await _read_body(scope, receive, self.max_body)
+            call = parse_responses(body, self.body_limits)
+            self.check_model(key, call.model)
+            earlier: list[LLMMessage] = []
+            if call.previous_response_id is not None:
+                earlier = await self._earlier(call.previous_response_id, key)
+            messages = [*earlier, *call.messages]
+            kwargs = call.kwargs
+            kwargs["model"] = call.model
+            kwargs["user"] = key.user
+            kwargs["key"] = key.id
+            renderer = ResponseRenderer(new_response_id(), call.model, call.echo)
+
+            async def keep(response: ChatResponse) -> None:
+                if call.store:
+                    await self._keep(renderer.id, key, earlier, call.messages, response)
+
+            if call.stream:
+                await self._stream_responses(receive, send, messages, renderer, kwargs, keep)
+                return
+            response = await self.proxy.achat(messages, **kwargs)
+            await keep(response)
+        except ClientGone:
+            return
+        except Exception as exc:
+            await _send_error(send, _mapped(exc))
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": _JSON_HEADERS})
+        await send({"type": "http.response.body", "body": renderer.body(response)})
+
+    async def _earlier(self, response_id: str, key: KeyRecord) -> list[LLMMessage]:
+        """The exchange a stored response ended, for its continuation by ``key``'s user."""
+        records = (
+            await self.proxy.history.aload(response_id)
+            if response_id.startswith("resp_") and _SESSION_ID.match(response_id)
+            else []
+        )
+        if not records or any(r.user != key.user for r in records):
+            # Another user's response is as unknown as one never stored.
+            raise HTTPError(
+                400,
+                f"Previous response with id '{response_id[:200]}' not found (responses sent"
+                " with store=false are not kept).",
+                param="previous_response_id",
+                code="previous_response_not_found",
+            )
+        return [r.message for r in records]
+
+    async def _keep(
+        self,
+        response_id: str,
+        key: KeyRecord,
+        earlier: list[LLMMessage],
+        new: list[LLMMessage],
+        response: ChatResponse,
+    ) -> None:
+        """Store a response's whole exchange as the history session ``response_id``.
+
+        That is the exchange it continued (stored, so already scrubbed), its input and its
+        answer, the new messages scrubbed of the process's secrets as the Proxy's own history
+        writes are. Written before the answer's last bytes go out, so a client continuing it at
+        once finds it. A failing store is logged, not raised: the answer stands, and a later
+        ``previous_response_id`` naming it is a 400 saying it is not found.
+        """
+        now = time.time()
+        model, provider, user = response.model, response.provider, key.user
+        records = [
+            HistoryRecord(response_id, m, model, provider, now, 0, 0, user, uuid.uuid4().hex)
+            for m in earlier
+        ]
+        for index, message in enumerate(new):
+            tokens = response.usage.input_tokens if index == 0 else 0
+            records.append(
+                HistoryRecord(
+                    response_id,
+                    scrub_message(message),
+                    model,
+                    provider,
+                    now,
+                    tokens,
+                    0,
+                    user,
+                    uuid.uuid4().hex,
+                )
+            )
+        records.append(
+            HistoryRecord(
+                response_id,
+                scrub_message(response.message),
+                model,
+                provider,
+                now,
+                0,
+                response.usage.output_tokens,
+                user,
+                uuid.uuid4().hex,
+            )
+        )
+        try:
+            await self.proxy.history.aappend(records)
+        except Exception:
+            log.exception("could not store response %s", response_id)
+
+    async def _stream_responses(
+        self,
+        receive: Receive,
+        send: Send,
+        messages: Any,
+        renderer: ResponseRenderer,
+        kwargs: dict[str, Any],
+        keep: Callable[[ChatResponse], Awaitable[None]],
+    ) -> None:
+        stream = self.proxy.astream(messages, **kwargs)
+        # As for chat: refusals and failures before the first event are HTTP errors.
+        first = await anext(stream)
+        renderer.model = answering_model(stream, first)
+        await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
+        gone = asyncio.Event()
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone.set()
+
+        watcher = asyncio.ensure_future(watch())
+        head = renderer.start()
+        event: StreamEvent | None = first
+        try:
+            while event is not None:
+                if event.done:
+                    assert event.response is not None
+                    await keep(event.response)  # before the end: a continuation finds it
+                    tail = head + renderer.finish(event.response)
+                    await send({"type": "http.response.body", "body": tail, "more_body": False})
+                    return
+                data = head + renderer.text(event.text) if event.text else head
+                head = b""
+                if gone.is_set():
+                    return
+                if data:
+                    await send({"type": "http.response.body", "body": data, "more_body": True})
+                try:
+                    event = await anext(stream)
+                except StopAsyncIteration:
+                    event = None
+            await send({"type": "http.response.body", "body": head, "more_body": False})
+        except Exception as exc:
+            error = _mapped(exc) if not isinstance(exc, LLMProxyError) else from_exception(exc)
+            try:
+                await send(
+                    {
+                        "type": "http.response.body",
+                        "body": head + renderer.error(error),
+                        "more_body": False,
+                    }
+                )
+            except Exception:
+                log.debug("could not send the error to a stream's client", exc_info=True)
+        finally:
+            watcher.cancel()
+            with anyio.CancelScope(shield=True):
+                try:
+                    await stream.aclose()
+                except Exception:
+                    log.exception("settling or storing a stream failed")
+
     # -- lifecycle ------------------------------------------------------------------------------
 
     def warm(self) -> None:
@@ -682,6 +873,7 @@ def create_app(
     messages_paths = ("/v1/messages", "/messages")
     count_paths = ("/v1/messages/count_tokens", "/messages/count_tokens")
     embedding_paths = ("/v1/embeddings", "/embeddings")
+    responses_paths = ("/v1/responses", "/responses")
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -697,6 +889,9 @@ def create_app(
                 return
             if path in embedding_paths:
                 await gw.embeddings(scope, receive, send)
+                return
+            if path in responses_paths:
+                await gw.responses(scope, receive, send)
                 return
         await starlette(scope, receive, send)
 
