@@ -112,8 +112,11 @@ SHAPES: dict[str, Shape] = {
 }
 DIRECT: dict[str, str] = {
     "chat": "chat",
-    "responses": "responses",
-    "messages": "chat",  # the gateway translates Messages to the provider's chat call
+    # The gateway serves Responses and Messages by translating them into the provider's own
+    # call, Chat Completions for OpenAI: the same upstream work as the chat route, so that is
+    # the baseline (the fake's own /v1/responses stream ends a chunk sooner than its chat one).
+    "responses": "chat",
+    "messages": "chat",
     "embeddings": "embeddings",
 }
 """The upstream route each endpoint is compared with: its SHAPES entry, sent to the fake."""
