@@ -202,3 +202,20 @@ def test_an_answer_cut_short_by_the_budget_says_so_on_stderr(
     upstream.enqueue(Reply(text="short"))
     roomy = run(["chat", "Hello", *mode], {**env, "LLMPROXY_MAX_TOKENS": "100000"})
     assert roomy.returncode == 0 and "cut short" not in roomy.stderr
+
+
+def test_plugins_command_lists_configured_providers(env: dict[str, str], tmp_path: Path) -> None:
+    config = tmp_path / "llmproxy.toml"
+    config.write_text(
+        '[providers.ollama]\nkind = "openai-compatible"\npreset = "ollama"\n'
+        '[providers.groq]\nkind = "openai-compatible"\npreset = "groq"\n'
+    )
+    result = run(["plugins"], {**env, "LLMPROXY_CONFIG": str(config)})
+    assert "provider openai-compatible" in result.stdout
+    lines = result.stdout.split("configured providers:\n", 1)[1].splitlines()
+    assert lines == [
+        "    groq  [openai-compatible] https://api.groq.com/openai/v1  (key from GROQ_API_KEY)",
+        "    ollama  [openai-compatible] http://localhost:11434/v1  (no key)",
+    ]
+    bad = run(["plugins"], {**env, "LLMPROXY_PROVIDERS__X__KIND": "openai-compatible"})
+    assert bad.returncode == 2 and "providers.x.base_url" in bad.stderr

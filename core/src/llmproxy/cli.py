@@ -19,6 +19,7 @@ from typing import Any, NoReturn, TextIO
 from llmproxy import media
 from llmproxy.budget.base import Claim, ListableLedger
 from llmproxy.budget.routed import shared_ledger
+from llmproxy.config import load_config
 from llmproxy.errors import ConfigError, InvalidRequest, LLMProxyError
 from llmproxy.plugins import load_plugins
 from llmproxy.proxy import Proxy
@@ -97,7 +98,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     embed.add_argument("--usage", action="store_true", help="print the tokens used (on stderr)")
 
-    sub.add_parser("plugins", help="list discovered plugins and what they register")
+    sub.add_parser(
+        "plugins", help="list discovered plugins, what they register, and configured providers"
+    )
     for command in load_plugins().registry.commands.values():
         command.configure(sub.add_parser(command.name, help=command.help))
 
@@ -309,7 +312,27 @@ def _plugins(out: TextIO) -> int:
             out.write(f"    {thing}\n")
         if info.error:
             out.write(f"    ERROR: {info.error}\n")
+    _configured_providers(out, set(plugins.registry.providers))
     return 0
+
+
+def _configured_providers(out: TextIO, installed: set[str]) -> None:
+    """List the ``[providers.NAME]`` tables with a ``kind`` (served by no plugin of their name).
+
+    Reads the configuration (``LLMPROXY_CONFIG`` and ``LLMPROXY_PROVIDERS__*``) but makes no
+    provider, so no SDK is imported.
+    """
+    config = load_config(environ=os.environ)
+    declared = {n: t for n, t in sorted(config.providers.items()) if t.get("kind")}
+    if not declared:
+        return
+    out.write("configured providers:\n")
+    for name, table in declared.items():
+        kind = str(table["kind"])
+        key = table.get("api_key_env")
+        auth = f"key from {key}" if key else "key set" if table.get("api_key") else "no key"
+        missing = "" if kind in installed else f"  (needs a plugin providing '{kind}')"
+        out.write(f"    {name}  [{kind}] {table.get('base_url')}  ({auth}){missing}\n")
 
 
 def _when(ts: float) -> str:

@@ -19,6 +19,10 @@ Example ``llmproxy.toml``::
     [providers.openai]
     base_url = "https://api.openai.com/v1"
 
+    [providers.ollama]              # any OpenAI-compatible server, from configuration alone
+    kind = "openai-compatible"
+    base_url = "http://localhost:11434/v1"
+
     [[budgets]]
     kind = "tokens"
     max_tokens = 1_000_000
@@ -43,6 +47,132 @@ from llmproxy.pricing import Price
 from llmproxy.secret import register
 
 DEFAULT_MODEL = "openai/gpt-5.4-mini"
+
+OPENAI_COMPATIBLE = "openai-compatible"
+"""The ``kind`` of a ``[providers.NAME]`` table served by the OpenAI plugin's provider."""
+
+PROVIDER_KINDS = frozenset((OPENAI_COMPATIBLE,))
+"""The ``kind`` values a ``[providers.NAME]`` table may have."""
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "ollama": {"base_url": "http://localhost:11434/v1"},
+    "vllm": {"base_url": "http://localhost:8000/v1"},
+    "lmstudio": {"base_url": "http://localhost:1234/v1"},
+    "openrouter": {"base_url": "https://openrouter.ai/api/v1", "api_key_env": "OPENROUTER_API_KEY"},
+    "groq": {"base_url": "https://api.groq.com/openai/v1", "api_key_env": "GROQ_API_KEY"},
+    "together": {"base_url": "https://api.together.xyz/v1", "api_key_env": "TOGETHER_API_KEY"},
+}
+"""What ``preset = "NAME"`` fills in an ``openai-compatible`` table (its own keys win).
+
+Local servers (``ollama``, ``vllm``, ``lmstudio``) need no key; the hosted ones read theirs
+from the variable named. Azure OpenAI has no preset: its URL names the resource and the
+deployment (see the README).
+"""
+
+_STRING_TABLES = ("default_headers", "default_query")
+
+
+def _str_table(value: Any, path: str) -> dict[str, str]:
+    if not isinstance(value, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise ConfigError(f"{path} must be a table of strings, got {value!r}", path=path)
+    return dict(value)
+
+
+def provider_table(name: str, table: Any) -> Any:
+    """Check one ``[providers.NAME]`` table; an ``openai-compatible`` one gets its preset.
+
+    A table without ``kind`` belongs to the plugin of the same name, which checks its own keys.
+    With ``kind = "openai-compatible"``: ``base_url`` (a string; or from ``preset``) is
+    required, ``api_key_env`` names the variable holding the key (none: a keyless local
+    server), ``default_headers`` and ``default_query`` are tables of strings, ``prices`` maps a
+    model to a price table and ``max_output_tokens`` a model to its output limit. A wrong value
+    is a :class:`ConfigError` naming ``providers.NAME.key``.
+
+    >>> provider_table("ollama", {"kind": "openai-compatible", "preset": "ollama"})["base_url"]
+    'http://localhost:11434/v1'
+    """
+    where = f"providers.{name}"
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{where} must be a table, got {table!r}", path=where)
+    if "kind" not in table:
+        return table
+    kind = table["kind"]
+    if kind not in PROVIDER_KINDS:
+        raise ConfigError(
+            f"{where}.kind must be one of {', '.join(sorted(PROVIDER_KINDS))}, got {kind!r}",
+            path=f"{where}.kind",
+        )
+    out: dict[str, Any] = {}
+    preset = table.get("preset")
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ConfigError(
+                f"{where}.preset must be one of {', '.join(sorted(PRESETS))}, got {preset!r}",
+                path=f"{where}.preset",
+            )
+        out.update(PRESETS[preset])
+    out.update(table)
+    base_url = out.get("base_url")
+    if not isinstance(base_url, str) or not base_url:
+        raise ConfigError(
+            f"{where}.base_url is required (the server's URL, e.g. http://localhost:11434/v1),"
+            f" got {base_url!r}",
+            path=f"{where}.base_url",
+        )
+    for key in ("api_key_env", "api_key"):
+        value = out.get(key)
+        if value is not None and (not isinstance(value, str) or not value):
+            raise ConfigError(
+                f"{where}.{key} must be a non-empty string, got {value!r}", path=f"{where}.{key}"
+            )
+    for key in _STRING_TABLES:
+        if key in out:
+            out[key] = _str_table(out[key], f"{where}.{key}")
+    limits = out.get("max_output_tokens")
+    if limits is not None:
+        path = f"{where}.max_output_tokens"
+        if not isinstance(limits, Mapping):
+            raise ConfigError(
+                f"{path} must be a table of model = tokens, got {limits!r}", path=path
+            )
+        checked: dict[str, int] = {}
+        for model, limit in limits.items():
+            if isinstance(limit, str) and limit.strip().isdigit():
+                limit = int(limit)
+            if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
+                raise ConfigError(
+                    f"{path}.{model} must be a whole number above 0, got {limit!r}",
+                    path=f"{path}.{model}",
+                )
+            checked[str(model)] = limit
+        out["max_output_tokens"] = checked
+    prices = out.get("prices")
+    if prices is not None:
+        path = f"{where}.prices"
+        if not isinstance(prices, Mapping):
+            raise ConfigError(f"{path} must be a table of model = price, got {prices!r}", path=path)
+        out["prices"] = {
+            str(model): structure(price, Price, where=f"{path}.{model}")
+            if isinstance(price, Mapping)
+            else _not_a_price(price, f"{path}.{model}")
+            for model, price in prices.items()
+        }
+    return out
+
+
+def _not_a_price(value: Any, path: str) -> Price:
+    raise ConfigError(
+        f"{path} must be a table such as {{ input = 0.2, output = 0.6 }}, got {value!r}",
+        path=path,
+    )
+
+
+def _provider_tables(value: Any) -> Any:
+    if not isinstance(value, Mapping):
+        return value  # (cattrs says what is wrong)
+    return {name: provider_table(str(name), table) for name, table in value.items()}
 
 
 def _positive(_i: object, a: attrs.Attribute[Any], v: float | None) -> None:
@@ -161,6 +291,8 @@ class ProxyConfig:
     ``LLMPROXY_LEDGER_LEASE_SECONDS`` for SQLite budget leases, and
     ``LLMPROXY_LEDGER_SETTLED_GRACE`` for how long settled and charged ids are remembered. A
     crash can under-use a budget, never overspend it.)
+    A provider table with ``kind = "openai-compatible"`` declares a provider of its own (see
+    :func:`provider_table`); its ``prices`` are folded into ``prices`` as ``NAME/model``.
     ``default_max_output_tokens`` caps a call's output when the call sets no cap and a token
     budget applies.
     """
@@ -177,7 +309,7 @@ class ProxyConfig:
     on_limit: str = field(default="raise", validator=attrs.validators.in_(("raise", "wait")))
     limit_wait: float = field(default=30.0, validator=_not_negative)
     retry: RetryConfig = attrs.Factory(RetryConfig)
-    providers: dict[str, dict[str, Any]] = attrs.Factory(dict)
+    providers: dict[str, dict[str, Any]] = field(factory=dict, converter=_provider_tables)
     budgets: list[dict[str, Any]] = field(factory=list, converter=named_budgets)
     prices: dict[str, Price] = attrs.Factory(dict)
     fallbacks: dict[str, list[str]] = attrs.Factory(dict)
@@ -189,6 +321,15 @@ class ProxyConfig:
             key = table.get("api_key") if isinstance(table, Mapping) else None
             if isinstance(key, str):
                 register(key)
+        # An openai-compatible table's prices are those of NAME/model, unless set in prices.
+        table_prices = {
+            f"{name}/{model}": price
+            for name, table in self.providers.items()
+            if isinstance(table, Mapping) and isinstance(table.get("prices"), Mapping)
+            for model, price in table["prices"].items()
+        }
+        if table_prices:
+            object.__setattr__(self, "prices", {**table_prices, **self.prices})
 
 
 converter = cattrs.Converter(forbid_extra_keys=True)

@@ -35,6 +35,14 @@ Variable                        Meaning
                                 in the ledger across runs (a new limit keeps the spend).
 ``LLMPROXY_REQUESTS_PER_MINUTE`` A global requests-per-minute limit for ``Proxy.from_env``,
                                 named ``requests_per_minute-global``.
+``LLMPROXY_PROVIDERS__NAME__KEY`` Sets ``KEY`` of the ``[providers.NAME]`` table (both lower-cased),
+                                e.g. ``LLMPROXY_PROVIDERS__GROQ__KIND=openai-compatible``,
+                                ``LLMPROXY_PROVIDERS__GROQ__BASE_URL=...``,
+                                ``LLMPROXY_PROVIDERS__GROQ__API_KEY_ENV=GROQ_API_KEY``. A value
+                                that starts with ``{`` is JSON (``DEFAULT_HEADERS``,
+                                ``DEFAULT_QUERY``, ``PRICES``, ``MAX_OUTPUT_TOKENS``): an invalid
+                                one is a ``ConfigError`` naming the variable. Wins over the TOML
+                                file, key by key.
 ``XDG_DATA_HOME``, ``APPDATA``  Read to find the user data dir when ``LLMPROXY_DATA_DIR`` is unset.
 ``LLMPROXY_REDIS_URL``          Where Redis is, for the Redis plugins (``llmproxy.redis_url``
                                 resolves it); wins over the seed's variables below.
@@ -56,6 +64,7 @@ Provider variables (``OPENAI_API_KEY``...) are read by each provider plugin's ow
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Mapping
@@ -75,6 +84,7 @@ DATA_DIR = "LLMPROXY_DATA_DIR"
 PLUGINS = "LLMPROXY_PLUGINS"
 MAX_TOKENS = "LLMPROXY_MAX_TOKENS"
 REQUESTS_PER_MINUTE = "LLMPROXY_REQUESTS_PER_MINUTE"
+PROVIDERS_PREFIX = "LLMPROXY_PROVIDERS__"
 
 
 def data_dir(environ: Mapping[str, str] | None = None) -> Path:
@@ -190,4 +200,35 @@ def config_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
         budgets.append({"kind": "requests_per_minute", "limit": rpm})
     if budgets:
         out["budgets"] = budgets
+    providers = provider_overrides(environ)
+    if providers:
+        out["providers"] = providers
+    return out
+
+
+def provider_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """The ``[providers.NAME]`` keys set by ``LLMPROXY_PROVIDERS__NAME__KEY`` variables.
+
+    >>> provider_overrides({"LLMPROXY_PROVIDERS__OLLAMA__PRESET": "ollama",
+    ...                     "LLMPROXY_PROVIDERS__OLLAMA__DEFAULT_QUERY": '{"a": "b"}'})
+    {'ollama': {'preset': 'ollama', 'default_query': {'a': 'b'}}}
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for variable, raw in environ.items():
+        if not variable.startswith(PROVIDERS_PREFIX):
+            continue
+        name, sep, key = variable[len(PROVIDERS_PREFIX) :].partition("__")
+        if not sep or not name or not key or "__" in key:
+            raise ConfigError(
+                f"{variable}: expected {PROVIDERS_PREFIX}NAME__KEY (e.g."
+                f" {PROVIDERS_PREFIX}OLLAMA__BASE_URL)",
+                path=variable,
+            )
+        value: Any = raw
+        if raw.lstrip().startswith("{"):
+            try:
+                value = json.loads(raw)
+            except ValueError as exc:
+                raise ConfigError(f"{variable} is not valid JSON: {exc}", path=variable) from None
+        out.setdefault(name.lower(), {})[key.lower()] = value
     return out

@@ -412,9 +412,12 @@ class Proxy:
             provider = self._providers.get(provider_name)
             if provider is not None:
                 return provider
-            entry = self.plugins.registry.providers.get(provider_name)
+            table = dict(self.config.providers.get(provider_name, {}))
+            # A table with a kind (openai-compatible) is served by the provider of that name.
+            kind = table.get("kind")
+            entry = self.plugins.registry.providers.get(kind or provider_name)
             if entry is None:
-                failed = self.plugins.error_for(provider_name)
+                failed = self.plugins.error_for(kind or provider_name)
                 if failed is not None:
                     raise PluginError(
                         f"model '{model}' needs provider '{provider_name}',"
@@ -431,7 +434,6 @@ class Proxy:
                     " LLMPROXY_PLUGINS",
                     field="model",
                 )
-            table = dict(self.config.providers.get(provider_name, {}))
             api_key = table.get("api_key")
             timeout = table.get("timeout")
             settings = ProviderSettings(

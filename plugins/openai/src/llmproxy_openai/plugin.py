@@ -1,4 +1,4 @@
-"""The entry point llmproxy loads: registers the ``openai`` provider and its prices.
+"""The entry point llmproxy loads: registers ``openai``, ``openai-compatible`` and prices.
 
 Discovery imports this module for every command, so it imports no SDK: the provider module
 (and with it the openai SDK) is imported when the provider is first made.
@@ -7,6 +7,7 @@ Discovery imports this module for every command, so it imports no SDK: the provi
 from __future__ import annotations
 
 import llmproxy
+from llmproxy.config import OPENAI_COMPATIBLE
 from llmproxy.pricing import Price
 from llmproxy.provider import Provider
 from llmproxy.registry import ProviderSettings, RegisterPrice, RegisterProvider
@@ -20,14 +21,31 @@ def make_provider(settings: ProviderSettings) -> Provider:
     return OpenAIProvider.from_settings(settings)
 
 
+def make_compatible(settings: ProviderSettings) -> Provider:
+    """Build a configured ``openai-compatible`` provider (``OpenAICompatibleProvider``)."""
+    from llmproxy_openai.compatible import OpenAICompatibleProvider
+
+    return OpenAICompatibleProvider.from_settings(settings)
+
+
 @llmproxy.hookimpl
 def register_providers(register: RegisterProvider) -> None:
-    """Register ``openai``: Chat Completions and the Responses API through the official SDK."""
+    """Register ``openai``, and ``openai-compatible`` for ``[providers.NAME]`` tables of that kind.
+
+    ``openai``: Chat Completions and the Responses API through the official SDK.
+    ``openai-compatible`` serves every configured table with ``kind = "openai-compatible"``
+    under the table's own name (``ollama/llama3.3``), see :mod:`llmproxy_openai.compatible`.
+    """
     register(
         "openai",
         make_provider,
         description="OpenAI Chat Completions and Responses API (official openai SDK)",
         env=(env.API_KEY, env.SEED_API_KEY, env.BASE_URL),
+    )
+    register(
+        OPENAI_COMPATIBLE,
+        make_compatible,
+        description='any OpenAI-compatible server: [providers.NAME] kind = "openai-compatible"',
     )
 
 

@@ -296,6 +296,7 @@ class OpenAIProvider:
         name: str = "openai",
         default_headers: Mapping[str, str] | None = None,
         api: API = "auto",
+        default_query: Mapping[str, str] | None = None,
         async_http: AsyncHTTP = "aiohttp",
     ) -> None:
         if async_http not in _ASYNC_HTTPS:
@@ -327,6 +328,7 @@ class OpenAIProvider:
             "organization": organization,
             "project": project,
             "default_headers": dict(default_headers) if default_headers else None,
+            "default_query": dict(default_query) if default_query else None,
         }
         self._client: openai.OpenAI | None = None
         self._aclients: _LoopClients | None = None

@@ -1,0 +1,220 @@
+"""OpenAI-compatible servers declared in configuration alone: ``[providers.NAME]`` tables."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llmproxy import CostBudget, LLMBudget, Proxy
+from llmproxy.config import load_config
+from llmproxy.errors import ConfigError, MissingCredentials
+from llmproxy_openai.compatible import NO_KEY, OpenAICompatibleProvider
+from llmproxy_testing.fake_openai import FakeOpenAI
+
+
+@pytest.fixture
+def keyed() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI(api_key="gsk-test") as server:
+        yield server
+
+
+@pytest.fixture
+def local() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI() as server:  # a local server: takes any key, or none
+        yield server
+
+
+def tables(keyed: FakeOpenAI, local: FakeOpenAI) -> dict[str, Any]:
+    return {
+        "providers": {
+            "groq": {
+                "kind": "openai-compatible",
+                "base_url": keyed.base_url,
+                "api_key_env": "GROQ_API_KEY",
+                "default_headers": {"x-team": "search"},
+                "default_query": {"api-version": "2024-10-21"},
+                "prices": {"llama-3.3-70b": {"input": 1.0, "output": 2.0}},
+                "max_output_tokens": {"llama-3.3-70b": 50},
+            },
+            "ollama": {"kind": "openai-compatible", "base_url": local.base_url},
+        }
+    }
+
+
+def make_proxy(keyed: FakeOpenAI, local: FakeOpenAI, **kwargs: Any) -> Proxy:
+    return Proxy(
+        tables(keyed, local),
+        environ={"GROQ_API_KEY": "gsk-test"},
+        history="memory://",
+        ledger="memory://",
+        **kwargs,
+    )
+
+
+def test_chat_sends_key_headers_and_query(keyed: FakeOpenAI, local: FakeOpenAI) -> None:
+    with make_proxy(keyed, local) as proxy:
+        answer = proxy.chat("hello there", model="groq/llama-3.3-70b", use_history=False)
+    assert answer.text == "Echo: hello there"
+    sent = keyed.last_request
+    assert sent.path == "/v1/chat/completions"
+    assert sent.headers["authorization"] == "Bearer gsk-test"
+    assert sent.headers["x-team"] == "search"
+    assert sent.query == {"api-version": "2024-10-21"}
+    body = json.loads(sent.body)
+    assert body["model"] == "llama-3.3-70b"
+
+
+def test_keyless_local_server(keyed: FakeOpenAI, local: FakeOpenAI) -> None:
+    with make_proxy(keyed, local) as proxy:
+        answer = proxy.chat("hi local", model="ollama/llama3.3", use_history=False)
+        text = "".join(ev.text or "" for ev in proxy.stream("streamed", model="ollama/llama3.3"))
+    assert answer.text == "Echo: hi local" and text == "Echo: streamed"
+    for sent in local.requests:
+        assert sent.headers["authorization"] == f"Bearer {NO_KEY}"
+        assert "x-team" not in sent.headers and sent.query == {}
+    assert keyed.requests == []
+
+
+def test_async_chat_and_stream(keyed: FakeOpenAI, local: FakeOpenAI) -> None:
+    async def go(proxy: Proxy) -> tuple[str, str]:
+        answer = await proxy.achat("async hi", model="groq/llama-3.3-70b", use_history=False)
+        parts = [ev.text or "" async for ev in proxy.astream("async s", model="ollama/m")]
+        return answer.text, "".join(parts)
+
+    with make_proxy(keyed, local) as proxy:
+        assert asyncio.run(go(proxy)) == ("Echo: async hi", "Echo: async s")
+    assert keyed.last_request.query == {"api-version": "2024-10-21"}
+    assert keyed.last_request.headers["x-team"] == "search"
+
+
+def test_table_prices_and_output_limit_drive_budgets(keyed: FakeOpenAI, local: FakeOpenAI) -> None:
+    with make_proxy(keyed, local, budgets=[CostBudget(max_usd=10)]) as proxy:
+        answer = proxy.chat("one two three", model="groq/llama-3.3-70b", use_history=False)
+        [usage] = proxy.usage()
+    body = json.loads(keyed.last_request.body)
+    assert body["max_tokens"] == 50  # the table's limit caps what the budget reserves
+    u = answer.usage
+    assert u is not None
+    assert usage.used == pytest.approx((u.input_tokens * 1.0 + u.output_tokens * 2.0) / 1e6)
+    provider = OpenAICompatibleProvider(name="x", base_url=local.base_url)
+    assert provider.max_output_tokens("anything") is None
+
+
+def test_output_limit_caps_token_budget(keyed: FakeOpenAI, local: FakeOpenAI) -> None:
+    with make_proxy(keyed, local, budgets=[LLMBudget(max_tokens=100_000)]) as proxy:
+        proxy.chat("hi", model="groq/llama-3.3-70b", use_history=False)
+    body = json.loads(keyed.last_request.body)
+    assert body["max_tokens"] == 50 and "max_completion_tokens" not in body
+
+
+def test_missing_key_variable_names_it(keyed: FakeOpenAI, local: FakeOpenAI) -> None:
+    proxy = Proxy(tables(keyed, local), environ={}, history="memory://", ledger="memory://")
+    with proxy, pytest.raises(MissingCredentials, match="GROQ_API_KEY"):
+        proxy.chat("hi", model="groq/llama-3.3-70b")
+
+
+def test_environment_form(local: FakeOpenAI, tmp_path: Path) -> None:
+    environ = {
+        "LLMPROXY_PROVIDERS__LMSTUDIO__KIND": "openai-compatible",
+        "LLMPROXY_PROVIDERS__LMSTUDIO__BASE_URL": local.base_url,
+        "LLMPROXY_PROVIDERS__LMSTUDIO__DEFAULT_QUERY": '{"api-version": "v1"}',
+        "LLMPROXY_PROVIDERS__LMSTUDIO__MAX_OUTPUT_TOKENS": '{"qwen": 7}',
+        "LLMPROXY_DATA_DIR": str(tmp_path),
+    }
+    with Proxy.from_env(environ=environ, history="memory://", ledger="memory://") as proxy:
+        proxy.chat("from env", model="lmstudio/qwen", use_history=False, max_output_tokens=99)
+    sent = local.last_request
+    assert sent.query == {"api-version": "v1"}
+    assert json.loads(sent.body)["model"] == "qwen"
+
+
+def test_environment_overrides_file(tmp_path: Path) -> None:
+    path = tmp_path / "llmproxy.toml"
+    path.write_text('[providers.groq]\nkind = "openai-compatible"\npreset = "groq"\n')
+    config = load_config(
+        path=path,
+        environ={"LLMPROXY_PROVIDERS__GROQ__BASE_URL": "http://127.0.0.1:9/v1"},
+    )
+    table = config.providers["groq"]
+    assert table["base_url"] == "http://127.0.0.1:9/v1"
+    assert table["api_key_env"] == "GROQ_API_KEY"  # from the preset
+
+
+@pytest.mark.parametrize(
+    ("preset", "url", "key"),
+    [
+        ("ollama", "http://localhost:11434/v1", None),
+        ("vllm", "http://localhost:8000/v1", None),
+        ("lmstudio", "http://localhost:1234/v1", None),
+        ("openrouter", "https://openrouter.ai/api/v1", "OPENROUTER_API_KEY"),
+        ("groq", "https://api.groq.com/openai/v1", "GROQ_API_KEY"),
+        ("together", "https://api.together.xyz/v1", "TOGETHER_API_KEY"),
+    ],
+)
+def test_presets(preset: str, url: str, key: str | None) -> None:
+    config = load_config({"providers": {"p": {"kind": "openai-compatible", "preset": preset}}})
+    assert config.providers["p"]["base_url"] == url
+    assert config.providers["p"].get("api_key_env") == key
+
+
+def test_preset_through_the_proxy(local: FakeOpenAI) -> None:
+    table = {"kind": "openai-compatible", "preset": "ollama", "base_url": local.base_url}
+    with Proxy(
+        {"providers": {"ollama": table}}, environ={}, history="memory://", ledger="memory://"
+    ) as proxy:
+        assert proxy.chat("p", model="ollama/llama3.3", use_history=False).text == "Echo: p"
+
+
+@pytest.mark.parametrize(
+    ("table", "path"),
+    [
+        ({"kind": "openai-compatible"}, "providers.x.base_url"),
+        ({"kind": "openai-compatible", "base_url": 3}, "providers.x.base_url"),
+        ({"kind": "anthropic-compatible", "base_url": "u"}, "providers.x.kind"),
+        ({"kind": "openai-compatible", "preset": "nope"}, "providers.x.preset"),
+        (
+            {"kind": "openai-compatible", "base_url": "u", "api_key_env": 5},
+            "providers.x.api_key_env",
+        ),
+        (
+            {"kind": "openai-compatible", "base_url": "u", "default_headers": {"a": 1}},
+            "providers.x.default_headers",
+        ),
+        (
+            {"kind": "openai-compatible", "base_url": "u", "default_query": "api-version=1"},
+            "providers.x.default_query",
+        ),
+        (
+            {"kind": "openai-compatible", "base_url": "u", "max_output_tokens": {"m": -1}},
+            "providers.x.max_output_tokens.m",
+        ),
+        (
+            {"kind": "openai-compatible", "base_url": "u", "prices": {"m": 1.0}},
+            "providers.x.prices.m",
+        ),
+        (
+            {"kind": "openai-compatible", "base_url": "u", "prices": {"m": {"input": "a"}}},
+            "providers.x.prices.m",
+        ),
+    ],
+)
+def test_bad_tables_name_the_key(table: dict[str, Any], path: str) -> None:
+    with pytest.raises(ConfigError, match=path.replace(".", r"\.")):
+        load_config({"providers": {"x": table}})
+
+
+def test_bad_environment_variables() -> None:
+    with pytest.raises(ConfigError, match="LLMPROXY_PROVIDERS__X__DEFAULT_QUERY"):
+        load_config(environ={"LLMPROXY_PROVIDERS__X__DEFAULT_QUERY": "{oops"})
+    with pytest.raises(ConfigError, match="NAME__KEY"):
+        load_config(environ={"LLMPROXY_PROVIDERS__X": "y"})
+
+
+def test_tables_without_kind_are_left_to_their_plugin() -> None:
+    config = load_config({"providers": {"openai": {"organization": "org-1"}}})
+    assert config.providers["openai"] == {"organization": "org-1"}
