@@ -76,7 +76,13 @@ def test_plugins_lists_what_each_plugin_registers_without_sdks(tmp_path: Path) -
     )
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    for registered in ("provider openai", "price openai/gpt-5.4-mini*", "provider gemini"):
+    for registered in (
+        "provider openai",
+        "price openai/gpt-5.4-mini*",
+        "provider gemini",
+        "provider anthropic",
+        "price anthropic/claude-sonnet-4-6*",
+    ):
         assert registered in out
     assert "command serve" in out and "ledger redis://" in out
     assert out.rstrip().endswith("[]")
