@@ -48,10 +48,10 @@ from llmproxy.secret import register
 
 DEFAULT_MODEL = "openai/gpt-5.4-mini"
 
-OPENAI_COMPATIBLE = "openai-compatible"
+COMPATIBLE_KIND = "openai-compatible"
 """The ``kind`` of a ``[providers.NAME]`` table served by the OpenAI plugin's provider."""
 
-PROVIDER_KINDS = frozenset((OPENAI_COMPATIBLE,))
+PROVIDER_KINDS = frozenset((COMPATIBLE_KIND,))
 """The ``kind`` values a ``[providers.NAME]`` table may have."""
 
 PRESETS: dict[str, dict[str, Any]] = {

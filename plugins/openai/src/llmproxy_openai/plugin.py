@@ -7,7 +7,7 @@ Discovery imports this module for every command, so it imports no SDK: the provi
 from __future__ import annotations
 
 import llmproxy
-from llmproxy.config import OPENAI_COMPATIBLE
+from llmproxy.config import COMPATIBLE_KIND
 from llmproxy.pricing import Price
 from llmproxy.provider import Provider
 from llmproxy.registry import ProviderSettings, RegisterPrice, RegisterProvider
@@ -43,7 +43,7 @@ def register_providers(register: RegisterProvider) -> None:
         env=(env.API_KEY, env.SEED_API_KEY, env.BASE_URL),
     )
     register(
-        OPENAI_COMPATIBLE,
+        COMPATIBLE_KIND,
         make_compatible,
         description='any OpenAI-compatible server: [providers.NAME] kind = "openai-compatible"',
     )
