@@ -21,8 +21,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Generator, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Awaitable, Generator, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from llmproxy.budget.base import Claim, Reservation
 from llmproxy.call import Call, EmbedCall, LimitWaiter, StreamState
@@ -221,6 +221,26 @@ class Sleep(Effect):
         await asyncio.sleep(self.seconds)
 
 
+_Answer = TypeVar("_Answer")
+
+
+async def _held_to_deadline(
+    attempt: Awaitable[_Answer], request: ChatRequest | EmbedRequest
+) -> _Answer:
+    """Await an upstream attempt, cut off at the deadline the provider was told.
+
+    The provider is told the time left (``request.timeout``); this holds it to it, whatever
+    the provider does with it.
+    """
+    if request.timeout is None:
+        return await attempt
+    try:
+        async with asyncio.timeout(request.timeout):
+            return await attempt
+    except TimeoutError:
+        raise _deadline_error(request) from None
+
+
 class Attempt(Effect):
     """One non-streamed upstream attempt."""
 
@@ -234,15 +254,7 @@ class Attempt(Effect):
         return self.provider.chat(self.request)
 
     async def arun(self, proxy: Proxy) -> Completion:
-        # The provider is told the deadline (request.timeout); this holds it to it.
-        timeout = self.request.timeout
-        if timeout is None:
-            return await self.provider.achat(self.request)
-        try:
-            async with asyncio.timeout(timeout):
-                return await self.provider.achat(self.request)
-        except TimeoutError:
-            raise _deadline_error(self.request) from None
+        return await _held_to_deadline(self.provider.achat(self.request), self.request)
 
 
 class Embed(Effect):
@@ -258,14 +270,7 @@ class Embed(Effect):
         return self.provider.embed(self.request)
 
     async def arun(self, proxy: Proxy) -> EmbeddingResult:
-        timeout = self.request.timeout
-        if timeout is None:
-            return await self.provider.aembed(self.request)
-        try:
-            async with asyncio.timeout(timeout):
-                return await self.provider.aembed(self.request)
-        except TimeoutError:
-            raise _deadline_error(self.request) from None
+        return await _held_to_deadline(self.provider.aembed(self.request), self.request)
 
 
 class OpenStream(Effect):
