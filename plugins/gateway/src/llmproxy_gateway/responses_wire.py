@@ -54,6 +54,7 @@ from llmproxy_gateway.wire import (
     _made,
     _passthrough,
     _string,
+    function_tools,
     load_json,
 )
 
@@ -267,32 +268,6 @@ def _with_call(message: Message, call: ToolCall) -> Message:
     return attrs.evolve(message, tool_calls=(*message.tool_calls, call))
 
 
-def _tools(raw: Any, limits: BodyLimits) -> list[ClientTool]:
-    if raw is None:
-        return []
-    if not isinstance(raw, list):
-        raise bad_request("'tools' must be a list of function tools", "tools")
-    tools: list[ClientTool] = []
-    for index, item in enumerate(raw):
-        where = f"tools[{index}]"
-        if isinstance(item, Mapping) and item.get("type") != "function":
-            raise bad_request(
-                f"{where}.type {item.get('type')!r} is not supported: this gateway passes"
-                " function tools only",
-                f"{where}.type",
-            )
-        try:
-            tool = ClientTool.from_openai(item, where)
-        except InvalidRequest as exc:
-            raise bad_request(str(exc), exc.field or where) from None
-        _check_depth(dict(tool.parameters), limits.max_depth, f"{where}.parameters")
-        tools.append(tool)
-    names = [t.name for t in tools]
-    if len(set(names)) != len(names):
-        raise bad_request(f"tool names must be unique, got {names}", "tools")
-    return tools
-
-
 def _tool_choice(value: Any, tools: list[ClientTool]) -> str | None:
     if value is None:
         return None
@@ -398,7 +373,7 @@ def parse(body: bytes, limits: BodyLimits | None = None) -> ResponsesCall:
     instructions = data.get("instructions")
     if instructions is not None:
         kwargs["system"] = _text_of(instructions, "instructions")
-    tools = _tools(data.get("tools"), limits)
+    tools = function_tools(data.get("tools"), limits, nested=False)
     if tools:
         kwargs["tools"] = tools
     if tools or "tool_choice" in data:

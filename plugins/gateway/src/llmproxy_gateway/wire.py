@@ -466,21 +466,32 @@ def client_tools(data: Mapping[str, Any], limits: BodyLimits) -> list[ClientTool
     "strict"}}``; anything else (another type, a bad name, a schema that is not an object) is a
     400 naming ``tools[i]...``.
     """
-    raw = data.get("tools")
+    return function_tools(data.get("tools"), limits, nested=True)
+
+
+def function_tools(raw: Any, limits: BodyLimits, *, nested: bool) -> list[ClientTool]:
+    """A request's function ``tools`` as :class:`ClientTool` values, or a 400 naming the tool.
+
+    ``nested``: Chat Completions' shape (the definition under ``function``, ``type`` optional);
+    else the Responses API's flat one (``{"type": "function", "name", ...}``). Names must be
+    unique, and a schema no deeper than ``limits.max_depth``.
+    """
     if raw is None:
         return []
     if not isinstance(raw, list):
         raise bad_request("'tools' must be a list of function tools", "tools")
     tools: list[ClientTool] = []
+    allowed = (None, "function") if nested else ("function",)
+    parameters = "function.parameters" if nested else "parameters"
     for index, item in enumerate(raw):
         where = f"tools[{index}]"
-        if isinstance(item, Mapping) and item.get("type") not in (None, "function"):
+        if isinstance(item, Mapping) and item.get("type") not in allowed:
             raise bad_request(
                 f"{where}.type {item.get('type')!r} is not supported: this gateway passes"
                 " function tools only",
                 f"{where}.type",
             )
-        if isinstance(item, Mapping) and not isinstance(item.get("function"), Mapping):
+        if nested and isinstance(item, Mapping) and not isinstance(item.get("function"), Mapping):
             raise bad_request(
                 f"{where}.function must be an object with the function's name", f"{where}.function"
             )
@@ -488,7 +499,7 @@ def client_tools(data: Mapping[str, Any], limits: BodyLimits) -> list[ClientTool
             tool = ClientTool.from_openai(item, where)
         except InvalidRequest as exc:
             raise bad_request(str(exc), exc.field or where) from None
-        _check_depth(dict(tool.parameters), limits.max_depth, f"{where}.function.parameters")
+        _check_depth(dict(tool.parameters), limits.max_depth, f"{where}.{parameters}")
         tools.append(tool)
     names = [t.name for t in tools]
     if len(set(names)) != len(names):
