@@ -256,15 +256,7 @@ class Gateway:
         writer = ChunkWriter(answering_model(stream, first))
         await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
         event: StreamEvent | None = first
-        gone = asyncio.Event()
-
-        async def watch() -> None:
-            # The body is read, so the next message is the client going away.
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            gone.set()
-
-        watcher = asyncio.ensure_future(watch())
+        gone, watcher = _watch_disconnect(receive)
         # The role chunk goes out with the first event's chunk: one write, not two.
         role = writer.role()
         try:
@@ -319,15 +311,7 @@ class Gateway:
             except Exception:
                 log.debug("could not send the error to a stream's client", exc_info=True)
         finally:
-            watcher.cancel()
-            # A finished stream is settled and stored here, after its last bytes went out; a
-            # client that went away (or any failure) ends the stream: what arrived is stored,
-            # marked interrupted, and counted.
-            with anyio.CancelScope(shield=True):
-                try:
-                    await stream.aclose()
-                except Exception:
-                    log.exception("settling or storing a stream failed")
+            await _end_stream(stream, watcher)
 
     # -- Anthropic's Messages API -------------------------------------------------------------
 
@@ -402,14 +386,7 @@ class Gateway:
         writer = messages_wire.EventWriter(answering_model(stream, first))
         await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
         event: StreamEvent | None = first
-        gone = asyncio.Event()
-
-        async def watch() -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            gone.set()
-
-        watcher = asyncio.ensure_future(watch())
+        gone, watcher = _watch_disconnect(receive)
         head = writer.start()
         try:
             while event is not None:
@@ -449,12 +426,7 @@ class Gateway:
             except Exception:
                 log.debug("could not send the error to a stream's client", exc_info=True)
         finally:
-            watcher.cancel()
-            with anyio.CancelScope(shield=True):
-                try:
-                    await stream.aclose()
-                except Exception:
-                    log.exception("settling or storing a stream failed")
+            await _end_stream(stream, watcher)
 
     async def responses(self, scope: Scope, receive: Receive, send: Send) -> None:
         """``POST /v1/responses`` (raw ASGI): OpenAI's Responses API, any provider answering.
@@ -591,14 +563,7 @@ class Gateway:
         first = await anext(stream)
         renderer.model = answering_model(stream, first)
         await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
-        gone = asyncio.Event()
-
-        async def watch() -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            gone.set()
-
-        watcher = asyncio.ensure_future(watch())
+        gone, watcher = _watch_disconnect(receive)
         head = renderer.start()
         event: StreamEvent | None = first
         try:
@@ -633,12 +598,7 @@ class Gateway:
             except Exception:
                 log.debug("could not send the error to a stream's client", exc_info=True)
         finally:
-            watcher.cancel()
-            with anyio.CancelScope(shield=True):
-                try:
-                    await stream.aclose()
-                except Exception:
-                    log.exception("settling or storing a stream failed")
+            await _end_stream(stream, watcher)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -658,6 +618,36 @@ class Gateway:
             await self.proxy.aclose()
         self.usage.flush()
         self.keys.close()
+
+
+def _watch_disconnect(receive: Receive) -> tuple[asyncio.Event, asyncio.Future[None]]:
+    """Watch a streamed request for its client going away: the event is set when it does.
+
+    The request's body has been read, so the next message ``receive`` gives is the disconnect.
+    """
+    gone = asyncio.Event()
+
+    async def watch() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        gone.set()
+
+    return gone, asyncio.ensure_future(watch())
+
+
+async def _end_stream(stream: AsyncChatStream, watcher: asyncio.Future[None]) -> None:
+    """Stop watching and close the Proxy's stream, even while the handler is being cancelled.
+
+    A finished stream is settled and stored here, after its last bytes went out; a client that
+    went away (or any failure) ends the stream: what arrived is stored, marked interrupted, and
+    counted.
+    """
+    watcher.cancel()
+    with anyio.CancelScope(shield=True):
+        try:
+            await stream.aclose()
+        except Exception:
+            log.exception("settling or storing a stream failed")
 
 
 def answering_model(stream: AsyncChatStream, first: StreamEvent) -> str:
