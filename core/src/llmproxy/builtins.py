@@ -1,4 +1,4 @@
-"""The built-in plugin: memory and SQLite history stores and ledgers, and the core policies.
+"""The built-in plugin: memory and SQLite stores, ledgers and response caches; core policies.
 
 Registered like any other plugin (it is listed in ``DEFAULT_PLUGINS``), so ``llmproxy
 plugins`` shows it and third-party plugins can replace a scheme.
@@ -11,9 +11,10 @@ from collections.abc import Mapping
 from llmproxy import env
 from llmproxy.budget.base import Ledger
 from llmproxy.budget.policy import CostBudget, LLMBudget, RequestsPerMinute, TokensPerMinute
+from llmproxy.cache.base import CacheSettings, ResponseCache
 from llmproxy.history.base import HistoryStore
 from llmproxy.hookspecs import hookimpl
-from llmproxy.registry import RegisterHistoryStore, RegisterLedger, RegisterPolicy
+from llmproxy.registry import RegisterCache, RegisterHistoryStore, RegisterLedger, RegisterPolicy
 from llmproxy.urls import sqlite_path
 
 
@@ -64,6 +65,25 @@ def register_ledgers(register: RegisterLedger) -> None:
     """Register ``memory://`` and ``sqlite:///path`` ledgers."""
     register("memory", _memory_ledger)
     register("sqlite", _sqlite_ledger)
+
+
+def _memory_cache(url: str, settings: CacheSettings) -> ResponseCache:
+    from llmproxy.cache.memory import MemoryCache
+
+    return MemoryCache(settings)
+
+
+def _sqlite_cache(url: str, settings: CacheSettings) -> ResponseCache:
+    from llmproxy.cache.sqlite import SQLiteCache
+
+    return SQLiteCache(sqlite_path(url, env.data_dir(settings.environ) / "cache.db"), settings)
+
+
+@hookimpl
+def register_caches(register: RegisterCache) -> None:
+    """Register ``memory://`` and ``sqlite:///path`` response caches."""
+    register("memory", _memory_cache)
+    register("sqlite", _sqlite_cache)
 
 
 @hookimpl

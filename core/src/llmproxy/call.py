@@ -143,6 +143,19 @@ def _check_options(options: CallOptions) -> None:
             f"run_tools must be True or False, got {options.run_tools!r}", field="run_tools"
         )
     _check_schema_options(options)
+    _check_cache_option(options.cache)
+
+
+def _check_cache_option(cache: object) -> None:
+    """Refuse a ``cache`` that is neither a switch nor a positive number of seconds."""
+    if cache is None or isinstance(cache, bool):
+        return
+    if not isinstance(cache, (int, float)) or not math.isfinite(cache) or cache <= 0:
+        raise InvalidRequest(
+            "cache must be True, False or a time to live in seconds above 0 (cache=3600),"
+            f" got {cache!r}",
+            field="cache",
+        )
 
 
 def _check_schema_options(options: CallOptions) -> None:
@@ -166,7 +179,8 @@ class CallOptions:
 
     The fields are the keyword arguments of :meth:`llmproxy.Proxy.chat` (``extra`` holds the
     provider-specific ones, passed through untouched; ``schema`` and ``schema_retries`` come after
-    it, see :mod:`llmproxy.structured`). Malformed values raise
+    it, see :mod:`llmproxy.structured`; ``cache`` asks for the response cache, see
+    :mod:`llmproxy.cache`). Malformed values raise
     :class:`~llmproxy.errors.InvalidRequest` naming the field when the value is built.
 
     >>> CallOptions(model="openai/gpt-5.4-mini", max_output_tokens=100).max_output_tokens
@@ -190,6 +204,7 @@ class CallOptions:
     run_tools: bool = True
     schema: Any = None
     schema_retries: int | None = None
+    cache: bool | float | None = None
 
     def __attrs_post_init__(self) -> None:
         _check_options(self)
@@ -331,6 +346,10 @@ class Call:
     __slots__ = (
         "asked_cap",
         "attempts",
+        "cache_for",
+        "cache_hit",
+        "cache_key",
+        "cache_ttl",
         "claims",
         "extra",
         "fallbacks",
@@ -417,6 +436,10 @@ class Call:
         self.schema_retries = options.schema_retries or 0
         self.schema_rounds = 0
         self.parsed: Any = None
+        self.cache_ttl = proxy._cache_ttl(options.cache)
+        self.cache_key: str | None = None
+        self.cache_for: str | None = None
+        self.cache_hit = False
 
     def _target(self, resolved: tuple[str, str, Provider]) -> None:
         """Aim the call at one model: its provider, the claims its policies make, a fresh count."""
@@ -984,6 +1007,7 @@ class Call:
                 self.started_at,
                 self.key,
                 self.tags,
+                cache_hit=self.cache_hit,
             )
         )
 

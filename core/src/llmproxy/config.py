@@ -16,6 +16,10 @@ Example ``llmproxy.toml``::
     [retry]
     max_attempts = 4
 
+    [cache]                         # the response cache, for calls that ask for it
+    url = "sqlite:///var/lib/app/cache.db"
+    ttl = 3600
+
     [providers.openai]
     base_url = "https://api.openai.com/v1"
 
@@ -186,6 +190,25 @@ def _not_negative(_i: object, a: attrs.Attribute[Any], v: float | None) -> None:
 
 
 @frozen
+class CacheConfig:
+    """The response cache (see :mod:`llmproxy.cache`): where, for how long, shared by whom.
+
+    ``url`` chooses the store (``memory://``, ``sqlite:///path``, ``redis://...``; None: no
+    cache, and a call asking for one is a ConfigError); ``ttl`` is the seconds an entry lives
+    when a call asks ``cache=True`` (default 3600); ``scope`` is ``user`` (entries are only
+    served to the same ``user`` and gateway key, the default) or ``shared`` (served to all);
+    ``max_entries`` and ``max_bytes`` bound a memory or SQLite store (defaults 10,000 and
+    64 MiB), evicting the oldest entries first.
+    """
+
+    url: str | None = None
+    ttl: float = field(default=3600.0, validator=_positive)
+    scope: str = field(default="user", validator=attrs.validators.in_(("user", "shared")))
+    max_entries: int = field(default=10_000, validator=_positive)
+    max_bytes: int = field(default=64 * 1024 * 1024, validator=_positive)
+
+
+@frozen
 class RetryConfig:
     """How the Proxy retries a failed attempt (429, 5xx, timeouts, dropped connections).
 
@@ -294,7 +317,7 @@ class ProxyConfig:
     A provider table with ``kind = "openai-compatible"`` declares a provider of its own (see
     :func:`provider_table`); its ``prices`` are folded into ``prices`` as ``NAME/model``.
     ``default_max_output_tokens`` caps a call's output when the call sets no cap and a token
-    budget applies.
+    budget applies. ``cache`` is the response cache's table (:class:`CacheConfig`).
     """
 
     default_model: str = DEFAULT_MODEL
@@ -313,6 +336,7 @@ class ProxyConfig:
     budgets: list[dict[str, Any]] = field(factory=list, converter=named_budgets)
     prices: dict[str, Price] = attrs.Factory(dict)
     fallbacks: dict[str, list[str]] = attrs.Factory(dict)
+    cache: CacheConfig = attrs.Factory(CacheConfig)
 
     def __attrs_post_init__(self) -> None:
         # A configured key is a secret from the start, whether or not its provider is used:

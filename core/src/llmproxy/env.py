@@ -22,6 +22,10 @@ Variable                        Meaning
                                 charged reservation id (default 86400, 24 h): a repeated settle
                                 is a no-op and a late settle replaces an expiry charge once.
                                 The memory ledger also keeps at most 100,000 ids.
+``LLMPROXY_CACHE_URL``          Response cache (``cache.url``): ``memory://``, ``sqlite:///path.db``,
+                                ``redis://host:6379/0`` (with ``llmproxy-redis-history``). Unset:
+                                no cache; calls opt in with ``cache=True`` or ``cache=<seconds>``
+                                (see ``llmproxy.cache``).
 ``LLMPROXY_DATA_DIR``           Where the embedded SQLite files live (default: the user data
                                 dir, e.g. ``~/.local/share/llmproxy``), the journal of writes
                                 that missed their store (``journal.db``, ``llmproxy.journal``)
@@ -77,6 +81,7 @@ CONFIG = "LLMPROXY_CONFIG"
 DEFAULT_MODEL = "LLMPROXY_DEFAULT_MODEL"
 HISTORY_URL = "LLMPROXY_HISTORY_URL"
 LEDGER_URL = "LLMPROXY_LEDGER_URL"
+CACHE_URL = "LLMPROXY_CACHE_URL"
 LEDGER_LEASE = "LLMPROXY_LEDGER_LEASE"
 LEDGER_LEASE_SECONDS = "LLMPROXY_LEDGER_LEASE_SECONDS"
 LEDGER_SETTLED_GRACE = "LLMPROXY_LEDGER_SETTLED_GRACE"
@@ -191,6 +196,8 @@ def config_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
         out["history_url"] = environ[HISTORY_URL]
     if environ.get(LEDGER_URL):
         out["ledger_url"] = environ[LEDGER_URL]
+    if environ.get(CACHE_URL):
+        out["cache"] = {"url": environ[CACHE_URL]}
     budgets: list[dict[str, Any]] = []
     max_tokens = _int(environ, MAX_TOKENS)
     if max_tokens is not None:

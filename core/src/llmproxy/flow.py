@@ -24,7 +24,10 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Generator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import attrs
+
 from llmproxy.budget.base import Claim, Reservation
+from llmproxy.cache import CachedReply, call_key, decode_reply, encode_reply, reply_to_store
 from llmproxy.call import Call, EmbedCall, LimitWaiter, StreamState
 from llmproxy.errors import (
     BudgetExceeded,
@@ -376,6 +379,54 @@ class RunTools(Effect):
         return await tool.arun(tool_call.arguments, tool_call.id)
 
 
+class CacheGet(Effect):
+    """Look a reply up in the response cache (None: a miss; a failing cache is a miss too)."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    def run(self, proxy: Proxy) -> CachedReply | None:
+        try:
+            value = proxy.cache.get(self.key)
+            return None if value is None else decode_reply(value)
+        except StoreError as exc:
+            log.warning("response cache lookup failed, calling upstream: %s", exc)
+            return None
+
+    async def arun(self, proxy: Proxy) -> CachedReply | None:
+        try:
+            value = await proxy.cache.aget(self.key)
+            return None if value is None else decode_reply(value)
+        except StoreError as exc:
+            log.warning("response cache lookup failed, calling upstream: %s", exc)
+            return None
+
+
+class CachePut(Effect):
+    """Keep a reply in the response cache; a failure to is only logged."""
+
+    __slots__ = ("key", "ttl", "value")
+
+    def __init__(self, key: str, reply: CachedReply, ttl: float) -> None:
+        self.key = key
+        self.value = encode_reply(reply)
+        self.ttl = ttl
+
+    def run(self, proxy: Proxy) -> None:
+        try:
+            proxy.cache.put(self.key, self.value, self.ttl)
+        except StoreError as exc:
+            log.warning("could not keep a reply in the response cache: %s", exc)
+
+    async def arun(self, proxy: Proxy) -> None:
+        try:
+            await proxy.cache.aput(self.key, self.value, self.ttl)
+        except StoreError as exc:
+            log.warning("could not keep a reply in the response cache: %s", exc)
+
+
 class Deliver(Effect):
     """Hand a stream event to the caller (drivers of whole calls never see one).
 
@@ -416,6 +467,10 @@ def call_flow(call: Call) -> Flow:
         if call.use_history:
             loaded = yield LoadHistory(call.session_id or "", call.proxy.config.history_limit)
             call.set_history(loaded)
+        if call.cache_ttl is not None:
+            cached = yield from _cache_lookup(call)
+            if cached is not None:
+                return (yield from _cache_hit(call, cached))
         request = yield from _aim(call)
         if streamed:
             yield READY
@@ -464,6 +519,55 @@ def call_flow(call: Call) -> Flow:
         raise
     if not streamed:
         call.notify(call.spent, "ok", None, response.model)
+    if call.cache_key is not None and call.cache_ttl is not None:
+        keep = reply_to_store(call, completion, response)
+        if keep is not None:
+            yield CachePut(call.cache_key, keep, call.cache_ttl)
+    return response
+
+
+def _cache_lookup(call: Call) -> Generator[Effect, Any, CachedReply | None]:
+    """Look the call's request up in the response cache (before anything is reserved)."""
+    call.cache_key = call_key(call)
+    call.cache_for = f"{call.provider_name}/{call.model}"
+    cached: CachedReply | None = yield CacheGet(call.cache_key)
+    return cached
+
+
+REPLAY_PIECE = 64
+"""Characters per stream event when a cached reply is served as a stream."""
+
+
+def _cache_hit(call: Call, cached: CachedReply) -> Flow:
+    """Answer from the cache: nothing reserved or spent, the exchange stored as a live one's.
+
+    A stream gets the reply's reasoning and text in pieces, then its final event.
+    """
+    call.cache_hit = True
+    usage = Usage()
+    completion = Completion(cached.message, usage, cached.model, cached.finish_reason, cached.id)
+    error = call.parse_output(completion)
+    if error is not None:  # (the schema is part of the key: only a changed parser gets here)
+        raise error
+    if call.streamed:
+        yield READY
+        message = cached.message
+        for reasoning, text in ((True, message.reasoning or ""), (False, message.content)):
+            for start in range(0, len(text), REPLAY_PIECE):
+                piece = text[start : start + REPLAY_PIECE]
+                yield Deliver(StreamEvent("", piece) if reasoning else StreamEvent(piece))
+    response = attrs.evolve(call.response(completion, usage), cache_hit=True)
+    call.final = response
+    records = call.records(completion.message, usage, response.model)
+    if call.streamed:
+        call.notify(usage, "ok", None, response.model)
+        final = StreamEvent("", "", True, usage, completion.finish_reason, response)
+        with contextlib.suppress(Closed):
+            yield Deliver(final)
+    if records:
+        yield SettleAndStore(call, None, records)
+    if not call.streamed:
+        call.notify(usage, "ok", None, response.model)
     return response
 
 

@@ -22,6 +22,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from llmproxy.registry import (
+        RegisterCache,
         RegisterCommand,
         RegisterHistoryStore,
         RegisterLedger,
@@ -68,6 +69,16 @@ def register_ledgers(register: RegisterLedger) -> None:
     """Register budget ledgers by URL scheme: ``register(scheme, factory)``.
 
     ``factory(url, environ)`` returns a :class:`~llmproxy.budget.base.Ledger`.
+    """
+
+
+@hookspec
+def register_caches(register: RegisterCache) -> None:
+    """Register response caches by URL scheme: ``register(scheme, factory)``.
+
+    ``factory(url, settings)`` receives the full URL (``sqlite:///path``) and a
+    :class:`~llmproxy.cache.base.CacheSettings` (bounds, the environment, the clock), and
+    returns a :class:`~llmproxy.cache.base.ResponseCache`.
     """
 
 

@@ -128,6 +128,7 @@ class Plugins:
             ("register_providers", reg.provider_register),
             ("register_history_stores", reg.store_register),
             ("register_ledgers", reg.ledger_register),
+            ("register_caches", reg.cache_register),
             ("register_budget_policies", reg.policy_register),
             ("register_tools", reg.tool_register),
             ("register_prices", reg.price_register),

@@ -25,6 +25,7 @@ from llmproxy.budget.calibration import Calibration
 from llmproxy.budget.policy import BudgetPolicy, CallScope
 from llmproxy.budget.renewal import Renewer
 from llmproxy.budget.routed import RoutedLedger
+from llmproxy.cache.base import CacheSettings, ResponseCache
 from llmproxy.call import Call, CallOptions, EmbedCall, Prompt, ToolSpec
 from llmproxy.config import ProxyConfig, load_config, structure
 from llmproxy.errors import ConfigError, InvalidRequest, PluginError, StoreError
@@ -70,7 +71,8 @@ class Proxy:
     their keys from (``os.environ`` by default). ``fallbacks`` maps a model to the models tried
     in turn when it fails with a retryable error after its retries (429, 5xx, timeout,
     connection); a call's own ``fallbacks=[...]`` wins. Each model's reservation is settled
-    before the next is tried, and the response names the model that answered.
+    before the next is tried, and the response names the model that answered. ``cache`` is a
+    response cache object (:class:`~llmproxy.cache.ResponseCache`), winning over ``cache.url``.
     """
 
     def __init__(
@@ -86,6 +88,7 @@ class Proxy:
         observers: Iterable[Observer] = (),
         environ: Mapping[str, str] | None = None,
         fallbacks: Mapping[str, Sequence[str]] | None = None,
+        cache: ResponseCache | None = None,
     ) -> None:
         self.environ: Mapping[str, str] = os.environ if environ is None else environ
         if config is None:
@@ -151,6 +154,9 @@ class Proxy:
             config.reservation_lease,
             max_age=config.retry.deadline,
         )
+        self._cache: ResponseCache | None = cache
+        if cache is None and config.cache.url:
+            self._check_scheme(config.cache.url, self.plugins.registry.caches, "cache")
         self._journal: Journal | None = None
         self._replayer: threading.Thread | None = None
         self._closing = threading.Event()
@@ -212,6 +218,33 @@ class Proxy:
                     stores = self.plugins.registry.history_stores
                     self._history = self._open("history", self._history_url, stores, "history.db")
         return self._history
+
+    @property
+    def cache(self) -> ResponseCache:
+        """The response cache, opened on first use; a ConfigError when none is configured."""
+        if self._cache is None:
+            url = self.config.cache.url
+            if not url:
+                raise ConfigError(
+                    "the call asks for the response cache (cache=...), but none is configured:"
+                    " set LLMPROXY_CACHE_URL (memory://, sqlite:///path.db, redis://host:6379/0)"
+                    ' or cache.url in the configuration ([cache] url = "memory://")',
+                    path="cache.url",
+                )
+            with self._lock:
+                if self._cache is None:
+                    config = self.config.cache
+                    settings = CacheSettings(config.max_entries, config.max_bytes, self.environ)
+                    factory = self.plugins.registry.caches[scheme_of(url, what="cache")]
+                    self._cache = factory(url, settings)
+        return self._cache
+
+    def _cache_ttl(self, asked: bool | float | None) -> float | None:
+        """The seconds a call's cache entry lives (None: the call does not use the cache)."""
+        if asked is None or asked is False:
+            return None
+        _ = self.cache  # no cache configured: refused before anything is sent
+        return self.config.cache.ttl if asked is True else float(asked)
 
     @property
     def ledger(self) -> RoutedLedger:
@@ -474,6 +507,7 @@ class Proxy:
         run_tools: bool = True,
         schema: Any = None,
         schema_retries: int | None = None,
+        cache: bool | float | None = None,
         **extra: Any,
     ) -> ChatResponse:
         """Send ``prompt`` and return the whole answer.
@@ -494,6 +528,9 @@ class Proxy:
         dict) asks for JSON that fits it: the answer's ``parsed`` holds the value, and one that
         does not fit raises :class:`~llmproxy.errors.SchemaError` after ``schema_retries``
         rounds (default 0) that send the errors back (see :mod:`llmproxy.structured`).
+        ``cache=True`` (or a time to live in seconds) serves the call from the response cache
+        when the same request was answered before, and keeps its reply otherwise (see
+        :mod:`llmproxy.cache`; it needs ``LLMPROXY_CACHE_URL`` or ``cache.url``).
 
         Raises :class:`~llmproxy.errors.BudgetExceeded` or :class:`~llmproxy.errors.RateLimited`
         before any upstream call when a policy has no room, and a
@@ -517,6 +554,7 @@ class Proxy:
             run_tools=run_tools,
             schema=schema,
             schema_retries=schema_retries,
+            cache=cache,
         )
         response: ChatResponse = self._drive(call_flow(Call(self, prompt, options, False)))
         return response
@@ -541,6 +579,7 @@ class Proxy:
         run_tools: bool = True,
         schema: Any = None,
         schema_retries: int | None = None,
+        cache: bool | float | None = None,
         **extra: Any,
     ) -> ChatResponse:
         """Async :meth:`chat`."""
@@ -562,6 +601,7 @@ class Proxy:
             run_tools=run_tools,
             schema=schema,
             schema_retries=schema_retries,
+            cache=cache,
         )
         response: ChatResponse = await self._adrive(call_flow(Call(self, prompt, options, False)))
         return response
@@ -586,6 +626,7 @@ class Proxy:
         run_tools: bool = True,
         schema: Any = None,
         schema_retries: int | None = None,
+        cache: bool | float | None = None,
         **extra: Any,
     ) -> ChatStream:
         """Send ``prompt`` and iterate over the answer as it arrives (arguments as :meth:`chat`).
@@ -614,6 +655,7 @@ class Proxy:
             run_tools=run_tools,
             schema=schema,
             schema_retries=schema_retries,
+            cache=cache,
         )
         return ChatStream(self, Call(self, prompt, options, True))
 
@@ -637,6 +679,7 @@ class Proxy:
         run_tools: bool = True,
         schema: Any = None,
         schema_retries: int | None = None,
+        cache: bool | float | None = None,
         **extra: Any,
     ) -> AsyncChatStream:
         """Async :meth:`stream`: ``async for ev in proxy.astream(...)``.
@@ -663,6 +706,7 @@ class Proxy:
             run_tools=run_tools,
             schema=schema,
             schema_retries=schema_retries,
+            cache=cache,
         )
         return AsyncChatStream(self, Call(self, prompt, options, True))
 
@@ -868,12 +912,14 @@ class Proxy:
         if self._history is not None:
             self._history.close()
         self._ledger.close()
+        if self._cache is not None:
+            self._cache.close()
 
     async def aclose(self) -> None:
         """Close providers (async connections too) and stores; call it inside the event loop."""
         for provider in self._providers.values():
             await provider.aclose()
-        for store in (self._history, self._ledger):
+        for store in (self._history, self._ledger, self._cache):
             aclose = getattr(store, "aclose", None)
             if aclose is not None:
                 await aclose()

@@ -11,6 +11,7 @@ import attrs
 from attrs import frozen
 
 from llmproxy.budget.base import Ledger
+from llmproxy.cache.base import CacheSettings, ResponseCache
 from llmproxy.errors import ConfigError, PluginError
 from llmproxy.history.base import HistoryStore
 from llmproxy.pricing import Price, PriceTable
@@ -42,6 +43,7 @@ class ProviderSettings:
 ProviderFactory = Callable[[ProviderSettings], Provider]
 StoreFactory = Callable[[str, Mapping[str, str]], HistoryStore]
 LedgerFactory = Callable[[str, Mapping[str, str]], Ledger]
+CacheFactory = Callable[[str, CacheSettings], ResponseCache]
 
 
 class RegisterProvider(Protocol):
@@ -74,6 +76,13 @@ class RegisterLedger(Protocol):
 
     def __call__(self, scheme: str, factory: LedgerFactory) -> None:
         """Register a ledger factory for a URL scheme."""
+
+
+class RegisterCache(Protocol):
+    """The ``register`` function passed to ``register_caches``."""
+
+    def __call__(self, scheme: str, factory: CacheFactory) -> None:
+        """Register a response cache factory for a URL scheme."""
 
 
 class RegisterPolicy(Protocol):
@@ -182,6 +191,7 @@ class Registry:
     providers: dict[str, ProviderEntry] = attrs.Factory(dict)
     history_stores: dict[str, StoreFactory] = attrs.Factory(dict)
     ledgers: dict[str, LedgerFactory] = attrs.Factory(dict)
+    caches: dict[str, CacheFactory] = attrs.Factory(dict)
     policies: dict[str, type[Any]] = attrs.Factory(dict)
     tools: dict[str, Any] = attrs.Factory(dict)
     _tool_owners: dict[str, str] = attrs.Factory(dict)
@@ -233,6 +243,16 @@ class Registry:
             _check_name(plugin, "ledger scheme", scheme)
             self.ledgers[scheme] = factory
             self._note(plugin, f"ledger {scheme}://")
+
+        return register
+
+    def cache_register(self, plugin: str) -> RegisterCache:
+        """Return the ``register`` function handed to one plugin's ``register_caches``."""
+
+        def register(scheme: str, factory: CacheFactory) -> None:
+            _check_name(plugin, "response cache scheme", scheme)
+            self.caches[scheme] = factory
+            self._note(plugin, f"response cache {scheme}://")
 
         return register
 

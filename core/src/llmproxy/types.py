@@ -440,7 +440,8 @@ class ChatResponse:
     ``finish_reason == "length"`` the answer was cut short by the budget
     (:attr:`cut_short_by_budget`). ``parsed`` is the answer parsed and validated when the call
     asked for a ``schema`` (an instance of the class asked for, or a dict for a JSON-schema
-    dict), else None.
+    dict), else None. ``cache_hit`` is True when the reply came from the response cache
+    (:mod:`llmproxy.cache`): ``usage`` is then zero, as nothing was spent.
     """
 
     text: str
@@ -456,6 +457,7 @@ class ChatResponse:
     max_output_tokens: int | None = None
     budget_capped: bool = False
     parsed: Any = None
+    cache_hit: bool = False
 
     @property
     def cut_short_by_budget(self) -> bool:
@@ -542,6 +544,8 @@ class CallEvent:
     tags: Mapping[str, str] = attrs.Factory(dict)
     operation: str = "chat"
     """What the call did: ``chat`` or ``embed``."""
+    cache_hit: bool = False
+    """The reply came from the response cache (no upstream attempt, no tokens spent)."""
 
 
 @frozen
