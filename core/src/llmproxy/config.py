@@ -189,6 +189,14 @@ def _not_negative(_i: object, a: attrs.Attribute[Any], v: float | None) -> None:
         raise ConfigError(f"{a.name} must not be negative, got {v}", path=a.name)
 
 
+def _cache_scope(_i: object, _a: attrs.Attribute[Any], v: str) -> None:
+    if v not in ("user", "shared"):
+        raise ConfigError(
+            f"cache.scope must be user (entries per user and key) or shared, got {v!r}",
+            path="cache.scope",
+        )
+
+
 @frozen
 class CacheConfig:
     """The response cache (see :mod:`llmproxy.cache`): where, for how long, shared by whom.
@@ -203,7 +211,7 @@ class CacheConfig:
 
     url: str | None = None
     ttl: float = field(default=3600.0, validator=_positive)
-    scope: str = field(default="user", validator=attrs.validators.in_(("user", "shared")))
+    scope: str = field(default="user", validator=_cache_scope)
     max_entries: int = field(default=10_000, validator=_positive)
     max_bytes: int = field(default=64 * 1024 * 1024, validator=_positive)
 
