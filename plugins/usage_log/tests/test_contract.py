@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import attrs
 import pytest
 
 from llmproxy.errors import BudgetExceeded, ConfigError, ProviderRateLimited, RateLimited
@@ -200,3 +201,25 @@ def test_bad_arguments(make_log: Callable[[], UsageLog]) -> None:
     with pytest.raises(ConfigError, match="bucket"):
         log.series("model", since=T0, bucket=0)
     assert log.bucket_size(1) == log.resolution
+
+
+def test_cache_hits_are_counted_per_group(make_log: Callable[[], UsageLog]) -> None:
+    log = make_log()
+    hit = CallEvent(
+        "gpt-4o-mini", "openai", Usage(), 0.01, None, "alice", started_at=T0 + 1, key="k1",
+        cache_hit=True,
+    )  # fmt: skip
+    for e in [*calls(), hit, attrs.evolve(hit, user="bob", key="k2", started_at=T0 + 80)]:
+        log.record(e)
+    total = log.summary()
+    assert (total.calls, total.cache_hits) == (9, 2)
+    assert total.cache_hit_rate == pytest.approx(2 / 9)
+    assert {t.group: t.cache_hits for t in log.totals("user")} == {"alice": 1, "bob": 1, "-": 0}
+    points = log.series("key", since=T0, bucket=60)
+    assert [(p.start - T0, p.totals.group, p.totals.cache_hits) for p in points][:2] == [
+        (0, "k1", 1),
+        (60, "k2", 1),
+    ]
+    newest = log.recent(1, key="k2")[0]
+    assert newest.cache_hit and newest.total_tokens == 0
+    assert [r.cache_hit for r in log.recent(10, key="k1")] == [False, False, False, True]

@@ -192,7 +192,7 @@ def test_embed_calls_are_recorded_with_their_operation(upstream: FakeOpenAI, log
     assert chat.operation == "chat"
 
 
-def test_an_old_sqlite_log_gains_the_operation_column(tmp_path: Path) -> None:
+def test_an_old_sqlite_log_gains_the_operation_and_cache_hit_columns(tmp_path: Path) -> None:
     import sqlite3
 
     path = tmp_path / "old.db"
@@ -221,7 +221,7 @@ def test_an_old_sqlite_log_gains_the_operation_column(tmp_path: Path) -> None:
         rows = old.recent(10)
     finally:
         old.close()
-    assert [(r.model, r.operation) for r in rows] == [
-        ("openai/text-embedding-3-small", "embed"),
-        ("openai/gpt-4o", "chat"),
+    assert [(r.model, r.operation, r.cache_hit) for r in rows] == [
+        ("openai/text-embedding-3-small", "embed", False),
+        ("openai/gpt-4o", "chat", False),
     ]

@@ -41,6 +41,7 @@ class UsageRecord:
     ``limit`` is ``rate`` (our rate limit), ``budget`` (our budget) or ``upstream`` (the
     service's 429) when the call was refused by a limit, with the refusing ``policy``.
     ``operation`` is ``chat`` or ``embed`` (records written before it existed read ``chat``).
+    ``cache_hit`` is True for a reply served from the response cache (no tokens spent).
     """
 
     ts: float
@@ -64,6 +65,7 @@ class UsageRecord:
     estimated: bool = False
     tags: Mapping[str, str] = attrs.Factory(dict)
     operation: str = "chat"
+    cache_hit: bool = False
 
     @property
     def total_tokens(self) -> int:
@@ -119,6 +121,7 @@ class UsageRecord:
             usage.estimated,
             {k: scrub(v) for k, v in event.tags.items()} if event.tags else {},
             getattr(event, "operation", "chat"),
+            getattr(event, "cache_hit", False),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -150,16 +153,24 @@ class Totals:
     cached_input_tokens: int = 0
     reasoning_tokens: int = 0
     cost: float = 0.0
+    cache_hits: int = 0
+    """Calls answered from the response cache."""
 
     @property
     def total_tokens(self) -> int:
         """Input plus output tokens."""
         return self.input_tokens + self.output_tokens
 
+    @property
+    def cache_hit_rate(self) -> float:
+        """The share of calls answered from the response cache (0.0 without calls)."""
+        return self.cache_hits / self.calls if self.calls else 0.0
+
     def to_json(self) -> dict[str, Any]:
-        """The totals as a JSON-ready dict (with ``total_tokens``)."""
+        """The totals as a JSON-ready dict (with ``total_tokens`` and ``cache_hit_rate``)."""
         out = attrs.asdict(self)
         out["total_tokens"] = self.total_tokens
+        out["cache_hit_rate"] = self.cache_hit_rate
         return out
 
 
@@ -190,10 +201,11 @@ def _check_by(by: str) -> Dimension:
 class _Sum:
     """A mutable running total, turned into :class:`Totals` at the end."""
 
-    __slots__ = ("cached", "calls", "cost", "errors", "input", "output", "reasoning")
+    __slots__ = ("cached", "calls", "cost", "errors", "hits", "input", "output", "reasoning")
 
     def __init__(self) -> None:
         self.calls = self.errors = self.input = self.output = self.cached = self.reasoning = 0
+        self.hits = 0
         self.cost = 0.0
 
     def add(self, r: UsageRecord) -> None:
@@ -204,6 +216,7 @@ class _Sum:
         self.cached += r.cached_input_tokens
         self.reasoning += r.reasoning_tokens
         self.cost += r.cost or 0.0
+        self.hits += r.cache_hit
 
     def totals(self, group: str) -> Totals:
         return Totals(
@@ -215,6 +228,7 @@ class _Sum:
             self.cached,
             self.reasoning,
             self.cost,
+            self.hits,
         )
 
 
@@ -461,6 +475,7 @@ class UsageLog:
             s.cached += t.cached_input_tokens
             s.reasoning += t.reasoning_tokens
             s.cost += t.cost
+            s.hits += t.cache_hits
         return s.totals("*")
 
     def _series(

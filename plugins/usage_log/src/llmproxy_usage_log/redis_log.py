@@ -10,7 +10,8 @@ key                             what
 ``P:usage:m:<minute>``          a hash of one minute's sums (``<minute>`` is its Unix start):
                                 fields ``<dimension>\x1f<value>\x1f<metric>`` for dimensions
                                 ``model``, ``provider``, ``user``, ``key`` and ``all``, metrics
-                                ``calls errors input output cached reasoning cost``, and
+                                ``calls errors input output cached reasoning cost hits`` (hits:
+                                calls answered from the response cache), and
                                 ``limit\x1f<kind>:<policy>\x1fhits``; expires after ``retention``
 ``P:usage:minutes``             a sorted set of the minutes that have a hash
 ==============================  ===================================================================
@@ -42,7 +43,7 @@ from llmproxy_usage_log.base import (
 )
 
 SEP = "\x1f"
-_METRICS = ("calls", "errors", "input", "output", "cached", "reasoning", "cost")
+_METRICS = ("calls", "errors", "input", "output", "cached", "reasoning", "cost", "hits")
 _OPTIONS = frozenset(
     ("prefix", "max_calls", "retention", "socket_timeout", "flush_interval", "batch")
 )
@@ -140,6 +141,7 @@ class RedisUsageLog(UsageLog):
                 r.cached_input_tokens,
                 r.reasoning_tokens,
                 r.cost or 0.0,
+                r.cache_hit,
             )
             for dim, value in (
                 ("all", "*"),
@@ -228,6 +230,7 @@ class RedisUsageLog(UsageLog):
             int(m.get("cached", 0)),
             int(m.get("reasoning", 0)),
             float(m.get("cost", 0.0)),
+            int(m.get("hits", 0)),
         )
 
     def _sum(

@@ -50,17 +50,18 @@ CREATE TABLE IF NOT EXISTS calls (
     streamed INTEGER NOT NULL,
     estimated INTEGER NOT NULL,
     tags TEXT,
-    operation TEXT NOT NULL DEFAULT 'chat'
+    operation TEXT NOT NULL DEFAULT 'chat',
+    cache_hit INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS calls_ts ON calls (ts);
 """
 _COLUMNS: Final = (
     'ts, model, provider, "user", session_id, "key", input_tokens, output_tokens,'
     " cached_input_tokens, reasoning_tokens, cost, latency, outcome, error, limit_kind, policy,"
-    " attempts, streamed, estimated, tags, operation"
+    " attempts, streamed, estimated, tags, operation, cache_hit"
 )
-_ROW: Final = "(" + ", ".join("?" * 21) + ")"
-_MAX_ROWS_PER_INSERT: Final = 40  # 40 * 21 parameters stays under SQLite's 999 on old builds
+_ROW: Final = "(" + ", ".join("?" * 22) + ")"
+_MAX_ROWS_PER_INSERT: Final = 40  # 40 * 22 parameters stays under SQLite's 999 on old builds
 _GROUP: Final = {
     "model": "model",
     "provider": "provider",
@@ -69,7 +70,7 @@ _GROUP: Final = {
 }
 _SUMS: Final = (
     "count(*), sum(outcome = 'error'), sum(input_tokens), sum(output_tokens),"
-    " sum(cached_input_tokens), sum(reasoning_tokens), coalesce(sum(cost), 0)"
+    " sum(cached_input_tokens), sum(reasoning_tokens), coalesce(sum(cost), 0), sum(cache_hit)"
 )
 
 
@@ -86,7 +87,7 @@ def _where(since: float | None, until: float | None) -> tuple[str, list[float]]:
 
 
 def _totals(group: str, row: Sequence[Any]) -> Totals:
-    calls, errors, inp, out, cached, reasoning, cost = row
+    calls, errors, inp, out, cached, reasoning, cost, hits = row
     return Totals(
         group,
         int(calls),
@@ -96,15 +97,21 @@ def _totals(group: str, row: Sequence[Any]) -> Totals:
         int(cached or 0),
         int(reasoning or 0),
         float(cost or 0.0),
+        int(hits or 0),
     )
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
-    """Bring a log written by an older version up to the schema: add ``operation`` (as chat)."""
+    """Bring an older log up to the schema: add ``operation`` (chat) and ``cache_hit`` (no)."""
     columns = {row[1] for row in conn.execute("PRAGMA table_info(calls)")}
-    if "operation" not in columns:
+    for name, sql in (
+        ("operation", "ALTER TABLE calls ADD COLUMN operation TEXT NOT NULL DEFAULT 'chat'"),
+        ("cache_hit", "ALTER TABLE calls ADD COLUMN cache_hit INTEGER NOT NULL DEFAULT 0"),
+    ):
+        if name in columns:
+            continue
         try:
-            conn.execute("ALTER TABLE calls ADD COLUMN operation TEXT NOT NULL DEFAULT 'chat'")
+            conn.execute(sql)
         except sqlite3.OperationalError as exc:
             if "duplicate column" not in str(exc):  # another process migrated it first
                 raise
@@ -180,6 +187,7 @@ class SQLiteUsageLog(UsageLog):
                     int(r.estimated),
                     json.dumps(dict(r.tags)) if r.tags else None,
                     r.operation,
+                    int(r.cache_hit),
                 )
             )
         with self._lock:
@@ -250,6 +258,7 @@ class SQLiteUsageLog(UsageLog):
             values[17] = bool(values[17])
             values[18] = bool(values[18])
             values[19] = json.loads(values[19]) if values[19] else {}
+            values[21] = bool(values[21])
             out.append(UsageRecord(*values))
         return out
 
