@@ -27,7 +27,7 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 
 from llmproxy import AsyncChatStream, Proxy
-from llmproxy.errors import LLMProxyError
+from llmproxy.errors import ConfigError, LLMProxyError
 from llmproxy.history.base import HistoryRecord
 from llmproxy.plugins import load_plugins
 from llmproxy.secret import logger as secret_logger
@@ -38,7 +38,7 @@ from llmproxy_gateway import env, messages_wire
 from llmproxy_gateway.budgets import key_policies
 from llmproxy_gateway.embeddings import embeddings_body, parse_embeddings
 from llmproxy_gateway.errors import HTTPError, from_exception, unauthorized
-from llmproxy_gateway.keys import KeyRecord, KeyStore, admin_matches
+from llmproxy_gateway.keys import KeyRecord, KeyStore, admin_matches, parse_cache
 from llmproxy_gateway.models import check_model
 from llmproxy_gateway.responses_wire import ResponseRenderer, new_response_id
 from llmproxy_gateway.responses_wire import parse as parse_responses
@@ -185,6 +185,36 @@ class Gateway:
         record = self.keys.verify(token)
         return record is not None and record.admin
 
+    def ask_cache(self, scope: Scope, key: KeyRecord, kwargs: dict[str, Any]) -> None:
+        """Set the call's ``cache`` from the request's ``x-llmproxy-cache`` header or its key.
+
+        The header (``on``, ``off`` or a time to live in seconds) wins over the key's setting
+        (``llmproxy keys create --cache``); a header that asks for the cache on a gateway
+        without one (``LLMPROXY_CACHE_URL``) or that is malformed is a 400. A key's setting
+        is ignored on a gateway without a cache.
+        """
+        raw = _header(scope, b"x-llmproxy-cache")
+        if raw is None:
+            if key.cache is not False and self.proxy.config.cache.url:
+                kwargs["cache"] = key.cache
+            return
+        try:
+            asked = parse_cache(raw)
+        except ConfigError:
+            raise HTTPError(
+                400,
+                f"x-llmproxy-cache must be on, off or a time to live in seconds, got {raw!r}",
+                param="x-llmproxy-cache",
+            ) from None
+        if asked is not False and not self.proxy.config.cache.url:
+            raise HTTPError(
+                400,
+                "x-llmproxy-cache asks for the response cache, but this gateway has none"
+                " (its operator sets LLMPROXY_CACHE_URL)",
+                param="x-llmproxy-cache",
+            )
+        kwargs["cache"] = asked
+
     # -- the hot path ---------------------------------------------------------------------------
 
     async def chat_completions(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -203,6 +233,7 @@ class Gateway:
             kwargs["model"] = call.model
             kwargs["user"] = key.user
             kwargs["key"] = key.id
+            self.ask_cache(scope, key, kwargs)
             if session is not None:
                 kwargs["session_id"] = session
             if call.stream:
@@ -341,6 +372,7 @@ class Gateway:
             kwargs["model"] = call.model
             kwargs["user"] = key.user
             kwargs["key"] = key.id
+            self.ask_cache(scope, key, kwargs)
             session = _session(scope)
             if session is not None:
                 kwargs["session_id"] = session
@@ -457,6 +489,7 @@ class Gateway:
             kwargs["model"] = call.model
             kwargs["user"] = key.user
             kwargs["key"] = key.id
+            self.ask_cache(scope, key, kwargs)
             renderer = ResponseRenderer(new_response_id(), call.model, call.echo)
 
             async def keep(response: ChatResponse) -> None:

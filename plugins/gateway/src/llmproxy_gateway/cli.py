@@ -131,6 +131,15 @@ def configure_keys(parser: argparse.ArgumentParser) -> None:
         help="the only models the key may use, comma-separated names, aliases or patterns with *"
         ' ("openai/*,fast"); default: any model',
     )
+    create.add_argument(
+        "--cache",
+        nargs="?",
+        const="on",
+        default="off",
+        metavar="TTL",
+        help="serve the key's repeated requests from the response cache (needs"
+        " LLMPROXY_CACHE_URL); TTL in seconds, default the configured cache.ttl",
+    )
     create.add_argument("--admin", action="store_true", help="the key also opens the dashboard")
     create.add_argument("--name", help="a label shown in keys list")
     sub.add_parser("list", help="list keys (ids, users, budgets; never the keys)")
@@ -161,13 +170,15 @@ def keys(args: argparse.Namespace) -> int:
                 admin=args.admin,
                 name=args.name,
                 models=args.models if args.models is not None else (),
+                cache=args.cache,
             )
             budgets = ", ".join(record.budgets) or "none"
             role = " (admin)" if record.admin else ""
             models = ", ".join(record.models) or "any"
+            cache = _cache_text(record.cache)
             out.write(
                 f"created key {record.id} for user {record.user}{role}, budgets: {budgets},"
-                f" models: {models}\n"
+                f" models: {models}, cache: {cache}\n"
                 "store it now; it is not shown again:\n"
                 f"{secret}\n"
             )
@@ -190,6 +201,12 @@ def keys(args: argparse.Namespace) -> int:
     finally:
         store.close()
     return 0
+
+
+def _cache_text(cache: bool | float) -> str:
+    if cache is True:
+        return "on"
+    return "off" if cache is False else f"{cache:g} s"
 
 
 def _where() -> str:

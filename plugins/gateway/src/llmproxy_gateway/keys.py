@@ -25,6 +25,7 @@ import fnmatch
 import hashlib
 import hmac
 import json
+import math
 import os
 import re
 import secrets
@@ -159,6 +160,35 @@ def parse_models(specs: str | Sequence[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
+def parse_cache(spec: bool | float | str) -> bool | float:
+    """A key's response cache setting: False (off), True (the configured TTL) or a TTL.
+
+    Words: ``on``/``true``/``yes`` and ``off``/``false``/``no``; a number is a time to live
+    in seconds above 0.
+
+    >>> parse_cache("on"), parse_cache("600"), parse_cache("off")
+    (True, 600.0, False)
+    """
+    if isinstance(spec, bool):
+        return spec
+    if isinstance(spec, str):
+        word = spec.strip().lower()
+        if word in ("on", "true", "yes"):
+            return True
+        if word in ("off", "false", "no", ""):
+            return False
+    try:
+        seconds = float(spec)
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ConfigError(
+            f"--cache takes on, off or a time to live in seconds above 0 (600), got {spec!r}",
+            path="cache",
+        )
+    return seconds
+
+
 def _digest(salt: str, secret: str) -> str:
     return hashlib.sha256(bytes.fromhex(salt) + secret.encode()).hexdigest()
 
@@ -173,7 +203,9 @@ class KeyRecord:
 
     ``budgets`` are the specs given at creation; ``policies`` the budget policies built from
     them (scoped to this key). ``models`` is the key's model allow-list (empty: any model; see
-    :meth:`may_use`). ``revoked_at`` is set once the key is revoked.
+    :meth:`may_use`). ``revoked_at`` is set once the key is revoked. ``cache`` turns the
+    response cache on for every request made with the key: True (the configured TTL) or a TTL
+    in seconds (see :func:`parse_cache`).
     """
 
     id: str
@@ -187,6 +219,7 @@ class KeyRecord:
     digest: str = attrs.field(default="", repr=False)
     policies: tuple[BudgetPolicy, ...] = attrs.field(default=(), repr=False, eq=False)
     models: tuple[str, ...] = ()
+    cache: bool | float = False
 
     def may_use(self, *names: str) -> bool:
         """Whether any of ``names`` matches the key's allow-list (always, without a list).
@@ -216,6 +249,7 @@ class KeyRecord:
             "name": self.name,
             "created_at": self.created_at,
             "revoked_at": self.revoked_at,
+            "cache": self.cache,
         }
 
 
@@ -230,7 +264,8 @@ CREATE TABLE IF NOT EXISTS gateway_keys (
     name TEXT,
     created_at REAL NOT NULL,
     revoked_at REAL,
-    models TEXT
+    models TEXT,
+    cache REAL
 );
 CREATE TABLE IF NOT EXISTS dashboard_sessions (
     digest TEXT PRIMARY KEY,
@@ -244,8 +279,8 @@ CREATE INDEX IF NOT EXISTS dashboard_login_attempts_by_address
     ON dashboard_login_attempts (address, at);
 """
 _SELECT: Final = (
-    'SELECT id, "user", budgets, admin, name, created_at, revoked_at, salt, digest, models'
-    " FROM gateway_keys"
+    'SELECT id, "user", budgets, admin, name, created_at, revoked_at, salt, digest, models,'
+    " cache FROM gateway_keys"
 )
 
 
@@ -263,6 +298,7 @@ def _record(row: Sequence[Any]) -> KeyRecord:
         row[8],
         tuple(parse_budget(b) for b in budgets),
         tuple(json.loads(row[9])) if row[9] else (),
+        False if row[10] is None else (float(row[10]) or True),
     )
 
 
@@ -292,6 +328,8 @@ class KeyStore:
             columns = {r[1] for r in self._conn.execute("PRAGMA table_info(gateway_keys)")}
             if "models" not in columns:  # a store made before keys had model allow-lists
                 self._conn.execute("ALTER TABLE gateway_keys ADD COLUMN models TEXT")
+            if "cache" not in columns:  # ... or a cache setting
+                self._conn.execute("ALTER TABLE gateway_keys ADD COLUMN cache REAL")
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"gateway key store {self.path}: {exc}") from exc
         self._version = -1
@@ -389,10 +427,12 @@ class KeyStore:
         admin: bool = False,
         name: str | None = None,
         models: str | Sequence[str] = (),
+        cache: bool | float | str = False,
     ) -> tuple[KeyRecord, str]:
         """Create a key; return its record and the full key text (shown once, never stored).
 
-        ``models`` restricts the key to some models (:func:`parse_models`; empty: any model).
+        ``models`` restricts the key to some models (:func:`parse_models`; empty: any model);
+        ``cache`` turns the response cache on for the key's requests (:func:`parse_cache`).
         """
         if not isinstance(user, str) or not user.strip():
             raise ConfigError("a key needs a user (--user NAME)", path="user")
@@ -404,6 +444,7 @@ class KeyStore:
             )
         policies = tuple(parse_budget(s) for s in specs)
         allowed = parse_models(models) if models else ()
+        cached = parse_cache(cache)
         names = [p.name for p in policies]
         if len(set(names)) != len(names):
             raise ConfigError(f"budgets repeat: {', '.join(specs)}", path="budget")
@@ -426,10 +467,12 @@ class KeyStore:
                 _digest(salt, secret),
                 policies,
                 allowed,
+                cached,
             )
             conn.execute(
                 'INSERT INTO gateway_keys (id, salt, digest, "user", budgets, admin, name,'
-                " created_at, revoked_at, models) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, ?)",
+                " created_at, revoked_at, models, cache)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?)",
                 (
                     key_id,
                     salt,
@@ -440,6 +483,7 @@ class KeyStore:
                     name,
                     record.created_at,
                     json.dumps(list(allowed)) if allowed else None,
+                    None if cached is False else (0.0 if cached is True else cached),
                 ),
             )
             self._by_id[key_id] = record

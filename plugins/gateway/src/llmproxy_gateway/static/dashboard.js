@@ -236,6 +236,9 @@ function render(d) {
   set("summary-output", s.output_tokens, fmtInt(s.output_tokens));
   set("summary-tokens", s.total_tokens, fmtInt(s.total_tokens));
   set("summary-cost", s.cost, fmtUsd(s.cost));
+  const hits = s.cache_hits || 0;
+  const rate = s.calls ? (100 * hits) / s.calls : 0;
+  set("summary-cache", hits, `${fmtInt(hits)} (${rate.toFixed(1)}%)`);
   for (const dim of DIMS) renderDim(d, dim);
   renderBudgets(d);
   renderLimits(d);
