@@ -304,3 +304,20 @@ def test_bad_cache_configuration_is_refused(make_proxy: MakeProxy) -> None:
         make_proxy({"cache": {"url": "memory://", "ttl": 0}})
     with pytest.raises(ConfigError, match="nosuch://"):
         make_proxy({"cache": {"url": "nosuch://x"}})
+
+
+def test_a_hit_is_parsed_against_the_calls_schema(
+    make_proxy: MakeProxy, upstream: FakeOpenAI
+) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"name": {"type": "string"}},
+        "required": ["name"],
+        "additionalProperties": False,
+    }
+    proxy, _ = cached_proxy(make_proxy)
+    upstream.enqueue(Reply(text='{"name": "Ada"}'))
+    assert proxy.chat("who?", model=MODEL, schema=schema, cache=True).parsed == {"name": "Ada"}
+    hit = proxy.chat("who?", model=MODEL, schema=schema, cache=True)
+    assert hit.cache_hit and hit.parsed == {"name": "Ada"}
+    assert not proxy.chat("who?", model=MODEL, cache=True).cache_hit  # no schema: another key
