@@ -139,6 +139,8 @@ def test_dashboard_shows_the_usage_log_live(gateway: GatewayProcess, browser: An
         assert number(page.inner_text("#summary-output")) == total.output_tokens
         assert number(page.inner_text("#summary-tokens")) == total.total_tokens
         assert number(page.inner_text("#summary-cost")) == pytest.approx(total.cost, abs=1e-6)
+        rate = 100 * total.cache_hits / total.calls if total.calls else 0.0
+        assert page.inner_text("#summary-cache") == f"{total.cache_hits:,} ({rate:.1f}%)"
         for dim in ("model", "user", "key"):
             rows = page.locator(f"#totals-{dim} tbody tr[data-group]")
             shown = {
