@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -129,6 +130,24 @@ def test_sqlite_entries_are_shared_by_two_stores_on_one_file(tmp_path: Path) -> 
     finally:
         first.close()
         second.close()
+
+
+def test_a_forked_child_opens_its_own_sqlite_connection(tmp_path: Path) -> None:
+    cache = SQLiteCache(tmp_path / "c.db")
+    cache.put("parent", b"1", 60)
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 only when it read and wrote on a connection of its own
+        try:
+            inherited = cache._conn
+            ok = cache.get("parent") == b"1" and cache._conn is not inherited
+            cache.put("child", b"2", 60)
+            os._exit(0 if ok else 1)
+        except BaseException:
+            os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert cache.get("child") == b"2"
+    cache.close()
 
 
 def test_a_reply_round_trips_through_its_encoding() -> None:

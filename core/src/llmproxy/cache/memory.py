@@ -1,4 +1,8 @@
-"""A response cache in this process's memory (``memory://``): lost when the process ends."""
+"""A response cache in this process's memory (``memory://``), lost when the process ends.
+
+Each process has its own: the workers of ``llmproxy serve --workers N`` do not share it (use
+``sqlite:///`` or ``redis://`` for that).
+"""
 
 from __future__ import annotations
 

@@ -55,17 +55,31 @@ class SQLiteCache(ResponseCache):
         self.settings = settings or CacheSettings()
         self.path = Path(path)
         self._clock = self.settings.clock
+        self._timeout = timeout
         self._lock = threading.Lock()
+        self._conn = self._open()
+
+    def _open(self) -> sqlite3.Connection:
+        """A connection of this process (a forked child opens its own, see :attr:`_db`)."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._conn = sqlite3.connect(
-                self.path, timeout=timeout, isolation_level=None, check_same_thread=False
+            conn = sqlite3.connect(
+                self.path, timeout=self._timeout, isolation_level=None, check_same_thread=False
             )
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.executescript(_SCHEMA)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.executescript(_SCHEMA)
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open the response cache {self.path}: {exc}") from exc
+        self._pid = os.getpid()
+        return conn
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        """The connection (call with the lock held); reopened in a forked child."""
+        if self._pid != os.getpid():  # a connection must not cross a fork
+            self._conn = self._open()
+        return self._conn
 
     def _error(self, exc: BaseException) -> StoreError:
         return StoreError(f"response cache {self.path} failed: {exc}")
@@ -74,7 +88,7 @@ class SQLiteCache(ResponseCache):
         """The bytes under ``key``, or None (absent or expired)."""
         try:
             with self._lock:
-                row = self._conn.execute(
+                row = self._db.execute(
                     "SELECT value FROM response_cache WHERE key = ? AND expires_at > ?",
                     (key, self._clock()),
                 ).fetchone()
@@ -88,7 +102,7 @@ class SQLiteCache(ResponseCache):
         now = self._clock()
         try:
             with self._lock:
-                conn = self._conn
+                conn = self._db
                 conn.execute("BEGIN IMMEDIATE")
                 try:
                     conn.execute("DELETE FROM response_cache WHERE key = ?", (key,))
@@ -122,14 +136,14 @@ class SQLiteCache(ResponseCache):
         """Drop every entry."""
         try:
             with self._lock:
-                self._conn.execute("DELETE FROM response_cache")
+                self._db.execute("DELETE FROM response_cache")
         except sqlite3.Error as exc:
             raise self._error(exc) from exc
 
     def stats(self) -> tuple[int, int]:
         """Entries kept and their bytes."""
         with self._lock:
-            entries, size = self._conn.execute(
+            entries, size = self._db.execute(
                 "SELECT entries, bytes FROM response_cache_totals"
             ).fetchone()
         return int(entries), int(size)
