@@ -405,25 +405,29 @@ class CacheGet(Effect):
 
 
 class CachePut(Effect):
-    """Keep a reply in the response cache; a failure to is only logged."""
+    """Keep a reply in the response cache.
 
-    __slots__ = ("key", "ttl", "value")
+    The call has its answer by then: a failure to keep it (the store's, or an entry that
+    cannot be encoded) is only logged.
+    """
+
+    __slots__ = ("key", "reply", "ttl")
 
     def __init__(self, key: str, reply: CachedReply, ttl: float) -> None:
         self.key = key
-        self.value = encode_reply(reply)
+        self.reply = reply
         self.ttl = ttl
 
     def run(self, proxy: Proxy) -> None:
         try:
-            proxy.cache.put(self.key, self.value, self.ttl)
-        except StoreError as exc:
+            proxy.cache.put(self.key, encode_reply(self.reply), self.ttl)
+        except Exception as exc:  # the answer is out: a cache never fails the call
             log.warning("could not keep a reply in the response cache: %s", exc)
 
     async def arun(self, proxy: Proxy) -> None:
         try:
-            await proxy.cache.aput(self.key, self.value, self.ttl)
-        except StoreError as exc:
+            await proxy.cache.aput(self.key, encode_reply(self.reply), self.ttl)
+        except Exception as exc:  # the answer is out: a cache never fails the call
             log.warning("could not keep a reply in the response cache: %s", exc)
 
 
