@@ -487,6 +487,7 @@ def _check_output(call: Call, completion: Completion, usage: Usage) -> Generator
 
 def _aim(call: Call) -> Generator[Effect, Any, ChatRequest]:
     """Reserve for the call's current model (when a policy applies) and build its request."""
+    call.reaim()
     yield from _reserve(call)
     return call.build_request()
 
@@ -501,6 +502,11 @@ def _reserve(call: Call | EmbedCall) -> Generator[Effect, Any, None]:
                 call.reservation = yield Reserve(call.claims, args)
                 break
             except (BudgetExceeded, RateLimited) as exc:
+                if isinstance(call, Call) and call.skip_limited(exc):
+                    args = call.reserve_args()  # another deployment, with room
+                    if args is None:
+                        break
+                    continue
                 delay = waiter.delay(exc)
                 if delay is None:
                     raise
@@ -520,12 +526,17 @@ def _turn(call: Call, request: ChatRequest) -> Generator[Effect, Any, tuple[Comp
                 request = call.for_attempt(request)
                 try:
                     if call.streamed:
-                        return (yield from _stream_attempt(call, request))
-                    completion = yield Attempt(call.provider, request)
-                    return completion, call.usage_of(completion)
-                except (Closed, GeneratorExit):
+                        outcome = yield from _stream_attempt(call, request)
+                    else:
+                        completion = yield Attempt(call.provider, request)
+                        outcome = completion, call.usage_of(completion)
+                    call.end_attempt(None, answered=True)
+                    return outcome
+                except (Closed, GeneratorExit) as exc:
+                    call.end_attempt(exc, answered=False)
                     raise
                 except BaseException as exc:
+                    call.end_attempt(exc, answered=False)
                     delay = call.retry_delay(exc)
                     if delay is None:
                         raise
@@ -543,6 +554,9 @@ def _turn(call: Call, request: ChatRequest) -> Generator[Effect, Any, tuple[Comp
             if call.delivered():
                 raise  # part of the answer is out: the stream ends interrupted, no fallback
             yield from _release(call)
+            wait = call.failover_wait(exc)  # an alias's next deployment (llmproxy.routing)
+            if wait:
+                yield Sleep(wait)
             if not call.advance(exc):
                 raise
             request = yield from _aim(call)

@@ -542,6 +542,9 @@ class CallEvent:
     tags: Mapping[str, str] = attrs.Factory(dict)
     operation: str = "chat"
     """What the call did: ``chat`` or ``embed``."""
+    alias: str | None = None
+    """The alias the caller named when a deployment was chosen for it (see
+    :mod:`llmproxy.routing`); ``model`` and ``provider`` are then the deployment actually used."""
 
 
 @frozen
