@@ -421,7 +421,7 @@ class Route:
 
     def on_deployment(self, model: str) -> bool:
         """Whether the call is aimed at one of this alias's deployments."""
-        return not self.done and model == self.current
+        return model == self.current
 
     # -- attempts --------------------------------------------------------------------------
 
