@@ -25,8 +25,8 @@ from llmproxy.types import CallEvent
 
 log = logger("llmproxy.usage_log")
 
-Dimension = Literal["model", "provider", "user", "key"]
-DIMENSIONS: tuple[Dimension, ...] = ("model", "provider", "user", "key")
+Dimension = Literal["model", "provider", "user", "key", "alias"]
+DIMENSIONS: tuple[Dimension, ...] = ("model", "provider", "user", "key", "alias")
 NONE = "-"
 """The group value of calls without a user or key."""
 
@@ -41,6 +41,9 @@ class UsageRecord:
     ``limit`` is ``rate`` (our rate limit), ``budget`` (our budget) or ``upstream`` (the
     service's 429) when the call was refused by a limit, with the refusing ``policy``.
     ``operation`` is ``chat`` or ``embed`` (records written before it existed read ``chat``).
+    ``alias`` is the alias the caller named when one of its deployments answered (see
+    :mod:`llmproxy.routing`; ``model`` is then the deployment): grouping ``by="alias"`` rolls
+    the deployments up under it, and puts a call without one under its model.
     """
 
     ts: float
@@ -64,6 +67,7 @@ class UsageRecord:
     estimated: bool = False
     tags: Mapping[str, str] = attrs.Factory(dict)
     operation: str = "chat"
+    alias: str | None = None
 
     @property
     def total_tokens(self) -> int:
@@ -76,6 +80,8 @@ class UsageRecord:
             return self.model
         if by == "provider":
             return self.provider
+        if by == "alias":
+            return self.alias or self.model
         value = self.user if by == "user" else self.key
         return NONE if value is None else value
 
@@ -119,6 +125,7 @@ class UsageRecord:
             usage.estimated,
             {k: scrub(v) for k, v in event.tags.items()} if event.tags else {},
             getattr(event, "operation", "chat"),
+            getattr(event, "alias", None),
         )
 
     def to_json(self) -> dict[str, Any]:

@@ -9,7 +9,8 @@ key                             what
                                 capped at about ``max_calls``: :meth:`recent` reads it
 ``P:usage:m:<minute>``          a hash of one minute's sums (``<minute>`` is its Unix start):
                                 fields ``<dimension>\x1f<value>\x1f<metric>`` for dimensions
-                                ``model``, ``provider``, ``user``, ``key`` and ``all``, metrics
+                                ``model``, ``provider``, ``user``, ``key``, ``alias`` (its
+                                model for a call without one) and ``all``, metrics
                                 ``calls errors input output cached reasoning cost``, and
                                 ``limit\x1f<kind>:<policy>\x1fhits``; expires after ``retention``
 ``P:usage:minutes``             a sorted set of the minutes that have a hash
@@ -147,6 +148,7 @@ class RedisUsageLog(UsageLog):
                 ("provider", r.provider),
                 ("user", NONE if r.user is None else r.user),
                 ("key", NONE if r.key is None else r.key),
+                ("alias", r.alias or r.model),
             ):
                 head = f"{dim}{SEP}{value}{SEP}"
                 for metric, amount in zip(_METRICS, values, strict=True):
