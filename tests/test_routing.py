@@ -323,3 +323,61 @@ def test_one_deployment_has_one_limit() -> None:
     }
     with pytest.raises(ConfigError, match="one deployment has one limit"):
         Proxy({"models": models}, environ={}, ledger="memory://", history="memory://")
+
+
+async def test_async_calls_and_streams_fail_over(
+    proxy: Proxy, providers: dict[str, Scripted], events: list[CallEvent]
+) -> None:
+    router = proxy.routers["smart"]
+    providers["a"].fail = [down("a")]
+    providers["b"].fail = [down("b")]
+    providers["c"].fail = [down("c")]
+    # every deployment fails once; the retry goes to the one whose cooldown ends first
+    response = await proxy.achat("hi", model="smart")
+    assert events[-1].attempts == 4 and events[-1].alias == "smart"
+    assert router.healthy(f"{response.provider}/m")
+    async with proxy.astream("hi", model="smart") as stream:
+        text = await stream.text()
+    assert text == events[-1].provider and events[-1].alias == "smart"
+    assert all(s.in_flight == 0 for s in router.status())
+
+
+def test_a_deployment_that_cannot_be_set_up_is_passed_over(
+    providers: dict[str, Scripted], events: list[CallEvent]
+) -> None:
+    router = Router([Deployment("nosuch/m", weight=100), Deployment("a/m")], rng=random.Random(1))
+    proxy = make(providers, router, events)
+    try:
+        assert {proxy.chat("hi", model="smart").provider for _ in range(5)} == {"a"}
+    finally:
+        proxy.close()
+
+
+def test_the_alias_falls_back_when_every_deployment_is_spent(
+    providers: dict[str, Scripted], events: list[CallEvent]
+) -> None:
+    router = Router([Deployment("a/m"), Deployment("b/m")], rng=random.Random(1))
+    proxy = make(providers, router, events, fallbacks={"smart": ["c/m"]})
+    try:
+        providers["a"].fail = [down("a"), down("a")]
+        providers["b"].fail = [down("b"), down("b")]
+        response = proxy.chat("hi", model="smart")
+        assert response.provider == "c"
+        # two deployments (free), one retry (max_attempts=2), then the fallback
+        assert providers["a"].calls + providers["b"].calls == 3 and providers["c"].calls == 1
+        assert events[-1].attempts == 4 and events[-1].alias is None
+    finally:
+        proxy.close()
+
+
+def test_a_refusal_is_not_moved_on_from(
+    proxy: Proxy, providers: dict[str, Scripted], events: list[CallEvent]
+) -> None:
+    from llmproxy import ProviderBadRequest
+
+    for name, provider in providers.items():
+        provider.fail = [ProviderBadRequest("no", provider=name, model="m", status=400)]
+    with pytest.raises(ProviderBadRequest):
+        proxy.chat("hi", model="smart")
+    assert sum(p.calls for p in providers.values()) == 1
+    assert all(s.cooldown_left == 0 for s in proxy.routers["smart"].status())

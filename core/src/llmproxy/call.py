@@ -460,15 +460,14 @@ class Call:
         route = self.route
         if route is not None and route.moving is not None:  # see failover_wait
             previous = f"{self.provider_name}/{self.model}"
-            if route.next() is not None:
+            if route.next() is not None and self._retarget(previous):
                 log.warning(
-                    "%s: moving from %s to %s after: %s",
+                    "%s: moved from %s to %s after: %s",
                     route.alias,
                     previous,
                     route.current,
                     error,
                 )
-                self._target(self._routed())
                 return True
         unsupported = isinstance(error, UnsupportedContent)
         if not unsupported and (not isinstance(error, ProviderError) or not error.retryable):
@@ -540,17 +539,32 @@ class Call:
     def skip_limited(self, error: BudgetExceeded | RateLimited) -> bool:
         """A deployment's limit refused the reservation: aim at another with room, if any."""
         route = self.route
-        if route is None or route.after_limit(error) is None:
+        previous = f"{self.provider_name}/{self.model}"
+        if route is None or route.after_limit(error) is None or not self._retarget(previous):
             return False
-        log.info("%s: %s is at its limit (%s), trying another", route.alias, self.model, error)
-        self._target(self._routed())
+        log.info(
+            "%s: %s is at its limit (%s), trying %s", route.alias, previous, error, route.current
+        )
         return True
 
     def reaim(self) -> None:
         """Before a new turn: leave a deployment that cooled down meanwhile for a healthy one."""
         route = self.route
         if route is not None and self.reservation is None and route.recheck() is not None:
-            self._target(self._routed())
+            self._retarget(f"{self.provider_name}/{self.model}")
+
+    def _retarget(self, previous: str) -> bool:
+        """Aim at the route's current deployment; False (still on ``previous``) when none works."""
+        route = self.route
+        assert route is not None
+        try:
+            resolved = self._routed()
+        except LLMProxyError as exc:
+            log.warning("%s: no other deployment can be used: %s", route.alias, exc)
+            route.current = previous
+            return False
+        self._target(resolved)
+        return True
 
     # -- planning --------------------------------------------------------------------------------
 
