@@ -139,7 +139,7 @@ def test_dashboard_shows_the_usage_log_live(gateway: GatewayProcess, browser: An
         assert number(page.inner_text("#summary-output")) == total.output_tokens
         assert number(page.inner_text("#summary-tokens")) == total.total_tokens
         assert number(page.inner_text("#summary-cost")) == pytest.approx(total.cost, abs=1e-6)
-        for dim in ("model", "user", "key"):
+        for dim in ("model", "alias", "user", "key"):
             rows = page.locator(f"#totals-{dim} tbody tr[data-group]")
             shown = {
                 rows.nth(i).get_attribute("data-group"): (
@@ -259,6 +259,7 @@ def test_every_table_fits_its_card_at_common_widths(gateway: GatewayProcess, bro
             by_id = {t["table"]: t for t in tables}
             assert set(by_id) == {
                 "totals-model",
+                "totals-alias",
                 "totals-user",
                 "totals-key",
                 "budgets",
