@@ -154,7 +154,7 @@ class Cooldown:
     def length(self, failures: int, retry_after: float | None = None) -> float:
         """The cooldown after ``failures`` retryable failures in a row, at least ``retry_after``."""
         exponent = min(max(failures - 1, 0), 64)
-        length = min(float(self.seconds) * float(self.backoff) ** exponent, self.max_seconds)
+        length = min(float(self.seconds) * float(self.backoff) ** exponent, float(self.max_seconds))
         if retry_after is not None:
             length = max(length, min(float(retry_after), float(self.max_seconds)))
         return length
