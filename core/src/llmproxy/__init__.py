@@ -42,6 +42,7 @@ from llmproxy.hookspecs import hookimpl, hookspec
 from llmproxy.provider import BaseProvider, Provider
 from llmproxy.proxy import AsyncChatStream, ChatStream, Proxy
 from llmproxy.registry import ProviderSettings
+from llmproxy.routing import Cooldown, Deployment, Router
 from llmproxy.secret import Secret
 from llmproxy.service import LLMConfig, LLMServiceBase
 from llmproxy.tokens import InputMargin
@@ -84,7 +85,9 @@ __all__ = [
     "ClaimUsage",
     "Completion",
     "ConfigError",
+    "Cooldown",
     "CostBudget",
+    "Deployment",
     "Document",
     "EmbedRequest",
     "EmbeddingResult",
@@ -121,6 +124,7 @@ __all__ = [
     "Reservation",
     "ResponseSchema",
     "RetryConfig",
+    "Router",
     "SchemaError",
     "Secret",
     "SessionInfo",

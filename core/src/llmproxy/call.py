@@ -371,6 +371,7 @@ class Call:
         "request",
         "reservation",
         "rounds",
+        "route",
         "schema_retries",
         "schema_rounds",
         "scope",
@@ -424,7 +425,8 @@ class Call:
         self.stream: StreamState | None = None
         self.fallbacks = proxy._fallbacks_for(options.model, options.fallbacks)
         self.total_attempts = 0
-        self._target(proxy._resolve(options.model))
+        self.route = proxy._route_for(options.model)
+        self._target(self._routed() if self.route is not None else proxy._resolve(options.model))
         use_history = (
             proxy.config.use_history if options.use_history is None else options.use_history
         )
@@ -438,7 +440,7 @@ class Call:
         self.parsed: Any = None
         self.cache_ttl = proxy._cache_ttl(options.cache)
         self.cache_key: str | None = None
-        self.cache_for: str | None = None
+        self.cache_for: tuple[str, str] | None = None
         self.cache_hit = False
 
     def _target(self, resolved: tuple[str, str, Provider]) -> None:
@@ -451,6 +453,7 @@ class Call:
             self.session_id,
             self.key,
             self.tags,
+            self.alias(),
         )
         claims: list[Claim] = []
         for policy in self.proxy.policies:
@@ -477,13 +480,26 @@ class Call:
         """
         from llmproxy.errors import UnsupportedContent  # only on a failure: not on the hot path
 
+        route = self.route
+        if route is not None and route.moving is not None:  # see failover_wait
+            previous = f"{self.provider_name}/{self.model}"
+            if route.next() is not None and self._retarget(previous):
+                log.warning(
+                    "%s: moved from %s to %s after: %s",
+                    route.alias,
+                    previous,
+                    route.current,
+                    error,
+                )
+                return True
         unsupported = isinstance(error, UnsupportedContent)
         if not unsupported and (not isinstance(error, ProviderError) or not error.retryable):
             return False
         while self.fallbacks:
             name = self.fallbacks.pop(0)
             try:
-                resolved = self.proxy._resolve(name)
+                self.route = self.proxy._route_for(name)
+                resolved = self._routed() if self.route is not None else self.proxy._resolve(name)
             except LLMProxyError as exc:
                 log.warning("skipping fallback %s: %s", name, exc)
                 continue
@@ -498,6 +514,80 @@ class Call:
             self._target(resolved)
             return True
         return False
+
+    # -- routing (an alias with several deployments: llmproxy.routing) ------------------------
+
+    def _routed(self) -> tuple[str, str, Provider]:
+        """Resolve the route's current deployment, passing over those that cannot be set up."""
+        route = self.route
+        assert route is not None
+        model = route.current or route.first()
+        first_error: LLMProxyError | None = None
+        while model is not None:
+            try:
+                return self.proxy._resolve(model)
+            except LLMProxyError as exc:
+                log.warning("%s: skipping deployment %s: %s", route.alias, model, exc)
+                first_error = first_error or exc
+                model = route.unusable_now(model)
+        route.done = True
+        if first_error is not None:
+            raise first_error
+        raise ConfigError(f"{route.alias!r} has no usable deployment", path=f"models.{route.alias}")
+
+    def alias(self) -> str | None:
+        """The alias the caller named, while the call is on one of its deployments."""
+        route = self.route
+        if route is None or not route.on_deployment(f"{self.provider_name}/{self.model}"):
+            return None
+        return route.alias
+
+    def end_attempt(self, error: BaseException | None, *, answered: bool) -> None:
+        """An attempt ended (answered, or with ``error``): the router learns from it."""
+        if self.route is not None:
+            self.route.end(error, answered=answered)
+
+    def failover_wait(self, error: BaseException) -> float | None:
+        """After a failed attempt on a deployment: seconds to wait before the next one, or None.
+
+        0 moves at once to a deployment not yet tried in this turn (not a retry); a delay is
+        one of the caller's retries. :meth:`advance` then aims at the deployment (after the
+        wait, so that the pick sees the cooldowns as they are then).
+        """
+        route = self.route
+        if route is None:
+            return None
+        return route.after_failure(error, self.elapsed(), self.proxy.config.retry)
+
+    def skip_limited(self, error: BudgetExceeded | RateLimited) -> bool:
+        """A deployment's limit refused the reservation: aim at another with room, if any."""
+        route = self.route
+        previous = f"{self.provider_name}/{self.model}"
+        if route is None or route.after_limit(error) is None or not self._retarget(previous):
+            return False
+        log.info(
+            "%s: %s is at its limit (%s), trying %s", route.alias, previous, error, route.current
+        )
+        return True
+
+    def reaim(self) -> None:
+        """Before a new turn: leave a deployment that cooled down meanwhile for a healthy one."""
+        route = self.route
+        if route is not None and self.reservation is None and route.recheck() is not None:
+            self._retarget(f"{self.provider_name}/{self.model}")
+
+    def _retarget(self, previous: str) -> bool:
+        """Aim at the route's current deployment; False (still on ``previous``) when none works."""
+        route = self.route
+        assert route is not None
+        try:
+            resolved = self._routed()
+        except LLMProxyError as exc:
+            log.warning("%s: no other deployment can be used: %s", route.alias, exc)
+            route.current = previous
+            return False
+        self._target(resolved)
+        return True
 
     # -- planning --------------------------------------------------------------------------------
 
@@ -606,6 +696,8 @@ class Call:
 
     def for_attempt(self, request: ChatRequest) -> ChatRequest:
         """``request`` with the deadline left for a retry (the first attempt has it already)."""
+        if self.route is not None:
+            self.route.begin()
         if self.attempts <= 1 or request.timeout is None:
             return request
         self.request = attrs.evolve(request, timeout=self.attempt_timeout())
@@ -738,6 +830,8 @@ class Call:
         """
         if self.stream is not None and self.stream.delivered:
             return None
+        if self.route is not None and not self.route.done:
+            return None  # the route moves on or retries (failover_wait)
         return next_delay(error, self.attempts, self.elapsed(), self.proxy.config.retry)
 
     def answering_model(self) -> str:
@@ -1008,6 +1102,7 @@ class Call:
                 self.key,
                 self.tags,
                 cache_hit=self.cache_hit,
+                alias=self.alias(),
             )
         )
 

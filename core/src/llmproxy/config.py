@@ -20,6 +20,10 @@ Example ``llmproxy.toml``::
     url = "sqlite:///var/lib/app/cache.db"
     ttl = 3600
 
+    [models.smart]                  # one name, several deployments (see llmproxy.routing)
+    strategy = "weighted"
+    deployments = [{ model = "openai/gpt-5.4", weight = 3 }, { model = "azure/gpt-5.4" }]
+
     [providers.openai]
     base_url = "https://api.openai.com/v1"
 
@@ -179,6 +183,14 @@ def _provider_tables(value: Any) -> Any:
     return {name: provider_table(str(name), table) for name, table in value.items()}
 
 
+def _model_tables(value: Any) -> Any:
+    if not isinstance(value, Mapping):
+        return value  # (cattrs says what is wrong)
+    from llmproxy.routing import model_table  # routing imports this module
+
+    return {str(name): model_table(str(name), table) for name, table in value.items()}
+
+
 def _positive(_i: object, a: attrs.Attribute[Any], v: float | None) -> None:
     if v is not None and v <= 0:
         raise ConfigError(f"{a.name} must be greater than 0, got {v}", path=a.name)
@@ -326,6 +338,8 @@ class ProxyConfig:
     :func:`provider_table`); its ``prices`` are folded into ``prices`` as ``NAME/model``.
     ``default_max_output_tokens`` caps a call's output when the call sets no cap and a token
     budget applies. ``cache`` is the response cache's table (:class:`CacheConfig`).
+    ``models`` maps an alias to its deployments, routing strategy and cooldown (a
+    ``[models.NAME]`` table, see :mod:`llmproxy.routing` and :func:`llmproxy.routing.model_table`).
     """
 
     default_model: str = DEFAULT_MODEL
@@ -345,8 +359,16 @@ class ProxyConfig:
     prices: dict[str, Price] = attrs.Factory(dict)
     fallbacks: dict[str, list[str]] = attrs.Factory(dict)
     cache: CacheConfig = attrs.Factory(CacheConfig)
+    models: dict[str, dict[str, Any]] = field(factory=dict, converter=_model_tables)
 
     def __attrs_post_init__(self) -> None:
+        both = sorted(set(self.models) & set(self.aliases))
+        if both:
+            raise ConfigError(
+                f"{both[0]!r} is both an alias ([aliases]) and a model with deployments"
+                " ([models]): keep one",
+                path=f"models.{both[0]}",
+            )
         # A configured key is a secret from the start, whether or not its provider is used:
         # it is masked in everything the process stores, sends upstream or logs.
         for table in self.providers.values():

@@ -27,7 +27,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import attrs
 
 from llmproxy.budget.base import Claim, Reservation
-from llmproxy.cache import CachedReply, call_key, decode_reply, encode_reply, reply_to_store
+from llmproxy.cache import (
+    CachedReply,
+    call_key,
+    call_target,
+    decode_reply,
+    encode_reply,
+    reply_to_store,
+)
 from llmproxy.call import Call, EmbedCall, LimitWaiter, StreamState
 from llmproxy.errors import (
     BudgetExceeded,
@@ -533,7 +540,7 @@ def call_flow(call: Call) -> Flow:
 def _cache_lookup(call: Call) -> Generator[Effect, Any, CachedReply | None]:
     """Look the call's request up in the response cache (before anything is reserved)."""
     call.cache_key = call_key(call)
-    call.cache_for = f"{call.provider_name}/{call.model}"
+    call.cache_for = call_target(call)
     cached: CachedReply | None = yield CacheGet(call.cache_key)
     return cached
 
@@ -595,6 +602,7 @@ def _check_output(call: Call, completion: Completion, usage: Usage) -> Generator
 
 def _aim(call: Call) -> Generator[Effect, Any, ChatRequest]:
     """Reserve for the call's current model (when a policy applies) and build its request."""
+    call.reaim()
     yield from _reserve(call)
     return call.build_request()
 
@@ -609,6 +617,11 @@ def _reserve(call: Call | EmbedCall) -> Generator[Effect, Any, None]:
                 call.reservation = yield Reserve(call.claims, args)
                 break
             except (BudgetExceeded, RateLimited) as exc:
+                if isinstance(call, Call) and call.skip_limited(exc):
+                    args = call.reserve_args()  # another deployment, with room
+                    if args is None:
+                        break
+                    continue
                 delay = waiter.delay(exc)
                 if delay is None:
                     raise
@@ -628,12 +641,17 @@ def _turn(call: Call, request: ChatRequest) -> Generator[Effect, Any, tuple[Comp
                 request = call.for_attempt(request)
                 try:
                     if call.streamed:
-                        return (yield from _stream_attempt(call, request))
-                    completion = yield Attempt(call.provider, request)
-                    return completion, call.usage_of(completion)
-                except (Closed, GeneratorExit):
+                        outcome = yield from _stream_attempt(call, request)
+                    else:
+                        completion = yield Attempt(call.provider, request)
+                        outcome = completion, call.usage_of(completion)
+                    call.end_attempt(None, answered=True)
+                    return outcome
+                except (Closed, GeneratorExit) as exc:
+                    call.end_attempt(exc, answered=False)
                     raise
                 except BaseException as exc:
+                    call.end_attempt(exc, answered=False)
                     delay = call.retry_delay(exc)
                     if delay is None:
                         raise
@@ -651,6 +669,9 @@ def _turn(call: Call, request: ChatRequest) -> Generator[Effect, Any, tuple[Comp
             if call.delivered():
                 raise  # part of the answer is out: the stream ends interrupted, no fallback
             yield from _release(call)
+            wait = call.failover_wait(exc)  # an alias's next deployment (llmproxy.routing)
+            if wait:
+                yield Sleep(wait)
             if not call.advance(exc):
                 raise
             request = yield from _aim(call)

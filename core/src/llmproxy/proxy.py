@@ -36,6 +36,7 @@ from llmproxy.pipelining import PipelinedHistory, PipelinedLedger, QueuedSettle,
 from llmproxy.plugins import Plugins, load_plugins
 from llmproxy.provider import Provider
 from llmproxy.registry import ProviderSettings
+from llmproxy.routing import Route, Router, router_from_table
 from llmproxy.secret import Secret, redact
 from llmproxy.tools import ClientTool, HostedTool, Tool
 from llmproxy.types import CallEvent, ChatResponse, Embeddings, StreamEvent
@@ -73,6 +74,9 @@ class Proxy:
     connection); a call's own ``fallbacks=[...]`` wins. Each model's reservation is settled
     before the next is tried, and the response names the model that answered. ``cache`` is a
     response cache object (:class:`~llmproxy.cache.ResponseCache`), winning over ``cache.url``.
+    ``routers`` maps
+    an alias to a :class:`~llmproxy.routing.Router` over several deployments (with those of the
+    configuration's ``[models.NAME]`` tables; see :mod:`llmproxy.routing`).
     """
 
     def __init__(
@@ -89,6 +93,7 @@ class Proxy:
         environ: Mapping[str, str] | None = None,
         fallbacks: Mapping[str, Sequence[str]] | None = None,
         cache: ResponseCache | None = None,
+        routers: Mapping[str, Router] | None = None,
     ) -> None:
         self.environ: Mapping[str, str] = os.environ if environ is None else environ
         if config is None:
@@ -108,6 +113,10 @@ class Proxy:
                     path="budgets",
                 )
             policies.append(policy)
+        self.routers: dict[str, Router] = self._routers(routers or {})
+        """The aliases with several deployments, each with its router (see llmproxy.routing)."""
+        for router in self.routers.values():
+            policies.extend(router.limits())
         self.policies: list[BudgetPolicy] = policies
         if message_handler is not None:
             if not isinstance(message_handler, LLMMessageHandler):
@@ -193,6 +202,41 @@ class Proxy:
                     path=f"$.budgets[{index}].kind",
                 )
             yield structure(data, cls, where=f"budgets[{index}] ({kind})")
+
+    def _routers(self, given: Mapping[str, Router]) -> dict[str, Router]:
+        """The configured routers and ``given`` ones; one deployment's limits must agree."""
+        out = {name: router_from_table(name, t) for name, t in self.config.models.items()}
+        for name, router in given.items():
+            if not isinstance(router, Router):
+                raise ConfigError(
+                    f"routers[{name!r}] must be a llmproxy.routing.Router, got {router!r}",
+                    path=f"routers.{name}",
+                )
+            if name in self.config.aliases:
+                raise ConfigError(
+                    f"{name!r} is both an alias ([aliases]) and a router: keep one",
+                    path=f"routers.{name}",
+                )
+            out[name] = router
+        limits: dict[tuple[str, str], int] = {}
+        for name, router in out.items():
+            for limit in router.limits():
+                seen = limits.setdefault((limit.model, limit.kind), limit.limit)
+                if seen != limit.limit:
+                    raise ConfigError(
+                        f"deployment {limit.model} has {limit.kind} = {limit.limit} in {name!r}"
+                        f" but {seen} elsewhere: one deployment has one limit",
+                        path=f"models.{name}.deployments",
+                    )
+        return out
+
+    def _route_for(self, model: str | None) -> Route | None:
+        """A fresh :class:`~llmproxy.routing.Route` when ``model`` is an alias with deployments."""
+        if not self.routers:
+            return None
+        name = model or self.config.default_model
+        router = self.routers.get(name) if isinstance(name, str) else None
+        return Route(name, router) if router is not None else None
 
     @staticmethod
     def _check_scheme(url: str, known: Mapping[str, Any], what: str) -> None:
@@ -430,6 +474,10 @@ class Proxy:
                 f"model must be a string such as 'openai/gpt-5.4-mini', got {name!r}", field="model"
             )
         name = self.config.aliases.get(name, name)
+        router = self.routers.get(name) if self.routers else None
+        if router is not None:  # a call with no route of its own (embed, count): one pick
+            chosen = router.choose()
+            name = chosen.model if chosen is not None else name
         provider_name, sep, model_name = name.partition("/")
         if not sep:
             provider_name, model_name = self.config.default_model.partition("/")[0], name
@@ -889,12 +937,15 @@ class Proxy:
         """Return used / reserved / limit / resets-at of every policy, for one scope.
 
         ``proxy.usage(user="alice")`` shows the budgets a call by alice counts against (global
-        ones included); ``model`` is ``provider/model`` (default: the default model).
+        ones included); ``model`` is ``provider/model`` (default: the default model). For an
+        alias with deployments, ``alias``-scoped budgets show its rollup; ask for a deployment's
+        ``provider/model`` to see what is counted per deployment.
         """
         name = model or self.config.default_model
         name = self.config.aliases.get(name, name)
         provider, _, _ = name.partition("/")
-        scope = CallScope(name, provider, user, session_id, key, tags or {})
+        alias = name if name in self.routers else None
+        scope = CallScope(name, provider, user, session_id, key, tags or {}, alias)
         claims = [c for c in (p.claim(scope) for p in self.policies) if c is not None]
         return self.ledger.usage(claims) if claims else []
 

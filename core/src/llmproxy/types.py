@@ -546,6 +546,9 @@ class CallEvent:
     """What the call did: ``chat`` or ``embed``."""
     cache_hit: bool = False
     """The reply came from the response cache (no upstream attempt, no tokens spent)."""
+    alias: str | None = None
+    """The alias the caller named when a deployment was chosen for it (see
+    :mod:`llmproxy.routing`); ``model`` and ``provider`` are then the deployment actually used."""
 
 
 @frozen

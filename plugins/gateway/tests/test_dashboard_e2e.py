@@ -141,7 +141,7 @@ def test_dashboard_shows_the_usage_log_live(gateway: GatewayProcess, browser: An
         assert number(page.inner_text("#summary-cost")) == pytest.approx(total.cost, abs=1e-6)
         rate = 100 * total.cache_hits / total.calls if total.calls else 0.0
         assert page.inner_text("#summary-cache") == f"{total.cache_hits:,} ({rate:.1f}%)"
-        for dim in ("model", "user", "key"):
+        for dim in ("model", "alias", "user", "key"):
             rows = page.locator(f"#totals-{dim} tbody tr[data-group]")
             shown = {
                 rows.nth(i).get_attribute("data-group"): (
@@ -261,6 +261,7 @@ def test_every_table_fits_its_card_at_common_widths(gateway: GatewayProcess, bro
             by_id = {t["table"]: t for t in tables}
             assert set(by_id) == {
                 "totals-model",
+                "totals-alias",
                 "totals-user",
                 "totals-key",
                 "budgets",

@@ -5,10 +5,16 @@ A policy turns a call's scope (model, provider, user, session, key, tags) into a
 counting; policies only name the limit.
 
 Scopes: ``global``, ``user``, ``session``, ``model``, ``provider``, ``key`` (the caller's key
-id, e.g. a gateway key) and ``tag:NAME`` (the call's ``tags[NAME]``); a list combines them
-(``["user", "model"]``: one budget per user and model). Windows: ``total`` (all time), ``day``
+id, e.g. a gateway key), ``alias`` and ``tag:NAME`` (the call's ``tags[NAME]``); a list combines
+them (``["user", "model"]``: one budget per user and model). Windows: ``total`` (all time), ``day``
 or ``month`` (calendar, in the time zone ``tz``: a monthly budget resets on the 1st), or a
 number of seconds (rolling).
+
+``model`` is the ``provider/model`` a call was sent to: for an alias with several deployments
+(see :mod:`llmproxy.routing`), the deployment actually used, so a ``model``-scoped budget is
+one per deployment. ``alias`` rolls the deployments up: it is the alias the caller named (every
+deployment of ``smart`` counts under ``alias:smart``), and for a call that named no alias with
+deployments, its model (so an ``alias`` budget is one per name callers use).
 """
 
 from __future__ import annotations
@@ -23,12 +29,17 @@ from attrs import field, frozen
 from llmproxy.budget.base import Claim, Period, Unit
 from llmproxy.errors import ConfigError
 
-SCOPES: frozenset[str] = frozenset(("global", "user", "session", "model", "provider", "key"))
+SCOPES: frozenset[str] = frozenset(
+    ("global", "user", "session", "model", "provider", "key", "alias")
+)
 
 
 @frozen
 class CallScope:
-    """Who and what a call is for: the values policies key their claims on."""
+    """Who and what a call is for: the values policies key their claims on.
+
+    ``alias`` is the alias with deployments the caller named (None for any other call).
+    """
 
     model: str
     provider: str
@@ -36,6 +47,7 @@ class CallScope:
     session_id: str | None = None
     key: str | None = None
     tags: Mapping[str, str] = attrs.Factory(dict)
+    alias: str | None = None
 
     def value(self, scope: str) -> str:
         """Return the ledger key part for one scope (``user:alice``; ``user:-`` when no user)."""
@@ -52,6 +64,8 @@ class CallScope:
             raw = self.provider
         elif scope == "key":
             raw = self.key
+        elif scope == "alias":
+            raw = self.alias if self.alias is not None else self.model
         else:
             raw = self.tags.get(scope[4:])
         return f"{scope}:{raw if raw is not None else '-'}"

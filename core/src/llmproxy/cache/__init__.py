@@ -7,7 +7,8 @@ schemes with ``register_caches``). In the gateway a key's configuration turns it
 request made with the key, and a request may ask for it (``x-llmproxy-cache``).
 
 The key (:func:`call_key`) is a SHA-256 of everything that decides the upstream's answer:
-provider, model, every message sent (system prompt and history included, parts by the digest
+provider, model (or, for an alias with several deployments, the alias: any of its deployments'
+reply answers it), every message sent (system prompt and history included, parts by the digest
 of their data), tool definitions and ``tool_choice``, the output schema, ``temperature``,
 ``max_output_tokens`` and every other sampling parameter the call passes (``top_p``, ``stop``,
 ``seed``...); plus its isolation scope. Under the default ``cache.scope = "user"`` the scope is
@@ -64,14 +65,27 @@ SCOPES = ("user", "shared")
 """The values of ``cache.scope``: per user and key (the default), or shared by all."""
 
 
+def call_target(call: Call) -> tuple[str, str]:
+    """What a call's cached reply belongs to: its provider and model, or the alias it named.
+
+    The deployments behind one alias (:mod:`llmproxy.routing`) serve the same model, so a reply
+    any of them gave answers the alias: the router's pick does not split the cache.
+    """
+    alias = call.alias()
+    if alias is not None:
+        return ("alias", alias)
+    return (call.provider_name, call.model)
+
+
 def call_key(call: Call) -> str:
     """The cache key of a call's first request (its history loaded): see the module docstring."""
     scope: tuple[str | None, ...] = ()
     if call.proxy.config.cache.scope == "user":
         scope = (call.user, call.key)
+    provider, model = call_target(call)
     return request_key(
-        provider=call.provider_name,
-        model=call.model,
+        provider=provider,
+        model=model,
         messages=call.messages(),
         tools=call.tools,
         tool_choice=call.tool_choice,
@@ -90,7 +104,7 @@ def reply_to_store(
     if (
         call.rounds
         or call.schema_rounds
-        or call.cache_for != f"{call.provider_name}/{call.model}"
+        or call.cache_for != call_target(call)
         or completion.message.interrupted
         or response.cut_short_by_budget
     ):
@@ -111,6 +125,7 @@ __all__ = [
     "ResponseCache",
     "SQLiteCache",
     "call_key",
+    "call_target",
     "decode_reply",
     "encode_reply",
     "reply_to_store",

@@ -141,7 +141,8 @@ def data(gateway: Gateway, window: float) -> dict[str, Any]:
     bucket = choose_bucket(gateway, window)
     log = gateway.usage
     by: dict[str, Any] = {}
-    for dim in ("model", "user", "key"):
+    # "model" is the deployment that answered; "alias" its alias's rollup (llmproxy.routing)
+    for dim in ("model", "alias", "user", "key"):
         by[dim] = {
             "totals": [t.to_json() for t in log.totals(dim, since=since)],
             "series": [

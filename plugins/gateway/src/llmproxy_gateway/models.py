@@ -1,7 +1,8 @@
 """``GET /v1/models`` and ``GET /v1/models/{model}``, in OpenAI's shapes; OpenAI's 404 and 405.
 
-The list, per calling key: the default model, the configured aliases (owned by ``llmproxy``)
-and the ``provider/model`` names the configuration (alias targets, fallbacks, ``[prices]``) or
+The list, per calling key: the default model, the configured aliases and the aliases with
+several deployments (``[models.NAME]``, see :mod:`llmproxy.routing`), owned by ``llmproxy``, and
+the ``provider/model`` names the configuration (alias targets, fallbacks, ``[prices]``) or
 the price table (price patterns such as ``openai/gpt-5.4-mini*`` are listed without the ``*``)
 knows, of providers whose plugin is installed and configured with a key; all filtered by the
 key's model allow-list (:meth:`~llmproxy_gateway.keys.KeyRecord.may_use`). Any other
@@ -42,6 +43,8 @@ def names_of(config: ProxyConfig, model: str) -> tuple[str, ...]:
     ('fast', 'gpt-4o-mini', 'openai/gpt-4o-mini')
     """
     names = [model]
+    if model in config.models:  # an alias with deployments: allowed by its own name
+        return (model,)
     target = config.aliases.get(model, model)
     if target != model:
         names.append(target)
@@ -94,7 +97,7 @@ def model_ids(gateway: Gateway, key: KeyRecord | None = None) -> list[str]:
         known += [model, *chain]
     known += [n.rstrip("*") for n in (*config.prices, *proxy.prices.names())]
     providers = configured_providers(proxy)
-    names = [config.default_model, *config.aliases]
+    names = [config.default_model, *config.aliases, *proxy.routers]
     names += [n for n in known if n.partition("/")[0] in providers and n.partition("/")[2]]
     seen: set[str] = set()
     out: list[str] = []
@@ -137,7 +140,7 @@ def endpoint(gateway: Gateway) -> Callable[[Request], Awaitable[Response]]:
             key = gateway.authenticate(request.scope)
         except HTTPError as exc:
             return error_response(exc)
-        aliases = gateway.proxy.config.aliases
+        aliases = {*gateway.proxy.config.aliases, *gateway.proxy.routers}
         data = [_model(name, aliases) for name in model_ids(gateway, key)]
         return JSONResponse({"object": "list", "data": data})
 
@@ -164,7 +167,8 @@ def retrieve_endpoint(gateway: Gateway) -> Callable[[Request], Awaitable[Respons
                     code="model_not_found",
                 )
             )
-        return JSONResponse(_model(name, gateway.proxy.config.aliases))
+        aliases = {*gateway.proxy.config.aliases, *gateway.proxy.routers}
+        return JSONResponse(_model(name, aliases))
 
     return retrieve_model
 

@@ -25,8 +25,8 @@ from llmproxy.types import CallEvent
 
 log = logger("llmproxy.usage_log")
 
-Dimension = Literal["model", "provider", "user", "key"]
-DIMENSIONS: tuple[Dimension, ...] = ("model", "provider", "user", "key")
+Dimension = Literal["model", "provider", "user", "key", "alias"]
+DIMENSIONS: tuple[Dimension, ...] = ("model", "provider", "user", "key", "alias")
 NONE = "-"
 """The group value of calls without a user or key."""
 
@@ -42,6 +42,9 @@ class UsageRecord:
     service's 429) when the call was refused by a limit, with the refusing ``policy``.
     ``operation`` is ``chat`` or ``embed`` (records written before it existed read ``chat``).
     ``cache_hit`` is True for a reply served from the response cache (no tokens spent).
+    ``alias`` is the alias the caller named when one of its deployments answered (see
+    :mod:`llmproxy.routing`; ``model`` is then the deployment): grouping ``by="alias"`` rolls
+    the deployments up under it, and puts a call without one under its model.
     """
 
     ts: float
@@ -66,6 +69,7 @@ class UsageRecord:
     tags: Mapping[str, str] = attrs.Factory(dict)
     operation: str = "chat"
     cache_hit: bool = False
+    alias: str | None = None
 
     @property
     def total_tokens(self) -> int:
@@ -78,6 +82,8 @@ class UsageRecord:
             return self.model
         if by == "provider":
             return self.provider
+        if by == "alias":
+            return self.alias or self.model
         value = self.user if by == "user" else self.key
         return NONE if value is None else value
 
@@ -122,6 +128,7 @@ class UsageRecord:
             {k: scrub(v) for k, v in event.tags.items()} if event.tags else {},
             getattr(event, "operation", "chat"),
             getattr(event, "cache_hit", False),
+            getattr(event, "alias", None),
         )
 
     def to_json(self) -> dict[str, Any]:

@@ -9,7 +9,8 @@ key                             what
                                 capped at about ``max_calls``: :meth:`recent` reads it
 ``P:usage:m:<minute>``          a hash of one minute's sums (``<minute>`` is its Unix start):
                                 fields ``<dimension>\x1f<value>\x1f<metric>`` for dimensions
-                                ``model``, ``provider``, ``user``, ``key`` and ``all``, metrics
+                                ``model``, ``provider``, ``user``, ``key``, ``alias`` (its
+                                model for a call without one) and ``all``, metrics
                                 ``calls errors input output cached reasoning cost hits`` (hits:
                                 calls answered from the response cache), and
                                 ``limit\x1f<kind>:<policy>\x1fhits``; expires after ``retention``
@@ -149,6 +150,7 @@ class RedisUsageLog(UsageLog):
                 ("provider", r.provider),
                 ("user", NONE if r.user is None else r.user),
                 ("key", NONE if r.key is None else r.key),
+                ("alias", r.alias or r.model),
             ):
                 head = f"{dim}{SEP}{value}{SEP}"
                 for metric, amount in zip(_METRICS, values, strict=True):

@@ -51,22 +51,24 @@ CREATE TABLE IF NOT EXISTS calls (
     estimated INTEGER NOT NULL,
     tags TEXT,
     operation TEXT NOT NULL DEFAULT 'chat',
-    cache_hit INTEGER NOT NULL DEFAULT 0
+    cache_hit INTEGER NOT NULL DEFAULT 0,
+    alias TEXT
 );
 CREATE INDEX IF NOT EXISTS calls_ts ON calls (ts);
 """
 _COLUMNS: Final = (
     'ts, model, provider, "user", session_id, "key", input_tokens, output_tokens,'
     " cached_input_tokens, reasoning_tokens, cost, latency, outcome, error, limit_kind, policy,"
-    " attempts, streamed, estimated, tags, operation, cache_hit"
+    " attempts, streamed, estimated, tags, operation, cache_hit, alias"
 )
-_ROW: Final = "(" + ", ".join("?" * 22) + ")"
-_MAX_ROWS_PER_INSERT: Final = 40  # 40 * 22 parameters stays under SQLite's 999 on old builds
+_ROW: Final = "(" + ", ".join("?" * 23) + ")"
+_MAX_ROWS_PER_INSERT: Final = 40  # 40 * 23 parameters stays under SQLite's 999 on old builds
 _GROUP: Final = {
     "model": "model",
     "provider": "provider",
     "user": f"coalesce(\"user\", '{NONE}')",
     "key": f"coalesce(\"key\", '{NONE}')",
+    "alias": "coalesce(alias, model)",
 }
 _SUMS: Final = (
     "count(*), sum(outcome = 'error'), sum(input_tokens), sum(output_tokens),"
@@ -102,16 +104,22 @@ def _totals(group: str, row: Sequence[Any]) -> Totals:
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
-    """Bring an older log up to the schema: add ``operation`` (chat) and ``cache_hit`` (no)."""
+    """Bring a log written by an older version up to the schema.
+
+    Adds ``operation`` (as chat), ``cache_hit`` (no) and ``alias`` (none) to a log written
+    before them.
+    """
     columns = {row[1] for row in conn.execute("PRAGMA table_info(calls)")}
-    for name, sql in (
-        ("operation", "ALTER TABLE calls ADD COLUMN operation TEXT NOT NULL DEFAULT 'chat'"),
-        ("cache_hit", "ALTER TABLE calls ADD COLUMN cache_hit INTEGER NOT NULL DEFAULT 0"),
-    ):
-        if name in columns:
+    added = {
+        "operation": "TEXT NOT NULL DEFAULT 'chat'",
+        "cache_hit": "INTEGER NOT NULL DEFAULT 0",
+        "alias": "TEXT",
+    }
+    for column, kind in added.items():
+        if column in columns:
             continue
         try:
-            conn.execute(sql)
+            conn.execute(f"ALTER TABLE calls ADD COLUMN {column} {kind}")
         except sqlite3.OperationalError as exc:
             if "duplicate column" not in str(exc):  # another process migrated it first
                 raise
@@ -188,6 +196,7 @@ class SQLiteUsageLog(UsageLog):
                     json.dumps(dict(r.tags)) if r.tags else None,
                     r.operation,
                     int(r.cache_hit),
+                    r.alias,
                 )
             )
         with self._lock:

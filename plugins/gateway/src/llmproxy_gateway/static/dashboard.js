@@ -3,7 +3,8 @@
 
 const PALETTE = ["#2f6fed", "#e8833a", "#3ca86b", "#c94b7d", "#7b5cd6", "#1fa5b8", "#c9a227",
   "#8d6e63", "#5c6bc0", "#ef5350"];
-const DIMS = ["model", "user", "key"];
+// "model" is the deployment that answered; "alias" rolls an alias's deployments up.
+const DIMS = ["model", "alias", "user", "key"];
 const SVG = "http://www.w3.org/2000/svg";
 const state = { window: 3600, version: 0, keys: {} };
 let timer = null;
@@ -198,7 +199,7 @@ function renderRecent(d) {
   const rows = d.recent.map((r) => {
     const tr = el("tr", { class: "call" });
     tr.appendChild(el("td", {}, fmtTime(r.ts)));
-    tr.appendChild(el("td", { class: "text model" }, r.model));
+    tr.appendChild(el("td", { class: "text model" }, r.alias ? `${r.model} (${r.alias})` : r.model));
     tr.appendChild(el("td", { class: "text user" }, r.user || "–"));
     tr.appendChild(el("td", { class: "key" }, r.key || "–"));
     const s = tr.appendChild(el("td", { class: "text session" }));
