@@ -542,6 +542,9 @@ class CallEvent:
     tags: Mapping[str, str] = attrs.Factory(dict)
     operation: str = "chat"
     """What the call did: ``chat`` or ``embed``."""
+    ttft: float | None = None
+    """Seconds from the call's start to its first streamed chunk of text (None for whole calls,
+    and for streams that delivered no text)."""
 
 
 @frozen
