@@ -132,6 +132,8 @@ def _worker_main(
     # signal should stop it, not bump the supervisor's counter in this process's copy.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if _MASKABLE:  # held since before the fork (see _Worker.start): a pending one stops it now
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     _stop_with_supervisor(supervisor)
     for fd in inherited:
         with contextlib.suppress(OSError):
@@ -140,6 +142,8 @@ def _worker_main(
 
 
 _PR_SET_PDEATHSIG = 1
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+_MASKABLE = hasattr(signal, "pthread_sigmask")
 
 
 def _stop_with_supervisor(supervisor: int) -> None:
@@ -195,7 +199,15 @@ class _Worker:
             args=(target, dict(options), self.sock, self.ready, inherited, os.getpid()),
             name=f"llmproxy-gateway-worker-{self.number}",
         )
-        self.process.start()
+        # A stop signal arriving between the fork and the worker's first lines would run the
+        # supervisor's handler in the worker, which would then serve on, deaf to it: hold
+        # such signals until the worker has its own (default) handlers.
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS) if _MASKABLE else None
+        try:
+            self.process.start()
+        finally:
+            if held is not None:
+                signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
     @property
     def alive(self) -> bool:
