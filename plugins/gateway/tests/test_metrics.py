@@ -364,4 +364,5 @@ def test_a_separate_port_that_needs_the_key(upstream: FakeOpenAI, tmp_path: Path
         assert total(samples(ok.text), "llmproxy_requests_total", outcome="ok") == 1
         assert not list(Path("/tmp").glob(f"llmproxy-gateway-metrics-{gateway.proc.pid}-*"))
     finally:
-        served.close()
+        for _ in served:  # the generator's end stops the gateway
+            pass
