@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from llmproxy.errors import BudgetExceeded, ConfigError, ProviderTimeout, RateLimited
 from llmproxy.types import CallEvent, Usage
 from llmproxy_gateway import env
+from llmproxy_gateway import metrics as metrics_module
 from llmproxy_gateway.metrics import BudgetCollector, GatewayMetrics
 from llmproxy_testing._http import Fault
 from llmproxy_testing.fake_openai import FakeOpenAI
@@ -130,6 +131,24 @@ def test_an_error_seen_in_an_event_is_not_counted_again_as_rejected() -> None:
     rejected = {"model": "", "provider": "", "outcome": "rejected"}
     assert value(found, "llmproxy_requests_total", **rejected, key="k1") == 1
     assert value(found, "llmproxy_requests_total", **rejected, key="") == 1
+
+
+def test_made_up_model_names_past_the_bound_count_as_other(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(metrics_module, "MAX_MODELS", 3)
+    metrics = GatewayMetrics()
+    late = ProviderTimeout("late", provider="openai", model="x")
+    for n in range(10):
+        metrics.observe(event(model=f"made-up-{n}", outcome="error", error=late))
+    found = samples(metrics.render().decode())
+    models = {dict(ls)["model"] for (name, ls) in found if name == "llmproxy_requests_total"}
+    assert models == {"made-up-0", "made-up-1", "made-up-2", "other"}
+    other = {"model": "other", "provider": "openai", "key": "k1"}
+    assert value(found, "llmproxy_requests_total", **other, outcome="error") == 7
+    del other["key"]
+    assert value(found, "llmproxy_upstream_errors_total", **other, kind="ProviderTimeout") == 7
+    assert value(found, "llmproxy_request_duration_seconds_count", **other) == 7
 
 
 def test_the_budget_collector_reads_the_rows_at_each_scrape() -> None:

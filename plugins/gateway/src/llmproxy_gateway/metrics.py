@@ -61,6 +61,13 @@ DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 60.0,
 TTFT_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
 """Time-to-first-token buckets, in seconds."""
 
+MAX_MODELS = 500
+"""Distinct (model, provider, key) label sets one process counts under their own model name;
+calls of further models count under the model ``other`` (a client naming made-up models must
+not grow the label set without bound)."""
+
+OTHER_MODEL = "other"
+
 _DIR_PREFIX = "llmproxy-gateway-metrics-"
 
 _counted: ContextVar[BaseException | None] = ContextVar("llmproxy_metrics_counted", default=None)
@@ -119,7 +126,10 @@ class _Series:
         "cached",
         "duration",
         "input",
+        "key",
+        "model",
         "output",
+        "provider",
         "reasoning",
         "requests",
         "spend",
@@ -127,6 +137,7 @@ class _Series:
     )
 
     def __init__(self, metrics: GatewayMetrics, model: str, provider: str, key: str) -> None:
+        self.model, self.provider, self.key = model, provider, key
         self.requests: dict[str, Any] = {}
         tokens = metrics.tokens
         self.input = tokens.labels(model, provider, key, "input")
@@ -210,6 +221,7 @@ class GatewayMetrics:
             registry=own,
         )
         self._series: dict[tuple[str, str, str | None], _Series] = {}
+        self._overflow: dict[tuple[str, str, str | None], _Series] = {}
         self._keys: dict[str | None, str] = {None: ""}
         if own is None:
             from prometheus_client import multiprocess
@@ -234,14 +246,12 @@ class GatewayMetrics:
         index = (event.model, event.provider, event.key)
         series = self._series.get(index)
         if series is None:
-            series = self._series[index] = _Series(
-                self, event.model, event.provider, self._key(event.key)
-            )
+            series = self._new_series(*index)
         outcome = event.outcome
         counter = series.requests.get(outcome)
         if counter is None:
             counter = series.requests[outcome] = self.requests.labels(
-                event.model, event.provider, self._key(event.key), outcome
+                series.model, series.provider, series.key, outcome
             )
         counter.inc()
         usage = event.usage
@@ -261,15 +271,34 @@ class GatewayMetrics:
         error = event.error
         if error is not None:
             _counted.set(error)
-            self._count_error(event, error)
+            self._count_error(series, error)
 
-    def _count_error(self, event: CallEvent, error: BaseException) -> None:
+    def _new_series(self, model: str, provider: str, key: str | None) -> _Series:
+        label = self._key(key)
+        if len(self._series) < MAX_MODELS:
+            own = self._series[(model, provider, key)] = _Series(self, model, provider, label)
+            return own
+        # Past the bound: one shared series per provider and key, not cached per model.
+        overflow = (OTHER_MODEL, provider, key)
+        series = self._overflow.get(overflow)
+        if series is None:
+            if not self._overflow:
+                log.warning(
+                    "more than %d models seen: further ones count as model %r in /metrics",
+                    MAX_MODELS,
+                    OTHER_MODEL,
+                )
+            series = self._overflow[overflow] = _Series(self, OTHER_MODEL, provider, label)
+        return series
+
+    def _count_error(self, series: _Series, error: BaseException) -> None:
+        labels = (series.model, series.provider, series.key)
         if isinstance(error, RateLimited):
-            self.rate_limited.labels(event.model, event.provider, self._key(event.key)).inc()
+            self.rate_limited.labels(*labels).inc()
         elif isinstance(error, BudgetExceeded):
-            self.budget_exceeded.labels(event.model, event.provider, self._key(event.key)).inc()
+            self.budget_exceeded.labels(*labels).inc()
         elif isinstance(error, ProviderError):
-            self.upstream_errors.labels(event.model, event.provider, type(error).__name__).inc()
+            self.upstream_errors.labels(series.model, series.provider, type(error).__name__).inc()
 
     def counted(self, error: BaseException) -> bool:
         """Whether ``error`` ended a call this context observed (so it is counted already).
