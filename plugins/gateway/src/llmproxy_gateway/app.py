@@ -743,9 +743,13 @@ def preload(environ: Mapping[str, str]) -> None:
     which stay in the tokenizer's module-level cache: forked workers share those pages copy-on-
     write instead of holding a copy each, and a replacement worker starts without loading them.
     A provider's ``warm(model)`` also imports what its first call would (no event loop runs
-    here, so it makes no clients). Nothing else is opened: stores open on first use, and this
+    here, so it makes no clients). So is prometheus-client (:func:`.metrics.preload`, some 50
+    ms per worker otherwise). Nothing else is opened: stores open on first use, and this
     Proxy never uses them.
     """
+    from llmproxy_gateway import metrics
+
+    metrics.preload()
     proxy = Proxy.from_env(environ)
     try:
         warm(proxy)

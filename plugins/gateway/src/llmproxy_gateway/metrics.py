@@ -361,6 +361,14 @@ def endpoint(gateway: Gateway, *, open_: bool = False) -> Callable[[Request], Aw
     return metrics
 
 
+def preload() -> None:
+    """Import prometheus-client (multiprocess mode included) in a process about to fork workers.
+
+    Call after :func:`private_dir`: the mode is fixed at import.
+    """
+    import prometheus_client.multiprocess  # noqa: F401
+
+
 def private_dir(environ: MutableMapping[str, str]) -> Path:
     """Make this process's empty multiprocess directory and name it in ``environ``.
 
