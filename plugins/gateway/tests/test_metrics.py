@@ -3,7 +3,11 @@ collector's counts, parsed with prometheus-client's own text parser."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -223,9 +227,14 @@ def scrape(gateway: GatewayProcess) -> Samples:
     return samples(response.text)
 
 
+def private_dirs(gateway: GatewayProcess) -> list[Path]:
+    """The multiprocess directories named after the gateway's supervisor."""
+    return list(Path(tempfile.gettempdir()).glob(f"llmproxy-gateway-metrics-{gateway.proc.pid}-*"))
+
+
 def metrics_dir(gateway: GatewayProcess) -> Path:
     """The private multiprocess directory of the gateway (named after its supervisor's pid)."""
-    found = list(Path("/tmp").glob(f"llmproxy-gateway-metrics-{gateway.proc.pid}-*"))
+    found = private_dirs(gateway)
     assert len(found) == 1, found
     return found[0]
 
@@ -307,11 +316,19 @@ def test_rate_limit_refusals_and_budget_gauges(gateway: GatewayProcess) -> None:
             client.post("/v1/chat/completions", json=BODY, headers=headers).status_code
             for _ in range(4)
         ]
-    assert statuses == [200, 200, 200, 429]
+        streamed = {**BODY, "stream": True}
+        statuses.append(
+            client.post("/v1/chat/completions", json=streamed, headers=headers).status_code
+        )
+    assert statuses == [200, 200, 200, 429, 429]
     found = scrape(gateway)
     labels = {"model": "gpt-4o-mini", "provider": "openai", "key": "ci-bot"}  # the key's name
     assert value(found, "llmproxy_requests_total", **labels, outcome="ok") == 3
-    assert value(found, "llmproxy_rate_limited_total", **labels) == 1
+    assert value(found, "llmproxy_requests_total", **labels, outcome="error") == 2
+    assert value(found, "llmproxy_rate_limited_total", **labels) == 2
+    # Refusals the Proxy made are counted once, from their events, not again as rejected.
+    rejected = {"model": "", "provider": "", "key": "ci-bot", "outcome": "rejected"}
+    assert value(found, "llmproxy_requests_total", **rejected) == 0
     budget = {"budget": f"key-requests-3-60s|key:{record.id}", "unit": "requests"}
     assert value(found, "llmproxy_budget_limit", **budget) == 3
     assert value(found, "llmproxy_budget_used", **budget) == 3
@@ -381,7 +398,32 @@ def test_a_separate_port_that_needs_the_key(upstream: FakeOpenAI, tmp_path: Path
         assert ok.status_code == 200
         # One worker: its counts stay in its memory, no directory of files.
         assert total(samples(ok.text), "llmproxy_requests_total", outcome="ok") == 1
-        assert not list(Path("/tmp").glob(f"llmproxy-gateway-metrics-{gateway.proc.pid}-*"))
+        assert not private_dirs(gateway)
     finally:
         for _ in served:  # the generator's end stops the gateway
             pass
+
+
+def test_the_private_directory_replaces_those_of_gateways_that_died(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    dead = tmp_path / f"llmproxy-gateway-metrics-{int(gone.stdout)}-abc"
+    alive = tmp_path / f"llmproxy-gateway-metrics-{os.getppid()}-def"  # our parent runs on
+    for old in (dead, alive):
+        old.mkdir()
+        (old / "counter_1.db").write_bytes(b"")
+    environ: dict[str, str] = {}
+    made = metrics_module.private_dir(environ)
+    assert environ[metrics_module.MULTIPROC_DIR] == str(made)
+    assert made.is_dir() and not list(made.iterdir())
+    assert made.name.startswith(f"llmproxy-gateway-metrics-{os.getpid()}-")
+    assert not dead.exists() and alive.exists()
+    metrics_module.remove_private_dir(made)
+    assert not made.exists()
