@@ -372,10 +372,12 @@ def test_the_metrics_directory_is_removed_when_the_gateway_stops(
 ) -> None:
     served = serve_gateway(upstream, tmp_path, LLMPROXY_GATEWAY_WORKERS="2")
     gateway = next(served)
-    directory = metrics_dir(gateway)
-    assert directory.is_dir()
-    with pytest.raises(StopIteration):
-        next(served)  # stops it (SIGTERM)
+    try:
+        directory = metrics_dir(gateway)
+        assert directory.is_dir()
+    finally:
+        for _ in served:  # the generator's end stops the gateway (SIGTERM)
+            pass
     assert gateway.proc.returncode == 0
     assert not directory.exists()
 
