@@ -404,6 +404,16 @@ def test_stream_events_usage_and_history(make_proxy: MakeProxy, upstream: FakeOp
     assert proxy.history.load("s")[-1].content == "Echo: tell me a story"
 
 
+def test_only_streams_have_a_time_to_first_token(make_proxy: MakeProxy) -> None:
+    events: list[CallEvent] = []
+    proxy = make_proxy(observers=[events.append])
+    proxy.chat("whole")
+    assert proxy.stream("streamed").text() == "Echo: streamed"
+    whole, streamed = events
+    assert whole.ttft is None
+    assert streamed.ttft is not None and 0 < streamed.ttft <= streamed.latency
+
+
 async def test_astream(make_proxy: MakeProxy) -> None:
     proxy = make_proxy(budgets=[LLMBudget(max_tokens=1000)])
     texts = [e.text async for e in proxy.astream("async story", session_id="s")]

@@ -244,3 +244,24 @@ def test_tool_definitions_count_into_the_reservation(
     without = chat_requests(upstream)[1]["max_completion_tokens"]
     # The definitions (and the margin a provider declares for tools) leave less for output.
     assert without - with_tools >= definitions
+
+
+def test_time_to_first_token_is_the_first_rounds_text(
+    make_proxy: MakeProxy, upstream: FakeOpenAI
+) -> None:
+    events: list[CallEvent] = []
+    proxy = make_proxy(observers=[events.append])
+    upstream.enqueue(
+        Reply(text="Let me check.", tool_calls=[call("get_weather", {"location": "Hue"}, "c1")])
+    )
+    upstream.enqueue(Reply(text="Sunny in Hue."))
+    before = time.perf_counter()
+    stream = iter(proxy.stream("weather?", tools=[get_weather]))
+    first = next(stream).text
+    # The consumer drives the stream: the second round cannot start before this point.
+    seen = time.perf_counter()
+    assert first + "".join(e.text for e in stream) == "Let me check.Sunny in Hue."
+    [event] = events
+    assert event.ttft is not None
+    assert 0 < event.ttft <= seen - before
+    assert event.ttft < event.latency

@@ -354,6 +354,7 @@ class Call:
         "extra",
         "fallbacks",
         "final",
+        "first_chunk",
         "function_tools",
         "history",
         "input_count",
@@ -399,6 +400,7 @@ class Call:
         self.started_at = time.time()
         self.proxy = proxy
         self.streamed = streamed
+        self.first_chunk: float | None = None
         self.new_messages = as_messages(prompt)
         self.sent: tuple[Message, ...] | None = None
         self.system = options.system
@@ -740,6 +742,7 @@ class Call:
         self.new_messages.extend([assistant, *outputs])
         self.sent = None
         self.steps.extend([assistant, *outputs])
+        self.first_chunk = self.ttft_at()
         self.stream = None
         self.reservation = None
         self.settled = False
@@ -781,6 +784,7 @@ class Call:
         self.new_messages.extend([reply, feedback])
         self.steps.extend([reply, feedback])
         self.sent = None
+        self.first_chunk = self.ttft_at()
         self.stream = None
         self.reservation = None
         self.settled = False
@@ -845,6 +849,20 @@ class Call:
     def delivered(self) -> bool:
         """Whether part of a streamed answer has reached the caller."""
         return self.stream is not None and self.stream.delivered
+
+    def ttft_at(self) -> float | None:
+        """When (:func:`time.perf_counter`) the call's first streamed text arrived, or None.
+
+        Kept across tool and schema rounds, each of which starts a new stream state.
+        """
+        if self.first_chunk is None and self.stream is not None:
+            return self.stream.first_at
+        return self.first_chunk
+
+    def ttft(self) -> float | None:
+        """Seconds from the call's start to its first streamed text; None when none arrived."""
+        first = self.ttft_at()
+        return None if first is None else first - self.started
 
     def count_input(self) -> int:
         """The provider's count of the request's input: its messages and its tool definitions."""
@@ -1103,6 +1121,7 @@ class Call:
                 self.tags,
                 cache_hit=self.cache_hit,
                 alias=self.alias(),
+                ttft=self.ttft(),
             )
         )
 
@@ -1155,13 +1174,17 @@ class StreamState(ChunkAssembler):
         super().__init__()
         self.received = False
         self.delivered = False
+        self.first_at: float | None = None
+        """When (:func:`time.perf_counter`) the first text or reasoning was delivered."""
 
     def take(self, chunk: Chunk) -> StreamEvent | None:
         """Take one chunk; return the event to deliver, or None when it carries no text."""
         self.received = True
         self.feed(chunk)
         if chunk.text or chunk.reasoning:
-            self.delivered = True
+            if not self.delivered:
+                self.delivered = True
+                self.first_at = time.perf_counter()
             return StreamEvent(chunk.text, chunk.reasoning)
         return None
 

@@ -549,6 +549,9 @@ class CallEvent:
     alias: str | None = None
     """The alias the caller named when a deployment was chosen for it (see
     :mod:`llmproxy.routing`); ``model`` and ``provider`` are then the deployment actually used."""
+    ttft: float | None = None
+    """Seconds from the call's start to its first streamed chunk of text (None for whole calls,
+    and for streams that delivered no text)."""
 
 
 @frozen

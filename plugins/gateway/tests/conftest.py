@@ -57,6 +57,7 @@ class GatewayProcess:
         self.env = env
         self.data_dir = data_dir
         self.stderr_output = ""  # what the gateway wrote to stderr, once stopped
+        self.announced = ""
         self.proc = subprocess.Popen(
             [LLMPROXY, "serve", "--port", "0", *args],
             env=env,
@@ -76,6 +77,7 @@ class GatewayProcess:
             if selector.select(timeout=0.5):
                 line = self.proc.stdout.readline()
                 if "gateway on http://" in line:
+                    self.announced = line  # the start-up line (the metrics URL...)
                     url = line.split("gateway on ", 1)[1].split()[0]
                     return url.removesuffix("/v1")
                 if not line and self.proc.poll() is not None:

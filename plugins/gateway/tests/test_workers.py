@@ -314,8 +314,15 @@ def test_each_worker_listens_on_its_own_socket_and_connections_spread(
     workers = workers_of(gateway, 2)
     listening = {i for i, (state, _) in tcp_sockets(port).items() if state == "0A"}
     assert len(listening) == 2
-    held = [socket_inodes(pid) & listening for pid in workers]
-    assert all(len(h) == 1 for h in held) and held[0] != held[1]
+    # A worker just forked still holds the other workers' sockets until its first lines close
+    # them: wait for that (a condition, polled with a bound).
+    deadline = time.monotonic() + 30
+    while True:
+        held = [socket_inodes(pid) & listening for pid in workers]
+        if all(len(h) == 1 for h in held) or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    assert all(len(h) == 1 for h in held) and held[0] != held[1], held
 
     key = gateway.key("spread")
     clients = []

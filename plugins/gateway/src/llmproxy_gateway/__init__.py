@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from llmproxy_gateway.budgets import KeyBudgetSlot, key_policies
     from llmproxy_gateway.errors import HTTPError, from_exception
     from llmproxy_gateway.keys import KeyRecord, KeyStore, parse_budget
+    from llmproxy_gateway.metrics import GatewayMetrics
 
 __version__ = "0.1.0"
 
@@ -26,6 +27,7 @@ __getattr__, __dir__ = lazy_exports(
     __name__,
     {
         "Gateway": "llmproxy_gateway.app",
+        "GatewayMetrics": "llmproxy_gateway.metrics",
         "HTTPError": "llmproxy_gateway.errors",
         "KeyBudgetSlot": "llmproxy_gateway.budgets",
         "KeyRecord": "llmproxy_gateway.keys",
@@ -39,6 +41,7 @@ __getattr__, __dir__ = lazy_exports(
 
 __all__ = [
     "Gateway",
+    "GatewayMetrics",
     "HTTPError",
     "KeyBudgetSlot",
     "KeyRecord",

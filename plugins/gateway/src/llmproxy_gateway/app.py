@@ -39,6 +39,7 @@ from llmproxy_gateway.budgets import key_policies
 from llmproxy_gateway.embeddings import embeddings_body, parse_embeddings
 from llmproxy_gateway.errors import HTTPError, from_exception, unauthorized
 from llmproxy_gateway.keys import KeyRecord, KeyStore, admin_matches, parse_cache
+from llmproxy_gateway.metrics import GatewayMetrics
 from llmproxy_gateway.models import check_model
 from llmproxy_gateway.responses_wire import ResponseRenderer, new_response_id
 from llmproxy_gateway.responses_wire import parse as parse_responses
@@ -85,6 +86,9 @@ class Gateway:
     passed in must include :func:`~llmproxy_gateway.budgets.key_policies` itself for key
     budgets to apply.
     ``usage_log`` defaults to the usage-log plugin's (from ``LLMPROXY_USAGE_LOG_URL``).
+    ``metrics`` (``GET /metrics``, :mod:`llmproxy_gateway.metrics`) defaults to new ones, fed
+    by the Proxy the gateway builds; a Proxy passed in feeds them only when it was built with
+    ``observers=[metrics.observe]`` (build the metrics first and pass both).
     ``clock`` (wall-clock seconds, :func:`time.time`) times the dashboard's login throttle.
     """
 
@@ -97,6 +101,7 @@ class Gateway:
         environ: Mapping[str, str] | None = None,
         admin_key: str | None = None,
         clock: Callable[[], float] = time.time,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
         environ = os.environ if environ is None else environ
         self.clock = clock
@@ -107,6 +112,13 @@ class Gateway:
         if self.admin_key:
             register(self.admin_key)  # masked wherever it might be echoed
         self.max_body = env.max_body(environ)
+        self.metrics_port = env.metrics_port(environ)
+        self.metrics_open = env.metrics_open(environ)
+        self.metrics = (
+            metrics
+            if metrics is not None
+            else GatewayMetrics(key_label=self.keys.label, budgets=self.budget_rows)
+        )
         self.body_limits = BodyLimits.from_env(environ)
         self._own_proxy = proxy is None
         if usage is None:
@@ -126,9 +138,26 @@ class Gateway:
                 env.proxy_environ(environ),
                 budgets=key_policies(self.keys),
                 plugins=plugins,
-                observers=() if logged else (usage.record,),
+                observers=(
+                    (self.metrics.observe,) if logged else (usage.record, self.metrics.observe)
+                ),
             )
         self.proxy = proxy
+
+    def budget_rows(self) -> list[dict[str, Any]]:
+        """Every budget's used amount and limit (the dashboard's rows; the metrics' gauges)."""
+        from llmproxy_gateway.dashboard import budgets
+
+        return budgets(self)
+
+    def refused(self, error: BaseException, key: KeyRecord | None) -> None:
+        """Count, in the metrics, a request that failed before the Proxy made a call of it.
+
+        A call's own failures (budgets, rate limits, the upstream) are counted from its event;
+        this counts the rest (no key, a bad body, a model the key may not use) as rejected.
+        """
+        if not self.metrics.counted(error):
+            self.metrics.rejected(key.id if key is not None else None)
 
     # -- keys -----------------------------------------------------------------------------------
 
@@ -222,6 +251,7 @@ class Gateway:
         if scope["method"] != "POST":
             await _send_error(send, HTTPError(405, "Use POST for /v1/chat/completions."))
             return
+        key: KeyRecord | None = None
         try:
             key = self.authenticate(scope)
             body = await _read_body(scope, receive, self.max_body)
@@ -243,6 +273,7 @@ class Gateway:
         except ClientGone:
             return  # nobody to answer (the connection closed, or its body was too slow)
         except Exception as exc:
+            self.refused(exc, key)
             await _send_error(send, _mapped(exc))
             return
         await send({"type": "http.response.start", "status": 200, "headers": _JSON_HEADERS})
@@ -253,6 +284,7 @@ class Gateway:
         if scope["method"] != "POST":
             await _send_error(send, HTTPError(405, "Use POST for /v1/embeddings."))
             return
+        key: KeyRecord | None = None
         try:
             key = self.authenticate(scope)
             body = await _read_body(scope, receive, self.max_body)
@@ -265,6 +297,7 @@ class Gateway:
         except ClientGone:
             return
         except Exception as exc:
+            self.refused(exc, key)
             await _send_error(send, _mapped(exc))
             return
         await send({"type": "http.response.start", "status": 200, "headers": _JSON_HEADERS})
@@ -358,6 +391,7 @@ class Gateway:
         if scope["method"] != "POST":
             await _send_anthropic_error(send, HTTPError(405, "Use POST for /v1/messages."))
             return
+        key: KeyRecord | None = None
         try:
             key = self.authenticate_any(scope)
             body = await _read_body(scope, receive, self.max_body)
@@ -383,6 +417,7 @@ class Gateway:
         except ClientGone:
             return
         except Exception as exc:
+            self.refused(exc, key)
             await _send_anthropic_error(send, _mapped(exc), _upstream_status(exc))
             return
         await send({"type": "http.response.start", "status": 200, "headers": _JSON_HEADERS})
@@ -476,8 +511,9 @@ class Gateway:
         if scope["method"] != "POST":
             await _send_error(send, HTTPError(405, "Use POST for /v1/responses."))
             return
+        caller: KeyRecord | None = None
         try:
-            key = self.authenticate(scope)
+            key = caller = self.authenticate(scope)
             body = await _read_body(scope, receive, self.max_body)
             call = parse_responses(body, self.body_limits)
             self.check_model(key, call.model)
@@ -504,6 +540,7 @@ class Gateway:
         except ClientGone:
             return
         except Exception as exc:
+            self.refused(exc, caller)
             await _send_error(send, _mapped(exc))
             return
         await send({"type": "http.response.start", "status": 200, "headers": _JSON_HEADERS})
@@ -739,9 +776,13 @@ def preload(environ: Mapping[str, str]) -> None:
     which stay in the tokenizer's module-level cache: forked workers share those pages copy-on-
     write instead of holding a copy each, and a replacement worker starts without loading them.
     A provider's ``warm(model)`` also imports what its first call would (no event loop runs
-    here, so it makes no clients). Nothing else is opened: stores open on first use, and this
+    here, so it makes no clients). So is prometheus-client (:func:`.metrics.preload`, some 50
+    ms per worker otherwise). Nothing else is opened: stores open on first use, and this
     Proxy never uses them.
     """
+    from llmproxy_gateway import metrics
+
+    metrics.preload()
     proxy = Proxy.from_env(environ)
     try:
         warm(proxy)
@@ -864,7 +905,7 @@ def create_app(
     scanned again, so a full collection no longer pauses every stream in flight for
     100-200 ms.
     """
-    from llmproxy_gateway import dashboard, models
+    from llmproxy_gateway import dashboard, metrics, models
 
     gw = gateway if gateway is not None else Gateway(**kwargs)
 
@@ -882,6 +923,7 @@ def create_app(
             await gw.aclose()
 
     routes = [
+        Route("/metrics", metrics.endpoint(gw), methods=["GET"]),
         Route("/v1/models", models.endpoint(gw), methods=["GET"]),
         Route("/v1/models/{model:path}", models.retrieve_endpoint(gw), methods=["GET"]),
         *dashboard.routes(gw),
@@ -898,7 +940,18 @@ def create_app(
     embedding_paths = ("/v1/embeddings", "/embeddings")
     responses_paths = ("/v1/responses", "/responses")
 
+    metrics_port = gw.metrics_port
+    # The separate metrics port (LLMPROXY_GATEWAY_METRICS_PORT) serves /metrics and nothing else.
+    metrics_only = Starlette(
+        routes=[Route("/metrics", metrics.endpoint(gw, open_=gw.metrics_open), methods=["GET"])]
+    )
+
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if metrics_port is not None and scope["type"] == "http":
+            server = scope.get("server")
+            if server is not None and server[1] == metrics_port:
+                await metrics_only(scope, receive, send)
+                return
         if scope["type"] == "http":
             path = scope["path"]
             if path in paths:

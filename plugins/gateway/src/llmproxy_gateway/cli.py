@@ -6,7 +6,9 @@ import argparse
 import datetime as dt
 import ipaddress
 import os
+import socket
 import sys
+from pathlib import Path
 from typing import Any
 
 from llmproxy.errors import ConfigError
@@ -51,14 +53,41 @@ def _loopback(host: str) -> bool:
 
 def serve(args: argparse.Namespace) -> int:
     """Run the gateway until SIGINT or SIGTERM."""
-    import uvicorn
-
-    from llmproxy_gateway.app import check_config, create_app, preload
-    from llmproxy_gateway.guard import ServerLimits, server_config
-    from llmproxy_gateway.workers import Supervisor, listeners
+    from llmproxy_gateway import metrics
 
     host: str = args.host
     workers = env.workers(os.environ, args.workers)
+    metrics_port = env.metrics_port(os.environ)
+    env.metrics_open(os.environ)
+    if workers > 1:
+        # Before prometheus-client is imported (with the app): it reads the variable once.
+        metrics_dir: Path | None = metrics.private_dir(os.environ)
+    else:
+        metrics_dir = None
+        os.environ.pop(metrics.MULTIPROC_DIR, None)  # one process: its counts stay in memory
+    try:
+        return _serve(args, host, workers, metrics_port, metrics_dir)
+    finally:
+        if metrics_dir is not None:
+            metrics.remove_private_dir(metrics_dir)
+
+
+def _serve(
+    args: argparse.Namespace,
+    host: str,
+    workers: int,
+    metrics_port: int | None,
+    metrics_dir: Path | None,
+) -> int:
+    import functools
+
+    import uvicorn
+
+    from llmproxy_gateway import metrics
+    from llmproxy_gateway.app import check_config, create_app, preload
+    from llmproxy_gateway.guard import ServerLimits, server_config
+    from llmproxy_gateway.workers import Supervisor, listeners, serve_worker
+
     env.admin_key(os.environ)  # checked here too: several workers would each fail on it
     ServerLimits.from_env(os.environ)  # and the connection limits
     if workers > 1:
@@ -77,6 +106,22 @@ def serve(args: argparse.Namespace) -> int:
             f"cannot listen on {host} port {args.port}: {exc.strerror or exc}", path="port"
         ) from None
     port = sockets[0].getsockname()[1]
+    extra: list[socket.socket] = []
+    if metrics_port is not None:
+        if metrics_port == port:
+            raise ConfigError(
+                f"{env.METRICS_PORT} is the gateway's own port ({port}): choose another one",
+                path=env.METRICS_PORT,
+            )
+        try:
+            extra = listeners(host, metrics_port, 1)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on {host} port {metrics_port} for metrics: {exc.strerror or exc}",
+                path=env.METRICS_PORT,
+            ) from None
+        metrics_port = extra[0].getsockname()[1]
+        os.environ[env.METRICS_PORT] = str(metrics_port)  # the port 0 picked, for the workers
     options: dict[str, Any] = {
         "log_level": args.log_level,
         "access_log": args.access_log,
@@ -89,10 +134,13 @@ def serve(args: argparse.Namespace) -> int:
     }
     shown = f"[{host}]" if ":" in host else host
 
+    scrape = f"http://{shown}:{metrics_port or port}/metrics"
+
     def announce(usage: str) -> None:
         sys.stdout.write(
             f"llmproxy gateway on http://{shown}:{port}/v1 (dashboard:"
-            f" http://{shown}:{port}/dashboard; usage log: {usage}; workers: {workers})\n"
+            f" http://{shown}:{port}/dashboard; metrics: {scrape}; usage log: {usage};"
+            f" workers: {workers})\n"
         )
         sys.stdout.flush()
 
@@ -100,17 +148,33 @@ def serve(args: argparse.Namespace) -> int:
         app = create_app(freeze_gc=True)
         config = server_config(app, options, os.environ)
         announce(app.gateway.usage.describe())  # type: ignore[attr-defined]
-        uvicorn.Server(config).run(sockets=sockets)
+        uvicorn.Server(config).run(sockets=[*sockets, *extra])
         return 0
     from llmproxy_usage_log import open_usage_log
 
     log = open_usage_log(None, os.environ)  # on: check_shared_stores refuses it turned off
     announce(log.describe())
     log.close()
+
     # Each worker builds its own app (forked, on Linux, once this process has loaded the
     # tokenizer tables they share); they share budgets, keys, the usage log and dashboard
     # sessions through their files (or Redis).
-    return Supervisor(sockets, workers, options, preload=lambda: preload(os.environ)).run()
+    def dead(pid: int) -> None:
+        if metrics_dir is not None:
+            metrics.mark_dead(pid, metrics_dir)
+
+    try:
+        return Supervisor(
+            sockets,
+            workers,
+            options,
+            target=functools.partial(serve_worker, extra=tuple(extra)),
+            preload=lambda: preload(os.environ),
+            on_exit=dead,
+        ).run()
+    finally:
+        for sock in extra:
+            sock.close()
 
 
 def configure_keys(parser: argparse.ArgumentParser) -> None:

@@ -1,21 +1,30 @@
 """The environment variables the gateway reads.
 
-================================  ==================================================================
-Variable                          Meaning
-================================  ==================================================================
-``LLMPROXY_ADMIN_KEY``            A key that opens the dashboard (besides keys created with
-                                  ``llmproxy keys create --admin``); at least 16 characters.
-``LLMPROXY_GATEWAY_KEYS_URL``     Where gateway keys are kept: ``sqlite:///relative.db`` or
-                                  ``sqlite:////absolute.db`` (default: ``keys.db`` in the data dir,
-                                  ``LLMPROXY_DATA_DIR``), or ``memory://``.
-``LLMPROXY_GATEWAY_WORKERS``      Worker processes of ``llmproxy serve`` (default 1; ``--workers``
-                                  wins). More than one needs the ledger, history, usage log and key
-                                  store in files or Redis, not ``memory://``.
-``LLMPROXY_GATEWAY_MAX_BODY``     The largest request body accepted, in bytes (default 33554432,
-                                  32 MiB: one content part of the largest size, 20 MiB as 26.7
-                                  MiB of base64, and 5 MiB besides); a larger one is answered
-                                  413 before it is read.
-================================  ==================================================================
+=================================  =================================================================
+Variable                           Meaning
+=================================  =================================================================
+``LLMPROXY_ADMIN_KEY``             A key that opens the dashboard (besides keys created with
+                                   ``llmproxy keys create --admin``); at least 16 characters.
+``LLMPROXY_GATEWAY_KEYS_URL``      Where gateway keys are kept: ``sqlite:///relative.db`` or
+                                   ``sqlite:////absolute.db`` (default: ``keys.db`` in the data dir,
+                                   ``LLMPROXY_DATA_DIR``), or ``memory://``.
+``LLMPROXY_GATEWAY_WORKERS``       Worker processes of ``llmproxy serve`` (default 1; ``--workers``
+                                   wins). More than one needs the ledger, history, usage log and key
+                                   store in files or Redis, not ``memory://``.
+``LLMPROXY_GATEWAY_MAX_BODY``      The largest request body accepted, in bytes (default 33554432, 32
+                                   MiB: one content part of the largest size, 20 MiB as 26.7 MiB of
+                                   base64, and 5 MiB besides); a larger one is answered 413 before
+                                   it is read.
+``LLMPROXY_GATEWAY_METRICS_PORT``  A second port (on ``--host``) that serves ``GET /metrics`` and
+                                   nothing else, for a Prometheus scraper; ``0`` picks a free one
+                                   (announced at start). Unset: only the gateway's own port serves
+                                   ``/metrics``, always behind the admin key.
+``LLMPROXY_GATEWAY_METRICS_AUTH``  ``admin`` (default): ``/metrics`` on that port needs the admin
+                                   key too, as ``Authorization: Bearer <key>``; ``none``: it is
+                                   served without one (allowed only with
+                                   ``LLMPROXY_GATEWAY_METRICS_PORT`` set: keep that port to the
+                                   scraper's network).
+=================================  =================================================================
 
 Limits that keep one client from holding up the others (each a whole number >= 1, seconds may
 have a fraction; raise any of them for a trusted, heavy client):
@@ -94,6 +103,8 @@ MAX_JSON_ITEMS = "LLMPROXY_GATEWAY_MAX_JSON_ITEMS"
 MAX_JSON_DEPTH = "LLMPROXY_GATEWAY_MAX_JSON_DEPTH"
 LOGIN_ATTEMPTS = "LLMPROXY_GATEWAY_LOGIN_ATTEMPTS"
 LOGIN_WINDOW = "LLMPROXY_GATEWAY_LOGIN_WINDOW"
+METRICS_PORT = "LLMPROXY_GATEWAY_METRICS_PORT"
+METRICS_AUTH = "LLMPROXY_GATEWAY_METRICS_AUTH"
 
 DEFAULT_KEYS_FILE = "keys.db"
 MIN_ADMIN_KEY_LENGTH = 16
@@ -194,6 +205,41 @@ def login_throttle(environ: Mapping[str, str]) -> tuple[int, float]:
         count(environ, LOGIN_ATTEMPTS, DEFAULT_LOGIN_ATTEMPTS),
         seconds(environ, LOGIN_WINDOW, DEFAULT_LOGIN_WINDOW),
     )
+
+
+def metrics_port(environ: Mapping[str, str]) -> int | None:
+    """The separate metrics port (0: a free one), or None; not a port number is a ConfigError."""
+    raw = environ.get(METRICS_PORT, "").strip()
+    if not raw:
+        return None
+    try:
+        port = int(raw)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise ConfigError(
+            f"{METRICS_PORT} must be a port number from 0 to 65535 (0: a free one), got {raw!r}",
+            path=METRICS_PORT,
+        )
+    return port
+
+
+def metrics_open(environ: Mapping[str, str]) -> bool:
+    """Whether the separate metrics port serves ``/metrics`` without the admin key.
+
+    ``LLMPROXY_GATEWAY_METRICS_AUTH`` is ``admin`` (default) or ``none``; ``none`` without
+    ``LLMPROXY_GATEWAY_METRICS_PORT`` is a ConfigError: the gateway's own port always asks.
+    """
+    raw = environ.get(METRICS_AUTH, "").strip().lower() or "admin"
+    if raw not in ("admin", "none"):
+        raise ConfigError(f"{METRICS_AUTH} must be admin or none, got {raw!r}", path=METRICS_AUTH)
+    if raw == "none" and metrics_port(environ) is None:
+        raise ConfigError(
+            f"{METRICS_AUTH}=none needs {METRICS_PORT}: /metrics on the gateway's own port"
+            " always needs the admin key",
+            path=METRICS_AUTH,
+        )
+    return raw == "none"
 
 
 def workers(environ: Mapping[str, str], given: int | None = None) -> int:

@@ -410,6 +410,11 @@ class KeyStore:
             return None
         return record if record.active else None
 
+    def label(self, key_id: str) -> str:
+        """A key's label in metrics: its name, else its id (never any part of the secret)."""
+        record = self._by_id.get(key_id)
+        return record.name if record is not None and record.name else key_id
+
     def policies_for(self, key_id: str | None) -> tuple[BudgetPolicy, ...]:
         """The budget policies of a key (from the in-memory copy; empty for unknown keys)."""
         if key_id is None:

@@ -93,11 +93,18 @@ def listeners(host: str, port: int, workers: int) -> list[socket.socket]:
     return sockets
 
 
-def serve_worker(options: Mapping[str, Any], sock: socket.socket, ready: Event) -> None:
+def serve_worker(
+    options: Mapping[str, Any],
+    sock: socket.socket,
+    ready: Event,
+    extra: Sequence[socket.socket] = (),
+) -> None:
     """One worker process: build the gateway's app and serve it on ``sock`` until stopped.
 
     ``ready`` is set once the app has started (its lifespan ran), which tells the supervisor
-    that a later exit is a crash to recover from, not a gateway that cannot start.
+    that a later exit is a crash to recover from, not a gateway that cannot start. ``extra``
+    are listening sockets every worker serves besides its own (the metrics port's, shared:
+    :func:`functools.partial` binds them).
     """
     import uvicorn
 
@@ -110,7 +117,7 @@ def serve_worker(options: Mapping[str, Any], sock: socket.socket, ready: Event) 
     except LLMProxyError as exc:  # a configuration the worker cannot start with: no traceback
         _say(str(exc))
         sys.exit(2)
-    uvicorn.Server(config).run(sockets=[sock])
+    uvicorn.Server(config).run(sockets=[sock, *extra])
 
 
 def _worker_main(
@@ -125,6 +132,8 @@ def _worker_main(
     # signal should stop it, not bump the supervisor's counter in this process's copy.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if _MASKABLE:  # held since before the fork (see _Worker.start): a pending one stops it now
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     _stop_with_supervisor(supervisor)
     for fd in inherited:
         with contextlib.suppress(OSError):
@@ -133,6 +142,8 @@ def _worker_main(
 
 
 _PR_SET_PDEATHSIG = 1
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+_MASKABLE = hasattr(signal, "pthread_sigmask")
 
 
 def _stop_with_supervisor(supervisor: int) -> None:
@@ -188,7 +199,15 @@ class _Worker:
             args=(target, dict(options), self.sock, self.ready, inherited, os.getpid()),
             name=f"llmproxy-gateway-worker-{self.number}",
         )
-        self.process.start()
+        # A stop signal arriving between the fork and the worker's first lines would run the
+        # supervisor's handler in the worker, which would then serve on, deaf to it: hold
+        # such signals until the worker has its own (default) handlers.
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS) if _MASKABLE else None
+        try:
+            self.process.start()
+        finally:
+            if held is not None:
+                signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
     @property
     def alive(self) -> bool:
@@ -199,7 +218,8 @@ class Supervisor:
     """Runs ``workers`` processes of ``target`` on ``sockets`` (one each, or one shared).
 
     :meth:`run` blocks until SIGINT or SIGTERM (then stops the workers) or until a worker dies
-    before it was ready (then stops the others and returns 1).
+    before it was ready (then stops the others and returns 1). ``on_exit`` is called with the
+    pid of each worker that exited (the gateway marks its metrics dead).
     """
 
     def __init__(
@@ -210,11 +230,13 @@ class Supervisor:
         *,
         target: Target = serve_worker,
         preload: Callable[[], None] | None = None,
+        on_exit: Callable[[int], None] | None = None,
     ) -> None:
         if not sockets:
             raise ValueError("the supervisor needs at least one listening socket")
         self.sockets = list(sockets)
         self.preload = preload
+        self.on_exit = on_exit
         self.workers = [
             _Worker(number, sockets[(number - 1) % len(sockets)])
             for number in range(1, workers + 1)
@@ -268,6 +290,7 @@ class Supervisor:
                 assert worker.process is not None
                 assert worker.ready is not None
                 code, pid = worker.process.exitcode, worker.process.pid
+                self._exited(pid)
                 if not worker.ready.is_set():
                     _say(
                         f"worker {worker.number} (pid {pid}) exited with status {code} before"
@@ -301,5 +324,13 @@ class Supervisor:
         for worker in self.workers:
             if worker.process is not None:
                 worker.process.join()
+                self._exited(worker.process.pid)
                 worker.process.close()
                 worker.process = None
+
+    def _exited(self, pid: int | None) -> None:
+        if self.on_exit is not None and pid is not None:
+            try:
+                self.on_exit(pid)
+            except Exception as exc:  # never let bookkeeping stop the supervisor
+                _say(f"after worker pid {pid} exited: {exc}")
