@@ -16,7 +16,8 @@ Behaviour, as the real API does it:
   ``authentication_error``.
 * **Errors** are ``{"type": "error", "error": {"type", "message"}}`` with the API's type names
   (``invalid_request_error``, ``rate_limit_error``, ``overloaded_error`` for 529...);
-  ``Fault.retry_after`` sends ``retry-after``.
+  ``Fault.retry_after`` sends ``retry-after``. A ``Fault.status`` first in the script also
+  fails a ``count_tokens`` request (replies are left for ``/v1/messages``).
 * **Requests** must carry ``model``, ``max_tokens`` (a positive int) and non-empty
   ``messages`` whose roles alternate between ``user`` and ``assistant`` starting with ``user``;
   an assistant turn with ``tool_use`` blocks must be followed by a user turn with a
@@ -33,11 +34,14 @@ Behaviour, as the real API does it:
   (text, tool inputs' and results' JSON), plus 1600 per image and 3000 per document page
   block; ``output_tokens = max(1, words of text and thinking)``.
   ``Reply.usage`` overrides fields (``cache_read_input_tokens``...).
-* **Streams**: ``message_start``, then per block ``content_block_start``, one
+* **Streams**: ``message_start`` (with the input and cache usage), a ``ping``, then per
+  block ``content_block_start``, one
   ``content_block_delta`` per word piece (``thinking_delta`` then ``signature_delta``,
   ``text_delta``, ``input_json_delta``) and ``content_block_stop``, then ``message_delta`` with
   the stop reason and output usage, then ``message_stop``. ``Fault.drop_after(n)`` aborts after
-  n delta events; ``Fault.malformed()`` sends an event that is not JSON.
+  n delta events; ``Fault.malformed()`` sends an event that is not JSON;
+  :meth:`FakeAnthropic.fail_stream` sends an ``error`` event (``overloaded_error``) after n
+  delta events, in a stream that began with status 200.
 
 Only the standard library is used.
 """
@@ -47,6 +51,7 @@ from __future__ import annotations
 import itertools
 import json
 import threading
+from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -170,6 +175,7 @@ class FakeAnthropic(FakeServer):
         self._ids = itertools.count(1)
         self._issued: set[str] = set()
         self._issued_lock = threading.Lock()
+        self._stream_errors: deque[tuple[int, str, str]] = deque()
 
     @property
     def base_url(self) -> str:
@@ -187,6 +193,32 @@ class FakeAnthropic(FakeServer):
         with self._issued_lock:
             self._issued.add(signature)
         return signature
+
+    def fail_stream(
+        self, after: int, *, error_type: str = "overloaded_error", message: str = "Overloaded"
+    ) -> None:
+        """Make the next streamed answer send an ``error`` event after ``after`` deltas.
+
+        The HTTP status is 200 (the stream had begun), as when the real API is overloaded
+        mid-stream: ``event: error`` with ``{"type": "error", "error": {"type", "message"}}``,
+        then the connection ends without ``message_stop``.
+        """
+        if after < 0:
+            raise ValueError("after must be >= 0")
+        with self._issued_lock:
+            self._stream_errors.append((after, error_type, message))
+
+    def _take_status_fault(self) -> Fault | None:
+        with self._data_lock:
+            first = self._script[0] if self._script else None
+            if isinstance(first, Fault) and first.kind == "status":
+                self._script.popleft()
+                return first
+        return None
+
+    def _next_stream_error(self) -> tuple[int, str, str] | None:
+        with self._issued_lock:
+            return self._stream_errors.popleft() if self._stream_errors else None
 
     def send_error(self, response: ResponseWriter, status: int, message: str) -> None:
         """Answer with the Messages API's error body."""
@@ -227,6 +259,10 @@ class FakeAnthropic(FakeServer):
             return
         body = json_object(request)
         if request.path.endswith("/count_tokens"):
+            fault = self._take_status_fault()
+            if fault is not None:  # a count fails as scripted; replies are left for messages
+                self._send_fault(response, fault)
+                return
             if body is None:
                 self.send_error(response, 400, "invalid JSON")
                 return
@@ -383,7 +419,8 @@ class FakeAnthropic(FakeServer):
         start = dict(message, content=[], stop_reason=None)
         start["usage"] = dict(message["usage"], output_tokens=1)
         events: list[tuple[str, dict[str, Any], bool]] = [
-            ("message_start", {"type": "message_start", "message": start}, False)
+            ("message_start", {"type": "message_start", "message": start}, False),
+            ("ping", {"type": "ping"}, False),
         ]
         for index, block in enumerate(message["content"]):
             kind = block["type"]
@@ -439,7 +476,14 @@ class FakeAnthropic(FakeServer):
         events.append(("message_stop", {"type": "message_stop"}, False))
         pacer = Pacer(chunk_delay)
         sent = 0
+        failure = self._next_stream_error()
         for name, data, is_delta in events:
+            if failure is not None and is_delta and sent >= failure[0]:
+                error = {"type": "error", "error": {"type": failure[1], "message": failure[2]}}
+                payload = json.dumps(error, separators=(",", ":"))
+                response.write(f"event: error\ndata: {payload}\n\n".encode())
+                response.end()
+                return
             if is_delta:
                 if drop_after is not None and sent >= drop_after:
                     await wait_released(item, response)

@@ -20,11 +20,14 @@ or a tool list of at least :data:`AUTO_CACHE_CHARS` characters gets one too.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import inspect
 import json
 import math
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from typing import Any
+import time
+from collections.abc import AsyncIterator, Awaitable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
 
 import anthropic
 import attrs
@@ -78,6 +81,9 @@ MAX_PAGES = 100
 STATE_KEY = "anthropic"
 _SDK_ERRORS = (anthropic.AnthropicError, httpx2.HTTPError, ValueError)
 _EPHEMERAL = {"type": "ephemeral"}
+#: The shortest transport timeout an attempt gets (zero means "no timeout" to transports).
+_MIN_SECONDS = 0.001
+_T = TypeVar("_T")
 
 INPUT_MARGIN = InputMargin(per_message=4, overall=16, tools=400, ratio=0.0)
 """What Anthropic can bill beyond the byte bound: a few framing tokens per message and per
@@ -152,6 +158,57 @@ def usage_of(raw: Any) -> Usage | None:
     output = int(raw.output_tokens or 0)
     billed = int(raw.input_tokens or 0) + read + CACHE_WRITE_WEIGHT * write
     return Usage(billed, output, read, min(thinking, output))
+
+
+#: The keyword arguments the SDK's ``messages.create`` and ``messages.count_tokens`` take; any
+#: other body field (``temperature``, ``top_k``, a newer API field) goes in ``extra_body``.
+_CREATE_PARAMETERS = frozenset(
+    inspect.signature(anthropic.resources.messages.Messages.create).parameters
+) - {"self"}
+_COUNT_PARAMETERS = frozenset(
+    inspect.signature(anthropic.resources.messages.Messages.count_tokens).parameters
+) - {"self", "extra_body", "extra_headers", "extra_query", "timeout"}
+
+
+def _sdk_arguments(params: dict[str, Any], accepted: frozenset[str]) -> dict[str, Any]:
+    """``params`` as SDK arguments: the fields it has no argument for moved into ``extra_body``.
+
+    The SDK has no ``temperature`` argument (the API still takes the field), and a field newer
+    than the SDK is sent all the same.
+    """
+    unknown = {k: params.pop(k) for k in [k for k in params if k not in accepted]}
+    if unknown:
+        given = params.get("extra_body")
+        params["extra_body"] = {**unknown, **(given if isinstance(given, Mapping) else {})}
+    return params
+
+
+#: The HTTP status of each Messages API error type, for ``error`` events in a stream (sent
+#: after a 200): ``overloaded_error`` is the 529 that is retried.
+_STATUS_OF_TYPE = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "billing_error": 402,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "timeout_error": 504,
+    "overloaded_error": 529,
+}
+
+
+def _error_body(body: object) -> tuple[str | None, str | None]:
+    """The ``(type, message)`` of a Messages API error body, None where absent."""
+    error = body.get("error") if isinstance(body, Mapping) else None
+    if not isinstance(error, Mapping):
+        return None, None
+    kind, message = error.get("type"), error.get("message")
+    return (
+        kind if isinstance(kind, str) else None,
+        message if isinstance(message, str) else None,
+    )
 
 
 class AnthropicProvider:
@@ -299,7 +356,8 @@ class AnthropicProvider:
                 result: dict[str, Any] = {
                     "type": "tool_result",
                     "tool_use_id": m.tool_call_id or "",
-                    "content": self._content(m, index) or m.content,
+                    # Plain text as a string; parts (an image a tool made) as blocks.
+                    "content": self._content(m, index) if m.parts else m.content,
                 }
                 add("user", [result])
             else:
@@ -322,7 +380,20 @@ class AnthropicProvider:
                 add("assistant", blocks or [{"type": "text", "text": ""}])
         return system, turns
 
-    def _params(self, request: ChatRequest) -> dict[str, Any]:
+    def attempt_timeouts(self, seconds: float, *, stream: bool) -> httpx2.Timeout:
+        """The transport's timeouts for an attempt that may take ``seconds`` in all.
+
+        A whole answer may take all of ``seconds``; a stream's every read waits at most the
+        read timeout and ``seconds`` (the total is enforced between events).
+        """
+        seconds = max(seconds, _MIN_SECONDS)
+        read = min(self.timeout, seconds) if stream else seconds
+        return httpx2.Timeout(read, connect=seconds, pool=seconds, write=seconds)
+
+    def _params(self, request: ChatRequest, *, stream: bool = False) -> dict[str, Any]:
+        """The SDK's ``messages.create`` arguments; a deadline already past is a timeout."""
+        if request.timeout is not None and request.timeout <= 0:
+            raise self._timed_out(request)
         system, turns = self._messages(request)
         extra = dict(request.extra)
         cache = bool(extra.pop("cache", self.cache))
@@ -364,9 +435,9 @@ class AnthropicProvider:
         if request.user:
             params["metadata"] = {"user_id": request.user}
         if request.timeout is not None:
-            params["timeout"] = request.timeout
+            params["timeout"] = self.attempt_timeouts(request.timeout, stream=stream)
         params.update(extra)
-        return params
+        return _sdk_arguments(params, _CREATE_PARAMETERS)
 
     # -- responses ---------------------------------------------------------------------------
 
@@ -425,7 +496,19 @@ class AnthropicProvider:
         return self._completion(response, request.model)
 
     async def achat(self, request: ChatRequest) -> Completion:
-        """Async :meth:`chat`."""
+        """Async :meth:`chat`, cut off at the request's deadline."""
+        if request.timeout is None:
+            return await self._achat(request)
+        cutoff = asyncio.timeout(max(request.timeout, 0.0))
+        try:
+            async with cutoff:
+                return await self._achat(request)
+        except TimeoutError:
+            if cutoff.expired():
+                raise self._timed_out(request) from None
+            raise
+
+    async def _achat(self, request: ChatRequest) -> Completion:
         params = self._params(request)
         try:
             response = await self.aclient.messages.create(**params)
@@ -436,13 +519,20 @@ class AnthropicProvider:
         return self._completion(response, request.model)
 
     def stream(self, request: ChatRequest) -> Iterator[Chunk]:
-        """Make one streamed attempt; the last chunk carries usage, finish and tool calls."""
-        params = self._params(request)
+        """Make one streamed attempt; the last chunk carries usage, finish and tool calls.
+
+        The deadline (``request.timeout``) is checked between events; each read waits at most
+        the read timeout and what was left of the deadline when the attempt began.
+        """
+        params = self._params(request, stream=True)
         reader = _StreamReader(self, request.model)
+        deadline = None if request.timeout is None else time.monotonic() + request.timeout
         try:
             events = self.client.messages.create(**params, stream=True)
             try:
                 for event in events:
+                    if deadline is not None and time.monotonic() > deadline:
+                        raise self._timed_out(request)
                     chunk = reader.feed(event)
                     if chunk is not None:
                         yield chunk
@@ -455,13 +545,22 @@ class AnthropicProvider:
         yield reader.last()
 
     async def astream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
-        """Async :meth:`stream`."""
-        params = self._params(request)
+        """Async :meth:`stream`: opening and every event cut off at the deadline exactly."""
+        params = self._params(request, stream=True)
         reader = _StreamReader(self, request.model)
+        deadline = None
+        if request.timeout is not None:
+            deadline = asyncio.get_running_loop().time() + request.timeout
         try:
-            events = await self.aclient.messages.create(**params, stream=True)
+            events = await self._within(
+                self.aclient.messages.create(**params, stream=True), deadline, request
+            )
             try:
-                async for event in events:
+                while True:
+                    try:
+                        event = await self._within(anext(events), deadline, request)
+                    except StopAsyncIteration:
+                        break
                     chunk = reader.feed(event)
                     if chunk is not None:
                         yield chunk
@@ -473,6 +572,28 @@ class AnthropicProvider:
             raise self.map_error(exc, request.model) from None
         yield reader.last()
 
+    async def _within(
+        self, step: Awaitable[_T], deadline: float | None, request: ChatRequest
+    ) -> _T:
+        """Await ``step``, cut off at ``deadline`` (the loop's clock): ProviderTimeout."""
+        if deadline is None:
+            return await step
+        cutoff = asyncio.timeout_at(deadline)
+        try:
+            async with cutoff:
+                return await step
+        except TimeoutError:
+            if cutoff.expired():
+                raise self._timed_out(request) from None
+            raise
+
+    def _timed_out(self, request: ChatRequest) -> ProviderTimeout:
+        return ProviderTimeout(
+            f"no answer within the attempt's {request.timeout:g}s (the call's deadline)",
+            provider=self.name,
+            model=request.model,
+        )
+
     # -- errors ------------------------------------------------------------------------------
 
     def map_error(self, exc: BaseException, model: str) -> ProviderError:
@@ -480,6 +601,9 @@ class AnthropicProvider:
         key = self._api_key
         if isinstance(exc, anthropic.APIStatusError):
             status = exc.status_code
+            kind, message = _error_body(exc.body)
+            if status < 400:  # an ``error`` event in a stream that began with 200
+                status = _STATUS_OF_TYPE.get(kind or "", 500)
             after: float | None = None
             raw = exc.response.headers.get("retry-after")
             if raw:
@@ -499,7 +623,7 @@ class AnthropicProvider:
             else:
                 cls = ProviderBadRequest
             return cls(
-                redact(str(exc.message), key),
+                redact(message or str(exc.message), key),
                 provider=self.name,
                 model=model,
                 status=status,
@@ -534,8 +658,7 @@ class AnthropicProvider:
             return bound
         request = ChatRequest(tuple(messages), model, self.name)
         params = self._params(request)
-        for unused in ("max_tokens", "metadata", "temperature", "timeout"):
-            params.pop(unused, None)
+        params = {k: v for k, v in params.items() if k in _COUNT_PARAMETERS}
         try:
             return int(self.client.messages.count_tokens(**params).input_tokens)
         except anthropic.AnthropicError:
