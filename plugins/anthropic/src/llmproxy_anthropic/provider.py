@@ -2,8 +2,19 @@
 
 Calls go through the real SDK (``client.messages.create``, ``stream=True`` for streams,
 ``AsyncAnthropic`` for async). The SDK is told not to retry (``max_retries=0``: the Proxy owns
-retries); the key and base URL are passed explicitly. A request's ``timeout`` (the call's
-deadline left) goes to the SDK as the request's own timeout.
+retries); the key and base URL are passed explicitly. Body fields the SDK has no argument for
+(``temperature``, ``top_k``, fields newer than the SDK) go out in ``extra_body``.
+
+Time limits: the service must send something within ``timeout`` seconds (the read timeout,
+default 60). A request's ``timeout`` (the call's deadline left) bounds the whole attempt: a
+whole answer may take all of it, a stream's every read waits at most the read timeout and the
+deadline, and a stream still flowing at the deadline is cut off (async: exactly; sync: checked
+between events). Running out raises :class:`~llmproxy.errors.ProviderTimeout` and closes the
+connection; a deadline already past raises it before anything is sent.
+
+Errors: statuses map onto the core's tree (529 ``overloaded_error`` is a retryable
+:class:`~llmproxy.errors.ProviderUnavailable`, ``retry-after`` is kept); an ``error`` event in
+a stream that began with status 200 is mapped by its error type the same way.
 
 Messages: system messages go to ``system``; text, images (base64 or URL) and PDF documents
 (base64 or a Files API ``file_id``) from ``Message.parts`` become content blocks; audio is
@@ -405,7 +416,7 @@ class AnthropicProvider:
         }
         if system:
             if self.auto_cache and sum(len(b.get("text", "")) for b in system) >= AUTO_CACHE_CHARS:
-                system[-1]["cache_control"] = _EPHEMERAL
+                system[-1]["cache_control"] = dict(_EPHEMERAL)
             params["system"] = system
         functions, hosted = split_tools(request.tools)
         refuse_hosted(hosted, self.name, "use function tools with Anthropic")
@@ -415,7 +426,7 @@ class AnthropicProvider:
                 for t in functions
             ]
             if self.auto_cache and len(json.dumps(tools)) >= AUTO_CACHE_CHARS:
-                tools[-1]["cache_control"] = _EPHEMERAL
+                tools[-1]["cache_control"] = dict(_EPHEMERAL)
             params["tools"] = tools
             choice = request.tool_choice
             if choice == "required":
@@ -425,7 +436,7 @@ class AnthropicProvider:
             elif choice and choice != "auto":
                 params["tool_choice"] = {"type": "tool", "name": choice}
         if cache and turns and turns[-1]["content"]:
-            turns[-1]["content"][-1]["cache_control"] = _EPHEMERAL
+            turns[-1]["content"][-1]["cache_control"] = dict(_EPHEMERAL)
         if request.temperature is not None:
             params["temperature"] = request.temperature
         if request.response_schema is not None:
