@@ -107,7 +107,15 @@ def request(*messages: Message, **kwargs: Any) -> ChatRequest:
 
 
 async def test_plain_chat_body_and_headers(make_proxy: ProxyMaker, server: FakeAnthropic) -> None:
-    r = make_proxy().chat("Hello there", model=NAME, system="Be brief.", temperature=0.5)
+    r = make_proxy().chat(
+        "Hello there",
+        model=NAME,
+        system="Be brief.",
+        temperature=0.5,  # the SDK has no argument for it: sent in extra_body
+        top_k=5,
+        stop_sequences=["END"],
+        user="user-7",
+    )
     assert r.text == "Echo: Hello there"
     [body] = bodies(server)
     assert body == {
@@ -116,6 +124,9 @@ async def test_plain_chat_body_and_headers(make_proxy: ProxyMaker, server: FakeA
         "system": [{"type": "text", "text": "Be brief."}],
         "messages": [{"role": "user", "content": [{"type": "text", "text": "Hello there"}]}],
         "temperature": 0.5,
+        "top_k": 5,
+        "stop_sequences": ["END"],
+        "metadata": {"user_id": "user-7"},
     }
     sent = server.requests[-1]
     key = sent.headers.get("x-api-key") or sent.headers["authorization"].removeprefix("Bearer ")
@@ -180,6 +191,21 @@ async def test_history_roles_merge_into_alternating_turns(
                 {"type": "text", "text": "And tomorrow?"},
             ],
         },
+    ]
+
+
+async def test_an_empty_assistant_turn_is_left_out(
+    provider: AnthropicProvider, server: FakeAnthropic
+) -> None:
+    # A stream cut before any text leaves an empty answer in history; the API refuses empty
+    # text blocks, so the turn is dropped and the user turns around it merge.
+    provider.chat(request(Message("user", "One"), Message("assistant", ""), Message("user", "Two")))
+    [body] = bodies(server)
+    assert body["messages"] == [
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "One"}, {"type": "text", "text": "Two"}],
+        }
     ]
 
 

@@ -21,7 +21,8 @@ Behaviour, as the real API does it:
 * **Requests** must carry ``model``, ``max_tokens`` (a positive int) and non-empty
   ``messages`` whose roles alternate between ``user`` and ``assistant`` starting with ``user``;
   an assistant turn with ``tool_use`` blocks must be followed by a user turn with a
-  ``tool_result`` for each, else 400 as the real API answers. An assistant turn with
+  ``tool_result`` for each, and every message but a final assistant one must have content,
+  with no empty text block, else 400 as the real API answers. An assistant turn with
   ``tool_use`` whose request enables ``thinking`` must start with a ``thinking`` block whose
   ``signature`` this server issued (``issued_signatures``), else 400.
 * **Replies**: ``Reply.text`` (default ``"Echo: "`` + the text of the last user turn; with
@@ -314,6 +315,22 @@ class FakeAnthropic(FakeServer):
                     " starting with user"
                 )
             blocks = _blocks(message.get("content"))
+            last_assistant = index == len(messages) - 1 and message.get("role") == "assistant"
+            if not blocks and not last_assistant:
+                raise _BadRequest(
+                    f"messages.{index}: all messages must have non-empty content except for"
+                    " the optional final assistant message"
+                )
+            for number, block in enumerate(blocks):
+                if (
+                    isinstance(block, Mapping)
+                    and block.get("type") == "text"
+                    and not block.get("text")
+                ):
+                    raise _BadRequest(
+                        f"messages.{index}.content.{number}.text: text content blocks must be"
+                        " non-empty"
+                    )
             uses = [b for b in blocks if isinstance(b, Mapping) and b.get("type") == "tool_use"]
             if not uses:
                 continue

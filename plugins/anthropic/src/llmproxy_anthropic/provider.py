@@ -155,20 +155,29 @@ field: counting each written token twice keeps a cost budget's charge at or abov
 
 
 def usage_of(raw: Any) -> Usage | None:
-    """The core's Usage of Anthropic's: cache reads and writes are counted into input tokens.
-
-    Anthropic's ``input_tokens`` leaves both out; reads are ``cached_input_tokens`` and writes
-    count :data:`CACHE_WRITE_WEIGHT` times (see there).
-    """
+    """The core's Usage of an SDK ``Usage`` (see :func:`usage_from`); None stays None."""
     if raw is None:
         return None
-    read = int(getattr(raw, "cache_read_input_tokens", 0) or 0)
-    write = int(getattr(raw, "cache_creation_input_tokens", 0) or 0)
     details = getattr(raw, "output_tokens_details", None)
-    thinking = int(getattr(details, "thinking_tokens", 0) or 0) if details else 0
-    output = int(raw.output_tokens or 0)
-    billed = int(raw.input_tokens or 0) + read + CACHE_WRITE_WEIGHT * write
-    return Usage(billed, output, read, min(thinking, output))
+    return usage_from(
+        int(raw.input_tokens or 0),
+        int(raw.output_tokens or 0),
+        read=int(getattr(raw, "cache_read_input_tokens", 0) or 0),
+        write=int(getattr(raw, "cache_creation_input_tokens", 0) or 0),
+        thinking=int(getattr(details, "thinking_tokens", 0) or 0) if details else 0,
+    )
+
+
+def usage_from(
+    input_tokens: int, output_tokens: int, *, read: int, write: int, thinking: int = 0
+) -> Usage:
+    """The core's Usage of Anthropic's counts: the one place cache reads and writes are mapped.
+
+    Anthropic's ``input_tokens`` leaves both out: reads are added and become
+    ``cached_input_tokens``; writes are added :data:`CACHE_WRITE_WEIGHT` times (see there).
+    """
+    billed = input_tokens + read + CACHE_WRITE_WEIGHT * write
+    return Usage(billed, output_tokens, read, min(thinking, output_tokens))
 
 
 #: The keyword arguments the SDK's ``messages.create`` and ``messages.count_tokens`` take; any
@@ -388,7 +397,8 @@ class AnthropicProvider:
                     blocks.append(
                         {"type": "tool_use", "id": call.id, "name": call.name, "input": arguments}
                     )
-                add("assistant", blocks or [{"type": "text", "text": ""}])
+                if blocks:  # an empty turn (a stream cut before any text) is left out
+                    add("assistant", blocks)
         return system, turns
 
     def attempt_timeouts(self, seconds: float, *, stream: bool) -> httpx2.Timeout:
@@ -778,12 +788,12 @@ class _StreamReader:
                 )
             elif block.get("type") == "redacted_thinking":
                 thinking.append({"type": "redacted_thinking", "data": block.get("data", "")})
-        read = self.raw_usage.get("cache_read_input_tokens", 0)
-        write = self.raw_usage.get("cache_creation_input_tokens", 0)
-        usage = Usage(
-            self.raw_usage.get("input_tokens", 0) + read + CACHE_WRITE_WEIGHT * write,
-            self.raw_usage.get("output_tokens", 0),
-            read,
+        counts = self.raw_usage
+        usage = usage_from(
+            counts.get("input_tokens", 0),
+            counts.get("output_tokens", 0),
+            read=counts.get("cache_read_input_tokens", 0),
+            write=counts.get("cache_creation_input_tokens", 0),
         )
         return Chunk(
             usage=usage,
