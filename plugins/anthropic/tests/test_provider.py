@@ -622,6 +622,19 @@ def test_count_tokens_online_when_asked(server: FakeAnthropic) -> None:
         p.close()
 
 
+def test_count_tokens_option_counts_a_budgeted_call_online(
+    make_proxy: ProxyMaker, server: FakeAnthropic
+) -> None:
+    config = {"providers": {"anthropic": {"count_tokens": True}}}
+    proxy = make_proxy(config, budgets=[LLMBudget(max_tokens=100_000)])
+    assert proxy.chat("one two three", model=NAME).text == "Echo: one two three"
+    paths = [r.path for r in server.requests]
+    assert "/v1/messages/count_tokens" in paths
+    assert paths[-1] == "/v1/messages"
+    make_proxy(budgets=[LLMBudget(max_tokens=100_000)]).chat("offline", model=NAME)
+    assert [r.path for r in server.requests][len(paths) :] == ["/v1/messages"]
+
+
 # --------------------------------------------------------------------------- errors
 
 
