@@ -16,7 +16,10 @@ from typing import Any
 import pytest
 
 from llmproxy import LLMBudget, Proxy
+from llmproxy.config import load_config
 from llmproxy.errors import (
+    ConfigError,
+    MissingCredentials,
     ProviderAuthError,
     ProviderBadRequest,
     ProviderConnectionError,
@@ -25,6 +28,7 @@ from llmproxy.errors import (
     StreamInterrupted,
     UnsupportedContent,
 )
+from llmproxy.registry import ProviderSettings
 from llmproxy.structured import output_spec
 from llmproxy.tools import Tool, tool
 from llmproxy.types import Audio, ChatRequest, Chunk, Document, Image, Message, ToolCall
@@ -749,3 +753,27 @@ async def test_wrong_key_is_an_auth_error_without_the_key(
         proxy.chat("Hello", model=NAME)
     assert info.value.status == 401
     assert wrong not in str(info.value)
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+def test_settings_read_on_off_options_from_tables_and_variables() -> None:
+    def make(options: dict[str, Any]) -> AnthropicProvider:
+        return AnthropicProvider.from_settings(
+            ProviderSettings("anthropic", options=options, environ={"ANTHROPIC_API_KEY": "k"})
+        )
+
+    p = make({})
+    assert (p.cache, p.auto_cache, p.count_tokens_online) == (False, True, False)
+    assert p.base_url == "https://api.anthropic.com"
+    p = make({"cache": True, "auto_cache": False, "count_tokens": True})
+    assert (p.cache, p.auto_cache, p.count_tokens_online) == (True, False, True)
+    # LLMPROXY_PROVIDERS__ANTHROPIC__AUTO_CACHE=false arrives as the string "false".
+    environ = {"LLMPROXY_PROVIDERS__ANTHROPIC__AUTO_CACHE": "false"}
+    p = make(dict(load_config(environ=environ).providers["anthropic"]))
+    assert p.auto_cache is False
+    with pytest.raises(ConfigError, match=r"providers\.anthropic\.cache must be true or false"):
+        make({"cache": "maybe"})
+    with pytest.raises(MissingCredentials, match="ANTHROPIC_API_KEY"):
+        AnthropicProvider.from_settings(ProviderSettings("anthropic", environ={}))

@@ -44,7 +44,9 @@ import anthropic
 import attrs
 import httpx2
 
+from llmproxy import env as envvars
 from llmproxy.errors import (
+    ConfigError,
     InvalidRequest,
     LLMProxyError,
     MissingCredentials,
@@ -231,6 +233,22 @@ def _error_body(body: object) -> tuple[str | None, str | None]:
     )
 
 
+def _flag(options: Mapping[str, Any], key: str, default: bool, provider: str) -> bool:
+    """An on/off option: a TOML boolean, or an on/off word from a variable.
+
+    ``LLMPROXY_PROVIDERS__ANTHROPIC__CACHE=false`` arrives as the string ``"false"``, which
+    must not read as true; anything else is a ConfigError naming the key.
+    """
+    value = options.get(key, default)
+    if isinstance(value, bool):
+        return value
+    flag = envvars.switch(value) if isinstance(value, str) else None
+    if flag is None:
+        path = f"providers.{provider}.{key}"
+        raise ConfigError(f"{path} must be true or false, got {value!r}", path=path)
+    return flag
+
+
 class AnthropicProvider:
     """The Anthropic Messages API through the official SDK.
 
@@ -278,9 +296,9 @@ class AnthropicProvider:
             base_url=settings.base_url or env.base_url(environ),
             timeout=settings.timeout or env.timeout(environ),
             name=settings.name,
-            cache=bool(options.get("cache", False)),
-            auto_cache=bool(options.get("auto_cache", True)),
-            count_tokens_online=bool(options.get("count_tokens", False)),
+            cache=_flag(options, "cache", False, settings.name),
+            auto_cache=_flag(options, "auto_cache", True, settings.name),
+            count_tokens_online=_flag(options, "count_tokens", False, settings.name),
         )
 
     def __repr__(self) -> str:
