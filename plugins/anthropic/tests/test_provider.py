@@ -322,6 +322,24 @@ async def test_answer_reasoning_and_usage(
     assert bool(body.get("stream")) == (mode in ("stream", "astream"))
 
 
+async def test_thinking_budget_is_lowered_under_the_cap(
+    make_proxy: ProxyMaker, server: FakeAnthropic
+) -> None:
+    server.enqueue(Reply(text="Done", reasoning="Thought."))
+    r = make_proxy().chat(
+        "Hi", model=NAME, max_output_tokens=3000, thinking=THINKING | {"budget_tokens": 5000}
+    )
+    assert (r.text, r.reasoning) == ("Done", "Thought.")
+    [body] = bodies(server)
+    assert body["max_tokens"] == 3000
+    assert body["thinking"] == {"type": "enabled", "budget_tokens": 2999}
+    # Too small a cap to think in: the API's own refusal names it.
+    proxy = make_proxy()
+    with pytest.raises(ProviderBadRequest, match="budget_tokens"):
+        proxy.chat("Hi", model=NAME, max_output_tokens=500, thinking=THINKING)
+    assert bodies(server)[-1]["thinking"] == THINKING
+
+
 @pytest.mark.parametrize("mode", ["stream", "astream"])
 async def test_stream_events_become_chunks(
     provider: AnthropicProvider, server: FakeAnthropic, mode: str

@@ -24,7 +24,8 @@ Behaviour, as the real API does it:
   ``tool_result`` for each, and every message but a final assistant one must have content,
   with no empty text block, else 400 as the real API answers. An assistant turn with
   ``tool_use`` whose request enables ``thinking`` must start with a ``thinking`` block whose
-  ``signature`` this server issued (``issued_signatures``), else 400.
+  ``signature`` this server issued (``issued_signatures``), else 400. ``thinking`` needs a
+  ``budget_tokens`` of at least 1024 and below ``max_tokens``, else 400.
 * **Replies**: ``Reply.text`` (default ``"Echo: "`` + the text of the last user turn; with
   ``output_config.format`` an answer fitting the schema), ``Reply.reasoning`` as a ``thinking``
   block with a signature (only when the request enables ``thinking``) and ``Reply.tool_calls``
@@ -305,6 +306,16 @@ class FakeAnthropic(FakeServer):
         if not isinstance(messages, list) or not messages:
             raise _BadRequest("messages: at least one message is required")
         thinking = (body.get("thinking") or {}).get("type") == "enabled"
+        if thinking:
+            budget = body["thinking"].get("budget_tokens")
+            if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1024:
+                raise _BadRequest("thinking.enabled.budget_tokens: Input should be >= 1024")
+            if budget >= limit:
+                raise _BadRequest(
+                    "`max_tokens` must be greater than `thinking.budget_tokens`. Please consult"
+                    " our documentation at https://docs.claude.com/en/docs/build-with-claude/"
+                    "extended-thinking#max-tokens-and-context-window-size"
+                )
         for index, message in enumerate(messages):
             if not isinstance(message, Mapping):
                 raise _BadRequest(f"messages.{index}: Input should be an object")

@@ -233,6 +233,25 @@ def _error_body(body: object) -> tuple[str | None, str | None]:
     )
 
 
+#: The smallest thinking budget the API takes.
+MIN_THINKING_BUDGET = 1024
+
+
+def _fit_thinking(thinking: Any, max_tokens: int) -> Any:
+    """``thinking`` with its ``budget_tokens`` below ``max_tokens``, as the API requires.
+
+    Thinking counts toward ``max_tokens``, which may be a budget's cap far below the thinking
+    budget asked for: the thinking budget is lowered to ``max_tokens - 1`` when that is still
+    at least :data:`MIN_THINKING_BUDGET`; otherwise it is left for the API to refuse, naming it.
+    """
+    if not isinstance(thinking, Mapping) or thinking.get("type") != "enabled":
+        return thinking
+    budget = thinking.get("budget_tokens")
+    if isinstance(budget, int) and budget >= max_tokens > MIN_THINKING_BUDGET:
+        return {**thinking, "budget_tokens": max_tokens - 1}
+    return thinking
+
+
 def _flag(options: Mapping[str, Any], key: str, default: bool, provider: str) -> bool:
     """An on/off option: a TOML boolean, or an on/off word from a variable.
 
@@ -476,6 +495,9 @@ class AnthropicProvider:
         if request.timeout is not None:
             params["timeout"] = self.attempt_timeouts(request.timeout, stream=stream)
         params.update(extra)
+        params["thinking"] = _fit_thinking(params.get("thinking"), params["max_tokens"])
+        if params["thinking"] is None:
+            del params["thinking"]
         return _sdk_arguments(params, _CREATE_PARAMETERS)
 
     # -- responses ---------------------------------------------------------------------------
