@@ -795,3 +795,35 @@ def test_settings_read_on_off_options_from_tables_and_variables() -> None:
         make({"cache": "maybe"})
     with pytest.raises(MissingCredentials, match="ANTHROPIC_API_KEY"):
         AnthropicProvider.from_settings(ProviderSettings("anthropic", environ={}))
+
+
+@pytest.mark.parametrize("mode", ["chat", "astream"])
+async def test_environment_is_read_from_the_proxy_s_mapping_only(
+    make_proxy: ProxyMaker,
+    server: FakeAnthropic,
+    monkeypatch: pytest.MonkeyPatch,
+    mode: str,
+) -> None:
+    # What the SDK would read from the process environment must not matter.
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-process-env-key")
+    monkeypatch.setenv("ANTHROPIC_AUTH_TOKEN", "process-env-token")
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("ANTHROPIC_CUSTOM_HEADERS", "X-From-Process: 1")
+    text, _, _ = await ask(make_proxy(), mode, "Hello")
+    assert text == "Echo: Hello"
+    sent = server.requests[-1]
+    assert "x-from-process" not in sent.headers
+    key = sent.headers.get("x-api-key") or sent.headers["authorization"].removeprefix("Bearer ")
+    assert key == API_KEY
+    assert "process-env" not in json.dumps(sent.headers)
+
+
+def test_default_headers_of_the_provider_are_sent(server: FakeAnthropic) -> None:
+    p = AnthropicProvider(
+        api_key=API_KEY, base_url=server.base_url, default_headers={"anthropic-beta": "x-1"}
+    )
+    try:
+        p.chat(request())
+    finally:
+        p.close()
+    assert server.last_request.headers["anthropic-beta"] == "x-1"

@@ -334,7 +334,16 @@ class AnthropicProvider:
                 max_retries=0,
                 default_headers=self._headers,
             )
+            self._own_headers(self._client)
         return self._client
+
+    def _own_headers(self, client: anthropic.Anthropic | anthropic.AsyncAnthropic) -> None:
+        """Keep the client's extra headers to ours alone.
+
+        The SDK adds the process's ``ANTHROPIC_CUSTOM_HEADERS`` to them, behind the Proxy's
+        ``environ``; a test checks that this (private) field still holds them.
+        """
+        client._custom_headers = dict(self._headers or {})
 
     @property
     def aclient(self) -> anthropic.AsyncAnthropic:
@@ -347,6 +356,7 @@ class AnthropicProvider:
                 max_retries=0,
                 default_headers=self._headers,
             )
+            self._own_headers(self._aclient)
         return self._aclient
 
     # -- requests ----------------------------------------------------------------------------
