@@ -106,6 +106,32 @@ def test_keyless_local_server_sends_no_authorization(
     assert keyed.requests == []
 
 
+@pytest.mark.parametrize("mode", ["chat", "astream", "aembed"])
+def test_openai_account_headers_of_the_process_stay_home(
+    keyed: FakeOpenAI, local: FakeOpenAI, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    # The SDK fills OpenAI-Organization and OpenAI-Project from the process environment.
+    monkeypatch.setenv("OPENAI_ORG_ID", "org-process")
+    monkeypatch.setenv("OPENAI_PROJECT_ID", "proj-process")
+
+    async def go(proxy: Proxy) -> None:
+        if mode == "astream":
+            [ev async for ev in proxy.astream("hi", model="groq/llama-3.3-70b")]
+        else:
+            await proxy.aembed(["a text"], model="groq/nomic-embed-text")
+
+    with make_proxy(keyed, local) as proxy:
+        if mode == "chat":
+            proxy.chat("hi", model="groq/llama-3.3-70b", use_history=False)
+        else:
+            asyncio.run(go(proxy))
+    [sent] = keyed.requests
+    assert "openai-organization" not in sent.headers
+    assert "openai-project" not in sent.headers
+    assert sent.headers["authorization"] == "Bearer gsk-test"
+    assert sent.headers["x-team"] == "search"
+
+
 def test_a_keyless_table_may_set_its_own_authorization(local: FakeOpenAI) -> None:
     table = {
         "kind": "openai-compatible",
@@ -115,7 +141,10 @@ def test_a_keyless_table_may_set_its_own_authorization(local: FakeOpenAI) -> Non
     proxy = Proxy({"providers": {"gw": table}}, environ={}, history="memory://", ledger="memory://")
     with proxy:
         proxy.chat("hi", model="gw/m", use_history=False)
-    assert local.last_request.headers["authorization"] == "Token abc"
+        proxy.chat("hi", model="gw/m", use_history=False, extra_headers={"Authorization": "T x"})
+    first, second = local.requests
+    assert first.headers["authorization"] == "Token abc"
+    assert second.headers["authorization"] == "T x"  # a call's own header wins
 
 
 class FakeAzure(FakeOpenAI):

@@ -22,7 +22,9 @@ Authentication: the key goes out as ``Authorization: Bearer KEY``, or in the hea
 provider without a key (a local server) sends no ``Authorization`` header either, unless its
 ``default_headers`` set one. The SDK insists on a key, so it is given :data:`NO_KEY` and every
 request removes the header with the SDK's ``Omit`` (on the SDK's path and the aiohttp fast
-path alike).
+path alike). The same way, the ``OpenAI-Organization`` and ``OpenAI-Project`` headers the SDK
+fills from the process's ``OPENAI_ORG_ID`` and ``OPENAI_PROJECT_ID`` are never sent to another
+server (unless the table's ``default_headers`` set them).
 """
 
 from __future__ import annotations
@@ -44,7 +46,9 @@ NO_KEY: str = "no-key"
 """The key the SDK is given for a server declared without one (the SDK needs some key); it is
 never sent: requests go out without ``Authorization``."""
 
-_NO_AUTHORIZATION: Mapping[str, Any] = {"Authorization": openai.Omit()}
+#: Headers the SDK fills from the process's ``OPENAI_ORG_ID`` and ``OPENAI_PROJECT_ID``: OpenAI
+#: account identifiers, never sent to another server unless a table's ``default_headers`` say.
+OPENAI_ACCOUNT_HEADERS = ("OpenAI-Organization", "OpenAI-Project")
 
 
 class OpenAICompatibleProvider(OpenAIProvider):
@@ -83,9 +87,15 @@ class OpenAICompatibleProvider(OpenAIProvider):
             headers[api_key_header] = key
         #: Whether requests go out without ``Authorization`` (no key, or the key in another
         #: header), unless ``default_headers`` set one.
-        self.omits_authorization = (not key or api_key_header is not None) and not any(
-            h.lower() == "authorization" for h in headers
+        given = {h.lower() for h in headers}
+        self.omits_authorization = (not key or api_key_header is not None) and (
+            "authorization" not in given
         )
+        omitted = [h for h in OPENAI_ACCOUNT_HEADERS if h.lower() not in given]
+        if self.omits_authorization:
+            omitted.append("Authorization")
+        #: The headers every request removes (the SDK's ``Omit``).
+        self.omitted_headers: dict[str, Any] = {h: openai.Omit() for h in omitted}
         super().__init__(
             api_key=api_key or NO_KEY,  # the real key stays the secret that errors redact
             base_url=base_url,
@@ -142,17 +152,15 @@ class OpenAICompatibleProvider(OpenAIProvider):
     def _attempt(
         self, request: ChatRequest, *, stream: bool
     ) -> tuple[str, dict[str, Any], openai.RequestOptions]:
-        """The base attempt, without ``Authorization`` when :attr:`omits_authorization`."""
+        """The base attempt, without the :attr:`omitted_headers` (a call's own headers win)."""
         path, body, options = super()._attempt(request, stream=stream)
-        if self.omits_authorization:
-            options["headers"] = {**(options.get("headers") or {}), **_NO_AUTHORIZATION}
+        options["headers"] = {**self.omitted_headers, **(options.get("headers") or {})}
         return path, body, options
 
     def _embed_args(self, request: EmbedRequest) -> dict[str, Any]:
-        """The base arguments, without ``Authorization`` when :attr:`omits_authorization`."""
+        """The base arguments, without the :attr:`omitted_headers`."""
         args = super()._embed_args(request)
-        if self.omits_authorization:
-            args["extra_headers"] = {**(args.get("extra_headers") or {}), **_NO_AUTHORIZATION}
+        args["extra_headers"] = {**self.omitted_headers, **(args.get("extra_headers") or {})}
         return args
 
     def max_output_tokens(self, model: str) -> int | None:
