@@ -19,6 +19,7 @@ from llmproxy import LLMBudget, Proxy
 from llmproxy.config import load_config
 from llmproxy.errors import (
     ConfigError,
+    InvalidRequest,
     MissingCredentials,
     ProviderAuthError,
     ProviderBadRequest,
@@ -403,6 +404,19 @@ async def test_answer_cut_by_max_tokens_is_length(
 
 
 # --------------------------------------------------------------------------- tools
+
+
+@pytest.mark.parametrize("choice", ["required", "get_weather"])
+async def test_thinking_with_a_forced_tool_is_refused_before_sending(
+    provider: AnthropicProvider, server: FakeAnthropic, choice: str
+) -> None:
+    req = request(tools=(get_weather,), tool_choice=choice, extra={"thinking": THINKING})
+    with pytest.raises(InvalidRequest, match="cannot think while tool_choice forces") as info:
+        provider.chat(req)
+    assert info.value.field == "tool_choice"
+    assert server.requests == []
+    provider.chat(request(tools=(get_weather,), tool_choice="auto", extra={"thinking": THINKING}))
+    assert bodies(server)[-1]["thinking"] == THINKING
 
 
 @pytest.mark.parametrize("mode", MODES)

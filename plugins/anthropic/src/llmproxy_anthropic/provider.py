@@ -252,6 +252,16 @@ def _fit_thinking(thinking: Any, max_tokens: int) -> Any:
     return thinking
 
 
+def _thinks(params: Mapping[str, Any]) -> bool:
+    thinking = params.get("thinking")
+    return isinstance(thinking, Mapping) and thinking.get("type") in ("enabled", "adaptive")
+
+
+def _forced(choice: Any) -> bool:
+    """Whether a wire ``tool_choice`` forces a tool (``any`` or a named one)."""
+    return isinstance(choice, Mapping) and choice.get("type") in ("any", "tool")
+
+
 def _flag(options: Mapping[str, Any], key: str, default: bool, provider: str) -> bool:
     """An on/off option: a TOML boolean, or an on/off word from a variable.
 
@@ -508,6 +518,12 @@ class AnthropicProvider:
         params["thinking"] = _fit_thinking(params.get("thinking"), params["max_tokens"])
         if params["thinking"] is None:
             del params["thinking"]
+        elif _thinks(params) and _forced(params.get("tool_choice")):
+            raise InvalidRequest(
+                "Claude cannot think while tool_choice forces a tool: use tool_choice 'auto' or"
+                " 'none', or turn thinking off",
+                field="tool_choice",
+            )
         return _sdk_arguments(params, _CREATE_PARAMETERS)
 
     # -- responses ---------------------------------------------------------------------------
