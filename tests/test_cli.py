@@ -219,3 +219,46 @@ def test_plugins_command_lists_configured_providers(env: dict[str, str], tmp_pat
     ]
     bad = run(["plugins"], {**env, "LLMPROXY_PROVIDERS__X__KIND": "openai-compatible"})
     assert bad.returncode == 2 and "providers.x.base_url" in bad.stderr
+
+
+def test_providers_command_lists_installed_and_configured(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    config = tmp_path / "llmproxy.toml"
+    config.write_text(
+        '[providers.ollama]\nkind = "openai-compatible"\npreset = "ollama"\n'
+        '[providers.groq]\nkind = "openai-compatible"\npreset = "groq"\n'
+        '[providers.azure]\nkind = "openai-compatible"\npreset = "azure"\n'
+        'base_url = "https://res.openai.azure.com/openai/deployments/d"\n'
+        "[providers.mistral]\ntimeout = 5\n"
+    )
+    secret = "gsk-very-secret-value-123"
+    environ = {
+        **env,
+        "LLMPROXY_CONFIG": str(config),
+        "GROQ_API_KEY": secret,
+        "ANTHROPIC_API_KEY": "",
+        "ANTHROPIC_BASE_URL": "http://127.0.0.1:9",
+    }
+    result = run(["providers"], environ)
+    assert result.returncode == 0, result.stderr
+    assert secret not in result.stdout and API_KEY not in result.stdout
+    rows = {line.split()[0]: " ".join(line.split()) for line in result.stdout.splitlines()}
+    assert rows["NAME"] == "NAME KIND BASE URL KEY"
+    assert rows["groq"] == (
+        "groq openai-compatible https://api.groq.com/openai/v1 GROQ_API_KEY (set)"
+    )
+    assert rows["ollama"] == "ollama openai-compatible http://localhost:11434/v1 none"
+    assert rows["azure"] == (
+        "azure openai-compatible https://res.openai.azure.com/openai/deployments/d"
+        " AZURE_OPENAI_API_KEY (not set) in header api-key"
+    )
+    assert rows["anthropic"] == (
+        "anthropic plugin anthropic http://127.0.0.1:9 ANTHROPIC_API_KEY (not set)"
+    )
+    assert rows["openai"].startswith("openai plugin openai ")
+    assert "OPENAI_API_KEY (set)" in rows["openai"]  # the test environment's key, by name
+    assert rows["mistral"] == "mistral configured, no plugin installed - -"
+    assert "openai-compatible" not in rows  # a kind, not a provider
+    names = [line.split()[0] for line in result.stdout.splitlines()[1:]]
+    assert names == sorted(names)

@@ -1,4 +1,4 @@
-"""The ``llmproxy`` command: chat, plugins, history and usage from the terminal.
+"""The ``llmproxy`` command: chat, plugins, providers, history and usage from the terminal.
 
 Every error llmproxy raises on purpose is printed as one line on stderr (exit status 1; 2 for
 configuration problems such as a missing API key), never as a traceback.
@@ -12,14 +12,14 @@ import json
 import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
 from llmproxy import media
 from llmproxy.budget.base import Claim, ListableLedger
 from llmproxy.budget.routed import shared_ledger
-from llmproxy.config import load_config
+from llmproxy.config import PROVIDER_KINDS, load_config
 from llmproxy.errors import ConfigError, InvalidRequest, LLMProxyError
 from llmproxy.plugins import load_plugins
 from llmproxy.proxy import Proxy
@@ -100,6 +100,11 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser(
         "plugins", help="list discovered plugins, what they register, and configured providers"
+    )
+    sub.add_parser(
+        "providers",
+        help="list installed and configured providers: kind, base URL, and the variable their"
+        " key comes from and whether it is set (never the key)",
     )
     for command in load_plugins().registry.commands.values():
         command.configure(sub.add_parser(command.name, help=command.help))
@@ -335,6 +340,67 @@ def _configured_providers(out: TextIO, installed: set[str]) -> None:
         out.write(f"    {name}  [{kind}] {table.get('base_url')}  ({auth}){missing}\n")
 
 
+def provider_rows(environ: Mapping[str, str]) -> list[tuple[str, str, str, str]]:
+    """``(name, kind, base URL, key)`` of every installed and configured provider, by name.
+
+    Installed providers are those plugins register (``plugin NAME``); a ``[providers.NAME]``
+    table with a ``kind`` adds a configured one. The base URL is the table's, else the first
+    set ``*_URL`` variable the plugin reads, else ``(default)``. The key column names where the
+    key comes from (a variable, marked ``set`` or ``not set``, or the configuration) and never
+    shows the key. Reads the configuration but makes no provider, so no SDK is imported.
+    """
+    registry = load_plugins(environ).registry
+    tables = load_config(environ=environ).providers
+    rows: list[tuple[str, str, str, str]] = []
+
+    def source(name: str) -> str:
+        return f"{name} ({'set' if environ.get(name) else 'not set'})"
+
+    for name, entry in registry.providers.items():
+        if name in PROVIDER_KINDS:
+            continue  # a kind that serves configured tables, not a provider of its own
+        table = tables.get(name) or {}
+        if table.get("kind"):
+            continue  # a configured table of that name replaces it
+        urls = [n for n in entry.env if n.endswith("_URL")]
+        keys = [n for n in entry.env if not n.endswith("_URL")]
+        url = table.get("base_url") or next((environ[n] for n in urls if environ.get(n)), None)
+        if table.get("api_key"):
+            key = "in configuration"
+        else:
+            key = " or ".join(source(n) for n in keys) or "none"
+        rows.append((name, f"plugin {entry.plugin}", str(url or "(default)"), key))
+    for name, table in tables.items():
+        kind = table.get("kind")
+        if not kind:
+            if name not in registry.providers:
+                rows.append((name, "configured, no plugin installed", "-", "-"))
+            continue
+        variable = table.get("api_key_env")
+        if table.get("api_key"):
+            key = "in configuration"
+        elif variable:
+            key = source(str(variable))
+        else:
+            key = "none"
+        header = table.get("api_key_header")
+        if header and key != "none":
+            key += f" in header {header}"
+        if kind not in registry.providers:
+            kind = f"{kind} (needs a plugin providing it)"
+        rows.append((name, str(kind), str(table.get("base_url")), key))
+    return sorted(rows)
+
+
+def _providers(out: TextIO, environ: Mapping[str, str]) -> int:
+    rows = [("NAME", "KIND", "BASE URL", "KEY"), *provider_rows(environ)]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        out.write("  ".join([*cells, row[3]]).rstrip() + "\n")
+    return 0
+
+
 def _when(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
 
@@ -454,6 +520,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _embed(args, out, err)
         if args.command == "plugins":
             return _plugins(out)
+        if args.command == "providers":
+            return _providers(out, os.environ)
         if args.command == "history":
             return _history(args, out)
         if args.command == "usage":

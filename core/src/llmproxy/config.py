@@ -69,12 +69,18 @@ PRESETS: dict[str, dict[str, Any]] = {
     "openrouter": {"base_url": "https://openrouter.ai/api/v1", "api_key_env": "OPENROUTER_API_KEY"},
     "groq": {"base_url": "https://api.groq.com/openai/v1", "api_key_env": "GROQ_API_KEY"},
     "together": {"base_url": "https://api.together.xyz/v1", "api_key_env": "TOGETHER_API_KEY"},
+    "azure": {
+        "api_key_env": "AZURE_OPENAI_API_KEY",
+        "api_key_header": "api-key",
+        "default_query": {"api-version": "2024-10-21"},
+    },
 }
 """What ``preset = "NAME"`` fills in an ``openai-compatible`` table (its own keys win).
 
 Local servers (``ollama``, ``vllm``, ``lmstudio``) need no key; the hosted ones read theirs
-from the variable named. Azure OpenAI has no preset: its URL names the resource and the
-deployment (see the README).
+from the variable named. ``azure`` (Azure OpenAI) sends its key in the ``api-key`` header and
+the API version in the query, and leaves ``base_url`` to the table: the URL names the resource
+and the deployment (see the README).
 """
 
 _STRING_TABLES = ("default_headers", "default_query")
@@ -94,7 +100,8 @@ def provider_table(name: str, table: Any) -> Any:
     A table without ``kind`` belongs to the plugin of the same name, which checks its own keys.
     With ``kind = "openai-compatible"``: ``base_url`` (a string; or from ``preset``) is
     required, ``api_key_env`` names the variable holding the key (none: a keyless local
-    server), ``default_headers`` and ``default_query`` are tables of strings, ``prices`` maps a
+    server), ``api_key_header`` the header it goes in (else ``Authorization: Bearer``),
+    ``default_headers`` and ``default_query`` are tables of strings, ``prices`` maps a
     model to a price table and ``max_output_tokens`` a model to its output limit. A wrong value
     is a :class:`ConfigError` naming ``providers.NAME.key``.
 
@@ -129,7 +136,7 @@ def provider_table(name: str, table: Any) -> Any:
             f" got {base_url!r}",
             path=f"{where}.base_url",
         )
-    for key in ("api_key_env", "api_key"):
+    for key in ("api_key_env", "api_key", "api_key_header"):
         value = out.get(key)
         if value is not None and (not isinstance(value, str) or not value):
             raise ConfigError(

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import re
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,9 +14,11 @@ from typing import Any
 import pytest
 
 from llmproxy import CostBudget, LLMBudget, Proxy
-from llmproxy.config import load_config
+from llmproxy.config import PRESETS, load_config
 from llmproxy.errors import ConfigError, MissingCredentials
+from llmproxy.registry import ProviderSettings
 from llmproxy_openai.compatible import NO_KEY, OpenAICompatibleProvider
+from llmproxy_testing._http import RecordedRequest, ResponseWriter
 from llmproxy_testing.fake_openai import FakeOpenAI
 
 
@@ -69,15 +74,149 @@ def test_chat_sends_key_headers_and_query(keyed: FakeOpenAI, local: FakeOpenAI) 
     assert body["model"] == "llama-3.3-70b"
 
 
-def test_keyless_local_server(keyed: FakeOpenAI, local: FakeOpenAI) -> None:
-    with make_proxy(keyed, local) as proxy:
+@pytest.mark.parametrize("async_http", ["aiohttp", "httpx"])
+def test_keyless_local_server_sends_no_authorization(
+    keyed: FakeOpenAI, local: FakeOpenAI, async_http: str
+) -> None:
+    async def go(proxy: Proxy) -> tuple[str, str]:
+        answer = await proxy.achat("async hi", model="ollama/m", use_history=False)
+        parts = [ev.text or "" async for ev in proxy.astream("async s", model="ollama/m")]
+        await proxy.aembed(["a text"], model="ollama/nomic-embed-text")
+        return answer.text, "".join(parts)
+
+    config = tables(keyed, local)
+    config["providers"]["ollama"]["async_http"] = async_http
+    proxy = Proxy(config, environ={}, history="memory://", ledger="memory://")
+    with proxy:
         answer = proxy.chat("hi local", model="ollama/llama3.3", use_history=False)
         text = "".join(ev.text or "" for ev in proxy.stream("streamed", model="ollama/llama3.3"))
-    assert answer.text == "Echo: hi local" and text == "Echo: streamed"
+        proxy.embed(["a text"], model="ollama/nomic-embed-text")
+        assert (answer.text, text) == ("Echo: hi local", "Echo: streamed")
+        assert asyncio.run(go(proxy)) == ("Echo: async hi", "Echo: async s")
+    assert [r.path for r in local.requests] == [
+        *["/v1/chat/completions"] * 2,
+        "/v1/embeddings",
+        *["/v1/chat/completions"] * 2,
+        "/v1/embeddings",
+    ]
     for sent in local.requests:
-        assert sent.headers["authorization"] == f"Bearer {NO_KEY}"
+        assert "authorization" not in sent.headers
+        assert NO_KEY not in json.dumps(sent.headers)
         assert "x-team" not in sent.headers and sent.query == {}
     assert keyed.requests == []
+
+
+@pytest.mark.parametrize("mode", ["chat", "astream", "aembed"])
+def test_openai_account_headers_of_the_process_stay_home(
+    keyed: FakeOpenAI, local: FakeOpenAI, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    # The SDK fills OpenAI-Organization and OpenAI-Project from the process environment.
+    monkeypatch.setenv("OPENAI_ORG_ID", "org-process")
+    monkeypatch.setenv("OPENAI_PROJECT_ID", "proj-process")
+
+    async def go(proxy: Proxy) -> None:
+        if mode == "astream":
+            [ev async for ev in proxy.astream("hi", model="groq/llama-3.3-70b")]
+        else:
+            await proxy.aembed(["a text"], model="groq/nomic-embed-text")
+
+    with make_proxy(keyed, local) as proxy:
+        if mode == "chat":
+            proxy.chat("hi", model="groq/llama-3.3-70b", use_history=False)
+        else:
+            asyncio.run(go(proxy))
+    [sent] = keyed.requests
+    assert "openai-organization" not in sent.headers
+    assert "openai-project" not in sent.headers
+    assert sent.headers["authorization"] == "Bearer gsk-test"
+    assert sent.headers["x-team"] == "search"
+
+
+def test_a_keyless_table_may_set_its_own_authorization(local: FakeOpenAI) -> None:
+    table = {
+        "kind": "openai-compatible",
+        "base_url": local.base_url,
+        "default_headers": {"Authorization": "Token abc"},
+    }
+    proxy = Proxy({"providers": {"gw": table}}, environ={}, history="memory://", ledger="memory://")
+    with proxy:
+        proxy.chat("hi", model="gw/m", use_history=False)
+        proxy.chat("hi", model="gw/m", use_history=False, extra_headers={"Authorization": "T x"})
+    first, second = local.requests
+    assert first.headers["authorization"] == "Token abc"
+    assert second.headers["authorization"] == "T x"  # a call's own header wins
+
+
+class FakeAzure(FakeOpenAI):
+    """Azure OpenAI's wire: ``api-key`` header, ``api-version`` query, deployment URLs."""
+
+    prefix = "/openai/deployments/my-deployment"
+
+    async def dispatch(self, request: RecordedRequest, response: ResponseWriter) -> None:
+        if request.headers.get("api-key") != "azure-key-123" or "api-version" not in request.query:
+            self.send_error(response, 401, "Access denied due to invalid subscription key.")
+            return
+        path = "/v1" + request.path.removeprefix(self.prefix)
+        await super().dispatch(dataclasses.replace(request, path=path), response)
+
+
+@pytest.mark.parametrize("mode", ["chat", "astream"])
+def test_azure_preset_sends_api_key_header_and_version(mode: str) -> None:
+    with FakeAzure() as server:
+        table = {
+            "kind": "openai-compatible",
+            "preset": "azure",
+            "base_url": server.base_url.removesuffix("/v1") + FakeAzure.prefix,
+        }
+        proxy = Proxy(
+            {"providers": {"azure": table}},
+            environ={"AZURE_OPENAI_API_KEY": "azure-key-123"},
+            history="memory://",
+            ledger="memory://",
+        )
+        with proxy:
+            if mode == "chat":
+                text = proxy.chat("hi azure", model="azure/gpt-5.4", use_history=False).text
+            else:
+
+                async def go() -> str:
+                    stream = proxy.astream("hi azure", model="azure/gpt-5.4", use_history=False)
+                    return "".join([ev.text or "" async for ev in stream])
+
+                text = asyncio.run(go())
+        assert text == "Echo: hi azure"
+        [sent] = server.requests
+        assert sent.path == "/openai/deployments/my-deployment/chat/completions"
+        assert sent.query == {"api-version": "2024-10-21"}
+        assert sent.headers["api-key"] == "azure-key-123"
+        assert "authorization" not in sent.headers
+
+
+def test_azure_preset_needs_its_url_and_key() -> None:
+    with pytest.raises(ConfigError, match=r"providers\.azure\.base_url"):
+        load_config({"providers": {"azure": {"kind": "openai-compatible", "preset": "azure"}}})
+    table = {"kind": "openai-compatible", "preset": "azure", "base_url": "http://127.0.0.1:9"}
+    proxy = Proxy(
+        {"providers": {"azure": table}}, environ={}, history="memory://", ledger="memory://"
+    )
+    with proxy, pytest.raises(MissingCredentials, match="AZURE_OPENAI_API_KEY"):
+        proxy.chat("hi", model="azure/gpt-5.4")
+    with pytest.raises(ConfigError, match="api_key_header needs a key"):
+        OpenAICompatibleProvider(name="x", base_url="http://127.0.0.1:9", api_key_header="api-key")
+
+
+def test_a_key_in_another_header_is_redacted_from_errors() -> None:
+    with FakeAzure() as server:
+        provider = OpenAICompatibleProvider(
+            name="azure",
+            base_url=server.base_url,
+            api_key="azure-key-123",
+            api_key_header="api-key",
+        )
+        assert provider.omits_authorization
+        error = provider.map_error(ValueError("bad azure-key-123"), "m")
+        provider.close()
+    assert "azure-key-123" not in str(error)
 
 
 def test_async_chat_and_stream(keyed: FakeOpenAI, local: FakeOpenAI) -> None:
@@ -160,6 +299,40 @@ def test_presets(preset: str, url: str, key: str | None) -> None:
     config = load_config({"providers": {"p": {"kind": "openai-compatible", "preset": preset}}})
     assert config.providers["p"]["base_url"] == url
     assert config.providers["p"].get("api_key_env") == key
+    environ = {key: "k-123"} if key else {}
+    provider = OpenAICompatibleProvider.from_settings(
+        ProviderSettings("p", options=config.providers["p"], base_url=url, environ=environ)
+    )
+    assert provider.base_url == url
+    assert provider.omits_authorization == (key is None)
+
+
+README = Path(__file__).parents[3] / "README.md"
+
+
+def readme_tables() -> dict[str, dict[str, Any]]:
+    """The ``[providers.*]`` tables of the README's preset listings, parsed as TOML."""
+    text = README.read_text()
+    start = text.index("### Any OpenAI-compatible server")
+    end = text.index("\n## ", start)
+    blocks = re.findall(r"```toml\n(.*?)```", text[start:end], flags=re.S)
+    tables: dict[str, dict[str, Any]] = {}
+    for block in blocks:
+        tables.update(tomllib.loads(block).get("providers", {}))
+    return tables
+
+
+def test_readme_presets_are_what_the_code_fills_in() -> None:
+    # Each preset is written out in the README exactly as preset = "NAME" fills it in.
+    tables = readme_tables()
+    assert set(tables) == set(PRESETS)
+    for name, preset in PRESETS.items():
+        for key, value in preset.items():
+            assert tables[name][key] == value, (name, key)
+        extra = set(tables[name]) - set(preset) - {"kind", "base_url"}
+        assert not extra, (name, extra)
+        parsed = load_config({"providers": {name: tables[name]}}).providers[name]
+        assert parsed["kind"] == "openai-compatible"
 
 
 def test_preset_through_the_proxy(local: FakeOpenAI) -> None:

@@ -16,13 +16,16 @@ Behaviour, as the real API does it:
   ``authentication_error``.
 * **Errors** are ``{"type": "error", "error": {"type", "message"}}`` with the API's type names
   (``invalid_request_error``, ``rate_limit_error``, ``overloaded_error`` for 529...);
-  ``Fault.retry_after`` sends ``retry-after``.
+  ``Fault.retry_after`` sends ``retry-after``. A ``Fault.status`` first in the script also
+  fails a ``count_tokens`` request (replies are left for ``/v1/messages``).
 * **Requests** must carry ``model``, ``max_tokens`` (a positive int) and non-empty
   ``messages`` whose roles alternate between ``user`` and ``assistant`` starting with ``user``;
   an assistant turn with ``tool_use`` blocks must be followed by a user turn with a
-  ``tool_result`` for each, else 400 as the real API answers. An assistant turn with
+  ``tool_result`` for each, and every message but a final assistant one must have content,
+  with no empty text block, else 400 as the real API answers. An assistant turn with
   ``tool_use`` whose request enables ``thinking`` must start with a ``thinking`` block whose
-  ``signature`` this server issued (``issued_signatures``), else 400.
+  ``signature`` this server issued (``issued_signatures``), else 400. ``thinking`` needs a
+  ``budget_tokens`` of at least 1024 and below ``max_tokens``, else 400.
 * **Replies**: ``Reply.text`` (default ``"Echo: "`` + the text of the last user turn; with
   ``output_config.format`` an answer fitting the schema), ``Reply.reasoning`` as a ``thinking``
   block with a signature (only when the request enables ``thinking``) and ``Reply.tool_calls``
@@ -33,11 +36,14 @@ Behaviour, as the real API does it:
   (text, tool inputs' and results' JSON), plus 1600 per image and 3000 per document page
   block; ``output_tokens = max(1, words of text and thinking)``.
   ``Reply.usage`` overrides fields (``cache_read_input_tokens``...).
-* **Streams**: ``message_start``, then per block ``content_block_start``, one
+* **Streams**: ``message_start`` (with the input and cache usage), a ``ping``, then per
+  block ``content_block_start``, one
   ``content_block_delta`` per word piece (``thinking_delta`` then ``signature_delta``,
   ``text_delta``, ``input_json_delta``) and ``content_block_stop``, then ``message_delta`` with
   the stop reason and output usage, then ``message_stop``. ``Fault.drop_after(n)`` aborts after
-  n delta events; ``Fault.malformed()`` sends an event that is not JSON.
+  n delta events; ``Fault.malformed()`` sends an event that is not JSON;
+  :meth:`FakeAnthropic.fail_stream` sends an ``error`` event (``overloaded_error``) after n
+  delta events, in a stream that began with status 200.
 
 Only the standard library is used.
 """
@@ -47,6 +53,7 @@ from __future__ import annotations
 import itertools
 import json
 import threading
+from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -170,6 +177,7 @@ class FakeAnthropic(FakeServer):
         self._ids = itertools.count(1)
         self._issued: set[str] = set()
         self._issued_lock = threading.Lock()
+        self._stream_errors: deque[tuple[int, str, str]] = deque()
 
     @property
     def base_url(self) -> str:
@@ -187,6 +195,32 @@ class FakeAnthropic(FakeServer):
         with self._issued_lock:
             self._issued.add(signature)
         return signature
+
+    def fail_stream(
+        self, after: int, *, error_type: str = "overloaded_error", message: str = "Overloaded"
+    ) -> None:
+        """Make the next streamed answer send an ``error`` event after ``after`` deltas.
+
+        The HTTP status is 200 (the stream had begun), as when the real API is overloaded
+        mid-stream: ``event: error`` with ``{"type": "error", "error": {"type", "message"}}``,
+        then the connection ends without ``message_stop``.
+        """
+        if after < 0:
+            raise ValueError("after must be >= 0")
+        with self._issued_lock:
+            self._stream_errors.append((after, error_type, message))
+
+    def _take_status_fault(self) -> Fault | None:
+        with self._data_lock:
+            first = self._script[0] if self._script else None
+            if isinstance(first, Fault) and first.kind == "status":
+                self._script.popleft()
+                return first
+        return None
+
+    def _next_stream_error(self) -> tuple[int, str, str] | None:
+        with self._issued_lock:
+            return self._stream_errors.popleft() if self._stream_errors else None
 
     def send_error(self, response: ResponseWriter, status: int, message: str) -> None:
         """Answer with the Messages API's error body."""
@@ -227,6 +261,10 @@ class FakeAnthropic(FakeServer):
             return
         body = json_object(request)
         if request.path.endswith("/count_tokens"):
+            fault = self._take_status_fault()
+            if fault is not None:  # a count fails as scripted; replies are left for messages
+                self._send_fault(response, fault)
+                return
             if body is None:
                 self.send_error(response, 400, "invalid JSON")
                 return
@@ -268,6 +306,16 @@ class FakeAnthropic(FakeServer):
         if not isinstance(messages, list) or not messages:
             raise _BadRequest("messages: at least one message is required")
         thinking = (body.get("thinking") or {}).get("type") == "enabled"
+        if thinking:
+            budget = body["thinking"].get("budget_tokens")
+            if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1024:
+                raise _BadRequest("thinking.enabled.budget_tokens: Input should be >= 1024")
+            if budget >= limit:
+                raise _BadRequest(
+                    "`max_tokens` must be greater than `thinking.budget_tokens`. Please consult"
+                    " our documentation at https://docs.claude.com/en/docs/build-with-claude/"
+                    "extended-thinking#max-tokens-and-context-window-size"
+                )
         for index, message in enumerate(messages):
             if not isinstance(message, Mapping):
                 raise _BadRequest(f"messages.{index}: Input should be an object")
@@ -278,6 +326,22 @@ class FakeAnthropic(FakeServer):
                     " starting with user"
                 )
             blocks = _blocks(message.get("content"))
+            last_assistant = index == len(messages) - 1 and message.get("role") == "assistant"
+            if not blocks and not last_assistant:
+                raise _BadRequest(
+                    f"messages.{index}: all messages must have non-empty content except for"
+                    " the optional final assistant message"
+                )
+            for number, block in enumerate(blocks):
+                if (
+                    isinstance(block, Mapping)
+                    and block.get("type") == "text"
+                    and not block.get("text")
+                ):
+                    raise _BadRequest(
+                        f"messages.{index}.content.{number}.text: text content blocks must be"
+                        " non-empty"
+                    )
             uses = [b for b in blocks if isinstance(b, Mapping) and b.get("type") == "tool_use"]
             if not uses:
                 continue
@@ -383,7 +447,8 @@ class FakeAnthropic(FakeServer):
         start = dict(message, content=[], stop_reason=None)
         start["usage"] = dict(message["usage"], output_tokens=1)
         events: list[tuple[str, dict[str, Any], bool]] = [
-            ("message_start", {"type": "message_start", "message": start}, False)
+            ("message_start", {"type": "message_start", "message": start}, False),
+            ("ping", {"type": "ping"}, False),
         ]
         for index, block in enumerate(message["content"]):
             kind = block["type"]
@@ -439,7 +504,14 @@ class FakeAnthropic(FakeServer):
         events.append(("message_stop", {"type": "message_stop"}, False))
         pacer = Pacer(chunk_delay)
         sent = 0
+        failure = self._next_stream_error()
         for name, data, is_delta in events:
+            if failure is not None and is_delta and sent >= failure[0]:
+                error = {"type": "error", "error": {"type": failure[1], "message": failure[2]}}
+                payload = json.dumps(error, separators=(",", ":"))
+                response.write(f"event: error\ndata: {payload}\n\n".encode())
+                response.end()
+                return
             if is_delta:
                 if drop_after is not None and sent >= drop_after:
                     await wait_released(item, response)

@@ -2,8 +2,19 @@
 
 Calls go through the real SDK (``client.messages.create``, ``stream=True`` for streams,
 ``AsyncAnthropic`` for async). The SDK is told not to retry (``max_retries=0``: the Proxy owns
-retries); the key and base URL are passed explicitly. A request's ``timeout`` (the call's
-deadline left) goes to the SDK as the request's own timeout.
+retries); the key and base URL are passed explicitly. Body fields the SDK has no argument for
+(``temperature``, ``top_k``, fields newer than the SDK) go out in ``extra_body``.
+
+Time limits: the service must send something within ``timeout`` seconds (the read timeout,
+default 60). A request's ``timeout`` (the call's deadline left) bounds the whole attempt: a
+whole answer may take all of it, a stream's every read waits at most the read timeout and the
+deadline, and a stream still flowing at the deadline is cut off (async: exactly; sync: checked
+between events). Running out raises :class:`~llmproxy.errors.ProviderTimeout` and closes the
+connection; a deadline already past raises it before anything is sent.
+
+Errors: statuses map onto the core's tree (529 ``overloaded_error`` is a retryable
+:class:`~llmproxy.errors.ProviderUnavailable`, ``retry-after`` is kept); an ``error`` event in
+a stream that began with status 200 is mapped by its error type the same way.
 
 Messages: system messages go to ``system``; text, images (base64 or URL) and PDF documents
 (base64 or a Files API ``file_id``) from ``Message.parts`` become content blocks; audio is
@@ -20,17 +31,22 @@ or a tool list of at least :data:`AUTO_CACHE_CHARS` characters gets one too.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import inspect
 import json
 import math
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from typing import Any
+import time
+from collections.abc import AsyncIterator, Awaitable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
 
 import anthropic
 import attrs
 import httpx2
 
+from llmproxy import env as envvars
 from llmproxy.errors import (
+    ConfigError,
     InvalidRequest,
     LLMProxyError,
     MissingCredentials,
@@ -78,6 +94,9 @@ MAX_PAGES = 100
 STATE_KEY = "anthropic"
 _SDK_ERRORS = (anthropic.AnthropicError, httpx2.HTTPError, ValueError)
 _EPHEMERAL = {"type": "ephemeral"}
+#: The shortest transport timeout an attempt gets (zero means "no timeout" to transports).
+_MIN_SECONDS = 0.001
+_T = TypeVar("_T")
 
 INPUT_MARGIN = InputMargin(per_message=4, overall=16, tools=400, ratio=0.0)
 """What Anthropic can bill beyond the byte bound: a few framing tokens per message and per
@@ -138,20 +157,125 @@ field: counting each written token twice keeps a cost budget's charge at or abov
 
 
 def usage_of(raw: Any) -> Usage | None:
-    """The core's Usage of Anthropic's: cache reads and writes are counted into input tokens.
-
-    Anthropic's ``input_tokens`` leaves both out; reads are ``cached_input_tokens`` and writes
-    count :data:`CACHE_WRITE_WEIGHT` times (see there).
-    """
+    """The core's Usage of an SDK ``Usage`` (see :func:`usage_from`); None stays None."""
     if raw is None:
         return None
-    read = int(getattr(raw, "cache_read_input_tokens", 0) or 0)
-    write = int(getattr(raw, "cache_creation_input_tokens", 0) or 0)
     details = getattr(raw, "output_tokens_details", None)
-    thinking = int(getattr(details, "thinking_tokens", 0) or 0) if details else 0
-    output = int(raw.output_tokens or 0)
-    billed = int(raw.input_tokens or 0) + read + CACHE_WRITE_WEIGHT * write
-    return Usage(billed, output, read, min(thinking, output))
+    return usage_from(
+        int(raw.input_tokens or 0),
+        int(raw.output_tokens or 0),
+        read=int(getattr(raw, "cache_read_input_tokens", 0) or 0),
+        write=int(getattr(raw, "cache_creation_input_tokens", 0) or 0),
+        thinking=int(getattr(details, "thinking_tokens", 0) or 0) if details else 0,
+    )
+
+
+def usage_from(
+    input_tokens: int, output_tokens: int, *, read: int, write: int, thinking: int = 0
+) -> Usage:
+    """The core's Usage of Anthropic's counts: the one place cache reads and writes are mapped.
+
+    Anthropic's ``input_tokens`` leaves both out: reads are added and become
+    ``cached_input_tokens``; writes are added :data:`CACHE_WRITE_WEIGHT` times (see there).
+    """
+    billed = input_tokens + read + CACHE_WRITE_WEIGHT * write
+    return Usage(billed, output_tokens, read, min(thinking, output_tokens))
+
+
+#: The keyword arguments the SDK's ``messages.create`` and ``messages.count_tokens`` take; any
+#: other body field (``temperature``, ``top_k``, a newer API field) goes in ``extra_body``.
+_CREATE_PARAMETERS = frozenset(
+    inspect.signature(anthropic.resources.messages.Messages.create).parameters
+) - {"self"}
+_COUNT_PARAMETERS = frozenset(
+    inspect.signature(anthropic.resources.messages.Messages.count_tokens).parameters
+) - {"self", "extra_body", "extra_headers", "extra_query", "timeout"}
+
+
+def _sdk_arguments(params: dict[str, Any], accepted: frozenset[str]) -> dict[str, Any]:
+    """``params`` as SDK arguments: the fields it has no argument for moved into ``extra_body``.
+
+    The SDK has no ``temperature`` argument (the API still takes the field), and a field newer
+    than the SDK is sent all the same.
+    """
+    unknown = {k: params.pop(k) for k in [k for k in params if k not in accepted]}
+    if unknown:
+        given = params.get("extra_body")
+        params["extra_body"] = {**unknown, **(given if isinstance(given, Mapping) else {})}
+    return params
+
+
+#: The HTTP status of each Messages API error type, for ``error`` events in a stream (sent
+#: after a 200): ``overloaded_error`` is the 529 that is retried.
+_STATUS_OF_TYPE = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "billing_error": 402,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "timeout_error": 504,
+    "overloaded_error": 529,
+}
+
+
+def _error_body(body: object) -> tuple[str | None, str | None]:
+    """The ``(type, message)`` of a Messages API error body, None where absent."""
+    error = body.get("error") if isinstance(body, Mapping) else None
+    if not isinstance(error, Mapping):
+        return None, None
+    kind, message = error.get("type"), error.get("message")
+    return (
+        kind if isinstance(kind, str) else None,
+        message if isinstance(message, str) else None,
+    )
+
+
+#: The smallest thinking budget the API takes.
+MIN_THINKING_BUDGET = 1024
+
+
+def _fit_thinking(thinking: Any, max_tokens: int) -> Any:
+    """``thinking`` with its ``budget_tokens`` below ``max_tokens``, as the API requires.
+
+    Thinking counts toward ``max_tokens``, which may be a budget's cap far below the thinking
+    budget asked for: the thinking budget is lowered to ``max_tokens - 1`` when that is still
+    at least :data:`MIN_THINKING_BUDGET`; otherwise it is left for the API to refuse, naming it.
+    """
+    if not isinstance(thinking, Mapping) or thinking.get("type") != "enabled":
+        return thinking
+    budget = thinking.get("budget_tokens")
+    if isinstance(budget, int) and budget >= max_tokens > MIN_THINKING_BUDGET:
+        return {**thinking, "budget_tokens": max_tokens - 1}
+    return thinking
+
+
+def _thinks(params: Mapping[str, Any]) -> bool:
+    thinking = params.get("thinking")
+    return isinstance(thinking, Mapping) and thinking.get("type") in ("enabled", "adaptive")
+
+
+def _forced(choice: Any) -> bool:
+    """Whether a wire ``tool_choice`` forces a tool (``any`` or a named one)."""
+    return isinstance(choice, Mapping) and choice.get("type") in ("any", "tool")
+
+
+def _flag(options: Mapping[str, Any], key: str, default: bool, provider: str) -> bool:
+    """An on/off option: a TOML boolean, or an on/off word from a variable.
+
+    ``LLMPROXY_PROVIDERS__ANTHROPIC__CACHE=false`` arrives as the string ``"false"``, which
+    must not read as true; anything else is a ConfigError naming the key.
+    """
+    value = options.get(key, default)
+    if isinstance(value, bool):
+        return value
+    flag = envvars.switch(value) if isinstance(value, str) else None
+    if flag is None:
+        path = f"providers.{provider}.{key}"
+        raise ConfigError(f"{path} must be true or false, got {value!r}", path=path)
+    return flag
 
 
 class AnthropicProvider:
@@ -201,9 +325,9 @@ class AnthropicProvider:
             base_url=settings.base_url or env.base_url(environ),
             timeout=settings.timeout or env.timeout(environ),
             name=settings.name,
-            cache=bool(options.get("cache", False)),
-            auto_cache=bool(options.get("auto_cache", True)),
-            count_tokens_online=bool(options.get("count_tokens", False)),
+            cache=_flag(options, "cache", False, settings.name),
+            auto_cache=_flag(options, "auto_cache", True, settings.name),
+            count_tokens_online=_flag(options, "count_tokens", False, settings.name),
         )
 
     def __repr__(self) -> str:
@@ -220,7 +344,16 @@ class AnthropicProvider:
                 max_retries=0,
                 default_headers=self._headers,
             )
+            self._own_headers(self._client)
         return self._client
+
+    def _own_headers(self, client: anthropic.Anthropic | anthropic.AsyncAnthropic) -> None:
+        """Keep the client's extra headers to ours alone.
+
+        The SDK adds the process's ``ANTHROPIC_CUSTOM_HEADERS`` to them, behind the Proxy's
+        ``environ``; a test checks that this (private) field still holds them.
+        """
+        client._custom_headers = dict(self._headers or {})
 
     @property
     def aclient(self) -> anthropic.AsyncAnthropic:
@@ -233,6 +366,7 @@ class AnthropicProvider:
                 max_retries=0,
                 default_headers=self._headers,
             )
+            self._own_headers(self._aclient)
         return self._aclient
 
     # -- requests ----------------------------------------------------------------------------
@@ -299,7 +433,8 @@ class AnthropicProvider:
                 result: dict[str, Any] = {
                     "type": "tool_result",
                     "tool_use_id": m.tool_call_id or "",
-                    "content": self._content(m, index) or m.content,
+                    # Plain text as a string; parts (an image a tool made) as blocks.
+                    "content": self._content(m, index) if m.parts else m.content,
                 }
                 add("user", [result])
             else:
@@ -319,10 +454,24 @@ class AnthropicProvider:
                     blocks.append(
                         {"type": "tool_use", "id": call.id, "name": call.name, "input": arguments}
                     )
-                add("assistant", blocks or [{"type": "text", "text": ""}])
+                if blocks:  # an empty turn (a stream cut before any text) is left out
+                    add("assistant", blocks)
         return system, turns
 
-    def _params(self, request: ChatRequest) -> dict[str, Any]:
+    def attempt_timeouts(self, seconds: float, *, stream: bool) -> httpx2.Timeout:
+        """The transport's timeouts for an attempt that may take ``seconds`` in all.
+
+        A whole answer may take all of ``seconds``; a stream's every read waits at most the
+        read timeout and ``seconds`` (the total is enforced between events).
+        """
+        seconds = max(seconds, _MIN_SECONDS)
+        read = min(self.timeout, seconds) if stream else seconds
+        return httpx2.Timeout(read, connect=seconds, pool=seconds, write=seconds)
+
+    def _params(self, request: ChatRequest, *, stream: bool = False) -> dict[str, Any]:
+        """The SDK's ``messages.create`` arguments; a deadline already past is a timeout."""
+        if request.timeout is not None and request.timeout <= 0:
+            raise self._timed_out(request)
         system, turns = self._messages(request)
         extra = dict(request.extra)
         cache = bool(extra.pop("cache", self.cache))
@@ -334,7 +483,7 @@ class AnthropicProvider:
         }
         if system:
             if self.auto_cache and sum(len(b.get("text", "")) for b in system) >= AUTO_CACHE_CHARS:
-                system[-1]["cache_control"] = _EPHEMERAL
+                system[-1]["cache_control"] = dict(_EPHEMERAL)
             params["system"] = system
         functions, hosted = split_tools(request.tools)
         refuse_hosted(hosted, self.name, "use function tools with Anthropic")
@@ -344,7 +493,7 @@ class AnthropicProvider:
                 for t in functions
             ]
             if self.auto_cache and len(json.dumps(tools)) >= AUTO_CACHE_CHARS:
-                tools[-1]["cache_control"] = _EPHEMERAL
+                tools[-1]["cache_control"] = dict(_EPHEMERAL)
             params["tools"] = tools
             choice = request.tool_choice
             if choice == "required":
@@ -354,7 +503,7 @@ class AnthropicProvider:
             elif choice and choice != "auto":
                 params["tool_choice"] = {"type": "tool", "name": choice}
         if cache and turns and turns[-1]["content"]:
-            turns[-1]["content"][-1]["cache_control"] = _EPHEMERAL
+            turns[-1]["content"][-1]["cache_control"] = dict(_EPHEMERAL)
         if request.temperature is not None:
             params["temperature"] = request.temperature
         if request.response_schema is not None:
@@ -364,9 +513,18 @@ class AnthropicProvider:
         if request.user:
             params["metadata"] = {"user_id": request.user}
         if request.timeout is not None:
-            params["timeout"] = request.timeout
+            params["timeout"] = self.attempt_timeouts(request.timeout, stream=stream)
         params.update(extra)
-        return params
+        params["thinking"] = _fit_thinking(params.get("thinking"), params["max_tokens"])
+        if params["thinking"] is None:
+            del params["thinking"]
+        elif _thinks(params) and _forced(params.get("tool_choice")):
+            raise InvalidRequest(
+                "Claude cannot think while tool_choice forces a tool: use tool_choice 'auto' or"
+                " 'none', or turn thinking off",
+                field="tool_choice",
+            )
+        return _sdk_arguments(params, _CREATE_PARAMETERS)
 
     # -- responses ---------------------------------------------------------------------------
 
@@ -425,7 +583,19 @@ class AnthropicProvider:
         return self._completion(response, request.model)
 
     async def achat(self, request: ChatRequest) -> Completion:
-        """Async :meth:`chat`."""
+        """Async :meth:`chat`, cut off at the request's deadline."""
+        if request.timeout is None:
+            return await self._achat(request)
+        cutoff = asyncio.timeout(max(request.timeout, 0.0))
+        try:
+            async with cutoff:
+                return await self._achat(request)
+        except TimeoutError:
+            if cutoff.expired():
+                raise self._timed_out(request) from None
+            raise
+
+    async def _achat(self, request: ChatRequest) -> Completion:
         params = self._params(request)
         try:
             response = await self.aclient.messages.create(**params)
@@ -436,13 +606,20 @@ class AnthropicProvider:
         return self._completion(response, request.model)
 
     def stream(self, request: ChatRequest) -> Iterator[Chunk]:
-        """Make one streamed attempt; the last chunk carries usage, finish and tool calls."""
-        params = self._params(request)
+        """Make one streamed attempt; the last chunk carries usage, finish and tool calls.
+
+        The deadline (``request.timeout``) is checked between events; each read waits at most
+        the read timeout and what was left of the deadline when the attempt began.
+        """
+        params = self._params(request, stream=True)
         reader = _StreamReader(self, request.model)
+        deadline = None if request.timeout is None else time.monotonic() + request.timeout
         try:
             events = self.client.messages.create(**params, stream=True)
             try:
                 for event in events:
+                    if deadline is not None and time.monotonic() > deadline:
+                        raise self._timed_out(request)
                     chunk = reader.feed(event)
                     if chunk is not None:
                         yield chunk
@@ -455,13 +632,22 @@ class AnthropicProvider:
         yield reader.last()
 
     async def astream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
-        """Async :meth:`stream`."""
-        params = self._params(request)
+        """Async :meth:`stream`: opening and every event cut off at the deadline exactly."""
+        params = self._params(request, stream=True)
         reader = _StreamReader(self, request.model)
+        deadline = None
+        if request.timeout is not None:
+            deadline = asyncio.get_running_loop().time() + request.timeout
         try:
-            events = await self.aclient.messages.create(**params, stream=True)
+            events = await self._within(
+                self.aclient.messages.create(**params, stream=True), deadline, request
+            )
             try:
-                async for event in events:
+                while True:
+                    try:
+                        event = await self._within(anext(events), deadline, request)
+                    except StopAsyncIteration:
+                        break
                     chunk = reader.feed(event)
                     if chunk is not None:
                         yield chunk
@@ -473,6 +659,28 @@ class AnthropicProvider:
             raise self.map_error(exc, request.model) from None
         yield reader.last()
 
+    async def _within(
+        self, step: Awaitable[_T], deadline: float | None, request: ChatRequest
+    ) -> _T:
+        """Await ``step``, cut off at ``deadline`` (the loop's clock): ProviderTimeout."""
+        if deadline is None:
+            return await step
+        cutoff = asyncio.timeout_at(deadline)
+        try:
+            async with cutoff:
+                return await step
+        except TimeoutError:
+            if cutoff.expired():
+                raise self._timed_out(request) from None
+            raise
+
+    def _timed_out(self, request: ChatRequest) -> ProviderTimeout:
+        return ProviderTimeout(
+            f"no answer within the attempt's {request.timeout:g}s (the call's deadline)",
+            provider=self.name,
+            model=request.model,
+        )
+
     # -- errors ------------------------------------------------------------------------------
 
     def map_error(self, exc: BaseException, model: str) -> ProviderError:
@@ -480,6 +688,9 @@ class AnthropicProvider:
         key = self._api_key
         if isinstance(exc, anthropic.APIStatusError):
             status = exc.status_code
+            kind, message = _error_body(exc.body)
+            if status < 400:  # an ``error`` event in a stream that began with 200
+                status = _STATUS_OF_TYPE.get(kind or "", 500)
             after: float | None = None
             raw = exc.response.headers.get("retry-after")
             if raw:
@@ -499,7 +710,7 @@ class AnthropicProvider:
             else:
                 cls = ProviderBadRequest
             return cls(
-                redact(str(exc.message), key),
+                redact(message or str(exc.message), key),
                 provider=self.name,
                 model=model,
                 status=status,
@@ -534,8 +745,7 @@ class AnthropicProvider:
             return bound
         request = ChatRequest(tuple(messages), model, self.name)
         params = self._params(request)
-        for unused in ("max_tokens", "metadata", "temperature", "timeout"):
-            params.pop(unused, None)
+        params = {k: v for k, v in params.items() if k in _COUNT_PARAMETERS}
         try:
             return int(self.client.messages.count_tokens(**params).input_tokens)
         except anthropic.AnthropicError:
@@ -644,12 +854,12 @@ class _StreamReader:
                 )
             elif block.get("type") == "redacted_thinking":
                 thinking.append({"type": "redacted_thinking", "data": block.get("data", "")})
-        read = self.raw_usage.get("cache_read_input_tokens", 0)
-        write = self.raw_usage.get("cache_creation_input_tokens", 0)
-        usage = Usage(
-            self.raw_usage.get("input_tokens", 0) + read + CACHE_WRITE_WEIGHT * write,
-            self.raw_usage.get("output_tokens", 0),
-            read,
+        counts = self.raw_usage
+        usage = usage_from(
+            counts.get("input_tokens", 0),
+            counts.get("output_tokens", 0),
+            read=counts.get("cache_read_input_tokens", 0),
+            write=counts.get("cache_creation_input_tokens", 0),
         )
         return Chunk(
             usage=usage,

@@ -28,12 +28,16 @@ class AnthropicLLMConfig(LLMConfig):
     """Configuration of an :class:`AnthropicService` (the seed's names, plus ours).
 
     ``api_key`` falls back on ``ANTHROPIC_API_KEY``; ``thinking_budget`` (tokens) turns
-    extended thinking on for every call; ``tools`` are offered on every call (function tools
-    only: a hosted tool is a ConfigError).
+    extended thinking on for every call; ``cache`` puts a prompt-cache breakpoint on every
+    call's last message and ``auto_cache`` (default on) on long system prompts and tool lists,
+    as the provider's options of the same names do; ``tools`` are offered on every call
+    (function tools only: a hosted tool is a ConfigError).
     """
 
     model: str = models.DEFAULT_MODEL
     thinking_budget: int | None = None
+    cache: bool = False
+    auto_cache: bool = True
     tools: list[Tool | Callable[..., Any] | str] = attrs.Factory(list)
 
     def __attrs_post_init__(self) -> None:
@@ -70,6 +74,8 @@ class AnthropicService(LLMServiceBase):
             api_key=key,
             base_url=self.config.base_url or env.base_url(environ),
             timeout=env.timeout(environ),
+            cache=self.config.cache,
+            auto_cache=self.config.auto_cache,
         )
 
     def _tools(self) -> list[Tool | Callable[..., Any] | str]:
