@@ -187,6 +187,23 @@ def seconds_option(options: Mapping[str, Any], key: str, provider: str) -> float
     return seconds
 
 
+def flag_option(options: Mapping[str, Any], key: str, default: bool, provider: str) -> bool:
+    """An on/off option from the ``[providers.NAME]`` table: a TOML boolean or an on/off word.
+
+    ``LLMPROXY_PROVIDERS__NAME__KEY=false`` arrives as the string ``"false"``, which must not
+    read as true (as ``bool("false")`` would); anything else is a ConfigError naming
+    ``providers.NAME.key``.
+    """
+    value = options.get(key, default)
+    if isinstance(value, bool):
+        return value
+    flag = switch(value) if isinstance(value, str) else None
+    if flag is None:
+        path = f"providers.{provider}.{key}"
+        raise ConfigError(f"{path} must be true or false, got {value!r}", path=path)
+    return flag
+
+
 def config_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     """Return the configuration keys set by environment variables, as a config dict."""
     out: dict[str, Any] = {}

@@ -575,14 +575,14 @@ async def test_no_breakpoint_by_default_on_short_prompts(
 async def test_explicit_cache_marks_the_last_block(
     make_proxy: ProxyMaker, server: FakeAnthropic
 ) -> None:
-    make_proxy().chat("Hi there", model=NAME, cache=True)
+    make_proxy().chat("Hi there", model=NAME, prompt_cache=True)
     [body] = bodies(server)
     assert body["messages"][-1]["content"][-1] == {
         "type": "text",
         "text": "Hi there",
         "cache_control": {"type": "ephemeral"},
     }
-    assert "cache" not in body  # the option is ours, not a wire field
+    assert "prompt_cache" not in body  # the option is ours, not a wire field
 
 
 async def test_long_system_prompt_and_tool_list_get_breakpoints_by_default(
@@ -601,7 +601,7 @@ async def test_auto_cache_can_be_turned_off_and_cache_on_in_configuration(
     make_proxy: ProxyMaker, server: FakeAnthropic
 ) -> None:
     long_system = "Follow the house style. " * (AUTO_CACHE_CHARS // 20)
-    config = {"providers": {"anthropic": {"auto_cache": False, "cache": True}}}
+    config = {"providers": {"anthropic": {"auto_cache": False, "prompt_cache": True}}}
     make_proxy(config).chat("Hi", model=NAME, system=long_system)
     assert cached_blocks(bodies(server)[0]) == ["messages"]
 
@@ -797,16 +797,17 @@ def test_settings_read_on_off_options_from_tables_and_variables() -> None:
         )
 
     p = make({})
-    assert (p.cache, p.auto_cache, p.count_tokens_online) == (False, True, False)
+    assert (p.prompt_cache, p.auto_cache, p.count_tokens_online) == (False, True, False)
     assert p.base_url == "https://api.anthropic.com"
-    p = make({"cache": True, "auto_cache": False, "count_tokens": True})
-    assert (p.cache, p.auto_cache, p.count_tokens_online) == (True, False, True)
+    p = make({"prompt_cache": True, "auto_cache": False, "count_tokens": True})
+    assert (p.prompt_cache, p.auto_cache, p.count_tokens_online) == (True, False, True)
     # LLMPROXY_PROVIDERS__ANTHROPIC__AUTO_CACHE=false arrives as the string "false".
     environ = {"LLMPROXY_PROVIDERS__ANTHROPIC__AUTO_CACHE": "false"}
     p = make(dict(load_config(environ=environ).providers["anthropic"]))
     assert p.auto_cache is False
-    with pytest.raises(ConfigError, match=r"providers\.anthropic\.cache must be true or false"):
-        make({"cache": "maybe"})
+    must = r"providers\.anthropic\.prompt_cache must be true or false"
+    with pytest.raises(ConfigError, match=must):
+        make({"prompt_cache": "maybe"})
     with pytest.raises(MissingCredentials, match="ANTHROPIC_API_KEY"):
         AnthropicProvider.from_settings(ProviderSettings("anthropic", environ={}))
 

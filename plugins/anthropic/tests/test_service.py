@@ -104,7 +104,7 @@ def test_sync_faces_budget_system_and_cache(
         budget=LLMBudget(max_tokens=1000),
         use_message=False,
         system="Be brief.",
-        cache=True,
+        prompt_cache=True,
     )
     service = make_service(config)
     assert service.chat_sync("Hi").text == "Echo: Hi"

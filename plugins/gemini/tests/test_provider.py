@@ -559,6 +559,22 @@ def test_settings() -> None:
             env.timeout({"LLMPROXY_GEMINI_TIMEOUT": bad})
 
 
+@pytest.mark.parametrize(("word", "expected"), [("false", False), ("off", False), ("1", True)])
+def test_include_thoughts_from_a_variable_reads_on_off_words(word: str, expected: bool) -> None:
+    # LLMPROXY_PROVIDERS__GEMINI__INCLUDE_THOUGHTS arrives as a string: "false" is off.
+    settings = ProviderSettings(
+        "gemini", options={"include_thoughts": word}, environ={"GEMINI_API_KEY": "k"}
+    )
+    assert GeminiProvider.from_settings(settings).include_thoughts is expected
+    with pytest.raises(ConfigError) as info:
+        GeminiProvider.from_settings(
+            ProviderSettings(
+                "gemini", options={"include_thoughts": "maybe"}, environ={"GEMINI_API_KEY": "k"}
+            )
+        )
+    assert info.value.path == "providers.gemini.include_thoughts"
+
+
 async def test_thought_summaries_are_asked_only_of_thinking_models(
     make_proxy: Callable[..., Proxy], server: FakeGemini
 ) -> None:

@@ -314,7 +314,7 @@ def readme_tables() -> dict[str, dict[str, Any]]:
     """The ``[providers.*]`` tables of the README's preset listings, parsed as TOML."""
     text = README.read_text()
     start = text.index("### Any OpenAI-compatible server")
-    end = text.index("\n## ", start)
+    end = min(text.index("\n## ", start), text.index("\n### ", start + 1))
     blocks = re.findall(r"```toml\n(.*?)```", text[start:end], flags=re.S)
     tables: dict[str, dict[str, Any]] = {}
     for block in blocks:

@@ -11,7 +11,7 @@ Variable                                Meaning
 
 A key or base URL given in code or in the ``[providers.anthropic]`` configuration table wins,
 and so does its ``timeout``. The table's options can be set by the core's
-``LLMPROXY_PROVIDERS__NAME__KEY`` variables too: ``LLMPROXY_PROVIDERS__ANTHROPIC__CACHE``,
+``LLMPROXY_PROVIDERS__NAME__KEY`` variables too: ``LLMPROXY_PROVIDERS__ANTHROPIC__PROMPT_CACHE``,
 ``LLMPROXY_PROVIDERS__ANTHROPIC__AUTO_CACHE`` and ``LLMPROXY_PROVIDERS__ANTHROPIC__COUNT_TOKENS``
 take ``true``/``false`` (or ``on``/``off``, ``1``/``0``, ``yes``/``no``). The plugin passes
 each setting to the SDK explicitly, so the SDK never reads the process environment behind the

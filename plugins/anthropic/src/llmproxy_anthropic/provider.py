@@ -24,7 +24,7 @@ the thinking text arrives in ``reasoning``; the thinking blocks with their signa
 in ``Message.state["anthropic"]["thinking"]`` and sent back before the tool calls on the next
 round, as Anthropic requires. Structured output uses ``output_config.format`` (JSON schema).
 
-Prompt caching: ``extra={"cache": True}`` (or the ``cache`` provider option) puts a
+Prompt caching: ``prompt_cache=True`` on a call (or the ``prompt_cache`` provider option) puts a
 ``cache_control`` breakpoint on the last message; by default (``auto_cache``, on) a system prompt
 or a tool list of at least :data:`AUTO_CACHE_CHARS` characters gets one too.
 """
@@ -46,7 +46,6 @@ import httpx2
 
 from llmproxy import env as envvars
 from llmproxy.errors import (
-    ConfigError,
     InvalidRequest,
     LLMProxyError,
     MissingCredentials,
@@ -262,22 +261,6 @@ def _forced(choice: Any) -> bool:
     return isinstance(choice, Mapping) and choice.get("type") in ("any", "tool")
 
 
-def _flag(options: Mapping[str, Any], key: str, default: bool, provider: str) -> bool:
-    """An on/off option: a TOML boolean, or an on/off word from a variable.
-
-    ``LLMPROXY_PROVIDERS__ANTHROPIC__CACHE=false`` arrives as the string ``"false"``, which
-    must not read as true; anything else is a ConfigError naming the key.
-    """
-    value = options.get(key, default)
-    if isinstance(value, bool):
-        return value
-    flag = envvars.switch(value) if isinstance(value, str) else None
-    if flag is None:
-        path = f"providers.{provider}.{key}"
-        raise ConfigError(f"{path} must be true or false, got {value!r}", path=path)
-    return flag
-
-
 class AnthropicProvider:
     """The Anthropic Messages API through the official SDK.
 
@@ -291,7 +274,7 @@ class AnthropicProvider:
         base_url: str | None = None,
         timeout: float | None = None,
         name: str = "anthropic",
-        cache: bool = False,
+        prompt_cache: bool = False,
         auto_cache: bool = True,
         count_tokens_online: bool = False,
         default_headers: Mapping[str, str] | None = None,
@@ -300,7 +283,7 @@ class AnthropicProvider:
         self._api_key = api_key if isinstance(api_key, Secret) else Secret(api_key)
         self.base_url = base_url or env.DEFAULT_BASE_URL
         self.timeout = timeout or DEFAULT_TIMEOUT
-        self.cache = cache
+        self.prompt_cache = prompt_cache
         self.auto_cache = auto_cache
         self.count_tokens_online = count_tokens_online
         self._headers = dict(default_headers) if default_headers else None
@@ -311,7 +294,7 @@ class AnthropicProvider:
     def from_settings(cls, settings: ProviderSettings) -> AnthropicProvider:
         """Build the provider from configuration, else from the environment (see ``env.py``).
 
-        Options of ``[providers.anthropic]``: ``cache`` (a breakpoint on every call's last
+        Options of ``[providers.anthropic]``: ``prompt_cache`` (a breakpoint on every call's last
         message), ``auto_cache`` (default true: long system prompts and tool lists) and
         ``count_tokens`` (count input with the API's ``messages.count_tokens``).
         """
@@ -325,9 +308,9 @@ class AnthropicProvider:
             base_url=settings.base_url or env.base_url(environ),
             timeout=settings.timeout or env.timeout(environ),
             name=settings.name,
-            cache=_flag(options, "cache", False, settings.name),
-            auto_cache=_flag(options, "auto_cache", True, settings.name),
-            count_tokens_online=_flag(options, "count_tokens", False, settings.name),
+            prompt_cache=envvars.flag_option(options, "prompt_cache", False, settings.name),
+            auto_cache=envvars.flag_option(options, "auto_cache", True, settings.name),
+            count_tokens_online=envvars.flag_option(options, "count_tokens", False, settings.name),
         )
 
     def __repr__(self) -> str:
@@ -474,7 +457,7 @@ class AnthropicProvider:
             raise self._timed_out(request)
         system, turns = self._messages(request)
         extra = dict(request.extra)
-        cache = bool(extra.pop("cache", self.cache))
+        cache = bool(extra.pop("prompt_cache", self.prompt_cache))
         limit = request.max_output_tokens or models.output_limit(request.model)
         params: dict[str, Any] = {
             "model": request.model,

@@ -28,7 +28,7 @@ class AnthropicLLMConfig(LLMConfig):
     """Configuration of an :class:`AnthropicService` (the seed's names, plus ours).
 
     ``api_key`` falls back on ``ANTHROPIC_API_KEY``; ``thinking_budget`` (tokens) turns
-    extended thinking on for every call; ``cache`` puts a prompt-cache breakpoint on every
+    extended thinking on for every call; ``prompt_cache`` puts a prompt-cache breakpoint on every
     call's last message and ``auto_cache`` (default on) on long system prompts and tool lists,
     as the provider's options of the same names do; ``tools`` are offered on every call
     (function tools only: a hosted tool is a ConfigError).
@@ -36,7 +36,7 @@ class AnthropicLLMConfig(LLMConfig):
 
     model: str = models.DEFAULT_MODEL
     thinking_budget: int | None = None
-    cache: bool = False
+    prompt_cache: bool = False
     auto_cache: bool = True
     tools: list[Tool | Callable[..., Any] | str] = attrs.Factory(list)
 
@@ -74,7 +74,7 @@ class AnthropicService(LLMServiceBase):
             api_key=key,
             base_url=self.config.base_url or env.base_url(environ),
             timeout=env.timeout(environ),
-            cache=self.config.cache,
+            prompt_cache=self.config.prompt_cache,
             auto_cache=self.config.auto_cache,
         )
 

@@ -251,7 +251,7 @@ class GeminiProvider:
             connect_timeout=envvars.seconds_option(options, "connect_timeout", settings.name)
             or env.connect_timeout(environ),
             api_version=options.get("api_version") or env.api_version(environ),
-            include_thoughts=bool(options.get("include_thoughts", True)),
+            include_thoughts=envvars.flag_option(options, "include_thoughts", True, settings.name),
             name=settings.name,
         )
 
