@@ -130,18 +130,11 @@ def count_messages(messages: Sequence[Message]) -> int:
     return total
 
 
-CACHE_WRITE_WEIGHT = 2
-"""How many input tokens a cache-write token counts as. Anthropic bills a cache write at 1.25x
-(5-minute cache) or 2x (1-hour) the input price, and the core's ``Usage`` has no cache-write
-field: counting each written token twice keeps a cost budget's charge at or above the bill
-(never overspent), at the price of over-counting 5-minute writes and token budgets."""
-
-
 def usage_of(raw: Any) -> Usage | None:
     """The core's Usage of Anthropic's: cache reads and writes are counted into input tokens.
 
     Anthropic's ``input_tokens`` leaves both out; reads are ``cached_input_tokens`` and writes
-    count :data:`CACHE_WRITE_WEIGHT` times (see there).
+    ``cache_write_tokens`` (billed at the price's cache write rate).
     """
     if raw is None:
         return None
@@ -150,8 +143,8 @@ def usage_of(raw: Any) -> Usage | None:
     details = getattr(raw, "output_tokens_details", None)
     thinking = int(getattr(details, "thinking_tokens", 0) or 0) if details else 0
     output = int(raw.output_tokens or 0)
-    billed = int(raw.input_tokens or 0) + read + CACHE_WRITE_WEIGHT * write
-    return Usage(billed, output, read, min(thinking, output))
+    billed = int(raw.input_tokens or 0) + read + write
+    return Usage(billed, output, read, min(thinking, output), cache_write_tokens=write)
 
 
 class AnthropicProvider:
@@ -647,9 +640,10 @@ class _StreamReader:
         read = self.raw_usage.get("cache_read_input_tokens", 0)
         write = self.raw_usage.get("cache_creation_input_tokens", 0)
         usage = Usage(
-            self.raw_usage.get("input_tokens", 0) + read + CACHE_WRITE_WEIGHT * write,
+            self.raw_usage.get("input_tokens", 0) + read + write,
             self.raw_usage.get("output_tokens", 0),
             read,
+            cache_write_tokens=write,
         )
         return Chunk(
             usage=usage,
