@@ -251,6 +251,11 @@ class GenaiPrices:
             self._loaded = (snapshot, data_date(snapshot.providers), f"genai-prices {version()}")
         return self._loaded
 
+    def describe(self) -> str:
+        """Which genai-prices this is and the date of its data (imports it)."""
+        _snapshot, as_of, origin = self._load()
+        return f"{origin}, data checked {as_of or 'on an unknown date'}"
+
     def provider_id(self, provider: str) -> str | None:
         """The genai-prices provider id of an llmproxy provider name, or None."""
         snapshot = self._load()[0]

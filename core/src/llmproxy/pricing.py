@@ -377,6 +377,12 @@ class PriceTable:
         """Every name and pattern set here (not the default table's), sorted."""
         return sorted([*self._exact, *(p.name for p in self._patterns)])
 
+    def entries(self, *, at: float | None = None) -> list[Priced]:
+        """Every name and pattern set here (not the default table's), sorted, as of ``at``."""
+        out = [Priced(self._resolve(p, at), name, o) for name, (p, o) in self._exact.items()]
+        out += [Priced(self._resolve(p.price, at), p.name, p.origin) for p in self._patterns]
+        return sorted(out, key=lambda priced: priced.name)
+
     def origin(self, name: str) -> str | None:
         """Where the entry ``name`` (an exact name or a pattern) set here came from."""
         exact = self._exact.get(name)
@@ -388,3 +394,30 @@ class PriceTable:
     def defaults(self) -> PriceSource | None:
         """The default table asked when nothing here matches."""
         return self._defaults
+
+
+def describe(priced: Priced, now: float, max_age_days: int) -> dict[str, Any]:
+    """A JSON-ready account of a price: its rates, tiers, origin, date and whether it is stale.
+
+    What ``llmproxy prices`` prints and the gateway dashboard shows.
+    """
+    price = priced.price
+    inp, out, read, write = price.rates(0)
+    return {
+        "name": priced.name,
+        "origin": priced.origin,
+        "as_of": price.as_of,
+        "age_days": price_age_days(price, now),
+        "stale": is_stale(price, now, max_age_days),
+        "input": inp,
+        "output": out,
+        "cache_read": read,
+        "cache_write": write,
+        "tiers": [
+            dict(
+                zip(("above", "input", "output", "cache_read", "cache_write"), values, strict=True)
+            )
+            for values in ((tier.above, *price.rates(tier.above + 1)) for tier in price.tiers)
+        ],
+        "changes_at": price.until,
+    }
