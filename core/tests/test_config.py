@@ -168,7 +168,6 @@ def test_a_price_that_changes_is_answered_by_the_date_asked() -> None:
 
 
 def test_prices_from_plugins_and_config_overrides() -> None:
-    from llmproxy.pricing import Price
     from llmproxy.types import Usage
 
     proxy = Proxy(environ={})
