@@ -42,6 +42,9 @@ from llmproxy.types import Usage
 CONFIGURATION = "configuration"
 """The origin of a price set in the configuration's ``[prices]`` table."""
 
+IN_CODE = "set in code"
+"""The origin of a price set with :meth:`PriceTable.set` by the application."""
+
 DEFAULT_MAX_AGE_DAYS = 90
 """A price read longer ago than this many days is flagged as stale (``price_max_age_days``)."""
 
@@ -199,8 +202,8 @@ class Priced:
     """A price the table answers with, and where it came from.
 
     ``name`` is the entry that matched (an exact name, a declared pattern, or the default
-    table's model); ``origin`` is ``configuration``, ``plugin NAME`` or ``genai-prices
-    VERSION``.
+    table's model); ``origin`` is ``configuration``, ``plugin NAME``, ``genai-prices VERSION``
+    or ``set in code``.
     """
 
     price: Price
@@ -285,8 +288,10 @@ class PriceTable:
         for name, price in (prices or {}).items():
             self.set(name, price, pattern=is_pattern(name), origin=origin)
 
-    def set(self, name: str, price: Price, *, pattern: bool = False, origin: str = "") -> None:
+    def set(self, name: str, price: Price, *, pattern: bool = False, origin: str = IN_CODE) -> None:
         """Add or replace the price of a model name, or of a pattern declared with ``pattern``.
+
+        ``origin`` says where it came from (``llmproxy prices`` shows it).
 
         A name holding ``*`` or ``{date}`` that is not declared a pattern is refused: the table
         never guesses that a name stands for a family.
