@@ -138,6 +138,8 @@ def _usage_line(usage: Usage) -> str:
     parts = [f"input {usage.input_tokens}", f"output {usage.output_tokens}"]
     if usage.cached_input_tokens:
         parts.append(f"cached input {usage.cached_input_tokens}")
+    if usage.cache_write_tokens:
+        parts.append(f"cache write {usage.cache_write_tokens}")
     if usage.reasoning_tokens:
         parts.append(f"reasoning {usage.reasoning_tokens}")
     parts.append(f"total {usage.total_tokens}")
