@@ -356,3 +356,16 @@ def test_the_prices_command(
     assert row["origin"].startswith("genai-prices ") and row["tiers"]
     assert main(["prices", "openai/gpt-5.4-ultra"]) == 1
     assert "no price" in capsys.readouterr().out
+
+
+def test_models_lists_exact_names_and_genai_prices_current_models() -> None:
+    registry = Registry()
+    registry.price_register("p")("gemini/my-tuned", Price(1.0, 1.0))
+    registry.price_register("p")("gemini/my-tuned-{date}", Price(1.0, 1.0), pattern=True)
+    listed = registry.prices.models("gemini")
+    assert listed[0] == "gemini/my-tuned"
+    assert "gemini/my-tuned-{date}" not in listed
+    assert "gemini/gemini-3.1-pro-preview" in listed
+    assert not [name for name in listed if "claude" in name]  # Vertex AI's, not the Gemini API's
+    assert "openai/gpt-5.4-pro" in registry.prices.models("openai")
+    assert registry.prices.models("local") == []

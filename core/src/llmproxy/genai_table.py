@@ -52,6 +52,10 @@ PROVIDER_IDS: Mapping[str, str] = {
     "gemini": "google",
 }
 
+#: What a provider's model list keeps of its genai-prices provider's (the Gemini API serves
+#: Google's own models; genai-prices' ``google`` has Vertex AI's Claude too).
+_LISTED: Mapping[str, tuple[str, ...]] = {"gemini": ("gemini", "gemma", "text-embedding")}
+
 _SNAPSHOT = re.compile(r"(?:[-@](?:\d{8}|\d{4}-\d{2}-\d{2}|\d{4}))?")
 _CHECKED = re.compile(
     r"\b(?:checked|verified|released|updated|retrieved|confirmed|as of)\b[^.;()]{0,60}?"
@@ -230,7 +234,7 @@ class GenaiPrices:
 
     def __init__(self, base_urls: Mapping[str, str] | None = None) -> None:
         self._base_urls = dict(base_urls or {})
-        self._providers: dict[str, Any] = {}
+        self._listed: dict[str, list[str]] = {}
         self._loaded: tuple[Any, str, str] | None = None  # snapshot, data date, origin
 
     @classmethod
@@ -250,6 +254,30 @@ class GenaiPrices:
             snapshot = data_snapshot.get_snapshot()
             self._loaded = (snapshot, data_date(snapshot.providers), f"genai-prices {version()}")
         return self._loaded
+
+    def models(self, provider: str) -> list[str]:
+        """The ``provider/model`` names genai-prices prices for an llmproxy provider name.
+
+        Each current model by its own id (its snapshots and aliases are priced too, not listed;
+        models genai-prices marks deprecated are left out, and for ``gemini`` the models of
+        others that Google's Vertex AI serves).
+        """
+        listed = self._listed.get(provider)
+        if listed is None:
+            pid = self.provider_id(provider)
+            snapshot = self._load()[0]
+            infos: list[gp.ModelInfo] = next(
+                (p.models for p in snapshot.providers if p.id == pid), []
+            )
+            listed = self._listed[provider] = [
+                f"{provider}/{info.id}"
+                for info in infos
+                if not info.deprecated
+                and info.id.lower().startswith(_LISTED.get(provider, ""))
+                and _declares(info.match, info.id.lower())
+                and self.find(provider, info.id)
+            ]
+        return list(listed)
 
     def describe(self) -> str:
         """Which genai-prices this is and the date of its data (imports it)."""

@@ -388,6 +388,18 @@ class PriceTable:
         out += [Priced(self._resolve(p.price, at), p.name, p.origin) for p in self._patterns]
         return sorted(out, key=lambda priced: priced.name)
 
+    def models(self, provider: str) -> list[str]:
+        """The ``provider/model`` names priced for ``provider``, patterns left out.
+
+        The exact names set here, then the default table's.
+        """
+        prefix = f"{provider}/"
+        out = [name for name in self._exact if name.startswith(prefix)]
+        listing = getattr(self._defaults, "models", None)
+        if callable(listing):
+            out += [name for name in listing(provider) if name not in self._exact]
+        return out
+
     def origin(self, name: str) -> str | None:
         """Where the entry ``name`` (an exact name or a pattern) set here came from."""
         exact = self._exact.get(name)
