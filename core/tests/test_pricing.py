@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from llmproxy import ConfigError, Proxy
@@ -226,7 +226,7 @@ def reserved_and_used(draw: st.DrawFn) -> tuple[int, int, Usage]:
     return reserved_input, cap, Usage(used_input, output, read, reasoning, cache_write_tokens=write)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(prices(), reserved_and_used())
 def test_the_reserve_bound_covers_any_usage_within_it(
     price: Price, counts: tuple[int, int, Usage]
@@ -255,7 +255,7 @@ def _genai_prices() -> list[Price]:
     return out
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from(_genai_prices()), reserved_and_used())
 def test_the_reserve_bound_covers_genai_prices_too(
     price: Price, counts: tuple[int, int, Usage]
@@ -369,3 +369,16 @@ def test_models_lists_exact_names_and_genai_prices_current_models() -> None:
     assert not [name for name in listed if "claude" in name]  # Vertex AI's, not the Gemini API's
     assert "openai/gpt-5.4-pro" in registry.prices.models("openai")
     assert registry.prices.models("local") == []
+
+
+def test_a_missing_genai_prices_means_no_default_prices(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "genai_prices", None)  # import genai_prices fails
+    g = GenaiPrices()
+    assert g.find("openai", "gpt-5.4") is None
+    assert g.models("openai") == []
+    assert "genai-prices cannot be imported" in caplog.text
+    assert table({"openai/x": FAMILY}).merged({}, defaults=g).get("openai", "gpt-5.4") is None

@@ -34,6 +34,7 @@ late.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import re
 from collections.abc import Iterable, Mapping
 from decimal import Decimal
@@ -51,6 +52,11 @@ PROVIDER_IDS: Mapping[str, str] = {
     "deepseek": "deepseek",
     "gemini": "google",
 }
+
+logger = logging.getLogger(__name__)
+
+#: The data date of each genai-prices snapshot read so far (by ``id``: snapshots live on).
+_DATES: dict[int, str] = {}
 
 #: What a provider's model list keeps of its genai-prices provider's (the Gemini API serves
 #: Google's own models; genai-prices' ``google`` has Vertex AI's Claude too).
@@ -249,10 +255,17 @@ class GenaiPrices:
 
     def _load(self) -> tuple[Any, str, str]:
         if self._loaded is None:
-            from genai_prices import data_snapshot
-
+            try:
+                from genai_prices import data_snapshot
+            except ImportError as exc:  # a dependency of llmproxy: only a broken install
+                logger.warning("genai-prices cannot be imported (%s): no default prices", exc)
+                self._loaded = (None, "", "genai-prices not installed")
+                return self._loaded
             snapshot = data_snapshot.get_snapshot()
-            self._loaded = (snapshot, data_date(snapshot.providers), f"genai-prices {version()}")
+            as_of = _DATES.get(id(snapshot))
+            if as_of is None:  # one scan per snapshot, not per Proxy
+                as_of = _DATES[id(snapshot)] = data_date(snapshot.providers)
+            self._loaded = (snapshot, as_of, f"genai-prices {version()}")
         return self._loaded
 
     def models(self, provider: str) -> list[str]:
@@ -264,10 +277,12 @@ class GenaiPrices:
         """
         listed = self._listed.get(provider)
         if listed is None:
-            pid = self.provider_id(provider)
+            pid = self.provider_id(provider)  # None as well when genai-prices is missing
             snapshot = self._load()[0]
-            infos: list[gp.ModelInfo] = next(
-                (p.models for p in snapshot.providers if p.id == pid), []
+            infos: list[gp.ModelInfo] = (
+                []
+                if pid is None
+                else next((p.models for p in snapshot.providers if p.id == pid), [])
             )
             listed = self._listed[provider] = [
                 f"{provider}/{info.id}"
@@ -287,6 +302,8 @@ class GenaiPrices:
     def provider_id(self, provider: str) -> str | None:
         """The genai-prices provider id of an llmproxy provider name, or None."""
         snapshot = self._load()[0]
+        if snapshot is None:
+            return None
         url = self._base_urls.get(provider)
         if url:
             for candidate in snapshot.providers:
@@ -317,11 +334,11 @@ class GenaiPrices:
 
     def find(self, provider: str, model: str) -> tuple[Entry, str, str] | None:
         """The price entry of ``provider/model`` with its genai-prices name and origin."""
-        from genai_prices import types as gp
-
         info = self.model(provider, model)
         if info is None:
             return None
+        from genai_prices import types as gp
+
         _snapshot, as_of, origin = self._load()
         name = f"{self.provider_id(provider)}/{info.id}"
         if isinstance(info.prices, gp.ModelPrice):
