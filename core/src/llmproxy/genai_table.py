@@ -37,12 +37,13 @@ import datetime as dt
 import logging
 import re
 from collections.abc import Iterable, Mapping
-from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from llmproxy.pricing import Entry, Price, Tier
 
 if TYPE_CHECKING:
+    from decimal import Decimal
+
     from genai_prices import types as gp
 
 #: llmproxy provider names whose genai-prices id differs or that are known without a URL.
@@ -122,6 +123,8 @@ def _declares(clause: Any, name: str) -> bool:
 
 def _rate(value: Any, above: int) -> Decimal | None:
     """One genai-prices price (a Decimal or tiers) for a call whose input exceeds ``above``."""
+    from decimal import Decimal
+
     from genai_prices import types as gp
 
     if isinstance(value, gp.TieredPrices):

@@ -25,3 +25,21 @@ def test_prices_rows_flag_stale_and_unpriced_models() -> None:
     assert by_model["openai/fresh"]["age_days"] == 2
     assert by_model["openai/nobody-knows"] is None and by_model["bare"] is None
     proxy.close()
+
+
+def test_warm_looks_the_default_models_price_up_before_the_first_call() -> None:
+    from llmproxy.pricing import Entry
+    from llmproxy_gateway.app import warm
+
+    asked: list[tuple[str, str]] = []
+
+    class Spy:
+        def find(self, provider: str, model: str) -> tuple[Entry, str, str] | None:
+            asked.append((provider, model))
+            return None
+
+    proxy = Proxy({"default_model": "openai/some-model"}, environ={})
+    proxy.prices = proxy.prices.merged({}, defaults=Spy())
+    warm(proxy)  # no key: the provider is left for the first call, the price is not
+    assert asked == [("openai", "some-model")]
+    proxy.close()
