@@ -28,7 +28,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _usd(value: float) -> str:
-    return f"${value:,.4f}".rstrip("0").rstrip(".") if value else "$0"
+    return f"${value:,.6f}".rstrip("0").rstrip(".") if value else "$0"
 
 
 def _rates(row: dict[str, Any]) -> str:
