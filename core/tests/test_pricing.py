@@ -159,6 +159,10 @@ def test_genai_prices_tiers_cache_writes_and_dates() -> None:
     day = dt.datetime(2026, 12, 2, tzinfo=dt.UTC)
     flash = g.find("deepseek", "deepseek-flash")
     assert flash is not None
+    varying = PriceTable({}, defaults=GenaiPrices()).lookup("deepseek", "deepseek-flash")
+    assert varying is not None and varying.varies
+    fixed = PriceTable({}, defaults=GenaiPrices()).lookup("openai", "gpt-5.4")
+    assert fixed is not None and not fixed.varies
     peak = flash[0].at((day + dt.timedelta(hours=2)).timestamp())
     off_peak = flash[0].at((day + dt.timedelta(hours=12)).timestamp())
     assert peak.input == 2 * off_peak.input

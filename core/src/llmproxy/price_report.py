@@ -51,6 +51,8 @@ def _lines(full: str, row: dict[str, Any], max_age: int) -> list[str]:
     else:
         stale = "  STALE: no date" if row["stale"] else ""
         lines.append(f"  as of   unknown{stale}")
+    if row["varies"]:
+        lines.append("  varies  by the date or hour of the call (the price shown is now's)")
     if row["changes_at"] is not None:
         when = dt.datetime.fromtimestamp(row["changes_at"], dt.UTC)
         lines.append(f"  changes {when:%Y-%m-%d %H:%M} UTC")

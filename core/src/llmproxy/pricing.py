@@ -209,6 +209,9 @@ class Priced:
     price: Price
     name: str
     origin: str
+    varies: bool = False
+    """The price depends on the moment of the call beyond ``price.until`` (the default table's
+    time-of-day and dated prices): ``price`` is the one at the moment asked."""
 
 
 class Entry(Protocol):
@@ -340,7 +343,7 @@ class PriceTable:
         if found is None:
             return None
         entry, name, origin = found
-        return Priced(self._resolve(entry, at), name, origin)
+        return Priced(self._resolve(entry, at), name, origin, not isinstance(entry, Price))
 
     def _resolve(self, entry: Price | Entry, at: float | None) -> Price:
         if isinstance(entry, Price) and entry.then is None:
@@ -437,4 +440,5 @@ def describe(priced: Priced, now: float, max_age_days: int) -> dict[str, Any]:
             for values in ((tier.above, *price.rates(tier.above + 1)) for tier in price.tiers)
         ],
         "changes_at": price.until,
+        "varies": priced.varies,
     }
