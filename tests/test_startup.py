@@ -12,6 +12,8 @@ import pytest
 
 #: Top-level packages that only a provider call (or ``llmproxy serve``) may import.
 HEAVY = ("openai", "google", "anthropic", "starlette", "uvicorn", "redis", "aiohttp", "httpx")
+#: The default price table, imported when a price is first looked up (not at start-up).
+PRICE_TABLE = "genai_prices"
 
 PROBE = """
 import json, sys
@@ -30,12 +32,14 @@ print("MODULES:" + json.dumps(sorted(m for m in sys.modules if m.split(".")[0] i
 """
 
 
-def imported_heavy(args: list[str], data_dir: Path, make_openai: bool = False) -> list[str]:
+def imported_heavy(
+    args: list[str], data_dir: Path, make_openai: bool = False, heavy: tuple[str, ...] = HEAVY
+) -> list[str]:
     """Run ``llmproxy ARGS`` in a fresh interpreter; return the heavy modules it imported."""
     base = {
         k: v for k, v in os.environ.items() if not k.startswith(("OPENAI", "LLM_PROXY", "LLMPROXY"))
     }
-    code = PROBE.format(make_openai=make_openai, heavy=HEAVY)
+    code = PROBE.format(make_openai=make_openai, heavy=heavy)
     result = subprocess.run(
         [sys.executable, "-c", code, *args],
         env={**base, "LLMPROXY_DATA_DIR": str(data_dir)},
@@ -53,7 +57,15 @@ def imported_heavy(args: list[str], data_dir: Path, make_openai: bool = False) -
     "args", [["--help"], ["plugins"], ["usage"], ["history", "list"]], ids=" ".join
 )
 def test_commands_that_call_no_provider_import_no_sdk(args: list[str], tmp_path: Path) -> None:
-    assert imported_heavy(args, tmp_path) == []
+    assert imported_heavy(args, tmp_path, heavy=(*HEAVY, PRICE_TABLE)) == []
+
+
+def test_prices_imports_the_price_table_and_no_sdk(tmp_path: Path) -> None:
+    modules = imported_heavy(
+        ["prices", "openai/gpt-5.4-mini"], tmp_path, heavy=(*HEAVY, PRICE_TABLE)
+    )
+    assert PRICE_TABLE in modules
+    assert [m for m in modules if m.split(".")[0] != PRICE_TABLE] == []
 
 
 def test_the_sdk_is_imported_when_the_provider_is_first_made(tmp_path: Path) -> None:
@@ -78,10 +90,10 @@ def test_plugins_lists_what_each_plugin_registers_without_sdks(tmp_path: Path) -
     out = result.stdout
     for registered in (
         "provider openai",
-        "price openai/gpt-5.4-mini*",
+        "price gemini/gemini-3.8-flash",
         "provider gemini",
         "provider anthropic",
-        "price anthropic/claude-sonnet-4-6*",
+        "price anthropic/claude-sonnet-4-{date}",
     ):
         assert registered in out
     assert "command serve" in out and "ledger redis://" in out

@@ -647,7 +647,9 @@ class Call:
                     " USD per 1M tokens)",
                     path="prices",
                 )
-            args["rates"] = Rates(price.input / 1_000_000, price.output / 1_000_000)
+            # The highest rates any usage within the reserved input could be billed at.
+            input_rate, output_rate = price.bound(args["input_tokens"])
+            args["rates"] = Rates(input_rate / 1_000_000, output_rate / 1_000_000)
         return args
 
     def _cap(self, budgeted: bool) -> int | None:
@@ -1405,7 +1407,9 @@ class EmbedCall:
                     " USD per 1M tokens)",
                     path="prices",
                 )
-            args["rates"] = Rates(price.input / 1_000_000, price.output / 1_000_000)
+            # The highest rates any usage within the reserved input could be billed at.
+            input_rate, output_rate = price.bound(args["input_tokens"])
+            args["rates"] = Rates(input_rate / 1_000_000, output_rate / 1_000_000)
         return args
 
     def request(self, start: int, end: int) -> EmbedRequest:

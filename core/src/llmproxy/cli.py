@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
-from llmproxy import media
+from llmproxy import media, price_report
 from llmproxy.budget.base import Claim, ListableLedger
 from llmproxy.budget.routed import shared_ledger
 from llmproxy.config import PROVIDER_KINDS, load_config
@@ -129,6 +129,13 @@ def _parser() -> argparse.ArgumentParser:
     usage.add_argument("--session")
     usage.add_argument("--key", help="a key id (for key-scoped budgets)")
     usage.add_argument("--tag", action="append", default=[], metavar="NAME=VALUE")
+    price_report.configure(
+        sub.add_parser(
+            "prices",
+            help="show the price a call to a model would be charged, where it came from and its"
+            " date (stale ones flagged); without a model, the configured and plugins' prices",
+        )
+    )
     return parser
 
 
@@ -136,6 +143,8 @@ def _usage_line(usage: Usage) -> str:
     parts = [f"input {usage.input_tokens}", f"output {usage.output_tokens}"]
     if usage.cached_input_tokens:
         parts.append(f"cached input {usage.cached_input_tokens}")
+    if usage.cache_write_tokens:
+        parts.append(f"cache write {usage.cache_write_tokens}")
     if usage.reasoning_tokens:
         parts.append(f"reasoning {usage.reasoning_tokens}")
     parts.append(f"total {usage.total_tokens}")
@@ -509,6 +518,23 @@ def _usage(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return 0
 
 
+def _prices(args: argparse.Namespace, out: TextIO) -> int:
+    proxy = Proxy.from_env()
+    try:
+        config = proxy.config
+        return price_report.report(
+            proxy.prices,
+            out,
+            model=args.model,
+            default_model=config.default_model,
+            aliases=dict(config.aliases),
+            max_age_days=config.price_max_age_days,
+            as_json=args.json,
+        )
+    finally:
+        proxy.close()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``llmproxy`` command; return its exit status."""
     args = _parser().parse_args(argv)
@@ -526,6 +552,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _history(args, out)
         if args.command == "usage":
             return _usage(args, out, err)
+        if args.command == "prices":
+            return _prices(args, out)
         return load_plugins().registry.commands[args.command].run(args)
     except ConfigError as exc:
         err.write(f"llmproxy: {exc}\n")

@@ -51,7 +51,7 @@ from cattrs.v import format_exception
 
 from llmproxy import env as envvars
 from llmproxy.errors import ConfigError
-from llmproxy.pricing import Price
+from llmproxy.pricing import DEFAULT_MAX_AGE_DAYS, Price
 from llmproxy.secret import register
 
 DEFAULT_MODEL = "openai/gpt-5.4-mini"
@@ -329,8 +329,10 @@ class ProxyConfig:
     shared by the processes using it and kept across runs.
     ``history_url``/``ledger_url`` choose the stores by URL; None means the embedded SQLite
     files in the data dir. ``history_limit`` caps how many past messages are sent as context.
-    ``prices`` overrides the plugins' price table: ``{"openai/gpt-5.4-mini": {"input": 0.25,
-    "output": 2.0, "cached_input": 0.025}}`` in USD per million tokens.
+    ``prices`` wins over the plugins' and the default (genai-prices) tables:
+    ``{"openai/gpt-5.4-mini": {"input": 0.25, "output": 2.0, "cached_input": 0.025}}`` in USD
+    per million tokens (also ``cache_write`` and ``tiers``; a key holding ``*`` or ``{date}`` is
+    a pattern, see :mod:`llmproxy.pricing`).
     ``fallbacks`` maps a model to the models tried in turn when it fails with a retryable error.
     ``on_limit`` is ``raise`` (RateLimited at once) or ``wait`` (sleep ``retry_after`` and try
     again); ``limit_wait`` bounds, in seconds, how long a call waits for a rate limit or for
@@ -347,6 +349,8 @@ class ProxyConfig:
     budget applies. ``cache`` is the response cache's table (:class:`CacheConfig`).
     ``models`` maps an alias to its deployments, routing strategy and cooldown (a
     ``[models.NAME]`` table, see :mod:`llmproxy.routing` and :func:`llmproxy.routing.model_table`).
+    ``price_max_age_days`` (default 90; 0: never) is the age past which a price is flagged as
+    stale by ``llmproxy prices`` and the gateway dashboard (``LLMPROXY_PRICE_MAX_AGE_DAYS``).
     """
 
     default_model: str = DEFAULT_MODEL
@@ -367,6 +371,7 @@ class ProxyConfig:
     fallbacks: dict[str, list[str]] = attrs.Factory(dict)
     cache: CacheConfig = attrs.Factory(CacheConfig)
     models: dict[str, dict[str, Any]] = field(factory=dict, converter=_model_tables)
+    price_max_age_days: int = field(default=DEFAULT_MAX_AGE_DAYS, validator=_not_negative)
 
     def __attrs_post_init__(self) -> None:
         both = sorted(set(self.models) & set(self.aliases))

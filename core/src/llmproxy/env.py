@@ -47,6 +47,12 @@ Variable                        Meaning
                                 ``DEFAULT_QUERY``, ``PRICES``, ``MAX_OUTPUT_TOKENS``): an invalid
                                 one is a ``ConfigError`` naming the variable. Wins over the TOML
                                 file, key by key.
+``LLMPROXY_PRICE_MAX_AGE_DAYS`` Days after which a price's date (``as_of``) makes it stale
+                                (default 90; 0 turns the flag off): ``llmproxy prices`` and the
+                                gateway dashboard flag it. Configuration key
+                                ``price_max_age_days``; the variable wins over the file. Prices
+                                come from genai-prices, the plugins and ``[prices]``
+                                (``llmproxy.pricing``); no variable changes which.
 ``XDG_DATA_HOME``, ``APPDATA``  Read to find the user data dir when ``LLMPROXY_DATA_DIR`` is unset.
 ``LLMPROXY_REDIS_URL``          Where Redis is, for the Redis plugins (``llmproxy.redis_url``
                                 resolves it); wins over the seed's variables below.
@@ -89,6 +95,7 @@ DATA_DIR = "LLMPROXY_DATA_DIR"
 PLUGINS = "LLMPROXY_PLUGINS"
 MAX_TOKENS = "LLMPROXY_MAX_TOKENS"
 REQUESTS_PER_MINUTE = "LLMPROXY_REQUESTS_PER_MINUTE"
+PRICE_MAX_AGE_DAYS = "LLMPROXY_PRICE_MAX_AGE_DAYS"
 PROVIDERS_PREFIX = "LLMPROXY_PROVIDERS__"
 
 
@@ -215,6 +222,9 @@ def config_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
         out["ledger_url"] = environ[LEDGER_URL]
     if environ.get(CACHE_URL):
         out["cache"] = {"url": environ[CACHE_URL]}
+    max_age = _int(environ, PRICE_MAX_AGE_DAYS)
+    if max_age is not None:
+        out["price_max_age_days"] = max_age
     budgets: list[dict[str, Any]] = []
     max_tokens = _int(environ, MAX_TOKENS)
     if max_tokens is not None:

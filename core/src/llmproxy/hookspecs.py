@@ -93,11 +93,15 @@ def register_budget_policies(register: RegisterPolicy) -> None:
 
 @hookspec
 def register_prices(register: RegisterPrice) -> None:
-    """Register default model prices: ``register(name, price)``.
+    """Register model prices over the default table (genai-prices): ``register(name, price)``.
 
-    ``name`` is ``provider/model`` or a ``provider/prefix*`` pattern; ``price`` a
-    :class:`~llmproxy.pricing.Price` in USD per million tokens, with its ``as_of`` date (and,
-    for a price announced to change, ``until`` and the ``then`` price).
+    ``name`` is an exact ``provider/model``, or a pattern declared with
+    ``register(name, price, pattern=True)`` (``*`` any run of characters, ``{date}`` a snapshot
+    date: ``openai/gpt-5.4-mini-{date}``); a model is never priced by a prefix it merely starts
+    with. ``price`` is a :class:`~llmproxy.pricing.Price` in USD per million tokens, with its
+    ``as_of`` date (and, for a price announced to change, ``until`` and the ``then`` price).
+    The configuration's ``[prices]`` wins over it; register only what genai-prices lacks or
+    gets wrong.
     """
 
 

@@ -30,6 +30,7 @@ from llmproxy.call import Call, CallOptions, EmbedCall, Prompt, ToolSpec
 from llmproxy.config import ProxyConfig, load_config, structure
 from llmproxy.errors import ConfigError, InvalidRequest, PluginError, StoreError
 from llmproxy.flow import READY, Closed, Deliver, EmbedFlow, Flow, call_flow, embed_flow
+from llmproxy.genai_table import GenaiPrices
 from llmproxy.history.base import HistoryRecord, HistoryStore
 from llmproxy.history.handler import HandlerStore, LLMMessageHandler
 from llmproxy.pipelining import PipelinedHistory, PipelinedLedger, QueuedSettle, shared
@@ -143,7 +144,9 @@ class Proxy:
             if self._ledger_url:
                 self._check_scheme(self._ledger_url, self.plugins.registry.ledgers, "ledger")
             envvars.ledger_lease(self.environ)  # a bad value is refused now, not at the first call
-        self.prices = self.plugins.registry.prices.merged(config.prices)
+        self.prices = self.plugins.registry.prices.merged(
+            config.prices, defaults=GenaiPrices.for_providers(config.providers)
+        )
         self.fallbacks: dict[str, list[str]] = {}
         tables: list[Mapping[str, Any]] = [config.fallbacks, fallbacks or {}]
         for table in tables:

@@ -19,7 +19,7 @@ from llmproxy.provider import Provider
 from llmproxy.secret import Secret
 from llmproxy.tools import Tool
 
-BUILTIN_COMMANDS = frozenset(("chat", "plugins", "history", "usage"))
+BUILTIN_COMMANDS = frozenset(("chat", "plugins", "history", "usage", "prices"))
 _NAME = re.compile(r"^[a-z][a-z0-9_.-]*$")
 
 
@@ -95,8 +95,12 @@ class RegisterPolicy(Protocol):
 class RegisterPrice(Protocol):
     """The ``register`` function passed to ``register_prices``."""
 
-    def __call__(self, name: str, price: Price) -> None:
-        """Register the price of ``provider/model`` or a ``provider/prefix*`` pattern."""
+    def __call__(self, name: str, price: Price, *, pattern: bool = False) -> None:
+        """Register the price of ``provider/model``, or of a pattern declared with ``pattern``.
+
+        A pattern's ``*`` matches any run of characters and ``{date}`` a snapshot date
+        (``openai/gpt-5.4-mini-{date}``); see :mod:`llmproxy.pricing`.
+        """
 
 
 @frozen
@@ -269,13 +273,16 @@ class Registry:
     def price_register(self, plugin: str) -> RegisterPrice:
         """Return the ``register`` function handed to one plugin's ``register_prices``."""
 
-        def register(name: str, price: Price) -> None:
+        def register(name: str, price: Price, *, pattern: bool = False) -> None:
             if not isinstance(price, Price):
                 raise PluginError(
                     f"plugin '{plugin}' registered price {name!r} that is not a Price",
                     plugin=plugin,
                 )
-            self.prices.set(name, price)
+            try:
+                self.prices.set(name, price, pattern=pattern, origin=f"plugin {plugin}")
+            except ConfigError as exc:
+                raise PluginError(f"plugin '{plugin}': {exc}", plugin=plugin) from None
             self._note(plugin, f"price {name}")
 
         return register

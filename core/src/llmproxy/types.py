@@ -347,6 +347,8 @@ class Usage:
     ``cached_input_tokens`` and ``reasoning_tokens`` are parts of ``input_tokens`` and
     ``output_tokens`` respectively, as providers report them. ``estimated`` is true when the
     provider sent no usage (a broken stream) and the numbers were counted from what arrived.
+    ``cache_write_tokens`` (input written to the provider's prompt cache, billed at the cache
+    write price) is a part of ``input_tokens`` too, apart from ``cached_input_tokens``.
     """
 
     input_tokens: int = 0
@@ -355,6 +357,7 @@ class Usage:
     reasoning_tokens: int = 0
     cost: float | None = None
     estimated: bool = False
+    cache_write_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -374,6 +377,7 @@ class Usage:
             self.reasoning_tokens + other.reasoning_tokens,
             cost,
             self.estimated or other.estimated,
+            self.cache_write_tokens + other.cache_write_tokens,
         )
 
 

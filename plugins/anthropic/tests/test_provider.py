@@ -36,7 +36,6 @@ from llmproxy.types import Audio, ChatRequest, Chunk, Document, Image, Message, 
 from llmproxy_anthropic import models
 from llmproxy_anthropic.provider import (
     AUTO_CACHE_CHARS,
-    CACHE_WRITE_WEIGHT,
     AnthropicProvider,
     count_messages,
 )
@@ -616,7 +615,8 @@ async def test_cache_reads_and_writes_are_reported(
     _, _, usage = await ask(make_proxy(), mode, "Hello")
     fresh = input_token_count(bodies(server)[0])
     assert usage.cached_input_tokens == 1000
-    assert usage.input_tokens == fresh + 1000 + CACHE_WRITE_WEIGHT * 300
+    assert usage.cache_write_tokens == 300
+    assert usage.input_tokens == fresh + 1000 + 300
 
 
 # --------------------------------------------------------------------------- counting

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import threading
 import time
@@ -41,7 +42,9 @@ from llmproxy_testing.fake_deepseek import (
 
 MODEL = "deepseek-flash"
 NAME = f"deepseek/{MODEL}"
-FLASH = Price(0.30, 1.20, 0.006, "2026-11-15")
+FLASH = Price(0.30, 1.20, 0.006)
+# The peak price, set in the configuration: the default table's depends on the hour of the call.
+PINNED = {"prices": {NAME: {"input": 0.30, "output": 1.20, "cached_input": 0.006}}}
 WEATHER_CALL = {"name": "get_weather", "arguments": {"city": "Oslo"}}
 
 
@@ -86,7 +89,7 @@ MODES = ["chat", "achat", "stream", "astream"]
 async def test_reasoning_arrives_on_its_own_field(
     make_proxy: Callable[..., Proxy], server: FakeDeepSeek, mode: str
 ) -> None:
-    proxy = make_proxy()
+    proxy = make_proxy(PINNED)
     server.enqueue(Reply(text="Rayleigh scattering.", reasoning="Short waves scatter more."))
     text, reasoning, usage = await ask(proxy, mode, "Why is the sky blue?")
     assert text == "Rayleigh scattering."
@@ -131,7 +134,7 @@ async def test_output_cap_goes_out_as_max_tokens(
 async def test_cache_hits_are_cached_input_billed_at_the_hit_price(
     make_proxy: Callable[..., Proxy], server: FakeDeepSeek
 ) -> None:
-    proxy = make_proxy()
+    proxy = make_proxy(PINNED)
     server.enqueue(Reply(text="Fine.", usage={"prompt_cache_hit_tokens": 6}))
     r = proxy.chat("How are you today?", model=NAME)
     # prompt 3 + (4 + 3) = 10, of which 6 hit the cache; output 3 reasoning + 1 answer word
@@ -163,10 +166,24 @@ async def test_prices_are_registered_through_the_entry_point() -> None:
     info = next(i for i in plugins.infos() if i.name == "deepseek")
     assert info.distribution == "llmproxy-deepseek"
     prices = plugins.registry.prices
-    assert prices.get("deepseek", "deepseek-flash") == FLASH
-    assert prices.get("deepseek", "deepseek-v4-flash") == FLASH
-    assert prices.get("deepseek", "deepseek-v4-pro") == Price(1.32, 3.96, 0.044, "2026-11-15")
-    assert prices.get("deepseek", "deepseek-chat") is None  # retired July 2026: unpriced
+    # genai-prices bills DeepSeek's peak hours (01:00-04:00 and 06:00-10:00 UTC) at the peak
+    # rate and the rest at the off-peak one, by the time of the call.
+    day = datetime.datetime(2026, 12, 2, tzinfo=datetime.UTC)
+    peak = (day + datetime.timedelta(hours=2)).timestamp()
+    off_peak = (day + datetime.timedelta(hours=12)).timestamp()
+    for model in ("deepseek-flash", "deepseek-v4-flash"):
+        at_peak = prices.get("deepseek", model, at=peak)
+        at_off_peak = prices.get("deepseek", model, at=off_peak)
+        assert at_peak is not None and at_off_peak is not None
+        assert (at_peak.input, at_peak.cached_input, at_peak.output) == (0.30, 0.006, 1.20)
+        assert (at_off_peak.input, at_off_peak.cached_input, at_off_peak.output) == (
+            0.15,
+            0.003,
+            0.60,
+        )
+    found = prices.lookup("deepseek", "deepseek-v4-pro", at=peak)
+    assert found is not None and found.origin.startswith("genai-prices")
+    assert (found.price.input, found.price.output) == (1.32, 3.96)
 
 
 # --------------------------------------------------------------------------- tool calls

@@ -174,6 +174,15 @@ def test_dashboard_shows_the_usage_log_live(gateway: GatewayProcess, browser: An
         hits = {h.policy: h.hits for h in log.limit_hits()}
         row = page.locator('#limits tr[data-policy="key-requests-1-60s"]')
         assert number(row.locator(".hits").inner_text()) == hits["key-requests-1-60s"]
+        # prices: each model called, its rates, where they came from and their date
+        prices = page.locator("#prices tbody tr[data-model]")
+        assert {prices.nth(i).get_attribute("data-model") for i in range(prices.count())} == {
+            t.group for t in log.totals("model")
+        }
+        mini = page.locator('#prices tr[data-model="openai/gpt-4o-mini"]')
+        assert mini.locator(".origin").inner_text().startswith("genai-prices ")
+        assert mini.locator(".input").inner_text() == "$0.15"
+        assert mini.locator(".as-of").inner_text().startswith("20")
         # recent calls, newest first, with a link to the session's history
         assert page.locator("#recent tbody tr.call").count() == min(expected_calls, 50)
 
@@ -265,6 +274,7 @@ def test_every_table_fits_its_card_at_common_widths(gateway: GatewayProcess, bro
                 "totals-user",
                 "totals-key",
                 "budgets",
+                "prices",
                 "limits",
                 "recent",
             }, width

@@ -600,14 +600,20 @@ def test_prices_limits_and_estimates() -> None:
     prices = plugins.registry.prices
     before, after = INTRO_ENDS - 1, INTRO_ENDS
     assert prices.get("gemini", MODEL, at=before) == PRICE
-    assert prices.get("gemini", "gemini-3.8-flash-preview-09", at=before) == PRICE
+    # A variant no table declares is not priced by the family's price.
+    assert prices.get("gemini", "gemini-3.8-flash-preview-09", at=before) is None
     assert prices.get("gemini", MODEL, at=after) == LATER
     assert prices.get("gemini", MODEL) == PRICE.at(time.time())  # now: whichever is in effect
-    assert prices.get("gemini", "gemini-3.5-flash", at=after) == Price(
-        1.50, 9.00, 0.15, "2026-10-07"
-    )
-    assert prices.get("gemini", "gemini-3.5-flash-lite") == Price(0.30, 2.50, None, "2026-10-07")
-    assert prices.get("gemini", "gemini-3.1-pro-preview") is None  # tiered: unpriced
+    priced = prices.lookup("gemini", MODEL)
+    assert priced is not None and priced.origin == "plugin gemini"
+    # The rest come from genai-prices (provider "google"), Pro with its prompt-length tier.
+    flash = prices.lookup("gemini", "gemini-3.5-flash")
+    assert flash is not None
+    assert flash.name == "google/gemini-3.5-flash"
+    assert flash.origin.startswith("genai-prices ")
+    pro = prices.get("gemini", "gemini-3.1-pro-preview")
+    assert pro is not None and pro.tiers and pro.tiers[0].above == 200_000
+    assert pro.tiers[0].input > pro.input
     p = GeminiProvider(api_key="k")
     assert p.max_output_tokens(MODEL) == 65_536
     assert p.max_output_tokens("models/gemini-2.0-flash") == 8_192

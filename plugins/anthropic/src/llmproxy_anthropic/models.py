@@ -6,6 +6,8 @@ Unknown models pass through untouched: their output limit is :data:`FALLBACK_OUT
 
 from __future__ import annotations
 
+from llmproxy.pricing import Price
+
 #: The default model.
 DEFAULT_MODEL = "claude-sonnet-4-6"
 
@@ -35,19 +37,17 @@ def output_limit(model: str) -> int | None:
     return None
 
 
-#: Standard prices in USD per 1M tokens: (input, cache read, output, as of). From Anthropic's
-#: pricing page (docs.anthropic.com/en/docs/about-claude/pricing) and copies of it dated
-#: 2026-03 and 2026-06. Cache writes (1.25x input for 5 minutes, 2x for an hour) have no field
-#: in the core's Price: they are counted as input tokens and billed at the input price, which
-#: is below their bill (see the README).
-PRICES: dict[str, tuple[float, float | None, float, str]] = {
-    "claude-opus-4-6*": (5.00, 0.50, 25.00, "2026-03-21"),
-    "claude-opus-4-5*": (5.00, 0.50, 25.00, "2026-03-21"),
-    "claude-opus-4-1*": (15.00, 1.50, 75.00, "2026-03-21"),
-    "claude-opus-4-2*": (15.00, 1.50, 75.00, "2026-03-21"),
-    "claude-sonnet-4-6*": (3.00, 0.30, 15.00, "2026-03-21"),
-    "claude-sonnet-4-5*": (3.00, 0.30, 15.00, "2026-03-21"),
-    "claude-sonnet-4-2*": (3.00, 0.30, 15.00, "2026-03-21"),
-    "claude-haiku-4-5*": (1.00, 0.10, 5.00, "2026-03-21"),
-    "claude-3-haiku*": (0.25, 0.03, 1.25, "2026-03-21"),
+#: Prices this plugin registers over the default table (genai-prices, see
+#: :mod:`llmproxy.genai_table`), by exact model name: none. genai-prices prices every Claude
+#: model this table used to hold (compared on 2026-12-02), with cache writes and long-context
+#: tiers, which this table could not express.
+PRICES: dict[str, Price] = {}
+
+#: Declared patterns (``*`` any run of characters, ``{date}`` a snapshot date). genai-prices
+#: declares Claude Sonnet 4's snapshots by the prefix ``claude-sonnet-4-2025``, which llmproxy
+#: does not read as a declaration (a prefix is no name); this pattern says what it means:
+#: ``claude-sonnet-4-20250514`` and later dated snapshots, at genai-prices' Sonnet 4 figures
+#: (cache writes at the 1-hour rate, 2x input: llmproxy's usage does not tell the two apart).
+PRICE_PATTERNS: dict[str, Price] = {
+    "claude-sonnet-4-{date}": Price(3.00, 15.00, 0.30, "2026-11-03", cache_write=6.00),
 }

@@ -7,7 +7,6 @@ Discovery imports this module for every command, so it imports no SDK: the provi
 from __future__ import annotations
 
 import llmproxy
-from llmproxy.pricing import Price
 from llmproxy.provider import Provider
 from llmproxy.registry import ProviderSettings, RegisterPrice, RegisterProvider
 from llmproxy_anthropic import env, models
@@ -33,6 +32,12 @@ def register_providers(register: RegisterProvider) -> None:
 
 @llmproxy.hookimpl
 def register_prices(register: RegisterPrice) -> None:
-    """Register Anthropic's published prices (see ``models.PRICES`` for their dates)."""
-    for name, (input_price, cached, output, as_of) in models.PRICES.items():
-        register(f"anthropic/{name}", Price(input_price, output, cached, as_of))
+    """Register what this plugin adds over the default table (genai-prices).
+
+    ``models.PRICES`` by exact name, ``models.PRICE_PATTERNS`` as declared patterns; see
+    there for what and why.
+    """
+    for name, price in models.PRICES.items():
+        register(f"anthropic/{name}", price)
+    for name, price in models.PRICE_PATTERNS.items():
+        register(f"anthropic/{name}", price, pattern=True)

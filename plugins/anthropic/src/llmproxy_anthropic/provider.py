@@ -148,13 +148,6 @@ def count_messages(messages: Sequence[Message]) -> int:
     return total
 
 
-CACHE_WRITE_WEIGHT = 2
-"""How many input tokens a cache-write token counts as. Anthropic bills a cache write at 1.25x
-(5-minute cache) or 2x (1-hour) the input price, and the core's ``Usage`` has no cache-write
-field: counting each written token twice keeps a cost budget's charge at or above the bill
-(never overspent), at the price of over-counting 5-minute writes and token budgets."""
-
-
 def usage_of(raw: Any) -> Usage | None:
     """The core's Usage of an SDK ``Usage`` (see :func:`usage_from`); None stays None."""
     if raw is None:
@@ -174,11 +167,14 @@ def usage_from(
 ) -> Usage:
     """The core's Usage of Anthropic's counts: the one place cache reads and writes are mapped.
 
-    Anthropic's ``input_tokens`` leaves both out: reads are added and become
-    ``cached_input_tokens``; writes are added :data:`CACHE_WRITE_WEIGHT` times (see there).
+    Anthropic's ``input_tokens`` leaves both out; both are added, reads become
+    ``cached_input_tokens`` and writes ``cache_write_tokens`` (billed at the price's cache-write
+    rate).
     """
-    billed = input_tokens + read + CACHE_WRITE_WEIGHT * write
-    return Usage(billed, output_tokens, read, min(thinking, output_tokens))
+    billed = input_tokens + read + write
+    return Usage(
+        billed, output_tokens, read, min(thinking, output_tokens), cache_write_tokens=write
+    )
 
 
 #: The keyword arguments the SDK's ``messages.create`` and ``messages.count_tokens`` take; any

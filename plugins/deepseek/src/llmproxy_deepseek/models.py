@@ -6,6 +6,8 @@ Unknown models pass through untouched: their output limit is None (the call's ow
 
 from __future__ import annotations
 
+from llmproxy.pricing import Price
+
 #: The default model: DeepSeek's current Flash model (DeepSeek-V4.1-Flash behind this name).
 DEFAULT_MODEL = "deepseek-flash"
 
@@ -28,16 +30,14 @@ def output_limit(model: str) -> int | None:
     return None
 
 
-#: USD per 1M tokens: (input on a cache miss, input on a cache hit, output, as of), from
-#: DeepSeek's "Models & Pricing" page (api-docs.deepseek.com/quick_start/pricing) as checked on
-#: 2026-11-15. DeepSeek bills peak and off-peak hours differently: off-peak is half price, peak
-#: is 01:00-04:00 and 06:00-10:00 UTC on weekdays (Chinese public holidays are off-peak). A
-#: price table holds one figure per kind, so these are the PEAK rates: a cost reported with them
-#: is never below the bill. Override them in the ``[prices]`` configuration table for off-peak
-#: work (deepseek-flash off-peak: 0.15 / 0.003 / 0.60; deepseek-v4-pro: 0.66 / 0.022 / 1.98).
-#: The legacy name ``deepseek-v4-flash`` is served by the Flash model at the Flash price.
-PRICES: dict[str, tuple[float, float, float, str]] = {
-    "deepseek-flash": (0.30, 0.006, 1.20, "2026-11-15"),
-    "deepseek-v4-flash": (0.30, 0.006, 1.20, "2026-11-15"),
-    "deepseek-v4-pro": (1.32, 0.044, 3.96, "2026-11-15"),
-}
+#: Prices this plugin registers over the default table (genai-prices, see
+#: :mod:`llmproxy.genai_table`), by exact model name; patterns go in :data:`PRICE_PATTERNS`.
+#: None: genai-prices prices deepseek-flash, deepseek-v4-flash and deepseek-v4-pro with
+#: DeepSeek's peak hours (01:00-04:00 and 06:00-10:00 UTC) and off-peak rates, applied at the
+#: time of each call (weekends and Chinese holidays, off-peak all day, are billed at the peak
+#: rate in those hours: above the bill, never below). This table used to hold the peak rates
+#: for every hour.
+PRICES: dict[str, Price] = {}
+
+#: Declared patterns (``*`` any run of characters, ``{date}`` a snapshot date): none.
+PRICE_PATTERNS: dict[str, Price] = {}

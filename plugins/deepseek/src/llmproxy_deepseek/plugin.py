@@ -7,7 +7,6 @@ Discovery imports this module for every command, so it imports no SDK: the provi
 from __future__ import annotations
 
 import llmproxy
-from llmproxy.pricing import Price
 from llmproxy.provider import Provider
 from llmproxy.registry import ProviderSettings, RegisterPrice, RegisterProvider
 from llmproxy_deepseek import env, models
@@ -33,6 +32,12 @@ def register_providers(register: RegisterProvider) -> None:
 
 @llmproxy.hookimpl
 def register_prices(register: RegisterPrice) -> None:
-    """Register DeepSeek's published (peak) prices; see ``models.PRICES`` for dates and caveats."""
-    for name, (input_price, cached, output, as_of) in models.PRICES.items():
-        register(f"deepseek/{name}", Price(input_price, output, cached, as_of))
+    """Register what this plugin adds over the default table (genai-prices).
+
+    ``models.PRICES`` by exact name, ``models.PRICE_PATTERNS`` as declared patterns; see
+    there for what and why.
+    """
+    for name, price in models.PRICES.items():
+        register(f"deepseek/{name}", price)
+    for name, price in models.PRICE_PATTERNS.items():
+        register(f"deepseek/{name}", price, pattern=True)

@@ -735,7 +735,9 @@ def answering_model(stream: AsyncChatStream, first: StreamEvent) -> str:
 
 
 def warm(proxy: Proxy) -> None:
-    """Set up ``proxy``'s default provider and load its tokenizer (see :meth:`Gateway.warm`).
+    """Set up ``proxy``'s default provider, its tokenizer and its price table.
+
+    See :meth:`Gateway.warm`.
 
     A provider with a ``warm(model)`` method (optional; ``llmproxy-openai``'s has one) is asked
     to do the rest of its first call's set-up too: with the event loop running, as in the
@@ -744,6 +746,9 @@ def warm(proxy: Proxy) -> None:
     name = proxy.config.default_model
     provider_name, _, model = name.partition("/")
     try:
+        # The default price table (genai-prices) is imported on the first lookup: now, not in
+        # the first call, which would stall the event loop for it (about 0.2 s).
+        proxy.prices.get(provider_name, model)
         provider = proxy.provider(provider_name)
         provider_warm = getattr(provider, "warm", None)
         if callable(provider_warm):

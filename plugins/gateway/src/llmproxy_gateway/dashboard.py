@@ -30,6 +30,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from llmproxy.pricing import describe
 from llmproxy_gateway.app import bearer
 
 if TYPE_CHECKING:
@@ -134,6 +135,28 @@ def budgets(gateway: Gateway) -> list[dict[str, Any]]:
     return sorted(rows.values(), key=lambda r: (r["scope"], r["policy"]))
 
 
+def prices(gateway: Gateway, models: list[str], now: float) -> list[dict[str, Any]]:
+    """The price of each model called in the window: rates, origin, date, and a stale flag.
+
+    A price older than ``price_max_age_days`` (or undated) is ``stale``; an unpriced model has
+    ``price`` None.
+    """
+    proxy = gateway.proxy
+    rows = []
+    for model in models:
+        provider, _, name = model.partition("/")
+        priced = proxy.prices.lookup(provider, name, at=now) if name else None
+        rows.append(
+            {
+                "model": model,
+                "price": None
+                if priced is None
+                else describe(priced, now, proxy.config.price_max_age_days),
+            }
+        )
+    return rows
+
+
 def data(gateway: Gateway, window: float) -> dict[str, Any]:
     """Everything the page shows, for the last ``window`` seconds (runs in a worker thread)."""
     now = time.time()
@@ -175,6 +198,7 @@ def data(gateway: Gateway, window: float) -> dict[str, Any]:
         ],
         "budgets": budget_rows,
         "budget_error": budget_error,
+        "prices": prices(gateway, [t["group"] for t in by["model"]["totals"]], now),
         "recent": recent,
         "keys": {k.id: k.to_json() for k in gateway.keys.all()},
         "log": log.describe(),

@@ -605,13 +605,15 @@ def stop_reason(response: ChatResponse | None, finish_reason: str | None) -> str
 
 
 def usage_json(usage: Usage | None) -> dict[str, int]:
-    """Anthropic's ``usage``: ``input_tokens`` excludes the cached part, reported apart."""
+    """Anthropic's ``usage``: ``input_tokens`` excludes cache reads and writes, reported apart."""
     if usage is None:
         return {"input_tokens": 0, "output_tokens": 0}
+    uncached = usage.input_tokens - usage.cached_input_tokens - usage.cache_write_tokens
     return {
-        "input_tokens": max(0, usage.input_tokens - usage.cached_input_tokens),
+        "input_tokens": max(0, uncached),
         "output_tokens": usage.output_tokens,
         "cache_read_input_tokens": usage.cached_input_tokens,
+        "cache_creation_input_tokens": usage.cache_write_tokens,
     }
 
 

@@ -3,9 +3,9 @@
 The list, per calling key: the default model, the configured aliases and the aliases with
 several deployments (``[models.NAME]``, see :mod:`llmproxy.routing`), owned by ``llmproxy``, and
 the ``provider/model`` names the configuration (alias targets, fallbacks, ``[prices]``) or
-the price table (price patterns such as ``openai/gpt-5.4-mini*`` are listed without the ``*``)
-knows, of providers whose plugin is installed and configured with a key; all filtered by the
-key's model allow-list (:meth:`~llmproxy_gateway.keys.KeyRecord.may_use`). Any other
+the price table prices by name (genai-prices' current models included; patterns are not
+listed) knows, of providers whose plugin is installed and configured with a key; all filtered
+by the key's model allow-list (:meth:`~llmproxy_gateway.keys.KeyRecord.may_use`). Any other
 ``provider/model`` name still works in a request (names pass through to the provider), so one
 model is found when it is listed, names an installed provider, or is a bare name (the default
 provider's), and the key may use it; else 404 ``model_not_found``. A request naming a model
@@ -23,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from llmproxy.config import ProxyConfig
+from llmproxy.pricing import is_pattern
 from llmproxy.registry import ProviderSettings
 from llmproxy_gateway.errors import HTTPError
 
@@ -95,8 +96,9 @@ def model_ids(gateway: Gateway, key: KeyRecord | None = None) -> list[str]:
     known = [*config.aliases.values()]
     for model, chain in config.fallbacks.items():
         known += [model, *chain]
-    known += [n.rstrip("*") for n in (*config.prices, *proxy.prices.names())]
     providers = configured_providers(proxy)
+    known += [n for n in config.prices if not is_pattern(n)]
+    known += [n for provider in sorted(providers) for n in proxy.prices.models(provider)]
     names = [config.default_model, *config.aliases, *proxy.routers]
     names += [n for n in known if n.partition("/")[0] in providers and n.partition("/")[2]]
     seen: set[str] = set()

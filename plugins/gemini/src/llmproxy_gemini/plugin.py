@@ -6,10 +6,7 @@ Discovery imports this module for every command, so it imports no SDK: the provi
 
 from __future__ import annotations
 
-import datetime
-
 import llmproxy
-from llmproxy.pricing import Price
 from llmproxy.provider import Provider
 from llmproxy.registry import ProviderSettings, RegisterPrice, RegisterProvider
 from llmproxy_gemini import env, models
@@ -35,25 +32,12 @@ def register_providers(register: RegisterProvider) -> None:
 
 @llmproxy.hookimpl
 def register_prices(register: RegisterPrice) -> None:
-    """Register Gemini's published prices (see ``models.PRICES`` for their dates and sources).
+    """Register what this plugin adds over the default table (genai-prices).
 
-    A price announced to change (``models.PRICE_CHANGES``) is registered with its successor,
-    which the price table answers with from the announced moment on.
+    ``models.PRICES`` by exact name, ``models.PRICE_PATTERNS`` as declared patterns; see
+    there for what and why.
     """
-    for name, (input_price, cached, output, as_of) in models.PRICES.items():
-        change = models.PRICE_CHANGES.get(name)
-        if change is None:
-            register(f"gemini/{name}", Price(input_price, output, cached, as_of))
-            continue
-        when, (new_input, new_cached, new_output, new_as_of) = change
-        register(
-            f"gemini/{name}",
-            Price(
-                input_price,
-                output,
-                cached,
-                as_of,
-                until=datetime.datetime.fromisoformat(when).timestamp(),
-                then=Price(new_input, new_output, new_cached, new_as_of),
-            ),
-        )
+    for name, price in models.PRICES.items():
+        register(f"gemini/{name}", price)
+    for name, price in models.PRICE_PATTERNS.items():
+        register(f"gemini/{name}", price, pattern=True)

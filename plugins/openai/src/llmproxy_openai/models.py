@@ -6,6 +6,8 @@ and their input is estimated with an upper bound. Only the service refuses a nam
 
 from __future__ import annotations
 
+from llmproxy.pricing import Price
+
 #: The default model: current, with no announced shutdown date in the SDK's model list.
 DEFAULT_MODEL = "gpt-5.4-mini"
 
@@ -63,25 +65,13 @@ def encoding_name(model: str) -> str | None:
     return None
 
 
-#: Standard (non-batch, under 270K context) prices in USD per 1M tokens:
-#: (input, cached input, output, as of). Snapshots match their family through the ``*`` patterns.
-PRICES: dict[str, tuple[float, float, float, str]] = {
-    "gpt-5.5*": (5.00, 0.50, 30.00, "2026-06"),
-    "gpt-5.4*": (2.50, 0.25, 15.00, "2026-06"),
-    "gpt-5.4-mini*": (0.75, 0.075, 4.50, "2026-06"),
-    "gpt-5.4-nano*": (0.20, 0.02, 1.25, "2026-06"),
-    "gpt-5.2*": (1.75, 0.175, 14.00, "2026-04"),
-    "gpt-5.1*": (1.25, 0.125, 10.00, "2026-04"),
-    "gpt-5": (1.25, 0.125, 10.00, "2025-08"),
-    "gpt-5-2025-08-07": (1.25, 0.125, 10.00, "2025-08"),
-    "gpt-5-mini*": (0.25, 0.025, 2.00, "2025-08"),
-    "gpt-5-nano*": (0.05, 0.005, 0.40, "2025-08"),
-    "gpt-4.1*": (2.00, 0.50, 8.00, "2025-04"),
-    "gpt-4.1-mini*": (0.40, 0.10, 1.60, "2025-04"),
-    "gpt-4.1-nano*": (0.10, 0.025, 0.40, "2025-04"),
-    "gpt-4o*": (2.50, 1.25, 10.00, "2024-11"),
-    "gpt-4o-mini*": (0.15, 0.075, 0.60, "2024-07"),
-    "text-embedding-3-small": (0.02, 0.02, 0.0, "2024-01"),
-    "text-embedding-3-large": (0.13, 0.13, 0.0, "2024-01"),
-    "text-embedding-ada-002": (0.10, 0.10, 0.0, "2022-12"),
-}
+#: Prices this plugin registers over the default table (genai-prices, see
+#: :mod:`llmproxy.genai_table`), in USD per 1M tokens, by exact model name; patterns go in
+#: :data:`PRICE_PATTERNS`. None: when compared on 2026-12-02, genai-prices priced every OpenAI
+#: model this table used to hold (gpt-5.5, gpt-5.4 and its mini, nano and pro, 5.2, 5.1, 5,
+#: 4.1, 4o and the embedding models, with their dated snapshots) at the same figures, with
+#: gpt-5.4's and gpt-5.5's long-context tiers besides.
+PRICES: dict[str, Price] = {}
+
+#: Declared patterns (``*`` any run of characters, ``{date}`` a snapshot date): none.
+PRICE_PATTERNS: dict[str, Price] = {}

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import llmproxy
 from llmproxy.config import COMPATIBLE_KIND
-from llmproxy.pricing import Price
 from llmproxy.provider import Provider
 from llmproxy.registry import ProviderSettings, RegisterPrice, RegisterProvider
 from llmproxy_openai import env, models
@@ -51,6 +50,12 @@ def register_providers(register: RegisterProvider) -> None:
 
 @llmproxy.hookimpl
 def register_prices(register: RegisterPrice) -> None:
-    """Register OpenAI's published prices (see ``models.PRICES`` for their dates)."""
-    for name, (input_price, cached, output, as_of) in models.PRICES.items():
-        register(f"openai/{name}", Price(input_price, output, cached, as_of))
+    """Register what this plugin adds over the default table (genai-prices).
+
+    ``models.PRICES`` by exact name, ``models.PRICE_PATTERNS`` as declared patterns; see
+    there for what and why.
+    """
+    for name, price in models.PRICES.items():
+        register(f"openai/{name}", price)
+    for name, price in models.PRICE_PATTERNS.items():
+        register(f"openai/{name}", price, pattern=True)

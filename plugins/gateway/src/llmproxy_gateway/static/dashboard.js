@@ -194,6 +194,32 @@ function renderLimits(d) {
   body.replaceChildren(...rows);
 }
 
+function renderPrices(d) {
+  const body = document.querySelector("#prices tbody");
+  const rows = (d.prices || []).map((r) => {
+    const p = r.price;
+    const tr = el("tr", { "data-model": r.model, class: p && p.stale ? "stale" : "" });
+    tr.appendChild(el("td", { class: "text model" }, r.model));
+    if (!p) {
+      tr.appendChild(el("td", { colspan: 6, class: "text bad" }, "no price"));
+      return tr;
+    }
+    for (const k of ["input", "output", "cache_read", "cache_write"]) {
+      tr.appendChild(el("td", { class: "num " + k }, "$" + p[k] + (p.tiers.length ? "+" : "")));
+    }
+    tr.appendChild(el("td", { class: "text origin" }, p.origin));
+    const age = p.as_of ? p.as_of + (p.age_days === null ? "" : " (" + p.age_days + " d)") : "unknown";
+    tr.appendChild(el("td", { class: p.stale ? "text bad as-of" : "text as-of" }, age + (p.stale ? " stale" : "")));
+    return tr;
+  });
+  if (!rows.length) {
+    const tr = el("tr");
+    tr.appendChild(el("td", { colspan: 7, class: "empty" }, "No calls in this window."));
+    rows.push(tr);
+  }
+  body.replaceChildren(...rows);
+}
+
 function renderRecent(d) {
   const body = document.querySelector("#recent tbody");
   const rows = d.recent.map((r) => {
@@ -243,6 +269,7 @@ function render(d) {
   for (const dim of DIMS) renderDim(d, dim);
   renderBudgets(d);
   renderLimits(d);
+  renderPrices(d);
   renderRecent(d);
 }
 

@@ -1,0 +1,135 @@
+"""``llmproxy prices [MODEL]``: the price a call would be charged, where it came from, its date.
+
+With a model (``provider/model`` or an alias): the rates a call to it is billed at now (per
+million input, output, cache read and cache write tokens, and the tiers by context length),
+the entry that matched, where that entry came from (the configuration, a plugin, or
+genai-prices and its version) and its date, flagged when older than ``price_max_age_days``.
+Without one: every entry of the configuration and the plugins, the configured default model
+and aliases, and the default table's version and date. ``--json`` prints the same as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import time
+from typing import Any, TextIO
+
+from llmproxy.pricing import Priced, PriceTable, describe
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add the command's arguments."""
+    parser.add_argument(
+        "model", nargs="?", help="provider/model or an alias (default: list the table)"
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _usd(value: float) -> str:
+    return f"${value:,.6f}".rstrip("0").rstrip(".") if value else "$0"
+
+
+def _rates(row: dict[str, Any]) -> str:
+    return (
+        f"input {_usd(row['input'])}, output {_usd(row['output'])},"
+        f" cache read {_usd(row['cache_read'])}, cache write {_usd(row['cache_write'])}"
+    )
+
+
+def _lines(full: str, row: dict[str, Any], max_age: int) -> list[str]:
+    lines = [full, f"  price   {_rates(row)} per 1M tokens"]
+    for tier in row["tiers"]:
+        lines.append(f"  tier    above {tier['above']:,} input tokens: {_rates(tier)}")
+    matched = "" if row["name"] == full else f" ({row['name']})"
+    lines.append(f"  from    {row['origin']}{matched}")
+    if row["as_of"]:
+        age = f", {row['age_days']} days ago" if row["age_days"] is not None else ""
+        stale = f"  STALE: older than {max_age} days (price_max_age_days)" if row["stale"] else ""
+        lines.append(f"  as of   {row['as_of']}{age}{stale}")
+    else:
+        stale = "  STALE: no date" if row["stale"] else ""
+        lines.append(f"  as of   unknown{stale}")
+    if row["varies"]:
+        lines.append("  varies  by the date or hour of the call (the price shown is now's)")
+    if row["changes_at"] is not None:
+        when = dt.datetime.fromtimestamp(row["changes_at"], dt.UTC)
+        lines.append(f"  changes {when:%Y-%m-%d %H:%M} UTC")
+    return lines
+
+
+def _full_name(name: str, default_model: str, aliases: dict[str, str]) -> str:
+    name = aliases.get(name, name)
+    if "/" not in name:
+        return f"{default_model.partition('/')[0]}/{name}"
+    return name
+
+
+def report(
+    table: PriceTable,
+    out: TextIO,
+    *,
+    model: str | None,
+    default_model: str,
+    aliases: dict[str, str],
+    max_age_days: int,
+    as_json: bool = False,
+    now: float | None = None,
+) -> int:
+    """Write the report; return 0, or 1 when ``model`` has no price."""
+    when = time.time() if now is None else now
+    if model is not None:
+        full = _full_name(model, default_model, aliases)
+        provider, _, name = full.partition("/")
+        priced = table.lookup(provider, name, at=when)
+        if priced is None:
+            if as_json:
+                out.write(json.dumps({"model": full, "price": None}) + "\n")
+            else:
+                out.write(
+                    f"{full}: no price. No exact name or declared pattern matches it in the"
+                    " configuration, the plugins or genai-prices, so a call to it under a USD"
+                    " budget is refused: add it to the configuration's [prices] table"
+                    f' (prices."{full}" = {{input = ..., output = ...}}, USD per 1M tokens)\n'
+                )
+            return 1
+        row = describe(priced, when, max_age_days)
+        if as_json:
+            out.write(json.dumps({"model": full, "price": row}) + "\n")
+        else:
+            out.write("\n".join(_lines(full, row, max_age_days)) + "\n")
+        return 0
+    rows: list[tuple[str, Priced | None]] = [(p.name, p) for p in table.entries(at=when)]
+    shown = {name for name, _ in rows}
+    for wanted in [default_model, *aliases]:
+        full = _full_name(wanted, default_model, aliases)
+        if full not in shown:
+            provider, _, name = full.partition("/")
+            rows.append((full, table.lookup(provider, name, at=when)))
+            shown.add(full)
+    source = table.defaults
+    default = getattr(source, "describe", None)
+    summary = default() if callable(default) else "none"
+    if as_json:
+        out.write(
+            json.dumps(
+                {
+                    "default_table": summary,
+                    "prices": {
+                        name: None if p is None else describe(p, when, max_age_days)
+                        for name, p in rows
+                    },
+                }
+            )
+            + "\n"
+        )
+        return 0
+    for name, priced in rows:
+        if priced is None:
+            out.write(f"{name}\n  no price\n")
+        else:
+            out.write("\n".join(_lines(name, describe(priced, when, max_age_days), max_age_days)))
+            out.write("\n")
+    out.write(f"default table: {summary}; `llmproxy prices MODEL` looks a model up in it\n")
+    return 0

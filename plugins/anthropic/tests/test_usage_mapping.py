@@ -1,0 +1,24 @@
+"""Anthropic's usage, mapped onto the core's: cache reads and cache writes apart."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from llmproxy.pricing import Price
+from llmproxy.types import Usage
+from llmproxy_anthropic.provider import usage_of
+
+
+def test_cache_writes_are_reported_as_cache_writes_and_billed_at_their_rate() -> None:
+    raw = SimpleNamespace(
+        input_tokens=10,
+        output_tokens=5,
+        cache_read_input_tokens=100,
+        cache_creation_input_tokens=40,
+        output_tokens_details=None,
+    )
+    usage = usage_of(raw)
+    assert usage == Usage(150, 5, 100, 0, cache_write_tokens=40)
+    assert (usage + usage).cache_write_tokens == 80
+    price = Price(3.0, 15.0, 0.3, cache_write=6.0)
+    assert price.cost(usage) == round((10 * 3.0 + 100 * 0.3 + 40 * 6.0 + 5 * 15.0) / 1e6, 10)
