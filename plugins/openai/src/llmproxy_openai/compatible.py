@@ -48,7 +48,7 @@ never sent: requests go out without ``Authorization``."""
 
 #: Headers the SDK fills from the process's ``OPENAI_ORG_ID`` and ``OPENAI_PROJECT_ID``: OpenAI
 #: account identifiers, never sent to another server unless a table's ``default_headers`` say.
-OPENAI_ACCOUNT_HEADERS = ("OpenAI-Organization", "OpenAI-Project")
+ACCOUNT_HEADERS = ("OpenAI-Organization", "OpenAI-Project")
 
 
 class OpenAICompatibleProvider(OpenAIProvider):
@@ -91,7 +91,7 @@ class OpenAICompatibleProvider(OpenAIProvider):
         self.omits_authorization = (not key or api_key_header is not None) and (
             "authorization" not in given
         )
-        omitted = [h for h in OPENAI_ACCOUNT_HEADERS if h.lower() not in given]
+        omitted = [h for h in ACCOUNT_HEADERS if h.lower() not in given]
         if self.omits_authorization:
             omitted.append("Authorization")
         #: The headers every request removes (the SDK's ``Omit``).
