@@ -132,6 +132,7 @@ class Plugins:
             ("register_tools", reg.tool_register),
             ("register_prices", reg.price_register),
             ("register_commands", reg.command_register),
+            ("register_observers", reg.observer_register),
         ]
         for hook_name, make_register in hooks:
             caller: pluggy.HookCaller = getattr(self.pm.hook, hook_name)
