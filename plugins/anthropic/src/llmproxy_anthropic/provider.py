@@ -365,6 +365,8 @@ class AnthropicProvider:
             params["metadata"] = {"user_id": request.user}
         if request.timeout is not None:
             params["timeout"] = request.timeout
+        if request.headers:  # a call observer's traceparent; the call's own extra_headers win
+            params["extra_headers"] = {**request.headers, **extra.pop("extra_headers", {})}
         params.update(extra)
         return params
 
