@@ -32,11 +32,13 @@ import logging
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+from types import MappingProxyType
+from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
 
 import attrs
 from attrs import frozen
 
+from llmproxy.call import Call, EmbedCall
 from llmproxy.errors import StreamInterrupted
 from llmproxy.flow import (
     END,
@@ -68,9 +70,6 @@ from llmproxy.types import (
     Usage,
 )
 
-if TYPE_CHECKING:
-    from llmproxy.call import Call, EmbedCall
-
 log = logging.getLogger("llmproxy")
 
 RoundTrip = Literal[
@@ -83,6 +82,8 @@ Outcome = Literal["ok", "error", "interrupted"]
 
 TRACE_HEADERS: frozenset[str] = frozenset(("traceparent", "tracestate", "baggage"))
 """The request headers that carry a trace context (W3C Trace Context and Baggage)."""
+
+_EMPTY: Mapping[str, str] = MappingProxyType({})
 
 _INBOUND: ContextVar[Mapping[str, str] | None] = ContextVar("llmproxy_inbound", default=None)
 
@@ -105,8 +106,7 @@ def inbound(headers: Mapping[str, str]) -> Iterator[None]:
         _INBOUND.reset(token)
 
 
-@frozen
-class CallStart:
+class CallStart(NamedTuple):
     """What a call is about to do, as :meth:`CallObserver.start_call` is told.
 
     ``operation`` is ``chat`` or ``embed``; ``provider`` and ``model`` the first model aimed
@@ -116,6 +116,9 @@ class CallStart:
     offered; ``structured`` whether a ``schema`` asks for JSON. For an embed call, ``inputs``
     is the number of texts and ``dimensions`` the vector size asked for. ``inbound`` holds the
     trace headers of the request the call serves (see :func:`inbound`), else nothing.
+
+    An immutable tuple (made for every call while a call observer is installed, so it is
+    cheap to build), fields by name.
     """
 
     operation: Literal["chat", "embed"]
@@ -126,7 +129,7 @@ class CallStart:
     session_id: str | None = None
     user: str | None = None
     key: str | None = None
-    tags: Mapping[str, str] = attrs.Factory(dict)
+    tags: Mapping[str, str] = _EMPTY
     max_output_tokens: int | None = None
     temperature: float | None = None
     system: str | None = None
@@ -134,7 +137,7 @@ class CallStart:
     structured: bool = False
     inputs: int = 0
     dimensions: int | None = None
-    inbound: Mapping[str, str] = attrs.Factory(dict)
+    inbound: Mapping[str, str] = _EMPTY
 
 
 @frozen
@@ -316,9 +319,7 @@ def start(call: Call | EmbedCall, observers: Iterable[CallObserver]) -> CallTrac
 
 
 def _start_of(call: Call | EmbedCall) -> CallStart:
-    from llmproxy.call import Call
-
-    inbound = _INBOUND.get() or {}
+    inbound = _INBOUND.get() or _EMPTY
     if isinstance(call, Call):
         return CallStart(
             "chat",
@@ -477,8 +478,6 @@ def _end(
     call: Call | EmbedCall, result: object, error: BaseException | None, first: float | None
 ) -> CallEnd:
     """How ``call`` ended: with ``result`` (what the flow returned) or ``error``."""
-    from llmproxy.call import Call
-
     outcome: Outcome = "ok"
     if error is not None:
         outcome = "interrupted" if isinstance(error, StreamInterrupted) else "error"

@@ -23,6 +23,8 @@ from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, propagate, trace
+from opentelemetry import trace as _trace_api
+from opentelemetry.metrics import _internal as _metrics_api
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
@@ -79,6 +81,27 @@ def provider_name(provider: str) -> str:
 def error_type(error: BaseException) -> str:
     """The ``error.type`` of an exception: its class name (low-cardinality, as asked)."""
     return type(error).__qualname__
+
+
+def _none_set() -> bool:
+    """Whether neither global provider has been set, without the getters' environment lookups.
+
+    The API's getters look ``OTEL_PYTHON_TRACER_PROVIDER``/``..._METER_PROVIDER`` up in
+    ``os.environ`` on every call until a provider is set; reading the globals they return is
+    cheaper, and this runs at every call of every Proxy while no SDK is configured. With those
+    variables set (a provider loaded from the environment), the getters decide.
+    """
+    if _PROVIDERS_FROM_ENV:
+        return False
+    try:
+        return _trace_api._TRACER_PROVIDER is None and _metrics_api._METER_PROVIDER is None
+    except AttributeError:  # another API version: ask the getters
+        return False
+
+
+_PROVIDERS_FROM_ENV = any(
+    name in os.environ for name in ("OTEL_PYTHON_TRACER_PROVIDER", "OTEL_PYTHON_METER_PROVIDER")
+)
 
 
 def _from_api(provider: object) -> bool:
@@ -149,6 +172,8 @@ class OtelObserver:
         if self._given:
             providers = (self._tracer_provider, self._meter_provider)
         else:
+            if _none_set():
+                return None
             providers = (trace.get_tracer_provider(), metrics.get_meter_provider())
             if _from_api(providers[0]) and _from_api(providers[1]):
                 return None
