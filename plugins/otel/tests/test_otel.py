@@ -345,3 +345,44 @@ def test_a_gateway_call_continues_the_clients_trace(
     assert call.parent is not None and f"{call.parent.span_id:016x}" == parent_id
     assert call.parent.is_remote
     keys.close()
+
+
+GLOBAL_SDK = """
+import json
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from llmproxy import Proxy
+
+proxy = Proxy({"history_url": "memory://", "ledger_url": "memory://"})
+proxy.chat("before the SDK")
+exporter = InMemorySpanExporter()
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(exporter))
+trace.set_tracer_provider(provider)
+proxy.chat("after the SDK")
+print(json.dumps(sorted(s.name for s in exporter.get_finished_spans())))
+"""
+
+
+def test_the_installed_plugin_follows_calls_once_an_sdk_is_set_globally(
+    env: dict[str, str], upstream: FakeOpenAI
+) -> None:
+    """In a process of its own (the global provider is set once per process)."""
+    import os
+    import subprocess
+    import sys
+
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI", "LLMPROXY"))}
+    done = subprocess.run(
+        [sys.executable, "-c", GLOBAL_SDK],
+        env={**environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert json.loads(done.stdout.splitlines()[-1]) == ["attempt gpt-5.4-mini", "chat gpt-5.4-mini"]
+    before, after = upstream.requests
+    assert "traceparent" not in before.headers and "traceparent" in after.headers
