@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -264,3 +268,18 @@ def test_a_registered_observer_follows_every_proxy(make_proxy: ProxyMaker) -> No
     plugins = Plugins(environ={}, entry_points=False, extra=[openai_plugin, Registers])
     make_proxy(plugins=plugins).chat("Hello")
     assert len(observer.traces) == 1 and observer.traces[0].steps[-1] == "ended ok"
+
+
+def test_the_command_prints_the_trace_to_stderr(tmp_path: Path) -> None:
+    """The CLI sets up no logging: the trace still reaches its stderr, as datasette's does."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI", "LLMPROXY"))}
+    environ.update(LLMPROXY_TRACE_PLUGINS="1", LLMPROXY_DATA_DIR=str(tmp_path))
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("llmproxy")), "plugins"],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert "llmproxy.plugins: hook register_providers: openai in " in done.stderr

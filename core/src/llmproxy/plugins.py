@@ -5,10 +5,11 @@ distribution names; set but empty, it loads none (the built-ins always load). A 
 fails to import, or whose registration hook raises, is reported as a :class:`PluginError`
 naming it, and the others still load.
 
-``LLMPROXY_TRACE_PLUGINS=1`` logs every hook call (logger ``llmproxy.plugins``, level INFO) with
-the plugins it reached and how long it took, through pluggy's hook call monitoring (as
-datasette's ``DATASETTE_TRACE_PLUGINS`` does): the registration hooks once per plugin at
-discovery, the per-call hooks (``on_response``, ``before_tool_call``...) at every call.
+``LLMPROXY_TRACE_PLUGINS=1`` logs every hook call (logger ``llmproxy.plugins``, level INFO; to
+stderr when the application set up no logging) with the plugins it reached and how long it
+took, through pluggy's hook call monitoring (as datasette's ``DATASETTE_TRACE_PLUGINS`` does):
+the registration hooks once per plugin at discovery, the per-call hooks (``on_response``,
+``before_tool_call``...) at every call.
 """
 
 from __future__ import annotations
@@ -76,6 +77,16 @@ def trace_hook_calls(pm: pluggy.PluginManager) -> Callable[[], None]:
     return undo
 
 
+def _show_trace_log() -> None:
+    """Let the trace reach stderr when the application set up no logging (the CLI does not)."""
+    if log.level == logging.NOTSET:
+        log.setLevel(logging.INFO)
+    if not log.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        log.addHandler(handler)
+
+
 def _selected(environ: Mapping[str, str]) -> set[str] | None:
     raw = environ.get("LLMPROXY_PLUGINS")
     if raw is None:
@@ -105,6 +116,7 @@ class Plugins:
         self.pm = make_plugin_manager()
         self.tracing = tracing(env)
         if self.tracing:
+            _show_trace_log()
             trace_hook_calls(self.pm)
         self.registry = Registry()
         self.errors: list[PluginError] = []
