@@ -386,3 +386,35 @@ def test_the_installed_plugin_follows_calls_once_an_sdk_is_set_globally(
     assert json.loads(done.stdout.splitlines()[-1]) == ["attempt gpt-5.4-mini", "chat gpt-5.4-mini"]
     before, after = upstream.requests
     assert "traceparent" not in before.headers and "traceparent" in after.headers
+
+
+NO_OTEL = """
+import sys
+from llmproxy import Proxy
+
+proxy = Proxy({"history_url": "memory://", "ledger_url": "memory://"})
+assert any(type(o).__name__ == "OtelObserver" for o in proxy._call_observers)
+proxy.chat("Hello")
+print(sorted(m for m in sys.modules if m.startswith("opentelemetry")))
+"""
+
+
+def test_without_opentelemetry_imported_the_plugin_imports_none(
+    env: dict[str, str], upstream: FakeOpenAI
+) -> None:
+    """Discovery and a declined call import no OpenTelemetry (it would slow every start-up)."""
+    import os
+    import subprocess
+    import sys
+
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI", "LLMPROXY"))}
+    done = subprocess.run(
+        [sys.executable, "-c", NO_OTEL],
+        env={**environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert done.stdout.splitlines()[-1] == "[]"
+    assert "traceparent" not in upstream.requests[-1].headers
