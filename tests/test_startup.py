@@ -12,6 +12,7 @@ import pytest
 
 #: Top-level packages that only a provider call (or ``llmproxy serve``) may import.
 HEAVY = ("openai", "google", "anthropic", "starlette", "uvicorn", "redis", "aiohttp", "httpx")
+HEAVY += ("opentelemetry",)  # llmproxy-otel imports it once something else has, not before
 
 PROBE = """
 import json, sys
