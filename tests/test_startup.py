@@ -11,8 +11,17 @@ from pathlib import Path
 import pytest
 
 #: Top-level packages that only a provider call (or ``llmproxy serve``) may import.
-HEAVY = ("openai", "google", "anthropic", "starlette", "uvicorn", "redis", "aiohttp", "httpx")
-HEAVY += ("opentelemetry",)  # llmproxy-otel imports it once something else has, not before
+HEAVY = (
+    "openai",
+    "google",
+    "anthropic",
+    "starlette",
+    "uvicorn",
+    "redis",
+    "aiohttp",
+    "httpx",
+    "opentelemetry",  # llmproxy-otel imports it once something else has, not before
+)
 
 PROBE = """
 import json, sys
