@@ -116,7 +116,7 @@ def _message_json(message: Message) -> dict[str, Any]:
                 kind = type(part).__name__.lower()
                 if kind == "text":
                     parts.append({"type": "text", "content": getattr(part, "text", "")})
-                else:
+                else:  # an image, a document, audio: its kind, never its bytes
                     parts.append({"type": "blob", "modality": kind})
         elif message.content:
             parts.append({"type": "text", "content": message.content})
