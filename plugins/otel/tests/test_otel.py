@@ -168,6 +168,26 @@ def test_tool_arguments_and_results_are_content(
     a = attributes(telemetry.span("execute_tool get_weather"))
     assert json.loads(str(a["gen_ai.tool.call.arguments"])) == {"city": "Hue"}
     assert a["gen_ai.tool.call.result"] == "sunny in Hue"
+    # The last request sent the whole exchange: the question, the call, its result.
+    sent = json.loads(str(attributes(telemetry.span("chat gpt-5.4-mini"))["gen_ai.input.messages"]))
+    assert sent == [
+        {"role": "user", "parts": [{"type": "text", "content": "Weather?"}]},
+        {
+            "role": "assistant",
+            "parts": [
+                {
+                    "type": "tool_call",
+                    "id": "c1",
+                    "name": "get_weather",
+                    "arguments": {"city": "Hue"},
+                }
+            ],
+        },
+        {
+            "role": "tool",
+            "parts": [{"type": "tool_call_response", "id": "c1", "response": "sunny in Hue"}],
+        },
+    ]
 
 
 def test_embeddings_are_an_embeddings_span(
