@@ -100,7 +100,12 @@ class OtelObserver:
 
     def _instruments(self) -> Instruments | None:
         """The tracer and histograms, or None when nothing would record them."""
-        if not self._given and not _PROVIDERS_FROM_ENV and _API_MODULES.isdisjoint(sys.modules):
+        if (
+            not self._given
+            and not _PROVIDERS_FROM_ENV
+            and "opentelemetry.trace" not in sys.modules
+            and "opentelemetry.metrics" not in sys.modules
+        ):
             return None  # nothing imported OpenTelemetry's API: no SDK was configured
         from llmproxy_otel import spans
 
@@ -129,7 +134,6 @@ class OtelObserver:
         return CallSpans(instruments, call, capture)
 
 
-_API_MODULES = frozenset(("opentelemetry.trace", "opentelemetry.metrics"))
 _PROVIDERS_FROM_ENV = any(
     name in os.environ for name in ("OTEL_PYTHON_TRACER_PROVIDER", "OTEL_PYTHON_METER_PROVIDER")
 )
