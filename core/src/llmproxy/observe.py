@@ -334,7 +334,9 @@ def _start_of(call: Call | EmbedCall) -> CallStart:
             call.max_output_tokens,
             call.temperature,
             call.system,
-            tuple(t.name if isinstance(t, Tool) else t.type for t in call.tools),
+            tuple(t.name if isinstance(t, Tool) else t.type for t in call.tools)
+            if call.tools
+            else (),
             call.output is not None,
             inbound=inbound,
         )
