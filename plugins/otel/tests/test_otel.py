@@ -438,3 +438,33 @@ def test_without_opentelemetry_imported_the_plugin_imports_none(
     )
     assert done.stdout.splitlines()[-1] == "[]"
     assert "traceparent" not in upstream.requests[-1].headers
+
+
+def test_a_gemini_call_names_its_provider_as_the_convention_does(
+    env: dict[str, str], telemetry: Telemetry
+) -> None:
+    from llmproxy_testing.fake_gemini import FakeGemini
+
+    with FakeGemini(api_key=API_KEY) as gemini:
+        environ = {**env, "GEMINI_API_KEY": API_KEY, "GEMINI_BASE_URL": gemini.base_url}
+        proxy = Proxy(
+            {"history_url": "memory://", "ledger_url": "memory://"},
+            environ=environ,
+            observers=[telemetry.observer()],
+        )
+        try:
+            with proxy.stream("Hello", model="gemini/gemini-3.8-flash") as stream:
+                assert stream.text()
+        finally:
+            proxy.close()
+        header = gemini.requests[-1].headers["traceparent"]
+    span = telemetry.span("chat gemini-3.8-flash")
+    a = attributes(span)
+    assert a["gen_ai.provider.name"] == "gcp.gemini"
+    assert a["gen_ai.usage.input_tokens"] > 0 and a["gen_ai.usage.output_tokens"] > 0
+    (attempt,) = telemetry.children(span)
+    assert attributes(attempt)["gen_ai.provider.name"] == "gcp.gemini"
+    assert header.split("-")[1:3] == [
+        f"{span.context.trace_id:032x}",
+        f"{attempt.context.span_id:016x}",
+    ]
