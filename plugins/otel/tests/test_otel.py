@@ -468,3 +468,48 @@ def test_a_gemini_call_names_its_provider_as_the_convention_does(
         f"{span.context.trace_id:032x}",
         f"{attempt.context.span_id:016x}",
     ]
+
+
+def test_a_call_a_tool_makes_is_a_child_of_its_execute_tool_span(
+    make_proxy: MakeProxy, telemetry: Telemetry, upstream: FakeOpenAI
+) -> None:
+    proxy = make_proxy()
+
+    def ask_again(question: str) -> str:
+        """Ask the model a sub-question."""
+        return proxy.chat(question).text
+
+    upstream.enqueue(
+        Reply(tool_calls=[{"name": "ask_again", "arguments": {"question": "sub"}, "id": "c1"}]),
+        Reply(text="inner answer"),
+        Reply(text="outer answer"),
+    )
+    assert proxy.chat("Outer?", tools=[ask_again]).text == "outer answer"
+    calls = [s for s in telemetry.spans() if s.name == "chat gpt-5.4-mini"]
+    outer = next(s for s in calls if s.parent is None)
+    inner = next(s for s in calls if s.parent is not None)
+    tool = telemetry.span("execute_tool ask_again")
+    assert tool.parent is not None and tool.parent.span_id == outer.context.span_id
+    assert inner.parent is not None and inner.parent.span_id == tool.context.span_id
+    assert inner.context.trace_id == outer.context.trace_id
+
+
+async def test_an_async_tools_call_is_a_child_of_its_execute_tool_span(
+    make_proxy: MakeProxy, telemetry: Telemetry, upstream: FakeOpenAI
+) -> None:
+    proxy = make_proxy()
+
+    async def ask_again(question: str) -> str:
+        """Ask the model a sub-question."""
+        return (await proxy.achat(question)).text
+
+    upstream.enqueue(
+        Reply(tool_calls=[{"name": "ask_again", "arguments": {"question": "sub"}, "id": "c1"}]),
+        Reply(text="inner answer"),
+        Reply(text="outer answer"),
+    )
+    assert (await proxy.achat("Outer?", tools=[ask_again])).text == "outer answer"
+    await proxy.aclose()
+    tool = telemetry.span("execute_tool ask_again")
+    (inner,) = [s for s in telemetry.children(tool) if s.name == "chat gpt-5.4-mini"]
+    assert inner.context.trace_id == tool.context.trace_id

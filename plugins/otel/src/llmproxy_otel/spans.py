@@ -268,7 +268,10 @@ class CallSpans(CallTrace):
         self.span.add_event("llmproxy.wait", {"llmproxy.wait.seconds": seconds})
 
     def tool_started(self, call: ToolCall, tool: Tool | None) -> object:
-        """Start an ``execute_tool`` span; it is the handle."""
+        """Start an ``execute_tool`` span, current while the tool runs (handle: it and a token).
+
+        A call the tool makes through a Proxy is then a child of the tool's span.
+        """
         attributes: dict[str, AttributeValue] = {
             "gen_ai.operation.name": "execute_tool",
             "gen_ai.tool.name": call.name,
@@ -279,21 +282,24 @@ class CallSpans(CallTrace):
             attributes["gen_ai.tool.description"] = tool.description
         if self.capture:
             attributes["gen_ai.tool.call.arguments"] = call.arguments
-        return self._child(f"execute_tool {call.name}", SpanKind.INTERNAL, attributes)
+        span = self._child(f"execute_tool {call.name}", SpanKind.INTERNAL, attributes)
+        return span, otel_context.attach(trace.set_span_in_context(span, self.context))
 
     def tool_ended(
         self, handle: object, result: ToolResult | None, error: BaseException | None
     ) -> None:
-        """End the tool's span (failed when the tool did)."""
-        if not isinstance(handle, Span):
+        """End the tool's span (failed when the tool did) and make it current no more."""
+        if not isinstance(handle, tuple):
             return
+        span, token = handle
+        otel_context.detach(token)  # in the thread or task that attached it
         if result is not None:
             if self.capture:
-                handle.set_attribute("gen_ai.tool.call.result", result.output)
+                span.set_attribute("gen_ai.tool.call.result", result.output)
             if result.error and error is None:
-                handle.set_attribute("error.type", "tool_error")
-                handle.set_status(Status(StatusCode.ERROR, "the tool failed"))
-        _end(handle, error)
+                span.set_attribute("error.type", "tool_error")
+                span.set_status(Status(StatusCode.ERROR, "the tool failed"))
+        _end(span, error)
 
     def call_ended(self, end: CallEnd) -> None:
         """Set the response and usage attributes, end the call's span, record the metrics."""
