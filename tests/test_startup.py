@@ -11,7 +11,17 @@ from pathlib import Path
 import pytest
 
 #: Top-level packages that only a provider call (or ``llmproxy serve``) may import.
-HEAVY = ("openai", "google", "anthropic", "starlette", "uvicorn", "redis", "aiohttp", "httpx")
+HEAVY = (
+    "openai",
+    "google",
+    "anthropic",
+    "starlette",
+    "uvicorn",
+    "redis",
+    "aiohttp",
+    "httpx",
+    "opentelemetry",  # llmproxy-otel imports it once something else has, not before
+)
 #: The default price table, imported when a price is first looked up (not at start-up).
 PRICE_TABLE = "genai_prices"
 

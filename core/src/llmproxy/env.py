@@ -34,6 +34,10 @@ Variable                        Meaning
                                 set but empty loads none. Unset: all installed plugins. A name
                                 that matches no installed plugin is a ``PluginError`` in
                                 ``llmproxy plugins``.
+``LLMPROXY_TRACE_PLUGINS``      ``1`` (``true``, ``yes``, ``on``): log every plugin hook call with
+                                the plugins it reached and its duration (logger
+                                ``llmproxy.plugins``, INFO; to stderr when the application set up
+                                no logging, as the CLI does not). For plugin authors.
 ``LLMPROXY_MAX_TOKENS``         A global token budget (``LLMBudget(max_tokens=...)``) for
                                 ``Proxy.from_env`` and the CLI, named ``tokens-global``: kept
                                 in the ledger across runs (a new limit keeps the spend).

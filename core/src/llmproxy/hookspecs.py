@@ -26,6 +26,7 @@ if TYPE_CHECKING:
         RegisterCommand,
         RegisterHistoryStore,
         RegisterLedger,
+        RegisterObserver,
         RegisterPolicy,
         RegisterPrice,
         RegisterProvider,
@@ -122,6 +123,17 @@ def register_commands(register: RegisterCommand) -> None:
     ``configure(parser)`` adds the subcommand's arguments to its ``argparse`` parser;
     ``run(args)`` runs it and returns the exit status. Errors llmproxy raises on purpose are
     printed as one line, like the built-in commands'.
+    """
+
+
+@hookspec
+def register_observers(register: RegisterObserver) -> None:
+    """Register call observers that follow every call of every Proxy: ``register(observer)``.
+
+    An observer is a :class:`llmproxy.observe.CallObserver`: its ``start_call(call)`` returns
+    a :class:`~llmproxy.observe.CallTrace` that hears the call's steps (round trips to the
+    stores, upstream attempts, a stream's first chunk, tool executions) and its end, or None
+    to leave the call unobserved (then the call costs nothing more).
     """
 
 

@@ -4,11 +4,19 @@
 distribution names; set but empty, it loads none (the built-ins always load). A plugin that
 fails to import, or whose registration hook raises, is reported as a :class:`PluginError`
 naming it, and the others still load.
+
+``LLMPROXY_TRACE_PLUGINS=1`` logs every hook call (logger ``llmproxy.plugins``, level INFO; to
+stderr when the application set up no logging) with the plugins it reached and how long it
+took, through pluggy's hook call monitoring (as datasette's ``DATASETTE_TRACE_PLUGINS`` does):
+the registration hooks once per plugin at discovery, the per-call hooks (``on_response``,
+``before_tool_call``...) at every call.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -19,6 +27,8 @@ from attrs import frozen
 from llmproxy import hookspecs
 from llmproxy.errors import PluginError
 from llmproxy.registry import Registry
+
+log = logging.getLogger("llmproxy.plugins")
 
 ENTRY_POINT_GROUP = "llmproxy"
 DEFAULT_PLUGINS: tuple[str, ...] = ("llmproxy.builtins",)
@@ -40,6 +50,41 @@ def make_plugin_manager() -> pluggy.PluginManager:
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
     return pm
+
+
+def tracing(environ: Mapping[str, str]) -> bool:
+    """Whether ``LLMPROXY_TRACE_PLUGINS`` asks for every hook call to be logged."""
+    return environ.get("LLMPROXY_TRACE_PLUGINS", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def trace_hook_calls(pm: pluggy.PluginManager) -> Callable[[], None]:
+    """Log every hook call ``pm`` makes with its plugins and duration; returns the undo."""
+    local = threading.local()
+
+    def before(hook_name: str, hook_impls: Any, kwargs: Any) -> None:
+        stack = getattr(local, "stack", None)
+        if stack is None:
+            stack = local.stack = []
+        stack.append(time.perf_counter())
+
+    def after(outcome: Any, hook_name: str, hook_impls: Any, kwargs: Any) -> None:
+        took = time.perf_counter() - local.stack.pop()
+        plugins = ", ".join(impl.plugin_name for impl in hook_impls) or "no plugin"
+        failed = " (raised)" if outcome.exception is not None else ""
+        log.info("hook %s: %s in %.3f ms%s", hook_name, plugins, took * 1000, failed)
+
+    undo: Callable[[], None] = pm.add_hookcall_monitoring(before, after)
+    return undo
+
+
+def _show_trace_log() -> None:
+    """Let the trace reach stderr when the application set up no logging (the CLI does not)."""
+    if log.level == logging.NOTSET:
+        log.setLevel(logging.INFO)
+    if not log.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        log.addHandler(handler)
 
 
 def _selected(environ: Mapping[str, str]) -> set[str] | None:
@@ -69,6 +114,10 @@ class Plugins:
 
         env = os.environ if environ is None else environ
         self.pm = make_plugin_manager()
+        self.tracing = tracing(env)
+        if self.tracing:
+            _show_trace_log()
+            trace_hook_calls(self.pm)
         self.registry = Registry()
         self.errors: list[PluginError] = []
         self._dists: dict[str, tuple[str | None, str | None]] = {}
@@ -133,13 +182,18 @@ class Plugins:
             ("register_tools", reg.tool_register),
             ("register_prices", reg.price_register),
             ("register_commands", reg.command_register),
+            ("register_observers", reg.observer_register),
         ]
         for hook_name, make_register in hooks:
             caller: pluggy.HookCaller = getattr(self.pm.hook, hook_name)
             for impl in caller.get_hookimpls():
                 plugin_name = impl.plugin_name
+                started = time.perf_counter()
                 try:
                     impl.function(register=make_register(plugin_name))
+                    if self.tracing:  # called directly, not through the monitored hook
+                        took = (time.perf_counter() - started) * 1000
+                        log.info("hook %s: %s in %.3f ms", hook_name, plugin_name, took)
                 except PluginError as exc:
                     self.errors.append(exc)
                 except Exception as exc:

@@ -33,6 +33,7 @@ from llmproxy.flow import READY, Closed, Deliver, EmbedFlow, Flow, call_flow, em
 from llmproxy.genai_table import GenaiPrices
 from llmproxy.history.base import HistoryRecord, HistoryStore
 from llmproxy.history.handler import HandlerStore, LLMMessageHandler
+from llmproxy.observe import CallObserver, followed
 from llmproxy.pipelining import PipelinedHistory, PipelinedLedger, QueuedSettle, shared
 from llmproxy.plugins import Plugins, load_plugins
 from llmproxy.provider import Provider
@@ -69,7 +70,9 @@ class Proxy:
     ``ledger`` are store objects or URLs and win over the configuration; ``message_handler``
     (the seed's :class:`~llmproxy.LLMMessageHandler`) wins over ``history``. ``providers`` maps a
     provider name to a ready provider object, bypassing its plugin. ``observers`` are called with
-    the one :class:`~llmproxy.types.CallEvent` of every call. ``environ`` is what providers read
+    the one :class:`~llmproxy.types.CallEvent` of every call; an observer with a ``start_call``
+    method is a call observer instead (:mod:`llmproxy.observe`, such as the OpenTelemetry
+    plugin's), which follows each step of every call. ``environ`` is what providers read
     their keys from (``os.environ`` by default). ``fallbacks`` maps a model to the models tried
     in turn when it fails with a retryable error after its retries (429, 5xx, timeout,
     connection); a call's own ``fallbacks=[...]`` wins. Each model's reservation is settled
@@ -90,7 +93,7 @@ class Proxy:
         message_handler: LLMMessageHandler | None = None,
         providers: Mapping[str, Provider] | None = None,
         plugins: Plugins | None = None,
-        observers: Iterable[Observer] = (),
+        observers: Iterable[Observer | CallObserver] = (),
         environ: Mapping[str, str] | None = None,
         fallbacks: Mapping[str, Sequence[str]] | None = None,
         cache: ResponseCache | None = None,
@@ -156,7 +159,15 @@ class Proxy:
                         f"fallbacks[{name!r}] must be a list of model names", path="fallbacks"
                     )
                 self.fallbacks[name] = list(chain)
-        self._observers = list(observers)
+        # Call observers (llmproxy.observe: tracers) follow each step; the others get the
+        # one CallEvent of a call.
+        self._call_observers: list[CallObserver] = list(self.plugins.registry.observers)
+        self._observers: list[Observer] = []
+        for observer in observers:
+            if isinstance(observer, CallObserver):
+                self._call_observers.append(observer)
+            else:
+                self._observers.append(observer)
         self._notify_on = bool(self._observers) or self.plugins.observes
         self.calibration = Calibration()
         """How this Proxy's providers bill input against their count (see
@@ -607,7 +618,7 @@ class Proxy:
             schema_retries=schema_retries,
             cache=cache,
         )
-        response: ChatResponse = self._drive(call_flow(Call(self, prompt, options, False)))
+        response: ChatResponse = self._drive(self._chat_flow(Call(self, prompt, options, False)))
         return response
 
     async def achat(
@@ -654,7 +665,9 @@ class Proxy:
             schema_retries=schema_retries,
             cache=cache,
         )
-        response: ChatResponse = await self._adrive(call_flow(Call(self, prompt, options, False)))
+        response: ChatResponse = await self._adrive(
+            self._chat_flow(Call(self, prompt, options, False))
+        )
         return response
 
     def stream(
@@ -798,7 +811,7 @@ class Proxy:
             fallbacks=fallbacks,
             extra=extra,
         )
-        result: Embeddings = self._drive(embed_flow(call))
+        result: Embeddings = self._drive(self._embed_flow(call))
         return result
 
     async def aembed(
@@ -825,8 +838,24 @@ class Proxy:
             fallbacks=fallbacks,
             extra=extra,
         )
-        result: Embeddings = await self._adrive(embed_flow(call))
+        result: Embeddings = await self._adrive(self._embed_flow(call))
         return result
+
+    def _chat_flow(self, call: Call) -> Flow:
+        """The flow of a chat call, followed by the call observers when there are any."""
+        flow = call_flow(call)
+        if self._call_observers:
+            followed_flow: Flow = followed(flow, call, self._call_observers)
+            return followed_flow
+        return flow
+
+    def _embed_flow(self, call: EmbedCall) -> EmbedFlow:
+        """The flow of an embed call, followed by the call observers when there are any."""
+        flow = embed_flow(call)
+        if self._call_observers:
+            followed_flow: EmbedFlow = followed(flow, call, self._call_observers)
+            return followed_flow
+        return flow
 
     def _drive(self, flow: Flow | EmbedFlow, error: BaseException | None = None) -> Any:
         """Perform ``flow``'s effects, blocking, until it delivers a stream event or ends.
@@ -1010,7 +1039,7 @@ class ChatStream:
     def __init__(self, proxy: Proxy, call: Call) -> None:
         self._proxy = proxy
         self._call = call
-        self._flow = call_flow(call)
+        self._flow = proxy._chat_flow(call)
         self._done = False
         self._step(None)  # to READY: history loaded and budget reserved, or raised here
 
@@ -1084,7 +1113,7 @@ class AsyncChatStream:
     def __init__(self, proxy: Proxy, call: Call) -> None:
         self._proxy = proxy
         self._call = call
-        self._flow = call_flow(call)
+        self._flow = proxy._chat_flow(call)
         self._done = False
         self._loop: asyncio.AbstractEventLoop | None = None
 

@@ -134,6 +134,13 @@ class RegisterTool(Protocol):
         """Register a :class:`~llmproxy.tools.Tool` (or a function, made one by its hints)."""
 
 
+class RegisterObserver(Protocol):
+    """The ``register`` function passed to ``register_observers``."""
+
+    def __call__(self, observer: Any) -> None:
+        """Register a call observer (:class:`llmproxy.observe.CallObserver`)."""
+
+
 @frozen
 class ProviderEntry:
     """A registered provider: its factory, the plugin that registered it, and its env variables.
@@ -201,6 +208,7 @@ class Registry:
     _tool_owners: dict[str, str] = attrs.Factory(dict)
     prices: PriceTable = attrs.Factory(PriceTable)
     commands: dict[str, Command] = attrs.Factory(dict)
+    observers: list[Any] = attrs.Factory(list)
     registered_by: dict[str, list[str]] = attrs.Factory(dict)
 
     def _note(self, plugin: str, what: str) -> None:
@@ -335,6 +343,21 @@ class Registry:
             self._tool_owners[name] = plugin
             self.tools[name] = tool
             self._note(plugin, f"tool {name}")
+
+        return register
+
+    def observer_register(self, plugin: str) -> RegisterObserver:
+        """Return the ``register`` function handed to one plugin's ``register_observers``."""
+
+        def register(observer: Any) -> None:
+            if not callable(getattr(observer, "start_call", None)):
+                raise PluginError(
+                    f"plugin '{plugin}' registered {observer!r} as an observer, but it has no"
+                    " start_call method (see llmproxy.observe.CallObserver)",
+                    plugin=plugin,
+                )
+            self.observers.append(observer)
+            self._note(plugin, f"observer {type(observer).__name__}")
 
         return register
 

@@ -412,7 +412,9 @@ class ChatRequest:
     chunk and the last). A provider stops the attempt when they run out and raises
     :class:`llmproxy.errors.ProviderTimeout`. None: only the provider's own connect and read
     timeouts apply. ``response_schema`` (None: free text) asks for JSON fitting a schema; each
-    provider asks for it in its own way.
+    provider asks for it in its own way. ``headers`` are HTTP headers to send with this
+    attempt's upstream request (a W3C ``traceparent`` a call observer adds); providers pass
+    them to their SDK as extra headers.
     """
 
     messages: tuple[Message, ...]
@@ -427,6 +429,7 @@ class ChatRequest:
     tool_choice: str | None = None
     timeout: float | None = None
     response_schema: ResponseSchema | None = None
+    headers: Mapping[str, str] = attrs.Factory(dict)
 
 
 @frozen
@@ -565,7 +568,8 @@ class EmbedRequest:
     ``model`` is the provider's own model name; ``dimensions`` (None: the model's own) asks
     for shorter vectors where the model can give them; ``extra`` carries provider-specific
     parameters through untouched (Gemini's ``task_type``); ``timeout`` is the seconds the
-    attempt may take in all (the call's deadline left), as for :class:`ChatRequest`.
+    attempt may take in all (the call's deadline left), and ``headers`` the HTTP headers to send
+    with it, as for :class:`ChatRequest`.
     """
 
     texts: tuple[str, ...]
@@ -575,6 +579,7 @@ class EmbedRequest:
     extra: Mapping[str, Any] = attrs.Factory(dict)
     user: str | None = None
     timeout: float | None = None
+    headers: Mapping[str, str] = attrs.Factory(dict)
 
 
 @frozen

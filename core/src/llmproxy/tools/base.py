@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import inspect
 import json
 import threading
@@ -229,7 +230,10 @@ def _start(function: Callable[..., Any], args: dict[str, Any]) -> concurrent.fut
         else:
             future.set_result(result)
 
-    threading.Thread(target=work, name="llmproxy-tool", daemon=True).start()
+    # In the caller's context (contextvars), as asyncio.to_thread runs a function: a tracer's
+    # current span reaches the tool and the calls it makes.
+    context = contextvars.copy_context()
+    threading.Thread(target=context.run, args=(work,), name="llmproxy-tool", daemon=True).start()
     return future
 
 

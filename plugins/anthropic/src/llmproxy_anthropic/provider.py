@@ -493,6 +493,8 @@ class AnthropicProvider:
             params["metadata"] = {"user_id": request.user}
         if request.timeout is not None:
             params["timeout"] = self.attempt_timeouts(request.timeout, stream=stream)
+        if request.headers:  # a call observer's traceparent; the call's own extra_headers win
+            params["extra_headers"] = {**request.headers, **extra.pop("extra_headers", {})}
         params.update(extra)
         params["thinking"] = _fit_thinking(params.get("thinking"), params["max_tokens"])
         if params["thinking"] is None:

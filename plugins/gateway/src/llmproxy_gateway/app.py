@@ -29,6 +29,7 @@ from starlette.routing import Route
 from llmproxy import AsyncChatStream, Proxy
 from llmproxy.errors import ConfigError, LLMProxyError
 from llmproxy.history.base import HistoryRecord
+from llmproxy.observe import TRACE_HEADERS, inbound
 from llmproxy.plugins import load_plugins
 from llmproxy.secret import logger as secret_logger
 from llmproxy.secret import register, scrub_message
@@ -67,6 +68,19 @@ def _header(scope: Scope, name: bytes) -> str | None:
         if key == name:
             return str(value.decode("latin-1"))
     return None
+
+
+_TRACE_HEADERS = frozenset(name.encode() for name in TRACE_HEADERS)
+
+
+def _trace_context(scope: Scope) -> dict[str, str] | None:
+    """The request's W3C trace headers (``traceparent``...), or None when it has none."""
+    found: dict[str, str] | None = None
+    for key, value in scope["headers"]:
+        if key in _TRACE_HEADERS:
+            found = found or {}
+            found[key.decode("latin-1")] = value.decode("latin-1")
+    return found
 
 
 def bearer(value: str | None) -> str | None:
@@ -951,7 +965,7 @@ def create_app(
         routes=[Route("/metrics", metrics.endpoint(gw, open_=gw.metrics_open), methods=["GET"])]
     )
 
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+    async def route(scope: Scope, receive: Receive, send: Send) -> None:
         if metrics_port is not None and scope["type"] == "http":
             server = scope.get("server")
             if server is not None and server[1] == metrics_port:
@@ -975,6 +989,14 @@ def create_app(
                 await gw.responses(scope, receive, send)
                 return
         await starlette(scope, receive, send)
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        carrier = _trace_context(scope) if scope["type"] == "http" else None
+        if carrier is None:
+            await route(scope, receive, send)
+            return
+        with inbound(carrier):  # the calls it serves continue the client's trace
+            await route(scope, receive, send)
 
     app.gateway = gw  # type: ignore[attr-defined]
     return app

@@ -363,8 +363,11 @@ class GeminiProvider:
         contents, system = convert.build_contents(request.messages)
         include = self.include_thoughts and models.thinks(request.model)
         http_options = None
-        if request.timeout is not None:
-            http_options = types.HttpOptions(timeout=max(round(request.timeout * 1000), 1))
+        if request.timeout is not None or request.headers:
+            http_options = types.HttpOptions(
+                timeout=None if request.timeout is None else max(round(request.timeout * 1000), 1),
+                headers=dict(request.headers) or None,
+            )
         config = convert.build_config(
             request,
             system,
@@ -524,9 +527,10 @@ class GeminiProvider:
         config: dict[str, Any] = dict(request.extra)
         if request.dimensions is not None:
             config["output_dimensionality"] = request.dimensions
-        if request.timeout is not None:  # the deadline left, as for chat (in milliseconds)
+        if request.timeout is not None or request.headers:  # the deadline left, in milliseconds
             config["http_options"] = types.HttpOptions(
-                timeout=max(round(request.timeout * 1000), 1)
+                timeout=None if request.timeout is None else max(round(request.timeout * 1000), 1),
+                headers=dict(request.headers) or None,
             )
         try:
             return types.EmbedContentConfig(**config)

@@ -551,6 +551,8 @@ class OpenAIProvider:
             path = CHAT_PATH
         if request.timeout is not None and "timeout" not in options:
             options["timeout"] = self.attempt_timeouts(request.timeout, stream=stream)
+        if request.headers:  # a call observer's traceparent; the call's own extra_headers win
+            options["headers"] = {**request.headers, **(options.get("headers") or {})}
         return path, body, options
 
     def attempt_timeouts(self, seconds: float, *, stream: bool) -> httpx2.Timeout:
@@ -818,6 +820,8 @@ class OpenAIProvider:
             args["timeout"] = max(request.timeout, 0.001)
         if request.extra:
             args["extra_body"] = dict(request.extra)
+        if request.headers:
+            args["extra_headers"] = dict(request.headers)
         return args
 
     def _embedded(self, answer: Any, request: EmbedRequest) -> EmbeddingResult:
