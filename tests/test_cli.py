@@ -61,6 +61,25 @@ def test_chat_no_stream_model_system_usage(env: dict[str, str], upstream: FakeOp
     assert body["messages"][0] == {"role": "system", "content": "be nice"}
 
 
+def test_chat_usage_shows_cache_reads_and_writes(env: dict[str, str], upstream: FakeOpenAI) -> None:
+    upstream.enqueue(
+        Reply(
+            text="ok",
+            usage={
+                "prompt_tokens": 1000,
+                "completion_tokens": 2,
+                "prompt_tokens_details": {"cached_tokens": 300, "cache_write_tokens": 600},
+            },
+        )
+    )
+    result = run(["chat", "Hi", "--no-stream", "--usage"], env)
+    assert result.returncode == 0, result.stderr
+    assert (
+        "tokens: input 1000, output 2, cached input 300, cache write 600, total 1002"
+        in result.stderr
+    )
+
+
 def test_session_continues_across_runs(env: dict[str, str], upstream: FakeOpenAI) -> None:
     assert run(["chat", "my name is Ada", "--session", "s1"], env).returncode == 0
     assert run(["chat", "what is my name?", "--session", "s1"], env).returncode == 0
