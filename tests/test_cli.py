@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -281,3 +283,50 @@ def test_providers_command_lists_installed_and_configured(
     assert "openai-compatible" not in rows  # a kind, not a provider
     names = [line.split()[0] for line in result.stdout.splitlines()[1:]]
     assert names == sorted(names)
+
+
+def test_chat_cache_answers_a_repeated_prompt_from_the_cache(
+    env: dict[str, str], upstream: FakeOpenAI, tmp_path: Path
+) -> None:
+    """``--cache`` keeps the reply across runs; ``--cache TTL`` sets its time to live."""
+    cached = {**env, "LLMPROXY_CACHE_URL": f"sqlite:///{tmp_path}/cache.db"}
+    start = time.time()
+    first = run(["chat", "Hello", "--cache", "--usage"], cached)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == "Echo: Hello\n"
+    assert "from the response cache" not in first.stderr
+    # The bare flag before the prompt, and a whole answer: the same key, so a hit.
+    again = run(["chat", "--cache", "Hello", "--no-stream", "--usage"], cached)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == "Echo: Hello\n"
+    assert "tokens: input 0, output 0, total 0 (from the response cache)" in again.stderr
+    assert len(chat_requests(upstream)) == 1
+    # Without --cache the cache is not asked.
+    assert run(["chat", "Hello"], cached).returncode == 0
+    assert len(chat_requests(upstream)) == 2
+
+    before = time.time()
+    ttl = run(["chat", "--cache", "600", "Bonjour"], cached)
+    assert ttl.returncode == 0, ttl.stderr
+    assert ttl.stdout == "Echo: Bonjour\n"
+    conn = sqlite3.connect(tmp_path / "cache.db")
+    try:
+        expiries = sorted(e for (e,) in conn.execute("SELECT expires_at FROM response_cache"))
+    finally:
+        conn.close()
+    # "Hello" lives the default hour, "Bonjour" the 600 seconds asked.
+    assert len(expiries) == 2
+    assert before + 600 <= expiries[0] <= time.time() + 600
+    assert start + 3600 <= expiries[1] <= before + 3600
+
+
+def test_chat_cache_refuses_a_bad_ttl_or_no_cache(env: dict[str, str]) -> None:
+    for bad in ("0", "-5", "inf"):
+        result = run(["chat", "--cache", bad, "Hello"], env)
+        assert result.returncode == 2
+        assert "--cache takes a time to live in seconds above 0" in result.stderr
+    result = run(["chat", "--cache", "Hello", "again"], env)
+    assert result.returncode == 2 and "give the prompt once" in result.stderr
+    result = run(["chat", "Hello", "--cache"], env)  # no LLMPROXY_CACHE_URL
+    assert result.returncode == 2
+    assert "LLMPROXY_CACHE_URL" in result.stderr and "Traceback" not in result.stderr
