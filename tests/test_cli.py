@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -59,6 +61,25 @@ def test_chat_no_stream_model_system_usage(env: dict[str, str], upstream: FakeOp
     body = chat_requests(upstream)[0]
     assert body["model"] == "gpt-4.1-mini" and "stream" not in body
     assert body["messages"][0] == {"role": "system", "content": "be nice"}
+
+
+def test_chat_usage_shows_cache_reads_and_writes(env: dict[str, str], upstream: FakeOpenAI) -> None:
+    upstream.enqueue(
+        Reply(
+            text="ok",
+            usage={
+                "prompt_tokens": 1000,
+                "completion_tokens": 2,
+                "prompt_tokens_details": {"cached_tokens": 300, "cache_write_tokens": 600},
+            },
+        )
+    )
+    result = run(["chat", "Hi", "--no-stream", "--usage"], env)
+    assert result.returncode == 0, result.stderr
+    assert (
+        "tokens: input 1000, output 2, cached input 300, cache write 600, total 1002"
+        in result.stderr
+    )
 
 
 def test_session_continues_across_runs(env: dict[str, str], upstream: FakeOpenAI) -> None:
@@ -262,3 +283,50 @@ def test_providers_command_lists_installed_and_configured(
     assert "openai-compatible" not in rows  # a kind, not a provider
     names = [line.split()[0] for line in result.stdout.splitlines()[1:]]
     assert names == sorted(names)
+
+
+def test_chat_cache_answers_a_repeated_prompt_from_the_cache(
+    env: dict[str, str], upstream: FakeOpenAI, tmp_path: Path
+) -> None:
+    """``--cache`` keeps the reply across runs; ``--cache TTL`` sets its time to live."""
+    cached = {**env, "LLMPROXY_CACHE_URL": f"sqlite:///{tmp_path}/cache.db"}
+    start = time.time()
+    first = run(["chat", "Hello", "--cache", "--usage"], cached)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == "Echo: Hello\n"
+    assert "from the response cache" not in first.stderr
+    # The bare flag before the prompt, and a whole answer: the same key, so a hit.
+    again = run(["chat", "--cache", "Hello", "--no-stream", "--usage"], cached)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == "Echo: Hello\n"
+    assert "tokens: input 0, output 0, total 0 (from the response cache)" in again.stderr
+    assert len(chat_requests(upstream)) == 1
+    # Without --cache the cache is not asked.
+    assert run(["chat", "Hello"], cached).returncode == 0
+    assert len(chat_requests(upstream)) == 2
+
+    before = time.time()
+    ttl = run(["chat", "--cache", "600", "Bonjour"], cached)
+    assert ttl.returncode == 0, ttl.stderr
+    assert ttl.stdout == "Echo: Bonjour\n"
+    conn = sqlite3.connect(tmp_path / "cache.db")
+    try:
+        expiries = sorted(e for (e,) in conn.execute("SELECT expires_at FROM response_cache"))
+    finally:
+        conn.close()
+    # "Hello" lives the default hour, "Bonjour" the 600 seconds asked.
+    assert len(expiries) == 2
+    assert before + 600 <= expiries[0] <= time.time() + 600
+    assert start + 3600 <= expiries[1] <= before + 3600
+
+
+def test_chat_cache_refuses_a_bad_ttl_or_no_cache(env: dict[str, str]) -> None:
+    for bad in ("0", "-5", "inf"):
+        result = run(["chat", "--cache", bad, "Hello"], env)
+        assert result.returncode == 2
+        assert "--cache takes a time to live in seconds above 0" in result.stderr
+    result = run(["chat", "--cache", "Hello", "again"], env)
+    assert result.returncode == 2 and "give the prompt once" in result.stderr
+    result = run(["chat", "Hello", "--cache"], env)  # no LLMPROXY_CACHE_URL
+    assert result.returncode == 2
+    assert "LLMPROXY_CACHE_URL" in result.stderr and "Traceback" not in result.stderr

@@ -16,7 +16,15 @@ from llmproxy.config import load_config
 from llmproxy.errors import PluginError
 from llmproxy.genai_table import GenaiPrices, data_date
 from llmproxy.price_report import report
-from llmproxy.pricing import Price, PriceTable, Tier, is_stale, price_age_days, price_date
+from llmproxy.pricing import (
+    Price,
+    PriceChange,
+    PriceTable,
+    Tier,
+    is_stale,
+    price_age_days,
+    price_date,
+)
 from llmproxy.registry import Registry
 from llmproxy.types import Usage
 
@@ -344,6 +352,65 @@ def test_report_shows_rates_tiers_origin_date_and_the_stale_flag() -> None:
     assert set(listed["prices"]) == {"acme/old", "acme/new"}
     assert listed["prices"]["acme/old"]["stale"] is True
     assert listed["prices"]["acme/new"]["origin"] == "configuration"
+
+
+def test_genai_prices_dated_prices_are_listed_as_changes_ahead() -> None:
+    """genai-prices' own dated prices are changes, like a plugin's until/then; not 'varies'."""
+    t = PriceTable({}, defaults=GenaiPrices())
+    now = dt.datetime(2026, 12, 2, tzinfo=dt.UTC).timestamp()
+    new_year = dt.datetime(2027, 1, 1, tzinfo=dt.UTC).timestamp()
+    priced = t.lookup("gemini", "gemini-3.6-flash", at=now)
+    assert priced is not None and priced.origin.startswith("genai-prices ")
+    assert not priced.varies  # only the date changes it, and that is listed
+    [change] = priced.changes
+    assert change.at == new_year
+    assert change.price == t.get("gemini", "gemini-3.6-flash", at=new_year)
+    assert change.price.input == 2 * priced.price.input
+    later = t.lookup("gemini", "gemini-3.6-flash", at=new_year + 1)
+    assert later is not None and later.changes == () and later.price == change.price
+    # DeepSeek's off-peak hours are no scheduled change: the price varies by the hour.
+    hourly = t.lookup("deepseek", "deepseek-flash", at=now)
+    assert hourly is not None and hourly.varies and hourly.changes == ()
+    # The report lists both under the same headings as a plugin's.
+    args = {"default_model": "openai/gpt-5.4", "aliases": {}, "max_age_days": 0}
+    out = io.StringIO()
+    report(t, out, model="gemini/gemini-3.6-flash", now=now, **args)  # type: ignore[arg-type]
+    text = out.getvalue()
+    assert "  changes 2027-01-01 00:00 UTC: input $1.5, output $7.5," in text
+    assert "varies" not in text
+    out = io.StringIO()
+    report(t, out, model="deepseek/deepseek-flash", now=now, **args)  # type: ignore[arg-type]
+    assert "  varies  by the hour of the call" in out.getvalue()
+    assert "changes" not in out.getvalue()
+    out = io.StringIO()
+    report(t, out, model="gemini/gemini-3.6-flash", now=now, as_json=True, **args)  # type: ignore[arg-type]
+    row = json.loads(out.getvalue())["price"]
+    assert row["changes_at"] == new_year
+    assert row["changes"] == [
+        {"at": new_year, "as_of": change.price.as_of, "input": 1.5, "output": 7.5,
+         "cache_read": 0.15, "cache_write": 1.5}
+    ]  # fmt: skip
+
+
+def test_a_plugins_announced_changes_are_all_listed() -> None:
+    last = Price(3.0, 6.0, as_of="2026-12")
+    middle = Price(2.0, 4.0, until=2_000.0, then=last)
+    registry = Registry()
+    registry.price_register("acme")("acme/m", Price(1.0, 2.0, until=1_000.0, then=middle))
+    t = registry.prices.merged({}, defaults=None)
+    priced = t.lookup("acme", "m", at=10.0)
+    assert priced is not None and not priced.varies
+    assert priced.changes == (PriceChange(1_000.0, middle), PriceChange(2_000.0, last))
+    after_first = t.lookup("acme", "m", at=1_500.0)
+    assert after_first is not None and after_first.changes == (PriceChange(2_000.0, last),)
+    [entry] = t.entries(at=10.0)
+    assert entry.changes == priced.changes
+    out = io.StringIO()
+    args = {"default_model": "acme/m", "aliases": {}, "max_age_days": 0}
+    report(t, out, model=None, now=10.0, **args)  # type: ignore[arg-type]
+    text = out.getvalue()
+    assert "  changes 1970-01-01 00:16 UTC: input $2, output $4," in text
+    assert "  changes 1970-01-01 00:33 UTC: input $3, output $6," in text
 
 
 def test_the_prices_command(

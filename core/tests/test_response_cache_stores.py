@@ -159,7 +159,8 @@ def test_a_reply_round_trips_through_its_encoding() -> None:
         citations=(Citation("url", "Example", url="https://example.com"),),
         state={"gemini": {"signature": "abc"}},
     )
-    reply = CachedReply(message, "gpt-x", "tool_calls", "id-1", Usage(5, 7, cost=0.01))
+    usage = Usage(5, 7, 1, 2, cost=0.01, cache_write_tokens=3)
+    reply = CachedReply(message, "gpt-x", "tool_calls", "id-1", usage)
     assert decode_reply(encode_reply(reply)) == reply
     with_image = CachedReply(Message.with_parts("assistant", ["see", Image(data=png(2, 2))]), "m")
     assert decode_reply(encode_reply(with_image)) == with_image

@@ -38,6 +38,36 @@ class _Parser(argparse.ArgumentParser):
         super().error(message)
 
 
+class _CacheAction(argparse.Action):
+    """``--cache [TTL]``: on with the configured TTL, or with TTL seconds (a number above 0).
+
+    A word after ``--cache`` is not a TTL but the prompt (``llmproxy chat --cache "Hi"``): it is
+    kept in ``cache_prompt`` for :func:`_chat`.
+    """
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        """Set ``cache`` to True or a TTL; keep a non-number after the flag as the prompt."""
+        if not isinstance(values, str):  # the bare flag: its const, True
+            setattr(namespace, self.dest, True)
+            return
+        text = values
+        try:
+            seconds = float(text)
+        except ValueError:
+            setattr(namespace, self.dest, True)
+            namespace.cache_prompt = text
+            return
+        if not math.isfinite(seconds) or seconds <= 0:
+            parser.error(f"--cache takes a time to live in seconds above 0 (600), got {text!r}")
+        setattr(namespace, self.dest, seconds)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="llmproxy", description="One proxy for LLM services.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -52,6 +82,16 @@ def _parser() -> argparse.ArgumentParser:
         "--session", help="continue (or start) a conversation kept in the history store"
     )
     chat.add_argument("--no-stream", action="store_true", help="wait for the whole answer")
+    chat.add_argument(
+        "--cache",
+        nargs="?",
+        const=True,
+        default=None,
+        action=_CacheAction,
+        metavar="TTL",
+        help="answer from the response cache when it holds this request's reply, else ask and"
+        " keep the reply (TTL seconds, default cache.ttl); needs LLMPROXY_CACHE_URL",
+    )
     chat.add_argument("--usage", action="store_true", help="print the tokens used (on stderr)")
     chat.add_argument("--max-output-tokens", type=int, help="cap the answer's length in tokens")
     chat.add_argument("--temperature", type=float)
@@ -235,8 +275,14 @@ def chat_prompt(text: str, attachments: Sequence[Part]) -> str | list[str | Part
 
 def _chat(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     attachments = [attachment(a) for a in args.attach]
+    text = getattr(args, "cache_prompt", None)  # llmproxy chat --cache "the prompt"
+    if text is not None and args.prompt is not None:
+        raise ConfigError(
+            f"--cache takes a time to live in seconds above 0 (600), got {text!r};"
+            " give the prompt once"
+        )
     proxy = Proxy.from_env()
-    prompt = chat_prompt(_read_prompt(args.prompt, sys.stdin), attachments)
+    prompt = chat_prompt(_read_prompt(text or args.prompt, sys.stdin), attachments)
     kwargs = {
         "model": args.model,
         "system": args.system,
@@ -244,6 +290,8 @@ def _chat(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         "max_output_tokens": args.max_output_tokens,
         "temperature": args.temperature,
     }
+    if args.cache is not None:
+        kwargs["cache"] = args.cache
     if args.schema is not None:
         kwargs["schema"] = _read_schema(args.schema)
         kwargs["schema_retries"] = args.schema_retries
@@ -269,7 +317,10 @@ def _chat(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 " all the budget had room for (see llmproxy usage)\n"
             )
         if args.usage:
-            err.write(_usage_line(response.usage if response else Usage()) + "\n")
+            line = _usage_line(response.usage if response else Usage())
+            if response is not None and response.cache_hit:
+                line += " (from the response cache)"
+            err.write(line + "\n")
     finally:
         proxy.close()
     return 0

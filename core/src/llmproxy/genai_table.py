@@ -23,8 +23,10 @@ but a snapshot date (``-20250514``, ``-2025-05-14``, ``@20250514``, ``-0324``). 
 What is converted: input, output (the highest of the output and reasoning rates, as llmproxy
 bills reasoning as output), cache read and cache write (the highest of the 5-minute and 1-hour
 write rates: llmproxy's usage does not tell them apart, and a budget is never undercharged),
-and tiers by context length. Prices by time of day (DeepSeek's peak hours) are applied at the
-moment of the call. Other units (per-request fees, audio, images, web searches) are not counted.
+and tiers by context length. Prices by time of day (DeepSeek's peak hours) and dated prices
+are applied at the moment of the call; ``llmproxy prices`` lists the dated ones ahead as
+changes and says when a price varies with the hour. Other units (per-request fees, audio,
+images, web searches) are not counted.
 
 The date of a genai-prices price (``as_of``) is that of its data: the newest date the data
 says its prices were checked on (see :func:`data_date`): a stale flag comes early rather than
@@ -224,6 +226,40 @@ class _Dated:
         if price is None:  # a condition without token prices: billed at the highest one
             return self._highest()
         return price
+
+    @property
+    def by_hour(self) -> bool:
+        """Whether the price depends on the hour of the call (DeepSeek's off-peak hours)."""
+        from genai_prices import types as gp
+
+        assert not isinstance(self._model.prices, gp.ModelPrice)
+        return any(isinstance(c.constraint, gp.TimeOfDateConstraint) for c in self._model.prices)
+
+    def changes(self, after: float) -> list[tuple[float, Price]]:
+        """genai-prices' dated prices starting after ``after``: (when, price), soonest first.
+
+        A dated price starts at midnight UTC of its date (genai-prices' rule); a date whose
+        price is the same as the moment before is no change and left out.
+        """
+        from genai_prices import types as gp
+
+        assert not isinstance(self._model.prices, gp.ModelPrice)
+        days = sorted(
+            {
+                c.constraint.start_date
+                for c in self._model.prices
+                if isinstance(c.constraint, gp.StartDateConstraint)
+            }
+        )
+        out: list[tuple[float, Price]] = []
+        for day in days:
+            start = dt.datetime.combine(day, dt.time(), dt.UTC).timestamp()
+            if start <= after:
+                continue
+            price = self.at(start)
+            if price != self.at(start - 1):
+                out.append((start, price))
+        return out
 
     def _highest(self) -> Price:
         from genai_prices import types as gp

@@ -3,7 +3,9 @@
 With a model (``provider/model`` or an alias): the rates a call to it is billed at now (per
 million input, output, cache read and cache write tokens, and the tiers by context length),
 the entry that matched, where that entry came from (the configuration, a plugin, or
-genai-prices and its version) and its date, flagged when older than ``price_max_age_days``.
+genai-prices and its version) and its date, flagged when older than ``price_max_age_days``,
+whether it varies with the hour of the call (DeepSeek's off-peak hours), and the changes
+scheduled ahead (a plugin's ``Price(until=..., then=...)`` and genai-prices' dated prices).
 Without one: every entry of the configuration and the plugins, the configured default model
 and aliases, and the default table's version and date. ``--json`` prints the same as JSON.
 """
@@ -52,10 +54,10 @@ def _lines(full: str, row: dict[str, Any], max_age: int) -> list[str]:
         stale = "  STALE: no date" if row["stale"] else ""
         lines.append(f"  as of   unknown{stale}")
     if row["varies"]:
-        lines.append("  varies  by the date or hour of the call (the price shown is now's)")
-    if row["changes_at"] is not None:
-        when = dt.datetime.fromtimestamp(row["changes_at"], dt.UTC)
-        lines.append(f"  changes {when:%Y-%m-%d %H:%M} UTC")
+        lines.append("  varies  by the hour of the call (the price shown is now's)")
+    for change in row["changes"]:
+        when = dt.datetime.fromtimestamp(change["at"], dt.UTC)
+        lines.append(f"  changes {when:%Y-%m-%d %H:%M} UTC: {_rates(change)} per 1M tokens")
     return lines
 
 

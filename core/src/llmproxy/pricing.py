@@ -24,6 +24,8 @@ A price known to change on a date carries the next one (``Price(..., until=..., 
 and the table answers with the one in effect when asked, so a long-running process bills a
 call at the price of the day it was made. :meth:`Price.bound` is what a budget reserves before
 a call (never below what :meth:`Price.cost` settles for any usage within the reserved counts).
+:meth:`PriceTable.lookup` also tells the changes ahead (:class:`PriceChange`: a plugin's
+``until``/``then`` and genai-prices' dated prices) and whether the price varies with the hour.
 """
 
 from __future__ import annotations
@@ -198,6 +200,14 @@ def is_stale(price: Price, now: float, max_age_days: int) -> bool:
 
 
 @frozen
+class PriceChange:
+    """A change a price is scheduled for: from ``at`` (a Unix time) on, calls pay ``price``."""
+
+    at: float
+    price: Price
+
+
+@frozen
 class Priced:
     """A price the table answers with, and where it came from.
 
@@ -210,12 +220,20 @@ class Priced:
     name: str
     origin: str
     varies: bool = False
-    """The price depends on the moment of the call beyond ``price.until`` (the default table's
-    time-of-day and dated prices): ``price`` is the one at the moment asked."""
+    """The price depends on the hour of the call (the default table's time-of-day prices, such
+    as DeepSeek's off-peak hours): ``price`` is the one at the moment asked."""
+    changes: tuple[PriceChange, ...] = ()
+    """The changes scheduled after the moment asked, soonest first: those a price announces
+    (``Price.until``/``then``) and the default table's dated prices."""
 
 
 class Entry(Protocol):
-    """A price that depends on the moment it is asked for (the default table's dated prices)."""
+    """A price that depends on the moment it is asked for (the default table's dated prices).
+
+    An entry may also have ``changes(after) -> list[tuple[float, Price]]`` (its scheduled
+    changes after a Unix time, soonest first) and ``by_hour: bool`` (its price depends on the
+    hour of the call); :meth:`PriceTable.lookup` reports them.
+    """
 
     def at(self, when: float) -> Price:
         """The price in effect at ``when`` (a Unix time)."""
@@ -343,7 +361,10 @@ class PriceTable:
         if found is None:
             return None
         entry, name, origin = found
-        return Priced(self._resolve(entry, at), name, origin, not isinstance(entry, Price))
+        when = self._clock() if at is None else at
+        price = self._resolve(entry, when)
+        by_hour = bool(getattr(entry, "by_hour", False))
+        return Priced(price, name, origin, by_hour, _changes(entry, price, when))
 
     def _resolve(self, entry: Price | Entry, at: float | None) -> Price:
         if isinstance(entry, Price) and entry.then is None:
@@ -387,8 +408,14 @@ class PriceTable:
 
     def entries(self, *, at: float | None = None) -> list[Priced]:
         """Every name and pattern set here (not the default table's), sorted, as of ``at``."""
-        out = [Priced(self._resolve(p, at), name, o) for name, (p, o) in self._exact.items()]
-        out += [Priced(self._resolve(p.price, at), p.name, p.origin) for p in self._patterns]
+        when = self._clock() if at is None else at
+        out: list[Priced] = []
+        for name, price, origin in [
+            *((name, p, o) for name, (p, o) in self._exact.items()),
+            *((p.name, p.price, p.origin) for p in self._patterns),
+        ]:
+            now = self._resolve(price, when)
+            out.append(Priced(now, name, origin, changes=_changes(price, now, when)))
         return sorted(out, key=lambda priced: priced.name)
 
     def models(self, provider: str) -> list[str]:
@@ -416,8 +443,30 @@ class PriceTable:
         return self._defaults
 
 
+def _changes(entry: Price | Entry, price: Price, when: float) -> tuple[PriceChange, ...]:
+    """The changes scheduled after ``when`` of an entry whose price then is ``price``."""
+    if isinstance(entry, Price):
+        out: list[PriceChange] = []
+        while price.until is not None and price.then is not None:
+            out.append(PriceChange(price.until, price.then))
+            price = price.then
+        return tuple(out)
+    scheduled = getattr(entry, "changes", None)
+    if not callable(scheduled):
+        return ()
+    return tuple(PriceChange(at, then) for at, then in scheduled(when))
+
+
+def _rates_json(price: Price, above: int) -> dict[str, float]:
+    keys = ("input", "output", "cache_read", "cache_write")
+    return dict(zip(keys, price.rates(above), strict=True))
+
+
 def describe(priced: Priced, now: float, max_age_days: int) -> dict[str, Any]:
     """A JSON-ready account of a price: its rates, tiers, origin, date and whether it is stale.
+
+    ``changes`` lists the scheduled changes (``at``, a Unix time, with the rates from then on;
+    ``changes_at`` is the first one's time) and ``varies`` says the price depends on the hour.
 
     What ``llmproxy prices`` prints and the gateway dashboard shows.
     """
@@ -439,6 +488,10 @@ def describe(priced: Priced, now: float, max_age_days: int) -> dict[str, Any]:
             )
             for values in ((tier.above, *price.rates(tier.above + 1)) for tier in price.tiers)
         ],
-        "changes_at": price.until,
+        "changes_at": priced.changes[0].at if priced.changes else None,
+        "changes": [
+            {"at": change.at, "as_of": change.price.as_of, **_rates_json(change.price, 0)}
+            for change in priced.changes
+        ],
         "varies": priced.varies,
     }

@@ -10,12 +10,15 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
+
+from llmproxy_usage_log import UsageRecord
 
 from .conftest import ADMIN_KEY, GatewayProcess
 
@@ -199,6 +202,19 @@ def test_dashboard_shows_the_usage_log_live(gateway: GatewayProcess, browser: An
         )
         wait_for_refresh(page)
         assert number(page.inner_text("#summary-tokens")) == log.summary().total_tokens
+        # A price by the hour says so, as llmproxy prices does (DeepSeek's off-peak hours).
+        log.add(
+            [
+                UsageRecord(
+                    time.time(), "deepseek/deepseek-flash", "deepseek", None, None, None, 10, 2
+                )
+            ]
+        )
+        hourly = page.locator('#prices tr[data-model="deepseek/deepseek-flash"]')
+        hourly.locator(".note.varies").wait_for(timeout=15_000)
+        assert hourly.locator(".note.varies").inner_text() == "varies by hour"
+        assert hourly.locator(".origin").inner_text().startswith("genai-prices ")
+        assert mini.locator(".note").count() == 0
         SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SCREENSHOT), full_page=True)
         assert SCREENSHOT.stat().st_size > 10_000

@@ -27,6 +27,22 @@ def test_prices_rows_flag_stale_and_unpriced_models() -> None:
     proxy.close()
 
 
+def test_prices_rows_carry_the_hourly_note_and_the_changes_ahead() -> None:
+    proxy = Proxy({"price_max_age_days": 0}, environ={})
+    switch = dt.datetime(2026, 12, 31, tzinfo=dt.UTC).timestamp()
+    proxy.prices.set("openai/moving", Price(1.0, 2.0, until=switch, then=Price(3.0, 4.0)))
+    gateway = cast(Any, SimpleNamespace(proxy=proxy))
+    now = dt.datetime(2026, 12, 2, 3, tzinfo=dt.UTC).timestamp()
+    rows = prices(gateway, ["openai/moving", "deepseek/deepseek-flash"], now)
+    by_model = {row["model"]: row["price"] for row in rows}
+    moving = by_model["openai/moving"]
+    assert moving["varies"] is False and moving["changes_at"] == switch
+    assert [(c["at"], c["input"], c["output"]) for c in moving["changes"]] == [(switch, 3.0, 4.0)]
+    hourly = by_model["deepseek/deepseek-flash"]
+    assert hourly["varies"] is True and hourly["changes"] == []
+    proxy.close()
+
+
 def test_warm_looks_the_default_models_price_up_before_the_first_call() -> None:
     from llmproxy.pricing import Entry
     from llmproxy_gateway.app import warm

@@ -70,7 +70,13 @@ def event(**fields: Any) -> CallEvent:
 
 def test_events_are_counted_by_model_provider_key_and_outcome() -> None:
     metrics = GatewayMetrics(key_label=lambda key_id: {"k1": "ci"}.get(key_id, key_id))
-    metrics.observe(event(usage=Usage(10, 5, cached_input_tokens=4, reasoning_tokens=2, cost=0.5)))
+    metrics.observe(
+        event(
+            usage=Usage(
+                10, 5, cached_input_tokens=4, reasoning_tokens=2, cost=0.5, cache_write_tokens=3
+            )
+        )
+    )
     metrics.observe(event(streamed=True, ttft=0.15, latency=1.2, usage=Usage(3, 7, cost=0.25)))
     metrics.observe(event(key="k2", outcome="interrupted", streamed=True, ttft=0.4))
     found = samples(metrics.render().decode())
@@ -84,6 +90,7 @@ def test_events_are_counted_by_model_provider_key_and_outcome() -> None:
     assert value(found, "llmproxy_tokens_total", **ci, kind="input") == 13
     assert value(found, "llmproxy_tokens_total", **ci, kind="output") == 12
     assert value(found, "llmproxy_tokens_total", **ci, kind="cached") == 4
+    assert value(found, "llmproxy_tokens_total", **ci, kind="cache_write") == 3
     assert value(found, "llmproxy_tokens_total", **ci, kind="reasoning") == 2
     assert value(found, "llmproxy_spend_usd_total", **ci) == pytest.approx(0.75)
     model = {"model": "gpt-4o-mini", "provider": "openai"}

@@ -347,6 +347,12 @@ def test_usage_from_wire_edge_cases() -> None:
         "prompt_cache_hit_tokens": 8,
     }
     assert usage_from_wire(wire) == Usage(9, 0, 4, 0)
+    # OpenRouter's (and llmproxy's gateway's) prompt-cache writes.
+    written = {
+        "prompt_tokens": 9,
+        "prompt_tokens_details": {"cached_tokens": 2, "cache_write_tokens": 5},
+    }
+    assert usage_from_wire(written) == Usage(9, 0, 2, 0, cache_write_tokens=5)
 
 
 async def test_chat_without_usage_reports_none(

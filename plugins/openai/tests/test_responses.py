@@ -724,3 +724,16 @@ def test_proxy_stream_gathers_citations_and_hosted_outputs(
     assert response is not None and response.text == "From the guide."
     assert [c.file_id for c in response.message.citations] == ["file-9"]
     assert [h.type for h in response.message.hosted_outputs] == ["file_search_call"]
+
+
+def test_responses_usage_reads_cache_writes() -> None:
+    """``input_tokens_details.cache_write_tokens`` (llmproxy's gateway's) are cache writes."""
+    from llmproxy_openai.responses import usage_from_wire
+
+    wire = {
+        "input_tokens": 50,
+        "input_tokens_details": {"cached_tokens": 10, "cache_write_tokens": 30},
+        "output_tokens": 3,
+    }
+    assert usage_from_wire(wire) == Usage(50, 3, 10, 0, cache_write_tokens=30)
+    assert usage_from_wire({"input_tokens": 5, "input_tokens_details": None}) == Usage(5, 0)

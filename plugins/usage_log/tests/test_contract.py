@@ -223,3 +223,39 @@ def test_cache_hits_are_counted_per_group(make_log: Callable[[], UsageLog]) -> N
     newest = log.recent(1, key="k2")[0]
     assert newest.cache_hit and newest.total_tokens == 0
     assert [r.cache_hit for r in log.recent(10, key="k1")] == [False, False, False, True]
+
+
+def test_cache_write_tokens_are_summed_and_kept(make_log: Callable[[], UsageLog]) -> None:
+    """Cache writes (a part of input) are kept per call and summed in totals and series.
+
+    100 calls in one batch also cross SQLite's rows-per-INSERT chunk with the extra column.
+    """
+    log = make_log()
+    written = CallEvent(
+        "claude-sonnet-4-5", "anthropic",
+        Usage(1000, 20, cached_input_tokens=300, cache_write_tokens=600, cost=0.01),
+        0.2, None, "alice", started_at=T0 + 1, key="k1",
+    )  # fmt: skip
+    log.add(
+        UsageRecord.from_event(attrs.evolve(written, started_at=T0 + 1 + i / 1000))
+        for i in range(100)
+    )
+    log.record(attrs.evolve(written, user="bob", key="kw", started_at=T0 + 61))
+    for e in calls():  # no cache writes
+        log.record(e)
+    total = log.summary()
+    assert (total.calls, total.cache_write_tokens) == (108, 101 * 600)
+    assert total.to_json()["cache_write_tokens"] == 101 * 600
+    by_user = {t.group: t.cache_write_tokens for t in log.totals("user")}
+    assert by_user == {"alice": 100 * 600, "bob": 600, "-": 0}
+    points = log.series("model", since=T0, bucket=60)
+    writes = [(p.start - T0, p.totals.group, p.totals.cache_write_tokens) for p in points]
+    assert (0, "anthropic/claude-sonnet-4-5", 100 * 600) in writes
+    assert (60, "anthropic/claude-sonnet-4-5", 600) in writes
+    newest = log.recent(1, key="kw")[0]
+    assert (newest.input_tokens, newest.cached_input_tokens, newest.cache_write_tokens) == (
+        1000,
+        300,
+        600,
+    )
+    assert UsageRecord.from_json(newest.to_json()) == newest

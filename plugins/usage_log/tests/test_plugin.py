@@ -192,7 +192,7 @@ def test_embed_calls_are_recorded_with_their_operation(upstream: FakeOpenAI, log
     assert chat.operation == "chat"
 
 
-def test_an_old_sqlite_log_gains_the_operation_and_cache_hit_columns(tmp_path: Path) -> None:
+def test_an_old_sqlite_log_gains_the_newer_columns(tmp_path: Path) -> None:
     import sqlite3
 
     path = tmp_path / "old.db"
@@ -219,9 +219,10 @@ def test_an_old_sqlite_log_gains_the_operation_and_cache_hit_columns(tmp_path: P
         old.record(UsageRecord(2.0, "openai/text-embedding-3-small", "openai", operation="embed"))
         old.flush()
         rows = old.recent(10)
+        assert old.summary().cache_write_tokens == 0
     finally:
         old.close()
-    assert [(r.model, r.operation, r.cache_hit) for r in rows] == [
-        ("openai/text-embedding-3-small", "embed", False),
-        ("openai/gpt-4o", "chat", False),
+    assert [(r.model, r.operation, r.cache_hit, r.cache_write_tokens) for r in rows] == [
+        ("openai/text-embedding-3-small", "embed", False, 0),
+        ("openai/gpt-4o", "chat", False, 0),
     ]

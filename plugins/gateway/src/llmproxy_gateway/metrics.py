@@ -7,8 +7,9 @@ name, else its id; never the secret):
 - ``llmproxy_requests_total`` (and ``outcome``: ``ok``, ``error``, ``interrupted``, or
   ``rejected`` for requests the gateway refused before calling the Proxy: no key, a bad
   body, a model the key may not use);
-- ``llmproxy_tokens_total`` (``kind``: ``input``, ``output``, ``cached``, ``reasoning``;
-  cached and reasoning tokens are parts of input and output) and ``llmproxy_spend_usd_total``;
+- ``llmproxy_tokens_total`` (``kind``: ``input``, ``output``, ``cached``, ``cache_write``,
+  ``reasoning``; cached (prompt-cache reads) and cache-write tokens are parts of input,
+  reasoning tokens a part of output) and ``llmproxy_spend_usd_total``;
 - ``llmproxy_request_duration_seconds`` and ``llmproxy_time_to_first_token_seconds``
   (histograms by model and provider; the latter for streams only);
 - ``llmproxy_rate_limited_total`` and ``llmproxy_budget_exceeded_total`` (the Proxy's own
@@ -125,6 +126,7 @@ class _Series:
 
     __slots__ = (
         "cache_hits",
+        "cache_write",
         "cached",
         "duration",
         "input",
@@ -145,6 +147,7 @@ class _Series:
         self.input = tokens.labels(model, provider, key, "input")
         self.output = tokens.labels(model, provider, key, "output")
         self.cached = tokens.labels(model, provider, key, "cached")
+        self.cache_write = tokens.labels(model, provider, key, "cache_write")
         self.reasoning = tokens.labels(model, provider, key, "reasoning")
         self.spend = metrics.spend.labels(model, provider, key)
         self.cache_hits = metrics.cache_hits.labels(model, provider, key)
@@ -183,8 +186,8 @@ class GatewayMetrics:
         )
         self.tokens = Counter(
             "llmproxy_tokens",
-            "Tokens used, by kind (input, output, cached: part of input, reasoning: part of"
-            " output).",
+            "Tokens used, by kind (input, output, cached: part of input, cache_write: part of"
+            " input, reasoning: part of output).",
             [*series, "kind"],
             registry=own,
         )
@@ -270,6 +273,8 @@ class GatewayMetrics:
             series.output.inc(usage.output_tokens)
         if usage.cached_input_tokens:
             series.cached.inc(usage.cached_input_tokens)
+        if usage.cache_write_tokens:
+            series.cache_write.inc(usage.cache_write_tokens)
         if usage.reasoning_tokens:
             series.reasoning.inc(usage.reasoning_tokens)
         if usage.cost:

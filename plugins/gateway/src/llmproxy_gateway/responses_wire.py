@@ -439,10 +439,17 @@ def new_response_id() -> str:
 
 
 def usage_json(usage: Usage) -> dict[str, Any]:
-    """The Responses API's ``usage`` object."""
+    """The Responses API's ``usage`` object.
+
+    Prompt-cache writes (a part of ``input_tokens``) are reported as
+    ``input_tokens_details.cache_write_tokens`` when there are any.
+    """
+    details: dict[str, int] = {"cached_tokens": usage.cached_input_tokens}
+    if usage.cache_write_tokens:
+        details["cache_write_tokens"] = usage.cache_write_tokens
     return {
         "input_tokens": usage.input_tokens,
-        "input_tokens_details": {"cached_tokens": usage.cached_input_tokens},
+        "input_tokens_details": details,
         "output_tokens": usage.output_tokens,
         "output_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
         "total_tokens": usage.total_tokens,

@@ -653,12 +653,19 @@ def _json_schema(response_format: Any) -> dict[str, Any] | None:
 
 
 def usage_json(usage: Usage) -> dict[str, Any]:
-    """OpenAI's ``usage`` object."""
+    """OpenAI's ``usage`` object.
+
+    Prompt-cache writes (a part of ``prompt_tokens``, as cached tokens are) are reported as
+    ``prompt_tokens_details.cache_write_tokens``, OpenRouter's name, when there are any.
+    """
+    details: dict[str, int] = {"cached_tokens": usage.cached_input_tokens}
+    if usage.cache_write_tokens:
+        details["cache_write_tokens"] = usage.cache_write_tokens
     return {
         "prompt_tokens": usage.input_tokens,
         "completion_tokens": usage.output_tokens,
         "total_tokens": usage.total_tokens,
-        "prompt_tokens_details": {"cached_tokens": usage.cached_input_tokens},
+        "prompt_tokens_details": details,
         "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
     }
 

@@ -224,16 +224,23 @@ def message_to_wire(m: Message, where: str = "message") -> dict[str, Any]:
 
 
 def usage_from_wire(u: Mapping[str, Any] | None) -> Usage | None:
-    """Map a Chat Completions ``usage`` object (and DeepSeek's cache fields) onto :class:`Usage`."""
+    """Map a Chat Completions ``usage`` object (and DeepSeek's cache fields) onto :class:`Usage`.
+
+    ``prompt_tokens_details.cache_write_tokens`` (OpenRouter's, and llmproxy's gateway's) are
+    prompt-cache writes.
+    """
     if not u:
         return None
     prompt = u.get("prompt_tokens") or 0
     completion = u.get("completion_tokens") or 0
     details = u.get("prompt_tokens_details") or {}
     cached = details.get("cached_tokens") or u.get("prompt_cache_hit_tokens") or 0
+    written = details.get("cache_write_tokens") or 0
     out_details = u.get("completion_tokens_details") or {}
     reasoning = out_details.get("reasoning_tokens") or 0
-    return Usage(int(prompt), int(completion), int(cached), int(reasoning))
+    return Usage(
+        int(prompt), int(completion), int(cached), int(reasoning), cache_write_tokens=int(written)
+    )
 
 
 def retry_after(headers: Mapping[str, str]) -> float | None:

@@ -196,16 +196,22 @@ def request_params(
 
 
 def usage_from_wire(u: Mapping[str, Any] | None) -> Usage | None:
-    """Map a Responses API ``usage`` object onto :class:`~llmproxy.types.Usage`."""
+    """Map a Responses API ``usage`` object onto :class:`~llmproxy.types.Usage`.
+
+    ``input_tokens_details.cache_write_tokens`` (llmproxy's gateway's) are prompt-cache writes.
+    """
     if not u:
         return None
-    cached = (u.get("input_tokens_details") or {}).get("cached_tokens") or 0
+    details = u.get("input_tokens_details") or {}
+    cached = details.get("cached_tokens") or 0
+    written = details.get("cache_write_tokens") or 0
     reasoning = (u.get("output_tokens_details") or {}).get("reasoning_tokens") or 0
     return Usage(
         int(u.get("input_tokens") or 0),
         int(u.get("output_tokens") or 0),
         int(cached),
         int(reasoning),
+        cache_write_tokens=int(written),
     )
 
 

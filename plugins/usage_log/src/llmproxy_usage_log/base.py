@@ -45,6 +45,8 @@ class UsageRecord:
     ``alias`` is the alias the caller named when one of its deployments answered (see
     :mod:`llmproxy.routing`; ``model`` is then the deployment): grouping ``by="alias"`` rolls
     the deployments up under it, and puts a call without one under its model.
+    ``cache_write_tokens`` are input tokens written to the provider's prompt cache (a part of
+    ``input_tokens``, like ``cached_input_tokens``, and billed at the cache-write price).
     """
 
     ts: float
@@ -70,6 +72,7 @@ class UsageRecord:
     operation: str = "chat"
     cache_hit: bool = False
     alias: str | None = None
+    cache_write_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -129,6 +132,7 @@ class UsageRecord:
             getattr(event, "operation", "chat"),
             getattr(event, "cache_hit", False),
             getattr(event, "alias", None),
+            usage.cache_write_tokens,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -162,6 +166,8 @@ class Totals:
     cost: float = 0.0
     cache_hits: int = 0
     """Calls answered from the response cache."""
+    cache_write_tokens: int = 0
+    """Input tokens written to the provider's prompt cache (a part of ``input_tokens``)."""
 
     @property
     def total_tokens(self) -> int:
@@ -208,11 +214,21 @@ def _check_by(by: str) -> Dimension:
 class _Sum:
     """A mutable running total, turned into :class:`Totals` at the end."""
 
-    __slots__ = ("cached", "calls", "cost", "errors", "hits", "input", "output", "reasoning")
+    __slots__ = (
+        "cached",
+        "calls",
+        "cost",
+        "errors",
+        "hits",
+        "input",
+        "output",
+        "reasoning",
+        "writes",
+    )
 
     def __init__(self) -> None:
         self.calls = self.errors = self.input = self.output = self.cached = self.reasoning = 0
-        self.hits = 0
+        self.hits = self.writes = 0
         self.cost = 0.0
 
     def add(self, r: UsageRecord) -> None:
@@ -224,6 +240,7 @@ class _Sum:
         self.reasoning += r.reasoning_tokens
         self.cost += r.cost or 0.0
         self.hits += r.cache_hit
+        self.writes += r.cache_write_tokens
 
     def totals(self, group: str) -> Totals:
         return Totals(
@@ -236,6 +253,7 @@ class _Sum:
             self.reasoning,
             self.cost,
             self.hits,
+            self.writes,
         )
 
 
@@ -483,6 +501,7 @@ class UsageLog:
             s.reasoning += t.reasoning_tokens
             s.cost += t.cost
             s.hits += t.cache_hits
+            s.writes += t.cache_write_tokens
         return s.totals("*")
 
     def _series(

@@ -11,8 +11,9 @@ key                             what
                                 fields ``<dimension>\x1f<value>\x1f<metric>`` for dimensions
                                 ``model``, ``provider``, ``user``, ``key``, ``alias`` (its
                                 model for a call without one) and ``all``, metrics
-                                ``calls errors input output cached reasoning cost hits`` (hits:
-                                calls answered from the response cache), and
+                                ``calls errors input output cached reasoning cost hits writes``
+                                (hits: calls answered from the response cache; writes: input
+                                tokens written to the provider's prompt cache), and
                                 ``limit\x1f<kind>:<policy>\x1fhits``; expires after ``retention``
 ``P:usage:minutes``             a sorted set of the minutes that have a hash
 ==============================  ===================================================================
@@ -44,7 +45,17 @@ from llmproxy_usage_log.base import (
 )
 
 SEP = "\x1f"
-_METRICS = ("calls", "errors", "input", "output", "cached", "reasoning", "cost", "hits")
+_METRICS = (
+    "calls",
+    "errors",
+    "input",
+    "output",
+    "cached",
+    "reasoning",
+    "cost",
+    "hits",
+    "writes",
+)
 _OPTIONS = frozenset(
     ("prefix", "max_calls", "retention", "socket_timeout", "flush_interval", "batch")
 )
@@ -143,6 +154,7 @@ class RedisUsageLog(UsageLog):
                 r.reasoning_tokens,
                 r.cost or 0.0,
                 r.cache_hit,
+                r.cache_write_tokens,
             )
             for dim, value in (
                 ("all", "*"),
@@ -233,6 +245,7 @@ class RedisUsageLog(UsageLog):
             int(m.get("reasoning", 0)),
             float(m.get("cost", 0.0)),
             int(m.get("hits", 0)),
+            int(m.get("writes", 0)),
         )
 
     def _sum(

@@ -52,17 +52,18 @@ CREATE TABLE IF NOT EXISTS calls (
     tags TEXT,
     operation TEXT NOT NULL DEFAULT 'chat',
     cache_hit INTEGER NOT NULL DEFAULT 0,
-    alias TEXT
+    alias TEXT,
+    cache_write_tokens INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS calls_ts ON calls (ts);
 """
 _COLUMNS: Final = (
     'ts, model, provider, "user", session_id, "key", input_tokens, output_tokens,'
     " cached_input_tokens, reasoning_tokens, cost, latency, outcome, error, limit_kind, policy,"
-    " attempts, streamed, estimated, tags, operation, cache_hit, alias"
+    " attempts, streamed, estimated, tags, operation, cache_hit, alias, cache_write_tokens"
 )
-_ROW: Final = "(" + ", ".join("?" * 23) + ")"
-_MAX_ROWS_PER_INSERT: Final = 40  # 40 * 23 parameters stays under SQLite's 999 on old builds
+_ROW: Final = "(" + ", ".join("?" * 24) + ")"
+_MAX_ROWS_PER_INSERT: Final = 41  # 41 * 24 parameters stays under SQLite's 999 on old builds
 _GROUP: Final = {
     "model": "model",
     "provider": "provider",
@@ -72,7 +73,8 @@ _GROUP: Final = {
 }
 _SUMS: Final = (
     "count(*), sum(outcome = 'error'), sum(input_tokens), sum(output_tokens),"
-    " sum(cached_input_tokens), sum(reasoning_tokens), coalesce(sum(cost), 0), sum(cache_hit)"
+    " sum(cached_input_tokens), sum(reasoning_tokens), coalesce(sum(cost), 0), sum(cache_hit),"
+    " sum(cache_write_tokens)"
 )
 
 
@@ -89,7 +91,7 @@ def _where(since: float | None, until: float | None) -> tuple[str, list[float]]:
 
 
 def _totals(group: str, row: Sequence[Any]) -> Totals:
-    calls, errors, inp, out, cached, reasoning, cost, hits = row
+    calls, errors, inp, out, cached, reasoning, cost, hits, writes = row
     return Totals(
         group,
         int(calls),
@@ -100,20 +102,22 @@ def _totals(group: str, row: Sequence[Any]) -> Totals:
         int(reasoning or 0),
         float(cost or 0.0),
         int(hits or 0),
+        int(writes or 0),
     )
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
     """Bring a log written by an older version up to the schema.
 
-    Adds ``operation`` (as chat), ``cache_hit`` (no) and ``alias`` (none) to a log written
-    before them.
+    Adds ``operation`` (as chat), ``cache_hit`` (no), ``alias`` (none) and
+    ``cache_write_tokens`` (0) to a log written before them.
     """
     columns = {row[1] for row in conn.execute("PRAGMA table_info(calls)")}
     added = {
         "operation": "TEXT NOT NULL DEFAULT 'chat'",
         "cache_hit": "INTEGER NOT NULL DEFAULT 0",
         "alias": "TEXT",
+        "cache_write_tokens": "INTEGER NOT NULL DEFAULT 0",
     }
     for column, kind in added.items():
         if column in columns:
@@ -197,6 +201,7 @@ class SQLiteUsageLog(UsageLog):
                     r.operation,
                     int(r.cache_hit),
                     r.alias,
+                    r.cache_write_tokens,
                 )
             )
         with self._lock:

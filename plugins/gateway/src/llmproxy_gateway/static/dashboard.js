@@ -209,7 +209,18 @@ function renderPrices(d) {
     }
     tr.appendChild(el("td", { class: "text origin" }, p.origin));
     const age = p.as_of ? p.as_of + (p.age_days === null ? "" : " (" + p.age_days + " d)") : "unknown";
-    tr.appendChild(el("td", { class: p.stale ? "text bad as-of" : "text as-of" }, age + (p.stale ? " stale" : "")));
+    const asOf = el("td", { class: p.stale ? "text bad as-of" : "text as-of" }, age + (p.stale ? " stale" : ""));
+    // As llmproxy prices says: a price by the hour (DeepSeek's off-peak), the next change.
+    if (p.varies) asOf.appendChild(el("span", { class: "note varies" }, "varies by hour"));
+    if (p.changes && p.changes.length) {
+      const next = p.changes[0];
+      const when = new Date(next.at * 1000).toISOString().slice(0, 16).replace("T", " ");
+      asOf.appendChild(el("span", {
+        class: "note changes",
+        title: "then input $" + next.input + ", output $" + next.output + " per 1M tokens",
+      }, "changes " + when + " UTC"));
+    }
+    tr.appendChild(asOf);
     return tr;
   });
   if (!rows.length) {
