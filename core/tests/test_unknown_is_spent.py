@@ -161,18 +161,59 @@ def test_sqlite_ledger_unknown_is_spent(tmp_path: Path) -> None:
     run_state_machine_as_test(_machine(make), settings=SETTINGS)
 
 
-@pytest.mark.parametrize("kind", ["memory", "sqlite"])
-def test_a_late_settle_after_the_grace_replaces_the_full_hold(kind: str, tmp_path: Path) -> None:
-    """After the grace the charge is forgotten: a late settle replaces the full hold it was."""
+def test_a_late_settle_after_the_grace_replaces_the_full_hold(tmp_path: Path) -> None:
+    """SQLite: after the grace the charge is forgotten; a late settle replaces the full hold."""
     clock = _Clock()
-    ledger: Ledger = (
-        MemoryLedger(clock=clock, settled_grace=5.0)
-        if kind == "memory"
-        else SQLiteLedger(tmp_path / "l.db", clock=clock, settled_grace=5.0)
-    )
+    ledger = SQLiteLedger(tmp_path / "l.db", clock=clock, settled_grace=5.0)
     reservation = ledger.reserve([CLAIM], input_tokens=10, max_output_tokens=40, lease=1.0)
     clock.now += 100.0
     assert [(s.used, s.reserved) for s in ledger.usage([CLAIM])] == [(50, 0)]
     ledger.settle(reservation, tokens=20)  # all-time: the charge (the full hold) is replaced
     assert [(s.used, s.reserved) for s in ledger.usage([CLAIM])] == [(20, 0)]
     ledger.close()
+
+
+@pytest.mark.parametrize("forget", ["grace", "count"])
+def test_memory_a_late_settle_of_a_forgotten_charge_leaves_it(forget: str) -> None:
+    """Memory: once a charge is forgotten (grace over, or evicted by newer charges), a late
+    settle is a no-op: the full charge stands (under-use, never overspend)."""
+    clock = _Clock()
+    if forget == "grace":
+        ledger = MemoryLedger(clock=clock, settled_grace=5.0)
+    else:
+        ledger = MemoryLedger(clock=clock, max_remembered=1)
+    reservation = ledger.reserve([CLAIM], input_tokens=10, max_output_tokens=40, lease=1.0)
+    clock.now += 100.0
+    # A newer charge evicts the first one's record: past its grace, or one over the count.
+    ledger.reserve([CLAIM], input_tokens=1, max_output_tokens=1, lease=1.0)
+    clock.now += 100.0
+    charged = 52
+    assert [(s.used, s.reserved) for s in ledger.usage([CLAIM])] == [(charged, 0)]
+    ledger.settle(reservation, tokens=20)
+    assert [(s.used, s.reserved) for s in ledger.usage([CLAIM])] == [(charged, 0)]
+
+
+def test_memory_ledger_keeps_nothing_per_settled_call() -> None:
+    """After many settled calls the memory ledger holds no record of them: no charge records,
+    an expiry heap bounded by the calls in flight, and a repeat settle is still a no-op."""
+    clock = _Clock()
+    ledger = MemoryLedger(clock=clock)
+    big = Claim("flat", "flat", "global", 1e9)
+    in_flight = [
+        ledger.reserve([big], input_tokens=1, max_output_tokens=1, lease=600.0) for _ in range(3)
+    ]
+    first = ledger.reserve([big], input_tokens=1, max_output_tokens=1, lease=600.0)
+    ledger.settle(first, tokens=1)
+    for _ in range(10_000):
+        reservation = ledger.reserve([big], input_tokens=1, max_output_tokens=1, lease=600.0)
+        ledger.renew(reservation, lease=900.0)
+        ledger.settle(reservation, tokens=1)
+    assert len(ledger._active) == 3
+    assert len(ledger._expiry) <= 2 * 3 + 64 + 1
+    assert not ledger._outcomes
+    ledger.settle(first, tokens=1)  # long after: still a no-op
+    assert [(s.used, s.reserved) for s in ledger.usage([big])] == [(10_001, 6)]
+    for reservation in in_flight:  # the live holds survived every rebuild of the heap
+        assert ledger.renew(reservation, lease=1.0)
+    clock.now += 601.0  # and expire when their lease ends: charged in full
+    assert [(s.used, s.reserved) for s in ledger.usage([big])] == [(10_007, 0)]
