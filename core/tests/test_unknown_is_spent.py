@@ -217,3 +217,28 @@ def test_memory_ledger_keeps_nothing_per_settled_call() -> None:
         assert ledger.renew(reservation, lease=1.0)
     clock.now += 601.0  # and expire when their lease ends: charged in full
     assert [(s.used, s.reserved) for s in ledger.usage([big])] == [(10_007, 0)]
+
+
+def test_sqlite_ledger_statements_per_call(tmp_path: Path) -> None:
+    """A call's reserve and settle on an all-time and a windowed claim run 14 statements.
+
+    (Issue 16's charge-at-expiry took it from 16 to 23; the expired holds of all keys are now
+    taken in one statement per transaction, together with the settled call's own holds.)
+    """
+    ledger = SQLiteLedger(tmp_path / "l.db")
+    claims = [CLAIM_TOTAL, CLAIM_RPM]
+    for _ in range(3):  # past the first reserve's sweep of every key and the first prune
+        ledger.settle(ledger.reserve(claims, input_tokens=1, max_output_tokens=1), tokens=1)
+    statements: list[str] = []
+    ledger._db.connection().set_trace_callback(statements.append)
+    reservation = ledger.reserve(claims, input_tokens=1, max_output_tokens=1)
+    reserved = len(statements)
+    ledger.settle(reservation, tokens=1)
+    ledger.settle(reservation, tokens=1)  # a repeat: three statements, and a no-op
+    assert (reserved, len(statements) - reserved) == (6, 8 + 3), statements
+    assert [(s.used, s.reserved) for s in ledger.usage(claims)] == [(4, 0), (4, 0)]
+    ledger.close()
+
+
+CLAIM_TOTAL = Claim("total", "total", "global", 1e12)
+CLAIM_RPM = Claim("rpm", "rpm", "global", 1e9, "requests", window=60.0)

@@ -130,9 +130,6 @@ _EXPIRED_HOLDS: Final = (
     " FROM ledger_holds AS h LEFT JOIN ledger_claims AS c ON c.key = h.key"
     " WHERE h.expires_at <= ?"
 )
-_EXPIRED_OF_KEY: Final = (
-    "SELECT reservation, amount, expires_at FROM ledger_holds WHERE key = ? AND expires_at <= ?"
-)
 _DROP_EXPIRED_OF_KEY: Final = "DELETE FROM ledger_holds WHERE key = ? AND expires_at <= ?"
 _MARK_SETTLED: Final = (
     "INSERT OR IGNORE INTO ledger_outcomes (reservation, key, amount, ts, keep_until)"
@@ -145,7 +142,6 @@ _CHARGED: Final = (
 )
 _CHARGE_OF: Final = "SELECT amount, ts FROM ledger_outcomes WHERE reservation = ? AND key = ?"
 _DROP_CHARGE: Final = "DELETE FROM ledger_outcomes WHERE reservation = ? AND key = ?"
-_HOLD_OF: Final = "SELECT amount FROM ledger_holds WHERE key = ? AND reservation = ?"
 _RENEW: Final = (
     "UPDATE ledger_holds SET expires_at = max(expires_at, ?1)"
     " WHERE key = ?2 AND reservation = ?3 AND expires_at > ?4"
@@ -205,6 +201,26 @@ LEASE_SHARE: Final = 8.0
 _PRUNE_EVERY: Final = 64
 """Expired holds and old settled ids are deleted on every 64th reserve or settle of a process
 (every read ignores them meanwhile), to keep the usual transaction down to the pages it needs."""
+
+
+@lru_cache(maxsize=32)
+def _take_expired_sql(keys: int) -> str:
+    """Delete and return the expired holds of ``keys`` keys: one statement per transaction."""
+    marks = ", ".join(["?"] * keys)
+    return (
+        f"DELETE FROM ledger_holds WHERE key IN ({marks}) AND expires_at <= ?"  # noqa: S608
+        " RETURNING key, reservation, amount, expires_at"
+    )
+
+
+@lru_cache(maxsize=32)
+def _settle_holds_sql(keys: int) -> str:
+    """Delete and return one reservation's holds and the expired holds on ``keys`` keys."""
+    marks = ", ".join(["?"] * keys)
+    return (
+        f"DELETE FROM ledger_holds WHERE key IN ({marks})"  # noqa: S608
+        " AND (expires_at <= ? OR reservation = ?) RETURNING key, reservation, amount, expires_at"
+    )
 
 
 @lru_cache(maxsize=32)
@@ -293,8 +309,7 @@ class SQLiteLedger(InlineAsync):
             if self._reserves % _PRUNE_EVERY == 1:
                 self._charge_all(conn, now)
             else:
-                for claim in claims:
-                    self._charge(conn, claim, now)
+                self._charge(conn, claims, now)
             used: list[float] = []
             reserved: list[float] = []
             for claim in claims:
@@ -355,19 +370,20 @@ class SQLiteLedger(InlineAsync):
         with immediate(self._db) as conn:
             assert conn is not None
             now = self._clock()
-            if (
-                not conn.execute(_MARK_SETTLED, (reservation_id, now, now + self._grace)).rowcount
-                or conn.execute(_LEGACY_SETTLED, (reservation_id,)).fetchone() is not None
-            ):
+            if not conn.execute(_MARK_SETTLED, (reservation_id, now, now + self._grace)).rowcount:
                 conn.execute("ROLLBACK")  # settled already: nothing to write
                 return
-            for claim, held in zip(reservation.claims, reservation.amounts, strict=True):
+            claims = reservation.claims
+            # An expired hold is charged (this one too); a live hold of this one dropped.
+            held_keys = self._charge(conn, claims, now, reservation_id)
+            if not held_keys and conn.execute(_LEGACY_SETTLED, (reservation_id,)).fetchone():
+                conn.execute("ROLLBACK")  # settled by an earlier version: nothing to write
+                return
+            for claim, held in zip(claims, reservation.amounts, strict=True):
                 amount = amount_settled(claim, tokens, requests, cost)
                 key = claim.key
-                self._charge(conn, claim, now)  # an expired hold is charged, this one too
-                if conn.execute(_HOLD_OF, (key, reservation_id)).fetchone() is not None:
+                if key in held_keys:
                     # Held and live: the settle replaces the hold.
-                    conn.execute(_DROP_HOLD, (key, reservation_id))
                     self._record(conn, claim, now, [(now, reservation_id, amount)])
                     continue
                 charge = conn.execute(_CHARGE_OF, (reservation_id, key)).fetchone()
@@ -403,12 +419,41 @@ class SQLiteLedger(InlineAsync):
                 ).rowcount
         return renewed > 0
 
-    def _charge(self, conn: sqlite3.Connection, claim: Claim, now: float) -> None:
-        """Charge in full the holds on ``claim``'s key that expired (unknown is spent)."""
-        rows = conn.execute(_EXPIRED_OF_KEY, (claim.key, now)).fetchall()
-        if rows:
-            conn.execute(_DROP_EXPIRED_OF_KEY, (claim.key, now))
-            self._charged(conn, claim, now, rows)
+    def _charge(
+        self,
+        conn: sqlite3.Connection,
+        claims: Sequence[Claim],
+        now: float,
+        settling: str | None = None,
+    ) -> set[str]:
+        """Charge in full the holds on ``claims``' keys that expired (unknown is spent).
+
+        One statement however many claims (usually it finds nothing). With ``settling``, a
+        reservation id, that reservation's live holds are deleted in the same statement:
+        returns the keys it held (else an empty set).
+        """
+        if not claims:
+            return set()
+        keys = [claim.key for claim in claims]
+        if settling is None:
+            rows = conn.execute(_take_expired_sql(len(keys)), (*keys, now)).fetchall()
+        else:
+            rows = conn.execute(_settle_holds_sql(len(keys)), (*keys, now, settling)).fetchall()
+        held: set[str] = set()
+        if not rows:
+            return held
+        by_key: dict[str, list[tuple[str, float, float]]] = {}
+        for key, rid, amount, expires_at in rows:
+            if expires_at > now:  # (only the settling reservation's live holds)
+                held.add(key)
+            else:
+                by_key.setdefault(key, []).append((rid, amount, expires_at))
+        if by_key:
+            for claim in claims:
+                found = by_key.get(claim.key)
+                if found:
+                    self._charged(conn, claim, now, found)
+        return held
 
     def _charged(
         self,
@@ -541,8 +586,8 @@ class SQLiteLedger(InlineAsync):
             for claim, _keep, _want, _step in wants:
                 if claim.key not in batches:
                     batches[claim.key] = (claim, [])
+            self._charge(conn, [claim for claim, _items in batches.values()], now)
             for claim, items in batches.values():
-                self._charge(conn, claim, now)
                 lapsed = conn.execute(_CHARGE_OF, (owner, claim.key)).fetchone()
                 if lapsed is None:
                     self._record(conn, claim, now, sorted(items))
