@@ -1214,6 +1214,20 @@ def test_the_remembered_texts_are_bounded_least_recently_used_first(
     assert tokenizer.counts.chars <= 3 * size
 
 
+def test_the_remembered_texts_are_bounded_in_number(
+    spied: _CountingEncoding, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tokenizer, "CACHE_MAX_TEXTS", 3)
+    texts = [f"message number {i} of a long session" for i in range(5)]
+    for text in texts:
+        tokenizer.count_text(text, "gpt-4o")
+    assert len(tokenizer.counts) == 3
+    tokenizer.count_text(texts[4], "gpt-4o")  # remembered
+    assert spied.calls == 5
+    tokenizer.count_text(texts[0], "gpt-4o")  # forgotten, the oldest
+    assert spied.calls == 6
+
+
 def test_remembered_counts_stay_consistent_across_threads(
     spied: _CountingEncoding, monkeypatch: pytest.MonkeyPatch
 ) -> None:
