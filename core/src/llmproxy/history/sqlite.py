@@ -541,6 +541,128 @@ def _referenced(rows: list[Any]) -> list[str]:
     return list(keys)
 
 
+_SIGNATURE: Final = (
+    "SELECT count(*), max(id), (SELECT record_id FROM history WHERE session_id = ?1"
+    " ORDER BY id DESC LIMIT 1) FROM history WHERE session_id = ?1"
+)
+_LOAD_AFTER: Final = (
+    f"SELECT id, {_COLUMNS} FROM history WHERE session_id = ? AND id > ? ORDER BY id"  # noqa: S608
+)
+
+CACHE_RECORDS: Final = 100_000
+"""The most decoded records a :class:`SQLiteHistoryStore` keeps for reuse (least recently
+loaded sessions dropped first): about 1 KB each with short messages, so ~100 MB at most."""
+
+
+class _Cached:
+    """A session's decoded newest records, and what identifies the rows they were read from."""
+
+    __slots__ = ("complete", "count", "newest", "newest_record", "records")
+
+    def __init__(
+        self,
+        records: list[HistoryRecord],
+        complete: bool,
+        count: int,
+        newest: int,
+        newest_record: str,
+    ) -> None:
+        self.records = records  # the newest records, oldest first
+        self.complete = complete  # records is the whole session
+        self.count = count  # rows the session had then
+        self.newest = newest  # the newest row's id
+        self.newest_record = newest_record  # and its record id
+
+
+class _SessionCache:
+    """Decoded records of recently loaded sessions, checked against the file on every load.
+
+    A long session's load decoded every row on every call (a 1,000-message session: about
+    2 ms). A hit costs one indexed query instead: the session's row count, newest row id and
+    newest record id. Equal to the cached ones, the session is unchanged (rows are only
+    appended or the session deleted whole; a session deleted and written again anew has new
+    record ids); more rows, and the new ones (``id`` above the newest) are read and decoded
+    alone; anything else reloads. A session whose newest record has no record id is not
+    cached (nothing would tell a rewrite apart). Bounded by :data:`CACHE_RECORDS`.
+    """
+
+    def __init__(self) -> None:
+        self._sessions: collections.OrderedDict[str, _Cached] = collections.OrderedDict()
+        self._records = 0
+
+    def load(
+        self, conn: sqlite3.Connection, session_id: str, limit: int | None
+    ) -> list[HistoryRecord] | None:
+        """The session's last ``limit`` records from the cache (reading new rows), or None.
+
+        The caller holds the store's lock and has a read transaction open on ``conn``.
+        """
+        cached = self._sessions.get(session_id)
+        if cached is None:
+            return None
+        count, newest, newest_record = conn.execute(_SIGNATURE, (session_id,)).fetchone()
+        if newest_record is None or count < cached.count:
+            self.drop(session_id)
+            return None
+        if newest != cached.newest or newest_record != cached.newest_record:
+            if count == cached.count or newest < cached.newest:
+                self.drop(session_id)
+                return None
+            rows = conn.execute(_LOAD_AFTER, (session_id, cached.newest)).fetchall()
+            if len(rows) != count - cached.count:
+                self.drop(session_id)  # not an append alone: reload
+                return None
+            plain = [row[1:] for row in rows]
+            keys = _referenced(plain)
+            blobs = _fetch_blobs(conn, session_id, keys) if keys else {}
+            added = _records(session_id, plain, blobs)
+            cached.records.extend(added)  # (loads return copies)
+            cached.count, cached.newest, cached.newest_record = count, newest, newest_record
+            self._records += len(added)
+        elif count != cached.count:
+            self.drop(session_id)
+            return None
+        if not cached.complete and (limit is None or limit > len(cached.records)):
+            return None  # more asked for than is cached: the caller reloads (and stores it)
+        self._sessions.move_to_end(session_id)
+        self._trim(session_id, limit)
+        records = cached.records
+        return records[:] if limit is None else records[-limit:]
+
+    def store(
+        self,
+        conn: sqlite3.Connection,
+        session_id: str,
+        records: list[HistoryRecord],
+        limit: int | None,
+    ) -> None:
+        """Keep ``records`` (the session's last ``limit``, oldest first) as read just now."""
+        self.drop(session_id)
+        count, newest, newest_record = conn.execute(_SIGNATURE, (session_id,)).fetchone()
+        if newest_record is None or not records or records[-1].id != newest_record:
+            return
+        complete = limit is None or len(records) == count
+        self._sessions[session_id] = _Cached(records[:], complete, count, newest, newest_record)
+        self._records += len(records)
+        while self._records > CACHE_RECORDS and self._sessions:
+            _sid, dropped = self._sessions.popitem(last=False)
+            self._records -= len(dropped.records)
+
+    def _trim(self, session_id: str, limit: int | None) -> None:
+        """Keep no more than twice what loads ask for (appends grow the cached records)."""
+        cached = self._sessions[session_id]
+        if limit is not None and len(cached.records) > 2 * limit + 64:
+            self._records -= len(cached.records) - limit
+            cached.records = cached.records[-limit:]
+            cached.complete = False
+
+    def drop(self, session_id: str) -> None:
+        """Forget a session (deleted or changed)."""
+        cached = self._sessions.pop(session_id, None)
+        if cached is not None:
+            self._records -= len(cached.records)
+
+
 class SQLiteHistoryStore:
     """History in one SQLite file, created with its directory on first use.
 
@@ -559,6 +681,7 @@ class SQLiteHistoryStore:
 
     def __init__(self, path: str | os.PathLike[str], *, timeout: float = 5.0) -> None:
         self._db = _Database(path, timeout=timeout, kind="history store", schema=_SCHEMA)
+        self._cache = _SessionCache()
         try:
             _migrate(self._db)
         except BaseException:
@@ -579,29 +702,34 @@ class SQLiteHistoryStore:
                 )
             return []
         db = self._db
+        cache = self._cache
         with db.lock:
             try:
                 conn = db.connection()
-                rows, blobs = self._read(conn, session_id, limit)
-                if len(blobs) < len(_referenced(rows)):
-                    # A delete or append in between (another thread or process): read again
-                    # in one transaction, a consistent snapshot.
-                    conn.execute("BEGIN")
+                conn.execute("BEGIN")  # one snapshot for the check and the rows
+                try:
                     try:
+                        found = cache.load(conn, session_id, limit)
+                        if found is not None:
+                            return found
                         rows, blobs = self._read(conn, session_id, limit)
-                    finally:
-                        conn.execute("COMMIT")
+                        if limit is not None:
+                            rows.reverse()
+                        records = _records(session_id, rows, blobs)
+                    except (ValueError, TypeError, KeyError, LLMProxyError) as exc:
+                        cache.drop(session_id)
+                        raise StoreError(
+                            f"history store {db.path}: session {session_id!r} holds a malformed"
+                            f" row ({exc}); the file was written by something other than"
+                            " llmproxy: delete the session"
+                        ) from exc
+                    cache.store(conn, session_id, records, limit)
+                finally:
+                    conn.execute("COMMIT")
             except sqlite3.Error as exc:
+                cache.drop(session_id)
                 raise db.error(exc) from exc
-        if limit is not None:
-            rows.reverse()
-        try:
-            return _records(session_id, rows, blobs)
-        except (ValueError, TypeError, KeyError, LLMProxyError) as exc:
-            raise StoreError(
-                f"history store {db.path}: session {session_id!r} holds a malformed row ({exc});"
-                " the file was written by something other than llmproxy: delete the session"
-            ) from exc
+        return records
 
     @staticmethod
     def _read(
@@ -664,6 +792,8 @@ class SQLiteHistoryStore:
 
     def delete(self, session_id: str) -> int:
         """Delete a session and its blobs; return how many messages were removed."""
+        with self._db.lock:
+            self._cache.drop(session_id)
         with immediate(self._db) as conn:
             assert conn is not None  # (None only without waiting)
             removed: int = conn.execute(_DELETE, (session_id,)).rowcount
