@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from llmproxy import HistoryRecord, Message
 from llmproxy.history.sqlite import SQLiteHistoryStore
 
@@ -72,4 +74,21 @@ def test_a_hit_reads_one_row_and_decodes_only_new_rows(tmp_path: Path) -> None:
     assert _texts(grown)[-3:] == ["message 999", "message 1000", "message 1001"]
     assert len(grown) == 1000
     assert sum(s.startswith("SELECT") for s in statements) == 2  # the check, the 2 new rows
+    store.close()
+
+
+def test_the_cache_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from llmproxy.history import sqlite
+
+    monkeypatch.setattr(sqlite, "CACHE_BYTES", 3 * 10 * (len("message 0") + 512))
+    store = SQLiteHistoryStore(tmp_path / "h.db")
+    for n in range(5):
+        store.append(_records(f"s{n}", 0, 10))
+        assert len(store.load(f"s{n}")) == 10
+    cache = store._cache
+    assert 0 < cache._bytes <= sqlite.CACHE_BYTES
+    assert list(cache._sessions) == ["s2", "s3", "s4"]  # the least recently loaded went first
+    assert len(store.load("s1", 4)) == 4  # read again, and kept trimmed to what was asked
+    assert len(cache._sessions["s1"].records) == 4
+    assert cache._bytes == sum(sqlite._weight(c.records) for c in cache._sessions.values())
     store.close()

@@ -549,9 +549,16 @@ _LOAD_AFTER: Final = (
     f"SELECT id, {_COLUMNS} FROM history WHERE session_id = ? AND id > ? ORDER BY id"  # noqa: S608
 )
 
-CACHE_RECORDS: Final = 100_000
-"""The most decoded records a :class:`SQLiteHistoryStore` keeps for reuse (least recently
-loaded sessions dropped first): about 1 KB each with short messages, so ~100 MB at most."""
+CACHE_BYTES: Final = 32 * 1024 * 1024
+"""About how much memory a :class:`SQLiteHistoryStore` spends on decoded records kept for reuse
+(each counted as its text's length plus :data:`_RECORD_BYTES`); the least recently loaded
+sessions are dropped first."""
+_RECORD_BYTES: Final = 512
+"""What a decoded record costs besides its text: the record, its message and their fields."""
+
+
+def _weight(records: Sequence[HistoryRecord]) -> int:
+    return sum(len(record.message.content) + _RECORD_BYTES for record in records)
 
 
 class _Cached:
@@ -583,12 +590,13 @@ class _SessionCache:
     appended or the session deleted whole; a session deleted and written again anew has new
     record ids); more rows, and the new ones (``id`` above the newest) are read and decoded
     alone; anything else reloads. A session whose newest record has no record id is not
-    cached (nothing would tell a rewrite apart). Bounded by :data:`CACHE_RECORDS`.
+    cached (nothing would tell a rewrite apart). A session keeps the newest records the last
+    load asked for; the whole is bounded by :data:`CACHE_BYTES`.
     """
 
     def __init__(self) -> None:
         self._sessions: collections.OrderedDict[str, _Cached] = collections.OrderedDict()
-        self._records = 0
+        self._bytes = 0
 
     def load(
         self, conn: sqlite3.Connection, session_id: str, limit: int | None
@@ -618,7 +626,7 @@ class _SessionCache:
             added = _records(session_id, plain, blobs)
             cached.records.extend(added)  # (loads return copies)
             cached.count, cached.newest, cached.newest_record = count, newest, newest_record
-            self._records += len(added)
+            self._bytes += _weight(added)
         elif count != cached.count:
             self.drop(session_id)
             return None
@@ -643,24 +651,25 @@ class _SessionCache:
             return
         complete = limit is None or len(records) == count
         self._sessions[session_id] = _Cached(records[:], complete, count, newest, newest_record)
-        self._records += len(records)
-        while self._records > CACHE_RECORDS and self._sessions:
+        self._bytes += _weight(records)
+        while self._bytes > CACHE_BYTES and self._sessions:
             _sid, dropped = self._sessions.popitem(last=False)
-            self._records -= len(dropped.records)
+            self._bytes -= _weight(dropped.records)
 
     def _trim(self, session_id: str, limit: int | None) -> None:
-        """Keep no more than twice what loads ask for (appends grow the cached records)."""
+        """Keep only the records loads ask for (appends grow them by an exchange a call)."""
         cached = self._sessions[session_id]
-        if limit is not None and len(cached.records) > 2 * limit + 64:
-            self._records -= len(cached.records) - limit
-            cached.records = cached.records[-limit:]
+        excess = len(cached.records) - limit if limit is not None else 0
+        if excess > 0:
+            self._bytes -= _weight(cached.records[:excess])
+            del cached.records[:excess]
             cached.complete = False
 
     def drop(self, session_id: str) -> None:
         """Forget a session (deleted or changed)."""
         cached = self._sessions.pop(session_id, None)
         if cached is not None:
-            self._records -= len(cached.records)
+            self._bytes -= _weight(cached.records)
 
 
 class SQLiteHistoryStore:
