@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import os
 import resource
 import statistics
@@ -43,15 +44,30 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 import aiohttp
-import bench_gateway
-import bench_soak
 
 from llmproxy import HistoryRecord, LLMBudget, Message, Proxy
+
+
+def _sibling(name: str) -> ModuleType:
+    """Import another bench script of this directory (they are scripts, not a package)."""
+    found = sys.modules.get(name)
+    if found is not None:
+        return found
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # (its dataclasses look their module up)
+    spec.loader.exec_module(module)
+    return module
+
+
+bench_gateway = _sibling("bench_gateway")
+bench_soak = _sibling("bench_soak")
 
 MODEL = "gpt-5.4-mini"
 KEY = "sk-bench-0000000000000000"
@@ -103,15 +119,16 @@ def history(session: str, messages: int) -> list[HistoryRecord]:
     now = time.time()
     out = []
     for i in range(messages // 2):
-        for role, text, n in (("user", "question", 8), ("assistant", "answer", 16)):
+        for user, text, n in ((True, "question", 8), (False, "answer", 16)):
+            body = f"{text} {i}: " + "lorem ipsum dolor " * n
             out.append(
                 HistoryRecord(
                     session,
-                    Message(role, f"{text} {i}: " + "lorem ipsum dolor " * n),
+                    Message("user", body) if user else Message("assistant", body),
                     MODEL,
                     "openai",
                     now,
-                    id=f"{session}-{role}-{i}",
+                    id=f"{session}-{text}-{i}",
                 )
             )
     return out
@@ -415,12 +432,13 @@ def section_gateway(clients: int, seconds: float, rounds: int) -> None:
                 f" {(pct(sample.totals, 0.99) - pct(direct.totals, 0.99)) * 1000:+9.2f}ms"
             )
         )
-        cpu = f"{sample.cpu * 1000 / max(len(sample.totals), 1):7.3f}ms" if name != "direct" else ""
+        per_request = sample.cpu * 1000 / max(len(sample.totals), 1)
+        cpu_text = f"{per_request:7.3f}ms" if name != "direct" else ""
         # The load generator's CPU share of the wall time it ran (one core is 100 %).
         share = client_cpu[name] / max(client_wall[name], 1e-9)
         print(
             f"{name:<10} {rate:8.0f} {pct(sample.totals, 0.5) * 1000:6.2f}ms"
-            f" {pct(sample.totals, 0.99) * 1000:6.2f}ms {added:>21} {cpu:>9} {share:10.0%}"
+            f" {pct(sample.totals, 0.99) * 1000:6.2f}ms {added:>21} {cpu_text:>9} {share:10.0%}"
             f" {sample.errors:7}"
         )
     ratio = rates["2 workers"] / rates["1 worker"] if rates["1 worker"] else float("nan")

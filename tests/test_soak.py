@@ -20,7 +20,8 @@ BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_soak.py"
 
 def _bench() -> ModuleType:
     spec = importlib.util.spec_from_file_location("bench_soak", BENCH)
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules.setdefault("bench_soak", module)
     spec.loader.exec_module(module)
