@@ -21,7 +21,8 @@ Variable                        Meaning
 ``LLMPROXY_LEDGER_SETTLED_GRACE`` Seconds a memory or SQLite ledger remembers a settled or
                                 charged reservation id (default 86400, 24 h): a repeated settle
                                 is a no-op and a late settle replaces an expiry charge once.
-                                The memory ledger also keeps at most 100,000 ids.
+                                The memory ledger keeps only charged ids (at most 100,000):
+                                a repeated settle is a no-op there whatever the grace.
 ``LLMPROXY_DATA_DIR``           Where the embedded SQLite files live (default: the user data
                                 dir, e.g. ``~/.local/share/llmproxy``), the journal of writes
                                 that missed their store (``journal.db``, ``llmproxy.journal``)
