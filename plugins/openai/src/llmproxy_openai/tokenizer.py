@@ -157,6 +157,30 @@ class _Counts:
                     self.chars -= len(dropped)
         return counted
 
+    def total(self, name: str, texts: Sequence[str]) -> int:
+        """The tokens of all ``texts`` in encoding ``name``: :meth:`count` summed.
+
+        Remembered counts are looked up under one hold of the lock for the whole list (a long
+        session's turn finds nearly all of them); the others are counted as :meth:`count` does.
+        """
+        result = 0
+        missing: list[str] = []
+        with self._lock:
+            counts = self._counts
+            get, move = counts.get, counts.move_to_end
+            for text in texts:
+                if len(text) >= CACHE_MIN_CHARS:
+                    key = (name, text)
+                    found = get(key)
+                    if found is not None:
+                        move(key)
+                        result += found
+                        continue
+                missing.append(text)
+        for text in missing:
+            result += self.count(name, text)
+        return result
+
     def __len__(self) -> int:
         return len(self._counts)
 
@@ -294,6 +318,7 @@ def count_messages(messages: Sequence[Message], model: str) -> int:
         return messages_upper_bound(messages)
     count = counts.count
     total = REPLY_PRIMING
+    plain: list[str] = []  # contents counted together (one lock for the lot)
     for m in messages:
         total += PER_MESSAGE
         if m.parts:
@@ -304,9 +329,9 @@ def count_messages(messages: Sequence[Message], model: str) -> int:
                 else:
                     total += part_tokens(part, model)
         elif m.content:
-            total += count(name, m.content)
+            plain.append(m.content)
         if m.name:
             total += PER_NAME + count(name, m.name)
         for call in m.tool_calls:
             total += PER_MESSAGE + count(name, call.name) + count(name, call.arguments)
-    return total
+    return total + counts.total(name, plain)
