@@ -541,9 +541,12 @@ def _referenced(rows: list[Any]) -> list[str]:
     return list(keys)
 
 
+# Four index probes (min() and max() together would scan the session's rows).
 _SIGNATURE: Final = (
-    "SELECT count(*), max(id), (SELECT record_id FROM history WHERE session_id = ?1"
-    " ORDER BY id DESC LIMIT 1) FROM history WHERE session_id = ?1"
+    "SELECT (SELECT id FROM history WHERE session_id = ?1 ORDER BY id LIMIT 1),"
+    " (SELECT id FROM history WHERE session_id = ?1 ORDER BY id DESC LIMIT 1),"
+    " (SELECT record_id FROM history WHERE session_id = ?1 ORDER BY id LIMIT 1),"
+    " (SELECT record_id FROM history WHERE session_id = ?1 ORDER BY id DESC LIMIT 1)"
 )
 _LOAD_AFTER: Final = (
     f"SELECT id, {_COLUMNS} FROM history WHERE session_id = ? AND id > ? ORDER BY id"  # noqa: S608
@@ -564,34 +567,28 @@ def _weight(records: Sequence[HistoryRecord]) -> int:
 class _Cached:
     """A session's decoded newest records, and what identifies the rows they were read from."""
 
-    __slots__ = ("complete", "count", "newest", "newest_record", "records")
+    __slots__ = ("complete", "records", "signature")
 
     def __init__(
-        self,
-        records: list[HistoryRecord],
-        complete: bool,
-        count: int,
-        newest: int,
-        newest_record: str,
+        self, records: list[HistoryRecord], complete: bool, signature: tuple[Any, ...]
     ) -> None:
         self.records = records  # the newest records, oldest first
         self.complete = complete  # records is the whole session
-        self.count = count  # rows the session had then
-        self.newest = newest  # the newest row's id
-        self.newest_record = newest_record  # and its record id
+        # the session's oldest and newest row ids and their record ids, then
+        self.signature = signature
 
 
 class _SessionCache:
     """Decoded records of recently loaded sessions, checked against the file on every load.
 
     A long session's load decoded every row on every call (a 1,000-message session: about
-    2 ms). A hit costs one indexed query instead: the session's row count, newest row id and
-    newest record id. Equal to the cached ones, the session is unchanged (rows are only
-    appended or the session deleted whole; a session deleted and written again anew has new
-    record ids); more rows, and the new ones (``id`` above the newest) are read and decoded
-    alone; anything else reloads. A session whose newest record has no record id is not
-    cached (nothing would tell a rewrite apart). A session keeps the newest records the last
-    load asked for; the whole is bounded by :data:`CACHE_BYTES`.
+    2 ms). A hit costs one query of four index probes instead: the session's oldest and newest
+    row ids and their record ids. Rows are only ever appended to a session or deleted with
+    the whole session, so equal values mean the same rows; a newer newest row, with the same
+    oldest, means rows were appended, and those (``id`` above the cached newest) are read and
+    decoded alone; anything else reloads. A session written anew after a delete has new
+    record ids (the Proxy gives every record one); a session whose oldest or newest record
+    has none is not cached. Bounded by :data:`CACHE_BYTES`.
     """
 
     def __init__(self) -> None:
@@ -608,28 +605,29 @@ class _SessionCache:
         cached = self._sessions.get(session_id)
         if cached is None:
             return None
-        count, newest, newest_record = conn.execute(_SIGNATURE, (session_id,)).fetchone()
-        if newest_record is None or count < cached.count:
-            self.drop(session_id)
-            return None
-        if newest != cached.newest or newest_record != cached.newest_record:
-            if count == cached.count or newest < cached.newest:
+        signature = conn.execute(_SIGNATURE, (session_id,)).fetchone()
+        if signature != cached.signature:
+            oldest, newest, oldest_record, newest_record = signature
+            before = cached.signature
+            if (
+                newest_record is None
+                or (oldest, oldest_record) != (before[0], before[2])
+                or newest is None
+                or newest <= before[1]
+            ):
                 self.drop(session_id)
                 return None
-            rows = conn.execute(_LOAD_AFTER, (session_id, cached.newest)).fetchall()
-            if len(rows) != count - cached.count:
-                self.drop(session_id)  # not an append alone: reload
-                return None
+            rows = conn.execute(_LOAD_AFTER, (session_id, before[1])).fetchall()
             plain = [row[1:] for row in rows]
+            if not plain or rows[-1][0] != newest or plain[-1][-3] != newest_record:
+                self.drop(session_id)  # not what the check saw: reload
+                return None
             keys = _referenced(plain)
             blobs = _fetch_blobs(conn, session_id, keys) if keys else {}
             added = _records(session_id, plain, blobs)
             cached.records.extend(added)  # (loads return copies)
-            cached.count, cached.newest, cached.newest_record = count, newest, newest_record
+            cached.signature = signature
             self._bytes += _weight(added)
-        elif count != cached.count:
-            self.drop(session_id)
-            return None
         if not cached.complete and (limit is None or limit > len(cached.records)):
             return None  # more asked for than is cached: the caller reloads (and stores it)
         self._sessions.move_to_end(session_id)
@@ -646,11 +644,14 @@ class _SessionCache:
     ) -> None:
         """Keep ``records`` (the session's last ``limit``, oldest first) as read just now."""
         self.drop(session_id)
-        count, newest, newest_record = conn.execute(_SIGNATURE, (session_id,)).fetchone()
-        if newest_record is None or not records or records[-1].id != newest_record:
+        signature = conn.execute(_SIGNATURE, (session_id,)).fetchone()
+        _oldest, _newest, oldest_record, newest_record = signature
+        if oldest_record is None or newest_record is None:
             return
-        complete = limit is None or len(records) == count
-        self._sessions[session_id] = _Cached(records[:], complete, count, newest, newest_record)
+        if not records or records[-1].id != newest_record:
+            return
+        complete = limit is None or len(records) < limit or records[0].id == oldest_record
+        self._sessions[session_id] = _Cached(records[:], complete, tuple(signature))
         self._bytes += _weight(records)
         while self._bytes > CACHE_BYTES and self._sessions:
             _sid, dropped = self._sessions.popitem(last=False)
