@@ -220,10 +220,10 @@ def test_memory_ledger_keeps_nothing_per_settled_call() -> None:
 
 
 def test_sqlite_ledger_statements_per_call(tmp_path: Path) -> None:
-    """A call's reserve and settle on an all-time and a windowed claim run 14 statements.
+    """A call's reserve and settle on an all-time and a windowed claim run 16 statements.
 
-    (Issue 16's charge-at-expiry took it from 16 to 23; the expired holds of all keys are now
-    taken in one statement per transaction, together with the settled call's own holds.)
+    (Issue 16's charge-at-expiry took it from 16 to 21; the expired holds of all keys are now
+    looked up in one statement per transaction, and the settled call's own holds in another.)
     """
     ledger = SQLiteLedger(tmp_path / "l.db")
     claims = [CLAIM_TOTAL, CLAIM_RPM]
@@ -235,7 +235,7 @@ def test_sqlite_ledger_statements_per_call(tmp_path: Path) -> None:
     reserved = len(statements)
     ledger.settle(reservation, tokens=1)
     ledger.settle(reservation, tokens=1)  # a repeat: three statements, and a no-op
-    assert (reserved, len(statements) - reserved) == (6, 8 + 3), statements
+    assert (reserved, len(statements) - reserved) == (6, 10 + 3), statements
     assert [(s.used, s.reserved) for s in ledger.usage(claims)] == [(4, 0), (4, 0)]
     ledger.close()
 
