@@ -242,3 +242,18 @@ def test_sqlite_ledger_statements_per_call(tmp_path: Path) -> None:
 
 CLAIM_TOTAL = Claim("total", "total", "global", 1e12)
 CLAIM_RPM = Claim("rpm", "rpm", "global", 1e9, "requests", window=60.0)
+
+
+def test_memory_a_repeat_settle_long_after_the_grace_is_a_no_op() -> None:
+    """A settled id the ledger once forgot was taken for a forgotten charge: settling it again
+    took the hold's unused part off ``used``. The memory ledger now keeps no settled ids."""
+    clock = _Clock()
+    ledger = MemoryLedger(clock=clock, settled_grace=5.0, max_remembered=1)
+    first = ledger.reserve([CLAIM], input_tokens=10, max_output_tokens=40, lease=60.0)
+    ledger.settle(first, tokens=20)
+    clock.now += 100.0  # past the grace, and newer calls come and go
+    for _ in range(3):
+        ledger.settle(ledger.reserve([CLAIM], input_tokens=1, max_output_tokens=1), tokens=1)
+    assert [(s.used, s.reserved) for s in ledger.usage([CLAIM])] == [(23, 0)]
+    ledger.settle(first, tokens=20)
+    assert [(s.used, s.reserved) for s in ledger.usage([CLAIM])] == [(23, 0)]
