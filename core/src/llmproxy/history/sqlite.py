@@ -687,6 +687,10 @@ class SQLiteHistoryStore:
 
     Appends are idempotent by record id: a unique index on ``record_id`` and ``INSERT OR
     IGNORE`` skip a record whose id is already stored (records without an id always go in).
+
+    Loads reuse the decoded records of recently loaded sessions (about :data:`CACHE_BYTES` in
+    all), checked against the file on every load by four index probes, so a long session is
+    not decoded again on every call: only rows appended since (by any process) are read.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, timeout: float = 5.0) -> None:
