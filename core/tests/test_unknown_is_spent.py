@@ -161,18 +161,99 @@ def test_sqlite_ledger_unknown_is_spent(tmp_path: Path) -> None:
     run_state_machine_as_test(_machine(make), settings=SETTINGS)
 
 
-@pytest.mark.parametrize("kind", ["memory", "sqlite"])
-def test_a_late_settle_after_the_grace_replaces_the_full_hold(kind: str, tmp_path: Path) -> None:
-    """After the grace the charge is forgotten: a late settle replaces the full hold it was."""
+def test_a_late_settle_after_the_grace_replaces_the_full_hold(tmp_path: Path) -> None:
+    """SQLite: after the grace the charge is forgotten; a late settle replaces the full hold."""
     clock = _Clock()
-    ledger: Ledger = (
-        MemoryLedger(clock=clock, settled_grace=5.0)
-        if kind == "memory"
-        else SQLiteLedger(tmp_path / "l.db", clock=clock, settled_grace=5.0)
-    )
+    ledger = SQLiteLedger(tmp_path / "l.db", clock=clock, settled_grace=5.0)
     reservation = ledger.reserve([CLAIM], input_tokens=10, max_output_tokens=40, lease=1.0)
     clock.now += 100.0
     assert [(s.used, s.reserved) for s in ledger.usage([CLAIM])] == [(50, 0)]
     ledger.settle(reservation, tokens=20)  # all-time: the charge (the full hold) is replaced
     assert [(s.used, s.reserved) for s in ledger.usage([CLAIM])] == [(20, 0)]
     ledger.close()
+
+
+@pytest.mark.parametrize("forget", ["grace", "count"])
+def test_memory_a_late_settle_of_a_forgotten_charge_leaves_it(forget: str) -> None:
+    """Memory: once a charge is forgotten (grace over, or evicted by newer charges), a late
+    settle is a no-op: the full charge stands (under-use, never overspend)."""
+    clock = _Clock()
+    if forget == "grace":
+        ledger = MemoryLedger(clock=clock, settled_grace=5.0)
+    else:
+        ledger = MemoryLedger(clock=clock, max_remembered=1)
+    reservation = ledger.reserve([CLAIM], input_tokens=10, max_output_tokens=40, lease=1.0)
+    clock.now += 100.0
+    # A newer charge evicts the first one's record: past its grace, or one over the count.
+    ledger.reserve([CLAIM], input_tokens=1, max_output_tokens=1, lease=1.0)
+    clock.now += 100.0
+    charged = 52
+    assert [(s.used, s.reserved) for s in ledger.usage([CLAIM])] == [(charged, 0)]
+    ledger.settle(reservation, tokens=20)
+    assert [(s.used, s.reserved) for s in ledger.usage([CLAIM])] == [(charged, 0)]
+
+
+def test_memory_ledger_keeps_nothing_per_settled_call() -> None:
+    """After many settled calls the memory ledger holds no record of them: no charge records,
+    an expiry heap bounded by the calls in flight, and a repeat settle is still a no-op."""
+    clock = _Clock()
+    ledger = MemoryLedger(clock=clock)
+    big = Claim("flat", "flat", "global", 1e9)
+    in_flight = [
+        ledger.reserve([big], input_tokens=1, max_output_tokens=1, lease=600.0) for _ in range(3)
+    ]
+    first = ledger.reserve([big], input_tokens=1, max_output_tokens=1, lease=600.0)
+    ledger.settle(first, tokens=1)
+    for _ in range(10_000):
+        reservation = ledger.reserve([big], input_tokens=1, max_output_tokens=1, lease=600.0)
+        ledger.renew(reservation, lease=900.0)
+        ledger.settle(reservation, tokens=1)
+    assert len(ledger._active) == 3
+    assert len(ledger._expiry) <= 2 * 3 + 64 + 1
+    assert not ledger._outcomes
+    ledger.settle(first, tokens=1)  # long after: still a no-op
+    assert [(s.used, s.reserved) for s in ledger.usage([big])] == [(10_001, 6)]
+    for reservation in in_flight:  # the live holds survived every rebuild of the heap
+        assert ledger.renew(reservation, lease=1.0)
+    clock.now += 601.0  # and expire when their lease ends: charged in full
+    assert [(s.used, s.reserved) for s in ledger.usage([big])] == [(10_007, 0)]
+
+
+def test_sqlite_ledger_statements_per_call(tmp_path: Path) -> None:
+    """A call's reserve and settle on an all-time and a windowed claim run 16 statements.
+
+    (Issue 16's charge-at-expiry took it from 16 to 21; the expired holds of all keys are now
+    looked up in one statement per transaction, and the settled call's own holds in another.)
+    """
+    ledger = SQLiteLedger(tmp_path / "l.db")
+    claims = [CLAIM_TOTAL, CLAIM_RPM]
+    for _ in range(3):  # past the first reserve's sweep of every key and the first prune
+        ledger.settle(ledger.reserve(claims, input_tokens=1, max_output_tokens=1), tokens=1)
+    statements: list[str] = []
+    ledger._db.connection().set_trace_callback(statements.append)
+    reservation = ledger.reserve(claims, input_tokens=1, max_output_tokens=1)
+    reserved = len(statements)
+    ledger.settle(reservation, tokens=1)
+    ledger.settle(reservation, tokens=1)  # a repeat: three statements, and a no-op
+    assert (reserved, len(statements) - reserved) == (6, 10 + 3), statements
+    assert [(s.used, s.reserved) for s in ledger.usage(claims)] == [(4, 0), (4, 0)]
+    ledger.close()
+
+
+CLAIM_TOTAL = Claim("total", "total", "global", 1e12)
+CLAIM_RPM = Claim("rpm", "rpm", "global", 1e9, "requests", window=60.0)
+
+
+def test_memory_a_repeat_settle_long_after_the_grace_is_a_no_op() -> None:
+    """A settled id the ledger once forgot was taken for a forgotten charge: settling it again
+    took the hold's unused part off ``used``. The memory ledger now keeps no settled ids."""
+    clock = _Clock()
+    ledger = MemoryLedger(clock=clock, settled_grace=5.0, max_remembered=1)
+    first = ledger.reserve([CLAIM], input_tokens=10, max_output_tokens=40, lease=60.0)
+    ledger.settle(first, tokens=20)
+    clock.now += 100.0  # past the grace, and newer calls come and go
+    for _ in range(3):
+        ledger.settle(ledger.reserve([CLAIM], input_tokens=1, max_output_tokens=1), tokens=1)
+    assert [(s.used, s.reserved) for s in ledger.usage([CLAIM])] == [(23, 0)]
+    ledger.settle(first, tokens=20)
+    assert [(s.used, s.reserved) for s in ledger.usage([CLAIM])] == [(23, 0)]

@@ -21,7 +21,8 @@ Variable                        Meaning
 ``LLMPROXY_LEDGER_SETTLED_GRACE`` Seconds a memory or SQLite ledger remembers a settled or
                                 charged reservation id (default 86400, 24 h): a repeated settle
                                 is a no-op and a late settle replaces an expiry charge once.
-                                The memory ledger also keeps at most 100,000 ids.
+                                The memory ledger keeps only charged ids (at most 100,000):
+                                a repeated settle is a no-op there whatever the grace.
 ``LLMPROXY_CACHE_URL``          Response cache (``cache.url``): ``memory://``, ``sqlite:///path.db``,
                                 ``redis://host:6379/0`` (with ``llmproxy-redis-history``). Unset:
                                 no cache; calls opt in with ``cache=True`` or ``cache=<seconds>``

@@ -1220,6 +1220,29 @@ def test_the_remembered_texts_are_bounded_least_recently_used_first(
     assert tokenizer.counts.chars <= 3 * size
 
 
+def test_a_list_of_texts_is_counted_as_each_alone(spied: _CountingEncoding) -> None:
+    texts = ["hi", "a message of a long session", _long(3), "a message of a long session"]
+    expected = sum(len(spied.inner.encode_ordinary(text)) for text in texts)
+    assert tokenizer.counts.total("o200k_base", texts) == expected
+    assert spied.calls == 3  # the repeated text was remembered within the call
+    assert tokenizer.counts.total("o200k_base", texts) == expected
+    assert spied.calls == 4  # then only "hi" (too short to remember) is counted again
+
+
+def test_the_remembered_texts_are_bounded_in_number(
+    spied: _CountingEncoding, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tokenizer, "CACHE_MAX_TEXTS", 3)
+    texts = [f"message number {i} of a long session" for i in range(5)]
+    for text in texts:
+        tokenizer.count_text(text, "gpt-4o")
+    assert len(tokenizer.counts) == 3
+    tokenizer.count_text(texts[4], "gpt-4o")  # remembered
+    assert spied.calls == 5
+    tokenizer.count_text(texts[0], "gpt-4o")  # forgotten, the oldest
+    assert spied.calls == 6
+
+
 def test_remembered_counts_stay_consistent_across_threads(
     spied: _CountingEncoding, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -14,6 +14,7 @@ a settled cost to the nearest. Amounts given to and read from a ledger (limits, 
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 import threading
 import time
@@ -32,8 +33,11 @@ SETTLED_GRACE: Final = 86400.0
 Later its id is forgotten. A setting: ``LLMPROXY_LEDGER_SETTLED_GRACE``."""
 
 MEMORY_REMEMBERED: Final = 100_000
-"""The most settled or charged ids a :class:`MemoryLedger` remembers (the oldest go first), so
-that its memory stays flat however many calls it sees."""
+"""The most charged ids a :class:`MemoryLedger` remembers (the oldest go first), so that its
+memory stays flat however many holds expire. Settled ids cost it nothing: see the class."""
+
+_COMPACT_SLACK: Final = 64
+"""Dead expiry-heap entries tolerated beyond the live holds before the heap is rebuilt."""
 
 USD_SCALE: Final = 1e9
 """Ledgers count ``usd`` claims in nano-dollars: one dollar is this many units."""
@@ -417,10 +421,21 @@ class MemoryLedger(InlineAsync):
     nor renewed (:meth:`renew`) once ``now >= expires_at`` is charged in full, as used at its
     expiry; a later settle replaces the charge exactly once (per claim: used grows by the real
     amount minus the charge, never below zero; a charge that has left its window or period is
-    only topped up when the real amount is larger). Settling twice is a no-op. Settled and
-    charged ids are remembered for ``settled_grace`` seconds and at most ``max_remembered`` of
-    them (the oldest are forgotten first, so memory stays flat). The async methods run the
-    sync ones inline (microseconds).
+    only topped up when the real amount is larger). Settling twice is a no-op. The async
+    methods run the sync ones inline (microseconds).
+
+    Memory per call is bounded by the calls in flight, not by the calls seen (see
+    ``bench/bench_soak.py``). The ledger issues its reservation ids itself, so an id it is
+    asked to settle is in one of three states: held (in flight), charged (its hold expired;
+    the charge is remembered for ``settled_grace`` seconds and at most ``max_remembered`` of
+    them, the oldest forgotten first), or done. Done needs no record: whether settled, a
+    charge forgotten, or an id this ledger never issued, a settle of it is a no-op. So
+    settling twice is a no-op for ever, whatever the grace, and a late settle replaces a
+    remembered charge exactly once (the record goes with it) and leaves a forgotten one alone:
+    the full charge then stands (unknown is spent: it under-uses, never overspends). A settled
+    or renewed hold leaves a dead entry in the expiry heap, which is rebuilt from the live
+    holds when dead entries outnumber them. Windowed claims keep one event per settle for the
+    length of their window (what a rolling window must count).
     """
 
     def __init__(
@@ -445,9 +460,13 @@ class MemoryLedger(InlineAsync):
         self._periods: dict[str, tuple[str, float]] = {}
         self._reserved: dict[str, float] = {}
         self._active: dict[str, _Hold] = {}
+        # (expires_at, id) per hold, and dead entries of holds settled or renewed since
         self._expiry: list[tuple[float, str]] = []
-        # id -> (keep until, None when settled or the charge per claim key when charged)
-        self._outcomes: OrderedDict[str, tuple[float, dict[str, _Charge] | None]] = OrderedDict()
+        # charged id -> (keep until, the charge per claim key), oldest first
+        self._outcomes: OrderedDict[str, tuple[float, dict[str, _Charge]]] = OrderedDict()
+        # Ids are this prefix and a counter: unique across ledgers, cheaper than a uuid4 each.
+        self._prefix = f"m{uuid.uuid4().hex[:16]}-"
+        self._ids = itertools.count()
 
     def now(self) -> float:
         """The ledger's clock."""
@@ -467,8 +486,8 @@ class MemoryLedger(InlineAsync):
         claims = check_arguments(
             claims, input_tokens, max_output_tokens, min_output_tokens, lease, rates
         )
-        reservation_id = uuid.uuid4().hex
         with self._lock:
+            reservation_id = f"{self._prefix}{next(self._ids):x}"
             now = self._clock()
             self._expire(now)
             used = [self._used(claim, now) for claim in claims]
@@ -509,6 +528,7 @@ class MemoryLedger(InlineAsync):
             if until > hold.expires_at:
                 hold.expires_at = until
                 heapq.heappush(self._expiry, (until, reservation.id))
+                self._compact()
             return True
 
     def settle(
@@ -523,26 +543,21 @@ class MemoryLedger(InlineAsync):
             now = self._clock()
             self._expire(now)
             reservation_id = reservation.id
-            outcome = self._outcomes.get(reservation_id)
-            if outcome is not None and outcome[1] is None:
-                return  # settled already
             hold = self._active.pop(reservation_id, None)
             if hold is not None:
                 self._release(hold)
                 for claim in reservation.claims:
                     self._add(claim, now, amount_settled(claim, tokens, requests, cost))
-            else:
-                charges = outcome[1] if outcome is not None else None
-                for claim, held in zip(reservation.claims, reservation.amounts, strict=True):
-                    real = amount_settled(claim, tokens, requests, cost)
-                    charge = charges.get(claim.key) if charges is not None else None
-                    if charge is None:
-                        # Charged, and the charge forgotten: it was the hold in full.
-                        charged = usd_units(held) if claim.unit == "usd" else held
-                        charge = _Charge(charged, -math.inf, None)
-                    self._replace(claim, charge, real, now)
-            self._outcomes.pop(reservation_id, None)
-            self._remember(reservation_id, now, None)
+                self._compact()
+                return
+            outcome = self._outcomes.pop(reservation_id, None)
+            if outcome is None:
+                return  # settled already, a charge forgotten, or not an id of this ledger
+            charges = outcome[1]
+            for claim in reservation.claims:
+                charge = charges.get(claim.key)
+                if charge is not None:
+                    self._replace(claim, charge, amount_settled(claim, tokens, requests, cost), now)
 
     def usage(self, claims: Sequence[Claim]) -> list[ClaimUsage]:
         """Return the state of each claim; ``resets_at`` is when its count next drops."""
@@ -643,9 +658,7 @@ class MemoryLedger(InlineAsync):
             return
         self._totals[claim.key] = max(self._totals.get(claim.key, 0.0) + diff, 0.0)
 
-    def _remember(
-        self, reservation_id: str, now: float, charges: dict[str, _Charge] | None
-    ) -> None:
+    def _remember(self, reservation_id: str, now: float, charges: dict[str, _Charge]) -> None:
         outcomes = self._outcomes
         outcomes[reservation_id] = (now + self._grace, charges)
         while outcomes:
@@ -653,6 +666,19 @@ class MemoryLedger(InlineAsync):
             if keep_until >= now and len(outcomes) <= self._max_remembered:
                 break
             del outcomes[oldest_id]
+
+    def _compact(self) -> None:
+        """Rebuild the expiry heap from the live holds once dead entries outnumber them.
+
+        Each settle and renew leaves one dead entry; a rebuild costs O(live holds) and comes
+        after at least that many dead entries, so it is O(1) per call amortised and the heap
+        holds at most twice the calls in flight (plus a little slack).
+        """
+        expiry = self._expiry
+        if len(expiry) <= 2 * len(self._active) + _COMPACT_SLACK:
+            return
+        expiry[:] = [(hold.expires_at, rid) for rid, hold in self._active.items()]
+        heapq.heapify(expiry)
 
     def _expire(self, now: float) -> None:
         """Charge in full every hold whose lease ended (unknown is spent), oldest first."""

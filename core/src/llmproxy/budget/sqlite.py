@@ -130,9 +130,6 @@ _EXPIRED_HOLDS: Final = (
     " FROM ledger_holds AS h LEFT JOIN ledger_claims AS c ON c.key = h.key"
     " WHERE h.expires_at <= ?"
 )
-_EXPIRED_OF_KEY: Final = (
-    "SELECT reservation, amount, expires_at FROM ledger_holds WHERE key = ? AND expires_at <= ?"
-)
 _DROP_EXPIRED_OF_KEY: Final = "DELETE FROM ledger_holds WHERE key = ? AND expires_at <= ?"
 _MARK_SETTLED: Final = (
     "INSERT OR IGNORE INTO ledger_outcomes (reservation, key, amount, ts, keep_until)"
@@ -145,7 +142,6 @@ _CHARGED: Final = (
 )
 _CHARGE_OF: Final = "SELECT amount, ts FROM ledger_outcomes WHERE reservation = ? AND key = ?"
 _DROP_CHARGE: Final = "DELETE FROM ledger_outcomes WHERE reservation = ? AND key = ?"
-_HOLD_OF: Final = "SELECT amount FROM ledger_holds WHERE key = ? AND reservation = ?"
 _RENEW: Final = (
     "UPDATE ledger_holds SET expires_at = max(expires_at, ?1)"
     " WHERE key = ?2 AND reservation = ?3 AND expires_at > ?4"
@@ -205,6 +201,45 @@ LEASE_SHARE: Final = 8.0
 _PRUNE_EVERY: Final = 64
 """Expired holds and old settled ids are deleted on every 64th reserve or settle of a process
 (every read ignores them meanwhile), to keep the usual transaction down to the pages it needs."""
+
+
+def _marks(keys: int) -> str:
+    return ", ".join(["?"] * keys)
+
+
+@lru_cache(maxsize=32)
+def _expired_sql(keys: int) -> str:
+    """The expired holds on ``keys`` keys (``?1``..``?n``, the time ``?n+1``): one statement.
+
+    A UNION ALL of one index seek per key: ``key IN (...)`` would build a temporary index of
+    the list on every run, which costs more than the seeks.
+    """
+    return " UNION ALL ".join(
+        "SELECT key, reservation, amount, expires_at FROM ledger_holds"  # noqa: S608
+        f" WHERE key = ?{index} AND expires_at <= ?{keys + 1}"
+        for index in range(1, keys + 1)
+    )
+
+
+@lru_cache(maxsize=32)
+def _drop_expired_sql(keys: int) -> str:
+    return f"DELETE FROM ledger_holds WHERE key IN ({_marks(keys)}) AND expires_at <= ?"  # noqa: S608
+
+
+@lru_cache(maxsize=32)
+def _own_holds_sql(keys: int) -> str:
+    """The keys one reservation (``?n+1``) holds among ``keys`` keys (``?1``..``?n``)."""
+    return " UNION ALL ".join(
+        f"SELECT key FROM ledger_holds WHERE key = ?{index} AND reservation = ?{keys + 1}"  # noqa: S608
+        for index in range(1, keys + 1)
+    )
+
+
+@lru_cache(maxsize=32)
+def _drop_own_sql(keys: int) -> str:
+    """Delete one reservation's (``?n+1``) holds on ``keys`` keys (``?1``..``?n``)."""
+    terms = " OR ".join(f"key = ?{index}" for index in range(1, keys + 1))
+    return f"DELETE FROM ledger_holds WHERE ({terms}) AND reservation = ?{keys + 1}"  # noqa: S608
 
 
 @lru_cache(maxsize=32)
@@ -293,8 +328,7 @@ class SQLiteLedger(InlineAsync):
             if self._reserves % _PRUNE_EVERY == 1:
                 self._charge_all(conn, now)
             else:
-                for claim in claims:
-                    self._charge(conn, claim, now)
+                self._charge(conn, claims, now)
             used: list[float] = []
             reserved: list[float] = []
             for claim in claims:
@@ -355,19 +389,28 @@ class SQLiteLedger(InlineAsync):
         with immediate(self._db) as conn:
             assert conn is not None
             now = self._clock()
-            if (
-                not conn.execute(_MARK_SETTLED, (reservation_id, now, now + self._grace)).rowcount
-                or conn.execute(_LEGACY_SETTLED, (reservation_id,)).fetchone() is not None
-            ):
+            if not conn.execute(_MARK_SETTLED, (reservation_id, now, now + self._grace)).rowcount:
                 conn.execute("ROLLBACK")  # settled already: nothing to write
                 return
-            for claim, held in zip(reservation.claims, reservation.amounts, strict=True):
+            claims = reservation.claims
+            self._charge(conn, claims, now)  # an expired hold is charged, this one too
+            keys = [claim.key for claim in claims]
+            held_keys: set[str] = set()
+            if keys:
+                held_keys = {
+                    row[0]
+                    for row in conn.execute(_own_holds_sql(len(keys)), (*keys, reservation_id))
+                }
+                if held_keys:  # held and live: the settle replaces the holds
+                    conn.execute(_drop_own_sql(len(keys)), (*keys, reservation_id))
+            if not held_keys and conn.execute(_LEGACY_SETTLED, (reservation_id,)).fetchone():
+                conn.execute("ROLLBACK")  # settled by an earlier version: nothing to write
+                return
+            for claim, held in zip(claims, reservation.amounts, strict=True):
                 amount = amount_settled(claim, tokens, requests, cost)
                 key = claim.key
-                self._charge(conn, claim, now)  # an expired hold is charged, this one too
-                if conn.execute(_HOLD_OF, (key, reservation_id)).fetchone() is not None:
+                if key in held_keys:
                     # Held and live: the settle replaces the hold.
-                    conn.execute(_DROP_HOLD, (key, reservation_id))
                     self._record(conn, claim, now, [(now, reservation_id, amount)])
                     continue
                 charge = conn.execute(_CHARGE_OF, (reservation_id, key)).fetchone()
@@ -403,12 +446,25 @@ class SQLiteLedger(InlineAsync):
                 ).rowcount
         return renewed > 0
 
-    def _charge(self, conn: sqlite3.Connection, claim: Claim, now: float) -> None:
-        """Charge in full the holds on ``claim``'s key that expired (unknown is spent)."""
-        rows = conn.execute(_EXPIRED_OF_KEY, (claim.key, now)).fetchall()
-        if rows:
-            conn.execute(_DROP_EXPIRED_OF_KEY, (claim.key, now))
-            self._charged(conn, claim, now, rows)
+    def _charge(self, conn: sqlite3.Connection, claims: Sequence[Claim], now: float) -> None:
+        """Charge in full the holds on ``claims``' keys that expired (unknown is spent).
+
+        One SELECT however many claims (it usually finds nothing; a DELETE when it does).
+        """
+        if not claims:
+            return
+        keys = [claim.key for claim in claims]
+        rows = conn.execute(_expired_sql(len(keys)), (*keys, now)).fetchall()
+        if not rows:
+            return
+        conn.execute(_drop_expired_sql(len(keys)), (*keys, now))
+        by_key: dict[str, list[tuple[str, float, float]]] = {}
+        for key, rid, amount, expires_at in rows:
+            by_key.setdefault(key, []).append((rid, amount, expires_at))
+        for claim in claims:
+            found = by_key.get(claim.key)
+            if found:
+                self._charged(conn, claim, now, found)
 
     def _charged(
         self,
@@ -541,8 +597,8 @@ class SQLiteLedger(InlineAsync):
             for claim, _keep, _want, _step in wants:
                 if claim.key not in batches:
                     batches[claim.key] = (claim, [])
+            self._charge(conn, [claim for claim, _items in batches.values()], now)
             for claim, items in batches.values():
-                self._charge(conn, claim, now)
                 lapsed = conn.execute(_CHARGE_OF, (owner, claim.key)).fetchone()
                 if lapsed is None:
                     self._record(conn, claim, now, sorted(items))

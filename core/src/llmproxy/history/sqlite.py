@@ -541,6 +541,138 @@ def _referenced(rows: list[Any]) -> list[str]:
     return list(keys)
 
 
+# Four index probes (min() and max() together would scan the session's rows).
+_SIGNATURE: Final = (
+    "SELECT (SELECT id FROM history WHERE session_id = ?1 ORDER BY id LIMIT 1),"
+    " (SELECT id FROM history WHERE session_id = ?1 ORDER BY id DESC LIMIT 1),"
+    " (SELECT record_id FROM history WHERE session_id = ?1 ORDER BY id LIMIT 1),"
+    " (SELECT record_id FROM history WHERE session_id = ?1 ORDER BY id DESC LIMIT 1)"
+)
+_LOAD_AFTER: Final = (
+    f"SELECT id, {_COLUMNS} FROM history WHERE session_id = ? AND id > ? ORDER BY id"  # noqa: S608
+)
+
+CACHE_BYTES: Final = 32 * 1024 * 1024
+"""About how much memory a :class:`SQLiteHistoryStore` spends on decoded records kept for reuse
+(each counted as its text's length plus :data:`_RECORD_BYTES`); the least recently loaded
+sessions are dropped first."""
+_RECORD_BYTES: Final = 512
+"""What a decoded record costs besides its text: the record, its message and their fields."""
+
+
+def _weight(records: Sequence[HistoryRecord]) -> int:
+    return sum(len(record.message.content) + _RECORD_BYTES for record in records)
+
+
+class _Cached:
+    """A session's decoded newest records, and what identifies the rows they were read from."""
+
+    __slots__ = ("complete", "records", "signature")
+
+    def __init__(
+        self, records: list[HistoryRecord], complete: bool, signature: tuple[Any, ...]
+    ) -> None:
+        self.records = records  # the newest records, oldest first
+        self.complete = complete  # records is the whole session
+        # the session's oldest and newest row ids and their record ids, then
+        self.signature = signature
+
+
+class _SessionCache:
+    """Decoded records of recently loaded sessions, checked against the file on every load.
+
+    A long session's load decoded every row on every call (a 1,000-message session: about
+    2 ms). A hit costs one query of four index probes instead: the session's oldest and newest
+    row ids and their record ids. Rows are only ever appended to a session or deleted with
+    the whole session, so equal values mean the same rows; a newer newest row, with the same
+    oldest, means rows were appended, and those (``id`` above the cached newest) are read and
+    decoded alone; anything else reloads. A session written anew after a delete has new
+    record ids (the Proxy gives every record one); a session whose oldest or newest record
+    has none is not cached. Bounded by :data:`CACHE_BYTES`.
+    """
+
+    def __init__(self) -> None:
+        self._sessions: collections.OrderedDict[str, _Cached] = collections.OrderedDict()
+        self._bytes = 0
+
+    def load(
+        self, conn: sqlite3.Connection, session_id: str, limit: int | None
+    ) -> list[HistoryRecord] | None:
+        """The session's last ``limit`` records from the cache (reading new rows), or None.
+
+        The caller holds the store's lock and has a read transaction open on ``conn``.
+        """
+        cached = self._sessions.get(session_id)
+        if cached is None:
+            return None
+        signature = conn.execute(_SIGNATURE, (session_id,)).fetchone()
+        if signature != cached.signature:
+            oldest, newest, oldest_record, newest_record = signature
+            before = cached.signature
+            if (
+                newest_record is None
+                or (oldest, oldest_record) != (before[0], before[2])
+                or newest is None
+                or newest <= before[1]
+            ):
+                self.drop(session_id)
+                return None
+            rows = conn.execute(_LOAD_AFTER, (session_id, before[1])).fetchall()
+            plain = [row[1:] for row in rows]
+            if not plain or rows[-1][0] != newest or plain[-1][-3] != newest_record:
+                self.drop(session_id)  # not what the check saw: reload
+                return None
+            keys = _referenced(plain)
+            blobs = _fetch_blobs(conn, session_id, keys) if keys else {}
+            added = _records(session_id, plain, blobs)
+            cached.records.extend(added)  # (loads return copies)
+            cached.signature = signature
+            self._bytes += _weight(added)
+        if not cached.complete and (limit is None or limit > len(cached.records)):
+            return None  # more asked for than is cached: the caller reloads (and stores it)
+        self._sessions.move_to_end(session_id)
+        self._trim(session_id, limit)
+        records = cached.records
+        return records[:] if limit is None else records[-limit:]
+
+    def store(
+        self,
+        conn: sqlite3.Connection,
+        session_id: str,
+        records: list[HistoryRecord],
+        limit: int | None,
+    ) -> None:
+        """Keep ``records`` (the session's last ``limit``, oldest first) as read just now."""
+        self.drop(session_id)
+        signature = conn.execute(_SIGNATURE, (session_id,)).fetchone()
+        _oldest, _newest, oldest_record, newest_record = signature
+        if oldest_record is None or newest_record is None:
+            return
+        if not records or records[-1].id != newest_record:
+            return
+        complete = limit is None or len(records) < limit or records[0].id == oldest_record
+        self._sessions[session_id] = _Cached(records[:], complete, tuple(signature))
+        self._bytes += _weight(records)
+        while self._bytes > CACHE_BYTES and self._sessions:
+            _sid, dropped = self._sessions.popitem(last=False)
+            self._bytes -= _weight(dropped.records)
+
+    def _trim(self, session_id: str, limit: int | None) -> None:
+        """Keep only the records loads ask for (appends grow them by an exchange a call)."""
+        cached = self._sessions[session_id]
+        excess = len(cached.records) - limit if limit is not None else 0
+        if excess > 0:
+            self._bytes -= _weight(cached.records[:excess])
+            del cached.records[:excess]
+            cached.complete = False
+
+    def drop(self, session_id: str) -> None:
+        """Forget a session (deleted or changed)."""
+        cached = self._sessions.pop(session_id, None)
+        if cached is not None:
+            self._bytes -= _weight(cached.records)
+
+
 class SQLiteHistoryStore:
     """History in one SQLite file, created with its directory on first use.
 
@@ -555,10 +687,15 @@ class SQLiteHistoryStore:
 
     Appends are idempotent by record id: a unique index on ``record_id`` and ``INSERT OR
     IGNORE`` skip a record whose id is already stored (records without an id always go in).
+
+    Loads reuse the decoded records of recently loaded sessions (about :data:`CACHE_BYTES` in
+    all), checked against the file on every load by four index probes, so a long session is
+    not decoded again on every call: only rows appended since (by any process) are read.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, timeout: float = 5.0) -> None:
         self._db = _Database(path, timeout=timeout, kind="history store", schema=_SCHEMA)
+        self._cache = _SessionCache()
         try:
             _migrate(self._db)
         except BaseException:
@@ -579,29 +716,34 @@ class SQLiteHistoryStore:
                 )
             return []
         db = self._db
+        cache = self._cache
         with db.lock:
             try:
                 conn = db.connection()
-                rows, blobs = self._read(conn, session_id, limit)
-                if len(blobs) < len(_referenced(rows)):
-                    # A delete or append in between (another thread or process): read again
-                    # in one transaction, a consistent snapshot.
-                    conn.execute("BEGIN")
+                conn.execute("BEGIN")  # one snapshot for the check and the rows
+                try:
                     try:
+                        found = cache.load(conn, session_id, limit)
+                        if found is not None:
+                            return found
                         rows, blobs = self._read(conn, session_id, limit)
-                    finally:
-                        conn.execute("COMMIT")
+                        if limit is not None:
+                            rows.reverse()
+                        records = _records(session_id, rows, blobs)
+                    except (ValueError, TypeError, KeyError, LLMProxyError) as exc:
+                        cache.drop(session_id)
+                        raise StoreError(
+                            f"history store {db.path}: session {session_id!r} holds a malformed"
+                            f" row ({exc}); the file was written by something other than"
+                            " llmproxy: delete the session"
+                        ) from exc
+                    cache.store(conn, session_id, records, limit)
+                finally:
+                    conn.execute("COMMIT")
             except sqlite3.Error as exc:
+                cache.drop(session_id)
                 raise db.error(exc) from exc
-        if limit is not None:
-            rows.reverse()
-        try:
-            return _records(session_id, rows, blobs)
-        except (ValueError, TypeError, KeyError, LLMProxyError) as exc:
-            raise StoreError(
-                f"history store {db.path}: session {session_id!r} holds a malformed row ({exc});"
-                " the file was written by something other than llmproxy: delete the session"
-            ) from exc
+        return records
 
     @staticmethod
     def _read(
@@ -664,6 +806,8 @@ class SQLiteHistoryStore:
 
     def delete(self, session_id: str) -> int:
         """Delete a session and its blobs; return how many messages were removed."""
+        with self._db.lock:
+            self._cache.drop(session_id)
         with immediate(self._db) as conn:
             assert conn is not None  # (None only without waiting)
             removed: int = conn.execute(_DELETE, (session_id,)).rowcount

@@ -13,6 +13,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Final
 
@@ -63,7 +64,24 @@ _COLUMNS: Final = (
     " attempts, streamed, estimated, tags, operation, cache_hit, alias, cache_write_tokens"
 )
 _ROW: Final = "(" + ", ".join("?" * 24) + ")"
-_MAX_ROWS_PER_INSERT: Final = 41  # 41 * 24 parameters stays under SQLite's 999 on old builds
+_MAX_ROWS_PER_INSERT: Final = 32  # 32 * 24 parameters stays under SQLite's 999 on old builds
+
+
+def _chunk(left: int) -> int:
+    """Rows for the next INSERT: the largest power of two up to ``left`` and the maximum.
+
+    So a batch of any size is written with at most six distinct statements (32, 16, ..., 1
+    rows), and the connection's statement cache holds six, not one per batch size.
+    """
+    return min(_MAX_ROWS_PER_INSERT, 1 << (left.bit_length() - 1))
+
+
+@lru_cache(maxsize=8)
+def _insert_sql(rows: int) -> str:
+    """The INSERT of ``rows`` calls."""
+    return f"INSERT INTO calls ({_COLUMNS}) VALUES " + ", ".join([_ROW] * rows)  # noqa: S608
+
+
 _GROUP: Final = {
     "model": "model",
     "provider": "provider",
@@ -209,12 +227,12 @@ class SQLiteUsageLog(UsageLog):
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
-                    for start in range(0, len(rows), _MAX_ROWS_PER_INSERT):
-                        chunk = rows[start : start + _MAX_ROWS_PER_INSERT]
-                        sql = f"INSERT INTO calls ({_COLUMNS}) VALUES " + ", ".join(  # noqa: S608
-                            [_ROW] * len(chunk)
-                        )
-                        conn.execute(sql, [v for row in chunk for v in row])
+                    start = 0
+                    while start < len(rows):
+                        size = _chunk(len(rows) - start)
+                        chunk = rows[start : start + size]
+                        start += size
+                        conn.execute(_insert_sql(size), [v for row in chunk for v in row])
                     now = time.time()
                     if self.retention is not None and now - self._last_prune > 60:
                         self._last_prune = now
