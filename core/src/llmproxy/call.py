@@ -332,6 +332,7 @@ class Call:
         "asked_cap",
         "attempts",
         "claims",
+        "early",
         "extra",
         "fallbacks",
         "final",
@@ -436,6 +437,7 @@ class Call:
                 claims.append(claim)
         self.claims = claims
         self.reservation: Reservation | None = None
+        self.early: Any = None  # a reserve sent with the history load (llmproxy.pipelining)
         self.input_estimate = 0
         self.input_count = 0
         self.attempts = 0

@@ -549,7 +549,9 @@ class RedisLedger:
         min_output_tokens: int,
         lease: float,
         rates: Rates | None,
+        guard: str | None = None,
     ) -> _Steps:
+        """Reserve; with ``guard``, only while that key does not exist (else return None)."""
         reservation_id = uuid.uuid4().hex
         rate_in = rate_out = "0"
         if rates is not None:
@@ -561,6 +563,7 @@ class RedisLedger:
             args = [
                 f"{now} {reservation_id} {input_tokens} {max_output_tokens} {min_output_tokens}"
                 f" {_fmt(lease)} {rate_in} {rate_out} {ttl} {_fmt(self._grace)} {self._tag}"
+                + (" 1" if guard is not None else "")
             ]
             terms: list[str] = []
             for claim in claims:
@@ -570,8 +573,12 @@ class RedisLedger:
                     f"{plan.unit} {plan.limit} {plan.window}" + self._period_fields(claim, estimate)
                 )
                 terms.append(plan.terms)
+            if guard is not None:
+                keys.append(guard)
             reply = yield ("reserve", keys, args + terms)
             status, server_now = reply[0], float(reply[1])
+            if status == "skip":
+                return None
             if status == "clock":
                 estimate = server_now
                 continue
@@ -1229,6 +1236,32 @@ class RedisLedger:
             return None
         return server_identity(self._client)
 
+    def queue_reserve(
+        self,
+        claims: Sequence[Claim],
+        *,
+        input_tokens: int,
+        max_output_tokens: int,
+        min_output_tokens: int = 1,
+        lease: float = 600.0,
+        rates: Rates | None = None,
+        unless_exists: str | None = None,
+    ) -> _QueuedReserve | None:
+        """The reserve's EVALSHA for another store's read; None when it must go on its own.
+
+        With ``unless_exists`` the script holds nothing when that key exists (the result is
+        then None). None for no claims, once closed and while the circuit breaker is open. The
+        returned object finishes the reserve from the reply the ledger's own way (see
+        :class:`llmproxy.pipelining.QueuedReserve`).
+        """
+        claims = check_arguments(
+            claims, input_tokens, max_output_tokens, min_output_tokens, lease, rates
+        )
+        if not claims or self._closed or not self._breaker.allow():
+            return None
+        args = (claims, input_tokens, max_output_tokens, min_output_tokens, lease, rates)
+        return _QueuedReserve(self, args, unless_exists)
+
     def queue_settle(
         self, reservation: Reservation, *, tokens: int, requests: int = 1, cost: float = 0.0
     ) -> _QueuedSettle | None:
@@ -1396,3 +1429,182 @@ class _QueuedSettle:
     async def afailed(self, exc: BaseException) -> None:
         if self._failure(exc):
             await self._aagain()
+
+
+_ReserveArgs = tuple[Sequence[Claim], int, int, int, float, "Rates | None"]
+
+
+class _NotSent(Exception):
+    """The store did not send the queued reserve."""
+
+
+class _QueuedReserve:
+    """A reserve sent inside a history store's load (see :meth:`RedisLedger.queue_reserve`).
+
+    The breaker let it through when it was queued; :meth:`result` reports to it as
+    :meth:`RedisLedger.reserve` would. ``done``/``failed`` only keep what the store got.
+    """
+
+    def __init__(self, ledger: RedisLedger, args: _ReserveArgs, guard: str | None) -> None:
+        self._ledger = ledger
+        self._args = args
+        self._steps = ledger._reserve_steps(*args, guard)
+        name, keys, argv = next(self._steps)
+        self.commands: list[tuple[Any, ...]] = [("EVALSHA", _SHAS[name], len(keys), *keys, *argv)]
+        self._reply: Any = None
+        self._failure: BaseException | None = _NotSent()
+        self._reservation: Reservation | None = None
+        self._skipped = False
+
+    def done(self, replies: Sequence[Any]) -> None:
+        self._reply, self._failure = replies[0], None
+
+    def failed(self, exc: BaseException) -> None:
+        self._failure = exc
+
+    def _finish(self) -> tuple[Reservation | None, _Request | None, bool]:
+        """Read the reply: (the reservation, or the next request, or neither: again or skipped).
+
+        Raises the refusal, a StoreError, or _Down.
+        """
+        ledger, failure = self._ledger, self._failure
+        if failure is not None:
+            if isinstance(failure, _NotSent) or not isinstance(failure, Exception):
+                self._steps.close()
+                ledger._breaker.abandon()
+                if not isinstance(failure, Exception):
+                    raise failure
+                return None, None, True
+            if (
+                isinstance(failure, RedisError)
+                and not isinstance(failure, RedisConnectionError)
+                and _is_outage(failure)
+            ):
+                self._steps.close()
+                raise ledger._failure(failure) from failure
+            self._steps.close()
+            ledger._breaker.abandon()
+            return None, None, True  # reserve again the ordinary way
+        reply = self._reply
+        if isinstance(reply, NoScriptError):  # a new or restarted server
+            self._steps.close()
+            ledger._breaker.abandon()
+            return None, None, True
+        if isinstance(reply, BaseException):
+            self._steps.close()
+            if not isinstance(reply, RedisError):
+                raise reply
+            raise ledger._failure(reply) from reply
+        ledger._succeeded(reply)
+        try:
+            request = self._steps.send(list(reply))
+        except StopIteration as stop:
+            self._reservation = stop.value
+            self._skipped = stop.value is None
+            return stop.value, None, False
+        except BaseException:
+            self._steps.close()
+            raise
+        return None, request, False
+
+    def _local(self, down: _Down) -> Reservation:
+        return self._ledger._local_reserve(down, *self._args)
+
+    def result(self) -> Reservation | None:
+        """The reservation, or the refusal raised; None when the guard key existed.
+
+        Reserves anew the ordinary way when the store's read failed.
+        """
+        ledger = self._ledger
+        try:
+            reservation, request, again = self._finish()
+            if again:
+                claims, input_tokens, most, least, lease, rates = self._args
+                return ledger.reserve(
+                    claims,
+                    input_tokens=input_tokens,
+                    max_output_tokens=most,
+                    min_output_tokens=least,
+                    lease=lease,
+                    rates=rates,
+                )
+            while reservation is None and not self._skipped:  # a clock retry
+                assert request is not None
+                try:
+                    request = self._steps.send(ledger._send(request))
+                except StopIteration as stop:
+                    reservation = self._reservation = stop.value
+                    self._skipped = stop.value is None
+        except _Down as down:
+            local = self._local(down)
+            ledger._journal_worst_case(local)
+            self._reservation = local
+            return local
+        finally:
+            self._steps.close()
+        return reservation
+
+    async def aresult(self) -> Reservation | None:
+        """Async :meth:`result`."""
+        ledger = self._ledger
+        try:
+            reservation, request, again = self._finish()
+            if again:
+                claims, input_tokens, most, least, lease, rates = self._args
+                return await ledger.areserve(
+                    claims,
+                    input_tokens=input_tokens,
+                    max_output_tokens=most,
+                    min_output_tokens=least,
+                    lease=lease,
+                    rates=rates,
+                )
+            while reservation is None and not self._skipped:
+                assert request is not None
+                try:
+                    request = self._steps.send(await ledger._asend(request))
+                except StopIteration as stop:
+                    reservation = self._reservation = stop.value
+                    self._skipped = stop.value is None
+        except _Down as down:
+            local = self._local(down)
+            await asyncio.to_thread(ledger._journal_worst_case, local)
+            self._reservation = local
+            return local
+        finally:
+            self._steps.close()
+        return reservation
+
+    def _unanswered(self) -> bool:
+        """True (and the reserve forgotten) when no reply came: nothing to release.
+
+        A read that failed as a whole may still have held (the connection broke after the
+        server ran it): that hold is charged in full when its lease ends, as unknown is spent.
+        """
+        if self._failure is None:
+            return False
+        self._steps.close()
+        self._ledger._breaker.abandon()
+        return True
+
+    def discard(self) -> None:
+        """Release the hold (no tokens, no requests), or forget a reserve that got no reply."""
+        if self._unanswered():
+            return
+        try:
+            reservation = self.result()
+        except (BudgetExceeded, RateLimited, StoreError):
+            return
+        if reservation is not None:
+            self._ledger.settle(reservation, tokens=0, requests=0)
+
+    async def adiscard(self) -> None:
+        """Async :meth:`discard`."""
+        if self._unanswered():
+            return
+        try:
+            reservation = await self.aresult()
+        except (BudgetExceeded, RateLimited, StoreError):
+            return
+        if reservation is not None:
+            await self._ledger.asettle(reservation, tokens=0, requests=0)

@@ -192,6 +192,9 @@ local input, most, least = tonumber(head[3]), tonumber(head[4]), tonumber(head[5
 local lease, rate_in, rate_out = tonumber(head[6]), tonumber(head[7]), tonumber(head[8])
 local ttl = head[9] == '1'
 local grace, tag = tonumber(head[10]), head[11]
+-- A reserve sent with a history load counts the session as empty: it holds nothing when the
+-- session exists (its last key), and the client reserves again for the real prompt.
+if head[12] == '1' and redis.call('EXISTS', KEYS[#KEYS]) == 1 then return {'skip', now_text} end
 local n = (#ARGV - 1) / 2
 local units, limits, windows, periods, used, reserved, terms = {}, {}, {}, {}, {}, {}, {}
 local us, hs, es, cs = {}, {}, {}, {}
@@ -324,10 +327,12 @@ return reply
 """
 )
 """Reserve. ``ARGV[1]``: now, reservation id, input tokens, max and min output tokens, lease,
-the two rates (nano-dollars per token), ttl flag. Per claim: unit (``t``, ``r``, ``u``), limit
-(ledger units), window, then the period candidates if any. Then, per claim again, its terms
-(JSON, stored as ``d`` for listing). Also in the header: the settled grace (seconds a charge is
-remembered) and the key tag ``{T}``. Expired holds of the claims are charged first."""
+the two rates (nano-dollars per token), ttl flag, the settled grace (seconds a charge is
+remembered), the key tag ``{T}``, and optionally a guard flag: ``1`` when the last key is one
+whose existence cancels the reserve (reply ``skip``, nothing written). Per claim: unit (``t``,
+``r``, ``u``), limit (ledger units), window, then the period candidates if any. Then, per claim
+again, its terms (JSON, stored as ``d`` for listing). Expired holds of the claims are charged
+first."""
 
 SETTLE: Final = (
     _COMMON

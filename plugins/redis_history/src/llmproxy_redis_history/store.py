@@ -47,7 +47,7 @@ from redis.retry import Retry
 
 from llmproxy.errors import InvalidRequest, StoreError
 from llmproxy.history.base import HistoryRecord, SessionInfo
-from llmproxy.pipelining import QueuedSettle
+from llmproxy.pipelining import QueuedReserve, QueuedSettle
 from llmproxy.secret import logger as secret_logger
 from llmproxy_redis_history import scripts
 from llmproxy_redis_history.cache import SessionCache, Tracker
@@ -349,7 +349,12 @@ class RedisHistoryStore:
             return hit
         tag = session_tag(session_id)
         keys = [self.keys.messages(tag), self.keys.blobs(tag)]
-        arg = -1 if limit is None else limit
+        return self._load_sent(session_id, limit, keys, -1 if limit is None else limit, started)
+
+    def _load_sent(
+        self, session_id: str, limit: int | None, keys: list[str], arg: int, started: int
+    ) -> list[HistoryRecord]:
+        """Read a session from Redis (one round trip)."""
         try:
             reply = self._run("load", lambda c: self._script(c, scripts.LOAD, keys, [arg]))
         except RedisUnavailable as exc:
@@ -369,13 +374,119 @@ class RedisHistoryStore:
             return hit
         tag = session_tag(session_id)
         keys = [self.keys.messages(tag), self.keys.blobs(tag)]
-        arg = -1 if limit is None else limit
+        return await self._aload_sent(
+            session_id, limit, keys, -1 if limit is None else limit, started
+        )
+
+    async def _aload_sent(
+        self, session_id: str, limit: int | None, keys: list[str], arg: int, started: int
+    ) -> list[HistoryRecord]:
+        """Async :meth:`_load_sent`."""
         try:
             reply = await self._arun("load", lambda c: self._ascript(c, scripts.LOAD, keys, [arg]))
         except RedisUnavailable as exc:
             if self._skip("load", exc):
                 return []
             raise
+        return self._loaded(session_id, limit, reply, started)
+
+    # -- load with a ledger's reserve on the same server (llmproxy.pipelining) -----------------
+
+    def _shared_load(
+        self, session_id: str, limit: int | None, reserve: Callable[[str], QueuedReserve | None]
+    ) -> tuple[list[HistoryRecord] | None, int, list[str], int, QueuedReserve | None]:
+        """The cached answer, or what a read needs: (hit, epoch, keys, limit arg, reserve)."""
+        hit, started = self._cached(session_id, limit)
+        tag = session_tag(session_id)
+        keys = [self.keys.messages(tag), self.keys.blobs(tag)]
+        arg = -1 if limit is None else limit
+        if hit is not None:
+            return hit, started, keys, arg, None
+        return None, started, keys, arg, reserve(keys[0])
+
+    @staticmethod
+    def _load_pipe(client: Any, keys: list[str], arg: int, queued: QueuedReserve) -> Any:
+        pipe = client.pipeline(transaction=False)
+        pipe.execute_command("EVALSHA", scripts.SHAS[scripts.LOAD], len(keys), *keys, arg)
+        for command in queued.commands:
+            pipe.execute_command(*command)
+        return pipe
+
+    def _shared_failed(self, exc: StoreError, queued: QueuedReserve) -> bool:
+        """Tell the reserve the shared read failed; True to load again on a new connection."""
+        cause = _redis_cause(exc)
+        queued.failed(cause)
+        return isinstance(cause, redis.ConnectionError | OSError) and not isinstance(
+            cause, redis.TimeoutError
+        )
+
+    def load_with(
+        self, session_id: str, limit: int | None, reserve: Callable[[str], QueuedReserve | None]
+    ) -> list[HistoryRecord]:
+        """:meth:`load`, with a ledger's reserve in the same round trip (one pipeline).
+
+        ``reserve`` is called only when the session is not cached, with the session's list key
+        (the reserve's guard: see :mod:`llmproxy.pipelining`). On a cluster, a plain load.
+        """
+        if self.settings.cluster or _check_limit(limit) == 0:
+            return self.load(session_id, limit)
+        hit, started, keys, arg, queued = self._shared_load(session_id, limit, reserve)
+        if hit is not None:
+            return hit
+        if queued is None:
+            return self._load_sent(session_id, limit, keys, arg, started)
+        try:
+            replies = self._run(
+                "load",
+                lambda c: self._load_pipe(c, keys, arg, queued).execute(raise_on_error=False),
+                retry=False,
+            )
+        except StoreError as exc:
+            if self._shared_failed(exc, queued):
+                return self._load_sent(session_id, limit, keys, arg, started)
+            if isinstance(exc, RedisUnavailable) and self._skip("load", exc):
+                return []
+            raise
+        queued.done(replies[1:])
+        reply = replies[0]
+        if isinstance(reply, redis.exceptions.NoScriptError):
+            return self._load_sent(session_id, limit, keys, arg, started)
+        if isinstance(reply, BaseException):
+            raise self._error("load", reply) from reply
+        return self._loaded(session_id, limit, reply, started)
+
+    async def aload_with(
+        self, session_id: str, limit: int | None, reserve: Callable[[str], QueuedReserve | None]
+    ) -> list[HistoryRecord]:
+        """Async :meth:`load_with`."""
+        if self.settings.cluster or _check_limit(limit) == 0:
+            return await self.aload(session_id, limit)
+        hit, started, keys, arg, queued = self._shared_load(session_id, limit, reserve)
+        if hit is not None:
+            return hit
+        if queued is None:
+            return await self._aload_sent(session_id, limit, keys, arg, started)
+
+        async def run(client: Any) -> list[Any]:
+            replies: list[Any] = await self._load_pipe(client, keys, arg, queued).execute(
+                raise_on_error=False
+            )
+            return replies
+
+        try:
+            replies = await self._arun("load", run, retry=False)
+        except StoreError as exc:
+            if self._shared_failed(exc, queued):
+                return await self._aload_sent(session_id, limit, keys, arg, started)
+            if isinstance(exc, RedisUnavailable) and self._skip("load", exc):
+                return []
+            raise
+        queued.done(replies[1:])
+        reply = replies[0]
+        if isinstance(reply, redis.exceptions.NoScriptError):
+            return await self._aload_sent(session_id, limit, keys, arg, started)
+        if isinstance(reply, BaseException):
+            raise self._error("load", reply) from reply
         return self._loaded(session_id, limit, reply, started)
 
     # -- append ----------------------------------------------------------------------------------
