@@ -227,7 +227,9 @@ def _early_factory(
             args = call.reserve_args()
             if args is None:
                 return None
-            queued = ledger.queue_reserve(call.claims, unless_exists=guard, **args)
+            queued: QueuedReserve | None = ledger.queue_reserve(
+                call.claims, unless_exists=guard, **args
+            )
         except LLMProxyError:  # the ordinary reserve after the load raises it again
             return None
         if queued is None:

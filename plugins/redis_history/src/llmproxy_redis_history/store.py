@@ -52,7 +52,14 @@ from llmproxy.secret import logger as secret_logger
 from llmproxy_redis_history import scripts
 from llmproxy_redis_history.cache import SessionCache, Tracker
 from llmproxy_redis_history.env import RedisSettings, settings_from_url
-from llmproxy_redis_history.layout import Keys, from_hash, pairs_to_dict, session_tag, to_hash
+from llmproxy_redis_history.layout import (
+    Keys,
+    from_hash,
+    pairs_to_dict,
+    session_of_tag,
+    session_tag,
+    to_hash,
+)
 
 log = secret_logger("llmproxy.redis_history")
 
@@ -85,7 +92,9 @@ class _Plan:
     idempotent: bool = False
     """Some record has an id: written by the APPEND script, which skips stored ids."""
     written: list[str] | None = None
-    """The keys the APPEND script wrote (None: unknown, or not written by the script)."""
+    """The keys the APPEND script wrote (None: unknown)."""
+    version: int | None = None
+    """The session's version after the write (0: nothing written; None: unknown)."""
 
     def added(self) -> list[HistoryRecord] | None:
         """The records this write stored, for the cache; None when it cannot be known."""
@@ -155,7 +164,11 @@ class RedisHistoryStore:
         if s.cache and not s.cluster:
             self.cache = SessionCache(max_sessions=s.cache_sessions, max_messages=s.cache_messages)
             self._tracker = Tracker(
-                self._tracking_connection, self.keys, lambda: self.writer, self.cache
+                self._tracking_connection,
+                self.keys,
+                lambda: self.writer,
+                self.cache,
+                feed=self._on_feed,
             )
 
     @property
@@ -225,6 +238,25 @@ class RedisHistoryStore:
     def _tracking_connection(self) -> Any:
         pool = self._sync().connection_pool
         return pool.connection_class(**{**pool.connection_kwargs, "protocol": 3})
+
+    def _on_feed(self, payload: str) -> None:
+        """Apply another process's append, read from the feed, to the cache."""
+        message = json.loads(payload)
+        if message["w"] == self.writer or self.cache is None:
+            return
+        session_id = session_of_tag(message["t"])
+        blobs = message["b"] or None
+        records = [from_hash(pairs_to_dict(row), blobs) for row in message["rows"]]
+        if any(record.session_id != session_id for record in records):
+            raise ValueError(f"a message of another session in session {session_id!r}")
+        self.cache.feed(
+            session_id,
+            int(message["v"]),
+            records,
+            int(message["n"]),
+            self.settings.max_messages,
+            self.settings.ttl,
+        )
 
     # -- errors ----------------------------------------------------------------------------------
 
@@ -322,7 +354,7 @@ class RedisHistoryStore:
     def _loaded(
         self, session_id: str, limit: int | None, reply: Any, started: int
     ) -> list[HistoryRecord]:
-        ttl_ms, rows, blob_json = reply
+        ttl_ms, rows, blob_json, version = reply
         try:
             blobs = json.loads(blob_json) if blob_json != "{}" else None
             records = [from_hash(pairs_to_dict(row), blobs) for row in json.loads(rows)]
@@ -337,7 +369,7 @@ class RedisHistoryStore:
                     f" {record.session_id!r}; the keys were changed outside llmproxy"
                 )
         if self.cache is not None and started >= 0:
-            self.cache.store(session_id, records, limit, started, int(ttl_ms))
+            self.cache.store(session_id, records, limit, started, int(ttl_ms), int(version))
         return records
 
     def load(self, session_id: str, limit: int | None = None) -> list[HistoryRecord]:
@@ -348,7 +380,7 @@ class RedisHistoryStore:
         if hit is not None:
             return hit
         tag = session_tag(session_id)
-        keys = [self.keys.messages(tag), self.keys.blobs(tag)]
+        keys = [self.keys.messages(tag), self.keys.blobs(tag), self.keys.meta(tag)]
         return self._load_sent(session_id, limit, keys, -1 if limit is None else limit, started)
 
     def _load_sent(
@@ -373,7 +405,7 @@ class RedisHistoryStore:
         if hit is not None:
             return hit
         tag = session_tag(session_id)
-        keys = [self.keys.messages(tag), self.keys.blobs(tag)]
+        keys = [self.keys.messages(tag), self.keys.blobs(tag), self.keys.meta(tag)]
         return await self._aload_sent(
             session_id, limit, keys, -1 if limit is None else limit, started
         )
@@ -398,7 +430,7 @@ class RedisHistoryStore:
         """The cached answer, or what a read needs: (hit, epoch, keys, limit arg, reserve)."""
         hit, started = self._cached(session_id, limit)
         tag = session_tag(session_id)
-        keys = [self.keys.messages(tag), self.keys.blobs(tag)]
+        keys = [self.keys.messages(tag), self.keys.blobs(tag), self.keys.meta(tag)]
         arg = -1 if limit is None else limit
         if hit is not None:
             return hit, started, keys, arg, None
@@ -527,65 +559,60 @@ class RedisHistoryStore:
     ) -> tuple[int | None, int | None]:
         """Queue one session's writes; return the indexes of the prune and append scripts' replies.
 
-        Records with ids go through the APPEND script, which skips a message whose hash exists
-        (the same record appended again); others are written with plain commands.
+        The APPEND script writes the messages (skipping a message whose hash exists: the same
+        record appended again), the meta hash and the index, and publishes the messages on the
+        feed (single Redis) for other processes' caches.
         """
         s, keys, ttl = self.settings, self.keys, self._ttl_ms
-        append_at = None
         for blob, data in plan.blobs.items():
             # the same bytes sent again in the session are stored once
             pipe.hsetnx(plan.blobs_key, blob, data)
         if plan.blobs and ttl:
             pipe.pexpire(plan.blobs_key, ttl)
-        if plan.idempotent:
-            with_list = globals_here and s.key_list
-            script_keys = [plan.list_key, *([keys.key_list] if with_list else [])]
-            args: list[Any] = [ttl or 0, "1" if with_list else "0"]
-            for fields in plan.hashes:
-                args.append(len(fields))
-                for name, value in fields.items():
-                    args += (name, value)
-            pipe.execute_command(
-                "EVAL",
-                scripts.APPEND,
-                len(script_keys) + len(plan.message_keys),
-                *script_keys,
-                *plan.message_keys,
-                *args,
-            )
-            append_at = len(pipe) - 1
-        else:
-            for key, fields in zip(plan.message_keys, plan.hashes, strict=True):
-                pipe.hset(key, mapping=fields)
-                if ttl:
-                    pipe.pexpire(key, ttl)
-            pipe.rpush(plan.list_key, *plan.message_keys)
-        pipe.hset(
-            plan.meta_key, mapping={"session_id": plan.session_id, "updated_at": plan.updated_at}
+        with_list = bool(globals_here and s.key_list)
+        script_keys = [
+            plan.list_key,
+            plan.meta_key,
+            *([keys.sessions] if globals_here else []),
+            *([keys.key_list] if with_list else []),
+        ]
+        args: list[Any] = [
+            ttl or 0,
+            "1" if with_list else "0",
+            "1" if globals_here else "0",
+            plan.session_id,
+            repr(plan.updated_at),
+            plan.created_at,
+            plan.tag,
+            "" if s.cluster else keys.feed,
+            self.writer,
+            json.dumps(plan.blobs, separators=(",", ":")) if plan.blobs else "{}",
+        ]
+        for fields in plan.hashes:
+            args.append(len(fields))
+            for name, value in fields.items():
+                args += (name, value)
+        # ``execute_command``: a cluster pipeline has no ``eval`` method, but routes EVAL. EVAL,
+        # not EVALSHA: inside MULTI a missing script would fail alone, the rest applied.
+        pipe.execute_command(
+            "EVAL",
+            scripts.APPEND,
+            len(script_keys) + len(plan.message_keys),
+            *script_keys,
+            *plan.message_keys,
+            *args,
         )
-        pipe.hsetnx(plan.meta_key, "created_at", plan.created_at)
-        if ttl:
-            pipe.pexpire(plan.list_key, ttl)
-            pipe.pexpire(plan.meta_key, ttl)
-        if globals_here:
-            if s.key_list and not plan.idempotent:
-                pipe.rpush(keys.key_list, *plan.message_keys)
-            pipe.zadd(keys.sessions, {plan.tag: plan.updated_at})
+        append_at = len(pipe) - 1
         prune_at = None
         if s.max_messages is not None or ttl:
             prune_keys = [plan.list_key, plan.meta_key, plan.blobs_key]
             if globals_here and s.key_list:
                 prune_keys.append(keys.key_list)
             scan = _GLOBAL_HEAD_SCAN if ttl else 0
-            # ``execute_command``: a cluster pipeline has no ``eval`` method, but routes EVAL.
             pipe.execute_command(
                 "EVAL", scripts.PRUNE, len(prune_keys), *prune_keys, s.max_messages or 0, scan
             )
             prune_at = len(pipe) - 1
-        if not s.cluster:
-            mark = keys.mark(plan.tag, self.writer)
-            pipe.set(mark, "1")
-            pipe.delete(mark)
         return prune_at, append_at
 
     def _queue_globals(self, pipe: Any, plan: _Plan, removed: Sequence[str]) -> None:
@@ -683,6 +710,7 @@ class RedisHistoryStore:
                 plan.added() if ok else None,
                 self.settings.max_messages,
                 self.settings.ttl,
+                plan.version if ok else None,
             )
 
     def _store_sync(
@@ -696,7 +724,7 @@ class RedisHistoryStore:
         last_key = plans[-1].message_keys[-1]
         client = self._sync()
         for plan in plans:
-            plan.written = None
+            plan.written = plan.version = None
         try:
             return self._write_sync(client, plans, extra)
         except redis.TimeoutError as exc:
@@ -720,7 +748,7 @@ class RedisHistoryStore:
         last_key = plans[-1].message_keys[-1]
         client = self._async()
         for plan in plans:
-            plan.written = None
+            plan.written = plan.version = None
         try:
             return await self._write_async(client, plans, extra)
         except redis.TimeoutError as exc:
@@ -992,7 +1020,10 @@ def _note_written(plans: Sequence[_Plan], at: Sequence[int | None], replies: lis
     for plan, index in zip(plans, at, strict=True):
         if index is not None:
             reply = replies[index]
-            plan.written = None if isinstance(reply, BaseException) else list(reply)
+            if isinstance(reply, BaseException):
+                plan.written = plan.version = None
+            else:
+                plan.version, plan.written = int(reply[0]), list(reply[1])
 
 
 def _own_replies(replies: list[Any], extra: int) -> list[Any]:
