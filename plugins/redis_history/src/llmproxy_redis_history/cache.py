@@ -94,6 +94,12 @@ class SessionCache:
             records = entry.records
             return records[-limit:] if limit is not None else records[:]
 
+    def version_of(self, session_id: str) -> int | None:
+        """The session version the entry holds (None: no entry, or its version is unknown)."""
+        with self._lock:
+            entry = self._entries.get(session_id)
+            return None if entry is None else entry.version
+
     def begin_load(self) -> int:
         """Return the epoch a load starts at (pass it to :meth:`store`)."""
         with self._lock:

@@ -239,6 +239,18 @@ class RedisHistoryStore:
         pool = self._sync().connection_pool
         return pool.connection_class(**{**pool.connection_kwargs, "protocol": 3})
 
+    def poll_cache(self) -> bool:
+        """Apply the invalidations and feed messages that arrived, without a round trip.
+
+        True when the cache is in use (a load then answers from it when it can). Every load
+        does this first; tests and tools call it to wait for another process's write to show.
+        """
+        return self.cache is not None and self._tracker is not None and self._tracker.ready()
+
+    def cached_version(self, session_id: str) -> int | None:
+        """The version of the session the cache holds, or None (not cached, or unknown)."""
+        return None if self.cache is None else self.cache.version_of(session_id)
+
     def _on_feed(self, payload: str) -> None:
         """Apply another process's append, read from the feed, to the cache."""
         message = json.loads(payload)
