@@ -65,8 +65,8 @@ class Trips:
 @pytest.fixture
 def trips(monkeypatch: pytest.MonkeyPatch) -> Trips:
     counter = Trips()
-    sync_send = redis.connection.AbstractConnection.send_packed_command
-    async_send = redis.asyncio.connection.AbstractConnection.send_packed_command
+    sync_send: Any = redis.connection.AbstractConnection.send_packed_command
+    async_send: Any = redis.asyncio.connection.AbstractConnection.send_packed_command
 
     def send(self: Any, command: Any, check_health: bool = True) -> None:
         counter.by_db[int(self.db or 0)] += 1
