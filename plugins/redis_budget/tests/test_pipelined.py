@@ -91,7 +91,9 @@ def test_one_write_for_settle_and_history(
     try:
         history: object = proxy.history
         assert shared(proxy.ledger, history) is history
-        spent = 0
+        for _ in range(2):  # a new session, then a cached one: every connection is open
+            proxy.chat("warm up", session_id="warm")
+        spent = proxy.ledger.usage([_claim()])[0].used
         for index in range(4):
             reads()
             reply = proxy.chat("Hello there", session_id=f"s{index}")
@@ -101,7 +103,7 @@ def test_one_write_for_settle_and_history(
                 assert trips == 2, trips  # load + reserve, settle + append
         reads()
         proxy.chat("And again", session_id="s3")  # the session is cached: no load
-        assert reads() in (2, 3)
+        assert reads() == 2
         assert _used(proxy)[1] == 0
         history = proxy.history.load("s3")
         assert [r.role for r in history] == ["user", "assistant"] * 2

@@ -566,16 +566,18 @@ class RedisLedger:
                 + (" 1" if guard is not None else "")
             ]
             terms: list[str] = []
+            fields: list[str] = []
             for claim in claims:
                 plan = self._plan(claim)
                 keys += plan.keys
-                args.append(
+                fields.append(
                     f"{plan.unit} {plan.limit} {plan.window}" + self._period_fields(claim, estimate)
                 )
                 terms.append(plan.terms)
             if guard is not None:
                 keys.append(guard)
-            reply = yield ("reserve", keys, args + terms)
+            args += ("|".join(fields), "\n".join(terms))
+            reply = yield ("reserve", keys, args)
             status, server_now = reply[0], float(reply[1])
             if status == "skip":
                 return None
@@ -586,7 +588,7 @@ class RedisLedger:
                 grant = int(reply[2])
                 amounts = tuple(
                     int(held) / USD_SCALE if claim.unit == "usd" else float(held)
-                    for claim, held in zip(claims, reply[3:], strict=True)
+                    for claim, held in zip(claims, reply[3].split(), strict=True)
                 )
                 return Reservation(
                     reservation_id,
@@ -652,19 +654,20 @@ class RedisLedger:
         for _ in range(2):
             now, ttl = self._time_args(estimate)
             keys = [self.key("s", reservation.id)]
-            args = [
+            header = (
                 f"{now} {reservation.id} {_fmt(reservation.expires_at)} {ttl}"
                 f" {_fmt(self._grace)} {self._tag}"
-            ]
+            )
+            fields: list[str] = []
             for claim, held in zip(reservation.claims, reservation.amounts, strict=True):
                 plan = self._plan(claim)
                 keys += plan.keys
                 held_units = _int(held * USD_SCALE if claim.unit == "usd" else held)
                 settled = _int(amount_settled(claim, tokens, requests, cost))
-                args.append(
+                fields.append(
                     f"{plan.window} {held_units} {settled}" + self._period_fields(claim, estimate)
                 )
-            reply = yield ("settle", keys, args)
+            reply = yield ("settle", keys, [header, "|".join(fields)])
             if reply[0] != "clock":
                 return None
             estimate = float(reply[1])

@@ -30,8 +30,11 @@ Expiry times are rounded up to the second, so a busy key's moves once a second. 
 that expired whole leaves its sum behind in ``u``; the scripts read that as nothing held.
 
 Arguments are packed, to keep a call's arguments few (encoding them is most of the client's
-work): ``ARGV[1]`` is a header of space-separated fields and ``ARGV[1 + i]`` describes claim
-``i``; ``-`` stands for "none". Claims pass 2 keys (``u``, ``h``), or 3 with a window (``e``).
+work, and it grows with the number of claims): ``ARGV[1]`` is a header of space-separated
+fields; the reserve and the settle send every claim's fields in ``ARGV[2]`` (claims separated
+by ``|``), the other scripts one argument per claim (``ARGV[1 + i]``); ``-`` stands for
+"none". Claims pass 2 keys (``u``, ``h``), or 3 with a window (``e``). The reserve reads each
+claim's hash once (``HMGET``), and answers the amounts it held in one string.
 
 A calendar claim is sent with three candidate periods (the one the client thinks it is, the
 one before and the one after, with their bounds: previous start, start, end, next end,
@@ -64,11 +67,20 @@ local function clock(given)
 end
 local function amount_of(member) return tonumber(string.match(member, ':(%d+)$')) end
 
--- Read claim i's fields from ARGV[1 + i] and its keys from KEYS[k..]: returns the fields, the
+-- The claims' field strings: A[1 + i] is claim i's. ARGV itself, or (reserve, settle) the
+-- claims packed in ARGV[2], separated by '|' (unpack_claims): one argument for all of them.
+local A = ARGV
+local function unpack_claims()
+  A = {ARGV[1]}
+  for text in string.gmatch(ARGV[2], '[^|]+') do A[#A + 1] = text end
+  return #A - 1
+end
+
+-- Read claim i's fields from A[1 + i] and its keys from KEYS[k..]: returns the fields, the
 -- keys (u, h, and e or nil), the next claim's first key, and where its period fields start
 -- (nil without a period). The window is field window_at; periods start at period_at.
 local function claim(i, k, window_at, period_at)
-  local f = split(ARGV[1 + i])
+  local f = split(A[1 + i])
   local e, next_k, period = nil, k + 2, nil
   if f[window_at] ~= '-' then e, next_k = KEYS[k + 2], k + 3 end
   if #f >= period_at then period = period_at end
@@ -195,7 +207,9 @@ local grace, tag = tonumber(head[10]), head[11]
 -- A reserve sent with a history load counts the session as empty: it holds nothing when the
 -- session exists (its last key), and the client reserves again for the real prompt.
 if head[12] == '1' and redis.call('EXISTS', KEYS[#KEYS]) == 1 then return {'skip', now_text} end
-local n = (#ARGV - 1) / 2
+local n = unpack_claims()
+local given = {}
+for text in string.gmatch(ARGV[3], '[^\n]+') do given[#given + 1] = text end
 local units, limits, windows, periods, used, reserved, terms = {}, {}, {}, {}, {}, {}, {}
 local us, hs, es, cs = {}, {}, {}, {}
 
@@ -218,8 +232,11 @@ for i = 1, n do
   cs[i] = c
 end
 for i = 1, n do
-  reserved[i] = held(us[i], hs[i], redis.call('HGET', us[i], 'r'), now, cs[i])
   local stored = redis.call('HMGET', us[i], 'u', 'r', 'p', 'd')
+  reserved[i] = held(us[i], hs[i], stored[2], now, cs[i])
+  if reserved[i] ~= tonumber(stored[2] or '0') then  -- expired holds were charged to u
+    stored[1] = redis.call('HGET', us[i], 'u')
+  end
   terms[i] = stored[4]
   if windows[i] then
     used[i] = window_used(us[i], es[i], stored[1], now, windows[i])
@@ -306,7 +323,7 @@ end
 if grant < least then return refuse('budget', tightest) end
 
 local expires = now + lease
-local reply = {'ok', now_text, grant}
+local amounts = {}
 for i = 1, n do
   local amount
   if units[i] == 't' then amount = input + grant
@@ -314,25 +331,26 @@ for i = 1, n do
   else amount = usd_hold(grant) end
   redis.call('ZADD', hs[i], expires, id .. ':' .. int(amount))
   redis.call('HINCRBY', us[i], 'r', amount)
-  if terms[i] ~= ARGV[1 + n + i] then redis.call('HSET', us[i], 'd', ARGV[1 + n + i]) end
+  if terms[i] ~= given[i] then redis.call('HSET', us[i], 'd', given[i]) end
   if ttl then
     local keep = expires + hold_keep(cs[i])
     keep_until(hs[i], keep)
     if windows[i] or periods[i] then keep_until(us[i], keep) end
     if windows[i] then keep_until(es[i], keep) end
   end
-  reply[#reply + 1] = amount
+  amounts[i] = int(amount)
 end
-return reply
+return {'ok', now_text, grant, table.concat(amounts, ' ')}
 """
 )
 """Reserve. ``ARGV[1]``: now, reservation id, input tokens, max and min output tokens, lease,
 the two rates (nano-dollars per token), ttl flag, the settled grace (seconds a charge is
 remembered), the key tag ``{T}``, and optionally a guard flag: ``1`` when the last key is one
-whose existence cancels the reserve (reply ``skip``, nothing written). Per claim: unit (``t``,
-``r``, ``u``), limit (ledger units), window, then the period candidates if any. Then, per claim
-again, its terms (JSON, stored as ``d`` for listing). Expired holds of the claims are charged
-first."""
+whose existence cancels the reserve (reply ``skip``, nothing written). ``ARGV[2]``: per claim
+(``|`` between claims): unit (``t``, ``r``, ``u``), limit (ledger units), window, then the
+period candidates if any. ``ARGV[3]``: per claim (a newline between claims), its terms (JSON,
+stored as ``d`` for listing). Expired holds of the claims are charged first. Replies ``ok``,
+the time, the grant, and the amounts held (space-separated, in the claims' order)."""
 
 SETTLE: Final = (
     _COMMON
@@ -344,7 +362,7 @@ local id = head[2]
 local ttl = head[4] == '1'
 local grace, tag = tonumber(head[5]), head[6]
 local marker = KEYS[1]
-local n = #ARGV - 1
+local n = unpack_claims()
 local claims = {}
 local k = 2
 for i = 1, n do
@@ -432,9 +450,10 @@ return {'ok', now_text}
 """
 )
 """Settle. ``KEYS[1]``: the reservation's marker. ``ARGV[1]``: now, reservation id, its expiry,
-ttl flag, seconds to remember it (the settled grace), the key tag. Per claim: window, amount
-held, amount settled, then the period candidates if any. Expired holds of the claims are
-charged first; a settle whose hold was charged replaces the charge."""
+ttl flag, seconds to remember it (the settled grace), the key tag. ``ARGV[2]``: per claim
+(``|`` between claims): window, amount held, amount settled, then the period candidates if
+any. Expired holds of the claims are charged first; a settle whose hold was charged replaces
+the charge."""
 
 CHARGE: Final = (
     _COMMON
