@@ -2,12 +2,15 @@
 
 Round trips per call on a single Redis (after the first use of a connection and script):
 
-* ``append``: 1 (one ``MULTI``/``EXEC`` holding both hashes, both list pushes, the session's
-  meta and index, and, with a cap or TTL, the trimming script).
+* ``append``: 1 (one ``MULTI``/``EXEC`` holding the APPEND script, which writes the hashes, both
+  list pushes, the session's meta, index and version and publishes the messages on the feed,
+  and, with a cap or TTL, the trimming script).
 * ``append_with``: 1 for the append and a ledger's settle together (a Proxy whose Redis ledger
   is on the same server sends its last settle first inside the append's ``MULTI``/``EXEC``; see
   :mod:`llmproxy.pipelining`).
 * ``load``: 1 (one Lua script reads the list and every hash), 0 when the session is cached.
+* ``load_with``: 1 for the load and a ledger's reserve together (one pipeline; see
+  :mod:`llmproxy.pipelining`), the reserve alone when the session is cached.
 * ``sessions``: 2 (the index, then one pipeline of every session's meta and length).
 * ``delete``: 1 (one Lua script).
 
