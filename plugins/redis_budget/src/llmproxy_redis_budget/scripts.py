@@ -139,7 +139,11 @@ end
 local function held(u, h, r, now, c)
   local total = tonumber(r or '0')
   if total == 0 then return 0 end
-  local gone = redis.call('ZRANGEBYSCORE', h, '-inf', now, 'WITHSCORES')
+  -- The earliest hold: none (the set expired whole), live (nothing to charge), or expired.
+  local first = redis.call('ZRANGE', h, 0, 0, 'WITHSCORES')
+  if #first > 0 and tonumber(first[2]) > now then return total end
+  local gone = {}
+  if #first > 0 then gone = redis.call('ZRANGEBYSCORE', h, '-inf', now, 'WITHSCORES') end
   if #gone > 0 then
     for j = 1, #gone, 2 do
       local amount = amount_of(gone[j])
@@ -147,11 +151,9 @@ local function held(u, h, r, now, c)
       charge(u, c, gone[j], amount, tonumber(gone[j + 1]), now)
     end
     redis.call('ZREMRANGEBYSCORE', h, '-inf', now)
-  elseif redis.call('EXISTS', h) == 0 then
+  else
     if not c.e and not c.period then redis.call('HINCRBY', u, 'u', total) end
     total = 0
-  else
-    return total
   end
   if total > 0 then redis.call('HSET', u, 'r', total) else
     redis.call('HDEL', u, 'r')
@@ -334,7 +336,12 @@ for i = 1, n do
   if terms[i] ~= given[i] then redis.call('HSET', us[i], 'd', given[i]) end
   if ttl then
     local keep = expires + hold_keep(cs[i])
-    keep_until(hs[i], keep)
+    if reserved[i] > 0 then
+      -- live holds: the set has its expiry already; GT only ever moves it later
+      redis.call('PEXPIREAT', hs[i], math.ceil(keep) * 1000, 'GT')
+    else
+      redis.call('PEXPIREAT', hs[i], math.ceil(keep) * 1000)  -- a new set
+    end
     if windows[i] or periods[i] then keep_until(us[i], keep) end
     if windows[i] then keep_until(es[i], keep) end
   end
@@ -403,11 +410,25 @@ end
 for i = 1, n do
   local c = claims[i]
   local u, held_amount, amount = c.u, c.f[2], tonumber(c.f[3])
-  held(u, c.h, redis.call('HGET', u, 'r'), now, c)  -- charges an expired hold, this one too
-  if redis.call('ZREM', c.h, id .. ':' .. held_amount) == 1 then
-    if redis.call('HINCRBY', u, 'r', 0 - tonumber(held_amount)) <= 0 then
-      redis.call('HDEL', u, 'r')
+  local member = id .. ':' .. held_amount
+  local r = tonumber(redis.call('HGET', u, 'r') or '0')
+  local live = false
+  if r ~= 0 and #redis.call('ZRANGEBYSCORE', c.h, '-inf', now, 'LIMIT', 0, 1) == 0
+    and redis.call('ZREM', c.h, member) == 1 then
+    -- The common case, in fewer calls: no hold of the key expired, and this one was held.
+    live = true
+    local left = r - tonumber(held_amount)
+    if left > 0 then redis.call('HSET', u, 'r', left) else redis.call('HDEL', u, 'r') end
+  else
+    held(u, c.h, redis.call('HGET', u, 'r'), now, c)  -- charges an expired hold, this one too
+    if redis.call('ZREM', c.h, member) == 1 then
+      live = true
+      if redis.call('HINCRBY', u, 'r', 0 - tonumber(held_amount)) <= 0 then
+        redis.call('HDEL', u, 'r')
+      end
     end
+  end
+  if live then
     if amount > 0 then add(c, u, amount, id .. ':' .. int(amount)) end
   else
     -- Charged at expiry: the real amount replaces the charge (never below zero). A charge
