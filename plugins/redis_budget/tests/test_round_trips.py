@@ -6,8 +6,8 @@ wrapping it counts the batches a call sends, per database. The commands themselv
 from the server's ``MONITOR`` stream (scripts by name). Run with ``-s`` to print the lists the
 plugins' READMEs show.
 
-Cases: a new session, a session this Proxy wrote last, a session another Proxy (another
-process's store: its own connections, cache and writer id) wrote last, with 1 and 20 budget
+Cases: a new session, a session this Proxy wrote last, a session another Proxy (its own
+connections, cache and writer id) or another process wrote last, with 1 and 20 budget
 policies, sync and async; and a ledger and history store on different databases (one round
 trip per store per phase).
 """
@@ -15,6 +15,9 @@ trip per store per phase).
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
+import textwrap
 import time
 import uuid
 from collections import Counter
@@ -232,6 +235,41 @@ async def test_two_round_trips_async(
     finally:
         await mine.aclose()
         await theirs.aclose()
+
+
+def test_a_session_another_process_wrote_last(
+    upstream: FakeOpenAI, redis_url: str, trips: Trips
+) -> None:
+    mine = _proxy(upstream, redis_url, redis_url, 1)
+    try:
+        for _ in range(2):
+            mine.chat("warm up", session_id="warm")
+        mine.chat("Hello", session_id="p")
+        script = textwrap.dedent(
+            f"""
+            from llmproxy import LLMBudget, Proxy
+            proxy = Proxy(
+                {{"history_url": {redis_url!r}, "ledger_url": {redis_url!r},
+                  "default_model": {MODEL!r}}},
+                budgets=[LLMBudget(max_tokens=10_000_000, name="team-0")],
+                environ={{"OPENAI_API_KEY": {KEY!r}, "OPENAI_BASE_URL": {upstream.base_url!r}}},
+            )
+            proxy.chat("From another process", session_id="p")
+            proxy.close()
+            """
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stderr
+        _await_feed(_store(mine), "p")
+        trips.reset()
+        mine.chat("And back", session_id="p")
+        assert trips.total == 2, trips.by_db
+        contents = [r.content for r in _store(mine).load("p")]
+        assert contents[2] == "From another process" and contents[4] == "And back"
+    finally:
+        mine.close()
 
 
 def test_other_database_is_one_round_trip_per_store_per_phase(
