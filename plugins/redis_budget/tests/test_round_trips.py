@@ -48,7 +48,7 @@ _SCRIPTS = {
         ("load", history_scripts.LOAD),
     ]
 }
-_SOURCES = {"feed channel": "append", "the per-session cap": "prune"}
+_SOURCES = {"PUBLISH": "append", "LTRIM": "prune"}
 
 
 class Trips:

@@ -249,3 +249,29 @@ def test_a_forked_child_tracks_on_its_own_connection(make_store: Make) -> None:
     assert process.exitcode == 0
     # The parent's tracking connection was left alone, and the child wrote as another writer.
     assert contents(store.load("s")) == ["q1", "a1", "q2", "a2"]
+
+
+def test_a_writer_that_may_not_publish_still_stores_and_invalidates(
+    make_store: Make, raw: redis.Redis, redis_url: str, round_trips: RoundTrips
+) -> None:
+    raw.acl_setuser(
+        "nopub",
+        enabled=True,
+        passwords=["+secret-pw"],
+        keys=["*"],
+        channels=["*"],
+        commands=["+@all", "-publish"],
+    )
+    try:
+        mine = make_store()
+        warm(mine)
+        mine.append(exchange("s", 1))
+        mine.load("s")
+        assert contents(mine.load("s")) == ["q1", "a1"]
+        theirs = make_store(redis_url.replace("redis://", "redis://nopub:secret-pw@"))
+        theirs.append(exchange("s", 2))  # the feed refuses it: the mark tells the others
+        round_trips()
+        assert contents(mine.load("s")) == ["q1", "a1", "q2", "a2"]
+        assert round_trips() == 1  # dropped, so read again from Redis
+    finally:
+        raw.acl_deluser("nopub")

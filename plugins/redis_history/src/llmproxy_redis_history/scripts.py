@@ -10,7 +10,14 @@ from __future__ import annotations
 import hashlib
 from typing import Final
 
-LOAD: Final = """
+
+def _compact(source: str) -> str:
+    """The script as sent: without its comment lines (an append sends its script every time)."""
+    lines = (line for line in source.splitlines() if not line.lstrip().startswith("--"))
+    return "\n".join(line for line in lines if line.strip()) + "\n"
+
+
+LOAD: Final = _compact("""
 -- KEYS[1]: the session's list of message keys, KEYS[2]: its blobs hash, KEYS[3]: its meta
 -- hash. ARGV[1]: how many newest messages (-1: all).
 -- Returns {PTTL of the oldest message returned (-1: none or no TTL), JSON of the HGETALL of
@@ -60,9 +67,9 @@ local version = tonumber(redis.call('HGET', KEYS[3], 'v') or '0')
 if #out == 0 then return {first_ttl, '[]', '{}', version} end
 if found == 0 then return {first_ttl, cjson.encode(out), '{}', version} end
 return {first_ttl, cjson.encode(out), cjson.encode(blobs), version}
-"""
+""")
 
-PRUNE: Final = """
+PRUNE: Final = _compact("""
 -- KEYS[1]: the session's list, KEYS[2]: its meta hash, KEYS[3]: its blobs hash, KEYS[4]
 -- (optional): the seed's key list. ARGV[1]: the per-session cap (0: none); ARGV[2]: how many
 -- of the oldest keys of KEYS[4] to check, dropping those that expired.
@@ -125,15 +132,17 @@ if KEYS[4] and scan > 0 then
   end
 end
 return removed
-"""
+""")
 
-APPEND: Final = """
+APPEND: Final = _compact("""
 -- KEYS[1]: the session's list, KEYS[2]: its meta hash; then the session index when ARGV[3] is
 -- '1', the seed's key list when ARGV[2] is '1'; then the message keys. ARGV[1]: the messages'
 -- TTL in ms (0: none); ARGV[2], ARGV[3]: the flags; ARGV[4]: the session id, ARGV[5]: the
 -- time of this write, ARGV[6]: of its first message, ARGV[7]: the session's tag, ARGV[8]: the
 -- feed channel ('': none), ARGV[9]: the writer, ARGV[10]: the JSON of the blobs the messages
--- reference; then per message: its field count n, then n field-value pairs.
+-- reference, ARGV[11]: a mark key of the session's to set and delete when the feed refuses the
+-- message (a user without PUBLISH: other caches then drop the session by client tracking);
+-- then per message: its field count n, then n field-value pairs.
 -- Writes each message whose hash does not exist yet (a record id stored before is skipped:
 -- appends are idempotent), pushes its key on the lists, updates the meta hash and the index.
 -- When it wrote something it bumps the session's version (meta field v) and publishes the
@@ -146,7 +155,7 @@ local index, list = nil, nil
 if ARGV[3] == '1' then index, k = KEYS[k], k + 1 end
 if ARGV[2] == '1' then list, k = KEYS[k], k + 1 end
 local written, rows = {}, {}
-local at = 11
+local at = 12
 for i = k, #KEYS do
   local key = KEYS[i]
   local n = tonumber(ARGV[at])
@@ -176,16 +185,20 @@ local version = 0
 if #written > 0 then
   version = redis.call('HINCRBY', KEYS[2], 'v', 1)
   if ARGV[8] ~= '' then
-    redis.call('PUBLISH', ARGV[8], '{"v":' .. version .. ',"n":' .. redis.call('LLEN', KEYS[1])
-      .. ',"t":' .. cjson.encode(ARGV[7])
+    local sent = redis.pcall('PUBLISH', ARGV[8], '{"v":' .. version .. ',"n":'
+      .. redis.call('LLEN', KEYS[1]) .. ',"t":' .. cjson.encode(ARGV[7])
       .. ',"w":' .. cjson.encode(ARGV[9]) .. ',"b":' .. ARGV[10] .. ',"rows":'
       .. cjson.encode(rows) .. '}')
+    if type(sent) == 'table' and sent.err and ARGV[11] ~= '' then
+      redis.call('SET', ARGV[11], '1')
+      redis.call('DEL', ARGV[11])
+    end
   end
 end
 return {version, written}
-"""
+""")
 
-DELETE: Final = """
+DELETE: Final = _compact("""
 -- KEYS[1]: the session's list, KEYS[2]: its meta hash, KEYS[3]: its blobs hash, KEYS[4]
 -- (optional): the session index, KEYS[5] (optional): the seed's key list. ARGV[1]: the
 -- session's tag; ARGV[2]: a mark key to set and delete (tells other processes' caches), or ''.
@@ -203,7 +216,7 @@ if ARGV[2] ~= '' then
   redis.call('DEL', ARGV[2])
 end
 return {count, keys}
-"""
+""")
 
 
 def sha1(script: str) -> str:

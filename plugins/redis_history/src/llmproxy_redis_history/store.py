@@ -602,6 +602,7 @@ class RedisHistoryStore:
             "" if s.cluster else keys.feed,
             self.writer,
             json.dumps(plan.blobs, separators=(",", ":")) if plan.blobs else "{}",
+            "" if s.cluster else keys.mark(plan.tag, self.writer),
         ]
         for fields in plan.hashes:
             args.append(len(fields))
