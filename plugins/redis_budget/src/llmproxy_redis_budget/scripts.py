@@ -411,14 +411,23 @@ for i = 1, n do
   local c = claims[i]
   local u, held_amount, amount = c.u, c.f[2], tonumber(c.f[3])
   local member = id .. ':' .. held_amount
-  local r = tonumber(redis.call('HGET', u, 'r') or '0')
-  local live = false
+  local stored = redis.call('HMGET', u, 'r', 'u')
+  local r = tonumber(stored[1] or '0')
+  local live, written = false, false
   if r ~= 0 and #redis.call('ZRANGEBYSCORE', c.h, '-inf', now, 'LIMIT', 0, 1) == 0
     and redis.call('ZREM', c.h, member) == 1 then
     -- The common case, in fewer calls: no hold of the key expired, and this one was held.
-    live = true
-    local left = r - tonumber(held_amount)
-    if left > 0 then redis.call('HSET', u, 'r', left) else redis.call('HDEL', u, 'r') end
+    local left = math.max(r - tonumber(held_amount), 0)
+    local total = tonumber(stored[2] or '0') + amount
+    if left > 0 and not c.e and not c.period and total < 9007199254740992 then
+      -- an all-time claim with other holds live: the hold and the use in one write (totals
+      -- past 2^53 go by HINCRBY below, exact)
+      redis.call('HSET', u, 'r', left, 'u', total)
+      written = true
+    else
+      live = true
+      if left > 0 then redis.call('HSET', u, 'r', left) else redis.call('HDEL', u, 'r') end
+    end
   else
     held(u, c.h, redis.call('HGET', u, 'r'), now, c)  -- charges an expired hold, this one too
     if redis.call('ZREM', c.h, member) == 1 then
@@ -428,7 +437,9 @@ for i = 1, n do
       end
     end
   end
-  if live then
+  if written then
+    -- done above
+  elseif live then
     if amount > 0 then add(c, u, amount, id .. ':' .. int(amount)) end
   else
     -- Charged at expiry: the real amount replaces the charge (never below zero). A charge
