@@ -14,12 +14,13 @@ used the ordinary way (load, reserve, settle, append: one round trip each).
 The reserve depends on the history (the prompt it counts holds it), so the one sent with a
 load is a guess: it counts the session as empty, and is only sent when the session is not in
 the store's process-local cache (a session the cache holds needs no load at all, and is
-reserved exactly). When the load then finds the session empty (a
-new session: the guess was right), the reserve stands; otherwise it is released and the call
-reserves again for the prompt it really sends (:func:`take_early`): never a smaller hold than
-the ordinary way. The guessed reserve carries a guard, the key that holds the session: when
-the session exists the ledger holds nothing for it (so a session another process wrote costs
-one more round trip, the ordinary reserve, and nothing to release).
+reserved exactly; the Redis store's cache also learns other processes' appends). The guessed
+reserve carries a guard, the key that holds the session: when the session exists, the ledger
+holds nothing, and the call reserves again the ordinary way for the prompt it really sends
+(one more round trip, nothing to release). When the load finds the session empty (a new
+session: the guess was right), the reserve stands (:func:`take_early`); a reserve made for
+other arguments than the call's is released (:func:`stale_early`). No hold is ever smaller than
+the ordinary way's.
 """
 
 from __future__ import annotations
