@@ -251,6 +251,8 @@ def load_reserving(proxy: Proxy, call: Call, session_id: str, limit: int) -> lis
 
     A reserve sent is kept on the call (``call.early``) for :func:`take_early`.
     """
+    if not call.claims:  # no budget: the ledger is not even opened
+        return proxy.history.load(session_id, limit)
     history = _reserving(proxy)
     box: list[Early] = []
     factory = _early_factory(proxy, call, box) if history is not None else None
@@ -270,6 +272,8 @@ async def aload_reserving(
     proxy: Proxy, call: Call, session_id: str, limit: int
 ) -> list[HistoryRecord]:
     """Async :func:`load_reserving`."""
+    if not call.claims:  # no budget: the ledger is not even opened
+        return await proxy.history.aload(session_id, limit)
     history = _reserving(proxy)
     box: list[Early] = []
     factory = _early_factory(proxy, call, box) if history is not None else None

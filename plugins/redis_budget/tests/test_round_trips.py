@@ -288,3 +288,15 @@ def test_other_database_is_one_round_trip_per_store_per_phase(
     finally:
         redis.Redis.from_url(other).flushdb()
         proxy.close()
+
+
+def test_no_budget_opens_no_ledger(upstream: FakeOpenAI, redis_url: str, trips: Trips) -> None:
+    proxy = _proxy(upstream, redis_url, redis_url, 0)
+    try:
+        proxy.chat("warm up", session_id="w")
+        trips.reset()
+        proxy.chat("Hello", session_id="n")
+        assert trips.total == 2  # the load, the append
+        assert not proxy.ledger.opened
+    finally:
+        proxy.close()
