@@ -146,7 +146,7 @@ APPEND: Final = _compact("""
 -- Writes each message whose hash does not exist yet (a record id stored before is skipped:
 -- appends are idempotent), pushes its key on the lists, updates the meta hash and the index.
 -- When it wrote something it bumps the session's version (meta field v) and publishes the
--- messages on the feed (with the version, the session's length and the writer), so that
+-- messages on the feed (the writer first, the version, the session's length), so that
 -- other processes' caches extend the session instead of reading it again.
 -- Returns {the new version (0: nothing written), the keys written}.
 local ttl = tonumber(ARGV[1])
@@ -185,10 +185,9 @@ local version = 0
 if #written > 0 then
   version = redis.call('HINCRBY', KEYS[2], 'v', 1)
   if ARGV[8] ~= '' then
-    local sent = redis.pcall('PUBLISH', ARGV[8], '{"v":' .. version .. ',"n":'
-      .. redis.call('LLEN', KEYS[1]) .. ',"t":' .. cjson.encode(ARGV[7])
-      .. ',"w":' .. cjson.encode(ARGV[9]) .. ',"b":' .. ARGV[10] .. ',"rows":'
-      .. cjson.encode(rows) .. '}')
+    local sent = redis.pcall('PUBLISH', ARGV[8], '{"w":' .. cjson.encode(ARGV[9]) .. ',"v":'
+      .. version .. ',"n":' .. redis.call('LLEN', KEYS[1]) .. ',"t":' .. cjson.encode(ARGV[7])
+      .. ',"b":' .. ARGV[10] .. ',"rows":' .. cjson.encode(rows) .. '}')
     if type(sent) == 'table' and sent.err and ARGV[11] ~= '' then
       redis.call('SET', ARGV[11], '1')
       redis.call('DEL', ARGV[11])

@@ -256,8 +256,10 @@ class RedisHistoryStore:
 
     def _on_feed(self, payload: str) -> None:
         """Apply another process's append, read from the feed, to the cache."""
+        if self.cache is None or payload.startswith(f'{{"w":{json.dumps(self.writer)},'):
+            return  # this store's own append (it applied it itself): not even parsed
         message = json.loads(payload)
-        if message["w"] == self.writer or self.cache is None:
+        if message["w"] == self.writer:
             return
         session_id = session_of_tag(message["t"])
         blobs = message["b"] or None
