@@ -85,7 +85,8 @@ _SHAS: Final = {
     name: hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
     for name, source in _SOURCES.items()
 }
-_Request = tuple[_Script, list[str], list[str]]
+_Key = str | bytes
+_Request = tuple[_Script, list[_Key], list[str]]
 _Steps = Generator[_Request, list[Any], Any]
 
 
@@ -93,7 +94,7 @@ _Steps = Generator[_Request, list[Any], Any]
 class _ClaimPlan:
     """What never changes about a claim in a script call: its keys and fixed fields."""
 
-    keys: tuple[str, ...]
+    keys: tuple[bytes, ...]  # encoded once: redis-py then sends them as they are
     unit: str
     limit: str
     window: str
@@ -511,9 +512,9 @@ class RedisLedger:
             if len(self._plans) >= 4096:
                 self._plans.clear()
             key = claim.key
-            keys: tuple[str, ...] = (self.key("u", key), self.key("h", key))
+            keys: tuple[bytes, ...] = (self.key("u", key).encode(), self.key("h", key).encode())
             if claim.window is not None:
-                keys += (self.key("e", key),)
+                keys += (self.key("e", key).encode(),)
             limit = usd_limit(claim.limit) if claim.unit == "usd" else claim.limit
             terms = [claim.policy, claim.scope, claim.limit, claim.unit, claim.window]
             terms += [claim.period, claim.tz]
@@ -559,7 +560,7 @@ class RedisLedger:
         estimate = self._estimate()
         for _ in range(2):
             now, ttl = self._time_args(estimate)
-            keys: list[str] = []
+            keys: list[_Key] = []
             args = [
                 f"{now} {reservation_id} {input_tokens} {max_output_tokens} {min_output_tokens}"
                 f" {_fmt(lease)} {rate_in} {rate_out} {ttl} {_fmt(self._grace)} {self._tag}"
@@ -653,7 +654,7 @@ class RedisLedger:
         estimate = self._estimate()
         for _ in range(2):
             now, ttl = self._time_args(estimate)
-            keys = [self.key("s", reservation.id)]
+            keys: list[_Key] = [self.key("s", reservation.id)]
             header = (
                 f"{now} {reservation.id} {_fmt(reservation.expires_at)} {ttl}"
                 f" {_fmt(self._grace)} {self._tag}"
@@ -678,7 +679,7 @@ class RedisLedger:
 
     def _renew_steps(self, reservation: Reservation, lease: float) -> _Steps:
         now, ttl = self._time_args(self._estimate())
-        keys: list[str] = []
+        keys: list[_Key] = []
         args = [f"{now} {reservation.id} {_fmt(lease)} {ttl}"]
         for claim, held in zip(reservation.claims, reservation.amounts, strict=True):
             plan = self._plan(claim)
@@ -695,7 +696,7 @@ class RedisLedger:
         estimate = self._estimate()
         for _ in range(2):
             now, ttl = self._time_args(estimate)
-            keys = [self.key("s", reservation.id)]
+            keys: list[_Key] = [self.key("s", reservation.id)]
             args = [f"{now} {reservation.id} {ttl} {_fmt(self._grace)} {self._tag}"]
             for claim, held in zip(reservation.claims, reservation.amounts, strict=True):
                 plan = self._plan(claim)
@@ -715,7 +716,7 @@ class RedisLedger:
         estimate = self._estimate()
         for _ in range(2):
             now_arg, _ttl = self._time_args(estimate)
-            keys: list[str] = []
+            keys: list[_Key] = []
             args = [now_arg]
             for claim in claims:
                 plan = self._plan(claim)
