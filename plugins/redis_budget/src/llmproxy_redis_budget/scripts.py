@@ -366,6 +366,7 @@ SETTLE: Final = (
 local head = split(ARGV[1])
 local now, now_text = clock(head[1])
 local id = head[2]
+local live_hold = tonumber(head[3]) > now  -- the hold's lease (renewals only extend it)
 local ttl = head[4] == '1'
 local grace, tag = tonumber(head[5]), head[6]
 local marker = KEYS[1]
@@ -414,9 +415,9 @@ for i = 1, n do
   local stored = redis.call('HMGET', u, 'r', 'u')
   local r = tonumber(stored[1] or '0')
   local live, written = false, false
-  if r ~= 0 and #redis.call('ZRANGEBYSCORE', c.h, '-inf', now, 'LIMIT', 0, 1) == 0
-    and redis.call('ZREM', c.h, member) == 1 then
-    -- The common case, in fewer calls: no hold of the key expired, and this one was held.
+  if r ~= 0 and live_hold and redis.call('ZREM', c.h, member) == 1 then
+    -- The common case, in fewer calls: this hold is live. Other holds of the key that
+    -- expired are charged by the next reserve, at their expiry as here (usage counts them).
     local left = math.max(r - tonumber(held_amount), 0)
     local total = tonumber(stored[2] or '0') + amount
     if left > 0 and not c.e and not c.period and total < 9007199254740992 then
