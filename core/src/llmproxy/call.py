@@ -351,6 +351,7 @@ class Call:
         "cache_key",
         "cache_ttl",
         "claims",
+        "early",
         "extra",
         "fallbacks",
         "final",
@@ -464,6 +465,7 @@ class Call:
                 claims.append(claim)
         self.claims = claims
         self.reservation: Reservation | None = None
+        self.early: Any = None  # a reserve sent with the history load (llmproxy.pipelining)
         self.input_estimate = 0
         self.input_count = 0
         self.attempts = 0

@@ -46,6 +46,7 @@ from llmproxy.errors import (
     ToolLoopError,
 )
 from llmproxy.history.base import HistoryRecord
+from llmproxy.pipelining import aload_reserving, load_reserving, stale_early, take_early
 from llmproxy.provider import EmbeddingProvider, Provider
 from llmproxy.tools import ToolResult
 from llmproxy.types import (
@@ -85,37 +86,65 @@ class Effect:
 
 
 class LoadHistory(Effect):
-    """Load a session's last ``limit`` messages."""
+    """Load a session's last ``limit`` messages.
 
-    __slots__ = ("limit", "session_id")
+    With the call given and its ledger on the history store's server, the call's reserve may
+    go in the same round trip (:func:`llmproxy.pipelining.load_reserving`).
+    """
 
-    def __init__(self, session_id: str, limit: int) -> None:
+    __slots__ = ("call", "limit", "session_id")
+
+    def __init__(self, session_id: str, limit: int, call: Call | None = None) -> None:
         self.session_id = session_id
         self.limit = limit
+        self.call = call
 
     def run(self, proxy: Proxy) -> list[HistoryRecord]:
+        if self.call is not None:
+            return load_reserving(proxy, self.call, self.session_id, self.limit)
         return proxy.history.load(self.session_id, self.limit)
 
     async def arun(self, proxy: Proxy) -> list[HistoryRecord]:
+        if self.call is not None:
+            return await aload_reserving(proxy, self.call, self.session_id, self.limit)
         return await proxy.history.aload(self.session_id, self.limit)
 
 
 class Reserve(Effect):
-    """Hold budget in the ledger (raises BudgetExceeded / RateLimited when there is no room)."""
+    """Hold budget in the ledger (raises BudgetExceeded / RateLimited when there is no room).
 
-    __slots__ = ("args", "claims")
+    A reserve already sent with the history load for exactly these arguments is used instead
+    of a new one; one sent for other arguments is released first (:mod:`llmproxy.pipelining`).
+    """
 
-    def __init__(self, claims: Sequence[Claim], args: dict[str, Any]) -> None:
+    __slots__ = ("args", "call", "claims")
+
+    def __init__(
+        self, claims: Sequence[Claim], args: dict[str, Any], call: Call | None = None
+    ) -> None:
         self.claims = claims
         self.args = args
+        self.call = call
 
     def run(self, proxy: Proxy) -> Reservation:
-        reservation = proxy.ledger.reserve(self.claims, **self.args)
+        early = take_early(self.call, self.args) if self.call is not None else None
+        reservation = early.result() if early is not None else None
+        if reservation is None:
+            stale = stale_early(self.call) if self.call is not None else None
+            if stale is not None:
+                stale.discard()
+            reservation = proxy.ledger.reserve(self.claims, **self.args)
         proxy._renewer.hold(reservation)
         return reservation
 
     async def arun(self, proxy: Proxy) -> Reservation:
-        reservation = await proxy.ledger.areserve(self.claims, **self.args)
+        early = take_early(self.call, self.args) if self.call is not None else None
+        reservation = await early.aresult() if early is not None else None
+        if reservation is None:
+            stale = stale_early(self.call) if self.call is not None else None
+            if stale is not None:
+                await stale.adiscard()
+            reservation = await proxy.ledger.areserve(self.claims, **self.args)
         proxy._renewer.hold(reservation)
         return reservation
 
@@ -476,7 +505,7 @@ def call_flow(call: Call) -> Flow:
     streamed = call.streamed
     try:
         if call.use_history:
-            loaded = yield LoadHistory(call.session_id or "", call.proxy.config.history_limit)
+            loaded = yield LoadHistory(call.session_id or "", call.proxy.config.history_limit, call)
             call.set_history(loaded)
         if call.cache_ttl is not None:
             cached = yield from _cache_lookup(call)
@@ -614,7 +643,8 @@ def _reserve(call: Call | EmbedCall) -> Generator[Effect, Any, None]:
         waiter = LimitWaiter(call.proxy.config)
         while True:
             try:
-                call.reservation = yield Reserve(call.claims, args)
+                early = call if isinstance(call, Call) else None
+                call.reservation = yield Reserve(call.claims, args, early)
                 break
             except (BudgetExceeded, RateLimited) as exc:
                 if isinstance(call, Call) and call.skip_limited(exc):

@@ -99,11 +99,36 @@ def test_another_writer_is_seen_on_the_next_read(make_store: Make, round_trips: 
     theirs.append(exchange("s", 2))
     round_trips()
     assert contents(mine.load("s")) == ["q1", "a1", "q2", "a2"]
-    assert round_trips() == 1  # invalidated: read again from Redis
+    assert round_trips() == 0  # extended from the feed: nothing read from Redis
     assert contents(mine.load("s")) == ["q1", "a1", "q2", "a2"]
     assert round_trips() == 0
     assert theirs.delete("s") == 4
     assert mine.load("s") == []
+
+
+def test_a_new_session_of_another_writer_is_cached_from_the_feed(
+    make_store: Make, round_trips: RoundTrips
+) -> None:
+    mine, theirs = make_store(), make_store()
+    warm(mine)
+    theirs.append(exchange("n", 1))
+    round_trips()
+    assert contents(mine.load("n")) == ["q1", "a1"]
+    assert round_trips() == 0  # the feed held the whole session
+
+
+def test_a_gap_in_the_versions_drops_the_session(make_store: Make, round_trips: RoundTrips) -> None:
+    mine = make_store()
+    warm(mine)
+    mine.append(exchange("g", 1))
+    mine.load("g")
+    round_trips()
+    assert contents(mine.load("g")) == ["q1", "a1"]
+    assert round_trips() == 0  # cached at version 1
+    assert mine.cache is not None
+    mine.cache.feed("g", 3, [], 4, None, None)  # version 2 was never seen here
+    assert contents(mine.load("g")) == ["q1", "a1"]
+    assert round_trips() == 1  # read again from Redis
 
 
 def test_another_process_is_seen_on_the_next_read(
@@ -128,7 +153,7 @@ def test_another_process_is_seen_on_the_next_read(
     assert done.returncode == 0, done.stderr
     round_trips()
     assert contents(mine.load("s")) == ["q1", "a1", "from another process"]
-    assert round_trips() == 1
+    assert round_trips() == 0  # its append came on the feed
 
 
 def test_unrelated_writes_keep_the_cache(make_store: Make, round_trips: RoundTrips) -> None:
@@ -224,3 +249,29 @@ def test_a_forked_child_tracks_on_its_own_connection(make_store: Make) -> None:
     assert process.exitcode == 0
     # The parent's tracking connection was left alone, and the child wrote as another writer.
     assert contents(store.load("s")) == ["q1", "a1", "q2", "a2"]
+
+
+def test_a_writer_that_may_not_publish_still_stores_and_invalidates(
+    make_store: Make, raw: redis.Redis, redis_url: str, round_trips: RoundTrips
+) -> None:
+    raw.acl_setuser(
+        "nopub",
+        enabled=True,
+        passwords=["+secret-pw"],
+        keys=["*"],
+        channels=["*"],
+        commands=["+@all", "-publish"],
+    )
+    try:
+        mine = make_store()
+        warm(mine)
+        mine.append(exchange("s", 1))
+        mine.load("s")
+        assert contents(mine.load("s")) == ["q1", "a1"]
+        theirs = make_store(redis_url.replace("redis://", "redis://nopub:secret-pw@"))
+        theirs.append(exchange("s", 2))  # the feed refuses it: the mark tells the others
+        round_trips()
+        assert contents(mine.load("s")) == ["q1", "a1", "q2", "a2"]
+        assert round_trips() == 1  # dropped, so read again from Redis
+    finally:
+        raw.acl_deluser("nopub")

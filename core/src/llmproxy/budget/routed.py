@@ -268,6 +268,34 @@ class RoutedLedger:
         key = getattr(self.shared, "pipeline_key", None)
         return key() if callable(key) else None
 
+    def queue_reserve(
+        self,
+        claims: Sequence[Claim],
+        *,
+        input_tokens: int,
+        max_output_tokens: int,
+        min_output_tokens: int = 1,
+        lease: float = 600.0,
+        rates: Rates | None = None,
+        unless_exists: str | None = None,
+    ) -> Any:
+        """A reserve of claims all in the shared ledger, ready for a store's read; else None."""
+        one, _, _ = self._route(claims)
+        if one is None or one is not self._shared:
+            return None
+        queue = getattr(one, "queue_reserve", None)
+        if not callable(queue):
+            return None
+        return queue(
+            claims,
+            input_tokens=input_tokens,
+            max_output_tokens=max_output_tokens,
+            min_output_tokens=min_output_tokens,
+            lease=lease,
+            rates=rates,
+            unless_exists=unless_exists,
+        )
+
     def queue_settle(
         self, reservation: Reservation, *, tokens: int, requests: int = 1, cost: float = 0.0
     ) -> Any:

@@ -85,7 +85,8 @@ _SHAS: Final = {
     name: hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
     for name, source in _SOURCES.items()
 }
-_Request = tuple[_Script, list[str], list[str]]
+_Key = str | bytes
+_Request = tuple[_Script, list[_Key], list[str]]
 _Steps = Generator[_Request, list[Any], Any]
 
 
@@ -93,7 +94,7 @@ _Steps = Generator[_Request, list[Any], Any]
 class _ClaimPlan:
     """What never changes about a claim in a script call: its keys and fixed fields."""
 
-    keys: tuple[str, ...]
+    keys: tuple[bytes, ...]  # encoded once: redis-py then sends them as they are
     unit: str
     limit: str
     window: str
@@ -511,9 +512,9 @@ class RedisLedger:
             if len(self._plans) >= 4096:
                 self._plans.clear()
             key = claim.key
-            keys: tuple[str, ...] = (self.key("u", key), self.key("h", key))
+            keys: tuple[bytes, ...] = (self.key("u", key).encode(), self.key("h", key).encode())
             if claim.window is not None:
-                keys += (self.key("e", key),)
+                keys += (self.key("e", key).encode(),)
             limit = usd_limit(claim.limit) if claim.unit == "usd" else claim.limit
             terms = [claim.policy, claim.scope, claim.limit, claim.unit, claim.window]
             terms += [claim.period, claim.tz]
@@ -549,7 +550,9 @@ class RedisLedger:
         min_output_tokens: int,
         lease: float,
         rates: Rates | None,
+        guard: str | None = None,
     ) -> _Steps:
+        """Reserve; with ``guard``, only while that key does not exist (else return None)."""
         reservation_id = uuid.uuid4().hex
         rate_in = rate_out = "0"
         if rates is not None:
@@ -557,21 +560,28 @@ class RedisLedger:
         estimate = self._estimate()
         for _ in range(2):
             now, ttl = self._time_args(estimate)
-            keys: list[str] = []
+            keys: list[_Key] = []
             args = [
                 f"{now} {reservation_id} {input_tokens} {max_output_tokens} {min_output_tokens}"
                 f" {_fmt(lease)} {rate_in} {rate_out} {ttl} {_fmt(self._grace)} {self._tag}"
+                + (" 1" if guard is not None else "")
             ]
             terms: list[str] = []
+            fields: list[str] = []
             for claim in claims:
                 plan = self._plan(claim)
                 keys += plan.keys
-                args.append(
+                fields.append(
                     f"{plan.unit} {plan.limit} {plan.window}" + self._period_fields(claim, estimate)
                 )
                 terms.append(plan.terms)
-            reply = yield ("reserve", keys, args + terms)
+            if guard is not None:
+                keys.append(guard)
+            args += ("|".join(fields), "\n".join(terms))
+            reply = yield ("reserve", keys, args)
             status, server_now = reply[0], float(reply[1])
+            if status == "skip":
+                return None
             if status == "clock":
                 estimate = server_now
                 continue
@@ -579,7 +589,7 @@ class RedisLedger:
                 grant = int(reply[2])
                 amounts = tuple(
                     int(held) / USD_SCALE if claim.unit == "usd" else float(held)
-                    for claim, held in zip(claims, reply[3:], strict=True)
+                    for claim, held in zip(claims, reply[3].split(), strict=True)
                 )
                 return Reservation(
                     reservation_id,
@@ -644,20 +654,21 @@ class RedisLedger:
         estimate = self._estimate()
         for _ in range(2):
             now, ttl = self._time_args(estimate)
-            keys = [self.key("s", reservation.id)]
-            args = [
+            keys: list[_Key] = [self.key("s", reservation.id)]
+            header = (
                 f"{now} {reservation.id} {_fmt(reservation.expires_at)} {ttl}"
                 f" {_fmt(self._grace)} {self._tag}"
-            ]
+            )
+            fields: list[str] = []
             for claim, held in zip(reservation.claims, reservation.amounts, strict=True):
                 plan = self._plan(claim)
                 keys += plan.keys
                 held_units = _int(held * USD_SCALE if claim.unit == "usd" else held)
                 settled = _int(amount_settled(claim, tokens, requests, cost))
-                args.append(
+                fields.append(
                     f"{plan.window} {held_units} {settled}" + self._period_fields(claim, estimate)
                 )
-            reply = yield ("settle", keys, args)
+            reply = yield ("settle", keys, [header, "|".join(fields)])
             if reply[0] != "clock":
                 return None
             estimate = float(reply[1])
@@ -668,7 +679,7 @@ class RedisLedger:
 
     def _renew_steps(self, reservation: Reservation, lease: float) -> _Steps:
         now, ttl = self._time_args(self._estimate())
-        keys: list[str] = []
+        keys: list[_Key] = []
         args = [f"{now} {reservation.id} {_fmt(lease)} {ttl}"]
         for claim, held in zip(reservation.claims, reservation.amounts, strict=True):
             plan = self._plan(claim)
@@ -685,7 +696,7 @@ class RedisLedger:
         estimate = self._estimate()
         for _ in range(2):
             now, ttl = self._time_args(estimate)
-            keys = [self.key("s", reservation.id)]
+            keys: list[_Key] = [self.key("s", reservation.id)]
             args = [f"{now} {reservation.id} {ttl} {_fmt(self._grace)} {self._tag}"]
             for claim, held in zip(reservation.claims, reservation.amounts, strict=True):
                 plan = self._plan(claim)
@@ -705,7 +716,7 @@ class RedisLedger:
         estimate = self._estimate()
         for _ in range(2):
             now_arg, _ttl = self._time_args(estimate)
-            keys: list[str] = []
+            keys: list[_Key] = []
             args = [now_arg]
             for claim in claims:
                 plan = self._plan(claim)
@@ -1229,6 +1240,32 @@ class RedisLedger:
             return None
         return server_identity(self._client)
 
+    def queue_reserve(
+        self,
+        claims: Sequence[Claim],
+        *,
+        input_tokens: int,
+        max_output_tokens: int,
+        min_output_tokens: int = 1,
+        lease: float = 600.0,
+        rates: Rates | None = None,
+        unless_exists: str | None = None,
+    ) -> _QueuedReserve | None:
+        """The reserve's EVALSHA for another store's read; None when it must go on its own.
+
+        With ``unless_exists`` the script holds nothing when that key exists (the result is
+        then None). None for no claims, once closed and while the circuit breaker is open. The
+        returned object finishes the reserve from the reply the ledger's own way (see
+        :class:`llmproxy.pipelining.QueuedReserve`).
+        """
+        claims = check_arguments(
+            claims, input_tokens, max_output_tokens, min_output_tokens, lease, rates
+        )
+        if not claims or self._closed or not self._breaker.allow():
+            return None
+        args = (claims, input_tokens, max_output_tokens, min_output_tokens, lease, rates)
+        return _QueuedReserve(self, args, unless_exists)
+
     def queue_settle(
         self, reservation: Reservation, *, tokens: int, requests: int = 1, cost: float = 0.0
     ) -> _QueuedSettle | None:
@@ -1396,3 +1433,182 @@ class _QueuedSettle:
     async def afailed(self, exc: BaseException) -> None:
         if self._failure(exc):
             await self._aagain()
+
+
+_ReserveArgs = tuple[Sequence[Claim], int, int, int, float, "Rates | None"]
+
+
+class _NotSent(Exception):
+    """The store did not send the queued reserve."""
+
+
+class _QueuedReserve:
+    """A reserve sent inside a history store's load (see :meth:`RedisLedger.queue_reserve`).
+
+    The breaker let it through when it was queued; :meth:`result` reports to it as
+    :meth:`RedisLedger.reserve` would. ``done``/``failed`` only keep what the store got.
+    """
+
+    def __init__(self, ledger: RedisLedger, args: _ReserveArgs, guard: str | None) -> None:
+        self._ledger = ledger
+        self._args = args
+        self._steps = ledger._reserve_steps(*args, guard)
+        name, keys, argv = next(self._steps)
+        self.commands: list[tuple[Any, ...]] = [("EVALSHA", _SHAS[name], len(keys), *keys, *argv)]
+        self._reply: Any = None
+        self._failure: BaseException | None = _NotSent()
+        self._reservation: Reservation | None = None
+        self._skipped = False
+
+    def done(self, replies: Sequence[Any]) -> None:
+        self._reply, self._failure = replies[0], None
+
+    def failed(self, exc: BaseException) -> None:
+        self._failure = exc
+
+    def _finish(self) -> tuple[Reservation | None, _Request | None, bool]:
+        """Read the reply: (the reservation, or the next request, or neither: again or skipped).
+
+        Raises the refusal, a StoreError, or _Down.
+        """
+        ledger, failure = self._ledger, self._failure
+        if failure is not None:
+            if isinstance(failure, _NotSent) or not isinstance(failure, Exception):
+                self._steps.close()
+                ledger._breaker.abandon()
+                if not isinstance(failure, Exception):
+                    raise failure
+                return None, None, True
+            if (
+                isinstance(failure, RedisError)
+                and not isinstance(failure, RedisConnectionError)
+                and _is_outage(failure)
+            ):
+                self._steps.close()
+                raise ledger._failure(failure) from failure
+            self._steps.close()
+            ledger._breaker.abandon()
+            return None, None, True  # reserve again the ordinary way
+        reply = self._reply
+        if isinstance(reply, NoScriptError):  # a new or restarted server
+            self._steps.close()
+            ledger._breaker.abandon()
+            return None, None, True
+        if isinstance(reply, BaseException):
+            self._steps.close()
+            if not isinstance(reply, RedisError):
+                raise reply
+            raise ledger._failure(reply) from reply
+        ledger._succeeded(reply)
+        try:
+            request = self._steps.send(list(reply))
+        except StopIteration as stop:
+            self._reservation = stop.value
+            self._skipped = stop.value is None
+            return stop.value, None, False
+        except BaseException:
+            self._steps.close()
+            raise
+        return None, request, False
+
+    def _local(self, down: _Down) -> Reservation:
+        return self._ledger._local_reserve(down, *self._args)
+
+    def result(self) -> Reservation | None:
+        """The reservation, or the refusal raised; None when the guard key existed.
+
+        Reserves anew the ordinary way when the store's read failed.
+        """
+        ledger = self._ledger
+        try:
+            reservation, request, again = self._finish()
+            if again:
+                claims, input_tokens, most, least, lease, rates = self._args
+                return ledger.reserve(
+                    claims,
+                    input_tokens=input_tokens,
+                    max_output_tokens=most,
+                    min_output_tokens=least,
+                    lease=lease,
+                    rates=rates,
+                )
+            while reservation is None and not self._skipped:  # a clock retry
+                assert request is not None
+                try:
+                    request = self._steps.send(ledger._send(request))
+                except StopIteration as stop:
+                    reservation = self._reservation = stop.value
+                    self._skipped = stop.value is None
+        except _Down as down:
+            local = self._local(down)
+            ledger._journal_worst_case(local)
+            self._reservation = local
+            return local
+        finally:
+            self._steps.close()
+        return reservation
+
+    async def aresult(self) -> Reservation | None:
+        """Async :meth:`result`."""
+        ledger = self._ledger
+        try:
+            reservation, request, again = self._finish()
+            if again:
+                claims, input_tokens, most, least, lease, rates = self._args
+                return await ledger.areserve(
+                    claims,
+                    input_tokens=input_tokens,
+                    max_output_tokens=most,
+                    min_output_tokens=least,
+                    lease=lease,
+                    rates=rates,
+                )
+            while reservation is None and not self._skipped:
+                assert request is not None
+                try:
+                    request = self._steps.send(await ledger._asend(request))
+                except StopIteration as stop:
+                    reservation = self._reservation = stop.value
+                    self._skipped = stop.value is None
+        except _Down as down:
+            local = self._local(down)
+            await asyncio.to_thread(ledger._journal_worst_case, local)
+            self._reservation = local
+            return local
+        finally:
+            self._steps.close()
+        return reservation
+
+    def _unanswered(self) -> bool:
+        """True (and the reserve forgotten) when no reply came: nothing to release.
+
+        A read that failed as a whole may still have held (the connection broke after the
+        server ran it): that hold is charged in full when its lease ends, as unknown is spent.
+        """
+        if self._failure is None:
+            return False
+        self._steps.close()
+        self._ledger._breaker.abandon()
+        return True
+
+    def discard(self) -> None:
+        """Release the hold (no tokens, no requests), or forget a reserve that got no reply."""
+        if self._unanswered():
+            return
+        try:
+            reservation = self.result()
+        except (BudgetExceeded, RateLimited, StoreError):
+            return
+        if reservation is not None:
+            self._ledger.settle(reservation, tokens=0, requests=0)
+
+    async def adiscard(self) -> None:
+        """Async :meth:`discard`."""
+        if self._unanswered():
+            return
+        try:
+            reservation = await self.aresult()
+        except (BudgetExceeded, RateLimited, StoreError):
+            return
+        if reservation is not None:
+            await self._ledger.asettle(reservation, tokens=0, requests=0)

@@ -30,8 +30,11 @@ Expiry times are rounded up to the second, so a busy key's moves once a second. 
 that expired whole leaves its sum behind in ``u``; the scripts read that as nothing held.
 
 Arguments are packed, to keep a call's arguments few (encoding them is most of the client's
-work): ``ARGV[1]`` is a header of space-separated fields and ``ARGV[1 + i]`` describes claim
-``i``; ``-`` stands for "none". Claims pass 2 keys (``u``, ``h``), or 3 with a window (``e``).
+work, and it grows with the number of claims): ``ARGV[1]`` is a header of space-separated
+fields; the reserve and the settle send every claim's fields in ``ARGV[2]`` (claims separated
+by ``|``), the other scripts one argument per claim (``ARGV[1 + i]``); ``-`` stands for
+"none". Claims pass 2 keys (``u``, ``h``), or 3 with a window (``e``). The reserve reads each
+claim's hash once (``HMGET``), and answers the amounts it held in one string.
 
 A calendar claim is sent with three candidate periods (the one the client thinks it is, the
 one before and the one after, with their bounds: previous start, start, end, next end,
@@ -64,11 +67,20 @@ local function clock(given)
 end
 local function amount_of(member) return tonumber(string.match(member, ':(%d+)$')) end
 
--- Read claim i's fields from ARGV[1 + i] and its keys from KEYS[k..]: returns the fields, the
+-- The claims' field strings: A[1 + i] is claim i's. ARGV itself, or (reserve, settle) the
+-- claims packed in ARGV[2], separated by '|' (unpack_claims): one argument for all of them.
+local A = ARGV
+local function unpack_claims()
+  A = {ARGV[1]}
+  for text in string.gmatch(ARGV[2], '[^|]+') do A[#A + 1] = text end
+  return #A - 1
+end
+
+-- Read claim i's fields from A[1 + i] and its keys from KEYS[k..]: returns the fields, the
 -- keys (u, h, and e or nil), the next claim's first key, and where its period fields start
 -- (nil without a period). The window is field window_at; periods start at period_at.
 local function claim(i, k, window_at, period_at)
-  local f = split(ARGV[1 + i])
+  local f = split(A[1 + i])
   local e, next_k, period = nil, k + 2, nil
   if f[window_at] ~= '-' then e, next_k = KEYS[k + 2], k + 3 end
   if #f >= period_at then period = period_at end
@@ -127,7 +139,11 @@ end
 local function held(u, h, r, now, c)
   local total = tonumber(r or '0')
   if total == 0 then return 0 end
-  local gone = redis.call('ZRANGEBYSCORE', h, '-inf', now, 'WITHSCORES')
+  -- The earliest hold: none (the set expired whole), live (nothing to charge), or expired.
+  local first = redis.call('ZRANGE', h, 0, 0, 'WITHSCORES')
+  if #first > 0 and tonumber(first[2]) > now then return total end
+  local gone = {}
+  if #first > 0 then gone = redis.call('ZRANGEBYSCORE', h, '-inf', now, 'WITHSCORES') end
   if #gone > 0 then
     for j = 1, #gone, 2 do
       local amount = amount_of(gone[j])
@@ -135,11 +151,9 @@ local function held(u, h, r, now, c)
       charge(u, c, gone[j], amount, tonumber(gone[j + 1]), now)
     end
     redis.call('ZREMRANGEBYSCORE', h, '-inf', now)
-  elseif redis.call('EXISTS', h) == 0 then
+  else
     if not c.e and not c.period then redis.call('HINCRBY', u, 'u', total) end
     total = 0
-  else
-    return total
   end
   if total > 0 then redis.call('HSET', u, 'r', total) else
     redis.call('HDEL', u, 'r')
@@ -192,7 +206,12 @@ local input, most, least = tonumber(head[3]), tonumber(head[4]), tonumber(head[5
 local lease, rate_in, rate_out = tonumber(head[6]), tonumber(head[7]), tonumber(head[8])
 local ttl = head[9] == '1'
 local grace, tag = tonumber(head[10]), head[11]
-local n = (#ARGV - 1) / 2
+-- A reserve sent with a history load counts the session as empty: it holds nothing when the
+-- session exists (its last key), and the client reserves again for the real prompt.
+if head[12] == '1' and redis.call('EXISTS', KEYS[#KEYS]) == 1 then return {'skip', now_text} end
+local n = unpack_claims()
+local given = {}
+for text in string.gmatch(ARGV[3], '[^\n]+') do given[#given + 1] = text end
 local units, limits, windows, periods, used, reserved, terms = {}, {}, {}, {}, {}, {}, {}
 local us, hs, es, cs = {}, {}, {}, {}
 
@@ -215,8 +234,11 @@ for i = 1, n do
   cs[i] = c
 end
 for i = 1, n do
-  reserved[i] = held(us[i], hs[i], redis.call('HGET', us[i], 'r'), now, cs[i])
   local stored = redis.call('HMGET', us[i], 'u', 'r', 'p', 'd')
+  reserved[i] = held(us[i], hs[i], stored[2], now, cs[i])
+  if reserved[i] ~= tonumber(stored[2] or '0') then  -- expired holds were charged to u
+    stored[1] = redis.call('HGET', us[i], 'u')
+  end
   terms[i] = stored[4]
   if windows[i] then
     used[i] = window_used(us[i], es[i], stored[1], now, windows[i])
@@ -303,7 +325,7 @@ end
 if grant < least then return refuse('budget', tightest) end
 
 local expires = now + lease
-local reply = {'ok', now_text, grant}
+local amounts = {}
 for i = 1, n do
   local amount
   if units[i] == 't' then amount = input + grant
@@ -311,23 +333,31 @@ for i = 1, n do
   else amount = usd_hold(grant) end
   redis.call('ZADD', hs[i], expires, id .. ':' .. int(amount))
   redis.call('HINCRBY', us[i], 'r', amount)
-  if terms[i] ~= ARGV[1 + n + i] then redis.call('HSET', us[i], 'd', ARGV[1 + n + i]) end
+  if terms[i] ~= given[i] then redis.call('HSET', us[i], 'd', given[i]) end
   if ttl then
     local keep = expires + hold_keep(cs[i])
-    keep_until(hs[i], keep)
+    if reserved[i] > 0 then
+      -- live holds: the set has its expiry already; GT only ever moves it later
+      redis.call('PEXPIREAT', hs[i], math.ceil(keep) * 1000, 'GT')
+    else
+      redis.call('PEXPIREAT', hs[i], math.ceil(keep) * 1000)  -- a new set
+    end
     if windows[i] or periods[i] then keep_until(us[i], keep) end
     if windows[i] then keep_until(es[i], keep) end
   end
-  reply[#reply + 1] = amount
+  amounts[i] = int(amount)
 end
-return reply
+return {'ok', now_text, grant, table.concat(amounts, ' ')}
 """
 )
 """Reserve. ``ARGV[1]``: now, reservation id, input tokens, max and min output tokens, lease,
-the two rates (nano-dollars per token), ttl flag. Per claim: unit (``t``, ``r``, ``u``), limit
-(ledger units), window, then the period candidates if any. Then, per claim again, its terms
-(JSON, stored as ``d`` for listing). Also in the header: the settled grace (seconds a charge is
-remembered) and the key tag ``{T}``. Expired holds of the claims are charged first."""
+the two rates (nano-dollars per token), ttl flag, the settled grace (seconds a charge is
+remembered), the key tag ``{T}``, and optionally a guard flag: ``1`` when the last key is one
+whose existence cancels the reserve (reply ``skip``, nothing written). ``ARGV[2]``: per claim
+(``|`` between claims): unit (``t``, ``r``, ``u``), limit (ledger units), window, then the
+period candidates if any. ``ARGV[3]``: per claim (a newline between claims), its terms (JSON,
+stored as ``d`` for listing). Expired holds of the claims are charged first. Replies ``ok``,
+the time, the grant, and the amounts held (space-separated, in the claims' order)."""
 
 SETTLE: Final = (
     _COMMON
@@ -336,10 +366,11 @@ SETTLE: Final = (
 local head = split(ARGV[1])
 local now, now_text = clock(head[1])
 local id = head[2]
+local live_hold = tonumber(head[3]) > now  -- the hold's lease (renewals only extend it)
 local ttl = head[4] == '1'
 local grace, tag = tonumber(head[5]), head[6]
 local marker = KEYS[1]
-local n = #ARGV - 1
+local n = unpack_claims()
 local claims = {}
 local k = 2
 for i = 1, n do
@@ -380,11 +411,36 @@ end
 for i = 1, n do
   local c = claims[i]
   local u, held_amount, amount = c.u, c.f[2], tonumber(c.f[3])
-  held(u, c.h, redis.call('HGET', u, 'r'), now, c)  -- charges an expired hold, this one too
-  if redis.call('ZREM', c.h, id .. ':' .. held_amount) == 1 then
-    if redis.call('HINCRBY', u, 'r', 0 - tonumber(held_amount)) <= 0 then
-      redis.call('HDEL', u, 'r')
+  local member = id .. ':' .. held_amount
+  local stored = redis.call('HMGET', u, 'r', 'u')
+  local r = tonumber(stored[1] or '0')
+  local live, written = false, false
+  if r ~= 0 and live_hold and redis.call('ZREM', c.h, member) == 1 then
+    -- The common case, in fewer calls: this hold is live. Other holds of the key that
+    -- expired are charged by the next reserve, at their expiry as here (usage counts them).
+    local left = math.max(r - tonumber(held_amount), 0)
+    local total = tonumber(stored[2] or '0') + amount
+    if left > 0 and not c.e and not c.period and total < 9007199254740992 then
+      -- an all-time claim with other holds live: the hold and the use in one write (totals
+      -- past 2^53 go by HINCRBY below, exact)
+      redis.call('HSET', u, 'r', left, 'u', total)
+      written = true
+    else
+      live = true
+      if left > 0 then redis.call('HSET', u, 'r', left) else redis.call('HDEL', u, 'r') end
     end
+  else
+    held(u, c.h, redis.call('HGET', u, 'r'), now, c)  -- charges an expired hold, this one too
+    if redis.call('ZREM', c.h, member) == 1 then
+      live = true
+      if redis.call('HINCRBY', u, 'r', 0 - tonumber(held_amount)) <= 0 then
+        redis.call('HDEL', u, 'r')
+      end
+    end
+  end
+  if written then
+    -- done above
+  elseif live then
     if amount > 0 then add(c, u, amount, id .. ':' .. int(amount)) end
   else
     -- Charged at expiry: the real amount replaces the charge (never below zero). A charge
@@ -427,9 +483,10 @@ return {'ok', now_text}
 """
 )
 """Settle. ``KEYS[1]``: the reservation's marker. ``ARGV[1]``: now, reservation id, its expiry,
-ttl flag, seconds to remember it (the settled grace), the key tag. Per claim: window, amount
-held, amount settled, then the period candidates if any. Expired holds of the claims are
-charged first; a settle whose hold was charged replaces the charge."""
+ttl flag, seconds to remember it (the settled grace), the key tag. ``ARGV[2]``: per claim
+(``|`` between claims): window, amount held, amount settled, then the period candidates if
+any. Expired holds of the claims are charged first; a settle whose hold was charged replaces
+the charge."""
 
 CHARGE: Final = (
     _COMMON

@@ -8,12 +8,21 @@ How it stays right:
 * A write by this store updates the cached session itself once Redis confirmed it, so the
   next read needs no round trip, but only when no other write to that session from this
   process overlapped it (their order on the server would be unknown): then it drops it.
-* Every write (from any process) also sets and deletes a *mark* key naming the session and the
-  writer. One RESP3 connection per store has ``CLIENT TRACKING ON BCAST PREFIX P:inv:``, so
-  Redis pushes an ``invalidate`` message naming the mark to every store that watches. A store
-  ignores its own marks and drops the session for others'. ``FLUSHALL``/``FLUSHDB`` push an
-  invalidation of everything; a lost tracking connection clears the whole cache (pushes may
-  have been missed) and is reopened on the next call.
+* Every session has a version in Redis (its meta hash's ``v``), which every append that stores
+  something raises by one, atomically with its messages; a load reads it with the messages,
+  and a write learns the version it made. Every append also publishes the messages it stored
+  on the feed channel ``P:feed`` (with the version, the session's new length and the writer).
+  One RESP3 connection per store is subscribed to the feed: a store ignores its own messages
+  (it applied its write itself) and, for another process's, extends the cached session when it
+  holds exactly the version before (so a session another process extended costs no read at
+  all), starts a new entry when the message is the whole session (a new session), and drops the
+  session otherwise. A write of its own applies only on the version before, too.
+* A delete sets and deletes a *mark* key naming the session and the writer. The same
+  connection has ``CLIENT TRACKING ON BCAST PREFIX P:inv:``, so Redis pushes an ``invalidate``
+  message naming the mark to every store that watches; a store ignores its own marks and drops
+  the session for others'. ``FLUSHALL``/``FLUSHDB`` push an invalidation of everything; a lost
+  tracking connection clears the whole cache (pushes may have been missed) and is reopened on
+  the next call.
 * Pending pushes are read without blocking (the socket is polled, no request is sent) before
   the cache answers, so a load served from the cache costs no round trip.
 * With a TTL, an entry lives no longer than the oldest message it holds (Redis reports that
@@ -47,6 +56,7 @@ class _Entry:
     records: list[HistoryRecord]
     complete: bool
     expires_at: float | None
+    version: int | None = None
 
 
 class SessionCache:
@@ -84,6 +94,12 @@ class SessionCache:
             records = entry.records
             return records[-limit:] if limit is not None else records[:]
 
+    def version_of(self, session_id: str) -> int | None:
+        """The session version the entry holds (None: no entry, or its version is unknown)."""
+        with self._lock:
+            entry = self._entries.get(session_id)
+            return None if entry is None else entry.version
+
     def begin_load(self) -> int:
         """Return the epoch a load starts at (pass it to :meth:`store`)."""
         with self._lock:
@@ -96,8 +112,12 @@ class SessionCache:
         limit: int | None,
         started: int,
         ttl_ms: int,
+        version: int | None = None,
     ) -> None:
-        """Keep what a load read, unless the session changed since the load ``started``."""
+        """Keep what a load read, unless the session changed since the load ``started``.
+
+        ``version`` is the session's version the load read with the records.
+        """
         with self._lock:
             if self._last_touch(session_id) > started or session_id in self._writing:
                 return
@@ -106,10 +126,13 @@ class SessionCache:
                 records = records[-self.max_messages :]
                 complete = False
             expires = time.monotonic() + ttl_ms / 1000 if ttl_ms >= 0 else None
-            self._entries[session_id] = _Entry(list(records), complete, expires)
-            self._entries.move_to_end(session_id)
-            while len(self._entries) > self.max_sessions:
-                self._entries.popitem(last=False)
+            self._put(session_id, _Entry(list(records), complete, expires, version))
+
+    def _put(self, session_id: str, entry: _Entry) -> None:
+        self._entries[session_id] = entry
+        self._entries.move_to_end(session_id)
+        while len(self._entries) > self.max_sessions:
+            self._entries.popitem(last=False)
 
     # -- writes ----------------------------------------------------------------------------------
 
@@ -129,11 +152,14 @@ class SessionCache:
         added: list[HistoryRecord] | None,
         cap: int | None,
         ttl: float | None = None,
+        version: int | None = None,
     ) -> None:
         """Apply a confirmed append (``added``) to the cached session, or drop the session.
 
         ``added=None`` means the write failed or was a delete: the entry is dropped. ``ttl`` is
         the store's message lifetime: an entry holding no expiring message starts expiring.
+        ``version`` is the session's version the write made (0: it stored nothing): the entry
+        is extended only when it holds the version before.
         """
         with self._lock:
             left = self._writing.get(session_id, 1) - 1
@@ -151,14 +177,54 @@ class SessionCache:
             if added is None or not alone:
                 del self._entries[session_id]
                 return
-            entry.records.extend(added)
-            if ttl is not None and entry.expires_at is None:
-                entry.expires_at = time.monotonic() + ttl
-            keep = min(cap, self.max_messages) if cap is not None else self.max_messages
-            if len(entry.records) > keep:
-                del entry.records[:-keep]
-                if cap is None or keep < cap:
-                    entry.complete = False
+            if version != 0:  # it stored something
+                if version is None or entry.version is None or version != entry.version + 1:
+                    del self._entries[session_id]
+                    return
+                entry.version = version
+            self._extend(entry, added, cap, ttl)
+
+    def _extend(
+        self, entry: _Entry, added: list[HistoryRecord], cap: int | None, ttl: float | None
+    ) -> None:
+        entry.records.extend(added)
+        if ttl is not None and entry.expires_at is None:
+            entry.expires_at = time.monotonic() + ttl
+        keep = min(cap, self.max_messages) if cap is not None else self.max_messages
+        if len(entry.records) > keep:
+            del entry.records[:-keep]
+            if cap is None or keep < cap:
+                entry.complete = False
+
+    def feed(
+        self,
+        session_id: str,
+        version: int,
+        added: list[HistoryRecord],
+        length: int,
+        cap: int | None,
+        ttl: float | None,
+    ) -> None:
+        """Apply another process's append: ``added`` made ``version``; the session holds ``length``.
+
+        The entry is extended when it holds the version before; a session whose messages are
+        all in ``added`` (a new one) gets an entry; otherwise the session is dropped. A write of
+        this process to the session in flight drops it too (their order is unknown here).
+        """
+        with self._lock:
+            self._touch(session_id)
+            entry = self._entries.get(session_id)
+            if session_id in self._writing:
+                self._entries.pop(session_id, None)
+                return
+            if entry is not None and entry.version is not None and version == entry.version + 1:
+                entry.version = version
+                self._extend(entry, added, cap, ttl)
+                return
+            self._entries.pop(session_id, None)
+            if length == len(added) and length <= self.max_messages:
+                expires = time.monotonic() + ttl if ttl is not None else None
+                self._put(session_id, _Entry(list(added), True, expires, version))
 
     # -- invalidation ----------------------------------------------------------------------------
 
@@ -193,11 +259,12 @@ class SessionCache:
 
 
 class Tracker:
-    """One RESP3 connection with ``CLIENT TRACKING ON BCAST`` on the mark prefix.
+    """One RESP3 connection with ``CLIENT TRACKING ON BCAST`` on the mark prefix, on the feed.
 
     ``connect`` makes a new (unconnected) ``redis-py`` connection; :meth:`ready` opens it on
-    first use and reads pending invalidations without blocking. ``writer`` returns the store's
-    writer id (it changes in a forked child, whose writes the parent must see). While the
+    first use and reads pending invalidations and feed messages without blocking; ``feed`` is
+    given each feed message's payload (it raises on one it cannot read). ``writer`` returns the
+    store's writer id (it changes in a forked child, whose writes the parent must see). While the
     connection is down the cache is not used (every load goes to Redis); a failed open is
     retried after ``retry_after`` seconds.
     """
@@ -210,8 +277,10 @@ class Tracker:
         cache: SessionCache,
         *,
         retry_after: float = 1.0,
+        feed: Callable[[str], None] | None = None,
     ) -> None:
         self._connect = connect
+        self._feed = feed
         self._keys = keys
         self._writer = writer
         self._cache = cache
@@ -257,6 +326,12 @@ class Tracker:
             reply = conn.read_response()
             if reply not in ("OK", b"OK"):
                 raise ConnectionError(f"CLIENT TRACKING answered {reply!r}")
+            if self._feed is not None:
+                conn._parser.set_pubsub_push_handler(self._on_message)
+                conn.send_command("SUBSCRIBE", self._keys.feed)
+                reply = conn.read_response(push_request=True)
+                if not reply or _text(reply[0]) != "subscribe":
+                    raise ConnectionError(f"SUBSCRIBE answered {reply!r}")
         except Exception as exc:
             log.warning("redis history: cache disabled for now, no tracking connection (%s)", exc)
             self._failed_at = time.monotonic()
@@ -268,6 +343,16 @@ class Tracker:
         self._conn = conn
         self._failed_at = None
         return True
+
+    def _on_message(self, message: list[Any]) -> list[Any]:
+        """A pub/sub push: hand a feed message's payload on (a bad one clears the cache)."""
+        if len(message) == 3 and _text(message[0]) == "message" and self._feed is not None:
+            try:
+                self._feed(_text(message[2]))
+            except Exception as exc:  # unreadable: which session it changed is unknown
+                log.warning("redis history: unreadable feed message (%s); cache cleared", exc)
+                self._cache.clear()
+        return message
 
     def _on_push(self, message: list[Any]) -> None:
         keys = message[1] if len(message) > 1 else None
@@ -295,3 +380,7 @@ class Tracker:
         with self._lock:
             self.closed = True
             self._drop()
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

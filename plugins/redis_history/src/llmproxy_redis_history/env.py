@@ -33,8 +33,9 @@ Option                 Meaning
 ``socket_timeout``     Seconds to wait for a reply (default 5: a busy machine answers late,
                        not never; a shorter timeout turns load into errors).
 ``connect_timeout``    Seconds to wait for a connection (default 2).
-``cache``              ``true`` (default): cache sessions in this process, invalidated by Redis
-                       client tracking; ``false`` turns it off. Off on a cluster.
+``cache``              ``true`` (default): cache sessions in this process, kept current by the
+                       history feed (pub/sub) and Redis client tracking; ``false`` turns it
+                       off. Off on a cluster.
 ``cache_sessions``     How many sessions the cache keeps (default 1024, least recently used go).
 ``cache_messages``     How many newest messages of a session the cache keeps (default 1000).
 ``key_list``           ``true`` (default): keep the seed's global list of message keys;

@@ -11,14 +11,19 @@ Key                                 What
                                     so an append skips a message already stored; otherwise
                                     ``<exchange>.<n>``, new for every append.
 ``P:session:{T}:messages``          The session's message keys, oldest first.
-``P:session:{T}:meta``              ``session_id``, ``created_at``, ``updated_at``.
+``P:session:{T}:meta``              ``session_id``, ``created_at``, ``updated_at``, and ``v``
+                                    (the session's version: every append that stores
+                                    something adds one).
 ``P:session:{T}:blobs``             The binary data of the session's parts: a hash from the
                                     SHA-256 hex digest of the bytes to their base64 (``HSETNX``:
                                     the same image sent twice in a session is stored once). It
                                     expires with the session (TTL) and goes with it (delete).
 ``P:sessions``                      Sorted set: session tags scored by ``updated_at``.
-``P:inv:{T}:<writer>``              Never kept: set and deleted by each write so that other
-                                    processes' caches learn (by client tracking) who wrote.
+``P:inv:{T}:<writer>``              Never kept: set and deleted by each delete so that other
+                                    processes' caches learn (by client tracking) who deleted.
+``P:feed``                          A pub/sub channel, no key: every append publishes the
+                                    messages it stored there, with the session's new version,
+                                    so that other processes' caches extend the session.
 ==================================  =============================================================
 
 ``T`` is ``s`` followed by the base64url encoding (no padding) of the session id's UTF-8 bytes:
@@ -72,6 +77,7 @@ class Keys:
         self.key_list = f"{prefix}:{KEY_LIST}"
         self.sessions = f"{prefix}:sessions"
         self.marks = f"{prefix}:inv:"
+        self.feed = f"{prefix}:feed"
 
     def messages(self, tag: str) -> str:
         """The session's list of message keys."""

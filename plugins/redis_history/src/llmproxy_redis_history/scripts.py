@@ -10,12 +10,19 @@ from __future__ import annotations
 import hashlib
 from typing import Final
 
-LOAD: Final = """
--- KEYS[1]: the session's list of message keys, KEYS[2]: its blobs hash. ARGV[1]: how many
--- newest messages (-1: all).
+
+def _compact(source: str) -> str:
+    """The script as sent: without its comment lines (an append sends its script every time)."""
+    lines = (line for line in source.splitlines() if not line.lstrip().startswith("--"))
+    return "\n".join(line for line in lines if line.strip()) + "\n"
+
+
+LOAD: Final = _compact("""
+-- KEYS[1]: the session's list of message keys, KEYS[2]: its blobs hash, KEYS[3]: its meta
+-- hash. ARGV[1]: how many newest messages (-1: all).
 -- Returns {PTTL of the oldest message returned (-1: none or no TTL), JSON of the HGETALL of
--- each, oldest first, JSON of the blobs their parts reference (hash -> base64)}: strings to
--- parse instead of thousands of RESP items.
+-- each, oldest first, JSON of the blobs their parts reference (hash -> base64), the session's
+-- version (meta field v, 0: none)}: strings to parse instead of thousands of RESP items.
 local limit = tonumber(ARGV[1])
 local keys
 if limit < 0 then
@@ -56,12 +63,13 @@ for _, blob in ipairs(wanted) do
     end
   end
 end
-if #out == 0 then return {first_ttl, '[]', '{}'} end
-if found == 0 then return {first_ttl, cjson.encode(out), '{}'} end
-return {first_ttl, cjson.encode(out), cjson.encode(blobs)}
-"""
+local version = tonumber(redis.call('HGET', KEYS[3], 'v') or '0')
+if #out == 0 then return {first_ttl, '[]', '{}', version} end
+if found == 0 then return {first_ttl, cjson.encode(out), '{}', version} end
+return {first_ttl, cjson.encode(out), cjson.encode(blobs), version}
+""")
 
-PRUNE: Final = """
+PRUNE: Final = _compact("""
 -- KEYS[1]: the session's list, KEYS[2]: its meta hash, KEYS[3]: its blobs hash, KEYS[4]
 -- (optional): the seed's key list. ARGV[1]: the per-session cap (0: none); ARGV[2]: how many
 -- of the oldest keys of KEYS[4] to check, dropping those that expired.
@@ -124,26 +132,39 @@ if KEYS[4] and scan > 0 then
   end
 end
 return removed
-"""
+""")
 
-APPEND: Final = """
--- KEYS[1]: the session's list; KEYS[2] (when ARGV[2] is '1'): the seed's key list; then the
--- message keys. ARGV[1]: the messages' TTL in ms (0: none); ARGV[2]: '1' when KEYS[2] is the
--- key list; then per message: its field count n, then n field-value pairs.
+APPEND: Final = _compact("""
+-- KEYS[1]: the session's list, KEYS[2]: its meta hash; then the session index when ARGV[3] is
+-- '1', the seed's key list when ARGV[2] is '1'; then the message keys. ARGV[1]: the messages'
+-- TTL in ms (0: none); ARGV[2], ARGV[3]: the flags; ARGV[4]: the session id, ARGV[5]: the
+-- time of this write, ARGV[6]: of its first message, ARGV[7]: the session's tag, ARGV[8]: the
+-- feed channel ('': none), ARGV[9]: the writer, ARGV[10]: the JSON of the blobs the messages
+-- reference, ARGV[11]: a mark key of the session's to set and delete when the feed refuses the
+-- message (a user without PUBLISH: other caches then drop the session by client tracking);
+-- then per message: its field count n, then n field-value pairs.
 -- Writes each message whose hash does not exist yet (a record id stored before is skipped:
--- appends are idempotent) and pushes its key on the lists. Returns the keys written.
+-- appends are idempotent), pushes its key on the lists, updates the meta hash and the index.
+-- When it wrote something it bumps the session's version (meta field v) and publishes the
+-- messages on the feed (the writer first, the version, the session's length), so that
+-- other processes' caches extend the session instead of reading it again.
+-- Returns {the new version (0: nothing written), the keys written}.
 local ttl = tonumber(ARGV[1])
-local first = 2
-if ARGV[2] == '1' then first = 3 end
-local written = {}
-local at = 3
-for k = first, #KEYS do
-  local key = KEYS[k]
+local k = 3
+local index, list = nil, nil
+if ARGV[3] == '1' then index, k = KEYS[k], k + 1 end
+if ARGV[2] == '1' then list, k = KEYS[k], k + 1 end
+local written, rows = {}, {}
+local at = 12
+for i = k, #KEYS do
+  local key = KEYS[i]
   local n = tonumber(ARGV[at])
   if redis.call('EXISTS', key) == 0 then
-    redis.call('HSET', key, unpack(ARGV, at + 1, at + 2 * n))
+    local fields = {unpack(ARGV, at + 1, at + 2 * n)}
+    redis.call('HSET', key, unpack(fields))
     if ttl > 0 then redis.call('PEXPIRE', key, ttl) end
     written[#written + 1] = key
+    rows[#rows + 1] = fields
   end
   at = at + 1 + 2 * n
 end
@@ -151,12 +172,32 @@ end
 for from = 1, #written, 1000 do
   local to = math.min(from + 999, #written)
   redis.call('RPUSH', KEYS[1], unpack(written, from, to))
-  if first == 3 then redis.call('RPUSH', KEYS[2], unpack(written, from, to)) end
+  if list then redis.call('RPUSH', list, unpack(written, from, to)) end
 end
-return written
-"""
+redis.call('HSET', KEYS[2], 'session_id', ARGV[4], 'updated_at', ARGV[5])
+redis.call('HSETNX', KEYS[2], 'created_at', ARGV[6])
+if ttl > 0 then
+  redis.call('PEXPIRE', KEYS[1], ttl)
+  redis.call('PEXPIRE', KEYS[2], ttl)
+end
+if index then redis.call('ZADD', index, ARGV[5], ARGV[7]) end
+local version = 0
+if #written > 0 then
+  version = redis.call('HINCRBY', KEYS[2], 'v', 1)
+  if ARGV[8] ~= '' then
+    local sent = redis.pcall('PUBLISH', ARGV[8], '{"w":' .. cjson.encode(ARGV[9]) .. ',"v":'
+      .. version .. ',"n":' .. redis.call('LLEN', KEYS[1]) .. ',"t":' .. cjson.encode(ARGV[7])
+      .. ',"b":' .. ARGV[10] .. ',"rows":' .. cjson.encode(rows) .. '}')
+    if type(sent) == 'table' and sent.err and ARGV[11] ~= '' then
+      redis.call('SET', ARGV[11], '1')
+      redis.call('DEL', ARGV[11])
+    end
+  end
+end
+return {version, written}
+""")
 
-DELETE: Final = """
+DELETE: Final = _compact("""
 -- KEYS[1]: the session's list, KEYS[2]: its meta hash, KEYS[3]: its blobs hash, KEYS[4]
 -- (optional): the session index, KEYS[5] (optional): the seed's key list. ARGV[1]: the
 -- session's tag; ARGV[2]: a mark key to set and delete (tells other processes' caches), or ''.
@@ -174,7 +215,7 @@ if ARGV[2] ~= '' then
   redis.call('DEL', ARGV[2])
 end
 return {count, keys}
-"""
+""")
 
 
 def sha1(script: str) -> str:

@@ -2,12 +2,15 @@
 
 Round trips per call on a single Redis (after the first use of a connection and script):
 
-* ``append``: 1 (one ``MULTI``/``EXEC`` holding both hashes, both list pushes, the session's
-  meta and index, and, with a cap or TTL, the trimming script).
+* ``append``: 1 (one ``MULTI``/``EXEC`` holding the APPEND script, which writes the hashes, both
+  list pushes, the session's meta, index and version and publishes the messages on the feed,
+  and, with a cap or TTL, the trimming script).
 * ``append_with``: 1 for the append and a ledger's settle together (a Proxy whose Redis ledger
   is on the same server sends its last settle first inside the append's ``MULTI``/``EXEC``; see
   :mod:`llmproxy.pipelining`).
 * ``load``: 1 (one Lua script reads the list and every hash), 0 when the session is cached.
+* ``load_with``: 1 for the load and a ledger's reserve together (one pipeline; see
+  :mod:`llmproxy.pipelining`), the reserve alone when the session is cached.
 * ``sessions``: 2 (the index, then one pipeline of every session's meta and length).
 * ``delete``: 1 (one Lua script).
 
@@ -47,12 +50,19 @@ from redis.retry import Retry
 
 from llmproxy.errors import InvalidRequest, StoreError
 from llmproxy.history.base import HistoryRecord, SessionInfo
-from llmproxy.pipelining import QueuedSettle
+from llmproxy.pipelining import QueuedReserve, QueuedSettle
 from llmproxy.secret import logger as secret_logger
 from llmproxy_redis_history import scripts
 from llmproxy_redis_history.cache import SessionCache, Tracker
 from llmproxy_redis_history.env import RedisSettings, settings_from_url
-from llmproxy_redis_history.layout import Keys, from_hash, pairs_to_dict, session_tag, to_hash
+from llmproxy_redis_history.layout import (
+    Keys,
+    from_hash,
+    pairs_to_dict,
+    session_of_tag,
+    session_tag,
+    to_hash,
+)
 
 log = secret_logger("llmproxy.redis_history")
 
@@ -85,7 +95,9 @@ class _Plan:
     idempotent: bool = False
     """Some record has an id: written by the APPEND script, which skips stored ids."""
     written: list[str] | None = None
-    """The keys the APPEND script wrote (None: unknown, or not written by the script)."""
+    """The keys the APPEND script wrote (None: unknown)."""
+    version: int | None = None
+    """The session's version after the write (0: nothing written; None: unknown)."""
 
     def added(self) -> list[HistoryRecord] | None:
         """The records this write stored, for the cache; None when it cannot be known."""
@@ -155,7 +167,11 @@ class RedisHistoryStore:
         if s.cache and not s.cluster:
             self.cache = SessionCache(max_sessions=s.cache_sessions, max_messages=s.cache_messages)
             self._tracker = Tracker(
-                self._tracking_connection, self.keys, lambda: self.writer, self.cache
+                self._tracking_connection,
+                self.keys,
+                lambda: self.writer,
+                self.cache,
+                feed=self._on_feed,
             )
 
     @property
@@ -225,6 +241,39 @@ class RedisHistoryStore:
     def _tracking_connection(self) -> Any:
         pool = self._sync().connection_pool
         return pool.connection_class(**{**pool.connection_kwargs, "protocol": 3})
+
+    def poll_cache(self) -> bool:
+        """Apply the invalidations and feed messages that arrived, without a round trip.
+
+        True when the cache is in use (a load then answers from it when it can). Every load
+        does this first; tests and tools call it to wait for another process's write to show.
+        """
+        return self.cache is not None and self._tracker is not None and self._tracker.ready()
+
+    def cached_version(self, session_id: str) -> int | None:
+        """The version of the session the cache holds, or None (not cached, or unknown)."""
+        return None if self.cache is None else self.cache.version_of(session_id)
+
+    def _on_feed(self, payload: str) -> None:
+        """Apply another process's append, read from the feed, to the cache."""
+        if self.cache is None or payload.startswith(f'{{"w":{json.dumps(self.writer)},'):
+            return  # this store's own append (it applied it itself): not even parsed
+        message = json.loads(payload)
+        if message["w"] == self.writer:
+            return
+        session_id = session_of_tag(message["t"])
+        blobs = message["b"] or None
+        records = [from_hash(pairs_to_dict(row), blobs) for row in message["rows"]]
+        if any(record.session_id != session_id for record in records):
+            raise ValueError(f"a message of another session in session {session_id!r}")
+        self.cache.feed(
+            session_id,
+            int(message["v"]),
+            records,
+            int(message["n"]),
+            self.settings.max_messages,
+            self.settings.ttl,
+        )
 
     # -- errors ----------------------------------------------------------------------------------
 
@@ -322,7 +371,7 @@ class RedisHistoryStore:
     def _loaded(
         self, session_id: str, limit: int | None, reply: Any, started: int
     ) -> list[HistoryRecord]:
-        ttl_ms, rows, blob_json = reply
+        ttl_ms, rows, blob_json, version = reply
         try:
             blobs = json.loads(blob_json) if blob_json != "{}" else None
             records = [from_hash(pairs_to_dict(row), blobs) for row in json.loads(rows)]
@@ -337,7 +386,7 @@ class RedisHistoryStore:
                     f" {record.session_id!r}; the keys were changed outside llmproxy"
                 )
         if self.cache is not None and started >= 0:
-            self.cache.store(session_id, records, limit, started, int(ttl_ms))
+            self.cache.store(session_id, records, limit, started, int(ttl_ms), int(version))
         return records
 
     def load(self, session_id: str, limit: int | None = None) -> list[HistoryRecord]:
@@ -348,8 +397,13 @@ class RedisHistoryStore:
         if hit is not None:
             return hit
         tag = session_tag(session_id)
-        keys = [self.keys.messages(tag), self.keys.blobs(tag)]
-        arg = -1 if limit is None else limit
+        keys = [self.keys.messages(tag), self.keys.blobs(tag), self.keys.meta(tag)]
+        return self._load_sent(session_id, limit, keys, -1 if limit is None else limit, started)
+
+    def _load_sent(
+        self, session_id: str, limit: int | None, keys: list[str], arg: int, started: int
+    ) -> list[HistoryRecord]:
+        """Read a session from Redis (one round trip)."""
         try:
             reply = self._run("load", lambda c: self._script(c, scripts.LOAD, keys, [arg]))
         except RedisUnavailable as exc:
@@ -368,14 +422,120 @@ class RedisHistoryStore:
         if hit is not None:
             return hit
         tag = session_tag(session_id)
-        keys = [self.keys.messages(tag), self.keys.blobs(tag)]
-        arg = -1 if limit is None else limit
+        keys = [self.keys.messages(tag), self.keys.blobs(tag), self.keys.meta(tag)]
+        return await self._aload_sent(
+            session_id, limit, keys, -1 if limit is None else limit, started
+        )
+
+    async def _aload_sent(
+        self, session_id: str, limit: int | None, keys: list[str], arg: int, started: int
+    ) -> list[HistoryRecord]:
+        """Async :meth:`_load_sent`."""
         try:
             reply = await self._arun("load", lambda c: self._ascript(c, scripts.LOAD, keys, [arg]))
         except RedisUnavailable as exc:
             if self._skip("load", exc):
                 return []
             raise
+        return self._loaded(session_id, limit, reply, started)
+
+    # -- load with a ledger's reserve on the same server (llmproxy.pipelining) -----------------
+
+    def _shared_load(
+        self, session_id: str, limit: int | None, reserve: Callable[[str], QueuedReserve | None]
+    ) -> tuple[list[HistoryRecord] | None, int, list[str], int, QueuedReserve | None]:
+        """The cached answer, or what a read needs: (hit, epoch, keys, limit arg, reserve)."""
+        hit, started = self._cached(session_id, limit)
+        tag = session_tag(session_id)
+        keys = [self.keys.messages(tag), self.keys.blobs(tag), self.keys.meta(tag)]
+        arg = -1 if limit is None else limit
+        if hit is not None:
+            return hit, started, keys, arg, None
+        return None, started, keys, arg, reserve(keys[0])
+
+    @staticmethod
+    def _load_pipe(client: Any, keys: list[str], arg: int, queued: QueuedReserve) -> Any:
+        pipe = client.pipeline(transaction=False)
+        pipe.execute_command("EVALSHA", scripts.SHAS[scripts.LOAD], len(keys), *keys, arg)
+        for command in queued.commands:
+            pipe.execute_command(*command)
+        return pipe
+
+    def _shared_failed(self, exc: StoreError, queued: QueuedReserve) -> bool:
+        """Tell the reserve the shared read failed; True to load again on a new connection."""
+        cause = _redis_cause(exc)
+        queued.failed(cause)
+        return isinstance(cause, redis.ConnectionError | OSError) and not isinstance(
+            cause, redis.TimeoutError
+        )
+
+    def load_with(
+        self, session_id: str, limit: int | None, reserve: Callable[[str], QueuedReserve | None]
+    ) -> list[HistoryRecord]:
+        """:meth:`load`, with a ledger's reserve in the same round trip (one pipeline).
+
+        ``reserve`` is called only when the session is not cached, with the session's list key
+        (the reserve's guard: see :mod:`llmproxy.pipelining`). On a cluster, a plain load.
+        """
+        if self.settings.cluster or _check_limit(limit) == 0:
+            return self.load(session_id, limit)
+        hit, started, keys, arg, queued = self._shared_load(session_id, limit, reserve)
+        if hit is not None:
+            return hit
+        if queued is None:
+            return self._load_sent(session_id, limit, keys, arg, started)
+        try:
+            replies = self._run(
+                "load",
+                lambda c: self._load_pipe(c, keys, arg, queued).execute(raise_on_error=False),
+                retry=False,
+            )
+        except StoreError as exc:
+            if self._shared_failed(exc, queued):
+                return self._load_sent(session_id, limit, keys, arg, started)
+            if isinstance(exc, RedisUnavailable) and self._skip("load", exc):
+                return []
+            raise
+        queued.done(replies[1:])
+        reply = replies[0]
+        if isinstance(reply, redis.exceptions.NoScriptError):
+            return self._load_sent(session_id, limit, keys, arg, started)
+        if isinstance(reply, BaseException):
+            raise self._error("load", reply) from reply
+        return self._loaded(session_id, limit, reply, started)
+
+    async def aload_with(
+        self, session_id: str, limit: int | None, reserve: Callable[[str], QueuedReserve | None]
+    ) -> list[HistoryRecord]:
+        """Async :meth:`load_with`."""
+        if self.settings.cluster or _check_limit(limit) == 0:
+            return await self.aload(session_id, limit)
+        hit, started, keys, arg, queued = self._shared_load(session_id, limit, reserve)
+        if hit is not None:
+            return hit
+        if queued is None:
+            return await self._aload_sent(session_id, limit, keys, arg, started)
+
+        async def run(client: Any) -> list[Any]:
+            replies: list[Any] = await self._load_pipe(client, keys, arg, queued).execute(
+                raise_on_error=False
+            )
+            return replies
+
+        try:
+            replies = await self._arun("load", run, retry=False)
+        except StoreError as exc:
+            if self._shared_failed(exc, queued):
+                return await self._aload_sent(session_id, limit, keys, arg, started)
+            if isinstance(exc, RedisUnavailable) and self._skip("load", exc):
+                return []
+            raise
+        queued.done(replies[1:])
+        reply = replies[0]
+        if isinstance(reply, redis.exceptions.NoScriptError):
+            return await self._aload_sent(session_id, limit, keys, arg, started)
+        if isinstance(reply, BaseException):
+            raise self._error("load", reply) from reply
         return self._loaded(session_id, limit, reply, started)
 
     # -- append ----------------------------------------------------------------------------------
@@ -416,65 +576,61 @@ class RedisHistoryStore:
     ) -> tuple[int | None, int | None]:
         """Queue one session's writes; return the indexes of the prune and append scripts' replies.
 
-        Records with ids go through the APPEND script, which skips a message whose hash exists
-        (the same record appended again); others are written with plain commands.
+        The APPEND script writes the messages (skipping a message whose hash exists: the same
+        record appended again), the meta hash and the index, and publishes the messages on the
+        feed (single Redis) for other processes' caches.
         """
         s, keys, ttl = self.settings, self.keys, self._ttl_ms
-        append_at = None
         for blob, data in plan.blobs.items():
             # the same bytes sent again in the session are stored once
             pipe.hsetnx(plan.blobs_key, blob, data)
         if plan.blobs and ttl:
             pipe.pexpire(plan.blobs_key, ttl)
-        if plan.idempotent:
-            with_list = globals_here and s.key_list
-            script_keys = [plan.list_key, *([keys.key_list] if with_list else [])]
-            args: list[Any] = [ttl or 0, "1" if with_list else "0"]
-            for fields in plan.hashes:
-                args.append(len(fields))
-                for name, value in fields.items():
-                    args += (name, value)
-            pipe.execute_command(
-                "EVAL",
-                scripts.APPEND,
-                len(script_keys) + len(plan.message_keys),
-                *script_keys,
-                *plan.message_keys,
-                *args,
-            )
-            append_at = len(pipe) - 1
-        else:
-            for key, fields in zip(plan.message_keys, plan.hashes, strict=True):
-                pipe.hset(key, mapping=fields)
-                if ttl:
-                    pipe.pexpire(key, ttl)
-            pipe.rpush(plan.list_key, *plan.message_keys)
-        pipe.hset(
-            plan.meta_key, mapping={"session_id": plan.session_id, "updated_at": plan.updated_at}
+        with_list = bool(globals_here and s.key_list)
+        script_keys = [
+            plan.list_key,
+            plan.meta_key,
+            *([keys.sessions] if globals_here else []),
+            *([keys.key_list] if with_list else []),
+        ]
+        args: list[Any] = [
+            ttl or 0,
+            "1" if with_list else "0",
+            "1" if globals_here else "0",
+            plan.session_id,
+            repr(plan.updated_at),
+            plan.created_at,
+            plan.tag,
+            "" if s.cluster else keys.feed,
+            self.writer,
+            json.dumps(plan.blobs, separators=(",", ":")) if plan.blobs else "{}",
+            "" if s.cluster else keys.mark(plan.tag, self.writer),
+        ]
+        for fields in plan.hashes:
+            args.append(len(fields))
+            for name, value in fields.items():
+                args += (name, value)
+        # ``execute_command``: a cluster pipeline has no ``eval`` method, but routes EVAL. EVAL,
+        # not EVALSHA: inside MULTI a missing script would fail alone, the rest applied.
+        pipe.execute_command(
+            "EVAL",
+            scripts.APPEND,
+            len(script_keys) + len(plan.message_keys),
+            *script_keys,
+            *plan.message_keys,
+            *args,
         )
-        pipe.hsetnx(plan.meta_key, "created_at", plan.created_at)
-        if ttl:
-            pipe.pexpire(plan.list_key, ttl)
-            pipe.pexpire(plan.meta_key, ttl)
-        if globals_here:
-            if s.key_list and not plan.idempotent:
-                pipe.rpush(keys.key_list, *plan.message_keys)
-            pipe.zadd(keys.sessions, {plan.tag: plan.updated_at})
+        append_at = len(pipe) - 1
         prune_at = None
         if s.max_messages is not None or ttl:
             prune_keys = [plan.list_key, plan.meta_key, plan.blobs_key]
             if globals_here and s.key_list:
                 prune_keys.append(keys.key_list)
             scan = _GLOBAL_HEAD_SCAN if ttl else 0
-            # ``execute_command``: a cluster pipeline has no ``eval`` method, but routes EVAL.
             pipe.execute_command(
                 "EVAL", scripts.PRUNE, len(prune_keys), *prune_keys, s.max_messages or 0, scan
             )
             prune_at = len(pipe) - 1
-        if not s.cluster:
-            mark = keys.mark(plan.tag, self.writer)
-            pipe.set(mark, "1")
-            pipe.delete(mark)
         return prune_at, append_at
 
     def _queue_globals(self, pipe: Any, plan: _Plan, removed: Sequence[str]) -> None:
@@ -572,6 +728,7 @@ class RedisHistoryStore:
                 plan.added() if ok else None,
                 self.settings.max_messages,
                 self.settings.ttl,
+                plan.version if ok else None,
             )
 
     def _store_sync(
@@ -585,7 +742,7 @@ class RedisHistoryStore:
         last_key = plans[-1].message_keys[-1]
         client = self._sync()
         for plan in plans:
-            plan.written = None
+            plan.written = plan.version = None
         try:
             return self._write_sync(client, plans, extra)
         except redis.TimeoutError as exc:
@@ -609,7 +766,7 @@ class RedisHistoryStore:
         last_key = plans[-1].message_keys[-1]
         client = self._async()
         for plan in plans:
-            plan.written = None
+            plan.written = plan.version = None
         try:
             return await self._write_async(client, plans, extra)
         except redis.TimeoutError as exc:
@@ -881,7 +1038,10 @@ def _note_written(plans: Sequence[_Plan], at: Sequence[int | None], replies: lis
     for plan, index in zip(plans, at, strict=True):
         if index is not None:
             reply = replies[index]
-            plan.written = None if isinstance(reply, BaseException) else list(reply)
+            if isinstance(reply, BaseException):
+                plan.written = plan.version = None
+            else:
+                plan.version, plan.written = int(reply[0]), list(reply[1])
 
 
 def _own_replies(replies: list[Any], extra: int) -> list[Any]:
