@@ -149,6 +149,29 @@ class Reserve(Effect):
         return reservation
 
 
+class DiscardEarly(Effect):
+    """Give up a reserve sent with the history load that no Reserve took (the call failed first).
+
+    Its hold is released (a round trip), so a call that ends before reserving never leaves
+    budget held until its lease expires and is charged (:mod:`llmproxy.pipelining`).
+    """
+
+    __slots__ = ("call",)
+
+    def __init__(self, call: Call) -> None:
+        self.call = call
+
+    def run(self, proxy: Proxy) -> None:
+        early = stale_early(self.call)
+        if early is not None:
+            early.discard()
+
+    async def arun(self, proxy: Proxy) -> None:
+        early = stale_early(self.call)
+        if early is not None:
+            await early.adiscard()
+
+
 class Settle(Effect):
     """Replace a hold with what was really used.
 
@@ -746,6 +769,8 @@ def _release(call: Call) -> Generator[Effect, Any, None]:
 
 def _abandon(call: Call) -> Generator[Effect, Any, None]:
     """The caller closed (or dropped) a stream: store what arrived, interrupted; settle."""
+    if call.early is not None:
+        yield DiscardEarly(call)
     state = call.stream
     if state is None or not state.received:
         settle = call.settle_args(None)
@@ -763,6 +788,8 @@ def _finish(call: Call, error: BaseException | None) -> Generator[Effect, Any, N
     cut short after text arrived is stored with what arrived, marked interrupted, and counted
     from it.
     """
+    if call.early is not None:
+        yield DiscardEarly(call)
     state = call.stream
     if (
         state is None

@@ -251,7 +251,9 @@ def load_reserving(proxy: Proxy, call: Call, session_id: str, limit: int) -> lis
 
     A reserve sent is kept on the call (``call.early``) for :func:`take_early`.
     """
-    if not call.claims:  # no budget: the ledger is not even opened
+    if not call.claims or call.cache_ttl is not None:
+        # No budget: the ledger is not even opened. A call that may be answered from the
+        # response cache reserves only once it knows it must call upstream.
         return proxy.history.load(session_id, limit)
     history = _reserving(proxy)
     box: list[Early] = []
@@ -272,7 +274,7 @@ async def aload_reserving(
     proxy: Proxy, call: Call, session_id: str, limit: int
 ) -> list[HistoryRecord]:
     """Async :func:`load_reserving`."""
-    if not call.claims:  # no budget: the ledger is not even opened
+    if not call.claims or call.cache_ttl is not None:  # (as load_reserving)
         return await proxy.history.aload(session_id, limit)
     history = _reserving(proxy)
     box: list[Early] = []

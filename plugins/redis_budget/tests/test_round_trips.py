@@ -300,3 +300,30 @@ def test_no_budget_opens_no_ledger(upstream: FakeOpenAI, redis_url: str, trips: 
         assert not proxy.ledger.opened
     finally:
         proxy.close()
+
+
+def test_a_call_asking_for_the_cache_holds_nothing_on_a_hit(
+    upstream: FakeOpenAI, redis_url: str
+) -> None:
+    # A reserve sent with the load and never taken would stay held until its lease ran out and
+    # then be charged: a call that may be answered from the cache sends none with its load.
+    proxy = Proxy(
+        {
+            "history_url": redis_url,
+            "ledger_url": redis_url,
+            "default_model": MODEL,
+            "cache": {"url": "memory://"},
+        },
+        budgets=_budgets(1),
+        environ={"OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": upstream.base_url},
+    )
+    try:
+        first = proxy.chat("Hello", session_id=f"c-{uuid.uuid4().hex}", cache=True)
+        hit = proxy.chat("Hello", session_id=f"c-{uuid.uuid4().hex}", cache=True)
+        assert hit.cache_hit and not first.cache_hit
+        [claim] = [b.claim(CallScope(model="gpt-5.4-mini", provider="openai")) for b in _budgets(1)]
+        [state] = proxy.ledger.usage([claim])
+        assert state.reserved == 0
+        assert state.used == first.usage.total_tokens
+    finally:
+        proxy.close()
