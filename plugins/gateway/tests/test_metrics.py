@@ -16,7 +16,13 @@ import httpx2 as httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from llmproxy.errors import BudgetExceeded, ConfigError, ProviderTimeout, RateLimited
+from llmproxy.errors import (
+    BudgetExceeded,
+    ConfigError,
+    ProviderTimeout,
+    ProviderUnavailable,
+    RateLimited,
+)
 from llmproxy.types import CallEvent, Usage
 from llmproxy_gateway import env
 from llmproxy_gateway import metrics as metrics_module
@@ -24,7 +30,7 @@ from llmproxy_gateway.metrics import BudgetCollector, GatewayMetrics
 from llmproxy_testing._http import Fault
 from llmproxy_testing.fake_openai import FakeOpenAI
 
-from .conftest import ADMIN_KEY, GatewayProcess, serve_gateway
+from .conftest import ADMIN_KEY, UPSTREAM_KEY, GatewayProcess, serve_gateway
 
 BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -133,6 +139,59 @@ def test_refusals_and_upstream_errors_are_counted_by_kind() -> None:
         == 1
     )
     assert total(found, "llmproxy_upstream_errors_total") == 1
+
+
+def test_attempt_errors_are_counted_where_their_attempts_went() -> None:
+    metrics = GatewayMetrics()
+    retried = ProviderUnavailable("busy", provider="openai", model="gpt-4o-mini", status=503)
+    moved = ProviderUnavailable("overloaded", provider="azure", model="gpt-4o", status=529)
+    metrics.observe(event(attempt_errors=(retried,)))
+    late = ProviderTimeout("late", provider="openai", model="gpt-4o-mini")
+    metrics.observe(event(outcome="error", error=late, attempt_errors=(retried, moved)))
+    metrics.observe(event(attempt_errors=(ValueError("not an upstream error"),)))
+    found = samples(metrics.render().decode())
+
+    here = {"model": "gpt-4o-mini", "provider": "openai"}
+    assert value(found, "llmproxy_upstream_errors_total", **here, kind="ProviderUnavailable") == 2
+    assert value(found, "llmproxy_upstream_errors_total", **here, kind="ProviderTimeout") == 1
+    there = {"model": "gpt-4o", "provider": "azure"}
+    assert value(found, "llmproxy_upstream_errors_total", **there, kind="ProviderUnavailable") == 1
+    assert total(found, "llmproxy_upstream_errors_total") == 4
+    assert value(found, "llmproxy_requests_total", **here, key="k1", outcome="ok") == 2
+    assert total(found, "llmproxy_requests_total", model="gpt-4o") == 0  # no call ended there
+
+
+def test_a_retried_503_then_ok_is_counted_once_through_a_proxy(
+    upstream: FakeOpenAI, tmp_path: Path
+) -> None:
+    from llmproxy import Proxy
+
+    metrics = GatewayMetrics()
+    proxy = Proxy(
+        {"retry": {"max_attempts": 2, "initial_backoff": 0.001, "jitter": 0.0}},
+        environ={
+            "OPENAI_API_KEY": UPSTREAM_KEY,
+            "OPENAI_BASE_URL": upstream.base_url,
+            "LLMPROXY_DATA_DIR": str(tmp_path),
+        },
+        history="memory://",
+        ledger="memory://",
+        observers=[metrics.observe],
+    )
+    try:
+        upstream.enqueue(Fault.status(503))
+        proxy.chat("hi", model="openai/gpt-4o-mini")
+        upstream.enqueue(Fault.status(503), Fault.status(503))  # retried, then the call's end
+        with pytest.raises(ProviderUnavailable):
+            proxy.chat("hi", model="openai/gpt-4o-mini")
+    finally:
+        proxy.close()
+    found = samples(metrics.render().decode())
+    labels = {"model": "gpt-4o-mini", "provider": "openai"}
+    assert value(found, "llmproxy_requests_total", **labels, key="", outcome="ok") == 1
+    assert value(found, "llmproxy_requests_total", **labels, key="", outcome="error") == 1
+    # One for the first call's retried attempt, two for the second's (not three).
+    assert value(found, "llmproxy_upstream_errors_total", **labels, kind="ProviderUnavailable") == 3
 
 
 def test_an_error_seen_in_an_event_is_not_counted_again_as_rejected() -> None:
@@ -315,6 +374,33 @@ def test_two_workers_report_one_view_of_every_request(
     )
     assert value(first, "llmproxy_tokens_total", **labels, kind="output") == sum(
         r.output_tokens for r in rows
+    )
+
+
+def test_a_retried_upstream_error_is_counted_through_the_gateway(
+    gateway: GatewayProcess, upstream: FakeOpenAI
+) -> None:
+    secret = gateway.key("retried")
+    record = gateway.keys.verify(secret)
+    assert record is not None
+    before = scrape(gateway)
+    upstream.enqueue(Fault.status(503))  # the gateway's configuration retries once
+    response = httpx.post(
+        f"{gateway.url}/v1/chat/completions",
+        json=BODY,
+        headers={"authorization": f"Bearer {secret}"},
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
+    found = scrape(gateway)
+    labels = {"model": "gpt-4o-mini", "provider": "openai", "key": record.id}
+    assert value(found, "llmproxy_requests_total", **labels, outcome="ok") == 1
+    assert value(found, "llmproxy_requests_total", **labels, outcome="error") == 0
+    kind = {"model": "gpt-4o-mini", "provider": "openai", "kind": "ProviderUnavailable"}
+    assert (
+        value(found, "llmproxy_upstream_errors_total", **kind)
+        - value(before, "llmproxy_upstream_errors_total", **kind)
+        == 1
     )
 
 
