@@ -206,7 +206,7 @@ def configure_keys(parser: argparse.ArgumentParser) -> None:
     )
     create.add_argument("--admin", action="store_true", help="the key also opens the dashboard")
     create.add_argument("--name", help="a label shown in keys list")
-    sub.add_parser("list", help="list keys (ids, users, budgets; never the keys)")
+    sub.add_parser("list", help="list keys (ids, users, budgets, models, cache; never the keys)")
     revoke = sub.add_parser("revoke", help="revoke a key by id")
     revoke.add_argument("id")
 
@@ -256,8 +256,8 @@ def keys(args: argparse.Namespace) -> int:
                 name = f" {k.name!r}" if k.name else ""
                 out.write(
                     f"{k.id}\t{k.user}\t{', '.join(k.budgets) or '-'}"
-                    f"\t{', '.join(k.models) or 'any model'}\t{state}{admin}"
-                    f"\tcreated {_when(k.created_at)}{name}\n"
+                    f"\t{', '.join(k.models) or 'any model'}\tcache {_cache_text(k.cache)}"
+                    f"\t{state}{admin}\tcreated {_when(k.created_at)}{name}\n"
                 )
         else:
             record = store.revoke(args.id)
@@ -268,6 +268,7 @@ def keys(args: argparse.Namespace) -> int:
 
 
 def _cache_text(cache: bool | float) -> str:
+    """A key's cache setting as ``keys create`` and ``keys list`` show it: on, off, 600 s."""
     if cache is True:
         return "on"
     return "off" if cache is False else f"{cache:g} s"
