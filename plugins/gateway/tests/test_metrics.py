@@ -265,6 +265,23 @@ def test_metrics_variables() -> None:
         env.metrics_open({env.METRICS_PORT: "9464", env.METRICS_AUTH: "open"})
 
 
+def test_serve_flags_win_over_the_metrics_variables() -> None:
+    # --metrics-port and --metrics-auth (the given values) over the variables.
+    assert env.metrics_port({}, 9464) == 9464
+    assert env.metrics_port({env.METRICS_PORT: "9000"}, 0) == 0
+    assert env.metrics_port({env.METRICS_PORT: "nine"}, 9464) == 9464
+    with pytest.raises(ConfigError, match="--metrics-port must be a port number"):
+        env.metrics_port({}, 70000)
+    assert env.metrics_open({}, "none", 9464) is True
+    assert env.metrics_open({env.METRICS_PORT: "9464"}, "none") is True
+    assert env.metrics_open({env.METRICS_AUTH: "none"}, None, 0) is True  # the flag's port
+    assert env.metrics_open({env.METRICS_PORT: "9464", env.METRICS_AUTH: "none"}, "admin") is False
+    with pytest.raises(ConfigError, match="--metrics-auth none needs"):
+        env.metrics_open({}, "none")
+    with pytest.raises(ConfigError, match="--metrics-auth must be admin or none"):
+        env.metrics_open({}, "open", 9464)
+
+
 # -- llmproxy serve --workers 2 ----------------------------------------------------------------
 
 
@@ -502,6 +519,59 @@ def test_a_separate_port_that_needs_the_key(upstream: FakeOpenAI, tmp_path: Path
     finally:
         for _ in served:  # the generator's end stops the gateway
             pass
+
+
+def test_the_serve_flags_open_a_separate_metrics_port(upstream: FakeOpenAI, tmp_path: Path) -> None:
+    """``--metrics-port 0 --metrics-auth none``, over a variable that asks for the key."""
+    served = serve_gateway(
+        upstream,
+        tmp_path,
+        args=("--metrics-port", "0", "--metrics-auth", "none"),
+        LLMPROXY_GATEWAY_METRICS_AUTH="admin",
+    )
+    gateway = next(served)
+    try:
+        url = metrics_url(gateway)
+        assert not url.startswith(gateway.url + "/")  # another port
+        secret = gateway.key("flagged")
+        call = httpx.post(
+            f"{gateway.url}/v1/chat/completions",
+            json=BODY,
+            headers={"authorization": f"Bearer {secret}"},
+            timeout=30,
+        )
+        assert call.status_code == 200
+        response = httpx.get(url, timeout=30)  # no key: --metrics-auth none won
+        assert response.status_code == 200
+        assert total(samples(response.text), "llmproxy_requests_total", outcome="ok") == 1
+        base = url.removesuffix("/metrics")
+        assert httpx.get(f"{base}/dashboard", timeout=30).status_code == 404
+        # The gateway's own port still asks for the admin key.
+        assert httpx.get(f"{gateway.url}/metrics", timeout=30).status_code == 401
+    finally:
+        for _ in served:  # the generator's end stops the gateway
+            pass
+
+
+def test_bad_metrics_flags_are_refused_before_serving(tmp_path: Path) -> None:
+    from .conftest import LLMPROXY, clean_env
+
+    environ = clean_env(LLMPROXY_DATA_DIR=str(tmp_path), LLMPROXY_ADMIN_KEY=ADMIN_KEY)
+    for args, message in (
+        (["--metrics-auth", "none"], "--metrics-auth none needs LLMPROXY_GATEWAY_METRICS_PORT"),
+        (["--metrics-port", "70000"], "--metrics-port must be a port number from 0 to 65535"),
+        (["--metrics-auth", "open"], "invalid choice: 'open'"),
+    ):
+        done = subprocess.run(
+            [LLMPROXY, "serve", "--port", "0", *args],
+            env=environ,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 2, (args, done.stdout, done.stderr)
+        assert message in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr and "gateway on" not in done.stdout
 
 
 def test_the_private_directory_replaces_those_of_gateways_that_died(
