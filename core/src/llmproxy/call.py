@@ -1537,4 +1537,5 @@ __all__ = [
     "ToolSpec",
     "as_messages",
     "as_texts",
+    "earlier_errors",
 ]
