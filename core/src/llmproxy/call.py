@@ -345,6 +345,7 @@ class Call:
 
     __slots__ = (
         "asked_cap",
+        "attempt_errors",
         "attempts",
         "cache_for",
         "cache_hit",
@@ -428,6 +429,7 @@ class Call:
         self.stream: StreamState | None = None
         self.fallbacks = proxy._fallbacks_for(options.model, options.fallbacks)
         self.total_attempts = 0
+        self.attempt_errors: tuple[BaseException, ...] = ()
         self.route = proxy._route_for(options.model)
         self._target(self._routed() if self.route is not None else proxy._resolve(options.model))
         use_history = (
@@ -550,6 +552,14 @@ class Call:
         """An attempt ended (answered, or with ``error``): the router learns from it."""
         if self.route is not None:
             self.route.end(error, answered=answered)
+
+    def attempt_failed(self, error: BaseException) -> None:
+        """An attempt failed with ``error`` (not the caller closing a stream).
+
+        The router learns from it, and the call's event carries it (``attempt_errors``).
+        """
+        self.end_attempt(error, answered=False)
+        self.attempt_errors += (error,)
 
     def failover_wait(self, error: BaseException) -> float | None:
         """After a failed attempt on a deployment: seconds to wait before the next one, or None.
@@ -1126,18 +1136,21 @@ class Call:
                 cache_hit=self.cache_hit,
                 alias=self.alias(),
                 ttft=self.ttft(),
+                attempt_errors=earlier_errors(self.attempt_errors, error),
             )
         )
 
     def interrupted_error(self, error: BaseException) -> BaseException:
         """The error the caller sees: a provider failure after text arrived is an interruption."""
         if self.delivered() and isinstance(error, ProviderError):
-            return StreamInterrupted(
+            interrupted = StreamInterrupted(
                 f"stream broke after part of the answer arrived: {error.detail}",
                 provider=error.provider,
                 model=error.model,
                 status=error.status,
             )
+            interrupted.__cause__ = error  # (raised from it; set now for earlier_errors)
+            return interrupted
         return error
 
 
@@ -1247,6 +1260,7 @@ class EmbedCall:
     """
 
     __slots__ = (
+        "attempt_errors",
         "attempts",
         "claims",
         "counts",
@@ -1307,6 +1321,7 @@ class EmbedCall:
         self.extra = extra
         self.spent = Usage()
         self.total_attempts = 0
+        self.attempt_errors: tuple[BaseException, ...] = ()
         self.fallbacks = proxy._fallbacks_for(model, fallbacks)
         self._target(proxy._resolve(model))
 
@@ -1493,8 +1508,25 @@ class EmbedCall:
                 self.key,
                 self.tags,
                 "embed",
+                attempt_errors=earlier_errors(self.attempt_errors, error),
             )
         )
+
+
+def earlier_errors(
+    failed: tuple[BaseException, ...], error: BaseException | None
+) -> tuple[BaseException, ...]:
+    """The attempts' errors of ``failed`` but the one that ended the call as ``error``.
+
+    ``error`` is that attempt's own error re-raised, or a
+    :class:`~llmproxy.errors.StreamInterrupted` made from it (its ``__cause__``); any other
+    error (a budget refusing a fallback, a store failing) leaves every attempt's error.
+    """
+    if failed and error is not None:
+        last = failed[-1]
+        if error is last or error.__cause__ is last:
+            return failed[:-1]
+    return failed
 
 
 __all__ = [
@@ -1507,4 +1539,5 @@ __all__ = [
     "ToolSpec",
     "as_messages",
     "as_texts",
+    "earlier_errors",
 ]

@@ -704,7 +704,7 @@ def _turn(call: Call, request: ChatRequest) -> Generator[Effect, Any, tuple[Comp
                     call.end_attempt(exc, answered=False)
                     raise
                 except BaseException as exc:
-                    call.end_attempt(exc, answered=False)
+                    call.attempt_failed(exc)
                     delay = call.retry_delay(exc)
                     if delay is None:
                         raise
@@ -875,6 +875,7 @@ def _embed_batch(
         except GeneratorExit:
             raise
         except BaseException as exc:
+            call.attempt_errors += (exc,)
             delay = call.retry_delay(exc, tries)
             if delay is None:
                 raise

@@ -559,6 +559,13 @@ class CallEvent:
     ttft: float | None = None
     """Seconds from the call's start to its first streamed chunk of text (None for whole calls,
     and for streams that delivered no text)."""
+    attempt_errors: tuple[BaseException, ...] = ()
+    """The errors of the call's upstream attempts that failed before the one that ended it, in
+    order: each attempt that was retried, or moved on from to a fallback model or another
+    deployment of an alias. The error that ended the call is ``error`` and is not repeated here
+    (nor the one a :class:`~llmproxy.errors.StreamInterrupted` ``error`` wraps). A
+    :class:`~llmproxy.errors.ProviderError` among them names the ``provider`` and ``model`` its
+    attempt was sent to, which may differ from the event's after a failover."""
 
 
 @frozen

@@ -133,8 +133,13 @@ def upstream() -> Iterator[FakeOpenAI]:
         yield server
 
 
-def serve_gateway(upstream: FakeOpenAI, root: Path, **extra: str) -> Iterator[GatewayProcess]:
-    """Run a gateway with its data under ``root`` in front of ``upstream``, then stop it."""
+def serve_gateway(
+    upstream: FakeOpenAI, root: Path, *, args: tuple[str, ...] = (), **extra: str
+) -> Iterator[GatewayProcess]:
+    """Run a gateway with its data under ``root`` in front of ``upstream``, then stop it.
+
+    ``args`` are more arguments of ``llmproxy serve``; ``extra`` more environment variables.
+    """
     config = root / "llmproxy.toml"
     config.write_text(CONFIG)
     env = clean_env(
@@ -146,7 +151,7 @@ def serve_gateway(upstream: FakeOpenAI, root: Path, **extra: str) -> Iterator[Ga
         LLMPROXY_USAGE_LOG_URL=f"sqlite:///{root}/data/usage.db?flush_interval=0.05",
         **extra,
     )
-    server = GatewayProcess(env, root / "data")
+    server = GatewayProcess(env, root / "data", *args)
     yield server
     server.stop()
     server.keys.close()

@@ -18,9 +18,10 @@ from typing import Any
 import openai
 import pytest
 
+from llmproxy_testing.fake_openai import FakeOpenAI
 from llmproxy_usage_log import UsageRecord
 
-from .conftest import ADMIN_KEY, GatewayProcess
+from .conftest import ADMIN_KEY, GatewayProcess, chat_bodies, serve_gateway
 
 ROOT = Path(__file__).resolve().parents[3]
 SCREENSHOT = ROOT / "test-output" / "dashboard.png"
@@ -36,6 +37,20 @@ CHROMIUM_ARGS = [
 ]
 
 pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    upstream: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
+    """The gateway of the other tests, with a response cache (so the page shows hits)."""
+    root = tmp_path_factory.mktemp("dashboard")
+    yield from serve_gateway(
+        upstream,
+        root,
+        LLMPROXY_GATEWAY_MAX_BODY="1000000",
+        LLMPROXY_CACHE_URL=f"sqlite:///{root}/data/cache.db",
+    )
 
 
 def chromium_path() -> str | None:
@@ -90,7 +105,9 @@ def wait_for_refresh(page: Any) -> None:
     page.wait_for_function(f"Number(document.body.dataset.version) > {version}", timeout=15_000)
 
 
-def test_dashboard_shows_the_usage_log_live(gateway: GatewayProcess, browser: Any) -> None:
+def test_dashboard_shows_the_usage_log_live(
+    gateway: GatewayProcess, upstream: FakeOpenAI, browser: Any
+) -> None:
     keys = {
         "ann": gateway.key("ann", "tokens:100000/month"),
         "bob": gateway.key("bob", "usd:5/day", "requests:100/minute"),
@@ -113,6 +130,16 @@ def test_dashboard_shows_the_usage_log_live(gateway: GatewayProcess, browser: An
         stream_options={"include_usage": True},
     ):
         pass
+    # The same request twice, asking for the cache: one upstream call, then one cache hit.
+    dee = openai.OpenAI(base_url=gateway.url + "/v1", api_key=gateway.key("dee"), max_retries=0)
+    sent = len(chat_bodies(upstream))
+    for _ in range(2):
+        dee.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "cache this one"}],
+            extra_headers={"x-llmproxy-cache": "on"},
+        )
+    assert len(chat_bodies(upstream)) == sent + 1
     cy = openai.OpenAI(base_url=gateway.url + "/v1", api_key=limited, max_retries=0)
     cy.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
     with pytest.raises(openai.RateLimitError):
@@ -142,8 +169,11 @@ def test_dashboard_shows_the_usage_log_live(gateway: GatewayProcess, browser: An
         assert number(page.inner_text("#summary-output")) == total.output_tokens
         assert number(page.inner_text("#summary-tokens")) == total.total_tokens
         assert number(page.inner_text("#summary-cost")) == pytest.approx(total.cost, abs=1e-6)
-        rate = 100 * total.cache_hits / total.calls if total.calls else 0.0
-        assert page.inner_text("#summary-cache") == f"{total.cache_hits:,} ({rate:.1f}%)"
+        assert total.cache_hits == 1  # dee's second call
+        rate = 100 * total.cache_hits / total.calls
+        assert page.inner_text("#summary-cache") == f"1 ({rate:.1f}%)"
+        assert page.get_attribute("#summary-cache", "data-value") == "1"
+        assert rate > 0
         for dim in ("model", "alias", "user", "key"):
             rows = page.locator(f"#totals-{dim} tbody tr[data-group]")
             shown = {

@@ -143,7 +143,10 @@ def test_the_keys_command(tmp_path: Path) -> None:
     assert admin.returncode == 0 and "for user admin (admin)" in admin.stdout
     listed = run(["list"], tmp_path)
     assert listed.returncode == 0
-    assert f"{key_id}\tbob\tusd:5/day, requests:60/minute\tany model\tactive" in listed.stdout
+    assert (
+        f"{key_id}\tbob\tusd:5/day, requests:60/minute\tany model\tcache off\tactive"
+        in listed.stdout
+    )
     assert key.split("-", 3)[3] not in listed.stdout
     revoked = run(["revoke", key_id], tmp_path)
     assert revoked.returncode == 0 and f"revoked key {key_id}" in revoked.stdout
@@ -210,11 +213,49 @@ def test_a_keys_model_allow_list_is_stored_and_listed(tmp_path: Path) -> None:
     assert record is not None and record.models == ("openai/*", "fast")
     assert record.to_json()["models"] == ["openai/*", "fast"]
     store.close()
-    assert "\teve\t-\topenai/*, fast\tactive" in run(["list"], tmp_path).stdout
+    assert "\teve\t-\topenai/*, fast\tcache off\tactive" in run(["list"], tmp_path).stdout
     bad = run(["create", "--user", "x", "--models", "openai/*,,fast"], tmp_path)
     assert bad.returncode == 2 and "empty entry" in bad.stderr and "Traceback" not in bad.stderr
     spaced = run(["create", "--user", "x", "--models", "open ai/*"], tmp_path)
     assert spaced.returncode == 2 and "'open ai/*'" in spaced.stderr
+
+
+def test_a_keys_cache_setting_is_stored_and_listed(tmp_path: Path) -> None:
+    made = {}
+    for user, flags, shown in (
+        ("ann", ["--cache"], "on"),
+        ("bob", ["--cache", "600"], "600 s"),
+        ("cy", ["--cache", "2.5", "--admin"], "2.5 s"),
+        ("dee", [], "off"),
+        ("eve", ["--cache", "off"], "off"),
+    ):
+        created = run(["create", "--user", user, *flags], tmp_path)
+        assert created.returncode == 0, created.stderr
+        assert f", cache: {shown}\n" in created.stdout
+        made[user] = (created.stdout.split()[-1], shown)
+    store = KeyStore(tmp_path / "keys.db")
+    try:
+        stored = {user: store.verify(secret) for user, (secret, _shown) in made.items()}
+    finally:
+        store.close()
+    assert {user: r.cache for user, r in stored.items() if r is not None} == {
+        "ann": True,
+        "bob": 600.0,
+        "cy": 2.5,
+        "dee": False,
+        "eve": False,
+    }
+    listed = run(["list"], tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    lines = {line.split("\t")[1]: line.split("\t") for line in listed.stdout.splitlines()}
+    for user, (_secret, shown) in made.items():
+        assert lines[user][4] == f"cache {shown}", lines[user]
+    assert lines["cy"][5] == "active admin"
+    for bad in ("0", "-5", "soon"):
+        refused = run(["create", "--user", "x", "--cache", bad], tmp_path)
+        assert refused.returncode == 2, refused.stdout
+        assert "--cache takes on, off or a time to live" in refused.stderr
+        assert "Traceback" not in refused.stderr
 
 
 def test_may_use_matches_names_aliases_and_patterns() -> None:

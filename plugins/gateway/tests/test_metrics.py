@@ -16,7 +16,13 @@ import httpx2 as httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from llmproxy.errors import BudgetExceeded, ConfigError, ProviderTimeout, RateLimited
+from llmproxy.errors import (
+    BudgetExceeded,
+    ConfigError,
+    ProviderTimeout,
+    ProviderUnavailable,
+    RateLimited,
+)
 from llmproxy.types import CallEvent, Usage
 from llmproxy_gateway import env
 from llmproxy_gateway import metrics as metrics_module
@@ -24,7 +30,7 @@ from llmproxy_gateway.metrics import BudgetCollector, GatewayMetrics
 from llmproxy_testing._http import Fault
 from llmproxy_testing.fake_openai import FakeOpenAI
 
-from .conftest import ADMIN_KEY, GatewayProcess, serve_gateway
+from .conftest import ADMIN_KEY, UPSTREAM_KEY, GatewayProcess, serve_gateway
 
 BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -142,6 +148,59 @@ def test_refusals_and_upstream_errors_are_counted_by_kind() -> None:
     assert total(found, "llmproxy_upstream_errors_total") == 1
 
 
+def test_attempt_errors_are_counted_where_their_attempts_went() -> None:
+    metrics = GatewayMetrics()
+    retried = ProviderUnavailable("busy", provider="openai", model="gpt-4o-mini", status=503)
+    moved = ProviderUnavailable("overloaded", provider="azure", model="gpt-4o", status=529)
+    metrics.observe(event(attempt_errors=(retried,)))
+    late = ProviderTimeout("late", provider="openai", model="gpt-4o-mini")
+    metrics.observe(event(outcome="error", error=late, attempt_errors=(retried, moved)))
+    metrics.observe(event(attempt_errors=(ValueError("not an upstream error"),)))
+    found = samples(metrics.render().decode())
+
+    here = {"model": "gpt-4o-mini", "provider": "openai"}
+    assert value(found, "llmproxy_upstream_errors_total", **here, kind="ProviderUnavailable") == 2
+    assert value(found, "llmproxy_upstream_errors_total", **here, kind="ProviderTimeout") == 1
+    there = {"model": "gpt-4o", "provider": "azure"}
+    assert value(found, "llmproxy_upstream_errors_total", **there, kind="ProviderUnavailable") == 1
+    assert total(found, "llmproxy_upstream_errors_total") == 4
+    assert value(found, "llmproxy_requests_total", **here, key="k1", outcome="ok") == 2
+    assert total(found, "llmproxy_requests_total", model="gpt-4o") == 0  # no call ended there
+
+
+def test_a_retried_503_then_ok_is_counted_once_through_a_proxy(
+    upstream: FakeOpenAI, tmp_path: Path
+) -> None:
+    from llmproxy import Proxy
+
+    metrics = GatewayMetrics()
+    proxy = Proxy(
+        {"retry": {"max_attempts": 2, "initial_backoff": 0.001, "jitter": 0.0}},
+        environ={
+            "OPENAI_API_KEY": UPSTREAM_KEY,
+            "OPENAI_BASE_URL": upstream.base_url,
+            "LLMPROXY_DATA_DIR": str(tmp_path),
+        },
+        history="memory://",
+        ledger="memory://",
+        observers=[metrics.observe],
+    )
+    try:
+        upstream.enqueue(Fault.status(503))
+        proxy.chat("hi", model="openai/gpt-4o-mini")
+        upstream.enqueue(Fault.status(503), Fault.status(503))  # retried, then the call's end
+        with pytest.raises(ProviderUnavailable):
+            proxy.chat("hi", model="openai/gpt-4o-mini")
+    finally:
+        proxy.close()
+    found = samples(metrics.render().decode())
+    labels = {"model": "gpt-4o-mini", "provider": "openai"}
+    assert value(found, "llmproxy_requests_total", **labels, key="", outcome="ok") == 1
+    assert value(found, "llmproxy_requests_total", **labels, key="", outcome="error") == 1
+    # One for the first call's retried attempt, two for the second's (not three).
+    assert value(found, "llmproxy_upstream_errors_total", **labels, kind="ProviderUnavailable") == 3
+
+
 def test_an_error_seen_in_an_event_is_not_counted_again_as_rejected() -> None:
     metrics = GatewayMetrics()
     seen = ProviderTimeout("late", provider="openai", model="gpt-4o-mini")
@@ -211,6 +270,23 @@ def test_metrics_variables() -> None:
         env.metrics_open({env.METRICS_AUTH: "none"})
     with pytest.raises(ConfigError, match="admin or none"):
         env.metrics_open({env.METRICS_PORT: "9464", env.METRICS_AUTH: "open"})
+
+
+def test_serve_flags_win_over_the_metrics_variables() -> None:
+    # --metrics-port and --metrics-auth (the given values) over the variables.
+    assert env.metrics_port({}, 9464) == 9464
+    assert env.metrics_port({env.METRICS_PORT: "9000"}, 0) == 0
+    assert env.metrics_port({env.METRICS_PORT: "nine"}, 9464) == 9464
+    with pytest.raises(ConfigError, match="--metrics-port must be a port number"):
+        env.metrics_port({}, 70000)
+    assert env.metrics_open({}, "none", 9464) is True
+    assert env.metrics_open({env.METRICS_PORT: "9464"}, "none") is True
+    assert env.metrics_open({env.METRICS_AUTH: "none"}, None, 0) is True  # the flag's port
+    assert env.metrics_open({env.METRICS_PORT: "9464", env.METRICS_AUTH: "none"}, "admin") is False
+    with pytest.raises(ConfigError, match="--metrics-auth none needs"):
+        env.metrics_open({}, "none")
+    with pytest.raises(ConfigError, match="--metrics-auth must be admin or none"):
+        env.metrics_open({}, "open", 9464)
 
 
 # -- llmproxy serve --workers 2 ----------------------------------------------------------------
@@ -325,6 +401,33 @@ def test_two_workers_report_one_view_of_every_request(
     )
 
 
+def test_a_retried_upstream_error_is_counted_through_the_gateway(
+    gateway: GatewayProcess, upstream: FakeOpenAI
+) -> None:
+    secret = gateway.key("retried")
+    record = gateway.keys.verify(secret)
+    assert record is not None
+    before = scrape(gateway)
+    upstream.enqueue(Fault.status(503))  # the gateway's configuration retries once
+    response = httpx.post(
+        f"{gateway.url}/v1/chat/completions",
+        json=BODY,
+        headers={"authorization": f"Bearer {secret}"},
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
+    found = scrape(gateway)
+    labels = {"model": "gpt-4o-mini", "provider": "openai", "key": record.id}
+    assert value(found, "llmproxy_requests_total", **labels, outcome="ok") == 1
+    assert value(found, "llmproxy_requests_total", **labels, outcome="error") == 0
+    kind = {"model": "gpt-4o-mini", "provider": "openai", "kind": "ProviderUnavailable"}
+    assert (
+        value(found, "llmproxy_upstream_errors_total", **kind)
+        - value(before, "llmproxy_upstream_errors_total", **kind)
+        == 1
+    )
+
+
 def test_rate_limit_refusals_and_budget_gauges(gateway: GatewayProcess) -> None:
     record, secret = gateway.keys.create("limited", budgets=["requests:3/minute"], name="ci-bot")
     headers = {"authorization": f"Bearer {secret}"}
@@ -423,6 +526,59 @@ def test_a_separate_port_that_needs_the_key(upstream: FakeOpenAI, tmp_path: Path
     finally:
         for _ in served:  # the generator's end stops the gateway
             pass
+
+
+def test_the_serve_flags_open_a_separate_metrics_port(upstream: FakeOpenAI, tmp_path: Path) -> None:
+    """``--metrics-port 0 --metrics-auth none``, over a variable that asks for the key."""
+    served = serve_gateway(
+        upstream,
+        tmp_path,
+        args=("--metrics-port", "0", "--metrics-auth", "none"),
+        LLMPROXY_GATEWAY_METRICS_AUTH="admin",
+    )
+    gateway = next(served)
+    try:
+        url = metrics_url(gateway)
+        assert not url.startswith(gateway.url + "/")  # another port
+        secret = gateway.key("flagged")
+        call = httpx.post(
+            f"{gateway.url}/v1/chat/completions",
+            json=BODY,
+            headers={"authorization": f"Bearer {secret}"},
+            timeout=30,
+        )
+        assert call.status_code == 200
+        response = httpx.get(url, timeout=30)  # no key: --metrics-auth none won
+        assert response.status_code == 200
+        assert total(samples(response.text), "llmproxy_requests_total", outcome="ok") == 1
+        base = url.removesuffix("/metrics")
+        assert httpx.get(f"{base}/dashboard", timeout=30).status_code == 404
+        # The gateway's own port still asks for the admin key.
+        assert httpx.get(f"{gateway.url}/metrics", timeout=30).status_code == 401
+    finally:
+        for _ in served:  # the generator's end stops the gateway
+            pass
+
+
+def test_bad_metrics_flags_are_refused_before_serving(tmp_path: Path) -> None:
+    from .conftest import LLMPROXY, clean_env
+
+    environ = clean_env(LLMPROXY_DATA_DIR=str(tmp_path), LLMPROXY_ADMIN_KEY=ADMIN_KEY)
+    for args, message in (
+        (["--metrics-auth", "none"], "--metrics-auth none needs LLMPROXY_GATEWAY_METRICS_PORT"),
+        (["--metrics-port", "70000"], "--metrics-port must be a port number from 0 to 65535"),
+        (["--metrics-auth", "open"], "invalid choice: 'open'"),
+    ):
+        done = subprocess.run(
+            [LLMPROXY, "serve", "--port", "0", *args],
+            env=environ,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 2, (args, done.stdout, done.stderr)
+        assert message in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr and "gateway on" not in done.stdout
 
 
 def test_the_private_directory_replaces_those_of_gateways_that_died(

@@ -391,3 +391,47 @@ def test_bad_environment_variables() -> None:
 def test_tables_without_kind_are_left_to_their_plugin() -> None:
     config = load_config({"providers": {"openai": {"organization": "org-1"}}})
     assert config.providers["openai"] == {"organization": "org-1"}
+
+
+@pytest.mark.parametrize("mode", ["stream", "astream"])
+def test_a_server_that_omits_stream_usage_is_counted_from_what_arrived(mode: str) -> None:
+    """``stream_options.include_usage`` ignored: the usage is an estimate, an upper bound of the
+    server's own count, and the token budget is settled with it (nothing left held)."""
+    prompt = "Count the words of this sentence, please, all of them."
+    with FakeOpenAI(stream_usage=False) as server:
+        proxy = Proxy(
+            {"providers": {"vllm": {"kind": "openai-compatible", "base_url": server.base_url}}},
+            environ={},
+            history="memory://",
+            ledger="memory://",
+            budgets=[LLMBudget(max_tokens=100_000)],
+        )
+        with proxy:
+            whole = proxy.chat(prompt, model="vllm/llama3.3", use_history=False)
+            reported = whole.usage  # a whole answer always carries the server's count
+            assert not reported.estimated and reported.input_tokens and reported.output_tokens
+            if mode == "stream":
+                events = list(proxy.stream(prompt, model="vllm/llama3.3", use_history=False))
+            else:
+
+                async def collect() -> list[Any]:
+                    stream = proxy.astream(prompt, model="vllm/llama3.3", use_history=False)
+                    return [ev async for ev in stream]
+
+                events = asyncio.run(collect())
+            [budget] = proxy.usage()
+        body = json.loads(server.last_request.body)
+    assert body["stream_options"] == {"include_usage": True}  # asked, and ignored
+    assert "".join(ev.text or "" for ev in events) == whole.text
+    final = events[-1]
+    assert final.done and final.usage is not None
+    usage = final.usage
+    assert usage.estimated
+    # Upper bounds of what the server counted, and plausible ones: no more tokens than the
+    # text has bytes (plus, for the input, the message's framing and the input margin), not
+    # the budget's room or the model's output limit.
+    assert reported.input_tokens <= usage.input_tokens <= 2 * len(prompt.encode())
+    assert reported.output_tokens <= usage.output_tokens <= len(whole.text.encode())
+    # The budget settled both calls with what they used: nothing is left held.
+    assert budget.reserved == 0
+    assert budget.used == reported.total_tokens + usage.total_tokens

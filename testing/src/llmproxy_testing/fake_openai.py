@@ -312,6 +312,9 @@ class FakeOpenAI(FakeServer):
         models: Model ids listed by ``GET /v1/models``.
         min_output_tokens: The smallest ``max_output_tokens`` the Responses
             API accepts (OpenAI's is 16; tests of tiny caps lower it).
+        stream_usage: ``False`` ignores a chat stream's
+            ``stream_options.include_usage``: no usage chunk is sent, as some
+            OpenAI-compatible servers do (the client must count what arrived).
 
     ``port`` picks the port (0: any free one); ``tls``, a server ``ssl.SSLContext``, serves
     HTTPS.
@@ -330,11 +333,13 @@ class FakeOpenAI(FakeServer):
         api_key: str | None = None,
         models: Sequence[str] = DEFAULT_MODELS,
         min_output_tokens: int = _responses.MIN_OUTPUT_TOKENS,
+        stream_usage: bool = True,
         port: int = 0,
         tls: ssl.SSLContext | None = None,
     ) -> None:
         super().__init__(port=port, tls=tls)
         self.reply = reply
+        self.stream_usage = stream_usage
         self.api_key = api_key
         self.models: tuple[str, ...] = tuple(models)
         self.min_output_tokens = min_output_tokens
@@ -569,7 +574,9 @@ class FakeOpenAI(FakeServer):
             return
 
         options = body.get("stream_options")
-        include_usage = isinstance(options, dict) and options.get("include_usage") is True
+        include_usage = (
+            self.stream_usage and isinstance(options, dict) and options.get("include_usage") is True
+        )
         drop_after = stream_cut(item)
         malformed = isinstance(item, Fault) and item.kind == "malformed"
         await self._stream(

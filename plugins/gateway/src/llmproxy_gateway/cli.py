@@ -40,6 +40,22 @@ def configure_serve(parser: argparse.ArgumentParser) -> None:
         help="worker processes sharing the port (LLMPROXY_GATEWAY_WORKERS, else 1); more than"
         " one needs file or Redis stores, so that budgets, keys and the log are shared",
     )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="also serve GET /metrics, and nothing else, on this port of --host (0 picks a free"
+        " one; LLMPROXY_GATEWAY_METRICS_PORT, else none: only the gateway's port serves it)",
+    )
+    parser.add_argument(
+        "--metrics-auth",
+        choices=["admin", "none"],
+        default=None,
+        help="whether /metrics on the --metrics-port asks for the admin key"
+        " (LLMPROXY_GATEWAY_METRICS_AUTH, else admin); none: keep that port to the scraper's"
+        " network",
+    )
 
 
 def _loopback(host: str) -> bool:
@@ -57,8 +73,13 @@ def serve(args: argparse.Namespace) -> int:
 
     host: str = args.host
     workers = env.workers(os.environ, args.workers)
-    metrics_port = env.metrics_port(os.environ)
-    env.metrics_open(os.environ)
+    metrics_port = env.metrics_port(os.environ, args.metrics_port)
+    env.metrics_open(os.environ, args.metrics_auth, metrics_port)
+    # The flags win over the variables, which the app reads (in each worker): pass them on.
+    if args.metrics_port is not None:
+        os.environ[env.METRICS_PORT] = str(args.metrics_port)
+    if args.metrics_auth is not None:
+        os.environ[env.METRICS_AUTH] = args.metrics_auth
     if workers > 1:
         # Before prometheus-client is imported (with the app): it reads the variable once.
         metrics_dir: Path | None = metrics.private_dir(os.environ)
@@ -110,7 +131,8 @@ def _serve(
     if metrics_port is not None:
         if metrics_port == port:
             raise ConfigError(
-                f"{env.METRICS_PORT} is the gateway's own port ({port}): choose another one",
+                f"the metrics port (--metrics-port or {env.METRICS_PORT}) is the gateway's own"
+                f" port ({port}): choose another one",
                 path=env.METRICS_PORT,
             )
         try:
@@ -206,7 +228,7 @@ def configure_keys(parser: argparse.ArgumentParser) -> None:
     )
     create.add_argument("--admin", action="store_true", help="the key also opens the dashboard")
     create.add_argument("--name", help="a label shown in keys list")
-    sub.add_parser("list", help="list keys (ids, users, budgets; never the keys)")
+    sub.add_parser("list", help="list keys (ids, users, budgets, models, cache; never the keys)")
     revoke = sub.add_parser("revoke", help="revoke a key by id")
     revoke.add_argument("id")
 
@@ -256,8 +278,8 @@ def keys(args: argparse.Namespace) -> int:
                 name = f" {k.name!r}" if k.name else ""
                 out.write(
                     f"{k.id}\t{k.user}\t{', '.join(k.budgets) or '-'}"
-                    f"\t{', '.join(k.models) or 'any model'}\t{state}{admin}"
-                    f"\tcreated {_when(k.created_at)}{name}\n"
+                    f"\t{', '.join(k.models) or 'any model'}\tcache {_cache_text(k.cache)}"
+                    f"\t{state}{admin}\tcreated {_when(k.created_at)}{name}\n"
                 )
         else:
             record = store.revoke(args.id)
@@ -268,6 +290,7 @@ def keys(args: argparse.Namespace) -> int:
 
 
 def _cache_text(cache: bool | float) -> str:
+    """A key's cache setting as ``keys create`` and ``keys list`` show it: on, off, 600 s."""
     if cache is True:
         return "on"
     return "off" if cache is False else f"{cache:g} s"

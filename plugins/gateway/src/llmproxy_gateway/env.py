@@ -18,12 +18,13 @@ Variable                           Meaning
 ``LLMPROXY_GATEWAY_METRICS_PORT``  A second port (on ``--host``) that serves ``GET /metrics`` and
                                    nothing else, for a Prometheus scraper; ``0`` picks a free one
                                    (announced at start). Unset: only the gateway's own port serves
-                                   ``/metrics``, always behind the admin key.
+                                   ``/metrics``, always behind the admin key. ``llmproxy serve
+                                   --metrics-port`` wins.
 ``LLMPROXY_GATEWAY_METRICS_AUTH``  ``admin`` (default): ``/metrics`` on that port needs the admin
                                    key too, as ``Authorization: Bearer <key>``; ``none``: it is
-                                   served without one (allowed only with
-                                   ``LLMPROXY_GATEWAY_METRICS_PORT`` set: keep that port to the
-                                   scraper's network).
+                                   served without one (allowed only with a separate metrics port:
+                                   keep that port to the scraper's network). ``llmproxy serve
+                                   --metrics-auth`` wins.
 =================================  =================================================================
 
 Limits that keep one client from holding up the others (each a whole number >= 1, seconds may
@@ -68,6 +69,13 @@ Variable                                      Meaning
                                               store's file, so shared by every worker.
 ``LLMPROXY_GATEWAY_LOGIN_WINDOW``             That window, in seconds (default 60).
 ============================================  ======================================================
+
+The gateway's own settings are these variables, and ``llmproxy serve``'s flags where it has
+one (``--workers``, ``--metrics-port``, ``--metrics-auth``), which win over them. They are not
+read from the TOML file (``LLMPROXY_CONFIG``) on purpose: that file is the Proxy's
+configuration, which every Proxy of the process reads and checks key by key (a table it does
+not know is a ConfigError), library users' Proxies with no gateway included; the variables keep
+the gateway's settings to the ``llmproxy serve`` process and its workers.
 
 The Proxy behind the gateway is built with ``Proxy.from_env()``, so the core's variables
 (``LLMPROXY_CONFIG``, ``LLMPROXY_LEDGER_URL``, ``LLMPROXY_HISTORY_URL``...) and the provider
@@ -207,9 +215,15 @@ def login_throttle(environ: Mapping[str, str]) -> tuple[int, float]:
     )
 
 
-def metrics_port(environ: Mapping[str, str]) -> int | None:
-    """The separate metrics port (0: a free one), or None; not a port number is a ConfigError."""
-    raw = environ.get(METRICS_PORT, "").strip()
+def metrics_port(environ: Mapping[str, str], given: int | None = None) -> int | None:
+    """The separate metrics port (0: a free one), or None; not a port number is a ConfigError.
+
+    ``given`` (``llmproxy serve --metrics-port``) wins, else ``LLMPROXY_GATEWAY_METRICS_PORT``.
+    """
+    if given is not None:
+        source, raw = "--metrics-port", str(given)
+    else:
+        source, raw = METRICS_PORT, environ.get(METRICS_PORT, "").strip()
     if not raw:
         return None
     try:
@@ -218,26 +232,34 @@ def metrics_port(environ: Mapping[str, str]) -> int | None:
         port = -1
     if not 0 <= port <= 65535:
         raise ConfigError(
-            f"{METRICS_PORT} must be a port number from 0 to 65535 (0: a free one), got {raw!r}",
-            path=METRICS_PORT,
+            f"{source} must be a port number from 0 to 65535 (0: a free one), got {raw!r}",
+            path=source,
         )
     return port
 
 
-def metrics_open(environ: Mapping[str, str]) -> bool:
+def metrics_open(
+    environ: Mapping[str, str], given: str | None = None, port: int | None = None
+) -> bool:
     """Whether the separate metrics port serves ``/metrics`` without the admin key.
 
-    ``LLMPROXY_GATEWAY_METRICS_AUTH`` is ``admin`` (default) or ``none``; ``none`` without
-    ``LLMPROXY_GATEWAY_METRICS_PORT`` is a ConfigError: the gateway's own port always asks.
+    ``given`` (``llmproxy serve --metrics-auth``) wins, else ``LLMPROXY_GATEWAY_METRICS_AUTH``:
+    ``admin`` (default) or ``none``. ``none`` with no separate port (``port``, from
+    ``--metrics-port``, else ``LLMPROXY_GATEWAY_METRICS_PORT``) is a ConfigError: the gateway's
+    own port always asks.
     """
-    raw = environ.get(METRICS_AUTH, "").strip().lower() or "admin"
+    if given is not None:
+        source, raw = "--metrics-auth", given.strip().lower()
+    else:
+        source, raw = METRICS_AUTH, environ.get(METRICS_AUTH, "").strip().lower()
+    raw = raw or "admin"
     if raw not in ("admin", "none"):
-        raise ConfigError(f"{METRICS_AUTH} must be admin or none, got {raw!r}", path=METRICS_AUTH)
-    if raw == "none" and metrics_port(environ) is None:
+        raise ConfigError(f"{source} must be admin or none, got {raw!r}", path=source)
+    if raw == "none" and port is None and metrics_port(environ) is None:
         raise ConfigError(
-            f"{METRICS_AUTH}=none needs {METRICS_PORT}: /metrics on the gateway's own port"
-            " always needs the admin key",
-            path=METRICS_AUTH,
+            f"{source} none needs {METRICS_PORT} (or --metrics-port): /metrics on the"
+            " gateway's own port always needs the admin key",
+            path=source,
         )
     return raw == "none"
 

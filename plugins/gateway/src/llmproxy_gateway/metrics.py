@@ -14,7 +14,9 @@ name, else its id; never the secret):
   (histograms by model and provider; the latter for streams only);
 - ``llmproxy_rate_limited_total`` and ``llmproxy_budget_exceeded_total`` (the Proxy's own
   limits refusing a call), ``llmproxy_upstream_errors_total`` (``kind``: the provider error's
-  class, ``ProviderTimeout``...), ``llmproxy_cache_hits_total`` (calls the response cache
+  class, ``ProviderTimeout``...; every failed upstream attempt once, those retried or failed
+  over from included: :attr:`~llmproxy.types.CallEvent.attempt_errors`, under the model and
+  provider the attempt went to), ``llmproxy_cache_hits_total`` (calls the response cache
   answered: no upstream request, no tokens).
 
 ``llmproxy_budget_used`` and ``llmproxy_budget_limit`` (by ``budget``, the ledger entry, and
@@ -228,7 +230,8 @@ class GatewayMetrics:
         )
         self.upstream_errors = Counter(
             "llmproxy_upstream_errors",
-            "Failed calls by the provider error's class (ProviderTimeout, ProviderRateLimited...).",
+            "Failed upstream attempts (retried, failed over from, or ending the call) by the"
+            " provider error's class (ProviderTimeout, ProviderUnavailable...).",
             ["model", "provider", "kind"],
             registry=own,
         )
@@ -284,6 +287,8 @@ class GatewayMetrics:
         series.duration.observe(event.latency)
         if event.ttft is not None:
             series.ttft.observe(event.ttft)
+        for failed in event.attempt_errors:
+            self._count_attempt_error(event, series, failed)
         error = event.error
         if error is not None:
             _counted.set(error)
@@ -315,6 +320,15 @@ class GatewayMetrics:
             self.budget_exceeded.labels(*labels).inc()
         elif isinstance(error, ProviderError):
             self.upstream_errors.labels(series.model, series.provider, type(error).__name__).inc()
+
+    def _count_attempt_error(self, event: CallEvent, series: _Series, error: BaseException) -> None:
+        """Count an attempt's error that did not end the call, where its attempt went."""
+        if not isinstance(error, ProviderError):
+            return
+        index = (error.model or event.model, error.provider, event.key)
+        if index != (event.model, event.provider, event.key):  # a fallback, another deployment
+            series = self._series.get(index) or self._new_series(*index)
+        self.upstream_errors.labels(series.model, series.provider, type(error).__name__).inc()
 
     def counted(self, error: BaseException) -> bool:
         """Whether ``error`` ended a call this context observed (so it is counted already).
