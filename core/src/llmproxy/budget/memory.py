@@ -559,6 +559,21 @@ class MemoryLedger(InlineAsync):
                 if charge is not None:
                     self._replace(claim, charge, amount_settled(claim, tokens, requests, cost), now)
 
+    def record(
+        self, claims: Sequence[Claim], *, tokens: int, requests: int = 1, cost: float = 0.0
+    ) -> None:
+        """Count use that no hold of this ledger covered (a call another ledger reserved).
+
+        A Redis ledger failing open counts here what its calls spend while Redis is away, so
+        the process keeps refusing calls past a limit; :meth:`settle` would ignore such an id.
+        """
+        check_settle(tokens, requests, cost)
+        with self._lock:
+            now = self._clock()
+            self._expire(now)
+            for claim in claims:
+                self._add(claim, now, amount_settled(claim, tokens, requests, cost))
+
     def usage(self, claims: Sequence[Claim]) -> list[ClaimUsage]:
         """Return the state of each claim; ``resets_at`` is when its count next drops."""
         with self._lock:

@@ -776,9 +776,8 @@ class RedisLedger:
             raise self._unavailable(down) from down.__cause__
         # Recorded locally, so this process keeps counting what it spends while Redis is away.
         log.debug("Redis ledger down (%s): settling %s locally", down, reservation.id)
-        # The fallback never held it: held amounts of zero make its settle a plain record.
-        unheld = attrs.evolve(reservation, amounts=(0.0,) * len(reservation.amounts))
-        self._fallback.settle(unheld, tokens=tokens, requests=requests, cost=cost)
+        # The fallback never held it: a plain record of the use.
+        self._fallback.record(reservation.claims, tokens=tokens, requests=requests, cost=cost)
         # Redis holds it (or charged it at expiry): the replayed settle replaces that exactly.
         self._journal_add(reservation, {"tokens": tokens, "requests": requests, "cost": cost})
 
