@@ -319,6 +319,7 @@ async def test_answer_reasoning_and_usage(
     assert body["thinking"] == THINKING
     assert usage.input_tokens == input_token_count(body)
     assert usage.output_tokens == 6  # three words of thinking, three of text
+    assert usage.reasoning_tokens == 3  # output_tokens_details, in streams too
     assert bool(body.get("stream")) == (mode in ("stream", "astream"))
 
 

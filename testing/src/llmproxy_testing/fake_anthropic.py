@@ -34,13 +34,15 @@ Behaviour, as the real API does it:
   thinking first), or ``Reply.finish_reason``.
 * **Usage**: ``input_tokens = 3 + sum(words + 3)`` over the system prompt and the messages
   (text, tool inputs' and results' JSON), plus 1600 per image and 3000 per document page
-  block; ``output_tokens = max(1, words of text and thinking)``.
+  block; ``output_tokens = max(1, words of text and thinking)``, and with ``thinking``
+  enabled ``output_tokens_details.thinking_tokens`` (the words of thinking).
   ``Reply.usage`` overrides fields (``cache_read_input_tokens``...).
 * **Streams**: ``message_start`` (with the input and cache usage), a ``ping``, then per
   block ``content_block_start``, one
   ``content_block_delta`` per word piece (``thinking_delta`` then ``signature_delta``,
   ``text_delta``, ``input_json_delta``) and ``content_block_stop``, then ``message_delta`` with
-  the stop reason and output usage, then ``message_stop``. ``Fault.drop_after(n)`` aborts after
+  the stop reason and output usage (``output_tokens`` and ``output_tokens_details``), then
+  ``message_stop``. ``Fault.drop_after(n)`` aborts after
   n delta events; ``Fault.malformed()`` sends an event that is not JSON;
   :meth:`FakeAnthropic.fail_stream` sends an ``error`` event (``overloaded_error``) after n
   delta events, in a stream that began with status 200.
@@ -418,6 +420,8 @@ class FakeAnthropic(FakeServer):
             "cache_creation_input_tokens": 0,
             "cache_read_input_tokens": 0,
         }
+        if thinking:
+            usage["output_tokens_details"] = {"thinking_tokens": len(thought)}
         if reply.usage:
             usage.update(reply.usage)
         return {
@@ -445,7 +449,9 @@ class FakeAnthropic(FakeServer):
             response.end()
             return
         start = dict(message, content=[], stop_reason=None)
-        start["usage"] = dict(message["usage"], output_tokens=1)
+        # The output so far: its details come with ``message_delta``.
+        usage = {k: v for k, v in message["usage"].items() if k != "output_tokens_details"}
+        start["usage"] = usage | {"output_tokens": 1}
         events: list[tuple[str, dict[str, Any], bool]] = [
             ("message_start", {"type": "message_start", "message": start}, False),
             ("ping", {"type": "ping"}, False),
@@ -496,7 +502,11 @@ class FakeAnthropic(FakeServer):
                 {
                     "type": "message_delta",
                     "delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
-                    "usage": {"output_tokens": message["usage"]["output_tokens"]},
+                    "usage": {
+                        key: value
+                        for key, value in message["usage"].items()
+                        if key in ("output_tokens", "output_tokens_details")
+                    },
                 },
                 False,
             )

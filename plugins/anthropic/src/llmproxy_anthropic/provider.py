@@ -798,6 +798,11 @@ class _StreamReader:
         return None
 
     def _usage(self, usage: Any) -> None:
+        """Keep the counts of a ``message_start`` or ``message_delta`` usage (cumulative).
+
+        ``output_tokens_details.thinking_tokens`` (the reasoning part of the output) comes with
+        the ``message_delta``'s output count.
+        """
         if usage is None:
             return
         for name in (
@@ -809,6 +814,10 @@ class _StreamReader:
             value = getattr(usage, name, None)
             if value is not None:
                 self.raw_usage[name] = int(value)
+        details = getattr(usage, "output_tokens_details", None)
+        thinking = getattr(details, "thinking_tokens", None) if details is not None else None
+        if thinking is not None:
+            self.raw_usage["thinking_tokens"] = int(thinking)
 
     def last(self) -> Chunk:
         if not self.done:
@@ -839,6 +848,7 @@ class _StreamReader:
             counts.get("output_tokens", 0),
             read=counts.get("cache_read_input_tokens", 0),
             write=counts.get("cache_creation_input_tokens", 0),
+            thinking=counts.get("thinking_tokens", 0),
         )
         return Chunk(
             usage=usage,
