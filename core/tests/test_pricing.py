@@ -150,7 +150,12 @@ def test_genai_prices_tiers_cache_writes_and_dates() -> None:
     found = g.find("anthropic", "claude-sonnet-4-5")
     assert found is not None
     price = found[0].at(0)
-    assert price.cache_write is not None and price.cache_write > price.input
+    # genai-prices' cache_write_mtok is Anthropic's 5-minute rate, 1.25x input; the 1-hour
+    # rate (2x) is kept apart, for the writes a usage reports as hour-long.
+    assert price.cache_write == 1.25 * price.input
+    assert price.cache_write_1h == 2 * price.input
+    assert price.tiers[0].cache_write == 1.25 * price.tiers[0].input
+    assert price.tiers[0].cache_write_1h == 2 * price.tiers[0].input
     assert price.cached_input is not None and price.cached_input < price.input
     assert price.tiers and price.tiers[0].above == 200_000
     assert price.tiers[0].input > price.input
@@ -197,6 +202,14 @@ def test_cost_of_cache_reads_writes_and_tiers() -> None:
     assert price.rates(300_000) == (6.0, 22.5, 0.6, 6.0)
     assert price.bound(1_000) == (6.0, 15.0)  # the cache write rate is the dearest input
     assert price.bound(300_000) == (6.0, 22.5)
+    # Writes kept for an hour pay the 1-hour rate (which defaults to the cache write rate).
+    anthropic = Price(3.0, 15.0, 0.3, cache_write=3.75, cache_write_1h=6.0)
+    mixed = Usage(1_000, 100, 200, cache_write_tokens=300, cache_write_1h_tokens=100)
+    assert anthropic.cost(mixed) == pytest.approx(
+        (500 * 3 + 200 * 0.3 + 200 * 3.75 + 100 * 6.0 + 100 * 15) / 1e6
+    )
+    assert price.cost(mixed) == pytest.approx((500 * 3 + 200 * 0.3 + 300 * 6 + 100 * 15) / 1e6)
+    assert anthropic.bound(1_000) == (6.0, 15.0)  # the 1-hour rate is the dearest input
     with pytest.raises(ConfigError, match="same input length"):
         Price(1.0, 1.0, tiers=[Tier(10, 1.0, 1.0), Tier(10, 2.0, 2.0)])
     with pytest.raises(ConfigError, match="whole number"):
@@ -208,12 +221,18 @@ def prices(draw: st.DrawFn) -> Price:
     rate = st.floats(0, 100, allow_nan=False)
     optional = st.none() | rate
     aboves = draw(st.lists(st.integers(0, 2_000_000), max_size=3, unique=True))
-    tiers = [Tier(a, draw(rate), draw(rate), draw(optional), draw(optional)) for a in aboves]
+    tiers = [
+        Tier(
+            a, draw(rate), draw(rate), draw(optional), draw(optional), cache_write_1h=draw(optional)
+        )
+        for a in aboves
+    ]
     return Price(
         draw(rate),
         draw(rate),
         draw(optional),
         cache_write=draw(optional),
+        cache_write_1h=draw(optional),
         tiers=tiers,
     )
 
@@ -225,9 +244,13 @@ def reserved_and_used(draw: st.DrawFn) -> tuple[int, int, Usage]:
     used_input = draw(st.integers(0, reserved_input))
     read = draw(st.integers(0, used_input))
     write = draw(st.integers(0, used_input - read))
+    hour = draw(st.integers(0, write))
     output = draw(st.integers(0, cap))
     reasoning = draw(st.integers(0, output))
-    return reserved_input, cap, Usage(used_input, output, read, reasoning, cache_write_tokens=write)
+    usage = Usage(
+        used_input, output, read, reasoning, cache_write_tokens=write, cache_write_1h_tokens=hour
+    )
+    return reserved_input, cap, usage
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -21,10 +21,14 @@ but a snapshot date (``-20250514``, ``-2025-05-14``, ``@20250514``, ``-0324``). 
 ``claude-sonnet-4-6-fast`` is not priced by the family's rule.
 
 What is converted: input, output (the highest of the output and reasoning rates, as llmproxy
-bills reasoning as output), cache read and cache write (the highest of the 5-minute and 1-hour
-write rates: llmproxy's usage does not tell them apart, and a budget is never undercharged),
-and tiers by context length. Prices by time of day (DeepSeek's peak hours) are applied at the
-moment of the call. Other units (per-request fees, audio, images, web searches) are not counted.
+bills reasoning as output), cache read, cache write and tiers by context length. genai-prices'
+``cache_write_mtok`` is Anthropic's 5-minute write rate (1.25x input, what the default
+``{"type": "ephemeral"}`` breakpoint costs) and ``cache_write_1h_mtok`` its 1-hour rate (2x
+input): they become ``Price.cache_write`` and ``Price.cache_write_1h``, and a usage bills the
+writes it reports as hour-long (``Usage.cache_write_1h_tokens``) at the second. A price with
+only a 1-hour write rate bills every write at it (never less than the bill). Prices by time
+of day (DeepSeek's peak hours) are applied at the moment of the call. Other units
+(per-request fees, audio, images, web searches) are not counted.
 
 The date of a genai-prices price (``as_of``) is that of its data: the newest date the data
 says its prices were checked on (see :func:`data_date`): a stale flag comes early rather than
@@ -73,14 +77,15 @@ _CHECKED = re.compile(
 _INPUT = ("input_mtok", "input_text_mtok")
 _OUTPUT = ("output_mtok", "output_text_mtok", "output_reasoning_mtok", "output_text_reasoning_mtok")
 _READ = ("cache_read_mtok", "cache_text_read_mtok")
+#: The cache write rates of the default time to live (Anthropic's 5 minutes).
 _WRITE = (
     "cache_write_mtok",
     "cache_write_5m_mtok",
-    "cache_write_1h_mtok",
     "cache_text_write_mtok",
     "cache_text_write_5m_mtok",
-    "cache_text_write_1h_mtok",
 )
+#: The 1-hour cache write rates.
+_WRITE_1H = ("cache_write_1h_mtok", "cache_text_write_1h_mtok")
 
 
 def version() -> str:
@@ -142,11 +147,18 @@ def _highest(model_price: Any, keys: Iterable[str], above: int) -> float | None:
     return float(max(present)) if present else None
 
 
+def _writes(model_price: Any, above: int) -> tuple[float | None, float | None]:
+    """The (cache write, 1-hour cache write) rates; a lone 1-hour rate is both."""
+    hour = _highest(model_price, _WRITE_1H, above)
+    write = _highest(model_price, _WRITE, above)
+    return (hour if write is None else write), hour
+
+
 def to_price(model_price: Any, as_of: str) -> Price | None:
     """Convert a genai-prices ``ModelPrice`` to a :class:`Price`; None without a token price."""
     from genai_prices import types as gp
 
-    keys = (*_INPUT, *_OUTPUT, *_READ, *_WRITE)
+    keys = (*_INPUT, *_OUTPUT, *_READ, *_WRITE, *_WRITE_1H)
     starts = sorted(
         {
             tier.start
@@ -162,21 +174,25 @@ def to_price(model_price: Any, as_of: str) -> Price | None:
     for start in starts:
         tier_input = _highest(model_price, _INPUT, start)
         assert tier_input is not None
+        tier_write, tier_hour = _writes(model_price, start)
         tiers.append(
             Tier(
                 above=start,
                 input=tier_input,
                 output=_highest(model_price, _OUTPUT, start) or 0.0,
                 cached_input=_highest(model_price, _READ, start),
-                cache_write=_highest(model_price, _WRITE, start),
+                cache_write=tier_write,
+                cache_write_1h=tier_hour,
             )
         )
+    write, hour = _writes(model_price, -1)
     return Price(
         inp,
         _highest(model_price, _OUTPUT, -1) or 0.0,
         _highest(model_price, _READ, -1),
         as_of,
-        cache_write=_highest(model_price, _WRITE, -1),
+        cache_write=write,
+        cache_write_1h=hour,
         tiers=tuple(tiers),
     )
 

@@ -32,9 +32,11 @@ def _usd(value: float) -> str:
 
 
 def _rates(row: dict[str, Any]) -> str:
+    hour = row.get("cache_write_1h", row["cache_write"])
     return (
         f"input {_usd(row['input'])}, output {_usd(row['output'])},"
         f" cache read {_usd(row['cache_read'])}, cache write {_usd(row['cache_write'])}"
+        + ("" if hour == row["cache_write"] else f" (1h {_usd(hour)})")
     )
 
 

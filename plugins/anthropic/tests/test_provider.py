@@ -617,7 +617,26 @@ async def test_cache_reads_and_writes_are_reported(
     fresh = input_token_count(bodies(server)[0])
     assert usage.cached_input_tokens == 1000
     assert usage.cache_write_tokens == 300
+    assert usage.cache_write_1h_tokens == 0  # the fake's split: all 5-minute writes
     assert usage.input_tokens == fresh + 1000 + 300
+    # Claude Sonnet 4.6 at its default (genai-prices) rates: $3 input, $0.30 cache reads,
+    # $3.75 5-minute cache writes (1.25x input), $15 output per million tokens.
+    output = usage.output_tokens
+    assert usage.cost == pytest.approx((fresh * 3 + 1000 * 0.3 + 300 * 3.75 + output * 15) / 1e6)
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_hour_long_cache_writes_are_billed_at_the_hour_rate(
+    make_proxy: ProxyMaker, server: FakeAnthropic, mode: str
+) -> None:
+    split = {"ephemeral_5m_input_tokens": 200, "ephemeral_1h_input_tokens": 100}
+    server.enqueue(Reply(usage={"cache_creation_input_tokens": 300, "cache_creation": split}))
+    _, _, usage = await ask(make_proxy(), mode, "Hello")
+    fresh = input_token_count(bodies(server)[0])
+    assert (usage.cache_write_tokens, usage.cache_write_1h_tokens) == (300, 100)
+    output = usage.output_tokens
+    # 5-minute writes at $3.75 (1.25x input), 1-hour ones at $6 (2x input).
+    assert usage.cost == pytest.approx((fresh * 3 + 200 * 3.75 + 100 * 6 + output * 15) / 1e6)
 
 
 # --------------------------------------------------------------------------- counting

@@ -36,7 +36,9 @@ Behaviour, as the real API does it:
   (text, tool inputs' and results' JSON), plus 1600 per image and 3000 per document page
   block; ``output_tokens = max(1, words of text and thinking)``, and with ``thinking``
   enabled ``output_tokens_details.thinking_tokens`` (the words of thinking).
-  ``Reply.usage`` overrides fields (``cache_read_input_tokens``...).
+  ``Reply.usage`` overrides fields (``cache_read_input_tokens``...); ``cache_creation`` splits
+  ``cache_creation_input_tokens`` by time to live (all ``ephemeral_5m_input_tokens`` unless
+  ``Reply.usage`` gives it).
 * **Streams**: ``message_start`` (with the input and cache usage), a ``ping``, then per
   block ``content_block_start``, one
   ``content_block_delta`` per word piece (``thinking_delta`` then ``signature_delta``,
@@ -424,6 +426,13 @@ class FakeAnthropic(FakeServer):
             usage["output_tokens_details"] = {"thinking_tokens": len(thought)}
         if reply.usage:
             usage.update(reply.usage)
+        usage.setdefault(  # as the real API: the writes by time to live (5-minute by default)
+            "cache_creation",
+            {
+                "ephemeral_5m_input_tokens": usage["cache_creation_input_tokens"],
+                "ephemeral_1h_input_tokens": 0,
+            },
+        )
         return {
             "id": f"msg_{next(self._ids):024d}",
             "type": "message",

@@ -26,7 +26,10 @@ round, as Anthropic requires. Structured output uses ``output_config.format`` (J
 
 Prompt caching: ``prompt_cache=True`` on a call (or the ``prompt_cache`` provider option) puts a
 ``cache_control`` breakpoint on the last message; by default (``auto_cache``, on) a system prompt
-or a tool list of at least :data:`AUTO_CACHE_CHARS` characters gets one too.
+or a tool list of at least :data:`AUTO_CACHE_CHARS` characters gets one too. These breakpoints
+are 5-minute ones (``{"type": "ephemeral"}``), billed at the price's cache write rate; writes a
+caller's own ``ttl: "1h"`` breakpoints make are reported apart and billed at the 1-hour rate
+(see :func:`usage_from`).
 """
 
 from __future__ import annotations
@@ -158,22 +161,43 @@ def usage_of(raw: Any) -> Usage | None:
         int(raw.output_tokens or 0),
         read=int(getattr(raw, "cache_read_input_tokens", 0) or 0),
         write=int(getattr(raw, "cache_creation_input_tokens", 0) or 0),
+        write_1h=hour_writes(getattr(raw, "cache_creation", None)),
         thinking=int(getattr(details, "thinking_tokens", 0) or 0) if details else 0,
     )
 
 
+def hour_writes(cache_creation: Any) -> int:
+    """The 1-hour cache writes of a usage's ``cache_creation`` breakdown (0 when absent)."""
+    if cache_creation is None:
+        return 0
+    return int(getattr(cache_creation, "ephemeral_1h_input_tokens", 0) or 0)
+
+
 def usage_from(
-    input_tokens: int, output_tokens: int, *, read: int, write: int, thinking: int = 0
+    input_tokens: int,
+    output_tokens: int,
+    *,
+    read: int,
+    write: int,
+    write_1h: int = 0,
+    thinking: int = 0,
 ) -> Usage:
     """The core's Usage of Anthropic's counts: the one place cache reads and writes are mapped.
 
     Anthropic's ``input_tokens`` leaves both out; both are added, reads become
-    ``cached_input_tokens`` and writes ``cache_write_tokens`` (billed at the price's cache-write
-    rate).
+    ``cached_input_tokens`` and writes ``cache_write_tokens``, billed at the price's cache write
+    rate (Anthropic's 5-minute rate, 1.25x input); the part written for an hour
+    (``cache_creation.ephemeral_1h_input_tokens``, only when a breakpoint asks ``ttl: "1h"``)
+    is ``cache_write_1h_tokens``, billed at the 1-hour rate (2x input).
     """
     billed = input_tokens + read + write
     return Usage(
-        billed, output_tokens, read, min(thinking, output_tokens), cache_write_tokens=write
+        billed,
+        output_tokens,
+        read,
+        min(thinking, output_tokens),
+        cache_write_tokens=write,
+        cache_write_1h_tokens=min(write_1h, write),
     )
 
 
@@ -818,6 +842,9 @@ class _StreamReader:
         thinking = getattr(details, "thinking_tokens", None) if details is not None else None
         if thinking is not None:
             self.raw_usage["thinking_tokens"] = int(thinking)
+        creation = getattr(usage, "cache_creation", None)  # message_start's
+        if creation is not None:
+            self.raw_usage["cache_write_1h"] = hour_writes(creation)
 
     def last(self) -> Chunk:
         if not self.done:
@@ -848,6 +875,7 @@ class _StreamReader:
             counts.get("output_tokens", 0),
             read=counts.get("cache_read_input_tokens", 0),
             write=counts.get("cache_creation_input_tokens", 0),
+            write_1h=counts.get("cache_write_1h", 0),
             thinking=counts.get("thinking_tokens", 0),
         )
         return Chunk(
