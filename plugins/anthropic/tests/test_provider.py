@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from llmproxy import LLMBudget, Proxy
+from llmproxy import CostBudget, LLMBudget, Proxy
 from llmproxy.config import load_config
 from llmproxy.errors import (
     ConfigError,
@@ -637,6 +637,54 @@ async def test_hour_long_cache_writes_are_billed_at_the_hour_rate(
     output = usage.output_tokens
     # 5-minute writes at $3.75 (1.25x input), 1-hour ones at $6 (2x input).
     assert usage.cost == pytest.approx((fresh * 3 + 200 * 3.75 + 100 * 6 + output * 15) / 1e6)
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_cost_budget_is_charged_cache_reads_and_writes_at_their_rates(
+    make_proxy: ProxyMaker, server: FakeAnthropic, mode: str
+) -> None:
+    split = {"ephemeral_5m_input_tokens": 200, "ephemeral_1h_input_tokens": 100}
+    server.enqueue(
+        Reply(
+            usage={
+                "cache_read_input_tokens": 1000,
+                "cache_creation_input_tokens": 300,
+                "cache_creation": split,
+            }
+        )
+    )
+    budget = CostBudget(max_usd=5.0, name="usd")
+    proxy = make_proxy(budgets=[budget])
+    _, _, usage = await ask(proxy, mode, "Hello")
+    fresh = input_token_count(bodies(server)[0])
+    # The default table's (genai-prices) Claude Sonnet 4.6 rates per million tokens: $3
+    # input, $0.30 cache reads, $3.75 5-minute writes, $6 1-hour writes, $15 output.
+    expected = (
+        fresh * 3 + 1000 * 0.3 + 200 * 3.75 + 100 * 6 + usage.output_tokens * 15
+    ) / 1_000_000
+    assert usage.cost == pytest.approx(expected)
+    [row] = proxy.usage(model=NAME)
+    assert row.claim.policy == "usd"
+    assert row.used == pytest.approx(expected)  # the ledger's spend: settled at the bill
+    assert row.reserved == 0
+
+
+def test_the_dated_sonnet_4_pattern_prices_snapshots_only(make_proxy: ProxyMaker) -> None:
+    proxy = make_proxy()
+    dated = proxy.prices.lookup("anthropic", "claude-sonnet-4-20250514")
+    assert dated is not None
+    assert dated.name == "anthropic/claude-sonnet-4-{date}"
+    assert dated.origin == "plugin anthropic"
+    assert (dated.price.input, dated.price.output) == (3.0, 15.0)
+    assert (dated.price.cache_write, dated.price.cache_write_1h) == (3.75, 6.0)
+    assert proxy.prices.lookup("anthropic", "claude-sonnet-4-2025-05-14") is not None
+    # Not a snapshot date: the pattern does not price it (nor does genai-prices).
+    assert proxy.prices.lookup("anthropic", "claude-sonnet-4-fast") is None
+    assert proxy.prices.lookup("anthropic", "claude-sonnet-4-20250514-fast") is None
+    # The undated name is not the pattern's: genai-prices' own Sonnet 4 entry declares it.
+    undated = proxy.prices.lookup("anthropic", "claude-sonnet-4")
+    assert undated is not None and undated.name == "anthropic/claude-sonnet-4-0"
+    assert undated.origin.startswith("genai-prices")
 
 
 # --------------------------------------------------------------------------- counting
