@@ -385,6 +385,53 @@ def test_the_prices_command(
     assert "no price" in capsys.readouterr().out
 
 
+def test_the_prices_command_shows_every_deployment_of_a_routed_alias(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from llmproxy.cli import main
+
+    config = tmp_path / "llmproxy.toml"
+    config.write_text(
+        'default_model = "openai/gpt-5.4"\n'
+        "[aliases]\n"
+        'clever = "smart"\n'
+        "[models.smart]\n"
+        'deployments = [{ model = "openai/gpt-5.4", weight = 3 },'
+        ' { model = "anthropic/claude-sonnet-4-6" }]\n'
+        "[models.odd]\n"
+        'deployments = ["openai/gpt-5.4", "openai/gpt-5.4-ultra"]\n'
+    )
+    monkeypatch.setenv("LLMPROXY_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("LLMPROXY_CONFIG", str(config))
+    monkeypatch.setenv("LLMPROXY_PRICE_MAX_AGE_DAYS", "0")
+
+    assert main(["prices", "smart"]) == 0
+    text = capsys.readouterr().out
+    assert "no price" not in text and "refused" not in text
+    assert "smart: routed over 2 deployments" in text
+    assert "openai/gpt-5.4\n  price   input $2.5" in text
+    assert "anthropic/claude-sonnet-4-6\n  price   input $3, output $15" in text
+    assert main(["prices", "clever", "--json"]) == 0  # an alias of the routed alias
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["model"] == "smart"
+    assert shown["deployments"]["anthropic/claude-sonnet-4-6"]["cache_write"] == 3.75
+    # A deployment with no price is named, and the command says so by its status.
+    assert main(["prices", "odd"]) == 1
+    text = capsys.readouterr().out
+    assert "openai/gpt-5.4-ultra\n  no price" in text and "openai/gpt-5.4\n  price" in text
+    # The listing names the routed aliases and prices their deployments.
+    assert main(["prices", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert listed["routes"]["smart"] == ["openai/gpt-5.4", "anthropic/claude-sonnet-4-6"]
+    assert listed["prices"]["anthropic/claude-sonnet-4-6"]["input"] == 3.0
+    assert listed["prices"]["openai/gpt-5.4-ultra"] is None
+    assert "openai/smart" not in listed["prices"]
+    assert main(["prices"]) == 0
+    assert "smart\n  routed  over openai/gpt-5.4, anthropic/claude-sonnet-4-6" in (
+        capsys.readouterr().out
+    )
+
+
 def test_models_lists_exact_names_and_genai_prices_current_models() -> None:
     registry = Registry()
     registry.price_register("p")("gemini/my-tuned", Price(1.0, 1.0))
