@@ -16,7 +16,15 @@ from llmproxy.config import load_config
 from llmproxy.errors import PluginError
 from llmproxy.genai_table import GenaiPrices, data_date
 from llmproxy.price_report import report
-from llmproxy.pricing import Price, PriceTable, Tier, is_stale, price_age_days, price_date
+from llmproxy.pricing import (
+    Price,
+    PriceTable,
+    Tier,
+    describe,
+    is_stale,
+    price_age_days,
+    price_date,
+)
 from llmproxy.registry import Registry
 from llmproxy.types import Usage
 
@@ -171,6 +179,27 @@ def test_genai_prices_tiers_cache_writes_and_dates() -> None:
     peak = flash[0].at((day + dt.timedelta(hours=2)).timestamp())
     off_peak = flash[0].at((day + dt.timedelta(hours=12)).timestamp())
     assert peak.input == 2 * off_peak.input
+
+
+def test_a_genai_price_is_dated_by_its_start_date_where_it_has_one() -> None:
+    # genai-prices dates Claude Sonnet 4.6's current price from 2026-03-13 (a
+    # StartDateConstraint); before that it had long-context tiers and no start date.
+    now = dt.datetime(2026, 12, 2, tzinfo=dt.UTC).timestamp()
+    earlier = dt.datetime(2026, 1, 10, tzinfo=dt.UTC).timestamp()
+    table = PriceTable({}, defaults=GenaiPrices())
+    current = table.lookup("anthropic", "claude-sonnet-4-6", at=now)
+    assert current is not None and current.price.as_of == "2026-03-13"
+    assert not current.price.tiers
+    assert describe(current, now, 90)["age_days"] == 264
+    assert describe(current, now, 90)["stale"] is True  # its real age, not the data's
+    before = table.lookup("anthropic", "claude-sonnet-4-6", at=earlier)
+    from genai_prices import data_snapshot
+
+    data = data_date(data_snapshot.get_snapshot().providers)
+    assert before is not None and before.price.tiers and before.price.as_of == data
+    # An undated price (no condition) keeps the data's date.
+    plain = table.lookup("anthropic", "claude-haiku-4-5", at=now)
+    assert plain is not None and plain.price.as_of == data
 
 
 def test_the_data_date_is_a_checked_date_never_in_the_future() -> None:

@@ -30,9 +30,11 @@ only a 1-hour write rate bills every write at it (never less than the bill). Pri
 of day (DeepSeek's peak hours) are applied at the moment of the call. Other units
 (per-request fees, audio, images, web searches) are not counted.
 
-The date of a genai-prices price (``as_of``) is that of its data: the newest date the data
-says its prices were checked on (see :func:`data_date`): a stale flag comes early rather than
-late.
+The date of a genai-prices price (``as_of``) is the day it took effect where genai-prices
+dates it (a ``StartDateConstraint``: Claude Sonnet 4.6's price of 2026-03-13 is dated
+2026-03-13), so the stale flag reflects the price's real age; a price genai-prices does not date
+(one with no condition, or one by the time of day) is dated by its data: the newest date the
+data says its prices were checked on (see :func:`data_date`).
 """
 
 from __future__ import annotations
@@ -230,16 +232,28 @@ class _Dated:
         self._converted: dict[int, Price | None] = {}
 
     def at(self, when: float) -> Price:
-        """The price in effect at ``when`` (a Unix time)."""
+        """The price in effect at ``when`` (a Unix time), dated by its start where it has one."""
         model_price = self._model.get_prices(dt.datetime.fromtimestamp(when, dt.UTC))
         key = id(model_price)
         try:
             price = self._converted[key]
         except KeyError:
-            price = self._converted[key] = to_price(model_price, self._as_of)
+            price = self._converted[key] = to_price(model_price, self._date_of(model_price))
         if price is None:  # a condition without token prices: billed at the highest one
             return self._highest()
         return price
+
+    def _date_of(self, model_price: Any) -> str:
+        """The start date genai-prices gives ``model_price``, else the data's date."""
+        from genai_prices import types as gp
+
+        conditionals = self._model.prices
+        assert not isinstance(conditionals, gp.ModelPrice)  # a _Dated has conditions
+        for conditional in conditionals:
+            constraint = conditional.constraint
+            if conditional.prices is model_price and isinstance(constraint, gp.StartDateConstraint):
+                return constraint.start_date.isoformat()
+        return self._as_of
 
     def _highest(self) -> Price:
         from genai_prices import types as gp
