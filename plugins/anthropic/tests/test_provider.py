@@ -263,6 +263,43 @@ async def test_images_and_documents_go_out_as_sources(
     ]
 
 
+def beta_headers(server: FakeAnthropic) -> list[str | None]:
+    return [r.headers.get("anthropic-beta") for r in server.requests if r.path == "/v1/messages"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_file_reference_names_the_files_api_beta(
+    make_proxy: ProxyMaker, server: FakeAnthropic, mode: str
+) -> None:
+    proxy = make_proxy()
+    await ask(proxy, mode, ["Summarise:", Document(file_id="file_011CNha8iCJcU1wXNR6q4V8w")])
+    await ask(proxy, mode, ["Summarise:", Document(data=PDF)])  # no file: no beta
+    assert beta_headers(server) == ["files-api-2025-04-14", None]
+
+
+async def test_the_files_beta_joins_betas_already_asked_for(
+    server: FakeAnthropic,
+) -> None:
+    provider = AnthropicProvider(
+        api_key=API_KEY,
+        base_url=server.base_url,
+        default_headers={"anthropic-beta": "context-1m-2025-08-07"},
+    )
+    try:
+        in_result = Message("tool", tool_call_id="toolu_1", parts=(Document(file_id="file_abc"),))
+        call = Message("assistant", tool_calls=(ToolCall("toolu_1", "fetch", "{}"),))
+        provider.chat(request(Message("user", "Get it"), call, in_result))
+        provider.chat(request(extra={"extra_headers": {"anthropic-beta": "files-api-2025-04-14"}}))
+        provider.chat(request())
+    finally:
+        provider.close()
+    assert beta_headers(server) == [
+        "context-1m-2025-08-07,files-api-2025-04-14",  # a file in a tool result counts too
+        "files-api-2025-04-14",  # the caller's own header, untouched
+        "context-1m-2025-08-07",
+    ]
+
+
 async def test_audio_is_refused_naming_the_part(
     provider: AnthropicProvider, server: FakeAnthropic
 ) -> None:

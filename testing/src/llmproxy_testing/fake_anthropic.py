@@ -25,7 +25,8 @@ Behaviour, as the real API does it:
   with no empty text block, else 400 as the real API answers. An assistant turn with
   ``tool_use`` whose request enables ``thinking`` must start with a ``thinking`` block whose
   ``signature`` this server issued (``issued_signatures``), else 400. ``thinking`` needs a
-  ``budget_tokens`` of at least 1024 and below ``max_tokens``, else 400.
+  ``budget_tokens`` of at least 1024 and below ``max_tokens``, else 400. A ``file`` source
+  (a Files API ``file_id``) needs ``anthropic-beta: files-api-2025-04-14``, else 400.
 * **Replies**: ``Reply.text`` (default ``"Echo: "`` + the text of the last user turn; with
   ``output_config.format`` an answer fitting the schema), ``Reply.reasoning`` as a ``thinking``
   block with a signature (only when the request enables ``thinking``) and ``Reply.tool_calls``
@@ -91,6 +92,8 @@ _ERRORS: dict[int, tuple[str, str]] = {
     500: ("api_error", "Internal server error."),
     529: ("overloaded_error", "Overloaded"),
 }
+#: The beta a request with a Files API ``file`` source must name in ``anthropic-beta``.
+FILES_BETA = "files-api-2025-04-14"
 #: Tokens the fake bills for an image block and for each page of a document block.
 IMAGE_TOKENS = 1600
 PAGE_TOKENS = 3000
@@ -100,6 +103,18 @@ class _BadRequest(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+
+def _has_file_source(value: Any) -> bool:
+    """Whether a request's content (nested tool results too) has a ``file`` source."""
+    if isinstance(value, Mapping):
+        source = value.get("source")
+        if isinstance(source, Mapping) and source.get("type") == "file":
+            return True
+        return any(_has_file_source(v) for v in (value.get("content"), value.get("messages")))
+    if isinstance(value, list):
+        return any(_has_file_source(v) for v in value)
+    return False
 
 
 def _words(text: str | None) -> int:
@@ -288,6 +303,7 @@ class FakeAnthropic(FakeServer):
             return
         try:
             self._validate(body)
+            self._check_betas(body, request.headers.get("anthropic-beta", ""))
             message = self._answer(body, item if isinstance(item, Reply) else None)
         except _BadRequest as exc:
             self.send_error(response, 400, exc.message)
@@ -299,6 +315,16 @@ class FakeAnthropic(FakeServer):
         await self._stream(response, message, stream_cut(item), item, delay)
 
     # -- validation -----------------------------------------------------------------------
+
+    @staticmethod
+    def _check_betas(body: Mapping[str, Any], header: str) -> None:
+        """A ``file`` source needs the Files API beta in ``anthropic-beta``, as the API says."""
+        betas = {b.strip() for b in header.split(",")}
+        if FILES_BETA not in betas and _has_file_source([body.get("system"), body["messages"]]):
+            raise _BadRequest(
+                "File sources are a beta feature: add the header"
+                f" `anthropic-beta: {FILES_BETA}` to use them."
+            )
 
     def _validate(self, body: Mapping[str, Any]) -> None:
         if not isinstance(body.get("model"), str):

@@ -17,7 +17,9 @@ Errors: statuses map onto the core's tree (529 ``overloaded_error`` is a retryab
 a stream that began with status 200 is mapped by its error type the same way.
 
 Messages: system messages go to ``system``; text, images (base64 or URL) and PDF documents
-(base64 or a Files API ``file_id``) from ``Message.parts`` become content blocks; audio is
+(base64 or a Files API ``file_id``: a request referencing a file names the Files API beta,
+:data:`FILES_BETA`, in its ``anthropic-beta`` header) from ``Message.parts`` become content
+blocks; audio is
 :class:`~llmproxy.errors.UnsupportedContent`. Tool calls are ``tool_use`` blocks and tool
 results ``tool_result`` blocks in a user turn. Extended thinking (``extra={"thinking": ...}``):
 the thinking text arrives in ``reasoning``; the thinking blocks with their signatures are kept
@@ -96,6 +98,9 @@ MAX_PAGES = 100
 STATE_KEY = "anthropic"
 _SDK_ERRORS = (anthropic.AnthropicError, httpx2.HTTPError, ValueError)
 _EPHEMERAL = {"type": "ephemeral"}
+#: The beta a Messages request that references a Files API file (``file_id``) must name in its
+#: ``anthropic-beta`` header (the Files API is in beta: docs.claude.com/en/api/files-content).
+FILES_BETA = "files-api-2025-04-14"
 #: The shortest transport timeout an attempt gets (zero means "no timeout" to transports).
 _MIN_SECONDS = 0.001
 _T = TypeVar("_T")
@@ -274,6 +279,27 @@ def _fit_thinking(thinking: Any, max_tokens: int) -> Any:
 def _thinks(params: Mapping[str, Any]) -> bool:
     thinking = params.get("thinking")
     return isinstance(thinking, Mapping) and thinking.get("type") in ("enabled", "adaptive")
+
+
+def _references_files(blocks: Any) -> bool:
+    """Whether content blocks (tool results' nested ones too) hold a Files API ``file`` source."""
+    if isinstance(blocks, Mapping):
+        source = blocks.get("source")
+        if isinstance(source, Mapping) and source.get("type") == "file":
+            return True
+        return _references_files(blocks.get("content"))
+    if isinstance(blocks, list):
+        return any(_references_files(b) for b in blocks)
+    return False
+
+
+def _with_beta(headers: Mapping[str, str], beta: str) -> dict[str, str]:
+    """``headers`` with ``beta`` added to its ``anthropic-beta`` list (kept once)."""
+    out = {k: v for k, v in headers.items() if k.lower() != "anthropic-beta"}
+    given = [v for k, v in headers.items() if k.lower() == "anthropic-beta"]
+    betas = [b.strip() for v in given for b in v.split(",") if b.strip()]
+    out["anthropic-beta"] = ",".join([*betas, beta] if beta not in betas else betas)
+    return out
 
 
 def _forced(choice: Any) -> bool:
@@ -518,6 +544,11 @@ class AnthropicProvider:
         if request.timeout is not None:
             params["timeout"] = self.attempt_timeouts(request.timeout, stream=stream)
         params.update(extra)
+        if _references_files(turns) or _references_files(system):
+            # Only then: the beta header on every request would opt all calls into a beta.
+            given = params.get("extra_headers")
+            headers = {**(self._headers or {}), **(given if isinstance(given, Mapping) else {})}
+            params["extra_headers"] = _with_beta(headers, FILES_BETA)
         params["thinking"] = _fit_thinking(params.get("thinking"), params["max_tokens"])
         if params["thinking"] is None:
             del params["thinking"]
