@@ -10,6 +10,7 @@ import pytest
 
 from llmproxy import (
     BaseProvider,
+    BudgetExceeded,
     CallEvent,
     CallScope,
     ChatRequest,
@@ -22,7 +23,9 @@ from llmproxy import (
     Proxy,
     RateLimited,
     Usage,
+    flow,
 )
+from llmproxy.budget.memory import MemoryLedger
 from llmproxy.cache import CacheSettings, MemoryCache
 from llmproxy.config import load_config
 from llmproxy.routing import Cooldown, Deployment, Router, model_table
@@ -219,6 +222,74 @@ def test_a_deployment_at_its_rpm_is_skipped_then_all_are_rate_limited(
             ("deployment-rpm|model:a/m", 2.0),
             ("deployment-rpm|model:b/m", 1.0),
         }
+    finally:
+        proxy.close()
+
+
+def test_a_deployment_at_its_tpm_is_skipped_then_all_are_over_budget(
+    providers: dict[str, Scripted], events: list[CallEvent]
+) -> None:
+    # What one call reserves (its input bound plus max_output_tokens=2), asked of the ledger.
+    probe = make(providers, Router([Deployment("a/m", tpm=1)]), events)
+    with pytest.raises(BudgetExceeded) as needed:
+        probe.chat("hi", model="smart", max_output_tokens=2)
+    probe.close()
+    need = int(needed.value.requested)
+    assert need > 6  # each call reserves more than the 6 tokens it settles at
+    # a has room for two calls (6 settled + need), b for one.
+    router = Router(
+        [Deployment("a/m", tpm=need + 6), Deployment("b/m", tpm=need)], rng=random.Random(3)
+    )
+    proxy = make(providers, router, events)
+    try:
+        served = Counter(
+            proxy.chat("hi", model="smart", max_output_tokens=2).provider for _ in range(3)
+        )
+        assert served == {"a": 2, "b": 1}
+        with pytest.raises(BudgetExceeded) as caught:
+            proxy.chat("hi", model="smart", max_output_tokens=2)
+        assert caught.value.policy == "deployment-tpm"
+        rows = proxy.usage(model="a/m") + proxy.usage(model="b/m")
+        assert {(r.claim.key, r.used) for r in rows} == {
+            ("deployment-tpm|model:a/m", 12.0),
+            ("deployment-tpm|model:b/m", 6.0),
+        }
+    finally:
+        proxy.close()
+
+
+def test_on_limit_wait_waits_for_a_deployment_s_rpm_window(
+    providers: dict[str, Scripted], clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The ledger's clock is the test's, and a wait moves it on instead of sleeping.
+    slept: list[float] = []
+
+    def sleep(effect: flow.Sleep, proxy: Proxy) -> None:
+        slept.append(effect.seconds)
+        clock.now += effect.seconds
+
+    monkeypatch.setattr(flow.Sleep, "run", sleep)
+    router = Router([Deployment("a/m", rpm=1), Deployment("b/m", rpm=1)], rng=random.Random(3))
+    proxy = Proxy(
+        {"retry": FAST_RETRY, "use_history": False, "on_limit": "wait", "limit_wait": 300},
+        providers=providers,
+        routers={"smart": router},
+        ledger=MemoryLedger(clock=clock),
+        history="memory://",
+        environ={},
+    )
+    try:
+        last: dict[str, float] = {}
+        for _ in range(2):
+            clock.now += 10
+            last[proxy.chat("hi", model="smart").provider] = clock.now
+        assert sorted(last) == ["a", "b"] and not slept
+        clock.now += 10  # both have used their one request of the minute
+        third = proxy.chat("hi", model="smart").provider
+        assert len(slept) == 1 and slept[0] > 0
+        assert clock.now - last[third] >= 60  # sent once its deployment's minute had passed
+        rows = proxy.usage(model="a/m") + proxy.usage(model="b/m")
+        assert sum(r.used for r in rows) == 1  # the minute now holds the third call only
     finally:
         proxy.close()
 

@@ -4,6 +4,10 @@ Deployments answer, fail retryably (503, 429) or refuse (400) as the rules say; 
 test controls moves cooldowns on. Checked after every step: no attempt went to a deployment
 cooling down while another was healthy, every reservation was settled exactly once, nothing
 is left held, and a call's attempts stay within ``deployments + retry.max_attempts - 1``.
+At the end of a run, the weights hold: the deployments picked first by calls made while all
+three were healthy (weighted picks) pass a chi-square test against the weights 1:2:3 at
+p = 1e-6, once there are at least :data:`MIN_PICKS` of them. The run is derandomized (a fixed
+seed for hypothesis, and so for each router's generator), so the check cannot flake.
 """
 
 from __future__ import annotations
@@ -37,7 +41,25 @@ from llmproxy.routing import STRATEGIES, Cooldown, Deployment, Router
 from llmproxy_testing.proxies import FAST_RETRY
 
 NAMES = ("d0", "d1", "d2")
+WEIGHTS = {name: float(i + 1) for i, name in enumerate(NAMES)}
 MAX_ATTEMPTS = 2
+#: Healthy picks needed before the weights are checked: the fewest expected (weight 1 of 6)
+#: is then 50, where the chi-square approximation holds and a 1:2:3 split is told apart from
+#: an even one (the test in test_routing.py shows the bound is not loose).
+MIN_PICKS = 300
+#: The chi-square bound for 2 degrees of freedom at p = 1e-6: -2 ln(1e-6).
+CHI2_DF2_P1E6 = 27.631
+#: Calls one ``burst`` step makes, so that a run reaches :data:`MIN_PICKS`.
+BURST = 60
+
+
+def chi_square(counts: Counter[str], weights: dict[str, float]) -> float:
+    """Pearson's statistic of ``counts`` against the shares of ``weights``."""
+    total = sum(counts.values())
+    whole = sum(weights.values())
+    return sum(
+        (counts[name] - total * w / whole) ** 2 / (total * w / whole) for name, w in weights.items()
+    )
 
 
 class CountingLedger(MemoryLedger):
@@ -115,11 +137,14 @@ class RouterMachine(RuleBasedStateMachine):
         self.attempts_in_call: list[str] = []
         self.events: list[CallEvent] = []
         self.proxy: Proxy | None = None
+        self.strategy = ""
+        self.healthy_picks: Counter[str] = Counter()
 
     @initialize(strategy=st.sampled_from(STRATEGIES), seed=st.integers(0, 2**16))
     def setup(self, strategy: str, seed: int) -> None:
+        self.strategy = strategy
         self.router = Router(
-            [Deployment(f"{n}/m", weight=i + 1) for i, n in enumerate(NAMES)],
+            [Deployment(f"{n}/m", weight=WEIGHTS[n]) for n in NAMES],
             strategy=strategy,
             cooldown=Cooldown(seconds=10, backoff=2, max_seconds=60),
             rng=random.Random(seed),
@@ -142,6 +167,10 @@ class RouterMachine(RuleBasedStateMachine):
     def teardown(self) -> None:
         if self.proxy is not None:
             self.proxy.close()
+        # Weights hold over many calls: checked once the picks are enough to tell.
+        if sum(self.healthy_picks.values()) >= MIN_PICKS:
+            statistic = chi_square(self.healthy_picks, WEIGHTS)
+            assert statistic < CHI2_DF2_P1E6, (self.strategy, self.healthy_picks)
 
     def attempted(self, model: str) -> None:
         """Called by a deployment as an attempt reaches it: was it a healthy choice?"""
@@ -182,6 +211,17 @@ class RouterMachine(RuleBasedStateMachine):
         assert self.events[-1].attempts == len(self.attempts_in_call)
         if len(cooling_before) < len(NAMES):  # a healthy one existed: the first attempt is one
             assert self.attempts_in_call[0].partition("/")[0] not in cooling_before
+        if not cooling_before and self.strategy != "lowest-latency":
+            # All healthy and none in flight: the first attempt is a pick at random by weight
+            # (``least-in-flight`` breaks its tie so); ``lowest-latency`` picks by latency.
+            self.healthy_picks[self.attempts_in_call[0].partition("/")[0]] += 1
+
+    @precondition(lambda self: self.proxy is not None)
+    @rule()
+    def burst(self) -> None:
+        """Many calls in a row, each checked as :meth:`call` checks one."""
+        for _ in range(BURST):
+            self.call()
 
     @invariant()
     def no_attempt_to_a_cooling_deployment_while_another_is_healthy(self) -> None:
@@ -202,5 +242,7 @@ class RouterMachine(RuleBasedStateMachine):
             assert all(s.in_flight == 0 for s in self.router.status())
 
 
-RouterMachine.TestCase.settings = settings(max_examples=40, stateful_step_count=25, deadline=None)
+RouterMachine.TestCase.settings = settings(
+    max_examples=40, stateful_step_count=25, deadline=None, derandomize=True
+)
 TestRouterMachine = RouterMachine.TestCase

@@ -21,6 +21,7 @@ from llmproxy.pricing import (
     PriceChange,
     PriceTable,
     Tier,
+    describe,
     is_stale,
     price_age_days,
     price_date,
@@ -158,7 +159,12 @@ def test_genai_prices_tiers_cache_writes_and_dates() -> None:
     found = g.find("anthropic", "claude-sonnet-4-5")
     assert found is not None
     price = found[0].at(0)
-    assert price.cache_write is not None and price.cache_write > price.input
+    # genai-prices' cache_write_mtok is Anthropic's 5-minute rate, 1.25x input; the 1-hour
+    # rate (2x) is kept apart, for the writes a usage reports as hour-long.
+    assert price.cache_write == 1.25 * price.input
+    assert price.cache_write_1h == 2 * price.input
+    assert price.tiers[0].cache_write == 1.25 * price.tiers[0].input
+    assert price.tiers[0].cache_write_1h == 2 * price.tiers[0].input
     assert price.cached_input is not None and price.cached_input < price.input
     assert price.tiers and price.tiers[0].above == 200_000
     assert price.tiers[0].input > price.input
@@ -174,6 +180,27 @@ def test_genai_prices_tiers_cache_writes_and_dates() -> None:
     peak = flash[0].at((day + dt.timedelta(hours=2)).timestamp())
     off_peak = flash[0].at((day + dt.timedelta(hours=12)).timestamp())
     assert peak.input == 2 * off_peak.input
+
+
+def test_a_genai_price_is_dated_by_its_start_date_where_it_has_one() -> None:
+    # genai-prices dates Claude Sonnet 4.6's current price from 2026-03-13 (a
+    # StartDateConstraint); before that it had long-context tiers and no start date.
+    now = dt.datetime(2026, 12, 2, tzinfo=dt.UTC).timestamp()
+    earlier = dt.datetime(2026, 1, 10, tzinfo=dt.UTC).timestamp()
+    table = PriceTable({}, defaults=GenaiPrices())
+    current = table.lookup("anthropic", "claude-sonnet-4-6", at=now)
+    assert current is not None and current.price.as_of == "2026-03-13"
+    assert not current.price.tiers
+    assert describe(current, now, 90)["age_days"] == 264
+    assert describe(current, now, 90)["stale"] is True  # its real age, not the data's
+    before = table.lookup("anthropic", "claude-sonnet-4-6", at=earlier)
+    from genai_prices import data_snapshot
+
+    data = data_date(data_snapshot.get_snapshot().providers)
+    assert before is not None and before.price.tiers and before.price.as_of == data
+    # An undated price (no condition) keeps the data's date.
+    plain = table.lookup("anthropic", "claude-haiku-4-5", at=now)
+    assert plain is not None and plain.price.as_of == data
 
 
 def test_the_data_date_is_a_checked_date_never_in_the_future() -> None:
@@ -205,6 +232,14 @@ def test_cost_of_cache_reads_writes_and_tiers() -> None:
     assert price.rates(300_000) == (6.0, 22.5, 0.6, 6.0)
     assert price.bound(1_000) == (6.0, 15.0)  # the cache write rate is the dearest input
     assert price.bound(300_000) == (6.0, 22.5)
+    # Writes kept for an hour pay the 1-hour rate (which defaults to the cache write rate).
+    anthropic = Price(3.0, 15.0, 0.3, cache_write=3.75, cache_write_1h=6.0)
+    mixed = Usage(1_000, 100, 200, cache_write_tokens=300, cache_write_1h_tokens=100)
+    assert anthropic.cost(mixed) == pytest.approx(
+        (500 * 3 + 200 * 0.3 + 200 * 3.75 + 100 * 6.0 + 100 * 15) / 1e6
+    )
+    assert price.cost(mixed) == pytest.approx((500 * 3 + 200 * 0.3 + 300 * 6 + 100 * 15) / 1e6)
+    assert anthropic.bound(1_000) == (6.0, 15.0)  # the 1-hour rate is the dearest input
     with pytest.raises(ConfigError, match="same input length"):
         Price(1.0, 1.0, tiers=[Tier(10, 1.0, 1.0), Tier(10, 2.0, 2.0)])
     with pytest.raises(ConfigError, match="whole number"):
@@ -216,12 +251,18 @@ def prices(draw: st.DrawFn) -> Price:
     rate = st.floats(0, 100, allow_nan=False)
     optional = st.none() | rate
     aboves = draw(st.lists(st.integers(0, 2_000_000), max_size=3, unique=True))
-    tiers = [Tier(a, draw(rate), draw(rate), draw(optional), draw(optional)) for a in aboves]
+    tiers = [
+        Tier(
+            a, draw(rate), draw(rate), draw(optional), draw(optional), cache_write_1h=draw(optional)
+        )
+        for a in aboves
+    ]
     return Price(
         draw(rate),
         draw(rate),
         draw(optional),
         cache_write=draw(optional),
+        cache_write_1h=draw(optional),
         tiers=tiers,
     )
 
@@ -233,9 +274,13 @@ def reserved_and_used(draw: st.DrawFn) -> tuple[int, int, Usage]:
     used_input = draw(st.integers(0, reserved_input))
     read = draw(st.integers(0, used_input))
     write = draw(st.integers(0, used_input - read))
+    hour = draw(st.integers(0, write))
     output = draw(st.integers(0, cap))
     reasoning = draw(st.integers(0, output))
-    return reserved_input, cap, Usage(used_input, output, read, reasoning, cache_write_tokens=write)
+    usage = Usage(
+        used_input, output, read, reasoning, cache_write_tokens=write, cache_write_1h_tokens=hour
+    )
+    return reserved_input, cap, usage
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -388,7 +433,7 @@ def test_genai_prices_dated_prices_are_listed_as_changes_ahead() -> None:
     assert row["changes_at"] == new_year
     assert row["changes"] == [
         {"at": new_year, "as_of": change.price.as_of, "input": 1.5, "output": 7.5,
-         "cache_read": 0.15, "cache_write": 1.5}
+         "cache_read": 0.15, "cache_write": 1.5, "cache_write_1h": 1.5}
     ]  # fmt: skip
 
 
@@ -427,6 +472,53 @@ def test_the_prices_command(
     assert row["origin"].startswith("genai-prices ") and row["tiers"]
     assert main(["prices", "openai/gpt-5.4-ultra"]) == 1
     assert "no price" in capsys.readouterr().out
+
+
+def test_the_prices_command_shows_every_deployment_of_a_routed_alias(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from llmproxy.cli import main
+
+    config = tmp_path / "llmproxy.toml"
+    config.write_text(
+        'default_model = "openai/gpt-5.4"\n'
+        "[aliases]\n"
+        'clever = "smart"\n'
+        "[models.smart]\n"
+        'deployments = [{ model = "openai/gpt-5.4", weight = 3 },'
+        ' { model = "anthropic/claude-sonnet-4-6" }]\n'
+        "[models.odd]\n"
+        'deployments = ["openai/gpt-5.4", "openai/gpt-5.4-ultra"]\n'
+    )
+    monkeypatch.setenv("LLMPROXY_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("LLMPROXY_CONFIG", str(config))
+    monkeypatch.setenv("LLMPROXY_PRICE_MAX_AGE_DAYS", "0")
+
+    assert main(["prices", "smart"]) == 0
+    text = capsys.readouterr().out
+    assert "no price" not in text and "refused" not in text
+    assert "smart: routed over 2 deployments" in text
+    assert "openai/gpt-5.4\n  price   input $2.5" in text
+    assert "anthropic/claude-sonnet-4-6\n  price   input $3, output $15" in text
+    assert main(["prices", "clever", "--json"]) == 0  # an alias of the routed alias
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["model"] == "smart"
+    assert shown["deployments"]["anthropic/claude-sonnet-4-6"]["cache_write"] == 3.75
+    # A deployment with no price is named, and the command says so by its status.
+    assert main(["prices", "odd"]) == 1
+    text = capsys.readouterr().out
+    assert "openai/gpt-5.4-ultra\n  no price" in text and "openai/gpt-5.4\n  price" in text
+    # The listing names the routed aliases and prices their deployments.
+    assert main(["prices", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert listed["routes"]["smart"] == ["openai/gpt-5.4", "anthropic/claude-sonnet-4-6"]
+    assert listed["prices"]["anthropic/claude-sonnet-4-6"]["input"] == 3.0
+    assert listed["prices"]["openai/gpt-5.4-ultra"] is None
+    assert "openai/smart" not in listed["prices"]
+    assert main(["prices"]) == 0
+    assert "smart\n  routed  over openai/gpt-5.4, anthropic/claude-sonnet-4-6" in (
+        capsys.readouterr().out
+    )
 
 
 def test_models_lists_exact_names_and_genai_prices_current_models() -> None:

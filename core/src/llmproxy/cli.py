@@ -581,6 +581,7 @@ def _prices(args: argparse.Namespace, out: TextIO) -> int:
             aliases=dict(config.aliases),
             max_age_days=config.price_max_age_days,
             as_json=args.json,
+            routes={a: [d.model for d in r.deployments] for a, r in proxy.routers.items()},
         )
     finally:
         proxy.close()

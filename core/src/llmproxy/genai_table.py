@@ -21,16 +21,21 @@ but a snapshot date (``-20250514``, ``-2025-05-14``, ``@20250514``, ``-0324``). 
 ``claude-sonnet-4-6-fast`` is not priced by the family's rule.
 
 What is converted: input, output (the highest of the output and reasoning rates, as llmproxy
-bills reasoning as output), cache read and cache write (the highest of the 5-minute and 1-hour
-write rates: llmproxy's usage does not tell them apart, and a budget is never undercharged),
-and tiers by context length. Prices by time of day (DeepSeek's peak hours) and dated prices
-are applied at the moment of the call; ``llmproxy prices`` lists the dated ones ahead as
-changes and says when a price varies with the hour. Other units (per-request fees, audio,
-images, web searches) are not counted.
+bills reasoning as output), cache read, cache write and tiers by context length. genai-prices'
+``cache_write_mtok`` is Anthropic's 5-minute write rate (1.25x input, what the default
+``{"type": "ephemeral"}`` breakpoint costs) and ``cache_write_1h_mtok`` its 1-hour rate (2x
+input): they become ``Price.cache_write`` and ``Price.cache_write_1h``, and a usage bills the
+writes it reports as hour-long (``Usage.cache_write_1h_tokens``) at the second. A price with
+only a 1-hour write rate bills every write at it (never less than the bill). Prices by time
+of day (DeepSeek's peak hours) and dated prices are applied at the moment of the call;
+``llmproxy prices`` lists the dated ones ahead as changes and says when a price varies with
+the hour. Other units (per-request fees, audio, images, web searches) are not counted.
 
-The date of a genai-prices price (``as_of``) is that of its data: the newest date the data
-says its prices were checked on (see :func:`data_date`): a stale flag comes early rather than
-late.
+The date of a genai-prices price (``as_of``) is the day it took effect where genai-prices
+dates it (a ``StartDateConstraint``: Claude Sonnet 4.6's price of 2026-03-13 is dated
+2026-03-13), so the stale flag reflects the price's real age; a price genai-prices does not date
+(one with no condition, or one by the time of day) is dated by its data: the newest date the
+data says its prices were checked on (see :func:`data_date`).
 """
 
 from __future__ import annotations
@@ -75,14 +80,15 @@ _CHECKED = re.compile(
 _INPUT = ("input_mtok", "input_text_mtok")
 _OUTPUT = ("output_mtok", "output_text_mtok", "output_reasoning_mtok", "output_text_reasoning_mtok")
 _READ = ("cache_read_mtok", "cache_text_read_mtok")
+#: The cache write rates of the default time to live (Anthropic's 5 minutes).
 _WRITE = (
     "cache_write_mtok",
     "cache_write_5m_mtok",
-    "cache_write_1h_mtok",
     "cache_text_write_mtok",
     "cache_text_write_5m_mtok",
-    "cache_text_write_1h_mtok",
 )
+#: The 1-hour cache write rates.
+_WRITE_1H = ("cache_write_1h_mtok", "cache_text_write_1h_mtok")
 
 
 def version() -> str:
@@ -144,11 +150,18 @@ def _highest(model_price: Any, keys: Iterable[str], above: int) -> float | None:
     return float(max(present)) if present else None
 
 
+def _writes(model_price: Any, above: int) -> tuple[float | None, float | None]:
+    """The (cache write, 1-hour cache write) rates; a lone 1-hour rate is both."""
+    hour = _highest(model_price, _WRITE_1H, above)
+    write = _highest(model_price, _WRITE, above)
+    return (hour if write is None else write), hour
+
+
 def to_price(model_price: Any, as_of: str) -> Price | None:
     """Convert a genai-prices ``ModelPrice`` to a :class:`Price`; None without a token price."""
     from genai_prices import types as gp
 
-    keys = (*_INPUT, *_OUTPUT, *_READ, *_WRITE)
+    keys = (*_INPUT, *_OUTPUT, *_READ, *_WRITE, *_WRITE_1H)
     starts = sorted(
         {
             tier.start
@@ -164,21 +177,25 @@ def to_price(model_price: Any, as_of: str) -> Price | None:
     for start in starts:
         tier_input = _highest(model_price, _INPUT, start)
         assert tier_input is not None
+        tier_write, tier_hour = _writes(model_price, start)
         tiers.append(
             Tier(
                 above=start,
                 input=tier_input,
                 output=_highest(model_price, _OUTPUT, start) or 0.0,
                 cached_input=_highest(model_price, _READ, start),
-                cache_write=_highest(model_price, _WRITE, start),
+                cache_write=tier_write,
+                cache_write_1h=tier_hour,
             )
         )
+    write, hour = _writes(model_price, -1)
     return Price(
         inp,
         _highest(model_price, _OUTPUT, -1) or 0.0,
         _highest(model_price, _READ, -1),
         as_of,
-        cache_write=_highest(model_price, _WRITE, -1),
+        cache_write=write,
+        cache_write_1h=hour,
         tiers=tuple(tiers),
     )
 
@@ -216,13 +233,13 @@ class _Dated:
         self._converted: dict[int, Price | None] = {}
 
     def at(self, when: float) -> Price:
-        """The price in effect at ``when`` (a Unix time)."""
+        """The price in effect at ``when`` (a Unix time), dated by its start where it has one."""
         model_price = self._model.get_prices(dt.datetime.fromtimestamp(when, dt.UTC))
         key = id(model_price)
         try:
             price = self._converted[key]
         except KeyError:
-            price = self._converted[key] = to_price(model_price, self._as_of)
+            price = self._converted[key] = to_price(model_price, self._date_of(model_price))
         if price is None:  # a condition without token prices: billed at the highest one
             return self._highest()
         return price
@@ -260,6 +277,18 @@ class _Dated:
             if price != self.at(start - 1):
                 out.append((start, price))
         return out
+
+    def _date_of(self, model_price: Any) -> str:
+        """The start date genai-prices gives ``model_price``, else the data's date."""
+        from genai_prices import types as gp
+
+        conditionals = self._model.prices
+        assert not isinstance(conditionals, gp.ModelPrice)  # a _Dated has conditions
+        for conditional in conditionals:
+            constraint = conditional.constraint
+            if conditional.prices is model_price and isinstance(constraint, gp.StartDateConstraint):
+                return constraint.start_date.isoformat()
+        return self._as_of
 
     def _highest(self) -> Price:
         from genai_prices import types as gp

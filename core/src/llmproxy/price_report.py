@@ -1,13 +1,15 @@
 """``llmproxy prices [MODEL]``: the price a call would be charged, where it came from, its date.
 
-With a model (``provider/model`` or an alias): the rates a call to it is billed at now (per
+With a model (``provider/model``, an alias, or a ``[models.NAME]`` alias routed over several
+deployments, whose every deployment is shown): the rates a call to it is billed at now (per
 million input, output, cache read and cache write tokens, and the tiers by context length),
 the entry that matched, where that entry came from (the configuration, a plugin, or
 genai-prices and its version) and its date, flagged when older than ``price_max_age_days``,
 whether it varies with the hour of the call (DeepSeek's off-peak hours), and the changes
 scheduled ahead (a plugin's ``Price(until=..., then=...)`` and genai-prices' dated prices).
 Without one: every entry of the configuration and the plugins, the configured default model
-and aliases, and the default table's version and date. ``--json`` prints the same as JSON.
+and aliases, the routed aliases with their deployments, and the default table's version and
+date. ``--json`` prints the same as JSON.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import argparse
 import datetime as dt
 import json
 import time
+from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
 from llmproxy.pricing import Priced, PriceTable, describe
@@ -34,9 +37,11 @@ def _usd(value: float) -> str:
 
 
 def _rates(row: dict[str, Any]) -> str:
+    hour = row.get("cache_write_1h", row["cache_write"])
     return (
         f"input {_usd(row['input'])}, output {_usd(row['output'])},"
         f" cache read {_usd(row['cache_read'])}, cache write {_usd(row['cache_write'])}"
+        + ("" if hour == row["cache_write"] else f" (1h {_usd(hour)})")
     )
 
 
@@ -68,6 +73,38 @@ def _full_name(name: str, default_model: str, aliases: dict[str, str]) -> str:
     return name
 
 
+def _routed(
+    table: PriceTable,
+    out: TextIO,
+    alias: str,
+    deployments: Sequence[str],
+    when: float,
+    max_age_days: int,
+    as_json: bool,
+) -> int:
+    """Report each deployment of a routed alias; 1 when one of them has no price."""
+    found = {d: table.lookup(*_split(d), at=when) for d in deployments}
+    rows = {d: None if p is None else describe(p, when, max_age_days) for d, p in found.items()}
+    if as_json:
+        out.write(json.dumps({"model": alias, "deployments": rows}) + "\n")
+    else:
+        out.write(f"{alias}: routed over {len(rows)} deployments, each billed at its own price\n")
+        for name, row in rows.items():
+            if row is None:
+                out.write(
+                    f"{name}\n  no price: a call routed to it under a USD budget is refused;"
+                    f' add prices."{name}" = {{input = ..., output = ...}} to [prices]\n'
+                )
+            else:
+                out.write("\n".join(_lines(name, row, max_age_days)) + "\n")
+    return 1 if None in rows.values() else 0
+
+
+def _split(full: str) -> tuple[str, str]:
+    provider, _, name = full.partition("/")
+    return provider, name
+
+
 def report(
     table: PriceTable,
     out: TextIO,
@@ -78,10 +115,18 @@ def report(
     max_age_days: int,
     as_json: bool = False,
     now: float | None = None,
+    routes: Mapping[str, Sequence[str]] | None = None,
 ) -> int:
-    """Write the report; return 0, or 1 when ``model`` has no price."""
+    """Write the report; return 0, or 1 when ``model`` (or a deployment of it) has no price.
+
+    ``routes`` maps each routed alias (``[models.NAME]``) to its deployments' names.
+    """
     when = time.time() if now is None else now
+    routes = routes or {}
     if model is not None:
+        target = aliases.get(model, model)
+        if target in routes:
+            return _routed(table, out, target, routes[target], when, max_age_days, as_json)
         full = _full_name(model, default_model, aliases)
         provider, _, name = full.partition("/")
         priced = table.lookup(provider, name, at=when)
@@ -104,7 +149,9 @@ def report(
         return 0
     rows: list[tuple[str, Priced | None]] = [(p.name, p) for p in table.entries(at=when)]
     shown = {name for name, _ in rows}
-    for wanted in [default_model, *aliases]:
+    wanted_names = [n for n in [default_model, *aliases] if aliases.get(n, n) not in routes]
+    wanted_names += [d for deployments in routes.values() for d in deployments]
+    for wanted in wanted_names:
         full = _full_name(wanted, default_model, aliases)
         if full not in shown:
             provider, _, name = full.partition("/")
@@ -118,6 +165,7 @@ def report(
             json.dumps(
                 {
                     "default_table": summary,
+                    "routes": {alias: list(d) for alias, d in routes.items()},
                     "prices": {
                         name: None if p is None else describe(p, when, max_age_days)
                         for name, p in rows
@@ -133,5 +181,7 @@ def report(
         else:
             out.write("\n".join(_lines(name, describe(priced, when, max_age_days), max_age_days)))
             out.write("\n")
+    for alias, deployments in routes.items():
+        out.write(f"{alias}\n  routed  over {', '.join(deployments)} (each priced above)\n")
     out.write(f"default table: {summary}; `llmproxy prices MODEL` looks a model up in it\n")
     return 0

@@ -17,7 +17,8 @@ not priced by ``gpt-5.4`` (only by a pattern that says so, such as ``openai/gpt-
 exact name wins over a pattern, and a pattern with more literal characters over one with
 fewer.
 
-A :class:`Price` holds input, output, cache read (``cached_input``) and cache write rates, tiers
+A :class:`Price` holds input, output, cache read (``cached_input``) and cache write rates (and
+a 1-hour cache write rate, ``cache_write_1h``, for the writes a usage reports as hour-long), tiers
 by context length (``tiers``: a call whose input exceeds a tier's ``above`` pays that tier's
 rates on all its tokens, as providers bill long prompts) and the date it was read (``as_of``).
 A price known to change on a date carries the next one (``Price(..., until=..., then=...)``)
@@ -69,8 +70,8 @@ def _above(_i: object, _a: object, v: Any) -> None:
 class Tier:
     """Rates for a long context: they apply to every token of a call whose input exceeds ``above``.
 
-    ``cached_input`` and ``cache_write`` default to the tier's ``input`` rate, as in
-    :class:`Price`.
+    ``cached_input`` and ``cache_write`` default to the tier's ``input`` rate and
+    ``cache_write_1h`` to its ``cache_write`` rate, as in :class:`Price`.
     """
 
     above: int = field(validator=_above)
@@ -78,6 +79,7 @@ class Tier:
     output: float = field(validator=_price)
     cached_input: float | None = field(default=None, validator=_price)
     cache_write: float | None = field(default=None, validator=_price)
+    cache_write_1h: float | None = field(default=None, validator=_price, kw_only=True)
 
 
 def _tiers(value: Any) -> tuple[Tier, ...]:
@@ -88,8 +90,10 @@ def _tiers(value: Any) -> tuple[Tier, ...]:
 class Price:
     """USD per million tokens: input, output, cache reads and writes, tiers by context length.
 
-    ``cached_input`` (cache reads) and ``cache_write`` default to the input price. ``as_of`` is
-    the date the figures were read (``YYYY-MM-DD``, or ``YYYY-MM``).
+    ``cached_input`` (cache reads) and ``cache_write`` default to the input price, and
+    ``cache_write_1h`` (writes kept for an hour, :attr:`Usage.cache_write_1h_tokens`) to the
+    cache write price. ``as_of`` is the date the figures were read (``YYYY-MM-DD``, or
+    ``YYYY-MM``).
 
     >>> Price(input=0.25, output=2.0, cached_input=0.025).cost(Usage(1_000_000, 0, 400_000))
     0.16
@@ -100,7 +104,11 @@ class Price:
     cached_input: float | None = field(default=None, validator=_price)
     as_of: str = ""
     cache_write: float | None = field(default=None, validator=_price, kw_only=True)
-    """USD per million input tokens written to the provider's prompt cache."""
+    """USD per million input tokens written to the provider's prompt cache (Anthropic: for five
+    minutes, the default time to live)."""
+    cache_write_1h: float | None = field(default=None, validator=_price, kw_only=True)
+    """USD per million input tokens written to the prompt cache for an hour (Anthropic's
+    ``ttl: "1h"``); None: the cache write rate."""
     tiers: tuple[Tier, ...] = field(default=(), converter=_tiers, kw_only=True)
     """Rates for long contexts, by the input length they start above (ascending)."""
     until: float | None = field(default=None, kw_only=True)
@@ -126,32 +134,41 @@ class Price:
 
         The highest tier whose ``above`` the input exceeds, or the base rates.
         """
+        inp, out, read, write, _hour = self.full_rates(input_tokens)
+        return inp, out, read, write
+
+    def full_rates(self, input_tokens: int) -> tuple[float, float, float, float, float]:
+        """:meth:`rates` and the 1-hour cache write rate, last."""
         inp, out, read, write = self.input, self.output, self.cached_input, self.cache_write
+        hour = self.cache_write_1h
         for tier in self.tiers:
             if input_tokens <= tier.above:
                 break
             inp, out, read, write = tier.input, tier.output, tier.cached_input, tier.cache_write
-        return (
-            inp,
-            out,
-            inp if read is None else read,
-            inp if write is None else write,
-        )
+            hour = tier.cache_write_1h
+        write = inp if write is None else write
+        return (inp, out, inp if read is None else read, write, write if hour is None else hour)
+
+    def cache_write_1h_rate(self, input_tokens: int) -> float:
+        """The 1-hour cache write rate for a call with this much input (see :meth:`rates`)."""
+        return self.full_rates(input_tokens)[4]
 
     def cost(self, usage: Usage) -> float:
         """Return the USD cost of ``usage`` at the rates of its context length.
 
         Cached input tokens are billed at the cache read rate, cache writes at the cache write
-        rate, the rest of the input at the input rate and all output (reasoning included) at
-        the output rate.
+        rate (those written for an hour at the 1-hour rate), the rest of the input at the input
+        rate and all output (reasoning included) at the output rate.
         """
-        inp, out, read_rate, write_rate = self.rates(usage.input_tokens)
+        inp, out, read_rate, write_rate, hour_rate = self.full_rates(usage.input_tokens)
         read = min(usage.cached_input_tokens, usage.input_tokens)
         write = min(usage.cache_write_tokens, usage.input_tokens - read)
+        hour = min(usage.cache_write_1h_tokens, write)
         total = (
             (usage.input_tokens - read - write) * inp
             + read * read_rate
-            + write * write_rate
+            + (write - hour) * write_rate
+            + hour * hour_rate
             + usage.output_tokens * out
         )
         return round(total / 1_000_000, 10)
@@ -161,14 +178,14 @@ class Price:
 
         What a cost budget reserves before a call: the highest rates of every tier the input
         could reach, with an input token at the most of the input, cache read and cache write
-        rates (a cache write may cost more than plain input).
+        rates and both cache write rates (a cache write may cost more than plain input).
         """
-        candidates = [self.rates(0)] + [
-            self.rates(tier.above + 1) for tier in self.tiers if input_tokens > tier.above
+        candidates = [self.full_rates(0)] + [
+            self.full_rates(tier.above + 1) for tier in self.tiers if input_tokens > tier.above
         ]
         return (
-            max(max(inp, read, write) for inp, _out, read, write in candidates),
-            max(out for _inp, out, _read, _write in candidates),
+            max(max(inp, read, write, hour) for inp, _out, read, write, hour in candidates),
+            max(rates[1] for rates in candidates),
         )
 
 
@@ -458,8 +475,11 @@ def _changes(entry: Price | Entry, price: Price, when: float) -> tuple[PriceChan
 
 
 def _rates_json(price: Price, above: int) -> dict[str, float]:
-    keys = ("input", "output", "cache_read", "cache_write")
-    return dict(zip(keys, price.rates(above), strict=True))
+    keys = ("input", "output", "cache_read", "cache_write", "cache_write_1h")
+    return dict(zip(keys, price.full_rates(above), strict=True))
+
+
+_TIER_KEYS = ("above", "input", "output", "cache_read", "cache_write", "cache_write_1h")
 
 
 def describe(priced: Priced, now: float, max_age_days: int) -> dict[str, Any]:
@@ -482,11 +502,10 @@ def describe(priced: Priced, now: float, max_age_days: int) -> dict[str, Any]:
         "output": out,
         "cache_read": read,
         "cache_write": write,
+        "cache_write_1h": price.cache_write_1h_rate(0),
         "tiers": [
-            dict(
-                zip(("above", "input", "output", "cache_read", "cache_write"), values, strict=True)
-            )
-            for values in ((tier.above, *price.rates(tier.above + 1)) for tier in price.tiers)
+            dict(zip(_TIER_KEYS, values, strict=True))
+            for values in ((tier.above, *price.full_rates(tier.above + 1)) for tier in price.tiers)
         ],
         "changes_at": priced.changes[0].at if priced.changes else None,
         "changes": [

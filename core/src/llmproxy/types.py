@@ -349,6 +349,8 @@ class Usage:
     provider sent no usage (a broken stream) and the numbers were counted from what arrived.
     ``cache_write_tokens`` (input written to the provider's prompt cache, billed at the cache
     write price) is a part of ``input_tokens`` too, apart from ``cached_input_tokens``.
+    ``cache_write_1h_tokens`` is the part of ``cache_write_tokens`` written for an hour
+    (Anthropic's ``ttl: "1h"``), billed at the price's 1-hour write rate.
     """
 
     input_tokens: int = 0
@@ -358,6 +360,7 @@ class Usage:
     cost: float | None = None
     estimated: bool = False
     cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -378,6 +381,7 @@ class Usage:
             cost,
             self.estimated or other.estimated,
             self.cache_write_tokens + other.cache_write_tokens,
+            self.cache_write_1h_tokens + other.cache_write_1h_tokens,
         )
 
 

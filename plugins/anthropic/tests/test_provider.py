@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from llmproxy import LLMBudget, Proxy
+from llmproxy import CostBudget, LLMBudget, Proxy
 from llmproxy.config import load_config
 from llmproxy.errors import (
     ConfigError,
@@ -263,6 +263,43 @@ async def test_images_and_documents_go_out_as_sources(
     ]
 
 
+def beta_headers(server: FakeAnthropic) -> list[str | None]:
+    return [r.headers.get("anthropic-beta") for r in server.requests if r.path == "/v1/messages"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_file_reference_names_the_files_api_beta(
+    make_proxy: ProxyMaker, server: FakeAnthropic, mode: str
+) -> None:
+    proxy = make_proxy()
+    await ask(proxy, mode, ["Summarise:", Document(file_id="file_011CNha8iCJcU1wXNR6q4V8w")])
+    await ask(proxy, mode, ["Summarise:", Document(data=PDF)])  # no file: no beta
+    assert beta_headers(server) == ["files-api-2025-04-14", None]
+
+
+async def test_the_files_beta_joins_betas_already_asked_for(
+    server: FakeAnthropic,
+) -> None:
+    provider = AnthropicProvider(
+        api_key=API_KEY,
+        base_url=server.base_url,
+        default_headers={"anthropic-beta": "context-1m-2025-08-07"},
+    )
+    try:
+        in_result = Message("tool", tool_call_id="toolu_1", parts=(Document(file_id="file_abc"),))
+        call = Message("assistant", tool_calls=(ToolCall("toolu_1", "fetch", "{}"),))
+        provider.chat(request(Message("user", "Get it"), call, in_result))
+        provider.chat(request(extra={"extra_headers": {"anthropic-beta": "files-api-2025-04-14"}}))
+        provider.chat(request())
+    finally:
+        provider.close()
+    assert beta_headers(server) == [
+        "context-1m-2025-08-07,files-api-2025-04-14",  # a file in a tool result counts too
+        "files-api-2025-04-14",  # the caller's own header, untouched
+        "context-1m-2025-08-07",
+    ]
+
+
 async def test_audio_is_refused_naming_the_part(
     provider: AnthropicProvider, server: FakeAnthropic
 ) -> None:
@@ -319,6 +356,7 @@ async def test_answer_reasoning_and_usage(
     assert body["thinking"] == THINKING
     assert usage.input_tokens == input_token_count(body)
     assert usage.output_tokens == 6  # three words of thinking, three of text
+    assert usage.reasoning_tokens == 3  # output_tokens_details, in streams too
     assert bool(body.get("stream")) == (mode in ("stream", "astream"))
 
 
@@ -616,7 +654,74 @@ async def test_cache_reads_and_writes_are_reported(
     fresh = input_token_count(bodies(server)[0])
     assert usage.cached_input_tokens == 1000
     assert usage.cache_write_tokens == 300
+    assert usage.cache_write_1h_tokens == 0  # the fake's split: all 5-minute writes
     assert usage.input_tokens == fresh + 1000 + 300
+    # Claude Sonnet 4.6 at its default (genai-prices) rates: $3 input, $0.30 cache reads,
+    # $3.75 5-minute cache writes (1.25x input), $15 output per million tokens.
+    output = usage.output_tokens
+    assert usage.cost == pytest.approx((fresh * 3 + 1000 * 0.3 + 300 * 3.75 + output * 15) / 1e6)
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_hour_long_cache_writes_are_billed_at_the_hour_rate(
+    make_proxy: ProxyMaker, server: FakeAnthropic, mode: str
+) -> None:
+    split = {"ephemeral_5m_input_tokens": 200, "ephemeral_1h_input_tokens": 100}
+    server.enqueue(Reply(usage={"cache_creation_input_tokens": 300, "cache_creation": split}))
+    _, _, usage = await ask(make_proxy(), mode, "Hello")
+    fresh = input_token_count(bodies(server)[0])
+    assert (usage.cache_write_tokens, usage.cache_write_1h_tokens) == (300, 100)
+    output = usage.output_tokens
+    # 5-minute writes at $3.75 (1.25x input), 1-hour ones at $6 (2x input).
+    assert usage.cost == pytest.approx((fresh * 3 + 200 * 3.75 + 100 * 6 + output * 15) / 1e6)
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_cost_budget_is_charged_cache_reads_and_writes_at_their_rates(
+    make_proxy: ProxyMaker, server: FakeAnthropic, mode: str
+) -> None:
+    split = {"ephemeral_5m_input_tokens": 200, "ephemeral_1h_input_tokens": 100}
+    server.enqueue(
+        Reply(
+            usage={
+                "cache_read_input_tokens": 1000,
+                "cache_creation_input_tokens": 300,
+                "cache_creation": split,
+            }
+        )
+    )
+    budget = CostBudget(max_usd=5.0, name="usd")
+    proxy = make_proxy(budgets=[budget])
+    _, _, usage = await ask(proxy, mode, "Hello")
+    fresh = input_token_count(bodies(server)[0])
+    # The default table's (genai-prices) Claude Sonnet 4.6 rates per million tokens: $3
+    # input, $0.30 cache reads, $3.75 5-minute writes, $6 1-hour writes, $15 output.
+    expected = (
+        fresh * 3 + 1000 * 0.3 + 200 * 3.75 + 100 * 6 + usage.output_tokens * 15
+    ) / 1_000_000
+    assert usage.cost == pytest.approx(expected)
+    [row] = proxy.usage(model=NAME)
+    assert row.claim.policy == "usd"
+    assert row.used == pytest.approx(expected)  # the ledger's spend: settled at the bill
+    assert row.reserved == 0
+
+
+def test_the_dated_sonnet_4_pattern_prices_snapshots_only(make_proxy: ProxyMaker) -> None:
+    proxy = make_proxy()
+    dated = proxy.prices.lookup("anthropic", "claude-sonnet-4-20250514")
+    assert dated is not None
+    assert dated.name == "anthropic/claude-sonnet-4-{date}"
+    assert dated.origin == "plugin anthropic"
+    assert (dated.price.input, dated.price.output) == (3.0, 15.0)
+    assert (dated.price.cache_write, dated.price.cache_write_1h) == (3.75, 6.0)
+    assert proxy.prices.lookup("anthropic", "claude-sonnet-4-2025-05-14") is not None
+    # Not a snapshot date: the pattern does not price it (nor does genai-prices).
+    assert proxy.prices.lookup("anthropic", "claude-sonnet-4-fast") is None
+    assert proxy.prices.lookup("anthropic", "claude-sonnet-4-20250514-fast") is None
+    # The undated name is not the pattern's: genai-prices' own Sonnet 4 entry declares it.
+    undated = proxy.prices.lookup("anthropic", "claude-sonnet-4")
+    assert undated is not None and undated.name == "anthropic/claude-sonnet-4-0"
+    assert undated.origin.startswith("genai-prices")
 
 
 # --------------------------------------------------------------------------- counting

@@ -25,7 +25,8 @@ Behaviour, as the real API does it:
   with no empty text block, else 400 as the real API answers. An assistant turn with
   ``tool_use`` whose request enables ``thinking`` must start with a ``thinking`` block whose
   ``signature`` this server issued (``issued_signatures``), else 400. ``thinking`` needs a
-  ``budget_tokens`` of at least 1024 and below ``max_tokens``, else 400.
+  ``budget_tokens`` of at least 1024 and below ``max_tokens``, else 400. A ``file`` source
+  (a Files API ``file_id``) needs ``anthropic-beta: files-api-2025-04-14``, else 400.
 * **Replies**: ``Reply.text`` (default ``"Echo: "`` + the text of the last user turn; with
   ``output_config.format`` an answer fitting the schema), ``Reply.reasoning`` as a ``thinking``
   block with a signature (only when the request enables ``thinking``) and ``Reply.tool_calls``
@@ -34,13 +35,17 @@ Behaviour, as the real API does it:
   thinking first), or ``Reply.finish_reason``.
 * **Usage**: ``input_tokens = 3 + sum(words + 3)`` over the system prompt and the messages
   (text, tool inputs' and results' JSON), plus 1600 per image and 3000 per document page
-  block; ``output_tokens = max(1, words of text and thinking)``.
-  ``Reply.usage`` overrides fields (``cache_read_input_tokens``...).
+  block; ``output_tokens = max(1, words of text and thinking)``, and with ``thinking``
+  enabled ``output_tokens_details.thinking_tokens`` (the words of thinking).
+  ``Reply.usage`` overrides fields (``cache_read_input_tokens``...); ``cache_creation`` splits
+  ``cache_creation_input_tokens`` by time to live (all ``ephemeral_5m_input_tokens`` unless
+  ``Reply.usage`` gives it).
 * **Streams**: ``message_start`` (with the input and cache usage), a ``ping``, then per
   block ``content_block_start``, one
   ``content_block_delta`` per word piece (``thinking_delta`` then ``signature_delta``,
   ``text_delta``, ``input_json_delta``) and ``content_block_stop``, then ``message_delta`` with
-  the stop reason and output usage, then ``message_stop``. ``Fault.drop_after(n)`` aborts after
+  the stop reason and output usage (``output_tokens`` and ``output_tokens_details``), then
+  ``message_stop``. ``Fault.drop_after(n)`` aborts after
   n delta events; ``Fault.malformed()`` sends an event that is not JSON;
   :meth:`FakeAnthropic.fail_stream` sends an ``error`` event (``overloaded_error``) after n
   delta events, in a stream that began with status 200.
@@ -87,6 +92,8 @@ _ERRORS: dict[int, tuple[str, str]] = {
     500: ("api_error", "Internal server error."),
     529: ("overloaded_error", "Overloaded"),
 }
+#: The beta a request with a Files API ``file`` source must name in ``anthropic-beta``.
+FILES_BETA = "files-api-2025-04-14"
 #: Tokens the fake bills for an image block and for each page of a document block.
 IMAGE_TOKENS = 1600
 PAGE_TOKENS = 3000
@@ -96,6 +103,18 @@ class _BadRequest(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+
+def _has_file_source(value: Any) -> bool:
+    """Whether a request's content (nested tool results too) has a ``file`` source."""
+    if isinstance(value, Mapping):
+        source = value.get("source")
+        if isinstance(source, Mapping) and source.get("type") == "file":
+            return True
+        return any(_has_file_source(v) for v in (value.get("content"), value.get("messages")))
+    if isinstance(value, list):
+        return any(_has_file_source(v) for v in value)
+    return False
 
 
 def _words(text: str | None) -> int:
@@ -284,6 +303,7 @@ class FakeAnthropic(FakeServer):
             return
         try:
             self._validate(body)
+            self._check_betas(body, request.headers.get("anthropic-beta", ""))
             message = self._answer(body, item if isinstance(item, Reply) else None)
         except _BadRequest as exc:
             self.send_error(response, 400, exc.message)
@@ -295,6 +315,16 @@ class FakeAnthropic(FakeServer):
         await self._stream(response, message, stream_cut(item), item, delay)
 
     # -- validation -----------------------------------------------------------------------
+
+    @staticmethod
+    def _check_betas(body: Mapping[str, Any], header: str) -> None:
+        """A ``file`` source needs the Files API beta in ``anthropic-beta``, as the API says."""
+        betas = {b.strip() for b in header.split(",")}
+        if FILES_BETA not in betas and _has_file_source([body.get("system"), body["messages"]]):
+            raise _BadRequest(
+                "File sources are a beta feature: add the header"
+                f" `anthropic-beta: {FILES_BETA}` to use them."
+            )
 
     def _validate(self, body: Mapping[str, Any]) -> None:
         if not isinstance(body.get("model"), str):
@@ -418,8 +448,17 @@ class FakeAnthropic(FakeServer):
             "cache_creation_input_tokens": 0,
             "cache_read_input_tokens": 0,
         }
+        if thinking:
+            usage["output_tokens_details"] = {"thinking_tokens": len(thought)}
         if reply.usage:
             usage.update(reply.usage)
+        usage.setdefault(  # as the real API: the writes by time to live (5-minute by default)
+            "cache_creation",
+            {
+                "ephemeral_5m_input_tokens": usage["cache_creation_input_tokens"],
+                "ephemeral_1h_input_tokens": 0,
+            },
+        )
         return {
             "id": f"msg_{next(self._ids):024d}",
             "type": "message",
@@ -445,7 +484,9 @@ class FakeAnthropic(FakeServer):
             response.end()
             return
         start = dict(message, content=[], stop_reason=None)
-        start["usage"] = dict(message["usage"], output_tokens=1)
+        # The output so far: its details come with ``message_delta``.
+        usage = {k: v for k, v in message["usage"].items() if k != "output_tokens_details"}
+        start["usage"] = usage | {"output_tokens": 1}
         events: list[tuple[str, dict[str, Any], bool]] = [
             ("message_start", {"type": "message_start", "message": start}, False),
             ("ping", {"type": "ping"}, False),
@@ -496,7 +537,11 @@ class FakeAnthropic(FakeServer):
                 {
                     "type": "message_delta",
                     "delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
-                    "usage": {"output_tokens": message["usage"]["output_tokens"]},
+                    "usage": {
+                        key: value
+                        for key, value in message["usage"].items()
+                        if key in ("output_tokens", "output_tokens_details")
+                    },
                 },
                 False,
             )

@@ -164,6 +164,7 @@ class ProviderContract:
         assert usage.output_tokens >= min_output
         assert 0 <= usage.cached_input_tokens <= usage.input_tokens
         assert 0 <= usage.cache_write_tokens <= usage.input_tokens - usage.cached_input_tokens
+        assert 0 <= usage.cache_write_1h_tokens <= usage.cache_write_tokens
         assert 0 <= usage.reasoning_tokens <= usage.output_tokens
         assert not usage.estimated
         return usage

@@ -46,8 +46,11 @@ PRICES: dict[str, Price] = {}
 #: Declared patterns (``*`` any run of characters, ``{date}`` a snapshot date). genai-prices
 #: declares Claude Sonnet 4's snapshots by the prefix ``claude-sonnet-4-2025``, which llmproxy
 #: does not read as a declaration (a prefix is no name); this pattern says what it means:
-#: ``claude-sonnet-4-20250514`` and later dated snapshots, at genai-prices' Sonnet 4 figures
-#: (cache writes at the 1-hour rate, 2x input: llmproxy's usage does not tell the two apart).
+#: ``claude-sonnet-4-20250514`` and later dated snapshots, at genai-prices' Sonnet 4 figures:
+#: cache writes at the 5-minute rate (1.25x input, what this plugin's breakpoints cost) and
+#: writes a caller asks to keep for an hour at the 1-hour rate (2x input).
 PRICE_PATTERNS: dict[str, Price] = {
-    "claude-sonnet-4-{date}": Price(3.00, 15.00, 0.30, "2026-11-03", cache_write=6.00),
+    "claude-sonnet-4-{date}": Price(
+        3.00, 15.00, 0.30, "2026-11-03", cache_write=3.75, cache_write_1h=6.00
+    ),
 }

@@ -17,7 +17,9 @@ Errors: statuses map onto the core's tree (529 ``overloaded_error`` is a retryab
 a stream that began with status 200 is mapped by its error type the same way.
 
 Messages: system messages go to ``system``; text, images (base64 or URL) and PDF documents
-(base64 or a Files API ``file_id``) from ``Message.parts`` become content blocks; audio is
+(base64 or a Files API ``file_id``: a request referencing a file names the Files API beta,
+:data:`FILES_BETA`, in its ``anthropic-beta`` header) from ``Message.parts`` become content
+blocks; audio is
 :class:`~llmproxy.errors.UnsupportedContent`. Tool calls are ``tool_use`` blocks and tool
 results ``tool_result`` blocks in a user turn. Extended thinking (``extra={"thinking": ...}``):
 the thinking text arrives in ``reasoning``; the thinking blocks with their signatures are kept
@@ -26,7 +28,10 @@ round, as Anthropic requires. Structured output uses ``output_config.format`` (J
 
 Prompt caching: ``prompt_cache=True`` on a call (or the ``prompt_cache`` provider option) puts a
 ``cache_control`` breakpoint on the last message; by default (``auto_cache``, on) a system prompt
-or a tool list of at least :data:`AUTO_CACHE_CHARS` characters gets one too.
+or a tool list of at least :data:`AUTO_CACHE_CHARS` characters gets one too. These breakpoints
+are 5-minute ones (``{"type": "ephemeral"}``), billed at the price's cache write rate; writes a
+caller's own ``ttl: "1h"`` breakpoints make are reported apart and billed at the 1-hour rate
+(see :func:`usage_from`).
 """
 
 from __future__ import annotations
@@ -93,6 +98,9 @@ MAX_PAGES = 100
 STATE_KEY = "anthropic"
 _SDK_ERRORS = (anthropic.AnthropicError, httpx2.HTTPError, ValueError)
 _EPHEMERAL = {"type": "ephemeral"}
+#: The beta a Messages request that references a Files API file (``file_id``) must name in its
+#: ``anthropic-beta`` header (the Files API is in beta: docs.claude.com/en/api/files-content).
+FILES_BETA = "files-api-2025-04-14"
 #: The shortest transport timeout an attempt gets (zero means "no timeout" to transports).
 _MIN_SECONDS = 0.001
 _T = TypeVar("_T")
@@ -158,22 +166,43 @@ def usage_of(raw: Any) -> Usage | None:
         int(raw.output_tokens or 0),
         read=int(getattr(raw, "cache_read_input_tokens", 0) or 0),
         write=int(getattr(raw, "cache_creation_input_tokens", 0) or 0),
+        write_1h=hour_writes(getattr(raw, "cache_creation", None)),
         thinking=int(getattr(details, "thinking_tokens", 0) or 0) if details else 0,
     )
 
 
+def hour_writes(cache_creation: Any) -> int:
+    """The 1-hour cache writes of a usage's ``cache_creation`` breakdown (0 when absent)."""
+    if cache_creation is None:
+        return 0
+    return int(getattr(cache_creation, "ephemeral_1h_input_tokens", 0) or 0)
+
+
 def usage_from(
-    input_tokens: int, output_tokens: int, *, read: int, write: int, thinking: int = 0
+    input_tokens: int,
+    output_tokens: int,
+    *,
+    read: int,
+    write: int,
+    write_1h: int = 0,
+    thinking: int = 0,
 ) -> Usage:
     """The core's Usage of Anthropic's counts: the one place cache reads and writes are mapped.
 
     Anthropic's ``input_tokens`` leaves both out; both are added, reads become
-    ``cached_input_tokens`` and writes ``cache_write_tokens`` (billed at the price's cache-write
-    rate).
+    ``cached_input_tokens`` and writes ``cache_write_tokens``, billed at the price's cache write
+    rate (Anthropic's 5-minute rate, 1.25x input); the part written for an hour
+    (``cache_creation.ephemeral_1h_input_tokens``, only when a breakpoint asks ``ttl: "1h"``)
+    is ``cache_write_1h_tokens``, billed at the 1-hour rate (2x input).
     """
     billed = input_tokens + read + write
     return Usage(
-        billed, output_tokens, read, min(thinking, output_tokens), cache_write_tokens=write
+        billed,
+        output_tokens,
+        read,
+        min(thinking, output_tokens),
+        cache_write_tokens=write,
+        cache_write_1h_tokens=min(write_1h, write),
     )
 
 
@@ -250,6 +279,27 @@ def _fit_thinking(thinking: Any, max_tokens: int) -> Any:
 def _thinks(params: Mapping[str, Any]) -> bool:
     thinking = params.get("thinking")
     return isinstance(thinking, Mapping) and thinking.get("type") in ("enabled", "adaptive")
+
+
+def _references_files(blocks: Any) -> bool:
+    """Whether content blocks (tool results' nested ones too) hold a Files API ``file`` source."""
+    if isinstance(blocks, Mapping):
+        source = blocks.get("source")
+        if isinstance(source, Mapping) and source.get("type") == "file":
+            return True
+        return _references_files(blocks.get("content"))
+    if isinstance(blocks, list):
+        return any(_references_files(b) for b in blocks)
+    return False
+
+
+def _with_beta(headers: Mapping[str, str], beta: str) -> dict[str, str]:
+    """``headers`` with ``beta`` added to its ``anthropic-beta`` list (kept once)."""
+    out = {k: v for k, v in headers.items() if k.lower() != "anthropic-beta"}
+    given = [v for k, v in headers.items() if k.lower() == "anthropic-beta"]
+    betas = [b.strip() for v in given for b in v.split(",") if b.strip()]
+    out["anthropic-beta"] = ",".join([*betas, beta] if beta not in betas else betas)
+    return out
 
 
 def _forced(choice: Any) -> bool:
@@ -496,6 +546,11 @@ class AnthropicProvider:
         if request.headers:  # a call observer's traceparent; the call's own extra_headers win
             params["extra_headers"] = {**request.headers, **extra.pop("extra_headers", {})}
         params.update(extra)
+        if _references_files(turns) or _references_files(system):
+            # Only then: the beta header on every request would opt all calls into a beta.
+            given = params.get("extra_headers")
+            headers = {**(self._headers or {}), **(given if isinstance(given, Mapping) else {})}
+            params["extra_headers"] = _with_beta(headers, FILES_BETA)
         params["thinking"] = _fit_thinking(params.get("thinking"), params["max_tokens"])
         if params["thinking"] is None:
             del params["thinking"]
@@ -800,6 +855,11 @@ class _StreamReader:
         return None
 
     def _usage(self, usage: Any) -> None:
+        """Keep the counts of a ``message_start`` or ``message_delta`` usage (cumulative).
+
+        ``output_tokens_details.thinking_tokens`` (the reasoning part of the output) comes with
+        the ``message_delta``'s output count.
+        """
         if usage is None:
             return
         for name in (
@@ -811,6 +871,13 @@ class _StreamReader:
             value = getattr(usage, name, None)
             if value is not None:
                 self.raw_usage[name] = int(value)
+        details = getattr(usage, "output_tokens_details", None)
+        thinking = getattr(details, "thinking_tokens", None) if details is not None else None
+        if thinking is not None:
+            self.raw_usage["thinking_tokens"] = int(thinking)
+        creation = getattr(usage, "cache_creation", None)  # message_start's
+        if creation is not None:
+            self.raw_usage["cache_write_1h"] = hour_writes(creation)
 
     def last(self) -> Chunk:
         if not self.done:
@@ -841,6 +908,8 @@ class _StreamReader:
             counts.get("output_tokens", 0),
             read=counts.get("cache_read_input_tokens", 0),
             write=counts.get("cache_creation_input_tokens", 0),
+            write_1h=counts.get("cache_write_1h", 0),
+            thinking=counts.get("thinking_tokens", 0),
         )
         return Chunk(
             usage=usage,
