@@ -574,7 +574,7 @@ def _weight(records: Sequence[HistoryRecord]) -> int:
 class _Cached:
     """A session's decoded newest records, and what identifies the rows they were read from."""
 
-    __slots__ = ("complete", "records", "signature", "version")
+    __slots__ = ("checked", "complete", "pending", "records", "signature", "version")
 
     def __init__(
         self,
@@ -591,6 +591,11 @@ class _Cached:
         # the file's: while the connection reads the same value, no other connection has
         # committed since, and this one's own appends extended records (None: check the rows)
         self.version = version
+        # the last ``pending`` records are this connection's own appends, not yet confirmed
+        # by a load reading ``version`` unchanged (another connection may have committed
+        # before them); ``checked`` is the signature without them
+        self.pending = 0
+        self.checked = signature
 
 
 class _SessionCache:
@@ -600,14 +605,15 @@ class _SessionCache:
     2 ms). A hit costs one ``PRAGMA data_version`` when no other connection has committed to
     the file since the entry was last checked: the value changes with every other
     connection's commit (any process's), never with this connection's own, and this store's
-    own appends extend the entry themselves (:meth:`appended`), so an unchanged value means
-    the entry is the file's. Otherwise the hit costs one query of four index probes: the
-    session's oldest and newest row ids and their record ids. Rows are only ever appended to a
-    session or deleted with the whole session, so equal values mean the same rows; a newer
-    newest row, with the same oldest, means rows were appended, and those (``id`` above the
-    cached newest) are read and decoded alone; anything else reloads. A session written anew
-    after a delete has new record ids (the Proxy gives every record one); a session whose
-    oldest or newest record has none is not cached. Bounded by :data:`CACHE_BYTES`.
+    own appends extend the entry themselves (:meth:`appended`; confirmed by that same check),
+    so an unchanged value means the entry is the file's. Otherwise the hit costs one query of
+    four index probes: the session's oldest and newest row ids and their record ids. Rows are
+    only ever appended to a session or deleted with the whole session, so equal values mean
+    the same rows; a newer newest row, with the same oldest, means rows were appended, and
+    those (``id`` above the cached newest) are read and decoded alone; anything else reloads.
+    A session written anew after a delete has new record ids (the Proxy gives every record
+    one); a session whose oldest or newest record has none is not cached. Bounded by
+    :data:`CACHE_BYTES`.
     """
 
     def __init__(self) -> None:
@@ -628,6 +634,8 @@ class _SessionCache:
         (version,) = conn.execute(_DATA_VERSION).fetchone()
         if (generation, version) != cached.version:
             return None
+        cached.pending = 0  # nobody else wrote: this connection's appends were the only ones
+        cached.checked = cached.signature
         return self._answer(session_id, cached, limit)
 
     def load(
@@ -641,6 +649,17 @@ class _SessionCache:
         cached = self._sessions.get(session_id)
         if cached is None:
             return None
+        if cached.pending:
+            # Another connection wrote since (perhaps before these appends): take them back
+            # and read every row after the last checked one.
+            if cached.pending > len(cached.records):
+                self.drop(session_id)
+                return None
+            taken = cached.records[-cached.pending :]
+            del cached.records[-cached.pending :]
+            self._bytes -= _weight(taken)
+            cached.signature = cached.checked
+            cached.pending = 0
         signature = conn.execute(_SIGNATURE, (session_id,)).fetchone()
         if signature != cached.signature:
             oldest, newest, oldest_record, newest_record = signature
@@ -665,6 +684,7 @@ class _SessionCache:
             cached.signature = signature
             self._bytes += _weight(added)
         cached.version = version
+        cached.checked = cached.signature
         return self._answer(session_id, cached, limit)
 
     def _answer(
@@ -705,38 +725,30 @@ class _SessionCache:
             _sid, dropped = self._sessions.popitem(last=False)
             self._bytes -= _weight(dropped.records)
 
-    def appended(
-        self,
-        conn: sqlite3.Connection,
-        generation: int,
-        records: Sequence[HistoryRecord],
-        inserted: int,
-        newest: int | None,
-    ) -> None:
+    def appended(self, records: Sequence[HistoryRecord], inserted: int, newest: int | None) -> None:
         """Apply this connection's append of ``records`` (committed just now) to the cache.
 
         ``inserted`` is how many rows the INSERT added and ``newest`` the last one's row id.
-        A cached session gets the records appended when the write is exactly them, one
-        session's, each with a record id, and no other connection committed since the entry
-        was last checked (``PRAGMA data_version`` as it was then); otherwise the entry is
-        checked against the rows on its next load. The caller holds the store's lock.
+        A cached session gets the records appended, pending, when the write is exactly them,
+        one session's, each with a record id: the next load confirms them when ``PRAGMA
+        data_version`` still reads as at the entry's last check (no other connection committed
+        in between, before or after them), and else takes them back and reads the rows after
+        the last checked one. Any other write has the entry checked on its next load. The
+        caller holds the store's lock.
         """
         first = records[0].session_id
         cached = self._sessions.get(first)
         single = all(record.session_id == first for record in records)
         if cached is not None and cached.version is not None:
-            exact = (
+            if (
                 single
                 and inserted == len(records)
                 and newest is not None
                 and all(record.id is not None for record in records)
-            )
-            if exact:
-                (version,) = conn.execute(_DATA_VERSION).fetchone()
-                exact = (generation, version) == cached.version
-            if exact:
+            ):
                 added = list(records)
                 cached.records.extend(added)
+                cached.pending += len(added)
                 signature = cached.signature
                 cached.signature = (signature[0], newest, signature[2], added[-1].id)
                 self._bytes += _weight(added)
@@ -877,9 +889,7 @@ class SQLiteHistoryStore:
                     own = db.connection()
                     cursor = own.execute(sql, params)
                     db.wrote()
-                    self._cache.appended(
-                        own, db.generation, records, cursor.rowcount, cursor.lastrowid
-                    )
+                    self._cache.appended(records, cursor.rowcount, cursor.lastrowid)
             else:
                 sessions = {record.session_id for record in records}
                 with immediate(db) as conn:
