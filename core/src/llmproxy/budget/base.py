@@ -11,7 +11,7 @@ Unit = Literal["tokens", "requests", "usd"]
 Period = Literal["day", "month"]
 
 
-@frozen
+@frozen(cache_hash=True)  # hashed by ledgers on every call (a claim is made once per scope)
 class Claim:
     """One limit a call is counted against.
 

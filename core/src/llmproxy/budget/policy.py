@@ -174,6 +174,9 @@ class _Policy:
     _terms: tuple[tuple[str, ...], float | None, Period | None] | None = field(
         default=None, init=False, repr=False, eq=False
     )
+    # The last claim made, by scope value: a policy's claims repeat call after call, and the
+    # same Claim object lets ledgers find what they worked out for it without comparing fields.
+    _last: tuple[str, Claim] | None = field(default=None, init=False, repr=False, eq=False)
 
     _unit: ClassVar[Unit] = "tokens"
 
@@ -213,7 +216,10 @@ class _Policy:
             object.__setattr__(self, "_terms", terms)
         parts, window, period = terms
         value = ",".join([scope.value(p) for p in parts])
-        return Claim(
+        last = self._last
+        if last is not None and last[0] == value:
+            return last[1]
+        claim = Claim(
             f"{self.name}|{value}",
             self.name,
             value,
@@ -224,6 +230,8 @@ class _Policy:
             self.tz,
             self._shared,
         )
+        object.__setattr__(self, "_last", (value, claim))
+        return claim
 
 
 def _frozen_scope(value: str | Sequence[str]) -> str | tuple[str, ...]:

@@ -27,7 +27,7 @@ import threading
 import time
 import urllib.request
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from functools import lru_cache
 from typing import Any, Final
 
@@ -169,6 +169,9 @@ class _Database:
         self._schema = schema
         self._writes = 0
         self._on_disk = not (self.path == ":memory:" or self.path.startswith("file:"))
+        self.generation = 0
+        """Bumped whenever a connection is opened: ``PRAGMA data_version`` values are per
+        connection, so a value read on an earlier one (before a fork) must not be compared."""
         self.conn = self._open()
         _OPEN.add(self)
 
@@ -265,6 +268,7 @@ class _Database:
         except BaseException:
             conn.close()
             raise
+        self.generation += 1
         return conn
 
 
@@ -548,6 +552,9 @@ _SIGNATURE: Final = (
     " (SELECT record_id FROM history WHERE session_id = ?1 ORDER BY id LIMIT 1),"
     " (SELECT record_id FROM history WHERE session_id = ?1 ORDER BY id DESC LIMIT 1)"
 )
+_DATA_VERSION: Final = "PRAGMA data_version"
+"""Changes whenever another connection (this process's or another's) commits to the file; this
+connection's own commits leave it as it was."""
 _LOAD_AFTER: Final = (
     f"SELECT id, {_COLUMNS} FROM history WHERE session_id = ? AND id > ? ORDER BY id"  # noqa: S608
 )
@@ -567,44 +574,92 @@ def _weight(records: Sequence[HistoryRecord]) -> int:
 class _Cached:
     """A session's decoded newest records, and what identifies the rows they were read from."""
 
-    __slots__ = ("complete", "records", "signature")
+    __slots__ = ("checked", "complete", "pending", "records", "signature", "version")
 
     def __init__(
-        self, records: list[HistoryRecord], complete: bool, signature: tuple[Any, ...]
+        self,
+        records: list[HistoryRecord],
+        complete: bool,
+        signature: tuple[Any, ...],
+        version: tuple[int, int] | None,
     ) -> None:
         self.records = records  # the newest records, oldest first
         self.complete = complete  # records is the whole session
         # the session's oldest and newest row ids and their record ids, then
         self.signature = signature
+        # (connection generation, PRAGMA data_version) when records were last known to be
+        # the file's: while the connection reads the same value, no other connection has
+        # committed since, and this one's own appends extended records (None: check the rows)
+        self.version = version
+        # the last ``pending`` records are this connection's own appends, not yet confirmed
+        # by a load reading ``version`` unchanged (another connection may have committed
+        # before them); ``checked`` is the signature without them
+        self.pending = 0
+        self.checked = signature
 
 
 class _SessionCache:
     """Decoded records of recently loaded sessions, checked against the file on every load.
 
     A long session's load decoded every row on every call (a 1,000-message session: about
-    2 ms). A hit costs one query of four index probes instead: the session's oldest and newest
-    row ids and their record ids. Rows are only ever appended to a session or deleted with
-    the whole session, so equal values mean the same rows; a newer newest row, with the same
-    oldest, means rows were appended, and those (``id`` above the cached newest) are read and
-    decoded alone; anything else reloads. A session written anew after a delete has new
-    record ids (the Proxy gives every record one); a session whose oldest or newest record
-    has none is not cached. Bounded by :data:`CACHE_BYTES`.
+    2 ms). A hit costs one ``PRAGMA data_version`` when no other connection has committed to
+    the file since the entry was last checked: the value changes with every other
+    connection's commit (any process's), never with this connection's own, and this store's
+    own appends extend the entry themselves (:meth:`appended`; confirmed by that same check),
+    so an unchanged value means the entry is the file's. Otherwise the hit costs one query of
+    four index probes: the session's oldest and newest row ids and their record ids. Rows are
+    only ever appended to a session or deleted with the whole session, so equal values mean
+    the same rows; a newer newest row, with the same oldest, means rows were appended, and
+    those (``id`` above the cached newest) are read and decoded alone; anything else reloads.
+    A session written anew after a delete has new record ids (the Proxy gives every record
+    one); a session whose oldest or newest record has none is not cached. Bounded by
+    :data:`CACHE_BYTES`.
     """
 
     def __init__(self) -> None:
         self._sessions: collections.OrderedDict[str, _Cached] = collections.OrderedDict()
         self._bytes = 0
 
+    def fresh(
+        self, conn: sqlite3.Connection, generation: int, session_id: str, limit: int | None
+    ) -> list[HistoryRecord] | None:
+        """The cached answer when no other connection committed since the entry's check, or None.
+
+        One ``PRAGMA data_version`` (its own short read transaction); the caller holds the
+        store's lock and has no transaction open.
+        """
+        cached = self._sessions.get(session_id)
+        if cached is None or cached.version is None:
+            return None
+        (version,) = conn.execute(_DATA_VERSION).fetchone()
+        if (generation, version) != cached.version:
+            return None
+        cached.pending = 0  # nobody else wrote: this connection's appends were the only ones
+        cached.checked = cached.signature
+        return self._answer(session_id, cached, limit)
+
     def load(
-        self, conn: sqlite3.Connection, session_id: str, limit: int | None
+        self, conn: sqlite3.Connection, session_id: str, limit: int | None, version: tuple[int, int]
     ) -> list[HistoryRecord] | None:
         """The session's last ``limit`` records from the cache (reading new rows), or None.
 
-        The caller holds the store's lock and has a read transaction open on ``conn``.
+        The caller holds the store's lock and has a read transaction open on ``conn``, whose
+        ``(generation, data_version)`` is ``version``.
         """
         cached = self._sessions.get(session_id)
         if cached is None:
             return None
+        if cached.pending:
+            # Another connection wrote since (perhaps before these appends): take them back
+            # and read every row after the last checked one.
+            if cached.pending > len(cached.records):
+                self.drop(session_id)
+                return None
+            taken = cached.records[-cached.pending :]
+            del cached.records[-cached.pending :]
+            self._bytes -= _weight(taken)
+            cached.signature = cached.checked
+            cached.pending = 0
         signature = conn.execute(_SIGNATURE, (session_id,)).fetchone()
         if signature != cached.signature:
             oldest, newest, oldest_record, newest_record = signature
@@ -628,6 +683,14 @@ class _SessionCache:
             cached.records.extend(added)  # (loads return copies)
             cached.signature = signature
             self._bytes += _weight(added)
+        cached.version = version
+        cached.checked = cached.signature
+        return self._answer(session_id, cached, limit)
+
+    def _answer(
+        self, session_id: str, cached: _Cached, limit: int | None
+    ) -> list[HistoryRecord] | None:
+        """The last ``limit`` records of a current entry, or None when it holds fewer."""
         if not cached.complete and (limit is None or limit > len(cached.records)):
             return None  # more asked for than is cached: the caller reloads (and stores it)
         self._sessions.move_to_end(session_id)
@@ -641,8 +704,13 @@ class _SessionCache:
         session_id: str,
         records: list[HistoryRecord],
         limit: int | None,
+        version: tuple[int, int],
     ) -> None:
-        """Keep ``records`` (the session's last ``limit``, oldest first) as read just now."""
+        """Keep ``records`` (the session's last ``limit``, oldest first) as read just now.
+
+        The caller has a read transaction open on ``conn``, whose
+        ``(generation, data_version)`` is ``version``.
+        """
         self.drop(session_id)
         signature = conn.execute(_SIGNATURE, (session_id,)).fetchone()
         _oldest, _newest, oldest_record, newest_record = signature
@@ -651,11 +719,50 @@ class _SessionCache:
         if not records or records[-1].id != newest_record:
             return
         complete = limit is None or len(records) < limit or records[0].id == oldest_record
-        self._sessions[session_id] = _Cached(records[:], complete, tuple(signature))
+        self._sessions[session_id] = _Cached(records[:], complete, tuple(signature), version)
         self._bytes += _weight(records)
         while self._bytes > CACHE_BYTES and self._sessions:
             _sid, dropped = self._sessions.popitem(last=False)
             self._bytes -= _weight(dropped.records)
+
+    def appended(self, records: Sequence[HistoryRecord], inserted: int, newest: int | None) -> None:
+        """Apply this connection's append of ``records`` (committed just now) to the cache.
+
+        ``inserted`` is how many rows the INSERT added and ``newest`` the last one's row id.
+        A cached session gets the records appended, pending, when the write is exactly them,
+        one session's, each with a record id: the next load confirms them when ``PRAGMA
+        data_version`` still reads as at the entry's last check (no other connection committed
+        in between, before or after them), and else takes them back and reads the rows after
+        the last checked one. Any other write has the entry checked on its next load. The
+        caller holds the store's lock.
+        """
+        first = records[0].session_id
+        cached = self._sessions.get(first)
+        single = all(record.session_id == first for record in records)
+        if cached is not None and cached.version is not None:
+            if (
+                single
+                and inserted == len(records)
+                and newest is not None
+                and all(record.id is not None for record in records)
+            ):
+                added = list(records)
+                cached.records.extend(added)
+                cached.pending += len(added)
+                signature = cached.signature
+                cached.signature = (signature[0], newest, signature[2], added[-1].id)
+                self._bytes += _weight(added)
+            else:
+                cached.version = None
+        if not single:
+            self.stale({record.session_id for record in records})
+
+    def stale(self, session_ids: Iterable[str]) -> None:
+        """Have these sessions' entries checked against the rows on their next load."""
+        for session_id in session_ids:
+            cached = self._sessions.get(session_id)
+            if cached is not None:
+                cached.version = None
 
     def _trim(self, session_id: str, limit: int | None) -> None:
         """Keep only the records loads ask for (appends grow them by an exchange a call)."""
@@ -689,8 +796,10 @@ class SQLiteHistoryStore:
     IGNORE`` skip a record whose id is already stored (records without an id always go in).
 
     Loads reuse the decoded records of recently loaded sessions (about :data:`CACHE_BYTES` in
-    all), checked against the file on every load by four index probes, so a long session is
-    not decoded again on every call: only rows appended since (by any process) are read.
+    all), checked against the file on every load, so a long session is not decoded again on
+    every call: one ``PRAGMA data_version`` when no other connection wrote to the file since
+    (this store's own appends extend the cached session), else four index probes, and only
+    rows appended since (by any process) are read.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, timeout: float = 5.0) -> None:
@@ -720,10 +829,15 @@ class SQLiteHistoryStore:
         with db.lock:
             try:
                 conn = db.connection()
+                found = cache.fresh(conn, db.generation, session_id, limit)
+                if found is not None:
+                    return found
                 conn.execute("BEGIN")  # one snapshot for the check and the rows
                 try:
                     try:
-                        found = cache.load(conn, session_id, limit)
+                        (data_version,) = conn.execute(_DATA_VERSION).fetchone()
+                        version = (db.generation, data_version)
+                        found = cache.load(conn, session_id, limit, version)
                         if found is not None:
                             return found
                         rows, blobs = self._read(conn, session_id, limit)
@@ -737,7 +851,7 @@ class SQLiteHistoryStore:
                             f" row ({exc}); the file was written by something other than"
                             " llmproxy: delete the session"
                         ) from exc
-                    cache.store(conn, session_id, records, limit)
+                    cache.store(conn, session_id, records, limit, version)
                 finally:
                     conn.execute("COMMIT")
             except sqlite3.Error as exc:
@@ -772,8 +886,10 @@ class SQLiteHistoryStore:
                 params: list[Any] = [value for row in rows for value in row]
                 sql = _insert_sql(len(records))
                 with db.lock:
-                    db.connection().execute(sql, params)
+                    own = db.connection()
+                    cursor = own.execute(sql, params)
                     db.wrote()
+                    self._cache.appended(records, cursor.rowcount, cursor.lastrowid)
             else:
                 sessions = {record.session_id for record in records}
                 with immediate(db) as conn:
@@ -791,6 +907,7 @@ class SQLiteHistoryStore:
                         )
                     else:
                         conn.executemany(_insert_sql(1), rows)
+                    self._cache.stale(sessions)
         except sqlite3.Error as exc:
             raise db.error(exc) from exc
 
@@ -812,6 +929,9 @@ class SQLiteHistoryStore:
             assert conn is not None  # (None only without waiting)
             removed: int = conn.execute(_DELETE, (session_id,)).rowcount
             conn.execute(_DELETE_BLOBS, (session_id,))
+            # (again: a load between the drop above and this transaction may have cached it,
+            # and this connection's own delete leaves PRAGMA data_version as it was)
+            self._cache.drop(session_id)
         return removed
 
     def blob_count(self, session_id: str) -> int:

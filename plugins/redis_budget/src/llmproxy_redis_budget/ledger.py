@@ -255,6 +255,11 @@ class RedisLedger:
         self._offset: float | None = None
         self._tag = "{llmproxy-budget:" + settings.prefix + "}"
         self._plans: dict[Claim, _ClaimPlan] = {}
+        # Per set of claims (policies and scopes repeat call after call): the reserve's keys,
+        # fields and terms when no claim has a calendar period (whose fields move with the
+        # clock), and the settle's keys and windows.
+        self._reserve_sets: dict[tuple[Claim, ...], tuple[tuple[_Key, ...], str, str]] = {}
+        self._settle_sets: dict[tuple[Claim, ...], tuple[tuple[_Key, ...], list[str]]] = {}
         self._breaker = CircuitBreaker(
             failures=settings.breaker_failures,
             cooldown=settings.breaker_cooldown,
@@ -527,6 +532,46 @@ class RedisLedger:
             )
         return plan
 
+    def _reserve_set(
+        self, claims: Sequence[Claim], estimate: float
+    ) -> tuple[tuple[_Key, ...], str, str]:
+        """The reserve's claim keys, packed fields and terms for ``claims`` (kept when fixed)."""
+        claim_set = claims if isinstance(claims, tuple) else tuple(claims)
+        found = self._reserve_sets.get(claim_set)
+        if found is not None:
+            return found
+        keys: list[_Key] = []
+        terms: list[str] = []
+        fields: list[str] = []
+        for claim in claim_set:
+            plan = self._plan(claim)
+            keys += plan.keys
+            fields.append(
+                f"{plan.unit} {plan.limit} {plan.window}" + self._period_fields(claim, estimate)
+            )
+            terms.append(plan.terms)
+        found = (tuple(keys), "|".join(fields), "\n".join(terms))
+        if all(claim.period is None for claim in claim_set):
+            if len(self._reserve_sets) >= 1024:
+                self._reserve_sets.clear()
+            self._reserve_sets[claim_set] = found
+        return found
+
+    def _settle_set(self, claims: tuple[Claim, ...]) -> tuple[tuple[_Key, ...], list[str]]:
+        """The settle's claim keys and each claim's window field, kept per set of claims."""
+        found = self._settle_sets.get(claims)
+        if found is None:
+            keys: list[_Key] = []
+            windows: list[str] = []
+            for claim in claims:
+                plan = self._plan(claim)
+                keys += plan.keys
+                windows.append(plan.window)
+            if len(self._settle_sets) >= 1024:
+                self._settle_sets.clear()
+            found = self._settle_sets[claims] = (tuple(keys), windows)
+        return found
+
     @staticmethod
     def _period_fields(claim: Claim, estimate: float) -> str:
         """A calendar claim's candidate periods, as script fields (with a leading space)."""
@@ -566,18 +611,11 @@ class RedisLedger:
                 f" {_fmt(lease)} {rate_in} {rate_out} {ttl} {_fmt(self._grace)} {self._tag}"
                 + (" 1" if guard is not None else "")
             ]
-            terms: list[str] = []
-            fields: list[str] = []
-            for claim in claims:
-                plan = self._plan(claim)
-                keys += plan.keys
-                fields.append(
-                    f"{plan.unit} {plan.limit} {plan.window}" + self._period_fields(claim, estimate)
-                )
-                terms.append(plan.terms)
+            claim_keys, fields, terms = self._reserve_set(claims, estimate)
+            keys += claim_keys
             if guard is not None:
                 keys.append(guard)
-            args += ("|".join(fields), "\n".join(terms))
+            args += (fields, terms)
             reply = yield ("reserve", keys, args)
             status, server_now = reply[0], float(reply[1])
             if status == "skip":
@@ -660,14 +698,17 @@ class RedisLedger:
                 f" {_fmt(self._grace)} {self._tag}"
             )
             fields: list[str] = []
-            for claim, held in zip(reservation.claims, reservation.amounts, strict=True):
-                plan = self._plan(claim)
-                keys += plan.keys
-                held_units = _int(held * USD_SCALE if claim.unit == "usd" else held)
-                settled = _int(amount_settled(claim, tokens, requests, cost))
-                fields.append(
-                    f"{plan.window} {held_units} {settled}" + self._period_fields(claim, estimate)
-                )
+            claim_keys, windows = self._settle_set(reservation.claims)
+            keys += claim_keys
+            for claim, held, window in zip(
+                reservation.claims, reservation.amounts, windows, strict=True
+            ):
+                held_units = round(held * USD_SCALE if claim.unit == "usd" else held)
+                settled = round(amount_settled(claim, tokens, requests, cost))
+                field = f"{window} {held_units} {settled}"
+                if claim.period is not None:
+                    field += self._period_fields(claim, estimate)
+                fields.append(field)
             reply = yield ("settle", keys, [header, "|".join(fields)])
             if reply[0] != "clock":
                 return None
