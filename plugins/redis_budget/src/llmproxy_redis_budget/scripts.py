@@ -236,8 +236,9 @@ end
 for i = 1, n do
   local stored = redis.call('HMGET', us[i], 'u', 'r', 'p', 'd')
   reserved[i] = held(us[i], hs[i], stored[2], now, cs[i])
-  if reserved[i] ~= tonumber(stored[2] or '0') then  -- expired holds were charged to u
-    stored[1] = redis.call('HGET', us[i], 'u')
+  if reserved[i] ~= tonumber(stored[2] or '0') then
+    -- expired holds were charged: to u, and for a calendar claim perhaps into a new period (p)
+    stored = redis.call('HMGET', us[i], 'u', 'r', 'p', 'd')
   end
   terms[i] = stored[4]
   if windows[i] then
