@@ -344,6 +344,32 @@ def _timed_out(name: str, model: str, idle: bool, seconds: float) -> ProviderTim
     return ProviderTimeout(what, provider=name, model=model)
 
 
+def deadline_passed(provider: str, request: ChatRequest) -> ProviderTimeout:
+    """The error of an attempt still unanswered at the call's deadline (``request.timeout``)."""
+    return _timed_out(provider, request.model, False, request.timeout or 0.0)
+
+
+async def within_deadline(
+    provider: str, request: ChatRequest, attempt: Callable[[], Awaitable[T]]
+) -> T:
+    """Await ``attempt()``, cut off at ``request.timeout`` seconds with a ProviderTimeout.
+
+    For a provider's async whole answer: the SDK's own timeouts bound each read, this bounds
+    the attempt as a whole (the call's deadline). A ``TimeoutError`` the attempt raised on its
+    own is left as it is.
+    """
+    if request.timeout is None:
+        return await attempt()
+    cutoff = asyncio.timeout(max(request.timeout, 0.0))
+    try:
+        async with cutoff:
+            return await attempt()
+    except TimeoutError:
+        if cutoff.expired():
+            raise deadline_passed(provider, request) from None
+        raise
+
+
 def _bounded_achat(
     achat: Callable[[Any, ChatRequest], Awaitable[Completion]],
 ) -> Callable[[Any, ChatRequest], Awaitable[Completion]]:
@@ -351,16 +377,7 @@ def _bounded_achat(
 
     @functools.wraps(achat)
     async def bounded(self: BaseProvider, request: ChatRequest) -> Completion:
-        if request.timeout is None:
-            return await achat(self, request)
-        timeout = asyncio.timeout(max(request.timeout, 0.0))
-        try:
-            async with timeout:
-                return await achat(self, request)
-        except TimeoutError:
-            if timeout.expired():
-                raise _timed_out(self.name, request.model, False, request.timeout) from None
-            raise
+        return await within_deadline(self.name, request, lambda: achat(self, request))
 
     setattr(bounded, _DEADLINE_MARK, True)
     return bounded

@@ -64,6 +64,7 @@ from llmproxy.errors import (
     ProviderUnavailable,
     UnsupportedContent,
 )
+from llmproxy.provider import deadline_passed, within_deadline
 from llmproxy.registry import ProviderSettings
 from llmproxy.secret import Secret, redact
 from llmproxy.tokens import InputMargin, messages_upper_bound, text_upper_bound
@@ -620,16 +621,7 @@ class AnthropicProvider:
 
     async def achat(self, request: ChatRequest) -> Completion:
         """Async :meth:`chat`, cut off at the request's deadline."""
-        if request.timeout is None:
-            return await self._achat(request)
-        cutoff = asyncio.timeout(max(request.timeout, 0.0))
-        try:
-            async with cutoff:
-                return await self._achat(request)
-        except TimeoutError:
-            if cutoff.expired():
-                raise self._timed_out(request) from None
-            raise
+        return await within_deadline(self.name, request, lambda: self._achat(request))
 
     async def _achat(self, request: ChatRequest) -> Completion:
         params = self._params(request)
@@ -711,11 +703,7 @@ class AnthropicProvider:
             raise
 
     def _timed_out(self, request: ChatRequest) -> ProviderTimeout:
-        return ProviderTimeout(
-            f"no answer within the attempt's {request.timeout:g}s (the call's deadline)",
-            provider=self.name,
-            model=request.model,
-        )
+        return deadline_passed(self.name, request)
 
     # -- errors ------------------------------------------------------------------------------
 

@@ -70,7 +70,7 @@ from llmproxy.errors import (
     ProviderTimeout,
     ProviderUnavailable,
 )
-from llmproxy.provider import EmbedLimits
+from llmproxy.provider import EmbedLimits, deadline_passed, within_deadline
 from llmproxy.registry import ProviderSettings
 from llmproxy.secret import Secret, redact
 from llmproxy.tokens import (
@@ -331,11 +331,7 @@ class GeminiProvider:
         self._limit(request)
 
     def _timed_out(self, request: ChatRequest) -> ProviderTimeout:
-        return ProviderTimeout(
-            f"no answer within the attempt's {request.timeout:g}s (the call's deadline)",
-            provider=self.name,
-            model=request.model,
-        )
+        return deadline_passed(self.name, request)
 
     def _take_stream(self) -> httpx2.Response | None:
         task = asyncio.current_task()
@@ -426,16 +422,7 @@ class GeminiProvider:
 
     async def achat(self, request: ChatRequest) -> Completion:
         """Async :meth:`chat`."""
-        if request.timeout is None:
-            return await self._achat(request)
-        cutoff = asyncio.timeout(request.timeout)
-        try:
-            async with cutoff:
-                return await self._achat(request)
-        except TimeoutError:
-            if cutoff.expired():
-                raise self._timed_out(request) from None
-            raise
+        return await within_deadline(self.name, request, lambda: self._achat(request))
 
     async def _achat(self, request: ChatRequest) -> Completion:
         contents, config = self._prepare(request)

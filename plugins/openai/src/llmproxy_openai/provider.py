@@ -65,7 +65,7 @@ from llmproxy.errors import (
     ProviderTimeout,
     ProviderUnavailable,
 )
-from llmproxy.provider import EmbedLimits, no_embeddings
+from llmproxy.provider import EmbedLimits, deadline_passed, no_embeddings, within_deadline
 from llmproxy.registry import ProviderSettings
 from llmproxy.secret import Secret, redact
 from llmproxy.tokens import InputMargin
@@ -575,11 +575,7 @@ class OpenAIProvider:
         return httpx2.Timeout(read, connect=connect, pool=connect, write=seconds)
 
     def _timed_out(self, request: ChatRequest) -> ProviderTimeout:
-        return ProviderTimeout(
-            f"no answer within the attempt's {request.timeout:g}s (the call's deadline)",
-            provider=self.name,
-            model=request.model,
-        )
+        return deadline_passed(self.name, request)
 
     def _answer(self, path: str, content: bytes, model: str) -> Completion:
         if path == RESPONSES_PATH:
@@ -603,16 +599,7 @@ class OpenAIProvider:
 
     async def achat(self, request: ChatRequest) -> Completion:
         """Async :meth:`chat`."""
-        if request.timeout is None:
-            return await self._achat(request)
-        cutoff = asyncio.timeout(max(request.timeout, 0.0))
-        try:
-            async with cutoff:
-                return await self._achat(request)
-        except TimeoutError:
-            if cutoff.expired():
-                raise self._timed_out(request) from None
-            raise
+        return await within_deadline(self.name, request, lambda: self._achat(request))
 
     async def _achat(self, request: ChatRequest) -> Completion:
         path, body, options = self._attempt(request, stream=False)
