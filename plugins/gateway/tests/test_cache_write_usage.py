@@ -67,6 +67,7 @@ def test_cache_writes_in_every_api_and_the_usage_log(
         "output_tokens": 4,
         "cache_read_input_tokens": 300,
         "cache_creation_input_tokens": 600,
+        "cache_creation": {"ephemeral_5m_input_tokens": 600, "ephemeral_1h_input_tokens": 0},
     }
 
     rows = gateway.rows(3, key=record.id)
@@ -87,3 +88,17 @@ def test_no_cache_writes_keep_openais_usage_shape() -> None:
     assert responses_wire.usage_json(plain)["input_tokens_details"] == {"cached_tokens": 4}
     assert messages_wire.usage_json(plain)["cache_creation_input_tokens"] == 0
     assert messages_wire.usage_json(plain)["input_tokens"] == 6
+
+
+def test_messages_split_cache_writes_by_their_lifetime() -> None:
+    """Anthropic's shape says how many writes were for an hour and how many for 5 minutes."""
+    usage = Usage(
+        1000, 4, cached_input_tokens=300, cache_write_tokens=600, cache_write_1h_tokens=200
+    )
+    body = messages_wire.usage_json(usage)
+    assert body["input_tokens"] == 100
+    assert body["cache_creation_input_tokens"] == 600
+    assert body["cache_creation"] == {
+        "ephemeral_5m_input_tokens": 400,
+        "ephemeral_1h_input_tokens": 200,
+    }

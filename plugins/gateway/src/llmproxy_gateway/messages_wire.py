@@ -604,16 +604,25 @@ def stop_reason(response: ChatResponse | None, finish_reason: str | None) -> str
     return _STOP_REASONS.get(finish_reason or "stop", "end_turn")
 
 
-def usage_json(usage: Usage | None) -> dict[str, int]:
-    """Anthropic's ``usage``: ``input_tokens`` excludes cache reads and writes, reported apart."""
+def usage_json(usage: Usage | None) -> dict[str, Any]:
+    """Anthropic's ``usage``: ``input_tokens`` excludes cache reads and writes, reported apart.
+
+    Cache writes are split as Anthropic splits them (``cache_creation``): the 1-hour ones
+    (``Usage.cache_write_1h_tokens``) and the 5-minute rest.
+    """
     if usage is None:
         return {"input_tokens": 0, "output_tokens": 0}
     uncached = usage.input_tokens - usage.cached_input_tokens - usage.cache_write_tokens
+    hour = min(usage.cache_write_1h_tokens, usage.cache_write_tokens)
     return {
         "input_tokens": max(0, uncached),
         "output_tokens": usage.output_tokens,
         "cache_read_input_tokens": usage.cached_input_tokens,
         "cache_creation_input_tokens": usage.cache_write_tokens,
+        "cache_creation": {
+            "ephemeral_5m_input_tokens": usage.cache_write_tokens - hour,
+            "ephemeral_1h_input_tokens": hour,
+        },
     }
 
 
