@@ -36,6 +36,7 @@ from llmproxy.types import Audio, ChatRequest, Chunk, Document, Image, Message, 
 from llmproxy_anthropic import models
 from llmproxy_anthropic.provider import (
     AUTO_CACHE_CHARS,
+    FILES_BETA,
     AnthropicProvider,
     count_messages,
 )
@@ -759,6 +760,25 @@ def test_count_tokens_online_when_asked(server: FakeAnthropic) -> None:
         assert counted == input_token_count(body)
         server.enqueue(Fault.status(500))  # a failed count falls back on the offline bound
         assert p.count_tokens(messages, MODEL) == count_messages(messages)
+    finally:
+        p.close()
+
+
+def test_count_tokens_online_names_the_files_beta_for_a_file(server: FakeAnthropic) -> None:
+    # The API refuses a count that references a file without the Files API beta, as it refuses
+    # the message itself; without the header the count would fall back on the offline bound.
+    p = AnthropicProvider(api_key=API_KEY, base_url=server.base_url, count_tokens_online=True)
+    messages = (
+        Message.with_parts(
+            "user", ("Summarise:", Document(file_id="file_011CNha8iCJcU1wXNR6q4V8w"))
+        ),
+    )
+    try:
+        counted = p.count_tokens(messages, MODEL)
+        [sent] = server.requests
+        assert sent.path == "/v1/messages/count_tokens"
+        assert FILES_BETA in sent.headers.get("anthropic-beta", "")
+        assert counted == input_token_count(sent.json())
     finally:
         p.close()
 

@@ -287,6 +287,11 @@ class FakeAnthropic(FakeServer):
             if body is None:
                 self.send_error(response, 400, "invalid JSON")
                 return
+            try:
+                self._check_betas(body, request.headers.get("anthropic-beta", ""))
+            except _BadRequest as exc:
+                self.send_error(response, 400, exc.message)
+                return
             response.send_json(200, {"input_tokens": input_token_count(body)})
             return
         streaming = bool(body.get("stream")) if body is not None else False

@@ -769,7 +769,8 @@ class AnthropicProvider:
             return bound
         request = ChatRequest(tuple(messages), model, self.name)
         params = self._params(request)
-        params = {k: v for k, v in params.items() if k in _COUNT_PARAMETERS}
+        # (extra_headers carries the Files API beta when a file is referenced)
+        params = {k: v for k, v in params.items() if k in _COUNT_PARAMETERS or k == "extra_headers"}
         try:
             return int(self.client.messages.count_tokens(**params).input_tokens)
         except anthropic.AnthropicError:
