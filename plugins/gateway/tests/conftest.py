@@ -19,6 +19,8 @@ from typing import Any
 import pytest
 
 from llmproxy_gateway import KeyStore
+from llmproxy_testing.fake_deepseek import FakeDeepSeek
+from llmproxy_testing.fake_gemini import FakeGemini
 from llmproxy_testing.fake_openai import FakeOpenAI
 from llmproxy_usage_log import SQLiteUsageLog, UsageRecord
 
@@ -133,13 +135,37 @@ def upstream() -> Iterator[FakeOpenAI]:
         yield server
 
 
+@pytest.fixture(scope="module")
+def deepseek() -> Iterator[FakeDeepSeek]:
+    with FakeDeepSeek(api_key=UPSTREAM_KEY) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def gemini() -> Iterator[FakeGemini]:
+    with FakeGemini(api_key=UPSTREAM_KEY) as server:
+        yield server
+
+
 def serve_gateway(
-    upstream: FakeOpenAI, root: Path, *, args: tuple[str, ...] = (), **extra: str
+    upstream: FakeOpenAI,
+    root: Path,
+    *,
+    args: tuple[str, ...] = (),
+    deepseek: FakeDeepSeek | None = None,
+    gemini: FakeGemini | None = None,
+    **extra: str,
 ) -> Iterator[GatewayProcess]:
     """Run a gateway with its data under ``root`` in front of ``upstream``, then stop it.
 
-    ``args`` are more arguments of ``llmproxy serve``; ``extra`` more environment variables.
+    ``args`` are more arguments of ``llmproxy serve``; ``deepseek`` and ``gemini`` fakes the
+    gateway's DeepSeek and Gemini providers are pointed at; ``extra`` more environment
+    variables.
     """
+    if deepseek is not None:
+        extra.update(DEEPSEEK_API_KEY=UPSTREAM_KEY, DEEPSEEK_BASE_URL=deepseek.base_url)
+    if gemini is not None:
+        extra.update(GEMINI_API_KEY=UPSTREAM_KEY, GEMINI_BASE_URL=gemini.base_url)
     config = root / "llmproxy.toml"
     config.write_text(CONFIG)
     env = clean_env(

@@ -21,7 +21,7 @@ from llmproxy_testing.fake_deepseek import FakeDeepSeek
 from llmproxy_testing.fake_gemini import FakeGemini
 from llmproxy_testing.fake_openai import FakeOpenAI, Reply
 
-from .conftest import UPSTREAM_KEY, GatewayProcess, chat_bodies, serve_gateway
+from .conftest import GatewayProcess, chat_bodies, serve_gateway
 from .test_client_tools import model_bodies
 from .test_parts import PNG
 
@@ -41,18 +41,6 @@ WEATHER: Any = {
 
 
 @pytest.fixture(scope="module")
-def deepseek() -> Iterator[FakeDeepSeek]:
-    with FakeDeepSeek(api_key=UPSTREAM_KEY) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def gemini() -> Iterator[FakeGemini]:
-    with FakeGemini(api_key=UPSTREAM_KEY) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def servers(
     upstream: FakeOpenAI, deepseek: FakeDeepSeek, gemini: FakeGemini
 ) -> dict[str, FakeServer]:
@@ -69,10 +57,8 @@ def gateway(
     yield from serve_gateway(
         upstream,
         tmp_path_factory.mktemp("messages-gateway"),
-        DEEPSEEK_API_KEY=UPSTREAM_KEY,
-        DEEPSEEK_BASE_URL=deepseek.base_url,
-        GEMINI_API_KEY=UPSTREAM_KEY,
-        GEMINI_BASE_URL=gemini.base_url,
+        deepseek=deepseek,
+        gemini=gemini,
     )
 
 

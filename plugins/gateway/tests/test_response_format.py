@@ -19,15 +19,13 @@ from .test_client_tools import (
     GEMINI,
     MODELS,
     OPENAI,
-    deepseek,
     gateway,
-    gemini,
     model_bodies,
     sdk,
     servers,
 )
 
-__all__ = ["deepseek", "gateway", "gemini", "servers"]  # the fixtures this module uses
+__all__ = ["gateway", "servers"]  # the fixtures this module uses (deepseek, gemini: conftest)
 
 PERSON: dict[str, Any] = {
     "type": "object",

@@ -23,7 +23,7 @@ from llmproxy_gateway import responses_wire
 from llmproxy_testing.fake_gemini import FakeGemini
 from llmproxy_testing.fake_openai import FakeOpenAI, Fault, Reply
 
-from .conftest import UPSTREAM_KEY, GatewayProcess, chat_bodies, serve_gateway
+from .conftest import GatewayProcess, chat_bodies, serve_gateway
 from .test_parts import PDF, PNG
 
 GEMINI = "gemini/gemini-3.8-flash"
@@ -41,20 +41,13 @@ WEATHER: FunctionToolParam = {
 
 
 @pytest.fixture(scope="module")
-def gemini() -> Iterator[FakeGemini]:
-    with FakeGemini(api_key=UPSTREAM_KEY) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def gateway(
     upstream: FakeOpenAI, gemini: FakeGemini, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[GatewayProcess]:
     yield from serve_gateway(
         upstream,
         tmp_path_factory.mktemp("responses-gateway"),
-        GEMINI_API_KEY=UPSTREAM_KEY,
-        GEMINI_BASE_URL=gemini.base_url,
+        gemini=gemini,
     )
 
 
