@@ -42,6 +42,7 @@ from llmproxy_anthropic.provider import (
 )
 from llmproxy_testing.fake_anthropic import FakeAnthropic, Fault, Reply, input_token_count
 from llmproxy_testing.proxies import ProxyMaker
+from llmproxy_testing.proxies import ask as ask_in
 
 from .conftest import API_KEY
 
@@ -78,30 +79,9 @@ def bodies(server: FakeAnthropic) -> list[dict[str, Any]]:
 
 
 async def ask(proxy: Proxy, mode: str, prompt: Any, **kwargs: Any) -> tuple[str, str | None, Any]:
-    """Run one call in ``mode``; return the answer, its reasoning and the usage."""
+    """Run one call in ``mode`` on this module's model; return the answer, reasoning, usage."""
     kwargs.setdefault("model", NAME)
-    if mode == "chat":
-        r = proxy.chat(prompt, **kwargs)
-        return r.text, r.reasoning, r.usage
-    if mode == "achat":
-        r = await proxy.achat(prompt, **kwargs)
-        return r.text, r.reasoning, r.usage
-    text: list[str] = []
-    reasoning: list[str] = []
-    usage = None
-    if mode == "stream":
-        with proxy.stream(prompt, **kwargs) as stream:
-            for ev in stream:
-                text.append(ev.text)
-                reasoning.append(ev.reasoning)
-                usage = ev.usage or usage
-    else:
-        async with proxy.astream(prompt, **kwargs) as astream:
-            async for ev in astream:
-                text.append(ev.text)
-                reasoning.append(ev.reasoning)
-                usage = ev.usage or usage
-    return "".join(text), "".join(reasoning) or None, usage
+    return await ask_in(proxy, mode, prompt, **kwargs)
 
 
 def request(*messages: Message, **kwargs: Any) -> ChatRequest:

@@ -7,6 +7,9 @@ A plugin's ``conftest.py`` turns a :class:`ProxyMaker` into its ``make_proxy`` f
         maker = ProxyMaker(environ)
         yield maker
         await maker.aclose()
+
+:func:`ask` runs one call through any of the four faces (``chat``, ``achat``, ``stream``,
+``astream``: :data:`MODES`) and returns what each face gives alike.
 """
 
 from __future__ import annotations
@@ -50,3 +53,39 @@ class ProxyMaker:
         """Close every Proxy made, from the event loop their async clients ran on."""
         for proxy in self.made:
             await proxy.aclose()
+
+
+MODES: Final = ("chat", "achat", "stream", "astream")
+"""The Proxy's four faces, as :func:`ask` names them."""
+
+
+async def ask(proxy: Proxy, mode: str, prompt: Any, **kwargs: Any) -> tuple[str, str | None, Any]:
+    """Run one call in ``mode`` (one of :data:`MODES`); return its text, reasoning and usage.
+
+    A stream's text and reasoning are joined from its events, and its usage is the last one an
+    event carried (the final event's), so the four faces can be compared directly.
+    """
+    if mode == "chat":
+        r = proxy.chat(prompt, **kwargs)
+        return r.text, r.reasoning, r.usage
+    if mode == "achat":
+        r = await proxy.achat(prompt, **kwargs)
+        return r.text, r.reasoning, r.usage
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    text: list[str] = []
+    reasoning: list[str] = []
+    usage = None
+    if mode == "stream":
+        with proxy.stream(prompt, **kwargs) as stream:
+            for ev in stream:
+                text.append(ev.text)
+                reasoning.append(ev.reasoning)
+                usage = ev.usage or usage
+    else:
+        async with proxy.astream(prompt, **kwargs) as astream:
+            async for ev in astream:
+                text.append(ev.text)
+                reasoning.append(ev.reasoning)
+                usage = ev.usage or usage
+    return "".join(text), "".join(reasoning) or None, usage
