@@ -20,13 +20,20 @@ Sections (``--only`` picks some; each prints its own lines):
   budget and a requests-per-minute limit): p50/p99 added over direct, requests per second,
   the gateway's CPU milliseconds per request, and the load generator's own CPU share (near
   100 % means the client, not the gateway, is what saturates). Target: at most 3 ms p50 and
-  10 ms p99 added, 2 workers at least 1.7x one worker's requests per second.
+  10 ms p99 added, 2 workers at least 1.7x one worker's requests per second. Run twice: with
+  the Python fake upstream, and with nginx answering a fixed completion (when installed,
+  ``apt-get install nginx-light``), which costs the two shared cores far less, so that the
+  workers' scaling is the gateway's rather than the upstream's (``--upstream`` picks one).
+  Then the CPU each process spent a request, and what two cores allow from those figures.
+- ``history`` also times a bare asyncio round trip to the redis-server (PING on a raw
+  connection): the least the Redis store's one write, which a call waits for, can cost.
 
 Redis sections start their own ``redis-server`` on loopback (skipped when it is missing).
 
     .venv/bin/python bench/bench_scaling.py                 # every section
     .venv/bin/python bench/bench_scaling.py --quick         # smaller samples: a smoke run
     .venv/bin/python bench/bench_scaling.py --only history,memory
+    .venv/bin/python bench/bench_scaling.py --only gateway --upstream nginx
 """
 
 from __future__ import annotations
@@ -35,8 +42,11 @@ import argparse
 import asyncio
 import contextlib
 import importlib.util
+import json
 import os
 import resource
+import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -246,8 +256,40 @@ def section_history(base_url: str, redis: str | None, calls: int) -> None:
             f" {(long[store] - short[store]) / 990 * 1000:7.2f}us {ratio:13.2f}x"
         )
     print("  (target: 1000-message overhead within 1.5x of memory's on SQLite and Redis)")
-    if not redis:
+    if redis:
+        trip = asyncio.run(bare_round_trip(redis))
+        room = long["memory"] * 0.5
+        print(
+            f"  a bare asyncio round trip to this redis-server (PING, no client library):"
+            f" {trip:.3f} ms; 1.5x of memory's leaves {room:.3f} ms for everything the Redis"
+            f" store adds, its one write's round trip included"
+        )
+    else:
         print("  (redis-server not installed: no Redis row)")
+
+
+async def bare_round_trip(url: str, n: int = 2000) -> float:
+    """Median ms of a PING written and its reply read on a raw asyncio connection.
+
+    The floor under any Redis command from an asyncio program on this machine: what the
+    Redis store's write, which a call waits for, costs at the least.
+    """
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port or 6379)
+    times: list[float] = []
+    try:
+        for _ in range(n):
+            t0 = time.perf_counter()
+            writer.write(b"*1\r\n$4\r\nPING\r\n")
+            if await reader.readline() != b"+PONG\r\n":
+                raise SystemExit("redis-server did not answer PING")
+            times.append(time.perf_counter() - t0)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    return median_ms(times)
 
 
 # -- policies and trips (Redis) --------------------------------------------------------------
@@ -346,27 +388,109 @@ WHOLE = bench_gateway.Shape(
 )
 
 
-def section_gateway(clients: int, seconds: float, rounds: int) -> None:
+def completion_body(words: int = 24) -> str:
+    """A whole chat completion as the bench's Python fake answers it (``words`` words)."""
+    content = " ".join(f"word{i}" for i in range(words))
+    return json.dumps(
+        {
+            "id": "chatcmpl-nginx",
+            "object": "chat.completion",
+            "created": 1796237042,
+            "model": "gpt-4o-mini",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": content, "refusal": None},
+                    "logprobs": None,
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {"prompt_tokens": 12, "completion_tokens": words, "total_tokens": 12 + words},
+        },
+        separators=(",", ":"),
+    )
+
+
+def start_nginx(tmp: str) -> tuple[subprocess.Popen[str], str]:
+    """nginx on loopback answering every chat completion with :func:`completion_body`.
+
+    One worker process, no access log, keep-alive without a request cap: an upstream that
+    costs its machine far less than the Python fake, so that what the gateway scaling run
+    measures is the gateway. Returns the process (the master; its worker is its child) and
+    the base URL.
+    """
+    exe = shutil.which("nginx") or "/usr/sbin/nginx"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    root = Path(tmp) / "nginx"
+    root.mkdir()
+    body = completion_body().replace("\\", "\\\\").replace("'", "\\'")
+    temps = "\n".join(
+        f"  {name}_temp_path {root}/{name};" for name in ("client_body", "proxy", "fastcgi")
+    )
+    (root / "nginx.conf").write_text(
+        f"""daemon off;
+worker_processes 1;
+pid {root}/nginx.pid;
+error_log {root}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  keepalive_requests 100000000;
+  keepalive_timeout 120s;
+{temps}
+  server {{
+    listen 127.0.0.1:{port};
+    location = /v1/chat/completions {{
+      default_type application/json;
+      return 200 '{body}';
+    }}
+  }}
+}}
+"""
+    )
+    proc = subprocess.Popen(
+        [exe, "-p", str(root), "-c", str(root / "nginx.conf"), "-e", str(root / "error.log")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"nginx did not start: {proc.stderr.read() if proc.stderr else ''}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return proc, f"http://127.0.0.1:{port}/v1"
+        time.sleep(0.02)  # polling a port that is not open yet; bounded by the deadline
+    bench_gateway.stop(proc)
+    raise SystemExit("nginx did not open its port within 15 s")
+
+
+def section_gateway(clients: int, seconds: float, rounds: int, upstream_kind: str) -> None:
     with tempfile.TemporaryDirectory(prefix="llmproxy-scaling-") as tmp:
         base_env = {
             k: v
             for k, v in os.environ.items()
             if not k.startswith(("OPENAI", "LLM_PROXY", "LLMPROXY"))
         }
-        upstream, line = bench_gateway.start(
-            [
-                sys.executable,
-                bench_gateway.__file__,
-                "--serve-upstream",
-                "--words",
-                "24",
-                "--chunk-delay",
-                "0",
-            ],
-            base_env,
-            "http://",
-        )
-        upstream_url = line.strip()
+        if upstream_kind == "nginx":
+            upstream, upstream_url = start_nginx(tmp)
+        else:
+            upstream, line = bench_gateway.start(
+                [
+                    sys.executable,
+                    bench_gateway.__file__,
+                    "--serve-upstream",
+                    "--words",
+                    "24",
+                    "--chunk-delay",
+                    "0",
+                ],
+                base_env,
+                "http://",
+            )
+            upstream_url = line.strip()
         env = {
             **base_env,
             "OPENAI_API_KEY": bench_gateway.UPSTREAM_KEY,
@@ -408,8 +532,10 @@ def section_gateway(clients: int, seconds: float, rounds: int) -> None:
             results = {name: bench_gateway.Sample() for name in targets}
             client_cpu = dict.fromkeys(targets, 0.0)
             client_wall = dict.fromkeys(targets, 0.0)
+            upstream_cpu = dict.fromkeys(targets, 0.0)
             for round_index in range(rounds):
                 for name, (port, secret, cpu) in targets.items():
+                    up_before = bench_gateway.cpu_seconds(upstream.pid)
                     used = resource.getrusage(resource.RUSAGE_SELF)
                     began = time.perf_counter()
                     sample = bench_gateway.run(
@@ -427,6 +553,7 @@ def section_gateway(clients: int, seconds: float, rounds: int) -> None:
                     )
                     after = resource.getrusage(resource.RUSAGE_SELF)
                     client_wall[name] += time.perf_counter() - began
+                    upstream_cpu[name] += bench_gateway.cpu_seconds(upstream.pid) - up_before
                     client_cpu[name] += (after.ru_utime + after.ru_stime) - (
                         used.ru_utime + used.ru_stime
                     )
@@ -439,7 +566,7 @@ def section_gateway(clients: int, seconds: float, rounds: int) -> None:
     direct = results["direct"]
     print(
         f"gateway: {clients} concurrent non-streamed clients, {rounds} alternating rounds of"
-        f" {seconds:g} s per target"
+        f" {seconds:g} s per target, upstream: {upstream_kind}"
     )
     print(
         f"{'target':<10} {'req/s':>8} {'p50':>8} {'p99':>8} {'added p50':>10} {'added p99':>10}"
@@ -468,6 +595,46 @@ def section_gateway(clients: int, seconds: float, rounds: int) -> None:
         )
     ratio = rates["2 workers"] / rates["1 worker"] if rates["1 worker"] else float("nan")
     print(f"2 workers / 1 worker requests per second: {ratio:.2f}x (target >= 1.7x)")
+    print_gateway_bounds(clients, results, client_cpu, upstream_cpu)
+
+
+def print_gateway_bounds(
+    clients: int,
+    results: dict[str, Any],
+    client_cpu: dict[str, float],
+    upstream_cpu: dict[str, float],
+) -> None:
+    """What two cores allow, from the CPU each process used a request.
+
+    With ``g`` the gateway's CPU a request and ``o`` everyone else's (the load generator and
+    the fake upstream, both measured; the kernel's share of loopback traffic is in their system
+    time and the gateway's), one worker serves at most ``1/g`` requests/s (one core) and two at
+    most ``2/(g+o)`` (both cores, ``g`` and ``o`` as measured in the 2-worker run, at its
+    rate), so two workers reach about ``2/(g2+o2)`` over ``1/g1`` at best (an estimate: the
+    kernel's softirq time is charged to whichever process it interrupts). At ``c`` closed-loop
+    clients, one saturated worker's p50 is about ``c*g``: adding at most 3 ms over the direct
+    p50 needs ``g <= (3 ms + direct p50) / c``; with that ``g`` two workers could reach at most
+    ``2g/(g+o2)`` times one.
+    """
+
+    def per_request(name: str) -> tuple[float, float]:
+        served = max(len(results[name].totals), 1)
+        return results[name].cpu / served, (client_cpu[name] + upstream_cpu[name]) / served
+
+    g1, o1 = per_request("1 worker")
+    g2, o2 = per_request("2 workers")
+    direct = results["direct"]
+    needed = (0.003 + statistics.median(direct.totals)) / clients if direct.totals else float("nan")
+    print(
+        f"CPU a request: gateway {g1 * 1000:.3f} ms (1 worker) / {g2 * 1000:.3f} ms (2 workers),"
+        f" load generator + upstream {o1 * 1000:.3f} / {o2 * 1000:.3f} ms"
+    )
+    print(
+        f"what 2 cores allow (estimate): 2 workers / 1 worker ~ 2g1/(g2+o2)"
+        f" = {2 * g1 / (g2 + o2):.2f}x;"
+        f" +3 ms at p50 needs g <= {needed * 1000:.3f} ms, and with that g two workers could"
+        f" serve at most {max(1.0, 2 * needed / (needed + o2)):.2f}x one"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -475,6 +642,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small samples: a smoke run")
     parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
     parser.add_argument("--clients", type=int, default=64, help="gateway clients")
+    parser.add_argument(
+        "--upstream",
+        choices=("fake", "nginx", "both"),
+        default="both",
+        help="the gateway section's upstream: the Python fake, nginx answering a fixed"
+        " completion (far cheaper: the gateway's own scaling), or both runs (default; nginx"
+        " only when it is installed)",
+    )
     args = parser.parse_args(argv)
     only = {name.strip() for name in args.only.split(",") if name.strip()}
     unknown = only - set(SECTIONS)
@@ -495,7 +670,16 @@ def main(argv: list[str] | None = None) -> int:
     if "memory" in only:
         section_memory(2_000 if args.quick else 20_000)
     if "gateway" in only:
-        section_gateway(args.clients, 2.0 if args.quick else 10.0, 1 if args.quick else 3)
+        kinds = ["fake", "nginx"] if args.upstream == "both" else [args.upstream]
+        if (
+            args.upstream == "both"
+            and not shutil.which("nginx")
+            and not Path("/usr/sbin/nginx").exists()
+        ):
+            kinds = ["fake"]
+            print("gateway: nginx not installed: the Python fake upstream only")
+        for kind in kinds:
+            section_gateway(args.clients, 2.0 if args.quick else 10.0, 1 if args.quick else 3, kind)
     return 0
 
 
